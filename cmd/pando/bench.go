@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pando/pando/client"
+)
+
+type benchResult struct {
+	Workload   string  `json:"workload"`
+	Clients    int     `json:"clients"`
+	Conns      int     `json:"connections"`
+	Ops        int64   `json:"ops"`
+	Errors     int64   `json:"errors"`
+	Seconds    float64 `json:"seconds"`
+	Throughput float64 `json:"ops_per_sec"`
+	P50ms      float64 `json:"p50_ms"`
+	P95ms      float64 `json:"p95_ms"`
+	P99ms      float64 `json:"p99_ms"`
+	P999ms     float64 `json:"p999_ms"`
+}
+
+func benchCmd() *cobra.Command {
+	var (
+		endpoints, workload          string
+		clients, conns, keys, valLen int
+		total                        int64
+		duration                     time.Duration
+		asJSON, stale                bool
+	)
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Load a cluster and report throughput and latency",
+		Long: `Load a cluster with put, get or mixed (50/50) requests from many concurrent
+clients over a number of connections, and report throughput and p50/p95/p99/p999.
+
+  pando bench --workload put --clients 64 --conns 8 --keys 100000 --value-size 256 --duration 20s`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch {
+			case workload != "put" && workload != "get" && workload != "mixed":
+				return usageError{fmt.Errorf("--workload must be put, get or mixed")}
+			case clients < 1 || conns < 1 || keys < 1 || valLen < 0:
+				return usageError{fmt.Errorf("--clients, --conns and --keys must be positive, --value-size not negative")}
+			case total <= 0 && duration <= 0:
+				return usageError{fmt.Errorf("give --total or --duration")}
+			}
+			conns = min(conns, clients)
+			cs := make([]*client.Client, conns)
+			for i := range cs {
+				c, err := client.New(client.Config{Endpoints: strings.Split(endpoints, ",")})
+				if err != nil {
+					return usageError{err}
+				}
+				defer c.Close()
+				cs[i] = c
+			}
+			value := make([]byte, valLen)
+			for i := range value {
+				value[i] = byte('a' + i%26)
+			}
+			key := func(r *rand.Rand) []byte { return fmt.Appendf(nil, "%08d", r.IntN(keys)) }
+			if workload != "put" {
+				// Preload so that gets find their keys.
+				fmt.Fprintf(cmd.ErrOrStderr(), "preloading %d keys...\n", keys)
+				var wg sync.WaitGroup
+				var next atomic.Int64
+				for i := 0; i < 64; i++ {
+					wg.Add(1)
+					go func(c *client.Client) {
+						defer wg.Done()
+						for k := next.Add(1) - 1; k < int64(keys); k = next.Add(1) - 1 {
+							_, _ = c.Put(context.Background(), fmt.Appendf(nil, "%08d", k), value)
+						}
+					}(cs[i%conns])
+				}
+				wg.Wait()
+			}
+			var ops, errs atomic.Int64
+			lats := make([][]time.Duration, clients)
+			ctx := context.Background()
+			if total <= 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, duration)
+				defer cancel()
+			}
+			start := time.Now()
+			stopProgress := make(chan struct{})
+			go func() {
+				t := time.NewTicker(time.Second)
+				defer t.Stop()
+				last := int64(0)
+				for {
+					select {
+					case <-stopProgress:
+						return
+					case <-t.C:
+						n := ops.Load()
+						fmt.Fprintf(cmd.ErrOrStderr(), "%6.0fs  %8d ops  %8d op/s  %d errors\n", time.Since(start).Seconds(), n, n-last, errs.Load())
+						last = n
+					}
+				}
+			}()
+			var wg sync.WaitGroup
+			for i := 0; i < clients; i++ {
+				wg.Add(1)
+				go func(i int) {
+					defer wg.Done()
+					c := cs[i%conns]
+					r := rand.New(rand.NewPCG(uint64(i), 42))
+					var opts []client.ReadOption
+					if stale {
+						opts = append(opts, client.Stale())
+					}
+					for ctx.Err() == nil {
+						if total > 0 && ops.Add(1) > total {
+							ops.Add(-1)
+							return
+						}
+						k := key(r)
+						t0 := time.Now()
+						var err error
+						rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+						if workload == "put" || (workload == "mixed" && r.IntN(2) == 0) {
+							_, err = c.Put(rctx, k, value)
+						} else {
+							_, err = c.Get(rctx, k, opts...)
+						}
+						cancel()
+						lats[i] = append(lats[i], time.Since(t0))
+						if total <= 0 {
+							ops.Add(1)
+						}
+						if err != nil {
+							errs.Add(1)
+						}
+					}
+				}(i)
+			}
+			wg.Wait()
+			close(stopProgress)
+			elapsed := time.Since(start).Seconds()
+			var all []time.Duration
+			for _, l := range lats {
+				all = append(all, l...)
+			}
+			slices.Sort(all)
+			pct := func(p float64) float64 {
+				if len(all) == 0 {
+					return 0
+				}
+				return float64(all[min(len(all)-1, int(p*float64(len(all))))].Microseconds()) / 1000
+			}
+			res := benchResult{Workload: workload, Clients: clients, Conns: conns, Ops: int64(len(all)), Errors: errs.Load(), Seconds: elapsed,
+				Throughput: float64(len(all)) / elapsed, P50ms: pct(0.50), P95ms: pct(0.95), P99ms: pct(0.99), P999ms: pct(0.999)}
+			if asJSON {
+				b, _ := json.MarshalIndent(res, "", "  ")
+				fmt.Fprintln(cmd.OutOrStdout(), string(b))
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: %d clients / %d connections: %d ops in %.1fs = %.0f op/s, %d errors; p50 %.2fms p95 %.2fms p99 %.2fms p999 %.2fms\n",
+				res.Workload, res.Clients, res.Conns, res.Ops, res.Seconds, res.Throughput, res.Errors, res.P50ms, res.P95ms, res.P99ms, res.P999ms)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&endpoints, "endpoints", "127.0.0.1:7001", "comma-separated node addresses")
+	f.StringVar(&workload, "workload", "put", "put, get or mixed")
+	f.IntVar(&clients, "clients", 64, "concurrent clients")
+	f.IntVar(&conns, "conns", 8, "connections (clients share them)")
+	f.IntVar(&keys, "keys", 100000, "size of the key space")
+	f.IntVar(&valLen, "value-size", 256, "value size in bytes")
+	f.Int64Var(&total, "total", 0, "stop after this many requests")
+	f.DurationVar(&duration, "duration", 10*time.Second, "stop after this long (when --total is 0)")
+	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	f.BoolVar(&stale, "stale", false, "gets are stale reads")
+	return cmd
+}

@@ -1,0 +1,339 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pando/pando/client"
+	"github.com/pando/pando/kv"
+	"github.com/pando/pando/server"
+)
+
+// usageError marks a mistake in how pando was called (exit status 2).
+type usageError struct{ error }
+
+func (u usageError) Unwrap() error { return u.error }
+
+// Exit statuses: 0 ok, 1 failure, 2 usage, 3 key not found, 4 version
+// mismatch, 5 unavailable or ambiguous.
+func exitCode(err error) int {
+	var u usageError
+	switch {
+	case errors.As(err, &u):
+		return 2
+	case errors.Is(err, kv.ErrNotFound):
+		return 3
+	case errors.Is(err, kv.ErrVersionMismatch):
+		return 4
+	case errors.Is(err, kv.ErrUnavailable), errors.Is(err, kv.ErrAmbiguous):
+		return 5
+	case strings.HasPrefix(err.Error(), "unknown command"), strings.HasPrefix(err.Error(), "unknown flag"),
+		strings.Contains(err.Error(), "arg(s)"), strings.HasPrefix(err.Error(), "invalid argument"):
+		return 2
+	}
+	return 1
+}
+
+type clientFlags struct {
+	endpoints string
+	json      bool
+	timeout   time.Duration
+}
+
+func (f *clientFlags) add(cmd *cobra.Command, withJSON bool) {
+	cmd.Flags().StringVar(&f.endpoints, "endpoints", "127.0.0.1:7001", "comma-separated node addresses")
+	cmd.Flags().DurationVar(&f.timeout, "timeout", 5*time.Second, "deadline of the request")
+	if withJSON {
+		cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
+	}
+}
+
+func (f *clientFlags) open() (*client.Client, context.Context, context.CancelFunc, error) {
+	c, err := client.New(client.Config{Endpoints: strings.Split(f.endpoints, ",")})
+	if err != nil {
+		return nil, nil, nil, usageError{err}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+	return c, ctx, cancel, nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func parseVersion(s string) (uint64, error) {
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, usageError{fmt.Errorf("VERSION must be a number (0 for absent), not %q", s)}
+	}
+	return v, nil
+}
+
+func clientCmds() []*cobra.Command {
+	return []*cobra.Command{getCmd(), putCmd(), delCmd(), casCmd(), scanCmd(), statusCmd()}
+}
+
+func getCmd() *cobra.Command {
+	var f clientFlags
+	var stale bool
+	cmd := &cobra.Command{
+		Use:   "get KEY",
+		Short: "Print a key's value (exit status 3 when absent)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, ctx, cancel, err := f.open()
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			var opts []client.ReadOption
+			if stale {
+				opts = append(opts, client.Stale())
+			}
+			item, err := c.Get(ctx, []byte(args[0]), opts...)
+			if err != nil {
+				return err
+			}
+			if f.json {
+				return printJSON(cmd.OutOrStdout(), server.ScanItem{Key: item.Key, Value: item.Value, Version: item.Version})
+			}
+			out := cmd.OutOrStdout()
+			out.Write(item.Value)
+			fmt.Fprintln(out)
+			return nil
+		},
+	}
+	f.add(cmd, true)
+	cmd.Flags().BoolVar(&stale, "stale", false, "allow any replica to answer from its local state")
+	return cmd
+}
+
+func putCmd() *cobra.Command {
+	var f clientFlags
+	cmd := &cobra.Command{
+		Use:   "put KEY VALUE",
+		Short: "Write a key (VALUE - reads standard input)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			value, err := valueArg(cmd, args[1])
+			if err != nil {
+				return err
+			}
+			c, ctx, cancel, err := f.open()
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			ver, err := c.Put(ctx, []byte(args[0]), value)
+			if err != nil {
+				return err
+			}
+			return printVersion(cmd, f.json, ver)
+		},
+	}
+	f.add(cmd, true)
+	return cmd
+}
+
+func valueArg(cmd *cobra.Command, v string) ([]byte, error) {
+	if v == "-" {
+		return io.ReadAll(cmd.InOrStdin())
+	}
+	return []byte(v), nil
+}
+
+func printVersion(cmd *cobra.Command, asJSON bool, ver uint64) error {
+	if asJSON {
+		return printJSON(cmd.OutOrStdout(), map[string]uint64{"version": ver})
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "OK version %d\n", ver)
+	return nil
+}
+
+func delCmd() *cobra.Command {
+	var f clientFlags
+	var cas string
+	cmd := &cobra.Command{
+		Use:   "del KEY",
+		Short: "Delete a key",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, ctx, cancel, err := f.open()
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			var deleted bool
+			if cas != "" {
+				ver, perr := parseVersion(cas)
+				if perr != nil {
+					return perr
+				}
+				deleted, err = c.CompareAndDelete(ctx, []byte(args[0]), ver)
+			} else {
+				deleted, err = c.Delete(ctx, []byte(args[0]))
+			}
+			if err != nil {
+				return err
+			}
+			if f.json {
+				return printJSON(cmd.OutOrStdout(), map[string]bool{"deleted": deleted})
+			}
+			if deleted {
+				fmt.Fprintln(cmd.OutOrStdout(), "OK deleted")
+			} else {
+				fmt.Fprintln(cmd.OutOrStdout(), "OK (key was absent)")
+			}
+			return nil
+		},
+	}
+	f.add(cmd, true)
+	cmd.Flags().StringVar(&cas, "cas", "", "delete only if the key's version is this")
+	return cmd
+}
+
+func casCmd() *cobra.Command {
+	var f clientFlags
+	cmd := &cobra.Command{
+		Use:   "cas KEY VERSION VALUE",
+		Short: "Write a key only if its version is VERSION (0: only if absent); exit status 4 on mismatch",
+		Args:  cobra.ExactArgs(3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ver, err := parseVersion(args[1])
+			if err != nil {
+				return err
+			}
+			value, err := valueArg(cmd, args[2])
+			if err != nil {
+				return err
+			}
+			c, ctx, cancel, err := f.open()
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			nv, err := c.CompareAndSwap(ctx, []byte(args[0]), ver, value)
+			if err != nil {
+				return err
+			}
+			return printVersion(cmd, f.json, nv)
+		},
+	}
+	f.add(cmd, true)
+	return cmd
+}
+
+func scanCmd() *cobra.Command {
+	var f clientFlags
+	var prefix, start, end string
+	var limit int
+	var stale bool
+	cmd := &cobra.Command{
+		Use:   "scan [--prefix P | --start A --end B] [--limit N]",
+		Short: "List keys in order",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if prefix != "" && (start != "" || end != "") {
+				return usageError{fmt.Errorf("--prefix excludes --start and --end")}
+			}
+			if limit < 0 {
+				return usageError{fmt.Errorf("--limit must not be negative")}
+			}
+			c, ctx, cancel, err := f.open()
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			res, err := c.Scan(ctx, client.ScanOptions{Prefix: []byte(prefix), Start: []byte(start), End: []byte(end), Limit: limit, Stale: stale})
+			if err != nil {
+				return err
+			}
+			if f.json {
+				out := server.ScanResult{Items: make([]server.ScanItem, len(res.Items)), More: res.More, Next: res.Next}
+				for i, it := range res.Items {
+					out.Items[i] = server.ScanItem{Key: it.Key, Value: it.Value, Version: it.Version}
+				}
+				return printJSON(cmd.OutOrStdout(), out)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			for _, it := range res.Items {
+				fmt.Fprintf(w, "%q\t%q\tversion %d\n", it.Key, it.Value, it.Version)
+			}
+			if res.More {
+				fmt.Fprintf(w, "... more from %q\n", res.Next)
+			}
+			return w.Flush()
+		},
+	}
+	f.add(cmd, true)
+	cmd.Flags().StringVar(&prefix, "prefix", "", "keys starting with this")
+	cmd.Flags().StringVar(&start, "start", "", "first key (inclusive)")
+	cmd.Flags().StringVar(&end, "end", "", "last key (exclusive; empty: end of key space)")
+	cmd.Flags().IntVar(&limit, "limit", 100, "at most this many keys")
+	cmd.Flags().BoolVar(&stale, "stale", false, "allow any replica to answer from its local state")
+	return cmd
+}
+
+func statusCmd() *cobra.Command {
+	var f clientFlags
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the cluster's nodes and ranges as one node sees them",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, ctx, cancel, err := f.open()
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			var st error
+			for _, ep := range strings.Split(f.endpoints, ",") {
+				resp, err := c.Status(ctx, strings.TrimSpace(ep))
+				if err != nil {
+					st = err
+					continue
+				}
+				js := server.StatusToJSON(resp)
+				if f.json {
+					return printJSON(cmd.OutOrStdout(), js)
+				}
+				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintf(w, "seen from node %d\n\nNODE\tADDRESS\tLIVE\n", js.NodeID)
+				for _, n := range js.Nodes {
+					fmt.Fprintf(w, "%d\t%s\t%v\n", n.ID, n.Addr, n.Live)
+				}
+				fmt.Fprintf(w, "\nRANGE\tSTART\tEND\tLEADER\tREPLICAS\tTERM\tAPPLIED\n")
+				for _, r := range js.Ranges {
+					end := r.EndKey
+					if end == "" {
+						end = "(end)"
+					}
+					fmt.Fprintf(w, "%d\t%q\t%s\t%d\t%v\t%d\t%d\n", r.ID, r.StartKey, end, r.LeaderID, r.Replicas, r.Term, r.AppliedIndex)
+				}
+				return w.Flush()
+			}
+			fmt.Fprintln(os.Stderr, "no endpoint answered")
+			return st
+		},
+	}
+	f.add(cmd, true)
+	return cmd
+}

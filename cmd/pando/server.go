@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pando/pando/kv"
+	"github.com/pando/pando/server"
+)
+
+func serverCmd() *cobra.Command {
+	var (
+		id             uint64
+		dataDir        string
+		addr           string
+		initialCluster string
+		tick           time.Duration
+		electionTicks  int
+		timeout        time.Duration
+		limits         kv.Limits
+		logLevel       string
+	)
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run a pando node",
+		Long: `Run a pando node. One address serves peers, gRPC, the HTTP API and metrics.
+
+With no flags it starts a one-node cluster in ./pando-data on 127.0.0.1:7001.
+A three-node cluster:
+
+  pando server --id 1 --data-dir d1 --addr 127.0.0.1:7001 \
+    --initial-cluster 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(logLevel)
+			if err != nil {
+				return err
+			}
+			cfg := server.Config{
+				ID: id, DataDir: dataDir, Addr: addr, Limits: limits, RequestTimeout: timeout,
+				TickInterval: tick, ElectionTicks: electionTicks, Logger: log,
+			}
+			if initialCluster != "" {
+				if cfg.InitialCluster, err = server.ParseInitialCluster(initialCluster); err != nil {
+					return usageError{fmt.Errorf("--initial-cluster: %w", err)}
+				}
+			}
+			if tick > 0 && tick < time.Millisecond {
+				return usageError{fmt.Errorf("--heartbeat-interval must be at least 1ms")}
+			}
+			s, err := server.New(cfg)
+			if err != nil {
+				return err
+			}
+			if err := s.Start(); err != nil {
+				s.Kill()
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "pando node %d ready on %s (peers, gRPC, HTTP API, metrics); data in %s\n", id, s.Addr(), dataDir)
+			sig := make(chan os.Signal, 1)
+			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+			got := <-sig
+			log.Info("stopping", "signal", got.String())
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			return s.Stop(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.Uint64Var(&id, "id", 1, "this node's ID (unique, > 0)")
+	f.StringVar(&dataDir, "data-dir", "pando-data", "directory of this node's data")
+	f.StringVar(&addr, "addr", "127.0.0.1:7001", "address serving peers, gRPC, HTTP and metrics")
+	f.StringVar(&initialCluster, "initial-cluster", "", "every initial member as ID=ADDR,... (default: this node alone)")
+	f.DurationVar(&tick, "heartbeat-interval", 50*time.Millisecond, "Raft tick and leader heartbeat interval")
+	f.IntVar(&electionTicks, "election-ticks", 10, "election timeout in heartbeat intervals (randomized up to twice this)")
+	f.DurationVar(&timeout, "request-timeout", 5*time.Second, "deadline of a request that has none")
+	f.IntVar(&limits.MaxKeySize, "max-key-size", kv.DefaultMaxKeySize, "largest key in bytes")
+	f.IntVar(&limits.MaxValueSize, "max-value-size", kv.DefaultMaxValueSize, "largest value in bytes")
+	f.IntVar(&limits.MaxRequestSize, "max-request-size", kv.DefaultMaxRequestSize, "largest request in bytes")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, usageError{fmt.Errorf("--log-level must be debug, info, warn or error, not %q", level)}
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}

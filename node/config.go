@@ -1,0 +1,102 @@
+package node
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pando/pando/storage"
+)
+
+// Config configures a Node. Zero values mean the documented default.
+type Config struct {
+	// ID is this node's ID, unique in the cluster and never 0. Required.
+	ID uint64
+	// Engine is the node's storage. Required.
+	Engine *storage.Engine
+	// Transport carries Raft messages to other nodes. Required.
+	Transport Transport
+
+	// TickInterval is the duration of one Raft tick. Default 50ms.
+	TickInterval time.Duration
+	// ElectionTicks is the election timeout in ticks; followers campaign
+	// after a random timeout in [ElectionTicks, 2*ElectionTicks). Default 10
+	// (500ms-1s with the default tick), so that writes resume within about
+	// a second of a leader crash on a LAN.
+	ElectionTicks int
+	// HeartbeatTicks is the leader's heartbeat interval in ticks. Default 1.
+	HeartbeatTicks int
+	// MaxSizePerMsg bounds the entries in one append message. Default 1 MiB.
+	MaxSizePerMsg uint64
+	// MaxInflightMsgs bounds in-flight append messages per follower.
+	// Default 256.
+	MaxInflightMsgs int
+	// MaxUncommittedBytes bounds the uncommitted log of a leader; proposals
+	// beyond it are refused. Default 64 MiB.
+	MaxUncommittedBytes uint64
+	// LogKeepEntries is how many applied entries a replica keeps in its log
+	// for followers that lag; the log is truncated when it holds twice as
+	// many. Followers further behind catch up from a snapshot. Default 10,000.
+	LogKeepEntries uint64
+	// SnapshotChunkBytes is the size of one snapshot chunk. Default 1 MiB.
+	SnapshotChunkBytes int
+
+	// Logger receives the node's logs. Default slog.Default().
+	Logger *slog.Logger
+	// Registerer, when set, receives the node's metrics.
+	Registerer prometheus.Registerer
+	// PeerAddr resolves a node ID to its address, for leader hints. Optional.
+	PeerAddr func(id uint64) string
+}
+
+// Validate fills defaults and rejects bad values, naming the field.
+func (c *Config) Validate() error {
+	switch {
+	case c.ID == 0:
+		return fmt.Errorf("node: Config.ID must not be 0")
+	case c.Engine == nil:
+		return fmt.Errorf("node: Config.Engine is required")
+	case c.Transport == nil:
+		return fmt.Errorf("node: Config.Transport is required")
+	case c.TickInterval < 0:
+		return fmt.Errorf("node: Config.TickInterval must not be negative")
+	case c.ElectionTicks < 0 || c.HeartbeatTicks < 0:
+		return fmt.Errorf("node: Config.ElectionTicks and HeartbeatTicks must not be negative")
+	}
+	if c.TickInterval == 0 {
+		c.TickInterval = 50 * time.Millisecond
+	}
+	if c.ElectionTicks == 0 {
+		c.ElectionTicks = 10
+	}
+	if c.HeartbeatTicks == 0 {
+		c.HeartbeatTicks = 1
+	}
+	if c.HeartbeatTicks >= c.ElectionTicks {
+		return fmt.Errorf("node: Config.HeartbeatTicks (%d) must be below ElectionTicks (%d)", c.HeartbeatTicks, c.ElectionTicks)
+	}
+	if c.MaxSizePerMsg == 0 {
+		c.MaxSizePerMsg = 1 << 20
+	}
+	if c.MaxInflightMsgs == 0 {
+		c.MaxInflightMsgs = 256
+	}
+	if c.MaxUncommittedBytes == 0 {
+		c.MaxUncommittedBytes = 64 << 20
+	}
+	if c.LogKeepEntries == 0 {
+		c.LogKeepEntries = 10000
+	}
+	if c.SnapshotChunkBytes == 0 {
+		c.SnapshotChunkBytes = 1 << 20
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.PeerAddr == nil {
+		c.PeerAddr = func(uint64) string { return "" }
+	}
+	return nil
+}

@@ -1,0 +1,368 @@
+package node
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/kv"
+	"github.com/pando/pando/replica"
+)
+
+// maxDrain bounds how many queued inputs one loop cycle takes before it
+// handles Ready, so that a flood of proposals still gets regular fsyncs.
+const maxDrain = 4096
+
+func (n *Node) run() {
+	defer close(n.donec)
+	ticker := time.NewTicker(n.cfg.TickInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-n.stopc:
+			n.failAllReads(kv.ErrStopped)
+			return
+		case <-ticker.C:
+			for _, r := range n.replicas {
+				r.rn.Tick()
+			}
+		case in := <-n.recvc:
+			n.step(in)
+		case p := <-n.propc:
+			n.propose(p)
+		case rr := <-n.readc:
+			n.queueRead(rr)
+		case f := <-n.funcc:
+			f()
+		}
+		n.drain()
+		n.flushReads()
+		n.handleReady()
+	}
+}
+
+// drain takes what is already queued, without blocking.
+func (n *Node) drain() {
+	for i := 0; i < maxDrain; i++ {
+		select {
+		case in := <-n.recvc:
+			n.step(in)
+		case p := <-n.propc:
+			n.propose(p)
+		case rr := <-n.readc:
+			n.queueRead(rr)
+		case f := <-n.funcc:
+			f()
+		default:
+			return
+		}
+	}
+}
+
+func (n *Node) step(in inbound) {
+	r := n.replicas[in.rangeID]
+	if r == nil {
+		// A message for a range we do not hold (yet): drop it.
+		return
+	}
+	if in.snap != nil {
+		r.inSnap = in.snap
+	}
+	if err := r.rn.Step(in.msg); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
+		n.log.Debug("step failed", "range", in.rangeID, "type", in.msg.Type, "err", err)
+	}
+}
+
+func (n *Node) propose(p *proposal) {
+	r := n.replicas[p.rangeID]
+	fail := func(err error) {
+		n.propMu.Lock()
+		delete(n.proposals, p.id)
+		n.propMu.Unlock()
+		p.done <- proposalResult{err: err}
+	}
+	if r == nil {
+		fail(fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, p.rangeID))
+		return
+	}
+	bs := r.rn.BasicStatus()
+	if bs.RaftState != raft.StateLeader {
+		fail(n.notLeader(p.rangeID, bs.Lead))
+		return
+	}
+	if err := r.rn.Propose(p.data); err != nil {
+		// Dropped: a leadership transfer is under way, or the uncommitted
+		// log is full. Nothing was appended, so a retry is safe.
+		fail(n.notLeader(p.rangeID, 0))
+	}
+}
+
+func (n *Node) queueRead(rr *readRequest) {
+	r := n.replicas[rr.rangeID]
+	if r == nil {
+		rr.done <- fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, rr.rangeID)
+		return
+	}
+	if bs := r.rn.BasicStatus(); bs.RaftState != raft.StateLeader {
+		rr.done <- n.notLeader(rr.rangeID, bs.Lead)
+		return
+	}
+	r.readQueue = append(r.readQueue, rr)
+}
+
+// flushReads gives every range's queued reads one shared ReadIndex request.
+func (n *Node) flushReads() {
+	for _, r := range n.replicas {
+		if len(r.readQueue) == 0 {
+			continue
+		}
+		n.nextRead++
+		r.readBatches[n.nextRead] = r.readQueue
+		r.readQueue = nil
+		r.rn.ReadIndex(readCtx(n.nextRead))
+	}
+}
+
+type ready struct {
+	r  *group
+	rd raft.Ready
+}
+
+// handleReady is one cycle of the multi-raft Ready loop, following the
+// order raft requires: persist (one batch, one fsync for all ranges), send,
+// apply (one batch for all ranges), advance.
+func (n *Node) handleReady() {
+	var rds []ready
+	for _, r := range n.replicas {
+		if r.rn.HasReady() {
+			rds = append(rds, ready{r: r, rd: r.rn.Ready()})
+		}
+	}
+	if len(rds) == 0 {
+		return
+	}
+
+	// 0. A leader sends its appends and heartbeats before its own fsync, so
+	// that followers write in parallel with it (Raft thesis 10.2.1; raft's
+	// README allows messages to go out while their batch's entries are being
+	// persisted). Everything else waits for the fsync.
+	var out []Envelope
+	for i := range rds {
+		x := &rds[i]
+		if x.r.rn.BasicStatus().RaftState == raft.StateLeader {
+			out = n.collect(out, x.r, x.rd.Messages)
+			x.rd.Messages = nil
+		}
+	}
+	if len(out) > 0 {
+		n.cfg.Transport.Send(out)
+		out = out[:0]
+	}
+
+	// 1. Persist snapshots, entries and hard states of all ranges together.
+	b := n.db.NewBatch()
+	for _, x := range rds {
+		if !raft.IsEmptySnap(x.rd.Snapshot) {
+			n.applySnapshot(b, x.r, x.rd.Snapshot)
+		}
+		must(x.r.storage.Append(b, x.rd.Entries))
+		if !raft.IsEmptyHardState(x.rd.HardState) {
+			must(x.r.storage.SetHardState(b, x.rd.HardState))
+		}
+	}
+	if !b.Empty() {
+		start := time.Now()
+		must(b.Commit(pebble.Sync))
+		n.met.fsync.Observe(time.Since(start).Seconds())
+		n.met.readyRanges.Observe(float64(len(rds)))
+	}
+	must(b.Close())
+
+	// 2. Send, after the entries they acknowledge are durable.
+	for _, x := range rds {
+		out = n.collect(out, x.r, x.rd.Messages)
+	}
+	if len(out) > 0 {
+		n.cfg.Transport.Send(out)
+	}
+
+	// 3. Apply committed entries of all ranges in one batch; the applied
+	// index of each range is written with the data it covers.
+	type delivery struct {
+		p   *proposal
+		res replica.Result
+	}
+	var delivered []delivery
+	ab := n.db.NewIndexedBatch()
+	start := time.Now()
+	applied := 0
+	for _, x := range rds {
+		ents := x.rd.CommittedEntries
+		if len(ents) == 0 {
+			continue
+		}
+		for _, e := range ents {
+			if e.Index <= x.r.applied {
+				continue
+			}
+			switch e.Type {
+			case raftpb.EntryNormal:
+				if len(e.Data) == 0 {
+					break // a new leader's empty entry
+				}
+				cmd, err := replica.DecodeCommand(e.Data)
+				if err != nil {
+					panic(fmt.Sprintf("node: range %d: entry %d: %v", x.r.id, e.Index, err))
+				}
+				res, err := replica.Apply(ab, e.Index, cmd)
+				must(err)
+				n.propMu.Lock()
+				p := n.proposals[cmd.Id]
+				delete(n.proposals, cmd.Id)
+				n.propMu.Unlock()
+				if p != nil {
+					delivered = append(delivered, delivery{p: p, res: res})
+				}
+			case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
+				n.applyConfChange(x.r, e)
+			}
+			x.r.applied = e.Index
+			applied++
+		}
+		last := ents[len(ents)-1]
+		must(x.r.storage.SetApplied(ab, x.r.applied, last.Term))
+		n.maybeTruncate(ab, x.r)
+	}
+	if !ab.Empty() {
+		must(ab.Commit(pebble.NoSync))
+		n.met.apply.Observe(time.Since(start).Seconds())
+	}
+	must(ab.Close())
+	for _, d := range delivered {
+		d.p.done <- proposalResult{res: d.res, err: d.res.Err}
+	}
+
+	// 4. Reads, status, advance.
+	for _, x := range rds {
+		for _, rs := range x.rd.ReadStates {
+			id := binary.BigEndian.Uint64(rs.RequestCtx)
+			batch := x.r.readBatches[id]
+			delete(x.r.readBatches, id)
+			for _, rr := range batch {
+				rr.index = rs.Index
+				x.r.readWaiting = append(x.r.readWaiting, rr)
+			}
+		}
+		if ss := x.rd.SoftState; ss != nil && ss.RaftState != raft.StateLeader {
+			// Reads not yet confirmed by a quorum cannot be any more.
+			for id, batch := range x.r.readBatches {
+				for _, rr := range batch {
+					rr.done <- n.notLeader(x.r.id, ss.Lead)
+				}
+				delete(x.r.readBatches, id)
+			}
+		}
+		x.r.rn.Advance(x.rd)
+		n.releaseReads(x.r)
+		n.publishStatus(x.r)
+	}
+}
+
+func (n *Node) collect(out []Envelope, r *group, msgs []raftpb.Message) []Envelope {
+	for _, m := range msgs {
+		env := Envelope{RangeID: r.id, Msg: m}
+		if m.Type == raftpb.MsgSnap {
+			if env.Snapshot = n.takeOutgoing(r, m); env.Snapshot == nil {
+				continue
+			}
+		}
+		out = append(out, env)
+	}
+	return out
+}
+
+// releaseReads completes confirmed reads whose index is applied.
+func (n *Node) releaseReads(r *group) {
+	kept := r.readWaiting[:0]
+	for _, rr := range r.readWaiting {
+		if rr.index <= r.applied {
+			rr.done <- nil
+		} else {
+			kept = append(kept, rr)
+		}
+	}
+	r.readWaiting = kept
+}
+
+func (n *Node) failAllReads(err error) {
+	for _, r := range n.replicas {
+		for _, rr := range r.readQueue {
+			rr.done <- err
+		}
+		for _, batch := range r.readBatches {
+			for _, rr := range batch {
+				rr.done <- err
+			}
+		}
+		for _, rr := range r.readWaiting {
+			rr.done <- err
+		}
+		r.readQueue, r.readWaiting = nil, nil
+		r.readBatches = map[uint64][]*readRequest{}
+	}
+}
+
+func (n *Node) applyConfChange(r *group, e raftpb.Entry) {
+	var cc raftpb.ConfChangeI
+	if e.Type == raftpb.EntryConfChange {
+		var c raftpb.ConfChange
+		must(c.Unmarshal(e.Data))
+		cc = c
+	} else {
+		var c raftpb.ConfChangeV2
+		must(c.Unmarshal(e.Data))
+		cc = c
+	}
+	cs := r.rn.ApplyConfChange(cc)
+	must(r.storage.SetConfState(*cs))
+	desc := proto.Clone(r.storage.State().Desc).(*pandopb.RangeDescriptor)
+	desc.Replicas = append(append([]uint64(nil), cs.Voters...), cs.Learners...)
+	desc.Generation++
+	r.storage.State().Desc = desc
+	n.log.Info("applied conf change", "range", r.id, "voters", cs.Voters, "learners", cs.Learners)
+}
+
+// maybeTruncate bounds the log once it holds twice LogKeepEntries applied
+// entries, keeping the newest LogKeepEntries for lagging followers.
+func (n *Node) maybeTruncate(b *pebble.Batch, r *group) {
+	first, _ := r.storage.FirstIndex()
+	keep := n.cfg.LogKeepEntries
+	if r.applied < first || r.applied-first+1 <= 2*keep {
+		return
+	}
+	must(r.storage.Truncate(b, r.applied-keep))
+}
+
+func (n *Node) publishStatus(r *group) {
+	st := r.rn.BasicStatus()
+	r.status.Store(&RangeStatus{
+		RangeID:  r.id,
+		Desc:     r.storage.State().Desc,
+		LeaderID: st.Lead,
+		Term:     st.Term,
+		Role:     st.RaftState.String(),
+		Applied:  r.applied,
+		Commit:   st.Commit,
+	})
+}
+
+func marshalCommand(cmd *pandopb.Command) ([]byte, error) {
+	return proto.Marshal(cmd)
+}

@@ -1,0 +1,453 @@
+package node
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/kv"
+	"github.com/pando/pando/replica"
+	"github.com/pando/pando/storage"
+)
+
+// Node hosts the replicas of many ranges and runs their Ready loop.
+type Node struct {
+	cfg Config
+	log *slog.Logger
+	db  *pebble.DB
+	met *metrics
+
+	// replicas is owned by the loop; replicasMu guards the map itself for
+	// readers on other goroutines (statuses are read through atomics).
+	replicasMu sync.RWMutex
+	replicas   map[uint64]*group
+
+	recvc chan inbound
+	propc chan *proposal
+	readc chan *readRequest
+	funcc chan func()
+
+	propMu    sync.Mutex
+	proposals map[uint64]*proposal
+	nextID    atomic.Uint64
+	nextRead  uint64
+
+	stopc   chan struct{}
+	donec   chan struct{}
+	stopped atomic.Bool
+	stopMu  sync.Mutex
+}
+
+// group is one range's Raft group on this node. Loop-owned except status.
+type group struct {
+	id      uint64
+	rn      *raft.RawNode
+	storage *storage.RaftStorage
+	applied uint64
+	status  atomic.Pointer[RangeStatus]
+
+	inSnap *incomingSnapshot
+
+	readQueue   []*readRequest          // waiting to be given a read index
+	readBatches map[uint64][]*readRequest // ReadIndex ctx -> requests
+	readWaiting []*readRequest          // confirmed, waiting for apply
+}
+
+// RangeStatus is a replica's state as last observed by the loop.
+type RangeStatus struct {
+	RangeID  uint64
+	Desc     *pandopb.RangeDescriptor
+	LeaderID uint64
+	Term     uint64
+	Role     string
+	Applied  uint64
+	Commit   uint64
+}
+
+type inbound struct {
+	rangeID uint64
+	msg     raftpb.Message
+	snap    *incomingSnapshot
+}
+
+type proposal struct {
+	rangeID uint64
+	data    []byte
+	id      uint64
+	done    chan proposalResult
+}
+
+type proposalResult struct {
+	res replica.Result
+	err error
+}
+
+type readRequest struct {
+	rangeID uint64
+	index   uint64
+	done    chan error
+}
+
+// New opens every range replica stored in cfg.Engine. Call Start to run.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg:       cfg,
+		log:       cfg.Logger.With("node", cfg.ID),
+		db:        cfg.Engine.DB(),
+		replicas:  map[uint64]*group{},
+		recvc:     make(chan inbound, 4096),
+		propc:     make(chan *proposal, 4096),
+		readc:     make(chan *readRequest, 4096),
+		funcc:     make(chan func(), 256),
+		proposals: map[uint64]*proposal{},
+		stopc:     make(chan struct{}),
+		donec:     make(chan struct{}),
+	}
+	n.nextID.Store(rand.Uint64() >> 1)
+	n.met = newMetrics(n, cfg.Registerer)
+	ids, err := cfg.Engine.RangeIDs()
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range ids {
+		if err := n.addReplica(id); err != nil {
+			return nil, err
+		}
+	}
+	return n, nil
+}
+
+func (n *Node) addReplica(id uint64) error {
+	st, err := storage.LoadRaftStorage(n.cfg.Engine, id)
+	if err != nil {
+		return err
+	}
+	r := &group{id: id, storage: st, applied: st.State().AppliedIndex, readBatches: map[uint64][]*readRequest{}}
+	st.SnapshotFunc = func() (raftpb.Snapshot, error) { return n.makeSnapshot(r) }
+	rn, err := raft.NewRawNode(&raft.Config{
+		ID:                        n.cfg.ID,
+		ElectionTick:              n.cfg.ElectionTicks,
+		HeartbeatTick:             n.cfg.HeartbeatTicks,
+		Storage:                   st,
+		Applied:                   st.State().AppliedIndex,
+		MaxSizePerMsg:             n.cfg.MaxSizePerMsg,
+		MaxCommittedSizePerReady:  4 * n.cfg.MaxSizePerMsg,
+		MaxUncommittedEntriesSize: n.cfg.MaxUncommittedBytes,
+		MaxInflightMsgs:           n.cfg.MaxInflightMsgs,
+		CheckQuorum:               true,
+		PreVote:                   true,
+		ReadOnlyOption:            raft.ReadOnlySafe,
+		DisableProposalForwarding: true,
+		Logger:                    raftLogger{n.log.With("range", id)},
+	})
+	if err != nil {
+		return fmt.Errorf("node: range %d: %w", id, err)
+	}
+	r.rn = rn
+	n.publishStatus(r)
+	n.replicasMu.Lock()
+	n.replicas[id] = r
+	n.replicasMu.Unlock()
+	return nil
+}
+
+// Start runs the Ready loop.
+func (n *Node) Start() { go n.run() }
+
+// Stop stops the loop and fails every pending request with ErrStopped. It
+// does not close the engine.
+func (n *Node) Stop() {
+	n.stopMu.Lock()
+	defer n.stopMu.Unlock()
+	if n.stopped.Swap(true) {
+		return
+	}
+	close(n.stopc)
+	<-n.donec
+	n.propMu.Lock()
+	for id, p := range n.proposals {
+		p.done <- proposalResult{err: kv.ErrStopped}
+		delete(n.proposals, id)
+	}
+	n.propMu.Unlock()
+}
+
+// ID is the node's ID.
+func (n *Node) ID() uint64 { return n.cfg.ID }
+
+// Status returns the last observed status of a range's replica here.
+func (n *Node) Status(rangeID uint64) (RangeStatus, bool) {
+	n.replicasMu.RLock()
+	r := n.replicas[rangeID]
+	n.replicasMu.RUnlock()
+	if r == nil {
+		return RangeStatus{}, false
+	}
+	return *r.status.Load(), true
+}
+
+// Statuses returns the status of every replica here, ordered by range ID.
+func (n *Node) Statuses() []RangeStatus {
+	n.replicasMu.RLock()
+	out := make([]RangeStatus, 0, len(n.replicas))
+	for _, r := range n.replicas {
+		out = append(out, *r.status.Load())
+	}
+	n.replicasMu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].RangeID < out[j].RangeID })
+	return out
+}
+
+// Step delivers a message from a peer. It blocks while the node's inbound
+// queue is full (pushing back on the sender's stream) or until ctx ends.
+func (n *Node) Step(ctx context.Context, rangeID uint64, m raftpb.Message) error {
+	if m.Type == raftpb.MsgSnap {
+		return fmt.Errorf("node: MsgSnap must arrive through StepSnapshot")
+	}
+	return n.enqueue(ctx, inbound{rangeID: rangeID, msg: m})
+}
+
+// StepSnapshot delivers a snapshot message with its streamed data.
+func (n *Node) StepSnapshot(ctx context.Context, rangeID uint64, m raftpb.Message, data []RawKV) error {
+	desc, err := checkSnapshotData(rangeID, m, data)
+	if err != nil {
+		return err
+	}
+	return n.enqueue(ctx, inbound{rangeID: rangeID, msg: m, snap: &incomingSnapshot{index: m.Snapshot.Metadata.Index, desc: desc, data: data}})
+}
+
+func (n *Node) enqueue(ctx context.Context, in inbound) error {
+	select {
+	case n.recvc <- in:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.stopc:
+		return kv.ErrStopped
+	}
+}
+
+// submit runs f on the loop (dropped if the node stops first).
+func (n *Node) submit(f func()) {
+	select {
+	case n.funcc <- f:
+	case <-n.stopc:
+	}
+}
+
+// call runs f on the loop and waits for it.
+func (n *Node) call(ctx context.Context, f func()) error {
+	done := make(chan struct{})
+	select {
+	case n.funcc <- func() { f(); close(done) }:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.stopc:
+		return kv.ErrStopped
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.stopc:
+		return kv.ErrStopped
+	}
+}
+
+func (n *Node) group(rangeID uint64) *group {
+	n.replicasMu.RLock()
+	defer n.replicasMu.RUnlock()
+	return n.replicas[rangeID]
+}
+
+func (n *Node) notLeader(rangeID, leader uint64) error {
+	if leader == n.cfg.ID {
+		leader = 0 // we are stepping down or transferring
+	}
+	return &kv.NotLeaderError{RangeID: rangeID, LeaderID: leader, LeaderAddr: n.cfg.PeerAddr(leader)}
+}
+
+// Propose replicates cmd through rangeID's Raft log and returns the result
+// of applying it. It fails fast with a *kv.NotLeaderError on a follower.
+// When ctx ends after the command was handed to Raft, the outcome is
+// unknown: the error wraps both kv.ErrUnavailable and kv.ErrAmbiguous.
+func (n *Node) Propose(ctx context.Context, rangeID uint64, cmd *pandopb.Command) (replica.Result, error) {
+	r := n.group(rangeID)
+	if r == nil {
+		return replica.Result{}, fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, rangeID)
+	}
+	if st := r.status.Load(); st.LeaderID != n.cfg.ID {
+		return replica.Result{}, n.notLeader(rangeID, st.LeaderID)
+	}
+	cmd.Id = n.nextID.Add(1)
+	data, err := marshalCommand(cmd)
+	if err != nil {
+		return replica.Result{}, err
+	}
+	p := &proposal{rangeID: rangeID, data: data, id: cmd.Id, done: make(chan proposalResult, 1)}
+	n.propMu.Lock()
+	n.proposals[p.id] = p
+	n.propMu.Unlock()
+	forget := func() {
+		n.propMu.Lock()
+		delete(n.proposals, p.id)
+		n.propMu.Unlock()
+	}
+	select {
+	case n.propc <- p:
+	case <-ctx.Done():
+		forget()
+		return replica.Result{}, fmt.Errorf("%w: %w", kv.ErrUnavailable, ctx.Err())
+	case <-n.stopc:
+		forget()
+		return replica.Result{}, kv.ErrStopped
+	}
+	select {
+	case res := <-p.done:
+		n.met.proposal(res.err)
+		return res.res, res.err
+	case <-ctx.Done():
+		forget()
+		n.met.proposal(kv.ErrAmbiguous)
+		return replica.Result{}, fmt.Errorf("%w (%w): %w", kv.ErrUnavailable, kv.ErrAmbiguous, ctx.Err())
+	}
+}
+
+// ReadIndex returns once this replica may serve a linearizable read of
+// rangeID from its local state: it is the leader, a quorum confirmed that,
+// and it has applied everything committed before the call.
+func (n *Node) ReadIndex(ctx context.Context, rangeID uint64) error {
+	r := n.group(rangeID)
+	if r == nil {
+		return fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, rangeID)
+	}
+	if st := r.status.Load(); st.LeaderID != n.cfg.ID {
+		return n.notLeader(rangeID, st.LeaderID)
+	}
+	req := &readRequest{rangeID: rangeID, done: make(chan error, 1)}
+	select {
+	case n.readc <- req:
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", kv.ErrUnavailable, ctx.Err())
+	case <-n.stopc:
+		return kv.ErrStopped
+	}
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", kv.ErrUnavailable, ctx.Err())
+	case <-n.stopc:
+		return kv.ErrStopped
+	}
+}
+
+// Reader is the node's storage for serving reads after ReadIndex (or stale).
+func (n *Node) Reader() pebble.Reader { return n.db }
+
+// Descriptor returns the descriptor of a range replica held here.
+func (n *Node) Descriptor(rangeID uint64) (*pandopb.RangeDescriptor, bool) {
+	st, ok := n.Status(rangeID)
+	if !ok {
+		return nil, false
+	}
+	return st.Desc, true
+}
+
+// TransferLeadership hands every range this node leads to its most
+// up-to-date follower and waits until it leads none, or ctx ends.
+func (n *Node) TransferLeadership(ctx context.Context) error {
+	tick := time.NewTicker(n.cfg.TickInterval)
+	defer tick.Stop()
+	var lastTry time.Time
+	for {
+		leading := 0
+		for _, st := range n.Statuses() {
+			if st.LeaderID == n.cfg.ID && len(st.Desc.GetReplicas()) > 1 {
+				leading++
+			}
+		}
+		if leading == 0 {
+			return nil
+		}
+		// Retry a transfer that raft aborted (after an election timeout).
+		if time.Since(lastTry) > time.Duration(n.cfg.ElectionTicks)*n.cfg.TickInterval {
+			lastTry = time.Now()
+			if err := n.call(ctx, n.startTransfers); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node: %d ranges still led here: %w", leading, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// startTransfers runs on the loop.
+func (n *Node) startTransfers() {
+	for _, r := range n.replicas {
+		st := r.rn.Status()
+		if st.RaftState != raft.StateLeader {
+			continue
+		}
+		var best, bestMatch uint64
+		for id, pr := range st.Progress {
+			if id != n.cfg.ID && !pr.IsLearner && pr.Match >= bestMatch {
+				best, bestMatch = id, pr.Match
+			}
+		}
+		if best != 0 {
+			n.log.Info("transferring leadership", "range", r.id, "to", best)
+			r.rn.TransferLeader(best)
+		}
+	}
+}
+
+// Campaign makes this node's replica of rangeID campaign now (tests, tools).
+func (n *Node) Campaign(ctx context.Context, rangeID uint64) error {
+	return n.call(ctx, func() {
+		if r := n.replicas[rangeID]; r != nil {
+			_ = r.rn.Campaign()
+		}
+	})
+}
+
+// TransferLeader asks rangeID's leader here to hand leadership to target.
+func (n *Node) TransferLeader(ctx context.Context, rangeID, target uint64) error {
+	return n.call(ctx, func() {
+		if r := n.replicas[rangeID]; r != nil {
+			r.rn.TransferLeader(target)
+		}
+	})
+}
+
+// ReportUnreachable tells Raft that messages to a peer are failing.
+func (n *Node) ReportUnreachable(rangeID, to uint64) {
+	select {
+	case n.funcc <- func() {
+		if r := n.replicas[rangeID]; r != nil {
+			r.rn.ReportUnreachable(to)
+		}
+	}:
+	default:
+	}
+}
+
+func readCtx(id uint64) []byte { return binary.BigEndian.AppendUint64(nil, id) }

@@ -1,0 +1,7 @@
+// Package server is a pando node's front end: one listener serving the
+// gRPC KV and Raft services, the HTTP API, metrics and health. It validates
+// every request, routes it to the range's leader (forwarding it when this
+// node is not the leader), and maps errors to gRPC codes (in package kv) and
+// HTTP statuses (http.go) in exactly one place each. It never touches Raft
+// state directly: everything goes through package node.
+package server

@@ -1,0 +1,406 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/soheilhy/cmux"
+	"google.golang.org/grpc"
+
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/kv"
+	"github.com/pando/pando/node"
+	"github.com/pando/pando/storage"
+	"github.com/pando/pando/transport"
+)
+
+// Config configures one pando server. Zero values mean the default.
+type Config struct {
+	// ID is this node's ID (>0). Required.
+	ID uint64
+	// DataDir holds the node's Pebble database. Required.
+	DataDir string
+	// Addr is the one address serving peers, gRPC, HTTP and metrics.
+	// Default 127.0.0.1:7001.
+	Addr string
+	// InitialCluster maps every initial member's ID to its address. Default
+	// {ID: Addr}: a one-node cluster.
+	InitialCluster map[uint64]string
+	// Limits bound request sizes (defaults in package kv).
+	Limits kv.Limits
+	// RequestTimeout is the deadline of a request that has none. Default 5s.
+	RequestTimeout time.Duration
+	// TickInterval and ElectionTicks set Raft timing (see node.Config).
+	TickInterval  time.Duration
+	ElectionTicks int
+	// LogKeepEntries: see node.Config.
+	LogKeepEntries uint64
+	// FS is the file system (tests); nil means the OS.
+	FS vfs.FS
+	// Listener, when set, is used instead of listening on Addr.
+	Listener net.Listener
+	// Logger receives logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// ParseInitialCluster parses "1=host:port,2=host:port".
+func ParseInitialCluster(s string) (map[uint64]string, error) {
+	out := map[uint64]string{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		id, addr, ok := strings.Cut(part, "=")
+		var n uint64
+		if _, err := fmt.Sscanf(id, "%d", &n); !ok || err != nil || n == 0 || addr == "" {
+			return nil, fmt.Errorf("initial cluster entry %q must look like 1=127.0.0.1:7001", part)
+		}
+		if _, dup := out[n]; dup {
+			return nil, fmt.Errorf("initial cluster names node %d twice", n)
+		}
+		out[n] = addr
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("initial cluster is empty")
+	}
+	return out, nil
+}
+
+// Validate fills defaults and rejects bad values, naming the field.
+func (c *Config) Validate() error {
+	if c.ID == 0 {
+		return fmt.Errorf("server: Config.ID must be > 0")
+	}
+	if c.DataDir == "" {
+		return fmt.Errorf("server: Config.DataDir is required")
+	}
+	if c.Addr == "" {
+		c.Addr = "127.0.0.1:7001"
+	}
+	if len(c.InitialCluster) == 0 {
+		c.InitialCluster = map[uint64]string{c.ID: c.Addr}
+	}
+	if addr, ok := c.InitialCluster[c.ID]; !ok {
+		return fmt.Errorf("server: Config.InitialCluster does not name this node (%d)", c.ID)
+	} else if addr != c.Addr {
+		return fmt.Errorf("server: Config.InitialCluster gives node %d address %s, but Config.Addr is %s", c.ID, addr, c.Addr)
+	}
+	if err := c.Limits.Validate(); err != nil {
+		return err
+	}
+	c.Limits = c.Limits.WithDefaults()
+	if c.RequestTimeout < 0 {
+		return fmt.Errorf("server: Config.RequestTimeout must not be negative")
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Server is one running pando node.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	engine   *storage.Engine
+	node     *node.Node
+	tr       *transport.Transport
+	svc      *Service
+	reg      *prometheus.Registry
+	grpc     *grpc.Server
+	http     *http.Server
+	mux      cmux.CMux
+	lis      net.Listener
+	draining atomic.Bool
+	inflight sync.WaitGroup
+	stopping chan struct{}
+	stopOnce sync.Once
+	done     chan struct{}
+	reqs     *prometheus.CounterVec
+	lat      *prometheus.HistogramVec
+}
+
+// identityKey records which node a data directory belongs to.
+var identityKey = []byte("\x00node-id")
+
+// New opens storage, bootstraps the first range if the directory is new,
+// and prepares the node; Start serves.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("node", cfg.ID), reg: prometheus.NewRegistry(), stopping: make(chan struct{}), done: make(chan struct{})}
+	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	eng, err := storage.Open(cfg.DataDir, storage.Options{FS: cfg.FS})
+	if err != nil {
+		return nil, err
+	}
+	s.engine = eng
+	if err := s.initStorage(); err != nil {
+		eng.Close()
+		return nil, err
+	}
+	s.tr = transport.New(transport.Config{ID: cfg.ID, Peers: cfg.InitialCluster, Logger: cfg.Logger, Registerer: s.reg})
+	n, err := node.New(node.Config{
+		ID: cfg.ID, Engine: eng, Transport: s.tr, TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks,
+		LogKeepEntries: cfg.LogKeepEntries, Logger: cfg.Logger, Registerer: s.reg, PeerAddr: s.tr.Addr,
+	})
+	if err != nil {
+		eng.Close()
+		return nil, err
+	}
+	s.node = n
+	s.tr.Attach(n)
+	s.svc = NewService(n, s.tr, cfg.Limits, cfg.RequestTimeout, 20*time.Millisecond)
+	s.reqs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pando_requests_total", Help: "Client requests by operation and outcome.",
+	}, []string{"op", "outcome"})
+	s.lat = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "pando_request_duration_seconds", Help: "Client request latency by operation.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
+	}, []string{"op"})
+	s.reg.MustRegister(s.reqs, s.lat)
+	return s, nil
+}
+
+// initStorage checks the data directory belongs to this node, and writes
+// the first range's initial state when it is new.
+func (s *Server) initStorage() error {
+	db := s.engine.DB()
+	v, closer, err := db.Get(identityKey)
+	switch {
+	case err == nil:
+		id := string(v)
+		closer.Close()
+		if id != fmt.Sprint(s.cfg.ID) {
+			return fmt.Errorf("server: data directory %s belongs to node %s, not node %d", s.cfg.DataDir, id, s.cfg.ID)
+		}
+		return nil
+	case !errors.Is(err, pebble.ErrNotFound):
+		return fmt.Errorf("server: reading node identity: %w", err)
+	}
+	ids := make([]uint64, 0, len(s.cfg.InitialCluster))
+	for id := range s.cfg.InitialCluster {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	desc := &pandopb.RangeDescriptor{Id: 1, Replicas: ids, Generation: 1}
+	if err := storage.Bootstrap(s.engine, desc, ids); err != nil {
+		return err
+	}
+	return db.Set(identityKey, []byte(fmt.Sprint(s.cfg.ID)), pebble.Sync)
+}
+
+// Node exposes the node (tests and the demo).
+func (s *Server) Node() *node.Node { return s.node }
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() string {
+	if s.lis != nil {
+		return s.lis.Addr().String()
+	}
+	return s.cfg.Addr
+}
+
+// Start listens and serves. It returns once the listener is open.
+func (s *Server) Start() error {
+	lis := s.cfg.Listener
+	if lis == nil {
+		var err error
+		if lis, err = net.Listen("tcp", s.cfg.Addr); err != nil {
+			return fmt.Errorf("server: listen on %s: %w", s.cfg.Addr, err)
+		}
+	}
+	s.lis = lis
+	s.node.Start()
+
+	s.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(s.cfg.Limits.MaxRequestSize+(64<<10)),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
+		grpc.ChainStreamInterceptor(s.streamInterceptor),
+	)
+	pandopb.RegisterKVServer(s.grpc, s.svc)
+	pandopb.RegisterRaftServer(s.grpc, transport.NewServer(s.node))
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/kv/", s.instrumentHTTP(s.handleKV))
+	mux.HandleFunc("GET /v1/status", s.handleStatus)
+	mux.HandleFunc("GET /healthz", s.handleHealthz)
+	mux.HandleFunc("GET /readyz", s.handleReadyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	s.mux = cmux.New(lis)
+	grpcL := s.mux.MatchWithWriters(cmux.HTTP2MatchHeaderFieldSendSettings("content-type", "application/grpc"))
+	httpL := s.mux.Match(cmux.Any())
+	go func() { _ = s.grpc.Serve(grpcL) }()
+	go func() { _ = s.http.Serve(httpL) }()
+	go func() {
+		defer close(s.done)
+		_ = s.mux.Serve()
+	}()
+	return nil
+}
+
+func (s *Server) observe(op string, start time.Time, err error) {
+	outcome := "ok"
+	switch {
+	case err == nil:
+	case errors.Is(err, kv.ErrNotFound):
+		outcome = "not_found"
+	case errors.Is(err, kv.ErrVersionMismatch):
+		outcome = "version_mismatch"
+	case errors.Is(err, kv.ErrAmbiguous):
+		outcome = "ambiguous"
+	case httpStatus(err) == http.StatusServiceUnavailable:
+		outcome = "unavailable"
+	case httpStatus(err) < 500:
+		outcome = "bad_request"
+	default:
+		outcome = "error"
+	}
+	s.reqs.WithLabelValues(op, outcome).Inc()
+	s.lat.WithLabelValues(op).Observe(time.Since(start).Seconds())
+}
+
+func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	s.inflight.Add(1)
+	defer s.inflight.Done()
+	start := time.Now()
+	resp, err := h(ctx, req)
+	op := info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:]
+	s.observe(strings.ToLower(op), start, kv.FromStatus(err))
+	return resp, err
+}
+
+// streamInterceptor ends peer streams when the server stops.
+func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	ctx, cancel := context.WithCancel(ss.Context())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return h(srv, &ctxStream{ServerStream: ss, ctx: ctx})
+}
+
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (c *ctxStream) Context() context.Context { return c.ctx }
+
+func (s *Server) instrumentHTTP(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s.inflight.Add(1)
+		defer s.inflight.Done()
+		sw := &statusWriter{ResponseWriter: w, code: 200}
+		start := time.Now()
+		h(sw, r)
+		op := "http_" + strings.ToLower(r.Method)
+		outcome := "ok"
+		if sw.code >= 400 {
+			outcome = fmt.Sprint(sw.code)
+		}
+		s.reqs.WithLabelValues(op, outcome).Inc()
+		s.lat.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	}
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Stop shuts the node down gracefully: it stops reporting ready, hands
+// over the leadership of its ranges, stops accepting connections, lets
+// in-flight requests finish, then stops Raft and closes storage.
+func (s *Server) Stop(ctx context.Context) error {
+	var err error
+	s.stopOnce.Do(func() { err = s.stop(ctx) })
+	return err
+}
+
+func (s *Server) stop(ctx context.Context) error {
+	s.draining.Store(true)
+	if s.lis == nil { // never started
+		s.node.Stop()
+		s.tr.Close()
+		return s.engine.Close()
+	}
+	tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	if err := s.node.TransferLeadership(tctx); err != nil {
+		s.log.Warn("leadership transfer incomplete", "err", err)
+	}
+	cancel()
+	// Stop accepting connections; let in-flight requests finish (they may
+	// need this node's Raft to apply, so Raft keeps running meanwhile).
+	s.mux.Close()
+	hctx, hcancel := context.WithTimeout(ctx, 10*time.Second)
+	_ = s.http.Shutdown(hctx)
+	hcancel()
+	grpcDone := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(grpcDone) }()
+	waitTimeout(&s.inflight, 10*time.Second)
+	close(s.stopping)
+	select {
+	case <-grpcDone:
+	case <-time.After(5 * time.Second):
+		s.grpc.Stop()
+	}
+	s.tr.Close()
+	s.node.Stop()
+	return s.engine.Close()
+}
+
+// Kill stops the node abruptly, without leadership transfer (tests).
+func (s *Server) Kill() {
+	s.stopOnce.Do(func() {
+		s.draining.Store(true)
+		if s.mux != nil {
+			s.mux.Close()
+			close(s.stopping)
+			s.grpc.Stop()
+			s.http.Close()
+		}
+		s.tr.Close()
+		s.node.Stop()
+		s.engine.Close()
+	})
+}
+
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
+}

@@ -1,0 +1,339 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/kv"
+	"github.com/pando/pando/node"
+	"github.com/pando/pando/storage"
+)
+
+// NoForwardKey in a request's metadata asks a node to serve it locally or
+// refuse it with a NotLeader hint, never to forward it. Forwarding nodes set
+// it (one hop at most), and so does the Go client, which routes to leaders
+// itself.
+const NoForwardKey = "pando-no-forward"
+
+// Peers gives the service the other nodes: their addresses and KV clients.
+type Peers interface {
+	Addr(id uint64) string
+	KV(id uint64) (pandopb.KVClient, error)
+	// Live reports whether the node is believed reachable.
+	Live(id uint64) bool
+	IDs() []uint64
+}
+
+// Service implements the KV API on one node.
+type Service struct {
+	pandopb.UnimplementedKVServer
+
+	node    *node.Node
+	peers   Peers
+	limits  kv.Limits
+	timeout time.Duration
+	retry   time.Duration
+}
+
+// NewService returns the KV service of n. timeout is the deadline given to
+// requests that arrive without one; retry is the pause before retrying a
+// request while a range has no leader.
+func NewService(n *node.Node, peers Peers, limits kv.Limits, timeout, retry time.Duration) *Service {
+	return &Service{node: n, peers: peers, limits: limits.WithDefaults(), timeout: timeout, retry: retry}
+}
+
+// rangeFor finds the range holding key among the replicas here.
+func (s *Service) rangeFor(key []byte) (uint64, error) {
+	for _, st := range s.node.Statuses() {
+		d := st.Desc
+		if bytes.Compare(key, d.StartKey) >= 0 && (len(d.EndKey) == 0 || bytes.Compare(key, d.EndKey) < 0) {
+			return st.RangeID, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: no range holds key %q here", kv.ErrUnavailable, key)
+}
+
+func forwarded(ctx context.Context) bool {
+	md, ok := metadata.FromIncomingContext(ctx)
+	return ok && len(md.Get(NoForwardKey)) > 0
+}
+
+// route runs local on this node if it leads rangeID, or remote against the
+// leader, retrying while leadership is unknown or moving, until ctx ends.
+//
+// A write forwarded to a leader that fails in transport may have been
+// applied, so it is not retried (idempotent is false): the caller gets an
+// ambiguous error. Reads are always retried.
+func (s *Service) route(ctx context.Context, rangeID uint64, idempotent bool, local func() error, remote func(context.Context, pandopb.KVClient) error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+	}
+	fwd := forwarded(ctx)
+	for {
+		st, ok := s.node.Status(rangeID)
+		if !ok {
+			return fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, rangeID)
+		}
+		var err error
+		switch {
+		case st.LeaderID == s.node.ID():
+			err = local()
+		case fwd:
+			return &kv.NotLeaderError{RangeID: rangeID, LeaderID: st.LeaderID, LeaderAddr: s.peers.Addr(st.LeaderID)}
+		case st.LeaderID != 0:
+			var c pandopb.KVClient
+			if c, err = s.peers.KV(st.LeaderID); err == nil {
+				octx := metadata.AppendToOutgoingContext(ctx, NoForwardKey, "1")
+				err = kv.FromStatus(remote(octx, c))
+				if isTransportErr(err) {
+					if idempotent {
+						err = fmt.Errorf("%w: forward to node %d: %v", kv.ErrUnavailable, st.LeaderID, err)
+					} else {
+						err = fmt.Errorf("%w (%w): forward to node %d: %v", kv.ErrUnavailable, kv.ErrAmbiguous, st.LeaderID, err)
+					}
+				}
+			}
+		default:
+			err = &kv.NotLeaderError{RangeID: rangeID}
+		}
+		if !retryable(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(err, kv.ErrAmbiguous) {
+				return err
+			}
+			return fmt.Errorf("%w: range %d: %v", kv.ErrUnavailable, rangeID, err)
+		case <-time.After(s.retry):
+		}
+	}
+}
+
+// retryable: errors that mean "not applied here, try again": no leader, a
+// leader that moved, or an unreachable leader. Ambiguous outcomes are not
+// retried here.
+func retryable(err error) bool {
+	if err == nil || errors.Is(err, kv.ErrAmbiguous) {
+		return false
+	}
+	return errors.Is(err, kv.ErrNotLeader) || (errors.Is(err, kv.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded))
+}
+
+func (s *Service) checkConsistency(c pandopb.Consistency) error {
+	if c != pandopb.Consistency_LINEARIZABLE && c != pandopb.Consistency_STALE {
+		return fmt.Errorf("%w: unknown consistency %d", kv.ErrInvalidArgument, c)
+	}
+	return nil
+}
+
+// Get implements pandopb.KVServer.
+func (s *Service) Get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.GetResponse, error) {
+	resp, err := s.get(ctx, req)
+	return resp, kv.ToStatus(err)
+}
+
+func (s *Service) get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.GetResponse, error) {
+	if err := s.limits.CheckKey(req.Key); err != nil {
+		return nil, err
+	}
+	if err := s.checkConsistency(req.Consistency); err != nil {
+		return nil, err
+	}
+	rid, err := s.rangeFor(req.Key)
+	if err != nil {
+		return nil, err
+	}
+	read := func() (*pandopb.GetResponse, error) {
+		val, ver, found, err := storage.Get(s.node.Reader(), req.Key)
+		if err != nil {
+			return nil, err
+		}
+		return &pandopb.GetResponse{Found: found, Value: val, Version: ver}, nil
+	}
+	if req.Consistency == pandopb.Consistency_STALE {
+		return read()
+	}
+	var resp *pandopb.GetResponse
+	err = s.route(ctx, rid, true, func() error {
+		if err := s.node.ReadIndex(ctx, rid); err != nil {
+			return err
+		}
+		var err error
+		resp, err = read()
+		return err
+	}, func(ctx context.Context, c pandopb.KVClient) error {
+		var err error
+		resp, err = c.Get(ctx, req)
+		return err
+	})
+	return resp, err
+}
+
+// Put implements pandopb.KVServer.
+func (s *Service) Put(ctx context.Context, req *pandopb.PutRequest) (*pandopb.PutResponse, error) {
+	resp, err := s.put(ctx, req)
+	return resp, kv.ToStatus(err)
+}
+
+func (s *Service) put(ctx context.Context, req *pandopb.PutRequest) (*pandopb.PutResponse, error) {
+	if err := s.limits.CheckKey(req.Key); err != nil {
+		return nil, err
+	}
+	if err := s.limits.CheckValue(req.Value); err != nil {
+		return nil, err
+	}
+	rid, err := s.rangeFor(req.Key)
+	if err != nil {
+		return nil, err
+	}
+	var resp *pandopb.PutResponse
+	err = s.route(ctx, rid, false, func() error {
+		res, err := s.node.Propose(ctx, rid, &pandopb.Command{Op: &pandopb.Command_Put{Put: &pandopb.PutOp{
+			Key: req.Key, Value: req.Value, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion}}})
+		if err == nil {
+			resp = &pandopb.PutResponse{Version: res.Version}
+		}
+		return err
+	}, func(ctx context.Context, c pandopb.KVClient) error {
+		var err error
+		resp, err = c.Put(ctx, req)
+		return err
+	})
+	return resp, err
+}
+
+// Delete implements pandopb.KVServer.
+func (s *Service) Delete(ctx context.Context, req *pandopb.DeleteRequest) (*pandopb.DeleteResponse, error) {
+	resp, err := s.del(ctx, req)
+	return resp, kv.ToStatus(err)
+}
+
+func (s *Service) del(ctx context.Context, req *pandopb.DeleteRequest) (*pandopb.DeleteResponse, error) {
+	if err := s.limits.CheckKey(req.Key); err != nil {
+		return nil, err
+	}
+	rid, err := s.rangeFor(req.Key)
+	if err != nil {
+		return nil, err
+	}
+	var resp *pandopb.DeleteResponse
+	err = s.route(ctx, rid, false, func() error {
+		res, err := s.node.Propose(ctx, rid, &pandopb.Command{Op: &pandopb.Command_Delete{Delete: &pandopb.DeleteOp{
+			Key: req.Key, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion}}})
+		if err == nil {
+			resp = &pandopb.DeleteResponse{Deleted: res.Deleted}
+		}
+		return err
+	}, func(ctx context.Context, c pandopb.KVClient) error {
+		var err error
+		resp, err = c.Delete(ctx, req)
+		return err
+	})
+	return resp, err
+}
+
+// Scan implements pandopb.KVServer.
+func (s *Service) Scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.ScanResponse, error) {
+	resp, err := s.scan(ctx, req)
+	return resp, kv.ToStatus(err)
+}
+
+func (s *Service) scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.ScanResponse, error) {
+	if err := s.checkConsistency(req.Consistency); err != nil {
+		return nil, err
+	}
+	start, end := req.Start, req.End
+	if len(req.Prefix) > 0 {
+		if len(req.Start) > 0 || len(req.End) > 0 {
+			return nil, fmt.Errorf("%w: prefix excludes start and end", kv.ErrInvalidArgument)
+		}
+		start, end = req.Prefix, kv.PrefixEnd(req.Prefix)
+	}
+	if len(start) > s.limits.MaxKeySize || len(end) > s.limits.MaxKeySize {
+		return nil, fmt.Errorf("%w: scan bound longer than %d bytes", kv.ErrKeyTooLarge, s.limits.MaxKeySize)
+	}
+	if len(end) > 0 && bytes.Compare(start, end) >= 0 {
+		return nil, fmt.Errorf("%w: scan start %q is not before end %q", kv.ErrInvalidArgument, start, end)
+	}
+	limit := int(req.Limit)
+	if limit <= 0 || limit > s.limits.MaxScanLimit {
+		limit = s.limits.MaxScanLimit
+	}
+	rid, err := s.rangeFor(start)
+	if err != nil {
+		return nil, err
+	}
+	read := func() (*pandopb.ScanResponse, error) {
+		desc, _ := s.node.Descriptor(rid)
+		stop := end
+		clipped := false
+		if len(desc.EndKey) > 0 && (len(stop) == 0 || bytes.Compare(desc.EndKey, stop) < 0) {
+			stop, clipped = desc.EndKey, true
+		}
+		kvs, more, err := storage.Scan(s.node.Reader(), start, stop, limit)
+		if err != nil {
+			return nil, err
+		}
+		resp := &pandopb.ScanResponse{Items: make([]*pandopb.KeyValue, len(kvs))}
+		for i, x := range kvs {
+			resp.Items[i] = &pandopb.KeyValue{Key: x.Key, Value: x.Value, Version: x.Version}
+		}
+		switch {
+		case more:
+			resp.More, resp.Next = true, append(bytes.Clone(kvs[len(kvs)-1].Key), 0)
+		case clipped:
+			resp.More, resp.Next = true, bytes.Clone(desc.EndKey)
+		}
+		return resp, nil
+	}
+	if req.Consistency == pandopb.Consistency_STALE {
+		return read()
+	}
+	var resp *pandopb.ScanResponse
+	err = s.route(ctx, rid, true, func() error {
+		if err := s.node.ReadIndex(ctx, rid); err != nil {
+			return err
+		}
+		var err error
+		resp, err = read()
+		return err
+	}, func(ctx context.Context, c pandopb.KVClient) error {
+		var err error
+		resp, err = c.Scan(ctx, req)
+		return err
+	})
+	return resp, err
+}
+
+// Status implements pandopb.KVServer.
+func (s *Service) Status(ctx context.Context, _ *pandopb.StatusRequest) (*pandopb.StatusResponse, error) {
+	resp := &pandopb.StatusResponse{NodeId: s.node.ID()}
+	for _, id := range s.peers.IDs() {
+		live := id == s.node.ID() || s.peers.Live(id)
+		resp.Nodes = append(resp.Nodes, &pandopb.NodeStatus{Id: id, Addr: s.peers.Addr(id), Live: live})
+	}
+	for _, st := range s.node.Statuses() {
+		resp.Ranges = append(resp.Ranges, &pandopb.RangeStatus{
+			Id: st.RangeID, StartKey: st.Desc.StartKey, EndKey: st.Desc.EndKey, LeaderId: st.LeaderID,
+			Replicas: st.Desc.Replicas, AppliedIndex: st.Applied, Term: st.Term, Role: st.Role, CommitIndex: st.Commit,
+		})
+	}
+	return resp, nil
+}
+
+// isTransportErr reports a gRPC failure that is not an answer from pando.
+func isTransportErr(err error) bool {
+	st, ok := status.FromError(err)
+	return ok && (st.Code() == codes.Unavailable || st.Code() == codes.Internal || st.Code() == codes.Unknown)
+}

@@ -1,0 +1,168 @@
+package storage
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pando/pando/api/pandopb"
+)
+
+// Options configure an Engine. The zero value is usable.
+type Options struct {
+	// FS is the file system; nil means the operating system's (vfs.Default).
+	// Tests pass vfs.NewMem() or vfs.NewCrashableMem().
+	FS vfs.FS
+	// CacheSize is Pebble's block cache in bytes. Default 64 MiB.
+	CacheSize int64
+}
+
+// Engine is one node's Pebble database.
+type Engine struct {
+	db *pebble.DB
+}
+
+// Open opens (creating if needed) the database in dir.
+func Open(dir string, opts Options) (*Engine, error) {
+	if opts.CacheSize == 0 {
+		opts.CacheSize = 64 << 20
+	}
+	cache := pebble.NewCache(opts.CacheSize)
+	defer cache.Unref()
+	po := &pebble.Options{
+		FS:     opts.FS,
+		Cache:  cache,
+		Logger: quietLogger{},
+	}
+	db, err := pebble.Open(dir, po)
+	if err != nil {
+		return nil, fmt.Errorf("storage: open %s: %w", dir, err)
+	}
+	return &Engine{db: db}, nil
+}
+
+// DB exposes the database to the node's Ready loop and the state machine.
+func (e *Engine) DB() *pebble.DB { return e.db }
+
+// Close closes the database.
+func (e *Engine) Close() error { return e.db.Close() }
+
+// RangeIDs lists every range that has a replica stored here.
+func (e *Engine) RangeIDs() ([]uint64, error) {
+	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRangeLocal}, UpperBound: []byte{prefixRangeLocal + 1}})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var ids []uint64
+	for valid := it.First(); valid; {
+		id, _, err := DecodeRangeLocalKey(it.Key())
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+		if id == ^uint64(0) {
+			break
+		}
+		_, hi := rangeLocalSpan(id)
+		valid = it.SeekGE(hi)
+	}
+	return ids, it.Error()
+}
+
+// Get reads a user key from r (the database, a batch or a snapshot).
+func Get(r pebble.Reader, userKey []byte) (value []byte, version uint64, found bool, err error) {
+	v, closer, err := r.Get(DataKey(userKey))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, 0, false, nil
+	}
+	if err != nil {
+		return nil, 0, false, err
+	}
+	defer closer.Close()
+	ver, val, err := DecodeValue(v)
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("key %q: %w", userKey, err)
+	}
+	return bytes.Clone(val), ver, true, nil
+}
+
+// KV is one user key with its value and version.
+type KV struct {
+	Key     []byte
+	Value   []byte
+	Version uint64
+}
+
+// Scan returns up to limit user keys in [start, end) in order, and whether
+// more keys remain in the span. An empty end means the end of the key space.
+func Scan(r pebble.Reader, start, end []byte, limit int) ([]KV, bool, error) {
+	lo, hi := DataSpan(start, end)
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return nil, false, err
+	}
+	defer it.Close()
+	var out []KV
+	for valid := it.First(); valid; valid = it.Next() {
+		if len(out) == limit {
+			return out, true, it.Error()
+		}
+		ver, val, err := DecodeValue(it.Value())
+		if err != nil {
+			return nil, false, err
+		}
+		out = append(out, KV{Key: bytes.Clone(it.Key()[1:]), Value: bytes.Clone(val), Version: ver})
+	}
+	return out, false, it.Error()
+}
+
+// ReadRangeState reads a range's applied state; ok is false if none is stored.
+func ReadRangeState(r pebble.Reader, rangeID uint64) (st *pandopb.RangeState, ok bool, err error) {
+	st = &pandopb.RangeState{}
+	ok, err = getProto(r, RangeStateKey(rangeID), st)
+	return st, ok, err
+}
+
+// WriteRangeState stores a range's applied state in b.
+func WriteRangeState(b *pebble.Batch, rangeID uint64, st *pandopb.RangeState) error {
+	return putProto(b, RangeStateKey(rangeID), st)
+}
+
+func getProto(r pebble.Reader, key []byte, m proto.Message) (bool, error) {
+	v, closer, err := r.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer closer.Close()
+	if err := proto.Unmarshal(v, m); err != nil {
+		return false, fmt.Errorf("storage: corrupt record %x: %w", key, err)
+	}
+	return true, nil
+}
+
+func putProto(b *pebble.Batch, key []byte, m proto.Message) error {
+	v, err := proto.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return b.Set(key, v, nil)
+}
+
+func logIndex(k []byte) uint64 { return binary.BigEndian.Uint64(k[10:18]) }
+
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...interface{})  {}
+func (quietLogger) Errorf(string, ...interface{}) {}
+func (quietLogger) Fatalf(format string, args ...interface{}) {
+	panic(fmt.Sprintf("pebble: "+format, args...))
+}

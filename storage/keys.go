@@ -1,0 +1,123 @@
+package storage
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Key layout (every key starts with a one-byte kind):
+//
+//	0x01 rangeID(8, big endian) kind(1) [index(8)]   range-local records
+//	0x02 userKey                                     user data
+//
+// Range-local kinds: hard state, range (applied) state, truncated state, log
+// entries. User data is keyed by the user key alone, not by range: a range
+// owns the data keys inside its span, so splits and merges move no data.
+const (
+	prefixRangeLocal byte = 0x01
+	prefixData       byte = 0x02
+	prefixDataEnd    byte = 0x03
+
+	kindHardState      byte = 'h'
+	kindRangeState     byte = 's'
+	kindTruncatedState byte = 't'
+	kindLog            byte = 'l'
+	kindLogEnd         byte = 'm'
+)
+
+func rangeLocalKey(rangeID uint64, kind byte, extra int) []byte {
+	k := make([]byte, 10, 10+extra)
+	k[0] = prefixRangeLocal
+	binary.BigEndian.PutUint64(k[1:9], rangeID)
+	k[9] = kind
+	return k
+}
+
+// HardStateKey is where a range's Raft hard state lives.
+func HardStateKey(rangeID uint64) []byte { return rangeLocalKey(rangeID, kindHardState, 0) }
+
+// RangeStateKey is where a range's applied state lives.
+func RangeStateKey(rangeID uint64) []byte { return rangeLocalKey(rangeID, kindRangeState, 0) }
+
+// TruncatedStateKey is where a range's log truncation point lives.
+func TruncatedStateKey(rangeID uint64) []byte { return rangeLocalKey(rangeID, kindTruncatedState, 0) }
+
+// LogKey is the key of one Raft log entry.
+func LogKey(rangeID, index uint64) []byte {
+	k := rangeLocalKey(rangeID, kindLog, 8)
+	return binary.BigEndian.AppendUint64(k, index)
+}
+
+// logSpan returns [lo, hi) covering all log entries of rangeID.
+func logSpan(rangeID uint64) ([]byte, []byte) {
+	return rangeLocalKey(rangeID, kindLog, 0), rangeLocalKey(rangeID, kindLogEnd, 0)
+}
+
+// rangeLocalSpan returns [lo, hi) covering every range-local key of rangeID.
+func rangeLocalSpan(rangeID uint64) ([]byte, []byte) {
+	lo := make([]byte, 9)
+	lo[0] = prefixRangeLocal
+	binary.BigEndian.PutUint64(lo[1:], rangeID)
+	hi := make([]byte, 9)
+	hi[0] = prefixRangeLocal
+	binary.BigEndian.PutUint64(hi[1:], rangeID+1)
+	if rangeID == ^uint64(0) {
+		hi = []byte{prefixRangeLocal + 1}
+	}
+	return lo, hi
+}
+
+// DecodeRangeLocalKey splits a range-local key into its range and kind.
+func DecodeRangeLocalKey(k []byte) (rangeID uint64, kind byte, err error) {
+	if len(k) < 10 || k[0] != prefixRangeLocal {
+		return 0, 0, fmt.Errorf("storage: %x is not a range-local key", k)
+	}
+	return binary.BigEndian.Uint64(k[1:9]), k[9], nil
+}
+
+// DataKey is the storage key of a user key.
+func DataKey(userKey []byte) []byte {
+	k := make([]byte, 1+len(userKey))
+	k[0] = prefixData
+	copy(k[1:], userKey)
+	return k
+}
+
+// DataSpan returns the storage span [lo, hi) of the user span [start, end);
+// an empty end means the end of the key space.
+func DataSpan(start, end []byte) ([]byte, []byte) {
+	lo := DataKey(start)
+	if len(end) == 0 {
+		return lo, []byte{prefixDataEnd}
+	}
+	return lo, DataKey(end)
+}
+
+// UserKey returns the user key of a data key.
+func UserKey(dataKey []byte) ([]byte, error) {
+	if len(dataKey) < 1 || dataKey[0] != prefixData {
+		return nil, fmt.Errorf("storage: %x is not a data key", dataKey)
+	}
+	return dataKey[1:], nil
+}
+
+// ErrCorruptValue means a stored value could not be decoded.
+var ErrCorruptValue = errors.New("storage: corrupt value")
+
+// EncodeValue encodes a user value with its version.
+func EncodeValue(version uint64, value []byte) []byte {
+	b := make([]byte, 8+len(value))
+	binary.BigEndian.PutUint64(b, version)
+	copy(b[8:], value)
+	return b
+}
+
+// DecodeValue splits a stored value into version and user value. The value
+// aliases b.
+func DecodeValue(b []byte) (version uint64, value []byte, err error) {
+	if len(b) < 8 {
+		return 0, nil, fmt.Errorf("%w: %d bytes", ErrCorruptValue, len(b))
+	}
+	return binary.BigEndian.Uint64(b), b[8:], nil
+}

@@ -1,0 +1,303 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/pando/pando/api/pandopb"
+)
+
+// RaftStorage is one range's raft.Storage, read from the engine, with the
+// first and last log index kept in memory. It is used by exactly one
+// goroutine, the node's Ready loop, which also performs every write through
+// the Append/SetHardState/... methods and commits the batches.
+type RaftStorage struct {
+	db      *pebble.DB
+	rangeID uint64
+
+	hard      raftpb.HardState
+	state     *pandopb.RangeState
+	conf      raftpb.ConfState
+	trunc     pandopb.TruncatedState
+	lastIndex uint64
+
+	// SnapshotFunc builds the snapshot raft asks for (see Snapshot).
+	SnapshotFunc func() (raftpb.Snapshot, error)
+}
+
+// LoadRaftStorage reads a range's Raft state from the engine.
+func LoadRaftStorage(e *Engine, rangeID uint64) (*RaftStorage, error) {
+	s := &RaftStorage{db: e.db, rangeID: rangeID}
+	st, ok, err := ReadRangeState(e.db, rangeID)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("storage: range %d has no state", rangeID)
+	}
+	s.state = st
+	if err := s.conf.Unmarshal(st.ConfState); err != nil {
+		return nil, fmt.Errorf("storage: range %d: corrupt conf state: %w", rangeID, err)
+	}
+	if _, err := getProto(e.db, TruncatedStateKey(rangeID), &s.trunc); err != nil {
+		return nil, err
+	}
+	if v, closer, err := e.db.Get(HardStateKey(rangeID)); err == nil {
+		err = s.hard.Unmarshal(v)
+		closer.Close()
+		if err != nil {
+			return nil, fmt.Errorf("storage: range %d: corrupt hard state: %w", rangeID, err)
+		}
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		return nil, err
+	}
+	// The last index is the last stored entry, or the truncation point.
+	s.lastIndex = s.trunc.Index
+	lo, hi := logSpan(rangeID)
+	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return nil, err
+	}
+	if it.Last() {
+		s.lastIndex = logIndex(it.Key())
+	}
+	if err := it.Close(); err != nil {
+		return nil, err
+	}
+	if err := s.checkCoherence(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// checkCoherence verifies the invariants between log, hard state and
+// applied state that a crash must never break.
+func (s *RaftStorage) checkCoherence() error {
+	switch {
+	case s.state.AppliedIndex < s.trunc.Index:
+		return fmt.Errorf("storage: range %d: applied index %d below truncated index %d", s.rangeID, s.state.AppliedIndex, s.trunc.Index)
+	case s.hard.Commit < s.state.AppliedIndex:
+		return fmt.Errorf("storage: range %d: commit index %d below applied index %d", s.rangeID, s.hard.Commit, s.state.AppliedIndex)
+	case s.hard.Commit > s.lastIndex:
+		return fmt.Errorf("storage: range %d: commit index %d beyond last log index %d (log lost)", s.rangeID, s.hard.Commit, s.lastIndex)
+	}
+	return nil
+}
+
+// RangeID is the range this storage belongs to.
+func (s *RaftStorage) RangeID() uint64 { return s.rangeID }
+
+// State is the applied state as last written.
+func (s *RaftStorage) State() *pandopb.RangeState { return s.state }
+
+// HardState is the hard state as last written.
+func (s *RaftStorage) HardState() raftpb.HardState { return s.hard }
+
+// InitialState implements raft.Storage.
+func (s *RaftStorage) InitialState() (raftpb.HardState, raftpb.ConfState, error) {
+	return s.hard, s.conf, nil
+}
+
+// FirstIndex implements raft.Storage.
+func (s *RaftStorage) FirstIndex() (uint64, error) { return s.trunc.Index + 1, nil }
+
+// LastIndex implements raft.Storage.
+func (s *RaftStorage) LastIndex() (uint64, error) { return s.lastIndex, nil }
+
+// Term implements raft.Storage.
+func (s *RaftStorage) Term(i uint64) (uint64, error) {
+	switch {
+	case i == s.trunc.Index:
+		return s.trunc.Term, nil
+	case i < s.trunc.Index:
+		return 0, raft.ErrCompacted
+	case i > s.lastIndex:
+		return 0, raft.ErrUnavailable
+	}
+	v, closer, err := s.db.Get(LogKey(s.rangeID, i))
+	if err != nil {
+		return 0, fmt.Errorf("storage: range %d: entry %d: %w", s.rangeID, i, err)
+	}
+	defer closer.Close()
+	var e raftpb.Entry
+	if err := e.Unmarshal(v); err != nil {
+		return 0, fmt.Errorf("storage: range %d: corrupt entry %d: %w", s.rangeID, i, err)
+	}
+	return e.Term, nil
+}
+
+// Entries implements raft.Storage.
+func (s *RaftStorage) Entries(lo, hi, maxSize uint64) ([]raftpb.Entry, error) {
+	if lo <= s.trunc.Index {
+		return nil, raft.ErrCompacted
+	}
+	if hi > s.lastIndex+1 {
+		return nil, fmt.Errorf("storage: range %d: entries [%d,%d) beyond last index %d", s.rangeID, lo, hi, s.lastIndex)
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: LogKey(s.rangeID, lo), UpperBound: LogKey(s.rangeID, hi)})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	if lo >= hi {
+		return nil, nil
+	}
+	var ents []raftpb.Entry
+	var size uint64
+	next := lo
+	full := false
+	for valid := it.First(); valid; valid = it.Next() {
+		var e raftpb.Entry
+		if err := e.Unmarshal(it.Value()); err != nil {
+			return nil, fmt.Errorf("storage: range %d: corrupt entry: %w", s.rangeID, err)
+		}
+		if e.Index != next {
+			return nil, fmt.Errorf("storage: range %d: log gap: want entry %d, found %d", s.rangeID, next, e.Index)
+		}
+		size += uint64(e.Size())
+		if len(ents) > 0 && size > maxSize {
+			full = true
+			break
+		}
+		ents = append(ents, e)
+		next++
+	}
+	if err := it.Error(); err != nil {
+		return nil, err
+	}
+	if !full && next < hi {
+		return nil, fmt.Errorf("storage: range %d: entries [%d,%d) missing from %d", s.rangeID, lo, hi, next)
+	}
+	return ents, nil
+}
+
+// Snapshot implements raft.Storage by delegating to SnapshotFunc.
+func (s *RaftStorage) Snapshot() (raftpb.Snapshot, error) {
+	if s.SnapshotFunc == nil {
+		return raftpb.Snapshot{}, raft.ErrSnapshotTemporarilyUnavailable
+	}
+	return s.SnapshotFunc()
+}
+
+// Append writes entries into b, removing any stale tail they replace.
+func (s *RaftStorage) Append(b *pebble.Batch, ents []raftpb.Entry) error {
+	if len(ents) == 0 {
+		return nil
+	}
+	for i := range ents {
+		v, err := ents[i].Marshal()
+		if err != nil {
+			return err
+		}
+		if err := b.Set(LogKey(s.rangeID, ents[i].Index), v, nil); err != nil {
+			return err
+		}
+	}
+	newLast := ents[len(ents)-1].Index
+	if newLast < s.lastIndex {
+		if err := b.DeleteRange(LogKey(s.rangeID, newLast+1), LogKey(s.rangeID, s.lastIndex+1), nil); err != nil {
+			return err
+		}
+	}
+	s.lastIndex = newLast
+	return nil
+}
+
+// SetHardState writes the hard state into b.
+func (s *RaftStorage) SetHardState(b *pebble.Batch, hs raftpb.HardState) error {
+	v, err := hs.Marshal()
+	if err != nil {
+		return err
+	}
+	s.hard = hs
+	return b.Set(HardStateKey(s.rangeID), v, nil)
+}
+
+// SetApplied records, in b, that entries up to index (of term) are applied,
+// with the range's current conf state and descriptor.
+func (s *RaftStorage) SetApplied(b *pebble.Batch, index, term uint64) error {
+	s.state.AppliedIndex = index
+	s.state.AppliedTerm = term
+	return WriteRangeState(b, s.rangeID, s.state)
+}
+
+// SetConfState records a new conf state (written with the next SetApplied).
+func (s *RaftStorage) SetConfState(cs raftpb.ConfState) error {
+	v, err := cs.Marshal()
+	if err != nil {
+		return err
+	}
+	s.conf = cs
+	s.state.ConfState = v
+	return nil
+}
+
+// ApplySnapshot records, in b, the metadata of an applied snapshot: the log
+// is emptied and truncated at the snapshot's index. The caller writes the
+// data into the same batch.
+func (s *RaftStorage) ApplySnapshot(b *pebble.Batch, snap raftpb.Snapshot, desc *pandopb.RangeDescriptor) error {
+	m := snap.Metadata
+	lo, hi := logSpan(s.rangeID)
+	if err := b.DeleteRange(lo, hi, nil); err != nil {
+		return err
+	}
+	s.trunc = pandopb.TruncatedState{Index: m.Index, Term: m.Term}
+	if err := putProto(b, TruncatedStateKey(s.rangeID), &s.trunc); err != nil {
+		return err
+	}
+	s.lastIndex = m.Index
+	s.state.Desc = desc
+	if err := s.SetConfState(m.ConfState); err != nil {
+		return err
+	}
+	return s.SetApplied(b, m.Index, m.Term)
+}
+
+// Truncate removes, in b, log entries up to and including index, which must
+// be applied.
+func (s *RaftStorage) Truncate(b *pebble.Batch, index uint64) error {
+	if index <= s.trunc.Index {
+		return nil
+	}
+	if index > s.state.AppliedIndex {
+		return fmt.Errorf("storage: range %d: truncate to %d beyond applied %d", s.rangeID, index, s.state.AppliedIndex)
+	}
+	term, err := s.Term(index)
+	if err != nil {
+		return err
+	}
+	if err := b.DeleteRange(LogKey(s.rangeID, s.trunc.Index+1), LogKey(s.rangeID, index+1), nil); err != nil {
+		return err
+	}
+	s.trunc = pandopb.TruncatedState{Index: index, Term: term}
+	return putProto(b, TruncatedStateKey(s.rangeID), &s.trunc)
+}
+
+// Bootstrap writes the initial state of a new range whose voters are the
+// given nodes, with an empty log. Every initial member writes the same state.
+func Bootstrap(e *Engine, desc *pandopb.RangeDescriptor, voters []uint64) error {
+	if _, ok, err := ReadRangeState(e.db, desc.Id); err != nil || ok {
+		if ok {
+			return fmt.Errorf("storage: range %d already exists", desc.Id)
+		}
+		return err
+	}
+	cs := raftpb.ConfState{Voters: voters}
+	v, err := cs.Marshal()
+	if err != nil {
+		return err
+	}
+	b := e.db.NewBatch()
+	defer b.Close()
+	if err := WriteRangeState(b, desc.Id, &pandopb.RangeState{ConfState: v, Desc: desc}); err != nil {
+		return err
+	}
+	if err := putProto(b, TruncatedStateKey(desc.Id), &pandopb.TruncatedState{}); err != nil {
+		return err
+	}
+	return b.Commit(pebble.Sync)
+}
