@@ -59,9 +59,9 @@ type group struct {
 
 	inSnap *incomingSnapshot
 
-	readQueue   []*readRequest          // waiting to be given a read index
+	readQueue   []*readRequest            // waiting to be given a read index
 	readBatches map[uint64][]*readRequest // ReadIndex ctx -> requests
-	readWaiting []*readRequest          // confirmed, waiting for apply
+	readWaiting []*readRequest            // confirmed, waiting for apply
 }
 
 // RangeStatus is a replica's state as last observed by the loop.
