@@ -120,25 +120,29 @@ func FromStatus(err error) error {
 			return &NotLeaderError{RangeID: rid, LeaderID: lid, LeaderAddr: info.Metadata["leader_addr"]}
 		}
 		if s, ok := reasons[info.Reason]; ok {
+			if info.Reason == "AMBIGUOUS" {
+				// An unknown outcome is also a failure to reach a quorum.
+				return &wrapped{msg: st.Message(), errs: []error{ErrUnavailable, ErrAmbiguous}}
+			}
 			if st.Message() == s.Error() {
 				return s
 			}
-			return &wrapped{msg: st.Message(), err: s}
+			return &wrapped{msg: st.Message(), errs: []error{s}}
 		}
 	}
 	switch st.Code() {
 	case codes.DeadlineExceeded:
-		return &wrapped{msg: st.Message(), err: context.DeadlineExceeded}
+		return &wrapped{msg: st.Message(), errs: []error{context.DeadlineExceeded}}
 	case codes.Canceled:
-		return &wrapped{msg: st.Message(), err: context.Canceled}
+		return &wrapped{msg: st.Message(), errs: []error{context.Canceled}}
 	}
 	return err
 }
 
 type wrapped struct {
-	msg string
-	err error
+	msg  string
+	errs []error
 }
 
-func (w *wrapped) Error() string { return w.msg }
-func (w *wrapped) Unwrap() error { return w.err }
+func (w *wrapped) Error() string   { return w.msg }
+func (w *wrapped) Unwrap() []error { return w.errs }

@@ -179,8 +179,10 @@ func (n *Node) Stop() {
 	close(n.stopc)
 	<-n.donec
 	n.propMu.Lock()
+	// A pending proposal may still commit through the other replicas: its
+	// outcome is unknown, not failed.
 	for id, p := range n.proposals {
-		p.done <- proposalResult{err: kv.ErrStopped}
+		p.done <- proposalResult{err: fmt.Errorf("%w (%w): node stopped with the write in flight", kv.ErrUnavailable, kv.ErrAmbiguous)}
 		delete(n.proposals, id)
 	}
 	n.propMu.Unlock()

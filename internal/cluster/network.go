@@ -120,14 +120,26 @@ func (t *transport) Send(envs []node.Envelope) {
 		if nw.delay > 0 {
 			delay = time.Duration(nw.rng.Int64N(int64(nw.delay)))
 		}
+		var data []node.RawKV
+		if e.Snapshot != nil {
+			// Read the data now, while the sender's engine is surely open.
+			err := e.Snapshot.Chunks(func(chunk []node.RawKV) error {
+				data = append(data, chunk...)
+				return nil
+			})
+			if err != nil {
+				e.Snapshot.Done(false)
+				continue
+			}
+		}
 		for i := 0; i < copies; i++ {
 			nw.wg.Add(1)
-			go nw.deliver(dst, e, delay)
+			go nw.deliver(dst, e, data, delay)
 		}
 	}
 }
 
-func (nw *Network) deliver(dst *node.Node, e node.Envelope, delay time.Duration) {
+func (nw *Network) deliver(dst *node.Node, e node.Envelope, data []node.RawKV, delay time.Duration) {
 	defer nw.wg.Done()
 	if delay > 0 {
 		time.Sleep(delay)
@@ -138,13 +150,6 @@ func (nw *Network) deliver(dst *node.Node, e node.Envelope, delay time.Duration)
 		_ = dst.Step(ctx, e.RangeID, e.Msg)
 		return
 	}
-	var data []node.RawKV
-	err := e.Snapshot.Chunks(func(chunk []node.RawKV) error {
-		data = append(data, chunk...)
-		return nil
-	})
-	if err == nil {
-		err = dst.StepSnapshot(ctx, e.RangeID, e.Msg, data)
-	}
+	err := dst.StepSnapshot(ctx, e.RangeID, e.Msg, data)
 	e.Snapshot.Done(err == nil)
 }
