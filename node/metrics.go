@@ -38,6 +38,9 @@ func newMetrics(n *Node, reg prometheus.Registerer) *metrics {
 			Help: "Proposals by outcome (applied, rejected, not_leader, ambiguous, failed).",
 		}, []string{"outcome"}),
 	}
+	for _, o := range []string{"applied", "rejected", "not_leader", "ambiguous", "failed"} {
+		m.proposals.WithLabelValues(o)
+	}
 	if reg != nil {
 		reg.MustRegister(m.fsync, m.apply, m.readyRanges, m.proposals, &stateCollector{n: n})
 	}

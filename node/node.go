@@ -46,6 +46,7 @@ type Node struct {
 	stopc   chan struct{}
 	donec   chan struct{}
 	stopped atomic.Bool
+	started atomic.Bool
 	stopMu  sync.Mutex
 }
 
@@ -166,7 +167,10 @@ func (n *Node) addReplica(id uint64) error {
 }
 
 // Start runs the Ready loop.
-func (n *Node) Start() { go n.run() }
+func (n *Node) Start() {
+	n.started.Store(true)
+	go n.run()
+}
 
 // Stop stops the loop and fails every pending request with ErrStopped. It
 // does not close the engine.
@@ -177,7 +181,9 @@ func (n *Node) Stop() {
 		return
 	}
 	close(n.stopc)
-	<-n.donec
+	if n.started.Load() {
+		<-n.donec
+	}
 	n.propMu.Lock()
 	// A pending proposal may still commit through the other replicas: its
 	// outcome is unknown, not failed.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -66,8 +67,8 @@ func ParseInitialCluster(s string) (map[uint64]string, error) {
 			continue
 		}
 		id, addr, ok := strings.Cut(part, "=")
-		var n uint64
-		if _, err := fmt.Sscanf(id, "%d", &n); !ok || err != nil || n == 0 || addr == "" {
+		n, err := strconv.ParseUint(strings.TrimSpace(id), 10, 64)
+		if !ok || err != nil || n == 0 || addr == "" {
 			return nil, fmt.Errorf("initial cluster entry %q must look like 1=127.0.0.1:7001", part)
 		}
 		if _, dup := out[n]; dup {

@@ -1,0 +1,488 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pando/pando/client"
+	"github.com/pando/pando/server"
+)
+
+type testCluster struct {
+	t       *testing.T
+	dir     string
+	addrs   map[uint64]string
+	servers map[uint64]*server.Server
+	keep    uint64
+}
+
+func quietLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// startCluster runs n servers on loopback ports, each with real gRPC.
+func startCluster(t *testing.T, n int, logKeep uint64) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t, dir: t.TempDir(), addrs: map[uint64]string{}, servers: map[uint64]*server.Server{}, keep: logKeep}
+	lis := map[uint64]net.Listener{}
+	for i := uint64(1); i <= uint64(n); i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lis[i] = l
+		c.addrs[i] = l.Addr().String()
+	}
+	for i := uint64(1); i <= uint64(n); i++ {
+		c.start(i, lis[i])
+	}
+	t.Cleanup(func() {
+		for _, s := range c.servers {
+			s.Kill()
+		}
+	})
+	c.waitLeader()
+	return c
+}
+
+func (c *testCluster) start(id uint64, l net.Listener) {
+	c.t.Helper()
+	if l == nil {
+		var err error
+		for i := 0; i < 100; i++ {
+			if l, err = net.Listen("tcp", c.addrs[id]); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	s, err := server.New(server.Config{
+		ID: id, DataDir: filepath.Join(c.dir, fmt.Sprint(id)), Addr: c.addrs[id], InitialCluster: c.addrs,
+		Listener: l, TickInterval: 20 * time.Millisecond, LogKeepEntries: c.keep, Logger: quietLogger(),
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.servers[id] = s
+}
+
+func (c *testCluster) waitLeader() uint64 {
+	c.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for id, s := range c.servers {
+			if st, ok := s.Node().Status(1); ok && st.LeaderID == id {
+				return id
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c.t.Fatal("no leader")
+	return 0
+}
+
+func (c *testCluster) endpoints() []string {
+	var eps []string
+	for _, a := range c.addrs {
+		eps = append(eps, a)
+	}
+	return eps
+}
+
+func (c *testCluster) client() *client.Client {
+	cl, err := client.New(client.Config{Endpoints: c.endpoints()})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+func doHTTP(t *testing.T, method, u string, body []byte) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, u, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+func TestHTTPAPI(t *testing.T) {
+	c := startCluster(t, 3, 0)
+	// Talk to a follower to exercise forwarding.
+	lead := c.waitLeader()
+	var base string
+	for id, a := range c.addrs {
+		if id != lead {
+			base = "http://" + a
+		}
+	}
+
+	resp, body := doHTTP(t, "PUT", base+"/v1/kv/greeting", []byte("hello"))
+	if resp.StatusCode != 200 {
+		t.Fatalf("put: %d %s", resp.StatusCode, body)
+	}
+	var put struct{ Version uint64 }
+	if err := json.Unmarshal(body, &put); err != nil || put.Version == 0 {
+		t.Fatalf("put answer %s: %v", body, err)
+	}
+	resp, body = doHTTP(t, "GET", base+"/v1/kv/greeting", nil)
+	if resp.StatusCode != 200 || string(body) != "hello" || resp.Header.Get("Pando-Version") != fmt.Sprint(put.Version) {
+		t.Fatalf("get: %d %q version %q", resp.StatusCode, body, resp.Header.Get("Pando-Version"))
+	}
+	// A stale read is served locally: it may lag, but soon sees the write.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		resp, body = doHTTP(t, "GET", base+"/v1/kv/greeting?consistency=stale", nil)
+		if resp.StatusCode == 200 && string(body) == "hello" {
+			break
+		}
+		if resp.StatusCode != 404 || time.Now().After(deadline) {
+			t.Fatalf("stale get: %d %s", resp.StatusCode, body)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	// Compare-and-swap: a wrong version answers 412 with the current one.
+	resp, body = doHTTP(t, "PUT", base+"/v1/kv/greeting?cas=1", []byte("x"))
+	var e struct {
+		Error          string
+		CurrentVersion uint64 `json:"current_version"`
+	}
+	if err := json.Unmarshal(body, &e); err != nil || resp.StatusCode != 412 || e.CurrentVersion != put.Version || e.Error == "" {
+		t.Fatalf("failed cas: %d %s", resp.StatusCode, body)
+	}
+	resp, body = doHTTP(t, "PUT", fmt.Sprintf("%s/v1/kv/greeting?cas=%d", base, put.Version), []byte("bye"))
+	if resp.StatusCode != 200 {
+		t.Fatalf("cas: %d %s", resp.StatusCode, body)
+	}
+	resp, _ = doHTTP(t, "PUT", base+"/v1/kv/new?cas=0", []byte("first"))
+	if resp.StatusCode != 200 {
+		t.Fatalf("cas=0 on absent key: %d", resp.StatusCode)
+	}
+
+	// Delete, then 404.
+	resp, body = doHTTP(t, "DELETE", base+"/v1/kv/greeting", nil)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"deleted": true`) {
+		t.Fatalf("delete: %d %s", resp.StatusCode, body)
+	}
+	resp, body = doHTTP(t, "GET", base+"/v1/kv/greeting", nil)
+	if resp.StatusCode != 404 || !strings.Contains(string(body), "not found") {
+		t.Fatalf("get deleted: %d %s", resp.StatusCode, body)
+	}
+
+	// Bad input: 400 and 413, as JSON with a message.
+	for _, tc := range []struct {
+		method, path string
+		body         []byte
+		code         int
+	}{
+		{"PUT", "/v1/kv/k?cas=abc", nil, 400},
+		{"GET", "/v1/kv/k?consistency=maybe", nil, 400},
+		{"GET", "/v1/kv/?limit=-1", nil, 400},
+		{"GET", "/v1/kv/?start=b&end=a", nil, 400},
+		{"PUT", "/v1/kv/", []byte("v"), 400},
+		{"PUT", "/v1/kv/" + strings.Repeat("k", 4097), []byte("v"), 413},
+		{"PUT", "/v1/kv/big", bytes.Repeat([]byte("v"), 1<<20+1), 413},
+		{"PUT", "/v1/kv/huge", bytes.Repeat([]byte("v"), 4<<20+1), 413},
+		{"PATCH", "/v1/kv/k", nil, 400},
+		{"GET", "/v1/kv/k?timeout=soon", nil, 400},
+	} {
+		resp, body := doHTTP(t, tc.method, base+tc.path, tc.body)
+		var e struct{ Error string }
+		if resp.StatusCode != tc.code || json.Unmarshal(body, &e) != nil || e.Error == "" {
+			t.Errorf("%s %.40s: %d %.100s, want %d with a JSON error", tc.method, tc.path, resp.StatusCode, body, tc.code)
+		}
+	}
+
+	// Scans: prefix, range, limit and continuation, any bytes in keys.
+	keys := []string{"p/a", "p/b", "p/c", "p/\xff\x00", "q"}
+	for _, k := range keys {
+		if resp, body := doHTTP(t, "PUT", base+"/v1/kv/"+url.PathEscape(k), []byte("v-"+k)); resp.StatusCode != 200 {
+			t.Fatalf("put %q: %d %s", k, resp.StatusCode, body)
+		}
+	}
+	var got []string
+	next := ""
+	for page := 0; page < 10; page++ {
+		u := base + "/v1/kv/?prefix=p/&limit=2"
+		if next != "" {
+			u += "&continue=" + url.QueryEscape(next)
+		}
+		resp, body := doHTTP(t, "GET", u, nil)
+		var sr server.ScanResult
+		if resp.StatusCode != 200 || json.Unmarshal(body, &sr) != nil {
+			t.Fatalf("scan: %d %s", resp.StatusCode, body)
+		}
+		for _, it := range sr.Items {
+			if string(it.Value) != "v-"+string(it.Key) {
+				t.Fatalf("scan item %q = %q", it.Key, it.Value)
+			}
+			got = append(got, string(it.Key))
+		}
+		if !sr.More {
+			break
+		}
+		var raw struct{ Next string }
+		_ = json.Unmarshal(body, &raw)
+		next = raw.Next
+	}
+	if want := []string{"p/a", "p/b", "p/c", "p/\xff\x00"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("prefix scan pages = %q, want %q", got, want)
+	}
+	resp, body = doHTTP(t, "GET", base+"/v1/kv/?start=p/b&end=q&limit=10", nil)
+	var sr server.ScanResult
+	if err := json.Unmarshal(body, &sr); err != nil || resp.StatusCode != 200 || len(sr.Items) != 3 || sr.More {
+		t.Fatalf("range scan: %d %s", resp.StatusCode, body)
+	}
+
+	// Status, health, metrics.
+	resp, body = doHTTP(t, "GET", base+"/v1/status", nil)
+	var st struct {
+		NodeID uint64 `json:"node_id"`
+		Nodes  []struct {
+			ID   uint64
+			Addr string
+			Live bool
+		}
+		Ranges []struct {
+			ID           uint64
+			LeaderID     uint64   `json:"leader_id"`
+			Replicas     []uint64 `json:"replicas"`
+			AppliedIndex uint64   `json:"applied_index"`
+			Term         uint64
+			StartKey     *string `json:"start_key"`
+			EndKey       *string `json:"end_key"`
+		}
+	}
+	if err := json.Unmarshal(body, &st); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("status: %d %s", resp.StatusCode, body)
+	}
+	if st.NodeID == 0 || len(st.Nodes) != 3 || len(st.Ranges) != 1 || st.Ranges[0].LeaderID != lead ||
+		len(st.Ranges[0].Replicas) != 3 || st.Ranges[0].AppliedIndex == 0 || st.Ranges[0].Term == 0 || st.Ranges[0].StartKey == nil || st.Ranges[0].EndKey == nil {
+		t.Fatalf("status: %s", body)
+	}
+	for _, n := range st.Nodes {
+		if !n.Live || n.Addr == "" {
+			t.Fatalf("status node %+v", n)
+		}
+	}
+	for _, p := range []string{"/healthz", "/readyz"} {
+		if resp, body := doHTTP(t, "GET", base+p, nil); resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %s", p, resp.StatusCode, body)
+		}
+	}
+	resp, body = doHTTP(t, "GET", base+"/metrics", nil)
+	for _, m := range []string{"pando_raft_fsync_seconds", "pando_raft_apply_seconds", "pando_raft_proposals_total", "pando_raft_is_leader", "pando_raft_term", "pando_requests_total", "pando_request_duration_seconds"} {
+		if !strings.Contains(string(body), m) {
+			t.Errorf("metrics lack %s", m)
+		}
+	}
+	// The leader counts proposals; the follower we talked to counts requests.
+	if resp, body = doHTTP(t, "GET", "http://"+c.addrs[lead]+"/metrics", nil); !strings.Contains(string(body), `pando_raft_proposals_total{outcome="applied"}`) {
+		t.Errorf("leader metrics lack applied proposals")
+	}
+}
+
+func TestClientAPI(t *testing.T) {
+	c := startCluster(t, 3, 0)
+	cl := c.client()
+	ctx := context.Background()
+	if _, err := cl.Get(ctx, []byte("missing")); !errors.Is(err, client.ErrNotFound) {
+		t.Fatalf("get missing: %v", err)
+	}
+	v1, err := cl.Put(ctx, []byte("k"), []byte("v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.CompareAndSwap(ctx, []byte("k"), v1+100, []byte("v2")); !errors.Is(err, client.ErrVersionMismatch) {
+		t.Fatalf("cas mismatch: %v", err)
+	}
+	v2, err := cl.CompareAndSwap(ctx, []byte("k"), v1, []byte("v2"))
+	if err != nil || v2 <= v1 {
+		t.Fatalf("cas: %d %v", v2, err)
+	}
+	kv, err := cl.Get(ctx, []byte("k"))
+	if err != nil || string(kv.Value) != "v2" || kv.Version != v2 {
+		t.Fatalf("get: %+v %v", kv, err)
+	}
+	if _, err := cl.Put(ctx, bytes.Repeat([]byte("k"), 5000), nil); !errors.Is(err, client.ErrKeyTooLarge) {
+		t.Fatalf("oversized key: %v", err)
+	}
+	if _, err := cl.Put(ctx, []byte("k"), make([]byte, 1<<20+1)); !errors.Is(err, client.ErrValueTooLarge) {
+		t.Fatalf("oversized value: %v", err)
+	}
+	for i := 0; i < 25; i++ {
+		if _, err := cl.Put(ctx, []byte(fmt.Sprintf("s/%02d", i)), []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var n int
+	opts := client.ScanOptions{Prefix: []byte("s/"), Limit: 10}
+	for {
+		res, err := cl.Scan(ctx, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, it := range res.Items {
+			if want := fmt.Sprintf("s/%02d", n); string(it.Key) != want {
+				t.Fatalf("scan item %d = %q, want %q", n, it.Key, want)
+			}
+			n++
+		}
+		if !res.More {
+			break
+		}
+		opts = client.ScanOptions{Start: res.Next, End: []byte("s0"), Limit: 10}
+	}
+	if n != 25 {
+		t.Fatalf("scan returned %d keys, want 25", n)
+	}
+	if deleted, err := cl.Delete(ctx, []byte("k")); err != nil || !deleted {
+		t.Fatalf("delete: %v %v", deleted, err)
+	}
+	if deleted, err := cl.Delete(ctx, []byte("k")); err != nil || deleted {
+		t.Fatalf("second delete: %v %v", deleted, err)
+	}
+}
+
+// A graceful stop of the leader (what SIGTERM does) fails no request.
+func TestGracefulLeaderStopFailsNoRequest(t *testing.T) {
+	c := startCluster(t, 3, 0)
+	cl := c.client()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var ok, failed atomic.Int64
+	var firstErr atomic.Value
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				var err error
+				if i%2 == 0 {
+					_, err = cl.Put(ctx, []byte(fmt.Sprintf("w%d-%d", w, i)), []byte("v"))
+				} else {
+					_, err = cl.Get(ctx, []byte(fmt.Sprintf("w%d-%d", w, i-1)))
+				}
+				cancel()
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+				} else {
+					ok.Add(1)
+				}
+			}
+		}(w)
+	}
+	time.Sleep(300 * time.Millisecond)
+	lead := c.waitLeader()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	if err := c.servers[lead].Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	delete(c.servers, lead)
+	newLead := c.waitLeader()
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	t.Logf("leader %d stopped, new leader %d; %d requests ok, %d failed", lead, newLead, ok.Load(), failed.Load())
+	if failed.Load() > 0 {
+		t.Fatalf("%d requests failed during a graceful leader stop; first: %v", failed.Load(), firstErr.Load())
+	}
+	if ok.Load() < 100 {
+		t.Fatalf("only %d requests completed", ok.Load())
+	}
+}
+
+// A follower that missed more than the log keeps catches up by a snapshot
+// streamed over gRPC.
+func TestSnapshotOverGRPC(t *testing.T) {
+	c := startCluster(t, 3, 20)
+	lead := c.waitLeader()
+	var lag uint64
+	for id := range c.servers {
+		if id != lead {
+			lag = id
+			break
+		}
+	}
+	c.servers[lag].Kill()
+	delete(c.servers, lag)
+	cl := c.client()
+	ctx := context.Background()
+	value := bytes.Repeat([]byte("x"), 10<<10)
+	for i := 0; i < 300; i++ {
+		if _, err := cl.Put(ctx, []byte(fmt.Sprintf("key%04d", i)), value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.start(lag, nil)
+	deadline := time.Now().Add(20 * time.Second)
+	lagClient, err := client.New(client.Config{Endpoints: []string{c.addrs[lag]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lagClient.Close()
+	for {
+		res, err := lagClient.Scan(ctx, client.ScanOptions{Prefix: []byte("key"), Stale: true})
+		if err == nil && len(res.Items) == 300 {
+			break
+		}
+		if time.Now().After(deadline) {
+			n := 0
+			if res != nil {
+				n = len(res.Items)
+			}
+			t.Fatalf("follower %d holds %d of 300 keys after restart (%v)", lag, n, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestDataDirBelongsToOneNode(t *testing.T) {
+	dir := t.TempDir()
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	s, err := server.New(server.Config{ID: 1, DataDir: dir, Addr: addr, Listener: l, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Kill()
+	_, err = server.New(server.Config{ID: 2, DataDir: dir, Addr: addr, Logger: quietLogger()})
+	if err == nil || !strings.Contains(err.Error(), "belongs to node 1") {
+		t.Fatalf("opening node 1's data as node 2: %v", err)
+	}
+}
