@@ -40,7 +40,8 @@ type Config struct {
 	Endpoints []string
 	// RequestTimeout bounds a call whose context has no deadline. Default 5s.
 	RequestTimeout time.Duration
-	// MaxAttempts bounds tries per call (across nodes). Default 20.
+	// MaxAttempts bounds tries per call (across nodes). Default 100; the
+	// deadline usually ends a call first.
 	MaxAttempts int
 	// DialOptions are added to every connection (default: insecure).
 	DialOptions []grpc.DialOption
@@ -55,7 +56,14 @@ type Client struct {
 	mu     sync.Mutex
 	leader string
 	known  []string
+	// down records when a node last failed to answer at the transport
+	// level; such nodes are avoided (and their leader hints distrusted)
+	// for downFor.
+	down map[string]time.Time
 }
+
+// downFor is how long a node that failed to answer is avoided.
+const downFor = time.Second
 
 // New connects (lazily) to the endpoints.
 func New(cfg Config) (*Client, error) {
@@ -66,9 +74,9 @@ func New(cfg Config) (*Client, error) {
 		cfg.RequestTimeout = 5 * time.Second
 	}
 	if cfg.MaxAttempts == 0 {
-		cfg.MaxAttempts = 20
+		cfg.MaxAttempts = 100
 	}
-	c := &Client{cfg: cfg, conns: map[string]*grpc.ClientConn{}, kvs: map[string]pandopb.KVClient{}}
+	c := &Client{cfg: cfg, conns: map[string]*grpc.ClientConn{}, kvs: map[string]pandopb.KVClient{}, down: map[string]time.Time{}}
 	for _, ep := range cfg.Endpoints {
 		ep = strings.TrimSpace(ep)
 		ep = strings.TrimPrefix(strings.TrimPrefix(ep, "http://"), "https://")
@@ -114,19 +122,49 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// target picks the node to try: the known leader, else a random endpoint.
+// target picks the node to try: the known leader, else a random endpoint
+// that is neither avoid nor recently down (if there is one).
 func (c *Client) target(avoid string) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.leader != "" && c.leader != avoid {
 		return c.leader
 	}
-	for i := 0; i < 4; i++ {
-		if ep := c.known[rand.IntN(len(c.known))]; ep != avoid || len(c.known) == 1 {
-			return ep
+	var good []string
+	for _, ep := range c.known {
+		if ep != avoid && time.Since(c.down[ep]) > downFor {
+			good = append(good, ep)
 		}
 	}
-	return c.known[0]
+	if len(good) == 0 {
+		for _, ep := range c.known {
+			if ep != avoid {
+				good = append(good, ep)
+			}
+		}
+	}
+	if len(good) == 0 {
+		return c.known[0]
+	}
+	return good[rand.IntN(len(good))]
+}
+
+func (c *Client) markDown(addr string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.down[addr] = time.Now()
+	if c.leader == addr {
+		c.leader = ""
+	}
+}
+
+// trusted reports whether a leader hint is worth following at once: not a
+// node that just failed to answer (followers keep naming a dead leader
+// until they elect a new one).
+func (c *Client) trusted(addr string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Since(c.down[addr]) > downFor
 }
 
 func (c *Client) setLeader(addr string) {
@@ -184,9 +222,12 @@ func (c *Client) do(ctx context.Context, write bool, call func(context.Context, 
 		last = err
 		var nl *kv.NotLeaderError
 		switch {
-		case errors.As(err, &nl) && nl.LeaderAddr != "" && nl.LeaderAddr != addr:
+		case errors.As(err, &nl) && nl.LeaderAddr != "" && nl.LeaderAddr != addr && c.trusted(nl.LeaderAddr):
+			// Follow the hint at once; it is newer than whatever made us
+			// avoid that node earlier in this call.
 			c.setLeader(nl.LeaderAddr)
-			continue // follow the hint at once
+			avoid = ""
+			continue
 		case errors.Is(err, kv.ErrNotLeader), errors.Is(err, kv.ErrStopped):
 			c.setLeader("")
 			avoid = addr
@@ -197,13 +238,13 @@ func (c *Client) do(ctx context.Context, write bool, call func(context.Context, 
 			c.setLeader("")
 			avoid = addr
 		case notSent(raw):
-			c.setLeader("")
+			c.markDown(addr)
 			avoid = addr
 		case isTransport(raw):
+			c.markDown(addr)
 			if write {
-				return fmt.Errorf("%w: %v", kv.ErrAmbiguous, err)
+				return fmt.Errorf("%w (%w): %v", kv.ErrUnavailable, kv.ErrAmbiguous, err)
 			}
-			c.setLeader("")
 			avoid = addr
 		default:
 			return err
@@ -216,7 +257,7 @@ func (c *Client) do(ctx context.Context, write bool, call func(context.Context, 
 			return fmt.Errorf("%w: %v", kv.ErrUnavailable, last)
 		case <-time.After(backoff + time.Duration(rand.Int64N(int64(backoff)))):
 		}
-		backoff = min(2*backoff, 500*time.Millisecond)
+		backoff = min(2*backoff, 100*time.Millisecond)
 	}
 	return fmt.Errorf("%w: gave up after %d attempts: %v", kv.ErrUnavailable, c.cfg.MaxAttempts, last)
 }

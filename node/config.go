@@ -22,8 +22,8 @@ type Config struct {
 	// TickInterval is the duration of one Raft tick. Default 50ms.
 	TickInterval time.Duration
 	// ElectionTicks is the election timeout in ticks; followers campaign
-	// after a random timeout in [ElectionTicks, 2*ElectionTicks). Default 10
-	// (500ms-1s with the default tick), so that writes resume within about
+	// after a random timeout in [ElectionTicks, 2*ElectionTicks). Default 8
+	// (400-800ms with the default tick), so that writes resume within about
 	// a second of a leader crash on a LAN.
 	ElectionTicks int
 	// HeartbeatTicks is the leader's heartbeat interval in ticks. Default 1.
@@ -69,7 +69,7 @@ func (c *Config) Validate() error {
 		c.TickInterval = 50 * time.Millisecond
 	}
 	if c.ElectionTicks == 0 {
-		c.ElectionTicks = 10
+		c.ElectionTicks = 8
 	}
 	if c.HeartbeatTicks == 0 {
 		c.HeartbeatTicks = 1

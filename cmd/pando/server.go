@@ -79,7 +79,7 @@ A three-node cluster:
 	f.StringVar(&addr, "addr", "127.0.0.1:7001", "address serving peers, gRPC, HTTP and metrics")
 	f.StringVar(&initialCluster, "initial-cluster", "", "every initial member as ID=ADDR,... (default: this node alone)")
 	f.DurationVar(&tick, "heartbeat-interval", 50*time.Millisecond, "Raft tick and leader heartbeat interval")
-	f.IntVar(&electionTicks, "election-ticks", 10, "election timeout in heartbeat intervals (randomized up to twice this)")
+	f.IntVar(&electionTicks, "election-ticks", 8, "election timeout in heartbeat intervals (randomized up to twice this)")
 	f.DurationVar(&timeout, "request-timeout", 5*time.Second, "deadline of a request that has none")
 	f.IntVar(&limits.MaxKeySize, "max-key-size", kv.DefaultMaxKeySize, "largest key in bytes")
 	f.IntVar(&limits.MaxValueSize, "max-value-size", kv.DefaultMaxValueSize, "largest value in bytes")

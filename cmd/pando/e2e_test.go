@@ -1,0 +1,398 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pando/pando/client"
+)
+
+// These tests run the real binary as separate processes on loopback.
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+func pandoBinary(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("real-process test")
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "pando-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "pando")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	var addrs []string
+	var ls []net.Listener
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		addrs = append(addrs, l.Addr().String())
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return addrs
+}
+
+type proc struct {
+	id   int
+	addr string
+	dir  string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+type procCluster struct {
+	t     *testing.T
+	bin   string
+	addrs []string
+	procs []*proc
+}
+
+func startProcs(t *testing.T, n int) *procCluster {
+	bin := pandoBinary(t)
+	pc := &procCluster{t: t, bin: bin, addrs: freeAddrs(t, n)}
+	root := t.TempDir()
+	for i := range pc.addrs {
+		pc.procs = append(pc.procs, &proc{id: i + 1, addr: pc.addrs[i], dir: filepath.Join(root, fmt.Sprint(i+1))})
+	}
+	for _, p := range pc.procs {
+		pc.start(p)
+	}
+	t.Cleanup(func() {
+		for _, p := range pc.procs {
+			if p.cmd != nil && p.cmd.Process != nil {
+				_ = p.cmd.Process.Kill()
+				<-p.done
+			}
+		}
+	})
+	return pc
+}
+
+func (pc *procCluster) initialCluster() string {
+	var parts []string
+	for i, a := range pc.addrs {
+		parts = append(parts, fmt.Sprintf("%d=%s", i+1, a))
+	}
+	return strings.Join(parts, ",")
+}
+
+// start runs the node and waits for its ready line.
+func (pc *procCluster) start(p *proc) {
+	pc.t.Helper()
+	cmd := exec.Command(pc.bin, "server", "--id", fmt.Sprint(p.id), "--data-dir", p.dir, "--addr", p.addr,
+		"--initial-cluster", pc.initialCluster(), "--log-level", "warn")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		pc.t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		pc.t.Fatal(err)
+	}
+	p.cmd, p.done = cmd, make(chan struct{})
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			select {
+			case ready <- sc.Text():
+			default:
+			}
+		}
+	}()
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	select {
+	case line := <-ready:
+		if !strings.Contains(line, "ready") {
+			pc.t.Fatalf("node %d printed %q", p.id, line)
+		}
+	case <-p.done:
+		pc.t.Fatalf("node %d exited before it was ready", p.id)
+	case <-time.After(30 * time.Second):
+		pc.t.Fatalf("node %d not ready", p.id)
+	}
+}
+
+func (pc *procCluster) leader() *proc {
+	pc.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, p := range pc.procs {
+			var st struct {
+				NodeID uint64 `json:"node_id"`
+				Ranges []struct {
+					LeaderID uint64 `json:"leader_id"`
+				}
+			}
+			resp, err := http.Get("http://" + p.addr + "/v1/status")
+			if err != nil {
+				continue
+			}
+			err = json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+			if err == nil && len(st.Ranges) == 1 && st.Ranges[0].LeaderID == st.NodeID {
+				return p
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	pc.t.Fatal("no leader")
+	return nil
+}
+
+// writer keeps writing distinct keys and records the acknowledged ones.
+type writer struct {
+	mu    sync.Mutex
+	acked map[string]string
+	fails int
+	// avoidable counts failures that were not ambiguous writes: ones a
+	// retry could have avoided.
+	avoidable int
+	errs      []string
+	gaps  []time.Duration
+}
+
+func (w *writer) run(c *client.Client, id int, stop <-chan struct{}) {
+	last := time.Now()
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		k, v := fmt.Sprintf("w%d-%06d", id, i), fmt.Sprintf("value-%d-%d", id, i)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := c.Put(ctx, []byte(k), []byte(v))
+		cancel()
+		w.mu.Lock()
+		if err == nil {
+			w.acked[k] = v
+			w.gaps = append(w.gaps, time.Since(last))
+			last = time.Now()
+		} else {
+			w.fails++
+			if !errors.Is(err, client.ErrAmbiguous) {
+				w.avoidable++
+			}
+			if len(w.errs) < 5 {
+				w.errs = append(w.errs, fmt.Sprintf("%s: %v", time.Now().Format("15:04:05.000"), err))
+			}
+		}
+		w.mu.Unlock()
+	}
+}
+
+func TestProcessesSurviveLeaderKill(t *testing.T) {
+	pc := startProcs(t, 3)
+	c, err := client.New(client.Config{Endpoints: pc.addrs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	w := &writer{acked: map[string]string{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func(i int) { defer wg.Done(); w.run(c, i, stop) }(i)
+	}
+	for round := 0; round < 2; round++ {
+		time.Sleep(700 * time.Millisecond)
+		victim := pc.leader()
+		killedAt := time.Now()
+		if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		<-victim.done
+		newLeader := pc.leader()
+		t.Logf("round %d: killed leader %d; node %d leads after %v", round, victim.id, newLeader.id, time.Since(killedAt).Round(time.Millisecond))
+		time.Sleep(500 * time.Millisecond)
+		pc.start(victim)
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+
+	var maxGap time.Duration
+	for _, g := range w.gaps {
+		maxGap = max(maxGap, g)
+	}
+	t.Logf("errors: %q", w.errs)
+	t.Logf("%d writes acknowledged, %d failed; longest gap between acknowledgements of one writer: %v", len(w.acked), w.fails, maxGap)
+	if len(w.acked) < 100 {
+		t.Fatalf("only %d writes acknowledged", len(w.acked))
+	}
+	// A write in flight to the killed leader may fail as ambiguous (it may
+	// have been applied); nothing else may fail.
+	if w.avoidable > 0 {
+		t.Fatalf("%d failures were not ambiguous writes: %q", w.avoidable, w.errs)
+	}
+	// Every acknowledged write is there, read linearizably through every node.
+	for _, p := range pc.procs {
+		one, err := client.New(client.Config{Endpoints: []string{p.addr}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := one.Scan(context.Background(), client.ScanOptions{Prefix: []byte("w"), Stale: true, Limit: 0})
+		_ = res
+		for k, v := range w.acked {
+			kv, err := one.Get(context.Background(), []byte(k))
+			if err != nil || string(kv.Value) != v {
+				t.Fatalf("node %d: acknowledged %s=%s reads %v, %v", p.id, k, v, kv, err)
+			}
+		}
+		one.Close()
+		_ = err
+	}
+}
+
+func TestProcessesAcknowledgedWritesSurviveKillOfAll(t *testing.T) {
+	pc := startProcs(t, 3)
+	c, err := client.New(client.Config{Endpoints: pc.addrs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	acked := map[string]uint64{}
+	for i := 0; i < 200; i++ {
+		k := fmt.Sprintf("k%04d", i)
+		ver, err := c.Put(context.Background(), []byte(k), []byte(k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		acked[k] = ver
+	}
+	for _, p := range pc.procs {
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	}
+	for _, p := range pc.procs {
+		<-p.done
+	}
+	for _, p := range pc.procs {
+		pc.start(p)
+	}
+	for k, ver := range acked {
+		kv, err := c.Get(context.Background(), []byte(k))
+		if err != nil || string(kv.Value) != k || kv.Version != ver {
+			t.Fatalf("after kill -9 of every node: %s@%d reads %+v, %v", k, ver, kv, err)
+		}
+	}
+}
+
+func TestProcessGracefulStopFailsNoRequest(t *testing.T) {
+	pc := startProcs(t, 3)
+	c, err := client.New(client.Config{Endpoints: pc.addrs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	w := &writer{acked: map[string]string{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func(i int) { defer wg.Done(); w.run(c, i, stop) }(i)
+	}
+	time.Sleep(500 * time.Millisecond)
+	victim := pc.leader()
+	if err := victim.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-victim.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("node did not exit on SIGTERM")
+	}
+	if code := victim.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("SIGTERM exit status %d", code)
+	}
+	pc.leader()
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	t.Logf("%d writes acknowledged, %d failed", len(w.acked), w.fails)
+	if w.fails > 0 {
+		t.Fatalf("%d writes failed during a graceful stop of the leader: %q", w.fails, w.errs)
+	}
+}
+
+func TestCLI(t *testing.T) {
+	pc := startProcs(t, 1)
+	ep := "--endpoints=" + pc.addrs[0]
+	run := func(args ...string) (string, int) {
+		out, err := exec.Command(pc.bin, args...).CombinedOutput()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return string(out), ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), 0
+	}
+	pc.leader()
+	for _, tc := range []struct {
+		args []string
+		code int
+		out  string
+	}{
+		{[]string{"put", "k", "v1", ep}, 0, "OK version"},
+		{[]string{"get", "k", ep}, 0, "v1\n"},
+		{[]string{"get", "k", ep, "--json"}, 0, `"version"`},
+		{[]string{"get", "nope", ep}, 3, "not found"},
+		{[]string{"cas", "k", "999", "v2", ep}, 4, "version mismatch"},
+		{[]string{"cas", "k", "x", "v2", ep}, 2, "VERSION must be a number"},
+		{[]string{"cas", "fresh", "0", "v", ep}, 0, "OK version"},
+		{[]string{"scan", "--prefix", "k", ep}, 0, `"k"`},
+		{[]string{"scan", "--prefix", "k", "--start", "a", ep}, 2, "excludes"},
+		{[]string{"del", "k", ep}, 0, "OK deleted"},
+		{[]string{"status", ep}, 0, "RANGE"},
+		{[]string{"status", ep, "--json"}, 0, `"node_id"`},
+		{[]string{"get", ep}, 2, "accepts 1 arg"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{"server", "--initial-cluster", "x"}, 2, "must look like"},
+		{[]string{"get", "k", "--endpoints=127.0.0.1:1", "--timeout=300ms"}, 5, "unavailable"},
+	} {
+		out, code := run(tc.args...)
+		if code != tc.code || !strings.Contains(out, tc.out) {
+			t.Errorf("pando %s: exit %d %q, want exit %d containing %q", strings.Join(tc.args, " "), code, out, tc.code, tc.out)
+		}
+	}
+}
