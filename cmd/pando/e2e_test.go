@@ -186,7 +186,7 @@ type writer struct {
 	// retry could have avoided.
 	avoidable int
 	errs      []string
-	gaps  []time.Duration
+	gaps      []time.Duration
 }
 
 func (w *writer) run(c *client.Client, id int, stop <-chan struct{}) {
