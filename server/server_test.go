@@ -486,3 +486,40 @@ func TestDataDirBelongsToOneNode(t *testing.T) {
 		t.Fatalf("opening node 1's data as node 2: %v", err)
 	}
 }
+
+// Without a quorum, a write answers 503 with Retry-After within its
+// deadline, and a stale read is still served.
+func TestNoQuorumAnswers503(t *testing.T) {
+	c := startCluster(t, 3, 0)
+	lead := c.waitLeader()
+	doHTTP(t, "PUT", "http://"+c.addrs[lead]+"/v1/kv/k", []byte("v"))
+	var survivor uint64
+	for id, s := range c.servers {
+		if id == lead {
+			survivor = id
+			continue
+		}
+		s.Kill()
+		delete(c.servers, id)
+	}
+	base := "http://" + c.addrs[survivor]
+	start := time.Now()
+	resp, body := doHTTP(t, "PUT", base+"/v1/kv/k?timeout=1500ms", []byte("v2"))
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "unavailable") {
+		t.Fatalf("write without quorum: %d %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("write without quorum took %v, deadline was 1.5s", d)
+	}
+	resp, _ = doHTTP(t, "GET", base+"/v1/kv/k?timeout=1s", nil)
+	if resp.StatusCode != 503 {
+		t.Fatalf("linearizable read without quorum: %d", resp.StatusCode)
+	}
+	resp, body = doHTTP(t, "GET", base+"/v1/kv/k?consistency=stale", nil)
+	if resp.StatusCode != 200 || string(body) != "v" {
+		t.Fatalf("stale read without quorum: %d %s", resp.StatusCode, body)
+	}
+	if resp, _ := doHTTP(t, "GET", base+"/readyz", nil); resp.StatusCode != 503 {
+		t.Fatalf("readyz without a leader: %d", resp.StatusCode)
+	}
+}

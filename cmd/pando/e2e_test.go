@@ -396,3 +396,55 @@ func TestCLI(t *testing.T) {
 		}
 	}
 }
+
+func TestDemoStartsAndStopsOnInterrupt(t *testing.T) {
+	bin := pandoBinary(t)
+	addrs := freeAddrs(t, 1)
+	_, port, _ := net.SplitHostPort(addrs[0])
+	// Three consecutive ports from a free one; retry a few bases if taken.
+	cmd := exec.Command(bin, "demo", "--base-port", port)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	sc := bufio.NewScanner(stdout)
+	var eps string
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.Contains(line, "3 nodes ready on ") {
+			eps = strings.TrimSpace(line[strings.Index(line, " on ")+4:])
+			break
+		}
+	}
+	if eps == "" {
+		t.Fatal("demo did not print its endpoints")
+	}
+	out, err := exec.Command(bin, "put", "demo-key", "demo-value", "--endpoints", eps).CombinedOutput()
+	if err != nil {
+		t.Fatalf("put against demo: %v %s", err, out)
+	}
+	out, err = exec.Command(bin, "get", "demo-key", "--endpoints", strings.Split(eps, ",")[2]).CombinedOutput()
+	if err != nil || string(out) != "demo-value\n" {
+		t.Fatalf("get against demo: %v %q", err, out)
+	}
+	go func() {
+		for sc.Scan() {
+		}
+	}()
+	_ = cmd.Process.Signal(os.Interrupt)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("demo exit: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("demo did not stop on interrupt")
+	}
+}
