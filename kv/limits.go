@@ -53,7 +53,7 @@ func (l Limits) Validate() error {
 		return fmt.Errorf("kv: Limits.MaxScanLimit must not be negative (got %d)", l.MaxScanLimit)
 	}
 	d := l.WithDefaults()
-	if d.MaxKeySize+d.MaxValueSize > d.MaxRequestSize {
+	if d.MaxKeySize > d.MaxRequestSize || d.MaxValueSize > d.MaxRequestSize-d.MaxKeySize {
 		return fmt.Errorf("kv: Limits.MaxRequestSize (%d) must hold a maximal key and value (%d)", d.MaxRequestSize, d.MaxKeySize+d.MaxValueSize)
 	}
 	return nil

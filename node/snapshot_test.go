@@ -226,6 +226,17 @@ func FuzzCheckSnapshotData(f *testing.F) {
 	f.Add(uint64(3), good, []byte{})
 	f.Add(uint64(3), []byte{}, data)
 	f.Add(uint64(0), []byte{0xff}, []byte{0x01})
+	// Most raft traffic carries no snapshot.
+	for _, m := range []raftpb.Message{
+		{Type: raftpb.MsgApp, From: 2, To: 1, Term: 3, Index: 4, LogTerm: 3, Commit: 4, Entries: []raftpb.Entry{{Index: 5, Term: 3}}},
+		{Type: raftpb.MsgHeartbeat, From: 2, To: 1, Term: 3, Commit: 4},
+	} {
+		b, err := m.Marshal()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(uint64(3), b, data)
+	}
 	f.Fuzz(func(t *testing.T, rangeID uint64, msg, blob []byte) {
 		var m raftpb.Message
 		if err := m.Unmarshal(msg); err != nil {

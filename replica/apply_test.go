@@ -1,0 +1,452 @@
+package replica_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/kv"
+	"github.com/pando/pando/replica"
+	"github.com/pando/pando/storage"
+)
+
+func openEngine(t testing.TB) *storage.Engine {
+	t.Helper()
+	e, err := storage.Open("/db", storage.Options{FS: vfs.NewMem(), CacheSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.Close() })
+	return e
+}
+
+func putCmd(key, value string) *pandopb.Command {
+	return &pandopb.Command{Op: &pandopb.Command_Put{Put: &pandopb.PutOp{Key: []byte(key), Value: []byte(value)}}}
+}
+
+func casPutCmd(key, value string, expected uint64) *pandopb.Command {
+	return &pandopb.Command{Op: &pandopb.Command_Put{Put: &pandopb.PutOp{Key: []byte(key), Value: []byte(value), Cas: true, ExpectedVersion: expected}}}
+}
+
+func delCmd(key string) *pandopb.Command {
+	return &pandopb.Command{Op: &pandopb.Command_Delete{Delete: &pandopb.DeleteOp{Key: []byte(key)}}}
+}
+
+func casDelCmd(key string, expected uint64) *pandopb.Command {
+	return &pandopb.Command{Op: &pandopb.Command_Delete{Delete: &pandopb.DeleteOp{Key: []byte(key), Cas: true, ExpectedVersion: expected}}}
+}
+
+// apply applies one command in its own committed batch.
+func apply(t *testing.T, e *storage.Engine, index uint64, cmd *pandopb.Command) replica.Result {
+	t.Helper()
+	b := e.DB().NewIndexedBatch()
+	defer b.Close()
+	res, err := replica.Apply(b, index, cmd)
+	if err != nil {
+		t.Fatalf("Apply(%d, %v): %v", index, cmd, err)
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+func get(t *testing.T, r pebble.Reader, key string) (string, uint64, bool) {
+	t.Helper()
+	val, ver, found, err := storage.Get(r, []byte(key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(val), ver, found
+}
+
+func TestPutVersions(t *testing.T) {
+	e := openEngine(t)
+	cases := []struct {
+		index uint64
+		value string
+		want  uint64
+	}{
+		{5, "a", 5},   // new key: the log index
+		{9, "b", 9},   // the index of the last write
+		{7, "c", 10},  // an index at or below the version: previous+1
+		{10, "d", 11}, // equal to the version: previous+1
+		{100, "e", 100},
+	}
+	var prev uint64
+	for _, c := range cases {
+		res := apply(t, e, c.index, putCmd("k", c.value))
+		if res.Err != nil || res.Deleted || res.Version != c.want {
+			t.Errorf("put at index %d = %+v, want version %d", c.index, res, c.want)
+		}
+		if res.Version <= prev {
+			t.Errorf("version %d did not grow past %d", res.Version, prev)
+		}
+		prev = res.Version
+		if val, ver, found := get(t, e.DB(), "k"); !found || val != c.value || ver != c.want {
+			t.Errorf("after put at %d: Get = %q@%d found=%v, want %q@%d", c.index, val, ver, found, c.value, c.want)
+		}
+	}
+	// An empty value is a value.
+	res := apply(t, e, 200, putCmd("empty", ""))
+	if val, ver, found := get(t, e.DB(), "empty"); !found || val != "" || ver != res.Version || ver != 200 {
+		t.Errorf("empty value: Get = %q@%d found=%v", val, ver, found)
+	}
+	// Versions are per key.
+	if res := apply(t, e, 201, putCmd("other", "x")); res.Version != 201 {
+		t.Errorf("other key version = %d, want 201", res.Version)
+	}
+}
+
+func TestCASPut(t *testing.T) {
+	e := openEngine(t)
+	// Expected 0: create only if absent.
+	res := apply(t, e, 3, casPutCmd("k", "v1", 0))
+	if res.Err != nil || res.Version != 3 {
+		t.Fatalf("create-if-absent on an absent key = %+v", res)
+	}
+	res = apply(t, e, 4, casPutCmd("k", "v2", 0))
+	var vm *kv.VersionMismatchError
+	if !errors.As(res.Err, &vm) || vm.Current != 3 || !errors.Is(res.Err, kv.ErrVersionMismatch) {
+		t.Fatalf("create-if-absent on an existing key = %+v, want a mismatch with current 3", res)
+	}
+	if res.Version != 0 {
+		t.Errorf("failed CAS reports version %d", res.Version)
+	}
+	if val, ver, _ := get(t, e.DB(), "k"); val != "v1" || ver != 3 {
+		t.Errorf("failed CAS changed the key: %q@%d", val, ver)
+	}
+	// Wrong version.
+	res = apply(t, e, 5, casPutCmd("k", "v3", 2))
+	if !errors.As(res.Err, &vm) || vm.Current != 3 {
+		t.Fatalf("CAS with a wrong version = %+v", res)
+	}
+	// Right version.
+	res = apply(t, e, 6, casPutCmd("k", "v4", 3))
+	if res.Err != nil || res.Version != 6 {
+		t.Fatalf("CAS with the right version = %+v", res)
+	}
+	if val, ver, _ := get(t, e.DB(), "k"); val != "v4" || ver != 6 {
+		t.Errorf("after CAS: %q@%d", val, ver)
+	}
+	// A CAS on an absent key with a non-zero version reports current 0.
+	res = apply(t, e, 7, casPutCmd("absent", "x", 6))
+	if !errors.As(res.Err, &vm) || vm.Current != 0 {
+		t.Fatalf("CAS on an absent key = %+v, want a mismatch with current 0", res)
+	}
+	if _, _, found := get(t, e.DB(), "absent"); found {
+		t.Error("failed CAS created the key")
+	}
+}
+
+// TestMismatchWritesNothing: a failed compare-and-swap leaves the batch
+// empty, so that every replica's bytes stay equal whatever it held before.
+func TestMismatchWritesNothing(t *testing.T) {
+	e := openEngine(t)
+	apply(t, e, 1, putCmd("k", "v"))
+	for _, cmd := range []*pandopb.Command{casPutCmd("k", "x", 9), casPutCmd("k", "x", 0), casDelCmd("k", 9), casDelCmd("k", 0), casPutCmd("nokey", "x", 1)} {
+		b := e.DB().NewIndexedBatch()
+		res, err := replica.Apply(b, 2, cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !errors.Is(res.Err, kv.ErrVersionMismatch) {
+			t.Errorf("%v: result %+v, want a mismatch", cmd, res)
+		}
+		if !b.Empty() {
+			t.Errorf("%v: a failed CAS wrote %d records", cmd, b.Count())
+		}
+		b.Close()
+	}
+}
+
+func TestDelete(t *testing.T) {
+	e := openEngine(t)
+	// Deleting an absent key is not an error and deletes nothing.
+	b := e.DB().NewIndexedBatch()
+	res, err := replica.Apply(b, 1, delCmd("absent"))
+	if err != nil || res.Err != nil || res.Deleted {
+		t.Errorf("delete of an absent key = %+v, %v; want Deleted=false", res, err)
+	}
+	if !b.Empty() {
+		t.Errorf("delete of an absent key wrote %d records", b.Count())
+	}
+	b.Close()
+
+	apply(t, e, 2, putCmd("k", "v"))
+	res = apply(t, e, 3, delCmd("k"))
+	if res.Err != nil || !res.Deleted {
+		t.Errorf("delete of an existing key = %+v", res)
+	}
+	if _, _, found := get(t, e.DB(), "k"); found {
+		t.Error("key still there after delete")
+	}
+	res = apply(t, e, 4, delCmd("k"))
+	if res.Deleted {
+		t.Error("second delete reports Deleted")
+	}
+	// A re-created key gets a fresh version above every earlier one.
+	res = apply(t, e, 5, putCmd("k", "again"))
+	if res.Version != 5 {
+		t.Errorf("re-created key has version %d, want 5", res.Version)
+	}
+}
+
+func TestCASDelete(t *testing.T) {
+	e := openEngine(t)
+	apply(t, e, 4, putCmd("k", "v"))
+	res := apply(t, e, 5, casDelCmd("k", 3))
+	var vm *kv.VersionMismatchError
+	if !errors.As(res.Err, &vm) || vm.Current != 4 || res.Deleted {
+		t.Fatalf("CAS delete with a wrong version = %+v", res)
+	}
+	if _, _, found := get(t, e.DB(), "k"); !found {
+		t.Fatal("failed CAS delete removed the key")
+	}
+	res = apply(t, e, 6, casDelCmd("k", 4))
+	if res.Err != nil || !res.Deleted {
+		t.Fatalf("CAS delete with the right version = %+v", res)
+	}
+	if _, _, found := get(t, e.DB(), "k"); found {
+		t.Fatal("key still there after CAS delete")
+	}
+	// Expected 0 on an absent key: the key is absent as expected; nothing to
+	// delete.
+	res = apply(t, e, 7, casDelCmd("k", 0))
+	if res.Err != nil || res.Deleted {
+		t.Errorf("CAS delete (expected absent) of an absent key = %+v", res)
+	}
+}
+
+// TestBatchSeesOwnWrites: commands applied in one batch see each other's
+// writes, as replicas apply many entries per batch.
+func TestBatchSeesOwnWrites(t *testing.T) {
+	e := openEngine(t)
+	b := e.DB().NewIndexedBatch()
+	defer b.Close()
+	steps := []struct {
+		index uint64
+		cmd   *pandopb.Command
+		check func(replica.Result) bool
+	}{
+		{1, putCmd("k", "a"), func(r replica.Result) bool { return r.Version == 1 && r.Err == nil }},
+		{2, casPutCmd("k", "b", 1), func(r replica.Result) bool { return r.Version == 2 && r.Err == nil }},
+		{3, casPutCmd("k", "c", 0), func(r replica.Result) bool { return errors.Is(r.Err, kv.ErrVersionMismatch) }},
+		{4, delCmd("k"), func(r replica.Result) bool { return r.Deleted }},
+		{5, delCmd("k"), func(r replica.Result) bool { return !r.Deleted && r.Err == nil }},
+		{6, casPutCmd("k", "d", 0), func(r replica.Result) bool { return r.Version == 6 && r.Err == nil }},
+		{7, putCmd("k", "e"), func(r replica.Result) bool { return r.Version == 7 }},
+	}
+	for _, s := range steps {
+		res, err := replica.Apply(b, s.index, s.cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !s.check(res) {
+			t.Errorf("index %d %v in a shared batch: unexpected result %+v", s.index, s.cmd, res)
+		}
+	}
+	if _, _, found := get(t, e.DB(), "k"); found {
+		t.Error("uncommitted batch visible in the database")
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		t.Fatal(err)
+	}
+	if val, ver, found := get(t, e.DB(), "k"); !found || val != "e" || ver != 7 {
+		t.Errorf("after commit: %q@%d found=%v, want e@7", val, ver, found)
+	}
+}
+
+func TestApplyUnknownCommand(t *testing.T) {
+	e := openEngine(t)
+	b := e.DB().NewIndexedBatch()
+	defer b.Close()
+	if _, err := replica.Apply(b, 1, &pandopb.Command{Id: 5}); err == nil {
+		t.Error("Apply of a command without an operation succeeded")
+	}
+	if !b.Empty() {
+		t.Error("an unknown command wrote to the batch")
+	}
+}
+
+// randomCommands is a deterministic mix of puts, deletes and CAS operations
+// on few keys, so that CAS both succeeds and fails.
+func randomCommands(seed uint64, n int) []*pandopb.Command {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	var out []*pandopb.Command
+	for i := 0; i < n; i++ {
+		key := fmt.Sprintf("k%d", rng.IntN(8))
+		val := fmt.Sprintf("v%d", i)
+		expected := uint64(rng.IntN(3)) * uint64(rng.IntN(n))
+		switch rng.IntN(5) {
+		case 0, 1:
+			out = append(out, putCmd(key, val))
+		case 2:
+			out = append(out, casPutCmd(key, val, expected))
+		case 3:
+			out = append(out, delCmd(key))
+		default:
+			out = append(out, casDelCmd(key, expected))
+		}
+	}
+	return out
+}
+
+// TestDeterminism: replicas apply the same log in different batch sizes
+// (their Ready cycles differ); they must reach the same data and report the
+// same results.
+func TestDeterminism(t *testing.T) {
+	for seed := uint64(1); seed <= 3; seed++ {
+		cmds := randomCommands(seed, 300)
+		var scans [][]storage.KV
+		var results [][]replica.Result
+		for _, batchSize := range []int{1, 7, 300} {
+			e := openEngine(t)
+			var rs []replica.Result
+			for start := 0; start < len(cmds); start += batchSize {
+				b := e.DB().NewIndexedBatch()
+				for i := start; i < min(start+batchSize, len(cmds)); i++ {
+					// Round trip through the wire format, as entries do.
+					data, err := proto.Marshal(cmds[i])
+					if err != nil {
+						t.Fatal(err)
+					}
+					cmd, err := replica.DecodeCommand(data)
+					if err != nil {
+						t.Fatal(err)
+					}
+					res, err := replica.Apply(b, uint64(i+1), cmd)
+					if err != nil {
+						t.Fatal(err)
+					}
+					rs = append(rs, res)
+				}
+				if err := b.Commit(pebble.NoSync); err != nil {
+					t.Fatal(err)
+				}
+				b.Close()
+			}
+			kvs, more, err := storage.Scan(e.DB(), nil, nil, 1000)
+			if err != nil || more {
+				t.Fatalf("scan: %v more=%v", err, more)
+			}
+			scans = append(scans, kvs)
+			results = append(results, rs)
+		}
+		if len(scans[0]) == 0 {
+			t.Fatalf("seed %d: no data left; the test compares nothing", seed)
+		}
+		mismatches := 0
+		for _, r := range results[0] {
+			if r.Err != nil {
+				mismatches++
+			}
+		}
+		if mismatches == 0 || mismatches == len(results[0]) {
+			t.Fatalf("seed %d: %d of %d commands failed their CAS; want a mix", seed, mismatches, len(results[0]))
+		}
+		for i := 1; i < len(scans); i++ {
+			if !reflect.DeepEqual(scans[i], scans[0]) {
+				t.Errorf("seed %d: data differs between batch sizes:\n%v\n%v", seed, scans[0], scans[i])
+			}
+			if !reflect.DeepEqual(results[i], results[0]) {
+				t.Errorf("seed %d: results differ between batch sizes", seed)
+			}
+		}
+	}
+}
+
+func TestDecodeCommand(t *testing.T) {
+	for _, cmd := range []*pandopb.Command{
+		{Id: 1, Op: &pandopb.Command_Put{Put: &pandopb.PutOp{Key: []byte("k"), Value: []byte{0, 0xff}, Cas: true, ExpectedVersion: 9}}},
+		{Id: 2, Op: &pandopb.Command_Delete{Delete: &pandopb.DeleteOp{Key: []byte("k")}}},
+		{},
+	} {
+		data, err := proto.Marshal(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := replica.DecodeCommand(data)
+		if err != nil {
+			t.Fatalf("DecodeCommand(%x): %v", data, err)
+		}
+		if !proto.Equal(got, cmd) {
+			t.Errorf("DecodeCommand round trip = %v, want %v", got, cmd)
+		}
+	}
+	for _, bad := range [][]byte{
+		{0xff},
+		{0x12, 0x05, 0x0a},             // put op whose length runs past the end
+		{0x08},                         // id without its varint
+		bytes.Repeat([]byte{0x80}, 11), // overlong varint
+	} {
+		if cmd, err := replica.DecodeCommand(bad); err == nil {
+			t.Errorf("DecodeCommand(%x) = %v, want an error", bad, cmd)
+		}
+	}
+}
+
+// FuzzDecodeCommand: any entry payload decodes to an error or to a command
+// that applies without panicking; a decoded put is then readable.
+func FuzzDecodeCommand(f *testing.F) {
+	for _, cmd := range []*pandopb.Command{
+		putCmd("k", "v"), casPutCmd("k", "v", 3), delCmd("k"), casDelCmd("", 0), {Id: 7}, putCmd("", ""),
+	} {
+		data, err := proto.Marshal(cmd)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data, uint64(1))
+	}
+	f.Add([]byte{0xff, 0x01}, uint64(0))
+	f.Add([]byte{0x12, 0x00}, uint64(5))
+	f.Add([]byte{0x1a, 0x00}, uint64(^uint64(0)))
+	e := openEngine(f)
+	if err := e.DB().Set(storage.DataKey([]byte("k")), storage.EncodeValue(4, []byte("old")), pebble.NoSync); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte, index uint64) {
+		cmd, err := replica.DecodeCommand(data)
+		if err != nil {
+			if cmd != nil {
+				t.Fatalf("DecodeCommand returned a command with error %v", err)
+			}
+			return
+		}
+		b := e.DB().NewIndexedBatch()
+		defer b.Close() // never committed: the engine stays as seeded
+		res, err := replica.Apply(b, index, cmd)
+		if err != nil {
+			if cmd.Op != nil {
+				t.Fatalf("Apply of a decoded %T failed: %v", cmd.Op, err)
+			}
+			return
+		}
+		if res.Err != nil {
+			if !errors.Is(res.Err, kv.ErrVersionMismatch) {
+				t.Fatalf("command error %v is not a version mismatch", res.Err)
+			}
+			if !b.Empty() {
+				t.Fatal("a failed CAS wrote to the batch")
+			}
+			return
+		}
+		if put := cmd.GetPut(); put != nil {
+			val, ver, found, err := storage.Get(b, put.Key)
+			if err != nil || !found || ver != res.Version || !bytes.Equal(val, put.Value) {
+				t.Fatalf("after put: Get = %x@%d found=%v err=%v; want %x@%d", val, ver, found, err, put.Value, res.Version)
+			}
+			if ver == 0 || ver < index {
+				t.Fatalf("put at index %d got version %d", index, ver)
+			}
+		}
+	})
+}
