@@ -43,6 +43,10 @@ type Config struct {
 	// SnapshotChunkBytes is the size of one snapshot chunk. Default 1 MiB.
 	SnapshotChunkBytes int
 
+	// CheckBytesPerSec paces the hashing of consistency checks so that
+	// serving traffic is not hurt. Default 64 MiB/s; negative: unpaced.
+	CheckBytesPerSec int
+
 	// Logger receives the node's logs. Default slog.Default().
 	Logger *slog.Logger
 	// Registerer, when set, receives the node's metrics.
@@ -91,6 +95,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SnapshotChunkBytes == 0 {
 		c.SnapshotChunkBytes = 1 << 20
+	}
+	if c.CheckBytesPerSec == 0 {
+		c.CheckBytesPerSec = 64 << 20
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -38,6 +38,8 @@ type Node struct {
 	readc chan *readRequest
 	funcc chan func()
 
+	checks checks
+
 	propMu    sync.Mutex
 	proposals map[uint64]*proposal
 	nextID    atomic.Uint64
@@ -74,6 +76,8 @@ type RangeStatus struct {
 	Role     string
 	Applied  uint64
 	Commit   uint64
+	// LastCheck is the last consistency check's verdict (nil: none yet).
+	LastCheck *pandopb.CheckVerdict
 }
 
 type inbound struct {
@@ -119,6 +123,7 @@ func New(cfg Config) (*Node, error) {
 		donec:     make(chan struct{}),
 	}
 	n.nextID.Store(rand.Uint64() >> 1)
+	n.checks.init(cfg.CheckBytesPerSec)
 	n.met = newMetrics(n, cfg.Registerer)
 	ids, err := cfg.Engine.RangeIDs()
 	if err != nil {

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pando/pando/api/pandopb"
-	"github.com/pando/pando/storage"
 )
 
 // RawKV is one stored data record (storage key and stored value) as it
@@ -20,45 +19,14 @@ type RawKV struct {
 	Key, Value []byte
 }
 
-// OutgoingSnapshot is a consistent view of one range's data at the index of
-// a Raft snapshot, streamed to a follower by the transport in chunks.
+// OutgoingSnapshot is a consistent view of one range's replicated data at
+// the index of a Raft snapshot, streamed to a follower by the transport.
 type OutgoingSnapshot struct {
+	DataSnapshot
 	n       *Node
 	rangeID uint64
 	to      uint64
-	snap    *pebble.Snapshot
-	lo, hi  []byte
-	chunk   int
 	once    sync.Once
-}
-
-// Chunks calls fn with successive chunks of the snapshot's data, each about
-// chunk bytes, in key order. The slices are only valid during the call.
-func (s *OutgoingSnapshot) Chunks(fn func([]RawKV) error) error {
-	it, err := s.snap.NewIter(&pebble.IterOptions{LowerBound: s.lo, UpperBound: s.hi})
-	if err != nil {
-		return err
-	}
-	defer it.Close()
-	var buf []RawKV
-	size := 0
-	for valid := it.First(); valid; valid = it.Next() {
-		buf = append(buf, RawKV{Key: bytes.Clone(it.Key()), Value: bytes.Clone(it.Value())})
-		size += len(it.Key()) + len(it.Value())
-		if size >= s.chunk {
-			if err := fn(buf); err != nil {
-				return err
-			}
-			buf, size = buf[:0], 0
-		}
-	}
-	if err := it.Error(); err != nil {
-		return err
-	}
-	if len(buf) > 0 {
-		return fn(buf)
-	}
-	return nil
 }
 
 // Done releases the snapshot and reports the outcome to Raft. The transport
@@ -107,12 +75,12 @@ func (n *Node) takeOutgoing(r *group, m raftpb.Message) *OutgoingSnapshot {
 		r.rn.ReportSnapshot(m.To, raft.SnapshotFailure)
 		return nil
 	}
-	var desc pandopb.RangeDescriptor
-	if err := proto.Unmarshal(m.Snapshot.Data, &desc); err != nil {
+	desc := &pandopb.RangeDescriptor{}
+	if err := proto.Unmarshal(m.Snapshot.Data, desc); err != nil {
 		panic(fmt.Sprintf("node: range %d: own snapshot descriptor: %v", r.id, err))
 	}
-	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
-	return &OutgoingSnapshot{n: n, rangeID: r.id, to: m.To, snap: n.db.NewSnapshot(), lo: lo, hi: hi, chunk: n.cfg.SnapshotChunkBytes}
+	return &OutgoingSnapshot{n: n, rangeID: r.id, to: m.To, DataSnapshot: DataSnapshot{
+		Index: m.Snapshot.Metadata.Index, Term: m.Snapshot.Metadata.Term, snap: n.db.NewSnapshot(), desc: desc, chunk: n.cfg.SnapshotChunkBytes}}
 }
 
 // incomingSnapshot is a received snapshot's data, waiting for Raft to ask
@@ -128,6 +96,9 @@ func checkSnapshotData(rangeID uint64, m raftpb.Message, data []RawKV) (*pandopb
 	if m.Type != raftpb.MsgSnap {
 		return nil, fmt.Errorf("node: snapshot stream ended with %s, not MsgSnap", m.Type)
 	}
+	if m.Snapshot == nil {
+		return nil, fmt.Errorf("node: MsgSnap without a snapshot")
+	}
 	desc := &pandopb.RangeDescriptor{}
 	if err := proto.Unmarshal(m.Snapshot.Data, desc); err != nil {
 		return nil, fmt.Errorf("node: snapshot descriptor: %w", err)
@@ -135,17 +106,11 @@ func checkSnapshotData(rangeID uint64, m raftpb.Message, data []RawKV) (*pandopb
 	if desc.Id != rangeID {
 		return nil, fmt.Errorf("node: snapshot for range %d carries descriptor of range %d", rangeID, desc.Id)
 	}
-	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
-	for i, kv := range data {
-		if bytes.Compare(kv.Key, lo) < 0 || bytes.Compare(kv.Key, hi) >= 0 {
-			return nil, fmt.Errorf("node: snapshot key %x outside range span", kv.Key)
-		}
-		if i > 0 && bytes.Compare(data[i-1].Key, kv.Key) >= 0 {
-			return nil, fmt.Errorf("node: snapshot keys out of order at %x", kv.Key)
-		}
-		if _, _, err := storage.DecodeValue(kv.Value); err != nil {
-			return nil, fmt.Errorf("node: snapshot value of %x: %w", kv.Key, err)
-		}
+	if len(desc.EndKey) > 0 && bytes.Compare(desc.StartKey, desc.EndKey) >= 0 {
+		return nil, fmt.Errorf("node: snapshot descriptor of range %d has start %q not below end %q", rangeID, desc.StartKey, desc.EndKey)
+	}
+	if err := checkReplicatedRecords(desc, data); err != nil {
+		return nil, err
 	}
 	return desc, nil
 }
@@ -171,8 +136,12 @@ func clearSpan(b *pebble.Batch, desc *pandopb.RangeDescriptor) error {
 	if desc == nil {
 		return nil
 	}
-	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
-	return b.DeleteRange(lo, hi, nil)
+	for _, sp := range replicatedSpans(desc) {
+		if err := b.DeleteRange(sp[0], sp[1], nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func must(err error) {

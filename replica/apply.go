@@ -31,6 +31,16 @@ func DecodeCommand(data []byte) (*pandopb.Command, error) {
 	return cmd, nil
 }
 
+// ChangesData reports whether cmd writes replicated data (as opposed to
+// commands the node handles itself: checksums and check verdicts).
+func ChangesData(cmd *pandopb.Command) bool {
+	switch cmd.Op.(type) {
+	case *pandopb.Command_Put, *pandopb.Command_Delete:
+		return true
+	}
+	return false
+}
+
 // Apply applies cmd, committed at log index, to b. b must be an indexed
 // batch so that commands later in the same batch see earlier ones' writes.
 //

@@ -290,6 +290,18 @@ type RangeStatusJSON struct {
 	CommitIndex  uint64   `json:"commit_index"`
 	Term         uint64   `json:"term"`
 	Role         string   `json:"role"`
+	// LastCheck is the last consistency check (absent: never checked).
+	LastCheck *CheckJSON `json:"last_check,omitempty"`
+}
+
+// CheckJSON is a consistency check's verdict in /v1/status.
+type CheckJSON struct {
+	Time          time.Time `json:"time"`
+	Index         uint64    `json:"index"`
+	Verdict       string    `json:"verdict"`
+	Diverged      []uint64  `json:"diverged,omitempty"`
+	DifferingKeys uint64    `json:"differing_keys"`
+	RepairedKeys  uint64    `json:"repaired_keys"`
 }
 
 // StatusToJSON converts a status answer to its JSON form.
@@ -299,8 +311,13 @@ func StatusToJSON(st *pandopb.StatusResponse) StatusJSON {
 		out.Nodes = append(out.Nodes, NodeStatusJSON{ID: n.Id, Addr: n.Addr, Live: n.Live})
 	}
 	for _, r := range st.Ranges {
-		out.Ranges = append(out.Ranges, RangeStatusJSON{ID: r.Id, StartKey: string(r.StartKey), EndKey: string(r.EndKey),
-			LeaderID: r.LeaderId, Replicas: r.Replicas, AppliedIndex: r.AppliedIndex, CommitIndex: r.CommitIndex, Term: r.Term, Role: r.Role})
+		rs := RangeStatusJSON{ID: r.Id, StartKey: string(r.StartKey), EndKey: string(r.EndKey),
+			LeaderID: r.LeaderId, Replicas: r.Replicas, AppliedIndex: r.AppliedIndex, CommitIndex: r.CommitIndex, Term: r.Term, Role: r.Role}
+		if c := r.LastCheck; c != nil {
+			rs.LastCheck = &CheckJSON{Time: time.Unix(0, c.UnixNanos).UTC(), Index: c.Index, Verdict: c.Verdict, Diverged: c.Diverged,
+				DifferingKeys: c.DifferingKeys, RepairedKeys: c.RepairedKeys}
+		}
+		out.Ranges = append(out.Ranges, rs)
 	}
 	return out
 }

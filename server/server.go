@@ -50,6 +50,15 @@ type Config struct {
 	ElectionTicks int
 	// LogKeepEntries: see node.Config.
 	LogKeepEntries uint64
+	// CheckInterval is how often each range is checked for replica
+	// divergence (staggered over ranges). Default 1h; negative disables.
+	CheckInterval time.Duration
+	// AutoRepair rebuilds replicas that disagree with the majority. Use
+	// NoAutoRepair to turn the default (on) off.
+	AutoRepair   bool
+	NoAutoRepair bool
+	// CheckBytesPerSec paces check hashing (see node.Config).
+	CheckBytesPerSec int
 	// FS is the file system (tests); nil means the OS.
 	FS vfs.FS
 	// Listener, when set, is used instead of listening on Addr.
@@ -114,6 +123,10 @@ func (c *Config) Validate() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.CheckInterval == 0 {
+		c.CheckInterval = time.Hour
+	}
+	c.AutoRepair = !c.NoAutoRepair
 	return nil
 }
 
@@ -125,6 +138,7 @@ type Server struct {
 	node     *node.Node
 	tr       *transport.Transport
 	svc      *Service
+	checker  *checker
 	reg      *prometheus.Registry
 	grpc     *grpc.Server
 	http     *http.Server
@@ -152,9 +166,13 @@ func New(cfg Config) (*Server, error) {
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	eng, err := storage.Open(cfg.DataDir, storage.Options{FS: cfg.FS})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w; if the files are damaged, keep the directory for inspection and rebuild this replica from the others (docs/operations.md)", err)
 	}
 	s.engine = eng
+	if err := storage.Verify(eng); err != nil {
+		eng.Close()
+		return nil, fmt.Errorf("storage in %s is damaged and this node will not serve from it: %w; keep the directory for inspection and rebuild this replica from the others (docs/operations.md)", cfg.DataDir, err)
+	}
 	if err := s.initStorage(); err != nil {
 		eng.Close()
 		return nil, err
@@ -163,6 +181,7 @@ func New(cfg Config) (*Server, error) {
 	n, err := node.New(node.Config{
 		ID: cfg.ID, Engine: eng, Transport: s.tr, TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks,
 		LogKeepEntries: cfg.LogKeepEntries, Logger: cfg.Logger, Registerer: s.reg, PeerAddr: s.tr.Addr,
+		CheckBytesPerSec: cfg.CheckBytesPerSec,
 	})
 	if err != nil {
 		eng.Close()
@@ -179,6 +198,7 @@ func New(cfg Config) (*Server, error) {
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
 	}, []string{"op"})
 	s.reg.MustRegister(s.reqs, s.lat)
+	s.checker = newChecker(s)
 	return s, nil
 }
 
@@ -240,6 +260,7 @@ func (s *Server) Start() error {
 	)
 	pandopb.RegisterKVServer(s.grpc, s.svc)
 	pandopb.RegisterRaftServer(s.grpc, transport.NewServer(s.node))
+	pandopb.RegisterCheckerServer(s.grpc, s.checker)
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/kv/", s.instrumentHTTP(s.handleKV))
@@ -258,6 +279,7 @@ func (s *Server) Start() error {
 		defer close(s.done)
 		_ = s.mux.Serve()
 	}()
+	go s.checker.periodic(s.cfg.CheckInterval, s.stopping)
 	return nil
 }
 

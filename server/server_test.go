@@ -378,7 +378,8 @@ func TestGracefulLeaderStopFailsNoRequest(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var ok, failed atomic.Int64
-	var firstErr atomic.Value
+	var errMu sync.Mutex
+	var firstErr error
 	for w := 0; w < 8; w++ {
 		wg.Add(1)
 		go func(w int) {
@@ -399,7 +400,11 @@ func TestGracefulLeaderStopFailsNoRequest(t *testing.T) {
 				cancel()
 				if err != nil {
 					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err)
+					errMu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					errMu.Unlock()
 				} else {
 					ok.Add(1)
 				}
@@ -420,7 +425,7 @@ func TestGracefulLeaderStopFailsNoRequest(t *testing.T) {
 	wg.Wait()
 	t.Logf("leader %d stopped, new leader %d; %d requests ok, %d failed", lead, newLead, ok.Load(), failed.Load())
 	if failed.Load() > 0 {
-		t.Fatalf("%d requests failed during a graceful leader stop; first: %v", failed.Load(), firstErr.Load())
+		t.Fatalf("%d requests failed during a graceful leader stop; first: %v", failed.Load(), firstErr)
 	}
 	if ok.Load() < 100 {
 		t.Fatalf("only %d requests completed", ok.Load())

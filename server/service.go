@@ -327,6 +327,7 @@ func (s *Service) Status(ctx context.Context, _ *pandopb.StatusRequest) (*pandop
 		resp.Ranges = append(resp.Ranges, &pandopb.RangeStatus{
 			Id: st.RangeID, StartKey: st.Desc.StartKey, EndKey: st.Desc.EndKey, LeaderId: st.LeaderID,
 			Replicas: st.Desc.Replicas, AppliedIndex: st.Applied, Term: st.Term, Role: st.Role, CommitIndex: st.Commit,
+			LastCheck: st.LastCheck,
 		})
 	}
 	return resp, nil

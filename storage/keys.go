@@ -68,6 +68,22 @@ func rangeLocalSpan(rangeID uint64) ([]byte, []byte) {
 	return lo, hi
 }
 
+// replicatedKinds are the range-local record kinds that are part of the
+// replicated state machine (equal on every replica at one log index, moved
+// by snapshots and repairs, covered by consistency checks). Raft's own
+// records and the applied state are not.
+var replicatedKinds []byte
+
+// ReplicatedLocalSpans returns the spans of rangeID's replicated
+// range-local records, in key order.
+func ReplicatedLocalSpans(rangeID uint64) [][2][]byte {
+	var out [][2][]byte
+	for _, k := range replicatedKinds {
+		out = append(out, [2][]byte{rangeLocalKey(rangeID, k, 0), rangeLocalKey(rangeID, k+1, 0)})
+	}
+	return out
+}
+
 // DecodeRangeLocalKey splits a range-local key into its range and kind.
 func DecodeRangeLocalKey(k []byte) (rangeID uint64, kind byte, err error) {
 	if len(k) < 10 || k[0] != prefixRangeLocal {

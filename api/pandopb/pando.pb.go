@@ -711,6 +711,7 @@ type RangeStatus struct {
 	Term          uint64                 `protobuf:"varint,7,opt,name=term,proto3" json:"term,omitempty"`
 	Role          string                 `protobuf:"bytes,8,opt,name=role,proto3" json:"role,omitempty"`
 	CommitIndex   uint64                 `protobuf:"varint,9,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	LastCheck     *CheckVerdict          `protobuf:"bytes,20,opt,name=last_check,json=lastCheck,proto3" json:"last_check,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -806,6 +807,13 @@ func (x *RangeStatus) GetCommitIndex() uint64 {
 		return x.CommitIndex
 	}
 	return 0
+}
+
+func (x *RangeStatus) GetLastCheck() *CheckVerdict {
+	if x != nil {
+		return x.LastCheck
+	}
+	return nil
 }
 
 type StatusResponse struct {
@@ -1268,6 +1276,8 @@ type Command struct {
 	//
 	//	*Command_Put
 	//	*Command_Delete
+	//	*Command_Checksum
+	//	*Command_Verdict
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1335,6 +1345,24 @@ func (x *Command) GetDelete() *DeleteOp {
 	return nil
 }
 
+func (x *Command) GetChecksum() *ChecksumOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Checksum); ok {
+			return x.Checksum
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetVerdict() *CheckVerdict {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Verdict); ok {
+			return x.Verdict
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -1347,9 +1375,165 @@ type Command_Delete struct {
 	Delete *DeleteOp `protobuf:"bytes,3,opt,name=delete,proto3,oneof"`
 }
 
+type Command_Checksum struct {
+	// Consistency checks (numbers from 20 up).
+	Checksum *ChecksumOp `protobuf:"bytes,20,opt,name=checksum,proto3,oneof"`
+}
+
+type Command_Verdict struct {
+	Verdict *CheckVerdict `protobuf:"bytes,21,opt,name=verdict,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
+
+func (*Command_Checksum) isCommand_Op() {}
+
+func (*Command_Verdict) isCommand_Op() {}
+
+// ChecksumOp asks every replica to hash the range's replicated data as of
+// the log index of this command.
+type ChecksumOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CheckId       uint64                 `protobuf:"varint,1,opt,name=check_id,json=checkId,proto3" json:"check_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChecksumOp) Reset() {
+	*x = ChecksumOp{}
+	mi := &file_pando_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChecksumOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChecksumOp) ProtoMessage() {}
+
+func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChecksumOp.ProtoReflect.Descriptor instead.
+func (*ChecksumOp) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ChecksumOp) GetCheckId() uint64 {
+	if x != nil {
+		return x.CheckId
+	}
+	return 0
+}
+
+// CheckVerdict records, on every replica, the outcome of a check.
+type CheckVerdict struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	CheckId uint64                 `protobuf:"varint,1,opt,name=check_id,json=checkId,proto3" json:"check_id,omitempty"`
+	// index is the log index the replicas were compared at.
+	Index uint64 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	// unix_nanos is when the leader finished the check.
+	UnixNanos int64 `protobuf:"varint,3,opt,name=unix_nanos,json=unixNanos,proto3" json:"unix_nanos,omitempty"`
+	// verdict: "consistent", "inconsistent", "repaired", "inconclusive".
+	Verdict string `protobuf:"bytes,4,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	// diverged lists the node IDs whose replicas disagreed with the majority.
+	Diverged      []uint64 `protobuf:"varint,5,rep,packed,name=diverged,proto3" json:"diverged,omitempty"`
+	DifferingKeys uint64   `protobuf:"varint,6,opt,name=differing_keys,json=differingKeys,proto3" json:"differing_keys,omitempty"`
+	RepairedKeys  uint64   `protobuf:"varint,7,opt,name=repaired_keys,json=repairedKeys,proto3" json:"repaired_keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckVerdict) Reset() {
+	*x = CheckVerdict{}
+	mi := &file_pando_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckVerdict) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckVerdict) ProtoMessage() {}
+
+func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckVerdict.ProtoReflect.Descriptor instead.
+func (*CheckVerdict) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *CheckVerdict) GetCheckId() uint64 {
+	if x != nil {
+		return x.CheckId
+	}
+	return 0
+}
+
+func (x *CheckVerdict) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *CheckVerdict) GetUnixNanos() int64 {
+	if x != nil {
+		return x.UnixNanos
+	}
+	return 0
+}
+
+func (x *CheckVerdict) GetVerdict() string {
+	if x != nil {
+		return x.Verdict
+	}
+	return ""
+}
+
+func (x *CheckVerdict) GetDiverged() []uint64 {
+	if x != nil {
+		return x.Diverged
+	}
+	return nil
+}
+
+func (x *CheckVerdict) GetDifferingKeys() uint64 {
+	if x != nil {
+		return x.DifferingKeys
+	}
+	return 0
+}
+
+func (x *CheckVerdict) GetRepairedKeys() uint64 {
+	if x != nil {
+		return x.RepairedKeys
+	}
+	return 0
+}
 
 // RangeDescriptor describes one range: a span of the key space and the
 // nodes holding its replicas.
@@ -1367,7 +1551,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1379,7 +1563,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1392,7 +1576,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{21}
+	return file_pando_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RangeDescriptor) GetId() uint64 {
@@ -1436,15 +1620,17 @@ type RangeState struct {
 	AppliedIndex uint64                 `protobuf:"varint,1,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	AppliedTerm  uint64                 `protobuf:"varint,2,opt,name=applied_term,json=appliedTerm,proto3" json:"applied_term,omitempty"`
 	// conf_state is a marshaled raftpb.ConfState.
-	ConfState     []byte           `protobuf:"bytes,3,opt,name=conf_state,json=confState,proto3" json:"conf_state,omitempty"`
-	Desc          *RangeDescriptor `protobuf:"bytes,4,opt,name=desc,proto3" json:"desc,omitempty"`
+	ConfState []byte           `protobuf:"bytes,3,opt,name=conf_state,json=confState,proto3" json:"conf_state,omitempty"`
+	Desc      *RangeDescriptor `protobuf:"bytes,4,opt,name=desc,proto3" json:"desc,omitempty"`
+	// last_check is the last consistency check's verdict (replicated).
+	LastCheck     *CheckVerdict `protobuf:"bytes,20,opt,name=last_check,json=lastCheck,proto3" json:"last_check,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RangeState) Reset() {
 	*x = RangeState{}
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +1642,7 @@ func (x *RangeState) String() string {
 func (*RangeState) ProtoMessage() {}
 
 func (x *RangeState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +1655,7 @@ func (x *RangeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeState.ProtoReflect.Descriptor instead.
 func (*RangeState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{22}
+	return file_pando_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RangeState) GetAppliedIndex() uint64 {
@@ -1500,6 +1686,13 @@ func (x *RangeState) GetDesc() *RangeDescriptor {
 	return nil
 }
 
+func (x *RangeState) GetLastCheck() *CheckVerdict {
+	if x != nil {
+		return x.LastCheck
+	}
+	return nil
+}
+
 // TruncatedState is the last log entry removed by compaction.
 type TruncatedState struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1511,7 +1704,7 @@ type TruncatedState struct {
 
 func (x *TruncatedState) Reset() {
 	*x = TruncatedState{}
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1523,7 +1716,7 @@ func (x *TruncatedState) String() string {
 func (*TruncatedState) ProtoMessage() {}
 
 func (x *TruncatedState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1536,7 +1729,7 @@ func (x *TruncatedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncatedState.ProtoReflect.Descriptor instead.
 func (*TruncatedState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{23}
+	return file_pando_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *TruncatedState) GetIndex() uint64 {
@@ -1551,6 +1744,839 @@ func (x *TruncatedState) GetTerm() uint64 {
 		return x.Term
 	}
 	return 0
+}
+
+type CheckRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// range_id 0 checks every range.
+	RangeId uint64 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	// repair overrides the server's auto-repair setting when set.
+	Repair        bool `protobuf:"varint,2,opt,name=repair,proto3" json:"repair,omitempty"`
+	NoRepair      bool `protobuf:"varint,3,opt,name=no_repair,json=noRepair,proto3" json:"no_repair,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckRequest) Reset() {
+	*x = CheckRequest{}
+	mi := &file_pando_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckRequest) ProtoMessage() {}
+
+func (x *CheckRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
+func (*CheckRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *CheckRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *CheckRequest) GetRepair() bool {
+	if x != nil {
+		return x.Repair
+	}
+	return false
+}
+
+func (x *CheckRequest) GetNoRepair() bool {
+	if x != nil {
+		return x.NoRepair
+	}
+	return false
+}
+
+// KeyDiff is one key on which replicas disagree.
+type KeyDiff struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Replicas      []*ReplicaKey          `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyDiff) Reset() {
+	*x = KeyDiff{}
+	mi := &file_pando_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyDiff) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyDiff) ProtoMessage() {}
+
+func (x *KeyDiff) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyDiff.ProtoReflect.Descriptor instead.
+func (*KeyDiff) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *KeyDiff) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *KeyDiff) GetReplicas() []*ReplicaKey {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
+// ReplicaKey is one replica's view of a key: version 0 means absent.
+type ReplicaKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	ValueHash     uint64                 `protobuf:"varint,3,opt,name=value_hash,json=valueHash,proto3" json:"value_hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaKey) Reset() {
+	*x = ReplicaKey{}
+	mi := &file_pando_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaKey) ProtoMessage() {}
+
+func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaKey.ProtoReflect.Descriptor instead.
+func (*ReplicaKey) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ReplicaKey) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *ReplicaKey) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ReplicaKey) GetValueHash() uint64 {
+	if x != nil {
+		return x.ValueHash
+	}
+	return 0
+}
+
+type RangeCheck struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	RangeId      uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	Index        uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Verdict      string                 `protobuf:"bytes,3,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	Diverged     []uint64               `protobuf:"varint,4,rep,packed,name=diverged,proto3" json:"diverged,omitempty"`
+	Keys         []*KeyDiff             `protobuf:"bytes,5,rep,name=keys,proto3" json:"keys,omitempty"`
+	RepairedKeys uint64                 `protobuf:"varint,6,opt,name=repaired_keys,json=repairedKeys,proto3" json:"repaired_keys,omitempty"`
+	// checked lists the replicas whose checksums were compared.
+	Checked       []uint64 `protobuf:"varint,7,rep,packed,name=checked,proto3" json:"checked,omitempty"`
+	Error         string   `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeCheck) Reset() {
+	*x = RangeCheck{}
+	mi := &file_pando_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeCheck) ProtoMessage() {}
+
+func (x *RangeCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeCheck.ProtoReflect.Descriptor instead.
+func (*RangeCheck) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RangeCheck) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *RangeCheck) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *RangeCheck) GetVerdict() string {
+	if x != nil {
+		return x.Verdict
+	}
+	return ""
+}
+
+func (x *RangeCheck) GetDiverged() []uint64 {
+	if x != nil {
+		return x.Diverged
+	}
+	return nil
+}
+
+func (x *RangeCheck) GetKeys() []*KeyDiff {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *RangeCheck) GetRepairedKeys() uint64 {
+	if x != nil {
+		return x.RepairedKeys
+	}
+	return 0
+}
+
+func (x *RangeCheck) GetChecked() []uint64 {
+	if x != nil {
+		return x.Checked
+	}
+	return nil
+}
+
+func (x *RangeCheck) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type CheckResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ranges        []*RangeCheck          `protobuf:"bytes,1,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckResponse) Reset() {
+	*x = CheckResponse{}
+	mi := &file_pando_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckResponse) ProtoMessage() {}
+
+func (x *CheckResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
+func (*CheckResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *CheckResponse) GetRanges() []*RangeCheck {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+type ChecksumRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	CheckId       uint64                 `protobuf:"varint,2,opt,name=check_id,json=checkId,proto3" json:"check_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChecksumRequest) Reset() {
+	*x = ChecksumRequest{}
+	mi := &file_pando_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChecksumRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChecksumRequest) ProtoMessage() {}
+
+func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChecksumRequest.ProtoReflect.Descriptor instead.
+func (*ChecksumRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ChecksumRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *ChecksumRequest) GetCheckId() uint64 {
+	if x != nil {
+		return x.CheckId
+	}
+	return 0
+}
+
+type ChecksumResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Index uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Total []byte                 `protobuf:"bytes,2,opt,name=total,proto3" json:"total,omitempty"`
+	Keys  uint64                 `protobuf:"varint,3,opt,name=keys,proto3" json:"keys,omitempty"`
+	// buckets holds one 8-byte hash per bucket, big endian.
+	Buckets       []byte `protobuf:"bytes,4,opt,name=buckets,proto3" json:"buckets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChecksumResponse) Reset() {
+	*x = ChecksumResponse{}
+	mi := &file_pando_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChecksumResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChecksumResponse) ProtoMessage() {}
+
+func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChecksumResponse.ProtoReflect.Descriptor instead.
+func (*ChecksumResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ChecksumResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ChecksumResponse) GetTotal() []byte {
+	if x != nil {
+		return x.Total
+	}
+	return nil
+}
+
+func (x *ChecksumResponse) GetKeys() uint64 {
+	if x != nil {
+		return x.Keys
+	}
+	return 0
+}
+
+func (x *ChecksumResponse) GetBuckets() []byte {
+	if x != nil {
+		return x.Buckets
+	}
+	return nil
+}
+
+type ListKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	CheckId       uint64                 `protobuf:"varint,2,opt,name=check_id,json=checkId,proto3" json:"check_id,omitempty"`
+	Buckets       []uint32               `protobuf:"varint,3,rep,packed,name=buckets,proto3" json:"buckets,omitempty"`
+	Limit         uint32                 `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListKeysRequest) Reset() {
+	*x = ListKeysRequest{}
+	mi := &file_pando_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListKeysRequest) ProtoMessage() {}
+
+func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
+func (*ListKeysRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ListKeysRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *ListKeysRequest) GetCheckId() uint64 {
+	if x != nil {
+		return x.CheckId
+	}
+	return 0
+}
+
+func (x *ListKeysRequest) GetBuckets() []uint32 {
+	if x != nil {
+		return x.Buckets
+	}
+	return nil
+}
+
+func (x *ListKeysRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type KeyDigest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	ValueHash     uint64                 `protobuf:"varint,3,opt,name=value_hash,json=valueHash,proto3" json:"value_hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyDigest) Reset() {
+	*x = KeyDigest{}
+	mi := &file_pando_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyDigest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyDigest) ProtoMessage() {}
+
+func (x *KeyDigest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyDigest.ProtoReflect.Descriptor instead.
+func (*KeyDigest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *KeyDigest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *KeyDigest) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *KeyDigest) GetValueHash() uint64 {
+	if x != nil {
+		return x.ValueHash
+	}
+	return 0
+}
+
+type ListKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []*KeyDigest           `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	Truncated     bool                   `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListKeysResponse) Reset() {
+	*x = ListKeysResponse{}
+	mi := &file_pando_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListKeysResponse) ProtoMessage() {}
+
+func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
+func (*ListKeysResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ListKeysResponse) GetKeys() []*KeyDigest {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *ListKeysResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
+type RepairRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	RangeId uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	// source is the healthy replica's node to copy from.
+	Source        uint64 `protobuf:"varint,2,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RepairRequest) Reset() {
+	*x = RepairRequest{}
+	mi := &file_pando_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RepairRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RepairRequest) ProtoMessage() {}
+
+func (x *RepairRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
+func (*RepairRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *RepairRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *RepairRequest) GetSource() uint64 {
+	if x != nil {
+		return x.Source
+	}
+	return 0
+}
+
+type RepairResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Keys          uint64                 `protobuf:"varint,2,opt,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RepairResponse) Reset() {
+	*x = RepairResponse{}
+	mi := &file_pando_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RepairResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RepairResponse) ProtoMessage() {}
+
+func (x *RepairResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RepairResponse.ProtoReflect.Descriptor instead.
+func (*RepairResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *RepairResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *RepairResponse) GetKeys() uint64 {
+	if x != nil {
+		return x.Keys
+	}
+	return 0
+}
+
+type RangeDataRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeDataRequest) Reset() {
+	*x = RangeDataRequest{}
+	mi := &file_pando_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeDataRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeDataRequest) ProtoMessage() {}
+
+func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeDataRequest.ProtoReflect.Descriptor instead.
+func (*RangeDataRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *RangeDataRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+// RangeDataChunk streams a replica's replicated data at one log index; the
+// first chunk carries index and term.
+type RangeDataChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Term          uint64                 `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
+	Data          []*KeyValue            `protobuf:"bytes,3,rep,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RangeDataChunk) Reset() {
+	*x = RangeDataChunk{}
+	mi := &file_pando_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RangeDataChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RangeDataChunk) ProtoMessage() {}
+
+func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RangeDataChunk.ProtoReflect.Descriptor instead.
+func (*RangeDataChunk) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *RangeDataChunk) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *RangeDataChunk) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *RangeDataChunk) GetData() []*KeyValue {
+	if x != nil {
+		return x.Data
+	}
+	return nil
 }
 
 var File_pando_proto protoreflect.FileDescriptor
@@ -1599,7 +2625,7 @@ const file_pando_proto_rawDesc = "" +
 	"NodeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x12\n" +
-	"\x04live\x18\x03 \x01(\bR\x04live\"\xfc\x01\n" +
+	"\x04live\x18\x03 \x01(\bR\x04live\"\xb3\x02\n" +
 	"\vRangeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tstart_key\x18\x02 \x01(\fR\bstartKey\x12\x17\n" +
@@ -1609,7 +2635,9 @@ const file_pando_proto_rawDesc = "" +
 	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x12\x12\n" +
 	"\x04term\x18\a \x01(\x04R\x04term\x12\x12\n" +
 	"\x04role\x18\b \x01(\tR\x04role\x12!\n" +
-	"\fcommit_index\x18\t \x01(\x04R\vcommitIndex\"\x84\x01\n" +
+	"\fcommit_index\x18\t \x01(\x04R\vcommitIndex\x125\n" +
+	"\n" +
+	"last_check\x18\x14 \x01(\v2\x16.pando.v1.CheckVerdictR\tlastCheck\"\x84\x01\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12*\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x14.pando.v1.NodeStatusR\x05nodes\x12-\n" +
@@ -1637,12 +2665,26 @@ const file_pando_proto_rawDesc = "" +
 	"\bDeleteOp\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
 	"\x03cas\x18\x02 \x01(\bR\x03cas\x12)\n" +
-	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"r\n" +
+	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"\xda\x01\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\x03put\x18\x02 \x01(\v2\x0f.pando.v1.PutOpH\x00R\x03put\x12,\n" +
-	"\x06delete\x18\x03 \x01(\v2\x12.pando.v1.DeleteOpH\x00R\x06deleteB\x04\n" +
-	"\x02op\"\x93\x01\n" +
+	"\x06delete\x18\x03 \x01(\v2\x12.pando.v1.DeleteOpH\x00R\x06delete\x122\n" +
+	"\bchecksum\x18\x14 \x01(\v2\x14.pando.v1.ChecksumOpH\x00R\bchecksum\x122\n" +
+	"\averdict\x18\x15 \x01(\v2\x16.pando.v1.CheckVerdictH\x00R\averdictB\x04\n" +
+	"\x02op\"'\n" +
+	"\n" +
+	"ChecksumOp\x12\x19\n" +
+	"\bcheck_id\x18\x01 \x01(\x04R\acheckId\"\xe0\x01\n" +
+	"\fCheckVerdict\x12\x19\n" +
+	"\bcheck_id\x18\x01 \x01(\x04R\acheckId\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x1d\n" +
+	"\n" +
+	"unix_nanos\x18\x03 \x01(\x03R\tunixNanos\x12\x18\n" +
+	"\averdict\x18\x04 \x01(\tR\averdict\x12\x1a\n" +
+	"\bdiverged\x18\x05 \x03(\x04R\bdiverged\x12%\n" +
+	"\x0ediffering_keys\x18\x06 \x01(\x04R\rdifferingKeys\x12#\n" +
+	"\rrepaired_keys\x18\a \x01(\x04R\frepairedKeys\"\x93\x01\n" +
 	"\x0fRangeDescriptor\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tstart_key\x18\x02 \x01(\fR\bstartKey\x12\x17\n" +
@@ -1650,17 +2692,77 @@ const file_pando_proto_rawDesc = "" +
 	"\breplicas\x18\x04 \x03(\x04R\breplicas\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x05 \x01(\x04R\n" +
-	"generation\"\xa2\x01\n" +
+	"generation\"\xd9\x01\n" +
 	"\n" +
 	"RangeState\x12#\n" +
 	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\x12!\n" +
 	"\fapplied_term\x18\x02 \x01(\x04R\vappliedTerm\x12\x1d\n" +
 	"\n" +
 	"conf_state\x18\x03 \x01(\fR\tconfState\x12-\n" +
-	"\x04desc\x18\x04 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc\":\n" +
+	"\x04desc\x18\x04 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc\x125\n" +
+	"\n" +
+	"last_check\x18\x14 \x01(\v2\x16.pando.v1.CheckVerdictR\tlastCheck\":\n" +
 	"\x0eTruncatedState\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
-	"\x04term\x18\x02 \x01(\x04R\x04term**\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\"^\n" +
+	"\fCheckRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x16\n" +
+	"\x06repair\x18\x02 \x01(\bR\x06repair\x12\x1b\n" +
+	"\tno_repair\x18\x03 \x01(\bR\bnoRepair\"M\n" +
+	"\aKeyDiff\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x120\n" +
+	"\breplicas\x18\x02 \x03(\v2\x14.pando.v1.ReplicaKeyR\breplicas\"^\n" +
+	"\n" +
+	"ReplicaKey\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x1d\n" +
+	"\n" +
+	"value_hash\x18\x03 \x01(\x04R\tvalueHash\"\xef\x01\n" +
+	"\n" +
+	"RangeCheck\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x18\n" +
+	"\averdict\x18\x03 \x01(\tR\averdict\x12\x1a\n" +
+	"\bdiverged\x18\x04 \x03(\x04R\bdiverged\x12%\n" +
+	"\x04keys\x18\x05 \x03(\v2\x11.pando.v1.KeyDiffR\x04keys\x12#\n" +
+	"\rrepaired_keys\x18\x06 \x01(\x04R\frepairedKeys\x12\x18\n" +
+	"\achecked\x18\a \x03(\x04R\achecked\x12\x14\n" +
+	"\x05error\x18\b \x01(\tR\x05error\"=\n" +
+	"\rCheckResponse\x12,\n" +
+	"\x06ranges\x18\x01 \x03(\v2\x14.pando.v1.RangeCheckR\x06ranges\"G\n" +
+	"\x0fChecksumRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x19\n" +
+	"\bcheck_id\x18\x02 \x01(\x04R\acheckId\"l\n" +
+	"\x10ChecksumResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\fR\x05total\x12\x12\n" +
+	"\x04keys\x18\x03 \x01(\x04R\x04keys\x12\x18\n" +
+	"\abuckets\x18\x04 \x01(\fR\abuckets\"w\n" +
+	"\x0fListKeysRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x19\n" +
+	"\bcheck_id\x18\x02 \x01(\x04R\acheckId\x12\x18\n" +
+	"\abuckets\x18\x03 \x03(\rR\abuckets\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\rR\x05limit\"V\n" +
+	"\tKeyDigest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x1d\n" +
+	"\n" +
+	"value_hash\x18\x03 \x01(\x04R\tvalueHash\"Y\n" +
+	"\x10ListKeysResponse\x12'\n" +
+	"\x04keys\x18\x01 \x03(\v2\x13.pando.v1.KeyDigestR\x04keys\x12\x1c\n" +
+	"\ttruncated\x18\x02 \x01(\bR\ttruncated\"B\n" +
+	"\rRepairRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\x04R\x06source\":\n" +
+	"\x0eRepairResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
+	"\x04keys\x18\x02 \x01(\x04R\x04keys\"-\n" +
+	"\x10RangeDataRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\"b\n" +
+	"\x0eRangeDataChunk\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\x12&\n" +
+	"\x04data\x18\x03 \x03(\v2\x12.pando.v1.KeyValueR\x04data**\n" +
 	"\vConsistency\x12\x10\n" +
 	"\fLINEARIZABLE\x10\x00\x12\t\n" +
 	"\x05STALE\x10\x012\x9d\x02\n" +
@@ -1672,7 +2774,13 @@ const file_pando_proto_rawDesc = "" +
 	"\x06Status\x12\x17.pando.v1.StatusRequest\x1a\x18.pando.v1.StatusResponse2v\n" +
 	"\x04Raft\x120\n" +
 	"\x04Send\x12\x13.pando.v1.RaftBatch\x1a\x11.pando.v1.RaftAck(\x01\x12<\n" +
-	"\bSnapshot\x12\x17.pando.v1.SnapshotChunk\x1a\x15.pando.v1.SnapshotAck(\x01B$Z\"github.com/pando/pando/api/pandopbb\x06proto3"
+	"\bSnapshot\x12\x17.pando.v1.SnapshotChunk\x1a\x15.pando.v1.SnapshotAck(\x012\xcb\x02\n" +
+	"\aChecker\x128\n" +
+	"\x05Check\x12\x16.pando.v1.CheckRequest\x1a\x17.pando.v1.CheckResponse\x12A\n" +
+	"\bChecksum\x12\x19.pando.v1.ChecksumRequest\x1a\x1a.pando.v1.ChecksumResponse\x12A\n" +
+	"\bListKeys\x12\x19.pando.v1.ListKeysRequest\x1a\x1a.pando.v1.ListKeysResponse\x12;\n" +
+	"\x06Repair\x12\x17.pando.v1.RepairRequest\x1a\x18.pando.v1.RepairResponse\x12C\n" +
+	"\tRangeData\x12\x1a.pando.v1.RangeDataRequest\x1a\x18.pando.v1.RangeDataChunk0\x01B$Z\"github.com/pando/pando/api/pandopbb\x06proto3"
 
 var (
 	file_pando_proto_rawDescOnce sync.Once
@@ -1687,64 +2795,99 @@ func file_pando_proto_rawDescGZIP() []byte {
 }
 
 var file_pando_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_pando_proto_goTypes = []any{
-	(Consistency)(0),        // 0: pando.v1.Consistency
-	(*GetRequest)(nil),      // 1: pando.v1.GetRequest
-	(*GetResponse)(nil),     // 2: pando.v1.GetResponse
-	(*PutRequest)(nil),      // 3: pando.v1.PutRequest
-	(*PutResponse)(nil),     // 4: pando.v1.PutResponse
-	(*DeleteRequest)(nil),   // 5: pando.v1.DeleteRequest
-	(*DeleteResponse)(nil),  // 6: pando.v1.DeleteResponse
-	(*ScanRequest)(nil),     // 7: pando.v1.ScanRequest
-	(*KeyValue)(nil),        // 8: pando.v1.KeyValue
-	(*ScanResponse)(nil),    // 9: pando.v1.ScanResponse
-	(*StatusRequest)(nil),   // 10: pando.v1.StatusRequest
-	(*NodeStatus)(nil),      // 11: pando.v1.NodeStatus
-	(*RangeStatus)(nil),     // 12: pando.v1.RangeStatus
-	(*StatusResponse)(nil),  // 13: pando.v1.StatusResponse
-	(*RaftEnvelope)(nil),    // 14: pando.v1.RaftEnvelope
-	(*RaftBatch)(nil),       // 15: pando.v1.RaftBatch
-	(*RaftAck)(nil),         // 16: pando.v1.RaftAck
-	(*SnapshotChunk)(nil),   // 17: pando.v1.SnapshotChunk
-	(*SnapshotAck)(nil),     // 18: pando.v1.SnapshotAck
-	(*PutOp)(nil),           // 19: pando.v1.PutOp
-	(*DeleteOp)(nil),        // 20: pando.v1.DeleteOp
-	(*Command)(nil),         // 21: pando.v1.Command
-	(*RangeDescriptor)(nil), // 22: pando.v1.RangeDescriptor
-	(*RangeState)(nil),      // 23: pando.v1.RangeState
-	(*TruncatedState)(nil),  // 24: pando.v1.TruncatedState
+	(Consistency)(0),         // 0: pando.v1.Consistency
+	(*GetRequest)(nil),       // 1: pando.v1.GetRequest
+	(*GetResponse)(nil),      // 2: pando.v1.GetResponse
+	(*PutRequest)(nil),       // 3: pando.v1.PutRequest
+	(*PutResponse)(nil),      // 4: pando.v1.PutResponse
+	(*DeleteRequest)(nil),    // 5: pando.v1.DeleteRequest
+	(*DeleteResponse)(nil),   // 6: pando.v1.DeleteResponse
+	(*ScanRequest)(nil),      // 7: pando.v1.ScanRequest
+	(*KeyValue)(nil),         // 8: pando.v1.KeyValue
+	(*ScanResponse)(nil),     // 9: pando.v1.ScanResponse
+	(*StatusRequest)(nil),    // 10: pando.v1.StatusRequest
+	(*NodeStatus)(nil),       // 11: pando.v1.NodeStatus
+	(*RangeStatus)(nil),      // 12: pando.v1.RangeStatus
+	(*StatusResponse)(nil),   // 13: pando.v1.StatusResponse
+	(*RaftEnvelope)(nil),     // 14: pando.v1.RaftEnvelope
+	(*RaftBatch)(nil),        // 15: pando.v1.RaftBatch
+	(*RaftAck)(nil),          // 16: pando.v1.RaftAck
+	(*SnapshotChunk)(nil),    // 17: pando.v1.SnapshotChunk
+	(*SnapshotAck)(nil),      // 18: pando.v1.SnapshotAck
+	(*PutOp)(nil),            // 19: pando.v1.PutOp
+	(*DeleteOp)(nil),         // 20: pando.v1.DeleteOp
+	(*Command)(nil),          // 21: pando.v1.Command
+	(*ChecksumOp)(nil),       // 22: pando.v1.ChecksumOp
+	(*CheckVerdict)(nil),     // 23: pando.v1.CheckVerdict
+	(*RangeDescriptor)(nil),  // 24: pando.v1.RangeDescriptor
+	(*RangeState)(nil),       // 25: pando.v1.RangeState
+	(*TruncatedState)(nil),   // 26: pando.v1.TruncatedState
+	(*CheckRequest)(nil),     // 27: pando.v1.CheckRequest
+	(*KeyDiff)(nil),          // 28: pando.v1.KeyDiff
+	(*ReplicaKey)(nil),       // 29: pando.v1.ReplicaKey
+	(*RangeCheck)(nil),       // 30: pando.v1.RangeCheck
+	(*CheckResponse)(nil),    // 31: pando.v1.CheckResponse
+	(*ChecksumRequest)(nil),  // 32: pando.v1.ChecksumRequest
+	(*ChecksumResponse)(nil), // 33: pando.v1.ChecksumResponse
+	(*ListKeysRequest)(nil),  // 34: pando.v1.ListKeysRequest
+	(*KeyDigest)(nil),        // 35: pando.v1.KeyDigest
+	(*ListKeysResponse)(nil), // 36: pando.v1.ListKeysResponse
+	(*RepairRequest)(nil),    // 37: pando.v1.RepairRequest
+	(*RepairResponse)(nil),   // 38: pando.v1.RepairResponse
+	(*RangeDataRequest)(nil), // 39: pando.v1.RangeDataRequest
+	(*RangeDataChunk)(nil),   // 40: pando.v1.RangeDataChunk
 }
 var file_pando_proto_depIdxs = []int32{
 	0,  // 0: pando.v1.GetRequest.consistency:type_name -> pando.v1.Consistency
 	0,  // 1: pando.v1.ScanRequest.consistency:type_name -> pando.v1.Consistency
 	8,  // 2: pando.v1.ScanResponse.items:type_name -> pando.v1.KeyValue
-	11, // 3: pando.v1.StatusResponse.nodes:type_name -> pando.v1.NodeStatus
-	12, // 4: pando.v1.StatusResponse.ranges:type_name -> pando.v1.RangeStatus
-	14, // 5: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
-	8,  // 6: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
-	19, // 7: pando.v1.Command.put:type_name -> pando.v1.PutOp
-	20, // 8: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
-	22, // 9: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
-	1,  // 10: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
-	3,  // 11: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
-	5,  // 12: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
-	7,  // 13: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
-	10, // 14: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
-	15, // 15: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
-	17, // 16: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
-	2,  // 17: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
-	4,  // 18: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
-	6,  // 19: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
-	9,  // 20: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
-	13, // 21: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
-	16, // 22: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
-	18, // 23: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
-	17, // [17:24] is the sub-list for method output_type
-	10, // [10:17] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	23, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
+	11, // 4: pando.v1.StatusResponse.nodes:type_name -> pando.v1.NodeStatus
+	12, // 5: pando.v1.StatusResponse.ranges:type_name -> pando.v1.RangeStatus
+	14, // 6: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
+	8,  // 7: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
+	19, // 8: pando.v1.Command.put:type_name -> pando.v1.PutOp
+	20, // 9: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
+	22, // 10: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
+	23, // 11: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
+	24, // 12: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
+	23, // 13: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
+	29, // 14: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
+	28, // 15: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
+	30, // 16: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
+	35, // 17: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
+	8,  // 18: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
+	1,  // 19: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
+	3,  // 20: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
+	5,  // 21: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
+	7,  // 22: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
+	10, // 23: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
+	15, // 24: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
+	17, // 25: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
+	27, // 26: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
+	32, // 27: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
+	34, // 28: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
+	37, // 29: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
+	39, // 30: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
+	2,  // 31: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
+	4,  // 32: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
+	6,  // 33: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
+	9,  // 34: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
+	13, // 35: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
+	16, // 36: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
+	18, // 37: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
+	31, // 38: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
+	33, // 39: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
+	36, // 40: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
+	38, // 41: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
+	40, // 42: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
+	31, // [31:43] is the sub-list for method output_type
+	19, // [19:31] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_pando_proto_init() }
@@ -1755,6 +2898,8 @@ func file_pando_proto_init() {
 	file_pando_proto_msgTypes[20].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
+		(*Command_Checksum)(nil),
+		(*Command_Verdict)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1762,9 +2907,9 @@ func file_pando_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pando_proto_rawDesc), len(file_pando_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   40,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_pando_proto_goTypes,
 		DependencyIndexes: file_pando_proto_depIdxs,

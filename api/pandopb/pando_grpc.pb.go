@@ -401,3 +401,271 @@ var Raft_ServiceDesc = grpc.ServiceDesc{
 	},
 	Metadata: "pando.proto",
 }
+
+const (
+	Checker_Check_FullMethodName     = "/pando.v1.Checker/Check"
+	Checker_Checksum_FullMethodName  = "/pando.v1.Checker/Checksum"
+	Checker_ListKeys_FullMethodName  = "/pando.v1.Checker/ListKeys"
+	Checker_Repair_FullMethodName    = "/pando.v1.Checker/Repair"
+	Checker_RangeData_FullMethodName = "/pando.v1.Checker/RangeData"
+)
+
+// CheckerClient is the client API for Checker service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+type CheckerClient interface {
+	// Check runs a check now (routed to each range's leader).
+	Check(ctx context.Context, in *CheckRequest, opts ...grpc.CallOption) (*CheckResponse, error)
+	// Checksum returns this replica's checksum for a check.
+	Checksum(ctx context.Context, in *ChecksumRequest, opts ...grpc.CallOption) (*ChecksumResponse, error)
+	// ListKeys lists this replica's keys in some buckets, at a check's index.
+	ListKeys(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*ListKeysResponse, error)
+	// Repair rebuilds this replica's data from the source replica.
+	Repair(ctx context.Context, in *RepairRequest, opts ...grpc.CallOption) (*RepairResponse, error)
+	// RangeData streams this replica's data (for a repair elsewhere).
+	RangeData(ctx context.Context, in *RangeDataRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RangeDataChunk], error)
+}
+
+type checkerClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewCheckerClient(cc grpc.ClientConnInterface) CheckerClient {
+	return &checkerClient{cc}
+}
+
+func (c *checkerClient) Check(ctx context.Context, in *CheckRequest, opts ...grpc.CallOption) (*CheckResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckResponse)
+	err := c.cc.Invoke(ctx, Checker_Check_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *checkerClient) Checksum(ctx context.Context, in *ChecksumRequest, opts ...grpc.CallOption) (*ChecksumResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ChecksumResponse)
+	err := c.cc.Invoke(ctx, Checker_Checksum_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *checkerClient) ListKeys(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*ListKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListKeysResponse)
+	err := c.cc.Invoke(ctx, Checker_ListKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *checkerClient) Repair(ctx context.Context, in *RepairRequest, opts ...grpc.CallOption) (*RepairResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RepairResponse)
+	err := c.cc.Invoke(ctx, Checker_Repair_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *checkerClient) RangeData(ctx context.Context, in *RangeDataRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RangeDataChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Checker_ServiceDesc.Streams[0], Checker_RangeData_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RangeDataRequest, RangeDataChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Checker_RangeDataClient = grpc.ServerStreamingClient[RangeDataChunk]
+
+// CheckerServer is the server API for Checker service.
+// All implementations must embed UnimplementedCheckerServer
+// for forward compatibility.
+type CheckerServer interface {
+	// Check runs a check now (routed to each range's leader).
+	Check(context.Context, *CheckRequest) (*CheckResponse, error)
+	// Checksum returns this replica's checksum for a check.
+	Checksum(context.Context, *ChecksumRequest) (*ChecksumResponse, error)
+	// ListKeys lists this replica's keys in some buckets, at a check's index.
+	ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error)
+	// Repair rebuilds this replica's data from the source replica.
+	Repair(context.Context, *RepairRequest) (*RepairResponse, error)
+	// RangeData streams this replica's data (for a repair elsewhere).
+	RangeData(*RangeDataRequest, grpc.ServerStreamingServer[RangeDataChunk]) error
+	mustEmbedUnimplementedCheckerServer()
+}
+
+// UnimplementedCheckerServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedCheckerServer struct{}
+
+func (UnimplementedCheckerServer) Check(context.Context, *CheckRequest) (*CheckResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Check not implemented")
+}
+func (UnimplementedCheckerServer) Checksum(context.Context, *ChecksumRequest) (*ChecksumResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Checksum not implemented")
+}
+func (UnimplementedCheckerServer) ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListKeys not implemented")
+}
+func (UnimplementedCheckerServer) Repair(context.Context, *RepairRequest) (*RepairResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Repair not implemented")
+}
+func (UnimplementedCheckerServer) RangeData(*RangeDataRequest, grpc.ServerStreamingServer[RangeDataChunk]) error {
+	return status.Errorf(codes.Unimplemented, "method RangeData not implemented")
+}
+func (UnimplementedCheckerServer) mustEmbedUnimplementedCheckerServer() {}
+func (UnimplementedCheckerServer) testEmbeddedByValue()                 {}
+
+// UnsafeCheckerServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to CheckerServer will
+// result in compilation errors.
+type UnsafeCheckerServer interface {
+	mustEmbedUnimplementedCheckerServer()
+}
+
+func RegisterCheckerServer(s grpc.ServiceRegistrar, srv CheckerServer) {
+	// If the following call pancis, it indicates UnimplementedCheckerServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Checker_ServiceDesc, srv)
+}
+
+func _Checker_Check_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CheckerServer).Check(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Checker_Check_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CheckerServer).Check(ctx, req.(*CheckRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Checker_Checksum_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ChecksumRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CheckerServer).Checksum(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Checker_Checksum_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CheckerServer).Checksum(ctx, req.(*ChecksumRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Checker_ListKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CheckerServer).ListKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Checker_ListKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CheckerServer).ListKeys(ctx, req.(*ListKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Checker_Repair_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RepairRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CheckerServer).Repair(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Checker_Repair_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CheckerServer).Repair(ctx, req.(*RepairRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Checker_RangeData_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(RangeDataRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(CheckerServer).RangeData(m, &grpc.GenericServerStream[RangeDataRequest, RangeDataChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Checker_RangeDataServer = grpc.ServerStreamingServer[RangeDataChunk]
+
+// Checker_ServiceDesc is the grpc.ServiceDesc for Checker service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Checker_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "pando.v1.Checker",
+	HandlerType: (*CheckerServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Check",
+			Handler:    _Checker_Check_Handler,
+		},
+		{
+			MethodName: "Checksum",
+			Handler:    _Checker_Checksum_Handler,
+		},
+		{
+			MethodName: "ListKeys",
+			Handler:    _Checker_ListKeys_Handler,
+		},
+		{
+			MethodName: "Repair",
+			Handler:    _Checker_Repair_Handler,
+		},
+	},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "RangeData",
+			Handler:       _Checker_RangeData_Handler,
+			ServerStreams: true,
+		},
+	},
+	Metadata: "pando.proto",
+}
