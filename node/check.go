@@ -39,12 +39,17 @@ type checks struct {
 	byKey   map[[2]uint64]*checkRun
 	waiters map[[2]uint64]chan struct{}
 	limiter *rate.Limiter
+	// ctx ends hashing when the node stops; wg waits for it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 // checkRetention is how long a check's snapshot is kept for localisation.
 const checkRetention = 10 * time.Minute
 
 func (c *checks) init(bytesPerSec int) {
+	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.byKey = map[[2]uint64]*checkRun{}
 	c.waiters = map[[2]uint64]chan struct{}{}
 	if bytesPerSec > 0 {
@@ -100,7 +105,9 @@ func (n *Node) startCheck(r *group, id, index uint64) {
 		delete(n.checks.waiters, key)
 	}
 	n.checks.mu.Unlock()
+	n.checks.wg.Add(1)
 	go func() {
+		defer n.checks.wg.Done()
 		defer close(c.done)
 		its, closeAll, err := iterators(c.snap, c.desc)
 		if err != nil {
@@ -110,10 +117,24 @@ func (n *Node) startCheck(r *group, id, index uint64) {
 		defer closeAll()
 		var wait consistency.Limiter
 		if l := n.checks.limiter; l != nil {
-			wait = func(b int) error { return l.WaitN(context.Background(), min(b, l.Burst())) }
+			wait = func(b int) error { return l.WaitN(n.checks.ctx, min(b, l.Burst())) }
+		} else {
+			wait = func(int) error { return n.checks.ctx.Err() }
 		}
 		c.sum, c.err = consistency.Summarize(index, wait, its...)
 	}()
+}
+
+// close stops hashing and releases every check's snapshot.
+func (c *checks) close() {
+	c.cancel()
+	c.wg.Wait()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, r := range c.byKey {
+		r.snap.Close()
+		delete(c.byKey, k)
+	}
 }
 
 // findCheck waits until this replica has applied check id of rangeID.

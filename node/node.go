@@ -189,6 +189,7 @@ func (n *Node) Stop() {
 	if n.started.Load() {
 		<-n.donec
 	}
+	n.checks.close()
 	n.propMu.Lock()
 	// A pending proposal may still commit through the other replicas: its
 	// outcome is unknown, not failed.

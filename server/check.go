@@ -341,7 +341,7 @@ func (c *checker) run(ctx context.Context, rangeID uint64, repair bool) consiste
 
 func reportToProto(rep consistency.Report) *pandopb.RangeCheck {
 	rc := &pandopb.RangeCheck{RangeId: rep.RangeID, Index: rep.Index, Verdict: rep.Verdict, Diverged: rep.Diverged,
-		RepairedKeys: rep.RepairedKeys, Checked: rep.Checked}
+		RepairedKeys: rep.RepairedKeys, Checked: rep.Checked, Missing: rep.Missing}
 	if rep.Err != nil {
 		rc.Error = rep.Err.Error()
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -202,21 +203,42 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// markerFile records, outside the database, that a data directory holds
+// a node. A database that lost its records (a damaged or truncated
+// MANIFEST can make Pebble open an older, emptier state) must never be
+// mistaken for a new node and bootstrapped again.
+const markerFile = "PANDO_NODE"
+
 // initStorage checks the data directory belongs to this node, and writes
 // the first range's initial state when it is new.
 func (s *Server) initStorage() error {
+	fs := s.cfg.FS
+	if fs == nil {
+		fs = vfs.Default
+	}
+	marker := fs.PathJoin(s.cfg.DataDir, markerFile)
+	want := fmt.Sprint(s.cfg.ID)
+	markerID, markerErr := readMarker(fs, marker)
 	db := s.engine.DB()
 	v, closer, err := db.Get(identityKey)
 	switch {
 	case err == nil:
 		id := string(v)
 		closer.Close()
-		if id != fmt.Sprint(s.cfg.ID) {
+		if id != want {
 			return fmt.Errorf("server: data directory %s belongs to node %s, not node %d", s.cfg.DataDir, id, s.cfg.ID)
+		}
+		if markerErr != nil {
+			return writeMarker(fs, marker, want)
+		}
+		if markerID != want {
+			return fmt.Errorf("server: data directory %s: %s names node %s but the database node %s: storage damaged", s.cfg.DataDir, markerFile, markerID, id)
 		}
 		return nil
 	case !errors.Is(err, pebble.ErrNotFound):
 		return fmt.Errorf("server: reading node identity: %w", err)
+	case markerErr == nil:
+		return fmt.Errorf("server: data directory %s is damaged: it held node %s, but its database has lost its records", s.cfg.DataDir, markerID)
 	}
 	ids := make([]uint64, 0, len(s.cfg.InitialCluster))
 	for id := range s.cfg.InitialCluster {
@@ -227,7 +249,36 @@ func (s *Server) initStorage() error {
 	if err := storage.Bootstrap(s.engine, desc, ids); err != nil {
 		return err
 	}
-	return db.Set(identityKey, []byte(fmt.Sprint(s.cfg.ID)), pebble.Sync)
+	if err := db.Set(identityKey, []byte(want), pebble.Sync); err != nil {
+		return err
+	}
+	return writeMarker(fs, marker, want)
+}
+
+func readMarker(fs vfs.FS, path string) (string, error) {
+	f, err := fs.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	return strings.TrimSpace(string(b)), err
+}
+
+func writeMarker(fs vfs.FS, path, id string) error {
+	f, err := fs.Create(path, vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return fmt.Errorf("server: writing %s: %w", path, err)
+	}
+	if _, err := f.Write([]byte(id + "\n")); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // Node exposes the node (tests and the demo).
@@ -389,13 +440,15 @@ func (s *Server) stop(ctx context.Context) error {
 	hctx, hcancel := context.WithTimeout(ctx, 10*time.Second)
 	_ = s.http.Shutdown(hctx)
 	hcancel()
+	// GracefulStop refuses new RPCs (GOAWAY) and waits for every RPC;
+	// peers' Raft streams end once client requests have drained.
 	grpcDone := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(grpcDone) }()
 	waitTimeout(&s.inflight, 10*time.Second)
-	close(s.stopping)
+	close(s.stopping) // ends peers' Raft streams (see streamInterceptor)
 	select {
 	case <-grpcDone:
-	case <-time.After(5 * time.Second):
+	case <-time.After(10 * time.Second):
 		s.grpc.Stop()
 	}
 	s.tr.Close()

@@ -20,6 +20,9 @@ type Options struct {
 	FS vfs.FS
 	// CacheSize is Pebble's block cache in bytes. Default 64 MiB.
 	CacheSize int64
+	// OnCorruption, when set, hears of on-disk corruption found by a read
+	// (which also fails with an error).
+	OnCorruption func(detail string)
 }
 
 // Engine is one node's Pebble database.
@@ -38,6 +41,15 @@ func Open(dir string, opts Options) (*Engine, error) {
 		FS:     opts.FS,
 		Cache:  cache,
 		Logger: quietLogger{},
+		EventListener: &pebble.EventListener{
+			// The read that found the corruption returns an error; the
+			// default handler (Fatalf) would kill the process instead.
+			DataCorruption: func(info pebble.DataCorruptionInfo) {
+				if opts.OnCorruption != nil {
+					opts.OnCorruption(info.String())
+				}
+			},
+		},
 	}
 	db, err := pebble.Open(dir, po)
 	if err != nil {

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"context"
 	"fmt"
 	"io"
 
@@ -40,11 +41,44 @@ func (s *Server) decode(env *pandopb.RaftEnvelope) (raftpb.Message, error) {
 	return m, nil
 }
 
+// recvAll receives from a stream on its own goroutine, so that the handler
+// can return as soon as its context ends (a stopping server ends peers'
+// streams this way; a blocked Recv alone would not notice).
+func recvAll[T any](ctx context.Context, recv func() (*T, error)) <-chan recvResult[T] {
+	ch := make(chan recvResult[T])
+	go func() {
+		for {
+			m, err := recv()
+			select {
+			case ch <- recvResult[T]{m, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+type recvResult[T any] struct {
+	m   *T
+	err error
+}
+
 // Send receives a peer's stream of message batches.
 func (s *Server) Send(stream grpc.ClientStreamingServer[pandopb.RaftBatch, pandopb.RaftAck]) error {
 	ctx := stream.Context()
+	recv := recvAll(ctx, stream.Recv)
 	for {
-		batch, err := stream.Recv()
+		var r recvResult[pandopb.RaftBatch]
+		select {
+		case <-ctx.Done():
+			return status.Error(codes.Unavailable, "transport: stream closed by the receiving node")
+		case r = <-recv:
+		}
+		batch, err := r.m, r.err
 		if err == io.EOF {
 			return stream.SendAndClose(&pandopb.RaftAck{})
 		}
@@ -70,8 +104,16 @@ func (s *Server) Send(stream grpc.ClientStreamingServer[pandopb.RaftBatch, pando
 func (s *Server) Snapshot(stream grpc.ClientStreamingServer[pandopb.SnapshotChunk, pandopb.SnapshotAck]) error {
 	var data []node.RawKV
 	size := 0
+	ctx := stream.Context()
+	recv := recvAll(ctx, stream.Recv)
 	for {
-		c, err := stream.Recv()
+		var r recvResult[pandopb.SnapshotChunk]
+		select {
+		case <-ctx.Done():
+			return status.Error(codes.Unavailable, "transport: stream closed by the receiving node")
+		case r = <-recv:
+		}
+		c, err := r.m, r.err
 		if err == io.EOF {
 			return status.Errorf(codes.InvalidArgument, "transport: snapshot stream ended without its message")
 		}

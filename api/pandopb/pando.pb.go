@@ -1931,8 +1931,10 @@ type RangeCheck struct {
 	Keys         []*KeyDiff             `protobuf:"bytes,5,rep,name=keys,proto3" json:"keys,omitempty"`
 	RepairedKeys uint64                 `protobuf:"varint,6,opt,name=repaired_keys,json=repairedKeys,proto3" json:"repaired_keys,omitempty"`
 	// checked lists the replicas whose checksums were compared.
-	Checked       []uint64 `protobuf:"varint,7,rep,packed,name=checked,proto3" json:"checked,omitempty"`
-	Error         string   `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	Checked []uint64 `protobuf:"varint,7,rep,packed,name=checked,proto3" json:"checked,omitempty"`
+	Error   string   `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	// missing lists the replicas that did not answer.
+	Missing       []uint64 `protobuf:"varint,9,rep,packed,name=missing,proto3" json:"missing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2021,6 +2023,13 @@ func (x *RangeCheck) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *RangeCheck) GetMissing() []uint64 {
+	if x != nil {
+		return x.Missing
+	}
+	return nil
 }
 
 type CheckResponse struct {
@@ -2717,7 +2726,7 @@ const file_pando_proto_rawDesc = "" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x1d\n" +
 	"\n" +
-	"value_hash\x18\x03 \x01(\x04R\tvalueHash\"\xef\x01\n" +
+	"value_hash\x18\x03 \x01(\x04R\tvalueHash\"\x89\x02\n" +
 	"\n" +
 	"RangeCheck\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x14\n" +
@@ -2727,7 +2736,8 @@ const file_pando_proto_rawDesc = "" +
 	"\x04keys\x18\x05 \x03(\v2\x11.pando.v1.KeyDiffR\x04keys\x12#\n" +
 	"\rrepaired_keys\x18\x06 \x01(\x04R\frepairedKeys\x12\x18\n" +
 	"\achecked\x18\a \x03(\x04R\achecked\x12\x14\n" +
-	"\x05error\x18\b \x01(\tR\x05error\"=\n" +
+	"\x05error\x18\b \x01(\tR\x05error\x12\x18\n" +
+	"\amissing\x18\t \x03(\x04R\amissing\"=\n" +
 	"\rCheckResponse\x12,\n" +
 	"\x06ranges\x18\x01 \x03(\v2\x14.pando.v1.RangeCheckR\x06ranges\"G\n" +
 	"\x0fChecksumRequest\x12\x19\n" +

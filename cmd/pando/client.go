@@ -25,7 +25,7 @@ type usageError struct{ error }
 func (u usageError) Unwrap() error { return u.error }
 
 // Exit statuses: 0 ok, 1 failure, 2 usage, 3 key not found, 4 version
-// mismatch, 5 unavailable or ambiguous.
+// mismatch, 5 unavailable or ambiguous, 6 replicas diverged (pando check).
 func exitCode(err error) int {
 	var u usageError
 	switch {
@@ -37,6 +37,8 @@ func exitCode(err error) int {
 		return 4
 	case errors.Is(err, kv.ErrUnavailable), errors.Is(err, kv.ErrAmbiguous):
 		return 5
+	case errors.Is(err, errDiverged):
+		return 6
 	case strings.HasPrefix(err.Error(), "unknown command"), strings.HasPrefix(err.Error(), "unknown flag"),
 		strings.Contains(err.Error(), "arg(s)"), strings.HasPrefix(err.Error(), "invalid argument"):
 		return 2

@@ -26,6 +26,9 @@ func serverCmd() *cobra.Command {
 		timeout        time.Duration
 		limits         kv.Limits
 		logLevel       string
+		checkInterval  time.Duration
+		autoRepair     bool
+		checkRate      int
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -46,6 +49,10 @@ A three-node cluster:
 			cfg := server.Config{
 				ID: id, DataDir: dataDir, Addr: addr, Limits: limits, RequestTimeout: timeout,
 				TickInterval: tick, ElectionTicks: electionTicks, Logger: log,
+				CheckInterval: checkInterval, NoAutoRepair: !autoRepair, CheckBytesPerSec: checkRate,
+			}
+			if checkInterval == 0 {
+				cfg.CheckInterval = -1
 			}
 			if initialCluster != "" {
 				if cfg.InitialCluster, err = server.ParseInitialCluster(initialCluster); err != nil {
@@ -85,6 +92,9 @@ A three-node cluster:
 	f.IntVar(&limits.MaxValueSize, "max-value-size", kv.DefaultMaxValueSize, "largest value in bytes")
 	f.IntVar(&limits.MaxRequestSize, "max-request-size", kv.DefaultMaxRequestSize, "largest request in bytes")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.DurationVar(&checkInterval, "consistency-check-interval", time.Hour, "how often each range's replicas are compared (0 disables)")
+	f.BoolVar(&autoRepair, "consistency-auto-repair", true, "rebuild replicas that disagree with the majority")
+	f.IntVar(&checkRate, "consistency-check-rate", 64<<20, "bytes per second a check may hash (negative: unpaced)")
 	return cmd
 }
 
