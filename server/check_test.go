@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -250,5 +251,50 @@ func TestDamagedStorageRefusesToStart(t *testing.T) {
 			}
 			t.Logf("refused: %v", err)
 		})
+	}
+}
+
+// Periodic checks run on their own and their verdict reaches every
+// replica's status.
+func TestPeriodicCheck(t *testing.T) {
+	dir := t.TempDir()
+	addrs := map[uint64]string{}
+	var ls []net.Listener
+	for i := uint64(1); i <= 3; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		addrs[i] = l.Addr().String()
+	}
+	var servers []*server.Server
+	for i := uint64(1); i <= 3; i++ {
+		s, err := server.New(server.Config{ID: i, DataDir: filepath.Join(dir, fmt.Sprint(i)), Addr: addrs[i], InitialCluster: addrs,
+			Listener: ls[i-1], TickInterval: 20 * time.Millisecond, CheckInterval: 300 * time.Millisecond, Logger: quietLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Start(); err != nil {
+			t.Fatal(err)
+		}
+		servers = append(servers, s)
+		defer s.Kill()
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		checked := 0
+		for _, s := range servers {
+			if st, _ := s.Node().Status(1); st.LastCheck != nil && st.LastCheck.Verdict == "consistent" {
+				checked++
+			}
+		}
+		if checked == 3 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no periodic check reached every replica's status (%d of 3)", checked)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
