@@ -27,6 +27,9 @@ var (
 	ErrAmbiguous = errors.New("pando: write outcome unknown")
 	// ErrStopped: the node is shutting down.
 	ErrStopped = errors.New("pando: node stopped")
+	// ErrWrongRange: the key is no longer in the range the request was
+	// routed to (it split); nothing was applied, route again.
+	ErrWrongRange = errors.New("pando: key not in this range")
 )
 
 // VersionMismatchError is returned by a compare-and-swap whose expected

@@ -346,7 +346,7 @@ func (n *Node) installData(r *group, index uint64, data []RawKV) error {
 		if err != nil {
 			panic(fmt.Sprintf("node: range %d: entry %d: %v", r.id, e.Index, err))
 		}
-		if replica.ChangesData(cmd) {
+		if replica.ChangesData(cmd) && (replica.CommandKey(cmd) == nil || r.storage.State().Desc.ContainsKey(replica.CommandKey(cmd))) {
 			if _, err := replica.Apply(b, e.Index, cmd); err != nil {
 				return err
 			}

@@ -73,7 +73,15 @@ func (n *Node) step(in inbound) {
 		return
 	}
 	if in.snap != nil {
-		r.inSnap = in.snap
+		// Keep every received snapshot newer than what is applied: raft
+		// applies the newest one it accepted, which need not be the last
+		// one to arrive (a stale duplicate is ignored by raft).
+		for idx := range r.inSnaps {
+			if idx <= r.applied {
+				delete(r.inSnaps, idx)
+			}
+		}
+		r.inSnaps[in.snap.index] = in.snap
 	}
 	if err := r.rn.Step(in.msg); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 		n.log.Debug("step failed", "range", in.rangeID, "type", in.msg.Type, "err", err)
@@ -200,6 +208,11 @@ func (n *Node) handleReady() {
 		res replica.Result
 	}
 	var delivered []delivery
+	type created_ struct {
+		right      uint64
+		leftLeader bool
+	}
+	var created []created_
 	ab := n.db.NewIndexedBatch()
 	start := time.Now()
 	applied := 0
@@ -234,7 +247,24 @@ func (n *Node) handleReady() {
 					ab = n.db.NewIndexedBatch()
 				case *pandopb.Command_Verdict:
 					x.r.storage.State().LastCheck = op.Verdict
+				case *pandopb.Command_AllocRangeId:
+					st := x.r.storage.State()
+					st.NextRangeId = max(st.NextRangeId, 2)
+					res.Version = st.NextRangeId
+					st.NextRangeId++
+				case *pandopb.Command_Split:
+					if right, err := n.applySplit(ab, x.r, op.Split); err != nil {
+						res.Err = err
+					} else {
+						created = append(created, created_{right: right, leftLeader: x.r.rn.BasicStatus().RaftState == raft.StateLeader})
+					}
 				default:
+					if k := replica.CommandKey(cmd); k != nil && !x.r.storage.State().Desc.ContainsKey(k) {
+						// Routed before a split moved the key to another
+						// range: refused (deterministically), retried.
+						res.Err = fmt.Errorf("%w: %q left range %d", kv.ErrWrongRange, k, x.r.id)
+						break
+					}
 					res, err = replica.Apply(ab, e.Index, cmd)
 					must(err)
 				}
@@ -260,6 +290,16 @@ func (n *Node) handleReady() {
 		n.met.apply.Observe(time.Since(start).Seconds())
 	}
 	must(ab.Close())
+	// Ranges created by splits start now that their state is written; the
+	// left range's leader campaigns at once for the right one.
+	for _, c := range created {
+		if err := n.addReplica(c.right); err != nil {
+			panic(fmt.Sprintf("node: starting range %d after a split: %v", c.right, err))
+		}
+		if c.leftLeader {
+			_ = n.replicas[c.right].rn.Campaign()
+		}
+	}
 	for _, d := range delivered {
 		d.p.done <- proposalResult{res: d.res, err: d.res.Err}
 	}

@@ -60,7 +60,7 @@ type group struct {
 	applied uint64
 	status  atomic.Pointer[RangeStatus]
 
-	inSnap *incomingSnapshot
+	inSnaps map[uint64]*incomingSnapshot // received, by index
 
 	readQueue   []*readRequest            // waiting to be given a read index
 	readBatches map[uint64][]*readRequest // ReadIndex ctx -> requests
@@ -142,7 +142,7 @@ func (n *Node) addReplica(id uint64) error {
 	if err != nil {
 		return err
 	}
-	r := &group{id: id, storage: st, applied: st.State().AppliedIndex, readBatches: map[uint64][]*readRequest{}}
+	r := &group{id: id, storage: st, applied: st.State().AppliedIndex, readBatches: map[uint64][]*readRequest{}, inSnaps: map[uint64]*incomingSnapshot{}}
 	st.SnapshotFunc = func() (raftpb.Snapshot, error) { return n.makeSnapshot(r) }
 	rn, err := raft.NewRawNode(&raft.Config{
 		ID:                        n.cfg.ID,

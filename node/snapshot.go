@@ -117,11 +117,15 @@ func checkSnapshotData(rangeID uint64, m raftpb.Message, data []RawKV) (*pandopb
 
 // applySnapshot writes a snapshot Raft handed us in a Ready into b.
 func (n *Node) applySnapshot(b *pebble.Batch, r *group, snap raftpb.Snapshot) {
-	in := r.inSnap
-	if in == nil || in.index != snap.Metadata.Index {
+	in := r.inSnaps[snap.Metadata.Index]
+	if in == nil {
 		panic(fmt.Sprintf("node: range %d: raft applies snapshot %d whose data is not here", r.id, snap.Metadata.Index))
 	}
-	r.inSnap = nil
+	for idx := range r.inSnaps {
+		if idx <= snap.Metadata.Index {
+			delete(r.inSnaps, idx)
+		}
+	}
 	must(clearSpan(b, r.storage.State().Desc))
 	must(clearSpan(b, in.desc))
 	for _, kv := range in.data {

@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bytes"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -29,6 +30,42 @@ func DecodeCommand(data []byte) (*pandopb.Command, error) {
 		return nil, fmt.Errorf("replica: corrupt command: %w", err)
 	}
 	return cmd, nil
+}
+
+// ErrBadSplit is the result of a split that does not fit the range (it is
+// applied as a no-op on every replica).
+var ErrBadSplit = fmt.Errorf("%w: split does not fit the range", kv.ErrInvalidArgument)
+
+// PlanSplit checks a split against the range's descriptor and returns the
+// two descriptors it produces. It is deterministic: every replica decides
+// the same.
+func PlanSplit(desc *pandopb.RangeDescriptor, op *pandopb.SplitOp) (left, right *pandopb.RangeDescriptor, err error) {
+	k := op.SplitKey
+	switch {
+	case op.NewRangeId == 0 || op.NewRangeId == desc.Id:
+		return nil, nil, fmt.Errorf("%w: new range ID %d", ErrBadSplit, op.NewRangeId)
+	case op.ExpectedGeneration != 0 && op.ExpectedGeneration != desc.Generation:
+		return nil, nil, fmt.Errorf("%w: range %d is at generation %d, not %d", ErrBadSplit, desc.Id, desc.Generation, op.ExpectedGeneration)
+	case bytes.Compare(k, desc.StartKey) <= 0 || (len(desc.EndKey) > 0 && bytes.Compare(k, desc.EndKey) >= 0):
+		return nil, nil, fmt.Errorf("%w: key %q not strictly inside [%q, %q)", ErrBadSplit, k, desc.StartKey, desc.EndKey)
+	}
+	left = proto.Clone(desc).(*pandopb.RangeDescriptor)
+	left.EndKey = bytes.Clone(k)
+	left.Generation++
+	right = &pandopb.RangeDescriptor{Id: op.NewRangeId, StartKey: bytes.Clone(k), EndKey: bytes.Clone(desc.EndKey),
+		Replicas: append([]uint64(nil), desc.Replicas...), Generation: 1}
+	return left, right, nil
+}
+
+// CommandKey is the user key a data command writes (nil for others).
+func CommandKey(cmd *pandopb.Command) []byte {
+	switch op := cmd.Op.(type) {
+	case *pandopb.Command_Put:
+		return op.Put.Key
+	case *pandopb.Command_Delete:
+		return op.Delete.Key
+	}
+	return nil
 }
 
 // ChangesData reports whether cmd writes replicated data (as opposed to

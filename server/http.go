@@ -29,7 +29,7 @@ func httpStatus(err error) int {
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, kv.ErrEmptyKey), errors.Is(err, kv.ErrInvalidArgument):
 		return http.StatusBadRequest
-	case errors.Is(err, kv.ErrUnavailable), errors.Is(err, kv.ErrNotLeader), errors.Is(err, kv.ErrStopped),
+	case errors.Is(err, kv.ErrUnavailable), errors.Is(err, kv.ErrNotLeader), errors.Is(err, kv.ErrStopped), errors.Is(err, kv.ErrWrongRange),
 		errors.Is(err, kv.ErrAmbiguous), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, context.Canceled):

@@ -312,6 +312,7 @@ func (s *Server) Start() error {
 	pandopb.RegisterKVServer(s.grpc, s.svc)
 	pandopb.RegisterRaftServer(s.grpc, transport.NewServer(s.node))
 	pandopb.RegisterCheckerServer(s.grpc, s.checker)
+	pandopb.RegisterAdminServer(s.grpc, &admin{s: s})
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/kv/", s.instrumentHTTP(s.handleKV))

@@ -52,13 +52,8 @@ func NewService(n *node.Node, peers Peers, limits kv.Limits, timeout, retry time
 
 // rangeFor finds the range holding key among the replicas here.
 func (s *Service) rangeFor(key []byte) (uint64, error) {
-	for _, st := range s.node.Statuses() {
-		d := st.Desc
-		if bytes.Compare(key, d.StartKey) >= 0 && (len(d.EndKey) == 0 || bytes.Compare(key, d.EndKey) < 0) {
-			return st.RangeID, nil
-		}
-	}
-	return 0, fmt.Errorf("%w: no range holds key %q here", kv.ErrUnavailable, key)
+	st, err := s.node.RangeFor(key)
+	return st.RangeID, err
 }
 
 func forwarded(ctx context.Context) bool {
@@ -72,7 +67,7 @@ func forwarded(ctx context.Context) bool {
 // A write forwarded to a leader that fails in transport may have been
 // applied, so it is not retried (idempotent is false): the caller gets an
 // ambiguous error. Reads are always retried.
-func (s *Service) route(ctx context.Context, rangeID uint64, idempotent bool, local func() error, remote func(context.Context, pandopb.KVClient) error) error {
+func (s *Service) route(ctx context.Context, key []byte, idempotent bool, local func(rangeID uint64) error, remote func(context.Context, pandopb.KVClient) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.timeout)
@@ -80,14 +75,15 @@ func (s *Service) route(ctx context.Context, rangeID uint64, idempotent bool, lo
 	}
 	fwd := forwarded(ctx)
 	for {
-		st, ok := s.node.Status(rangeID)
-		if !ok {
-			return fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, rangeID)
+		// Look the range up on every attempt: a split may have moved key.
+		st, err := s.node.RangeFor(key)
+		if err != nil {
+			return err
 		}
-		var err error
+		rangeID := st.RangeID
 		switch {
 		case st.LeaderID == s.node.ID():
-			err = local()
+			err = local(rangeID)
 		case fwd:
 			return &kv.NotLeaderError{RangeID: rangeID, LeaderID: st.LeaderID, LeaderAddr: s.peers.Addr(st.LeaderID)}
 		case st.LeaderID != 0:
@@ -127,12 +123,25 @@ func retryable(err error) bool {
 	if err == nil || errors.Is(err, kv.ErrAmbiguous) {
 		return false
 	}
-	return errors.Is(err, kv.ErrNotLeader) || (errors.Is(err, kv.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded))
+	return errors.Is(err, kv.ErrNotLeader) || errors.Is(err, kv.ErrWrongRange) ||
+		(errors.Is(err, kv.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded))
 }
 
 func (s *Service) checkConsistency(c pandopb.Consistency) error {
 	if c != pandopb.Consistency_LINEARIZABLE && c != pandopb.Consistency_STALE {
 		return fmt.Errorf("%w: unknown consistency %d", kv.ErrInvalidArgument, c)
+	}
+	return nil
+}
+
+// readIndex waits until this leader may serve a linearizable read of key
+// from rangeID, and checks that key is still in that range afterwards.
+func (s *Service) readIndex(ctx context.Context, rangeID uint64, key []byte) error {
+	if err := s.node.ReadIndex(ctx, rangeID); err != nil {
+		return err
+	}
+	if st, ok := s.node.Status(rangeID); !ok || !st.Desc.ContainsKey(key) {
+		return fmt.Errorf("%w: %q left range %d", kv.ErrWrongRange, key, rangeID)
 	}
 	return nil
 }
@@ -150,10 +159,6 @@ func (s *Service) get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.Ge
 	if err := s.checkConsistency(req.Consistency); err != nil {
 		return nil, err
 	}
-	rid, err := s.rangeFor(req.Key)
-	if err != nil {
-		return nil, err
-	}
 	read := func() (*pandopb.GetResponse, error) {
 		val, ver, found, err := storage.Get(s.node.Reader(), req.Key)
 		if err != nil {
@@ -165,8 +170,8 @@ func (s *Service) get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.Ge
 		return read()
 	}
 	var resp *pandopb.GetResponse
-	err = s.route(ctx, rid, true, func() error {
-		if err := s.node.ReadIndex(ctx, rid); err != nil {
+	err := s.route(ctx, req.Key, true, func(rid uint64) error {
+		if err := s.readIndex(ctx, rid, req.Key); err != nil {
 			return err
 		}
 		var err error
@@ -193,12 +198,8 @@ func (s *Service) put(ctx context.Context, req *pandopb.PutRequest) (*pandopb.Pu
 	if err := s.limits.CheckValue(req.Value); err != nil {
 		return nil, err
 	}
-	rid, err := s.rangeFor(req.Key)
-	if err != nil {
-		return nil, err
-	}
 	var resp *pandopb.PutResponse
-	err = s.route(ctx, rid, false, func() error {
+	err := s.route(ctx, req.Key, false, func(rid uint64) error {
 		res, err := s.node.Propose(ctx, rid, &pandopb.Command{Op: &pandopb.Command_Put{Put: &pandopb.PutOp{
 			Key: req.Key, Value: req.Value, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion}}})
 		if err == nil {
@@ -223,12 +224,8 @@ func (s *Service) del(ctx context.Context, req *pandopb.DeleteRequest) (*pandopb
 	if err := s.limits.CheckKey(req.Key); err != nil {
 		return nil, err
 	}
-	rid, err := s.rangeFor(req.Key)
-	if err != nil {
-		return nil, err
-	}
 	var resp *pandopb.DeleteResponse
-	err = s.route(ctx, rid, false, func() error {
+	err := s.route(ctx, req.Key, false, func(rid uint64) error {
 		res, err := s.node.Propose(ctx, rid, &pandopb.Command{Op: &pandopb.Command_Delete{Delete: &pandopb.DeleteOp{
 			Key: req.Key, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion}}})
 		if err == nil {
@@ -270,50 +267,74 @@ func (s *Service) scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.
 	if limit <= 0 || limit > s.limits.MaxScanLimit {
 		limit = s.limits.MaxScanLimit
 	}
-	rid, err := s.rangeFor(start)
-	if err != nil {
-		return nil, err
-	}
-	read := func() (*pandopb.ScanResponse, error) {
-		desc, _ := s.node.Descriptor(rid)
-		stop := end
-		clipped := false
-		if len(desc.EndKey) > 0 && (len(stop) == 0 || bytes.Compare(desc.EndKey, stop) < 0) {
-			stop, clipped = desc.EndKey, true
+	stale := req.Consistency == pandopb.Consistency_STALE
+	// A forwarded scan serves one range and says where to continue; the
+	// node that routes it walks the ranges.
+	single := forwarded(ctx)
+	resp := &pandopb.ScanResponse{}
+	cur := start
+	for {
+		var page *pandopb.ScanResponse
+		var err error
+		if stale {
+			var st node.RangeStatus
+			if st, err = s.node.RangeFor(cur); err == nil {
+				page, err = s.readSpan(st.RangeID, cur, end, limit-len(resp.Items))
+			}
+		} else {
+			err = s.route(ctx, cur, true, func(rid uint64) error {
+				if err := s.readIndex(ctx, rid, cur); err != nil {
+					return err
+				}
+				var err error
+				page, err = s.readSpan(rid, cur, end, limit-len(resp.Items))
+				return err
+			}, func(ctx context.Context, c pandopb.KVClient) error {
+				var err error
+				page, err = c.Scan(ctx, &pandopb.ScanRequest{Start: cur, End: end, Limit: uint32(limit - len(resp.Items)), Consistency: req.Consistency})
+				return err
+			})
 		}
-		kvs, more, err := storage.Scan(s.node.Reader(), start, stop, limit)
 		if err != nil {
 			return nil, err
 		}
-		resp := &pandopb.ScanResponse{Items: make([]*pandopb.KeyValue, len(kvs))}
-		for i, x := range kvs {
-			resp.Items[i] = &pandopb.KeyValue{Key: x.Key, Value: x.Value, Version: x.Version}
+		resp.Items = append(resp.Items, page.Items...)
+		resp.More, resp.Next = page.More, page.Next
+		if !page.More || len(resp.Items) >= limit || single {
+			return resp, nil
 		}
-		switch {
-		case more:
-			resp.More, resp.Next = true, append(bytes.Clone(kvs[len(kvs)-1].Key), 0)
-		case clipped:
-			resp.More, resp.Next = true, bytes.Clone(desc.EndKey)
-		}
-		return resp, nil
+		cur = page.Next
 	}
-	if req.Consistency == pandopb.Consistency_STALE {
-		return read()
+}
+
+// readSpan reads up to limit keys of [start, end) from the local replica
+// of rangeID, clipped to the range's span; More and Next say where the
+// scan continues (in this range, or at the next one).
+func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int) (*pandopb.ScanResponse, error) {
+	st, ok := s.node.Status(rangeID)
+	if !ok || !st.Desc.ContainsKey(start) {
+		return nil, fmt.Errorf("%w: %q left range %d", kv.ErrWrongRange, start, rangeID)
 	}
-	var resp *pandopb.ScanResponse
-	err = s.route(ctx, rid, true, func() error {
-		if err := s.node.ReadIndex(ctx, rid); err != nil {
-			return err
-		}
-		var err error
-		resp, err = read()
-		return err
-	}, func(ctx context.Context, c pandopb.KVClient) error {
-		var err error
-		resp, err = c.Scan(ctx, req)
-		return err
-	})
-	return resp, err
+	desc := st.Desc
+	stop, clipped := end, false
+	if len(desc.EndKey) > 0 && (len(stop) == 0 || bytes.Compare(desc.EndKey, stop) < 0) {
+		stop, clipped = desc.EndKey, true
+	}
+	kvs, more, err := storage.Scan(s.node.Reader(), start, stop, limit)
+	if err != nil {
+		return nil, err
+	}
+	resp := &pandopb.ScanResponse{Items: make([]*pandopb.KeyValue, len(kvs))}
+	for i, x := range kvs {
+		resp.Items[i] = &pandopb.KeyValue{Key: x.Key, Value: x.Value, Version: x.Version}
+	}
+	switch {
+	case more:
+		resp.More, resp.Next = true, append(bytes.Clone(kvs[len(kvs)-1].Key), 0)
+	case clipped:
+		resp.More, resp.Next = true, bytes.Clone(desc.EndKey)
+	}
+	return resp, nil
 }
 
 // Status implements pandopb.KVServer.

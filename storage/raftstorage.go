@@ -277,6 +277,38 @@ func (s *RaftStorage) Truncate(b *pebble.Batch, index uint64) error {
 	return putProto(b, TruncatedStateKey(s.rangeID), &s.trunc)
 }
 
+// Initial log position of a range created by a split: its log starts after
+// index SplitInitialIndex of term SplitInitialTerm, as if a snapshot there
+// had been applied, so that a replica that does not hold the range yet can
+// only be brought up by a snapshot (like CockroachDB's raftInitialLogIndex).
+const (
+	SplitInitialIndex = 10
+	SplitInitialTerm  = 5
+)
+
+// WriteSplitState writes, in b, the initial state of a range created by a
+// split: applied and truncated at SplitInitialIndex, the given conf state.
+// Every replica of the split range writes the same state when it applies
+// the split.
+func WriteSplitState(b *pebble.Batch, desc *pandopb.RangeDescriptor, cs raftpb.ConfState) error {
+	v, err := cs.Marshal()
+	if err != nil {
+		return err
+	}
+	if err := WriteRangeState(b, desc.Id, &pandopb.RangeState{AppliedIndex: SplitInitialIndex, AppliedTerm: SplitInitialTerm, ConfState: v, Desc: desc}); err != nil {
+		return err
+	}
+	if err := putProto(b, TruncatedStateKey(desc.Id), &pandopb.TruncatedState{Index: SplitInitialIndex, Term: SplitInitialTerm}); err != nil {
+		return err
+	}
+	hs := raftpb.HardState{Term: SplitInitialTerm, Commit: SplitInitialIndex}
+	hv, err := hs.Marshal()
+	if err != nil {
+		return err
+	}
+	return b.Set(HardStateKey(desc.Id), hv, nil)
+}
+
 // Bootstrap writes the initial state of a new range whose voters are the
 // given nodes, with an empty log. Every initial member writes the same state.
 func Bootstrap(e *Engine, desc *pandopb.RangeDescriptor, voters []uint64) error {

@@ -712,6 +712,8 @@ type RangeStatus struct {
 	Role          string                 `protobuf:"bytes,8,opt,name=role,proto3" json:"role,omitempty"`
 	CommitIndex   uint64                 `protobuf:"varint,9,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
 	LastCheck     *CheckVerdict          `protobuf:"bytes,20,opt,name=last_check,json=lastCheck,proto3" json:"last_check,omitempty"`
+	SizeBytes     uint64                 `protobuf:"varint,30,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Qps           float64                `protobuf:"fixed64,31,opt,name=qps,proto3" json:"qps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -814,6 +816,20 @@ func (x *RangeStatus) GetLastCheck() *CheckVerdict {
 		return x.LastCheck
 	}
 	return nil
+}
+
+func (x *RangeStatus) GetSizeBytes() uint64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *RangeStatus) GetQps() float64 {
+	if x != nil {
+		return x.Qps
+	}
+	return 0
 }
 
 type StatusResponse struct {
@@ -1278,6 +1294,8 @@ type Command struct {
 	//	*Command_Delete
 	//	*Command_Checksum
 	//	*Command_Verdict
+	//	*Command_Split
+	//	*Command_AllocRangeId
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1363,6 +1381,24 @@ func (x *Command) GetVerdict() *CheckVerdict {
 	return nil
 }
 
+func (x *Command) GetSplit() *SplitOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Split); ok {
+			return x.Split
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetAllocRangeId() *AllocRangeIDOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_AllocRangeId); ok {
+			return x.AllocRangeId
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -1384,6 +1420,15 @@ type Command_Verdict struct {
 	Verdict *CheckVerdict `protobuf:"bytes,21,opt,name=verdict,proto3,oneof"`
 }
 
+type Command_Split struct {
+	// Sharding (numbers from 30 up).
+	Split *SplitOp `protobuf:"bytes,30,opt,name=split,proto3,oneof"`
+}
+
+type Command_AllocRangeId struct {
+	AllocRangeId *AllocRangeIDOp `protobuf:"bytes,31,opt,name=alloc_range_id,json=allocRangeId,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -1391,6 +1436,113 @@ func (*Command_Delete) isCommand_Op() {}
 func (*Command_Checksum) isCommand_Op() {}
 
 func (*Command_Verdict) isCommand_Op() {}
+
+func (*Command_Split) isCommand_Op() {}
+
+func (*Command_AllocRangeId) isCommand_Op() {}
+
+// SplitOp splits a range at split_key: the range keeps [start, split_key)
+// and a new range new_range_id takes [split_key, end) with the same
+// replicas.
+type SplitOp struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	SplitKey   []byte                 `protobuf:"bytes,1,opt,name=split_key,json=splitKey,proto3" json:"split_key,omitempty"`
+	NewRangeId uint64                 `protobuf:"varint,2,opt,name=new_range_id,json=newRangeId,proto3" json:"new_range_id,omitempty"`
+	// expected_generation guards against splitting a range that changed
+	// since the split was planned.
+	ExpectedGeneration uint64 `protobuf:"varint,3,opt,name=expected_generation,json=expectedGeneration,proto3" json:"expected_generation,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *SplitOp) Reset() {
+	*x = SplitOp{}
+	mi := &file_pando_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitOp) ProtoMessage() {}
+
+func (x *SplitOp) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitOp.ProtoReflect.Descriptor instead.
+func (*SplitOp) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *SplitOp) GetSplitKey() []byte {
+	if x != nil {
+		return x.SplitKey
+	}
+	return nil
+}
+
+func (x *SplitOp) GetNewRangeId() uint64 {
+	if x != nil {
+		return x.NewRangeId
+	}
+	return 0
+}
+
+func (x *SplitOp) GetExpectedGeneration() uint64 {
+	if x != nil {
+		return x.ExpectedGeneration
+	}
+	return 0
+}
+
+// AllocRangeIDOp allocates a cluster-unique range ID from the counter kept
+// by the range that starts the key space.
+type AllocRangeIDOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AllocRangeIDOp) Reset() {
+	*x = AllocRangeIDOp{}
+	mi := &file_pando_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AllocRangeIDOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AllocRangeIDOp) ProtoMessage() {}
+
+func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AllocRangeIDOp.ProtoReflect.Descriptor instead.
+func (*AllocRangeIDOp) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{22}
+}
 
 // ChecksumOp asks every replica to hash the range's replicated data as of
 // the log index of this command.
@@ -1403,7 +1555,7 @@ type ChecksumOp struct {
 
 func (x *ChecksumOp) Reset() {
 	*x = ChecksumOp{}
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1415,7 +1567,7 @@ func (x *ChecksumOp) String() string {
 func (*ChecksumOp) ProtoMessage() {}
 
 func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1428,7 +1580,7 @@ func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumOp.ProtoReflect.Descriptor instead.
 func (*ChecksumOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{21}
+	return file_pando_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ChecksumOp) GetCheckId() uint64 {
@@ -1458,7 +1610,7 @@ type CheckVerdict struct {
 
 func (x *CheckVerdict) Reset() {
 	*x = CheckVerdict{}
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1622,7 @@ func (x *CheckVerdict) String() string {
 func (*CheckVerdict) ProtoMessage() {}
 
 func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1635,7 @@ func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckVerdict.ProtoReflect.Descriptor instead.
 func (*CheckVerdict) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{22}
+	return file_pando_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CheckVerdict) GetCheckId() uint64 {
@@ -1551,7 +1703,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1563,7 +1715,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1576,7 +1728,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{23}
+	return file_pando_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RangeDescriptor) GetId() uint64 {
@@ -1623,14 +1775,16 @@ type RangeState struct {
 	ConfState []byte           `protobuf:"bytes,3,opt,name=conf_state,json=confState,proto3" json:"conf_state,omitempty"`
 	Desc      *RangeDescriptor `protobuf:"bytes,4,opt,name=desc,proto3" json:"desc,omitempty"`
 	// last_check is the last consistency check's verdict (replicated).
-	LastCheck     *CheckVerdict `protobuf:"bytes,20,opt,name=last_check,json=lastCheck,proto3" json:"last_check,omitempty"`
+	LastCheck *CheckVerdict `protobuf:"bytes,20,opt,name=last_check,json=lastCheck,proto3" json:"last_check,omitempty"`
+	// next_range_id is the range-ID counter (used by the first range only).
+	NextRangeId   uint64 `protobuf:"varint,30,opt,name=next_range_id,json=nextRangeId,proto3" json:"next_range_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RangeState) Reset() {
 	*x = RangeState{}
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +1796,7 @@ func (x *RangeState) String() string {
 func (*RangeState) ProtoMessage() {}
 
 func (x *RangeState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +1809,7 @@ func (x *RangeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeState.ProtoReflect.Descriptor instead.
 func (*RangeState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{24}
+	return file_pando_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RangeState) GetAppliedIndex() uint64 {
@@ -1693,6 +1847,13 @@ func (x *RangeState) GetLastCheck() *CheckVerdict {
 	return nil
 }
 
+func (x *RangeState) GetNextRangeId() uint64 {
+	if x != nil {
+		return x.NextRangeId
+	}
+	return 0
+}
+
 // TruncatedState is the last log entry removed by compaction.
 type TruncatedState struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1704,7 +1865,7 @@ type TruncatedState struct {
 
 func (x *TruncatedState) Reset() {
 	*x = TruncatedState{}
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1716,7 +1877,7 @@ func (x *TruncatedState) String() string {
 func (*TruncatedState) ProtoMessage() {}
 
 func (x *TruncatedState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1729,7 +1890,7 @@ func (x *TruncatedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncatedState.ProtoReflect.Descriptor instead.
 func (*TruncatedState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{25}
+	return file_pando_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TruncatedState) GetIndex() uint64 {
@@ -1759,7 +1920,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1771,7 +1932,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1784,7 +1945,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{26}
+	return file_pando_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CheckRequest) GetRangeId() uint64 {
@@ -1819,7 +1980,7 @@ type KeyDiff struct {
 
 func (x *KeyDiff) Reset() {
 	*x = KeyDiff{}
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1831,7 +1992,7 @@ func (x *KeyDiff) String() string {
 func (*KeyDiff) ProtoMessage() {}
 
 func (x *KeyDiff) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1844,7 +2005,7 @@ func (x *KeyDiff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDiff.ProtoReflect.Descriptor instead.
 func (*KeyDiff) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{27}
+	return file_pando_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *KeyDiff) GetKey() []byte {
@@ -1873,7 +2034,7 @@ type ReplicaKey struct {
 
 func (x *ReplicaKey) Reset() {
 	*x = ReplicaKey{}
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1885,7 +2046,7 @@ func (x *ReplicaKey) String() string {
 func (*ReplicaKey) ProtoMessage() {}
 
 func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1898,7 +2059,7 @@ func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaKey.ProtoReflect.Descriptor instead.
 func (*ReplicaKey) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{28}
+	return file_pando_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReplicaKey) GetNodeId() uint64 {
@@ -1941,7 +2102,7 @@ type RangeCheck struct {
 
 func (x *RangeCheck) Reset() {
 	*x = RangeCheck{}
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1953,7 +2114,7 @@ func (x *RangeCheck) String() string {
 func (*RangeCheck) ProtoMessage() {}
 
 func (x *RangeCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1966,7 +2127,7 @@ func (x *RangeCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeCheck.ProtoReflect.Descriptor instead.
 func (*RangeCheck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{29}
+	return file_pando_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RangeCheck) GetRangeId() uint64 {
@@ -2041,7 +2202,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2053,7 +2214,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2066,7 +2227,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{30}
+	return file_pando_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CheckResponse) GetRanges() []*RangeCheck {
@@ -2086,7 +2247,7 @@ type ChecksumRequest struct {
 
 func (x *ChecksumRequest) Reset() {
 	*x = ChecksumRequest{}
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2098,7 +2259,7 @@ func (x *ChecksumRequest) String() string {
 func (*ChecksumRequest) ProtoMessage() {}
 
 func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2111,7 +2272,7 @@ func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumRequest.ProtoReflect.Descriptor instead.
 func (*ChecksumRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{31}
+	return file_pando_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ChecksumRequest) GetRangeId() uint64 {
@@ -2141,7 +2302,7 @@ type ChecksumResponse struct {
 
 func (x *ChecksumResponse) Reset() {
 	*x = ChecksumResponse{}
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2153,7 +2314,7 @@ func (x *ChecksumResponse) String() string {
 func (*ChecksumResponse) ProtoMessage() {}
 
 func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2166,7 +2327,7 @@ func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumResponse.ProtoReflect.Descriptor instead.
 func (*ChecksumResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{32}
+	return file_pando_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ChecksumResponse) GetIndex() uint64 {
@@ -2209,7 +2370,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2221,7 +2382,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2234,7 +2395,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{33}
+	return file_pando_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListKeysRequest) GetRangeId() uint64 {
@@ -2276,7 +2437,7 @@ type KeyDigest struct {
 
 func (x *KeyDigest) Reset() {
 	*x = KeyDigest{}
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2288,7 +2449,7 @@ func (x *KeyDigest) String() string {
 func (*KeyDigest) ProtoMessage() {}
 
 func (x *KeyDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2301,7 +2462,7 @@ func (x *KeyDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDigest.ProtoReflect.Descriptor instead.
 func (*KeyDigest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{34}
+	return file_pando_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *KeyDigest) GetKey() []byte {
@@ -2335,7 +2496,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2347,7 +2508,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2360,7 +2521,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{35}
+	return file_pando_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListKeysResponse) GetKeys() []*KeyDigest {
@@ -2388,7 +2549,7 @@ type RepairRequest struct {
 
 func (x *RepairRequest) Reset() {
 	*x = RepairRequest{}
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2400,7 +2561,7 @@ func (x *RepairRequest) String() string {
 func (*RepairRequest) ProtoMessage() {}
 
 func (x *RepairRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2413,7 +2574,7 @@ func (x *RepairRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
 func (*RepairRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{36}
+	return file_pando_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RepairRequest) GetRangeId() uint64 {
@@ -2440,7 +2601,7 @@ type RepairResponse struct {
 
 func (x *RepairResponse) Reset() {
 	*x = RepairResponse{}
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2452,7 +2613,7 @@ func (x *RepairResponse) String() string {
 func (*RepairResponse) ProtoMessage() {}
 
 func (x *RepairResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2465,7 +2626,7 @@ func (x *RepairResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairResponse.ProtoReflect.Descriptor instead.
 func (*RepairResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{37}
+	return file_pando_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RepairResponse) GetIndex() uint64 {
@@ -2491,7 +2652,7 @@ type RangeDataRequest struct {
 
 func (x *RangeDataRequest) Reset() {
 	*x = RangeDataRequest{}
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2503,7 +2664,7 @@ func (x *RangeDataRequest) String() string {
 func (*RangeDataRequest) ProtoMessage() {}
 
 func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2516,7 +2677,7 @@ func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataRequest.ProtoReflect.Descriptor instead.
 func (*RangeDataRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{38}
+	return file_pando_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RangeDataRequest) GetRangeId() uint64 {
@@ -2539,7 +2700,7 @@ type RangeDataChunk struct {
 
 func (x *RangeDataChunk) Reset() {
 	*x = RangeDataChunk{}
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2551,7 +2712,7 @@ func (x *RangeDataChunk) String() string {
 func (*RangeDataChunk) ProtoMessage() {}
 
 func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2564,7 +2725,7 @@ func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataChunk.ProtoReflect.Descriptor instead.
 func (*RangeDataChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{39}
+	return file_pando_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RangeDataChunk) GetIndex() uint64 {
@@ -2586,6 +2747,183 @@ func (x *RangeDataChunk) GetData() []*KeyValue {
 		return x.Data
 	}
 	return nil
+}
+
+type SplitRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// key is the split point: the new range starts at it.
+	Key           []byte `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitRequest) Reset() {
+	*x = SplitRequest{}
+	mi := &file_pando_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitRequest) ProtoMessage() {}
+
+func (x *SplitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
+func (*SplitRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *SplitRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type SplitResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Left          *RangeDescriptor       `protobuf:"bytes,1,opt,name=left,proto3" json:"left,omitempty"`
+	Right         *RangeDescriptor       `protobuf:"bytes,2,opt,name=right,proto3" json:"right,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitResponse) Reset() {
+	*x = SplitResponse{}
+	mi := &file_pando_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitResponse) ProtoMessage() {}
+
+func (x *SplitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
+func (*SplitResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *SplitResponse) GetLeft() *RangeDescriptor {
+	if x != nil {
+		return x.Left
+	}
+	return nil
+}
+
+func (x *SplitResponse) GetRight() *RangeDescriptor {
+	if x != nil {
+		return x.Right
+	}
+	return nil
+}
+
+type AllocRangeIDRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AllocRangeIDRequest) Reset() {
+	*x = AllocRangeIDRequest{}
+	mi := &file_pando_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AllocRangeIDRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AllocRangeIDRequest) ProtoMessage() {}
+
+func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AllocRangeIDRequest.ProtoReflect.Descriptor instead.
+func (*AllocRangeIDRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{44}
+}
+
+type AllocRangeIDResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AllocRangeIDResponse) Reset() {
+	*x = AllocRangeIDResponse{}
+	mi := &file_pando_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AllocRangeIDResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AllocRangeIDResponse) ProtoMessage() {}
+
+func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AllocRangeIDResponse.ProtoReflect.Descriptor instead.
+func (*AllocRangeIDResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *AllocRangeIDResponse) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
 }
 
 var File_pando_proto protoreflect.FileDescriptor
@@ -2634,7 +2972,7 @@ const file_pando_proto_rawDesc = "" +
 	"NodeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x12\n" +
-	"\x04live\x18\x03 \x01(\bR\x04live\"\xb3\x02\n" +
+	"\x04live\x18\x03 \x01(\bR\x04live\"\xe4\x02\n" +
 	"\vRangeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tstart_key\x18\x02 \x01(\fR\bstartKey\x12\x17\n" +
@@ -2646,7 +2984,10 @@ const file_pando_proto_rawDesc = "" +
 	"\x04role\x18\b \x01(\tR\x04role\x12!\n" +
 	"\fcommit_index\x18\t \x01(\x04R\vcommitIndex\x125\n" +
 	"\n" +
-	"last_check\x18\x14 \x01(\v2\x16.pando.v1.CheckVerdictR\tlastCheck\"\x84\x01\n" +
+	"last_check\x18\x14 \x01(\v2\x16.pando.v1.CheckVerdictR\tlastCheck\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x1e \x01(\x04R\tsizeBytes\x12\x10\n" +
+	"\x03qps\x18\x1f \x01(\x01R\x03qps\"\x84\x01\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12*\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x14.pando.v1.NodeStatusR\x05nodes\x12-\n" +
@@ -2674,14 +3015,22 @@ const file_pando_proto_rawDesc = "" +
 	"\bDeleteOp\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
 	"\x03cas\x18\x02 \x01(\bR\x03cas\x12)\n" +
-	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"\xda\x01\n" +
+	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"\xc7\x02\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\x03put\x18\x02 \x01(\v2\x0f.pando.v1.PutOpH\x00R\x03put\x12,\n" +
 	"\x06delete\x18\x03 \x01(\v2\x12.pando.v1.DeleteOpH\x00R\x06delete\x122\n" +
 	"\bchecksum\x18\x14 \x01(\v2\x14.pando.v1.ChecksumOpH\x00R\bchecksum\x122\n" +
-	"\averdict\x18\x15 \x01(\v2\x16.pando.v1.CheckVerdictH\x00R\averdictB\x04\n" +
-	"\x02op\"'\n" +
+	"\averdict\x18\x15 \x01(\v2\x16.pando.v1.CheckVerdictH\x00R\averdict\x12)\n" +
+	"\x05split\x18\x1e \x01(\v2\x11.pando.v1.SplitOpH\x00R\x05split\x12@\n" +
+	"\x0ealloc_range_id\x18\x1f \x01(\v2\x18.pando.v1.AllocRangeIDOpH\x00R\fallocRangeIdB\x04\n" +
+	"\x02op\"y\n" +
+	"\aSplitOp\x12\x1b\n" +
+	"\tsplit_key\x18\x01 \x01(\fR\bsplitKey\x12 \n" +
+	"\fnew_range_id\x18\x02 \x01(\x04R\n" +
+	"newRangeId\x12/\n" +
+	"\x13expected_generation\x18\x03 \x01(\x04R\x12expectedGeneration\"\x10\n" +
+	"\x0eAllocRangeIDOp\"'\n" +
 	"\n" +
 	"ChecksumOp\x12\x19\n" +
 	"\bcheck_id\x18\x01 \x01(\x04R\acheckId\"\xe0\x01\n" +
@@ -2701,7 +3050,7 @@ const file_pando_proto_rawDesc = "" +
 	"\breplicas\x18\x04 \x03(\x04R\breplicas\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x05 \x01(\x04R\n" +
-	"generation\"\xd9\x01\n" +
+	"generation\"\xfd\x01\n" +
 	"\n" +
 	"RangeState\x12#\n" +
 	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\x12!\n" +
@@ -2710,7 +3059,8 @@ const file_pando_proto_rawDesc = "" +
 	"conf_state\x18\x03 \x01(\fR\tconfState\x12-\n" +
 	"\x04desc\x18\x04 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc\x125\n" +
 	"\n" +
-	"last_check\x18\x14 \x01(\v2\x16.pando.v1.CheckVerdictR\tlastCheck\":\n" +
+	"last_check\x18\x14 \x01(\v2\x16.pando.v1.CheckVerdictR\tlastCheck\x12\"\n" +
+	"\rnext_range_id\x18\x1e \x01(\x04R\vnextRangeId\":\n" +
 	"\x0eTruncatedState\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\"^\n" +
@@ -2772,7 +3122,15 @@ const file_pando_proto_rawDesc = "" +
 	"\x0eRangeDataChunk\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12&\n" +
-	"\x04data\x18\x03 \x03(\v2\x12.pando.v1.KeyValueR\x04data**\n" +
+	"\x04data\x18\x03 \x03(\v2\x12.pando.v1.KeyValueR\x04data\" \n" +
+	"\fSplitRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\"o\n" +
+	"\rSplitResponse\x12-\n" +
+	"\x04left\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04left\x12/\n" +
+	"\x05right\x18\x02 \x01(\v2\x19.pando.v1.RangeDescriptorR\x05right\"\x15\n" +
+	"\x13AllocRangeIDRequest\"1\n" +
+	"\x14AllocRangeIDResponse\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId**\n" +
 	"\vConsistency\x12\x10\n" +
 	"\fLINEARIZABLE\x10\x00\x12\t\n" +
 	"\x05STALE\x10\x012\x9d\x02\n" +
@@ -2790,7 +3148,10 @@ const file_pando_proto_rawDesc = "" +
 	"\bChecksum\x12\x19.pando.v1.ChecksumRequest\x1a\x1a.pando.v1.ChecksumResponse\x12A\n" +
 	"\bListKeys\x12\x19.pando.v1.ListKeysRequest\x1a\x1a.pando.v1.ListKeysResponse\x12;\n" +
 	"\x06Repair\x12\x17.pando.v1.RepairRequest\x1a\x18.pando.v1.RepairResponse\x12C\n" +
-	"\tRangeData\x12\x1a.pando.v1.RangeDataRequest\x1a\x18.pando.v1.RangeDataChunk0\x01B$Z\"github.com/pando/pando/api/pandopbb\x06proto3"
+	"\tRangeData\x12\x1a.pando.v1.RangeDataRequest\x1a\x18.pando.v1.RangeDataChunk0\x012\x90\x01\n" +
+	"\x05Admin\x128\n" +
+	"\x05Split\x12\x16.pando.v1.SplitRequest\x1a\x17.pando.v1.SplitResponse\x12M\n" +
+	"\fAllocRangeID\x12\x1d.pando.v1.AllocRangeIDRequest\x1a\x1e.pando.v1.AllocRangeIDResponseB$Z\"github.com/pando/pando/api/pandopbb\x06proto3"
 
 var (
 	file_pando_proto_rawDescOnce sync.Once
@@ -2805,99 +3166,113 @@ func file_pando_proto_rawDescGZIP() []byte {
 }
 
 var file_pando_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_pando_proto_goTypes = []any{
-	(Consistency)(0),         // 0: pando.v1.Consistency
-	(*GetRequest)(nil),       // 1: pando.v1.GetRequest
-	(*GetResponse)(nil),      // 2: pando.v1.GetResponse
-	(*PutRequest)(nil),       // 3: pando.v1.PutRequest
-	(*PutResponse)(nil),      // 4: pando.v1.PutResponse
-	(*DeleteRequest)(nil),    // 5: pando.v1.DeleteRequest
-	(*DeleteResponse)(nil),   // 6: pando.v1.DeleteResponse
-	(*ScanRequest)(nil),      // 7: pando.v1.ScanRequest
-	(*KeyValue)(nil),         // 8: pando.v1.KeyValue
-	(*ScanResponse)(nil),     // 9: pando.v1.ScanResponse
-	(*StatusRequest)(nil),    // 10: pando.v1.StatusRequest
-	(*NodeStatus)(nil),       // 11: pando.v1.NodeStatus
-	(*RangeStatus)(nil),      // 12: pando.v1.RangeStatus
-	(*StatusResponse)(nil),   // 13: pando.v1.StatusResponse
-	(*RaftEnvelope)(nil),     // 14: pando.v1.RaftEnvelope
-	(*RaftBatch)(nil),        // 15: pando.v1.RaftBatch
-	(*RaftAck)(nil),          // 16: pando.v1.RaftAck
-	(*SnapshotChunk)(nil),    // 17: pando.v1.SnapshotChunk
-	(*SnapshotAck)(nil),      // 18: pando.v1.SnapshotAck
-	(*PutOp)(nil),            // 19: pando.v1.PutOp
-	(*DeleteOp)(nil),         // 20: pando.v1.DeleteOp
-	(*Command)(nil),          // 21: pando.v1.Command
-	(*ChecksumOp)(nil),       // 22: pando.v1.ChecksumOp
-	(*CheckVerdict)(nil),     // 23: pando.v1.CheckVerdict
-	(*RangeDescriptor)(nil),  // 24: pando.v1.RangeDescriptor
-	(*RangeState)(nil),       // 25: pando.v1.RangeState
-	(*TruncatedState)(nil),   // 26: pando.v1.TruncatedState
-	(*CheckRequest)(nil),     // 27: pando.v1.CheckRequest
-	(*KeyDiff)(nil),          // 28: pando.v1.KeyDiff
-	(*ReplicaKey)(nil),       // 29: pando.v1.ReplicaKey
-	(*RangeCheck)(nil),       // 30: pando.v1.RangeCheck
-	(*CheckResponse)(nil),    // 31: pando.v1.CheckResponse
-	(*ChecksumRequest)(nil),  // 32: pando.v1.ChecksumRequest
-	(*ChecksumResponse)(nil), // 33: pando.v1.ChecksumResponse
-	(*ListKeysRequest)(nil),  // 34: pando.v1.ListKeysRequest
-	(*KeyDigest)(nil),        // 35: pando.v1.KeyDigest
-	(*ListKeysResponse)(nil), // 36: pando.v1.ListKeysResponse
-	(*RepairRequest)(nil),    // 37: pando.v1.RepairRequest
-	(*RepairResponse)(nil),   // 38: pando.v1.RepairResponse
-	(*RangeDataRequest)(nil), // 39: pando.v1.RangeDataRequest
-	(*RangeDataChunk)(nil),   // 40: pando.v1.RangeDataChunk
+	(Consistency)(0),             // 0: pando.v1.Consistency
+	(*GetRequest)(nil),           // 1: pando.v1.GetRequest
+	(*GetResponse)(nil),          // 2: pando.v1.GetResponse
+	(*PutRequest)(nil),           // 3: pando.v1.PutRequest
+	(*PutResponse)(nil),          // 4: pando.v1.PutResponse
+	(*DeleteRequest)(nil),        // 5: pando.v1.DeleteRequest
+	(*DeleteResponse)(nil),       // 6: pando.v1.DeleteResponse
+	(*ScanRequest)(nil),          // 7: pando.v1.ScanRequest
+	(*KeyValue)(nil),             // 8: pando.v1.KeyValue
+	(*ScanResponse)(nil),         // 9: pando.v1.ScanResponse
+	(*StatusRequest)(nil),        // 10: pando.v1.StatusRequest
+	(*NodeStatus)(nil),           // 11: pando.v1.NodeStatus
+	(*RangeStatus)(nil),          // 12: pando.v1.RangeStatus
+	(*StatusResponse)(nil),       // 13: pando.v1.StatusResponse
+	(*RaftEnvelope)(nil),         // 14: pando.v1.RaftEnvelope
+	(*RaftBatch)(nil),            // 15: pando.v1.RaftBatch
+	(*RaftAck)(nil),              // 16: pando.v1.RaftAck
+	(*SnapshotChunk)(nil),        // 17: pando.v1.SnapshotChunk
+	(*SnapshotAck)(nil),          // 18: pando.v1.SnapshotAck
+	(*PutOp)(nil),                // 19: pando.v1.PutOp
+	(*DeleteOp)(nil),             // 20: pando.v1.DeleteOp
+	(*Command)(nil),              // 21: pando.v1.Command
+	(*SplitOp)(nil),              // 22: pando.v1.SplitOp
+	(*AllocRangeIDOp)(nil),       // 23: pando.v1.AllocRangeIDOp
+	(*ChecksumOp)(nil),           // 24: pando.v1.ChecksumOp
+	(*CheckVerdict)(nil),         // 25: pando.v1.CheckVerdict
+	(*RangeDescriptor)(nil),      // 26: pando.v1.RangeDescriptor
+	(*RangeState)(nil),           // 27: pando.v1.RangeState
+	(*TruncatedState)(nil),       // 28: pando.v1.TruncatedState
+	(*CheckRequest)(nil),         // 29: pando.v1.CheckRequest
+	(*KeyDiff)(nil),              // 30: pando.v1.KeyDiff
+	(*ReplicaKey)(nil),           // 31: pando.v1.ReplicaKey
+	(*RangeCheck)(nil),           // 32: pando.v1.RangeCheck
+	(*CheckResponse)(nil),        // 33: pando.v1.CheckResponse
+	(*ChecksumRequest)(nil),      // 34: pando.v1.ChecksumRequest
+	(*ChecksumResponse)(nil),     // 35: pando.v1.ChecksumResponse
+	(*ListKeysRequest)(nil),      // 36: pando.v1.ListKeysRequest
+	(*KeyDigest)(nil),            // 37: pando.v1.KeyDigest
+	(*ListKeysResponse)(nil),     // 38: pando.v1.ListKeysResponse
+	(*RepairRequest)(nil),        // 39: pando.v1.RepairRequest
+	(*RepairResponse)(nil),       // 40: pando.v1.RepairResponse
+	(*RangeDataRequest)(nil),     // 41: pando.v1.RangeDataRequest
+	(*RangeDataChunk)(nil),       // 42: pando.v1.RangeDataChunk
+	(*SplitRequest)(nil),         // 43: pando.v1.SplitRequest
+	(*SplitResponse)(nil),        // 44: pando.v1.SplitResponse
+	(*AllocRangeIDRequest)(nil),  // 45: pando.v1.AllocRangeIDRequest
+	(*AllocRangeIDResponse)(nil), // 46: pando.v1.AllocRangeIDResponse
 }
 var file_pando_proto_depIdxs = []int32{
 	0,  // 0: pando.v1.GetRequest.consistency:type_name -> pando.v1.Consistency
 	0,  // 1: pando.v1.ScanRequest.consistency:type_name -> pando.v1.Consistency
 	8,  // 2: pando.v1.ScanResponse.items:type_name -> pando.v1.KeyValue
-	23, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
+	25, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
 	11, // 4: pando.v1.StatusResponse.nodes:type_name -> pando.v1.NodeStatus
 	12, // 5: pando.v1.StatusResponse.ranges:type_name -> pando.v1.RangeStatus
 	14, // 6: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
 	8,  // 7: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
 	19, // 8: pando.v1.Command.put:type_name -> pando.v1.PutOp
 	20, // 9: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
-	22, // 10: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
-	23, // 11: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
-	24, // 12: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
-	23, // 13: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
-	29, // 14: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
-	28, // 15: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
-	30, // 16: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
-	35, // 17: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
-	8,  // 18: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
-	1,  // 19: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
-	3,  // 20: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
-	5,  // 21: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
-	7,  // 22: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
-	10, // 23: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
-	15, // 24: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
-	17, // 25: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
-	27, // 26: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
-	32, // 27: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
-	34, // 28: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
-	37, // 29: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
-	39, // 30: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
-	2,  // 31: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
-	4,  // 32: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
-	6,  // 33: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
-	9,  // 34: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
-	13, // 35: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
-	16, // 36: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
-	18, // 37: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
-	31, // 38: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
-	33, // 39: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
-	36, // 40: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
-	38, // 41: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
-	40, // 42: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
-	31, // [31:43] is the sub-list for method output_type
-	19, // [19:31] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	24, // 10: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
+	25, // 11: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
+	22, // 12: pando.v1.Command.split:type_name -> pando.v1.SplitOp
+	23, // 13: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
+	26, // 14: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
+	25, // 15: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
+	31, // 16: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
+	30, // 17: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
+	32, // 18: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
+	37, // 19: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
+	8,  // 20: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
+	26, // 21: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
+	26, // 22: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
+	1,  // 23: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
+	3,  // 24: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
+	5,  // 25: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
+	7,  // 26: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
+	10, // 27: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
+	15, // 28: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
+	17, // 29: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
+	29, // 30: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
+	34, // 31: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
+	36, // 32: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
+	39, // 33: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
+	41, // 34: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
+	43, // 35: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
+	45, // 36: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
+	2,  // 37: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
+	4,  // 38: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
+	6,  // 39: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
+	9,  // 40: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
+	13, // 41: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
+	16, // 42: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
+	18, // 43: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
+	33, // 44: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
+	35, // 45: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
+	38, // 46: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
+	40, // 47: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
+	42, // 48: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
+	44, // 49: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
+	46, // 50: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
+	37, // [37:51] is the sub-list for method output_type
+	23, // [23:37] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_pando_proto_init() }
@@ -2910,6 +3285,8 @@ func file_pando_proto_init() {
 		(*Command_Delete)(nil),
 		(*Command_Checksum)(nil),
 		(*Command_Verdict)(nil),
+		(*Command_Split)(nil),
+		(*Command_AllocRangeId)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2917,9 +3294,9 @@ func file_pando_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pando_proto_rawDesc), len(file_pando_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   40,
+			NumMessages:   46,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   4,
 		},
 		GoTypes:           file_pando_proto_goTypes,
 		DependencyIndexes: file_pando_proto_depIdxs,
