@@ -291,3 +291,36 @@ func (l *localKV) Status(ctx context.Context, in *pandopb.StatusRequest, _ ...gr
 	}
 	return s.Status(ctx, in)
 }
+
+// Split splits the range holding key at key, the way the server's admin
+// service does: a range ID from the first range's leader, then the split
+// on the leader of the range holding key.
+func (c *Cluster) Split(ctx context.Context, key []byte) error {
+	leaderOf := func(rangeOf func(*node.Node) (node.RangeStatus, error)) (*node.Node, uint64, error) {
+		for _, id := range c.ids {
+			if !c.Running(id) {
+				continue
+			}
+			n := c.Member(id).Node
+			st, err := rangeOf(n)
+			if err == nil && st.LeaderID == id {
+				return n, st.RangeID, nil
+			}
+		}
+		return nil, 0, fmt.Errorf("cluster: no running leader")
+	}
+	first, _, err := leaderOf(func(n *node.Node) (node.RangeStatus, error) { return n.RangeFor(nil) })
+	if err != nil {
+		return err
+	}
+	newID, err := first.AllocRangeID(ctx)
+	if err != nil {
+		return err
+	}
+	n, rid, err := leaderOf(func(n *node.Node) (node.RangeStatus, error) { return n.RangeFor(key) })
+	if err != nil {
+		return err
+	}
+	st, _ := n.Status(rid)
+	return n.Split(ctx, rid, key, newID, st.Desc.Generation)
+}

@@ -252,7 +252,7 @@ func nemesis(t *testing.T, c *Cluster, rng *rand.Rand, stop <-chan struct{}) {
 		if lead, err := c.Leader(1, 0); err == nil && rng.IntN(2) == 0 {
 			victim = lead
 		}
-		switch rng.IntN(5) {
+		switch rng.IntN(6) {
 		case 0:
 			t.Logf("nemesis: isolate %d", victim)
 			c.Net.Isolate(victim, ids)
@@ -267,6 +267,13 @@ func nemesis(t *testing.T, c *Cluster, rng *rand.Rand, stop <-chan struct{}) {
 			for _, id := range ids {
 				c.Start(id)
 			}
+		case 5:
+			// Split somewhere among the keys (a, b, c and in between).
+			key := []string{"a", "a0", "b", "b0", "c", "c0"}[rng.IntN(6)]
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			err := c.Split(ctx, []byte(key))
+			cancel()
+			t.Logf("nemesis: split at %q: %v", key, err)
 		case 4:
 			drop := []float64{0, 0.05, 0.2}[rng.IntN(3)]
 			t.Logf("nemesis: drop %.2f dup 0.05 delay 3ms", drop)
