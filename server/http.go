@@ -290,6 +290,10 @@ type RangeStatusJSON struct {
 	CommitIndex  uint64   `json:"commit_index"`
 	Term         uint64   `json:"term"`
 	Role         string   `json:"role"`
+	SizeBytes    uint64   `json:"size_bytes"`
+	// QPS is the range's request rate as measured by its leader (0 when
+	// this node does not lead it).
+	QPS float64 `json:"qps"`
 	// LastCheck is the last consistency check (absent: never checked).
 	LastCheck *CheckJSON `json:"last_check,omitempty"`
 }
@@ -312,7 +316,8 @@ func StatusToJSON(st *pandopb.StatusResponse) StatusJSON {
 	}
 	for _, r := range st.Ranges {
 		rs := RangeStatusJSON{ID: r.Id, StartKey: string(r.StartKey), EndKey: string(r.EndKey),
-			LeaderID: r.LeaderId, Replicas: r.Replicas, AppliedIndex: r.AppliedIndex, CommitIndex: r.CommitIndex, Term: r.Term, Role: r.Role}
+			LeaderID: r.LeaderId, Replicas: r.Replicas, AppliedIndex: r.AppliedIndex, CommitIndex: r.CommitIndex, Term: r.Term, Role: r.Role,
+			SizeBytes: r.SizeBytes, QPS: r.Qps}
 		if c := r.LastCheck; c != nil {
 			rs.LastCheck = &CheckJSON{Time: time.Unix(0, c.UnixNanos).UTC(), Index: c.Index, Verdict: c.Verdict, Diverged: c.Diverged,
 				DifferingKeys: c.DifferingKeys, RepairedKeys: c.RepairedKeys}

@@ -26,6 +26,7 @@ import (
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
+	"github.com/pando/pando/placement"
 	"github.com/pando/pando/storage"
 	"github.com/pando/pando/transport"
 )
@@ -60,6 +61,11 @@ type Config struct {
 	NoAutoRepair bool
 	// CheckBytesPerSec paces check hashing (see node.Config).
 	CheckBytesPerSec int
+	// Split sets when ranges split (size and load thresholds).
+	Split placement.SplitThresholds
+	// BalanceInterval is how often the placement loop runs (load
+	// measurement, splits, leader balancing). Default 2s; negative disables.
+	BalanceInterval time.Duration
 	// FS is the file system (tests); nil means the OS.
 	FS vfs.FS
 	// Listener, when set, is used instead of listening on Addr.
@@ -127,6 +133,10 @@ func (c *Config) Validate() error {
 	if c.CheckInterval == 0 {
 		c.CheckInterval = time.Hour
 	}
+	if c.BalanceInterval == 0 {
+		c.BalanceInterval = 2 * time.Second
+	}
+	c.Split = c.Split.WithDefaults()
 	c.AutoRepair = !c.NoAutoRepair
 	return nil
 }
@@ -140,6 +150,7 @@ type Server struct {
 	tr       *transport.Transport
 	svc      *Service
 	checker  *checker
+	load     *loadTracker
 	reg      *prometheus.Registry
 	grpc     *grpc.Server
 	http     *http.Server
@@ -191,6 +202,9 @@ func New(cfg Config) (*Server, error) {
 	s.node = n
 	s.tr.Attach(n)
 	s.svc = NewService(n, s.tr, cfg.Limits, cfg.RequestTimeout, 20*time.Millisecond)
+	s.load = newLoadTracker()
+	s.svc.load = s.load
+	s.svc.size = func(start, end []byte) uint64 { return rangeSize(eng.DB(), start, end) }
 	s.reqs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pando_requests_total", Help: "Client requests by operation and outcome.",
 	}, []string{"op", "outcome"})
@@ -332,6 +346,7 @@ func (s *Server) Start() error {
 		_ = s.mux.Serve()
 	}()
 	go s.checker.periodic(s.cfg.CheckInterval, s.stopping)
+	go s.balance(s.stopping)
 	return nil
 }
 

@@ -28,6 +28,8 @@ type testCluster struct {
 	addrs   map[uint64]string
 	servers map[uint64]*server.Server
 	keep    uint64
+	// tune, when set, adjusts each server's config before it starts.
+	tune func(*server.Config)
 }
 
 func quietLogger() *slog.Logger {
@@ -35,9 +37,12 @@ func quietLogger() *slog.Logger {
 }
 
 // startCluster runs n servers on loopback ports, each with real gRPC.
-func startCluster(t *testing.T, n int, logKeep uint64) *testCluster {
+func startCluster(t *testing.T, n int, logKeep uint64, tune ...func(*server.Config)) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t, dir: t.TempDir(), addrs: map[uint64]string{}, servers: map[uint64]*server.Server{}, keep: logKeep}
+	if len(tune) > 0 {
+		c.tune = tune[0]
+	}
 	lis := map[uint64]net.Listener{}
 	for i := uint64(1); i <= uint64(n); i++ {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -73,10 +78,14 @@ func (c *testCluster) start(id uint64, l net.Listener) {
 			c.t.Fatal(err)
 		}
 	}
-	s, err := server.New(server.Config{
+	cfg := server.Config{
 		ID: id, DataDir: filepath.Join(c.dir, fmt.Sprint(id)), Addr: c.addrs[id], InitialCluster: c.addrs,
 		Listener: l, TickInterval: 20 * time.Millisecond, LogKeepEntries: c.keep, Logger: quietLogger(),
-	})
+	}
+	if c.tune != nil {
+		c.tune(&cfg)
+	}
+	s, err := server.New(cfg)
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -41,6 +41,10 @@ type Service struct {
 	limits  kv.Limits
 	timeout time.Duration
 	retry   time.Duration
+	// load, when set, counts requests per range served here as leader.
+	load *loadTracker
+	// size, when set, estimates a span's bytes for the status.
+	size func(start, end []byte) uint64
 }
 
 // NewService returns the KV service of n. timeout is the deadline given to
@@ -83,6 +87,7 @@ func (s *Service) route(ctx context.Context, key []byte, idempotent bool, local 
 		rangeID := st.RangeID
 		switch {
 		case st.LeaderID == s.node.ID():
+			s.load.record(rangeID, key)
 			err = local(rangeID)
 		case fwd:
 			return &kv.NotLeaderError{RangeID: rangeID, LeaderID: st.LeaderID, LeaderAddr: s.peers.Addr(st.LeaderID)}
@@ -350,6 +355,13 @@ func (s *Service) Status(ctx context.Context, _ *pandopb.StatusRequest) (*pandop
 			Replicas: st.Desc.Replicas, AppliedIndex: st.Applied, Term: st.Term, Role: st.Role, CommitIndex: st.Commit,
 			LastCheck: st.LastCheck,
 		})
+		r := resp.Ranges[len(resp.Ranges)-1]
+		if st.LeaderID == s.node.ID() {
+			r.Qps, _, _ = s.load.get(st.RangeID)
+		}
+		if s.size != nil {
+			r.SizeBytes = s.size(st.Desc.StartKey, st.Desc.EndKey)
+		}
 	}
 	return resp, nil
 }

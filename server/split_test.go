@@ -13,6 +13,8 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/client"
+	"github.com/pando/pando/placement"
+	"github.com/pando/pando/server"
 )
 
 func (c *testCluster) split(t *testing.T, via uint64, key string) *pandopb.SplitResponse {
@@ -159,5 +161,107 @@ func TestSplitUnderWrites(t *testing.T) {
 		if rc := c.check(t, 1, &pandopb.CheckRequest{RangeId: rg.Id}); rc.Verdict != "consistent" {
 			t.Fatalf("range %d after splits: %v", rg.Id, rc)
 		}
+	}
+}
+
+// leadersByNode counts, from one node's view, how many ranges each node
+// leads.
+func leadersByNode(c *testCluster) (map[uint64]int, int) {
+	counts := map[uint64]int{}
+	n := 0
+	for _, s := range c.servers {
+		for _, st := range s.Node().Statuses() {
+			counts[st.LeaderID]++
+			n++
+		}
+		break
+	}
+	return counts, n
+}
+
+// A range that grows past the size threshold splits by itself.
+func TestSizeSplit(t *testing.T) {
+	c := startCluster(t, 3, 0, func(cfg *server.Config) {
+		cfg.BalanceInterval = 100 * time.Millisecond
+		cfg.Split = placement.SplitThresholds{MaxBytes: 64 << 10, LoadQPS: 1e9}
+	})
+	cl := c.client()
+	value := make([]byte, 1024)
+	for i := 0; i < 300; i++ {
+		if _, err := cl.Put(context.Background(), []byte(fmt.Sprintf("key%04d", i)), value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := cl.Status(context.Background(), "")
+		if err == nil && len(resp.Ranges) >= 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("300 KiB in one range did not split into >= 4 ranges of <= 64 KiB: %v", resp)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i := 0; i < 300; i++ {
+		if _, err := cl.Get(context.Background(), []byte(fmt.Sprintf("key%04d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A skewed workload on a few keys of one range leads to a load split, and
+// the leaders of the ranges spread over the nodes.
+func TestLoadSplitSpreadsLeaders(t *testing.T) {
+	c := startCluster(t, 3, 0, func(cfg *server.Config) {
+		cfg.BalanceInterval = 100 * time.Millisecond
+		cfg.Split = placement.SplitThresholds{MaxBytes: 1 << 40, LoadQPS: 50}
+	})
+	cl := c.client()
+	hot := []string{"user/17", "user/42", "user/58", "user/93"}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_, _ = cl.Put(ctx, []byte(hot[(w+i)%len(hot)]), []byte("v"))
+				cancel()
+			}
+		}(w)
+	}
+	defer func() { close(stop); wg.Wait() }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		counts, n := leadersByNode(c)
+		spread := n >= 3 && len(counts) == 3
+		if spread {
+			t.Logf("%d ranges, leaders per node %v", n, counts)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 30s of skewed load: %d ranges, leaders per node %v", n, counts)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// The hot keys ended up in different ranges.
+	st := c.servers[1].Node()
+	seen := map[uint64]bool{}
+	for _, k := range hot {
+		r, err := st.RangeFor([]byte(k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[r.RangeID] = true
+	}
+	if len(seen) < 2 {
+		t.Fatalf("the hot keys all stayed in one range")
 	}
 }

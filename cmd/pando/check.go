@@ -183,7 +183,7 @@ func rangesCmd() *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), js.Ranges)
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintf(w, "RANGE\tSTART\tEND\tREPLICAS\tLEADER\tTERM\tAPPLIED\tLAST CHECK\n")
+			fmt.Fprintf(w, "RANGE\tSTART\tEND\tREPLICAS\tLEADER\tTERM\tAPPLIED\tSIZE\tQPS\tLAST CHECK\n")
 			for _, r := range js.Ranges {
 				end := fmt.Sprintf("%q", r.EndKey)
 				if r.EndKey == "" {
@@ -196,7 +196,7 @@ func rangesCmd() *cobra.Command {
 						last += fmt.Sprintf(" (diverged %v, %d keys, %d repaired)", lc.Diverged, lc.DifferingKeys, lc.RepairedKeys)
 					}
 				}
-				fmt.Fprintf(w, "%d\t%q\t%s\t%v\t%d\t%d\t%d\t%s\n", r.ID, r.StartKey, end, r.Replicas, r.LeaderID, r.Term, r.AppliedIndex, last)
+				fmt.Fprintf(w, "%d\t%q\t%s\t%v\t%d\t%d\t%d\t%d\t%.0f\t%s\n", r.ID, r.StartKey, end, r.Replicas, r.LeaderID, r.Term, r.AppliedIndex, r.SizeBytes, r.QPS, last)
 			}
 			return w.Flush()
 		},
@@ -286,4 +286,53 @@ divergence and to inspect a replica; never use write or delete on a cluster you 
 	}
 	cmd.AddCommand(write, del, dump)
 	return cmd
+}
+
+func splitCmd() *cobra.Command {
+	var f clientFlags
+	cmd := &cobra.Command{
+		Use:   "split KEY",
+		Short: "Split the range holding KEY so that a new range starts at KEY",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+			defer cancel()
+			var lastErr error
+			for _, ep := range strings.Split(f.endpoints, ",") {
+				conn, err := grpc.NewClient(strings.TrimSpace(ep), grpc.WithTransportCredentials(insecure.NewCredentials()))
+				if err != nil {
+					return usageError{err}
+				}
+				resp, err := pandopb.NewAdminClient(conn).Split(ctx, &pandopb.SplitRequest{Key: []byte(args[0])})
+				conn.Close()
+				if err != nil {
+					lastErr = kv.FromStatus(err)
+					if errors.Is(lastErr, kv.ErrInvalidArgument) || errors.Is(lastErr, kv.ErrKeyTooLarge) || errors.Is(lastErr, kv.ErrEmptyKey) {
+						return lastErr
+					}
+					continue
+				}
+				if f.json {
+					return printJSON(cmd.OutOrStdout(), map[string]any{"left": descJSON(resp.Left), "right": descJSON(resp.Right)})
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "split: range %d is now [%q, %q), new range %d is [%q, %s)\n",
+					resp.Left.Id, resp.Left.StartKey, resp.Left.EndKey, resp.Right.Id, resp.Right.StartKey, endText(resp.Right.EndKey))
+				return nil
+			}
+			return lastErr
+		},
+	}
+	f.add(cmd, true)
+	return cmd
+}
+
+func endText(k []byte) string {
+	if len(k) == 0 {
+		return "(end)"
+	}
+	return fmt.Sprintf("%q", k)
+}
+
+func descJSON(d *pandopb.RangeDescriptor) map[string]any {
+	return map[string]any{"id": d.Id, "start_key": string(d.StartKey), "end_key": string(d.EndKey), "replicas": d.Replicas, "generation": d.Generation}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/placement"
 	"github.com/pando/pando/server"
 )
 
@@ -29,6 +30,8 @@ func serverCmd() *cobra.Command {
 		checkInterval  time.Duration
 		autoRepair     bool
 		checkRate      int
+		splitBytes     uint64
+		splitQPS       float64
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -50,6 +53,7 @@ A three-node cluster:
 				ID: id, DataDir: dataDir, Addr: addr, Limits: limits, RequestTimeout: timeout,
 				TickInterval: tick, ElectionTicks: electionTicks, Logger: log,
 				CheckInterval: checkInterval, NoAutoRepair: !autoRepair, CheckBytesPerSec: checkRate,
+				Split: placement.SplitThresholds{MaxBytes: splitBytes, LoadQPS: splitQPS},
 			}
 			if checkInterval == 0 {
 				cfg.CheckInterval = -1
@@ -95,6 +99,8 @@ A three-node cluster:
 	f.DurationVar(&checkInterval, "consistency-check-interval", time.Hour, "how often each range's replicas are compared (0 disables)")
 	f.BoolVar(&autoRepair, "consistency-auto-repair", true, "rebuild replicas that disagree with the majority")
 	f.IntVar(&checkRate, "consistency-check-rate", 64<<20, "bytes per second a check may hash (negative: unpaced)")
+	f.Uint64Var(&splitBytes, "split-max-bytes", 64<<20, "split a range larger than this")
+	f.Float64Var(&splitQPS, "split-load-qps", 2500, "split a range whose request rate stays above this")
 	return cmd
 }
 

@@ -1,0 +1,208 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/pando/pando/placement"
+	"github.com/pando/pando/storage"
+)
+
+// loadTracker measures, per range, the requests this node served as its
+// leader: a smoothed rate and a sample of the keys, from which a load split
+// picks its key.
+type loadTracker struct {
+	mu sync.Mutex
+	m  map[uint64]*rangeLoad
+}
+
+type rangeLoad struct {
+	count   uint64
+	qps     float64
+	hot     int // consecutive ticks above the load threshold
+	samples [][]byte
+	seen    uint64
+}
+
+const loadSamples = 256
+
+func newLoadTracker() *loadTracker { return &loadTracker{m: map[uint64]*rangeLoad{}} }
+
+// record counts one request on key served by this node as rangeID's leader.
+func (l *loadTracker) record(rangeID uint64, key []byte) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r := l.m[rangeID]
+	if r == nil {
+		r = &rangeLoad{}
+		l.m[rangeID] = r
+	}
+	r.count++
+	r.seen++
+	// Reservoir sample of the keys since the last split decision.
+	if len(r.samples) < loadSamples {
+		r.samples = append(r.samples, bytes.Clone(key))
+	} else if i := rand.Uint64N(r.seen); i < loadSamples {
+		r.samples[i] = bytes.Clone(key)
+	}
+}
+
+// tick folds the last interval's count into each range's rate.
+func (l *loadTracker) tick(interval time.Duration, threshold float64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, r := range l.m {
+		rate := float64(r.count) / interval.Seconds()
+		r.qps = 0.5*r.qps + 0.5*rate
+		r.count = 0
+		if r.qps > threshold {
+			r.hot++
+		} else {
+			r.hot = 0
+		}
+	}
+}
+
+func (l *loadTracker) get(rangeID uint64) (qps float64, hot int, samples [][]byte) {
+	if l == nil {
+		return 0, 0, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if r := l.m[rangeID]; r != nil {
+		return r.qps, r.hot, slices.Clone(r.samples)
+	}
+	return 0, 0, nil
+}
+
+// forget drops a range's samples (after it split).
+func (l *loadTracker) forget(rangeID uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.m, rangeID)
+}
+
+// rangeSize estimates the bytes of a range's data: Pebble's estimate of
+// its tables, or, while that is small, an exact count (memtables included).
+func rangeSize(db *pebble.DB, start, end []byte) uint64 {
+	lo, hi := storage.DataSpan(start, end)
+	est, err := db.EstimateDiskUsage(lo, hi)
+	if err == nil && est >= 4<<20 {
+		return est
+	}
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return est
+	}
+	defer it.Close()
+	var n uint64
+	for valid := it.First(); valid && n < 4<<20; valid = it.Next() {
+		n += uint64(len(it.Key()) + len(it.Value()))
+	}
+	return max(n, est)
+}
+
+// middleKey returns the key at about half of a range's bytes.
+func middleKey(db *pebble.DB, start, end []byte, total uint64) []byte {
+	lo, hi := storage.DataSpan(start, end)
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return nil
+	}
+	defer it.Close()
+	var n uint64
+	for valid := it.First(); valid; valid = it.Next() {
+		n += uint64(len(it.Key()) + len(it.Value()))
+		if n >= total/2 {
+			if it.Next() {
+				k, _ := storage.UserKey(it.Key())
+				return bytes.Clone(k)
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
+// balance runs the placement loop until stop: it measures load, splits the
+// ranges this node leads that grew too big or too busy, and hands
+// leaderships to other nodes until leaders are spread evenly.
+func (s *Server) balance(stop <-chan struct{}) {
+	interval := s.cfg.BalanceInterval
+	if interval <= 0 {
+		return
+	}
+	const hold = 3 // ticks a range must stay hot before a load split
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		s.load.tick(interval, s.cfg.Split.WithDefaults().LoadQPS)
+		var ranges []placement.Range
+		for _, st := range s.node.Statuses() {
+			r := placement.Range{ID: st.RangeID, Start: st.Desc.StartKey, End: st.Desc.EndKey, Leader: st.LeaderID, Replicas: st.Desc.Replicas}
+			if st.LeaderID == s.cfg.ID {
+				r.QPS, _, _ = s.load.get(st.RangeID)
+				r.SizeBytes = rangeSize(s.engine.DB(), st.Desc.StartKey, st.Desc.EndKey)
+			}
+			ranges = append(ranges, r)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		s.maybeSplit(ctx, ranges, hold)
+		live := []uint64{s.cfg.ID}
+		for _, id := range s.tr.IDs() {
+			if id != s.cfg.ID && s.tr.Live(id) {
+				live = append(live, id)
+			}
+		}
+		for _, tr := range placement.PlanLeaderTransfers(ranges, live, s.cfg.ID) {
+			s.log.Info("placement: transferring leadership to balance leaders", "range", tr.RangeID, "to", tr.To)
+			_ = s.node.TransferLeader(ctx, tr.RangeID, tr.To)
+		}
+		cancel()
+	}
+}
+
+// maybeSplit splits at most one range this node leads per round.
+func (s *Server) maybeSplit(ctx context.Context, ranges []placement.Range, hold int) {
+	for _, r := range ranges {
+		if r.Leader != s.cfg.ID {
+			continue
+		}
+		_, hot, samples := s.load.get(r.ID)
+		var key []byte
+		reason := placement.ShouldSplit(r, s.cfg.Split, hot, hold)
+		switch reason {
+		case placement.SplitSize:
+			key = middleKey(s.engine.DB(), r.Start, r.End, r.SizeBytes)
+		case placement.SplitLoad:
+			key = placement.LoadSplitKey(samples, r.Start, r.End)
+		default:
+			continue
+		}
+		if key == nil {
+			continue
+		}
+		left, right, err := s.split(ctx, key)
+		if err != nil {
+			s.log.Warn("placement: split failed", "range", r.ID, "reason", string(reason), "err", err)
+			continue
+		}
+		s.load.forget(r.ID)
+		s.log.Info("placement: split range", "range", left.Id, "new_range", right.Id, "at", string(key), "reason", string(reason), "qps", r.QPS, "bytes", r.SizeBytes)
+		return
+	}
+}
