@@ -300,6 +300,11 @@ func (n *Node) handleReady() {
 			_ = n.replicas[c.right].rn.Campaign()
 		}
 	}
+	// Publish what was applied (descriptors after splits, applied indexes)
+	// before answering, so that a proposer sees its own effects.
+	for _, x := range rds {
+		n.publishStatus(x.r)
+	}
 	for _, d := range delivered {
 		d.p.done <- proposalResult{res: d.res, err: d.res.Err}
 	}

@@ -8,11 +8,14 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
@@ -221,10 +224,13 @@ func runClient(c *Cluster, h *history, id int, rng *rand.Rand, keys []string, st
 		ret := time.Now()
 		cancel()
 		if err != nil {
+			refused := status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), "connection refused")
 			err = kv.FromStatus(err)
-			if in.kind == opGet || !errors.Is(err, kv.ErrAmbiguous) && errors.Is(err, kv.ErrUnavailable) {
+			if in.kind == opGet || refused || !errors.Is(err, kv.ErrAmbiguous) && errors.Is(err, kv.ErrUnavailable) {
 				// A failed read, or a write refused before it was
-				// proposed: no effect to check.
+				// proposed: no effect to check. Back off a little so a
+				// down cluster does not flood the history.
+				time.Sleep(5 * time.Millisecond)
 				continue
 			}
 			out = lOutput{unknown: true}
