@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -56,6 +57,9 @@ type Client struct {
 	mu     sync.Mutex
 	leader string
 	known  []string
+	// spans caches which node leads which key span (from "not leader"
+	// answers), so that requests go straight to each range's leader.
+	spans []span
 	// down records when a node last failed to answer at the transport
 	// level; such nodes are avoided (and their leader hints distrusted)
 	// for downFor.
@@ -122,11 +126,53 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// target picks the node to try: the known leader, else a random endpoint
-// that is neither avoid nor recently down (if there is one).
-func (c *Client) target(avoid string) string {
+// span is a cached range: keys in [start, end) are led by leader.
+type span struct {
+	start, end []byte
+	leader     string
+}
+
+func (s span) contains(key []byte) bool {
+	return bytes.Compare(key, s.start) >= 0 && (len(s.end) == 0 || bytes.Compare(key, s.end) < 0)
+}
+
+// learnSpan records that leader leads [start, end), replacing what
+// overlaps it.
+func (c *Client) learnSpan(start, end []byte, leader string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	kept := c.spans[:0]
+	for _, s := range c.spans {
+		overlaps := (len(end) == 0 || bytes.Compare(s.start, end) < 0) && (len(s.end) == 0 || bytes.Compare(start, s.end) < 0)
+		if !overlaps {
+			kept = append(kept, s)
+		}
+	}
+	c.spans = append(kept, span{start: bytes.Clone(start), end: bytes.Clone(end), leader: leader})
+}
+
+// forgetLeader drops every cached span led by addr.
+func (c *Client) forgetLeader(addr string) {
+	kept := c.spans[:0]
+	for _, s := range c.spans {
+		if s.leader != addr {
+			kept = append(kept, s)
+		}
+	}
+	c.spans = kept
+}
+
+// target picks the node to try for key: the cached leader of its range,
+// else the last leader seen, else a random endpoint that is neither avoid
+// nor recently down (if there is one).
+func (c *Client) target(key []byte, avoid string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.spans {
+		if s.contains(key) && s.leader != avoid && time.Since(c.down[s.leader]) > downFor {
+			return s.leader
+		}
+	}
 	if c.leader != "" && c.leader != avoid {
 		return c.leader
 	}
@@ -156,6 +202,7 @@ func (c *Client) markDown(addr string) {
 	if c.leader == addr {
 		c.leader = ""
 	}
+	c.forgetLeader(addr)
 }
 
 // trusted reports whether a leader hint is worth following at once: not a
@@ -196,7 +243,7 @@ func notSent(err error) bool {
 // do runs call against the leader, following hints and retrying per the
 // rules above. write marks calls that must not be repeated if they may have
 // been applied.
-func (c *Client) do(ctx context.Context, write bool, call func(context.Context, pandopb.KVClient) error) error {
+func (c *Client) do(ctx context.Context, key []byte, write bool, call func(context.Context, pandopb.KVClient) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.RequestTimeout)
@@ -209,7 +256,7 @@ func (c *Client) do(ctx context.Context, write bool, call func(context.Context, 
 	avoid := ""
 	backoff := 10 * time.Millisecond
 	for attempt := 0; attempt < c.cfg.MaxAttempts; attempt++ {
-		addr := c.target(avoid)
+		addr := c.target(key, avoid)
 		kvc, err := c.conn(addr)
 		if err != nil {
 			return err
@@ -226,6 +273,9 @@ func (c *Client) do(ctx context.Context, write bool, call func(context.Context, 
 			// Follow the hint at once; it is newer than whatever made us
 			// avoid that node earlier in this call.
 			c.setLeader(nl.LeaderAddr)
+			if nl.HasSpan {
+				c.learnSpan(nl.RangeStart, nl.RangeEnd, nl.LeaderAddr)
+			}
 			avoid = ""
 			continue
 		case errors.Is(err, kv.ErrNotLeader), errors.Is(err, kv.ErrStopped):
@@ -291,7 +341,7 @@ func (c *Client) Get(ctx context.Context, key []byte, opts ...ReadOption) (*KeyV
 		f(&o)
 	}
 	var resp *pandopb.GetResponse
-	err := c.do(ctx, false, func(ctx context.Context, k pandopb.KVClient) error {
+	err := c.do(ctx, key, false, func(ctx context.Context, k pandopb.KVClient) error {
 		var err error
 		resp, err = k.Get(ctx, &pandopb.GetRequest{Key: key, Consistency: o.c})
 		return err
@@ -319,7 +369,7 @@ func (c *Client) CompareAndSwap(ctx context.Context, key []byte, expected uint64
 
 func (c *Client) put(ctx context.Context, req *pandopb.PutRequest) (uint64, error) {
 	var resp *pandopb.PutResponse
-	err := c.do(ctx, true, func(ctx context.Context, k pandopb.KVClient) error {
+	err := c.do(ctx, req.Key, true, func(ctx context.Context, k pandopb.KVClient) error {
 		var err error
 		resp, err = k.Put(ctx, req)
 		return err
@@ -342,7 +392,7 @@ func (c *Client) CompareAndDelete(ctx context.Context, key []byte, expected uint
 
 func (c *Client) del(ctx context.Context, req *pandopb.DeleteRequest) (bool, error) {
 	var resp *pandopb.DeleteResponse
-	err := c.do(ctx, true, func(ctx context.Context, k pandopb.KVClient) error {
+	err := c.do(ctx, req.Key, true, func(ctx context.Context, k pandopb.KVClient) error {
 		var err error
 		resp, err = k.Delete(ctx, req)
 		return err
@@ -376,7 +426,11 @@ func (c *Client) Scan(ctx context.Context, o ScanOptions) (*ScanResult, error) {
 		req.Consistency = pandopb.Consistency_STALE
 	}
 	var resp *pandopb.ScanResponse
-	err := c.do(ctx, false, func(ctx context.Context, k pandopb.KVClient) error {
+	start := req.Start
+	if len(req.Prefix) > 0 {
+		start = req.Prefix
+	}
+	err := c.do(ctx, start, false, func(ctx context.Context, k pandopb.KVClient) error {
 		var err error
 		resp, err = k.Scan(ctx, req)
 		return err
@@ -395,7 +449,7 @@ func (c *Client) Scan(ctx context.Context, o ScanOptions) (*ScanResult, error) {
 // addr is empty).
 func (c *Client) Status(ctx context.Context, addr string) (*pandopb.StatusResponse, error) {
 	if addr == "" {
-		addr = c.target("")
+		addr = c.target(nil, "")
 	}
 	k, err := c.conn(addr)
 	if err != nil {

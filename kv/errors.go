@@ -57,6 +57,11 @@ type NotLeaderError struct {
 	RangeID    uint64
 	LeaderID   uint64
 	LeaderAddr string
+	// RangeStart and RangeEnd give the range's span when known, so that a
+	// client can cache which leader serves which keys.
+	RangeStart, RangeEnd []byte
+	// HasSpan is true when RangeStart/RangeEnd are set.
+	HasSpan bool
 }
 
 // ErrNotLeader matches any *NotLeaderError with errors.Is.

@@ -2,6 +2,7 @@ package kv
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"strconv"
 
@@ -49,6 +50,10 @@ func ToStatus(err error) error {
 		info.Metadata["range_id"] = strconv.FormatUint(nl.RangeID, 10)
 		info.Metadata["leader_id"] = strconv.FormatUint(nl.LeaderID, 10)
 		info.Metadata["leader_addr"] = nl.LeaderAddr
+		if nl.HasSpan {
+			info.Metadata["range_start"] = hex.EncodeToString(nl.RangeStart)
+			info.Metadata["range_end"] = hex.EncodeToString(nl.RangeEnd)
+		}
 	case errors.Is(err, ErrNotFound):
 		code, info.Reason = codes.NotFound, "NOT_FOUND"
 	case errors.Is(err, ErrKeyTooLarge):
@@ -120,7 +125,15 @@ func FromStatus(err error) error {
 		case "NOT_LEADER":
 			rid, _ := strconv.ParseUint(info.Metadata["range_id"], 10, 64)
 			lid, _ := strconv.ParseUint(info.Metadata["leader_id"], 10, 64)
-			return &NotLeaderError{RangeID: rid, LeaderID: lid, LeaderAddr: info.Metadata["leader_addr"]}
+			nl := &NotLeaderError{RangeID: rid, LeaderID: lid, LeaderAddr: info.Metadata["leader_addr"]}
+			if st, ok := info.Metadata["range_start"]; ok {
+				start, err1 := hex.DecodeString(st)
+				end, err2 := hex.DecodeString(info.Metadata["range_end"])
+				if err1 == nil && err2 == nil {
+					nl.RangeStart, nl.RangeEnd, nl.HasSpan = start, end, true
+				}
+			}
+			return nl
 		}
 		if s, ok := reasons[info.Reason]; ok {
 			if info.Reason == "AMBIGUOUS" {

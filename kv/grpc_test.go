@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -137,7 +138,7 @@ func TestNotLeaderRoundTrip(t *testing.T) {
 		if !errors.As(back, &nl) {
 			t.Fatalf("FromStatus = %#v, not a *NotLeaderError", back)
 		}
-		if *nl != *orig {
+		if !reflect.DeepEqual(nl, orig) {
 			t.Errorf("round trip = %+v, want %+v", *nl, *orig)
 		}
 		if !errors.Is(back, kv.ErrNotLeader) || errors.Is(back, kv.ErrUnavailable) {

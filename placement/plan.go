@@ -26,15 +26,15 @@ type Transfer struct {
 	To      uint64
 }
 
-// PlanLeaderTransfers returns at most one transfer that self (a node) should
-// start so that leaders spread evenly over live nodes: self gives away a
-// range when it leads more than the ceiling of the mean, to the live
-// replica that leads the fewest (ties: lower ID). Among self's ranges it
-// picks the busiest, so load spreads with the count. Every node runs it on
-// the same view, and only over-loaded nodes act, so plans do not fight:
-// a transfer only ever lowers the maximum count.
-func PlanLeaderTransfers(ranges []Range, live []uint64, self uint64) []Transfer {
-	if len(live) == 0 || !slices.Contains(live, self) {
+// PlanLeaderTransfers returns the transfers (at most max) that self (a
+// node) should start so that leaders spread evenly over live nodes: self
+// gives ranges away while it leads more than the ceiling of the mean, each
+// to the live replica that leads the fewest (ties: lower ID). Among self's
+// ranges it gives the busiest first, so load spreads with the count. Every
+// node runs it on the same view and only over-loaded nodes act, so plans do
+// not fight: a transfer only ever lowers the maximum count.
+func PlanLeaderTransfers(ranges []Range, live []uint64, self uint64, max int) []Transfer {
+	if len(live) == 0 || !slices.Contains(live, self) || max <= 0 {
 		return nil
 	}
 	count := map[uint64]int{}
@@ -49,7 +49,10 @@ func PlanLeaderTransfers(ranges []Range, live []uint64, self uint64) []Transfer 
 		}
 	}
 	ceil := (led + len(live) - 1) / len(live)
-	if count[self] <= ceil && !(count[self] == ceil && minCount(count) < ceil-1) {
+	over := func() bool {
+		return count[self] > ceil || (count[self] == ceil && minCount(count) < ceil-1)
+	}
+	if !over() {
 		return nil
 	}
 	mine := make([]Range, 0, count[self])
@@ -64,18 +67,24 @@ func PlanLeaderTransfers(ranges []Range, live []uint64, self uint64) []Transfer 
 		}
 		return mine[i].ID < mine[j].ID
 	})
+	var out []Transfer
 	for _, r := range mine {
+		if len(out) == max || !over() {
+			break
+		}
 		best, bestCount := uint64(0), count[self]-1
 		for _, n := range r.Replicas {
-			if c, ok := count[n]; ok && n != self && c < bestCount {
+			if c, ok := count[n]; ok && n != self && (c < bestCount || (c == bestCount && best != 0 && n < best)) {
 				best, bestCount = n, c
 			}
 		}
 		if best != 0 {
-			return []Transfer{{RangeID: r.ID, From: self, To: best}}
+			out = append(out, Transfer{RangeID: r.ID, From: self, To: best})
+			count[self]--
+			count[best]++
 		}
 	}
-	return nil
+	return out
 }
 
 func minCount(count map[uint64]int) int {

@@ -30,7 +30,7 @@ func TestPlanLeaderTransfers(t *testing.T) {
 		{"three on one of four", ranges(1, 1, 1, 2), 1, []Transfer{{RangeID: 1, From: 1, To: 3}}},
 		{"dead node's ranges are not counted", ranges(4, 4, 1, 2), 1, nil},
 	} {
-		got := PlanLeaderTransfers(tc.rs, live, tc.self)
+		got := PlanLeaderTransfers(tc.rs, live, tc.self, 1)
 		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
 			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
 		}
@@ -38,12 +38,16 @@ func TestPlanLeaderTransfers(t *testing.T) {
 	// The busiest range goes first.
 	rs := ranges(1, 1, 1)
 	rs[2].QPS = 100
-	if got := PlanLeaderTransfers(rs, live, 1); len(got) != 1 || got[0].RangeID != 3 {
+	if got := PlanLeaderTransfers(rs, live, 1, 1); len(got) != 1 || got[0].RangeID != 3 {
 		t.Fatalf("busiest first: %v", got)
+	}
+	// Several per round when allowed: from 9-0-0 to 3-3-3 in one plan.
+	if got := PlanLeaderTransfers(ranges(1, 1, 1, 1, 1, 1, 1, 1, 1), live, 1, 10); len(got) != 6 {
+		t.Fatalf("many at once: %v", got)
 	}
 	// Only replicas of the range may receive it.
 	rs = []Range{{ID: 1, Leader: 1, Replicas: []uint64{1, 2}}, {ID: 2, Leader: 1, Replicas: []uint64{1, 2}}, {ID: 3, Leader: 1, Replicas: []uint64{1, 2}}}
-	if got := PlanLeaderTransfers(rs, live, 1); len(got) != 1 || got[0].To != 2 {
+	if got := PlanLeaderTransfers(rs, live, 1, 1); len(got) != 1 || got[0].To != 2 {
 		t.Fatalf("non-replica target: %v", got)
 	}
 }
@@ -80,7 +84,7 @@ func TestLeaderBalancingConverges(t *testing.T) {
 			_, before := maxCount()
 			moved := false
 			for _, self := range live {
-				for _, tr := range PlanLeaderTransfers(rs, live, self) {
+				for _, tr := range PlanLeaderTransfers(rs, live, self, 1+rng.IntN(4)) {
 					for i := range rs {
 						if rs[i].ID == tr.RangeID {
 							rs[i].Leader = tr.To
@@ -101,7 +105,7 @@ func TestLeaderBalancingConverges(t *testing.T) {
 			t.Fatalf("trial %d: %d nodes, %d ranges: counts %d..%d after %d rounds", trial, nodes, n, lo, hi, rounds)
 		}
 		for _, self := range live {
-			if p := PlanLeaderTransfers(rs, live, self); p != nil {
+			if p := PlanLeaderTransfers(rs, live, self, 8); p != nil {
 				t.Fatalf("trial %d: balanced state still plans %v", trial, p)
 			}
 		}

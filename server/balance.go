@@ -168,7 +168,7 @@ func (s *Server) balance(stop <-chan struct{}) {
 				live = append(live, id)
 			}
 		}
-		for _, tr := range placement.PlanLeaderTransfers(ranges, live, s.cfg.ID) {
+		for _, tr := range placement.PlanLeaderTransfers(ranges, live, s.cfg.ID, 8) {
 			s.log.Info("placement: transferring leadership to balance leaders", "range", tr.RangeID, "to", tr.To)
 			_ = s.node.TransferLeader(ctx, tr.RangeID, tr.To)
 		}

@@ -90,7 +90,8 @@ func (s *Service) route(ctx context.Context, key []byte, idempotent bool, local 
 			s.load.record(rangeID, key)
 			err = local(rangeID)
 		case fwd:
-			return &kv.NotLeaderError{RangeID: rangeID, LeaderID: st.LeaderID, LeaderAddr: s.peers.Addr(st.LeaderID)}
+			return &kv.NotLeaderError{RangeID: rangeID, LeaderID: st.LeaderID, LeaderAddr: s.peers.Addr(st.LeaderID),
+				RangeStart: st.Desc.StartKey, RangeEnd: st.Desc.EndKey, HasSpan: true}
 		case st.LeaderID != 0:
 			var c pandopb.KVClient
 			if c, err = s.peers.KV(st.LeaderID); err == nil {

@@ -12,6 +12,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/kv"
 
 	"github.com/pando/pando/client"
 )
@@ -37,6 +42,7 @@ func benchCmd() *cobra.Command {
 		total                        int64
 		duration                     time.Duration
 		asJSON, stale                bool
+		splits                       int
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -64,6 +70,11 @@ clients over a number of connections, and report throughput and p50/p95/p99/p999
 				}
 				defer c.Close()
 				cs[i] = c
+			}
+			if splits > 1 {
+				if err := presplit(cmd, endpoints, keys, splits); err != nil {
+					return err
+				}
 			}
 			value := make([]byte, valLen)
 			for i := range value {
@@ -184,5 +195,27 @@ clients over a number of connections, and report throughput and p50/p95/p99/p999
 	f.DurationVar(&duration, "duration", 10*time.Second, "stop after this long (when --total is 0)")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	f.BoolVar(&stale, "stale", false, "gets are stale reads")
+	f.IntVar(&splits, "ranges", 0, "before loading, split the key space into this many ranges (evenly over --keys)")
 	return cmd
+}
+
+// presplit splits the bench key space into n ranges at evenly spaced keys.
+func presplit(cmd *cobra.Command, endpoints string, keys, n int) error {
+	conn, err := grpc.NewClient(strings.Split(endpoints, ",")[0], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return usageError{err}
+	}
+	defer conn.Close()
+	admin := pandopb.NewAdminClient(conn)
+	for i := 1; i < n; i++ {
+		key := fmt.Appendf(nil, "%08d", i*keys/n)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := admin.Split(ctx, &pandopb.SplitRequest{Key: key})
+		cancel()
+		if err != nil && !strings.Contains(err.Error(), "already starts at") {
+			return fmt.Errorf("splitting at %s: %w", key, kv.FromStatus(err))
+		}
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "split the key space into %d ranges\n", n)
+	return nil
 }
