@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -66,6 +67,8 @@ type Config struct {
 	// BalanceInterval is how often the placement loop runs (load
 	// measurement, splits, leader balancing). Default 2s; negative disables.
 	BalanceInterval time.Duration
+	// EnablePprof serves Go's profiler under /debug/pprof/.
+	EnablePprof bool
 	// FS is the file system (tests); nil means the OS.
 	FS vfs.FS
 	// Listener, when set, is used instead of listening on Addr.
@@ -334,6 +337,12 @@ func (s *Server) Start() error {
 	mux.HandleFunc("GET /healthz", s.handleHealthz)
 	mux.HandleFunc("GET /readyz", s.handleReadyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	if s.cfg.EnablePprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	s.mux = cmux.New(lis)

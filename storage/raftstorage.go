@@ -27,6 +27,59 @@ type RaftStorage struct {
 
 	// SnapshotFunc builds the snapshot raft asks for (see Snapshot).
 	SnapshotFunc func() (raftpb.Snapshot, error)
+
+	// cache holds the newest log entries (contiguous, ending at lastIndex),
+	// so that appends to followers and term lookups rarely read Pebble.
+	cache      []raftpb.Entry
+	cacheBytes int
+}
+
+// entryCacheBytes bounds each range's entry cache.
+const entryCacheBytes = 1 << 20
+
+// cached returns entries [lo, hi) from the cache, if it holds them all.
+func (s *RaftStorage) cached(lo, hi uint64) ([]raftpb.Entry, bool) {
+	if len(s.cache) == 0 || lo < s.cache[0].Index || hi > s.cache[len(s.cache)-1].Index+1 {
+		return nil, false
+	}
+	first := s.cache[0].Index
+	return s.cache[lo-first : hi-first], true
+}
+
+func (s *RaftStorage) cacheAppend(ents []raftpb.Entry) {
+	if len(ents) == 0 {
+		return
+	}
+	// Drop what the new entries replace, and anything not contiguous.
+	if n := len(s.cache); n > 0 && (ents[0].Index <= s.cache[0].Index || ents[0].Index > s.cache[n-1].Index+1) {
+		s.cache, s.cacheBytes = nil, 0
+	} else if n > 0 {
+		keep := ents[0].Index - s.cache[0].Index
+		for _, e := range s.cache[keep:] {
+			s.cacheBytes -= e.Size()
+		}
+		s.cache = s.cache[:keep]
+	}
+	for _, e := range ents {
+		s.cache = append(s.cache, e)
+		s.cacheBytes += e.Size()
+	}
+	drop := 0
+	for drop < len(s.cache)-1 && s.cacheBytes > entryCacheBytes {
+		s.cacheBytes -= s.cache[drop].Size()
+		drop++
+	}
+	if drop > 0 {
+		s.cache = append([]raftpb.Entry(nil), s.cache[drop:]...)
+	}
+}
+
+// cacheTruncate forgets cached entries up to and including index.
+func (s *RaftStorage) cacheTruncate(index uint64) {
+	for len(s.cache) > 0 && s.cache[0].Index <= index {
+		s.cacheBytes -= s.cache[0].Size()
+		s.cache = s.cache[1:]
+	}
 }
 
 // LoadRaftStorage reads a range's Raft state from the engine.
@@ -118,6 +171,9 @@ func (s *RaftStorage) Term(i uint64) (uint64, error) {
 	case i > s.lastIndex:
 		return 0, raft.ErrUnavailable
 	}
+	if e, ok := s.cached(i, i+1); ok {
+		return e[0].Term, nil
+	}
 	v, closer, err := s.db.Get(LogKey(s.rangeID, i))
 	if err != nil {
 		return 0, fmt.Errorf("storage: range %d: entry %d: %w", s.rangeID, i, err)
@@ -145,6 +201,18 @@ func (s *RaftStorage) Entries(lo, hi, maxSize uint64) ([]raftpb.Entry, error) {
 	defer it.Close()
 	if lo >= hi {
 		return nil, nil
+	}
+	if c, ok := s.cached(lo, hi); ok {
+		size, n := uint64(0), 0
+		for n < len(c) {
+			size += uint64(c[n].Size())
+			if n > 0 && size > maxSize {
+				break
+			}
+			n++
+		}
+		// Callers may append to the result: hand out a copy.
+		return append([]raftpb.Entry(nil), c[:n]...), nil
 	}
 	var ents []raftpb.Entry
 	var size uint64
@@ -197,6 +265,7 @@ func (s *RaftStorage) Append(b *pebble.Batch, ents []raftpb.Entry) error {
 			return err
 		}
 	}
+	s.cacheAppend(ents)
 	newLast := ents[len(ents)-1].Index
 	if newLast < s.lastIndex {
 		if err := b.DeleteRange(LogKey(s.rangeID, newLast+1), LogKey(s.rangeID, s.lastIndex+1), nil); err != nil {
@@ -250,6 +319,7 @@ func (s *RaftStorage) ApplySnapshot(b *pebble.Batch, snap raftpb.Snapshot, desc 
 		return err
 	}
 	s.lastIndex = m.Index
+	s.cache, s.cacheBytes = nil, 0
 	s.state.Desc = desc
 	if err := s.SetConfState(m.ConfState); err != nil {
 		return err
@@ -274,6 +344,7 @@ func (s *RaftStorage) Truncate(b *pebble.Batch, index uint64) error {
 		return err
 	}
 	s.trunc = pandopb.TruncatedState{Index: index, Term: term}
+	s.cacheTruncate(index)
 	return putProto(b, TruncatedStateKey(s.rangeID), &s.trunc)
 }
 

@@ -32,6 +32,7 @@ func serverCmd() *cobra.Command {
 		checkRate      int
 		splitBytes     uint64
 		splitQPS       float64
+		enablePprof    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -53,7 +54,7 @@ A three-node cluster:
 				ID: id, DataDir: dataDir, Addr: addr, Limits: limits, RequestTimeout: timeout,
 				TickInterval: tick, ElectionTicks: electionTicks, Logger: log,
 				CheckInterval: checkInterval, NoAutoRepair: !autoRepair, CheckBytesPerSec: checkRate,
-				Split: placement.SplitThresholds{MaxBytes: splitBytes, LoadQPS: splitQPS},
+				Split: placement.SplitThresholds{MaxBytes: splitBytes, LoadQPS: splitQPS}, EnablePprof: enablePprof,
 			}
 			if checkInterval == 0 {
 				cfg.CheckInterval = -1
@@ -101,6 +102,7 @@ A three-node cluster:
 	f.IntVar(&checkRate, "consistency-check-rate", 64<<20, "bytes per second a check may hash (negative: unpaced)")
 	f.Uint64Var(&splitBytes, "split-max-bytes", 64<<20, "split a range larger than this")
 	f.Float64Var(&splitQPS, "split-load-qps", 2500, "split a range whose request rate stays above this")
+	f.BoolVar(&enablePprof, "enable-pprof", false, "serve Go's profiler under /debug/pprof/")
 	return cmd
 }
 
