@@ -27,6 +27,11 @@ var (
 	ErrAmbiguous = errors.New("pando: write outcome unknown")
 	// ErrStopped: the node is shutting down.
 	ErrStopped = errors.New("pando: node stopped")
+	// ErrOverloaded: the node shed the request because a range's proposal
+	// queue or the node's CPU is saturated. Nothing was proposed, so any
+	// request may be retried, after backing off. Distinct from
+	// ErrUnavailable ("try another node"): it says "slow down".
+	ErrOverloaded = errors.New("pando: overloaded, back off")
 )
 
 // VersionMismatchError is returned by a compare-and-swap whose expected

@@ -29,6 +29,8 @@ func httpStatus(err error) int {
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, kv.ErrEmptyKey), errors.Is(err, kv.ErrInvalidArgument):
 		return http.StatusBadRequest
+	case errors.Is(err, kv.ErrOverloaded):
+		return http.StatusTooManyRequests
 	case errors.Is(err, kv.ErrUnavailable), errors.Is(err, kv.ErrNotLeader), errors.Is(err, kv.ErrStopped),
 		errors.Is(err, kv.ErrAmbiguous), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable
@@ -54,7 +56,7 @@ func writeError(w http.ResponseWriter, err error) {
 		body.CurrentVersion = &vm.Current
 		w.Header().Set("Pando-Version", strconv.FormatUint(vm.Current, 10))
 	}
-	if code == http.StatusServiceUnavailable {
+	if code == http.StatusServiceUnavailable || code == http.StatusTooManyRequests {
 		w.Header().Set("Retry-After", "1")
 	}
 	writeJSON(w, code, body)

@@ -271,6 +271,8 @@ func (s *Server) observe(op string, start time.Time, err error) {
 		outcome = "version_mismatch"
 	case errors.Is(err, kv.ErrAmbiguous):
 		outcome = "ambiguous"
+	case errors.Is(err, kv.ErrOverloaded):
+		outcome = "overloaded"
 	case httpStatus(err) == http.StatusServiceUnavailable:
 		outcome = "unavailable"
 	case httpStatus(err) < 500:
