@@ -42,6 +42,14 @@ type Config struct {
 	LogKeepEntries uint64
 	// SnapshotChunkBytes is the size of one snapshot chunk. Default 1 MiB.
 	SnapshotChunkBytes int
+	// DedupTTL is how long a range remembers the last write of a client
+	// session (its deduplication record), so that a retry of that write
+	// returns the first result instead of applying again. Clients retry
+	// for seconds; a record older than this is pruned. Default 10 minutes.
+	DedupTTL time.Duration
+	// DedupPruneInterval is how often a leader proposes the pruning of
+	// records older than DedupTTL. Default 1 minute.
+	DedupPruneInterval time.Duration
 
 	// Logger receives the node's logs. Default slog.Default().
 	Logger *slog.Logger
@@ -91,6 +99,15 @@ func (c *Config) Validate() error {
 	}
 	if c.SnapshotChunkBytes == 0 {
 		c.SnapshotChunkBytes = 1 << 20
+	}
+	if c.DedupTTL < 0 || c.DedupPruneInterval < 0 {
+		return fmt.Errorf("node: Config.DedupTTL and DedupPruneInterval must not be negative")
+	}
+	if c.DedupTTL == 0 {
+		c.DedupTTL = 10 * time.Minute
+	}
+	if c.DedupPruneInterval == 0 {
+		c.DedupPruneInterval = time.Minute
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -29,10 +29,11 @@ func (n *Node) run() {
 		case <-n.stopc:
 			n.failAllReads(kv.ErrStopped)
 			return
-		case <-ticker.C:
+		case now := <-ticker.C:
 			for _, r := range n.replicas {
 				r.rn.Tick()
 			}
+			n.maybePruneDedup(now)
 		case in := <-n.recvc:
 			n.step(in)
 		case p := <-n.propc:
@@ -221,8 +222,9 @@ func (n *Node) handleReady() {
 				if err != nil {
 					panic(fmt.Sprintf("node: range %d: entry %d: %v", x.r.id, e.Index, err))
 				}
-				res, err := replica.Apply(ab, e.Index, cmd)
+				res, err := replica.Apply(ab, x.r.id, e.Index, cmd)
 				must(err)
+				n.met.dedup(res)
 				n.propMu.Lock()
 				p := n.proposals[cmd.Id]
 				delete(n.proposals, cmd.Id)
@@ -361,6 +363,26 @@ func (n *Node) publishStatus(r *group) {
 		Applied:  r.applied,
 		Commit:   st.Commit,
 	})
+}
+
+// maybePruneDedup has every range this node leads propose the expiry of
+// its old deduplication records, once per DedupPruneInterval. The cutoff
+// travels in the log, so every replica prunes the same records at the same
+// index, whatever its own clock says.
+func (n *Node) maybePruneDedup(now time.Time) {
+	if now.Sub(n.lastPrune) < n.cfg.DedupPruneInterval {
+		return
+	}
+	n.lastPrune = now
+	cmd := &pandopb.Command{ProposedAt: now.UnixNano(), Op: &pandopb.Command_PruneDedup{
+		PruneDedup: &pandopb.PruneDedupOp{Before: now.Add(-n.cfg.DedupTTL).UnixNano()}}}
+	data, err := marshalCommand(cmd)
+	must(err)
+	for _, r := range n.replicas {
+		if r.rn.BasicStatus().RaftState == raft.StateLeader {
+			_ = r.rn.Propose(data) // dropped during a transfer: the next round prunes
+		}
+	}
 }
 
 func marshalCommand(cmd *pandopb.Command) ([]byte, error) {

@@ -42,6 +42,7 @@ type Node struct {
 	proposals map[uint64]*proposal
 	nextID    atomic.Uint64
 	nextRead  uint64
+	lastPrune time.Time // loop-owned
 
 	stopc   chan struct{}
 	donec   chan struct{}
@@ -119,6 +120,7 @@ func New(cfg Config) (*Node, error) {
 		donec:     make(chan struct{}),
 	}
 	n.nextID.Store(rand.Uint64() >> 1)
+	n.lastPrune = time.Now()
 	n.met = newMetrics(n, cfg.Registerer)
 	ids, err := cfg.Engine.RangeIDs()
 	if err != nil {
@@ -303,6 +305,9 @@ func (n *Node) Propose(ctx context.Context, rangeID uint64, cmd *pandopb.Command
 		return replica.Result{}, n.notLeader(rangeID, st.LeaderID)
 	}
 	cmd.Id = n.nextID.Add(1)
+	// The proposer's timestamp, in the log: deduplication records expire
+	// by it, identically on every replica.
+	cmd.ProposedAt = time.Now().UnixNano()
 	data, err := marshalCommand(cmd)
 	if err != nil {
 		return replica.Result{}, err

@@ -20,40 +20,48 @@ type RawKV struct {
 	Key, Value []byte
 }
 
-// OutgoingSnapshot is a consistent view of one range's data at the index of
-// a Raft snapshot, streamed to a follower by the transport in chunks.
+// OutgoingSnapshot is a consistent view of one range's replicated state
+// machine at the index of a Raft snapshot (its deduplication table, then
+// its data), streamed to a follower by the transport in chunks.
 type OutgoingSnapshot struct {
 	n       *Node
 	rangeID uint64
 	to      uint64
 	snap    *pebble.Snapshot
-	lo, hi  []byte
+	spans   [][2][]byte // in key order
 	chunk   int
 	once    sync.Once
 }
 
-// Chunks calls fn with successive chunks of the snapshot's data, each about
-// chunk bytes, in key order. The slices are only valid during the call.
+// Chunks calls fn with successive chunks of the snapshot's records, each
+// about chunk bytes, in key order. The slices are only valid during the
+// call.
 func (s *OutgoingSnapshot) Chunks(fn func([]RawKV) error) error {
-	it, err := s.snap.NewIter(&pebble.IterOptions{LowerBound: s.lo, UpperBound: s.hi})
-	if err != nil {
-		return err
-	}
-	defer it.Close()
 	var buf []RawKV
 	size := 0
-	for valid := it.First(); valid; valid = it.Next() {
-		buf = append(buf, RawKV{Key: bytes.Clone(it.Key()), Value: bytes.Clone(it.Value())})
-		size += len(it.Key()) + len(it.Value())
-		if size >= s.chunk {
-			if err := fn(buf); err != nil {
-				return err
-			}
-			buf, size = buf[:0], 0
+	for _, span := range s.spans {
+		it, err := s.snap.NewIter(&pebble.IterOptions{LowerBound: span[0], UpperBound: span[1]})
+		if err != nil {
+			return err
 		}
-	}
-	if err := it.Error(); err != nil {
-		return err
+		for valid := it.First(); valid; valid = it.Next() {
+			buf = append(buf, RawKV{Key: bytes.Clone(it.Key()), Value: bytes.Clone(it.Value())})
+			size += len(it.Key()) + len(it.Value())
+			if size >= s.chunk {
+				if err := fn(buf); err != nil {
+					it.Close()
+					return err
+				}
+				buf, size = buf[:0], 0
+			}
+		}
+		err = it.Error()
+		if cerr := it.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
 	}
 	if len(buf) > 0 {
 		return fn(buf)
@@ -111,8 +119,10 @@ func (n *Node) takeOutgoing(r *group, m raftpb.Message) *OutgoingSnapshot {
 	if err := proto.Unmarshal(m.Snapshot.Data, &desc); err != nil {
 		panic(fmt.Sprintf("node: range %d: own snapshot descriptor: %v", r.id, err))
 	}
+	dlo, dhi := storage.DedupSpan(r.id)
 	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
-	return &OutgoingSnapshot{n: n, rangeID: r.id, to: m.To, snap: n.db.NewSnapshot(), lo: lo, hi: hi, chunk: n.cfg.SnapshotChunkBytes}
+	return &OutgoingSnapshot{n: n, rangeID: r.id, to: m.To, snap: n.db.NewSnapshot(),
+		spans: [][2][]byte{{dlo, dhi}, {lo, hi}}, chunk: n.cfg.SnapshotChunkBytes}
 }
 
 // incomingSnapshot is a received snapshot's data, waiting for Raft to ask
@@ -123,10 +133,16 @@ type incomingSnapshot struct {
 	data  []RawKV
 }
 
-// checkSnapshotData validates what a peer sent before anything is stepped.
+// checkSnapshotData validates what a peer sent before anything is stepped:
+// a MsgSnap carrying this range's descriptor, and records in strictly
+// increasing key order, each either a decodable deduplication record of
+// this range or a decodable data record inside the descriptor's span.
 func checkSnapshotData(rangeID uint64, m raftpb.Message, data []RawKV) (*pandopb.RangeDescriptor, error) {
 	if m.Type != raftpb.MsgSnap {
 		return nil, fmt.Errorf("node: snapshot stream ended with %s, not MsgSnap", m.Type)
+	}
+	if m.Snapshot == nil {
+		return nil, fmt.Errorf("node: MsgSnap without a snapshot")
 	}
 	desc := &pandopb.RangeDescriptor{}
 	if err := proto.Unmarshal(m.Snapshot.Data, desc); err != nil {
@@ -135,16 +151,30 @@ func checkSnapshotData(rangeID uint64, m raftpb.Message, data []RawKV) (*pandopb
 	if desc.Id != rangeID {
 		return nil, fmt.Errorf("node: snapshot for range %d carries descriptor of range %d", rangeID, desc.Id)
 	}
+	if len(desc.EndKey) > 0 && bytes.Compare(desc.StartKey, desc.EndKey) >= 0 {
+		return nil, fmt.Errorf("node: snapshot descriptor span [%q, %q) is empty or inverted", desc.StartKey, desc.EndKey)
+	}
+	dlo, dhi := storage.DedupSpan(rangeID)
 	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
+	in := func(k, lo, hi []byte) bool { return bytes.Compare(k, lo) >= 0 && bytes.Compare(k, hi) < 0 }
 	for i, kv := range data {
-		if bytes.Compare(kv.Key, lo) < 0 || bytes.Compare(kv.Key, hi) >= 0 {
-			return nil, fmt.Errorf("node: snapshot key %x outside range span", kv.Key)
-		}
 		if i > 0 && bytes.Compare(data[i-1].Key, kv.Key) >= 0 {
 			return nil, fmt.Errorf("node: snapshot keys out of order at %x", kv.Key)
 		}
-		if _, _, err := storage.DecodeValue(kv.Value); err != nil {
-			return nil, fmt.Errorf("node: snapshot value of %x: %w", kv.Key, err)
+		switch {
+		case in(kv.Key, dlo, dhi):
+			if _, _, err := storage.DecodeDedupKey(kv.Key); err != nil {
+				return nil, fmt.Errorf("node: snapshot: %w", err)
+			}
+			if _, err := storage.DecodeDedupRecord(kv.Value); err != nil {
+				return nil, fmt.Errorf("node: snapshot record of %x: %w", kv.Key, err)
+			}
+		case in(kv.Key, lo, hi):
+			if _, _, err := storage.DecodeValue(kv.Value); err != nil {
+				return nil, fmt.Errorf("node: snapshot value of %x: %w", kv.Key, err)
+			}
+		default:
+			return nil, fmt.Errorf("node: snapshot key %x outside the range's span and deduplication table", kv.Key)
 		}
 	}
 	return desc, nil
@@ -159,6 +189,8 @@ func (n *Node) applySnapshot(b *pebble.Batch, r *group, snap raftpb.Snapshot) {
 	r.inSnap = nil
 	must(clearSpan(b, r.storage.State().Desc))
 	must(clearSpan(b, in.desc))
+	dlo, dhi := storage.DedupSpan(r.id)
+	must(b.DeleteRange(dlo, dhi, nil))
 	for _, kv := range in.data {
 		must(b.Set(kv.Key, kv.Value, nil))
 	}

@@ -186,8 +186,21 @@ func (s *Service) Put(ctx context.Context, req *pandopb.PutRequest) (*pandopb.Pu
 	return resp, kv.ToStatus(err)
 }
 
+func checkIdempotencyKey(clientID, seq uint64) error {
+	if clientID != 0 && seq == 0 {
+		return fmt.Errorf("%w: client_id %x without a seq (sequence numbers start at 1)", kv.ErrInvalidArgument, clientID)
+	}
+	if clientID == 0 && seq != 0 {
+		return fmt.Errorf("%w: seq %d without a client_id", kv.ErrInvalidArgument, seq)
+	}
+	return nil
+}
+
 func (s *Service) put(ctx context.Context, req *pandopb.PutRequest) (*pandopb.PutResponse, error) {
 	if err := s.limits.CheckKey(req.Key); err != nil {
+		return nil, err
+	}
+	if err := checkIdempotencyKey(req.ClientId, req.Seq); err != nil {
 		return nil, err
 	}
 	if err := s.limits.CheckValue(req.Value); err != nil {
@@ -199,7 +212,7 @@ func (s *Service) put(ctx context.Context, req *pandopb.PutRequest) (*pandopb.Pu
 	}
 	var resp *pandopb.PutResponse
 	err = s.route(ctx, rid, false, func() error {
-		res, err := s.node.Propose(ctx, rid, &pandopb.Command{Op: &pandopb.Command_Put{Put: &pandopb.PutOp{
+		res, err := s.node.Propose(ctx, rid, &pandopb.Command{ClientId: req.ClientId, Seq: req.Seq, Op: &pandopb.Command_Put{Put: &pandopb.PutOp{
 			Key: req.Key, Value: req.Value, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion}}})
 		if err == nil {
 			resp = &pandopb.PutResponse{Version: res.Version}
@@ -223,13 +236,16 @@ func (s *Service) del(ctx context.Context, req *pandopb.DeleteRequest) (*pandopb
 	if err := s.limits.CheckKey(req.Key); err != nil {
 		return nil, err
 	}
+	if err := checkIdempotencyKey(req.ClientId, req.Seq); err != nil {
+		return nil, err
+	}
 	rid, err := s.rangeFor(req.Key)
 	if err != nil {
 		return nil, err
 	}
 	var resp *pandopb.DeleteResponse
 	err = s.route(ctx, rid, false, func() error {
-		res, err := s.node.Propose(ctx, rid, &pandopb.Command{Op: &pandopb.Command_Delete{Delete: &pandopb.DeleteOp{
+		res, err := s.node.Propose(ctx, rid, &pandopb.Command{ClientId: req.ClientId, Seq: req.Seq, Op: &pandopb.Command_Delete{Delete: &pandopb.DeleteOp{
 			Key: req.Key, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion}}})
 		if err == nil {
 			resp = &pandopb.DeleteResponse{Deleted: res.Deleted}

@@ -193,8 +193,15 @@ type PutRequest struct {
 	// expected_version (0 means the key must be absent).
 	Cas             bool   `protobuf:"varint,3,opt,name=cas,proto3" json:"cas,omitempty"`
 	ExpectedVersion uint64 `protobuf:"varint,4,opt,name=expected_version,json=expectedVersion,proto3" json:"expected_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// client_id and seq make the write idempotent: a retry carrying the
+	// same pair returns the first attempt's result instead of applying
+	// again. A client holds at most one write in flight per client_id and
+	// numbers its writes 1, 2, 3...; 0 means "no key" (the node that
+	// receives the request assigns one).
+	ClientId      uint64 `protobuf:"varint,5,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Seq           uint64 `protobuf:"varint,6,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PutRequest) Reset() {
@@ -255,6 +262,20 @@ func (x *PutRequest) GetExpectedVersion() uint64 {
 	return 0
 }
 
+func (x *PutRequest) GetClientId() uint64 {
+	if x != nil {
+		return x.ClientId
+	}
+	return 0
+}
+
+func (x *PutRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 type PutResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Version       uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -304,8 +325,11 @@ type DeleteRequest struct {
 	Key             []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	Cas             bool                   `protobuf:"varint,2,opt,name=cas,proto3" json:"cas,omitempty"`
 	ExpectedVersion uint64                 `protobuf:"varint,3,opt,name=expected_version,json=expectedVersion,proto3" json:"expected_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// See PutRequest.
+	ClientId      uint64 `protobuf:"varint,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Seq           uint64 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteRequest) Reset() {
@@ -355,6 +379,20 @@ func (x *DeleteRequest) GetCas() bool {
 func (x *DeleteRequest) GetExpectedVersion() uint64 {
 	if x != nil {
 		return x.ExpectedVersion
+	}
+	return 0
+}
+
+func (x *DeleteRequest) GetClientId() uint64 {
+	if x != nil {
+		return x.ClientId
+	}
+	return 0
+}
+
+func (x *DeleteRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
 	}
 	return 0
 }
@@ -808,18 +846,81 @@ func (x *RangeStatus) GetCommitIndex() uint64 {
 	return 0
 }
 
+// BreakerStatus is the state of the circuit breaker a node holds to one
+// of its peers ("closed", "half-open" or "open").
+type BreakerStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PeerId        uint64                 `protobuf:"varint,1,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"`
+	Addr          string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BreakerStatus) Reset() {
+	*x = BreakerStatus{}
+	mi := &file_pando_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BreakerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BreakerStatus) ProtoMessage() {}
+
+func (x *BreakerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BreakerStatus.ProtoReflect.Descriptor instead.
+func (*BreakerStatus) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *BreakerStatus) GetPeerId() uint64 {
+	if x != nil {
+		return x.PeerId
+	}
+	return 0
+}
+
+func (x *BreakerStatus) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *BreakerStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
 type StatusResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	Nodes         []*NodeStatus          `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	Ranges        []*RangeStatus         `protobuf:"bytes,3,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	Breakers      []*BreakerStatus       `protobuf:"bytes,4,rep,name=breakers,proto3" json:"breakers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_pando_proto_msgTypes[12]
+	mi := &file_pando_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -831,7 +932,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[12]
+	mi := &file_pando_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -844,7 +945,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{12}
+	return file_pando_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StatusResponse) GetNodeId() uint64 {
@@ -868,6 +969,13 @@ func (x *StatusResponse) GetRanges() []*RangeStatus {
 	return nil
 }
 
+func (x *StatusResponse) GetBreakers() []*BreakerStatus {
+	if x != nil {
+		return x.Breakers
+	}
+	return nil
+}
+
 type RaftEnvelope struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	RangeId uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
@@ -879,7 +987,7 @@ type RaftEnvelope struct {
 
 func (x *RaftEnvelope) Reset() {
 	*x = RaftEnvelope{}
-	mi := &file_pando_proto_msgTypes[13]
+	mi := &file_pando_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +999,7 @@ func (x *RaftEnvelope) String() string {
 func (*RaftEnvelope) ProtoMessage() {}
 
 func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[13]
+	mi := &file_pando_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +1012,7 @@ func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftEnvelope.ProtoReflect.Descriptor instead.
 func (*RaftEnvelope) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{13}
+	return file_pando_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RaftEnvelope) GetRangeId() uint64 {
@@ -931,7 +1039,7 @@ type RaftBatch struct {
 
 func (x *RaftBatch) Reset() {
 	*x = RaftBatch{}
-	mi := &file_pando_proto_msgTypes[14]
+	mi := &file_pando_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -943,7 +1051,7 @@ func (x *RaftBatch) String() string {
 func (*RaftBatch) ProtoMessage() {}
 
 func (x *RaftBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[14]
+	mi := &file_pando_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -956,7 +1064,7 @@ func (x *RaftBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftBatch.ProtoReflect.Descriptor instead.
 func (*RaftBatch) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{14}
+	return file_pando_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RaftBatch) GetFromNode() uint64 {
@@ -981,7 +1089,7 @@ type RaftAck struct {
 
 func (x *RaftAck) Reset() {
 	*x = RaftAck{}
-	mi := &file_pando_proto_msgTypes[15]
+	mi := &file_pando_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -993,7 +1101,7 @@ func (x *RaftAck) String() string {
 func (*RaftAck) ProtoMessage() {}
 
 func (x *RaftAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[15]
+	mi := &file_pando_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1006,7 +1114,7 @@ func (x *RaftAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAck.ProtoReflect.Descriptor instead.
 func (*RaftAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{15}
+	return file_pando_proto_rawDescGZIP(), []int{16}
 }
 
 // A snapshot travels as a stream of chunks: data chunks first, then one
@@ -1024,7 +1132,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_pando_proto_msgTypes[16]
+	mi := &file_pando_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1036,7 +1144,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[16]
+	mi := &file_pando_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1049,7 +1157,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{16}
+	return file_pando_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SnapshotChunk) GetRangeId() uint64 {
@@ -1096,7 +1204,7 @@ type SnapshotAck struct {
 
 func (x *SnapshotAck) Reset() {
 	*x = SnapshotAck{}
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1108,7 +1216,7 @@ func (x *SnapshotAck) String() string {
 func (*SnapshotAck) ProtoMessage() {}
 
 func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1121,7 +1229,7 @@ func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotAck.ProtoReflect.Descriptor instead.
 func (*SnapshotAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{17}
+	return file_pando_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SnapshotAck) GetAccepted() bool {
@@ -1143,7 +1251,7 @@ type PutOp struct {
 
 func (x *PutOp) Reset() {
 	*x = PutOp{}
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1155,7 +1263,7 @@ func (x *PutOp) String() string {
 func (*PutOp) ProtoMessage() {}
 
 func (x *PutOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1168,7 +1276,7 @@ func (x *PutOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOp.ProtoReflect.Descriptor instead.
 func (*PutOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{18}
+	return file_pando_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PutOp) GetKey() []byte {
@@ -1210,7 +1318,7 @@ type DeleteOp struct {
 
 func (x *DeleteOp) Reset() {
 	*x = DeleteOp{}
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1222,7 +1330,7 @@ func (x *DeleteOp) String() string {
 func (*DeleteOp) ProtoMessage() {}
 
 func (x *DeleteOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1235,7 +1343,7 @@ func (x *DeleteOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteOp.ProtoReflect.Descriptor instead.
 func (*DeleteOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{19}
+	return file_pando_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeleteOp) GetKey() []byte {
@@ -1259,6 +1367,54 @@ func (x *DeleteOp) GetExpectedVersion() uint64 {
 	return 0
 }
 
+// PruneDedupOp removes the deduplication records of the range written
+// by commands proposed before `before` (unix nanoseconds, from the
+// proposing leader's clock). The leader proposes it periodically, so that
+// expiry is decided once, in the log, identically on every replica.
+type PruneDedupOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Before        int64                  `protobuf:"varint,1,opt,name=before,proto3" json:"before,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PruneDedupOp) Reset() {
+	*x = PruneDedupOp{}
+	mi := &file_pando_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PruneDedupOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PruneDedupOp) ProtoMessage() {}
+
+func (x *PruneDedupOp) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PruneDedupOp.ProtoReflect.Descriptor instead.
+func (*PruneDedupOp) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *PruneDedupOp) GetBefore() int64 {
+	if x != nil {
+		return x.Before
+	}
+	return 0
+}
+
 // Command is the payload of a normal Raft log entry.
 type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1268,14 +1424,21 @@ type Command struct {
 	//
 	//	*Command_Put
 	//	*Command_Delete
-	Op            isCommand_Op `protobuf_oneof:"op"`
+	//	*Command_PruneDedup
+	Op isCommand_Op `protobuf_oneof:"op"`
+	// client_id and seq: the write's idempotency key (0: none).
+	ClientId uint64 `protobuf:"varint,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Seq      uint64 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`
+	// proposed_at is the leader's clock (unix nanoseconds) when it proposed
+	// the command; deduplication records carry it, and expire by it.
+	ProposedAt    int64 `protobuf:"varint,6,opt,name=proposed_at,json=proposedAt,proto3" json:"proposed_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1287,7 +1450,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1300,7 +1463,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{20}
+	return file_pando_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Command) GetId() uint64 {
@@ -1335,6 +1498,36 @@ func (x *Command) GetDelete() *DeleteOp {
 	return nil
 }
 
+func (x *Command) GetPruneDedup() *PruneDedupOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PruneDedup); ok {
+			return x.PruneDedup
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetClientId() uint64 {
+	if x != nil {
+		return x.ClientId
+	}
+	return 0
+}
+
+func (x *Command) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Command) GetProposedAt() int64 {
+	if x != nil {
+		return x.ProposedAt
+	}
+	return 0
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -1347,9 +1540,103 @@ type Command_Delete struct {
 	Delete *DeleteOp `protobuf:"bytes,3,opt,name=delete,proto3,oneof"`
 }
 
+type Command_PruneDedup struct {
+	PruneDedup *PruneDedupOp `protobuf:"bytes,7,opt,name=prune_dedup,json=pruneDedup,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
+
+func (*Command_PruneDedup) isCommand_Op() {}
+
+// DedupRecord is a range's deduplication record of one client session:
+// the last write it applied (seq) and that write's result.
+type DedupRecord struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Seq        uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	ProposedAt int64                  `protobuf:"varint,2,opt,name=proposed_at,json=proposedAt,proto3" json:"proposed_at,omitempty"`
+	// The result: a put's version, a delete's deleted flag, or a failed
+	// compare-and-swap (mismatch) with the key's version then (current).
+	Version       uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	Deleted       bool   `protobuf:"varint,4,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	Mismatch      bool   `protobuf:"varint,5,opt,name=mismatch,proto3" json:"mismatch,omitempty"`
+	Current       uint64 `protobuf:"varint,6,opt,name=current,proto3" json:"current,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DedupRecord) Reset() {
+	*x = DedupRecord{}
+	mi := &file_pando_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DedupRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DedupRecord) ProtoMessage() {}
+
+func (x *DedupRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DedupRecord.ProtoReflect.Descriptor instead.
+func (*DedupRecord) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DedupRecord) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *DedupRecord) GetProposedAt() int64 {
+	if x != nil {
+		return x.ProposedAt
+	}
+	return 0
+}
+
+func (x *DedupRecord) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *DedupRecord) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+func (x *DedupRecord) GetMismatch() bool {
+	if x != nil {
+		return x.Mismatch
+	}
+	return false
+}
+
+func (x *DedupRecord) GetCurrent() uint64 {
+	if x != nil {
+		return x.Current
+	}
+	return 0
+}
 
 // RangeDescriptor describes one range: a span of the key space and the
 // nodes holding its replicas.
@@ -1367,7 +1654,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1379,7 +1666,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1392,7 +1679,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{21}
+	return file_pando_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RangeDescriptor) GetId() uint64 {
@@ -1444,7 +1731,7 @@ type RangeState struct {
 
 func (x *RangeState) Reset() {
 	*x = RangeState{}
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1456,7 +1743,7 @@ func (x *RangeState) String() string {
 func (*RangeState) ProtoMessage() {}
 
 func (x *RangeState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1469,7 +1756,7 @@ func (x *RangeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeState.ProtoReflect.Descriptor instead.
 func (*RangeState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{22}
+	return file_pando_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RangeState) GetAppliedIndex() uint64 {
@@ -1511,7 +1798,7 @@ type TruncatedState struct {
 
 func (x *TruncatedState) Reset() {
 	*x = TruncatedState{}
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1523,7 +1810,7 @@ func (x *TruncatedState) String() string {
 func (*TruncatedState) ProtoMessage() {}
 
 func (x *TruncatedState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1536,7 +1823,7 @@ func (x *TruncatedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncatedState.ProtoReflect.Descriptor instead.
 func (*TruncatedState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{23}
+	return file_pando_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *TruncatedState) GetIndex() uint64 {
@@ -1565,19 +1852,23 @@ const file_pando_proto_rawDesc = "" +
 	"\vGetResponse\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\x04R\aversion\"q\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\"\xa0\x01\n" +
 	"\n" +
 	"PutRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x10\n" +
 	"\x03cas\x18\x03 \x01(\bR\x03cas\x12)\n" +
-	"\x10expected_version\x18\x04 \x01(\x04R\x0fexpectedVersion\"'\n" +
+	"\x10expected_version\x18\x04 \x01(\x04R\x0fexpectedVersion\x12\x1b\n" +
+	"\tclient_id\x18\x05 \x01(\x04R\bclientId\x12\x10\n" +
+	"\x03seq\x18\x06 \x01(\x04R\x03seq\"'\n" +
 	"\vPutResponse\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\x04R\aversion\"^\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\"\x8d\x01\n" +
 	"\rDeleteRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
 	"\x03cas\x18\x02 \x01(\bR\x03cas\x12)\n" +
-	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"*\n" +
+	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\x12\x1b\n" +
+	"\tclient_id\x18\x04 \x01(\x04R\bclientId\x12\x10\n" +
+	"\x03seq\x18\x05 \x01(\x04R\x03seq\"*\n" +
 	"\x0eDeleteResponse\x12\x18\n" +
 	"\adeleted\x18\x01 \x01(\bR\adeleted\"\x9c\x01\n" +
 	"\vScanRequest\x12\x14\n" +
@@ -1609,11 +1900,16 @@ const file_pando_proto_rawDesc = "" +
 	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x12\x12\n" +
 	"\x04term\x18\a \x01(\x04R\x04term\x12\x12\n" +
 	"\x04role\x18\b \x01(\tR\x04role\x12!\n" +
-	"\fcommit_index\x18\t \x01(\x04R\vcommitIndex\"\x84\x01\n" +
+	"\fcommit_index\x18\t \x01(\x04R\vcommitIndex\"R\n" +
+	"\rBreakerStatus\x12\x17\n" +
+	"\apeer_id\x18\x01 \x01(\x04R\x06peerId\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\"\xb9\x01\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12*\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x14.pando.v1.NodeStatusR\x05nodes\x12-\n" +
-	"\x06ranges\x18\x03 \x03(\v2\x15.pando.v1.RangeStatusR\x06ranges\"C\n" +
+	"\x06ranges\x18\x03 \x03(\v2\x15.pando.v1.RangeStatusR\x06ranges\x123\n" +
+	"\bbreakers\x18\x04 \x03(\v2\x17.pando.v1.BreakerStatusR\bbreakers\"C\n" +
 	"\fRaftEnvelope\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\fR\amessage\"\\\n" +
@@ -1637,12 +1933,28 @@ const file_pando_proto_rawDesc = "" +
 	"\bDeleteOp\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
 	"\x03cas\x18\x02 \x01(\bR\x03cas\x12)\n" +
-	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"r\n" +
+	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"&\n" +
+	"\fPruneDedupOp\x12\x16\n" +
+	"\x06before\x18\x01 \x01(\x03R\x06before\"\xfd\x01\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\x03put\x18\x02 \x01(\v2\x0f.pando.v1.PutOpH\x00R\x03put\x12,\n" +
-	"\x06delete\x18\x03 \x01(\v2\x12.pando.v1.DeleteOpH\x00R\x06deleteB\x04\n" +
-	"\x02op\"\x93\x01\n" +
+	"\x06delete\x18\x03 \x01(\v2\x12.pando.v1.DeleteOpH\x00R\x06delete\x129\n" +
+	"\vprune_dedup\x18\a \x01(\v2\x16.pando.v1.PruneDedupOpH\x00R\n" +
+	"pruneDedup\x12\x1b\n" +
+	"\tclient_id\x18\x04 \x01(\x04R\bclientId\x12\x10\n" +
+	"\x03seq\x18\x05 \x01(\x04R\x03seq\x12\x1f\n" +
+	"\vproposed_at\x18\x06 \x01(\x03R\n" +
+	"proposedAtB\x04\n" +
+	"\x02op\"\xaa\x01\n" +
+	"\vDedupRecord\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1f\n" +
+	"\vproposed_at\x18\x02 \x01(\x03R\n" +
+	"proposedAt\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x18\n" +
+	"\adeleted\x18\x04 \x01(\bR\adeleted\x12\x1a\n" +
+	"\bmismatch\x18\x05 \x01(\bR\bmismatch\x12\x18\n" +
+	"\acurrent\x18\x06 \x01(\x04R\acurrent\"\x93\x01\n" +
 	"\x0fRangeDescriptor\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tstart_key\x18\x02 \x01(\fR\bstartKey\x12\x17\n" +
@@ -1687,7 +1999,7 @@ func file_pando_proto_rawDescGZIP() []byte {
 }
 
 var file_pando_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_pando_proto_goTypes = []any{
 	(Consistency)(0),        // 0: pando.v1.Consistency
 	(*GetRequest)(nil),      // 1: pando.v1.GetRequest
@@ -1702,18 +2014,21 @@ var file_pando_proto_goTypes = []any{
 	(*StatusRequest)(nil),   // 10: pando.v1.StatusRequest
 	(*NodeStatus)(nil),      // 11: pando.v1.NodeStatus
 	(*RangeStatus)(nil),     // 12: pando.v1.RangeStatus
-	(*StatusResponse)(nil),  // 13: pando.v1.StatusResponse
-	(*RaftEnvelope)(nil),    // 14: pando.v1.RaftEnvelope
-	(*RaftBatch)(nil),       // 15: pando.v1.RaftBatch
-	(*RaftAck)(nil),         // 16: pando.v1.RaftAck
-	(*SnapshotChunk)(nil),   // 17: pando.v1.SnapshotChunk
-	(*SnapshotAck)(nil),     // 18: pando.v1.SnapshotAck
-	(*PutOp)(nil),           // 19: pando.v1.PutOp
-	(*DeleteOp)(nil),        // 20: pando.v1.DeleteOp
-	(*Command)(nil),         // 21: pando.v1.Command
-	(*RangeDescriptor)(nil), // 22: pando.v1.RangeDescriptor
-	(*RangeState)(nil),      // 23: pando.v1.RangeState
-	(*TruncatedState)(nil),  // 24: pando.v1.TruncatedState
+	(*BreakerStatus)(nil),   // 13: pando.v1.BreakerStatus
+	(*StatusResponse)(nil),  // 14: pando.v1.StatusResponse
+	(*RaftEnvelope)(nil),    // 15: pando.v1.RaftEnvelope
+	(*RaftBatch)(nil),       // 16: pando.v1.RaftBatch
+	(*RaftAck)(nil),         // 17: pando.v1.RaftAck
+	(*SnapshotChunk)(nil),   // 18: pando.v1.SnapshotChunk
+	(*SnapshotAck)(nil),     // 19: pando.v1.SnapshotAck
+	(*PutOp)(nil),           // 20: pando.v1.PutOp
+	(*DeleteOp)(nil),        // 21: pando.v1.DeleteOp
+	(*PruneDedupOp)(nil),    // 22: pando.v1.PruneDedupOp
+	(*Command)(nil),         // 23: pando.v1.Command
+	(*DedupRecord)(nil),     // 24: pando.v1.DedupRecord
+	(*RangeDescriptor)(nil), // 25: pando.v1.RangeDescriptor
+	(*RangeState)(nil),      // 26: pando.v1.RangeState
+	(*TruncatedState)(nil),  // 27: pando.v1.TruncatedState
 }
 var file_pando_proto_depIdxs = []int32{
 	0,  // 0: pando.v1.GetRequest.consistency:type_name -> pando.v1.Consistency
@@ -1721,30 +2036,32 @@ var file_pando_proto_depIdxs = []int32{
 	8,  // 2: pando.v1.ScanResponse.items:type_name -> pando.v1.KeyValue
 	11, // 3: pando.v1.StatusResponse.nodes:type_name -> pando.v1.NodeStatus
 	12, // 4: pando.v1.StatusResponse.ranges:type_name -> pando.v1.RangeStatus
-	14, // 5: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
-	8,  // 6: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
-	19, // 7: pando.v1.Command.put:type_name -> pando.v1.PutOp
-	20, // 8: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
-	22, // 9: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
-	1,  // 10: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
-	3,  // 11: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
-	5,  // 12: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
-	7,  // 13: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
-	10, // 14: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
-	15, // 15: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
-	17, // 16: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
-	2,  // 17: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
-	4,  // 18: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
-	6,  // 19: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
-	9,  // 20: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
-	13, // 21: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
-	16, // 22: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
-	18, // 23: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
-	17, // [17:24] is the sub-list for method output_type
-	10, // [10:17] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	13, // 5: pando.v1.StatusResponse.breakers:type_name -> pando.v1.BreakerStatus
+	15, // 6: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
+	8,  // 7: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
+	20, // 8: pando.v1.Command.put:type_name -> pando.v1.PutOp
+	21, // 9: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
+	22, // 10: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
+	25, // 11: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
+	1,  // 12: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
+	3,  // 13: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
+	5,  // 14: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
+	7,  // 15: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
+	10, // 16: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
+	16, // 17: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
+	18, // 18: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
+	2,  // 19: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
+	4,  // 20: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
+	6,  // 21: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
+	9,  // 22: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
+	14, // 23: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
+	17, // 24: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
+	19, // 25: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
+	19, // [19:26] is the sub-list for method output_type
+	12, // [12:19] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_pando_proto_init() }
@@ -1752,9 +2069,10 @@ func file_pando_proto_init() {
 	if File_pando_proto != nil {
 		return
 	}
-	file_pando_proto_msgTypes[20].OneofWrappers = []any{
+	file_pando_proto_msgTypes[22].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
+		(*Command_PruneDedup)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1762,7 +2080,7 @@ func file_pando_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pando_proto_rawDesc), len(file_pando_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -1,0 +1,105 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/storage"
+)
+
+// dedupTable reads node id's deduplication table of range 1.
+func dedupTable(t *testing.T, c *Cluster, id uint64) map[uint64]*pandopb.DedupRecord {
+	t.Helper()
+	entries, err := storage.ScanDedup(c.Member(id).Engine.DB(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[uint64]*pandopb.DedupRecord{}
+	for _, e := range entries {
+		out[e.ClientID] = e.Record
+	}
+	return out
+}
+
+// TestDedupTableTravelsWithSnapshot: a follower that catches up from a
+// snapshot receives the range's deduplication table with its data, so
+// that once it leads, a retry of a write applied before still returns the
+// first result instead of applying again.
+func TestDedupTableTravelsWithSnapshot(t *testing.T) {
+	c := New(t, Options{Seed: testSeed(t), LogKeepEntries: 5})
+	lead, err := c.Leader(1, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lag uint64
+	for _, id := range c.IDs() {
+		if id != lead {
+			lag = id
+			break
+		}
+	}
+	c.Crash(lag)
+	ctx := context.Background()
+	versions := map[uint64]uint64{}
+	for i := uint64(1); i <= 60; i++ {
+		client := 1000 + i%20 // 20 sessions, 3 writes each
+		seq := (i-1)/20 + 1
+		resp, err := c.KV(lead).Put(ctx, &pandopb.PutRequest{Key: []byte(fmt.Sprintf("k%02d", i)), Value: []byte("v"), ClientId: client, Seq: seq})
+		if err != nil {
+			t.Fatal(err)
+		}
+		versions[client] = resp.Version
+	}
+	c.Start(lag)
+	want := dedupTable(t, c, lead)
+	if len(want) != 20 {
+		t.Fatalf("leader holds %d records, want 20", len(want))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := dedupTable(t, c, lag)
+		same := len(got) == len(want)
+		for k, r := range want {
+			same = same && proto.Equal(got[k], r)
+		}
+		if same {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("follower's table %v, want %v", got, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st, _ := c.Member(lead).Node.Status(1); st.Applied < 60 {
+		t.Fatalf("leader applied only %d", st.Applied)
+	}
+	// Make the caught-up node lead, and retry the last write of a session.
+	ctxT, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := c.Member(lead).Node.TransferLeader(ctxT, 1, lag); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if l, err := c.Leader(1, 5*time.Second); err == nil && l == lag {
+			break
+		}
+		if ctxT.Err() != nil {
+			t.Fatal("leadership did not move to the caught-up node")
+		}
+	}
+	resp, err := c.KV(lag).Put(ctx, &pandopb.PutRequest{Key: []byte("k60"), Value: []byte("v"), ClientId: 1000, Seq: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Version != versions[1000] {
+		t.Fatalf("retried write answered version %d, want the first result %d", resp.Version, versions[1000])
+	}
+	if r, _ := get(t, c.KV(lag), "k60", false); r.Version != versions[1000] {
+		t.Fatalf("k60 at version %d after the retry, want %d: applied twice", r.Version, versions[1000])
+	}
+}
