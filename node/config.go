@@ -36,6 +36,10 @@ type Config struct {
 	// MaxUncommittedBytes bounds the uncommitted log of a leader; proposals
 	// beyond it are refused. Default 64 MiB.
 	MaxUncommittedBytes uint64
+	// MaxPendingProposals bounds the proposals of one range waiting for
+	// their result on this node; beyond it Propose sheds new ones with
+	// kv.ErrOverloaded. Default 4,096.
+	MaxPendingProposals int
 	// LogKeepEntries is how many applied entries a replica keeps in its log
 	// for followers that lag; the log is truncated when it holds twice as
 	// many. Followers further behind catch up from a snapshot. Default 10,000.
@@ -93,6 +97,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxUncommittedBytes == 0 {
 		c.MaxUncommittedBytes = 64 << 20
+	}
+	if c.MaxPendingProposals < 0 {
+		return fmt.Errorf("node: Config.MaxPendingProposals must not be negative")
+	}
+	if c.MaxPendingProposals == 0 {
+		c.MaxPendingProposals = 4096
 	}
 	if c.LogKeepEntries == 0 {
 		c.LogKeepEntries = 10000

@@ -99,9 +99,14 @@ func (n *Node) propose(p *proposal) {
 		return
 	}
 	if err := r.rn.Propose(p.data); err != nil {
-		// Dropped: a leadership transfer is under way, or the uncommitted
-		// log is full. Nothing was appended, so a retry is safe.
-		fail(n.notLeader(p.rangeID, 0))
+		// Dropped, nothing appended, so a retry is safe: a leadership
+		// transfer is under way (try the next leader), or the uncommitted
+		// log is full (back off).
+		if bs.LeadTransferee != 0 {
+			fail(n.notLeader(p.rangeID, 0))
+		} else {
+			fail(fmt.Errorf("%w: range %d's uncommitted log is full", kv.ErrOverloaded, p.rangeID))
+		}
 	}
 }
 

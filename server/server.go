@@ -25,6 +25,7 @@ import (
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
+	"github.com/pando/pando/resilience"
 	"github.com/pando/pando/storage"
 	"github.com/pando/pando/transport"
 )
@@ -50,6 +51,19 @@ type Config struct {
 	ElectionTicks int
 	// LogKeepEntries: see node.Config.
 	LogKeepEntries uint64
+	// MaxPendingProposals: see node.Config (default 4,096 per range).
+	MaxPendingProposals int
+	// OverloadSchedLatency: the node sheds client requests with
+	// kv.ErrOverloaded while the 99th percentile of the Go scheduler's
+	// latency (how long runnable goroutines wait for a CPU) over the last
+	// OverloadSampleInterval is above this. Default 100ms; negative
+	// disables CPU-based shedding.
+	OverloadSchedLatency time.Duration
+	// OverloadSampleInterval: default 500ms.
+	OverloadSampleInterval time.Duration
+	// Peer configures the circuit breaker this node keeps to each peer
+	// (Raft streams and forwarded requests); see transport.Config.
+	PeerBreaker resilience.BreakerSettings
 	// FS is the file system (tests); nil means the OS.
 	FS vfs.FS
 	// Listener, when set, is used instead of listening on Addr.
@@ -111,6 +125,21 @@ func (c *Config) Validate() error {
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = 5 * time.Second
 	}
+	if c.OverloadSchedLatency == 0 {
+		c.OverloadSchedLatency = 100 * time.Millisecond
+	}
+	if c.OverloadSampleInterval < 0 {
+		return fmt.Errorf("server: Config.OverloadSampleInterval must not be negative")
+	}
+	if c.OverloadSampleInterval == 0 {
+		c.OverloadSampleInterval = 500 * time.Millisecond
+	}
+	if c.MaxPendingProposals < 0 {
+		return fmt.Errorf("server: Config.MaxPendingProposals must not be negative")
+	}
+	if err := c.PeerBreaker.Validate(); err != nil {
+		return fmt.Errorf("server: Config.PeerBreaker: %w", err)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -137,6 +166,7 @@ type Server struct {
 	done     chan struct{}
 	reqs     *prometheus.CounterVec
 	lat      *prometheus.HistogramVec
+	cpu      *cpuMonitor
 }
 
 // identityKey records which node a data directory belongs to.
@@ -163,6 +193,7 @@ func New(cfg Config) (*Server, error) {
 	n, err := node.New(node.Config{
 		ID: cfg.ID, Engine: eng, Transport: s.tr, TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks,
 		LogKeepEntries: cfg.LogKeepEntries, Logger: cfg.Logger, Registerer: s.reg, PeerAddr: s.tr.Addr,
+		MaxPendingProposals: cfg.MaxPendingProposals,
 	})
 	if err != nil {
 		eng.Close()
@@ -171,6 +202,10 @@ func New(cfg Config) (*Server, error) {
 	s.node = n
 	s.tr.Attach(n)
 	s.svc = NewService(n, s.tr, cfg.Limits, cfg.RequestTimeout, 20*time.Millisecond)
+	if cfg.OverloadSchedLatency > 0 {
+		s.cpu = newCPUMonitor(cfg.OverloadSchedLatency, cfg.OverloadSampleInterval, s.log)
+		s.svc.SetAdmission(s.cpu.err)
+	}
 	s.reqs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pando_requests_total", Help: "Client requests by operation and outcome.",
 	}, []string{"op", "outcome"})
@@ -232,6 +267,9 @@ func (s *Server) Start() error {
 	}
 	s.lis = lis
 	s.node.Start()
+	if s.cpu != nil {
+		go s.cpu.run(s.stopping)
+	}
 
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(s.cfg.Limits.MaxRequestSize+(64<<10)),

@@ -41,13 +41,24 @@ type Service struct {
 	limits  kv.Limits
 	timeout time.Duration
 	retry   time.Duration
+	admit   func() error
 }
 
 // NewService returns the KV service of n. timeout is the deadline given to
 // requests that arrive without one; retry is the pause before retrying a
 // request while a range has no leader.
 func NewService(n *node.Node, peers Peers, limits kv.Limits, timeout, retry time.Duration) *Service {
-	return &Service{node: n, peers: peers, limits: limits.WithDefaults(), timeout: timeout, retry: retry}
+	return &Service{node: n, peers: peers, limits: limits.WithDefaults(), timeout: timeout, retry: retry, admit: func() error { return nil }}
+}
+
+// SetAdmission installs the check every KV request passes first: a non-nil
+// error (kv.ErrOverloaded) sheds the request before it costs anything.
+// Status requests are always served. Call before serving.
+func (s *Service) SetAdmission(admit func() error) {
+	if admit == nil {
+		admit = func() error { return nil }
+	}
+	s.admit = admit
 }
 
 // rangeFor finds the range holding key among the replicas here.
@@ -144,6 +155,9 @@ func (s *Service) Get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.Ge
 }
 
 func (s *Service) get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.GetResponse, error) {
+	if err := s.admit(); err != nil {
+		return nil, err
+	}
 	if err := s.limits.CheckKey(req.Key); err != nil {
 		return nil, err
 	}
@@ -197,6 +211,9 @@ func checkIdempotencyKey(clientID, seq uint64) error {
 }
 
 func (s *Service) put(ctx context.Context, req *pandopb.PutRequest) (*pandopb.PutResponse, error) {
+	if err := s.admit(); err != nil {
+		return nil, err
+	}
 	if err := s.limits.CheckKey(req.Key); err != nil {
 		return nil, err
 	}
@@ -233,6 +250,9 @@ func (s *Service) Delete(ctx context.Context, req *pandopb.DeleteRequest) (*pand
 }
 
 func (s *Service) del(ctx context.Context, req *pandopb.DeleteRequest) (*pandopb.DeleteResponse, error) {
+	if err := s.admit(); err != nil {
+		return nil, err
+	}
 	if err := s.limits.CheckKey(req.Key); err != nil {
 		return nil, err
 	}
@@ -266,6 +286,9 @@ func (s *Service) Scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.
 }
 
 func (s *Service) scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.ScanResponse, error) {
+	if err := s.admit(); err != nil {
+		return nil, err
+	}
 	if err := s.checkConsistency(req.Consistency); err != nil {
 		return nil, err
 	}

@@ -36,6 +36,8 @@ type Options struct {
 	LogKeepEntries uint64
 	// RequestTimeout for requests without a deadline (default 2s).
 	RequestTimeout time.Duration
+	// MaxPendingProposals: see node.Config (default 4,096).
+	MaxPendingProposals int
 }
 
 // Member is one node of the cluster.
@@ -131,7 +133,7 @@ func (c *Cluster) Start(id uint64) {
 		ID: id, Engine: eng, Transport: &transport{nw: c.Net, from: id},
 		TickInterval: c.opts.TickInterval, ElectionTicks: c.opts.ElectionTicks,
 		LogKeepEntries: c.opts.LogKeepEntries, Logger: c.log.With("node", id),
-		SnapshotChunkBytes: 4 << 10,
+		SnapshotChunkBytes: 4 << 10, MaxPendingProposals: c.opts.MaxPendingProposals,
 	})
 	if err != nil {
 		c.t.Fatalf("node %d: %v", id, err)

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/kv"
 	"github.com/pando/pando/storage"
 )
 
@@ -101,5 +103,50 @@ func TestDedupTableTravelsWithSnapshot(t *testing.T) {
 	}
 	if r, _ := get(t, c.KV(lag), "k60", false); r.Version != versions[1000] {
 		t.Fatalf("k60 at version %d after the retry, want %d: applied twice", r.Version, versions[1000])
+	}
+}
+
+// TestOverloadedRangeShedsProposals: a leader whose range already has
+// MaxPendingProposals proposals waiting sheds the next one with
+// ErrOverloaded (nothing proposed), not "unavailable".
+func TestOverloadedRangeShedsProposals(t *testing.T) {
+	// A long election timeout: the isolated leader keeps leading (and its
+	// proposals pending) for a second.
+	c := New(t, Options{Seed: testSeed(t), MaxPendingProposals: 2, ElectionTicks: 100})
+	lead, err := c.Leader(1, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cut the leader off: its proposals stay pending.
+	c.Net.Isolate(lead, c.IDs())
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	errs := make(chan error, 2)
+	for i := 0; i < 2; i++ {
+		go func(i int) {
+			_, err := c.Member(lead).Node.Propose(ctx, 1, &pandopb.Command{Op: &pandopb.Command_Put{Put: &pandopb.PutOp{Key: []byte(fmt.Sprint(i))}}})
+			errs <- err
+		}(i)
+	}
+	deadline := time.Now().Add(time.Second)
+	for {
+		tctx, tcancel := context.WithTimeout(ctx, 10*time.Millisecond)
+		_, err = c.Member(lead).Node.Propose(tctx, 1, &pandopb.Command{Op: &pandopb.Command_Put{Put: &pandopb.PutOp{Key: []byte("x")}}})
+		tcancel()
+		if errors.Is(err, kv.ErrOverloaded) || time.Now().After(deadline) {
+			break
+		}
+	}
+	if !errors.Is(err, kv.ErrOverloaded) || errors.Is(err, kv.ErrUnavailable) {
+		t.Fatalf("third proposal: %v, want overloaded", err)
+	}
+	_, err = c.KV(lead).Put(ctx, &pandopb.PutRequest{Key: []byte("y"), Value: []byte("v")})
+	if err = kv.FromStatus(err); !errors.Is(err, kv.ErrOverloaded) {
+		t.Fatalf("put through the service: %v, want overloaded", err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := <-errs; !errors.Is(err, kv.ErrAmbiguous) && !errors.Is(err, kv.ErrOverloaded) {
+			t.Fatalf("pending proposal on an isolated leader: %v", err)
+		}
 	}
 }
