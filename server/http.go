@@ -272,6 +272,16 @@ type StatusJSON struct {
 	NodeID uint64            `json:"node_id"`
 	Nodes  []NodeStatusJSON  `json:"nodes"`
 	Ranges []RangeStatusJSON `json:"ranges"`
+	// Breakers are the circuit breakers this node holds to its peers.
+	Breakers []BreakerStatusJSON `json:"breakers"`
+}
+
+// BreakerStatusJSON is the breaker a node holds to one peer: "closed",
+// "half-open" or "open".
+type BreakerStatusJSON struct {
+	Peer  uint64 `json:"peer"`
+	Addr  string `json:"addr"`
+	State string `json:"state"`
 }
 
 // NodeStatusJSON is one node in /v1/status.
@@ -296,7 +306,10 @@ type RangeStatusJSON struct {
 
 // StatusToJSON converts a status answer to its JSON form.
 func StatusToJSON(st *pandopb.StatusResponse) StatusJSON {
-	out := StatusJSON{NodeID: st.NodeId, Nodes: []NodeStatusJSON{}, Ranges: []RangeStatusJSON{}}
+	out := StatusJSON{NodeID: st.NodeId, Nodes: []NodeStatusJSON{}, Ranges: []RangeStatusJSON{}, Breakers: []BreakerStatusJSON{}}
+	for _, b := range st.Breakers {
+		out.Breakers = append(out.Breakers, BreakerStatusJSON{Peer: b.PeerId, Addr: b.Addr, State: b.State})
+	}
 	for _, n := range st.Nodes {
 		out.Nodes = append(out.Nodes, NodeStatusJSON{ID: n.Id, Addr: n.Addr, Live: n.Live})
 	}

@@ -61,9 +61,14 @@ type Config struct {
 	OverloadSchedLatency time.Duration
 	// OverloadSampleInterval: default 500ms.
 	OverloadSampleInterval time.Duration
-	// Peer configures the circuit breaker this node keeps to each peer
-	// (Raft streams and forwarded requests); see transport.Config.
+	// PeerBreaker configures the circuit breaker this node keeps to each
+	// peer, shared by its Raft stream and the requests it forwards there
+	// (see transport.Config). Defaults: resilience.BreakerSettings', except
+	// ConsecutiveFailures 3.
 	PeerBreaker resilience.BreakerSettings
+	// ForwardTimeout bounds one attempt to forward a request to a leader.
+	// Default 1s.
+	ForwardTimeout time.Duration
 	// FS is the file system (tests); nil means the OS.
 	FS vfs.FS
 	// Listener, when set, is used instead of listening on Addr.
@@ -137,6 +142,12 @@ func (c *Config) Validate() error {
 	if c.MaxPendingProposals < 0 {
 		return fmt.Errorf("server: Config.MaxPendingProposals must not be negative")
 	}
+	if c.ForwardTimeout < 0 {
+		return fmt.Errorf("server: Config.ForwardTimeout must not be negative")
+	}
+	if c.PeerBreaker.ConsecutiveFailures == 0 {
+		c.PeerBreaker.ConsecutiveFailures = 3 // a stream failure or a second of silence each
+	}
 	if err := c.PeerBreaker.Validate(); err != nil {
 		return fmt.Errorf("server: Config.PeerBreaker: %w", err)
 	}
@@ -189,7 +200,7 @@ func New(cfg Config) (*Server, error) {
 		eng.Close()
 		return nil, err
 	}
-	s.tr = transport.New(transport.Config{ID: cfg.ID, Peers: cfg.InitialCluster, Logger: cfg.Logger, Registerer: s.reg})
+	s.tr = transport.New(transport.Config{ID: cfg.ID, Peers: cfg.InitialCluster, Logger: cfg.Logger, Registerer: s.reg, Breaker: cfg.PeerBreaker})
 	n, err := node.New(node.Config{
 		ID: cfg.ID, Engine: eng, Transport: s.tr, TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks,
 		LogKeepEntries: cfg.LogKeepEntries, Logger: cfg.Logger, Registerer: s.reg, PeerAddr: s.tr.Addr,
@@ -202,6 +213,7 @@ func New(cfg Config) (*Server, error) {
 	s.node = n
 	s.tr.Attach(n)
 	s.svc = NewService(n, s.tr, cfg.Limits, cfg.RequestTimeout, 20*time.Millisecond)
+	s.svc.SetForwardTimeout(cfg.ForwardTimeout)
 	if cfg.OverloadSchedLatency > 0 {
 		s.cpu = newCPUMonitor(cfg.OverloadSchedLatency, cfg.OverloadSampleInterval, s.log)
 		s.svc.SetAdmission(s.cpu.err)
@@ -277,7 +289,7 @@ func (s *Server) Start() error {
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	)
 	pandopb.RegisterKVServer(s.grpc, s.svc)
-	pandopb.RegisterRaftServer(s.grpc, transport.NewServer(s.node))
+	pandopb.RegisterRaftServer(s.grpc, transport.NewServer(s.node, s.tr))
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/kv/", s.instrumentHTTP(s.handleKV))

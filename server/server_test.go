@@ -523,3 +523,50 @@ func TestNoQuorumAnswers503(t *testing.T) {
 		t.Fatalf("readyz without a leader: %d", resp.StatusCode)
 	}
 }
+
+func peerBreakers(t *testing.T, addr string) map[uint64]string {
+	t.Helper()
+	resp, body := doHTTP(t, "GET", "http://"+addr+"/v1/status", nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status: %d %s", resp.StatusCode, body)
+	}
+	var st server.StatusJSON
+	if err := json.Unmarshal(body, &st); err != nil {
+		t.Fatal(err)
+	}
+	out := map[uint64]string{}
+	for _, b := range st.Breakers {
+		out[b.Peer] = b.State
+	}
+	return out
+}
+
+// TestStatusShowsPeerBreakers: /v1/status lists the breaker a node holds
+// to each peer; it opens when the peer dies and closes once it is back.
+func TestStatusShowsPeerBreakers(t *testing.T) {
+	c := startCluster(t, 3, 0)
+	c.waitLeader()
+	if got := peerBreakers(t, c.addrs[1]); len(got) != 2 || got[2] != "closed" || got[3] != "closed" {
+		t.Fatalf("breakers of node 1: %v, want peers 2 and 3 closed", got)
+	}
+	c.servers[3].Kill()
+	delete(c.servers, 3)
+	deadline := time.Now().Add(10 * time.Second)
+	for peerBreakers(t, c.addrs[1])[3] == "closed" {
+		if time.Now().After(deadline) {
+			t.Fatal("node 1's breaker to the dead node 3 stayed closed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.start(3, nil)
+	for peerBreakers(t, c.addrs[1])[3] != "closed" {
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			t.Fatalf("node 1's breaker to node 3 is %s after it came back", peerBreakers(t, c.addrs[1])[3])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	resp, body := doHTTP(t, "GET", "http://"+c.addrs[1]+"/metrics", nil)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `pando_peer_breaker_transitions_total{peer="3",to="open"}`) {
+		t.Fatalf("metrics lack the breaker transition: %d", resp.StatusCode)
+	}
+}

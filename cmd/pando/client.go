@@ -328,6 +328,12 @@ func statusCmd() *cobra.Command {
 					}
 					fmt.Fprintf(w, "%d\t%q\t%s\t%d\t%v\t%d\t%d\n", r.ID, r.StartKey, end, r.LeaderID, r.Replicas, r.Term, r.AppliedIndex)
 				}
+				if len(js.Breakers) > 0 {
+					fmt.Fprintf(w, "\nPEER\tADDRESS\tBREAKER\n")
+					for _, b := range js.Breakers {
+						fmt.Fprintf(w, "%d\t%s\t%s\n", b.Peer, b.Addr, b.State)
+					}
+				}
 				return w.Flush()
 			}
 			fmt.Fprintln(os.Stderr, "no endpoint answered")

@@ -150,3 +150,67 @@ func TestOverloadedRangeShedsProposals(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardedWriteRetriedAfterLostAnswer: a follower forwarding a write
+// to the leader loses the leader's answer after the write was applied; it
+// retries with the same idempotency key and returns the first result: the
+// write is applied once, and the caller sees no error.
+func TestForwardedWriteRetriedAfterLostAnswer(t *testing.T) {
+	c := New(t, Options{Seed: testSeed(t)})
+	lead, err := c.Leader(1, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	follower := c.IDs()[0]
+	if follower == lead {
+		follower = c.IDs()[1]
+	}
+	for i, req := range []*pandopb.PutRequest{
+		{Key: []byte("keyed"), Value: []byte("v"), ClientId: 77, Seq: 1},
+		{Key: []byte("unkeyed"), Value: []byte("v")}, // the follower gives it a key
+	} {
+		c.DropResponses(lead, 1)
+		resp, err := c.KV(follower).Put(context.Background(), req)
+		if err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		got, err := get(t, c.KV(lead), string(req.Key), false)
+		if err != nil || got.Version != resp.Version {
+			t.Fatalf("write %d answered version %d, key is at %v (%v): applied twice?", i, resp.Version, got, err)
+		}
+	}
+	// The retried attempts reached the leader: 2 writes, 4 calls.
+	if n := c.Member(lead).Calls(follower); n != 4 {
+		t.Fatalf("the leader got %d forwarded calls, want 4", n)
+	}
+}
+
+// TestForwardingRidesThroughHungLeader: a write sent to a follower while
+// the leader hangs (accepts, never answers) succeeds: the forwarded attempt
+// times out, the others elect a leader, and the retry goes there.
+func TestForwardingRidesThroughHungLeader(t *testing.T) {
+	c := New(t, Options{Seed: testSeed(t)})
+	lead, err := c.Leader(1, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	follower := c.IDs()[0]
+	if follower == lead {
+		follower = c.IDs()[1]
+	}
+	c.Hang(lead)
+	defer c.Resume(lead)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	start := time.Now()
+	resp, err := c.KV(follower).Put(ctx, &pandopb.PutRequest{Key: []byte("k"), Value: []byte("v")})
+	if err != nil {
+		t.Fatalf("write through a follower while the leader hangs: %v", err)
+	}
+	t.Logf("write took %v", time.Since(start))
+	c.Resume(lead)
+	got, err := get(t, c.KV(follower), "k", false)
+	if err != nil || got.Version != resp.Version {
+		t.Fatalf("k = %v, %v; the write answered version %d", got, err, resp.Version)
+	}
+}
