@@ -542,31 +542,39 @@ func peerBreakers(t *testing.T, addr string) map[uint64]string {
 }
 
 // TestStatusShowsPeerBreakers: /v1/status lists the breaker a node holds
-// to each peer; it opens when the peer dies and closes once it is back.
+// to each peer; the leader's (it sends every peer heartbeats) opens when a
+// peer dies and closes once it is back.
 func TestStatusShowsPeerBreakers(t *testing.T) {
 	c := startCluster(t, 3, 0)
-	c.waitLeader()
-	if got := peerBreakers(t, c.addrs[1]); len(got) != 2 || got[2] != "closed" || got[3] != "closed" {
-		t.Fatalf("breakers of node 1: %v, want peers 2 and 3 closed", got)
+	lead := c.waitLeader()
+	var victim uint64
+	for id := range c.servers {
+		if id != lead {
+			victim = id
+			break
+		}
 	}
-	c.servers[3].Kill()
-	delete(c.servers, 3)
+	if got := peerBreakers(t, c.addrs[lead]); len(got) != 2 || got[victim] != "closed" {
+		t.Fatalf("breakers of node %d: %v, want both peers closed", lead, got)
+	}
+	c.servers[victim].Kill()
+	delete(c.servers, victim)
 	deadline := time.Now().Add(10 * time.Second)
-	for peerBreakers(t, c.addrs[1])[3] == "closed" {
+	for peerBreakers(t, c.addrs[lead])[victim] == "closed" {
 		if time.Now().After(deadline) {
-			t.Fatal("node 1's breaker to the dead node 3 stayed closed")
+			t.Fatalf("leader %d's breaker to the dead node %d stayed closed", lead, victim)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	c.start(3, nil)
-	for peerBreakers(t, c.addrs[1])[3] != "closed" {
+	c.start(victim, nil)
+	for peerBreakers(t, c.addrs[lead])[victim] != "closed" {
 		if time.Now().After(deadline.Add(10 * time.Second)) {
-			t.Fatalf("node 1's breaker to node 3 is %s after it came back", peerBreakers(t, c.addrs[1])[3])
+			t.Fatalf("leader %d's breaker to node %d is %s after it came back", lead, victim, peerBreakers(t, c.addrs[lead])[victim])
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	resp, body := doHTTP(t, "GET", "http://"+c.addrs[1]+"/metrics", nil)
-	if resp.StatusCode != 200 || !strings.Contains(string(body), `pando_peer_breaker_transitions_total{peer="3",to="open"}`) {
+	resp, body := doHTTP(t, "GET", "http://"+c.addrs[lead]+"/metrics", nil)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), fmt.Sprintf(`pando_peer_breaker_transitions_total{peer="%d",to="open"}`, victim)) {
 		t.Fatalf("metrics lack the breaker transition: %d", resp.StatusCode)
 	}
 }
