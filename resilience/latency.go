@@ -51,13 +51,18 @@ func (l *Latency) Observe(d time.Duration, now time.Time) {
 	l.stamp = now
 }
 
-// Cost is the expected wait for one more call: the smoothed latency times
-// the calls in flight plus one. A node never sampled costs 0, so it gets
-// tried.
-func (l *Latency) Cost() float64 {
+// Cost is the expected wait for one more call at now: the smoothed
+// latency, decayed by the time since the last sample (so that a node that
+// was slow and got no calls since is tried again), times the calls in
+// flight plus one. A node never sampled costs 0, so it gets tried.
+func (l *Latency) Cost(now time.Time) float64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.avg * float64(l.inflight+1)
+	avg := l.avg
+	if dt := now.Sub(l.stamp); !l.stamp.IsZero() && dt > 0 {
+		avg *= math.Exp2(-float64(dt) / float64(l.halfLife))
+	}
+	return avg * float64(l.inflight+1)
 }
 
 // Average is the smoothed latency.

@@ -125,7 +125,7 @@ func TestBudgetSettingsValidate(t *testing.T) {
 func TestLatencyPeakEWMA(t *testing.T) {
 	now := time.Unix(100, 0)
 	l := NewLatency(time.Second)
-	if l.Cost() != 0 {
+	if l.Cost(now) != 0 {
 		t.Fatal("an unsampled node must cost 0")
 	}
 	l.Start()
@@ -146,11 +146,16 @@ func TestLatencyPeakEWMA(t *testing.T) {
 		t.Fatalf("decay: %v, want 60ms", got)
 	}
 	// Calls in flight multiply the cost.
-	base := l.Cost()
+	at := now.Add(time.Second)
+	base := l.Cost(at)
 	l.Start()
 	l.Start()
-	if l.Cost() != 3*base {
-		t.Fatalf("cost with 2 in flight %v, want %v", l.Cost(), 3*base)
+	if l.Cost(at) != 3*base {
+		t.Fatalf("cost with 2 in flight %v, want %v", l.Cost(at), 3*base)
+	}
+	// Without samples the cost decays, so that the node is tried again.
+	if got := l.Cost(at.Add(time.Second)); math.Abs(got-1.5*base) > 1 {
+		t.Fatalf("cost one half-life later %v, want %v", got, 1.5*base)
 	}
 }
 
