@@ -36,7 +36,9 @@ func (f *fakeNodes) handle(addr string, h func(ctx context.Context, req any) (an
 	f.handlers[addr] = h
 }
 
-func (f *fakeNodes) dial(addr string) (pandopb.KVClient, error) { return &fakeKV{f: f, addr: addr}, nil }
+func (f *fakeNodes) dial(addr string) (pandopb.KVClient, error) {
+	return &fakeKV{f: f, addr: addr}, nil
+}
 
 func (f *fakeNodes) callsTo(addr string) int {
 	f.mu.Lock()
