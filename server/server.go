@@ -69,6 +69,9 @@ type Config struct {
 	// ForwardTimeout bounds one attempt to forward a request to a leader.
 	// Default 1s.
 	ForwardTimeout time.Duration
+	// DedupTTL: how long a range remembers a client session's last write
+	// (see node.Config). Default 10 minutes.
+	DedupTTL time.Duration
 	// FS is the file system (tests); nil means the OS.
 	FS vfs.FS
 	// Listener, when set, is used instead of listening on Addr.
@@ -204,7 +207,7 @@ func New(cfg Config) (*Server, error) {
 	n, err := node.New(node.Config{
 		ID: cfg.ID, Engine: eng, Transport: s.tr, TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks,
 		LogKeepEntries: cfg.LogKeepEntries, Logger: cfg.Logger, Registerer: s.reg, PeerAddr: s.tr.Addr,
-		MaxPendingProposals: cfg.MaxPendingProposals,
+		MaxPendingProposals: cfg.MaxPendingProposals, DedupTTL: cfg.DedupTTL,
 	})
 	if err != nil {
 		eng.Close()

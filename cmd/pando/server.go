@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/resilience"
 	"github.com/pando/pando/server"
 )
 
@@ -26,6 +27,11 @@ func serverCmd() *cobra.Command {
 		timeout        time.Duration
 		limits         kv.Limits
 		logLevel       string
+		maxPending     int
+		overload       time.Duration
+		forward        time.Duration
+		dedupTTL       time.Duration
+		peerBreaker    resilience.BreakerSettings
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -46,6 +52,8 @@ A three-node cluster:
 			cfg := server.Config{
 				ID: id, DataDir: dataDir, Addr: addr, Limits: limits, RequestTimeout: timeout,
 				TickInterval: tick, ElectionTicks: electionTicks, Logger: log,
+				MaxPendingProposals: maxPending, OverloadSchedLatency: overload, ForwardTimeout: forward,
+				DedupTTL: dedupTTL, PeerBreaker: peerBreaker,
 			}
 			if initialCluster != "" {
 				if cfg.InitialCluster, err = server.ParseInitialCluster(initialCluster); err != nil {
@@ -85,6 +93,12 @@ A three-node cluster:
 	f.IntVar(&limits.MaxValueSize, "max-value-size", kv.DefaultMaxValueSize, "largest value in bytes")
 	f.IntVar(&limits.MaxRequestSize, "max-request-size", kv.DefaultMaxRequestSize, "largest request in bytes")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.IntVar(&maxPending, "max-pending-proposals", 4096, "proposals a range may have waiting before it sheds new ones (429)")
+	f.DurationVar(&overload, "overload-sched-latency", 100*time.Millisecond, "shed client requests (429) while the Go scheduler's p99 latency is above this (negative: never)")
+	f.DurationVar(&forward, "forward-timeout", time.Second, "deadline of one attempt to forward a request to the leader")
+	f.DurationVar(&dedupTTL, "dedup-ttl", 10*time.Minute, "how long a range remembers a client session's last write, for exactly-once retries")
+	f.IntVar(&peerBreaker.ConsecutiveFailures, "peer-breaker-consecutive-failures", 3, "stream failures or silences in a row that open the breaker to a peer")
+	f.DurationVar(&peerBreaker.OpenFor, "peer-breaker-open-for", resilience.DefaultBreakerOpenFor, "how long the breaker to a peer stays open before probing")
 	return cmd
 }
 
