@@ -5,11 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -18,6 +21,7 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/resilience"
 )
 
 // Errors returned by the client; test them with errors.Is.
@@ -27,8 +31,14 @@ var (
 	ErrKeyTooLarge     = kv.ErrKeyTooLarge
 	ErrValueTooLarge   = kv.ErrValueTooLarge
 	ErrUnavailable     = kv.ErrUnavailable
-	// ErrAmbiguous: a write may or may not have been applied.
+	// ErrAmbiguous: a write may or may not have been applied: every
+	// attempt whose fate was unknown stayed unknown until the deadline or
+	// the retry budget ran out.
 	ErrAmbiguous = kv.ErrAmbiguous
+	// ErrOverloaded: the cluster shed the request ("back off"), and kept
+	// shedding it until the deadline or the retry budget ran out. Nothing
+	// was applied.
+	ErrOverloaded = kv.ErrOverloaded
 )
 
 // noForwardKey is server.NoForwardKey (not imported: applications should
@@ -37,33 +47,83 @@ const noForwardKey = "pando-no-forward"
 
 // Config configures a Client. Zero values mean the documented default.
 type Config struct {
-	// Endpoints are node addresses (host:port). At least one is required.
+	// Endpoints are node addresses (host:port). At least one is required;
+	// leaders named by the cluster are added as they are learned.
 	Endpoints []string
 	// RequestTimeout bounds a call whose context has no deadline. Default 5s.
 	RequestTimeout time.Duration
-	// MaxAttempts bounds tries per call (across nodes). Default 100; the
-	// deadline usually ends a call first.
-	MaxAttempts int
+	// Resilience holds the retry, backoff, budget, hedging, load-balancing
+	// and circuit-breaker settings (defaults in package resilience).
+	Resilience resilience.Settings
 	// DialOptions are added to every connection (default: insecure).
 	DialOptions []grpc.DialOption
+	// Dial, when set, replaces gRPC: it returns the KV client of an
+	// address (in-process test clusters, custom transports).
+	Dial func(addr string) (pandopb.KVClient, error)
+	// Logger receives the breakers' state changes (a breaker opening is a
+	// warning). Default slog.Default().
+	Logger *slog.Logger
+	// Registerer, when set, receives the client's metrics.
+	Registerer prometheus.Registerer
+	// Clock drives breakers, the budget and latencies (tests). Default the
+	// system clock.
+	Clock resilience.Clock
+}
+
+// Validate fills defaults and rejects bad values, naming the field.
+func (c *Config) Validate() error {
+	if len(c.Endpoints) == 0 {
+		return fmt.Errorf("client: Config.Endpoints is empty")
+	}
+	if c.RequestTimeout < 0 {
+		return fmt.Errorf("client: Config.RequestTimeout must not be negative")
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = 5 * time.Second
+	}
+	if err := c.Resilience.Validate(); err != nil {
+		return fmt.Errorf("client: Config.Resilience: %w", err)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Clock == nil {
+		c.Clock = resilience.SystemClock
+	}
+	return nil
+}
+
+// endpoint is one node as the client sees it.
+type endpoint struct {
+	addr     string
+	kv       pandopb.KVClient
+	conn     *grpc.ClientConn // nil with Config.Dial
+	br       *resilience.Breaker
+	lat      *resilience.Latency
+	attempts atomic.Int64
 }
 
 // Client is safe for concurrent use.
 type Client struct {
-	cfg   Config
-	conns map[string]*grpc.ClientConn
-	kvs   map[string]pandopb.KVClient
+	cfg      Config
+	log      *slog.Logger
+	budget   *resilience.Budget
+	sessions resilience.Sessions
+	met      *metrics
 
 	mu     sync.Mutex
-	leader string
+	eps    map[string]*endpoint
 	known  []string
-	// spans caches which node leads which key span (from "not leader"
-	// answers), so that requests go straight to each range's leader.
+	leader string
+	// spans caches which node leads which key span (learned from "not
+	// leader" answers), so that each request goes to its range's leader.
 	spans []span
 	// down records when a node last failed to answer at the transport
-	// level; such nodes are avoided (and their leader hints distrusted)
+	// level; its leader hints are distrusted, and other nodes preferred,
 	// for downFor.
 	down map[string]time.Time
+
+	requests, attempts, retries, redirects, hedges, budgetOut atomic.Int64
 }
 
 // downFor is how long a node that failed to answer is avoided.
@@ -71,27 +131,21 @@ const downFor = time.Second
 
 // New connects (lazily) to the endpoints.
 func New(cfg Config) (*Client, error) {
-	if len(cfg.Endpoints) == 0 {
-		return nil, fmt.Errorf("client: Config.Endpoints is empty")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	if cfg.RequestTimeout == 0 {
-		cfg.RequestTimeout = 5 * time.Second
-	}
-	if cfg.MaxAttempts == 0 {
-		cfg.MaxAttempts = 100
-	}
-	c := &Client{cfg: cfg, conns: map[string]*grpc.ClientConn{}, kvs: map[string]pandopb.KVClient{}, down: map[string]time.Time{}}
+	c := &Client{cfg: cfg, log: cfg.Logger, eps: map[string]*endpoint{}, down: map[string]time.Time{},
+		budget: resilience.NewBudget(cfg.Resilience.Budget, cfg.Clock), met: newMetrics(cfg.Registerer)}
 	for _, ep := range cfg.Endpoints {
 		ep = strings.TrimSpace(ep)
 		ep = strings.TrimPrefix(strings.TrimPrefix(ep, "http://"), "https://")
 		if ep == "" {
 			continue
 		}
-		if _, err := c.conn(ep); err != nil {
+		if _, err := c.endpoint(ep); err != nil {
 			c.Close()
 			return nil, err
 		}
-		c.known = append(c.known, ep)
 	}
 	if len(c.known) == 0 {
 		return nil, fmt.Errorf("client: Config.Endpoints has no address")
@@ -99,31 +153,95 @@ func New(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-func (c *Client) conn(addr string) (pandopb.KVClient, error) {
+// endpoint returns (creating it) the endpoint of addr.
+func (c *Client) endpoint(addr string) (*endpoint, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if k := c.kvs[addr]; k != nil {
-		return k, nil
+	if ep := c.eps[addr]; ep != nil {
+		return ep, nil
 	}
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, c.cfg.DialOptions...)
-	cc, err := grpc.NewClient(addr, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("client: %s: %w", addr, err)
+	ep := &endpoint{addr: addr, lat: resilience.NewLatency(c.cfg.Resilience.LatencyHalfLife)}
+	if c.cfg.Dial != nil {
+		k, err := c.cfg.Dial(addr)
+		if err != nil {
+			return nil, fmt.Errorf("client: %s: %w", addr, err)
+		}
+		ep.kv = k
+	} else {
+		opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, c.cfg.DialOptions...)
+		cc, err := grpc.NewClient(addr, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("client: %s: %w", addr, err)
+		}
+		ep.conn, ep.kv = cc, pandopb.NewKVClient(cc)
 	}
-	c.conns[addr] = cc
-	c.kvs[addr] = pandopb.NewKVClient(cc)
-	return c.kvs[addr], nil
+	ep.br = resilience.NewBreaker(addr, c.cfg.Resilience.Breaker, c.cfg.Clock, c.breakerChanged)
+	c.met.breakerState.WithLabelValues(addr).Set(0)
+	c.eps[addr] = ep
+	c.known = append(c.known, addr)
+	return ep, nil
+}
+
+func (c *Client) breakerChanged(addr string, from, to resilience.State) {
+	c.met.breakerState.WithLabelValues(addr).Set(float64(to))
+	c.met.transitions.WithLabelValues(addr, to.String()).Inc()
+	if to == resilience.StateOpen {
+		c.log.Warn("pando client: circuit breaker open", "endpoint", addr, "from", from.String())
+	} else {
+		c.log.Info("pando client: circuit breaker "+to.String(), "endpoint", addr, "from", from.String())
+	}
 }
 
 // Close closes every connection.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, cc := range c.conns {
-		cc.Close()
+	for _, ep := range c.eps {
+		if ep.conn != nil {
+			ep.conn.Close()
+		}
 	}
-	c.conns, c.kvs = map[string]*grpc.ClientConn{}, map[string]pandopb.KVClient{}
 	return nil
+}
+
+// Stats are the client's counters since it was created.
+type Stats struct {
+	// Requests made by the application, attempts sent to nodes (first
+	// tries, retries, leader-hint redirects and hedges).
+	Requests, Attempts int64
+	// Retries (after a failure, counted against the budget), Redirects
+	// (following a leader hint: free), Hedges (second stale reads).
+	Retries, Redirects, Hedges int64
+	// BudgetExhausted counts requests that failed because the retry
+	// budget was spent.
+	BudgetExhausted int64
+	// AttemptsByEndpoint and Breakers are per node address.
+	AttemptsByEndpoint map[string]int64
+	Breakers           map[string]string
+}
+
+// Stats returns the client's counters.
+func (c *Client) Stats() Stats {
+	s := Stats{Requests: c.requests.Load(), Attempts: c.attempts.Load(), Retries: c.retries.Load(),
+		Redirects: c.redirects.Load(), Hedges: c.hedges.Load(), BudgetExhausted: c.budgetOut.Load(),
+		AttemptsByEndpoint: map[string]int64{}, Breakers: map[string]string{}}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for addr, ep := range c.eps {
+		s.AttemptsByEndpoint[addr] = ep.attempts.Load()
+		s.Breakers[addr] = ep.br.State().String()
+	}
+	return s
+}
+
+func (c *Client) markDown(addr string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.down[addr] = c.cfg.Clock.Now()
+	if c.leader == addr {
+		c.leader = ""
+	}
+	c.dropSpansLocked(addr)
 }
 
 // span is a cached range: keys in [start, end) are led by leader.
@@ -151,8 +269,7 @@ func (c *Client) learnSpan(start, end []byte, leader string) {
 	c.spans = append(kept, span{start: bytes.Clone(start), end: bytes.Clone(end), leader: leader})
 }
 
-// forgetLeader drops every cached span led by addr.
-func (c *Client) forgetLeader(addr string) {
+func (c *Client) dropSpansLocked(addr string) {
 	kept := c.spans[:0]
 	for _, s := range c.spans {
 		if s.leader != addr {
@@ -162,70 +279,109 @@ func (c *Client) forgetLeader(addr string) {
 	c.spans = kept
 }
 
-// target picks the node to try for key: the cached leader of its range,
-// else the last leader seen, else a random endpoint that is neither avoid
-// nor recently down (if there is one).
-func (c *Client) target(key []byte, avoid string) string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// leaderForLocked is the node believed to lead key's range: the cached
+// span's leader, else the last leader seen.
+func (c *Client) leaderForLocked(key []byte) string {
 	for _, s := range c.spans {
-		if s.contains(key) && s.leader != avoid && time.Since(c.down[s.leader]) > downFor {
+		if s.contains(key) {
 			return s.leader
 		}
 	}
-	if c.leader != "" && c.leader != avoid {
-		return c.leader
-	}
-	var good []string
-	for _, ep := range c.known {
-		if ep != avoid && time.Since(c.down[ep]) > downFor {
-			good = append(good, ep)
-		}
-	}
-	if len(good) == 0 {
-		for _, ep := range c.known {
-			if ep != avoid {
-				good = append(good, ep)
-			}
-		}
-	}
-	if len(good) == 0 {
-		return c.known[0]
-	}
-	return good[rand.IntN(len(good))]
+	return c.leader
 }
 
-func (c *Client) markDown(addr string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.down[addr] = time.Now()
-	if c.leader == addr {
-		c.leader = ""
-	}
-	c.forgetLeader(addr)
+func (c *Client) recentlyDown(addr string) bool {
+	t, ok := c.down[addr]
+	return ok && c.cfg.Clock.Now().Sub(t) <= downFor
 }
 
 // trusted reports whether a leader hint is worth following at once: not a
 // node that just failed to answer (followers keep naming a dead leader
-// until they elect a new one).
+// until they elect a new one), nor one whose breaker is open.
 func (c *Client) trusted(addr string) bool {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Since(c.down[addr]) > downFor
+	ep := c.eps[addr]
+	down := c.recentlyDown(addr)
+	c.mu.Unlock()
+	return !down && (ep == nil || ep.br.State() != resilience.StateOpen)
 }
 
 func (c *Client) setLeader(addr string) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.leader = addr
-	for _, k := range c.known {
-		if k == addr {
-			return
+	c.mu.Unlock()
+}
+
+// forgetLeader forgets addr as a leader.
+func (c *Client) forgetLeader(addr string) {
+	c.mu.Lock()
+	if c.leader == addr {
+		c.leader = ""
+	}
+	c.dropSpansLocked(addr)
+	c.mu.Unlock()
+}
+
+// target chooses the node for an attempt.
+//
+// Requests for the leader go to the known leader when its breaker admits
+// calls. Otherwise to another node (not avoid, preferably not recently
+// down, its breaker admitting calls): forward is true when the leader is
+// known but its breaker is open, so that node forwards the request (it may
+// reach the leader when we cannot). Stale reads go to the cheaper of two
+// random admissible nodes (smoothed latency times calls in flight).
+//
+// nil: every node's breaker is open.
+func (c *Client) target(key []byte, stale bool, avoid string) (ep *endpoint, forward bool) {
+	c.mu.Lock()
+	leader := c.leaderForLocked(key)
+	var lep *endpoint
+	if leader != "" {
+		lep = c.eps[leader]
+	}
+	var good, fallback []*endpoint
+	for _, addr := range c.known {
+		e := c.eps[addr]
+		if addr == avoid || !e.br.Ready() {
+			continue
+		}
+		if c.recentlyDown(addr) {
+			fallback = append(fallback, e)
+		} else {
+			good = append(good, e)
 		}
 	}
-	if addr != "" {
-		c.known = append(c.known, addr)
+	c.mu.Unlock()
+	if !stale && lep != nil && leader != avoid && lep.br.Ready() {
+		return lep, false
 	}
+	if len(good) == 0 {
+		good = fallback
+	}
+	if len(good) == 0 {
+		if e := c.eps[avoid]; avoid != "" && e != nil && e.br.Ready() {
+			return e, false
+		}
+		return nil, false
+	}
+	if stale {
+		now := c.cfg.Clock.Now()
+		return good[resilience.PowerOfTwo(len(good), rand.IntN, func(i int) float64 { return good[i].lat.Cost(now) })], false
+	}
+	forward = lep != nil && !lep.br.Ready()
+	if forward {
+		// Any node can forward; prefer those that are not the leader.
+		var others []*endpoint
+		for _, e := range good {
+			if e != lep {
+				others = append(others, e)
+			}
+		}
+		if len(others) > 0 {
+			good = others
+		}
+	}
+	return good[rand.IntN(len(good))], forward
 }
 
 // notSent reports a transport failure that happened before the request
@@ -240,81 +396,227 @@ func notSent(err error) bool {
 		strings.Contains(m, "no such host") || strings.Contains(m, "produced zero addresses")
 }
 
-// do runs call against the leader, following hints and retrying per the
-// rules above. write marks calls that must not be repeated if they may have
-// been applied.
-func (c *Client) do(ctx context.Context, key []byte, write bool, call func(context.Context, pandopb.KVClient) error) error {
+func isTransport(err error) bool {
+	st, ok := status.FromError(err)
+	return ok && (st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded || st.Code() == codes.Internal || st.Code() == codes.Unknown)
+}
+
+// kind is what a request needs from the cluster.
+type kind int
+
+const (
+	linearizableRead kind = iota
+	staleRead
+	write
+)
+
+// attempt is one call to one node: through its breaker, bounded by the
+// attempt timeout, measured for load balancing.
+func attempt[T any](c *Client, ctx context.Context, ep *endpoint, call func(context.Context, pandopb.KVClient) (T, error)) (T, error, error) {
+	var zero T
+	bc, err := ep.br.Allow()
+	if err != nil {
+		return zero, err, fmt.Errorf("%w: %s: %w", kv.ErrUnavailable, ep.addr, err)
+	}
+	c.attempts.Add(1)
+	ep.attempts.Add(1)
+	c.met.attempts.WithLabelValues(ep.addr).Inc()
+	actx, cancel := context.WithTimeout(ctx, c.cfg.Resilience.AttemptTimeout)
+	defer cancel()
+	ep.lat.Start()
+	start := c.cfg.Clock.Now()
+	out, raw := call(actx, ep.kv)
+	now := c.cfg.Clock.Now()
+	ep.lat.Observe(now.Sub(start), now)
+	err = kv.FromStatus(raw)
+	bc.Done(resilience.Classify(err))
+	return out, raw, err
+}
+
+// hedged runs a stale read against ep and, if it has not answered after
+// HedgeDelay, against a second node too (budget permitting): the first
+// success wins and the other is cancelled.
+func hedged[T any](c *Client, ctx context.Context, ep *endpoint, call func(context.Context, pandopb.KVClient) (T, error)) (T, error, error) {
+	type result struct {
+		out      T
+		raw, err error
+	}
+	hctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	results := make(chan result, 2)
+	run := func(e *endpoint) {
+		out, raw, err := attempt(c, hctx, e, call)
+		results <- result{out, raw, err}
+	}
+	go run(ep)
+	timer := time.NewTimer(c.cfg.Resilience.HedgeDelay)
+	defer timer.Stop()
+	pending := 1
+	var last result
+	for {
+		select {
+		case r := <-results:
+			pending--
+			if r.err == nil {
+				return r.out, nil, nil
+			}
+			last = r
+			if pending == 0 {
+				return last.out, last.raw, last.err
+			}
+		case <-timer.C:
+			second, _ := c.target(nil, true, ep.addr)
+			if second == nil || second == ep || !c.budget.TryRetry() {
+				continue
+			}
+			c.hedges.Add(1)
+			c.met.hedges.Inc()
+			pending++
+			go run(second)
+		}
+	}
+}
+
+// do runs one request: it picks a node, makes an attempt, and retries what
+// is safe to retry (reads; writes, which all carry an idempotency key)
+// with exponential backoff and full jitter, within the request's deadline,
+// MaxAttempts and the client's retry budget. A "not leader" answer naming
+// a trusted leader is followed at once.
+func do[T any](c *Client, ctx context.Context, k kind, key []byte, call func(context.Context, pandopb.KVClient) (T, error)) (T, error) {
+	var zero T
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.RequestTimeout)
 		defer cancel()
 	}
+	deadline, _ := ctx.Deadline()
 	// Route to leaders ourselves: a node answers NotLeader with a hint
-	// instead of forwarding (no extra hop).
-	ctx = metadata.AppendToOutgoingContext(ctx, noForwardKey, "1")
+	// instead of forwarding (no extra hop), unless we ask it to forward.
+	direct := metadata.AppendToOutgoingContext(ctx, noForwardKey, "1")
+	c.requests.Add(1)
+	c.budget.Request()
+	s := &c.cfg.Resilience
+	backoff := s.Backoff()
 	var last error
+	maybeApplied := false // a write attempt's fate is unknown
 	avoid := ""
-	backoff := 10 * time.Millisecond
-	for attempt := 0; attempt < c.cfg.MaxAttempts; attempt++ {
-		addr := c.target(key, avoid)
-		kvc, err := c.conn(addr)
-		if err != nil {
-			return err
+	retries := 0
+	for n := 1; n <= s.MaxAttempts; n++ {
+		ep, forward := c.target(key, k == staleRead, avoid)
+		if ep == nil {
+			if last == nil {
+				last = resilience.ErrOpen
+			}
+			c.met.failures.WithLabelValues("breakers_open").Inc()
+			return zero, c.giveUp(k, last, maybeApplied, "every node's circuit breaker is open")
 		}
-		raw := call(ctx, kvc)
-		err = kv.FromStatus(raw)
+		actx := direct
+		if forward {
+			actx = ctx
+		}
+		var out T
+		var raw, err error
+		if k == staleRead && s.HedgeDelay > 0 {
+			out, raw, err = hedged(c, actx, ep, call)
+		} else {
+			out, raw, err = attempt(c, actx, ep, call)
+		}
 		if err == nil {
-			return nil
+			if k != staleRead && !forward {
+				c.setLeader(ep.addr) // it served with no forwarding: it leads
+			}
+			return out, nil
 		}
 		last = err
 		var nl *kv.NotLeaderError
 		switch {
-		case errors.As(err, &nl) && nl.LeaderAddr != "" && nl.LeaderAddr != addr && c.trusted(nl.LeaderAddr):
-			// Follow the hint at once; it is newer than whatever made us
-			// avoid that node earlier in this call.
-			c.setLeader(nl.LeaderAddr)
-			if nl.HasSpan {
-				c.learnSpan(nl.RangeStart, nl.RangeEnd, nl.LeaderAddr)
-			}
-			avoid = ""
+		case errors.Is(err, resilience.ErrOpen):
+			// The breaker closed its door between target and attempt.
+			avoid = ep.addr
 			continue
-		case errors.Is(err, kv.ErrNotLeader), errors.Is(err, kv.ErrStopped):
-			c.setLeader("")
-			avoid = addr
-		case errors.Is(err, kv.ErrAmbiguous):
-			return err
-		case errors.Is(err, kv.ErrUnavailable):
-			// Answered by pando: nothing was applied.
-			c.setLeader("")
-			avoid = addr
-		case notSent(raw):
-			c.markDown(addr)
-			avoid = addr
-		case isTransport(raw):
-			c.markDown(addr)
-			if write {
-				return fmt.Errorf("%w (%w): %v", kv.ErrUnavailable, kv.ErrAmbiguous, err)
+		case errors.As(err, &nl) && nl.LeaderAddr != "" && nl.LeaderAddr != ep.addr && c.trusted(nl.LeaderAddr):
+			// Follow the hint at once; it is newer than whatever made us
+			// avoid that node earlier in this request.
+			if _, eerr := c.endpoint(nl.LeaderAddr); eerr == nil {
+				c.setLeader(nl.LeaderAddr)
+				if nl.HasSpan {
+					c.learnSpan(nl.RangeStart, nl.RangeEnd, nl.LeaderAddr)
+				}
+				avoid = ""
+				c.redirects.Add(1)
+				continue
 			}
-			avoid = addr
+			avoid = ep.addr
+		case errors.Is(err, kv.ErrNotLeader), errors.Is(err, kv.ErrStopped):
+			c.forgetLeader(ep.addr)
+			avoid = ep.addr
+		case errors.Is(err, kv.ErrOverloaded):
+			// Shed before anything was proposed: back off and try again
+			// (the same leader, probably).
+		case errors.Is(err, kv.ErrAmbiguous):
+			// The node proposed the write and did not see it applied in
+			// time. Retrying with the same idempotency key is safe.
+			maybeApplied = maybeApplied || k == write
+			c.forgetLeader(ep.addr)
+			avoid = ep.addr
+		case errors.Is(err, kv.ErrUnavailable) && !isTransport(raw):
+			// Answered by pando (no quorum here): nothing was applied.
+			c.forgetLeader(ep.addr)
+			avoid = ep.addr
+		case errors.Is(err, context.Canceled) && ctx.Err() != nil:
+			return zero, err // the caller gave up
+		case notSent(raw):
+			c.markDown(ep.addr)
+			avoid = ep.addr
+		case isTransport(raw) || errors.Is(err, context.DeadlineExceeded):
+			// No answer, or none in time: a write may have been applied.
+			maybeApplied = maybeApplied || k == write
+			c.markDown(ep.addr)
+			avoid = ep.addr
 		default:
-			return err
+			return zero, err // an answer: not found, mismatch, invalid...
+		}
+		if ctx.Err() != nil || n == s.MaxAttempts {
+			break
+		}
+		if !c.budget.TryRetry() {
+			c.budgetOut.Add(1)
+			c.met.failures.WithLabelValues("budget").Inc()
+			return zero, c.giveUp(k, last, maybeApplied, "retry budget exhausted")
+		}
+		retries++
+		c.retries.Add(1)
+		c.met.retries.Inc()
+		pause, ok := resilience.Fit(backoff.Delay(retries, rand.Float64()), c.cfg.Clock.Now(), deadline, time.Millisecond)
+		if !ok {
+			break
 		}
 		select {
 		case <-ctx.Done():
-			if write && errors.Is(last, kv.ErrAmbiguous) {
-				return last
-			}
-			return fmt.Errorf("%w: %v", kv.ErrUnavailable, last)
-		case <-time.After(backoff + time.Duration(rand.Int64N(int64(backoff)))):
+		case <-time.After(pause):
 		}
-		backoff = min(2*backoff, 100*time.Millisecond)
+		if ctx.Err() != nil {
+			break
+		}
 	}
-	return fmt.Errorf("%w: gave up after %d attempts: %v", kv.ErrUnavailable, c.cfg.MaxAttempts, last)
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return zero, ctx.Err()
+	}
+	c.met.failures.WithLabelValues("exhausted").Inc()
+	return zero, c.giveUp(k, last, maybeApplied, fmt.Sprintf("gave up after %d retries", retries))
 }
 
-func isTransport(err error) bool {
-	st, ok := status.FromError(err)
-	return ok && (st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded || st.Code() == codes.Internal || st.Code() == codes.Unknown)
+// giveUp is the error of a request that ran out of attempts, time or
+// budget: ambiguous if a write's attempt may have been applied, overloaded
+// if the cluster kept shedding it, unavailable otherwise.
+func (c *Client) giveUp(k kind, last error, maybeApplied bool, why string) error {
+	switch {
+	case k == write && maybeApplied:
+		return fmt.Errorf("%w (%w): %s: %v", kv.ErrUnavailable, kv.ErrAmbiguous, why, last)
+	case errors.Is(last, kv.ErrOverloaded):
+		return fmt.Errorf("%w: %s: %v", kv.ErrOverloaded, why, last)
+	}
+	return fmt.Errorf("%w: %s: %v", kv.ErrUnavailable, why, last)
 }
 
 // KeyValue is a key with its value and version.
@@ -330,7 +632,9 @@ type ReadOption func(*readOpts)
 type readOpts struct{ c pandopb.Consistency }
 
 // Stale lets any replica serve the read from its local state: faster, and
-// available without a quorum, but it may miss recent writes.
+// available without a quorum, but it may miss recent writes. Stale reads
+// are balanced over the replicas (power of two choices on smoothed
+// latency) and hedged when Resilience.HedgeDelay is set.
 func Stale() ReadOption { return func(o *readOpts) { o.c = pandopb.Consistency_STALE } }
 
 // Get reads a key; ErrNotFound when absent. Reads are linearizable unless
@@ -340,11 +644,13 @@ func (c *Client) Get(ctx context.Context, key []byte, opts ...ReadOption) (*KeyV
 	for _, f := range opts {
 		f(&o)
 	}
-	var resp *pandopb.GetResponse
-	err := c.do(ctx, key, false, func(ctx context.Context, k pandopb.KVClient) error {
-		var err error
-		resp, err = k.Get(ctx, &pandopb.GetRequest{Key: key, Consistency: o.c})
-		return err
+	k := linearizableRead
+	if o.c == pandopb.Consistency_STALE {
+		k = staleRead
+	}
+	req := &pandopb.GetRequest{Key: key, Consistency: o.c}
+	resp, err := do(c, ctx, k, key, func(ctx context.Context, kvc pandopb.KVClient) (*pandopb.GetResponse, error) {
+		return kvc.Get(ctx, req)
 	})
 	if err != nil {
 		return nil, err
@@ -355,7 +661,8 @@ func (c *Client) Get(ctx context.Context, key []byte, opts ...ReadOption) (*KeyV
 	return &KeyValue{Key: key, Value: resp.Value, Version: resp.Version}, nil
 }
 
-// Put writes a key and returns its new version.
+// Put writes a key and returns its new version. The write carries an
+// idempotency key, so it is retried safely: it is applied at most once.
 func (c *Client) Put(ctx context.Context, key, value []byte) (uint64, error) {
 	return c.put(ctx, &pandopb.PutRequest{Key: key, Value: value})
 }
@@ -368,11 +675,11 @@ func (c *Client) CompareAndSwap(ctx context.Context, key []byte, expected uint64
 }
 
 func (c *Client) put(ctx context.Context, req *pandopb.PutRequest) (uint64, error) {
-	var resp *pandopb.PutResponse
-	err := c.do(ctx, req.Key, true, func(ctx context.Context, k pandopb.KVClient) error {
-		var err error
-		resp, err = k.Put(ctx, req)
-		return err
+	sess := c.sessions.Acquire()
+	defer c.sessions.Release(sess)
+	req.ClientId, req.Seq = sess.ID, sess.Next()
+	resp, err := do(c, ctx, write, req.Key, func(ctx context.Context, kvc pandopb.KVClient) (*pandopb.PutResponse, error) {
+		return kvc.Put(ctx, req)
 	})
 	if err != nil {
 		return 0, err
@@ -391,11 +698,11 @@ func (c *Client) CompareAndDelete(ctx context.Context, key []byte, expected uint
 }
 
 func (c *Client) del(ctx context.Context, req *pandopb.DeleteRequest) (bool, error) {
-	var resp *pandopb.DeleteResponse
-	err := c.do(ctx, req.Key, true, func(ctx context.Context, k pandopb.KVClient) error {
-		var err error
-		resp, err = k.Delete(ctx, req)
-		return err
+	sess := c.sessions.Acquire()
+	defer c.sessions.Release(sess)
+	req.ClientId, req.Seq = sess.ID, sess.Next()
+	resp, err := do(c, ctx, write, req.Key, func(ctx context.Context, kvc pandopb.KVClient) (*pandopb.DeleteResponse, error) {
+		return kvc.Delete(ctx, req)
 	})
 	if err != nil {
 		return false, err
@@ -422,18 +729,17 @@ type ScanResult struct {
 // Scan returns keys in order.
 func (c *Client) Scan(ctx context.Context, o ScanOptions) (*ScanResult, error) {
 	req := &pandopb.ScanRequest{Start: o.Start, End: o.End, Prefix: o.Prefix, Limit: uint32(max(o.Limit, 0))}
+	k := linearizableRead
 	if o.Stale {
 		req.Consistency = pandopb.Consistency_STALE
+		k = staleRead
 	}
-	var resp *pandopb.ScanResponse
 	start := req.Start
 	if len(req.Prefix) > 0 {
 		start = req.Prefix
 	}
-	err := c.do(ctx, start, false, func(ctx context.Context, k pandopb.KVClient) error {
-		var err error
-		resp, err = k.Scan(ctx, req)
-		return err
+	resp, err := do(c, ctx, k, start, func(ctx context.Context, kvc pandopb.KVClient) (*pandopb.ScanResponse, error) {
+		return kvc.Scan(ctx, req)
 	})
 	if err != nil {
 		return nil, err
@@ -446,13 +752,15 @@ func (c *Client) Scan(ctx context.Context, o ScanOptions) (*ScanResult, error) {
 }
 
 // Status returns the status as seen by the node at addr (any endpoint when
-// addr is empty).
+// addr is empty). It is not retried.
 func (c *Client) Status(ctx context.Context, addr string) (*pandopb.StatusResponse, error) {
+	var ep *endpoint
+	var err error
 	if addr == "" {
-		addr = c.target(nil, "")
-	}
-	k, err := c.conn(addr)
-	if err != nil {
+		if ep, _ = c.target(nil, true, ""); ep == nil {
+			return nil, fmt.Errorf("%w: every node's circuit breaker is open", kv.ErrUnavailable)
+		}
+	} else if ep, err = c.endpoint(addr); err != nil {
 		return nil, err
 	}
 	if _, ok := ctx.Deadline(); !ok {
@@ -460,6 +768,6 @@ func (c *Client) Status(ctx context.Context, addr string) (*pandopb.StatusRespon
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.RequestTimeout)
 		defer cancel()
 	}
-	st, err := k.Status(ctx, &pandopb.StatusRequest{})
+	st, err := ep.kv.Status(ctx, &pandopb.StatusRequest{})
 	return st, kv.FromStatus(err)
 }

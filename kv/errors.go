@@ -30,6 +30,11 @@ var (
 	// ErrWrongRange: the key is no longer in the range the request was
 	// routed to (it split); nothing was applied, route again.
 	ErrWrongRange = errors.New("pando: key not in this range")
+	// ErrOverloaded: the node shed the request because a range's proposal
+	// queue or the node's CPU is saturated. Nothing was proposed, so any
+	// request may be retried, after backing off. Distinct from
+	// ErrUnavailable ("try another node"): it says "slow down".
+	ErrOverloaded = errors.New("pando: overloaded, back off")
 )
 
 // VersionMismatchError is returned by a compare-and-swap whose expected

@@ -26,6 +26,7 @@ var reasons = map[string]error{
 	"AMBIGUOUS":         ErrAmbiguous,
 	"STOPPED":           ErrStopped,
 	"WRONG_RANGE":       ErrWrongRange,
+	"OVERLOADED":        ErrOverloaded,
 }
 
 // ToStatus converts an error into a gRPC status error. It is the only place
@@ -74,6 +75,8 @@ func ToStatus(err error) error {
 		code, info.Reason = codes.Unavailable, "STOPPED"
 	case errors.Is(err, ErrWrongRange):
 		code, info.Reason = codes.Unavailable, "WRONG_RANGE"
+	case errors.Is(err, ErrOverloaded):
+		code, info.Reason = codes.ResourceExhausted, "OVERLOADED"
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.Is(err, context.Canceled):

@@ -347,7 +347,7 @@ func (n *Node) installData(r *group, index uint64, data []RawKV) error {
 			panic(fmt.Sprintf("node: range %d: entry %d: %v", r.id, e.Index, err))
 		}
 		if replica.ChangesData(cmd) && (replica.CommandKey(cmd) == nil || r.storage.State().Desc.ContainsKey(replica.CommandKey(cmd))) {
-			if _, err := replica.Apply(b, e.Index, cmd); err != nil {
+			if _, err := replica.Apply(b, r.id, e.Index, cmd); err != nil {
 				return err
 			}
 		}
@@ -357,26 +357,31 @@ func (n *Node) installData(r *group, index uint64, data []RawKV) error {
 	return nil
 }
 
-// checkReplicatedRecords validates records sent by a peer for a repair.
+// checkReplicatedRecords validates records sent by a peer (a snapshot or
+// a repair): strictly increasing keys, each a decodable deduplication
+// record of this range or a decodable data record inside its span.
 func checkReplicatedRecords(desc *pandopb.RangeDescriptor, data []RawKV) error {
-	spans := replicatedSpans(desc)
+	dlo, dhi := storage.DedupSpan(desc.Id)
+	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
+	in := func(k, lo, hi []byte) bool { return bytes.Compare(k, lo) >= 0 && bytes.Compare(k, hi) < 0 }
 	for i, kv := range data {
-		in := false
-		for _, sp := range spans {
-			if bytes.Compare(kv.Key, sp[0]) >= 0 && bytes.Compare(kv.Key, sp[1]) < 0 {
-				in = true
-			}
-		}
-		if !in {
-			return fmt.Errorf("node: repair record %x outside range %d", kv.Key, desc.Id)
-		}
 		if i > 0 && bytes.Compare(data[i-1].Key, kv.Key) >= 0 {
-			return fmt.Errorf("node: repair records out of order at %x", kv.Key)
+			return fmt.Errorf("node: records out of order at %x", kv.Key)
 		}
-		if _, err := storage.UserKey(kv.Key); err == nil {
-			if _, _, err := storage.DecodeValue(kv.Value); err != nil {
-				return fmt.Errorf("node: repair value of %x: %w", kv.Key, err)
+		switch {
+		case in(kv.Key, dlo, dhi):
+			if _, _, err := storage.DecodeDedupKey(kv.Key); err != nil {
+				return fmt.Errorf("node: %w", err)
 			}
+			if _, err := storage.DecodeDedupRecord(kv.Value); err != nil {
+				return fmt.Errorf("node: deduplication record %x: %w", kv.Key, err)
+			}
+		case in(kv.Key, lo, hi):
+			if _, _, err := storage.DecodeValue(kv.Value); err != nil {
+				return fmt.Errorf("node: value of %x: %w", kv.Key, err)
+			}
+		default:
+			return fmt.Errorf("node: record %x outside range %d's span and deduplication table", kv.Key, desc.Id)
 		}
 	}
 	return nil

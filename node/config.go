@@ -36,12 +36,24 @@ type Config struct {
 	// MaxUncommittedBytes bounds the uncommitted log of a leader; proposals
 	// beyond it are refused. Default 64 MiB.
 	MaxUncommittedBytes uint64
+	// MaxPendingProposals bounds the proposals of one range waiting for
+	// their result on this node; beyond it Propose sheds new ones with
+	// kv.ErrOverloaded. Default 4,096.
+	MaxPendingProposals int
 	// LogKeepEntries is how many applied entries a replica keeps in its log
 	// for followers that lag; the log is truncated when it holds twice as
 	// many. Followers further behind catch up from a snapshot. Default 10,000.
 	LogKeepEntries uint64
 	// SnapshotChunkBytes is the size of one snapshot chunk. Default 1 MiB.
 	SnapshotChunkBytes int
+	// DedupTTL is how long a range remembers the last write of a client
+	// session (its deduplication record), so that a retry of that write
+	// returns the first result instead of applying again. Clients retry
+	// for seconds; a record older than this is pruned. Default 10 minutes.
+	DedupTTL time.Duration
+	// DedupPruneInterval is how often a leader proposes the pruning of
+	// records older than DedupTTL. Default 1 minute.
+	DedupPruneInterval time.Duration
 
 	// CheckBytesPerSec paces the hashing of consistency checks so that
 	// serving traffic is not hurt. Default 64 MiB/s; negative: unpaced.
@@ -90,6 +102,12 @@ func (c *Config) Validate() error {
 	if c.MaxUncommittedBytes == 0 {
 		c.MaxUncommittedBytes = 64 << 20
 	}
+	if c.MaxPendingProposals < 0 {
+		return fmt.Errorf("node: Config.MaxPendingProposals must not be negative")
+	}
+	if c.MaxPendingProposals == 0 {
+		c.MaxPendingProposals = 4096
+	}
 	if c.LogKeepEntries == 0 {
 		c.LogKeepEntries = 10000
 	}
@@ -98,6 +116,15 @@ func (c *Config) Validate() error {
 	}
 	if c.CheckBytesPerSec == 0 {
 		c.CheckBytesPerSec = 64 << 20
+	}
+	if c.DedupTTL < 0 || c.DedupPruneInterval < 0 {
+		return fmt.Errorf("node: Config.DedupTTL and DedupPruneInterval must not be negative")
+	}
+	if c.DedupTTL == 0 {
+		c.DedupTTL = 10 * time.Minute
+	}
+	if c.DedupPruneInterval == 0 {
+		c.DedupPruneInterval = time.Minute
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

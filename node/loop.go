@@ -29,10 +29,11 @@ func (n *Node) run() {
 		case <-n.stopc:
 			n.failAllReads(kv.ErrStopped)
 			return
-		case <-ticker.C:
+		case now := <-ticker.C:
 			for _, r := range n.replicas {
 				r.rn.Tick()
 			}
+			n.maybePruneDedup(now)
 		case in := <-n.recvc:
 			n.step(in)
 		case p := <-n.propc:
@@ -106,9 +107,14 @@ func (n *Node) propose(p *proposal) {
 		return
 	}
 	if err := r.rn.Propose(p.data); err != nil {
-		// Dropped: a leadership transfer is under way, or the uncommitted
-		// log is full. Nothing was appended, so a retry is safe.
-		fail(n.notLeader(p.rangeID, 0))
+		// Dropped, nothing appended, so a retry is safe: a leadership
+		// transfer is under way (try the next leader), or the uncommitted
+		// log is full (back off).
+		if bs.LeadTransferee != 0 {
+			fail(n.notLeader(p.rangeID, 0))
+		} else {
+			fail(fmt.Errorf("%w: range %d's uncommitted log is full", kv.ErrOverloaded, p.rangeID))
+		}
 	}
 }
 
@@ -265,8 +271,9 @@ func (n *Node) handleReady() {
 						res.Err = fmt.Errorf("%w: %q left range %d", kv.ErrWrongRange, k, x.r.id)
 						break
 					}
-					res, err = replica.Apply(ab, e.Index, cmd)
+					res, err = replica.Apply(ab, x.r.id, e.Index, cmd)
 					must(err)
+					n.met.dedup(res)
 				}
 				n.propMu.Lock()
 				p := n.proposals[cmd.Id]
@@ -423,6 +430,26 @@ func (n *Node) publishStatus(r *group) {
 
 		LastCheck: r.storage.State().LastCheck,
 	})
+}
+
+// maybePruneDedup has every range this node leads propose the expiry of
+// its old deduplication records, once per DedupPruneInterval. The cutoff
+// travels in the log, so every replica prunes the same records at the same
+// index, whatever its own clock says.
+func (n *Node) maybePruneDedup(now time.Time) {
+	if now.Sub(n.lastPrune) < n.cfg.DedupPruneInterval {
+		return
+	}
+	n.lastPrune = now
+	cmd := &pandopb.Command{ProposedAt: now.UnixNano(), Op: &pandopb.Command_PruneDedup{
+		PruneDedup: &pandopb.PruneDedupOp{Before: now.Add(-n.cfg.DedupTTL).UnixNano()}}}
+	data, err := marshalCommand(cmd)
+	must(err)
+	for _, r := range n.replicas {
+		if r.rn.BasicStatus().RaftState == raft.StateLeader {
+			_ = r.rn.Propose(data) // dropped during a transfer: the next round prunes
+		}
+	}
 }
 
 func marshalCommand(cmd *pandopb.Command) ([]byte, error) {

@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/replica"
 )
 
 type metrics struct {
@@ -14,6 +15,7 @@ type metrics struct {
 	apply       prometheus.Histogram
 	readyRanges prometheus.Histogram
 	proposals   *prometheus.CounterVec
+	dedupHits   *prometheus.CounterVec
 }
 
 func newMetrics(n *Node, reg prometheus.Registerer) *metrics {
@@ -37,14 +39,29 @@ func newMetrics(n *Node, reg prometheus.Registerer) *metrics {
 			Name: "pando_raft_proposals_total",
 			Help: "Proposals by outcome (applied, rejected, not_leader, ambiguous, failed).",
 		}, []string{"outcome"}),
+		dedupHits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pando_dedup_total",
+			Help: "Writes carrying an idempotency key that were not applied, as this replica applied the log: duplicate (a retry answered from the deduplication table) or superseded (an older write of a session that moved on).",
+		}, []string{"outcome"}),
 	}
-	for _, o := range []string{"applied", "rejected", "not_leader", "ambiguous", "failed"} {
+	for _, o := range []string{"applied", "rejected", "not_leader", "ambiguous", "failed", "overloaded"} {
 		m.proposals.WithLabelValues(o)
 	}
+	m.dedupHits.WithLabelValues("duplicate")
+	m.dedupHits.WithLabelValues("superseded")
 	if reg != nil {
-		reg.MustRegister(m.fsync, m.apply, m.readyRanges, m.proposals, &stateCollector{n: n})
+		reg.MustRegister(m.fsync, m.apply, m.readyRanges, m.proposals, m.dedupHits, &stateCollector{n: n})
 	}
 	return m
+}
+
+func (m *metrics) dedup(res replica.Result) {
+	switch {
+	case res.Duplicate:
+		m.dedupHits.WithLabelValues("duplicate").Inc()
+	case res.Superseded:
+		m.dedupHits.WithLabelValues("superseded").Inc()
+	}
 }
 
 func (m *metrics) proposal(err error) {
@@ -57,6 +74,8 @@ func (m *metrics) proposal(err error) {
 		outcome = "not_leader"
 	case errors.Is(err, kv.ErrAmbiguous):
 		outcome = "ambiguous"
+	case errors.Is(err, kv.ErrOverloaded):
+		outcome = "overloaded"
 	default:
 		outcome = "failed"
 	}

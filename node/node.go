@@ -44,6 +44,7 @@ type Node struct {
 	proposals map[uint64]*proposal
 	nextID    atomic.Uint64
 	nextRead  uint64
+	lastPrune time.Time // loop-owned
 
 	stopc   chan struct{}
 	donec   chan struct{}
@@ -59,6 +60,7 @@ type group struct {
 	storage *storage.RaftStorage
 	applied uint64
 	status  atomic.Pointer[RangeStatus]
+	pending atomic.Int64 // proposals waiting for their result
 
 	inSnaps map[uint64]*incomingSnapshot // received, by index
 
@@ -124,6 +126,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.nextID.Store(rand.Uint64() >> 1)
 	n.checks.init(cfg.CheckBytesPerSec)
+	n.lastPrune = time.Now()
 	n.met = newMetrics(n, cfg.Registerer)
 	ids, err := cfg.Engine.RangeIDs()
 	if err != nil {
@@ -297,8 +300,10 @@ func (n *Node) notLeader(rangeID, leader uint64) error {
 }
 
 // Propose replicates cmd through rangeID's Raft log and returns the result
-// of applying it. It fails fast with a *kv.NotLeaderError on a follower.
-// When ctx ends after the command was handed to Raft, the outcome is
+// of applying it. It fails fast with a *kv.NotLeaderError on a follower,
+// and sheds the proposal with kv.ErrOverloaded (nothing proposed) when the
+// range already has MaxPendingProposals waiting or the loop's queue is
+// full. When ctx ends after the command was handed to Raft, the outcome is
 // unknown: the error wraps both kv.ErrUnavailable and kv.ErrAmbiguous.
 func (n *Node) Propose(ctx context.Context, rangeID uint64, cmd *pandopb.Command) (replica.Result, error) {
 	r := n.group(rangeID)
@@ -308,7 +313,16 @@ func (n *Node) Propose(ctx context.Context, rangeID uint64, cmd *pandopb.Command
 	if st := r.status.Load(); st.LeaderID != n.cfg.ID {
 		return replica.Result{}, n.notLeader(rangeID, st.LeaderID)
 	}
+	if p := r.pending.Add(1); p > int64(n.cfg.MaxPendingProposals) {
+		r.pending.Add(-1)
+		n.met.proposal(kv.ErrOverloaded)
+		return replica.Result{}, fmt.Errorf("%w: range %d has %d proposals pending", kv.ErrOverloaded, rangeID, p-1)
+	}
+	defer r.pending.Add(-1)
 	cmd.Id = n.nextID.Add(1)
+	// The proposer's timestamp, in the log: deduplication records expire
+	// by it, identically on every replica.
+	cmd.ProposedAt = time.Now().UnixNano()
 	data, err := marshalCommand(cmd)
 	if err != nil {
 		return replica.Result{}, err
@@ -324,12 +338,14 @@ func (n *Node) Propose(ctx context.Context, rangeID uint64, cmd *pandopb.Command
 	}
 	select {
 	case n.propc <- p:
-	case <-ctx.Done():
-		forget()
-		return replica.Result{}, fmt.Errorf("%w: %w", kv.ErrUnavailable, ctx.Err())
 	case <-n.stopc:
 		forget()
 		return replica.Result{}, kv.ErrStopped
+	default:
+		// The loop is behind by a full queue: shed rather than wait.
+		forget()
+		n.met.proposal(kv.ErrOverloaded)
+		return replica.Result{}, fmt.Errorf("%w: node %d's proposal queue is full", kv.ErrOverloaded, n.cfg.ID)
 	}
 	select {
 	case res := <-p.done:
@@ -356,10 +372,10 @@ func (n *Node) ReadIndex(ctx context.Context, rangeID uint64) error {
 	req := &readRequest{rangeID: rangeID, done: make(chan error, 1)}
 	select {
 	case n.readc <- req:
-	case <-ctx.Done():
-		return fmt.Errorf("%w: %w", kv.ErrUnavailable, ctx.Err())
 	case <-n.stopc:
 		return kv.ErrStopped
+	default:
+		return fmt.Errorf("%w: node %d's read queue is full", kv.ErrOverloaded, n.cfg.ID)
 	}
 	select {
 	case err := <-req.done:

@@ -91,7 +91,10 @@ type incomingSnapshot struct {
 	data  []RawKV
 }
 
-// checkSnapshotData validates what a peer sent before anything is stepped.
+// checkSnapshotData validates what a peer sent before anything is stepped:
+// a MsgSnap carrying this range's descriptor, and records in strictly
+// increasing key order, each either a decodable deduplication record of
+// this range or a decodable data record inside the descriptor's span.
 func checkSnapshotData(rangeID uint64, m raftpb.Message, data []RawKV) (*pandopb.RangeDescriptor, error) {
 	if m.Type != raftpb.MsgSnap {
 		return nil, fmt.Errorf("node: snapshot stream ended with %s, not MsgSnap", m.Type)
@@ -127,7 +130,7 @@ func (n *Node) applySnapshot(b *pebble.Batch, r *group, snap raftpb.Snapshot) {
 		}
 	}
 	must(clearSpan(b, r.storage.State().Desc))
-	must(clearSpan(b, in.desc))
+	must(clearSpan(b, in.desc)) // replicated range-local records too
 	for _, kv := range in.data {
 		must(b.Set(kv.Key, kv.Value, nil))
 	}

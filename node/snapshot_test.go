@@ -28,6 +28,15 @@ func rec(userKey string, version uint64, value string) RawKV {
 	return RawKV{Key: storage.DataKey([]byte(userKey)), Value: storage.EncodeValue(version, []byte(value))}
 }
 
+// dedupRec is a deduplication record of a client session in a range.
+func dedupRec(rangeID, client, seq uint64) RawKV {
+	v, err := proto.Marshal(&pandopb.DedupRecord{Seq: seq, ProposedAt: 1e18, Version: 9})
+	if err != nil {
+		panic(err)
+	}
+	return RawKV{Key: storage.DedupKey(rangeID, client), Value: v}
+}
+
 // check calls checkSnapshotData, turning a panic into a test failure (a
 // panic here would crash the server from a peer's message).
 func check(t *testing.T, rangeID uint64, m raftpb.Message, data []RawKV) (desc *pandopb.RangeDescriptor, err error) {
@@ -53,6 +62,9 @@ func TestCheckSnapshotDataAccepts(t *testing.T) {
 			[]RawKV{rec("", 1, "empty key"), rec("a", 2, "a"), rec("\xff\xff\xff", 3, "last")}},
 		{"no data", &pandopb.RangeDescriptor{Id: 3, StartKey: []byte("a"), EndKey: []byte("b")}, nil},
 		{"open end", &pandopb.RangeDescriptor{Id: 3, StartKey: []byte("m")}, []RawKV{rec("m", 1, ""), rec("zzz", 1, "")}},
+		{"deduplication table and data", &pandopb.RangeDescriptor{Id: 3, StartKey: []byte("b"), EndKey: []byte("m")},
+			[]RawKV{dedupRec(3, 1, 4), dedupRec(3, 0xffffffffffffffff, 1), rec("c", 3, "y")}},
+		{"deduplication table only", &pandopb.RangeDescriptor{Id: 3}, []RawKV{dedupRec(3, 7, 1)}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -93,6 +105,16 @@ func TestCheckSnapshotDataRejects(t *testing.T) {
 		{"keys out of order", good, []RawKV{rec("d", 1, ""), rec("c", 1, "")}},
 		{"short value", good, []RawKV{rec("c", 1, ""), {Key: storage.DataKey([]byte("d")), Value: []byte{1, 2, 3}}}},
 		{"missing value", good, []RawKV{{Key: storage.DataKey([]byte("d"))}}},
+		{"deduplication record of another range", good, []RawKV{dedupRec(4, 1, 1)}},
+		{"deduplication record of the range below", good, []RawKV{dedupRec(2, 1, 1), rec("c", 1, "")}},
+		{"deduplication record after data", good, []RawKV{rec("c", 1, ""), dedupRec(3, 1, 1)}},
+		{"deduplication record without a sequence", good, []RawKV{{Key: storage.DedupKey(3, 1), Value: nil}}},
+		{"undecodable deduplication record", good, []RawKV{{Key: storage.DedupKey(3, 1), Value: []byte{0xff, 0xff}}}},
+		{"deduplication key of client 0", good, []RawKV{{Key: storage.DedupKey(3, 0), Value: dedupRec(3, 1, 1).Value}}},
+		{"deduplication key too long", good, []RawKV{{Key: append(storage.DedupKey(3, 1), 0), Value: dedupRec(3, 1, 1).Value}}},
+		{"deduplication key too short", good, []RawKV{{Key: storage.DedupKey(3, 1)[:17], Value: dedupRec(3, 1, 1).Value}}},
+		{"duplicate deduplication record", good, []RawKV{dedupRec(3, 1, 1), dedupRec(3, 1, 2)}},
+		{"applied state of the range", good, []RawKV{{Key: storage.RangeStateKey(3), Value: storage.EncodeValue(1, nil)}}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -194,14 +216,23 @@ func checkValid(t *testing.T, rangeID uint64, m raftpb.Message, data []RawKV, de
 	}
 	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
 	for i, x := range data {
+		if i > 0 && bytes.Compare(data[i-1].Key, x.Key) >= 0 {
+			t.Fatalf("accepted keys out of order at %d", i)
+		}
+		if rid, _, err := storage.DecodeDedupKey(x.Key); err == nil {
+			if rid != rangeID {
+				t.Fatalf("accepted a deduplication record of range %d for range %d", rid, rangeID)
+			}
+			if _, err := storage.DecodeDedupRecord(x.Value); err != nil {
+				t.Fatalf("accepted undecodable deduplication record %x", x.Value)
+			}
+			continue
+		}
 		if _, err := storage.UserKey(x.Key); err != nil {
 			t.Fatalf("accepted non-data key %x", x.Key)
 		}
 		if bytes.Compare(x.Key, lo) < 0 || bytes.Compare(x.Key, hi) >= 0 {
 			t.Fatalf("accepted key %x outside [%x, %x)", x.Key, lo, hi)
-		}
-		if i > 0 && bytes.Compare(data[i-1].Key, x.Key) >= 0 {
-			t.Fatalf("accepted keys out of order at %d", i)
 		}
 		if _, _, err := storage.DecodeValue(x.Value); err != nil {
 			t.Fatalf("accepted undecodable value of %x", x.Key)
@@ -221,6 +252,8 @@ func FuzzCheckSnapshotData(f *testing.F) {
 	}
 	data := encodeData([]RawKV{rec("b", 1, "x"), rec("c", 2, "y")})
 	f.Add(uint64(3), good, data)
+	f.Add(uint64(3), good, encodeData([]RawKV{dedupRec(3, 1, 2), rec("b", 1, "x")}))
+	f.Add(uint64(3), good, encodeData([]RawKV{dedupRec(4, 1, 2), rec("b", 1, "x")}))
 	f.Add(uint64(3), good, encodeData([]RawKV{rec("c", 2, "y"), rec("b", 1, "x")}))
 	f.Add(uint64(4), good, data)
 	f.Add(uint64(3), good, []byte{})

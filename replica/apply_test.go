@@ -49,7 +49,7 @@ func apply(t *testing.T, e *storage.Engine, index uint64, cmd *pandopb.Command) 
 	t.Helper()
 	b := e.DB().NewIndexedBatch()
 	defer b.Close()
-	res, err := replica.Apply(b, index, cmd)
+	res, err := replica.Apply(b, 1, index, cmd)
 	if err != nil {
 		t.Fatalf("Apply(%d, %v): %v", index, cmd, err)
 	}
@@ -154,7 +154,7 @@ func TestMismatchWritesNothing(t *testing.T) {
 	apply(t, e, 1, putCmd("k", "v"))
 	for _, cmd := range []*pandopb.Command{casPutCmd("k", "x", 9), casPutCmd("k", "x", 0), casDelCmd("k", 9), casDelCmd("k", 0), casPutCmd("nokey", "x", 1)} {
 		b := e.DB().NewIndexedBatch()
-		res, err := replica.Apply(b, 2, cmd)
+		res, err := replica.Apply(b, 1, 2, cmd)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -172,7 +172,7 @@ func TestDelete(t *testing.T) {
 	e := openEngine(t)
 	// Deleting an absent key is not an error and deletes nothing.
 	b := e.DB().NewIndexedBatch()
-	res, err := replica.Apply(b, 1, delCmd("absent"))
+	res, err := replica.Apply(b, 1, 1, delCmd("absent"))
 	if err != nil || res.Err != nil || res.Deleted {
 		t.Errorf("delete of an absent key = %+v, %v; want Deleted=false", res, err)
 	}
@@ -246,7 +246,7 @@ func TestBatchSeesOwnWrites(t *testing.T) {
 		{7, putCmd("k", "e"), func(r replica.Result) bool { return r.Version == 7 }},
 	}
 	for _, s := range steps {
-		res, err := replica.Apply(b, s.index, s.cmd)
+		res, err := replica.Apply(b, 1, s.index, s.cmd)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -269,7 +269,7 @@ func TestApplyUnknownCommand(t *testing.T) {
 	e := openEngine(t)
 	b := e.DB().NewIndexedBatch()
 	defer b.Close()
-	if _, err := replica.Apply(b, 1, &pandopb.Command{Id: 5}); err == nil {
+	if _, err := replica.Apply(b, 1, 1, &pandopb.Command{Id: 5}); err == nil {
 		t.Error("Apply of a command without an operation succeeded")
 	}
 	if !b.Empty() {
@@ -323,7 +323,7 @@ func TestDeterminism(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					res, err := replica.Apply(b, uint64(i+1), cmd)
+					res, err := replica.Apply(b, 1, uint64(i+1), cmd)
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -423,7 +423,7 @@ func FuzzDecodeCommand(f *testing.F) {
 		}
 		b := e.DB().NewIndexedBatch()
 		defer b.Close() // never committed: the engine stays as seeded
-		res, err := replica.Apply(b, index, cmd)
+		res, err := replica.Apply(b, 1, index, cmd)
 		if err != nil {
 			if cmd.Op != nil {
 				t.Fatalf("Apply of a decoded %T failed: %v", cmd.Op, err)

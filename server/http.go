@@ -29,6 +29,8 @@ func httpStatus(err error) int {
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, kv.ErrEmptyKey), errors.Is(err, kv.ErrInvalidArgument):
 		return http.StatusBadRequest
+	case errors.Is(err, kv.ErrOverloaded):
+		return http.StatusTooManyRequests
 	case errors.Is(err, kv.ErrUnavailable), errors.Is(err, kv.ErrNotLeader), errors.Is(err, kv.ErrStopped), errors.Is(err, kv.ErrWrongRange),
 		errors.Is(err, kv.ErrAmbiguous), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable
@@ -54,7 +56,7 @@ func writeError(w http.ResponseWriter, err error) {
 		body.CurrentVersion = &vm.Current
 		w.Header().Set("Pando-Version", strconv.FormatUint(vm.Current, 10))
 	}
-	if code == http.StatusServiceUnavailable {
+	if code == http.StatusServiceUnavailable || code == http.StatusTooManyRequests {
 		w.Header().Set("Retry-After", "1")
 	}
 	writeJSON(w, code, body)
@@ -270,6 +272,16 @@ type StatusJSON struct {
 	NodeID uint64            `json:"node_id"`
 	Nodes  []NodeStatusJSON  `json:"nodes"`
 	Ranges []RangeStatusJSON `json:"ranges"`
+	// Breakers are the circuit breakers this node holds to its peers.
+	Breakers []BreakerStatusJSON `json:"breakers"`
+}
+
+// BreakerStatusJSON is the breaker a node holds to one peer: "closed",
+// "half-open" or "open".
+type BreakerStatusJSON struct {
+	Peer  uint64 `json:"peer"`
+	Addr  string `json:"addr"`
+	State string `json:"state"`
 }
 
 // NodeStatusJSON is one node in /v1/status.
@@ -310,7 +322,10 @@ type CheckJSON struct {
 
 // StatusToJSON converts a status answer to its JSON form.
 func StatusToJSON(st *pandopb.StatusResponse) StatusJSON {
-	out := StatusJSON{NodeID: st.NodeId, Nodes: []NodeStatusJSON{}, Ranges: []RangeStatusJSON{}}
+	out := StatusJSON{NodeID: st.NodeId, Nodes: []NodeStatusJSON{}, Ranges: []RangeStatusJSON{}, Breakers: []BreakerStatusJSON{}}
+	for _, b := range st.Breakers {
+		out.Breakers = append(out.Breakers, BreakerStatusJSON{Peer: b.PeerId, Addr: b.Addr, State: b.State})
+	}
 	for _, n := range st.Nodes {
 		out.Nodes = append(out.Nodes, NodeStatusJSON{ID: n.Id, Addr: n.Addr, Live: n.Live})
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/placement"
+	"github.com/pando/pando/resilience"
 	"github.com/pando/pando/storage"
 	"github.com/pando/pando/transport"
 )
@@ -69,6 +70,27 @@ type Config struct {
 	BalanceInterval time.Duration
 	// EnablePprof serves Go's profiler under /debug/pprof/.
 	EnablePprof bool
+	// MaxPendingProposals: see node.Config (default 4,096 per range).
+	MaxPendingProposals int
+	// OverloadSchedLatency: the node sheds client requests with
+	// kv.ErrOverloaded while the 99th percentile of the Go scheduler's
+	// latency (how long runnable goroutines wait for a CPU) over the last
+	// OverloadSampleInterval is above this. Default 100ms; negative
+	// disables CPU-based shedding.
+	OverloadSchedLatency time.Duration
+	// OverloadSampleInterval: default 500ms.
+	OverloadSampleInterval time.Duration
+	// PeerBreaker configures the circuit breaker this node keeps to each
+	// peer, shared by its Raft stream and the requests it forwards there
+	// (see transport.Config). Defaults: resilience.BreakerSettings', except
+	// ConsecutiveFailures 3.
+	PeerBreaker resilience.BreakerSettings
+	// ForwardTimeout bounds one attempt to forward a request to a leader.
+	// Default 1s.
+	ForwardTimeout time.Duration
+	// DedupTTL: how long a range remembers a client session's last write
+	// (see node.Config). Default 10 minutes.
+	DedupTTL time.Duration
 	// FS is the file system (tests); nil means the OS.
 	FS vfs.FS
 	// Listener, when set, is used instead of listening on Addr.
@@ -130,6 +152,27 @@ func (c *Config) Validate() error {
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = 5 * time.Second
 	}
+	if c.OverloadSchedLatency == 0 {
+		c.OverloadSchedLatency = 100 * time.Millisecond
+	}
+	if c.OverloadSampleInterval < 0 {
+		return fmt.Errorf("server: Config.OverloadSampleInterval must not be negative")
+	}
+	if c.OverloadSampleInterval == 0 {
+		c.OverloadSampleInterval = 500 * time.Millisecond
+	}
+	if c.MaxPendingProposals < 0 {
+		return fmt.Errorf("server: Config.MaxPendingProposals must not be negative")
+	}
+	if c.ForwardTimeout < 0 {
+		return fmt.Errorf("server: Config.ForwardTimeout must not be negative")
+	}
+	if c.PeerBreaker.ConsecutiveFailures == 0 {
+		c.PeerBreaker.ConsecutiveFailures = 3 // a stream failure or a second of silence each
+	}
+	if err := c.PeerBreaker.Validate(); err != nil {
+		return fmt.Errorf("server: Config.PeerBreaker: %w", err)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -166,6 +209,7 @@ type Server struct {
 	done     chan struct{}
 	reqs     *prometheus.CounterVec
 	lat      *prometheus.HistogramVec
+	cpu      *cpuMonitor
 }
 
 // identityKey records which node a data directory belongs to.
@@ -192,11 +236,11 @@ func New(cfg Config) (*Server, error) {
 		eng.Close()
 		return nil, err
 	}
-	s.tr = transport.New(transport.Config{ID: cfg.ID, Peers: cfg.InitialCluster, Logger: cfg.Logger, Registerer: s.reg})
+	s.tr = transport.New(transport.Config{ID: cfg.ID, Peers: cfg.InitialCluster, Logger: cfg.Logger, Registerer: s.reg, Breaker: cfg.PeerBreaker})
 	n, err := node.New(node.Config{
 		ID: cfg.ID, Engine: eng, Transport: s.tr, TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks,
 		LogKeepEntries: cfg.LogKeepEntries, Logger: cfg.Logger, Registerer: s.reg, PeerAddr: s.tr.Addr,
-		CheckBytesPerSec: cfg.CheckBytesPerSec,
+		CheckBytesPerSec: cfg.CheckBytesPerSec, MaxPendingProposals: cfg.MaxPendingProposals, DedupTTL: cfg.DedupTTL,
 	})
 	if err != nil {
 		eng.Close()
@@ -208,6 +252,11 @@ func New(cfg Config) (*Server, error) {
 	s.load = newLoadTracker()
 	s.svc.load = s.load
 	s.svc.size = func(start, end []byte) uint64 { return rangeSize(eng.DB(), start, end) }
+	s.svc.SetForwardTimeout(cfg.ForwardTimeout)
+	if cfg.OverloadSchedLatency > 0 {
+		s.cpu = newCPUMonitor(cfg.OverloadSchedLatency, cfg.OverloadSampleInterval, s.log)
+		s.svc.SetAdmission(s.cpu.err)
+	}
 	s.reqs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pando_requests_total", Help: "Client requests by operation and outcome.",
 	}, []string{"op", "outcome"})
@@ -320,6 +369,9 @@ func (s *Server) Start() error {
 	}
 	s.lis = lis
 	s.node.Start()
+	if s.cpu != nil {
+		go s.cpu.run(s.stopping)
+	}
 
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(s.cfg.Limits.MaxRequestSize+(64<<10)),
@@ -327,7 +379,7 @@ func (s *Server) Start() error {
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	)
 	pandopb.RegisterKVServer(s.grpc, s.svc)
-	pandopb.RegisterRaftServer(s.grpc, transport.NewServer(s.node))
+	pandopb.RegisterRaftServer(s.grpc, transport.NewServer(s.node, s.tr))
 	pandopb.RegisterCheckerServer(s.grpc, s.checker)
 	pandopb.RegisterAdminServer(s.grpc, &admin{s: s})
 
@@ -369,6 +421,8 @@ func (s *Server) observe(op string, start time.Time, err error) {
 		outcome = "version_mismatch"
 	case errors.Is(err, kv.ErrAmbiguous):
 		outcome = "ambiguous"
+	case errors.Is(err, kv.ErrOverloaded):
+		outcome = "overloaded"
 	case httpStatus(err) == http.StatusServiceUnavailable:
 		outcome = "unavailable"
 	case httpStatus(err) < 500:

@@ -537,3 +537,58 @@ func TestNoQuorumAnswers503(t *testing.T) {
 		t.Fatalf("readyz without a leader: %d", resp.StatusCode)
 	}
 }
+
+func peerBreakers(t *testing.T, addr string) map[uint64]string {
+	t.Helper()
+	resp, body := doHTTP(t, "GET", "http://"+addr+"/v1/status", nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status: %d %s", resp.StatusCode, body)
+	}
+	var st server.StatusJSON
+	if err := json.Unmarshal(body, &st); err != nil {
+		t.Fatal(err)
+	}
+	out := map[uint64]string{}
+	for _, b := range st.Breakers {
+		out[b.Peer] = b.State
+	}
+	return out
+}
+
+// TestStatusShowsPeerBreakers: /v1/status lists the breaker a node holds
+// to each peer; the leader's (it sends every peer heartbeats) opens when a
+// peer dies and closes once it is back.
+func TestStatusShowsPeerBreakers(t *testing.T) {
+	c := startCluster(t, 3, 0)
+	lead := c.waitLeader()
+	var victim uint64
+	for id := range c.servers {
+		if id != lead {
+			victim = id
+			break
+		}
+	}
+	if got := peerBreakers(t, c.addrs[lead]); len(got) != 2 || got[victim] != "closed" {
+		t.Fatalf("breakers of node %d: %v, want both peers closed", lead, got)
+	}
+	c.servers[victim].Kill()
+	delete(c.servers, victim)
+	deadline := time.Now().Add(10 * time.Second)
+	for peerBreakers(t, c.addrs[lead])[victim] == "closed" {
+		if time.Now().After(deadline) {
+			t.Fatalf("leader %d's breaker to the dead node %d stayed closed", lead, victim)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.start(victim, nil)
+	for peerBreakers(t, c.addrs[lead])[victim] != "closed" {
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			t.Fatalf("leader %d's breaker to node %d is %s after it came back", lead, victim, peerBreakers(t, c.addrs[lead])[victim])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	resp, body := doHTTP(t, "GET", "http://"+c.addrs[lead]+"/metrics", nil)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), fmt.Sprintf(`pando_peer_breaker_transitions_total{peer="%d",to="open"}`, victim)) {
+		t.Fatalf("metrics lack the breaker transition: %d", resp.StatusCode)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
+	"github.com/pando/pando/resilience"
 	"github.com/pando/pando/storage"
 )
 
@@ -30,6 +31,9 @@ type Peers interface {
 	// Live reports whether the node is believed reachable.
 	Live(id uint64) bool
 	IDs() []uint64
+	// Breaker guards calls to node id (nil: none); the transport's Raft
+	// streams to that node share it.
+	Breaker(id uint64) *resilience.Breaker
 }
 
 // Service implements the KV API on one node.
@@ -44,14 +48,41 @@ type Service struct {
 	// load, when set, counts requests per range served here as leader.
 	load *loadTracker
 	// size, when set, estimates a span's bytes for the status.
-	size func(start, end []byte) uint64
+	size  func(start, end []byte) uint64
+	admit func() error
+
+	forwardTimeout time.Duration
+	sessions       resilience.Sessions
 }
+
+// DefaultForwardTimeout bounds one forwarded attempt.
+const DefaultForwardTimeout = time.Second
 
 // NewService returns the KV service of n. timeout is the deadline given to
 // requests that arrive without one; retry is the pause before retrying a
 // request while a range has no leader.
 func NewService(n *node.Node, peers Peers, limits kv.Limits, timeout, retry time.Duration) *Service {
-	return &Service{node: n, peers: peers, limits: limits.WithDefaults(), timeout: timeout, retry: retry}
+	return &Service{node: n, peers: peers, limits: limits.WithDefaults(), timeout: timeout, retry: retry,
+		admit: func() error { return nil }, forwardTimeout: DefaultForwardTimeout}
+}
+
+// SetForwardTimeout bounds each attempt to forward a request to a leader
+// (default DefaultForwardTimeout), so that a hung leader costs a request
+// one attempt, not its whole deadline. Call before serving.
+func (s *Service) SetForwardTimeout(d time.Duration) {
+	if d > 0 {
+		s.forwardTimeout = d
+	}
+}
+
+// SetAdmission installs the check every KV request passes first: a non-nil
+// error (kv.ErrOverloaded) sheds the request before it costs anything.
+// Status requests are always served. Call before serving.
+func (s *Service) SetAdmission(admit func() error) {
+	if admit == nil {
+		admit = func() error { return nil }
+	}
+	s.admit = admit
 }
 
 // rangeFor finds the range holding key among the replicas here.
@@ -66,18 +97,25 @@ func forwarded(ctx context.Context) bool {
 }
 
 // route runs local on this node if it leads rangeID, or remote against the
-// leader, retrying while leadership is unknown or moving, until ctx ends.
+// leader, retrying while leadership is unknown or moving, or the leader
+// does not answer, until ctx ends.
 //
-// A write forwarded to a leader that fails in transport may have been
-// applied, so it is not retried (idempotent is false): the caller gets an
-// ambiguous error. Reads are always retried.
-func (s *Service) route(ctx context.Context, key []byte, idempotent bool, local func(rangeID uint64) error, remote func(context.Context, pandopb.KVClient) error) error {
+// Every write reaching route carries an idempotency key (see put and del),
+// so a forwarded write whose fate is unknown (a transport error, a timeout,
+// an ambiguous answer) is retried like a read: if the first attempt was
+// applied, the leader answers the retry from its deduplication table. Only
+// when ctx ends with such an attempt unresolved does a write fail as
+// ambiguous. Each forwarded attempt is bounded by the forward timeout and
+// guarded by the breaker this node keeps to the leader. The range is looked
+// up by key on every attempt, since a split may move the key.
+func (s *Service) route(ctx context.Context, key []byte, write bool, local func(rangeID uint64) error, remote func(context.Context, pandopb.KVClient) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.timeout)
 		defer cancel()
 	}
 	fwd := forwarded(ctx)
+	maybeApplied := false
 	for {
 		// Look the range up on every attempt: a split may have moved key.
 		st, err := s.node.RangeFor(key)
@@ -93,18 +131,9 @@ func (s *Service) route(ctx context.Context, key []byte, idempotent bool, local 
 			return &kv.NotLeaderError{RangeID: rangeID, LeaderID: st.LeaderID, LeaderAddr: s.peers.Addr(st.LeaderID),
 				RangeStart: st.Desc.StartKey, RangeEnd: st.Desc.EndKey, HasSpan: true}
 		case st.LeaderID != 0:
-			var c pandopb.KVClient
-			if c, err = s.peers.KV(st.LeaderID); err == nil {
-				octx := metadata.AppendToOutgoingContext(ctx, NoForwardKey, "1")
-				err = kv.FromStatus(remote(octx, c))
-				if isTransportErr(err) {
-					if idempotent {
-						err = fmt.Errorf("%w: forward to node %d: %v", kv.ErrUnavailable, st.LeaderID, err)
-					} else {
-						err = fmt.Errorf("%w (%w): forward to node %d: %v", kv.ErrUnavailable, kv.ErrAmbiguous, st.LeaderID, err)
-					}
-				}
-			}
+			var unsure bool
+			err, unsure = s.forward(ctx, st.LeaderID, remote)
+			maybeApplied = maybeApplied || (write && unsure)
 		default:
 			err = &kv.NotLeaderError{RangeID: rangeID}
 		}
@@ -113,8 +142,8 @@ func (s *Service) route(ctx context.Context, key []byte, idempotent bool, local 
 		}
 		select {
 		case <-ctx.Done():
-			if errors.Is(err, kv.ErrAmbiguous) {
-				return err
+			if maybeApplied {
+				return fmt.Errorf("%w (%w): range %d: %v", kv.ErrUnavailable, kv.ErrAmbiguous, rangeID, err)
 			}
 			return fmt.Errorf("%w: range %d: %v", kv.ErrUnavailable, rangeID, err)
 		case <-time.After(s.retry):
@@ -122,11 +151,48 @@ func (s *Service) route(ctx context.Context, key []byte, idempotent bool, local 
 	}
 }
 
-// retryable: errors that mean "not applied here, try again": no leader, a
-// leader that moved, or an unreachable leader. Ambiguous outcomes are not
-// retried here.
+// forward makes one attempt against the leader. unsure reports an attempt
+// that may have reached it (a write may have been applied); the error is
+// then retryable.
+func (s *Service) forward(ctx context.Context, leader uint64, remote func(context.Context, pandopb.KVClient) error) (err error, unsure bool) {
+	var call resilience.Call
+	if br := s.peers.Breaker(leader); br != nil {
+		if call, err = br.Allow(); err != nil {
+			return fmt.Errorf("%w: node %d: %w", kv.ErrUnavailable, leader, err), false
+		}
+	}
+	c, err := s.peers.KV(leader)
+	if err != nil {
+		call.Done(resilience.Excluded)
+		return fmt.Errorf("%w: node %d: %v", kv.ErrUnavailable, leader, err), false
+	}
+	actx, cancel := context.WithTimeout(ctx, s.forwardTimeout)
+	defer cancel()
+	octx := metadata.AppendToOutgoingContext(actx, NoForwardKey, "1")
+	err = kv.FromStatus(remote(octx, c))
+	outcome := resilience.Classify(err)
+	if ctx.Err() != nil && actx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {
+		outcome = resilience.Excluded // our caller gave up, the leader did not fail
+	}
+	call.Done(outcome)
+	switch {
+	case err == nil:
+		return nil, false
+	case errors.Is(err, kv.ErrAmbiguous):
+		// The leader proposed it and did not see it applied in time.
+		return fmt.Errorf("%w: forward to node %d: %v", kv.ErrUnavailable, leader, err), true
+	case isTransportErr(err) || (errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil):
+		// No answer, or none in time: it may have been applied.
+		return fmt.Errorf("%w: forward to node %d: %v", kv.ErrUnavailable, leader, err), true
+	}
+	return err, false
+}
+
+// retryable: errors that mean "try again": no leader, a leader that moved,
+// or an unreachable, silent or unsure leader (every write is idempotent).
+// "Overloaded" is not retried here: the client backs off.
 func retryable(err error) bool {
-	if err == nil || errors.Is(err, kv.ErrAmbiguous) {
+	if err == nil {
 		return false
 	}
 	return errors.Is(err, kv.ErrNotLeader) || errors.Is(err, kv.ErrWrongRange) ||
@@ -159,6 +225,9 @@ func (s *Service) Get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.Ge
 }
 
 func (s *Service) get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.GetResponse, error) {
+	if err := s.admit(); err != nil {
+		return nil, err
+	}
 	if err := s.limits.CheckKey(req.Key); err != nil {
 		return nil, err
 	}
@@ -176,7 +245,7 @@ func (s *Service) get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.Ge
 		return read()
 	}
 	var resp *pandopb.GetResponse
-	err := s.route(ctx, req.Key, true, func(rid uint64) error {
+	err := s.route(ctx, req.Key, false, func(rid uint64) error {
 		if err := s.readIndex(ctx, rid, req.Key); err != nil {
 			return err
 		}
@@ -197,16 +266,39 @@ func (s *Service) Put(ctx context.Context, req *pandopb.PutRequest) (*pandopb.Pu
 	return resp, kv.ToStatus(err)
 }
 
+func checkIdempotencyKey(clientID, seq uint64) error {
+	if clientID != 0 && seq == 0 {
+		return fmt.Errorf("%w: client_id %x without a seq (sequence numbers start at 1)", kv.ErrInvalidArgument, clientID)
+	}
+	if clientID == 0 && seq != 0 {
+		return fmt.Errorf("%w: seq %d without a client_id", kv.ErrInvalidArgument, seq)
+	}
+	return nil
+}
+
 func (s *Service) put(ctx context.Context, req *pandopb.PutRequest) (*pandopb.PutResponse, error) {
+	if err := s.admit(); err != nil {
+		return nil, err
+	}
 	if err := s.limits.CheckKey(req.Key); err != nil {
+		return nil, err
+	}
+	if err := checkIdempotencyKey(req.ClientId, req.Seq); err != nil {
 		return nil, err
 	}
 	if err := s.limits.CheckValue(req.Value); err != nil {
 		return nil, err
 	}
+	if req.ClientId == 0 {
+		// Give the write an idempotency key of this node's, so that it can
+		// be retried safely on its way to the leader.
+		sess := s.sessions.Acquire()
+		defer s.sessions.Release(sess)
+		req = &pandopb.PutRequest{Key: req.Key, Value: req.Value, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion, ClientId: sess.ID, Seq: sess.Next()}
+	}
 	var resp *pandopb.PutResponse
-	err := s.route(ctx, req.Key, false, func(rid uint64) error {
-		res, err := s.node.Propose(ctx, rid, &pandopb.Command{Op: &pandopb.Command_Put{Put: &pandopb.PutOp{
+	err := s.route(ctx, req.Key, true, func(rid uint64) error {
+		res, err := s.node.Propose(ctx, rid, &pandopb.Command{ClientId: req.ClientId, Seq: req.Seq, Op: &pandopb.Command_Put{Put: &pandopb.PutOp{
 			Key: req.Key, Value: req.Value, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion}}})
 		if err == nil {
 			resp = &pandopb.PutResponse{Version: res.Version}
@@ -227,12 +319,23 @@ func (s *Service) Delete(ctx context.Context, req *pandopb.DeleteRequest) (*pand
 }
 
 func (s *Service) del(ctx context.Context, req *pandopb.DeleteRequest) (*pandopb.DeleteResponse, error) {
+	if err := s.admit(); err != nil {
+		return nil, err
+	}
 	if err := s.limits.CheckKey(req.Key); err != nil {
 		return nil, err
 	}
+	if err := checkIdempotencyKey(req.ClientId, req.Seq); err != nil {
+		return nil, err
+	}
+	if req.ClientId == 0 {
+		sess := s.sessions.Acquire()
+		defer s.sessions.Release(sess)
+		req = &pandopb.DeleteRequest{Key: req.Key, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion, ClientId: sess.ID, Seq: sess.Next()}
+	}
 	var resp *pandopb.DeleteResponse
-	err := s.route(ctx, req.Key, false, func(rid uint64) error {
-		res, err := s.node.Propose(ctx, rid, &pandopb.Command{Op: &pandopb.Command_Delete{Delete: &pandopb.DeleteOp{
+	err := s.route(ctx, req.Key, true, func(rid uint64) error {
+		res, err := s.node.Propose(ctx, rid, &pandopb.Command{ClientId: req.ClientId, Seq: req.Seq, Op: &pandopb.Command_Delete{Delete: &pandopb.DeleteOp{
 			Key: req.Key, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion}}})
 		if err == nil {
 			resp = &pandopb.DeleteResponse{Deleted: res.Deleted}
@@ -253,6 +356,9 @@ func (s *Service) Scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.
 }
 
 func (s *Service) scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.ScanResponse, error) {
+	if err := s.admit(); err != nil {
+		return nil, err
+	}
 	if err := s.checkConsistency(req.Consistency); err != nil {
 		return nil, err
 	}
@@ -288,7 +394,7 @@ func (s *Service) scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.
 				page, err = s.readSpan(st.RangeID, cur, end, limit-len(resp.Items))
 			}
 		} else {
-			err = s.route(ctx, cur, true, func(rid uint64) error {
+			err = s.route(ctx, cur, false, func(rid uint64) error {
 				if err := s.readIndex(ctx, rid, cur); err != nil {
 					return err
 				}
@@ -349,6 +455,16 @@ func (s *Service) Status(ctx context.Context, _ *pandopb.StatusRequest) (*pandop
 	for _, id := range s.peers.IDs() {
 		live := id == s.node.ID() || s.peers.Live(id)
 		resp.Nodes = append(resp.Nodes, &pandopb.NodeStatus{Id: id, Addr: s.peers.Addr(id), Live: live})
+	}
+	for _, id := range s.peers.IDs() {
+		if id == s.node.ID() {
+			continue
+		}
+		state := resilience.StateClosed
+		if br := s.peers.Breaker(id); br != nil {
+			state = br.State()
+		}
+		resp.Breakers = append(resp.Breakers, &pandopb.BreakerStatus{PeerId: id, Addr: s.peers.Addr(id), State: state.String()})
 	}
 	for _, st := range s.node.Statuses() {
 		resp.Ranges = append(resp.Ranges, &pandopb.RangeStatus{

@@ -11,14 +11,17 @@ import (
 //	0x01 rangeID(8, big endian) kind(1) [index(8)]   range-local records
 //	0x02 userKey                                     user data
 //
-// Range-local kinds: hard state, range (applied) state, truncated state, log
-// entries. User data is keyed by the user key alone, not by range: a range
-// owns the data keys inside its span, so splits and merges move no data.
+// Range-local kinds: deduplication records, hard state, range (applied)
+// state, truncated state, log entries. User data is keyed by the user key
+// alone, not by range: a range owns the data keys inside its span, so
+// splits and merges move no data.
 const (
 	prefixRangeLocal byte = 0x01
 	prefixData       byte = 0x02
 	prefixDataEnd    byte = 0x03
 
+	kindDedup          byte = 'd'
+	kindDedupEnd       byte = 'e'
 	kindHardState      byte = 'h'
 	kindRangeState     byte = 's'
 	kindTruncatedState byte = 't'
@@ -54,6 +57,32 @@ func logSpan(rangeID uint64) ([]byte, []byte) {
 	return rangeLocalKey(rangeID, kindLog, 0), rangeLocalKey(rangeID, kindLogEnd, 0)
 }
 
+// DedupKey is where range rangeID keeps the deduplication record of one
+// client session: 0x01 rangeID(8) 'd' clientID(8).
+func DedupKey(rangeID, clientID uint64) []byte {
+	k := rangeLocalKey(rangeID, kindDedup, 8)
+	return binary.BigEndian.AppendUint64(k, clientID)
+}
+
+// DedupSpan returns [lo, hi) covering every deduplication record of
+// rangeID.
+func DedupSpan(rangeID uint64) ([]byte, []byte) {
+	return rangeLocalKey(rangeID, kindDedup, 0), rangeLocalKey(rangeID, kindDedupEnd, 0)
+}
+
+// DecodeDedupKey returns the range and client session of a deduplication
+// key, refusing anything that is not exactly one.
+func DecodeDedupKey(k []byte) (rangeID, clientID uint64, err error) {
+	if len(k) != 18 || k[0] != prefixRangeLocal || k[9] != kindDedup {
+		return 0, 0, fmt.Errorf("storage: %x is not a deduplication key", k)
+	}
+	clientID = binary.BigEndian.Uint64(k[10:])
+	if clientID == 0 {
+		return 0, 0, fmt.Errorf("storage: deduplication key %x names client 0", k)
+	}
+	return binary.BigEndian.Uint64(k[1:9]), clientID, nil
+}
+
 // rangeLocalSpan returns [lo, hi) covering every range-local key of rangeID.
 func rangeLocalSpan(rangeID uint64) ([]byte, []byte) {
 	lo := make([]byte, 9)
@@ -72,7 +101,7 @@ func rangeLocalSpan(rangeID uint64) ([]byte, []byte) {
 // replicated state machine (equal on every replica at one log index, moved
 // by snapshots and repairs, covered by consistency checks). Raft's own
 // records and the applied state are not.
-var replicatedKinds []byte
+var replicatedKinds = []byte{kindDedup}
 
 // ReplicatedLocalSpans returns the spans of rangeID's replicated
 // range-local records, in key order.

@@ -21,10 +21,18 @@ const MaxSnapshotBytes = 1 << 30
 type Server struct {
 	pandopb.UnimplementedRaftServer
 	node *node.Node
+	t    *Transport
 }
 
-// NewServer feeds received messages into n.
-func NewServer(n *node.Node) *Server { return &Server{node: n} }
+// NewServer feeds received messages into n, and tells t (if not nil) which
+// peers are alive: a peer we hear from answers (see Config.SilenceTimeout).
+func NewServer(n *node.Node, t *Transport) *Server { return &Server{node: n, t: t} }
+
+func (s *Server) heard(from uint64) {
+	if s.t != nil {
+		s.t.Heard(from)
+	}
+}
 
 // decode validates a message from a peer: garbage is refused, never stepped.
 func (s *Server) decode(env *pandopb.RaftEnvelope) (raftpb.Message, error) {
@@ -85,6 +93,7 @@ func (s *Server) Send(stream grpc.ClientStreamingServer[pandopb.RaftBatch, pando
 		if err != nil {
 			return err
 		}
+		s.heard(batch.FromNode)
 		for _, env := range batch.Messages {
 			m, err := s.decode(env)
 			if err != nil {
@@ -120,6 +129,7 @@ func (s *Server) Snapshot(stream grpc.ClientStreamingServer[pandopb.SnapshotChun
 		if err != nil {
 			return err
 		}
+		s.heard(c.FromNode)
 		for _, kv := range c.Data {
 			size += len(kv.Key) + len(kv.Value)
 			data = append(data, node.RawKV{Key: kv.Key, Value: kv.Value})

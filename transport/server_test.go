@@ -42,7 +42,7 @@ func newTestServer(t testing.TB) *Server {
 		n.Stop()
 		eng.Close()
 	})
-	return NewServer(n)
+	return NewServer(n, nil)
 }
 
 func marshalMsg(t testing.TB, m raftpb.Message) []byte {

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/node"
+	"github.com/pando/pando/resilience"
 )
 
 // Config configures a Transport.
@@ -28,6 +30,21 @@ type Config struct {
 	MaxBatchBytes int
 	// DialOptions are added to every dial (credentials: default insecure).
 	DialOptions []grpc.DialOption
+	// Breaker configures the circuit breaker kept for each peer; the
+	// server's forwarding of client requests uses the same breaker. Zero
+	// values mean the defaults of resilience.BreakerSettings, except
+	// ConsecutiveFailures, 3 by default here.
+	Breaker resilience.BreakerSettings
+	// ConnectTimeout bounds opening a stream to a peer. Default 1s.
+	ConnectTimeout time.Duration
+	// SilenceTimeout: a peer that sent nothing back this long after we
+	// sent it messages is failing (Raft answers every heartbeat, append and
+	// vote; a hung process answers nothing, though its kernel still accepts
+	// our bytes). The stream is reset and the breaker counts a failure.
+	// Default 1s.
+	SilenceTimeout time.Duration
+	// Clock drives the breakers (tests). Default the system clock.
+	Clock resilience.Clock
 	// Logger receives transport logs. Default slog.Default().
 	Logger *slog.Logger
 	// Registerer receives metrics when set.
@@ -43,11 +60,20 @@ type Transport struct {
 	mu    sync.Mutex
 	peers map[uint64]*peer
 
-	dropped *prometheus.CounterVec
-	sent    *prometheus.CounterVec
-	stopc   chan struct{}
-	wg      sync.WaitGroup
+	dropped     *prometheus.CounterVec
+	sent        *prometheus.CounterVec
+	brState     *prometheus.GaugeVec
+	transitions *prometheus.CounterVec
+	stopc       chan struct{}
+	wg          sync.WaitGroup
 }
+
+// Drop reasons (label of pando_transport_dropped_messages_total).
+const (
+	dropQueueFull   = "queue_full"
+	dropUnreachable = "unreachable"
+	dropBreakerOpen = "breaker_open"
+)
 
 // New returns a transport; Attach the node before messages flow.
 func New(cfg Config) *Transport {
@@ -60,6 +86,21 @@ func New(cfg Config) *Transport {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Breaker.ConsecutiveFailures == 0 {
+		cfg.Breaker.ConsecutiveFailures = 3
+	}
+	if err := cfg.Breaker.Validate(); err != nil {
+		panic(err) // validated by the server's Config
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = time.Second
+	}
+	if cfg.SilenceTimeout == 0 {
+		cfg.SilenceTimeout = time.Second
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = resilience.SystemClock
+	}
 	t := &Transport{
 		cfg:   cfg,
 		log:   cfg.Logger.With("node", cfg.ID),
@@ -67,15 +108,23 @@ func New(cfg Config) *Transport {
 		stopc: make(chan struct{}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pando_transport_dropped_messages_total",
-			Help: "Raft messages dropped because a peer's queue was full or its stream failed.",
-		}, []string{"peer"}),
+			Help: "Raft messages dropped, by peer and reason: queue_full, unreachable (the stream failed), breaker_open.",
+		}, []string{"peer", "reason"}),
 		sent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pando_transport_sent_messages_total",
 			Help: "Raft messages written to a peer's stream.",
 		}, []string{"peer"}),
+		brState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pando_peer_breaker_state",
+			Help: "State of the circuit breaker this node holds to a peer: 0 closed, 1 half-open, 2 open.",
+		}, []string{"peer"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pando_peer_breaker_transitions_total",
+			Help: "State changes of the circuit breaker this node holds to a peer, by the state entered.",
+		}, []string{"peer", "to"}),
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(t.dropped, t.sent)
+		cfg.Registerer.MustRegister(t.dropped, t.sent, t.brState, t.transitions)
 	}
 	return t
 }
@@ -97,13 +146,35 @@ func (t *Transport) IDs() []uint64 {
 	return ids
 }
 
-// Live reports whether the last attempt to reach the peer succeeded.
+// Live reports whether the last attempt to reach the peer succeeded and
+// its breaker is not open.
 func (t *Transport) Live(id uint64) bool {
 	p, err := t.peer(id)
 	if err != nil {
 		return false
 	}
-	return p.live.Load()
+	return p.live.Load() && !p.open.Load()
+}
+
+// Breaker returns the circuit breaker guarding calls to a peer (nil for an
+// unknown peer or this node). The server's forwarding shares it.
+func (t *Transport) Breaker(id uint64) *resilience.Breaker {
+	p, err := t.peer(id)
+	if err != nil {
+		return nil
+	}
+	return p.br
+}
+
+// Heard records that a peer sent us something: it is alive. The
+// receiving side (Server) calls it for every batch and snapshot.
+func (t *Transport) Heard(id uint64) {
+	t.mu.Lock()
+	p := t.peers[id]
+	t.mu.Unlock()
+	if p != nil {
+		p.lastHeard.Store(t.cfg.Clock.Now().UnixNano())
+	}
 }
 
 // Conn returns the shared connection to a peer.
@@ -145,6 +216,18 @@ func (t *Transport) peer(id uint64) (*peer, error) {
 		return nil, fmt.Errorf("transport: dial node %d at %s: %w", id, addr, err)
 	}
 	p := &peer{t: t, id: id, conn: conn, queue: make(chan node.Envelope, t.cfg.QueueSize), snaps: make(chan node.Envelope, 4)}
+	label := fmt.Sprint(id)
+	p.br = resilience.NewBreaker(label, t.cfg.Breaker, t.cfg.Clock, func(_ string, from, to resilience.State) {
+		p.open.Store(to == resilience.StateOpen)
+		t.brState.WithLabelValues(label).Set(float64(to))
+		t.transitions.WithLabelValues(label, to.String()).Inc()
+		if to == resilience.StateOpen {
+			t.log.Warn("peer breaker open: dropping its messages, probing", "peer", id, "from", from.String())
+		} else {
+			t.log.Info("peer breaker "+to.String(), "peer", id, "from", from.String())
+		}
+	})
+	t.brState.WithLabelValues(label).Set(0)
 	p.live.Store(true)
 	t.peers[id] = p
 	t.wg.Add(2)
@@ -158,7 +241,13 @@ func (t *Transport) Send(envs []node.Envelope) {
 	for _, e := range envs {
 		p, err := t.peer(e.Msg.To)
 		if err != nil {
-			t.drop(e)
+			t.drop(e, dropUnreachable)
+			continue
+		}
+		if p.open.Load() {
+			// The peer is failing: drop at once rather than pile up work
+			// for it; Raft retransmits once the breaker lets probes through.
+			t.drop(e, dropBreakerOpen)
 			continue
 		}
 		q := p.queue
@@ -168,13 +257,13 @@ func (t *Transport) Send(envs []node.Envelope) {
 		select {
 		case q <- e:
 		default:
-			t.drop(e)
+			t.drop(e, dropQueueFull)
 		}
 	}
 }
 
-func (t *Transport) drop(e node.Envelope) {
-	t.dropped.WithLabelValues(fmt.Sprint(e.Msg.To)).Inc()
+func (t *Transport) drop(e node.Envelope, reason string) {
+	t.dropped.WithLabelValues(fmt.Sprint(e.Msg.To), reason).Inc()
 	if e.Snapshot != nil {
 		e.Snapshot.Done(false)
 	}
@@ -200,40 +289,65 @@ func (t *Transport) Close() {
 }
 
 type peer struct {
-	t     *Transport
-	id    uint64
-	conn  *grpc.ClientConn
-	queue chan node.Envelope
-	snaps chan node.Envelope
-	live  atomic.Bool
+	t         *Transport
+	id        uint64
+	conn      *grpc.ClientConn
+	queue     chan node.Envelope
+	snaps     chan node.Envelope
+	live      atomic.Bool
+	br        *resilience.Breaker
+	open      atomic.Bool  // br is open: Send drops at once
+	lastHeard atomic.Int64 // unix nanoseconds of the last batch received from the peer
 }
 
+var (
+	errBreakerOpen = errors.New("transport: peer breaker open")
+	errSilent      = errors.New("transport: peer silent")
+)
+
 // run keeps one stream open to the peer and writes batches of queued
-// messages to it.
+// messages to it. While the peer's breaker is open it opens no stream:
+// Send drops the peer's messages, and once the breaker turns half-open
+// the next stream is the probe.
 func (p *peer) run() {
 	defer p.t.wg.Done()
 	client := pandopb.NewRaftClient(p.conn)
 	backoff := 50 * time.Millisecond
 	for {
-		ctx, cancel := context.WithCancel(context.Background())
-		stream, err := client.Send(ctx)
-		if err == nil {
-			err = p.pump(stream)
-		}
-		cancel()
 		select {
 		case <-p.t.stopc:
 			return
 		default:
 		}
-		if err != nil {
+		if st := p.br.Status(); st.State == resilience.StateOpen {
+			p.flush(dropBreakerOpen)
+			p.reportUnreachable()
+			wait := max(st.OpenUntil.Sub(p.t.cfg.Clock.Now()), backoff)
+			select {
+			case <-p.t.stopc:
+				return
+			case <-time.After(wait):
+			}
+			continue
+		}
+		err := p.stream(client)
+		select {
+		case <-p.t.stopc:
+			return
+		default:
+		}
+		if errors.Is(err, errBreakerOpen) {
+			// Half-open with the probe taken by a forwarded request, or
+			// opened meanwhile: nothing was sent.
+			p.flush(dropBreakerOpen)
+		} else if err != nil {
 			if p.live.Swap(false) {
 				p.t.log.Warn("peer unreachable", "peer", p.id, "err", err)
 			}
 			p.reportUnreachable()
 		}
 		// Drop what piled up while the peer was unreachable: Raft resends.
-		p.flush()
+		p.flush(dropUnreachable)
 		select {
 		case <-p.t.stopc:
 			return
@@ -242,13 +356,74 @@ func (p *peer) run() {
 	}
 }
 
-func (p *peer) pump(stream grpc.ClientStreamingClient[pandopb.RaftBatch, pandopb.RaftAck]) error {
+// outstanding is the breaker call of a stream: it starts with the first
+// batch sent while none is outstanding, succeeds when the peer is heard
+// from after that, and fails when the stream breaks or the peer stays
+// silent for SilenceTimeout.
+type outstanding struct {
+	call   resilience.Call
+	sentAt int64 // unix nanoseconds; 0 until a batch left
+}
+
+// stream opens one stream to the peer and pumps queued messages into it
+// until it fails or the transport stops.
+func (p *peer) stream(client pandopb.RaftClient) error {
+	call, err := p.br.Allow()
+	if err != nil {
+		return errBreakerOpen
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// A hung peer's kernel may accept the connection while the process
+	// never answers: give up on the stream after ConnectTimeout.
+	watchdog := time.AfterFunc(p.t.cfg.ConnectTimeout, cancel)
+	stream, err := client.Send(ctx)
+	watchdog.Stop()
+	if err != nil {
+		call.Done(resilience.Failure)
+		return err
+	}
+	out := &outstanding{call: call}
+	err = p.pump(cancel, stream, &out)
+	if out != nil {
+		if errors.Is(err, errStopped) {
+			out.call.Done(resilience.Excluded)
+		} else {
+			out.call.Done(resilience.Failure)
+		}
+	}
+	if errors.Is(err, errStopped) {
+		return nil
+	}
+	return err
+}
+
+var errStopped = errors.New("transport: stopped")
+
+func (p *peer) pump(cancel context.CancelFunc, stream grpc.ClientStreamingClient[pandopb.RaftBatch, pandopb.RaftAck], out **outstanding) error {
+	silence := p.t.cfg.SilenceTimeout
+	tick := time.NewTicker(silence / 4)
+	defer tick.Stop()
 	for {
+		// Settle the outstanding call: heard from since we sent, or silent
+		// too long.
+		if o := *out; o != nil && o.sentAt != 0 {
+			now := p.t.cfg.Clock.Now().UnixNano()
+			switch {
+			case p.lastHeard.Load() >= o.sentAt:
+				o.call.Done(resilience.Success)
+				*out = nil
+			case now-o.sentAt > int64(silence):
+				return fmt.Errorf("%w for %v", errSilent, silence)
+			}
+		}
 		var first node.Envelope
 		select {
 		case <-p.t.stopc:
 			stream.CloseSend()
-			return nil
+			return errStopped
+		case <-tick.C:
+			continue
 		case first = <-p.queue:
 		}
 		batch := &pandopb.RaftBatch{FromNode: p.t.cfg.ID}
@@ -276,8 +451,24 @@ func (p *peer) pump(stream grpc.ClientStreamingClient[pandopb.RaftBatch, pandopb
 				break more
 			}
 		}
-		if err := stream.Send(batch); err != nil {
+		if *out == nil {
+			call, err := p.br.Allow()
+			if err != nil {
+				// Opened meanwhile (forwarded requests failing too).
+				p.t.dropped.WithLabelValues(fmt.Sprint(p.id), dropBreakerOpen).Add(float64(len(batch.Messages)))
+				return errBreakerOpen
+			}
+			*out = &outstanding{call: call}
+		}
+		// A send blocks only when the peer stopped reading (flow control).
+		watchdog := time.AfterFunc(silence, cancel)
+		err := stream.Send(batch)
+		watchdog.Stop()
+		if err != nil {
 			return err
+		}
+		if o := *out; o.sentAt == 0 {
+			o.sentAt = p.t.cfg.Clock.Now().UnixNano()
 		}
 		if !p.live.Swap(true) {
 			p.t.log.Info("peer reachable", "peer", p.id)
@@ -286,11 +477,11 @@ func (p *peer) pump(stream grpc.ClientStreamingClient[pandopb.RaftBatch, pandopb
 	}
 }
 
-func (p *peer) flush() {
+func (p *peer) flush(reason string) {
 	for {
 		select {
 		case e := <-p.queue:
-			p.t.drop(e)
+			p.t.drop(e, reason)
 		default:
 			return
 		}

@@ -193,8 +193,15 @@ type PutRequest struct {
 	// expected_version (0 means the key must be absent).
 	Cas             bool   `protobuf:"varint,3,opt,name=cas,proto3" json:"cas,omitempty"`
 	ExpectedVersion uint64 `protobuf:"varint,4,opt,name=expected_version,json=expectedVersion,proto3" json:"expected_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// client_id and seq make the write idempotent: a retry carrying the
+	// same pair returns the first attempt's result instead of applying
+	// again. A client holds at most one write in flight per client_id and
+	// numbers its writes 1, 2, 3...; 0 means "no key" (the node that
+	// receives the request assigns one).
+	ClientId      uint64 `protobuf:"varint,5,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Seq           uint64 `protobuf:"varint,6,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PutRequest) Reset() {
@@ -255,6 +262,20 @@ func (x *PutRequest) GetExpectedVersion() uint64 {
 	return 0
 }
 
+func (x *PutRequest) GetClientId() uint64 {
+	if x != nil {
+		return x.ClientId
+	}
+	return 0
+}
+
+func (x *PutRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 type PutResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Version       uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -304,8 +325,11 @@ type DeleteRequest struct {
 	Key             []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	Cas             bool                   `protobuf:"varint,2,opt,name=cas,proto3" json:"cas,omitempty"`
 	ExpectedVersion uint64                 `protobuf:"varint,3,opt,name=expected_version,json=expectedVersion,proto3" json:"expected_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// See PutRequest.
+	ClientId      uint64 `protobuf:"varint,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Seq           uint64 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteRequest) Reset() {
@@ -355,6 +379,20 @@ func (x *DeleteRequest) GetCas() bool {
 func (x *DeleteRequest) GetExpectedVersion() uint64 {
 	if x != nil {
 		return x.ExpectedVersion
+	}
+	return 0
+}
+
+func (x *DeleteRequest) GetClientId() uint64 {
+	if x != nil {
+		return x.ClientId
+	}
+	return 0
+}
+
+func (x *DeleteRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
 	}
 	return 0
 }
@@ -832,18 +870,81 @@ func (x *RangeStatus) GetQps() float64 {
 	return 0
 }
 
+// BreakerStatus is the state of the circuit breaker a node holds to one
+// of its peers ("closed", "half-open" or "open").
+type BreakerStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PeerId        uint64                 `protobuf:"varint,1,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"`
+	Addr          string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BreakerStatus) Reset() {
+	*x = BreakerStatus{}
+	mi := &file_pando_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BreakerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BreakerStatus) ProtoMessage() {}
+
+func (x *BreakerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BreakerStatus.ProtoReflect.Descriptor instead.
+func (*BreakerStatus) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *BreakerStatus) GetPeerId() uint64 {
+	if x != nil {
+		return x.PeerId
+	}
+	return 0
+}
+
+func (x *BreakerStatus) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *BreakerStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
 type StatusResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	Nodes         []*NodeStatus          `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	Ranges        []*RangeStatus         `protobuf:"bytes,3,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	Breakers      []*BreakerStatus       `protobuf:"bytes,4,rep,name=breakers,proto3" json:"breakers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_pando_proto_msgTypes[12]
+	mi := &file_pando_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -855,7 +956,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[12]
+	mi := &file_pando_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -868,7 +969,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{12}
+	return file_pando_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StatusResponse) GetNodeId() uint64 {
@@ -892,6 +993,13 @@ func (x *StatusResponse) GetRanges() []*RangeStatus {
 	return nil
 }
 
+func (x *StatusResponse) GetBreakers() []*BreakerStatus {
+	if x != nil {
+		return x.Breakers
+	}
+	return nil
+}
+
 type RaftEnvelope struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	RangeId uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
@@ -903,7 +1011,7 @@ type RaftEnvelope struct {
 
 func (x *RaftEnvelope) Reset() {
 	*x = RaftEnvelope{}
-	mi := &file_pando_proto_msgTypes[13]
+	mi := &file_pando_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +1023,7 @@ func (x *RaftEnvelope) String() string {
 func (*RaftEnvelope) ProtoMessage() {}
 
 func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[13]
+	mi := &file_pando_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +1036,7 @@ func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftEnvelope.ProtoReflect.Descriptor instead.
 func (*RaftEnvelope) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{13}
+	return file_pando_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RaftEnvelope) GetRangeId() uint64 {
@@ -955,7 +1063,7 @@ type RaftBatch struct {
 
 func (x *RaftBatch) Reset() {
 	*x = RaftBatch{}
-	mi := &file_pando_proto_msgTypes[14]
+	mi := &file_pando_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -967,7 +1075,7 @@ func (x *RaftBatch) String() string {
 func (*RaftBatch) ProtoMessage() {}
 
 func (x *RaftBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[14]
+	mi := &file_pando_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -980,7 +1088,7 @@ func (x *RaftBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftBatch.ProtoReflect.Descriptor instead.
 func (*RaftBatch) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{14}
+	return file_pando_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RaftBatch) GetFromNode() uint64 {
@@ -1005,7 +1113,7 @@ type RaftAck struct {
 
 func (x *RaftAck) Reset() {
 	*x = RaftAck{}
-	mi := &file_pando_proto_msgTypes[15]
+	mi := &file_pando_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1125,7 @@ func (x *RaftAck) String() string {
 func (*RaftAck) ProtoMessage() {}
 
 func (x *RaftAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[15]
+	mi := &file_pando_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1138,7 @@ func (x *RaftAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAck.ProtoReflect.Descriptor instead.
 func (*RaftAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{15}
+	return file_pando_proto_rawDescGZIP(), []int{16}
 }
 
 // A snapshot travels as a stream of chunks: data chunks first, then one
@@ -1048,7 +1156,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_pando_proto_msgTypes[16]
+	mi := &file_pando_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1168,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[16]
+	mi := &file_pando_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1181,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{16}
+	return file_pando_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SnapshotChunk) GetRangeId() uint64 {
@@ -1120,7 +1228,7 @@ type SnapshotAck struct {
 
 func (x *SnapshotAck) Reset() {
 	*x = SnapshotAck{}
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1240,7 @@ func (x *SnapshotAck) String() string {
 func (*SnapshotAck) ProtoMessage() {}
 
 func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1253,7 @@ func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotAck.ProtoReflect.Descriptor instead.
 func (*SnapshotAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{17}
+	return file_pando_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SnapshotAck) GetAccepted() bool {
@@ -1167,7 +1275,7 @@ type PutOp struct {
 
 func (x *PutOp) Reset() {
 	*x = PutOp{}
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1287,7 @@ func (x *PutOp) String() string {
 func (*PutOp) ProtoMessage() {}
 
 func (x *PutOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +1300,7 @@ func (x *PutOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOp.ProtoReflect.Descriptor instead.
 func (*PutOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{18}
+	return file_pando_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PutOp) GetKey() []byte {
@@ -1234,7 +1342,7 @@ type DeleteOp struct {
 
 func (x *DeleteOp) Reset() {
 	*x = DeleteOp{}
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1354,7 @@ func (x *DeleteOp) String() string {
 func (*DeleteOp) ProtoMessage() {}
 
 func (x *DeleteOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1367,7 @@ func (x *DeleteOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteOp.ProtoReflect.Descriptor instead.
 func (*DeleteOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{19}
+	return file_pando_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeleteOp) GetKey() []byte {
@@ -1283,6 +1391,54 @@ func (x *DeleteOp) GetExpectedVersion() uint64 {
 	return 0
 }
 
+// PruneDedupOp removes the deduplication records of the range written
+// by commands proposed before `before` (unix nanoseconds, from the
+// proposing leader's clock). The leader proposes it periodically, so that
+// expiry is decided once, in the log, identically on every replica.
+type PruneDedupOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Before        int64                  `protobuf:"varint,1,opt,name=before,proto3" json:"before,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PruneDedupOp) Reset() {
+	*x = PruneDedupOp{}
+	mi := &file_pando_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PruneDedupOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PruneDedupOp) ProtoMessage() {}
+
+func (x *PruneDedupOp) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PruneDedupOp.ProtoReflect.Descriptor instead.
+func (*PruneDedupOp) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *PruneDedupOp) GetBefore() int64 {
+	if x != nil {
+		return x.Before
+	}
+	return 0
+}
+
 // Command is the payload of a normal Raft log entry.
 type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1292,18 +1448,25 @@ type Command struct {
 	//
 	//	*Command_Put
 	//	*Command_Delete
+	//	*Command_PruneDedup
 	//	*Command_Checksum
 	//	*Command_Verdict
 	//	*Command_Split
 	//	*Command_AllocRangeId
-	Op            isCommand_Op `protobuf_oneof:"op"`
+	Op isCommand_Op `protobuf_oneof:"op"`
+	// client_id and seq: the write's idempotency key (0: none).
+	ClientId uint64 `protobuf:"varint,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Seq      uint64 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`
+	// proposed_at is the leader's clock (unix nanoseconds) when it proposed
+	// the command; deduplication records carry it, and expire by it.
+	ProposedAt    int64 `protobuf:"varint,6,opt,name=proposed_at,json=proposedAt,proto3" json:"proposed_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1315,7 +1478,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1328,7 +1491,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{20}
+	return file_pando_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Command) GetId() uint64 {
@@ -1358,6 +1521,15 @@ func (x *Command) GetDelete() *DeleteOp {
 	if x != nil {
 		if x, ok := x.Op.(*Command_Delete); ok {
 			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetPruneDedup() *PruneDedupOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_PruneDedup); ok {
+			return x.PruneDedup
 		}
 	}
 	return nil
@@ -1399,6 +1571,27 @@ func (x *Command) GetAllocRangeId() *AllocRangeIDOp {
 	return nil
 }
 
+func (x *Command) GetClientId() uint64 {
+	if x != nil {
+		return x.ClientId
+	}
+	return 0
+}
+
+func (x *Command) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Command) GetProposedAt() int64 {
+	if x != nil {
+		return x.ProposedAt
+	}
+	return 0
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -1409,6 +1602,10 @@ type Command_Put struct {
 
 type Command_Delete struct {
 	Delete *DeleteOp `protobuf:"bytes,3,opt,name=delete,proto3,oneof"`
+}
+
+type Command_PruneDedup struct {
+	PruneDedup *PruneDedupOp `protobuf:"bytes,7,opt,name=prune_dedup,json=pruneDedup,proto3,oneof"`
 }
 
 type Command_Checksum struct {
@@ -1433,6 +1630,8 @@ func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
 
+func (*Command_PruneDedup) isCommand_Op() {}
+
 func (*Command_Checksum) isCommand_Op() {}
 
 func (*Command_Verdict) isCommand_Op() {}
@@ -1440,6 +1639,94 @@ func (*Command_Verdict) isCommand_Op() {}
 func (*Command_Split) isCommand_Op() {}
 
 func (*Command_AllocRangeId) isCommand_Op() {}
+
+// DedupRecord is a range's deduplication record of one client session:
+// the last write it applied (seq) and that write's result.
+type DedupRecord struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Seq        uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	ProposedAt int64                  `protobuf:"varint,2,opt,name=proposed_at,json=proposedAt,proto3" json:"proposed_at,omitempty"`
+	// The result: a put's version, a delete's deleted flag, or a failed
+	// compare-and-swap (mismatch) with the key's version then (current).
+	Version       uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	Deleted       bool   `protobuf:"varint,4,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	Mismatch      bool   `protobuf:"varint,5,opt,name=mismatch,proto3" json:"mismatch,omitempty"`
+	Current       uint64 `protobuf:"varint,6,opt,name=current,proto3" json:"current,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DedupRecord) Reset() {
+	*x = DedupRecord{}
+	mi := &file_pando_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DedupRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DedupRecord) ProtoMessage() {}
+
+func (x *DedupRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DedupRecord.ProtoReflect.Descriptor instead.
+func (*DedupRecord) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DedupRecord) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *DedupRecord) GetProposedAt() int64 {
+	if x != nil {
+		return x.ProposedAt
+	}
+	return 0
+}
+
+func (x *DedupRecord) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *DedupRecord) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+func (x *DedupRecord) GetMismatch() bool {
+	if x != nil {
+		return x.Mismatch
+	}
+	return false
+}
+
+func (x *DedupRecord) GetCurrent() uint64 {
+	if x != nil {
+		return x.Current
+	}
+	return 0
+}
 
 // SplitOp splits a range at split_key: the range keeps [start, split_key)
 // and a new range new_range_id takes [split_key, end) with the same
@@ -1457,7 +1744,7 @@ type SplitOp struct {
 
 func (x *SplitOp) Reset() {
 	*x = SplitOp{}
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1756,7 @@ func (x *SplitOp) String() string {
 func (*SplitOp) ProtoMessage() {}
 
 func (x *SplitOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1769,7 @@ func (x *SplitOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitOp.ProtoReflect.Descriptor instead.
 func (*SplitOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{21}
+	return file_pando_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SplitOp) GetSplitKey() []byte {
@@ -1516,7 +1803,7 @@ type AllocRangeIDOp struct {
 
 func (x *AllocRangeIDOp) Reset() {
 	*x = AllocRangeIDOp{}
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1815,7 @@ func (x *AllocRangeIDOp) String() string {
 func (*AllocRangeIDOp) ProtoMessage() {}
 
 func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1828,7 @@ func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDOp.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{22}
+	return file_pando_proto_rawDescGZIP(), []int{25}
 }
 
 // ChecksumOp asks every replica to hash the range's replicated data as of
@@ -1555,7 +1842,7 @@ type ChecksumOp struct {
 
 func (x *ChecksumOp) Reset() {
 	*x = ChecksumOp{}
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1567,7 +1854,7 @@ func (x *ChecksumOp) String() string {
 func (*ChecksumOp) ProtoMessage() {}
 
 func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1580,7 +1867,7 @@ func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumOp.ProtoReflect.Descriptor instead.
 func (*ChecksumOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{23}
+	return file_pando_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ChecksumOp) GetCheckId() uint64 {
@@ -1610,7 +1897,7 @@ type CheckVerdict struct {
 
 func (x *CheckVerdict) Reset() {
 	*x = CheckVerdict{}
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1622,7 +1909,7 @@ func (x *CheckVerdict) String() string {
 func (*CheckVerdict) ProtoMessage() {}
 
 func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1635,7 +1922,7 @@ func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckVerdict.ProtoReflect.Descriptor instead.
 func (*CheckVerdict) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{24}
+	return file_pando_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CheckVerdict) GetCheckId() uint64 {
@@ -1703,7 +1990,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1715,7 +2002,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1728,7 +2015,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{25}
+	return file_pando_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RangeDescriptor) GetId() uint64 {
@@ -1784,7 +2071,7 @@ type RangeState struct {
 
 func (x *RangeState) Reset() {
 	*x = RangeState{}
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +2083,7 @@ func (x *RangeState) String() string {
 func (*RangeState) ProtoMessage() {}
 
 func (x *RangeState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +2096,7 @@ func (x *RangeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeState.ProtoReflect.Descriptor instead.
 func (*RangeState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{26}
+	return file_pando_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RangeState) GetAppliedIndex() uint64 {
@@ -1865,7 +2152,7 @@ type TruncatedState struct {
 
 func (x *TruncatedState) Reset() {
 	*x = TruncatedState{}
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +2164,7 @@ func (x *TruncatedState) String() string {
 func (*TruncatedState) ProtoMessage() {}
 
 func (x *TruncatedState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +2177,7 @@ func (x *TruncatedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncatedState.ProtoReflect.Descriptor instead.
 func (*TruncatedState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{27}
+	return file_pando_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *TruncatedState) GetIndex() uint64 {
@@ -1920,7 +2207,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1932,7 +2219,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1945,7 +2232,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{28}
+	return file_pando_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CheckRequest) GetRangeId() uint64 {
@@ -1980,7 +2267,7 @@ type KeyDiff struct {
 
 func (x *KeyDiff) Reset() {
 	*x = KeyDiff{}
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1992,7 +2279,7 @@ func (x *KeyDiff) String() string {
 func (*KeyDiff) ProtoMessage() {}
 
 func (x *KeyDiff) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2005,7 +2292,7 @@ func (x *KeyDiff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDiff.ProtoReflect.Descriptor instead.
 func (*KeyDiff) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{29}
+	return file_pando_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *KeyDiff) GetKey() []byte {
@@ -2034,7 +2321,7 @@ type ReplicaKey struct {
 
 func (x *ReplicaKey) Reset() {
 	*x = ReplicaKey{}
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2046,7 +2333,7 @@ func (x *ReplicaKey) String() string {
 func (*ReplicaKey) ProtoMessage() {}
 
 func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2059,7 +2346,7 @@ func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaKey.ProtoReflect.Descriptor instead.
 func (*ReplicaKey) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{30}
+	return file_pando_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReplicaKey) GetNodeId() uint64 {
@@ -2102,7 +2389,7 @@ type RangeCheck struct {
 
 func (x *RangeCheck) Reset() {
 	*x = RangeCheck{}
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2114,7 +2401,7 @@ func (x *RangeCheck) String() string {
 func (*RangeCheck) ProtoMessage() {}
 
 func (x *RangeCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2127,7 +2414,7 @@ func (x *RangeCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeCheck.ProtoReflect.Descriptor instead.
 func (*RangeCheck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{31}
+	return file_pando_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RangeCheck) GetRangeId() uint64 {
@@ -2202,7 +2489,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2214,7 +2501,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2227,7 +2514,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{32}
+	return file_pando_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CheckResponse) GetRanges() []*RangeCheck {
@@ -2247,7 +2534,7 @@ type ChecksumRequest struct {
 
 func (x *ChecksumRequest) Reset() {
 	*x = ChecksumRequest{}
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2259,7 +2546,7 @@ func (x *ChecksumRequest) String() string {
 func (*ChecksumRequest) ProtoMessage() {}
 
 func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2272,7 +2559,7 @@ func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumRequest.ProtoReflect.Descriptor instead.
 func (*ChecksumRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{33}
+	return file_pando_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ChecksumRequest) GetRangeId() uint64 {
@@ -2302,7 +2589,7 @@ type ChecksumResponse struct {
 
 func (x *ChecksumResponse) Reset() {
 	*x = ChecksumResponse{}
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2314,7 +2601,7 @@ func (x *ChecksumResponse) String() string {
 func (*ChecksumResponse) ProtoMessage() {}
 
 func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2327,7 +2614,7 @@ func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumResponse.ProtoReflect.Descriptor instead.
 func (*ChecksumResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{34}
+	return file_pando_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ChecksumResponse) GetIndex() uint64 {
@@ -2370,7 +2657,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2382,7 +2669,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2395,7 +2682,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{35}
+	return file_pando_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListKeysRequest) GetRangeId() uint64 {
@@ -2437,7 +2724,7 @@ type KeyDigest struct {
 
 func (x *KeyDigest) Reset() {
 	*x = KeyDigest{}
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2449,7 +2736,7 @@ func (x *KeyDigest) String() string {
 func (*KeyDigest) ProtoMessage() {}
 
 func (x *KeyDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2462,7 +2749,7 @@ func (x *KeyDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDigest.ProtoReflect.Descriptor instead.
 func (*KeyDigest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{36}
+	return file_pando_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *KeyDigest) GetKey() []byte {
@@ -2496,7 +2783,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2508,7 +2795,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2521,7 +2808,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{37}
+	return file_pando_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListKeysResponse) GetKeys() []*KeyDigest {
@@ -2549,7 +2836,7 @@ type RepairRequest struct {
 
 func (x *RepairRequest) Reset() {
 	*x = RepairRequest{}
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2561,7 +2848,7 @@ func (x *RepairRequest) String() string {
 func (*RepairRequest) ProtoMessage() {}
 
 func (x *RepairRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2574,7 +2861,7 @@ func (x *RepairRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
 func (*RepairRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{38}
+	return file_pando_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RepairRequest) GetRangeId() uint64 {
@@ -2601,7 +2888,7 @@ type RepairResponse struct {
 
 func (x *RepairResponse) Reset() {
 	*x = RepairResponse{}
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2613,7 +2900,7 @@ func (x *RepairResponse) String() string {
 func (*RepairResponse) ProtoMessage() {}
 
 func (x *RepairResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2626,7 +2913,7 @@ func (x *RepairResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairResponse.ProtoReflect.Descriptor instead.
 func (*RepairResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{39}
+	return file_pando_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RepairResponse) GetIndex() uint64 {
@@ -2652,7 +2939,7 @@ type RangeDataRequest struct {
 
 func (x *RangeDataRequest) Reset() {
 	*x = RangeDataRequest{}
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2664,7 +2951,7 @@ func (x *RangeDataRequest) String() string {
 func (*RangeDataRequest) ProtoMessage() {}
 
 func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2677,7 +2964,7 @@ func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataRequest.ProtoReflect.Descriptor instead.
 func (*RangeDataRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{40}
+	return file_pando_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RangeDataRequest) GetRangeId() uint64 {
@@ -2700,7 +2987,7 @@ type RangeDataChunk struct {
 
 func (x *RangeDataChunk) Reset() {
 	*x = RangeDataChunk{}
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2712,7 +2999,7 @@ func (x *RangeDataChunk) String() string {
 func (*RangeDataChunk) ProtoMessage() {}
 
 func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2725,7 +3012,7 @@ func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataChunk.ProtoReflect.Descriptor instead.
 func (*RangeDataChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{41}
+	return file_pando_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RangeDataChunk) GetIndex() uint64 {
@@ -2759,7 +3046,7 @@ type SplitRequest struct {
 
 func (x *SplitRequest) Reset() {
 	*x = SplitRequest{}
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2771,7 +3058,7 @@ func (x *SplitRequest) String() string {
 func (*SplitRequest) ProtoMessage() {}
 
 func (x *SplitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2784,7 +3071,7 @@ func (x *SplitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
 func (*SplitRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{42}
+	return file_pando_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SplitRequest) GetKey() []byte {
@@ -2804,7 +3091,7 @@ type SplitResponse struct {
 
 func (x *SplitResponse) Reset() {
 	*x = SplitResponse{}
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2816,7 +3103,7 @@ func (x *SplitResponse) String() string {
 func (*SplitResponse) ProtoMessage() {}
 
 func (x *SplitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2829,7 +3116,7 @@ func (x *SplitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
 func (*SplitResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{43}
+	return file_pando_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *SplitResponse) GetLeft() *RangeDescriptor {
@@ -2854,7 +3141,7 @@ type AllocRangeIDRequest struct {
 
 func (x *AllocRangeIDRequest) Reset() {
 	*x = AllocRangeIDRequest{}
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2866,7 +3153,7 @@ func (x *AllocRangeIDRequest) String() string {
 func (*AllocRangeIDRequest) ProtoMessage() {}
 
 func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2879,7 +3166,7 @@ func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDRequest.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{44}
+	return file_pando_proto_rawDescGZIP(), []int{47}
 }
 
 type AllocRangeIDResponse struct {
@@ -2891,7 +3178,7 @@ type AllocRangeIDResponse struct {
 
 func (x *AllocRangeIDResponse) Reset() {
 	*x = AllocRangeIDResponse{}
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2903,7 +3190,7 @@ func (x *AllocRangeIDResponse) String() string {
 func (*AllocRangeIDResponse) ProtoMessage() {}
 
 func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2916,7 +3203,7 @@ func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDResponse.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{45}
+	return file_pando_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *AllocRangeIDResponse) GetRangeId() uint64 {
@@ -2938,19 +3225,23 @@ const file_pando_proto_rawDesc = "" +
 	"\vGetResponse\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\x04R\aversion\"q\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\"\xa0\x01\n" +
 	"\n" +
 	"PutRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x10\n" +
 	"\x03cas\x18\x03 \x01(\bR\x03cas\x12)\n" +
-	"\x10expected_version\x18\x04 \x01(\x04R\x0fexpectedVersion\"'\n" +
+	"\x10expected_version\x18\x04 \x01(\x04R\x0fexpectedVersion\x12\x1b\n" +
+	"\tclient_id\x18\x05 \x01(\x04R\bclientId\x12\x10\n" +
+	"\x03seq\x18\x06 \x01(\x04R\x03seq\"'\n" +
 	"\vPutResponse\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\x04R\aversion\"^\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\"\x8d\x01\n" +
 	"\rDeleteRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
 	"\x03cas\x18\x02 \x01(\bR\x03cas\x12)\n" +
-	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"*\n" +
+	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\x12\x1b\n" +
+	"\tclient_id\x18\x04 \x01(\x04R\bclientId\x12\x10\n" +
+	"\x03seq\x18\x05 \x01(\x04R\x03seq\"*\n" +
 	"\x0eDeleteResponse\x12\x18\n" +
 	"\adeleted\x18\x01 \x01(\bR\adeleted\"\x9c\x01\n" +
 	"\vScanRequest\x12\x14\n" +
@@ -2987,11 +3278,16 @@ const file_pando_proto_rawDesc = "" +
 	"last_check\x18\x14 \x01(\v2\x16.pando.v1.CheckVerdictR\tlastCheck\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\x1e \x01(\x04R\tsizeBytes\x12\x10\n" +
-	"\x03qps\x18\x1f \x01(\x01R\x03qps\"\x84\x01\n" +
+	"\x03qps\x18\x1f \x01(\x01R\x03qps\"R\n" +
+	"\rBreakerStatus\x12\x17\n" +
+	"\apeer_id\x18\x01 \x01(\x04R\x06peerId\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\"\xb9\x01\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12*\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x14.pando.v1.NodeStatusR\x05nodes\x12-\n" +
-	"\x06ranges\x18\x03 \x03(\v2\x15.pando.v1.RangeStatusR\x06ranges\"C\n" +
+	"\x06ranges\x18\x03 \x03(\v2\x15.pando.v1.RangeStatusR\x06ranges\x123\n" +
+	"\bbreakers\x18\x04 \x03(\v2\x17.pando.v1.BreakerStatusR\bbreakers\"C\n" +
 	"\fRaftEnvelope\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\fR\amessage\"\\\n" +
@@ -3015,16 +3311,32 @@ const file_pando_proto_rawDesc = "" +
 	"\bDeleteOp\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
 	"\x03cas\x18\x02 \x01(\bR\x03cas\x12)\n" +
-	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"\xc7\x02\n" +
+	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"&\n" +
+	"\fPruneDedupOp\x12\x16\n" +
+	"\x06before\x18\x01 \x01(\x03R\x06before\"\xd2\x03\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\x03put\x18\x02 \x01(\v2\x0f.pando.v1.PutOpH\x00R\x03put\x12,\n" +
-	"\x06delete\x18\x03 \x01(\v2\x12.pando.v1.DeleteOpH\x00R\x06delete\x122\n" +
+	"\x06delete\x18\x03 \x01(\v2\x12.pando.v1.DeleteOpH\x00R\x06delete\x129\n" +
+	"\vprune_dedup\x18\a \x01(\v2\x16.pando.v1.PruneDedupOpH\x00R\n" +
+	"pruneDedup\x122\n" +
 	"\bchecksum\x18\x14 \x01(\v2\x14.pando.v1.ChecksumOpH\x00R\bchecksum\x122\n" +
 	"\averdict\x18\x15 \x01(\v2\x16.pando.v1.CheckVerdictH\x00R\averdict\x12)\n" +
 	"\x05split\x18\x1e \x01(\v2\x11.pando.v1.SplitOpH\x00R\x05split\x12@\n" +
-	"\x0ealloc_range_id\x18\x1f \x01(\v2\x18.pando.v1.AllocRangeIDOpH\x00R\fallocRangeIdB\x04\n" +
-	"\x02op\"y\n" +
+	"\x0ealloc_range_id\x18\x1f \x01(\v2\x18.pando.v1.AllocRangeIDOpH\x00R\fallocRangeId\x12\x1b\n" +
+	"\tclient_id\x18\x04 \x01(\x04R\bclientId\x12\x10\n" +
+	"\x03seq\x18\x05 \x01(\x04R\x03seq\x12\x1f\n" +
+	"\vproposed_at\x18\x06 \x01(\x03R\n" +
+	"proposedAtB\x04\n" +
+	"\x02op\"\xaa\x01\n" +
+	"\vDedupRecord\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1f\n" +
+	"\vproposed_at\x18\x02 \x01(\x03R\n" +
+	"proposedAt\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x18\n" +
+	"\adeleted\x18\x04 \x01(\bR\adeleted\x12\x1a\n" +
+	"\bmismatch\x18\x05 \x01(\bR\bmismatch\x12\x18\n" +
+	"\acurrent\x18\x06 \x01(\x04R\acurrent\"y\n" +
 	"\aSplitOp\x12\x1b\n" +
 	"\tsplit_key\x18\x01 \x01(\fR\bsplitKey\x12 \n" +
 	"\fnew_range_id\x18\x02 \x01(\x04R\n" +
@@ -3166,7 +3478,7 @@ func file_pando_proto_rawDescGZIP() []byte {
 }
 
 var file_pando_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_pando_proto_goTypes = []any{
 	(Consistency)(0),             // 0: pando.v1.Consistency
 	(*GetRequest)(nil),           // 1: pando.v1.GetRequest
@@ -3181,98 +3493,103 @@ var file_pando_proto_goTypes = []any{
 	(*StatusRequest)(nil),        // 10: pando.v1.StatusRequest
 	(*NodeStatus)(nil),           // 11: pando.v1.NodeStatus
 	(*RangeStatus)(nil),          // 12: pando.v1.RangeStatus
-	(*StatusResponse)(nil),       // 13: pando.v1.StatusResponse
-	(*RaftEnvelope)(nil),         // 14: pando.v1.RaftEnvelope
-	(*RaftBatch)(nil),            // 15: pando.v1.RaftBatch
-	(*RaftAck)(nil),              // 16: pando.v1.RaftAck
-	(*SnapshotChunk)(nil),        // 17: pando.v1.SnapshotChunk
-	(*SnapshotAck)(nil),          // 18: pando.v1.SnapshotAck
-	(*PutOp)(nil),                // 19: pando.v1.PutOp
-	(*DeleteOp)(nil),             // 20: pando.v1.DeleteOp
-	(*Command)(nil),              // 21: pando.v1.Command
-	(*SplitOp)(nil),              // 22: pando.v1.SplitOp
-	(*AllocRangeIDOp)(nil),       // 23: pando.v1.AllocRangeIDOp
-	(*ChecksumOp)(nil),           // 24: pando.v1.ChecksumOp
-	(*CheckVerdict)(nil),         // 25: pando.v1.CheckVerdict
-	(*RangeDescriptor)(nil),      // 26: pando.v1.RangeDescriptor
-	(*RangeState)(nil),           // 27: pando.v1.RangeState
-	(*TruncatedState)(nil),       // 28: pando.v1.TruncatedState
-	(*CheckRequest)(nil),         // 29: pando.v1.CheckRequest
-	(*KeyDiff)(nil),              // 30: pando.v1.KeyDiff
-	(*ReplicaKey)(nil),           // 31: pando.v1.ReplicaKey
-	(*RangeCheck)(nil),           // 32: pando.v1.RangeCheck
-	(*CheckResponse)(nil),        // 33: pando.v1.CheckResponse
-	(*ChecksumRequest)(nil),      // 34: pando.v1.ChecksumRequest
-	(*ChecksumResponse)(nil),     // 35: pando.v1.ChecksumResponse
-	(*ListKeysRequest)(nil),      // 36: pando.v1.ListKeysRequest
-	(*KeyDigest)(nil),            // 37: pando.v1.KeyDigest
-	(*ListKeysResponse)(nil),     // 38: pando.v1.ListKeysResponse
-	(*RepairRequest)(nil),        // 39: pando.v1.RepairRequest
-	(*RepairResponse)(nil),       // 40: pando.v1.RepairResponse
-	(*RangeDataRequest)(nil),     // 41: pando.v1.RangeDataRequest
-	(*RangeDataChunk)(nil),       // 42: pando.v1.RangeDataChunk
-	(*SplitRequest)(nil),         // 43: pando.v1.SplitRequest
-	(*SplitResponse)(nil),        // 44: pando.v1.SplitResponse
-	(*AllocRangeIDRequest)(nil),  // 45: pando.v1.AllocRangeIDRequest
-	(*AllocRangeIDResponse)(nil), // 46: pando.v1.AllocRangeIDResponse
+	(*BreakerStatus)(nil),        // 13: pando.v1.BreakerStatus
+	(*StatusResponse)(nil),       // 14: pando.v1.StatusResponse
+	(*RaftEnvelope)(nil),         // 15: pando.v1.RaftEnvelope
+	(*RaftBatch)(nil),            // 16: pando.v1.RaftBatch
+	(*RaftAck)(nil),              // 17: pando.v1.RaftAck
+	(*SnapshotChunk)(nil),        // 18: pando.v1.SnapshotChunk
+	(*SnapshotAck)(nil),          // 19: pando.v1.SnapshotAck
+	(*PutOp)(nil),                // 20: pando.v1.PutOp
+	(*DeleteOp)(nil),             // 21: pando.v1.DeleteOp
+	(*PruneDedupOp)(nil),         // 22: pando.v1.PruneDedupOp
+	(*Command)(nil),              // 23: pando.v1.Command
+	(*DedupRecord)(nil),          // 24: pando.v1.DedupRecord
+	(*SplitOp)(nil),              // 25: pando.v1.SplitOp
+	(*AllocRangeIDOp)(nil),       // 26: pando.v1.AllocRangeIDOp
+	(*ChecksumOp)(nil),           // 27: pando.v1.ChecksumOp
+	(*CheckVerdict)(nil),         // 28: pando.v1.CheckVerdict
+	(*RangeDescriptor)(nil),      // 29: pando.v1.RangeDescriptor
+	(*RangeState)(nil),           // 30: pando.v1.RangeState
+	(*TruncatedState)(nil),       // 31: pando.v1.TruncatedState
+	(*CheckRequest)(nil),         // 32: pando.v1.CheckRequest
+	(*KeyDiff)(nil),              // 33: pando.v1.KeyDiff
+	(*ReplicaKey)(nil),           // 34: pando.v1.ReplicaKey
+	(*RangeCheck)(nil),           // 35: pando.v1.RangeCheck
+	(*CheckResponse)(nil),        // 36: pando.v1.CheckResponse
+	(*ChecksumRequest)(nil),      // 37: pando.v1.ChecksumRequest
+	(*ChecksumResponse)(nil),     // 38: pando.v1.ChecksumResponse
+	(*ListKeysRequest)(nil),      // 39: pando.v1.ListKeysRequest
+	(*KeyDigest)(nil),            // 40: pando.v1.KeyDigest
+	(*ListKeysResponse)(nil),     // 41: pando.v1.ListKeysResponse
+	(*RepairRequest)(nil),        // 42: pando.v1.RepairRequest
+	(*RepairResponse)(nil),       // 43: pando.v1.RepairResponse
+	(*RangeDataRequest)(nil),     // 44: pando.v1.RangeDataRequest
+	(*RangeDataChunk)(nil),       // 45: pando.v1.RangeDataChunk
+	(*SplitRequest)(nil),         // 46: pando.v1.SplitRequest
+	(*SplitResponse)(nil),        // 47: pando.v1.SplitResponse
+	(*AllocRangeIDRequest)(nil),  // 48: pando.v1.AllocRangeIDRequest
+	(*AllocRangeIDResponse)(nil), // 49: pando.v1.AllocRangeIDResponse
 }
 var file_pando_proto_depIdxs = []int32{
 	0,  // 0: pando.v1.GetRequest.consistency:type_name -> pando.v1.Consistency
 	0,  // 1: pando.v1.ScanRequest.consistency:type_name -> pando.v1.Consistency
 	8,  // 2: pando.v1.ScanResponse.items:type_name -> pando.v1.KeyValue
-	25, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
+	28, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
 	11, // 4: pando.v1.StatusResponse.nodes:type_name -> pando.v1.NodeStatus
 	12, // 5: pando.v1.StatusResponse.ranges:type_name -> pando.v1.RangeStatus
-	14, // 6: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
-	8,  // 7: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
-	19, // 8: pando.v1.Command.put:type_name -> pando.v1.PutOp
-	20, // 9: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
-	24, // 10: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
-	25, // 11: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
-	22, // 12: pando.v1.Command.split:type_name -> pando.v1.SplitOp
-	23, // 13: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
-	26, // 14: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
-	25, // 15: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
-	31, // 16: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
-	30, // 17: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
-	32, // 18: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
-	37, // 19: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
-	8,  // 20: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
-	26, // 21: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
-	26, // 22: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
-	1,  // 23: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
-	3,  // 24: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
-	5,  // 25: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
-	7,  // 26: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
-	10, // 27: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
-	15, // 28: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
-	17, // 29: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
-	29, // 30: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
-	34, // 31: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
-	36, // 32: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
-	39, // 33: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
-	41, // 34: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
-	43, // 35: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
-	45, // 36: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
-	2,  // 37: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
-	4,  // 38: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
-	6,  // 39: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
-	9,  // 40: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
-	13, // 41: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
-	16, // 42: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
-	18, // 43: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
-	33, // 44: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
-	35, // 45: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
-	38, // 46: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
-	40, // 47: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
-	42, // 48: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
-	44, // 49: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
-	46, // 50: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
-	37, // [37:51] is the sub-list for method output_type
-	23, // [23:37] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	13, // 6: pando.v1.StatusResponse.breakers:type_name -> pando.v1.BreakerStatus
+	15, // 7: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
+	8,  // 8: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
+	20, // 9: pando.v1.Command.put:type_name -> pando.v1.PutOp
+	21, // 10: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
+	22, // 11: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
+	27, // 12: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
+	28, // 13: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
+	25, // 14: pando.v1.Command.split:type_name -> pando.v1.SplitOp
+	26, // 15: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
+	29, // 16: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
+	28, // 17: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
+	34, // 18: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
+	33, // 19: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
+	35, // 20: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
+	40, // 21: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
+	8,  // 22: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
+	29, // 23: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
+	29, // 24: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
+	1,  // 25: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
+	3,  // 26: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
+	5,  // 27: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
+	7,  // 28: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
+	10, // 29: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
+	16, // 30: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
+	18, // 31: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
+	32, // 32: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
+	37, // 33: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
+	39, // 34: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
+	42, // 35: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
+	44, // 36: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
+	46, // 37: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
+	48, // 38: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
+	2,  // 39: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
+	4,  // 40: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
+	6,  // 41: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
+	9,  // 42: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
+	14, // 43: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
+	17, // 44: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
+	19, // 45: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
+	36, // 46: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
+	38, // 47: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
+	41, // 48: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
+	43, // 49: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
+	45, // 50: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
+	47, // 51: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
+	49, // 52: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
+	39, // [39:53] is the sub-list for method output_type
+	25, // [25:39] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_pando_proto_init() }
@@ -3280,9 +3597,10 @@ func file_pando_proto_init() {
 	if File_pando_proto != nil {
 		return
 	}
-	file_pando_proto_msgTypes[20].OneofWrappers = []any{
+	file_pando_proto_msgTypes[22].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
+		(*Command_PruneDedup)(nil),
 		(*Command_Checksum)(nil),
 		(*Command_Verdict)(nil),
 		(*Command_Split)(nil),
@@ -3294,7 +3612,7 @@ func file_pando_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pando_proto_rawDesc), len(file_pando_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   46,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -19,6 +19,7 @@ import (
 	"github.com/pando/pando/kv"
 
 	"github.com/pando/pando/client"
+	"github.com/pando/pando/resilience"
 )
 
 type benchResult struct {
@@ -33,6 +34,9 @@ type benchResult struct {
 	P95ms      float64 `json:"p95_ms"`
 	P99ms      float64 `json:"p99_ms"`
 	P999ms     float64 `json:"p999_ms"`
+	// Attempts and Retries are the clients' (see client.Stats).
+	Attempts int64 `json:"attempts"`
+	Retries  int64 `json:"retries"`
 }
 
 func benchCmd() *cobra.Command {
@@ -43,6 +47,7 @@ func benchCmd() *cobra.Command {
 		duration                     time.Duration
 		asJSON, stale                bool
 		splits                       int
+		res                          resilience.Settings
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -64,7 +69,7 @@ clients over a number of connections, and report throughput and p50/p95/p99/p999
 			conns = min(conns, clients)
 			cs := make([]*client.Client, conns)
 			for i := range cs {
-				c, err := client.New(client.Config{Endpoints: strings.Split(endpoints, ",")})
+				c, err := client.New(client.Config{Endpoints: strings.Split(endpoints, ","), Resilience: res, Logger: clientLogger()})
 				if err != nil {
 					return usageError{err}
 				}
@@ -172,15 +177,21 @@ clients over a number of connections, and report throughput and p50/p95/p99/p999
 				}
 				return float64(all[min(len(all)-1, int(p*float64(len(all))))].Microseconds()) / 1000
 			}
-			res := benchResult{Workload: workload, Clients: clients, Conns: conns, Ops: int64(len(all)), Errors: errs.Load(), Seconds: elapsed,
+			var attempts, retries int64
+			for _, c := range cs {
+				st := c.Stats()
+				attempts += st.Attempts
+				retries += st.Retries
+			}
+			res := benchResult{Attempts: attempts, Retries: retries, Workload: workload, Clients: clients, Conns: conns, Ops: int64(len(all)), Errors: errs.Load(), Seconds: elapsed,
 				Throughput: float64(len(all)) / elapsed, P50ms: pct(0.50), P95ms: pct(0.95), P99ms: pct(0.99), P999ms: pct(0.999)}
 			if asJSON {
 				b, _ := json.MarshalIndent(res, "", "  ")
 				fmt.Fprintln(cmd.OutOrStdout(), string(b))
 				return nil
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: %d clients / %d connections: %d ops in %.1fs = %.0f op/s, %d errors; p50 %.2fms p95 %.2fms p99 %.2fms p999 %.2fms\n",
-				res.Workload, res.Clients, res.Conns, res.Ops, res.Seconds, res.Throughput, res.Errors, res.P50ms, res.P95ms, res.P99ms, res.P999ms)
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: %d clients / %d connections: %d ops in %.1fs = %.0f op/s, %d errors; p50 %.2fms p95 %.2fms p99 %.2fms p999 %.2fms; %d attempts, %d retries\n",
+				res.Workload, res.Clients, res.Conns, res.Ops, res.Seconds, res.Throughput, res.Errors, res.P50ms, res.P95ms, res.P99ms, res.P999ms, res.Attempts, res.Retries)
 			return nil
 		},
 	}
@@ -196,6 +207,7 @@ clients over a number of connections, and report throughput and p50/p95/p99/p999
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	f.BoolVar(&stale, "stale", false, "gets are stale reads")
 	f.IntVar(&splits, "ranges", 0, "before loading, split the key space into this many ranges (evenly over --keys)")
+	addResilienceFlags(f, &res)
 	return cmd
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -13,9 +14,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/pando/pando/client"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/resilience"
 	"github.com/pando/pando/server"
 )
 
@@ -25,7 +28,8 @@ type usageError struct{ error }
 func (u usageError) Unwrap() error { return u.error }
 
 // Exit statuses: 0 ok, 1 failure, 2 usage, 3 key not found, 4 version
-// mismatch, 5 unavailable or ambiguous, 6 replicas diverged (pando check).
+// mismatch, 5 unavailable, overloaded or ambiguous, 6 replicas diverged
+// (pando check).
 func exitCode(err error) int {
 	var u usageError
 	switch {
@@ -35,7 +39,7 @@ func exitCode(err error) int {
 		return 3
 	case errors.Is(err, kv.ErrVersionMismatch):
 		return 4
-	case errors.Is(err, kv.ErrUnavailable), errors.Is(err, kv.ErrAmbiguous):
+	case errors.Is(err, kv.ErrUnavailable), errors.Is(err, kv.ErrAmbiguous), errors.Is(err, kv.ErrOverloaded):
 		return 5
 	case errors.Is(err, errDiverged):
 		return 6
@@ -47,9 +51,10 @@ func exitCode(err error) int {
 }
 
 type clientFlags struct {
-	endpoints string
-	json      bool
-	timeout   time.Duration
+	endpoints  string
+	json       bool
+	timeout    time.Duration
+	resilience resilience.Settings
 }
 
 func (f *clientFlags) add(cmd *cobra.Command, withJSON bool) {
@@ -58,10 +63,35 @@ func (f *clientFlags) add(cmd *cobra.Command, withJSON bool) {
 	if withJSON {
 		cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
 	}
+	addResilienceFlags(cmd.Flags(), &f.resilience)
+}
+
+// addResilienceFlags binds the client's resilience settings (see
+// resilience.Settings; docs/operations.md) to flags.
+func addResilienceFlags(fs *pflag.FlagSet, s *resilience.Settings) {
+	fs.IntVar(&s.MaxAttempts, "max-attempts", resilience.DefaultMaxAttempts, "attempts per request, the first included (1: no retries)")
+	fs.DurationVar(&s.AttemptTimeout, "attempt-timeout", resilience.DefaultAttemptTimeout, "deadline of one attempt on one node")
+	fs.DurationVar(&s.BackoffBase, "backoff-base", resilience.DefaultBackoffBase, "backoff before the first retry (full jitter, doubling)")
+	fs.DurationVar(&s.BackoffMax, "backoff-max", resilience.DefaultBackoffMax, "longest backoff between retries")
+	fs.Float64Var(&s.Budget.Ratio, "retry-budget", resilience.DefaultBudgetRatio, "retries allowed as a fraction of requests (over 10s)")
+	fs.Float64Var(&s.Budget.MinPerSecond, "retry-budget-floor", resilience.DefaultBudgetMinPerSecond, "retries per second allowed whatever the traffic")
+	fs.DurationVar(&s.HedgeDelay, "hedge-delay", 0, "send a stale read to a second replica after this long (0: no hedging)")
+	fs.Float64Var(&s.Breaker.FailureRate, "breaker-failure-rate", resilience.DefaultBreakerFailureRate, "failure rate over the window that opens a node's breaker")
+	fs.IntVar(&s.Breaker.MinCalls, "breaker-min-calls", resilience.DefaultBreakerMinCalls, "calls the window needs before the failure rate counts")
+	fs.IntVar(&s.Breaker.ConsecutiveFailures, "breaker-consecutive-failures", resilience.DefaultBreakerConsecutiveFailures, "failures in a row that open a node's breaker (negative: off)")
+	fs.DurationVar(&s.Breaker.Window, "breaker-window", resilience.DefaultBreakerWindow, "sliding window of the failure rate")
+	fs.DurationVar(&s.Breaker.SlowCall, "breaker-slow-call", 0, "a call slower than this counts as a failure (0: off)")
+	fs.DurationVar(&s.Breaker.OpenFor, "breaker-open-for", resilience.DefaultBreakerOpenFor, "how long an open breaker rejects calls before probing")
+	fs.IntVar(&s.Breaker.HalfOpenProbes, "breaker-probes", resilience.DefaultBreakerHalfOpenProbes, "probe calls a half-open breaker admits")
+}
+
+// clientLogger reports breaker changes and other warnings on stderr.
+func clientLogger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
 func (f *clientFlags) open() (*client.Client, context.Context, context.CancelFunc, error) {
-	c, err := client.New(client.Config{Endpoints: strings.Split(f.endpoints, ",")})
+	c, err := client.New(client.Config{Endpoints: strings.Split(f.endpoints, ","), Resilience: f.resilience, Logger: clientLogger()})
 	if err != nil {
 		return nil, nil, nil, usageError{err}
 	}
@@ -329,6 +359,12 @@ func statusCmd() *cobra.Command {
 						end = "(end)"
 					}
 					fmt.Fprintf(w, "%d\t%q\t%s\t%d\t%v\t%d\t%d\n", r.ID, r.StartKey, end, r.LeaderID, r.Replicas, r.Term, r.AppliedIndex)
+				}
+				if len(js.Breakers) > 0 {
+					fmt.Fprintf(w, "\nPEER\tADDRESS\tBREAKER\n")
+					for _, b := range js.Breakers {
+						fmt.Fprintf(w, "%d\t%s\t%s\n", b.Peer, b.Addr, b.State)
+					}
 				}
 				return w.Flush()
 			}

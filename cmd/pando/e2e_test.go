@@ -389,6 +389,8 @@ func TestCLI(t *testing.T) {
 		{[]string{"frobnicate"}, 2, "unknown command"},
 		{[]string{"server", "--initial-cluster", "x"}, 2, "must look like"},
 		{[]string{"get", "k", "--endpoints=127.0.0.1:1", "--timeout=300ms"}, 5, "unavailable"},
+		{[]string{"get", "k", ep, "--breaker-failure-rate=2"}, 2, "FailureRate"},
+		{[]string{"put", "k", "v", ep, "--max-attempts=1", "--retry-budget=0.5", "--breaker-open-for=2s"}, 0, "OK version"},
 	} {
 		out, code := run(tc.args...)
 		if code != tc.code || !strings.Contains(out, tc.out) {

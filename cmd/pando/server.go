@@ -13,6 +13,7 @@ import (
 
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/placement"
+	"github.com/pando/pando/resilience"
 	"github.com/pando/pando/server"
 )
 
@@ -33,6 +34,11 @@ func serverCmd() *cobra.Command {
 		splitBytes     uint64
 		splitQPS       float64
 		enablePprof    bool
+		maxPending     int
+		overload       time.Duration
+		forward        time.Duration
+		dedupTTL       time.Duration
+		peerBreaker    resilience.BreakerSettings
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -55,6 +61,8 @@ A three-node cluster:
 				TickInterval: tick, ElectionTicks: electionTicks, Logger: log,
 				CheckInterval: checkInterval, NoAutoRepair: !autoRepair, CheckBytesPerSec: checkRate,
 				Split: placement.SplitThresholds{MaxBytes: splitBytes, LoadQPS: splitQPS}, EnablePprof: enablePprof,
+				MaxPendingProposals: maxPending, OverloadSchedLatency: overload, ForwardTimeout: forward,
+				DedupTTL: dedupTTL, PeerBreaker: peerBreaker,
 			}
 			if checkInterval == 0 {
 				cfg.CheckInterval = -1
@@ -103,6 +111,12 @@ A three-node cluster:
 	f.Uint64Var(&splitBytes, "split-max-bytes", 64<<20, "split a range larger than this")
 	f.Float64Var(&splitQPS, "split-load-qps", 2500, "split a range whose request rate stays above this")
 	f.BoolVar(&enablePprof, "enable-pprof", false, "serve Go's profiler under /debug/pprof/")
+	f.IntVar(&maxPending, "max-pending-proposals", 4096, "proposals a range may have waiting before it sheds new ones (429)")
+	f.DurationVar(&overload, "overload-sched-latency", 100*time.Millisecond, "shed client requests (429) while the Go scheduler's p99 latency is above this (negative: never)")
+	f.DurationVar(&forward, "forward-timeout", time.Second, "deadline of one attempt to forward a request to the leader")
+	f.DurationVar(&dedupTTL, "dedup-ttl", 10*time.Minute, "how long a range remembers a client session's last write, for exactly-once retries")
+	f.IntVar(&peerBreaker.ConsecutiveFailures, "peer-breaker-consecutive-failures", 3, "stream failures or silences in a row that open the breaker to a peer")
+	f.DurationVar(&peerBreaker.OpenFor, "peer-breaker-open-for", resilience.DefaultBreakerOpenFor, "how long the breaker to a peer stays open before probing")
 	return cmd
 }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
+	"github.com/pando/pando/resilience"
 	"github.com/pando/pando/server"
 	"github.com/pando/pando/storage"
 )
@@ -36,6 +38,13 @@ type Options struct {
 	LogKeepEntries uint64
 	// RequestTimeout for requests without a deadline (default 2s).
 	RequestTimeout time.Duration
+	// MaxPendingProposals: see node.Config (default 4,096).
+	MaxPendingProposals int
+	// ForwardTimeout bounds one forwarded attempt (default 300ms).
+	ForwardTimeout time.Duration
+	// PeerBreaker configures the breaker each node keeps to each peer for
+	// forwarding (defaults of resilience.BreakerSettings).
+	PeerBreaker resilience.BreakerSettings
 }
 
 // Member is one node of the cluster.
@@ -46,6 +55,30 @@ type Member struct {
 	Node    *node.Node
 	Service *server.Service
 	running bool
+
+	// gate is held (read) by every call into Service, and (write) by
+	// Crash while it closes the engine: no call touches a closed engine.
+	gate sync.RWMutex
+	// Faults of the node's KV endpoint (see Hang, SetSlow, DropResponses).
+	hung  atomic.Bool
+	slow  atomic.Int64 // nanoseconds added to every call
+	drop  atomic.Int64 // answers of writes still to lose (negative: all)
+	calls sync.Map     // from (0: a client) -> *atomic.Int64
+}
+
+// Calls returns how many KV calls node id received from a client (from 0)
+// or from node from, faults included.
+func (m *Member) Calls(from uint64) int64 {
+	v, ok := m.calls.Load(from)
+	if !ok {
+		return 0
+	}
+	return v.(*atomic.Int64).Load()
+}
+
+func (m *Member) count(from uint64) {
+	v, _ := m.calls.LoadOrStore(from, new(atomic.Int64))
+	v.(*atomic.Int64).Add(1)
 }
 
 // Cluster is an in-process cluster on crash-consistent in-memory disks.
@@ -55,9 +88,10 @@ type Cluster struct {
 	Net  *Network
 	log  *slog.Logger
 
-	mu      sync.Mutex
-	members map[uint64]*Member
-	ids     []uint64
+	mu       sync.Mutex
+	members  map[uint64]*Member
+	ids      []uint64
+	breakers map[[2]uint64]*resilience.Breaker
 }
 
 // New starts a cluster whose nodes all hold range 1 (the whole key space).
@@ -75,11 +109,17 @@ func New(t testing.TB, opts Options) *Cluster {
 	if opts.RequestTimeout == 0 {
 		opts.RequestTimeout = 2 * time.Second
 	}
+	if opts.ForwardTimeout == 0 {
+		opts.ForwardTimeout = 300 * time.Millisecond
+	}
+	if err := opts.PeerBreaker.Validate(); err != nil {
+		t.Fatal(err)
+	}
 	level := slog.LevelError + 8
 	if os.Getenv("PANDO_TEST_LOG") != "" {
 		level = slog.LevelInfo
 	}
-	c := &Cluster{t: t, opts: opts, Net: NewNetwork(opts.Seed), members: map[uint64]*Member{},
+	c := &Cluster{t: t, opts: opts, Net: NewNetwork(opts.Seed), members: map[uint64]*Member{}, breakers: map[[2]uint64]*resilience.Breaker{},
 		log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))}
 	for i := 1; i <= opts.Nodes; i++ {
 		c.ids = append(c.ids, uint64(i))
@@ -131,7 +171,7 @@ func (c *Cluster) Start(id uint64) {
 		ID: id, Engine: eng, Transport: &transport{nw: c.Net, from: id},
 		TickInterval: c.opts.TickInterval, ElectionTicks: c.opts.ElectionTicks,
 		LogKeepEntries: c.opts.LogKeepEntries, Logger: c.log.With("node", id),
-		SnapshotChunkBytes: 4 << 10,
+		SnapshotChunkBytes: 4 << 10, MaxPendingProposals: c.opts.MaxPendingProposals,
 	})
 	if err != nil {
 		c.t.Fatalf("node %d: %v", id, err)
@@ -139,6 +179,7 @@ func (c *Cluster) Start(id uint64) {
 	c.mu.Lock()
 	m.Engine, m.Node = eng, n
 	m.Service = server.NewService(n, &peers{c: c, self: id}, kv.Limits{}, c.opts.RequestTimeout, 5*time.Millisecond)
+	m.Service.SetForwardTimeout(c.opts.ForwardTimeout)
 	m.running = true
 	c.mu.Unlock()
 	c.Net.attach(id, n)
@@ -154,15 +195,74 @@ func (c *Cluster) Crash(id uint64) {
 	if !m.running {
 		return
 	}
+	c.mu.Lock()
+	m.running = false // no new call gets in
+	c.mu.Unlock()
 	c.Net.detach(id)
 	// Stop the loop first so nothing is acknowledged after the "power cut",
 	// then keep only what was synced.
 	m.Node.Stop()
 	clone := m.FS.CrashClone(vfs.CrashCloneCfg{})
+	m.gate.Lock() // calls in flight (failing with ErrStopped) leave first
 	_ = m.Engine.Close()
+	m.gate.Unlock()
 	c.mu.Lock()
-	m.FS, m.running = clone, false
+	m.FS = clone
 	c.mu.Unlock()
+}
+
+// Hang makes node id behave like a paused process (SIGSTOP): its kernel
+// still accepts connections, but it answers nothing. KV calls to it block
+// until their deadline, and its Raft messages go nowhere, both ways.
+func (c *Cluster) Hang(id uint64) {
+	c.Member(id).hung.Store(true)
+	c.Net.Isolate(id, c.ids)
+}
+
+// Resume ends Hang: the node answers again and its links are restored.
+func (c *Cluster) Resume(id uint64) {
+	c.Net.Reconnect(id)
+	c.Member(id).hung.Store(false)
+}
+
+// SetSlow adds d to every KV call node id serves (0: none).
+func (c *Cluster) SetSlow(id uint64, d time.Duration) { c.Member(id).slow.Store(int64(d)) }
+
+// DropResponses makes node id serve the next n writes it is sent but lose
+// their answers, as a connection reset after the commit would (the caller
+// sees a transport error). n < 0: every write; 0: none.
+func (c *Cluster) DropResponses(id uint64, n int64) { c.Member(id).drop.Store(n) }
+
+// Dial is a client.Config.Dial that reaches the nodes in-process, by the
+// addresses their leader hints carry ("node1", ...).
+func (c *Cluster) Dial(addr string) (pandopb.KVClient, error) {
+	var id uint64
+	if _, err := fmt.Sscanf(addr, "node%d", &id); err != nil || c.Member(id) == nil {
+		return nil, fmt.Errorf("cluster: no node at %q", addr)
+	}
+	return &localKV{c: c, to: id}, nil
+}
+
+// Addrs are the nodes' addresses for Dial.
+func (c *Cluster) Addrs() []string {
+	var out []string
+	for _, id := range c.ids {
+		out = append(out, fmt.Sprintf("node%d", id))
+	}
+	return out
+}
+
+// breaker is the breaker node from keeps to node to, for forwarding.
+func (c *Cluster) breaker(from, to uint64) *resilience.Breaker {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := [2]uint64{from, to}
+	if b := c.breakers[k]; b != nil {
+		return b
+	}
+	b := resilience.NewBreaker(fmt.Sprintf("%d->%d", from, to), c.opts.PeerBreaker, nil, nil)
+	c.breakers[k] = b
+	return b
 }
 
 // Running reports whether node id is up.
@@ -228,6 +328,7 @@ func (p *peers) IDs() []uint64 {
 func (p *peers) KV(id uint64) (pandopb.KVClient, error) {
 	return &localKV{c: p.c, from: p.self, to: id}, nil
 }
+func (p *peers) Breaker(id uint64) *resilience.Breaker { return p.c.breaker(p.self, id) }
 
 // localKV calls a member's Service directly, subject to the network's
 // partitions when from is a node.
@@ -236,60 +337,73 @@ type localKV struct {
 	from, to uint64
 }
 
-func (l *localKV) svc(ctx context.Context) (*server.Service, context.Context, error) {
-	if l.from != 0 && !l.c.Net.Reachable(l.from, l.to) {
-		return nil, nil, status.Error(codes.Unavailable, "connection refused (partitioned)")
+// call runs f against the member's service the way a gRPC call would
+// reach it, with the member's faults: errors are gRPC statuses, a hung node
+// never answers, a slow one answers late.
+func (l *localKV) call(ctx context.Context, write bool, f func(*server.Service, context.Context) error) error {
+	m := l.c.Member(l.to)
+	if l.from != 0 && !l.c.Net.Reachable(l.from, l.to) && !m.hung.Load() {
+		return status.Error(codes.Unavailable, "connection refused (partitioned)")
 	}
+	m.count(l.from)
+	if m.hung.Load() {
+		<-ctx.Done()
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	if d := time.Duration(m.slow.Load()); d > 0 {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
+	}
+	m.gate.RLock()
+	defer m.gate.RUnlock()
 	l.c.mu.Lock()
-	m := l.c.members[l.to]
-	running := m.running
-	svc := m.Service
+	running, svc := m.running, m.Service
 	l.c.mu.Unlock()
 	if !running {
-		return nil, nil, status.Error(codes.Unavailable, "connection refused (node down)")
+		return status.Error(codes.Unavailable, "connection refused (node down)")
 	}
 	md, _ := metadata.FromOutgoingContext(ctx)
-	return svc, metadata.NewIncomingContext(ctx, md), nil
+	err := f(svc, metadata.NewIncomingContext(ctx, md))
+	if write && err == nil {
+		for {
+			n := m.drop.Load()
+			if n == 0 {
+				break
+			}
+			if n < 0 || m.drop.CompareAndSwap(n, n-1) {
+				return status.Error(codes.Unavailable, "connection reset by peer (answer lost after the write)")
+			}
+		}
+	}
+	return err
 }
 
-func (l *localKV) Get(ctx context.Context, in *pandopb.GetRequest, _ ...grpc.CallOption) (*pandopb.GetResponse, error) {
-	s, ctx, err := l.svc(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return s.Get(ctx, in)
+func (l *localKV) Get(ctx context.Context, in *pandopb.GetRequest, _ ...grpc.CallOption) (out *pandopb.GetResponse, err error) {
+	err = l.call(ctx, false, func(s *server.Service, ctx context.Context) error { out, err = s.Get(ctx, in); return err })
+	return out, err
 }
 
-func (l *localKV) Put(ctx context.Context, in *pandopb.PutRequest, _ ...grpc.CallOption) (*pandopb.PutResponse, error) {
-	s, ctx, err := l.svc(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return s.Put(ctx, in)
+func (l *localKV) Put(ctx context.Context, in *pandopb.PutRequest, _ ...grpc.CallOption) (out *pandopb.PutResponse, err error) {
+	err = l.call(ctx, true, func(s *server.Service, ctx context.Context) error { out, err = s.Put(ctx, in); return err })
+	return out, err
 }
 
-func (l *localKV) Delete(ctx context.Context, in *pandopb.DeleteRequest, _ ...grpc.CallOption) (*pandopb.DeleteResponse, error) {
-	s, ctx, err := l.svc(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return s.Delete(ctx, in)
+func (l *localKV) Delete(ctx context.Context, in *pandopb.DeleteRequest, _ ...grpc.CallOption) (out *pandopb.DeleteResponse, err error) {
+	err = l.call(ctx, true, func(s *server.Service, ctx context.Context) error { out, err = s.Delete(ctx, in); return err })
+	return out, err
 }
 
-func (l *localKV) Scan(ctx context.Context, in *pandopb.ScanRequest, _ ...grpc.CallOption) (*pandopb.ScanResponse, error) {
-	s, ctx, err := l.svc(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return s.Scan(ctx, in)
+func (l *localKV) Scan(ctx context.Context, in *pandopb.ScanRequest, _ ...grpc.CallOption) (out *pandopb.ScanResponse, err error) {
+	err = l.call(ctx, false, func(s *server.Service, ctx context.Context) error { out, err = s.Scan(ctx, in); return err })
+	return out, err
 }
 
-func (l *localKV) Status(ctx context.Context, in *pandopb.StatusRequest, _ ...grpc.CallOption) (*pandopb.StatusResponse, error) {
-	s, ctx, err := l.svc(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return s.Status(ctx, in)
+func (l *localKV) Status(ctx context.Context, in *pandopb.StatusRequest, _ ...grpc.CallOption) (out *pandopb.StatusResponse, err error) {
+	err = l.call(ctx, false, func(s *server.Service, ctx context.Context) error { out, err = s.Status(ctx, in); return err })
+	return out, err
 }
 
 // Split splits the range holding key at key, the way the server's admin

@@ -169,6 +169,31 @@ func (h *history) add(client int, in lInput, call, ret time.Time, out lOutput) {
 	h.ops = append(h.ops, porcupine.Operation{ClientId: client, Input: in, Call: call.Sub(h.start).Nanoseconds(), Output: out, Return: r})
 }
 
+// refused: the harness refused the call to a down or cut-off node before
+// it reached the node's service (a TCP connection refused): no effect.
+func refused(err error) bool {
+	st, ok := status.FromError(err)
+	return ok && st.Code() == codes.Unavailable && strings.HasPrefix(st.Message(), "connection refused")
+}
+
+// causeCounts counts the errors that made write outcomes unknown.
+type causeCounts struct {
+	mu sync.Mutex
+	m  map[string]int
+}
+
+var causes = &causeCounts{m: map[string]int{}}
+
+func (c *causeCounts) record(err error) {
+	msg := err.Error()
+	if len(msg) > 60 {
+		msg = msg[:60]
+	}
+	c.mu.Lock()
+	c.m[msg]++
+	c.mu.Unlock()
+}
+
 // runClient issues random operations against random nodes until stop.
 func runClient(c *Cluster, h *history, id int, rng *rand.Rand, keys []string, stop <-chan struct{}, versions *sync.Map) {
 	seq := 0
@@ -224,16 +249,17 @@ func runClient(c *Cluster, h *history, id int, rng *rand.Rand, keys []string, st
 		ret := time.Now()
 		cancel()
 		if err != nil {
-			refused := status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), "connection refused")
 			err = kv.FromStatus(err)
-			if in.kind == opGet || refused || !errors.Is(err, kv.ErrAmbiguous) && errors.Is(err, kv.ErrUnavailable) {
+			if in.kind == opGet || !errors.Is(err, kv.ErrAmbiguous) && errors.Is(err, kv.ErrUnavailable) || refused(err) {
 				// A failed read, or a write refused before it was
-				// proposed: no effect to check. Back off a little so a
-				// down cluster does not flood the history.
+				// proposed (or before it reached a node): no effect to
+				// check. Back off a little so that a down cluster does not
+				// flood the history.
 				time.Sleep(5 * time.Millisecond)
 				continue
 			}
 			out = lOutput{unknown: true}
+			causes.record(err)
 		}
 		h.add(id, in, call, ret, out)
 	}
@@ -332,6 +358,13 @@ func TestLinearizableUnderFaults(t *testing.T) {
 		}
 	}
 	t.Logf("%d operations, %d with a known outcome", len(h.ops), known)
+	causes.mu.Lock()
+	for msg, n := range causes.m {
+		if n > 20 {
+			t.Logf("unknown outcome %5d times: %s", n, msg)
+		}
+	}
+	causes.mu.Unlock()
 	if known < 50 {
 		t.Fatalf("only %d operations completed: the cluster was unavailable too long", known)
 	}

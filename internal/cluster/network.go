@@ -64,6 +64,17 @@ func (nw *Network) Isolate(id uint64, all []uint64) {
 	nw.Partition([]uint64{id}, all)
 }
 
+// Reconnect restores every link of id.
+func (nw *Network) Reconnect(id uint64) {
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	for k := range nw.cut {
+		if k[0] == id || k[1] == id {
+			delete(nw.cut, k)
+		}
+	}
+}
+
 // Heal restores every link.
 func (nw *Network) Heal() {
 	nw.mu.Lock()

@@ -1,0 +1,154 @@
+package transport
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/grpc"
+
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/node"
+	"github.com/pando/pando/resilience"
+)
+
+// fakePeer accepts Raft streams and reads them, and never sends anything
+// back: from the sender's side, a live process that stopped answering.
+type fakePeer struct {
+	pandopb.UnimplementedRaftServer
+	streams atomic.Int64
+	batches atomic.Int64
+}
+
+func (f *fakePeer) Send(stream grpc.ClientStreamingServer[pandopb.RaftBatch, pandopb.RaftAck]) error {
+	f.streams.Add(1)
+	for {
+		if _, err := stream.Recv(); err != nil {
+			return err
+		}
+		f.batches.Add(1)
+	}
+}
+
+func startFakePeer(t *testing.T) (string, *fakePeer) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakePeer{}
+	s := grpc.NewServer()
+	pandopb.RegisterRaftServer(s, f)
+	go s.Serve(l)
+	t.Cleanup(s.Stop)
+	return l.Addr().String(), f
+}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// heartbeats sends a message to peer 2 every 5ms until stop.
+func heartbeats(tr *Transport, stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-time.After(5 * time.Millisecond):
+			tr.Send([]node.Envelope{{RangeID: 1, Msg: raftpb.Message{Type: raftpb.MsgHeartbeat, From: 1, To: 2, Term: 1}}})
+		}
+	}
+}
+
+// TestBreakerOpensOnSilentPeerAndLetsOnlyProbesThrough: a peer that takes
+// our messages but never answers trips the breaker; while it is open the
+// transport drops the peer's messages at once and opens a stream only as a
+// half-open probe; once the peer answers again the breaker closes.
+func TestBreakerOpensOnSilentPeerAndLetsOnlyProbesThrough(t *testing.T) {
+	addr, fake := startFakePeer(t)
+	reg := prometheus.NewRegistry()
+	openFor := 300 * time.Millisecond
+	tr := New(Config{ID: 1, Peers: map[uint64]string{1: "unused", 2: addr}, Logger: quiet(), Registerer: reg,
+		SilenceTimeout: 100 * time.Millisecond, ConnectTimeout: 200 * time.Millisecond,
+		Breaker: resilience.BreakerSettings{ConsecutiveFailures: 2, OpenFor: openFor}})
+	defer tr.Close()
+	stop := make(chan struct{})
+	defer close(stop)
+	go heartbeats(tr, stop)
+
+	waitFor(t, "the breaker to open", 5*time.Second, func() bool { return tr.Breaker(2).State() == resilience.StateOpen })
+	if tr.Live(2) {
+		t.Error("a peer behind an open breaker is reported live")
+	}
+	streams := fake.streams.Load()
+	time.Sleep(5 * openFor)
+	probes := fake.streams.Load() - streams
+	// One probe stream per half-open period at most (plus one that may
+	// have been opening when we looked).
+	if probes > 6 {
+		t.Fatalf("%d streams opened in %v with the breaker open for %v at a time: more than probes", probes, 5*openFor, openFor)
+	}
+	if probes == 0 {
+		t.Fatal("no probe reached the peer")
+	}
+	if d := testutil.ToFloat64(tr.dropped.WithLabelValues("2", dropBreakerOpen)); d == 0 {
+		t.Error("no message was dropped as breaker_open")
+	}
+	if n := testutil.ToFloat64(tr.transitions.WithLabelValues("2", "open")); n < 2 {
+		t.Errorf("%v transitions to open: probes must have failed and reopened it", n)
+	}
+	if v := testutil.ToFloat64(tr.brState.WithLabelValues("2")); v != float64(resilience.StateOpen) && v != float64(resilience.StateHalfOpen) {
+		t.Errorf("pando_peer_breaker_state = %v", v)
+	}
+
+	// The peer answers again: a probe succeeds and the breaker closes.
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+				tr.Heard(2)
+			}
+		}
+	}()
+	waitFor(t, "the breaker to close", 5*time.Second, func() bool { return tr.Breaker(2).State() == resilience.StateClosed })
+	waitFor(t, "the peer to be live", 5*time.Second, func() bool { return tr.Live(2) })
+	batches := fake.batches.Load()
+	waitFor(t, "messages to flow again", 5*time.Second, func() bool { return fake.batches.Load() > batches+5 })
+}
+
+// TestBreakerOpensOnDeadPeer: connection refused trips the breaker fast.
+func TestBreakerOpensOnDeadPeer(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	tr := New(Config{ID: 1, Peers: map[uint64]string{1: "unused", 2: addr}, Logger: quiet(),
+		Breaker: resilience.BreakerSettings{OpenFor: time.Hour}})
+	defer tr.Close()
+	stop := make(chan struct{})
+	defer close(stop)
+	go heartbeats(tr, stop)
+	waitFor(t, "the breaker to open", 5*time.Second, func() bool { return tr.Breaker(2).State() == resilience.StateOpen })
+	if tr.Breaker(1) != nil || tr.Breaker(9) != nil {
+		t.Error("breakers for this node or an unknown one")
+	}
+}
