@@ -325,19 +325,22 @@ func (c *Client) forgetLeader(addr string) {
 // target chooses the node for an attempt.
 //
 // Requests for the leader go to the known leader when its breaker admits
-// calls. Otherwise to another node (not avoid, preferably not recently
-// down, its breaker admitting calls): forward is true when the leader is
-// known but its breaker is open, so that node forwards the request (it may
-// reach the leader when we cannot). Stale reads go to the cheaper of two
-// random admissible nodes (smoothed latency times calls in flight).
+// calls and it has not just failed us. Otherwise to another node (not
+// avoid, preferably not recently down, its breaker admitting calls):
+// forward is true when the leader is known but we cannot reach it now, so
+// that node forwards the request (it may reach the leader when we cannot).
+// Stale reads go to the cheaper of two random admissible nodes (smoothed
+// latency times calls in flight).
 //
 // nil: every node's breaker is open.
 func (c *Client) target(key []byte, stale bool, avoid string) (ep *endpoint, forward bool) {
 	c.mu.Lock()
 	leader := c.leaderForLocked(key)
 	var lep *endpoint
+	leaderDown := false
 	if leader != "" {
 		lep = c.eps[leader]
+		leaderDown = c.recentlyDown(leader)
 	}
 	var good, fallback []*endpoint
 	for _, addr := range c.known {
@@ -352,7 +355,7 @@ func (c *Client) target(key []byte, stale bool, avoid string) (ep *endpoint, for
 		}
 	}
 	c.mu.Unlock()
-	if !stale && lep != nil && leader != avoid && lep.br.Ready() {
+	if !stale && lep != nil && leader != avoid && !leaderDown && lep.br.Ready() {
 		return lep, false
 	}
 	if len(good) == 0 {
@@ -368,7 +371,7 @@ func (c *Client) target(key []byte, stale bool, avoid string) (ep *endpoint, for
 		now := c.cfg.Clock.Now()
 		return good[resilience.PowerOfTwo(len(good), rand.IntN, func(i int) float64 { return good[i].lat.Cost(now) })], false
 	}
-	forward = lep != nil && !lep.br.Ready()
+	forward = lep != nil && (leaderDown || !lep.br.Ready())
 	if forward {
 		// Any node can forward; prefer those that are not the leader.
 		var others []*endpoint
@@ -547,6 +550,16 @@ func do[T any](c *Client, ctx context.Context, k kind, key []byte, call func(con
 				continue
 			}
 			avoid = ep.addr
+		case errors.As(err, &nl) && nl.LeaderAddr != "" && nl.LeaderAddr != ep.addr:
+			// The hint names a node that just failed us. Remember it as
+			// the leader all the same: until it answers us again, requests
+			// for it go through another node, which forwards them (it may
+			// reach the leader when we cannot; if the leader is dead, it
+			// waits for the next one).
+			if _, eerr := c.endpoint(nl.LeaderAddr); eerr == nil {
+				c.setLeader(nl.LeaderAddr)
+			}
+			avoid = ""
 		case errors.Is(err, kv.ErrNotLeader), errors.Is(err, kv.ErrStopped):
 			c.forgetLeader(ep.addr)
 			avoid = ep.addr
@@ -559,8 +572,10 @@ func do[T any](c *Client, ctx context.Context, k kind, key []byte, call func(con
 			maybeApplied = maybeApplied || k == write
 			c.forgetLeader(ep.addr)
 			avoid = ep.addr
-		case errors.Is(err, kv.ErrUnavailable) && !isTransport(raw):
-			// Answered by pando (no quorum here): nothing was applied.
+		case errors.Is(err, kv.ErrUnavailable):
+			// Answered by pando (no quorum, no leader in time): nothing was
+			// applied. (A transport failure is a bare gRPC status: it
+			// matches no pando sentinel.)
 			c.forgetLeader(ep.addr)
 			avoid = ep.addr
 		case errors.Is(err, context.Canceled) && ctx.Err() != nil:

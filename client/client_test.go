@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -274,5 +275,21 @@ func TestEveryBreakerOpenFailsFast(t *testing.T) {
 	}
 	if st := c.Stats(); st.Attempts != attempts {
 		t.Fatalf("%d attempts with every breaker open", st.Attempts-attempts)
+	}
+}
+
+// TestUnavailableAnswerIsNotAmbiguous: pando's own "unavailable" answer
+// (no quorum) says nothing was applied, though it travels as gRPC
+// Unavailable like a transport failure.
+func TestUnavailableAnswerIsNotAmbiguous(t *testing.T) {
+	c, f := newFake(t, resilience.Settings{}, "a")
+	f.handle("a", func(context.Context, any) (any, error) {
+		return nil, fmt.Errorf("%w: range 1: no leader", kv.ErrUnavailable)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := c.Put(ctx, []byte("k"), []byte("v"))
+	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrAmbiguous) {
+		t.Fatalf("put answered unavailable every time: %v", err)
 	}
 }

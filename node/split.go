@@ -31,6 +31,9 @@ func (n *Node) applySplit(b *pebble.Batch, r *group, op *pandopb.SplitOp) (uint6
 	var cs raftpb.ConfState
 	must(cs.Unmarshal(st.ConfState))
 	must(storage.WriteSplitState(b, right, cs))
+	// A write applied before the split whose key now belongs to the right
+	// range may be retried there: it must find its deduplication record.
+	must(replica.CopyDedupTable(b, r.id, right.Id))
 	st.Desc = left
 	n.log.Info("split range", "range", r.id, "at", fmt.Sprintf("%q", op.SplitKey), "new_range", right.Id)
 	return right.Id, nil

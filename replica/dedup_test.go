@@ -206,3 +206,48 @@ func TestApplyIsDeterministic(t *testing.T) {
 		t.Fatal("replicas diverged")
 	}
 }
+
+// TestDedupTableFollowsSplitsAndMerges: after a split, a retry of a write
+// applied before it is answered from the table by whichever half now holds
+// its key; after a merge, the later write of each session survives.
+func TestDedupTableFollowsSplitsAndMerges(t *testing.T) {
+	r := &replicaState{t: t, db: openDB(t)}
+	first := r.apply(1, put("m", "v", 7, 1))
+	r.apply(1, put("a", "v", 8, 1))
+	// Split range 1: range 2 takes the keys from "k" on.
+	b := r.db.NewIndexedBatch()
+	if err := CopyDedupTable(b, 1, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		t.Fatal(err)
+	}
+	res := r.apply(2, put("m", "v", 7, 1))
+	if !res.Duplicate || res.Version != first.Version {
+		t.Fatalf("retry in the right half after the split: %+v, want the first result", res)
+	}
+	if _, ver := r.get("m"); ver != first.Version {
+		t.Fatalf("m at version %d: applied again after the split", ver)
+	}
+	// Session 8 writes on in range 2 only; merge range 2 back into 1.
+	r.apply(2, put("n", "v", 8, 2))
+	r.apply(1, put("b", "v", 9, 1)) // a session only range 1 knows
+	b = r.db.NewIndexedBatch()
+	if err := MergeDedupTables(b, 2, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint64]uint64{}
+	entries, _ := storage.ScanDedup(r.db, 1)
+	for _, e := range entries {
+		got[e.ClientID] = e.Record.Seq
+	}
+	if fmt.Sprint(got) != "map[7:1 8:2 9:1]" {
+		t.Fatalf("merged table %v, want the later write of each session", got)
+	}
+	if e, _ := storage.ScanDedup(r.db, 2); len(e) != 0 {
+		t.Fatalf("the merged-away range kept %d records", len(e))
+	}
+}

@@ -1,6 +1,7 @@
 // Package storage is pando's on-disk layout on one Pebble database per node:
 // the key encoding of every record, and per range the Raft log, hard state,
-// applied state and truncation state, with a raft.Storage view over them.
+// applied state, truncation state and deduplication table, with a
+// raft.Storage view over them.
 //
 // It owns the bytes on disk and nothing else: it never decides what to write
 // (the node's Ready loop and the replica state machine do) and never syncs on

@@ -111,43 +111,52 @@ func TestDedupTableTravelsWithSnapshot(t *testing.T) {
 // ErrOverloaded (nothing proposed), not "unavailable".
 func TestOverloadedRangeShedsProposals(t *testing.T) {
 	// A long election timeout: the isolated leader keeps leading (and its
-	// proposals pending) for a second.
-	c := New(t, Options{Seed: testSeed(t), MaxPendingProposals: 2, ElectionTicks: 100})
-	lead, err := c.Leader(1, 5*time.Second)
+	// proposal pending) for two seconds.
+	c := New(t, Options{Seed: testSeed(t), MaxPendingProposals: 1, ElectionTicks: 200})
+	lead, err := c.Leader(1, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Cut the leader off: its proposals stay pending.
 	c.Net.Isolate(lead, c.IDs())
-	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
-	defer cancel()
-	errs := make(chan error, 2)
-	for i := 0; i < 2; i++ {
-		go func(i int) {
-			_, err := c.Member(lead).Node.Propose(ctx, 1, &pandopb.Command{Op: &pandopb.Command_Put{Put: &pandopb.PutOp{Key: []byte(fmt.Sprint(i))}}})
-			errs <- err
-		}(i)
+	n := c.Member(lead).Node
+	cmd := func() *pandopb.Command {
+		return &pandopb.Command{Op: &pandopb.Command_Put{Put: &pandopb.PutOp{Key: []byte("k")}}}
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	held := make(chan error, 1)
+	go func() { // holds the range's one slot until ctx ends
+		for {
+			_, err := n.Propose(ctx, 1, cmd())
+			if !errors.Is(err, kv.ErrOverloaded) {
+				held <- err
+				return
+			}
+		}
+	}()
+	// Probe with an expired context: a probe that gets the slot returns at
+	// once (ambiguous) and frees it; one that finds it taken is shed.
+	expired, expire := context.WithCancel(context.Background())
+	expire()
 	deadline := time.Now().Add(time.Second)
 	for {
-		tctx, tcancel := context.WithTimeout(ctx, 10*time.Millisecond)
-		_, err = c.Member(lead).Node.Propose(tctx, 1, &pandopb.Command{Op: &pandopb.Command_Put{Put: &pandopb.PutOp{Key: []byte("x")}}})
-		tcancel()
+		_, err = n.Propose(expired, 1, cmd())
 		if errors.Is(err, kv.ErrOverloaded) || time.Now().After(deadline) {
 			break
 		}
+		time.Sleep(time.Millisecond)
 	}
 	if !errors.Is(err, kv.ErrOverloaded) || errors.Is(err, kv.ErrUnavailable) {
-		t.Fatalf("third proposal: %v, want overloaded", err)
+		t.Fatalf("proposal beyond MaxPendingProposals: %v, want overloaded", err)
 	}
-	_, err = c.KV(lead).Put(ctx, &pandopb.PutRequest{Key: []byte("y"), Value: []byte("v")})
+	pctx, pcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer pcancel()
+	_, err = c.KV(lead).Put(pctx, &pandopb.PutRequest{Key: []byte("y"), Value: []byte("v")})
 	if err = kv.FromStatus(err); !errors.Is(err, kv.ErrOverloaded) {
 		t.Fatalf("put through the service: %v, want overloaded", err)
 	}
-	for i := 0; i < 2; i++ {
-		if err := <-errs; !errors.Is(err, kv.ErrAmbiguous) && !errors.Is(err, kv.ErrOverloaded) {
-			t.Fatalf("pending proposal on an isolated leader: %v", err)
-		}
+	if err := <-held; !errors.Is(err, kv.ErrAmbiguous) {
+		t.Fatalf("the pending proposal on an isolated leader: %v, want ambiguous", err)
 	}
 }
 
