@@ -13,7 +13,7 @@ import (
 //   - nil: Success.
 //   - the caller's own cancellation (context.Canceled), and answers that
 //     prove the node works: not found, version mismatch, not leader,
-//     invalid or too large requests: Excluded.
+//     key moved to another range, invalid or too large requests: Excluded.
 //   - everything else: Failure. That is transport errors, timeouts (the
 //     node did not answer within the time it was given), "overloaded",
 //     "unavailable" (it cannot reach a quorum), "stopped" and ambiguous
@@ -26,6 +26,7 @@ func Classify(err error) Outcome {
 		errors.Is(err, kv.ErrNotFound),
 		errors.Is(err, kv.ErrVersionMismatch),
 		errors.Is(err, kv.ErrNotLeader),
+		errors.Is(err, kv.ErrWrongRange),
 		errors.Is(err, kv.ErrKeyTooLarge),
 		errors.Is(err, kv.ErrValueTooLarge),
 		errors.Is(err, kv.ErrRequestTooLarge),

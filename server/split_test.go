@@ -41,6 +41,8 @@ func TestSplitUnderWrites(t *testing.T) {
 	var mu sync.Mutex
 	acked := map[string]string{}
 	var failed atomic.Int64
+	var errMu sync.Mutex
+	var errs []string
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for w := 0; w < 6; w++ {
@@ -60,6 +62,11 @@ func TestSplitUnderWrites(t *testing.T) {
 				cancel()
 				if err != nil {
 					failed.Add(1)
+					errMu.Lock()
+					if len(errs) < 3 {
+						errs = append(errs, err.Error())
+					}
+					errMu.Unlock()
 					continue
 				}
 				mu.Lock()
@@ -80,7 +87,7 @@ func TestSplitUnderWrites(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	if failed.Load() > 0 {
-		t.Fatalf("%d writes failed across splits", failed.Load())
+		t.Fatalf("%d writes failed across splits: %q", failed.Load(), errs)
 	}
 
 	// Every node holds the same five ranges, tiling the key space, each
@@ -171,7 +178,9 @@ func leadersByNode(c *testCluster) (map[uint64]int, int) {
 	n := 0
 	for _, s := range c.servers {
 		for _, st := range s.Node().Statuses() {
-			counts[st.LeaderID]++
+			if st.LeaderID != 0 {
+				counts[st.LeaderID]++
+			}
 			n++
 		}
 		break
