@@ -75,7 +75,7 @@ type Config struct {
 	// OverloadSchedLatency: the node sheds client requests with
 	// kv.ErrOverloaded while the 99th percentile of the Go scheduler's
 	// latency (how long runnable goroutines wait for a CPU) over the last
-	// OverloadSampleInterval is above this. Default 100ms; negative
+	// OverloadSampleInterval is above this. Default 500ms; negative
 	// disables CPU-based shedding.
 	OverloadSchedLatency time.Duration
 	// OverloadSampleInterval: default 500ms.
@@ -153,7 +153,7 @@ func (c *Config) Validate() error {
 		c.RequestTimeout = 5 * time.Second
 	}
 	if c.OverloadSchedLatency == 0 {
-		c.OverloadSchedLatency = 100 * time.Millisecond
+		c.OverloadSchedLatency = 500 * time.Millisecond
 	}
 	if c.OverloadSampleInterval < 0 {
 		return fmt.Errorf("server: Config.OverloadSampleInterval must not be negative")

@@ -112,7 +112,7 @@ A three-node cluster:
 	f.Float64Var(&splitQPS, "split-load-qps", 2500, "split a range whose request rate stays above this")
 	f.BoolVar(&enablePprof, "enable-pprof", false, "serve Go's profiler under /debug/pprof/")
 	f.IntVar(&maxPending, "max-pending-proposals", 4096, "proposals a range may have waiting before it sheds new ones (429)")
-	f.DurationVar(&overload, "overload-sched-latency", 100*time.Millisecond, "shed client requests (429) while the Go scheduler's p99 latency is above this (negative: never)")
+	f.DurationVar(&overload, "overload-sched-latency", 500*time.Millisecond, "shed client requests (429) while the Go scheduler's p99 latency is above this (negative: never)")
 	f.DurationVar(&forward, "forward-timeout", time.Second, "deadline of one attempt to forward a request to the leader")
 	f.DurationVar(&dedupTTL, "dedup-ttl", 10*time.Minute, "how long a range remembers a client session's last write, for exactly-once retries")
 	f.IntVar(&peerBreaker.ConsecutiveFailures, "peer-breaker-consecutive-failures", 3, "stream failures or silences in a row that open the breaker to a peer")

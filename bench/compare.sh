@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of pando and etcd on this machine, in one run.
+#
+#   bash bench/compare.sh              # or: make bench-compare
+#   DURATION=10s bash bench/compare.sh
+#
+# Builds bin/pando and bin/etcdbench, starts three pando servers on 127.0.0.1:7001-7003,
+# runs the workloads of shared/BASELINE.md, stops them, starts three etcd members
+# (v3.6, embedded, one process each) on 127.0.0.1:2379/2380, 22379/22380, 32379/32380,
+# runs the same workloads for the same durations, stops them, and prints a markdown table.
+# Progress goes to stderr, the table to stdout. Everything runs on loopback only.
+#
+# Environment: DURATION (each run, default 15s), KEYS (default 100000),
+# VALUE_SIZE (default 256), KEEP_LOGS=1 keeps the temp dir with logs and JSON results.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+DURATION=${DURATION:-15s}
+KEYS=${KEYS:-100000}
+VALUE_SIZE=${VALUE_SIZE:-256}
+GO=${GO:-go}
+
+PANDO_PORTS=(7001 7002 7003)
+ETCD_CLIENT_PORTS=(2379 22379 32379)
+ETCD_PEER_PORTS=(2380 22380 32380)
+PANDO_ENDPOINTS=127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
+ETCD_ENDPOINTS=127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379
+
+# name | workload | clients | conns | extra pando flags | extra etcd flags
+WORKLOADS=(
+	"put|put|1|1||"
+	"put|put|64|8||"
+	"put|put|256|16||"
+	"linearizable get|get|64|8||"
+	"stale get|get|64|8|--stale|--serializable"
+)
+
+log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pando-compare.XXXXXX")
+PIDS=()
+
+stop_all() {
+	local pid
+	for pid in "${PIDS[@]}"; do
+		kill -TERM "$pid" 2>/dev/null || true
+	done
+	for pid in "${PIDS[@]}"; do
+		# Give each process up to 30 s to stop, then kill it.
+		local i
+		for ((i = 0; i < 300; i++)); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+	PIDS=()
+}
+
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	stop_all
+	if [[ "${KEEP_LOGS:-0}" == 1 ]]; then
+		log "logs and results kept in $WORK"
+	else
+		rm -rf "$WORK"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port_busy() { ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
+
+# wait_ports_free PORT...: wait up to 30 s for every port to be free.
+wait_ports_free() {
+	local p i
+	for p in "$@"; do
+		for ((i = 0; i < 60; i++)); do
+			port_busy "$p" || continue 2
+			((i == 0)) && log "port $p is busy; waiting up to 30 s"
+			sleep 0.5
+		done
+		log "port $p still busy after 30 s; giving up"
+		return 1
+	done
+}
+
+# wait_url URL PATTERN SECONDS: wait until URL answers 2xx with a body matching PATTERN.
+wait_url() {
+	local url=$1 pat=$2 secs=$3 i body
+	for ((i = 0; i < secs * 5; i++)); do
+		if body=$(curl -sf --max-time 2 "$url" 2>/dev/null) && grep -q "$pat" <<<"$body"; then
+			return 0
+		fi
+		local pid
+		for pid in "${PIDS[@]}"; do
+			if ! kill -0 "$pid" 2>/dev/null; then
+				log "a server exited early; logs in $WORK"
+				tail -n 20 "$WORK"/*.log >&2 || true
+				return 1
+			fi
+		done
+		sleep 0.2
+	done
+	log "$url not ready after ${secs}s"
+	return 1
+}
+
+# field FILE NAME: a number from the indented JSON that the bench commands print.
+field() { awk -v k="\"$2\":" '$1 == k { gsub(/,/, "", $2); print $2; exit }' "$1" 2>/dev/null || true; }
+
+# run_workloads SYSTEM: run every workload against SYSTEM (pando or etcd).
+run_workloads() {
+	local sys=$1 i name wl c n pextra eextra out rc
+	for i in "${!WORKLOADS[@]}"; do
+		IFS='|' read -r name wl c n pextra eextra <<<"${WORKLOADS[$i]}"
+		out="$WORK/$sys-$i.json"
+		log "$sys: $name, $c clients / $n conns, $DURATION"
+		local -a cmd
+		if [[ $sys == pando ]]; then
+			cmd=(bin/pando bench --endpoints "$PANDO_ENDPOINTS")
+			[[ -n $pextra ]] && cmd+=("$pextra")
+		else
+			cmd=(bin/etcdbench load --endpoints "$ETCD_ENDPOINTS")
+			[[ -n $eextra ]] && cmd+=("$eextra")
+		fi
+		cmd+=(--workload "$wl" --clients "$c" --conns "$n" --keys "$KEYS" --value-size "$VALUE_SIZE"
+			--duration "$DURATION" --json)
+		rc=0
+		"${cmd[@]}" >"$out" 2>"$WORK/$sys-$i.log" || rc=$?
+		if ((rc != 0)); then
+			log "$sys: $name failed (exit $rc):"
+			tail -n 5 "$WORK/$sys-$i.log" >&2 || true
+			: >"$out"
+		else
+			log "$sys: $name: $(printf %.0f "$(field "$out" ops_per_sec)") op/s, p50 $(field "$out" p50_ms) ms, p99 $(field "$out" p99_ms) ms, $(field "$out" errors) errors"
+		fi
+	done
+}
+
+log "building bin/pando and bin/etcdbench"
+mkdir -p bin
+"$GO" build -o bin/pando ./cmd/pando
+(cd bench && "$GO" build -o "$ROOT/bin/etcdbench" ./etcdbench)
+
+# --- pando ---
+wait_ports_free "${PANDO_PORTS[@]}"
+CLUSTER="1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
+for id in 1 2 3; do
+	mkdir -p "$WORK/pando-data/$id"
+	bin/pando server --id "$id" --data-dir "$WORK/pando-data/$id" --addr "127.0.0.1:700$id" \
+		--initial-cluster "$CLUSTER" --log-level warn >"$WORK/pando-$id.log" 2>&1 &
+	PIDS+=($!)
+done
+log "waiting for pando to be ready"
+for p in "${PANDO_PORTS[@]}"; do
+	wait_url "http://127.0.0.1:$p/readyz" ready 60
+done
+run_workloads pando
+log "stopping pando"
+stop_all
+
+# --- etcd ---
+wait_ports_free "${ETCD_CLIENT_PORTS[@]}" "${ETCD_PEER_PORTS[@]}"
+ECLUSTER="m1=http://127.0.0.1:2380,m2=http://127.0.0.1:22380,m3=http://127.0.0.1:32380"
+for i in 0 1 2; do
+	name="m$((i + 1))"
+	mkdir -p "$WORK/etcd-data"
+	bin/etcdbench member --name "$name" --data-dir "$WORK/etcd-data/$name" \
+		--client-url "http://127.0.0.1:${ETCD_CLIENT_PORTS[$i]}" \
+		--peer-url "http://127.0.0.1:${ETCD_PEER_PORTS[$i]}" \
+		--initial-cluster "$ECLUSTER" >"$WORK/etcd-$name.log" 2>&1 &
+	PIDS+=($!)
+done
+log "waiting for etcd to be ready"
+for p in "${ETCD_CLIENT_PORTS[@]}"; do
+	wait_url "http://127.0.0.1:$p/health" '"health":"true"' 60
+done
+run_workloads etcd
+log "stopping etcd"
+stop_all
+
+# --- table ---
+fmt_num() { [[ -n $1 ]] && awk -v x="$1" "BEGIN { printf \"$2\", x }" || printf 'n/a'; }
+echo
+echo "Each run ${DURATION}; ${KEYS} keys, ${VALUE_SIZE}-byte values; three nodes on 127.0.0.1, fsync on; $(nproc) cores."
+echo "ratio = pando op/s ÷ etcd op/s. Gets are linearizable unless stale (pando --stale, etcd --serializable)."
+echo
+echo "| workload | clients/conns | pando op/s | pando p50 ms | pando p99 ms | etcd op/s | etcd p50 ms | etcd p99 ms | ratio |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+notes=()
+for i in "${!WORKLOADS[@]}"; do
+	IFS='|' read -r name wl c n _ _ <<<"${WORKLOADS[$i]}"
+	pf="$WORK/pando-$i.json" ef="$WORK/etcd-$i.json"
+	pt=$(field "$pf" ops_per_sec) et=$(field "$ef" ops_per_sec)
+	ratio=n/a
+	if [[ -n $pt && -n $et ]]; then
+		ratio=$(awk -v a="$pt" -v b="$et" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "n/a" }')
+	fi
+	printf '| %s | %s/%s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$c" "$n" \
+		"$(fmt_num "$pt" %.0f)" "$(fmt_num "$(field "$pf" p50_ms)" %.2f)" "$(fmt_num "$(field "$pf" p99_ms)" %.2f)" \
+		"$(fmt_num "$et" %.0f)" "$(fmt_num "$(field "$ef" p50_ms)" %.2f)" "$(fmt_num "$(field "$ef" p99_ms)" %.2f)" "$ratio"
+	for sys in pando etcd; do
+		f="$WORK/$sys-$i.json"
+		e=$(field "$f" errors)
+		if [[ -z $e ]]; then
+			notes+=("$sys, $name $c/$n: run failed")
+		elif [[ $e != 0 ]]; then
+			notes+=("$sys, $name $c/$n: $e errors")
+		fi
+	done
+done
+if ((${#notes[@]} > 0)); then
+	echo
+	for note in "${notes[@]}"; do echo "- $note"; done
+fi

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// benchResult is the same JSON object that `pando bench --json` prints.
+type benchResult struct {
+	Workload   string  `json:"workload"`
+	Clients    int     `json:"clients"`
+	Conns      int     `json:"connections"`
+	Ops        int64   `json:"ops"`
+	Errors     int64   `json:"errors"`
+	Seconds    float64 `json:"seconds"`
+	Throughput float64 `json:"ops_per_sec"`
+	P50ms      float64 `json:"p50_ms"`
+	P95ms      float64 `json:"p95_ms"`
+	P99ms      float64 `json:"p99_ms"`
+	P999ms     float64 `json:"p999_ms"`
+}
+
+// runLoad mirrors cmd/pando/bench.go: the same flags, key space, value, preload,
+// per-request timeout, latency accounting and output, against etcd with clientv3.
+func runLoad(args []string) error {
+	fs := flag.NewFlagSet("load", flag.ContinueOnError)
+	var (
+		endpoints    = fs.String("endpoints", "127.0.0.1:2379", "comma-separated client addresses")
+		workload     = fs.String("workload", "put", "put, get or mixed")
+		clients      = fs.Int("clients", 64, "concurrent clients")
+		conns        = fs.Int("conns", 8, "clientv3 clients (connections) the goroutines share")
+		keys         = fs.Int("keys", 100000, "size of the key space")
+		valLen       = fs.Int("value-size", 256, "value size in bytes")
+		total        = fs.Int64("total", 0, "stop after this many requests")
+		duration     = fs.Duration("duration", 10*time.Second, "stop after this long (when --total is 0)")
+		asJSON       = fs.Bool("json", false, "print the result as JSON")
+		serializable = fs.Bool("serializable", false, "gets are serializable (default linearizable)")
+		stale        = fs.Bool("stale", false, "same as --serializable (pando's name for it)")
+	)
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	switch {
+	case fs.NArg() > 0:
+		return usageError{fmt.Errorf("unexpected arguments %q", fs.Args())}
+	case *workload != "put" && *workload != "get" && *workload != "mixed":
+		return usageError{fmt.Errorf("--workload must be put, get or mixed")}
+	case *clients < 1 || *conns < 1 || *keys < 1 || *valLen < 0:
+		return usageError{fmt.Errorf("--clients, --conns and --keys must be positive, --value-size not negative")}
+	case *total <= 0 && *duration <= 0:
+		return usageError{fmt.Errorf("give --total or --duration")}
+	}
+	nconns := min(*conns, *clients)
+	cs := make([]*clientv3.Client, nconns)
+	for i := range cs {
+		c, err := clientv3.New(clientv3.Config{
+			Endpoints:   strings.Split(*endpoints, ","),
+			DialTimeout: 5 * time.Second,
+			Logger:      zap.NewNop(),
+		})
+		if err != nil {
+			return usageError{err}
+		}
+		defer c.Close()
+		cs[i] = c
+	}
+	value := make([]byte, *valLen)
+	for i := range value {
+		value[i] = byte('a' + i%26)
+	}
+	val := string(value)
+	nkeys := *keys
+	key := func(r *rand.Rand) string { return fmt.Sprintf("%08d", r.IntN(nkeys)) }
+	if *workload != "put" {
+		// Preload so that gets find their keys.
+		fmt.Fprintf(os.Stderr, "preloading %d keys...\n", nkeys)
+		var wg sync.WaitGroup
+		var next atomic.Int64
+		for i := 0; i < 64; i++ {
+			wg.Add(1)
+			go func(c *clientv3.Client) {
+				defer wg.Done()
+				for k := next.Add(1) - 1; k < int64(nkeys); k = next.Add(1) - 1 {
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					_, _ = c.Put(ctx, fmt.Sprintf("%08d", k), val)
+					cancel()
+				}
+			}(cs[i%nconns])
+		}
+		wg.Wait()
+	}
+	var getOpts []clientv3.OpOption
+	if *serializable || *stale {
+		getOpts = append(getOpts, clientv3.WithSerializable())
+	}
+	var ops, errs atomic.Int64
+	lats := make([][]time.Duration, *clients)
+	ctx := context.Background()
+	if *total <= 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *duration)
+		defer cancel()
+	}
+	start := time.Now()
+	stopProgress := make(chan struct{})
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		last := int64(0)
+		for {
+			select {
+			case <-stopProgress:
+				return
+			case <-t.C:
+				n := ops.Load()
+				fmt.Fprintf(os.Stderr, "%6.0fs  %8d ops  %8d op/s  %d errors\n", time.Since(start).Seconds(), n, n-last, errs.Load())
+				last = n
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for i := 0; i < *clients; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			c := cs[i%nconns]
+			r := rand.New(rand.NewPCG(uint64(i), 42))
+			for ctx.Err() == nil {
+				if *total > 0 && ops.Add(1) > *total {
+					ops.Add(-1)
+					return
+				}
+				k := key(r)
+				t0 := time.Now()
+				var err error
+				rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				if *workload == "put" || (*workload == "mixed" && r.IntN(2) == 0) {
+					_, err = c.Put(rctx, k, val)
+				} else {
+					_, err = c.Get(rctx, k, getOpts...)
+				}
+				cancel()
+				lats[i] = append(lats[i], time.Since(t0))
+				if *total <= 0 {
+					ops.Add(1)
+				}
+				if err != nil {
+					errs.Add(1)
+				}
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(stopProgress)
+	elapsed := time.Since(start).Seconds()
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
+	}
+	slices.Sort(all)
+	pct := func(p float64) float64 {
+		if len(all) == 0 {
+			return 0
+		}
+		return float64(all[min(len(all)-1, int(p*float64(len(all))))].Microseconds()) / 1000
+	}
+	res := benchResult{Workload: *workload, Clients: *clients, Conns: nconns, Ops: int64(len(all)), Errors: errs.Load(), Seconds: elapsed,
+		Throughput: float64(len(all)) / elapsed, P50ms: pct(0.50), P95ms: pct(0.95), P99ms: pct(0.99), P999ms: pct(0.999)}
+	if *asJSON {
+		b, _ := json.MarshalIndent(res, "", "  ")
+		fmt.Println(string(b))
+		return nil
+	}
+	fmt.Printf("%s: %d clients / %d connections: %d ops in %.1fs = %.0f op/s, %d errors; p50 %.2fms p95 %.2fms p99 %.2fms p999 %.2fms\n",
+		res.Workload, res.Clients, res.Conns, res.Ops, res.Seconds, res.Throughput, res.Errors, res.P50ms, res.P95ms, res.P99ms, res.P999ms)
+	return nil
+}
