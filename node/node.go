@@ -62,6 +62,13 @@ type group struct {
 
 	inSnap *incomingSnapshot
 
+	// Event bookkeeping (loop-owned): the leader last known, and the node
+	// whose leadership transfer campaign this replica saw, if any.
+	lastLead     uint64 // as in the last SoftState (0: none)
+	knownLead    uint64 // the last non-zero leader
+	transferFrom uint64
+	transferAt   time.Time
+
 	readQueue   []*readRequest            // waiting to be given a read index
 	readBatches map[uint64][]*readRequest // ReadIndex ctx -> requests
 	readWaiting []*readRequest            // confirmed, waiting for apply

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/events"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/storage"
@@ -60,6 +61,13 @@ type Config struct {
 	NoAutoRepair bool
 	// CheckBytesPerSec paces check hashing (see node.Config).
 	CheckBytesPerSec int
+	// EventBacklog is how many events the node keeps for GET /v1/events.
+	// Default 1024.
+	EventBacklog int
+	// PeerAllow, when set, says whether this node's traffic to a peer may
+	// flow (see transport.Config.Allow). Fault injection only: the demo
+	// uses it to cut a node off from the others.
+	PeerAllow func(peer uint64) bool
 	// FS is the file system (tests); nil means the OS.
 	FS vfs.FS
 	// Listener, when set, is used instead of listening on Addr.
@@ -152,6 +160,10 @@ type Server struct {
 	done     chan struct{}
 	reqs     *prometheus.CounterVec
 	lat      *prometheus.HistogramVec
+	events   *events.Bus
+	// httpDone closes when the HTTP server starts shutting down, so that
+	// event streams end and let it finish.
+	httpDone chan struct{}
 }
 
 // identityKey records which node a data directory belongs to.
@@ -163,7 +175,8 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("node", cfg.ID), reg: prometheus.NewRegistry(), stopping: make(chan struct{}), done: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("node", cfg.ID), reg: prometheus.NewRegistry(), stopping: make(chan struct{}), done: make(chan struct{}),
+		events: events.New(cfg.ID, cfg.EventBacklog), httpDone: make(chan struct{})}
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	eng, err := storage.Open(cfg.DataDir, storage.Options{FS: cfg.FS})
 	if err != nil {
@@ -178,11 +191,12 @@ func New(cfg Config) (*Server, error) {
 		eng.Close()
 		return nil, err
 	}
-	s.tr = transport.New(transport.Config{ID: cfg.ID, Peers: cfg.InitialCluster, Logger: cfg.Logger, Registerer: s.reg})
+	s.tr = transport.New(transport.Config{ID: cfg.ID, Peers: cfg.InitialCluster, Logger: cfg.Logger, Registerer: s.reg,
+		Events: s.events, Allow: cfg.PeerAllow})
 	n, err := node.New(node.Config{
 		ID: cfg.ID, Engine: eng, Transport: s.tr, TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks,
 		LogKeepEntries: cfg.LogKeepEntries, Logger: cfg.Logger, Registerer: s.reg, PeerAddr: s.tr.Addr,
-		CheckBytesPerSec: cfg.CheckBytesPerSec,
+		CheckBytesPerSec: cfg.CheckBytesPerSec, Events: s.events,
 	})
 	if err != nil {
 		eng.Close()
@@ -284,6 +298,11 @@ func writeMarker(fs vfs.FS, path, id string) error {
 // Node exposes the node (tests and the demo).
 func (s *Server) Node() *node.Node { return s.node }
 
+// Events is this node's event record. Components that live beside the
+// server (circuit breakers, the placement loop, the demo's faults) publish
+// to it; GET /v1/events streams it.
+func (s *Server) Events() *events.Bus { return s.events }
+
 // Addr is the address the server listens on.
 func (s *Server) Addr() string {
 	if s.lis != nil {
@@ -318,8 +337,10 @@ func (s *Server) Start() error {
 	mux.HandleFunc("GET /v1/status", s.handleStatus)
 	mux.HandleFunc("GET /healthz", s.handleHealthz)
 	mux.HandleFunc("GET /readyz", s.handleReadyz)
+	mux.HandleFunc("GET /v1/events", s.handleEvents)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s.http.RegisterOnShutdown(func() { close(s.httpDone) })
 
 	s.mux = cmux.New(lis)
 	grpcL := s.mux.MatchWithWriters(cmux.HTTP2MatchHeaderFieldSendSettings("content-type", "application/grpc"))

@@ -11,8 +11,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/events"
+	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
 )
 
@@ -32,6 +35,13 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives metrics when set.
 	Registerer prometheus.Registerer
+	// Events, when set, records peers becoming unreachable and reachable.
+	Events *events.Bus
+	// Allow, when set, says whether traffic to a peer may flow now; when it
+	// returns false, messages to the peer are dropped and forwarded calls
+	// fail as if the network were cut. Fault injection only (the demo's
+	// "cut off"); nil allows everything.
+	Allow func(peer uint64) bool
 }
 
 // Transport is the gRPC implementation of node.Transport.
@@ -97,8 +107,13 @@ func (t *Transport) IDs() []uint64 {
 	return ids
 }
 
+func (t *Transport) allowed(id uint64) bool { return t.cfg.Allow == nil || t.cfg.Allow(id) }
+
 // Live reports whether the last attempt to reach the peer succeeded.
 func (t *Transport) Live(id uint64) bool {
+	if !t.allowed(id) {
+		return false
+	}
 	p, err := t.peer(id)
 	if err != nil {
 		return false
@@ -108,6 +123,9 @@ func (t *Transport) Live(id uint64) bool {
 
 // Conn returns the shared connection to a peer.
 func (t *Transport) Conn(id uint64) (*grpc.ClientConn, error) {
+	if !t.allowed(id) {
+		return nil, fmt.Errorf("%w: transport: node %d is cut off (fault injection)", kv.ErrUnavailable, id)
+	}
 	p, err := t.peer(id)
 	if err != nil {
 		return nil, err
@@ -156,6 +174,10 @@ func (t *Transport) peer(id uint64) (*peer, error) {
 // Send implements node.Transport: it never blocks.
 func (t *Transport) Send(envs []node.Envelope) {
 	for _, e := range envs {
+		if !t.allowed(e.Msg.To) {
+			t.drop(e)
+			continue
+		}
 		p, err := t.peer(e.Msg.To)
 		if err != nil {
 			t.drop(e)
@@ -229,6 +251,7 @@ func (p *peer) run() {
 		if err != nil {
 			if p.live.Swap(false) {
 				p.t.log.Warn("peer unreachable", "peer", p.id, "err", err)
+				p.t.cfg.Events.Publish(events.NodeDeathEvent(p.id, shortErr(err)))
 			}
 			p.reportUnreachable()
 		}
@@ -281,6 +304,7 @@ func (p *peer) pump(stream grpc.ClientStreamingClient[pandopb.RaftBatch, pandopb
 		}
 		if !p.live.Swap(true) {
 			p.t.log.Info("peer reachable", "peer", p.id)
+			p.t.cfg.Events.Publish(events.NodeJoinEvent(p.id, "its stream works again"))
 		}
 		p.t.sent.WithLabelValues(fmt.Sprint(p.id)).Add(float64(len(batch.Messages)))
 	}
@@ -364,6 +388,14 @@ func (p *peer) sendSnapshot(e node.Envelope) error {
 		return fmt.Errorf("transport: node %d refused snapshot of range %d", p.id, e.RangeID)
 	}
 	return nil
+}
+
+// shortErr is a gRPC error's message without its code prefix.
+func shortErr(err error) string {
+	if st, ok := status.FromError(err); ok {
+		return st.Message()
+	}
+	return err.Error()
 }
 
 func sortIDs(ids []uint64) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -58,6 +59,47 @@ func (f *clientFlags) add(cmd *cobra.Command, withJSON bool) {
 	if withJSON {
 		cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
 	}
+}
+
+func (f *clientFlags) endpointList() []string {
+	var eps []string
+	for _, ep := range strings.Split(f.endpoints, ",") {
+		if ep = strings.TrimSpace(ep); ep != "" {
+			eps = append(eps, strings.TrimPrefix(strings.TrimPrefix(ep, "http://"), "https://"))
+		}
+	}
+	if len(eps) == 0 {
+		eps = []string{"127.0.0.1:7001"}
+	}
+	return eps
+}
+
+// httpClient is a client of the nodes' HTTP API, and its URL scheme.
+func (f *clientFlags) httpClient() (*http.Client, string, error) {
+	return &http.Client{}, "http", nil
+}
+
+// auth is the bearer token to send ("" none).
+func (f *clientFlags) auth() string { return "" }
+
+// getJSON GETs u and decodes its JSON answer into v.
+func (f *clientFlags) getJSON(ctx context.Context, hc *http.Client, u string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, "GET", u, nil)
+	if err != nil {
+		return err
+	}
+	if a := f.auth(); a != "" {
+		req.Header.Set("Authorization", "Bearer "+a)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return httpError(resp)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 func (f *clientFlags) open() (*client.Client, context.Context, context.CancelFunc, error) {
