@@ -472,3 +472,19 @@ func (n *Node) ReportUnreachable(rangeID, to uint64) {
 }
 
 func readCtx(id uint64) []byte { return binary.BigEndian.AppendUint64(nil, id) }
+
+// Pause freezes the Ready loop until resume is called, as if the process
+// were stopped (SIGSTOP) or stuck in a long pause: no ticks, no messages
+// handled or sent, no proposals or reads served. Fault injection only (the
+// demo). Stop still works while paused; resume may be called more than once.
+func (n *Node) Pause() (resume func()) {
+	release := make(chan struct{})
+	var once sync.Once
+	n.submit(func() {
+		select {
+		case <-release:
+		case <-n.stopc:
+		}
+	})
+	return func() { once.Do(func() { close(release) }) }
+}

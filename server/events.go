@@ -44,6 +44,12 @@ func eventFilter(q string) (func(events.Event) bool, error) {
 // ?since=SEQ (or the Last-Event-ID header of a reconnecting EventSource)
 // skips the events already seen; ?type=election,... filters.
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
+	ServeEvents(w, r, s.events, s.httpDone, s.stopping)
+}
+
+// ServeEvents serves GET /v1/events from bus (see handleEvents) until the
+// client goes away or any of done closes. The demo's console uses it too.
+func ServeEvents(w http.ResponseWriter, r *http.Request, bus *events.Bus, done ...<-chan struct{}) {
 	q := r.URL.Query()
 	var since uint64
 	sinceText := q.Get("since")
@@ -71,8 +77,8 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if !follow {
-		out := EventsJSON{NodeID: s.cfg.ID, Events: []events.Event{}}
-		for _, e := range s.events.Backlog(since) {
+		out := EventsJSON{NodeID: bus.Node(), Events: []events.Event{}}
+		for _, e := range bus.Backlog(since) {
 			if keep(e) {
 				out.Events = append(out.Events, e)
 			}
@@ -85,8 +91,23 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("streaming unsupported"))
 		return
 	}
-	backlog, sub := s.events.Subscribe(since, 1024)
-	defer s.events.Unsubscribe(sub)
+	backlog, sub := bus.Subscribe(since, 1024)
+	defer bus.Unsubscribe(sub)
+	stop := make(chan struct{})
+	defer close(stop)
+	ended := make(chan struct{})
+	for _, d := range done {
+		go func() {
+			select {
+			case <-d:
+				select {
+				case ended <- struct{}{}:
+				case <-stop:
+				}
+			case <-stop:
+			}
+		}()
+	}
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
@@ -139,9 +160,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 			flusher.Flush()
 		case <-r.Context().Done():
 			return
-		case <-s.httpDone:
-			return
-		case <-s.stopping:
+		case <-ended:
 			return
 		}
 	}

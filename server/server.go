@@ -29,6 +29,7 @@ import (
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/storage"
 	"github.com/pando/pando/transport"
+	"github.com/pando/pando/web"
 )
 
 // Config configures one pando server. Zero values mean the default.
@@ -338,6 +339,9 @@ func (s *Server) Start() error {
 	mux.HandleFunc("GET /healthz", s.handleHealthz)
 	mux.HandleFunc("GET /readyz", s.handleReadyz)
 	mux.HandleFunc("GET /v1/events", s.handleEvents)
+	mux.HandleFunc("GET /v1/node", s.handleNode)
+	mux.HandleFunc("GET /v1/dashboard", s.handleDashboard)
+	mux.Handle("GET /{$}", web.Handler())
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	s.http.RegisterOnShutdown(func() { close(s.httpDone) })

@@ -169,3 +169,5 @@ func httpError(resp *http.Response) error {
 	}
 	return fmt.Errorf("%s: %s", resp.Status, msg)
 }
+
+func jsonDecode(resp *http.Response, v any) error { return json.NewDecoder(resp.Body).Decode(v) }
