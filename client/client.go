@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -11,6 +12,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -26,6 +28,9 @@ var (
 	ErrKeyTooLarge     = kv.ErrKeyTooLarge
 	ErrValueTooLarge   = kv.ErrValueTooLarge
 	ErrUnavailable     = kv.ErrUnavailable
+	// ErrUnauthenticated: the cluster wants a token (Config.Token) or a
+	// client certificate.
+	ErrUnauthenticated = kv.ErrUnauthenticated
 	// ErrAmbiguous: a write may or may not have been applied.
 	ErrAmbiguous = kv.ErrAmbiguous
 )
@@ -43,7 +48,14 @@ type Config struct {
 	// MaxAttempts bounds tries per call (across nodes). Default 100; the
 	// deadline usually ends a call first.
 	MaxAttempts int
-	// DialOptions are added to every connection (default: insecure).
+	// TLS, when set, connects with TLS: RootCAs verifies the nodes (the
+	// cluster's CA), Certificates is this client's for mutual TLS.
+	// Default: plain connections.
+	TLS *tls.Config
+	// Token, when set, is sent as a bearer token with every call (servers
+	// started with --auth-token require it).
+	Token string
+	// DialOptions are added to every connection, after the above.
 	DialOptions []grpc.DialOption
 }
 
@@ -101,7 +113,15 @@ func (c *Client) conn(addr string) (pandopb.KVClient, error) {
 	if k := c.kvs[addr]; k != nil {
 		return k, nil
 	}
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, c.cfg.DialOptions...)
+	creds := insecure.NewCredentials()
+	if c.cfg.TLS != nil {
+		creds = credentials.NewTLS(c.cfg.TLS)
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if c.cfg.Token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer(c.cfg.Token)))
+	}
+	opts = append(opts, c.cfg.DialOptions...)
 	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("client: %s: %w", addr, err)
@@ -189,7 +209,7 @@ func notSent(err error) bool {
 		return false
 	}
 	m := st.Message()
-	return strings.Contains(m, "connection refused") || strings.Contains(m, "error while dialing") ||
+	return strings.Contains(m, "connection refused") || strings.Contains(m, "error while dialing") || strings.Contains(m, "handshake failed") ||
 		strings.Contains(m, "no such host") || strings.Contains(m, "produced zero addresses")
 }
 
@@ -409,3 +429,13 @@ func (c *Client) Status(ctx context.Context, addr string) (*pandopb.StatusRespon
 	st, err := k.Status(ctx, &pandopb.StatusRequest{})
 	return st, kv.FromStatus(err)
 }
+
+// bearer sends a token with every call (the client does not import pando's
+// server-side packages).
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (b bearer) RequireTransportSecurity() bool { return false }

@@ -27,6 +27,9 @@ var (
 	ErrAmbiguous = errors.New("pando: write outcome unknown")
 	// ErrStopped: the node is shutting down.
 	ErrStopped = errors.New("pando: node stopped")
+	// ErrUnauthenticated: the caller did not prove who it is (bearer token
+	// or certificate) for what it asked.
+	ErrUnauthenticated = errors.New("pando: unauthenticated")
 )
 
 // VersionMismatchError is returned by a compare-and-swap whose expected

@@ -24,6 +24,7 @@ var reasons = map[string]error{
 	"UNAVAILABLE":       ErrUnavailable,
 	"AMBIGUOUS":         ErrAmbiguous,
 	"STOPPED":           ErrStopped,
+	"UNAUTHENTICATED":   ErrUnauthenticated,
 }
 
 // ToStatus converts an error into a gRPC status error. It is the only place
@@ -66,6 +67,8 @@ func ToStatus(err error) error {
 		code, info.Reason = codes.Unavailable, "UNAVAILABLE"
 	case errors.Is(err, ErrStopped):
 		code, info.Reason = codes.Unavailable, "STOPPED"
+	case errors.Is(err, ErrUnauthenticated):
+		code, info.Reason = codes.Unauthenticated, "UNAUTHENTICATED"
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.Is(err, context.Canceled):

@@ -323,10 +323,27 @@ func (s *Server) handleDashboard(w http.ResponseWriter, r *http.Request) {
 }
 
 // peerHTTP is the HTTP client for other nodes' HTTP API.
-func (s *Server) peerHTTP() *http.Client { return http.DefaultClient }
+func (s *Server) peerHTTP() *http.Client {
+	s.peerHTTPOnce.Do(func() {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = s.cfg.PeerTLS
+		s.peerHTTPClient = &http.Client{Transport: tr}
+	})
+	return s.peerHTTPClient
+}
 
 // peerScheme is http, or https with TLS.
-func (s *Server) peerScheme() string { return "http" }
+func (s *Server) peerScheme() string {
+	if s.cfg.PeerTLS != nil {
+		return "https"
+	}
+	return "http"
+}
 
-// peerAuth authenticates a request to a peer's HTTP API.
-func (s *Server) peerAuth(*http.Request) {}
+// peerAuth authenticates a request to a peer's HTTP API (with TLS, the
+// node certificate does too).
+func (s *Server) peerAuth(r *http.Request) {
+	if s.cfg.AuthToken != "" {
+		r.Header.Set("Authorization", "Bearer "+s.cfg.AuthToken)
+	}
+}

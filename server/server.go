@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -22,11 +23,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/soheilhy/cmux"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/events"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
+	"github.com/pando/pando/pki"
 	"github.com/pando/pando/storage"
 	"github.com/pando/pando/transport"
 	"github.com/pando/pando/web"
@@ -62,6 +65,17 @@ type Config struct {
 	NoAutoRepair bool
 	// CheckBytesPerSec paces check hashing (see node.Config).
 	CheckBytesPerSec int
+	// TLS, when set, makes every connection to this node TLS (clients and
+	// peers): see pki.Files.ServerConfig. Peers must then present a node
+	// certificate signed by the CA in TLS.ClientCAs.
+	TLS *tls.Config
+	// PeerTLS is the TLS this node dials its peers with (its node
+	// certificate and the CA); required with TLS.
+	PeerTLS *tls.Config
+	// AuthToken, when set, is the bearer token clients must send (gRPC
+	// metadata or HTTP Authorization header); peers send it too, or prove
+	// themselves with their certificate under TLS.
+	AuthToken string
 	// EventBacklog is how many events the node keeps for GET /v1/events.
 	// Default 1024.
 	EventBacklog int
@@ -136,6 +150,12 @@ func (c *Config) Validate() error {
 	if c.CheckInterval == 0 {
 		c.CheckInterval = time.Hour
 	}
+	if (c.TLS == nil) != (c.PeerTLS == nil) {
+		return fmt.Errorf("server: Config.TLS and Config.PeerTLS go together (serving and dialing peers)")
+	}
+	if c.TLS != nil && (len(c.TLS.Certificates) == 0 || c.TLS.ClientCAs == nil) {
+		return fmt.Errorf("server: Config.TLS needs a certificate and ClientCAs (see pki.Files.ServerConfig)")
+	}
 	c.AutoRepair = !c.NoAutoRepair
 	return nil
 }
@@ -165,6 +185,9 @@ type Server struct {
 	// httpDone closes when the HTTP server starts shutting down, so that
 	// event streams end and let it finish.
 	httpDone chan struct{}
+
+	peerHTTPOnce   sync.Once
+	peerHTTPClient *http.Client
 }
 
 // identityKey records which node a data directory belongs to.
@@ -192,8 +215,15 @@ func New(cfg Config) (*Server, error) {
 		eng.Close()
 		return nil, err
 	}
+	var dial []grpc.DialOption
+	if cfg.PeerTLS != nil {
+		dial = append(dial, grpc.WithTransportCredentials(credentials.NewTLS(cfg.PeerTLS)))
+	}
+	if cfg.AuthToken != "" {
+		dial = append(dial, grpc.WithPerRPCCredentials(pki.Token(cfg.AuthToken)))
+	}
 	s.tr = transport.New(transport.Config{ID: cfg.ID, Peers: cfg.InitialCluster, Logger: cfg.Logger, Registerer: s.reg,
-		Events: s.events, Allow: cfg.PeerAllow})
+		Events: s.events, Allow: cfg.PeerAllow, DialOptions: dial})
 	n, err := node.New(node.Config{
 		ID: cfg.ID, Engine: eng, Transport: s.tr, TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks,
 		LogKeepEntries: cfg.LogKeepEntries, Logger: cfg.Logger, Registerer: s.reg, PeerAddr: s.tr.Addr,
@@ -321,29 +351,38 @@ func (s *Server) Start() error {
 			return fmt.Errorf("server: listen on %s: %w", s.cfg.Addr, err)
 		}
 	}
+	if s.cfg.TLS != nil {
+		lis = tls.NewListener(lis, s.cfg.TLS)
+	}
 	s.lis = lis
 	s.node.Start()
 
-	s.grpc = grpc.NewServer(
-		grpc.MaxRecvMsgSize(s.cfg.Limits.MaxRequestSize+(64<<10)),
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(s.cfg.Limits.MaxRequestSize + (64 << 10)),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
-	)
+	}
+	if s.cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(terminatedTLS{}))
+	}
+	s.grpc = grpc.NewServer(opts...)
 	pandopb.RegisterKVServer(s.grpc, s.svc)
 	pandopb.RegisterRaftServer(s.grpc, transport.NewServer(s.node))
 	pandopb.RegisterCheckerServer(s.grpc, s.checker)
 
+	api := http.NewServeMux()
+	api.HandleFunc("/v1/kv/", s.instrumentHTTP(s.handleKV))
+	api.HandleFunc("GET /v1/status", s.handleStatus)
+	api.HandleFunc("GET /v1/events", s.handleEvents)
+	api.HandleFunc("GET /v1/node", s.handleNode)
+	api.HandleFunc("GET /v1/dashboard", s.handleDashboard)
 	mux := http.NewServeMux()
-	mux.HandleFunc("/v1/kv/", s.instrumentHTTP(s.handleKV))
-	mux.HandleFunc("GET /v1/status", s.handleStatus)
+	mux.Handle("/v1/", s.requireAuth(api))
 	mux.HandleFunc("GET /healthz", s.handleHealthz)
 	mux.HandleFunc("GET /readyz", s.handleReadyz)
-	mux.HandleFunc("GET /v1/events", s.handleEvents)
-	mux.HandleFunc("GET /v1/node", s.handleNode)
-	mux.HandleFunc("GET /v1/dashboard", s.handleDashboard)
 	mux.Handle("GET /{$}", web.Handler())
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ConnContext: connContext}
 	s.http.RegisterOnShutdown(func() { close(s.httpDone) })
 
 	s.mux = cmux.New(lis)
@@ -381,6 +420,9 @@ func (s *Server) observe(op string, start time.Time, err error) {
 }
 
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if err := s.authorizeRPC(ctx, info.FullMethod); err != nil {
+		return nil, kv.ToStatus(err)
+	}
 	s.inflight.Add(1)
 	defer s.inflight.Done()
 	start := time.Now()
@@ -392,6 +434,9 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 
 // streamInterceptor ends peer streams when the server stops.
 func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if err := s.authorizeRPC(ss.Context(), info.FullMethod); err != nil {
+		return kv.ToStatus(err)
+	}
 	ctx, cancel := context.WithCancel(ss.Context())
 	defer cancel()
 	go func() {

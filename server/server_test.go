@@ -28,6 +28,8 @@ type testCluster struct {
 	addrs   map[uint64]string
 	servers map[uint64]*server.Server
 	keep    uint64
+	// mod, when set, changes each node's configuration before it starts.
+	mod func(id uint64, cfg *server.Config)
 }
 
 func quietLogger() *slog.Logger {
@@ -37,7 +39,14 @@ func quietLogger() *slog.Logger {
 // startCluster runs n servers on loopback ports, each with real gRPC.
 func startCluster(t *testing.T, n int, logKeep uint64) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t, dir: t.TempDir(), addrs: map[uint64]string{}, servers: map[uint64]*server.Server{}, keep: logKeep}
+	return startClusterWith(t, n, logKeep, nil, true)
+}
+
+// startClusterWith is startCluster with each node's configuration changed
+// by mod; waitLeader false returns without waiting for a leader.
+func startClusterWith(t *testing.T, n int, logKeep uint64, mod func(uint64, *server.Config), waitLeader bool) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t, dir: t.TempDir(), addrs: map[uint64]string{}, servers: map[uint64]*server.Server{}, keep: logKeep, mod: mod}
 	lis := map[uint64]net.Listener{}
 	for i := uint64(1); i <= uint64(n); i++ {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -55,7 +64,9 @@ func startCluster(t *testing.T, n int, logKeep uint64) *testCluster {
 			s.Kill()
 		}
 	})
-	c.waitLeader()
+	if waitLeader {
+		c.waitLeader()
+	}
 	return c
 }
 
@@ -73,10 +84,14 @@ func (c *testCluster) start(id uint64, l net.Listener) {
 			c.t.Fatal(err)
 		}
 	}
-	s, err := server.New(server.Config{
+	cfg := server.Config{
 		ID: id, DataDir: filepath.Join(c.dir, fmt.Sprint(id)), Addr: c.addrs[id], InitialCluster: c.addrs,
 		Listener: l, TickInterval: 20 * time.Millisecond, LogKeepEntries: c.keep, Logger: quietLogger(),
-	})
+	}
+	if c.mod != nil {
+		c.mod(id, &cfg)
+	}
+	s, err := server.New(cfg)
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,9 +15,13 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/pando/pando/client"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/pki"
 	"github.com/pando/pando/server"
 )
 
@@ -40,6 +45,8 @@ func exitCode(err error) int {
 		return 5
 	case errors.Is(err, errDiverged):
 		return 6
+	case errors.Is(err, kv.ErrUnauthenticated):
+		return 7
 	case strings.HasPrefix(err.Error(), "unknown command"), strings.HasPrefix(err.Error(), "unknown flag"),
 		strings.Contains(err.Error(), "arg(s)"), strings.HasPrefix(err.Error(), "invalid argument"):
 		return 2
@@ -51,11 +58,17 @@ type clientFlags struct {
 	endpoints string
 	json      bool
 	timeout   time.Duration
+	tls       pki.Files
+	token     string
 }
 
 func (f *clientFlags) add(cmd *cobra.Command, withJSON bool) {
 	cmd.Flags().StringVar(&f.endpoints, "endpoints", "127.0.0.1:7001", "comma-separated node addresses")
 	cmd.Flags().DurationVar(&f.timeout, "timeout", 5*time.Second, "deadline of the request")
+	cmd.Flags().StringVar(&f.tls.CA, "tls-ca", "", "connect with TLS, trusting this CA certificate (PEM)")
+	cmd.Flags().StringVar(&f.tls.Cert, "tls-cert", "", "client certificate for mutual TLS (PEM; with --tls-key)")
+	cmd.Flags().StringVar(&f.tls.Key, "tls-key", "", "client key for mutual TLS (PEM)")
+	cmd.Flags().StringVar(&f.token, "auth-token", "", "bearer token the cluster requires (default $PANDO_AUTH_TOKEN)")
 	if withJSON {
 		cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
 	}
@@ -76,11 +89,22 @@ func (f *clientFlags) endpointList() []string {
 
 // httpClient is a client of the nodes' HTTP API, and its URL scheme.
 func (f *clientFlags) httpClient() (*http.Client, string, error) {
-	return &http.Client{}, "http", nil
+	tc, err := f.tlsConfig()
+	if err != nil || tc == nil {
+		return &http.Client{}, "http", err
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tc
+	return &http.Client{Transport: tr}, "https", nil
 }
 
 // auth is the bearer token to send ("" none).
-func (f *clientFlags) auth() string { return "" }
+func (f *clientFlags) auth() string {
+	if f.token != "" {
+		return f.token
+	}
+	return os.Getenv("PANDO_AUTH_TOKEN")
+}
 
 // getJSON GETs u and decodes its JSON answer into v.
 func (f *clientFlags) getJSON(ctx context.Context, hc *http.Client, u string, v any) error {
@@ -102,8 +126,44 @@ func (f *clientFlags) getJSON(ctx context.Context, hc *http.Client, u string, v 
 	return json.NewDecoder(resp.Body).Decode(v)
 }
 
+func (f *clientFlags) tlsConfig() (*tls.Config, error) {
+	if !f.tls.Enabled() {
+		return nil, nil
+	}
+	cfg, err := f.tls.ClientConfig()
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return cfg, nil
+}
+
+// dial connects to one node with the flags' TLS and token.
+func (f *clientFlags) dial(addr string) (*grpc.ClientConn, error) {
+	tc, err := f.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	creds := insecure.NewCredentials()
+	if tc != nil {
+		creds = credentials.NewTLS(tc)
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if t := f.auth(); t != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(pki.Token(t)))
+	}
+	conn, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return conn, nil
+}
+
 func (f *clientFlags) open() (*client.Client, context.Context, context.CancelFunc, error) {
-	c, err := client.New(client.Config{Endpoints: strings.Split(f.endpoints, ",")})
+	tc, err := f.tlsConfig()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c, err := client.New(client.Config{Endpoints: strings.Split(f.endpoints, ","), TLS: tc, Token: f.auth()})
 	if err != nil {
 		return nil, nil, nil, usageError{err}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/pki"
 	"github.com/pando/pando/server"
 )
 
@@ -29,6 +30,8 @@ func serverCmd() *cobra.Command {
 		checkInterval  time.Duration
 		autoRepair     bool
 		checkRate      int
+		tlsFiles       pki.Files
+		authToken      string
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -54,6 +57,18 @@ A three-node cluster:
 			if checkInterval == 0 {
 				cfg.CheckInterval = -1
 			}
+			if tlsFiles.Enabled() {
+				if cfg.TLS, err = tlsFiles.ServerConfig(); err != nil {
+					return usageError{err}
+				}
+				if cfg.PeerTLS, err = tlsFiles.ClientConfig(); err != nil {
+					return usageError{err}
+				}
+			}
+			if authToken == "" {
+				authToken = os.Getenv("PANDO_AUTH_TOKEN")
+			}
+			cfg.AuthToken = authToken
 			if initialCluster != "" {
 				if cfg.InitialCluster, err = server.ParseInitialCluster(initialCluster); err != nil {
 					return usageError{fmt.Errorf("--initial-cluster: %w", err)}
@@ -95,6 +110,10 @@ A three-node cluster:
 	f.DurationVar(&checkInterval, "consistency-check-interval", time.Hour, "how often each range's replicas are compared (0 disables)")
 	f.BoolVar(&autoRepair, "consistency-auto-repair", true, "rebuild replicas that disagree with the majority")
 	f.IntVar(&checkRate, "consistency-check-rate", 64<<20, "bytes per second a check may hash (negative: unpaced)")
+	f.StringVar(&tlsFiles.Cert, "tls-cert", "", "this node's certificate (PEM; valid for server and client use); turns TLS on with --tls-key and --tls-ca")
+	f.StringVar(&tlsFiles.Key, "tls-key", "", "this node's private key (PEM)")
+	f.StringVar(&tlsFiles.CA, "tls-ca", "", "the CA certificate that signs every node's certificate (PEM)")
+	f.StringVar(&authToken, "auth-token", "", "bearer token clients must send (default $PANDO_AUTH_TOKEN; empty: none)")
 	return cmd
 }
 
