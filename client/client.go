@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -122,13 +123,25 @@ func (c *Client) conn(addr string) (pandopb.KVClient, error) {
 		opts = append(opts, grpc.WithPerRPCCredentials(bearer(c.cfg.Token)))
 	}
 	opts = append(opts, c.cfg.DialOptions...)
-	cc, err := grpc.NewClient(addr, opts...)
+	// passthrough: resolved by the system at each dial (see transport).
+	cc, err := grpc.NewClient("passthrough:///"+addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("client: %s: %w", addr, err)
 	}
 	c.conns[addr] = cc
 	c.kvs[addr] = pandopb.NewKVClient(cc)
 	return c.kvs[addr], nil
+}
+
+// connectTimeout bounds one attempt on a node that is not connected yet.
+const connectTimeout = time.Second
+
+// ready reports whether the connection to addr is established.
+func (c *Client) ready(addr string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cc := c.conns[addr]
+	return cc != nil && cc.GetState() == connectivity.Ready
 }
 
 // Close closes every connection.
@@ -205,10 +218,13 @@ func (c *Client) setLeader(addr string) {
 // left this process, so a write cannot have been applied.
 func notSent(err error) bool {
 	st, ok := status.FromError(err)
-	if !ok || st.Code() != codes.Unavailable {
+	if !ok || (st.Code() != codes.Unavailable && st.Code() != codes.DeadlineExceeded) {
 		return false
 	}
 	m := st.Message()
+	if st.Code() == codes.DeadlineExceeded {
+		return strings.Contains(m, "waiting for connections to become ready")
+	}
 	return strings.Contains(m, "connection refused") || strings.Contains(m, "error while dialing") || strings.Contains(m, "handshake failed") ||
 		strings.Contains(m, "no such host") || strings.Contains(m, "produced zero addresses")
 }
@@ -234,7 +250,15 @@ func (c *Client) do(ctx context.Context, write bool, call func(context.Context, 
 		if err != nil {
 			return err
 		}
-		raw := call(ctx, kvc)
+		// A node we are not connected to gets a short time to connect, so
+		// that one unreachable node (whose name may not even resolve)
+		// does not use up the whole deadline.
+		actx, acancel := ctx, context.CancelFunc(func() {})
+		if !c.ready(addr) {
+			actx, acancel = context.WithTimeout(ctx, connectTimeout)
+		}
+		raw := call(actx, kvc)
+		acancel()
 		err = kv.FromStatus(raw)
 		if err == nil {
 			return nil

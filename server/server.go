@@ -44,6 +44,10 @@ type Config struct {
 	// Addr is the one address serving peers, gRPC, HTTP and metrics.
 	// Default 127.0.0.1:7001.
 	Addr string
+	// ListenAddr is the address to listen on, when it differs from Addr
+	// (the address peers and clients reach this node at), e.g. 0.0.0.0:7001
+	// in a container reached as pando-1:7001. Default Addr.
+	ListenAddr string
 	// InitialCluster maps every initial member's ID to its address. Default
 	// {ID: Addr}: a one-node cluster.
 	InitialCluster map[uint64]string
@@ -347,8 +351,12 @@ func (s *Server) Start() error {
 	lis := s.cfg.Listener
 	if lis == nil {
 		var err error
-		if lis, err = net.Listen("tcp", s.cfg.Addr); err != nil {
-			return fmt.Errorf("server: listen on %s: %w", s.cfg.Addr, err)
+		addr := s.cfg.ListenAddr
+		if addr == "" {
+			addr = s.cfg.Addr
+		}
+		if lis, err = net.Listen("tcp", addr); err != nil {
+			return fmt.Errorf("server: listen on %s: %w (is another process using the port? choose another with --addr or --listen-addr)", addr, err)
 		}
 	}
 	if s.cfg.TLS != nil {

@@ -158,7 +158,10 @@ func (t *Transport) peer(id uint64) (*peer, error) {
 		return nil, fmt.Errorf("transport: unknown peer %d", id)
 	}
 	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, t.cfg.DialOptions...)
-	conn, err := grpc.NewClient(addr, opts...)
+	// passthrough: the address is dialed as given, resolved by the system
+	// at each dial (gRPC's dns resolver also asks for TXT records, which
+	// can hang on networks without an upstream DNS server, as in containers).
+	conn, err := grpc.NewClient("passthrough:///"+addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("transport: dial node %d at %s: %w", id, addr, err)
 	}

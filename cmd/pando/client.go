@@ -151,7 +151,10 @@ func (f *clientFlags) dial(addr string) (*grpc.ClientConn, error) {
 	if t := f.auth(); t != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(pki.Token(t)))
 	}
-	conn, err := grpc.NewClient(addr, opts...)
+	// passthrough: the address is dialed as given, resolved by the system
+	// at each dial (gRPC's dns resolver also asks for TXT records, which
+	// can hang on networks without an upstream DNS server, as in containers).
+	conn, err := grpc.NewClient("passthrough:///"+addr, opts...)
 	if err != nil {
 		return nil, usageError{err}
 	}
