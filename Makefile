@@ -5,7 +5,7 @@ PROTOC_GEN_GO_GRPC_VERSION = v1.5.1
 .PHONY: build test test-short proto bench fuzz soak browser-deps test-browser docker-image docker-smoke
 
 build:
-	$(GO) build -o bin/pando ./cmd/pando
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/pando ./cmd/pando
 
 test:
 	$(GO) vet ./...

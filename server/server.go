@@ -186,6 +186,7 @@ type Server struct {
 	reqs     *prometheus.CounterVec
 	lat      *prometheus.HistogramVec
 	events   *events.Bus
+	evCount  *prometheus.CounterVec
 	// httpDone closes when the HTTP server starts shutting down, so that
 	// event streams end and let it finish.
 	httpDone chan struct{}
@@ -247,7 +248,13 @@ func New(cfg Config) (*Server, error) {
 		Name: "pando_request_duration_seconds", Help: "Client request latency by operation.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
 	}, []string{"op"})
-	s.reg.MustRegister(s.reqs, s.lat)
+	s.evCount = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pando_events_total", Help: "Events this node recorded, by type (see GET /v1/events).",
+	}, []string{"type"})
+	for _, t := range events.Types {
+		s.evCount.WithLabelValues(string(t))
+	}
+	s.reg.MustRegister(s.reqs, s.lat, s.evCount)
 	s.checker = newChecker(s)
 	return s, nil
 }
@@ -403,7 +410,25 @@ func (s *Server) Start() error {
 		_ = s.mux.Serve()
 	}()
 	go s.checker.periodic(s.cfg.CheckInterval, s.stopping)
+	go s.countEvents()
 	return nil
+}
+
+// countEvents feeds pando_events_total until the server stops.
+func (s *Server) countEvents() {
+	backlog, sub := s.events.Subscribe(0, 1024)
+	defer s.events.Unsubscribe(sub)
+	for _, e := range backlog {
+		s.evCount.WithLabelValues(string(e.Type)).Inc()
+	}
+	for {
+		select {
+		case e := <-sub.C():
+			s.evCount.WithLabelValues(string(e.Type)).Inc()
+		case <-s.stopping:
+			return
+		}
+	}
 }
 
 func (s *Server) observe(op string, start time.Time, err error) {

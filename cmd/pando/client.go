@@ -99,12 +99,7 @@ func (f *clientFlags) httpClient() (*http.Client, string, error) {
 }
 
 // auth is the bearer token to send ("" none).
-func (f *clientFlags) auth() string {
-	if f.token != "" {
-		return f.token
-	}
-	return os.Getenv("PANDO_AUTH_TOKEN")
-}
+func (f *clientFlags) auth() string { return f.token }
 
 // getJSON GETs u and decodes its JSON answer into v.
 func (f *clientFlags) getJSON(ctx context.Context, hc *http.Client, u string, v any) error {

@@ -5,6 +5,8 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -13,12 +15,22 @@ import (
 var version = "dev"
 
 func main() {
+	var configFile string
 	root := &cobra.Command{
-		Use:           "pando",
-		Short:         "pando: a sharded, replicated, strongly consistent key-value store",
+		Use:   "pando",
+		Short: "pando: a sharded, replicated, strongly consistent key-value store",
+		Long: `pando: a sharded, replicated, strongly consistent key-value store.
+
+Every flag can also come from the environment (PANDO_ and the flag's name in capitals,
+--data-dir is PANDO_DATA_DIR) or from a JSON config file (--config FILE or PANDO_CONFIG:
+{"data-dir": "/var/lib/pando", ...}). Precedence: flags > environment > file > defaults.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return applyConfig(cmd, configFile)
+		},
 	}
+	root.PersistentFlags().StringVar(&configFile, "config", "", "JSON file of flag values (default $PANDO_CONFIG)")
 	root.AddCommand(serverCmd(), demoCmd(), benchCmd(), versionCmd(), checkCmd(), rangesCmd(), debugCmd(), eventsCmd(), certCmd())
 	root.AddCommand(clientCmds()...)
 	if err := root.Execute(); err != nil {
@@ -37,9 +49,23 @@ func main() {
 func versionCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
-		Short: "Print pando's version",
+		Short: "Print pando's version, commit and Go version",
 		Args:  cobra.NoArgs,
-		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "pando", version) },
+		Run: func(cmd *cobra.Command, _ []string) {
+			commit, dirty := "unknown", ""
+			goVersion := runtime.Version()
+			if bi, ok := debug.ReadBuildInfo(); ok {
+				for _, s := range bi.Settings {
+					switch {
+					case s.Key == "vcs.revision":
+						commit = s.Value
+					case s.Key == "vcs.modified" && s.Value == "true":
+						dirty = " (modified)"
+					}
+				}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "pando %s\ncommit %s%s\n%s %s/%s\n", version, commit, dirty, goVersion, runtime.GOOS, runtime.GOARCH)
+		},
 	}
 }
 

@@ -74,9 +74,6 @@ A three-node cluster:
 					return usageError{err}
 				}
 			}
-			if authToken == "" {
-				authToken = os.Getenv("PANDO_AUTH_TOKEN")
-			}
 			cfg.AuthToken = authToken
 			if initialCluster != "" {
 				if cfg.InitialCluster, err = server.ParseInitialCluster(initialCluster); err != nil {
