@@ -1,6 +1,7 @@
 package client
 
 import (
+	"crypto/tls"
 	"bytes"
 	"context"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -31,6 +33,9 @@ var (
 	ErrKeyTooLarge     = kv.ErrKeyTooLarge
 	ErrValueTooLarge   = kv.ErrValueTooLarge
 	ErrUnavailable     = kv.ErrUnavailable
+	// ErrUnauthenticated: the cluster wants a token (Config.Token) or a
+	// client certificate.
+	ErrUnauthenticated = kv.ErrUnauthenticated
 	// ErrAmbiguous: a write may or may not have been applied: every
 	// attempt whose fate was unknown stayed unknown until the deadline or
 	// the retry budget ran out.
@@ -55,7 +60,14 @@ type Config struct {
 	// Resilience holds the retry, backoff, budget, hedging, load-balancing
 	// and circuit-breaker settings (defaults in package resilience).
 	Resilience resilience.Settings
-	// DialOptions are added to every connection (default: insecure).
+	// TLS, when set, connects with TLS: RootCAs verifies the nodes (the
+	// cluster's CA), Certificates is this client's for mutual TLS.
+	// Default: plain connections.
+	TLS *tls.Config
+	// Token, when set, is sent as a bearer token with every call (servers
+	// started with --auth-token require it).
+	Token string
+	// DialOptions are added to every connection, after the above.
 	DialOptions []grpc.DialOption
 	// Dial, when set, replaces gRPC: it returns the KV client of an
 	// address (in-process test clusters, custom transports).
@@ -168,8 +180,18 @@ func (c *Client) endpoint(addr string) (*endpoint, error) {
 		}
 		ep.kv = k
 	} else {
-		opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, c.cfg.DialOptions...)
-		cc, err := grpc.NewClient(addr, opts...)
+		creds := insecure.NewCredentials()
+		if c.cfg.TLS != nil {
+			creds = credentials.NewTLS(c.cfg.TLS)
+		}
+		opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+		if c.cfg.Token != "" {
+			opts = append(opts, grpc.WithPerRPCCredentials(bearer(c.cfg.Token)))
+		}
+		opts = append(opts, c.cfg.DialOptions...)
+		// passthrough: the system resolves the name at each dial (gRPC's
+		// DNS resolver would also ask for TXT records, which can hang).
+		cc, err := grpc.NewClient("passthrough:///"+addr, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("client: %s: %w", addr, err)
 		}
@@ -391,11 +413,14 @@ func (c *Client) target(key []byte, stale bool, avoid string) (ep *endpoint, for
 // left this process, so a write cannot have been applied.
 func notSent(err error) bool {
 	st, ok := status.FromError(err)
-	if !ok || st.Code() != codes.Unavailable {
+	if !ok || (st.Code() != codes.Unavailable && st.Code() != codes.DeadlineExceeded) {
 		return false
 	}
 	m := st.Message()
-	return strings.Contains(m, "connection refused") || strings.Contains(m, "error while dialing") ||
+	if st.Code() == codes.DeadlineExceeded {
+		return strings.Contains(m, "waiting for connections to become ready")
+	}
+	return strings.Contains(m, "connection refused") || strings.Contains(m, "error while dialing") || strings.Contains(m, "handshake failed") ||
 		strings.Contains(m, "no such host") || strings.Contains(m, "produced zero addresses")
 }
 
@@ -786,3 +811,12 @@ func (c *Client) Status(ctx context.Context, addr string) (*pandopb.StatusRespon
 	st, err := ep.kv.Status(ctx, &pandopb.StatusRequest{})
 	return st, kv.FromStatus(err)
 }
+
+// bearer sends a token with every call.
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (b bearer) RequireTransportSecurity() bool { return false }

@@ -35,6 +35,9 @@ var (
 	// request may be retried, after backing off. Distinct from
 	// ErrUnavailable ("try another node"): it says "slow down".
 	ErrOverloaded = errors.New("pando: overloaded, back off")
+	// ErrUnauthenticated: the caller did not prove who it is (bearer token
+	// or certificate) for what it asked.
+	ErrUnauthenticated = errors.New("pando: unauthenticated")
 )
 
 // VersionMismatchError is returned by a compare-and-swap whose expected

@@ -27,6 +27,7 @@ var reasons = map[string]error{
 	"STOPPED":           ErrStopped,
 	"WRONG_RANGE":       ErrWrongRange,
 	"OVERLOADED":        ErrOverloaded,
+	"UNAUTHENTICATED":   ErrUnauthenticated,
 }
 
 // ToStatus converts an error into a gRPC status error. It is the only place
@@ -77,6 +78,8 @@ func ToStatus(err error) error {
 		code, info.Reason = codes.Unavailable, "WRONG_RANGE"
 	case errors.Is(err, ErrOverloaded):
 		code, info.Reason = codes.ResourceExhausted, "OVERLOADED"
+	case errors.Is(err, ErrUnauthenticated):
+		code, info.Reason = codes.Unauthenticated, "UNAUTHENTICATED"
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.Is(err, context.Canceled):

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pando/pando/events"
 	"github.com/pando/pando/storage"
 )
 
@@ -65,6 +66,9 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// PeerAddr resolves a node ID to its address, for leader hints. Optional.
 	PeerAddr func(id uint64) string
+	// Events, when set, records elections, leader losses and leadership
+	// transfers of this node's replicas (published without blocking).
+	Events *events.Bus
 }
 
 // Validate fills defaults and rejects bad values, naming the field.

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/events"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/replica"
 )
@@ -83,6 +84,15 @@ func (n *Node) step(in inbound) {
 			}
 		}
 		r.inSnaps[in.snap.index] = in.snap
+	}
+	switch in.msg.Type {
+	case raftpb.MsgTimeoutNow:
+		// The leader asks this replica to take over (leadership transfer).
+		r.transferFrom, r.transferAt = in.msg.From, time.Now()
+	case raftpb.MsgVote:
+		if string(in.msg.Context) == campaignTransfer && r.lastLead != 0 && in.msg.Term > r.rn.BasicStatus().Term {
+			r.transferFrom, r.transferAt = r.lastLead, time.Now()
+		}
 	}
 	if err := r.rn.Step(in.msg); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
 		n.log.Debug("step failed", "range", in.rangeID, "type", in.msg.Type, "err", err)
@@ -349,9 +359,64 @@ func (n *Node) handleReady() {
 				delete(x.r.readBatches, id)
 			}
 		}
+		if x.rd.SoftState != nil && x.rd.SoftState.Lead != x.r.lastLead {
+			n.leaderChanged(x.r, x.rd.SoftState.Lead)
+		}
 		x.r.rn.Advance(x.rd)
 		n.releaseReads(x.r)
 		n.publishStatus(x.r)
+	}
+}
+
+// campaignTransfer is the context raft puts on the votes of a leadership
+// transfer's campaign.
+const campaignTransfer = "CampaignTransfer"
+
+// leaderChanged records an election, a transfer or a lost leader. It runs
+// on the loop only when a replica's leader changes, and never blocks.
+func (n *Node) leaderChanged(r *group, lead uint64) {
+	prev := r.lastLead
+	r.lastLead = lead
+	ev := n.cfg.Events
+	if ev == nil {
+		return
+	}
+	term := r.rn.BasicStatus().Term
+	if r.transferFrom != 0 && time.Since(r.transferAt) > 4*time.Duration(n.cfg.ElectionTicks)*n.cfg.TickInterval {
+		r.transferFrom = 0 // a transfer that did not happen
+	}
+	if lead == 0 {
+		if r.transferFrom != 0 {
+			return // a transfer under way: its outcome is the event
+		}
+		why := "no heartbeat from it within the election timeout, or a higher term seen"
+		if prev == n.cfg.ID {
+			why = "this node stepped down: it lost its quorum or saw a higher term"
+		}
+		ev.Publish(events.LeaderLostEvent(r.id, prev, term, why))
+		return
+	}
+	known := r.knownLead // the last leader known, even if lost since
+	r.knownLead = lead
+	from := r.transferFrom
+	r.transferFrom = 0
+	switch {
+	case from != 0 && from != lead:
+		ev.Publish(events.TransferEvent(r.id, from, lead, term))
+	case known == 0:
+		why := "first leader this node knows of since it started"
+		if lead == n.cfg.ID {
+			why = "this node won the first election since it started"
+		}
+		ev.Publish(events.ElectionEvent(r.id, lead, 0, term, why))
+	case known == lead:
+		ev.Publish(events.ElectionEvent(r.id, lead, known, term, fmt.Sprintf("node %d leads again", lead)))
+	default:
+		why := fmt.Sprintf("leader %d was lost", known)
+		if prev != 0 {
+			why = fmt.Sprintf("replaced leader %d", known)
+		}
+		ev.Publish(events.ElectionEvent(r.id, lead, known, term, why))
 	}
 }
 

@@ -64,6 +64,13 @@ type group struct {
 
 	inSnaps map[uint64]*incomingSnapshot // received, by index
 
+	// Event bookkeeping (loop-owned): the leader last known, and the node
+	// whose leadership transfer campaign this replica saw, if any.
+	lastLead     uint64 // as in the last SoftState (0: none)
+	knownLead    uint64 // the last non-zero leader
+	transferFrom uint64
+	transferAt   time.Time
+
 	readQueue   []*readRequest            // waiting to be given a read index
 	readBatches map[uint64][]*readRequest // ReadIndex ctx -> requests
 	readWaiting []*readRequest            // confirmed, waiting for apply
@@ -481,3 +488,19 @@ func (n *Node) ReportUnreachable(rangeID, to uint64) {
 }
 
 func readCtx(id uint64) []byte { return binary.BigEndian.AppendUint64(nil, id) }
+
+// Pause freezes the Ready loop until resume is called, as if the process
+// were stopped (SIGSTOP) or stuck in a long pause: no ticks, no messages
+// handled or sent, no proposals or reads served. Fault injection only (the
+// demo). Stop still works while paused; resume may be called more than once.
+func (n *Node) Pause() (resume func()) {
+	release := make(chan struct{})
+	var once sync.Once
+	n.submit(func() {
+		select {
+		case <-release:
+		case <-n.stopc:
+		}
+	})
+	return func() { once.Do(func() { close(release) }) }
+}

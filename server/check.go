@@ -15,6 +15,7 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/consistency"
+	"github.com/pando/pando/events"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
 )
@@ -244,6 +245,7 @@ func (c *checker) repairFrom(ctx context.Context, rangeID, source uint64) (uint6
 	if err := c.s.node.InstallData(ctx, rangeID, index, data); err != nil {
 		return 0, err
 	}
+	c.s.events.Publish(events.RepairEvent(rangeID, source, index, uint64(len(data))))
 	c.s.log.Warn("consistency: replica repaired", "range", rangeID, "source", source, "index", index, "records", len(data))
 	return uint64(len(data)), nil
 }
@@ -327,6 +329,11 @@ func (c *checker) run(ctx context.Context, rangeID uint64, repair bool) consiste
 	c.metrics.diverged.Add(float64(len(rep.Diverged)))
 	c.metrics.keys.Add(float64(len(rep.Keys)))
 	c.metrics.repaired.Add(float64(rep.RepairedKeys))
+	errText := ""
+	if rep.Err != nil {
+		errText = rep.Err.Error()
+	}
+	c.s.events.Publish(events.CheckEvent(rangeID, rep.Index, rep.Verdict, rep.Checked, rep.Diverged, uint64(len(rep.Keys)), rep.RepairedKeys, errText))
 	attrs := []any{"range", rangeID, "index", rep.Index, "verdict", rep.Verdict, "replicas", rep.Checked, "took", time.Since(start).Round(time.Millisecond)}
 	switch {
 	case rep.Verdict == consistency.VerdictConsistent:

@@ -34,6 +34,8 @@ func httpStatus(err error) int {
 	case errors.Is(err, kv.ErrUnavailable), errors.Is(err, kv.ErrNotLeader), errors.Is(err, kv.ErrStopped), errors.Is(err, kv.ErrWrongRange),
 		errors.Is(err, kv.ErrAmbiguous), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable
+	case errors.Is(err, kv.ErrUnauthenticated):
+		return http.StatusUnauthorized
 	case errors.Is(err, context.Canceled):
 		return 499
 	default:

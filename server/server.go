@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -23,14 +24,18 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/soheilhy/cmux"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/events"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/placement"
 	"github.com/pando/pando/resilience"
+	"github.com/pando/pando/pki"
 	"github.com/pando/pando/storage"
 	"github.com/pando/pando/transport"
+	"github.com/pando/pando/web"
 )
 
 // Config configures one pando server. Zero values mean the default.
@@ -42,6 +47,10 @@ type Config struct {
 	// Addr is the one address serving peers, gRPC, HTTP and metrics.
 	// Default 127.0.0.1:7001.
 	Addr string
+	// ListenAddr is the address to listen on, when it differs from Addr
+	// (the address peers and clients reach this node at), e.g. 0.0.0.0:7001
+	// in a container reached as pando-1:7001. Default Addr.
+	ListenAddr string
 	// InitialCluster maps every initial member's ID to its address. Default
 	// {ID: Addr}: a one-node cluster.
 	InitialCluster map[uint64]string
@@ -91,6 +100,24 @@ type Config struct {
 	// DedupTTL: how long a range remembers a client session's last write
 	// (see node.Config). Default 10 minutes.
 	DedupTTL time.Duration
+	// TLS, when set, makes every connection to this node TLS (clients and
+	// peers): see pki.Files.ServerConfig. Peers must then present a node
+	// certificate signed by the CA in TLS.ClientCAs.
+	TLS *tls.Config
+	// PeerTLS is the TLS this node dials its peers with (its node
+	// certificate and the CA); required with TLS.
+	PeerTLS *tls.Config
+	// AuthToken, when set, is the bearer token clients must send (gRPC
+	// metadata or HTTP Authorization header); peers send it too, or prove
+	// themselves with their certificate under TLS.
+	AuthToken string
+	// EventBacklog is how many events the node keeps for GET /v1/events.
+	// Default 1024.
+	EventBacklog int
+	// PeerAllow, when set, says whether this node's traffic to a peer may
+	// flow (see transport.Config.Allow). Fault injection only: the demo
+	// uses it to cut a node off from the others.
+	PeerAllow func(peer uint64) bool
 	// FS is the file system (tests); nil means the OS.
 	FS vfs.FS
 	// Listener, when set, is used instead of listening on Addr.
@@ -183,6 +210,12 @@ func (c *Config) Validate() error {
 		c.BalanceInterval = 2 * time.Second
 	}
 	c.Split = c.Split.WithDefaults()
+	if (c.TLS == nil) != (c.PeerTLS == nil) {
+		return fmt.Errorf("server: Config.TLS and Config.PeerTLS go together (serving and dialing peers)")
+	}
+	if c.TLS != nil && (len(c.TLS.Certificates) == 0 || c.TLS.ClientCAs == nil) {
+		return fmt.Errorf("server: Config.TLS needs a certificate and ClientCAs (see pki.Files.ServerConfig)")
+	}
 	c.AutoRepair = !c.NoAutoRepair
 	return nil
 }
@@ -210,6 +243,14 @@ type Server struct {
 	reqs     *prometheus.CounterVec
 	lat      *prometheus.HistogramVec
 	cpu      *cpuMonitor
+	events   *events.Bus
+	evCount  *prometheus.CounterVec
+	// httpDone closes when the HTTP server starts shutting down, so that
+	// event streams end and let it finish.
+	httpDone chan struct{}
+
+	peerHTTPOnce   sync.Once
+	peerHTTPClient *http.Client
 }
 
 // identityKey records which node a data directory belongs to.
@@ -221,7 +262,8 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("node", cfg.ID), reg: prometheus.NewRegistry(), stopping: make(chan struct{}), done: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("node", cfg.ID), reg: prometheus.NewRegistry(), stopping: make(chan struct{}), done: make(chan struct{}),
+		events: events.New(cfg.ID, cfg.EventBacklog), httpDone: make(chan struct{})}
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	eng, err := storage.Open(cfg.DataDir, storage.Options{FS: cfg.FS})
 	if err != nil {
@@ -236,11 +278,20 @@ func New(cfg Config) (*Server, error) {
 		eng.Close()
 		return nil, err
 	}
-	s.tr = transport.New(transport.Config{ID: cfg.ID, Peers: cfg.InitialCluster, Logger: cfg.Logger, Registerer: s.reg, Breaker: cfg.PeerBreaker})
+	var dial []grpc.DialOption
+	if cfg.PeerTLS != nil {
+		dial = append(dial, grpc.WithTransportCredentials(credentials.NewTLS(cfg.PeerTLS)))
+	}
+	if cfg.AuthToken != "" {
+		dial = append(dial, grpc.WithPerRPCCredentials(pki.Token(cfg.AuthToken)))
+	}
+	s.tr = transport.New(transport.Config{ID: cfg.ID, Peers: cfg.InitialCluster, Logger: cfg.Logger, Registerer: s.reg,
+		Breaker: cfg.PeerBreaker, Events: s.events, Allow: cfg.PeerAllow, DialOptions: dial})
 	n, err := node.New(node.Config{
 		ID: cfg.ID, Engine: eng, Transport: s.tr, TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks,
 		LogKeepEntries: cfg.LogKeepEntries, Logger: cfg.Logger, Registerer: s.reg, PeerAddr: s.tr.Addr,
 		CheckBytesPerSec: cfg.CheckBytesPerSec, MaxPendingProposals: cfg.MaxPendingProposals, DedupTTL: cfg.DedupTTL,
+		Events: s.events,
 	})
 	if err != nil {
 		eng.Close()
@@ -264,7 +315,13 @@ func New(cfg Config) (*Server, error) {
 		Name: "pando_request_duration_seconds", Help: "Client request latency by operation.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
 	}, []string{"op"})
-	s.reg.MustRegister(s.reqs, s.lat)
+	s.evCount = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pando_events_total", Help: "Events this node recorded, by type (see GET /v1/events).",
+	}, []string{"type"})
+	for _, t := range events.Types {
+		s.evCount.WithLabelValues(string(t))
+	}
+	s.reg.MustRegister(s.reqs, s.lat, s.evCount)
 	s.checker = newChecker(s)
 	return s, nil
 }
@@ -350,6 +407,11 @@ func writeMarker(fs vfs.FS, path, id string) error {
 // Node exposes the node (tests and the demo).
 func (s *Server) Node() *node.Node { return s.node }
 
+// Events is this node's event record. Components that live beside the
+// server (circuit breakers, the placement loop, the demo's faults) publish
+// to it; GET /v1/events streams it.
+func (s *Server) Events() *events.Bus { return s.events }
+
 // Addr is the address the server listens on.
 func (s *Server) Addr() string {
 	if s.lis != nil {
@@ -363,9 +425,16 @@ func (s *Server) Start() error {
 	lis := s.cfg.Listener
 	if lis == nil {
 		var err error
-		if lis, err = net.Listen("tcp", s.cfg.Addr); err != nil {
-			return fmt.Errorf("server: listen on %s: %w", s.cfg.Addr, err)
+		addr := s.cfg.ListenAddr
+		if addr == "" {
+			addr = s.cfg.Addr
 		}
+		if lis, err = net.Listen("tcp", addr); err != nil {
+			return fmt.Errorf("server: listen on %s: %w (is another process using the port? choose another with --addr or --listen-addr)", addr, err)
+		}
+	}
+	if s.cfg.TLS != nil {
+		lis = tls.NewListener(lis, s.cfg.TLS)
 	}
 	s.lis = lis
 	s.node.Start()
@@ -373,21 +442,31 @@ func (s *Server) Start() error {
 		go s.cpu.run(s.stopping)
 	}
 
-	s.grpc = grpc.NewServer(
-		grpc.MaxRecvMsgSize(s.cfg.Limits.MaxRequestSize+(64<<10)),
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(s.cfg.Limits.MaxRequestSize + (64 << 10)),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
-	)
+	}
+	if s.cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(terminatedTLS{}))
+	}
+	s.grpc = grpc.NewServer(opts...)
 	pandopb.RegisterKVServer(s.grpc, s.svc)
 	pandopb.RegisterRaftServer(s.grpc, transport.NewServer(s.node, s.tr))
 	pandopb.RegisterCheckerServer(s.grpc, s.checker)
 	pandopb.RegisterAdminServer(s.grpc, &admin{s: s})
 
+	api := http.NewServeMux()
+	api.HandleFunc("/v1/kv/", s.instrumentHTTP(s.handleKV))
+	api.HandleFunc("GET /v1/status", s.handleStatus)
+	api.HandleFunc("GET /v1/events", s.handleEvents)
+	api.HandleFunc("GET /v1/node", s.handleNode)
+	api.HandleFunc("GET /v1/dashboard", s.handleDashboard)
 	mux := http.NewServeMux()
-	mux.HandleFunc("/v1/kv/", s.instrumentHTTP(s.handleKV))
-	mux.HandleFunc("GET /v1/status", s.handleStatus)
+	mux.Handle("/v1/", s.requireAuth(api))
 	mux.HandleFunc("GET /healthz", s.handleHealthz)
 	mux.HandleFunc("GET /readyz", s.handleReadyz)
+	mux.Handle("GET /{$}", web.Handler())
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	if s.cfg.EnablePprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -395,7 +474,8 @@ func (s *Server) Start() error {
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ConnContext: connContext}
+	s.http.RegisterOnShutdown(func() { close(s.httpDone) })
 
 	s.mux = cmux.New(lis)
 	grpcL := s.mux.MatchWithWriters(cmux.HTTP2MatchHeaderFieldSendSettings("content-type", "application/grpc"))
@@ -408,7 +488,25 @@ func (s *Server) Start() error {
 	}()
 	go s.checker.periodic(s.cfg.CheckInterval, s.stopping)
 	go s.balance(s.stopping)
+	go s.countEvents()
 	return nil
+}
+
+// countEvents feeds pando_events_total until the server stops.
+func (s *Server) countEvents() {
+	backlog, sub := s.events.Subscribe(0, 1024)
+	defer s.events.Unsubscribe(sub)
+	for _, e := range backlog {
+		s.evCount.WithLabelValues(string(e.Type)).Inc()
+	}
+	for {
+		select {
+		case e := <-sub.C():
+			s.evCount.WithLabelValues(string(e.Type)).Inc()
+		case <-s.stopping:
+			return
+		}
+	}
 }
 
 func (s *Server) observe(op string, start time.Time, err error) {
@@ -435,6 +533,9 @@ func (s *Server) observe(op string, start time.Time, err error) {
 }
 
 func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if err := s.authorizeRPC(ctx, info.FullMethod); err != nil {
+		return nil, kv.ToStatus(err)
+	}
 	s.inflight.Add(1)
 	defer s.inflight.Done()
 	start := time.Now()
@@ -446,6 +547,9 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 
 // streamInterceptor ends peer streams when the server stops.
 func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if err := s.authorizeRPC(ss.Context(), info.FullMethod); err != nil {
+		return kv.ToStatus(err)
+	}
 	ctx, cancel := context.WithCancel(ss.Context())
 	defer cancel()
 	go func() {

@@ -28,8 +28,8 @@ type testCluster struct {
 	addrs   map[uint64]string
 	servers map[uint64]*server.Server
 	keep    uint64
-	// tune, when set, adjusts each server's config before it starts.
-	tune func(*server.Config)
+	// mod, when set, changes each node's configuration before it starts.
+	mod func(id uint64, cfg *server.Config)
 }
 
 func quietLogger() *slog.Logger {
@@ -39,10 +39,19 @@ func quietLogger() *slog.Logger {
 // startCluster runs n servers on loopback ports, each with real gRPC.
 func startCluster(t *testing.T, n int, logKeep uint64, tune ...func(*server.Config)) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t, dir: t.TempDir(), addrs: map[uint64]string{}, servers: map[uint64]*server.Server{}, keep: logKeep}
+	var mod func(uint64, *server.Config)
 	if len(tune) > 0 {
-		c.tune = tune[0]
+		f := tune[0]
+		mod = func(_ uint64, cfg *server.Config) { f(cfg) }
 	}
+	return startClusterWith(t, n, logKeep, mod, true)
+}
+
+// startClusterWith is startCluster with each node's configuration changed
+// by mod; waitLeader false returns without waiting for a leader.
+func startClusterWith(t *testing.T, n int, logKeep uint64, mod func(uint64, *server.Config), waitLeader bool) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t, dir: t.TempDir(), addrs: map[uint64]string{}, servers: map[uint64]*server.Server{}, keep: logKeep, mod: mod}
 	lis := map[uint64]net.Listener{}
 	for i := uint64(1); i <= uint64(n); i++ {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -60,7 +69,9 @@ func startCluster(t *testing.T, n int, logKeep uint64, tune ...func(*server.Conf
 			s.Kill()
 		}
 	})
-	c.waitLeader()
+	if waitLeader {
+		c.waitLeader()
+	}
 	return c
 }
 
@@ -82,8 +93,8 @@ func (c *testCluster) start(id uint64, l net.Listener) {
 		ID: id, DataDir: filepath.Join(c.dir, fmt.Sprint(id)), Addr: c.addrs[id], InitialCluster: c.addrs,
 		Listener: l, TickInterval: 20 * time.Millisecond, LogKeepEntries: c.keep, Logger: quietLogger(),
 	}
-	if c.tune != nil {
-		c.tune(&cfg)
+	if c.mod != nil {
+		c.mod(id, &cfg)
 	}
 	s, err := server.New(cfg)
 	if err != nil {

@@ -12,8 +12,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/events"
+	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/resilience"
 )
@@ -49,6 +52,13 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives metrics when set.
 	Registerer prometheus.Registerer
+	// Events, when set, records peers becoming unreachable and reachable.
+	Events *events.Bus
+	// Allow, when set, says whether traffic to a peer may flow now; when it
+	// returns false, messages to the peer are dropped and forwarded calls
+	// fail as if the network were cut. Fault injection only (the demo's
+	// "cut off"); nil allows everything.
+	Allow func(peer uint64) bool
 }
 
 // Transport is the gRPC implementation of node.Transport.
@@ -146,9 +156,14 @@ func (t *Transport) IDs() []uint64 {
 	return ids
 }
 
+func (t *Transport) allowed(id uint64) bool { return t.cfg.Allow == nil || t.cfg.Allow(id) }
+
 // Live reports whether the last attempt to reach the peer succeeded and
 // its breaker is not open.
 func (t *Transport) Live(id uint64) bool {
+	if !t.allowed(id) {
+		return false
+	}
 	p, err := t.peer(id)
 	if err != nil {
 		return false
@@ -179,6 +194,9 @@ func (t *Transport) Heard(id uint64) {
 
 // Conn returns the shared connection to a peer.
 func (t *Transport) Conn(id uint64) (*grpc.ClientConn, error) {
+	if !t.allowed(id) {
+		return nil, fmt.Errorf("%w: transport: node %d is cut off (fault injection)", kv.ErrUnavailable, id)
+	}
 	p, err := t.peer(id)
 	if err != nil {
 		return nil, err
@@ -211,7 +229,10 @@ func (t *Transport) peer(id uint64) (*peer, error) {
 		return nil, fmt.Errorf("transport: unknown peer %d", id)
 	}
 	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, t.cfg.DialOptions...)
-	conn, err := grpc.NewClient(addr, opts...)
+	// passthrough: the address is dialed as given, resolved by the system
+	// at each dial (gRPC's dns resolver also asks for TXT records, which
+	// can hang on networks without an upstream DNS server, as in containers).
+	conn, err := grpc.NewClient("passthrough:///"+addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("transport: dial node %d at %s: %w", id, addr, err)
 	}
@@ -239,6 +260,10 @@ func (t *Transport) peer(id uint64) (*peer, error) {
 // Send implements node.Transport: it never blocks.
 func (t *Transport) Send(envs []node.Envelope) {
 	for _, e := range envs {
+		if !t.allowed(e.Msg.To) {
+			t.drop(e, dropUnreachable)
+			continue
+		}
 		p, err := t.peer(e.Msg.To)
 		if err != nil {
 			t.drop(e, dropUnreachable)
@@ -343,6 +368,7 @@ func (p *peer) run() {
 		} else if err != nil {
 			if p.live.Swap(false) {
 				p.t.log.Warn("peer unreachable", "peer", p.id, "err", err)
+				p.t.cfg.Events.Publish(events.NodeDeathEvent(p.id, shortErr(err)))
 			}
 			p.reportUnreachable()
 		}
@@ -472,6 +498,7 @@ func (p *peer) pump(cancel context.CancelFunc, stream grpc.ClientStreamingClient
 		}
 		if !p.live.Swap(true) {
 			p.t.log.Info("peer reachable", "peer", p.id)
+			p.t.cfg.Events.Publish(events.NodeJoinEvent(p.id, "its stream works again"))
 		}
 		p.t.sent.WithLabelValues(fmt.Sprint(p.id)).Add(float64(len(batch.Messages)))
 	}
@@ -555,6 +582,14 @@ func (p *peer) sendSnapshot(e node.Envelope) error {
 		return fmt.Errorf("transport: node %d refused snapshot of range %d", p.id, e.RangeID)
 	}
 	return nil
+}
+
+// shortErr is a gRPC error's message without its code prefix.
+func shortErr(err error) string {
+	if st, ok := status.FromError(err); ok {
+		return st.Message()
+	}
+	return err.Error()
 }
 
 func sortIDs(ids []uint64) {

@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
@@ -42,9 +40,9 @@ func checkCmd() *cobra.Command {
 			var resp *pandopb.CheckResponse
 			var lastErr error
 			for _, ep := range strings.Split(f.endpoints, ",") {
-				conn, err := grpc.NewClient(strings.TrimSpace(ep), grpc.WithTransportCredentials(insecure.NewCredentials()))
+				conn, err := f.dial(strings.TrimSpace(ep))
 				if err != nil {
-					return usageError{err}
+					return err
 				}
 				resp, err = pandopb.NewCheckerClient(conn).Check(ctx, &pandopb.CheckRequest{RangeId: rangeID, Repair: repair, NoRepair: noRepair})
 				conn.Close()
@@ -299,7 +297,7 @@ func splitCmd() *cobra.Command {
 			defer cancel()
 			var lastErr error
 			for _, ep := range strings.Split(f.endpoints, ",") {
-				conn, err := grpc.NewClient(strings.TrimSpace(ep), grpc.WithTransportCredentials(insecure.NewCredentials()))
+				conn, err := f.dial(strings.TrimSpace(ep))
 				if err != nil {
 					return usageError{err}
 				}

@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -15,9 +17,13 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/pando/pando/client"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/pki"
 	"github.com/pando/pando/resilience"
 	"github.com/pando/pando/server"
 )
@@ -43,6 +49,8 @@ func exitCode(err error) int {
 		return 5
 	case errors.Is(err, errDiverged):
 		return 6
+	case errors.Is(err, kv.ErrUnauthenticated):
+		return 7
 	case strings.HasPrefix(err.Error(), "unknown command"), strings.HasPrefix(err.Error(), "unknown flag"),
 		strings.Contains(err.Error(), "arg(s)"), strings.HasPrefix(err.Error(), "invalid argument"):
 		return 2
@@ -55,11 +63,17 @@ type clientFlags struct {
 	json       bool
 	timeout    time.Duration
 	resilience resilience.Settings
+	tls        pki.Files
+	token      string
 }
 
 func (f *clientFlags) add(cmd *cobra.Command, withJSON bool) {
 	cmd.Flags().StringVar(&f.endpoints, "endpoints", "127.0.0.1:7001", "comma-separated node addresses")
 	cmd.Flags().DurationVar(&f.timeout, "timeout", 5*time.Second, "deadline of the request")
+	cmd.Flags().StringVar(&f.tls.CA, "tls-ca", "", "connect with TLS, trusting this CA certificate (PEM)")
+	cmd.Flags().StringVar(&f.tls.Cert, "tls-cert", "", "client certificate for mutual TLS (PEM; with --tls-key)")
+	cmd.Flags().StringVar(&f.tls.Key, "tls-key", "", "client key for mutual TLS (PEM)")
+	cmd.Flags().StringVar(&f.token, "auth-token", "", "bearer token the cluster requires (default $PANDO_AUTH_TOKEN)")
 	if withJSON {
 		cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
 	}
@@ -90,8 +104,94 @@ func clientLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
+func (f *clientFlags) endpointList() []string {
+	var eps []string
+	for _, ep := range strings.Split(f.endpoints, ",") {
+		if ep = strings.TrimSpace(ep); ep != "" {
+			eps = append(eps, strings.TrimPrefix(strings.TrimPrefix(ep, "http://"), "https://"))
+		}
+	}
+	if len(eps) == 0 {
+		eps = []string{"127.0.0.1:7001"}
+	}
+	return eps
+}
+
+// httpClient is a client of the nodes' HTTP API, and its URL scheme.
+func (f *clientFlags) httpClient() (*http.Client, string, error) {
+	tc, err := f.tlsConfig()
+	if err != nil || tc == nil {
+		return &http.Client{}, "http", err
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tc
+	return &http.Client{Transport: tr}, "https", nil
+}
+
+// auth is the bearer token to send ("" none).
+func (f *clientFlags) auth() string { return f.token }
+
+// getJSON GETs u and decodes its JSON answer into v.
+func (f *clientFlags) getJSON(ctx context.Context, hc *http.Client, u string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, "GET", u, nil)
+	if err != nil {
+		return err
+	}
+	if a := f.auth(); a != "" {
+		req.Header.Set("Authorization", "Bearer "+a)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return httpError(resp)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+func (f *clientFlags) tlsConfig() (*tls.Config, error) {
+	if !f.tls.Enabled() {
+		return nil, nil
+	}
+	cfg, err := f.tls.ClientConfig()
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return cfg, nil
+}
+
+// dial connects to one node with the flags' TLS and token.
+func (f *clientFlags) dial(addr string) (*grpc.ClientConn, error) {
+	tc, err := f.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	creds := insecure.NewCredentials()
+	if tc != nil {
+		creds = credentials.NewTLS(tc)
+	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if t := f.auth(); t != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(pki.Token(t)))
+	}
+	// passthrough: the address is dialed as given, resolved by the system
+	// at each dial (gRPC's dns resolver also asks for TXT records, which
+	// can hang on networks without an upstream DNS server, as in containers).
+	conn, err := grpc.NewClient("passthrough:///"+addr, opts...)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return conn, nil
+}
+
 func (f *clientFlags) open() (*client.Client, context.Context, context.CancelFunc, error) {
-	c, err := client.New(client.Config{Endpoints: strings.Split(f.endpoints, ","), Resilience: f.resilience, Logger: clientLogger()})
+	tc, err := f.tlsConfig()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c, err := client.New(client.Config{Endpoints: strings.Split(f.endpoints, ","), Resilience: f.resilience, Logger: clientLogger(), TLS: tc, Token: f.auth()})
 	if err != nil {
 		return nil, nil, nil, usageError{err}
 	}

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/placement"
 	"github.com/pando/pando/resilience"
+	"github.com/pando/pando/pki"
 	"github.com/pando/pando/server"
 )
 
@@ -22,6 +25,7 @@ func serverCmd() *cobra.Command {
 		id             uint64
 		dataDir        string
 		addr           string
+		listenAddr     string
 		initialCluster string
 		tick           time.Duration
 		electionTicks  int
@@ -39,6 +43,9 @@ func serverCmd() *cobra.Command {
 		forward        time.Duration
 		dedupTTL       time.Duration
 		peerBreaker    resilience.BreakerSettings
+		tlsFiles       pki.Files
+		authToken      string
+		idFromHost     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -56,8 +63,13 @@ A three-node cluster:
 			if err != nil {
 				return err
 			}
+			if idFromHost {
+				if id, err = idFromHostname(); err != nil {
+					return usageError{err}
+				}
+			}
 			cfg := server.Config{
-				ID: id, DataDir: dataDir, Addr: addr, Limits: limits, RequestTimeout: timeout,
+				ID: id, DataDir: dataDir, Addr: addr, ListenAddr: listenAddr, Limits: limits, RequestTimeout: timeout,
 				TickInterval: tick, ElectionTicks: electionTicks, Logger: log,
 				CheckInterval: checkInterval, NoAutoRepair: !autoRepair, CheckBytesPerSec: checkRate,
 				Split: placement.SplitThresholds{MaxBytes: splitBytes, LoadQPS: splitQPS}, EnablePprof: enablePprof,
@@ -67,6 +79,15 @@ A three-node cluster:
 			if checkInterval == 0 {
 				cfg.CheckInterval = -1
 			}
+			if tlsFiles.Enabled() {
+				if cfg.TLS, err = tlsFiles.ServerConfig(); err != nil {
+					return usageError{err}
+				}
+				if cfg.PeerTLS, err = tlsFiles.ClientConfig(); err != nil {
+					return usageError{err}
+				}
+			}
+			cfg.AuthToken = authToken
 			if initialCluster != "" {
 				if cfg.InitialCluster, err = server.ParseInitialCluster(initialCluster); err != nil {
 					return usageError{fmt.Errorf("--initial-cluster: %w", err)}
@@ -97,6 +118,8 @@ A three-node cluster:
 	f.Uint64Var(&id, "id", 1, "this node's ID (unique, > 0)")
 	f.StringVar(&dataDir, "data-dir", "pando-data", "directory of this node's data")
 	f.StringVar(&addr, "addr", "127.0.0.1:7001", "address serving peers, gRPC, HTTP and metrics")
+	f.BoolVar(&idFromHost, "id-from-hostname", false, "take the ID from the hostname's ordinal: pando-0 is node 1 (Kubernetes StatefulSets)")
+	f.StringVar(&listenAddr, "listen-addr", "", "address to listen on when it differs from --addr (e.g. 0.0.0.0:7001 in a container)")
 	f.StringVar(&initialCluster, "initial-cluster", "", "every initial member as ID=ADDR,... (default: this node alone)")
 	f.DurationVar(&tick, "heartbeat-interval", 50*time.Millisecond, "Raft tick and leader heartbeat interval")
 	f.IntVar(&electionTicks, "election-ticks", 8, "election timeout in heartbeat intervals (randomized up to twice this)")
@@ -117,6 +140,10 @@ A three-node cluster:
 	f.DurationVar(&dedupTTL, "dedup-ttl", 10*time.Minute, "how long a range remembers a client session's last write, for exactly-once retries")
 	f.IntVar(&peerBreaker.ConsecutiveFailures, "peer-breaker-consecutive-failures", 3, "stream failures or silences in a row that open the breaker to a peer")
 	f.DurationVar(&peerBreaker.OpenFor, "peer-breaker-open-for", resilience.DefaultBreakerOpenFor, "how long the breaker to a peer stays open before probing")
+	f.StringVar(&tlsFiles.Cert, "tls-cert", "", "this node's certificate (PEM; valid for server and client use); turns TLS on with --tls-key and --tls-ca")
+	f.StringVar(&tlsFiles.Key, "tls-key", "", "this node's private key (PEM)")
+	f.StringVar(&tlsFiles.CA, "tls-ca", "", "the CA certificate that signs every node's certificate (PEM)")
+	f.StringVar(&authToken, "auth-token", "", "bearer token clients must send (default $PANDO_AUTH_TOKEN; empty: none)")
 	return cmd
 }
 
@@ -126,4 +153,18 @@ func newLogger(level string) (*slog.Logger, error) {
 		return nil, usageError{fmt.Errorf("--log-level must be debug, info, warn or error, not %q", level)}
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+// idFromHostname maps a StatefulSet pod's hostname (name-N) to node N+1.
+func idFromHostname() (uint64, error) {
+	h, err := os.Hostname()
+	if err != nil {
+		return 0, err
+	}
+	i := strings.LastIndexByte(h, '-')
+	n, perr := strconv.ParseUint(h[i+1:], 10, 64)
+	if i < 0 || perr != nil {
+		return 0, fmt.Errorf("--id-from-hostname: hostname %q does not end in -N (a StatefulSet pod's ordinal); pass --id instead", h)
+	}
+	return n + 1, nil
 }

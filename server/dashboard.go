@@ -1,0 +1,349 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/pando/pando/events"
+)
+
+// RequestStats are a node's client request counters since it started; a
+// dashboard takes differences between two samples for rates and latency.
+type RequestStats struct {
+	Requests uint64 `json:"requests"`
+	// Errors counts requests that failed for a reason other than the
+	// caller's (unavailable, ambiguous, internal).
+	Errors uint64 `json:"errors"`
+	// LatencySum and LatencyCount sum the request latency histogram.
+	LatencySum   float64 `json:"latency_sum_seconds"`
+	LatencyCount uint64  `json:"latency_count"`
+	// Buckets are the histogram's cumulative counts at each upper bound.
+	Buckets []Bucket `json:"buckets"`
+}
+
+// Bucket is one cumulative histogram bucket.
+type Bucket struct {
+	LE    float64 `json:"le"`
+	Count uint64  `json:"count"`
+}
+
+// NodeView is what one node reports of itself (GET /v1/node): its status
+// and request counters.
+type NodeView struct {
+	Status   StatusJSON   `json:"status"`
+	Stats    RequestStats `json:"stats"`
+	Draining bool         `json:"draining"`
+}
+
+// RequestStats reads the request metrics.
+func (s *Server) RequestStats() RequestStats {
+	var st RequestStats
+	mfs, err := s.reg.Gather()
+	if err != nil {
+		return st
+	}
+	buckets := map[float64]uint64{}
+	for _, mf := range mfs {
+		switch mf.GetName() {
+		case "pando_requests_total":
+			for _, m := range mf.GetMetric() {
+				n := uint64(m.GetCounter().GetValue())
+				st.Requests += n
+				if isServerError(label(m, "outcome")) {
+					st.Errors += n
+				}
+			}
+		case "pando_request_duration_seconds":
+			for _, m := range mf.GetMetric() {
+				h := m.GetHistogram()
+				st.LatencySum += h.GetSampleSum()
+				st.LatencyCount += h.GetSampleCount()
+				for _, b := range h.GetBucket() {
+					buckets[b.GetUpperBound()] += b.GetCumulativeCount()
+				}
+			}
+		}
+	}
+	for le, n := range buckets {
+		st.Buckets = append(st.Buckets, Bucket{LE: le, Count: n})
+	}
+	sort.Slice(st.Buckets, func(i, j int) bool { return st.Buckets[i].LE < st.Buckets[j].LE })
+	return st
+}
+
+func label(m *dto.Metric, name string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
+}
+
+func isServerError(outcome string) bool {
+	switch outcome {
+	case "unavailable", "ambiguous", "error":
+		return true
+	}
+	code, err := strconv.Atoi(outcome)
+	return err == nil && code >= 500
+}
+
+// View is this node's NodeView.
+func (s *Server) View(ctx context.Context) NodeView {
+	st, _ := s.svc.Status(ctx, nil)
+	return NodeView{Status: StatusToJSON(st), Stats: s.RequestStats(), Draining: s.draining.Load()}
+}
+
+func (s *Server) handleNode(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.View(r.Context()))
+}
+
+// DashboardJSON is the answer of GET /v1/dashboard: the cluster as the
+// dashboard shows it.
+type DashboardJSON struct {
+	Time time.Time `json:"time"`
+	// ViewedFrom is the node that built this view (0: the demo's console).
+	ViewedFrom uint64          `json:"viewed_from"`
+	Nodes      []DashNodeJSON  `json:"nodes"`
+	Ranges     []DashRangeJSON `json:"ranges"`
+	// LastCheck is the newest consistency check of any range.
+	LastCheck *DashCheckJSON `json:"last_check,omitempty"`
+	// Breakers are the last known state of each breaker (from events).
+	Breakers []BreakerJSON `json:"breakers"`
+	// Demo is set by the demo's console: fault states and the workload.
+	Demo any `json:"demo,omitempty"`
+}
+
+// DashNodeJSON is one node on the dashboard.
+type DashNodeJSON struct {
+	ID   uint64 `json:"id"`
+	Addr string `json:"addr"`
+	// Up is true when the node answered; Error says why not.
+	Up       bool          `json:"up"`
+	Error    string        `json:"error,omitempty"`
+	Draining bool          `json:"draining,omitempty"`
+	Replicas int           `json:"replicas"`
+	Leaders  int           `json:"leaders"`
+	Stats    *RequestStats `json:"stats,omitempty"`
+	// Fault is the demo's fault on this node ("", "killed", "paused", "cut off").
+	Fault string `json:"fault,omitempty"`
+}
+
+// DashRangeJSON is one range on the dashboard with every replica's view.
+type DashRangeJSON struct {
+	ID       uint64            `json:"id"`
+	StartKey string            `json:"start_key"`
+	EndKey   string            `json:"end_key"`
+	LeaderID uint64            `json:"leader_id"`
+	Term     uint64            `json:"term"`
+	Members  []uint64          `json:"members"`
+	Replicas []DashReplicaJSON `json:"replicas"`
+	Applied  uint64            `json:"applied_index"`
+	Check    *CheckJSON        `json:"last_check,omitempty"`
+}
+
+// DashReplicaJSON is one node's replica of a range.
+type DashReplicaJSON struct {
+	Node    uint64 `json:"node"`
+	Role    string `json:"role"`
+	Leader  uint64 `json:"leader_id"`
+	Term    uint64 `json:"term"`
+	Applied uint64 `json:"applied_index"`
+}
+
+// DashCheckJSON is a range's check.
+type DashCheckJSON struct {
+	Range uint64 `json:"range"`
+	CheckJSON
+}
+
+// BreakerJSON is a breaker's last known state.
+type BreakerJSON struct {
+	Node  uint64    `json:"node"`
+	Name  string    `json:"name"`
+	State string    `json:"state"`
+	Since time.Time `json:"since"`
+}
+
+// BuildDashboard merges the views of every node (nil: it did not answer,
+// errs says why) into the dashboard. It is a pure function.
+func BuildDashboard(addrs map[uint64]string, views map[uint64]*NodeView, errs map[uint64]string) DashboardJSON {
+	d := DashboardJSON{Time: time.Now().UTC(), Nodes: []DashNodeJSON{}, Ranges: []DashRangeJSON{}, Breakers: []BreakerJSON{}}
+	ids := make([]uint64, 0, len(addrs))
+	for id := range addrs {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	ranges := map[uint64]*DashRangeJSON{}
+	for _, id := range ids {
+		n := DashNodeJSON{ID: id, Addr: addrs[id], Error: errs[id]}
+		v := views[id]
+		if v != nil {
+			n.Up, n.Draining = true, v.Draining
+			st := v.Stats
+			n.Stats = &st
+			for _, r := range v.Status.Ranges {
+				n.Replicas++
+				if r.LeaderID == id {
+					n.Leaders++
+				}
+				dr := ranges[r.ID]
+				if dr == nil {
+					dr = &DashRangeJSON{ID: r.ID, StartKey: r.StartKey, EndKey: r.EndKey}
+					ranges[r.ID] = dr
+				}
+				// The leader claimed in the highest term wins.
+				if r.Term > dr.Term || (r.Term == dr.Term && dr.LeaderID == 0) {
+					dr.Term, dr.LeaderID, dr.Members = r.Term, r.LeaderID, r.Replicas
+				}
+				if r.AppliedIndex > dr.Applied {
+					dr.Applied = r.AppliedIndex
+				}
+				if c := r.LastCheck; c != nil && (dr.Check == nil || c.Time.After(dr.Check.Time)) {
+					dr.Check = c
+				}
+				dr.Replicas = append(dr.Replicas, DashReplicaJSON{Node: id, Role: r.Role, Leader: r.LeaderID, Term: r.Term, Applied: r.AppliedIndex})
+			}
+		} else if n.Error == "" {
+			n.Error = "no answer"
+		}
+		d.Nodes = append(d.Nodes, n)
+	}
+	for _, r := range ranges {
+		d.Ranges = append(d.Ranges, *r)
+		if r.Check != nil && (d.LastCheck == nil || r.Check.Time.After(d.LastCheck.Time)) {
+			d.LastCheck = &DashCheckJSON{Range: r.ID, CheckJSON: *r.Check}
+		}
+	}
+	sort.Slice(d.Ranges, func(i, j int) bool { return d.Ranges[i].ID < d.Ranges[j].ID })
+	return d
+}
+
+// Breakers returns the last state of each breaker found in evs.
+func Breakers(evs []events.Event) []BreakerJSON {
+	last := map[string]BreakerJSON{}
+	for _, e := range evs {
+		if e.Type == events.Breaker {
+			last[fmt.Sprint(e.Node, "/", e.Name)] = BreakerJSON{Node: e.Node, Name: e.Name, State: e.State, Since: e.Time}
+		}
+	}
+	out := []BreakerJSON{}
+	for _, b := range last {
+		out = append(out, b)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Node != out[j].Node {
+			return out[i].Node < out[j].Node
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
+}
+
+// Dashboard builds the dashboard from this node and every peer's
+// GET /v1/node, asking the peers in parallel (up to a second each).
+func (s *Server) Dashboard(ctx context.Context) DashboardJSON {
+	addrs := map[uint64]string{}
+	for _, id := range s.tr.IDs() {
+		addrs[id] = s.tr.Addr(id)
+	}
+	views := map[uint64]*NodeView{}
+	errs := map[uint64]string{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for id, addr := range addrs {
+		if id == s.cfg.ID {
+			v := s.View(ctx)
+			views[id] = &v
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, err := s.peerView(ctx, id, addr)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs[id] = err.Error()
+			} else {
+				views[id] = v
+			}
+		}()
+	}
+	wg.Wait()
+	d := BuildDashboard(addrs, views, errs)
+	d.ViewedFrom = s.cfg.ID
+	d.Breakers = Breakers(s.events.Backlog(0))
+	return d
+}
+
+func (s *Server) peerView(ctx context.Context, id uint64, addr string) (*NodeView, error) {
+	if !s.tr.Live(id) {
+		// Not reachable for Raft either; still try, briefly.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if _, err := s.tr.Conn(id); err != nil {
+		return nil, err // cut off
+	}
+	req, err := http.NewRequestWithContext(ctx, "GET", s.peerScheme()+"://"+addr+"/v1/node", nil)
+	if err != nil {
+		return nil, err
+	}
+	s.peerAuth(req)
+	resp, err := s.peerHTTP().Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return nil, fmt.Errorf("%s", resp.Status)
+	}
+	var v NodeView
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+func (s *Server) handleDashboard(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.Dashboard(r.Context()))
+}
+
+// peerHTTP is the HTTP client for other nodes' HTTP API.
+func (s *Server) peerHTTP() *http.Client {
+	s.peerHTTPOnce.Do(func() {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = s.cfg.PeerTLS
+		s.peerHTTPClient = &http.Client{Transport: tr}
+	})
+	return s.peerHTTPClient
+}
+
+// peerScheme is http, or https with TLS.
+func (s *Server) peerScheme() string {
+	if s.cfg.PeerTLS != nil {
+		return "https"
+	}
+	return "http"
+}
+
+// peerAuth authenticates a request to a peer's HTTP API (with TLS, the
+// node certificate does too).
+func (s *Server) peerAuth(r *http.Request) {
+	if s.cfg.AuthToken != "" {
+		r.Header.Set("Authorization", "Bearer "+s.cfg.AuthToken)
+	}
+}
