@@ -14,9 +14,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/pki"
 	"github.com/pando/pando/placement"
 	"github.com/pando/pando/resilience"
-	"github.com/pando/pando/pki"
 	"github.com/pando/pando/server"
 )
 
