@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/client"
+	"github.com/pando/pando/events"
 	"github.com/pando/pando/placement"
 	"github.com/pando/pando/server"
 )
@@ -272,5 +274,32 @@ func TestLoadSplitSpreadsLeaders(t *testing.T) {
 	}
 	if len(seen) < 2 {
 		t.Fatalf("the hot keys all stayed in one range")
+	}
+}
+
+// A peer breaker's state change is an event (the dashboard shows it).
+func TestPeerBreakerChangeIsAnEvent(t *testing.T) {
+	c := startCluster(t, 3, 0)
+	lead := c.waitLeader()
+	var victim uint64
+	for id := range c.servers {
+		if id != lead {
+			victim = id
+			break
+		}
+	}
+	c.servers[victim].Kill()
+	delete(c.servers, victim)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		for _, e := range c.servers[lead].Events().Backlog(0) {
+			if e.Type == events.Breaker && e.State == "open" && strings.Contains(e.Name, fmt.Sprintf("node %d", victim)) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no breaker event for the dead node %d on the leader", victim)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

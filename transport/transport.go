@@ -247,6 +247,9 @@ func (t *Transport) peer(id uint64) (*peer, error) {
 		} else {
 			t.log.Info("peer breaker "+to.String(), "peer", id, "from", from.String())
 		}
+		if t.cfg.Events != nil {
+			t.cfg.Events.Publish(events.BreakerEvent(fmt.Sprintf("node %d -> node %d", t.cfg.ID, id), from.String(), to.String(), ""))
+		}
 	})
 	t.brState.WithLabelValues(label).Set(0)
 	p.live.Store(true)
