@@ -263,7 +263,9 @@ func (s *Server) Dashboard(ctx context.Context) DashboardJSON {
 	for id, addr := range addrs {
 		if id == s.cfg.ID {
 			v := s.View(ctx)
+			mu.Lock()
 			views[id] = &v
+			mu.Unlock()
 			continue
 		}
 		wg.Add(1)
