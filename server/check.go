@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -11,7 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc"
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/consistency"
@@ -288,35 +287,20 @@ func (c *checker) Check(ctx context.Context, req *pandopb.CheckRequest) (*pandop
 // checkOnLeader runs the check here if this node leads the range, else asks
 // the leader (one hop), retrying while the range has no leader.
 func (c *checker) checkOnLeader(ctx context.Context, rangeID uint64, repair bool) (*pandopb.RangeCheck, error) {
-	for {
-		st, _ := c.s.node.Status(rangeID)
-		switch {
-		case st.LeaderID == c.s.cfg.ID:
-			rep := c.run(ctx, rangeID, repair)
-			return reportToProto(rep), nil
-		case st.LeaderID != 0 && !forwarded(ctx):
-			p, err := cluster{c.s}.peer(st.LeaderID)
-			if err != nil {
-				return nil, err
-			}
-			octx := metadata.AppendToOutgoingContext(ctx, NoForwardKey, "1")
-			req := &pandopb.CheckRequest{RangeId: rangeID, Repair: repair, NoRepair: !repair}
-			resp, err := p.Check(octx, req)
-			if err == nil && len(resp.Ranges) == 1 {
-				return resp.Ranges[0], nil
-			}
-			if err = kv.FromStatus(err); err != nil && !errors.Is(err, kv.ErrNotLeader) && !errors.Is(err, kv.ErrUnavailable) {
-				return nil, err
-			}
-		case forwarded(ctx):
-			return nil, &kv.NotLeaderError{RangeID: rangeID, LeaderID: st.LeaderID, LeaderAddr: c.s.tr.Addr(st.LeaderID)}
+	var rc *pandopb.RangeCheck
+	err := c.s.onLeader(ctx, nil, rangeID, func(uint64) error {
+		rc = reportToProto(c.run(ctx, rangeID, repair))
+		return nil
+	}, func(ctx context.Context, conn *grpc.ClientConn) error {
+		resp, err := pandopb.NewCheckerClient(conn).Check(ctx, &pandopb.CheckRequest{RangeId: rangeID, Repair: repair, NoRepair: !repair})
+		if err == nil && len(resp.Ranges) == 1 {
+			rc = resp.Ranges[0]
+		} else if err == nil {
+			err = fmt.Errorf("%w: node answered %d ranges", kv.ErrUnavailable, len(resp.Ranges))
 		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("%w: range %d: no leader to run the check", kv.ErrUnavailable, rangeID)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+		return err
+	})
+	return rc, err
 }
 
 // run checks one range this node leads, recording metrics and events.
