@@ -82,7 +82,9 @@ func (c cluster) Checksum(ctx context.Context, n, rangeID, checkID uint64) (*con
 	if err != nil {
 		return nil, err
 	}
-	resp, err := p.Checksum(ctx, &pandopb.ChecksumRequest{RangeId: rangeID, CheckId: checkID})
+	pctx, cancel := peerCallContext(ctx)
+	defer cancel()
+	resp, err := p.Checksum(pctx, &pandopb.ChecksumRequest{RangeId: rangeID, CheckId: checkID}, grpc.WaitForReady(true))
 	if err != nil {
 		return nil, kv.FromStatus(err)
 	}
@@ -97,7 +99,9 @@ func (c cluster) ListKeys(ctx context.Context, n, rangeID, checkID uint64, bucke
 	if err != nil {
 		return nil, false, err
 	}
-	resp, err := p.ListKeys(ctx, &pandopb.ListKeysRequest{RangeId: rangeID, CheckId: checkID, Buckets: buckets, Limit: uint32(limit)})
+	pctx, cancel := peerCallContext(ctx)
+	defer cancel()
+	resp, err := p.ListKeys(pctx, &pandopb.ListKeysRequest{RangeId: rangeID, CheckId: checkID, Buckets: buckets, Limit: uint32(limit)}, grpc.WaitForReady(true))
 	if err != nil {
 		return nil, false, kv.FromStatus(err)
 	}
@@ -116,7 +120,9 @@ func (c cluster) Repair(ctx context.Context, target, source, rangeID uint64) (ui
 	if err != nil {
 		return 0, err
 	}
-	resp, err := p.Repair(ctx, &pandopb.RepairRequest{RangeId: rangeID, Source: source})
+	pctx, cancel := peerCallContext(ctx)
+	defer cancel()
+	resp, err := p.Repair(pctx, &pandopb.RepairRequest{RangeId: rangeID, Source: source}, grpc.WaitForReady(true))
 	if err != nil {
 		return 0, kv.FromStatus(err)
 	}
@@ -125,6 +131,16 @@ func (c cluster) Repair(ctx context.Context, target, source, rangeID uint64) (ui
 
 func (c cluster) RecordVerdict(ctx context.Context, rangeID uint64, v *pandopb.CheckVerdict) error {
 	return c.s.node.RecordVerdict(ctx, rangeID, v)
+}
+
+// peerCallTimeout bounds one call to a replica during a check. Calls wait
+// for the connection to be ready (a replica that just restarted is being
+// redialled after a backoff) rather than failing at once and being
+// reported as not answering.
+const peerCallTimeout = 30 * time.Second
+
+func peerCallContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, peerCallTimeout)
 }
 
 func summaryFromProto(r *pandopb.ChecksumResponse) (*consistency.Summary, error) {
