@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -184,7 +185,12 @@ func (c *Client) endpoint(addr string) (*endpoint, error) {
 		if c.cfg.TLS != nil {
 			creds = credentials.NewTLS(c.cfg.TLS)
 		}
-		opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+		// Reconnect within a second of a node's return (gRPC's default
+		// backoff grows to two minutes).
+		opts := []grpc.DialOption{grpc.WithTransportCredentials(creds), grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: time.Second,
+		})}
 		if c.cfg.Token != "" {
 			opts = append(opts, grpc.WithPerRPCCredentials(bearer(c.cfg.Token)))
 		}

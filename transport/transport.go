@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -228,7 +229,7 @@ func (t *Transport) peer(id uint64) (*peer, error) {
 	if !ok || id == t.cfg.ID {
 		return nil, fmt.Errorf("transport: unknown peer %d", id)
 	}
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, t.cfg.DialOptions...)
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), PeerConnectParams}, t.cfg.DialOptions...)
 	// passthrough: the address is dialed as given, resolved by the system
 	// at each dial (gRPC's dns resolver also asks for TXT records, which
 	// can hang on networks without an upstream DNS server, as in containers).
@@ -259,6 +260,15 @@ func (t *Transport) peer(id uint64) (*peer, error) {
 	go p.runSnapshots()
 	return p, nil
 }
+
+// PeerConnectParams caps gRPC's reconnect backoff at one second. Its
+// default grows to two minutes, so a peer that restarts after being down a
+// while would stay unreachable (and its breaker open, dropping the votes it
+// needs) long after it is back.
+var PeerConnectParams = grpc.WithConnectParams(grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+	MinConnectTimeout: time.Second,
+})
 
 // Send implements node.Transport: it never blocks.
 func (t *Transport) Send(envs []node.Envelope) {
@@ -452,7 +462,15 @@ func (p *peer) pump(cancel context.CancelFunc, stream grpc.ClientStreamingClient
 			stream.CloseSend()
 			return errStopped
 		case <-tick.C:
+			// While the breaker is open, Send drops this peer's messages,
+			// so an idle stream would never notice that it broke nor
+			// probe: hand over to run, which probes when it half-opens.
+			if p.br.Status().State == resilience.StateOpen {
+				return errBreakerOpen
+			}
 			continue
+		case <-stream.Context().Done():
+			return stream.Context().Err()
 		case first = <-p.queue:
 		}
 		batch := &pandopb.RaftBatch{FromNode: p.t.cfg.ID}

@@ -67,7 +67,7 @@ func leader(t *testing.T, d *Demo, except uint64) uint64 {
 
 func waitEvent(t *testing.T, d *Demo, match func(events.Event) bool) events.Event {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, e := range d.Events().Backlog(0) {
 			if match(e) {
