@@ -332,9 +332,7 @@ func (n *Node) installData(r *group, index uint64, data []RawKV) error {
 	}
 	b := n.db.NewIndexedBatch()
 	defer b.Close()
-	for _, sp := range replicatedSpans(r.storage.State().Desc) {
-		must(b.DeleteRange(sp[0], sp[1], nil))
-	}
+	must(clearSpan(b, r.storage.State().Desc))
 	for _, kv := range data {
 		must(b.Set(kv.Key, kv.Value, nil))
 	}

@@ -364,7 +364,6 @@ func (n *Node) handleReady() {
 		}
 		x.r.rn.Advance(x.rd)
 		n.releaseReads(x.r)
-		n.publishStatus(x.r)
 	}
 }
 

@@ -20,6 +20,9 @@ import (
 type loadTracker struct {
 	mu sync.Mutex
 	m  map[uint64]*rangeLoad
+	// sizes holds each local replica's size as last measured by the
+	// placement loop, so that status requests scan nothing.
+	sizes map[uint64]uint64
 }
 
 type rangeLoad struct {
@@ -32,7 +35,25 @@ type rangeLoad struct {
 
 const loadSamples = 256
 
-func newLoadTracker() *loadTracker { return &loadTracker{m: map[uint64]*rangeLoad{}} }
+func newLoadTracker() *loadTracker {
+	return &loadTracker{m: map[uint64]*rangeLoad{}, sizes: map[uint64]uint64{}}
+}
+
+func (l *loadTracker) setSize(rangeID, bytes uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.sizes[rangeID] = bytes
+}
+
+// size is a range's last measured size (0 before the first measurement).
+func (l *loadTracker) size(rangeID uint64) uint64 {
+	if l == nil {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.sizes[rangeID]
+}
 
 // record counts one request on key served by this node as rangeID's leader.
 func (l *loadTracker) record(rangeID uint64, key []byte) {
@@ -154,9 +175,11 @@ func (s *Server) balance(stop <-chan struct{}) {
 		var ranges []placement.Range
 		for _, st := range s.node.Statuses() {
 			r := placement.Range{ID: st.RangeID, Start: st.Desc.StartKey, End: st.Desc.EndKey, Leader: st.LeaderID, Replicas: st.Desc.Replicas}
+			size := rangeSize(s.engine.DB(), st.Desc.StartKey, st.Desc.EndKey)
+			s.load.setSize(st.RangeID, size)
 			if st.LeaderID == s.cfg.ID {
 				r.QPS, _, _ = s.load.get(st.RangeID)
-				r.SizeBytes = rangeSize(s.engine.DB(), st.Desc.StartKey, st.Desc.EndKey)
+				r.SizeBytes = size
 			}
 			ranges = append(ranges, r)
 		}

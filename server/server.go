@@ -302,7 +302,6 @@ func New(cfg Config) (*Server, error) {
 	s.svc = NewService(n, s.tr, cfg.Limits, cfg.RequestTimeout, 20*time.Millisecond)
 	s.load = newLoadTracker()
 	s.svc.load = s.load
-	s.svc.size = func(start, end []byte) uint64 { return rangeSize(eng.DB(), start, end) }
 	s.svc.SetForwardTimeout(cfg.ForwardTimeout)
 	if cfg.OverloadSchedLatency > 0 {
 		s.cpu = newCPUMonitor(cfg.OverloadSchedLatency, cfg.OverloadSampleInterval, s.log)

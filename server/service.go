@@ -85,12 +85,6 @@ func (s *Service) SetAdmission(admit func() error) {
 	s.admit = admit
 }
 
-// rangeFor finds the range holding key among the replicas here.
-func (s *Service) rangeFor(key []byte) (uint64, error) {
-	st, err := s.node.RangeFor(key)
-	return st.RangeID, err
-}
-
 func forwarded(ctx context.Context) bool {
 	md, ok := metadata.FromIncomingContext(ctx)
 	return ok && len(md.Get(NoForwardKey)) > 0
@@ -476,9 +470,7 @@ func (s *Service) Status(ctx context.Context, _ *pandopb.StatusRequest) (*pandop
 		if st.LeaderID == s.node.ID() {
 			r.Qps, _, _ = s.load.get(st.RangeID)
 		}
-		if s.size != nil {
-			r.SizeBytes = s.size(st.Desc.StartKey, st.Desc.EndKey)
-		}
+		r.SizeBytes = s.load.size(st.RangeID)
 	}
 	return resp, nil
 }
