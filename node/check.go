@@ -360,6 +360,7 @@ func (n *Node) installData(r *group, index uint64, data []RawKV) error {
 // record of this range or a decodable data record inside its span.
 func checkReplicatedRecords(desc *pandopb.RangeDescriptor, data []RawKV) error {
 	dlo, dhi := storage.DedupSpan(desc.Id)
+	mlo, mhi := storage.MetaSpan(desc.Id)
 	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
 	in := func(k, lo, hi []byte) bool { return bytes.Compare(k, lo) >= 0 && bytes.Compare(k, hi) < 0 }
 	for i, kv := range data {
@@ -373,6 +374,10 @@ func checkReplicatedRecords(desc *pandopb.RangeDescriptor, data []RawKV) error {
 			}
 			if _, err := storage.DecodeDedupRecord(kv.Value); err != nil {
 				return fmt.Errorf("node: deduplication record %x: %w", kv.Key, err)
+			}
+		case in(kv.Key, mlo, mhi):
+			if err := storage.CheckMetaRecord(kv.Key, kv.Value); err != nil {
+				return fmt.Errorf("node: %w", err)
 			}
 		case in(kv.Key, lo, hi):
 			if _, _, err := storage.DecodeValue(kv.Value); err != nil {

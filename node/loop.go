@@ -15,6 +15,7 @@ import (
 	"github.com/pando/pando/events"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/replica"
+	"github.com/pando/pando/storage"
 )
 
 // maxDrain bounds how many queued inputs one loop cycle takes before it
@@ -114,6 +115,12 @@ func (n *Node) propose(p *proposal) {
 	bs := r.rn.BasicStatus()
 	if bs.RaftState != raft.StateLeader {
 		fail(n.notLeader(p.rangeID, bs.Lead))
+		return
+	}
+	if p.cc != nil {
+		if err := r.rn.ProposeConfChange(*p.cc); err != nil {
+			fail(fmt.Errorf("%w: range %d: membership change not proposed: %v", kv.ErrUnavailable, p.rangeID, err))
+		}
 		return
 	}
 	if err := r.rn.Propose(p.data); err != nil {
@@ -242,6 +249,7 @@ func (n *Node) handleReady() {
 		leftLeader bool
 	}
 	var created []created_
+	var removed []*group // replicas whose range no longer includes this node
 	ab := n.db.NewIndexedBatch()
 	start := time.Now()
 	applied := 0
@@ -281,6 +289,12 @@ func (n *Node) handleReady() {
 					st.NextRangeId = max(st.NextRangeId, 2)
 					res.Version = st.NextRangeId
 					st.NextRangeId++
+				case *pandopb.Command_Node, *pandopb.Command_Directory:
+					if x.r.id != storage.MetaRangeID {
+						res.Err = fmt.Errorf("%w: range %d is not the meta range", kv.ErrInvalidArgument, x.r.id)
+						break
+					}
+					must(applyMeta(ab, cmd))
 				case *pandopb.Command_Split:
 					if right, err := n.applySplit(ab, x.r, op.Split); err != nil {
 						res.Err = err
@@ -306,7 +320,9 @@ func (n *Node) handleReady() {
 					delivered = append(delivered, delivery{p: p, res: res})
 				}
 			case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
-				n.applyConfChange(x.r, e)
+				if n.applyConfChange(x.r, e) {
+					removed = append(removed, x.r)
+				}
 			}
 			x.r.applied = e.Index
 			applied++
@@ -364,6 +380,9 @@ func (n *Node) handleReady() {
 		}
 		x.r.rn.Advance(x.rd)
 		n.releaseReads(x.r)
+	}
+	for _, r := range removed {
+		n.destroy(r, "a membership change removed this node from the range")
 	}
 }
 
@@ -463,26 +482,6 @@ func (n *Node) failAllReads(err error) {
 	}
 }
 
-func (n *Node) applyConfChange(r *group, e raftpb.Entry) {
-	var cc raftpb.ConfChangeI
-	if e.Type == raftpb.EntryConfChange {
-		var c raftpb.ConfChange
-		must(c.Unmarshal(e.Data))
-		cc = c
-	} else {
-		var c raftpb.ConfChangeV2
-		must(c.Unmarshal(e.Data))
-		cc = c
-	}
-	cs := r.rn.ApplyConfChange(cc)
-	must(r.storage.SetConfState(*cs))
-	desc := proto.Clone(r.storage.State().Desc).(*pandopb.RangeDescriptor)
-	desc.Replicas = append(append([]uint64(nil), cs.Voters...), cs.Learners...)
-	desc.Generation++
-	r.storage.State().Desc = desc
-	n.log.Info("applied conf change", "range", r.id, "voters", cs.Voters, "learners", cs.Learners)
-}
-
 // maybeTruncate bounds the log once it holds twice LogKeepEntries applied
 // entries, keeping the newest LogKeepEntries for lagging followers.
 func (n *Node) maybeTruncate(b *pebble.Batch, r *group) {
@@ -500,6 +499,7 @@ func (n *Node) publishStatus(r *group) {
 		RangeID:  r.id,
 		Desc:     r.storage.State().Desc,
 		LeaderID: st.Lead,
+		Learners: r.learners,
 		Term:     st.Term,
 		Role:     st.RaftState.String(),
 		Applied:  r.applied,

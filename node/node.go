@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -59,8 +60,11 @@ type group struct {
 	rn      *raft.RawNode
 	storage *storage.RaftStorage
 	applied uint64
-	status  atomic.Pointer[RangeStatus]
-	pending atomic.Int64 // proposals waiting for their result
+	// learners are the replicas that do not vote yet (loop-owned; from the
+	// conf state).
+	learners []uint64
+	status   atomic.Pointer[RangeStatus]
+	pending  atomic.Int64 // proposals waiting for their result
 
 	inSnaps map[uint64]*incomingSnapshot // received, by index
 
@@ -81,6 +85,8 @@ type RangeStatus struct {
 	RangeID  uint64
 	Desc     *pandopb.RangeDescriptor
 	LeaderID uint64
+	// Learners are the replicas in Desc.Replicas that do not vote yet.
+	Learners []uint64
 	Term     uint64
 	Role     string
 	Applied  uint64
@@ -98,6 +104,7 @@ type inbound struct {
 type proposal struct {
 	rangeID uint64
 	data    []byte
+	cc      *raftpb.ConfChangeV2 // a membership change instead of data
 	id      uint64
 	done    chan proposalResult
 }
@@ -140,11 +147,27 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	for _, id := range ids {
-		if err := n.addReplica(id); err != nil {
+		err := n.addReplica(id)
+		if errors.Is(err, storage.ErrUninitialized) {
+			// An empty replica whose snapshot never arrived: it holds no
+			// data and was never a voter; forget it (the mover re-creates it).
+			b := n.db.NewBatch()
+			must(storage.DestroyReplica(b, id, nil))
+			must(b.Commit(pebble.Sync))
+			must(b.Close())
+			n.log.Info("deleted an uninitialized replica left by a restart", "range", id)
+			continue
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
 	return n, nil
+}
+
+// addUninitialized starts an empty replica (see CreateReplica).
+func (n *Node) addUninitialized(id uint64) error {
+	return n.startReplica(id, storage.NewUninitialized(n.cfg.Engine, id))
 }
 
 func (n *Node) addReplica(id uint64) error {
@@ -152,8 +175,14 @@ func (n *Node) addReplica(id uint64) error {
 	if err != nil {
 		return err
 	}
+	return n.startReplica(id, st)
+}
+
+func (n *Node) startReplica(id uint64, st *storage.RaftStorage) error {
 	r := &group{id: id, storage: st, applied: st.State().AppliedIndex, readBatches: map[uint64][]*readRequest{}, inSnaps: map[uint64]*incomingSnapshot{}}
 	st.SnapshotFunc = func() (raftpb.Snapshot, error) { return n.makeSnapshot(r) }
+	_, cs, _ := st.InitialState()
+	r.learners = cs.Learners
 	rn, err := raft.NewRawNode(&raft.Config{
 		ID:                        n.cfg.ID,
 		ElectionTick:              n.cfg.ElectionTicks,
@@ -221,7 +250,11 @@ func (n *Node) Status(rangeID uint64) (RangeStatus, bool) {
 	if r == nil {
 		return RangeStatus{}, false
 	}
-	return *r.status.Load(), true
+	st := r.status.Load()
+	if st.Desc == nil {
+		return RangeStatus{}, false // uninitialized: waiting for a snapshot
+	}
+	return *st, true
 }
 
 // Statuses returns the status of every replica here, ordered by range ID.
@@ -229,7 +262,9 @@ func (n *Node) Statuses() []RangeStatus {
 	n.replicasMu.RLock()
 	out := make([]RangeStatus, 0, len(n.replicas))
 	for _, r := range n.replicas {
-		out = append(out, *r.status.Load())
+		if st := r.status.Load(); st.Desc != nil {
+			out = append(out, *st)
+		}
 	}
 	n.replicasMu.RUnlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].RangeID < out[j].RangeID })
@@ -247,11 +282,11 @@ func (n *Node) Step(ctx context.Context, rangeID uint64, m raftpb.Message) error
 
 // StepSnapshot delivers a snapshot message with its streamed data.
 func (n *Node) StepSnapshot(ctx context.Context, rangeID uint64, m raftpb.Message, data []RawKV) error {
-	desc, err := checkSnapshotData(rangeID, m, data)
+	st, err := checkSnapshotData(rangeID, m, data)
 	if err != nil {
 		return err
 	}
-	return n.enqueue(ctx, inbound{rangeID: rangeID, msg: m, snap: &incomingSnapshot{index: m.Snapshot.Metadata.Index, desc: desc, data: data}})
+	return n.enqueue(ctx, inbound{rangeID: rangeID, msg: m, snap: &incomingSnapshot{index: m.Snapshot.Metadata.Index, state: st, data: data}})
 }
 
 func (n *Node) enqueue(ctx context.Context, in inbound) error {

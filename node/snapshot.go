@@ -51,7 +51,10 @@ func (s *OutgoingSnapshot) Done(ok bool) {
 // of now, with a Pebble snapshot kept for streaming. Called on the loop.
 func (n *Node) makeSnapshot(r *group) (raftpb.Snapshot, error) {
 	st := r.storage.State()
-	desc, err := proto.Marshal(st.Desc)
+	// The snapshot carries the replicated parts of the range state, so that
+	// a replica filled by it holds the same state machine as the others.
+	data, err := proto.Marshal(&pandopb.RangeState{Desc: st.Desc, LastCheck: st.LastCheck, NextRangeId: st.NextRangeId,
+		FrozenFor: st.FrozenFor, FrozenAt: st.FrozenAt})
 	if err != nil {
 		return raftpb.Snapshot{}, err
 	}
@@ -60,7 +63,7 @@ func (n *Node) makeSnapshot(r *group) (raftpb.Snapshot, error) {
 		return raftpb.Snapshot{}, err
 	}
 	snap := raftpb.Snapshot{
-		Data:     desc,
+		Data:     data,
 		Metadata: raftpb.SnapshotMetadata{Index: st.AppliedIndex, Term: st.AppliedTerm, ConfState: cs},
 	}
 	return snap, nil
@@ -75,19 +78,19 @@ func (n *Node) takeOutgoing(r *group, m raftpb.Message) *OutgoingSnapshot {
 		r.rn.ReportSnapshot(m.To, raft.SnapshotFailure)
 		return nil
 	}
-	desc := &pandopb.RangeDescriptor{}
-	if err := proto.Unmarshal(m.Snapshot.Data, desc); err != nil {
-		panic(fmt.Sprintf("node: range %d: own snapshot descriptor: %v", r.id, err))
+	st := &pandopb.RangeState{}
+	if err := proto.Unmarshal(m.Snapshot.Data, st); err != nil {
+		panic(fmt.Sprintf("node: range %d: own snapshot state: %v", r.id, err))
 	}
 	return &OutgoingSnapshot{n: n, rangeID: r.id, to: m.To, DataSnapshot: DataSnapshot{
-		Index: m.Snapshot.Metadata.Index, Term: m.Snapshot.Metadata.Term, snap: n.db.NewSnapshot(), desc: desc, chunk: n.cfg.SnapshotChunkBytes}}
+		Index: m.Snapshot.Metadata.Index, Term: m.Snapshot.Metadata.Term, snap: n.db.NewSnapshot(), desc: st.Desc, chunk: n.cfg.SnapshotChunkBytes}}
 }
 
 // incomingSnapshot is a received snapshot's data, waiting for Raft to ask
 // for it to be applied.
 type incomingSnapshot struct {
 	index uint64
-	desc  *pandopb.RangeDescriptor
+	state *pandopb.RangeState // replicated parts: descriptor, counters
 	data  []RawKV
 }
 
@@ -95,16 +98,20 @@ type incomingSnapshot struct {
 // a MsgSnap carrying this range's descriptor, and records in strictly
 // increasing key order, each either a decodable deduplication record of
 // this range or a decodable data record inside the descriptor's span.
-func checkSnapshotData(rangeID uint64, m raftpb.Message, data []RawKV) (*pandopb.RangeDescriptor, error) {
+func checkSnapshotData(rangeID uint64, m raftpb.Message, data []RawKV) (*pandopb.RangeState, error) {
 	if m.Type != raftpb.MsgSnap {
 		return nil, fmt.Errorf("node: snapshot stream ended with %s, not MsgSnap", m.Type)
 	}
 	if m.Snapshot == nil {
 		return nil, fmt.Errorf("node: MsgSnap without a snapshot")
 	}
-	desc := &pandopb.RangeDescriptor{}
-	if err := proto.Unmarshal(m.Snapshot.Data, desc); err != nil {
-		return nil, fmt.Errorf("node: snapshot descriptor: %w", err)
+	st := &pandopb.RangeState{}
+	if err := proto.Unmarshal(m.Snapshot.Data, st); err != nil {
+		return nil, fmt.Errorf("node: snapshot state: %w", err)
+	}
+	desc := st.Desc
+	if desc == nil {
+		return nil, fmt.Errorf("node: snapshot of range %d carries no descriptor", rangeID)
 	}
 	if desc.Id != rangeID {
 		return nil, fmt.Errorf("node: snapshot for range %d carries descriptor of range %d", rangeID, desc.Id)
@@ -115,7 +122,7 @@ func checkSnapshotData(rangeID uint64, m raftpb.Message, data []RawKV) (*pandopb
 	if err := checkReplicatedRecords(desc, data); err != nil {
 		return nil, err
 	}
-	return desc, nil
+	return st, nil
 }
 
 // applySnapshot writes a snapshot Raft handed us in a Ready into b.
@@ -130,11 +137,12 @@ func (n *Node) applySnapshot(b *pebble.Batch, r *group, snap raftpb.Snapshot) {
 		}
 	}
 	must(clearSpan(b, r.storage.State().Desc))
-	must(clearSpan(b, in.desc)) // replicated range-local records too
+	must(clearSpan(b, in.state.Desc)) // replicated range-local records too
 	for _, kv := range in.data {
 		must(b.Set(kv.Key, kv.Value, nil))
 	}
-	must(r.storage.ApplySnapshot(b, snap, in.desc))
+	must(r.storage.ApplySnapshot(b, snap, in.state))
+	r.learners = snap.Metadata.ConfState.Learners
 	r.applied = snap.Metadata.Index
 	n.log.Info("applied snapshot", "range", r.id, "index", snap.Metadata.Index, "keys", len(in.data))
 }

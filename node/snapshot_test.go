@@ -14,7 +14,7 @@ import (
 
 func snapMsg(t testing.TB, desc *pandopb.RangeDescriptor) raftpb.Message {
 	t.Helper()
-	data, err := proto.Marshal(desc)
+	data, err := proto.Marshal(&pandopb.RangeState{Desc: desc, NextRangeId: 7})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +47,8 @@ func check(t *testing.T, rangeID uint64, m raftpb.Message, data []RawKV) (desc *
 			desc, err = nil, fmt.Errorf("panic: %v", r)
 		}
 	}()
-	return checkSnapshotData(rangeID, m, data)
+	st, err := checkSnapshotData(rangeID, m, data)
+	return st.GetDesc(), err
 }
 
 func TestCheckSnapshotDataAccepts(t *testing.T) {
@@ -114,6 +115,7 @@ func TestCheckSnapshotDataRejects(t *testing.T) {
 		{"deduplication key too long", good, []RawKV{{Key: append(storage.DedupKey(3, 1), 0), Value: dedupRec(3, 1, 1).Value}}},
 		{"deduplication key too short", good, []RawKV{{Key: storage.DedupKey(3, 1)[:17], Value: dedupRec(3, 1, 1).Value}}},
 		{"duplicate deduplication record", good, []RawKV{dedupRec(3, 1, 1), dedupRec(3, 1, 2)}},
+		{"meta record outside the meta range", good, []RawKV{{Key: append(storage.DedupKey(3, 1)[:9], 'm', 'n', 0, 0, 0, 0, 0, 0, 0, 1), Value: nil}}},
 		{"applied state of the range", good, []RawKV{{Key: storage.RangeStateKey(3), Value: storage.EncodeValue(1, nil)}}},
 	}
 	for _, c := range cases {
@@ -276,17 +278,17 @@ func FuzzCheckSnapshotData(f *testing.F) {
 			return // the transport refuses undecodable messages itself
 		}
 		data := decodeData(blob)
-		desc, err := checkSnapshotData(rangeID, m, data)
-		checkValid(t, rangeID, m, data, desc, err)
+		st, err := checkSnapshotData(rangeID, m, data)
+		checkValid(t, rangeID, m, data, st.GetDesc(), err)
 	})
 }
 
-// FuzzCheckSnapshotDescriptor explores the descriptor and data checks: the
-// message is always a MsgSnap carrying a snapshot whose descriptor bytes,
+// FuzzCheckSnapshotDescriptor explores the state and data checks: the
+// message is always a MsgSnap carrying a snapshot whose state bytes,
 // range and data are fuzzed.
 func FuzzCheckSnapshotDescriptor(f *testing.F) {
 	add := func(rangeID uint64, desc *pandopb.RangeDescriptor, data []RawKV) {
-		b, err := proto.Marshal(desc)
+		b, err := proto.Marshal(&pandopb.RangeState{Desc: desc})
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -301,7 +303,7 @@ func FuzzCheckSnapshotDescriptor(f *testing.F) {
 	f.Fuzz(func(t *testing.T, rangeID uint64, descBytes, blob []byte) {
 		m := raftpb.Message{Type: raftpb.MsgSnap, To: 1, From: 2, Snapshot: &raftpb.Snapshot{Data: descBytes, Metadata: raftpb.SnapshotMetadata{Index: 5, Term: 1}}}
 		data := decodeData(blob)
-		desc, err := checkSnapshotData(rangeID, m, data)
-		checkValid(t, rangeID, m, data, desc, err)
+		st, err := checkSnapshotData(rangeID, m, data)
+		checkValid(t, rangeID, m, data, st.GetDesc(), err)
 	})
 }

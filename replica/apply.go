@@ -29,6 +29,8 @@ type Result struct {
 	// Superseded is true when the command was an older write of a session
 	// that has applied a newer one since: it was not applied.
 	Superseded bool
+	// Desc is a range's descriptor after a membership change or merge.
+	Desc *pandopb.RangeDescriptor
 }
 
 // DecodeCommand decodes the payload of a normal log entry.

@@ -368,7 +368,7 @@ func (s *Server) initStorage() error {
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	desc := &pandopb.RangeDescriptor{Id: 1, Replicas: ids, Generation: 1}
-	if err := storage.Bootstrap(s.engine, desc, ids); err != nil {
+	if err := storage.BootstrapCluster(s.engine, desc, ids); err != nil {
 		return err
 	}
 	if err := db.Set(identityKey, []byte(want), pebble.Sync); err != nil {

@@ -27,6 +27,11 @@ const (
 	kindTruncatedState byte = 't'
 	kindLog            byte = 'l'
 	kindLogEnd         byte = 'm'
+	kindMeta           byte = 'm'
+	kindMetaEnd        byte = 'n'
+
+	metaNode  byte = 'n'
+	metaRange byte = 'r'
 )
 
 func rangeLocalKey(rangeID uint64, kind byte, extra int) []byte {
@@ -101,7 +106,62 @@ func rangeLocalSpan(rangeID uint64) ([]byte, []byte) {
 // replicated state machine (equal on every replica at one log index, moved
 // by snapshots and repairs, covered by consistency checks). Raft's own
 // records and the applied state are not.
-var replicatedKinds = []byte{kindDedup}
+var replicatedKinds = []byte{kindDedup, kindMeta}
+
+// MetaRangeID is the range that keeps the cluster's membership and range
+// directory (the meta range): the first range, which starts the key space.
+const MetaRangeID = 1
+
+// MetaNodeKey is where the meta range keeps node id's record:
+// 0x01 rangeID(8) 'm' 'n' nodeID(8).
+func MetaNodeKey(id uint64) []byte {
+	k := append(rangeLocalKey(MetaRangeID, kindMeta, 9), metaNode)
+	return binary.BigEndian.AppendUint64(k, id)
+}
+
+// MetaRangeKey is where the meta range keeps range id's descriptor in the
+// range directory: 0x01 rangeID(8) 'm' 'r' rangeID(8).
+func MetaRangeKey(id uint64) []byte {
+	k := append(rangeLocalKey(MetaRangeID, kindMeta, 9), metaRange)
+	return binary.BigEndian.AppendUint64(k, id)
+}
+
+// MetaNodeSpan and MetaRangeSpan cover every node record and every
+// directory entry.
+func MetaNodeSpan() ([]byte, []byte) {
+	k := rangeLocalKey(MetaRangeID, kindMeta, 1)
+	return append(k, metaNode), append(bytesClone(k), metaNode+1)
+}
+
+// MetaRangeSpan: see MetaNodeSpan.
+func MetaRangeSpan() ([]byte, []byte) {
+	k := rangeLocalKey(MetaRangeID, kindMeta, 1)
+	return append(k, metaRange), append(bytesClone(k), metaRange+1)
+}
+
+// MetaSpan covers every meta record of rangeID (only the meta range has
+// any).
+func MetaSpan(rangeID uint64) ([]byte, []byte) {
+	return rangeLocalKey(rangeID, kindMeta, 0), rangeLocalKey(rangeID, kindMetaEnd, 0)
+}
+
+// DecodeMetaKey returns what a meta key names: kind 'n' (node) or 'r'
+// (range) and the ID, refusing anything else.
+func DecodeMetaKey(k []byte) (kind byte, id uint64, err error) {
+	if len(k) != 19 || k[0] != prefixRangeLocal || k[9] != kindMeta || (k[10] != metaNode && k[10] != metaRange) {
+		return 0, 0, fmt.Errorf("storage: %x is not a meta key", k)
+	}
+	if binary.BigEndian.Uint64(k[1:9]) != MetaRangeID {
+		return 0, 0, fmt.Errorf("storage: meta key %x outside the meta range", k)
+	}
+	return k[10], binary.BigEndian.Uint64(k[11:]), nil
+}
+
+func bytesClone(b []byte) []byte { return append([]byte(nil), b...) }
+
+// RangeLocalSpan returns [lo, hi) covering every range-local record of
+// rangeID: Raft state, applied state, log and replicated records.
+func RangeLocalSpan(rangeID uint64) ([]byte, []byte) { return rangeLocalSpan(rangeID) }
 
 // ReplicatedLocalSpans returns the spans of rangeID's replicated
 // range-local records, in key order.

@@ -82,6 +82,22 @@ func (s *RaftStorage) cacheTruncate(index uint64) {
 	}
 }
 
+// ErrUninitialized means a range has Raft records here but no applied
+// state: a replica created to be filled by a snapshot that never arrived.
+var ErrUninitialized = errors.New("storage: uninitialized replica (no applied state)")
+
+// NewUninitialized returns the storage of a replica that holds nothing yet:
+// no state, an empty log before index 1, no conf state. Raft fills it with
+// a snapshot (every range's log starts after index SplitInitialIndex, so a
+// new replica is always brought up by one). Nothing is written until then.
+func NewUninitialized(e *Engine, rangeID uint64) *RaftStorage {
+	return &RaftStorage{db: e.db, rangeID: rangeID, state: &pandopb.RangeState{}}
+}
+
+// Initialized reports whether the replica holds a range state (a snapshot
+// or a bootstrap or split filled it).
+func (s *RaftStorage) Initialized() bool { return s.state.Desc != nil }
+
 // LoadRaftStorage reads a range's Raft state from the engine.
 func LoadRaftStorage(e *Engine, rangeID uint64) (*RaftStorage, error) {
 	s := &RaftStorage{db: e.db, rangeID: rangeID}
@@ -90,7 +106,7 @@ func LoadRaftStorage(e *Engine, rangeID uint64) (*RaftStorage, error) {
 		return nil, err
 	}
 	if !ok {
-		return nil, fmt.Errorf("storage: range %d has no state", rangeID)
+		return nil, fmt.Errorf("%w: range %d", ErrUninitialized, rangeID)
 	}
 	s.state = st
 	if err := s.conf.Unmarshal(st.ConfState); err != nil {
@@ -306,9 +322,11 @@ func (s *RaftStorage) SetConfState(cs raftpb.ConfState) error {
 }
 
 // ApplySnapshot records, in b, the metadata of an applied snapshot: the log
-// is emptied and truncated at the snapshot's index. The caller writes the
-// data into the same batch.
-func (s *RaftStorage) ApplySnapshot(b *pebble.Batch, snap raftpb.Snapshot, desc *pandopb.RangeDescriptor) error {
+// is emptied and truncated at the snapshot's index, and the replicated
+// parts of the range state (descriptor, last check, range-ID counter,
+// freeze) are taken from st. The caller writes the data into the same
+// batch.
+func (s *RaftStorage) ApplySnapshot(b *pebble.Batch, snap raftpb.Snapshot, st *pandopb.RangeState) error {
 	m := snap.Metadata
 	lo, hi := logSpan(s.rangeID)
 	if err := b.DeleteRange(lo, hi, nil); err != nil {
@@ -320,7 +338,11 @@ func (s *RaftStorage) ApplySnapshot(b *pebble.Batch, snap raftpb.Snapshot, desc 
 	}
 	s.lastIndex = m.Index
 	s.cache, s.cacheBytes = nil, 0
-	s.state.Desc = desc
+	// The replicated parts of the state come with the snapshot.
+	s.state.Desc = st.Desc
+	s.state.LastCheck = st.LastCheck
+	s.state.NextRangeId = st.NextRangeId
+	s.state.FrozenFor, s.state.FrozenAt = st.FrozenFor, st.FrozenAt
 	if err := s.SetConfState(m.ConfState); err != nil {
 		return err
 	}
@@ -381,8 +403,21 @@ func WriteSplitState(b *pebble.Batch, desc *pandopb.RangeDescriptor, cs raftpb.C
 }
 
 // Bootstrap writes the initial state of a new range whose voters are the
-// given nodes, with an empty log. Every initial member writes the same state.
+// given nodes, with an empty log starting at index 1 (tests of the log).
 func Bootstrap(e *Engine, desc *pandopb.RangeDescriptor, voters []uint64) error {
+	return bootstrap(e, desc, voters, false)
+}
+
+// BootstrapCluster writes the initial state of a new cluster's first range
+// whose voters are the given nodes. Its log starts after SplitInitialIndex,
+// like a split range's, so that a replica added later is always filled by a
+// snapshot, never by replaying entries it has no state for. Every initial
+// member writes the same state.
+func BootstrapCluster(e *Engine, desc *pandopb.RangeDescriptor, voters []uint64) error {
+	return bootstrap(e, desc, voters, true)
+}
+
+func bootstrap(e *Engine, desc *pandopb.RangeDescriptor, voters []uint64, atSplitIndex bool) error {
 	if _, ok, err := ReadRangeState(e.db, desc.Id); err != nil || ok {
 		if ok {
 			return fmt.Errorf("storage: range %d already exists", desc.Id)
@@ -390,12 +425,18 @@ func Bootstrap(e *Engine, desc *pandopb.RangeDescriptor, voters []uint64) error 
 		return err
 	}
 	cs := raftpb.ConfState{Voters: voters}
+	b := e.db.NewBatch()
+	defer b.Close()
+	if atSplitIndex {
+		if err := WriteSplitState(b, desc, cs); err != nil {
+			return err
+		}
+		return b.Commit(pebble.Sync)
+	}
 	v, err := cs.Marshal()
 	if err != nil {
 		return err
 	}
-	b := e.db.NewBatch()
-	defer b.Close()
 	if err := WriteRangeState(b, desc.Id, &pandopb.RangeState{ConfState: v, Desc: desc}); err != nil {
 		return err
 	}
@@ -403,4 +444,20 @@ func Bootstrap(e *Engine, desc *pandopb.RangeDescriptor, voters []uint64) error 
 		return err
 	}
 	return b.Commit(pebble.Sync)
+}
+
+// DestroyReplica deletes, in b, everything a replica of rangeID keeps here:
+// its Raft state, log, applied state and replicated range-local records,
+// and the data of span (the replica's descriptor; nil: no data, e.g. an
+// uninitialized replica).
+func DestroyReplica(b *pebble.Batch, rangeID uint64, span *pandopb.RangeDescriptor) error {
+	lo, hi := rangeLocalSpan(rangeID)
+	if err := b.DeleteRange(lo, hi, nil); err != nil {
+		return err
+	}
+	if span == nil {
+		return nil
+	}
+	lo, hi = DataSpan(span.StartKey, span.EndKey)
+	return b.DeleteRange(lo, hi, nil)
 }

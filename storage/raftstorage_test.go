@@ -343,7 +343,7 @@ func TestRaftStorageApplySnapshot(t *testing.T) {
 	}}
 	desc := &pandopb.RangeDescriptor{Id: 1, Replicas: []uint64{1, 2, 4, 5}, Generation: 7}
 	b := e.DB().NewBatch()
-	if err := rs.ApplySnapshot(b, snap, desc); err != nil {
+	if err := rs.ApplySnapshot(b, snap, &pandopb.RangeState{Desc: desc, NextRangeId: 9}); err != nil {
 		t.Fatal(err)
 	}
 	// The node writes raft's hard state (commit = snapshot index) in the
@@ -367,8 +367,8 @@ func TestRaftStorageApplySnapshot(t *testing.T) {
 			t.Errorf("conf state = %+v, want the snapshot's", cs)
 		}
 		st := rs.State()
-		if st.AppliedIndex != 12 || st.AppliedTerm != 3 || st.GetDesc().GetGeneration() != 7 {
-			t.Errorf("applied state = %v, want index 12 term 3 generation 7", st)
+		if st.AppliedIndex != 12 || st.AppliedTerm != 3 || st.GetDesc().GetGeneration() != 7 || st.NextRangeId != 9 {
+			t.Errorf("applied state = %v, want index 12 term 3 generation 7 and the snapshot's range-ID counter 9", st)
 		}
 	}
 	check()
@@ -606,7 +606,7 @@ func TestRaftStorageMatchesMemoryStorage(t *testing.T) {
 						t.Fatal(err)
 					}
 					b := e.DB().NewBatch()
-					if err := rs.ApplySnapshot(b, snap, &pandopb.RangeDescriptor{Id: 5}); err != nil {
+					if err := rs.ApplySnapshot(b, snap, &pandopb.RangeState{Desc: &pandopb.RangeDescriptor{Id: 5}}); err != nil {
 						t.Fatal(err)
 					}
 					if err := rs.SetHardState(b, raftpb.HardState{Term: term, Commit: snap.Metadata.Index}); err != nil {

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -30,6 +31,9 @@ func Verify(e *Engine) error {
 	}
 	for _, id := range ids {
 		s, err := LoadRaftStorage(e, id)
+		if errors.Is(err, ErrUninitialized) {
+			continue // holds no data; the node deletes it at start
+		}
 		if err != nil {
 			return err
 		}

@@ -679,10 +679,13 @@ func (*StatusRequest) Descriptor() ([]byte, []int) {
 }
 
 type NodeStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Addr          string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
-	Live          bool                   `protobuf:"varint,3,opt,name=live,proto3" json:"live,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Addr  string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	Live  bool                   `protobuf:"varint,3,opt,name=live,proto3" json:"live,omitempty"`
+	// state: "live", "decommissioning", "removed" (membership, from the
+	// meta range); live says whether the node answers now.
+	State         string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -736,6 +739,13 @@ func (x *NodeStatus) GetLive() bool {
 		return x.Live
 	}
 	return false
+}
+
+func (x *NodeStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
 }
 
 type RangeStatus struct {
@@ -1453,6 +1463,10 @@ type Command struct {
 	//	*Command_Verdict
 	//	*Command_Split
 	//	*Command_AllocRangeId
+	//	*Command_Node
+	//	*Command_Directory
+	//	*Command_Freeze
+	//	*Command_Merge
 	Op isCommand_Op `protobuf_oneof:"op"`
 	// client_id and seq: the write's idempotency key (0: none).
 	ClientId uint64 `protobuf:"varint,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
@@ -1571,6 +1585,42 @@ func (x *Command) GetAllocRangeId() *AllocRangeIDOp {
 	return nil
 }
 
+func (x *Command) GetNode() *NodeRecord {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Node); ok {
+			return x.Node
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDirectory() *DirectoryOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Directory); ok {
+			return x.Directory
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetFreeze() *FreezeOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Freeze); ok {
+			return x.Freeze
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetMerge() *MergeOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Merge); ok {
+			return x.Merge
+		}
+	}
+	return nil
+}
+
 func (x *Command) GetClientId() uint64 {
 	if x != nil {
 		return x.ClientId
@@ -1626,6 +1676,25 @@ type Command_AllocRangeId struct {
 	AllocRangeId *AllocRangeIDOp `protobuf:"bytes,31,opt,name=alloc_range_id,json=allocRangeId,proto3,oneof"`
 }
 
+type Command_Node struct {
+	// Membership and the range directory, kept by the first range (the
+	// meta range).
+	Node *NodeRecord `protobuf:"bytes,32,opt,name=node,proto3,oneof"`
+}
+
+type Command_Directory struct {
+	Directory *DirectoryOp `protobuf:"bytes,33,opt,name=directory,proto3,oneof"`
+}
+
+type Command_Freeze struct {
+	// Merges: the right range freezes, then the left range absorbs it.
+	Freeze *FreezeOp `protobuf:"bytes,34,opt,name=freeze,proto3,oneof"`
+}
+
+type Command_Merge struct {
+	Merge *MergeOp `protobuf:"bytes,35,opt,name=merge,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -1639,6 +1708,14 @@ func (*Command_Verdict) isCommand_Op() {}
 func (*Command_Split) isCommand_Op() {}
 
 func (*Command_AllocRangeId) isCommand_Op() {}
+
+func (*Command_Node) isCommand_Op() {}
+
+func (*Command_Directory) isCommand_Op() {}
+
+func (*Command_Freeze) isCommand_Op() {}
+
+func (*Command_Merge) isCommand_Op() {}
 
 // DedupRecord is a range's deduplication record of one client session:
 // the last write it applied (seq) and that write's result.
@@ -1793,6 +1870,249 @@ func (x *SplitOp) GetExpectedGeneration() uint64 {
 	return 0
 }
 
+// NodeRecord is a node's entry in the meta range: written when it joins,
+// and when it is decommissioned or removed.
+type NodeRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Addr  string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	// state: "live" (a member), "decommissioning" (draining), "removed".
+	State           string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	JoinedUnixNanos int64  `protobuf:"varint,4,opt,name=joined_unix_nanos,json=joinedUnixNanos,proto3" json:"joined_unix_nanos,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *NodeRecord) Reset() {
+	*x = NodeRecord{}
+	mi := &file_pando_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeRecord) ProtoMessage() {}
+
+func (x *NodeRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
+func (*NodeRecord) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *NodeRecord) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *NodeRecord) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetJoinedUnixNanos() int64 {
+	if x != nil {
+		return x.JoinedUnixNanos
+	}
+	return 0
+}
+
+// DirectoryOp records range descriptors in the meta range's directory; an
+// entry only ever moves to a higher generation. removed lists ranges that
+// no longer exist (merged away).
+type DirectoryOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ranges        []*RangeDescriptor     `protobuf:"bytes,1,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	Removed       []uint64               `protobuf:"varint,2,rep,packed,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DirectoryOp) Reset() {
+	*x = DirectoryOp{}
+	mi := &file_pando_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DirectoryOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DirectoryOp) ProtoMessage() {}
+
+func (x *DirectoryOp) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DirectoryOp.ProtoReflect.Descriptor instead.
+func (*DirectoryOp) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *DirectoryOp) GetRanges() []*RangeDescriptor {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+func (x *DirectoryOp) GetRemoved() []uint64 {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+// FreezeOp stops a range from applying any further command except its
+// merge into its left neighbour merge_into; the left range merges it once
+// every replica applied the freeze.
+type FreezeOp struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	MergeInto          uint64                 `protobuf:"varint,1,opt,name=merge_into,json=mergeInto,proto3" json:"merge_into,omitempty"`
+	ExpectedGeneration uint64                 `protobuf:"varint,2,opt,name=expected_generation,json=expectedGeneration,proto3" json:"expected_generation,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *FreezeOp) Reset() {
+	*x = FreezeOp{}
+	mi := &file_pando_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FreezeOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FreezeOp) ProtoMessage() {}
+
+func (x *FreezeOp) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FreezeOp.ProtoReflect.Descriptor instead.
+func (*FreezeOp) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *FreezeOp) GetMergeInto() uint64 {
+	if x != nil {
+		return x.MergeInto
+	}
+	return 0
+}
+
+func (x *FreezeOp) GetExpectedGeneration() uint64 {
+	if x != nil {
+		return x.ExpectedGeneration
+	}
+	return 0
+}
+
+// MergeOp extends a range over its frozen right neighbour right, which
+// was frozen at freeze_index with that descriptor.
+type MergeOp struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Right              *RangeDescriptor       `protobuf:"bytes,1,opt,name=right,proto3" json:"right,omitempty"`
+	FreezeIndex        uint64                 `protobuf:"varint,2,opt,name=freeze_index,json=freezeIndex,proto3" json:"freeze_index,omitempty"`
+	ExpectedGeneration uint64                 `protobuf:"varint,3,opt,name=expected_generation,json=expectedGeneration,proto3" json:"expected_generation,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *MergeOp) Reset() {
+	*x = MergeOp{}
+	mi := &file_pando_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MergeOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MergeOp) ProtoMessage() {}
+
+func (x *MergeOp) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MergeOp.ProtoReflect.Descriptor instead.
+func (*MergeOp) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *MergeOp) GetRight() *RangeDescriptor {
+	if x != nil {
+		return x.Right
+	}
+	return nil
+}
+
+func (x *MergeOp) GetFreezeIndex() uint64 {
+	if x != nil {
+		return x.FreezeIndex
+	}
+	return 0
+}
+
+func (x *MergeOp) GetExpectedGeneration() uint64 {
+	if x != nil {
+		return x.ExpectedGeneration
+	}
+	return 0
+}
+
 // AllocRangeIDOp allocates a cluster-unique range ID from the counter kept
 // by the range that starts the key space.
 type AllocRangeIDOp struct {
@@ -1803,7 +2123,7 @@ type AllocRangeIDOp struct {
 
 func (x *AllocRangeIDOp) Reset() {
 	*x = AllocRangeIDOp{}
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1815,7 +2135,7 @@ func (x *AllocRangeIDOp) String() string {
 func (*AllocRangeIDOp) ProtoMessage() {}
 
 func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1828,7 +2148,7 @@ func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDOp.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{25}
+	return file_pando_proto_rawDescGZIP(), []int{29}
 }
 
 // ChecksumOp asks every replica to hash the range's replicated data as of
@@ -1842,7 +2162,7 @@ type ChecksumOp struct {
 
 func (x *ChecksumOp) Reset() {
 	*x = ChecksumOp{}
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +2174,7 @@ func (x *ChecksumOp) String() string {
 func (*ChecksumOp) ProtoMessage() {}
 
 func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +2187,7 @@ func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumOp.ProtoReflect.Descriptor instead.
 func (*ChecksumOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{26}
+	return file_pando_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ChecksumOp) GetCheckId() uint64 {
@@ -1897,7 +2217,7 @@ type CheckVerdict struct {
 
 func (x *CheckVerdict) Reset() {
 	*x = CheckVerdict{}
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1909,7 +2229,7 @@ func (x *CheckVerdict) String() string {
 func (*CheckVerdict) ProtoMessage() {}
 
 func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1922,7 +2242,7 @@ func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckVerdict.ProtoReflect.Descriptor instead.
 func (*CheckVerdict) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{27}
+	return file_pando_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CheckVerdict) GetCheckId() uint64 {
@@ -1990,7 +2310,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2002,7 +2322,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2015,7 +2335,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{28}
+	return file_pando_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RangeDescriptor) GetId() uint64 {
@@ -2064,14 +2384,18 @@ type RangeState struct {
 	// last_check is the last consistency check's verdict (replicated).
 	LastCheck *CheckVerdict `protobuf:"bytes,20,opt,name=last_check,json=lastCheck,proto3" json:"last_check,omitempty"`
 	// next_range_id is the range-ID counter (used by the first range only).
-	NextRangeId   uint64 `protobuf:"varint,30,opt,name=next_range_id,json=nextRangeId,proto3" json:"next_range_id,omitempty"`
+	NextRangeId uint64 `protobuf:"varint,30,opt,name=next_range_id,json=nextRangeId,proto3" json:"next_range_id,omitempty"`
+	// frozen_for is the left neighbour this range is being merged into
+	// (0: not frozen); frozen_at the index of its freeze.
+	FrozenFor     uint64 `protobuf:"varint,40,opt,name=frozen_for,json=frozenFor,proto3" json:"frozen_for,omitempty"`
+	FrozenAt      uint64 `protobuf:"varint,41,opt,name=frozen_at,json=frozenAt,proto3" json:"frozen_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RangeState) Reset() {
 	*x = RangeState{}
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2083,7 +2407,7 @@ func (x *RangeState) String() string {
 func (*RangeState) ProtoMessage() {}
 
 func (x *RangeState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2096,7 +2420,7 @@ func (x *RangeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeState.ProtoReflect.Descriptor instead.
 func (*RangeState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{29}
+	return file_pando_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RangeState) GetAppliedIndex() uint64 {
@@ -2141,6 +2465,20 @@ func (x *RangeState) GetNextRangeId() uint64 {
 	return 0
 }
 
+func (x *RangeState) GetFrozenFor() uint64 {
+	if x != nil {
+		return x.FrozenFor
+	}
+	return 0
+}
+
+func (x *RangeState) GetFrozenAt() uint64 {
+	if x != nil {
+		return x.FrozenAt
+	}
+	return 0
+}
+
 // TruncatedState is the last log entry removed by compaction.
 type TruncatedState struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2152,7 +2490,7 @@ type TruncatedState struct {
 
 func (x *TruncatedState) Reset() {
 	*x = TruncatedState{}
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2164,7 +2502,7 @@ func (x *TruncatedState) String() string {
 func (*TruncatedState) ProtoMessage() {}
 
 func (x *TruncatedState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2177,7 +2515,7 @@ func (x *TruncatedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncatedState.ProtoReflect.Descriptor instead.
 func (*TruncatedState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{30}
+	return file_pando_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *TruncatedState) GetIndex() uint64 {
@@ -2207,7 +2545,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2219,7 +2557,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2232,7 +2570,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{31}
+	return file_pando_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CheckRequest) GetRangeId() uint64 {
@@ -2267,7 +2605,7 @@ type KeyDiff struct {
 
 func (x *KeyDiff) Reset() {
 	*x = KeyDiff{}
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2279,7 +2617,7 @@ func (x *KeyDiff) String() string {
 func (*KeyDiff) ProtoMessage() {}
 
 func (x *KeyDiff) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2292,7 +2630,7 @@ func (x *KeyDiff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDiff.ProtoReflect.Descriptor instead.
 func (*KeyDiff) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{32}
+	return file_pando_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *KeyDiff) GetKey() []byte {
@@ -2321,7 +2659,7 @@ type ReplicaKey struct {
 
 func (x *ReplicaKey) Reset() {
 	*x = ReplicaKey{}
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2333,7 +2671,7 @@ func (x *ReplicaKey) String() string {
 func (*ReplicaKey) ProtoMessage() {}
 
 func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2346,7 +2684,7 @@ func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaKey.ProtoReflect.Descriptor instead.
 func (*ReplicaKey) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{33}
+	return file_pando_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ReplicaKey) GetNodeId() uint64 {
@@ -2389,7 +2727,7 @@ type RangeCheck struct {
 
 func (x *RangeCheck) Reset() {
 	*x = RangeCheck{}
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2401,7 +2739,7 @@ func (x *RangeCheck) String() string {
 func (*RangeCheck) ProtoMessage() {}
 
 func (x *RangeCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2414,7 +2752,7 @@ func (x *RangeCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeCheck.ProtoReflect.Descriptor instead.
 func (*RangeCheck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{34}
+	return file_pando_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RangeCheck) GetRangeId() uint64 {
@@ -2489,7 +2827,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2501,7 +2839,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2514,7 +2852,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{35}
+	return file_pando_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CheckResponse) GetRanges() []*RangeCheck {
@@ -2534,7 +2872,7 @@ type ChecksumRequest struct {
 
 func (x *ChecksumRequest) Reset() {
 	*x = ChecksumRequest{}
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2546,7 +2884,7 @@ func (x *ChecksumRequest) String() string {
 func (*ChecksumRequest) ProtoMessage() {}
 
 func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2559,7 +2897,7 @@ func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumRequest.ProtoReflect.Descriptor instead.
 func (*ChecksumRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{36}
+	return file_pando_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ChecksumRequest) GetRangeId() uint64 {
@@ -2589,7 +2927,7 @@ type ChecksumResponse struct {
 
 func (x *ChecksumResponse) Reset() {
 	*x = ChecksumResponse{}
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2601,7 +2939,7 @@ func (x *ChecksumResponse) String() string {
 func (*ChecksumResponse) ProtoMessage() {}
 
 func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2614,7 +2952,7 @@ func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumResponse.ProtoReflect.Descriptor instead.
 func (*ChecksumResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{37}
+	return file_pando_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ChecksumResponse) GetIndex() uint64 {
@@ -2657,7 +2995,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2669,7 +3007,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2682,7 +3020,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{38}
+	return file_pando_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListKeysRequest) GetRangeId() uint64 {
@@ -2724,7 +3062,7 @@ type KeyDigest struct {
 
 func (x *KeyDigest) Reset() {
 	*x = KeyDigest{}
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2736,7 +3074,7 @@ func (x *KeyDigest) String() string {
 func (*KeyDigest) ProtoMessage() {}
 
 func (x *KeyDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2749,7 +3087,7 @@ func (x *KeyDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDigest.ProtoReflect.Descriptor instead.
 func (*KeyDigest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{39}
+	return file_pando_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *KeyDigest) GetKey() []byte {
@@ -2783,7 +3121,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2795,7 +3133,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2808,7 +3146,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{40}
+	return file_pando_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListKeysResponse) GetKeys() []*KeyDigest {
@@ -2836,7 +3174,7 @@ type RepairRequest struct {
 
 func (x *RepairRequest) Reset() {
 	*x = RepairRequest{}
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2848,7 +3186,7 @@ func (x *RepairRequest) String() string {
 func (*RepairRequest) ProtoMessage() {}
 
 func (x *RepairRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2861,7 +3199,7 @@ func (x *RepairRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
 func (*RepairRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{41}
+	return file_pando_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RepairRequest) GetRangeId() uint64 {
@@ -2888,7 +3226,7 @@ type RepairResponse struct {
 
 func (x *RepairResponse) Reset() {
 	*x = RepairResponse{}
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2900,7 +3238,7 @@ func (x *RepairResponse) String() string {
 func (*RepairResponse) ProtoMessage() {}
 
 func (x *RepairResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2913,7 +3251,7 @@ func (x *RepairResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairResponse.ProtoReflect.Descriptor instead.
 func (*RepairResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{42}
+	return file_pando_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RepairResponse) GetIndex() uint64 {
@@ -2939,7 +3277,7 @@ type RangeDataRequest struct {
 
 func (x *RangeDataRequest) Reset() {
 	*x = RangeDataRequest{}
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2951,7 +3289,7 @@ func (x *RangeDataRequest) String() string {
 func (*RangeDataRequest) ProtoMessage() {}
 
 func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2964,7 +3302,7 @@ func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataRequest.ProtoReflect.Descriptor instead.
 func (*RangeDataRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{43}
+	return file_pando_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RangeDataRequest) GetRangeId() uint64 {
@@ -2987,7 +3325,7 @@ type RangeDataChunk struct {
 
 func (x *RangeDataChunk) Reset() {
 	*x = RangeDataChunk{}
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2999,7 +3337,7 @@ func (x *RangeDataChunk) String() string {
 func (*RangeDataChunk) ProtoMessage() {}
 
 func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3012,7 +3350,7 @@ func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataChunk.ProtoReflect.Descriptor instead.
 func (*RangeDataChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{44}
+	return file_pando_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RangeDataChunk) GetIndex() uint64 {
@@ -3046,7 +3384,7 @@ type SplitRequest struct {
 
 func (x *SplitRequest) Reset() {
 	*x = SplitRequest{}
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3058,7 +3396,7 @@ func (x *SplitRequest) String() string {
 func (*SplitRequest) ProtoMessage() {}
 
 func (x *SplitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3071,7 +3409,7 @@ func (x *SplitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
 func (*SplitRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{45}
+	return file_pando_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *SplitRequest) GetKey() []byte {
@@ -3091,7 +3429,7 @@ type SplitResponse struct {
 
 func (x *SplitResponse) Reset() {
 	*x = SplitResponse{}
-	mi := &file_pando_proto_msgTypes[46]
+	mi := &file_pando_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3103,7 +3441,7 @@ func (x *SplitResponse) String() string {
 func (*SplitResponse) ProtoMessage() {}
 
 func (x *SplitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[46]
+	mi := &file_pando_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3116,7 +3454,7 @@ func (x *SplitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
 func (*SplitResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{46}
+	return file_pando_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *SplitResponse) GetLeft() *RangeDescriptor {
@@ -3141,7 +3479,7 @@ type AllocRangeIDRequest struct {
 
 func (x *AllocRangeIDRequest) Reset() {
 	*x = AllocRangeIDRequest{}
-	mi := &file_pando_proto_msgTypes[47]
+	mi := &file_pando_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3153,7 +3491,7 @@ func (x *AllocRangeIDRequest) String() string {
 func (*AllocRangeIDRequest) ProtoMessage() {}
 
 func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[47]
+	mi := &file_pando_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3166,7 +3504,7 @@ func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDRequest.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{47}
+	return file_pando_proto_rawDescGZIP(), []int{51}
 }
 
 type AllocRangeIDResponse struct {
@@ -3178,7 +3516,7 @@ type AllocRangeIDResponse struct {
 
 func (x *AllocRangeIDResponse) Reset() {
 	*x = AllocRangeIDResponse{}
-	mi := &file_pando_proto_msgTypes[48]
+	mi := &file_pando_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3190,7 +3528,7 @@ func (x *AllocRangeIDResponse) String() string {
 func (*AllocRangeIDResponse) ProtoMessage() {}
 
 func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[48]
+	mi := &file_pando_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3203,7 +3541,7 @@ func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDResponse.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{48}
+	return file_pando_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *AllocRangeIDResponse) GetRangeId() uint64 {
@@ -3211,6 +3549,1120 @@ func (x *AllocRangeIDResponse) GetRangeId() uint64 {
 		return x.RangeId
 	}
 	return 0
+}
+
+type MoveReplicaRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	RangeId uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	// from: the node losing its replica (0: only add); to: the node gaining
+	// one (0: only remove).
+	From          uint64 `protobuf:"varint,2,opt,name=from,proto3" json:"from,omitempty"`
+	To            uint64 `protobuf:"varint,3,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveReplicaRequest) Reset() {
+	*x = MoveReplicaRequest{}
+	mi := &file_pando_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveReplicaRequest) ProtoMessage() {}
+
+func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveReplicaRequest.ProtoReflect.Descriptor instead.
+func (*MoveReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *MoveReplicaRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *MoveReplicaRequest) GetFrom() uint64 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+func (x *MoveReplicaRequest) GetTo() uint64 {
+	if x != nil {
+		return x.To
+	}
+	return 0
+}
+
+type MoveReplicaResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Desc          *RangeDescriptor       `protobuf:"bytes,1,opt,name=desc,proto3" json:"desc,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveReplicaResponse) Reset() {
+	*x = MoveReplicaResponse{}
+	mi := &file_pando_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveReplicaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveReplicaResponse) ProtoMessage() {}
+
+func (x *MoveReplicaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveReplicaResponse.ProtoReflect.Descriptor instead.
+func (*MoveReplicaResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *MoveReplicaResponse) GetDesc() *RangeDescriptor {
+	if x != nil {
+		return x.Desc
+	}
+	return nil
+}
+
+type TransferLeaderRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	To            uint64                 `protobuf:"varint,2,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeaderRequest) Reset() {
+	*x = TransferLeaderRequest{}
+	mi := &file_pando_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeaderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeaderRequest) ProtoMessage() {}
+
+func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
+func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *TransferLeaderRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *TransferLeaderRequest) GetTo() uint64 {
+	if x != nil {
+		return x.To
+	}
+	return 0
+}
+
+type TransferLeaderResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeaderResponse) Reset() {
+	*x = TransferLeaderResponse{}
+	mi := &file_pando_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeaderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeaderResponse) ProtoMessage() {}
+
+func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
+func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{56}
+}
+
+// CreateReplicaRequest asks a node to hold an empty replica of desc's
+// range, to be filled by a snapshot once it is added to the group.
+type CreateReplicaRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Desc          *RangeDescriptor       `protobuf:"bytes,1,opt,name=desc,proto3" json:"desc,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateReplicaRequest) Reset() {
+	*x = CreateReplicaRequest{}
+	mi := &file_pando_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateReplicaRequest) ProtoMessage() {}
+
+func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateReplicaRequest.ProtoReflect.Descriptor instead.
+func (*CreateReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *CreateReplicaRequest) GetDesc() *RangeDescriptor {
+	if x != nil {
+		return x.Desc
+	}
+	return nil
+}
+
+type CreateReplicaResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateReplicaResponse) Reset() {
+	*x = CreateReplicaResponse{}
+	mi := &file_pando_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateReplicaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateReplicaResponse) ProtoMessage() {}
+
+func (x *CreateReplicaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateReplicaResponse.ProtoReflect.Descriptor instead.
+func (*CreateReplicaResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{58}
+}
+
+// DestroyReplicaRequest tells a node that desc (the range's current
+// descriptor) no longer names it: it deletes its replica.
+type DestroyReplicaRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Desc          *RangeDescriptor       `protobuf:"bytes,1,opt,name=desc,proto3" json:"desc,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyReplicaRequest) Reset() {
+	*x = DestroyReplicaRequest{}
+	mi := &file_pando_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyReplicaRequest) ProtoMessage() {}
+
+func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyReplicaRequest.ProtoReflect.Descriptor instead.
+func (*DestroyReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *DestroyReplicaRequest) GetDesc() *RangeDescriptor {
+	if x != nil {
+		return x.Desc
+	}
+	return nil
+}
+
+type DestroyReplicaResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyReplicaResponse) Reset() {
+	*x = DestroyReplicaResponse{}
+	mi := &file_pando_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyReplicaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyReplicaResponse) ProtoMessage() {}
+
+func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyReplicaResponse.ProtoReflect.Descriptor instead.
+func (*DestroyReplicaResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{60}
+}
+
+type JoinRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Addr          string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinRequest) Reset() {
+	*x = JoinRequest{}
+	mi := &file_pando_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinRequest) ProtoMessage() {}
+
+func (x *JoinRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
+func (*JoinRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *JoinRequest) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *JoinRequest) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+type JoinResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*NodeRecord          `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinResponse) Reset() {
+	*x = JoinResponse{}
+	mi := &file_pando_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinResponse) ProtoMessage() {}
+
+func (x *JoinResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
+func (*JoinResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *JoinResponse) GetNodes() []*NodeRecord {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+type DecommissionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecommissionRequest) Reset() {
+	*x = DecommissionRequest{}
+	mi := &file_pando_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecommissionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecommissionRequest) ProtoMessage() {}
+
+func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
+func (*DecommissionRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *DecommissionRequest) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+type DecommissionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          *NodeRecord            `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecommissionResponse) Reset() {
+	*x = DecommissionResponse{}
+	mi := &file_pando_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecommissionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecommissionResponse) ProtoMessage() {}
+
+func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
+func (*DecommissionResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *DecommissionResponse) GetNode() *NodeRecord {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+type NodesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodesRequest) Reset() {
+	*x = NodesRequest{}
+	mi := &file_pando_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodesRequest) ProtoMessage() {}
+
+func (x *NodesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodesRequest.ProtoReflect.Descriptor instead.
+func (*NodesRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{65}
+}
+
+type NodeInfo struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Record *NodeRecord            `protobuf:"bytes,1,opt,name=record,proto3" json:"record,omitempty"`
+	// live: heard from within the dead-after time.
+	Live                   bool   `protobuf:"varint,2,opt,name=live,proto3" json:"live,omitempty"`
+	LastHeartbeatUnixNanos int64  `protobuf:"varint,3,opt,name=last_heartbeat_unix_nanos,json=lastHeartbeatUnixNanos,proto3" json:"last_heartbeat_unix_nanos,omitempty"`
+	Replicas               uint64 `protobuf:"varint,4,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	Leaders                uint64 `protobuf:"varint,5,opt,name=leaders,proto3" json:"leaders,omitempty"`
+	DiskBytes              uint64 `protobuf:"varint,6,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
+}
+
+func (x *NodeInfo) Reset() {
+	*x = NodeInfo{}
+	mi := &file_pando_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeInfo) ProtoMessage() {}
+
+func (x *NodeInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
+func (*NodeInfo) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *NodeInfo) GetRecord() *NodeRecord {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
+func (x *NodeInfo) GetLive() bool {
+	if x != nil {
+		return x.Live
+	}
+	return false
+}
+
+func (x *NodeInfo) GetLastHeartbeatUnixNanos() int64 {
+	if x != nil {
+		return x.LastHeartbeatUnixNanos
+	}
+	return 0
+}
+
+func (x *NodeInfo) GetReplicas() uint64 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+func (x *NodeInfo) GetLeaders() uint64 {
+	if x != nil {
+		return x.Leaders
+	}
+	return 0
+}
+
+func (x *NodeInfo) GetDiskBytes() uint64 {
+	if x != nil {
+		return x.DiskBytes
+	}
+	return 0
+}
+
+type NodesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*NodeInfo            `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	ControllerId  uint64                 `protobuf:"varint,2,opt,name=controller_id,json=controllerId,proto3" json:"controller_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodesResponse) Reset() {
+	*x = NodesResponse{}
+	mi := &file_pando_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodesResponse) ProtoMessage() {}
+
+func (x *NodesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodesResponse.ProtoReflect.Descriptor instead.
+func (*NodesResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *NodesResponse) GetNodes() []*NodeInfo {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *NodesResponse) GetControllerId() uint64 {
+	if x != nil {
+		return x.ControllerId
+	}
+	return 0
+}
+
+// HeartbeatRequest is a node's periodic report to the controller.
+type HeartbeatRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Addr          string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	DiskBytes     uint64                 `protobuf:"varint,3,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
+	Ranges        []*RangeStatus         `protobuf:"bytes,4,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeartbeatRequest) Reset() {
+	*x = HeartbeatRequest{}
+	mi := &file_pando_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatRequest) ProtoMessage() {}
+
+func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
+func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *HeartbeatRequest) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *HeartbeatRequest) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *HeartbeatRequest) GetDiskBytes() uint64 {
+	if x != nil {
+		return x.DiskBytes
+	}
+	return 0
+}
+
+func (x *HeartbeatRequest) GetRanges() []*RangeStatus {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+type HeartbeatResponse struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ControllerId uint64                 `protobuf:"varint,1,opt,name=controller_id,json=controllerId,proto3" json:"controller_id,omitempty"`
+	Nodes        []*NodeRecord          `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// directory: every range the controller knows of, with its leader.
+	Directory     []*RangeStatus `protobuf:"bytes,3,rep,name=directory,proto3" json:"directory,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeartbeatResponse) Reset() {
+	*x = HeartbeatResponse{}
+	mi := &file_pando_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeartbeatResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeartbeatResponse) ProtoMessage() {}
+
+func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
+func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *HeartbeatResponse) GetControllerId() uint64 {
+	if x != nil {
+		return x.ControllerId
+	}
+	return 0
+}
+
+func (x *HeartbeatResponse) GetNodes() []*NodeRecord {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *HeartbeatResponse) GetDirectory() []*RangeStatus {
+	if x != nil {
+		return x.Directory
+	}
+	return nil
+}
+
+type RebalanceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DryRun        bool                   `protobuf:"varint,1,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RebalanceRequest) Reset() {
+	*x = RebalanceRequest{}
+	mi := &file_pando_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RebalanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RebalanceRequest) ProtoMessage() {}
+
+func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RebalanceRequest.ProtoReflect.Descriptor instead.
+func (*RebalanceRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *RebalanceRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type PlannedOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	RangeId       uint64                 `protobuf:"varint,2,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	From          uint64                 `protobuf:"varint,3,opt,name=from,proto3" json:"from,omitempty"`
+	To            uint64                 `protobuf:"varint,4,opt,name=to,proto3" json:"to,omitempty"`
+	RightId       uint64                 `protobuf:"varint,5,opt,name=right_id,json=rightId,proto3" json:"right_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlannedOp) Reset() {
+	*x = PlannedOp{}
+	mi := &file_pando_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlannedOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlannedOp) ProtoMessage() {}
+
+func (x *PlannedOp) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlannedOp.ProtoReflect.Descriptor instead.
+func (*PlannedOp) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *PlannedOp) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *PlannedOp) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *PlannedOp) GetFrom() uint64 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+func (x *PlannedOp) GetTo() uint64 {
+	if x != nil {
+		return x.To
+	}
+	return 0
+}
+
+func (x *PlannedOp) GetRightId() uint64 {
+	if x != nil {
+		return x.RightId
+	}
+	return 0
+}
+
+func (x *PlannedOp) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RebalanceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ops           []*PlannedOp           `protobuf:"bytes,1,rep,name=ops,proto3" json:"ops,omitempty"`
+	ControllerId  uint64                 `protobuf:"varint,2,opt,name=controller_id,json=controllerId,proto3" json:"controller_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RebalanceResponse) Reset() {
+	*x = RebalanceResponse{}
+	mi := &file_pando_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RebalanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RebalanceResponse) ProtoMessage() {}
+
+func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RebalanceResponse.ProtoReflect.Descriptor instead.
+func (*RebalanceResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *RebalanceResponse) GetOps() []*PlannedOp {
+	if x != nil {
+		return x.Ops
+	}
+	return nil
+}
+
+func (x *RebalanceResponse) GetControllerId() uint64 {
+	if x != nil {
+		return x.ControllerId
+	}
+	return 0
+}
+
+type MergeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// range_id merges with its right neighbour.
+	RangeId       uint64 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MergeRequest) Reset() {
+	*x = MergeRequest{}
+	mi := &file_pando_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MergeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MergeRequest) ProtoMessage() {}
+
+func (x *MergeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MergeRequest.ProtoReflect.Descriptor instead.
+func (*MergeRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *MergeRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+type MergeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Desc          *RangeDescriptor       `protobuf:"bytes,1,opt,name=desc,proto3" json:"desc,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MergeResponse) Reset() {
+	*x = MergeResponse{}
+	mi := &file_pando_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MergeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MergeResponse) ProtoMessage() {}
+
+func (x *MergeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MergeResponse.ProtoReflect.Descriptor instead.
+func (*MergeResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *MergeResponse) GetDesc() *RangeDescriptor {
+	if x != nil {
+		return x.Desc
+	}
+	return nil
 }
 
 var File_pando_proto protoreflect.FileDescriptor
@@ -3258,12 +4710,13 @@ const file_pando_proto_rawDesc = "" +
 	"\x05items\x18\x01 \x03(\v2\x12.pando.v1.KeyValueR\x05items\x12\x12\n" +
 	"\x04more\x18\x02 \x01(\bR\x04more\x12\x12\n" +
 	"\x04next\x18\x03 \x01(\fR\x04next\"\x0f\n" +
-	"\rStatusRequest\"D\n" +
+	"\rStatusRequest\"Z\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x12\n" +
-	"\x04live\x18\x03 \x01(\bR\x04live\"\xe4\x02\n" +
+	"\x04live\x18\x03 \x01(\bR\x04live\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\"\xe4\x02\n" +
 	"\vRangeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tstart_key\x18\x02 \x01(\fR\bstartKey\x12\x17\n" +
@@ -3313,7 +4766,7 @@ const file_pando_proto_rawDesc = "" +
 	"\x03cas\x18\x02 \x01(\bR\x03cas\x12)\n" +
 	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"&\n" +
 	"\fPruneDedupOp\x12\x16\n" +
-	"\x06before\x18\x01 \x01(\x03R\x06before\"\xd2\x03\n" +
+	"\x06before\x18\x01 \x01(\x03R\x06before\"\x8e\x05\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\x03put\x18\x02 \x01(\v2\x0f.pando.v1.PutOpH\x00R\x03put\x12,\n" +
@@ -3323,7 +4776,11 @@ const file_pando_proto_rawDesc = "" +
 	"\bchecksum\x18\x14 \x01(\v2\x14.pando.v1.ChecksumOpH\x00R\bchecksum\x122\n" +
 	"\averdict\x18\x15 \x01(\v2\x16.pando.v1.CheckVerdictH\x00R\averdict\x12)\n" +
 	"\x05split\x18\x1e \x01(\v2\x11.pando.v1.SplitOpH\x00R\x05split\x12@\n" +
-	"\x0ealloc_range_id\x18\x1f \x01(\v2\x18.pando.v1.AllocRangeIDOpH\x00R\fallocRangeId\x12\x1b\n" +
+	"\x0ealloc_range_id\x18\x1f \x01(\v2\x18.pando.v1.AllocRangeIDOpH\x00R\fallocRangeId\x12*\n" +
+	"\x04node\x18  \x01(\v2\x14.pando.v1.NodeRecordH\x00R\x04node\x125\n" +
+	"\tdirectory\x18! \x01(\v2\x15.pando.v1.DirectoryOpH\x00R\tdirectory\x12,\n" +
+	"\x06freeze\x18\" \x01(\v2\x12.pando.v1.FreezeOpH\x00R\x06freeze\x12)\n" +
+	"\x05merge\x18# \x01(\v2\x11.pando.v1.MergeOpH\x00R\x05merge\x12\x1b\n" +
 	"\tclient_id\x18\x04 \x01(\x04R\bclientId\x12\x10\n" +
 	"\x03seq\x18\x05 \x01(\x04R\x03seq\x12\x1f\n" +
 	"\vproposed_at\x18\x06 \x01(\x03R\n" +
@@ -3341,6 +4798,23 @@ const file_pando_proto_rawDesc = "" +
 	"\tsplit_key\x18\x01 \x01(\fR\bsplitKey\x12 \n" +
 	"\fnew_range_id\x18\x02 \x01(\x04R\n" +
 	"newRangeId\x12/\n" +
+	"\x13expected_generation\x18\x03 \x01(\x04R\x12expectedGeneration\"r\n" +
+	"\n" +
+	"NodeRecord\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12*\n" +
+	"\x11joined_unix_nanos\x18\x04 \x01(\x03R\x0fjoinedUnixNanos\"Z\n" +
+	"\vDirectoryOp\x121\n" +
+	"\x06ranges\x18\x01 \x03(\v2\x19.pando.v1.RangeDescriptorR\x06ranges\x12\x18\n" +
+	"\aremoved\x18\x02 \x03(\x04R\aremoved\"Z\n" +
+	"\bFreezeOp\x12\x1d\n" +
+	"\n" +
+	"merge_into\x18\x01 \x01(\x04R\tmergeInto\x12/\n" +
+	"\x13expected_generation\x18\x02 \x01(\x04R\x12expectedGeneration\"\x8e\x01\n" +
+	"\aMergeOp\x12/\n" +
+	"\x05right\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x05right\x12!\n" +
+	"\ffreeze_index\x18\x02 \x01(\x04R\vfreezeIndex\x12/\n" +
 	"\x13expected_generation\x18\x03 \x01(\x04R\x12expectedGeneration\"\x10\n" +
 	"\x0eAllocRangeIDOp\"'\n" +
 	"\n" +
@@ -3362,7 +4836,7 @@ const file_pando_proto_rawDesc = "" +
 	"\breplicas\x18\x04 \x03(\x04R\breplicas\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x05 \x01(\x04R\n" +
-	"generation\"\xfd\x01\n" +
+	"generation\"\xb9\x02\n" +
 	"\n" +
 	"RangeState\x12#\n" +
 	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\x12!\n" +
@@ -3372,7 +4846,10 @@ const file_pando_proto_rawDesc = "" +
 	"\x04desc\x18\x04 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc\x125\n" +
 	"\n" +
 	"last_check\x18\x14 \x01(\v2\x16.pando.v1.CheckVerdictR\tlastCheck\x12\"\n" +
-	"\rnext_range_id\x18\x1e \x01(\x04R\vnextRangeId\":\n" +
+	"\rnext_range_id\x18\x1e \x01(\x04R\vnextRangeId\x12\x1d\n" +
+	"\n" +
+	"frozen_for\x18( \x01(\x04R\tfrozenFor\x12\x1b\n" +
+	"\tfrozen_at\x18) \x01(\x04R\bfrozenAt\":\n" +
 	"\x0eTruncatedState\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\"^\n" +
@@ -3442,7 +4919,70 @@ const file_pando_proto_rawDesc = "" +
 	"\x05right\x18\x02 \x01(\v2\x19.pando.v1.RangeDescriptorR\x05right\"\x15\n" +
 	"\x13AllocRangeIDRequest\"1\n" +
 	"\x14AllocRangeIDResponse\x12\x19\n" +
-	"\brange_id\x18\x01 \x01(\x04R\arangeId**\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\"S\n" +
+	"\x12MoveReplicaRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\x04R\x04from\x12\x0e\n" +
+	"\x02to\x18\x03 \x01(\x04R\x02to\"D\n" +
+	"\x13MoveReplicaResponse\x12-\n" +
+	"\x04desc\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc\"B\n" +
+	"\x15TransferLeaderRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\x04R\x02to\"\x18\n" +
+	"\x16TransferLeaderResponse\"E\n" +
+	"\x14CreateReplicaRequest\x12-\n" +
+	"\x04desc\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc\"\x17\n" +
+	"\x15CreateReplicaResponse\"F\n" +
+	"\x15DestroyReplicaRequest\x12-\n" +
+	"\x04desc\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc\"\x18\n" +
+	"\x16DestroyReplicaResponse\":\n" +
+	"\vJoinRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\":\n" +
+	"\fJoinResponse\x12*\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x14.pando.v1.NodeRecordR\x05nodes\".\n" +
+	"\x13DecommissionRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\"@\n" +
+	"\x14DecommissionResponse\x12(\n" +
+	"\x04node\x18\x01 \x01(\v2\x14.pando.v1.NodeRecordR\x04node\"\x0e\n" +
+	"\fNodesRequest\"\xdc\x01\n" +
+	"\bNodeInfo\x12,\n" +
+	"\x06record\x18\x01 \x01(\v2\x14.pando.v1.NodeRecordR\x06record\x12\x12\n" +
+	"\x04live\x18\x02 \x01(\bR\x04live\x129\n" +
+	"\x19last_heartbeat_unix_nanos\x18\x03 \x01(\x03R\x16lastHeartbeatUnixNanos\x12\x1a\n" +
+	"\breplicas\x18\x04 \x01(\x04R\breplicas\x12\x18\n" +
+	"\aleaders\x18\x05 \x01(\x04R\aleaders\x12\x1d\n" +
+	"\n" +
+	"disk_bytes\x18\x06 \x01(\x04R\tdiskBytes\"^\n" +
+	"\rNodesResponse\x12(\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x12.pando.v1.NodeInfoR\x05nodes\x12#\n" +
+	"\rcontroller_id\x18\x02 \x01(\x04R\fcontrollerId\"\x8d\x01\n" +
+	"\x10HeartbeatRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x1d\n" +
+	"\n" +
+	"disk_bytes\x18\x03 \x01(\x04R\tdiskBytes\x12-\n" +
+	"\x06ranges\x18\x04 \x03(\v2\x15.pando.v1.RangeStatusR\x06ranges\"\x99\x01\n" +
+	"\x11HeartbeatResponse\x12#\n" +
+	"\rcontroller_id\x18\x01 \x01(\x04R\fcontrollerId\x12*\n" +
+	"\x05nodes\x18\x02 \x03(\v2\x14.pando.v1.NodeRecordR\x05nodes\x123\n" +
+	"\tdirectory\x18\x03 \x03(\v2\x15.pando.v1.RangeStatusR\tdirectory\"+\n" +
+	"\x10RebalanceRequest\x12\x17\n" +
+	"\adry_run\x18\x01 \x01(\bR\x06dryRun\"\x91\x01\n" +
+	"\tPlannedOp\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x19\n" +
+	"\brange_id\x18\x02 \x01(\x04R\arangeId\x12\x12\n" +
+	"\x04from\x18\x03 \x01(\x04R\x04from\x12\x0e\n" +
+	"\x02to\x18\x04 \x01(\x04R\x02to\x12\x19\n" +
+	"\bright_id\x18\x05 \x01(\x04R\arightId\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\"_\n" +
+	"\x11RebalanceResponse\x12%\n" +
+	"\x03ops\x18\x01 \x03(\v2\x13.pando.v1.PlannedOpR\x03ops\x12#\n" +
+	"\rcontroller_id\x18\x02 \x01(\x04R\fcontrollerId\")\n" +
+	"\fMergeRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\">\n" +
+	"\rMergeResponse\x12-\n" +
+	"\x04desc\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc**\n" +
 	"\vConsistency\x12\x10\n" +
 	"\fLINEARIZABLE\x10\x00\x12\t\n" +
 	"\x05STALE\x10\x012\x9d\x02\n" +
@@ -3460,10 +5000,20 @@ const file_pando_proto_rawDesc = "" +
 	"\bChecksum\x12\x19.pando.v1.ChecksumRequest\x1a\x1a.pando.v1.ChecksumResponse\x12A\n" +
 	"\bListKeys\x12\x19.pando.v1.ListKeysRequest\x1a\x1a.pando.v1.ListKeysResponse\x12;\n" +
 	"\x06Repair\x12\x17.pando.v1.RepairRequest\x1a\x18.pando.v1.RepairResponse\x12C\n" +
-	"\tRangeData\x12\x1a.pando.v1.RangeDataRequest\x1a\x18.pando.v1.RangeDataChunk0\x012\x90\x01\n" +
+	"\tRangeData\x12\x1a.pando.v1.RangeDataRequest\x1a\x18.pando.v1.RangeDataChunk0\x012\xde\x06\n" +
 	"\x05Admin\x128\n" +
 	"\x05Split\x12\x16.pando.v1.SplitRequest\x1a\x17.pando.v1.SplitResponse\x12M\n" +
-	"\fAllocRangeID\x12\x1d.pando.v1.AllocRangeIDRequest\x1a\x1e.pando.v1.AllocRangeIDResponseB$Z\"github.com/pando/pando/api/pandopbb\x06proto3"
+	"\fAllocRangeID\x12\x1d.pando.v1.AllocRangeIDRequest\x1a\x1e.pando.v1.AllocRangeIDResponse\x12J\n" +
+	"\vMoveReplica\x12\x1c.pando.v1.MoveReplicaRequest\x1a\x1d.pando.v1.MoveReplicaResponse\x12S\n" +
+	"\x0eTransferLeader\x12\x1f.pando.v1.TransferLeaderRequest\x1a .pando.v1.TransferLeaderResponse\x128\n" +
+	"\x05Merge\x12\x16.pando.v1.MergeRequest\x1a\x17.pando.v1.MergeResponse\x12P\n" +
+	"\rCreateReplica\x12\x1e.pando.v1.CreateReplicaRequest\x1a\x1f.pando.v1.CreateReplicaResponse\x12S\n" +
+	"\x0eDestroyReplica\x12\x1f.pando.v1.DestroyReplicaRequest\x1a .pando.v1.DestroyReplicaResponse\x125\n" +
+	"\x04Join\x12\x15.pando.v1.JoinRequest\x1a\x16.pando.v1.JoinResponse\x12M\n" +
+	"\fDecommission\x12\x1d.pando.v1.DecommissionRequest\x1a\x1e.pando.v1.DecommissionResponse\x128\n" +
+	"\x05Nodes\x12\x16.pando.v1.NodesRequest\x1a\x17.pando.v1.NodesResponse\x12D\n" +
+	"\tHeartbeat\x12\x1a.pando.v1.HeartbeatRequest\x1a\x1b.pando.v1.HeartbeatResponse\x12D\n" +
+	"\tRebalance\x12\x1a.pando.v1.RebalanceRequest\x1a\x1b.pando.v1.RebalanceResponseB$Z\"github.com/pando/pando/api/pandopbb\x06proto3"
 
 var (
 	file_pando_proto_rawDescOnce sync.Once
@@ -3478,64 +5028,90 @@ func file_pando_proto_rawDescGZIP() []byte {
 }
 
 var file_pando_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 75)
 var file_pando_proto_goTypes = []any{
-	(Consistency)(0),             // 0: pando.v1.Consistency
-	(*GetRequest)(nil),           // 1: pando.v1.GetRequest
-	(*GetResponse)(nil),          // 2: pando.v1.GetResponse
-	(*PutRequest)(nil),           // 3: pando.v1.PutRequest
-	(*PutResponse)(nil),          // 4: pando.v1.PutResponse
-	(*DeleteRequest)(nil),        // 5: pando.v1.DeleteRequest
-	(*DeleteResponse)(nil),       // 6: pando.v1.DeleteResponse
-	(*ScanRequest)(nil),          // 7: pando.v1.ScanRequest
-	(*KeyValue)(nil),             // 8: pando.v1.KeyValue
-	(*ScanResponse)(nil),         // 9: pando.v1.ScanResponse
-	(*StatusRequest)(nil),        // 10: pando.v1.StatusRequest
-	(*NodeStatus)(nil),           // 11: pando.v1.NodeStatus
-	(*RangeStatus)(nil),          // 12: pando.v1.RangeStatus
-	(*BreakerStatus)(nil),        // 13: pando.v1.BreakerStatus
-	(*StatusResponse)(nil),       // 14: pando.v1.StatusResponse
-	(*RaftEnvelope)(nil),         // 15: pando.v1.RaftEnvelope
-	(*RaftBatch)(nil),            // 16: pando.v1.RaftBatch
-	(*RaftAck)(nil),              // 17: pando.v1.RaftAck
-	(*SnapshotChunk)(nil),        // 18: pando.v1.SnapshotChunk
-	(*SnapshotAck)(nil),          // 19: pando.v1.SnapshotAck
-	(*PutOp)(nil),                // 20: pando.v1.PutOp
-	(*DeleteOp)(nil),             // 21: pando.v1.DeleteOp
-	(*PruneDedupOp)(nil),         // 22: pando.v1.PruneDedupOp
-	(*Command)(nil),              // 23: pando.v1.Command
-	(*DedupRecord)(nil),          // 24: pando.v1.DedupRecord
-	(*SplitOp)(nil),              // 25: pando.v1.SplitOp
-	(*AllocRangeIDOp)(nil),       // 26: pando.v1.AllocRangeIDOp
-	(*ChecksumOp)(nil),           // 27: pando.v1.ChecksumOp
-	(*CheckVerdict)(nil),         // 28: pando.v1.CheckVerdict
-	(*RangeDescriptor)(nil),      // 29: pando.v1.RangeDescriptor
-	(*RangeState)(nil),           // 30: pando.v1.RangeState
-	(*TruncatedState)(nil),       // 31: pando.v1.TruncatedState
-	(*CheckRequest)(nil),         // 32: pando.v1.CheckRequest
-	(*KeyDiff)(nil),              // 33: pando.v1.KeyDiff
-	(*ReplicaKey)(nil),           // 34: pando.v1.ReplicaKey
-	(*RangeCheck)(nil),           // 35: pando.v1.RangeCheck
-	(*CheckResponse)(nil),        // 36: pando.v1.CheckResponse
-	(*ChecksumRequest)(nil),      // 37: pando.v1.ChecksumRequest
-	(*ChecksumResponse)(nil),     // 38: pando.v1.ChecksumResponse
-	(*ListKeysRequest)(nil),      // 39: pando.v1.ListKeysRequest
-	(*KeyDigest)(nil),            // 40: pando.v1.KeyDigest
-	(*ListKeysResponse)(nil),     // 41: pando.v1.ListKeysResponse
-	(*RepairRequest)(nil),        // 42: pando.v1.RepairRequest
-	(*RepairResponse)(nil),       // 43: pando.v1.RepairResponse
-	(*RangeDataRequest)(nil),     // 44: pando.v1.RangeDataRequest
-	(*RangeDataChunk)(nil),       // 45: pando.v1.RangeDataChunk
-	(*SplitRequest)(nil),         // 46: pando.v1.SplitRequest
-	(*SplitResponse)(nil),        // 47: pando.v1.SplitResponse
-	(*AllocRangeIDRequest)(nil),  // 48: pando.v1.AllocRangeIDRequest
-	(*AllocRangeIDResponse)(nil), // 49: pando.v1.AllocRangeIDResponse
+	(Consistency)(0),               // 0: pando.v1.Consistency
+	(*GetRequest)(nil),             // 1: pando.v1.GetRequest
+	(*GetResponse)(nil),            // 2: pando.v1.GetResponse
+	(*PutRequest)(nil),             // 3: pando.v1.PutRequest
+	(*PutResponse)(nil),            // 4: pando.v1.PutResponse
+	(*DeleteRequest)(nil),          // 5: pando.v1.DeleteRequest
+	(*DeleteResponse)(nil),         // 6: pando.v1.DeleteResponse
+	(*ScanRequest)(nil),            // 7: pando.v1.ScanRequest
+	(*KeyValue)(nil),               // 8: pando.v1.KeyValue
+	(*ScanResponse)(nil),           // 9: pando.v1.ScanResponse
+	(*StatusRequest)(nil),          // 10: pando.v1.StatusRequest
+	(*NodeStatus)(nil),             // 11: pando.v1.NodeStatus
+	(*RangeStatus)(nil),            // 12: pando.v1.RangeStatus
+	(*BreakerStatus)(nil),          // 13: pando.v1.BreakerStatus
+	(*StatusResponse)(nil),         // 14: pando.v1.StatusResponse
+	(*RaftEnvelope)(nil),           // 15: pando.v1.RaftEnvelope
+	(*RaftBatch)(nil),              // 16: pando.v1.RaftBatch
+	(*RaftAck)(nil),                // 17: pando.v1.RaftAck
+	(*SnapshotChunk)(nil),          // 18: pando.v1.SnapshotChunk
+	(*SnapshotAck)(nil),            // 19: pando.v1.SnapshotAck
+	(*PutOp)(nil),                  // 20: pando.v1.PutOp
+	(*DeleteOp)(nil),               // 21: pando.v1.DeleteOp
+	(*PruneDedupOp)(nil),           // 22: pando.v1.PruneDedupOp
+	(*Command)(nil),                // 23: pando.v1.Command
+	(*DedupRecord)(nil),            // 24: pando.v1.DedupRecord
+	(*SplitOp)(nil),                // 25: pando.v1.SplitOp
+	(*NodeRecord)(nil),             // 26: pando.v1.NodeRecord
+	(*DirectoryOp)(nil),            // 27: pando.v1.DirectoryOp
+	(*FreezeOp)(nil),               // 28: pando.v1.FreezeOp
+	(*MergeOp)(nil),                // 29: pando.v1.MergeOp
+	(*AllocRangeIDOp)(nil),         // 30: pando.v1.AllocRangeIDOp
+	(*ChecksumOp)(nil),             // 31: pando.v1.ChecksumOp
+	(*CheckVerdict)(nil),           // 32: pando.v1.CheckVerdict
+	(*RangeDescriptor)(nil),        // 33: pando.v1.RangeDescriptor
+	(*RangeState)(nil),             // 34: pando.v1.RangeState
+	(*TruncatedState)(nil),         // 35: pando.v1.TruncatedState
+	(*CheckRequest)(nil),           // 36: pando.v1.CheckRequest
+	(*KeyDiff)(nil),                // 37: pando.v1.KeyDiff
+	(*ReplicaKey)(nil),             // 38: pando.v1.ReplicaKey
+	(*RangeCheck)(nil),             // 39: pando.v1.RangeCheck
+	(*CheckResponse)(nil),          // 40: pando.v1.CheckResponse
+	(*ChecksumRequest)(nil),        // 41: pando.v1.ChecksumRequest
+	(*ChecksumResponse)(nil),       // 42: pando.v1.ChecksumResponse
+	(*ListKeysRequest)(nil),        // 43: pando.v1.ListKeysRequest
+	(*KeyDigest)(nil),              // 44: pando.v1.KeyDigest
+	(*ListKeysResponse)(nil),       // 45: pando.v1.ListKeysResponse
+	(*RepairRequest)(nil),          // 46: pando.v1.RepairRequest
+	(*RepairResponse)(nil),         // 47: pando.v1.RepairResponse
+	(*RangeDataRequest)(nil),       // 48: pando.v1.RangeDataRequest
+	(*RangeDataChunk)(nil),         // 49: pando.v1.RangeDataChunk
+	(*SplitRequest)(nil),           // 50: pando.v1.SplitRequest
+	(*SplitResponse)(nil),          // 51: pando.v1.SplitResponse
+	(*AllocRangeIDRequest)(nil),    // 52: pando.v1.AllocRangeIDRequest
+	(*AllocRangeIDResponse)(nil),   // 53: pando.v1.AllocRangeIDResponse
+	(*MoveReplicaRequest)(nil),     // 54: pando.v1.MoveReplicaRequest
+	(*MoveReplicaResponse)(nil),    // 55: pando.v1.MoveReplicaResponse
+	(*TransferLeaderRequest)(nil),  // 56: pando.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 57: pando.v1.TransferLeaderResponse
+	(*CreateReplicaRequest)(nil),   // 58: pando.v1.CreateReplicaRequest
+	(*CreateReplicaResponse)(nil),  // 59: pando.v1.CreateReplicaResponse
+	(*DestroyReplicaRequest)(nil),  // 60: pando.v1.DestroyReplicaRequest
+	(*DestroyReplicaResponse)(nil), // 61: pando.v1.DestroyReplicaResponse
+	(*JoinRequest)(nil),            // 62: pando.v1.JoinRequest
+	(*JoinResponse)(nil),           // 63: pando.v1.JoinResponse
+	(*DecommissionRequest)(nil),    // 64: pando.v1.DecommissionRequest
+	(*DecommissionResponse)(nil),   // 65: pando.v1.DecommissionResponse
+	(*NodesRequest)(nil),           // 66: pando.v1.NodesRequest
+	(*NodeInfo)(nil),               // 67: pando.v1.NodeInfo
+	(*NodesResponse)(nil),          // 68: pando.v1.NodesResponse
+	(*HeartbeatRequest)(nil),       // 69: pando.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),      // 70: pando.v1.HeartbeatResponse
+	(*RebalanceRequest)(nil),       // 71: pando.v1.RebalanceRequest
+	(*PlannedOp)(nil),              // 72: pando.v1.PlannedOp
+	(*RebalanceResponse)(nil),      // 73: pando.v1.RebalanceResponse
+	(*MergeRequest)(nil),           // 74: pando.v1.MergeRequest
+	(*MergeResponse)(nil),          // 75: pando.v1.MergeResponse
 }
 var file_pando_proto_depIdxs = []int32{
 	0,  // 0: pando.v1.GetRequest.consistency:type_name -> pando.v1.Consistency
 	0,  // 1: pando.v1.ScanRequest.consistency:type_name -> pando.v1.Consistency
 	8,  // 2: pando.v1.ScanResponse.items:type_name -> pando.v1.KeyValue
-	28, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
+	32, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
 	11, // 4: pando.v1.StatusResponse.nodes:type_name -> pando.v1.NodeStatus
 	12, // 5: pando.v1.StatusResponse.ranges:type_name -> pando.v1.RangeStatus
 	13, // 6: pando.v1.StatusResponse.breakers:type_name -> pando.v1.BreakerStatus
@@ -3544,52 +5120,90 @@ var file_pando_proto_depIdxs = []int32{
 	20, // 9: pando.v1.Command.put:type_name -> pando.v1.PutOp
 	21, // 10: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
 	22, // 11: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
-	27, // 12: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
-	28, // 13: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
+	31, // 12: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
+	32, // 13: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
 	25, // 14: pando.v1.Command.split:type_name -> pando.v1.SplitOp
-	26, // 15: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
-	29, // 16: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
-	28, // 17: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
-	34, // 18: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
-	33, // 19: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
-	35, // 20: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
-	40, // 21: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
-	8,  // 22: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
-	29, // 23: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
-	29, // 24: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
-	1,  // 25: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
-	3,  // 26: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
-	5,  // 27: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
-	7,  // 28: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
-	10, // 29: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
-	16, // 30: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
-	18, // 31: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
-	32, // 32: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
-	37, // 33: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
-	39, // 34: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
-	42, // 35: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
-	44, // 36: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
-	46, // 37: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
-	48, // 38: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
-	2,  // 39: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
-	4,  // 40: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
-	6,  // 41: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
-	9,  // 42: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
-	14, // 43: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
-	17, // 44: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
-	19, // 45: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
-	36, // 46: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
-	38, // 47: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
-	41, // 48: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
-	43, // 49: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
-	45, // 50: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
-	47, // 51: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
-	49, // 52: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
-	39, // [39:53] is the sub-list for method output_type
-	25, // [25:39] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	30, // 15: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
+	26, // 16: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
+	27, // 17: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
+	28, // 18: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
+	29, // 19: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
+	33, // 20: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
+	33, // 21: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
+	33, // 22: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
+	32, // 23: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
+	38, // 24: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
+	37, // 25: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
+	39, // 26: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
+	44, // 27: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
+	8,  // 28: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
+	33, // 29: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
+	33, // 30: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
+	33, // 31: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	33, // 32: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	33, // 33: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	26, // 34: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
+	26, // 35: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
+	26, // 36: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
+	67, // 37: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
+	12, // 38: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
+	26, // 39: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
+	12, // 40: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
+	72, // 41: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
+	33, // 42: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
+	1,  // 43: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
+	3,  // 44: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
+	5,  // 45: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
+	7,  // 46: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
+	10, // 47: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
+	16, // 48: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
+	18, // 49: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
+	36, // 50: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
+	41, // 51: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
+	43, // 52: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
+	46, // 53: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
+	48, // 54: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
+	50, // 55: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
+	52, // 56: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
+	54, // 57: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
+	56, // 58: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
+	74, // 59: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
+	58, // 60: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
+	60, // 61: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
+	62, // 62: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
+	64, // 63: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
+	66, // 64: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
+	69, // 65: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
+	71, // 66: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
+	2,  // 67: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
+	4,  // 68: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
+	6,  // 69: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
+	9,  // 70: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
+	14, // 71: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
+	17, // 72: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
+	19, // 73: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
+	40, // 74: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
+	42, // 75: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
+	45, // 76: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
+	47, // 77: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
+	49, // 78: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
+	51, // 79: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
+	53, // 80: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
+	55, // 81: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
+	57, // 82: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
+	75, // 83: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
+	59, // 84: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
+	61, // 85: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
+	63, // 86: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
+	65, // 87: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
+	68, // 88: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
+	70, // 89: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
+	73, // 90: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
+	67, // [67:91] is the sub-list for method output_type
+	43, // [43:67] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_pando_proto_init() }
@@ -3605,6 +5219,10 @@ func file_pando_proto_init() {
 		(*Command_Verdict)(nil),
 		(*Command_Split)(nil),
 		(*Command_AllocRangeId)(nil),
+		(*Command_Node)(nil),
+		(*Command_Directory)(nil),
+		(*Command_Freeze)(nil),
+		(*Command_Merge)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3612,7 +5230,7 @@ func file_pando_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pando_proto_rawDesc), len(file_pando_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   49,
+			NumMessages:   75,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

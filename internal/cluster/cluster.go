@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -131,7 +132,7 @@ func New(t testing.TB, opts Options) *Cluster {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := storage.Bootstrap(eng, desc, c.ids); err != nil {
+		if err := storage.BootstrapCluster(eng, desc, c.ids); err != nil {
 			t.Fatal(err)
 		}
 		if err := eng.Close(); err != nil {
@@ -142,6 +143,74 @@ func New(t testing.TB, opts Options) *Cluster {
 	}
 	t.Cleanup(c.Close)
 	return c
+}
+
+// AddNode starts a new node that holds no range yet (a node joining the
+// cluster) and returns its ID.
+func (c *Cluster) AddNode() uint64 {
+	c.t.Helper()
+	c.mu.Lock()
+	id := c.ids[len(c.ids)-1] + 1
+	c.ids = append(c.ids, id)
+	c.members[id] = &Member{ID: id, FS: vfs.NewCrashableMem()}
+	c.mu.Unlock()
+	eng, err := storage.Open("data", storage.Options{FS: c.Member(id).FS})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := eng.Close(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.Start(id)
+	return id
+}
+
+// Hosts reaches the cluster's nodes for replica moves (node.ReplicaHosts).
+func (c *Cluster) Hosts() node.ReplicaHosts { return hosts{c} }
+
+type hosts struct{ c *Cluster }
+
+func (h hosts) node(id uint64) (*node.Node, error) {
+	if !h.c.Running(id) {
+		return nil, fmt.Errorf("cluster: node %d is down", id)
+	}
+	return h.c.Member(id).Node, nil
+}
+
+func (h hosts) CreateReplica(ctx context.Context, id uint64, desc *pandopb.RangeDescriptor) error {
+	n, err := h.node(id)
+	if err != nil {
+		return err
+	}
+	return n.CreateReplica(ctx, desc)
+}
+
+func (h hosts) DestroyReplica(ctx context.Context, id uint64, desc *pandopb.RangeDescriptor) error {
+	n, err := h.node(id)
+	if err != nil {
+		return err
+	}
+	return n.DestroyReplica(ctx, desc)
+}
+
+// MoveReplica moves a replica of rangeID the way the server's admin service
+// does: at the range's leader, following it when the leadership moves,
+// until the move is done or ctx ends.
+func (c *Cluster) MoveReplica(ctx context.Context, rangeID, from, to uint64) (*pandopb.RangeDescriptor, error) {
+	for {
+		lead, err := c.Leader(rangeID, time.Second)
+		if err == nil {
+			var desc *pandopb.RangeDescriptor
+			desc, err = c.Member(lead).Node.MoveReplica(ctx, rangeID, from, to, c.Hosts())
+			if err == nil {
+				return desc, nil
+			}
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("cluster: move of range %d from %d to %d: %w (last error: %v)", rangeID, from, to, ctx.Err(), err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // IDs lists the nodes.
@@ -280,18 +349,31 @@ func (c *Cluster) Close() {
 	c.Net.close()
 }
 
-// Leader waits until the running nodes agree on a leader of rangeID that is
-// running and returns it.
+// Leader waits until the running nodes that hold rangeID agree on a leader
+// of it that is running and returns it. A replica that was removed from the
+// range but does not know it yet (an older descriptor) has no say.
 func (c *Cluster) Leader(rangeID uint64, timeout time.Duration) (uint64, error) {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		var lead uint64
-		agree := true
+		sts := map[uint64]node.RangeStatus{}
+		var newest *pandopb.RangeDescriptor
 		for _, id := range c.ids {
 			if !c.Running(id) {
 				continue
 			}
-			st, _ := c.Member(id).Node.Status(rangeID)
+			if st, ok := c.Member(id).Node.Status(rangeID); ok {
+				sts[id] = st
+				if newest == nil || st.Desc.Generation > newest.Generation {
+					newest = st.Desc
+				}
+			}
+		}
+		var lead uint64
+		agree := newest != nil
+		for id, st := range sts {
+			if !slices.Contains(newest.Replicas, id) {
+				continue
+			}
 			if st.LeaderID == 0 || (lead != 0 && st.LeaderID != lead) {
 				agree = false
 				break

@@ -1,0 +1,498 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/kv"
+	"github.com/pando/pando/storage"
+)
+
+// Replica membership: a range's replicas change by Raft membership change,
+// one replica at a time (no joint configurations): add a learner, let it
+// catch up from a snapshot, promote it to a voter, remove the old voter.
+// Every change carries the descriptor generation it was planned at; a
+// change that finds another generation when it applies is rejected by every
+// replica alike (applied as raft's no-op change), so two concurrent movers
+// cannot both succeed on a stale plan.
+
+// ErrStaleGeneration means a membership change was planned against a range
+// descriptor that has changed since. Re-read the descriptor and re-plan.
+var ErrStaleGeneration = errors.New("range descriptor changed since the change was planned")
+
+// ccContext is what a conf change carries in its Context: the proposal ID
+// (to route the result back) and the expected descriptor generation.
+func ccContext(id, generation uint64) []byte {
+	b := binary.BigEndian.AppendUint64(nil, id)
+	return binary.BigEndian.AppendUint64(b, generation)
+}
+
+func parseCCContext(b []byte) (id, generation uint64, ok bool) {
+	if len(b) != 16 {
+		return 0, 0, false
+	}
+	return binary.BigEndian.Uint64(b), binary.BigEndian.Uint64(b[8:]), true
+}
+
+// ChangeReplicas proposes one membership change of rangeID (this node must
+// lead it) planned at descriptor generation, and returns the range's new
+// descriptor once the change is applied here. The change is refused up
+// front when it would remove this node (transfer the leadership first),
+// demote a voter, or leave no voter.
+func (n *Node) ChangeReplicas(ctx context.Context, rangeID, generation uint64, change raftpb.ConfChangeSingle) (*pandopb.RangeDescriptor, error) {
+	r := n.group(rangeID)
+	if r == nil {
+		return nil, fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, rangeID)
+	}
+	st := r.status.Load()
+	if st.LeaderID != n.cfg.ID {
+		return nil, n.notLeader(rangeID, st.LeaderID)
+	}
+	if change.Type == raftpb.ConfChangeRemoveNode && change.NodeID == n.cfg.ID {
+		return nil, fmt.Errorf("%w: node %d leads range %d and cannot remove itself; transfer the leadership first", kv.ErrInvalidArgument, n.cfg.ID, rangeID)
+	}
+	if change.NodeID == 0 {
+		return nil, fmt.Errorf("%w: membership change names node 0", kv.ErrInvalidArgument)
+	}
+	id := n.nextID.Add(1)
+	cc := raftpb.ConfChangeV2{Changes: []raftpb.ConfChangeSingle{change}, Context: ccContext(id, generation)}
+	p := &proposal{rangeID: rangeID, id: id, cc: &cc, done: make(chan proposalResult, 1)}
+	n.propMu.Lock()
+	n.proposals[id] = p
+	n.propMu.Unlock()
+	forget := func() {
+		n.propMu.Lock()
+		delete(n.proposals, id)
+		n.propMu.Unlock()
+	}
+	select {
+	case n.propc <- p:
+	case <-ctx.Done():
+		forget()
+		return nil, ctx.Err()
+	case <-n.stopc:
+		forget()
+		return nil, kv.ErrStopped
+	}
+	select {
+	case res := <-p.done:
+		if res.err != nil {
+			return nil, res.err
+		}
+		return res.res.Desc, nil
+	case <-ctx.Done():
+		forget()
+		return nil, fmt.Errorf("%w (%w): membership change of range %d: %w", kv.ErrUnavailable, kv.ErrAmbiguous, rangeID, ctx.Err())
+	}
+}
+
+// checkConfChange decides, identically on every replica, whether a change
+// may apply to the range as it is now.
+func checkConfChange(st *pandopb.RangeState, cs raftpb.ConfState, generation uint64, cc raftpb.ConfChangeV2) error {
+	if st.Desc.GetGeneration() != generation {
+		return fmt.Errorf("%w: range %d is at generation %d, the change was planned at %d", ErrStaleGeneration, st.Desc.GetId(), st.Desc.GetGeneration(), generation)
+	}
+	if st.FrozenFor != 0 {
+		return fmt.Errorf("%w: range %d is frozen for a merge", kv.ErrUnavailable, st.Desc.GetId())
+	}
+	if len(cc.Changes) != 1 || cc.Transition != raftpb.ConfChangeTransitionAuto {
+		return fmt.Errorf("%w: one simple change at a time", kv.ErrInvalidArgument)
+	}
+	c := cc.Changes[0]
+	voter, learner := slices.Contains(cs.Voters, c.NodeID), slices.Contains(cs.Learners, c.NodeID)
+	switch c.Type {
+	case raftpb.ConfChangeAddLearnerNode:
+		if voter || learner {
+			return fmt.Errorf("%w: node %d already holds a replica of range %d", kv.ErrInvalidArgument, c.NodeID, st.Desc.GetId())
+		}
+	case raftpb.ConfChangeAddNode:
+		if voter {
+			return fmt.Errorf("%w: node %d is already a voter of range %d", kv.ErrInvalidArgument, c.NodeID, st.Desc.GetId())
+		}
+	case raftpb.ConfChangeRemoveNode:
+		if !voter && !learner {
+			return fmt.Errorf("%w: node %d holds no replica of range %d", kv.ErrInvalidArgument, c.NodeID, st.Desc.GetId())
+		}
+		if voter && len(cs.Voters) == 1 {
+			return fmt.Errorf("%w: node %d is range %d's last voter", kv.ErrInvalidArgument, c.NodeID, st.Desc.GetId())
+		}
+	default:
+		return fmt.Errorf("%w: unsupported membership change %s", kv.ErrInvalidArgument, c.Type)
+	}
+	return nil
+}
+
+// applyConfChange applies a committed membership change (or rejects it,
+// applying raft's no-op change instead), updates the descriptor, answers
+// the proposer, and reports whether this node is no longer a member.
+func (n *Node) applyConfChange(r *group, e raftpb.Entry) (removedSelf bool) {
+	var cc raftpb.ConfChangeV2
+	if e.Type == raftpb.EntryConfChange {
+		var c raftpb.ConfChange
+		must(c.Unmarshal(e.Data))
+		cc = c.AsV2()
+	} else {
+		must(cc.Unmarshal(e.Data))
+	}
+	st := r.storage.State()
+	var cur raftpb.ConfState
+	must(cur.Unmarshal(st.ConfState))
+	id, gen, ok := parseCCContext(cc.Context)
+	var err error
+	if !ok {
+		err = fmt.Errorf("%w: membership change without its context", kv.ErrInvalidArgument)
+	} else {
+		err = checkConfChange(st, cur, gen, cc)
+	}
+	var res proposalResult
+	if err != nil {
+		// Rejected alike everywhere: raft ignores changes of node 0.
+		r.rn.ApplyConfChange(raftpb.ConfChange{})
+		res.err = err
+		n.log.Info("rejected membership change", "range", r.id, "err", err)
+	} else {
+		cs := r.rn.ApplyConfChange(cc)
+		must(r.storage.SetConfState(*cs))
+		desc := proto.Clone(st.Desc).(*pandopb.RangeDescriptor)
+		desc.Replicas = append(append([]uint64(nil), cs.Voters...), cs.Learners...)
+		desc.Generation++
+		st.Desc = desc
+		r.learners = cs.Learners
+		res.res.Desc = desc
+		n.log.Info("applied membership change", "range", r.id, "change", cc.Changes[0].Type, "node", cc.Changes[0].NodeID,
+			"voters", cs.Voters, "learners", cs.Learners)
+		removedSelf = !slices.Contains(desc.Replicas, n.cfg.ID)
+	}
+	n.propMu.Lock()
+	p := n.proposals[id]
+	delete(n.proposals, id)
+	n.propMu.Unlock()
+	if p != nil {
+		p.done <- res
+	}
+	return removedSelf
+}
+
+// CreateReplica makes this node hold an empty replica of desc's range, to
+// be filled by a snapshot once the range's leader adds it as a learner.
+// It is idempotent; it refuses when a replica here covers part of desc's
+// span (this node must first apply the change that gave that part away).
+// Nothing is stored until the snapshot arrives: after a restart the empty
+// replica is gone, and the mover creates it again.
+func (n *Node) CreateReplica(ctx context.Context, desc *pandopb.RangeDescriptor) error {
+	if desc.GetId() == 0 {
+		return fmt.Errorf("%w: descriptor without a range ID", kv.ErrInvalidArgument)
+	}
+	var err error
+	cerr := n.call(ctx, func() {
+		if n.replicas[desc.Id] != nil {
+			return
+		}
+		for _, o := range n.replicas {
+			if d := o.storage.State().Desc; d != nil && overlaps(d, desc) {
+				err = fmt.Errorf("%w: node %d holds range %d (generation %d) over part of range %d's span; it must catch up first",
+					kv.ErrUnavailable, n.cfg.ID, d.Id, d.Generation, desc.Id)
+				return
+			}
+		}
+		err = n.addUninitialized(desc.Id)
+	})
+	if cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+// DestroyReplica deletes this node's replica of desc's range if desc, the
+// range's current descriptor, is newer than the replica's and does not name
+// this node: the replica was removed while it could not learn it.
+func (n *Node) DestroyReplica(ctx context.Context, desc *pandopb.RangeDescriptor) error {
+	var err error
+	cerr := n.call(ctx, func() {
+		r := n.replicas[desc.GetId()]
+		if r == nil {
+			return
+		}
+		local := r.storage.State().Desc
+		switch {
+		case slices.Contains(desc.Replicas, n.cfg.ID):
+			err = fmt.Errorf("%w: range %d's descriptor still names node %d", kv.ErrInvalidArgument, desc.Id, n.cfg.ID)
+		case local != nil && local.Generation >= desc.Generation:
+			err = fmt.Errorf("%w: node %d's replica of range %d is at generation %d, not older than %d", kv.ErrInvalidArgument, n.cfg.ID, desc.Id, local.Generation, desc.Generation)
+		default:
+			n.destroy(r, fmt.Sprintf("range %d at generation %d no longer includes this node", desc.Id, desc.Generation))
+		}
+	})
+	if cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+// Progress is what a range's leader knows of one replica.
+type Progress struct {
+	Match   uint64
+	Learner bool
+}
+
+// ReplicaProgress returns, from rangeID's leader here, each replica's
+// matched log index and the leader's commit index.
+func (n *Node) ReplicaProgress(ctx context.Context, rangeID uint64) (map[uint64]Progress, uint64, error) {
+	var out map[uint64]Progress
+	var commit uint64
+	err := n.call(ctx, func() {
+		r := n.replicas[rangeID]
+		if r == nil {
+			return
+		}
+		st := r.rn.Status()
+		if st.RaftState != raft.StateLeader {
+			return
+		}
+		commit = st.Commit
+		out = map[uint64]Progress{}
+		for id, pr := range st.Progress {
+			out[id] = Progress{Match: pr.Match, Learner: pr.IsLearner}
+		}
+	})
+	if err == nil && out == nil {
+		st, _ := n.Status(rangeID)
+		return nil, 0, n.notLeader(rangeID, st.LeaderID)
+	}
+	return out, commit, err
+}
+
+func overlaps(a, b *pandopb.RangeDescriptor) bool {
+	aEndsAfterB := len(a.EndKey) == 0 || bytes.Compare(a.EndKey, b.StartKey) > 0
+	bEndsAfterA := len(b.EndKey) == 0 || bytes.Compare(b.EndKey, a.StartKey) > 0
+	return aEndsAfterB && bEndsAfterA
+}
+
+// destroy deletes a replica (on the loop): its Raft state and log, its
+// range-local records, and the data of its span that no other replica here
+// owns. Requests waiting on it fail; raft messages for it are dropped from
+// now on.
+func (n *Node) destroy(r *group, why string) {
+	b := n.db.NewBatch()
+	must(storage.DestroyReplica(b, r.id, nil))
+	if d := r.storage.State().Desc; d != nil {
+		for _, sp := range n.unownedSpans(r.id, d) {
+			must(b.DeleteRange(sp[0], sp[1], nil))
+		}
+	}
+	must(b.Commit(pebble.Sync))
+	must(b.Close())
+	n.replicasMu.Lock()
+	delete(n.replicas, r.id)
+	n.replicasMu.Unlock()
+	err := fmt.Errorf("%w: range %d's replica was removed from node %d", kv.ErrUnavailable, r.id, n.cfg.ID)
+	for _, rr := range r.readQueue {
+		rr.done <- err
+	}
+	for _, batch := range r.readBatches {
+		for _, rr := range batch {
+			rr.done <- err
+		}
+	}
+	for _, rr := range r.readWaiting {
+		rr.done <- err
+	}
+	n.log.Info("destroyed replica", "range", r.id, "why", why)
+}
+
+// unownedSpans returns the storage spans of d's data that no other
+// initialized replica here covers.
+func (n *Node) unownedSpans(self uint64, d *pandopb.RangeDescriptor) [][2][]byte {
+	var others []*pandopb.RangeDescriptor
+	for id, o := range n.replicas {
+		if od := o.storage.State().Desc; id != self && od != nil && overlaps(od, d) {
+			others = append(others, od)
+		}
+	}
+	sort.Slice(others, func(i, j int) bool { return bytes.Compare(others[i].StartKey, others[j].StartKey) < 0 })
+	lo, hi := storage.DataSpan(d.StartKey, d.EndKey)
+	var out [][2][]byte
+	cur := lo
+	for _, o := range others {
+		olo, ohi := storage.DataSpan(o.StartKey, o.EndKey)
+		if bytes.Compare(olo, cur) > 0 {
+			out = append(out, [2][]byte{cur, minKey(olo, hi)})
+		}
+		if bytes.Compare(ohi, cur) > 0 {
+			cur = ohi
+		}
+	}
+	if bytes.Compare(cur, hi) < 0 {
+		out = append(out, [2][]byte{cur, hi})
+	}
+	return out
+}
+
+func minKey(a, b []byte) []byte {
+	if bytes.Compare(a, b) < 0 {
+		return a
+	}
+	return b
+}
+
+// applyMeta applies a meta-range command: a node record or directory
+// entries.
+func applyMeta(b *pebble.Batch, cmd *pandopb.Command) error {
+	switch op := cmd.Op.(type) {
+	case *pandopb.Command_Node:
+		if op.Node.Id == 0 {
+			return nil
+		}
+		return storage.PutNodeRecord(b, op.Node)
+	case *pandopb.Command_Directory:
+		for _, d := range op.Directory.Ranges {
+			if d.GetId() == 0 {
+				continue
+			}
+			if _, err := storage.PutDirectoryEntry(b, d); err != nil {
+				return err
+			}
+		}
+		for _, id := range op.Directory.Removed {
+			if err := storage.DeleteDirectoryEntry(b, id); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// ProposeMeta replicates a meta command (a node record or directory
+// entries) through the meta range, which this node must lead.
+func (n *Node) ProposeMeta(ctx context.Context, cmd *pandopb.Command) error {
+	res, err := n.Propose(ctx, storage.MetaRangeID, cmd)
+	if err != nil {
+		return err
+	}
+	return res.Err
+}
+
+// ReplicaHosts reaches the nodes a move involves: the mover asks the new
+// node to create an empty replica before adding it, and the old node to
+// delete its replica after removing it (a removed replica does not always
+// learn of its removal).
+type ReplicaHosts interface {
+	CreateReplica(ctx context.Context, node uint64, desc *pandopb.RangeDescriptor) error
+	DestroyReplica(ctx context.Context, node uint64, desc *pandopb.RangeDescriptor) error
+}
+
+// MoveReplica moves rangeID's replica from node from to node to (from 0:
+// only add; to 0: only remove), by single membership changes: create an
+// empty replica on to, add it as a learner, wait until it caught up (from a
+// snapshot), promote it to a voter, remove from, and have from delete its
+// replica. This node must lead the range. Each step looks at the range as
+// it is, so a move interrupted anywhere (a crash, a lost leadership) is
+// finished by calling MoveReplica again with the same arguments. When from
+// is this node, it hands its leadership to another voter and returns a
+// *kv.NotLeaderError: the caller goes on at the new leader.
+func (n *Node) MoveReplica(ctx context.Context, rangeID, from, to uint64, hosts ReplicaHosts) (*pandopb.RangeDescriptor, error) {
+	if from == to {
+		return nil, fmt.Errorf("%w: move of range %d from node %d to itself", kv.ErrInvalidArgument, rangeID, from)
+	}
+	for {
+		st, ok := n.Status(rangeID)
+		if !ok {
+			return nil, fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, rangeID)
+		}
+		if st.LeaderID != n.cfg.ID {
+			return nil, n.notLeader(rangeID, st.LeaderID)
+		}
+		desc := st.Desc
+		has := func(id uint64) bool { return slices.Contains(desc.Replicas, id) }
+		learner := func(id uint64) bool { return slices.Contains(st.Learners, id) }
+		var err error
+		switch {
+		case to != 0 && !has(to):
+			if err = hosts.CreateReplica(ctx, to, desc); err != nil {
+				return nil, fmt.Errorf("node %d cannot hold a replica of range %d: %w", to, rangeID, err)
+			}
+			_, err = n.ChangeReplicas(ctx, rangeID, desc.Generation, raftpb.ConfChangeSingle{Type: raftpb.ConfChangeAddLearnerNode, NodeID: to})
+		case to != 0 && learner(to):
+			// Again: the learner's node may have restarted before the
+			// snapshot filled its replica, and lost it (idempotent).
+			if err = hosts.CreateReplica(ctx, to, desc); err != nil {
+				return nil, fmt.Errorf("node %d cannot hold a replica of range %d: %w", to, rangeID, err)
+			}
+			if err = n.waitCaughtUp(ctx, rangeID, to); err != nil {
+				return nil, err
+			}
+			_, err = n.ChangeReplicas(ctx, rangeID, desc.Generation, raftpb.ConfChangeSingle{Type: raftpb.ConfChangeAddNode, NodeID: to})
+		case from != 0 && has(from) && from == n.cfg.ID:
+			target := to
+			if target == 0 || learner(target) {
+				target = 0
+				for _, id := range desc.Replicas {
+					if id != n.cfg.ID && !learner(id) {
+						target = id
+						break
+					}
+				}
+			}
+			if target == 0 {
+				return nil, fmt.Errorf("%w: range %d has no other voter to lead it", kv.ErrInvalidArgument, rangeID)
+			}
+			if err := n.TransferLeader(ctx, rangeID, target); err != nil {
+				return nil, err
+			}
+			return nil, &kv.NotLeaderError{RangeID: rangeID, LeaderID: target, LeaderAddr: n.cfg.PeerAddr(target)}
+		case from != 0 && has(from):
+			var nd *pandopb.RangeDescriptor
+			if nd, err = n.ChangeReplicas(ctx, rangeID, desc.Generation, raftpb.ConfChangeSingle{Type: raftpb.ConfChangeRemoveNode, NodeID: from}); err == nil {
+				// Best effort: a node that is down deletes its replica when
+				// the controller's directory tells it (see the heartbeat).
+				_ = hosts.DestroyReplica(ctx, from, nd)
+			}
+		default:
+			if from != 0 {
+				// Done; a rerun after a crash also makes sure the old
+				// replica is gone.
+				_ = hosts.DestroyReplica(ctx, from, desc)
+			}
+			return desc, nil
+		}
+		if err != nil && !errors.Is(err, ErrStaleGeneration) {
+			return nil, err
+		}
+	}
+}
+
+// waitCaughtUp waits until a learner of rangeID matched the leader's log up
+// to the commit index seen when the wait began (it was filled by a
+// snapshot and follows).
+func (n *Node) waitCaughtUp(ctx context.Context, rangeID, id uint64) error {
+	var target uint64
+	for {
+		prs, commit, err := n.ReplicaProgress(ctx, rangeID)
+		if err != nil {
+			return err
+		}
+		if target == 0 {
+			target = commit
+		}
+		if pr, ok := prs[id]; ok && pr.Match >= target {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: node %d did not catch up with range %d: %w", kv.ErrUnavailable, id, rangeID, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
