@@ -2,6 +2,7 @@
 // planning functions are pure (cluster state in, operations out) and tested
 // on their own; the server's loops carry the operations out.
 //
-// Today it plans leader balancing and load/size splits; replica moves,
-// merges and re-replication come with membership changes.
+// It plans load/size splits, per-node leader balancing
+// (PlanLeaderTransfers), and the controller's whole-cluster plan (Plan):
+// repair, re-replication, draining, replica and leader balancing, merges.
 package placement
