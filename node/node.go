@@ -334,6 +334,10 @@ func (n *Node) group(rangeID uint64) *group {
 	return n.replicas[rangeID]
 }
 
+// NotLeader is the error a replica of rangeID that does not lead it
+// answers with, naming leader (0: unknown).
+func (n *Node) NotLeader(rangeID, leader uint64) error { return n.notLeader(rangeID, leader) }
+
 func (n *Node) notLeader(rangeID, leader uint64) error {
 	if leader == n.cfg.ID {
 		leader = 0 // we are stepping down or transferring

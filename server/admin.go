@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc"
@@ -16,37 +17,52 @@ import (
 // onLeader runs local on this node if it leads the range holding key (or
 // rangeID when key is nil), or remote against that range's leader (one
 // hop, marked no-forward), retrying while the range has no leader, moves
-// or split, until ctx ends.
+// or split, until ctx ends. A range this node holds no replica of is found
+// through the directory, or by asking the nodes that hold it (or, knowing
+// nothing, every node) which answer with the leader.
 func (s *Server) onLeader(ctx context.Context, key []byte, rangeID uint64, local func(rangeID uint64) error, remote func(context.Context, *grpc.ClientConn) error) error {
-	for {
-		var err error
-		rid := rangeID
-		var leader uint64
-		if key != nil {
-			st, rerr := s.node.RangeFor(key)
-			if rerr != nil {
-				return rerr
-			}
-			rid, leader = st.RangeID, st.LeaderID
-		} else if st, ok := s.node.Status(rangeID); ok {
-			leader = st.LeaderID
-		} else {
-			return fmt.Errorf("%w: no range %d here", kv.ErrInvalidArgument, rangeID)
-		}
+	for attempt := 0; ; attempt++ {
+		tg, err := locate(s.node, s.svc.dir, key, rangeID)
+		rid := tg.rangeID
+		ask := uint64(0)
 		switch {
-		case leader == s.cfg.ID:
+		case err != nil:
+			if forwarded(ctx) {
+				return err
+			}
+		case tg.leader == s.cfg.ID:
 			err = local(rid)
 		case forwarded(ctx):
-			return &kv.NotLeaderError{RangeID: rid, LeaderID: leader, LeaderAddr: s.tr.Addr(leader)}
-		case leader != 0:
-			var conn *grpc.ClientConn
-			if conn, err = s.tr.Conn(leader); err == nil {
-				err = kv.FromStatus(remote(metadata.AppendToOutgoingContext(ctx, NoForwardKey, "1"), conn))
+			return &kv.NotLeaderError{RangeID: rid, LeaderID: tg.leader, LeaderAddr: s.tr.Addr(tg.leader)}
+		case tg.leader != 0:
+			ask = tg.leader
+		case tg.local == nil:
+			cands := tg.replicas
+			if len(cands) == 0 {
+				cands = s.tr.IDs()
 			}
+			cands = slices.DeleteFunc(slices.Clone(cands), func(id uint64) bool { return id == s.cfg.ID })
+			if len(cands) > 0 {
+				ask = cands[attempt%len(cands)]
+			}
+			err = &kv.NotLeaderError{RangeID: rid}
 		default:
 			err = &kv.NotLeaderError{RangeID: rid}
 		}
-		if err == nil || !(errors.Is(err, kv.ErrNotLeader) || errors.Is(err, kv.ErrWrongRange) || isTransportErr(err)) {
+		if ask != 0 {
+			var conn *grpc.ClientConn
+			if conn, err = s.tr.Conn(ask); err == nil {
+				err = kv.FromStatus(remote(metadata.AppendToOutgoingContext(ctx, NoForwardKey, "1"), conn))
+			}
+		}
+		var nl *kv.NotLeaderError
+		if errors.As(err, &nl) {
+			s.svc.dir.noteLeader(nl.RangeID, nl.LeaderID)
+		}
+		// Asking nodes other than a known leader, "unavailable" (that node
+		// holds no replica either, or not any more) means: ask the next.
+		askedAround := tg.local == nil && errors.Is(err, kv.ErrUnavailable)
+		if err == nil || !(errors.Is(err, kv.ErrNotLeader) || errors.Is(err, kv.ErrWrongRange) || isTransportErr(err) || isNoRange(err) || askedAround) {
 			return err
 		}
 		select {

@@ -154,9 +154,9 @@ func middleKey(db *pebble.DB, start, end []byte, total uint64) []byte {
 	return nil
 }
 
-// balance runs the placement loop until stop: it measures load, splits the
-// ranges this node leads that grew too big or too busy, and hands
-// leaderships to other nodes until leaders are spread evenly.
+// balance runs the node's placement loop until stop: it measures load and
+// size, and splits the ranges this node leads that grew too big or too
+// busy. Replica and leader balancing is the controller's (controller.go).
 func (s *Server) balance(stop <-chan struct{}) {
 	interval := s.cfg.BalanceInterval
 	if interval <= 0 {
@@ -185,16 +185,6 @@ func (s *Server) balance(stop <-chan struct{}) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		s.maybeSplit(ctx, ranges, hold)
-		live := []uint64{s.cfg.ID}
-		for _, id := range s.tr.IDs() {
-			if id != s.cfg.ID && s.tr.Live(id) {
-				live = append(live, id)
-			}
-		}
-		for _, tr := range placement.PlanLeaderTransfers(ranges, live, s.cfg.ID, 8) {
-			s.log.Info("placement: transferring leadership to balance leaders", "range", tr.RangeID, "to", tr.To)
-			_ = s.node.TransferLeader(ctx, tr.RangeID, tr.To)
-		}
 		cancel()
 	}
 }

@@ -77,6 +77,35 @@ type Config struct {
 	// BalanceInterval is how often the placement loop runs (load
 	// measurement, splits, leader balancing). Default 2s; negative disables.
 	BalanceInterval time.Duration
+	// Join, when set and the data directory is new, makes this node join a
+	// running cluster through any of these addresses instead of
+	// bootstrapping one (InitialCluster is then only this node).
+	Join []string
+	// HeartbeatInterval is how often the node reports to the controller.
+	// Default 1s.
+	HeartbeatInterval time.Duration
+	// DeadAfter is how long the controller waits without a heartbeat
+	// before it calls a node dead and rebuilds its replicas elsewhere.
+	// Default 1 minute.
+	DeadAfter time.Duration
+	// ReplicationFactor is the number of replicas of each range. Default 3
+	// (capped at the number of live nodes).
+	ReplicationFactor int
+	// MaxConcurrentMoves bounds the controller's operations in flight.
+	// Default 4.
+	MaxConcurrentMoves int
+	// MoveTimeout bounds one controller operation (a replica move with its
+	// snapshot). Default 5 minutes.
+	MoveTimeout time.Duration
+	// MergeMaxBytes and MergeMaxQPS: adjacent ranges whose combined size
+	// and load are below both merge. Defaults: a quarter of the split
+	// thresholds; MergeMaxBytes negative disables merges.
+	MergeMaxBytes int64
+	MergeMaxQPS   float64
+	// MergeDelay: a range is not merged before the controller has known it
+	// this long (so that a split, by hand or for load, is not undone at
+	// once). Default 10 minutes.
+	MergeDelay time.Duration
 	// EnablePprof serves Go's profiler under /debug/pprof/.
 	EnablePprof bool
 	// MaxPendingProposals: see node.Config (default 4,096 per range).
@@ -210,6 +239,39 @@ func (c *Config) Validate() error {
 		c.BalanceInterval = 2 * time.Second
 	}
 	c.Split = c.Split.WithDefaults()
+	if c.HeartbeatInterval < 0 || c.DeadAfter < 0 || c.MoveTimeout < 0 || c.MergeDelay < 0 || c.ReplicationFactor < 0 || c.MaxConcurrentMoves < 0 || c.MergeMaxQPS < 0 {
+		return fmt.Errorf("server: Config.HeartbeatInterval, DeadAfter, MoveTimeout, MergeDelay, ReplicationFactor, MaxConcurrentMoves and MergeMaxQPS must not be negative")
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = time.Second
+	}
+	if c.DeadAfter == 0 {
+		c.DeadAfter = time.Minute
+	}
+	if c.DeadAfter <= 2*c.HeartbeatInterval {
+		return fmt.Errorf("server: Config.DeadAfter (%v) must be more than two heartbeat intervals (%v)", c.DeadAfter, c.HeartbeatInterval)
+	}
+	if c.ReplicationFactor == 0 {
+		c.ReplicationFactor = 3
+	}
+	if c.MaxConcurrentMoves == 0 {
+		c.MaxConcurrentMoves = 4
+	}
+	if c.MoveTimeout == 0 {
+		c.MoveTimeout = 5 * time.Minute
+	}
+	if c.MergeMaxBytes == 0 {
+		c.MergeMaxBytes = int64(c.Split.MaxBytes / 4)
+	}
+	if c.MergeMaxBytes < 0 {
+		c.MergeMaxBytes = 0 // off
+	}
+	if c.MergeMaxQPS == 0 {
+		c.MergeMaxQPS = c.Split.LoadQPS / 4
+	}
+	if c.MergeDelay == 0 {
+		c.MergeDelay = 10 * time.Minute
+	}
 	if (c.TLS == nil) != (c.PeerTLS == nil) {
 		return fmt.Errorf("server: Config.TLS and Config.PeerTLS go together (serving and dialing peers)")
 	}
@@ -248,6 +310,9 @@ type Server struct {
 	// httpDone closes when the HTTP server starts shutting down, so that
 	// event streams end and let it finish.
 	httpDone chan struct{}
+
+	ctl    *controller
+	joined atomic.Bool // a node started with Join was admitted
 
 	peerHTTPOnce   sync.Once
 	peerHTTPClient *http.Client
@@ -300,6 +365,8 @@ func New(cfg Config) (*Server, error) {
 	s.node = n
 	s.tr.Attach(n)
 	s.svc = NewService(n, s.tr, cfg.Limits, cfg.RequestTimeout, 20*time.Millisecond)
+	s.svc.dir = &directory{}
+	s.ctl = newController(s)
 	s.load = newLoadTracker()
 	s.svc.load = s.load
 	s.svc.SetForwardTimeout(cfg.ForwardTimeout)
@@ -361,6 +428,14 @@ func (s *Server) initStorage() error {
 		return fmt.Errorf("server: reading node identity: %w", err)
 	case markerErr == nil:
 		return fmt.Errorf("server: data directory %s is damaged: it held node %s, but its database has lost its records", s.cfg.DataDir, markerID)
+	}
+	if len(s.cfg.Join) > 0 {
+		// A new node joining a running cluster: it holds no range until the
+		// controller moves replicas to it.
+		if err := db.Set(identityKey, []byte(want), pebble.Sync); err != nil {
+			return err
+		}
+		return writeMarker(fs, marker, want)
 	}
 	ids := make([]uint64, 0, len(s.cfg.InitialCluster))
 	for id := range s.cfg.InitialCluster {
@@ -487,6 +562,11 @@ func (s *Server) Start() error {
 	}()
 	go s.checker.periodic(s.cfg.CheckInterval, s.stopping)
 	go s.balance(s.stopping)
+	go s.ctl.run(s.stopping)
+	go s.heartbeats(s.stopping)
+	if len(s.cfg.Join) > 0 {
+		go s.join(s.stopping)
+	}
 	go s.countEvents()
 	return nil
 }

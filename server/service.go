@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -47,6 +48,8 @@ type Service struct {
 	retry   time.Duration
 	// load, when set, counts requests per range served here as leader.
 	load *loadTracker
+	// dir, when set, routes keys of ranges this node holds no replica of.
+	dir *directory
 	// size, when set, estimates a span's bytes for the status.
 	size  func(start, end []byte) uint64
 	admit func() error
@@ -110,26 +113,45 @@ func (s *Service) route(ctx context.Context, key []byte, write bool, local func(
 	}
 	fwd := forwarded(ctx)
 	maybeApplied := false
-	for {
+	if key == nil {
+		key = []byte{} // the empty key (locate takes nil for "by range ID")
+	}
+	for attempt := 0; ; attempt++ {
 		// Look the range up on every attempt: a split may have moved key.
-		st, err := s.node.RangeFor(key)
-		if err != nil {
-			return err
-		}
-		rangeID := st.RangeID
+		tg, err := locate(s.node, s.dir, key, 0)
+		rangeID := tg.rangeID
 		switch {
-		case st.LeaderID == s.node.ID():
+		case err != nil:
+			if !isNoRange(err) || fwd {
+				return err
+			}
+		case tg.leader == s.node.ID():
 			s.load.record(rangeID, key)
 			err = local(rangeID)
+		case fwd && tg.local != nil:
+			return &kv.NotLeaderError{RangeID: rangeID, LeaderID: tg.leader, LeaderAddr: s.peers.Addr(tg.leader),
+				RangeStart: tg.local.Desc.StartKey, RangeEnd: tg.local.Desc.EndKey, HasSpan: true}
 		case fwd:
-			return &kv.NotLeaderError{RangeID: rangeID, LeaderID: st.LeaderID, LeaderAddr: s.peers.Addr(st.LeaderID),
-				RangeStart: st.Desc.StartKey, RangeEnd: st.Desc.EndKey, HasSpan: true}
-		case st.LeaderID != 0:
+			return &kv.NotLeaderError{RangeID: rangeID, LeaderID: tg.leader, LeaderAddr: s.peers.Addr(tg.leader)}
+		case tg.leader != 0:
 			var unsure bool
-			err, unsure = s.forward(ctx, st.LeaderID, remote)
+			err, unsure = s.forward(ctx, tg.leader, remote)
+			maybeApplied = maybeApplied || (write && unsure)
+		case tg.local == nil && len(tg.replicas) > 0:
+			// Not held here and no leader known: ask a replica, which
+			// serves or names the leader.
+			var unsure bool
+			err, unsure = s.forward(ctx, tg.replicas[attempt%len(tg.replicas)], remote)
 			maybeApplied = maybeApplied || (write && unsure)
 		default:
 			err = &kv.NotLeaderError{RangeID: rangeID}
+		}
+		var nl *kv.NotLeaderError
+		if s.dir != nil && errors.As(err, &nl) {
+			s.dir.noteLeader(nl.RangeID, nl.LeaderID)
+		}
+		if isNoRange(err) {
+			err = fmt.Errorf("%w: %v", kv.ErrUnavailable, err)
 		}
 		if !retryable(err) {
 			return err
@@ -236,7 +258,10 @@ func (s *Service) get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.Ge
 		return &pandopb.GetResponse{Found: found, Value: val, Version: ver}, nil
 	}
 	if req.Consistency == pandopb.Consistency_STALE {
-		return read()
+		if _, err := s.node.RangeFor(req.Key); err == nil {
+			return read()
+		}
+		// No replica here: the range's leader serves it.
 	}
 	var resp *pandopb.GetResponse
 	err := s.route(ctx, req.Key, false, func(rid uint64) error {
@@ -382,15 +407,16 @@ func (s *Service) scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.
 	for {
 		var page *pandopb.ScanResponse
 		var err error
-		if stale {
-			var st node.RangeStatus
-			if st, err = s.node.RangeFor(cur); err == nil {
-				page, err = s.readSpan(st.RangeID, cur, end, limit-len(resp.Items))
-			}
+		st, rerr := s.node.RangeFor(cur)
+		if stale && rerr == nil {
+			page, err = s.readSpan(st.RangeID, cur, end, limit-len(resp.Items))
 		} else {
+			// Linearizable, or stale of a range with no replica here.
 			err = s.route(ctx, cur, false, func(rid uint64) error {
-				if err := s.readIndex(ctx, rid, cur); err != nil {
-					return err
+				if !stale {
+					if err := s.readIndex(ctx, rid, cur); err != nil {
+						return err
+					}
 				}
 				var err error
 				page, err = s.readSpan(rid, cur, end, limit-len(resp.Items))
@@ -460,17 +486,32 @@ func (s *Service) Status(ctx context.Context, _ *pandopb.StatusRequest) (*pandop
 		}
 		resp.Breakers = append(resp.Breakers, &pandopb.BreakerStatus{PeerId: id, Addr: s.peers.Addr(id), State: state.String()})
 	}
+	held := map[uint64]bool{}
 	for _, st := range s.node.Statuses() {
-		resp.Ranges = append(resp.Ranges, &pandopb.RangeStatus{
-			Id: st.RangeID, StartKey: st.Desc.StartKey, EndKey: st.Desc.EndKey, LeaderId: st.LeaderID,
-			Replicas: st.Desc.Replicas, AppliedIndex: st.Applied, Term: st.Term, Role: st.Role, CommitIndex: st.Commit,
-			LastCheck: st.LastCheck,
-		})
-		r := resp.Ranges[len(resp.Ranges)-1]
+		held[st.RangeID] = true
+		r := rangeStatus(st)
 		if st.LeaderID == s.node.ID() {
 			r.Qps, _, _ = s.load.get(st.RangeID)
 		}
 		r.SizeBytes = s.load.size(st.RangeID)
+		resp.Ranges = append(resp.Ranges, r)
+	}
+	if s.dir != nil {
+		// The ranges of the cluster this node holds no replica of, as the
+		// controller last reported them.
+		for _, r := range s.dir.all() {
+			if !held[r.Id] {
+				resp.Ranges = append(resp.Ranges, r)
+			}
+		}
+		sort.Slice(resp.Ranges, func(i, j int) bool { return resp.Ranges[i].Id < resp.Ranges[j].Id })
+		states := map[uint64]string{}
+		for _, n := range s.dir.nodeRecords() {
+			states[n.Id] = n.State
+		}
+		for _, n := range resp.Nodes {
+			n.State = states[n.Id]
+		}
 	}
 	return resp, nil
 }

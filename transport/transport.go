@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,6 +71,7 @@ type Transport struct {
 
 	mu    sync.Mutex
 	peers map[uint64]*peer
+	addrs map[uint64]string // every known node (grows as nodes join)
 
 	dropped     *prometheus.CounterVec
 	sent        *prometheus.CounterVec
@@ -116,6 +118,7 @@ func New(cfg Config) *Transport {
 		cfg:   cfg,
 		log:   cfg.Logger.With("node", cfg.ID),
 		peers: map[uint64]*peer{},
+		addrs: maps.Clone(cfg.Peers),
 		stopc: make(chan struct{}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pando_transport_dropped_messages_total",
@@ -145,16 +148,38 @@ func New(cfg Config) *Transport {
 func (t *Transport) Attach(n *node.Node) { t.handler.Store(n) }
 
 // Addr is the address of node id ("" if unknown).
-func (t *Transport) Addr(id uint64) string { return t.cfg.Peers[id] }
+func (t *Transport) Addr(id uint64) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.addrs[id]
+}
 
 // IDs lists every node of the cluster.
 func (t *Transport) IDs() []uint64 {
-	ids := make([]uint64, 0, len(t.cfg.Peers))
-	for id := range t.cfg.Peers {
+	t.mu.Lock()
+	ids := make([]uint64, 0, len(t.addrs))
+	for id := range t.addrs {
 		ids = append(ids, id)
 	}
+	t.mu.Unlock()
 	sortIDs(ids)
 	return ids
+}
+
+// SetPeer records the address of a node (one that joined the cluster). A
+// node's address does not change once its connection exists.
+func (t *Transport) SetPeer(id uint64, addr string) {
+	if id == 0 || addr == "" {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, connected := t.peers[id]; !connected {
+		if t.addrs == nil {
+			t.addrs = map[uint64]string{}
+		}
+		t.addrs[id] = addr
+	}
 }
 
 func (t *Transport) allowed(id uint64) bool { return t.cfg.Allow == nil || t.cfg.Allow(id) }
@@ -225,7 +250,7 @@ func (t *Transport) peer(id uint64) (*peer, error) {
 		return nil, fmt.Errorf("transport: stopped")
 	default:
 	}
-	addr, ok := t.cfg.Peers[id]
+	addr, ok := t.addrs[id]
 	if !ok || id == t.cfg.ID {
 		return nil, fmt.Errorf("transport: unknown peer %d", id)
 	}

@@ -749,19 +749,22 @@ func (x *NodeStatus) GetState() string {
 }
 
 type RangeStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	StartKey      []byte                 `protobuf:"bytes,2,opt,name=start_key,json=startKey,proto3" json:"start_key,omitempty"`
-	EndKey        []byte                 `protobuf:"bytes,3,opt,name=end_key,json=endKey,proto3" json:"end_key,omitempty"`
-	LeaderId      uint64                 `protobuf:"varint,4,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
-	Replicas      []uint64               `protobuf:"varint,5,rep,packed,name=replicas,proto3" json:"replicas,omitempty"`
-	AppliedIndex  uint64                 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	Term          uint64                 `protobuf:"varint,7,opt,name=term,proto3" json:"term,omitempty"`
-	Role          string                 `protobuf:"bytes,8,opt,name=role,proto3" json:"role,omitempty"`
-	CommitIndex   uint64                 `protobuf:"varint,9,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
-	LastCheck     *CheckVerdict          `protobuf:"bytes,20,opt,name=last_check,json=lastCheck,proto3" json:"last_check,omitempty"`
-	SizeBytes     uint64                 `protobuf:"varint,30,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
-	Qps           float64                `protobuf:"fixed64,31,opt,name=qps,proto3" json:"qps,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Id           uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	StartKey     []byte                 `protobuf:"bytes,2,opt,name=start_key,json=startKey,proto3" json:"start_key,omitempty"`
+	EndKey       []byte                 `protobuf:"bytes,3,opt,name=end_key,json=endKey,proto3" json:"end_key,omitempty"`
+	LeaderId     uint64                 `protobuf:"varint,4,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	Replicas     []uint64               `protobuf:"varint,5,rep,packed,name=replicas,proto3" json:"replicas,omitempty"`
+	AppliedIndex uint64                 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	Term         uint64                 `protobuf:"varint,7,opt,name=term,proto3" json:"term,omitempty"`
+	Role         string                 `protobuf:"bytes,8,opt,name=role,proto3" json:"role,omitempty"`
+	CommitIndex  uint64                 `protobuf:"varint,9,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	// generation of the descriptor; learners: replicas not voting yet.
+	Generation    uint64        `protobuf:"varint,10,opt,name=generation,proto3" json:"generation,omitempty"`
+	Learners      []uint64      `protobuf:"varint,11,rep,packed,name=learners,proto3" json:"learners,omitempty"`
+	LastCheck     *CheckVerdict `protobuf:"bytes,20,opt,name=last_check,json=lastCheck,proto3" json:"last_check,omitempty"`
+	SizeBytes     uint64        `protobuf:"varint,30,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Qps           float64       `protobuf:"fixed64,31,opt,name=qps,proto3" json:"qps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -857,6 +860,20 @@ func (x *RangeStatus) GetCommitIndex() uint64 {
 		return x.CommitIndex
 	}
 	return 0
+}
+
+func (x *RangeStatus) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *RangeStatus) GetLearners() []uint64 {
+	if x != nil {
+		return x.Learners
+	}
+	return nil
 }
 
 func (x *RangeStatus) GetLastCheck() *CheckVerdict {
@@ -4716,7 +4733,7 @@ const file_pando_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x12\n" +
 	"\x04live\x18\x03 \x01(\bR\x04live\x12\x14\n" +
-	"\x05state\x18\x04 \x01(\tR\x05state\"\xe4\x02\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\"\xa0\x03\n" +
 	"\vRangeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tstart_key\x18\x02 \x01(\fR\bstartKey\x12\x17\n" +
@@ -4726,7 +4743,12 @@ const file_pando_proto_rawDesc = "" +
 	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x12\x12\n" +
 	"\x04term\x18\a \x01(\x04R\x04term\x12\x12\n" +
 	"\x04role\x18\b \x01(\tR\x04role\x12!\n" +
-	"\fcommit_index\x18\t \x01(\x04R\vcommitIndex\x125\n" +
+	"\fcommit_index\x18\t \x01(\x04R\vcommitIndex\x12\x1e\n" +
+	"\n" +
+	"generation\x18\n" +
+	" \x01(\x04R\n" +
+	"generation\x12\x1a\n" +
+	"\blearners\x18\v \x03(\x04R\blearners\x125\n" +
 	"\n" +
 	"last_check\x18\x14 \x01(\v2\x16.pando.v1.CheckVerdictR\tlastCheck\x12\x1d\n" +
 	"\n" +

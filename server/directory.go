@@ -1,0 +1,148 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/kv"
+	"github.com/pando/pando/node"
+)
+
+// directory is a node's cache of the cluster's ranges (span, replicas,
+// leader, load) and nodes, refreshed from the controller with every
+// heartbeat and corrected by the leader hints of not-leader answers. A node
+// routes a key through it when it holds no replica of the key's range. It
+// may be stale: the range itself (its replicas' descriptor) is the truth,
+// and a stale route ends in a not-leader or wrong-range answer and a retry.
+type directory struct {
+	mu         sync.RWMutex
+	ranges     []*pandopb.RangeStatus // ordered by start key
+	nodes      []*pandopb.NodeRecord
+	controller uint64
+}
+
+func (d *directory) update(resp *pandopb.HeartbeatResponse) {
+	rs := make([]*pandopb.RangeStatus, 0, len(resp.Directory))
+	for _, r := range resp.Directory {
+		rs = append(rs, proto.Clone(r).(*pandopb.RangeStatus))
+	}
+	sort.Slice(rs, func(i, j int) bool { return bytes.Compare(rs[i].StartKey, rs[j].StartKey) < 0 })
+	d.mu.Lock()
+	d.ranges, d.nodes, d.controller = rs, resp.Nodes, resp.ControllerId
+	d.mu.Unlock()
+}
+
+// lookup returns the directory's entry for the range holding key.
+func (d *directory) lookup(key []byte) (*pandopb.RangeStatus, bool) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	i := sort.Search(len(d.ranges), func(i int) bool { return bytes.Compare(d.ranges[i].StartKey, key) > 0 }) - 1
+	if i < 0 {
+		return nil, false
+	}
+	r := d.ranges[i]
+	if len(r.EndKey) > 0 && bytes.Compare(key, r.EndKey) >= 0 {
+		return nil, false
+	}
+	return r, true
+}
+
+// byID returns the directory's entry for a range.
+func (d *directory) byID(id uint64) (*pandopb.RangeStatus, bool) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	for _, r := range d.ranges {
+		if r.Id == id {
+			return r, true
+		}
+	}
+	return nil, false
+}
+
+// all returns every entry (shared: do not modify).
+func (d *directory) all() []*pandopb.RangeStatus {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.ranges
+}
+
+func (d *directory) nodeRecords() []*pandopb.NodeRecord {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.nodes
+}
+
+// noteLeader records a leader hint for a range (from a not-leader answer).
+func (d *directory) noteLeader(rangeID, leader uint64) {
+	if leader == 0 {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, r := range d.ranges {
+		if r.Id == rangeID && r.LeaderId != leader {
+			c := proto.Clone(r).(*pandopb.RangeStatus)
+			c.LeaderId = leader
+			d.ranges[i] = c
+		}
+	}
+}
+
+// target says where a request for a range goes next: the range's ID, the
+// node believed to lead it (0: unknown), the nodes holding it, and its
+// descriptor when this node holds a replica.
+type target struct {
+	rangeID  uint64
+	leader   uint64
+	replicas []uint64
+	local    *node.RangeStatus
+}
+
+// locate finds the range of key (or rangeID when key is nil) in the local
+// replicas first, then in the directory.
+func locate(n *node.Node, dir *directory, key []byte, rangeID uint64) (target, error) {
+	if key != nil {
+		if st, err := n.RangeFor(key); err == nil {
+			return target{rangeID: st.RangeID, leader: st.LeaderID, replicas: st.Desc.Replicas, local: &st}, nil
+		}
+		if dir != nil {
+			if r, ok := dir.lookup(key); ok {
+				return target{rangeID: r.Id, leader: r.LeaderId, replicas: r.Replicas}, nil
+			}
+		}
+		return target{}, errNoRange(key)
+	}
+	if st, ok := n.Status(rangeID); ok {
+		return target{rangeID: rangeID, leader: st.LeaderID, replicas: st.Desc.Replicas, local: &st}, nil
+	}
+	if dir != nil {
+		if r, ok := dir.byID(rangeID); ok {
+			return target{rangeID: r.Id, leader: r.LeaderId, replicas: r.Replicas}, nil
+		}
+	}
+	return target{rangeID: rangeID}, nil
+}
+
+func errNoRange(key []byte) error {
+	return &noRangeError{key: key}
+}
+
+type noRangeError struct{ key []byte }
+
+func (e *noRangeError) Error() string {
+	return fmt.Sprintf("no range known for key %q here yet (the node learns the directory from the controller)", e.key)
+}
+
+func (e *noRangeError) Unwrap() error { return kv.ErrUnavailable }
+
+// isNoRange reports an error of locate that a retry may cure.
+func isNoRange(err error) bool {
+	var nr *noRangeError
+	return errors.As(err, &nr)
+}

@@ -1,0 +1,278 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/kv"
+	"github.com/pando/pando/node"
+	"github.com/pando/pando/pki"
+	"github.com/pando/pando/storage"
+)
+
+// Admin handlers of membership, replica moves and the controller. Those the
+// controller serves are routed to the meta range's leader from any node.
+
+// MoveReplica implements pandopb.AdminServer.
+func (a *admin) MoveReplica(ctx context.Context, req *pandopb.MoveReplicaRequest) (*pandopb.MoveReplicaResponse, error) {
+	if req.RangeId == 0 || (req.From == 0 && req.To == 0) || req.From == req.To {
+		return nil, kv.ToStatus(fmt.Errorf("%w: a move names a range and two different nodes (from 0: only add; to 0: only remove)", kv.ErrInvalidArgument))
+	}
+	if req.To != 0 && !slices.Contains(a.s.tr.IDs(), req.To) {
+		return nil, kv.ToStatus(fmt.Errorf("%w: node %d is not a member (see pando node list)", kv.ErrInvalidArgument, req.To))
+	}
+	ctx, cancel := a.s.adminTimeout(ctx, a.s.cfg.MoveTimeout)
+	defer cancel()
+	desc, err := a.s.moveReplica(forwardedOnly(ctx), req.RangeId, req.From, req.To)
+	if err != nil {
+		return nil, kv.ToStatus(err)
+	}
+	return &pandopb.MoveReplicaResponse{Desc: desc}, nil
+}
+
+// TransferLeader implements pandopb.AdminServer.
+func (a *admin) TransferLeader(ctx context.Context, req *pandopb.TransferLeaderRequest) (*pandopb.TransferLeaderResponse, error) {
+	if req.RangeId == 0 || req.To == 0 {
+		return nil, kv.ToStatus(fmt.Errorf("%w: a leadership transfer names a range and a node", kv.ErrInvalidArgument))
+	}
+	ctx, cancel := a.s.adminTimeout(ctx, a.s.cfg.RequestTimeout)
+	defer cancel()
+	if err := a.s.transferLeader(forwardedOnly(ctx), req.RangeId, req.To); err != nil {
+		return nil, kv.ToStatus(err)
+	}
+	return &pandopb.TransferLeaderResponse{}, nil
+}
+
+// CreateReplica implements pandopb.AdminServer (this node only).
+func (a *admin) CreateReplica(ctx context.Context, req *pandopb.CreateReplicaRequest) (*pandopb.CreateReplicaResponse, error) {
+	if err := a.s.node.CreateReplica(ctx, req.Desc); err != nil {
+		return nil, kv.ToStatus(err)
+	}
+	return &pandopb.CreateReplicaResponse{}, nil
+}
+
+// DestroyReplica implements pandopb.AdminServer (this node only).
+func (a *admin) DestroyReplica(ctx context.Context, req *pandopb.DestroyReplicaRequest) (*pandopb.DestroyReplicaResponse, error) {
+	if req.Desc == nil {
+		return nil, kv.ToStatus(fmt.Errorf("%w: no descriptor", kv.ErrInvalidArgument))
+	}
+	if err := a.s.node.DestroyReplica(ctx, req.Desc); err != nil {
+		return nil, kv.ToStatus(err)
+	}
+	return &pandopb.DestroyReplicaResponse{}, nil
+}
+
+// Join implements pandopb.AdminServer.
+func (a *admin) Join(ctx context.Context, req *pandopb.JoinRequest) (*pandopb.JoinResponse, error) {
+	var resp *pandopb.JoinResponse
+	err := a.s.onController(ctx, func() error {
+		nodes, err := a.s.ctl.join(ctx, req.NodeId, req.Addr)
+		resp = &pandopb.JoinResponse{Nodes: nodes}
+		return err
+	}, func(ctx context.Context, c pandopb.AdminClient) (err error) {
+		resp, err = c.Join(ctx, req)
+		return err
+	})
+	return resp, kv.ToStatus(err)
+}
+
+// Decommission implements pandopb.AdminServer.
+func (a *admin) Decommission(ctx context.Context, req *pandopb.DecommissionRequest) (*pandopb.DecommissionResponse, error) {
+	var resp *pandopb.DecommissionResponse
+	err := a.s.onController(ctx, func() error {
+		rec, err := a.s.ctl.decommission(ctx, req.NodeId)
+		resp = &pandopb.DecommissionResponse{Node: rec}
+		return err
+	}, func(ctx context.Context, c pandopb.AdminClient) (err error) {
+		resp, err = c.Decommission(ctx, req)
+		return err
+	})
+	return resp, kv.ToStatus(err)
+}
+
+// Nodes implements pandopb.AdminServer.
+func (a *admin) Nodes(ctx context.Context, req *pandopb.NodesRequest) (*pandopb.NodesResponse, error) {
+	var resp *pandopb.NodesResponse
+	err := a.s.onController(ctx, func() (err error) {
+		resp, err = a.s.ctl.nodesInfo()
+		return err
+	}, func(ctx context.Context, c pandopb.AdminClient) (err error) {
+		resp, err = c.Nodes(ctx, req)
+		return err
+	})
+	return resp, kv.ToStatus(err)
+}
+
+// Heartbeat implements pandopb.AdminServer.
+func (a *admin) Heartbeat(ctx context.Context, req *pandopb.HeartbeatRequest) (*pandopb.HeartbeatResponse, error) {
+	var resp *pandopb.HeartbeatResponse
+	err := a.s.onController(ctx, func() (err error) {
+		resp, err = a.s.ctl.heartbeat(ctx, req)
+		return err
+	}, func(ctx context.Context, c pandopb.AdminClient) (err error) {
+		resp, err = c.Heartbeat(ctx, req)
+		return err
+	})
+	return resp, kv.ToStatus(err)
+}
+
+// Rebalance implements pandopb.AdminServer: the controller's plan now,
+// carried out unless dry_run.
+func (a *admin) Rebalance(ctx context.Context, req *pandopb.RebalanceRequest) (*pandopb.RebalanceResponse, error) {
+	var resp *pandopb.RebalanceResponse
+	err := a.s.onController(ctx, func() error {
+		ops, _, _, err := a.s.ctl.plan()
+		if err != nil {
+			return err
+		}
+		resp = &pandopb.RebalanceResponse{ControllerId: a.s.cfg.ID}
+		for _, op := range ops {
+			resp.Ops = append(resp.Ops, &pandopb.PlannedOp{Kind: string(op.Kind), RangeId: op.RangeID, From: op.From, To: op.To, RightId: op.RightID, Reason: op.Reason})
+		}
+		if !req.DryRun {
+			go a.s.ctl.round(context.Background(), a.s.stopping)
+		}
+		return nil
+	}, func(ctx context.Context, c pandopb.AdminClient) (err error) {
+		resp, err = c.Rebalance(ctx, req)
+		return err
+	})
+	return resp, kv.ToStatus(err)
+}
+
+// forwardedOnly drops the caller's no-forward mark: an admin request that
+// reached this node starts its own routing.
+func forwardedOnly(ctx context.Context) context.Context {
+	return metadata.NewIncomingContext(ctx, metadata.MD{})
+}
+
+func (s *Server) adminTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+// onController runs local on the controller (the meta range's leader) or
+// remote against it.
+func (s *Server) onController(ctx context.Context, local func() error, remote func(context.Context, pandopb.AdminClient) error) error {
+	ctx, cancel := s.adminTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	return s.onLeader(ctx, nil, storage.MetaRangeID, func(uint64) error { return local() }, func(ctx context.Context, conn *grpc.ClientConn) error {
+		return remote(ctx, pandopb.NewAdminClient(conn))
+	})
+}
+
+// heartbeats reports to the controller every HeartbeatInterval until stop,
+// and refreshes the node's directory and peer addresses from its answer.
+func (s *Server) heartbeats(stop <-chan struct{}) {
+	t := time.NewTicker(s.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.HeartbeatInterval)
+		resp, err := (&admin{s: s}).Heartbeat(ctx, s.heartbeatRequest())
+		cancel()
+		if err != nil {
+			s.log.Debug("heartbeat to the controller failed", "err", err)
+			continue
+		}
+		s.learn(resp)
+	}
+}
+
+func (s *Server) heartbeatRequest() *pandopb.HeartbeatRequest {
+	req := &pandopb.HeartbeatRequest{NodeId: s.cfg.ID, Addr: s.cfg.Addr, DiskBytes: s.engine.DB().Metrics().DiskSpaceUsage()}
+	for _, st := range s.node.Statuses() {
+		r := rangeStatus(st)
+		if st.LeaderID == s.cfg.ID {
+			r.Qps, _, _ = s.load.get(st.RangeID)
+		}
+		r.SizeBytes = s.load.size(st.RangeID)
+		req.Ranges = append(req.Ranges, r)
+	}
+	return req
+}
+
+// learn takes in the controller's answer: peers' addresses, the directory,
+// and replicas here that the cluster has removed while this node could not
+// learn it (they are deleted).
+func (s *Server) learn(resp *pandopb.HeartbeatResponse) {
+	for _, n := range resp.Nodes {
+		if n.Id != s.cfg.ID {
+			s.tr.SetPeer(n.Id, n.Addr)
+		}
+	}
+	s.svc.dir.update(resp)
+	for _, r := range resp.Directory {
+		st, ok := s.node.Status(r.Id)
+		if !ok || slices.Contains(r.Replicas, s.cfg.ID) || st.Desc.Generation >= r.Generation {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+		if err := s.node.DestroyReplica(ctx, descOf(r)); err == nil {
+			s.log.Info("deleted a replica the cluster removed while this node could not learn it", "range", r.Id)
+		}
+		cancel()
+	}
+}
+
+// join asks the cluster, through any of the join addresses, to admit this
+// node; it retries until it is admitted or the server stops.
+func (s *Server) join(stop <-chan struct{}) {
+	dial := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if s.cfg.PeerTLS != nil {
+		dial = []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(s.cfg.PeerTLS))}
+	}
+	if s.cfg.AuthToken != "" {
+		dial = append(dial, grpc.WithPerRPCCredentials(pki.Token(s.cfg.AuthToken)))
+	}
+	for attempt := 0; ; attempt++ {
+		addr := s.cfg.Join[attempt%len(s.cfg.Join)]
+		conn, err := grpc.NewClient("passthrough:///"+addr, dial...)
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			var resp *pandopb.JoinResponse
+			resp, err = pandopb.NewAdminClient(conn).Join(ctx, &pandopb.JoinRequest{NodeId: s.cfg.ID, Addr: s.cfg.Addr})
+			cancel()
+			conn.Close()
+			if err == nil {
+				for _, n := range resp.Nodes {
+					if n.Id != s.cfg.ID {
+						s.tr.SetPeer(n.Id, n.Addr)
+					}
+				}
+				s.log.Info("joined the cluster", "via", addr, "nodes", len(resp.Nodes))
+				s.joined.Store(true)
+				return
+			}
+		}
+		s.log.Warn("joining the cluster failed; retrying", "via", addr, "err", kv.FromStatus(err))
+		select {
+		case <-stop:
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// rangeStatus is the API form of a replica's status.
+func rangeStatus(st node.RangeStatus) *pandopb.RangeStatus {
+	return &pandopb.RangeStatus{
+		Id: st.RangeID, StartKey: st.Desc.StartKey, EndKey: st.Desc.EndKey, LeaderId: st.LeaderID,
+		Replicas: st.Desc.Replicas, AppliedIndex: st.Applied, Term: st.Term, Role: st.Role, CommitIndex: st.Commit,
+		LastCheck: st.LastCheck, Generation: st.Desc.Generation, Learners: st.Learners,
+	}
+}
