@@ -31,7 +31,7 @@ Every flag can also come from the environment (PANDO_ and the flag's name in cap
 		},
 	}
 	root.PersistentFlags().StringVar(&configFile, "config", "", "JSON file of flag values (default $PANDO_CONFIG)")
-	root.AddCommand(serverCmd(), demoCmd(), benchCmd(), versionCmd(), checkCmd(), rangesCmd(), debugCmd(), splitCmd(), eventsCmd(), certCmd())
+	root.AddCommand(serverCmd(), demoCmd(), benchCmd(), versionCmd(), checkCmd(), rangesCmd(), debugCmd(), splitCmd(), eventsCmd(), certCmd(), nodeCmd(), rangeCmd(), rebalanceCmd())
 	root.AddCommand(clientCmds()...)
 	if err := root.Execute(); err != nil {
 		msg := err.Error()

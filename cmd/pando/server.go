@@ -46,6 +46,15 @@ func serverCmd() *cobra.Command {
 		tlsFiles       pki.Files
 		authToken      string
 		idFromHost     bool
+
+		join              string
+		nodeHeartbeat     time.Duration
+		deadAfter         time.Duration
+		replicationFactor int
+		mergeBytes        int64
+		mergeQPS          float64
+		mergeDelay        time.Duration
+		maxMoves          int
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -56,7 +65,11 @@ With no flags it starts a one-node cluster in ./pando-data on 127.0.0.1:7001.
 A three-node cluster:
 
   pando server --id 1 --data-dir d1 --addr 127.0.0.1:7001 \
-    --initial-cluster 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003`,
+    --initial-cluster 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003
+
+A fourth node joining it (the controller moves replicas and leaders to it):
+
+  pando server --id 4 --data-dir d4 --addr 127.0.0.1:7004 --join 127.0.0.1:7001,127.0.0.1:7002`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(logLevel)
@@ -75,6 +88,18 @@ A three-node cluster:
 				Split: placement.SplitThresholds{MaxBytes: splitBytes, LoadQPS: splitQPS}, EnablePprof: enablePprof,
 				MaxPendingProposals: maxPending, OverloadSchedLatency: overload, ForwardTimeout: forward,
 				DedupTTL: dedupTTL, PeerBreaker: peerBreaker,
+				HeartbeatInterval: nodeHeartbeat, DeadAfter: deadAfter, ReplicationFactor: replicationFactor,
+				MergeMaxBytes: mergeBytes, MergeMaxQPS: mergeQPS, MergeDelay: mergeDelay, MaxConcurrentMoves: maxMoves,
+			}
+			if join != "" {
+				for _, a := range strings.Split(join, ",") {
+					if a = strings.TrimSpace(a); a != "" {
+						cfg.Join = append(cfg.Join, a)
+					}
+				}
+				if initialCluster != "" {
+					return usageError{fmt.Errorf("--join and --initial-cluster exclude each other: a new cluster starts with --initial-cluster, a node joins a running one with --join")}
+				}
 			}
 			if checkInterval == 0 {
 				cfg.CheckInterval = -1
@@ -144,6 +169,14 @@ A three-node cluster:
 	f.StringVar(&tlsFiles.Key, "tls-key", "", "this node's private key (PEM)")
 	f.StringVar(&tlsFiles.CA, "tls-ca", "", "the CA certificate that signs every node's certificate (PEM)")
 	f.StringVar(&authToken, "auth-token", "", "bearer token clients must send (default $PANDO_AUTH_TOKEN; empty: none)")
+	f.StringVar(&join, "join", "", "join a running cluster through any of these nodes (ADDR1,ADDR2); for a new data directory")
+	f.DurationVar(&nodeHeartbeat, "node-heartbeat-interval", time.Second, "how often this node reports to the placement controller")
+	f.DurationVar(&deadAfter, "dead-after", time.Minute, "a node silent this long is dead: the controller rebuilds its replicas elsewhere")
+	f.IntVar(&replicationFactor, "replication-factor", 3, "replicas of each range")
+	f.Int64Var(&mergeBytes, "merge-max-bytes", 0, "merge adjacent ranges whose combined size is below this (default a quarter of --split-max-bytes; negative: never merge)")
+	f.Float64Var(&mergeQPS, "merge-max-qps", 0, "... and whose combined request rate is below this (default a quarter of --split-load-qps)")
+	f.DurationVar(&mergeDelay, "merge-delay", 10*time.Minute, "do not merge a range the controller has known for less than this")
+	f.IntVar(&maxMoves, "max-concurrent-moves", 4, "controller operations (replica moves, transfers, merges) in flight at once")
 	return cmd
 }
 
