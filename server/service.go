@@ -119,8 +119,7 @@ func (s *Service) route(ctx context.Context, key []byte, write bool, local func(
 		rangeID := st.RangeID
 		switch {
 		case st.LeaderID == s.node.ID():
-			s.load.record(rangeID, key)
-			err = local(rangeID)
+			err = s.serveLocal(rangeID, key, local)
 		case fwd:
 			return &kv.NotLeaderError{RangeID: rangeID, LeaderID: st.LeaderID, LeaderAddr: s.peers.Addr(st.LeaderID),
 				RangeStart: st.Desc.StartKey, RangeEnd: st.Desc.EndKey, HasSpan: true}
