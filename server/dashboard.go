@@ -234,12 +234,10 @@ func BuildDashboard(addrs map[uint64]string, views map[uint64]*NodeView, errs ma
 			d.Breakers = append(d.Breakers, v.Breakers...)
 			evs = append(evs, v.Events)
 			for _, r := range v.Status.Ranges {
-				if r.LeaderID == id {
-					claims[claim{r.ID, id}] = r
-				}
 				n.Replicas++
 				if r.LeaderID == id {
 					n.Leaders++
+					claims[claim{r.ID, id}] = r
 				}
 				dr := ranges[r.ID]
 				if dr == nil {

@@ -41,6 +41,13 @@ func TestNodeDashboard(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(body), "<title>pando</title>") {
 		t.Fatalf("dashboard page: %d", resp.StatusCode)
 	}
+	// The page shows per-range latency and reads the merged timeline with
+	// the dashboard's cursor (no browser here: TestDashboardShowsFailoverInBrowser).
+	for _, uses := range []string{"r.p50_ms", "r.p99_ms", "d.events_cursor", "/v1/dashboard?events="} {
+		if !strings.Contains(string(body), uses) {
+			t.Fatalf("dashboard page does not use %s", uses)
+		}
+	}
 	for _, ext := range []string{`src="http`, `href="http`, `src="//`, `@import`} {
 		if strings.Contains(string(body), ext) {
 			t.Fatalf("dashboard page loads something from elsewhere: %s", ext)
