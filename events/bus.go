@@ -14,6 +14,9 @@ const DefaultBacklog = 1024
 type Bus struct {
 	node uint64
 	now  func() time.Time
+	// epoch tells this record from an earlier one of the same node (a
+	// restarted node numbers its events from 1 again).
+	epoch int64
 
 	mu   sync.Mutex
 	ring []Event // ring[(seq-1) % len]
@@ -27,7 +30,18 @@ func New(node uint64, backlog int) *Bus {
 	if backlog <= 0 {
 		backlog = DefaultBacklog
 	}
-	return &Bus{node: node, now: time.Now, ring: make([]Event, backlog), subs: map[*Subscription]struct{}{}}
+	return &Bus{node: node, now: time.Now, epoch: time.Now().UnixNano(), ring: make([]Event, backlog), subs: map[*Subscription]struct{}{}}
+}
+
+// Epoch identifies this record of the node's events: it differs between
+// two buses (a node that restarts begins a new record, whose sequence
+// numbers start from 1 again). Readers that remember a sequence number
+// remember the epoch with it. 0 for a nil bus.
+func (b *Bus) Epoch() int64 {
+	if b == nil {
+		return 0
+	}
+	return b.epoch
 }
 
 // Node is the node whose events this bus records.

@@ -23,6 +23,8 @@ type loadTracker struct {
 	// sizes holds each local replica's size as last measured by the
 	// placement loop, so that status requests scan nothing.
 	sizes map[uint64]uint64
+	// lat is each range's request latency (latency.go).
+	lat latencies
 }
 
 type rangeLoad struct {

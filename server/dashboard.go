@@ -36,11 +36,19 @@ type Bucket struct {
 }
 
 // NodeView is what one node reports of itself (GET /v1/node): its status
-// and request counters.
+// and request counters, the last state of its breakers, and with
+// ?events_since=EPOCH:SEQ its events after that position.
 type NodeView struct {
 	Status   StatusJSON   `json:"status"`
 	Stats    RequestStats `json:"stats"`
 	Draining bool         `json:"draining"`
+	// Breakers are the last state of each breaker this node recorded.
+	Breakers []BreakerJSON `json:"breakers,omitempty"`
+	// EventEpoch identifies this node's event record (it changes when the
+	// node restarts); Events are the events asked for, oldest first (at
+	// most DashboardEventsPerNode).
+	EventEpoch int64          `json:"event_epoch,omitempty"`
+	Events     []events.Event `json:"events,omitempty"`
 }
 
 // RequestStats reads the request metrics.
@@ -97,14 +105,31 @@ func isServerError(outcome string) bool {
 	return err == nil && code >= 500
 }
 
-// View is this node's NodeView.
-func (s *Server) View(ctx context.Context) NodeView {
-	st, _ := s.svc.Status(ctx, nil)
-	return NodeView{Status: StatusToJSON(st), Stats: s.RequestStats(), Draining: s.draining.Load()}
+// View is this node's NodeView, without events.
+func (s *Server) View(ctx context.Context) NodeView { return s.ViewSince(ctx, nil) }
+
+// ViewSince is this node's NodeView with its events after since (none
+// when since is nil).
+func (s *Server) ViewSince(ctx context.Context, since *EventPos) NodeView {
+	v := NodeView{Status: s.statusJSON(ctx), Stats: s.RequestStats(), Draining: s.draining.Load(),
+		Breakers: Breakers(s.events.Backlog(0)), EventEpoch: s.events.Epoch()}
+	if since != nil {
+		v.Events = EventsSince(s.events, *since, DashboardEventsPerNode)
+	}
+	return v
 }
 
 func (s *Server) handleNode(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.View(r.Context()))
+	var since *EventPos
+	if q := r.URL.Query().Get("events_since"); q != "" {
+		p, err := ParseEventPos(q)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		since = &p
+	}
+	writeJSON(w, http.StatusOK, s.ViewSince(r.Context(), since))
 }
 
 // DashboardJSON is the answer of GET /v1/dashboard: the cluster as the
@@ -119,6 +144,11 @@ type DashboardJSON struct {
 	LastCheck *DashCheckJSON `json:"last_check,omitempty"`
 	// Breakers are the last known state of each breaker (from events).
 	Breakers []BreakerJSON `json:"breakers"`
+	// Events are the events of every node that answered, recorded after
+	// the cursor the request gave (?events=), merged (see MergeEvents);
+	// EventsCursor is the cursor for the next request.
+	Events       []DashEventJSON `json:"events"`
+	EventsCursor string          `json:"events_cursor"`
 	// Demo is set by the demo's console: fault states and the workload.
 	Demo any `json:"demo,omitempty"`
 }
@@ -149,6 +179,11 @@ type DashRangeJSON struct {
 	Replicas []DashReplicaJSON `json:"replicas"`
 	Applied  uint64            `json:"applied_index"`
 	Check    *CheckJSON        `json:"last_check,omitempty"`
+	// QPS, P50Ms and P99Ms are the request rate and latency measured by
+	// the leader (see RangeStatusJSON); absent when it did not say.
+	QPS   float64 `json:"qps,omitempty"`
+	P50Ms float64 `json:"p50_ms,omitempty"`
+	P99Ms float64 `json:"p99_ms,omitempty"`
 }
 
 // DashReplicaJSON is one node's replica of a range.
@@ -175,7 +210,8 @@ type BreakerJSON struct {
 }
 
 // BuildDashboard merges the views of every node (nil: it did not answer,
-// errs says why) into the dashboard. It is a pure function.
+// errs says why) into the dashboard: nodes, ranges, breakers and events
+// (the cursor is the caller's). It is a pure function.
 func BuildDashboard(addrs map[uint64]string, views map[uint64]*NodeView, errs map[uint64]string) DashboardJSON {
 	d := DashboardJSON{Time: time.Now().UTC(), Nodes: []DashNodeJSON{}, Ranges: []DashRangeJSON{}, Breakers: []BreakerJSON{}}
 	ids := make([]uint64, 0, len(addrs))
@@ -184,6 +220,10 @@ func BuildDashboard(addrs map[uint64]string, views map[uint64]*NodeView, errs ma
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	ranges := map[uint64]*DashRangeJSON{}
+	// claims holds what each node says of the ranges it believes it leads.
+	type claim struct{ rangeID, node uint64 }
+	claims := map[claim]RangeStatusJSON{}
+	var evs [][]events.Event
 	for _, id := range ids {
 		n := DashNodeJSON{ID: id, Addr: addrs[id], Error: errs[id]}
 		v := views[id]
@@ -191,10 +231,13 @@ func BuildDashboard(addrs map[uint64]string, views map[uint64]*NodeView, errs ma
 			n.Up, n.Draining = true, v.Draining
 			st := v.Stats
 			n.Stats = &st
+			d.Breakers = append(d.Breakers, v.Breakers...)
+			evs = append(evs, v.Events)
 			for _, r := range v.Status.Ranges {
 				n.Replicas++
 				if r.LeaderID == id {
 					n.Leaders++
+					claims[claim{r.ID, id}] = r
 				}
 				dr := ranges[r.ID]
 				if dr == nil {
@@ -219,12 +262,22 @@ func BuildDashboard(addrs map[uint64]string, views map[uint64]*NodeView, errs ma
 		d.Nodes = append(d.Nodes, n)
 	}
 	for _, r := range ranges {
+		if c, ok := claims[claim{r.ID, r.LeaderID}]; ok {
+			r.QPS, r.P50Ms, r.P99Ms = c.QPS, c.P50Ms, c.P99Ms
+		}
 		d.Ranges = append(d.Ranges, *r)
 		if r.Check != nil && (d.LastCheck == nil || r.Check.Time.After(d.LastCheck.Time)) {
 			d.LastCheck = &DashCheckJSON{Range: r.ID, CheckJSON: *r.Check}
 		}
 	}
 	sort.Slice(d.Ranges, func(i, j int) bool { return d.Ranges[i].ID < d.Ranges[j].ID })
+	sort.SliceStable(d.Breakers, func(i, j int) bool {
+		if d.Breakers[i].Node != d.Breakers[j].Node {
+			return d.Breakers[i].Node < d.Breakers[j].Node
+		}
+		return d.Breakers[i].Name < d.Breakers[j].Name
+	})
+	d.Events = MergeEvents(evs...)
 	return d
 }
 
@@ -250,8 +303,9 @@ func Breakers(evs []events.Event) []BreakerJSON {
 }
 
 // Dashboard builds the dashboard from this node and every peer's
-// GET /v1/node, asking the peers in parallel (up to a second each).
-func (s *Server) Dashboard(ctx context.Context) DashboardJSON {
+// GET /v1/node, asking the peers in parallel (up to a second each), with
+// every node's events after cursor.
+func (s *Server) Dashboard(ctx context.Context, cursor EventCursor) DashboardJSON {
 	addrs := map[uint64]string{}
 	for _, id := range s.tr.IDs() {
 		addrs[id] = s.tr.Addr(id)
@@ -261,8 +315,9 @@ func (s *Server) Dashboard(ctx context.Context) DashboardJSON {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for id, addr := range addrs {
+		pos := cursor[id]
 		if id == s.cfg.ID {
-			v := s.View(ctx)
+			v := s.ViewSince(ctx, &pos)
 			mu.Lock()
 			views[id] = &v
 			mu.Unlock()
@@ -271,7 +326,7 @@ func (s *Server) Dashboard(ctx context.Context) DashboardJSON {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			v, err := s.peerView(ctx, id, addr)
+			v, err := s.peerView(ctx, id, addr, pos)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -284,11 +339,20 @@ func (s *Server) Dashboard(ctx context.Context) DashboardJSON {
 	wg.Wait()
 	d := BuildDashboard(addrs, views, errs)
 	d.ViewedFrom = s.cfg.ID
-	d.Breakers = Breakers(s.events.Backlog(0))
+	next := EventCursor{}
+	for id, p := range cursor {
+		if _, ok := addrs[id]; ok {
+			next[id] = p
+		}
+	}
+	for id, v := range views {
+		next.Advance(id, v.EventEpoch, v.Events)
+	}
+	d.EventsCursor = next.String()
 	return d
 }
 
-func (s *Server) peerView(ctx context.Context, id uint64, addr string) (*NodeView, error) {
+func (s *Server) peerView(ctx context.Context, id uint64, addr string, since EventPos) (*NodeView, error) {
 	if !s.tr.Live(id) {
 		// Not reachable for Raft either; still try, briefly.
 		var cancel context.CancelFunc
@@ -300,7 +364,7 @@ func (s *Server) peerView(ctx context.Context, id uint64, addr string) (*NodeVie
 	if _, err := s.tr.Conn(id); err != nil {
 		return nil, err // cut off
 	}
-	req, err := http.NewRequestWithContext(ctx, "GET", s.peerScheme()+"://"+addr+"/v1/node", nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", s.peerScheme()+"://"+addr+"/v1/node?events_since="+since.String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -321,7 +385,12 @@ func (s *Server) peerView(ctx context.Context, id uint64, addr string) (*NodeVie
 }
 
 func (s *Server) handleDashboard(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.Dashboard(r.Context()))
+	cursor, err := ParseEventCursor(r.URL.Query().Get("events"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.Dashboard(r.Context(), cursor))
 }
 
 // peerHTTP is the HTTP client for other nodes' HTTP API.

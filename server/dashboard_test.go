@@ -41,6 +41,13 @@ func TestNodeDashboard(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(body), "<title>pando</title>") {
 		t.Fatalf("dashboard page: %d", resp.StatusCode)
 	}
+	// The page shows per-range latency and reads the merged timeline with
+	// the dashboard's cursor (no browser here: TestDashboardShowsFailoverInBrowser).
+	for _, uses := range []string{"r.p50_ms", "r.p99_ms", "d.events_cursor", "/v1/dashboard?events="} {
+		if !strings.Contains(string(body), uses) {
+			t.Fatalf("dashboard page does not use %s", uses)
+		}
+	}
 	for _, ext := range []string{`src="http`, `href="http`, `src="//`, `@import`} {
 		if strings.Contains(string(body), ext) {
 			t.Fatalf("dashboard page loads something from elsewhere: %s", ext)
@@ -53,6 +60,26 @@ func TestNodeDashboard(t *testing.T) {
 	r := d.Ranges[0]
 	if r.LeaderID != lead || len(r.Replicas) != 3 || r.Applied == 0 {
 		t.Fatalf("range: %+v", r)
+	}
+	// The leader measured the latency of the writes it served; the page
+	// gets it through any node.
+	if r.P50Ms <= 0 || r.P99Ms < r.P50Ms || r.P99Ms > 5000 {
+		t.Fatalf("range latency on the dashboard: p50 %vms p99 %vms", r.P50Ms, r.P99Ms)
+	}
+	for id, addr := range c.addrs {
+		st := status(t, addr)
+		lat := st.Ranges[0].P50Ms
+		if id == lead && (lat <= 0 || st.Ranges[0].P99Ms < lat) {
+			t.Fatalf("leader's /v1/status: range %+v", st.Ranges[0])
+		}
+		if id != lead && (lat != 0 || st.Ranges[0].P99Ms != 0) {
+			t.Fatalf("follower %d reports latency for a range it does not serve: %+v", id, st.Ranges[0])
+		}
+	}
+	// A range that served nothing has no latency (absent, not 0 ms).
+	_, raw := doHTTP(t, "GET", "http://"+c.addrs[via]+"/v1/status", nil)
+	if strings.Contains(string(raw), "p50_ms") {
+		t.Fatalf("a follower's status carries p50_ms: %s", raw)
 	}
 	var requests uint64
 	for _, n := range d.Nodes {
@@ -80,6 +107,19 @@ func TestNodeDashboard(t *testing.T) {
 	}
 }
 
+func status(t *testing.T, addr string) server.StatusJSON {
+	t.Helper()
+	resp, body := doHTTP(t, "GET", "http://"+addr+"/v1/status", nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status: %d %s", resp.StatusCode, body)
+	}
+	var st server.StatusJSON
+	if err := json.Unmarshal(body, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 func TestBuildDashboardManyRanges(t *testing.T) {
 	addrs := map[uint64]string{1: "a", 2: "b", 3: "c"}
 	views := map[uint64]*server.NodeView{}
@@ -90,7 +130,11 @@ func TestBuildDashboardManyRanges(t *testing.T) {
 			if leader == id {
 				role = "StateLeader"
 			}
-			v.Status.Ranges = append(v.Status.Ranges, server.RangeStatusJSON{ID: r, LeaderID: leader, Term: 2, Role: role, Replicas: []uint64{1, 2, 3}, AppliedIndex: r + id})
+			rs := server.RangeStatusJSON{ID: r, LeaderID: leader, Term: 2, Role: role, Replicas: []uint64{1, 2, 3}, AppliedIndex: r + id}
+			if leader == id {
+				rs.QPS, rs.P50Ms, rs.P99Ms = float64(r), float64(r)/10, float64(r)/5
+			}
+			v.Status.Ranges = append(v.Status.Ranges, rs)
 		}
 		views[id] = v
 	}
@@ -103,5 +147,13 @@ func TestBuildDashboardManyRanges(t *testing.T) {
 	}
 	if r := d.Ranges[9]; len(r.Replicas) != 2 || r.Applied != 12 || r.LeaderID != 2 {
 		t.Fatalf("range 10: %+v", r)
+	}
+	// Rate and latency come from the leader's view; a range led by the
+	// node that did not answer has none.
+	if r := d.Ranges[9]; r.QPS != 10 || r.P50Ms != 1 || r.P99Ms != 2 {
+		t.Fatalf("range 10's leader figures: %+v", r)
+	}
+	if r := d.Ranges[1]; r.LeaderID != 3 || r.QPS != 0 || r.P50Ms != 0 {
+		t.Fatalf("range 2 (led by the silent node 3): %+v", r)
 	}
 }

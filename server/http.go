@@ -308,6 +308,12 @@ type RangeStatusJSON struct {
 	// QPS is the range's request rate as measured by its leader (0 when
 	// this node does not lead it).
 	QPS float64 `json:"qps"`
+	// P50Ms and P99Ms estimate the latency of the requests this node served
+	// as the range's leader over the last 10 s, in milliseconds, from the
+	// moment it took a request to its answer (forwarding excluded).
+	// Absent when this node does not lead the range or served nothing.
+	P50Ms float64 `json:"p50_ms,omitempty"`
+	P99Ms float64 `json:"p99_ms,omitempty"`
 	// LastCheck is the last consistency check (absent: never checked).
 	LastCheck *CheckJSON `json:"last_check,omitempty"`
 }
@@ -345,8 +351,22 @@ func StatusToJSON(st *pandopb.StatusResponse) StatusJSON {
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
-	st, _ := s.svc.Status(r.Context(), nil)
-	writeJSON(w, http.StatusOK, StatusToJSON(st))
+	writeJSON(w, http.StatusOK, s.statusJSON(r.Context()))
+}
+
+// statusJSON is this node's status with what only the JSON form carries:
+// the latency of the ranges it leads.
+func (s *Server) statusJSON(ctx context.Context) StatusJSON {
+	st, _ := s.svc.Status(ctx, nil)
+	out := StatusToJSON(st)
+	now := time.Now()
+	for i := range out.Ranges {
+		r := &out.Ranges[i]
+		if r.LeaderID == s.cfg.ID {
+			r.P50Ms, r.P99Ms, _ = s.load.latency(r.ID, now)
+		}
+	}
+	return out
 }
 
 func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {

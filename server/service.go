@@ -126,8 +126,7 @@ func (s *Service) route(ctx context.Context, key []byte, write bool, local func(
 				return err
 			}
 		case tg.leader == s.node.ID():
-			s.load.record(rangeID, key)
-			err = local(rangeID)
+			err = s.serveLocal(rangeID, key, local)
 		case fwd && tg.local != nil:
 			return &kv.NotLeaderError{RangeID: rangeID, LeaderID: tg.leader, LeaderAddr: s.peers.Addr(tg.leader),
 				RangeStart: tg.local.Desc.StartKey, RangeEnd: tg.local.Desc.EndKey, HasSpan: true}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -12,14 +13,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
 
 	"github.com/pando/pando/client"
-	"github.com/pando/pando/resilience"
 )
 
 type benchResult struct {
@@ -41,21 +39,25 @@ type benchResult struct {
 
 func benchCmd() *cobra.Command {
 	var (
-		endpoints, workload          string
+		f                            clientFlags
+		workload                     string
 		clients, conns, keys, valLen int
 		total                        int64
 		duration                     time.Duration
 		asJSON, stale                bool
 		splits                       int
-		res                          resilience.Settings
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Load a cluster and report throughput and latency",
 		Long: `Load a cluster with put, get or mixed (50/50) requests from many concurrent
 clients over a number of connections, and report throughput and p50/p95/p99/p999.
+It reaches the cluster like the other client commands (--endpoints, --tls-ca,
+--tls-cert/--tls-key, --auth-token, resilience flags), and stops at once if the
+cluster does not answer a first request.
 
-  pando bench --workload put --clients 64 --conns 8 --keys 100000 --value-size 256 --duration 20s`,
+  pando bench --workload put --clients 64 --conns 8 --keys 100000 --value-size 256 --duration 20s
+  pando bench --tls-ca certs/ca.crt --auth-token "$TOKEN" --endpoints 10.0.0.1:7001 --total 100000`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
@@ -69,15 +71,24 @@ clients over a number of connections, and report throughput and p50/p95/p99/p999
 			conns = min(conns, clients)
 			cs := make([]*client.Client, conns)
 			for i := range cs {
-				c, err := client.New(client.Config{Endpoints: strings.Split(endpoints, ","), Resilience: res, Logger: clientLogger()})
+				c, err := f.newClient()
 				if err != nil {
-					return usageError{err}
+					return err
 				}
 				defer c.Close()
 				cs[i] = c
 			}
+			// One request first: a cluster that refuses us (TLS, token) or
+			// does not answer fails the run now, with its reason, instead
+			// of counting every request as an error.
+			pctx, pcancel := context.WithTimeout(context.Background(), f.timeout)
+			_, err := cs[0].Get(pctx, []byte("00000000"))
+			pcancel()
+			if err != nil && !errors.Is(err, client.ErrNotFound) {
+				return fmt.Errorf("pando: bench stopped before loading: a first request failed: %w", err)
+			}
 			if splits > 1 {
-				if err := presplit(cmd, endpoints, keys, splits); err != nil {
+				if err := presplit(cmd, &f, keys, splits); err != nil {
 					return err
 				}
 			}
@@ -146,7 +157,7 @@ clients over a number of connections, and report throughput and p50/p95/p99/p999
 						k := key(r)
 						t0 := time.Now()
 						var err error
-						rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+						rctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 						if workload == "put" || (workload == "mixed" && r.IntN(2) == 0) {
 							_, err = c.Put(rctx, k, value)
 						} else {
@@ -195,27 +206,27 @@ clients over a number of connections, and report throughput and p50/p95/p99/p999
 			return nil
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&endpoints, "endpoints", "127.0.0.1:7001", "comma-separated node addresses")
-	f.StringVar(&workload, "workload", "put", "put, get or mixed")
-	f.IntVar(&clients, "clients", 64, "concurrent clients")
-	f.IntVar(&conns, "conns", 8, "connections (clients share them)")
-	f.IntVar(&keys, "keys", 100000, "size of the key space")
-	f.IntVar(&valLen, "value-size", 256, "value size in bytes")
-	f.Int64Var(&total, "total", 0, "stop after this many requests")
-	f.DurationVar(&duration, "duration", 10*time.Second, "stop after this long (when --total is 0)")
-	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
-	f.BoolVar(&stale, "stale", false, "gets are stale reads")
-	f.IntVar(&splits, "ranges", 0, "before loading, split the key space into this many ranges (evenly over --keys)")
-	addResilienceFlags(f, &res)
+	fs := cmd.Flags()
+	fs.StringVar(&workload, "workload", "put", "put, get or mixed")
+	fs.IntVar(&clients, "clients", 64, "concurrent clients")
+	fs.IntVar(&conns, "conns", 8, "connections (clients share them)")
+	fs.IntVar(&keys, "keys", 100000, "size of the key space")
+	fs.IntVar(&valLen, "value-size", 256, "value size in bytes")
+	fs.Int64Var(&total, "total", 0, "stop after this many requests")
+	fs.DurationVar(&duration, "duration", 10*time.Second, "stop after this long (when --total is 0)")
+	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "deadline of each request")
+	fs.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	fs.BoolVar(&stale, "stale", false, "gets are stale reads")
+	fs.IntVar(&splits, "ranges", 0, "before loading, split the key space into this many ranges (evenly over --keys)")
+	f.addConnection(cmd)
 	return cmd
 }
 
 // presplit splits the bench key space into n ranges at evenly spaced keys.
-func presplit(cmd *cobra.Command, endpoints string, keys, n int) error {
-	conn, err := grpc.NewClient(strings.Split(endpoints, ",")[0], grpc.WithTransportCredentials(insecure.NewCredentials()))
+func presplit(cmd *cobra.Command, f *clientFlags, keys, n int) error {
+	conn, err := f.dial(f.endpointList()[0])
 	if err != nil {
-		return usageError{err}
+		return err
 	}
 	defer conn.Close()
 	admin := pandopb.NewAdminClient(conn)

@@ -68,15 +68,22 @@ type clientFlags struct {
 }
 
 func (f *clientFlags) add(cmd *cobra.Command, withJSON bool) {
-	cmd.Flags().StringVar(&f.endpoints, "endpoints", "127.0.0.1:7001", "comma-separated node addresses")
 	cmd.Flags().DurationVar(&f.timeout, "timeout", 5*time.Second, "deadline of the request")
+	if withJSON {
+		cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
+	}
+	f.addConnection(cmd)
+}
+
+// addConnection binds how a command reaches the cluster: the endpoints,
+// TLS, the token and the client's resilience settings (every client
+// command and pando bench share them).
+func (f *clientFlags) addConnection(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.endpoints, "endpoints", "127.0.0.1:7001", "comma-separated node addresses")
 	cmd.Flags().StringVar(&f.tls.CA, "tls-ca", "", "connect with TLS, trusting this CA certificate (PEM)")
 	cmd.Flags().StringVar(&f.tls.Cert, "tls-cert", "", "client certificate for mutual TLS (PEM; with --tls-key)")
 	cmd.Flags().StringVar(&f.tls.Key, "tls-key", "", "client key for mutual TLS (PEM)")
 	cmd.Flags().StringVar(&f.token, "auth-token", "", "bearer token the cluster requires (default $PANDO_AUTH_TOKEN)")
-	if withJSON {
-		cmd.Flags().BoolVar(&f.json, "json", false, "print JSON")
-	}
 	addResilienceFlags(cmd.Flags(), &f.resilience)
 }
 
@@ -187,16 +194,26 @@ func (f *clientFlags) dial(addr string) (*grpc.ClientConn, error) {
 }
 
 func (f *clientFlags) open() (*client.Client, context.Context, context.CancelFunc, error) {
-	tc, err := f.tlsConfig()
+	c, err := f.newClient()
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	c, err := client.New(client.Config{Endpoints: strings.Split(f.endpoints, ","), Resilience: f.resilience, Logger: clientLogger(), TLS: tc, Token: f.auth()})
-	if err != nil {
-		return nil, nil, nil, usageError{err}
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	return c, ctx, cancel, nil
+}
+
+// newClient is a Go client with the flags' endpoints, TLS, token and
+// resilience settings.
+func (f *clientFlags) newClient() (*client.Client, error) {
+	tc, err := f.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	c, err := client.New(client.Config{Endpoints: strings.Split(f.endpoints, ","), Resilience: f.resilience, Logger: clientLogger(), TLS: tc, Token: f.auth()})
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return c, nil
 }
 
 func printJSON(w io.Writer, v any) error {

@@ -73,6 +73,8 @@ type proc struct {
 	id   int
 	addr string
 	dir  string
+	// args are added to the server's flags (later flags win).
+	args []string
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -84,12 +86,20 @@ type procCluster struct {
 	procs []*proc
 }
 
-func startProcs(t *testing.T, n int) *procCluster {
+func startProcs(t *testing.T, n int) *procCluster { return startProcsWith(t, n, nil) }
+
+// startProcsWith is startProcs with extra server flags for each node
+// (args may be nil).
+func startProcsWith(t *testing.T, n int, args func(p *proc) []string) *procCluster {
 	bin := pandoBinary(t)
 	pc := &procCluster{t: t, bin: bin, addrs: freeAddrs(t, n)}
 	root := t.TempDir()
 	for i := range pc.addrs {
-		pc.procs = append(pc.procs, &proc{id: i + 1, addr: pc.addrs[i], dir: filepath.Join(root, fmt.Sprint(i+1))})
+		p := &proc{id: i + 1, addr: pc.addrs[i], dir: filepath.Join(root, fmt.Sprint(i+1))}
+		if args != nil {
+			p.args = args(p)
+		}
+		pc.procs = append(pc.procs, p)
 	}
 	for _, p := range pc.procs {
 		pc.start(p)
@@ -116,8 +126,8 @@ func (pc *procCluster) initialCluster() string {
 // start runs the node and waits for its ready line.
 func (pc *procCluster) start(p *proc) {
 	pc.t.Helper()
-	cmd := exec.Command(pc.bin, "server", "--id", fmt.Sprint(p.id), "--data-dir", p.dir, "--addr", p.addr,
-		"--initial-cluster", pc.initialCluster(), "--log-level", "warn")
+	cmd := exec.Command(pc.bin, append([]string{"server", "--id", fmt.Sprint(p.id), "--data-dir", p.dir, "--addr", p.addr,
+		"--initial-cluster", pc.initialCluster(), "--log-level", "warn"}, p.args...)...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		pc.t.Fatal(err)

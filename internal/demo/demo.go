@@ -330,8 +330,13 @@ func (d *Demo) State() State {
 }
 
 // Dashboard is the cluster as the console shows it: every node's own view
-// (read in-process, so a cut-off node still shows how it sees things).
-func (d *Demo) Dashboard(ctx context.Context) server.DashboardJSON {
+// (read in-process, so a cut-off node still shows how it sees things), and
+// the newest events.
+func (d *Demo) Dashboard(ctx context.Context) server.DashboardJSON { return d.DashboardSince(ctx, nil) }
+
+// DashboardSince is Dashboard with the events after cursor: the console
+// keeps every node's events in one record, source 0 of the cursor.
+func (d *Demo) DashboardSince(ctx context.Context, cursor server.EventCursor) server.DashboardJSON {
 	st := d.State()
 	views := map[uint64]*server.NodeView{}
 	errs := map[uint64]string{}
@@ -348,6 +353,14 @@ func (d *Demo) Dashboard(ctx context.Context) server.DashboardJSON {
 		db.Nodes[i].Fault = st.Nodes[i].Fault
 	}
 	db.Breakers = server.Breakers(d.bus.Backlog(0))
+	evs := server.EventsSince(d.bus, cursor[0], 4*server.DashboardEventsPerNode)
+	db.Events = server.MergeEvents(evs)
+	next := server.EventCursor{}
+	if p, ok := cursor[0]; ok {
+		next[0] = p
+	}
+	next.Advance(0, d.bus.Epoch(), evs)
+	db.EventsCursor = next.String()
 	db.Demo = st
 	return db
 }
@@ -359,7 +372,12 @@ func (d *Demo) Handler(done <-chan struct{}) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /{$}", web.Handler())
 	mux.HandleFunc("GET /v1/dashboard", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, d.Dashboard(r.Context()))
+		cursor, err := server.ParseEventCursor(r.URL.Query().Get("events"))
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, d.DashboardSince(r.Context(), cursor))
 	})
 	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
 		server.ServeEvents(w, r, d.bus, done)

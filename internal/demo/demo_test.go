@@ -188,6 +188,34 @@ func TestConsoleControls(t *testing.T) {
 	if db.Nodes[l-1].Up || db.Nodes[l-1].Fault != "killed" || db.Demo == nil {
 		t.Fatalf("dashboard after kill: %+v", db.Nodes)
 	}
+	// The page's timeline comes with the dashboard: every node's elections
+	// and the console's faults; with the cursor, nothing comes twice.
+	var elections, kills int
+	for _, e := range db.Events {
+		switch {
+		case e.Type == events.Election:
+			elections++
+		case e.Type == events.Fault && e.Peer == l && e.State == "killed":
+			kills++
+		}
+	}
+	if elections == 0 || kills != 1 || db.EventsCursor == "" {
+		t.Fatalf("console dashboard events: %d elections, %d kills of node %d, cursor %q", elections, kills, l, db.EventsCursor)
+	}
+	cursor, err := server.ParseEventCursor(db.EventsCursor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range d.DashboardSince(context.Background(), cursor).Events {
+		if e.Type == events.Fault && e.Peer == l && e.State == "killed" {
+			t.Fatalf("the kill came again after the cursor: %+v", e)
+		}
+	}
+	if resp, err := http.Get(ts.URL + "/v1/dashboard?events=nonsense"); err != nil || resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("bad cursor: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	if c := post("/v1/demo/restart/" + itoa(l)); c != 200 {
 		t.Fatalf("restart: %d", c)
 	}

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pando/pando/pki"
+	"github.com/pando/pando/server"
+)
+
+// startTLSNode runs a one-node cluster in this process on loopback, with
+// TLS (a fresh CA in dir) and a bearer token, and returns its address.
+func startTLSNode(t *testing.T, dir, token string) string {
+	t.Helper()
+	ca, err := pki.NewCA("bench test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.WriteCA(dir); err != nil {
+		t.Fatal(err)
+	}
+	c, k, err := ca.Issue("node1", pki.Node, []string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.WritePair(dir, "node1", c, k); err != nil {
+		t.Fatal(err)
+	}
+	files := pki.Files{Cert: filepath.Join(dir, "node1.crt"), Key: filepath.Join(dir, "node1.key"), CA: filepath.Join(dir, "ca.crt")}
+	cfg := server.Config{ID: 1, DataDir: t.TempDir(), TickInterval: 20 * time.Millisecond, AuthToken: token,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if cfg.TLS, err = files.ServerConfig(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PeerTLS, err = files.ClientConfig(); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listener, cfg.Addr = l, l.Addr().String()
+	s, err := server.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Kill)
+	deadline := time.Now().Add(10 * time.Second)
+	for st, _ := s.Node().Status(1); st.LeaderID != 1; st, _ = s.Node().Status(1) {
+		if time.Now().After(deadline) {
+			t.Fatal("the node did not become leader")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return cfg.Addr
+}
+
+// runBench runs pando bench with args and returns its output.
+func runBench(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := benchCmd()
+	var out, errOut bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&errOut)
+	cmd.SetArgs(args)
+	cmd.SilenceUsage = true
+	start := time.Now()
+	err := cmd.Execute()
+	t.Logf("pando bench %s: %v in %v", strings.Join(args, " "), err, time.Since(start).Round(time.Millisecond))
+	return out.String(), err
+}
+
+// TestBenchWithTLSAndToken runs a short bench against a node that needs
+// TLS and a token: with --tls-ca and --auth-token every request succeeds
+// (the pre-split through the admin API too); without either it stops at
+// once with the reason and the exit status of the other client commands.
+func TestBenchWithTLSAndToken(t *testing.T) {
+	const token = "bench-token"
+	dir := t.TempDir()
+	addr := startTLSNode(t, dir, token)
+	ca := filepath.Join(dir, "ca.crt")
+	common := []string{"--endpoints", addr, "--timeout", "2s", "--attempt-timeout", "500ms"}
+
+	out, err := runBench(t, append([]string{"--tls-ca", ca, "--auth-token", token, "--workload", "mixed", "--total", "300",
+		"--clients", "8", "--conns", "2", "--keys", "100", "--value-size", "16", "--ranges", "2", "--json"}, common...)...)
+	if err != nil {
+		t.Fatalf("bench with the CA and the token: %v\n%s", err, out)
+	}
+	var res benchResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("bench output: %v\n%s", err, out)
+	}
+	if res.Ops != 300 || res.Errors != 0 || res.Throughput <= 0 {
+		t.Fatalf("bench result: %+v", res)
+	}
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string // in the error or its hint
+	}{
+		{"no token", []string{"--tls-ca", ca, "--total", "50"}, 7, "unauthenticated"},
+		{"wrong token", []string{"--tls-ca", ca, "--auth-token", "guess", "--total", "50"}, 7, "unauthenticated"},
+		{"no CA", []string{"--auth-token", token, "--total", "50"}, 5, "--tls-ca"},
+	} {
+		start := time.Now()
+		out, err := runBench(t, append(tc.args, common...)...)
+		if err == nil {
+			t.Fatalf("%s: bench ran: %s", tc.name, out)
+		}
+		msg := err.Error() + " " + hint(err.Error())
+		if exitCode(err) != tc.code || !strings.Contains(strings.ToLower(msg), strings.ToLower(tc.want)) {
+			t.Fatalf("%s: exit %d, %q; want exit %d mentioning %q", tc.name, exitCode(err), msg, tc.code, tc.want)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("%s: refused after %v, want at once", tc.name, d)
+		}
+	}
+}
