@@ -75,6 +75,9 @@ type proc struct {
 	dir  string
 	// args are added to the server's flags (later flags win).
 	args []string
+	// join: the node joins through these addresses (--join) instead of
+	// naming the initial cluster.
+	join string
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -126,8 +129,13 @@ func (pc *procCluster) initialCluster() string {
 // start runs the node and waits for its ready line.
 func (pc *procCluster) start(p *proc) {
 	pc.t.Helper()
-	cmd := exec.Command(pc.bin, append([]string{"server", "--id", fmt.Sprint(p.id), "--data-dir", p.dir, "--addr", p.addr,
-		"--initial-cluster", pc.initialCluster(), "--log-level", "warn"}, p.args...)...)
+	args := []string{"server", "--id", fmt.Sprint(p.id), "--data-dir", p.dir, "--addr", p.addr, "--log-level", "warn"}
+	if p.join != "" {
+		args = append(args, "--join", p.join)
+	} else {
+		args = append(args, "--initial-cluster", pc.initialCluster())
+	}
+	cmd := exec.Command(pc.bin, append(args, p.args...)...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		pc.t.Fatal(err)

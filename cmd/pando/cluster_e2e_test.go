@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pando/pando/client"
+)
+
+type nodeListJSON struct {
+	Controller uint64 `json:"controller_id"`
+	Nodes      []struct {
+		ID       uint64 `json:"id"`
+		State    string `json:"state"`
+		Live     bool   `json:"live"`
+		Replicas uint64 `json:"replicas"`
+		Leaders  uint64 `json:"leaders"`
+	} `json:"nodes"`
+}
+
+// spread reports whether the live members' replica and leader counts are
+// each within one of their mean, and nothing sits on other nodes.
+func (l nodeListJSON) spread(members int) bool {
+	var reps, leads, live float64
+	for _, n := range l.Nodes {
+		if n.State == "live" && n.Live {
+			reps += float64(n.Replicas)
+			leads += float64(n.Leaders)
+			live++
+		} else if n.Replicas+n.Leaders > 0 {
+			return false
+		}
+	}
+	if int(live) != members {
+		return false
+	}
+	for _, n := range l.Nodes {
+		if n.State == "live" && (math.Abs(float64(n.Replicas)-reps/live) > 1 || math.Abs(float64(n.Leaders)-leads/live) > 1) {
+			return false
+		}
+	}
+	return true
+}
+
+// The issue's scenario with real processes: three nodes, 20,000 keys, two
+// more nodes join and the controller spreads replicas and leaders over
+// all five; one is decommissioned and drained; every key is still
+// readable with its latest version.
+func TestProcessesJoinRebalanceDecommission(t *testing.T) {
+	fast := func(p *proc) []string {
+		return []string{"--node-heartbeat-interval", "200ms", "--dead-after", "10s", "--merge-max-bytes", "-1"}
+	}
+	pc := startProcsWith(t, 3, fast)
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(pc.bin, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("pando %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	ep := "--endpoints=" + strings.Join(pc.addrs, ",")
+	pc.leader()
+	for _, k := range []string{"k02500", "k05000", "k07500", "k10000", "k12500", "k15000", "k17500"} {
+		run("split", k, ep)
+	}
+
+	c, err := client.New(client.Config{Endpoints: pc.addrs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const keys = 20000
+	versions := make([]uint64, keys)
+	var wg sync.WaitGroup
+	var failed error
+	var mu sync.Mutex
+	for w := 0; w < 32; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < keys; i += 32 {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				v, err := c.Put(ctx, []byte(fmt.Sprintf("k%05d", i)), []byte(fmt.Sprintf("value-%d", i)))
+				cancel()
+				if err != nil {
+					mu.Lock()
+					failed = err
+					mu.Unlock()
+					return
+				}
+				versions[i] = v
+			}
+		}(w)
+	}
+	wg.Wait()
+	if failed != nil {
+		t.Fatalf("loading: %v", failed)
+	}
+
+	root := filepath.Dir(pc.procs[0].dir)
+	for _, id := range []int{4, 5} {
+		addr := freeAddrs(t, 1)[0]
+		p := &proc{id: id, addr: addr, dir: filepath.Join(root, fmt.Sprint(id)), join: pc.addrs[0] + "," + pc.addrs[1], args: fast(nil)}
+		pc.procs = append(pc.procs, p)
+		pc.start(p)
+	}
+	all := []string{}
+	for _, p := range pc.procs {
+		all = append(all, p.addr)
+	}
+	ep = "--endpoints=" + strings.Join(all, ",")
+	list := func() nodeListJSON {
+		var l nodeListJSON
+		out, err := exec.Command(pc.bin, "node", "list", "--json", ep).Output()
+		if err == nil {
+			_ = json.Unmarshal(out, &l)
+		}
+		return l
+	}
+	wait := func(what string, d time.Duration, cond func(nodeListJSON) bool) {
+		t.Helper()
+		start := time.Now()
+		var l nodeListJSON
+		for time.Since(start) < d {
+			if l = list(); cond(l) {
+				t.Logf("%s after %v", what, time.Since(start).Round(100*time.Millisecond))
+				return
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		t.Fatalf("%s: not within %v: %+v\n%s", what, d, l, run("ranges", ep))
+	}
+	wait("replicas and leaders spread over five nodes", 120*time.Second, func(l nodeListJSON) bool { return l.spread(5) })
+	t.Logf("node list:\n%s", run("node", "list", ep))
+	if out := run("rebalance", "--dry-run", ep); !strings.Contains(out, "nothing to do") {
+		t.Errorf("a balanced cluster still plans: %s", out)
+	}
+
+	run("node", "decommission", "2", ep)
+	wait("node 2 drained and removed", 120*time.Second, func(l nodeListJSON) bool {
+		for _, n := range l.Nodes {
+			if n.ID == 2 {
+				return n.State == "removed" && n.Replicas == 0 && n.Leaders == 0
+			}
+		}
+		return false
+	})
+	// Stop the removed node; read everything through a joined node.
+	_ = pc.procs[1].cmd.Process.Kill()
+	<-pc.procs[1].done
+	rc, err := client.New(client.Config{Endpoints: []string{pc.procs[3].addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	for i := 0; i < keys; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		kv, err := rc.Get(ctx, []byte(fmt.Sprintf("k%05d", i)))
+		cancel()
+		if err != nil || kv == nil || kv.Version != versions[i] || string(kv.Value) != fmt.Sprintf("value-%d", i) {
+			if errors.Is(err, client.ErrNotFound) {
+				t.Fatalf("k%05d lost after the decommission", i)
+			}
+			t.Fatalf("k%05d = %+v, %v; want version %d", i, kv, err, versions[i])
+		}
+	}
+}
