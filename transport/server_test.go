@@ -179,7 +179,8 @@ func record(userKey string) *pandopb.KeyValue {
 
 func snapMsg(t testing.TB, desc *pandopb.RangeDescriptor) raftpb.Message {
 	t.Helper()
-	b, err := proto.Marshal(desc)
+	// A snapshot carries the replicated range state, descriptor included.
+	b, err := proto.Marshal(&pandopb.RangeState{Desc: desc})
 	if err != nil {
 		t.Fatal(err)
 	}
