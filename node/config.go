@@ -64,6 +64,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer, when set, receives the node's metrics.
 	Registerer prometheus.Registerer
+	// PeerLive, when set, reports whether another node answers (the
+	// transport's liveness). It turns quiescence on: idle ranges stop
+	// ticking, and a quiesced follower wakes when its leader's node stops
+	// answering. Optional.
+	PeerLive func(id uint64) bool
 	// PeerAddr resolves a node ID to its address, for leader hints. Optional.
 	PeerAddr func(id uint64) string
 	// Events, when set, records elections, leader losses and leadership

@@ -33,7 +33,7 @@ func (n *Node) run() {
 			return
 		case now := <-ticker.C:
 			for _, r := range n.replicas {
-				r.rn.Tick()
+				n.tickReplica(r)
 			}
 			n.maybePruneDedup(now)
 		case in := <-n.recvc:
@@ -86,6 +86,7 @@ func (n *Node) step(in inbound) {
 		}
 		r.inSnaps[in.snap.index] = in.snap
 	}
+	n.noteInbound(r, in.msg)
 	switch in.msg.Type {
 	case raftpb.MsgTimeoutNow:
 		// The leader asks this replica to take over (leadership transfer).
@@ -112,6 +113,7 @@ func (n *Node) propose(p *proposal) {
 		fail(fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, p.rangeID))
 		return
 	}
+	n.wake(r)
 	bs := r.rn.BasicStatus()
 	if bs.RaftState != raft.StateLeader {
 		fail(n.notLeader(p.rangeID, bs.Lead))
@@ -145,6 +147,7 @@ func (n *Node) queueRead(rr *readRequest) {
 		rr.done <- n.notLeader(rr.rangeID, bs.Lead)
 		return
 	}
+	n.wake(r)
 	r.readQueue = append(r.readQueue, rr)
 }
 
@@ -506,6 +509,7 @@ func (n *Node) publishStatus(r *group) {
 		Commit:   st.Commit,
 
 		LastCheck: r.storage.State().LastCheck,
+		Quiesced:  r.quiesced,
 	})
 }
 
@@ -524,6 +528,7 @@ func (n *Node) maybePruneDedup(now time.Time) {
 	must(err)
 	for _, r := range n.replicas {
 		if r.rn.BasicStatus().RaftState == raft.StateLeader {
+			n.wake(r)
 			_ = r.rn.Propose(data) // dropped during a transfer: the next round prunes
 		}
 	}

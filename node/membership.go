@@ -294,6 +294,7 @@ func (n *Node) destroy(r *group, why string) {
 	}
 	must(b.Commit(pebble.Sync))
 	must(b.Close())
+	n.wake(r) // keeps the quiesced gauge right
 	n.replicasMu.Lock()
 	delete(n.replicas, r.id)
 	n.replicasMu.Unlock()

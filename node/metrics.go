@@ -16,6 +16,7 @@ type metrics struct {
 	readyRanges prometheus.Histogram
 	proposals   *prometheus.CounterVec
 	dedupHits   *prometheus.CounterVec
+	quiesced    prometheus.Gauge
 }
 
 func newMetrics(n *Node, reg prometheus.Registerer) *metrics {
@@ -43,6 +44,10 @@ func newMetrics(n *Node, reg prometheus.Registerer) *metrics {
 			Name: "pando_dedup_total",
 			Help: "Writes carrying an idempotency key that were not applied, as this replica applied the log: duplicate (a retry answered from the deduplication table) or superseded (an older write of a session that moved on).",
 		}, []string{"outcome"}),
+		quiesced: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pando_raft_quiesced_ranges",
+			Help: "Replicas on this node that are quiesced: idle, not ticking, sending no heartbeats.",
+		}),
 	}
 	for _, o := range []string{"applied", "rejected", "not_leader", "ambiguous", "failed", "overloaded"} {
 		m.proposals.WithLabelValues(o)
@@ -50,7 +55,7 @@ func newMetrics(n *Node, reg prometheus.Registerer) *metrics {
 	m.dedupHits.WithLabelValues("duplicate")
 	m.dedupHits.WithLabelValues("superseded")
 	if reg != nil {
-		reg.MustRegister(m.fsync, m.apply, m.readyRanges, m.proposals, m.dedupHits, &stateCollector{n: n})
+		reg.MustRegister(m.fsync, m.apply, m.readyRanges, m.proposals, m.dedupHits, m.quiesced, &stateCollector{n: n})
 	}
 	return m
 }

@@ -65,6 +65,8 @@ type group struct {
 	learners []uint64
 	status   atomic.Pointer[RangeStatus]
 	pending  atomic.Int64 // proposals waiting for their result
+	// quiesced: idle, not ticking (see quiesce.go). Loop-owned.
+	quiesced bool
 
 	inSnaps map[uint64]*incomingSnapshot // received, by index
 
@@ -93,6 +95,8 @@ type RangeStatus struct {
 	Commit   uint64
 	// LastCheck is the last consistency check's verdict (nil: none yet).
 	LastCheck *pandopb.CheckVerdict
+	// Quiesced: the replica is idle and not ticking (see quiesce.go).
+	Quiesced bool
 }
 
 type inbound struct {
@@ -490,6 +494,7 @@ func (n *Node) startTransfers() {
 			}
 		}
 		if best != 0 {
+			n.wake(r)
 			n.log.Info("transferring leadership", "range", r.id, "to", best)
 			r.rn.TransferLeader(best)
 		}
@@ -500,6 +505,7 @@ func (n *Node) startTransfers() {
 func (n *Node) Campaign(ctx context.Context, rangeID uint64) error {
 	return n.call(ctx, func() {
 		if r := n.replicas[rangeID]; r != nil {
+			n.wake(r)
 			_ = r.rn.Campaign()
 		}
 	})
@@ -509,6 +515,7 @@ func (n *Node) Campaign(ctx context.Context, rangeID uint64) error {
 func (n *Node) TransferLeader(ctx context.Context, rangeID, target uint64) error {
 	return n.call(ctx, func() {
 		if r := n.replicas[rangeID]; r != nil {
+			n.wake(r)
 			r.rn.TransferLeader(target)
 		}
 	})

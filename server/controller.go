@@ -512,10 +512,7 @@ func (s *Server) execute(ctx context.Context, op placement.Op) error {
 	s.log.Info("controller: "+op.String(), "range", op.RangeID)
 	switch op.Kind {
 	case placement.OpMoveReplica, placement.OpAddReplica, placement.OpRemoveReplica:
-		_, err := s.moveReplica(ctx, op.RangeID, op.From, op.To)
-		if err == nil && op.Kind == placement.OpMoveReplica {
-			s.events.Publish(events.MoveEvent(op.RangeID, op.From, op.To, op.Reason))
-		}
+		_, err := s.moveReplica(ctx, op.RangeID, op.From, op.To, op.Reason)
 		return err
 	case placement.OpTransferLeader:
 		return s.transferLeader(ctx, op.RangeID, op.To)
@@ -527,15 +524,19 @@ func (s *Server) execute(ctx context.Context, op placement.Op) error {
 }
 
 // moveReplica runs a replica move at the range's leader.
-func (s *Server) moveReplica(ctx context.Context, rangeID, from, to uint64) (*pandopb.RangeDescriptor, error) {
+// The leader that finishes it records the move as an event.
+func (s *Server) moveReplica(ctx context.Context, rangeID, from, to uint64, why string) (*pandopb.RangeDescriptor, error) {
 	ctx = metadata.NewIncomingContext(ctx, metadata.MD{})
 	var desc *pandopb.RangeDescriptor
 	err := s.onLeader(ctx, nil, rangeID, func(rid uint64) error {
+		before, _ := s.node.Status(rid)
 		var err error
-		desc, err = s.node.MoveReplica(ctx, rid, from, to, hosts{s})
+		if desc, err = s.node.MoveReplica(ctx, rid, from, to, hosts{s}); err == nil && before.Desc.GetGeneration() != desc.Generation {
+			s.events.Publish(events.MoveEvent(rid, from, to, why))
+		}
 		return err
 	}, func(ctx context.Context, conn *grpc.ClientConn) error {
-		resp, err := pandopb.NewAdminClient(conn).MoveReplica(ctx, &pandopb.MoveReplicaRequest{RangeId: rangeID, From: from, To: to})
+		resp, err := pandopb.NewAdminClient(conn).MoveReplica(ctx, &pandopb.MoveReplicaRequest{RangeId: rangeID, From: from, To: to, Reason: why})
 		if err == nil {
 			desc = resp.Desc
 		}

@@ -31,7 +31,11 @@ func (a *admin) MoveReplica(ctx context.Context, req *pandopb.MoveReplicaRequest
 	}
 	ctx, cancel := a.s.adminTimeout(ctx, a.s.cfg.MoveTimeout)
 	defer cancel()
-	desc, err := a.s.moveReplica(forwardedOnly(ctx), req.RangeId, req.From, req.To)
+	why := req.Reason
+	if why == "" {
+		why = "asked by an operator"
+	}
+	desc, err := a.s.moveReplica(forwardedOnly(ctx), req.RangeId, req.From, req.To, why)
 	if err != nil {
 		return nil, kv.ToStatus(err)
 	}

@@ -468,6 +468,8 @@ func (p *peer) pump(cancel context.CancelFunc, stream grpc.ClientStreamingClient
 	silence := p.t.cfg.SilenceTimeout
 	tick := time.NewTicker(silence / 4)
 	defer tick.Stop()
+	lastSent := time.Now()
+	keepalive := false
 	for {
 		// Settle the outstanding call: heard from since we sent, or silent
 		// too long.
@@ -493,7 +495,12 @@ func (p *peer) pump(cancel context.CancelFunc, stream grpc.ClientStreamingClient
 			if p.br.Status().State == resilience.StateOpen {
 				return errBreakerOpen
 			}
-			continue
+			if time.Since(lastSent) < silence/4 {
+				continue
+			}
+			// Idle (its ranges quiesced): a keepalive, an empty batch, so
+			// that both nodes keep knowing whether the other answers.
+			keepalive = true
 		case <-stream.Context().Done():
 			return stream.Context().Err()
 		case first = <-p.queue:
@@ -509,20 +516,24 @@ func (p *peer) pump(cancel context.CancelFunc, stream grpc.ClientStreamingClient
 			batch.Messages = append(batch.Messages, &pandopb.RaftEnvelope{RangeId: e.RangeID, Message: b})
 			return nil
 		}
-		if err := add(first); err != nil {
-			return err
-		}
-	more:
-		for size < p.t.cfg.MaxBatchBytes {
-			select {
-			case e := <-p.queue:
-				if err := add(e); err != nil {
-					return err
+		if !keepalive {
+			if err := add(first); err != nil {
+				return err
+			}
+		more:
+			for size < p.t.cfg.MaxBatchBytes {
+				select {
+				case e := <-p.queue:
+					if err := add(e); err != nil {
+						return err
+					}
+				default:
+					break more
 				}
-			default:
-				break more
 			}
 		}
+		keepalive = false
+		lastSent = time.Now()
 		if *out == nil {
 			call, err := p.br.Allow()
 			if err != nil {

@@ -3573,8 +3573,10 @@ type MoveReplicaRequest struct {
 	RangeId uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
 	// from: the node losing its replica (0: only add); to: the node gaining
 	// one (0: only remove).
-	From          uint64 `protobuf:"varint,2,opt,name=from,proto3" json:"from,omitempty"`
-	To            uint64 `protobuf:"varint,3,opt,name=to,proto3" json:"to,omitempty"`
+	From uint64 `protobuf:"varint,2,opt,name=from,proto3" json:"from,omitempty"`
+	To   uint64 `protobuf:"varint,3,opt,name=to,proto3" json:"to,omitempty"`
+	// reason is recorded in the move's event (the controller's plan).
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3628,6 +3630,13 @@ func (x *MoveReplicaRequest) GetTo() uint64 {
 		return x.To
 	}
 	return 0
+}
+
+func (x *MoveReplicaRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 type MoveReplicaResponse struct {
@@ -4941,11 +4950,12 @@ const file_pando_proto_rawDesc = "" +
 	"\x05right\x18\x02 \x01(\v2\x19.pando.v1.RangeDescriptorR\x05right\"\x15\n" +
 	"\x13AllocRangeIDRequest\"1\n" +
 	"\x14AllocRangeIDResponse\x12\x19\n" +
-	"\brange_id\x18\x01 \x01(\x04R\arangeId\"S\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\"k\n" +
 	"\x12MoveReplicaRequest\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\x04R\x04from\x12\x0e\n" +
-	"\x02to\x18\x03 \x01(\x04R\x02to\"D\n" +
+	"\x02to\x18\x03 \x01(\x04R\x02to\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"D\n" +
 	"\x13MoveReplicaResponse\x12-\n" +
 	"\x04desc\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc\"B\n" +
 	"\x15TransferLeaderRequest\x12\x19\n" +

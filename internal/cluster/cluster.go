@@ -241,6 +241,7 @@ func (c *Cluster) Start(id uint64) {
 		TickInterval: c.opts.TickInterval, ElectionTicks: c.opts.ElectionTicks,
 		LogKeepEntries: c.opts.LogKeepEntries, Logger: c.log.With("node", id),
 		SnapshotChunkBytes: 4 << 10, MaxPendingProposals: c.opts.MaxPendingProposals,
+		PeerLive: func(peer uint64) bool { return c.Net.Reachable(id, peer) },
 	})
 	if err != nil {
 		c.t.Fatalf("node %d: %v", id, err)

@@ -20,6 +20,14 @@ type Network struct {
 	delay   time.Duration
 	stopped bool
 	wg      sync.WaitGroup
+	sent    uint64 // messages handed to the network
+}
+
+// Sent counts the Raft messages the nodes have sent so far.
+func (nw *Network) Sent() uint64 {
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	return nw.sent
 }
 
 // NewNetwork returns a fault-free network seeded with seed.
@@ -115,6 +123,7 @@ func (t *transport) Send(envs []node.Envelope) {
 		return
 	}
 	for _, e := range envs {
+		nw.sent++
 		to := e.Msg.To
 		dst := nw.nodes[to]
 		if dst == nil || nw.cut[[2]uint64{t.from, to}] || (nw.drop > 0 && nw.rng.Float64() < nw.drop) {

@@ -1,0 +1,95 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// waitQuiesced waits until every running node's replicas of every range
+// are quiesced.
+func waitQuiesced(t *testing.T, c *Cluster, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		all := true
+		for _, id := range c.IDs() {
+			if !c.Running(id) {
+				continue
+			}
+			for _, st := range c.Member(id).Node.Statuses() {
+				all = all && st.Quiesced
+			}
+		}
+		if all {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ranges not quiesced within %v", d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Idle ranges quiesce and cost no Raft messages; a write wakes its range
+// and is served at once; when a quiesced range's leader dies, the others
+// notice through the node's liveness and elect a new leader.
+func TestIdleRangesQuiesce(t *testing.T) {
+	c := New(t, Options{Seed: testSeed(t)})
+	if _, err := c.Leader(1, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"b", "d", "f", "h", "j", "l", "n"} {
+		// Retried: the range holding k may not have elected a leader yet.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			err := c.Split(ctx, []byte(k))
+			cancel()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	for i := 0; i < 16; i++ {
+		put(t, c.KV(1), fmt.Sprintf("%c-key", 'a'+i), "v")
+	}
+	waitQuiesced(t, c, 10*time.Second)
+	// Idle: 8 ranges on 3 nodes send nothing over a window in which, awake,
+	// they would send 8 ranges x 2 followers x 2 messages every 10ms tick.
+	before := c.Net.Sent()
+	time.Sleep(500 * time.Millisecond)
+	if sent := c.Net.Sent() - before; sent > 0 {
+		t.Fatalf("%d Raft messages sent in 500ms by idle, quiesced ranges", sent)
+	}
+	// A write wakes its range.
+	put(t, c.KV(2), "c-after", "v")
+	if resp, err := get(t, c.KV(3), "c-after", false); err != nil || !resp.Found {
+		t.Fatalf("read after waking: %v %v", resp, err)
+	}
+	waitQuiesced(t, c, 10*time.Second)
+	// The leader of range 1 dies while quiesced: a new one is elected.
+	lead, err := c.Leader(1, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Crash(lead)
+	start := time.Now()
+	newLead, err := c.Leader(1, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("node %d took over range 1 from quiesced leader %d after %v", newLead, lead, time.Since(start).Round(time.Millisecond))
+	var via uint64
+	for _, id := range c.IDs() {
+		if id != lead {
+			via = id
+		}
+	}
+	put(t, c.KV(via), "a-after-crash", "v")
+}

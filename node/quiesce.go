@@ -1,0 +1,121 @@
+package node
+
+import (
+	"bytes"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
+)
+
+// Quiescence: a range with nothing to do stops ticking, so an idle range
+// costs no heartbeats (CockroachDB's quiesced ranges). Its leader, once
+// every replica has everything it has and applied it, sends each follower
+// one last heartbeat marked quiesceCtx and stops ticking; a follower that
+// takes it from its leader stops ticking too. Anything for the range wakes
+// it: a proposal or read at the leader, any other message at a follower.
+// Followers do not time the leader out while quiesced; instead they wake
+// when the leader's node stops answering (Config.PeerLive, the transport's
+// node-to-node liveness, which keeps its own per-node keepalive), then elect
+// a new leader as usual. A quiesced leader cut off from its followers keeps
+// believing it leads until it wakes; it cannot commit or serve a
+// linearizable read before a quorum answers it, so that is safe.
+
+// quiesceCtx marks the heartbeat that quiesces a follower.
+var quiesceCtx = []byte("pando-quiesce")
+
+// quiescing is on when the node can tell whether a leader's node is alive.
+func (n *Node) quiescing() bool { return n.cfg.PeerLive != nil }
+
+// wake makes a quiesced replica tick again.
+func (n *Node) wake(r *group) {
+	if r.quiesced {
+		r.quiesced = false
+		n.met.quiesced.Dec()
+		n.publishStatus(r)
+	}
+}
+
+func (n *Node) setQuiesced(r *group) {
+	if !r.quiesced {
+		r.quiesced = true
+		n.met.quiesced.Inc()
+		n.publishStatus(r)
+	}
+}
+
+// tickReplica ticks one replica unless it is quiesced, and quiesces it
+// when it can. Runs on the loop at every tick.
+func (n *Node) tickReplica(r *group) {
+	if r.quiesced {
+		if n.leaderGone(r) {
+			n.wake(r)
+		} else {
+			return
+		}
+	}
+	if n.quiescing() && n.maybeQuiesce(r) {
+		return
+	}
+	r.rn.Tick()
+}
+
+// leaderGone reports whether a quiesced follower's leader no longer
+// answers (or it knows none).
+func (n *Node) leaderGone(r *group) bool {
+	lead := r.rn.BasicStatus().Lead
+	return lead != n.cfg.ID && (lead == 0 || !n.cfg.PeerLive(lead))
+}
+
+// maybeQuiesce quiesces a leader whose range is idle and fully replicated
+// and applied everywhere, telling its followers.
+func (n *Node) maybeQuiesce(r *group) bool {
+	if r.storage.State().Desc == nil || r.rn.HasReady() || r.pending.Load() > 0 ||
+		len(r.readQueue)+len(r.readBatches)+len(r.readWaiting) > 0 || len(r.inSnaps) > 0 {
+		return false
+	}
+	st := r.rn.Status()
+	if st.RaftState != raft.StateLeader || st.LeadTransferee != 0 {
+		return false
+	}
+	last, _ := r.storage.LastIndex()
+	if st.Commit != last || r.applied != last || len(st.Progress) < 2 {
+		return false
+	}
+	for id, pr := range st.Progress {
+		if id == n.cfg.ID {
+			continue
+		}
+		if pr.Match != last || pr.State != tracker.StateReplicate || !n.cfg.PeerLive(id) {
+			return false
+		}
+	}
+	var out []Envelope
+	for id := range st.Progress {
+		if id == n.cfg.ID {
+			continue
+		}
+		out = append(out, Envelope{RangeID: r.id, Msg: raftpb.Message{Type: raftpb.MsgHeartbeat, To: id, From: n.cfg.ID,
+			Term: st.Term, Commit: st.Commit, Context: quiesceCtx}})
+	}
+	n.cfg.Transport.Send(out)
+	n.setQuiesced(r)
+	return true
+}
+
+// noteInbound wakes a replica for any message but its leader's quiescing
+// heartbeat (and the answers to it), which quiesces a follower.
+func (n *Node) noteInbound(r *group, m raftpb.Message) {
+	quiet := bytes.Equal(m.Context, quiesceCtx)
+	switch {
+	case quiet && m.Type == raftpb.MsgHeartbeat:
+		if m.From == r.rn.BasicStatus().Lead && m.Term == r.rn.BasicStatus().Term && n.quiescing() {
+			n.setQuiesced(r)
+		} else {
+			n.wake(r)
+		}
+	case quiet && m.Type == raftpb.MsgHeartbeatResp:
+	default:
+		n.wake(r)
+	}
+}
