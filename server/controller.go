@@ -40,11 +40,11 @@ type controller struct {
 
 	mu        sync.Mutex
 	active    bool
-	since     time.Time                        // when this node became the controller
-	beats     map[uint64]*beat                 // last heartbeat of each node
-	firstSeen map[uint64]time.Time             // range ID -> when first seen (merge delay)
-	running   map[uint64]placement.Op          // range ID -> op in flight
-	dead      map[uint64]bool                  // nodes reported dead (events once)
+	since     time.Time                           // when this node became the controller
+	beats     map[uint64]*beat                    // last heartbeat of each node
+	firstSeen map[uint64]time.Time                // range ID -> when first seen (merge delay)
+	running   map[uint64]placement.Op             // range ID -> op in flight
+	dead      map[uint64]bool                     // nodes reported dead (events once)
 	last      map[uint64]*pandopb.RangeDescriptor // directory as last persisted
 	sem       chan struct{}
 }
