@@ -87,6 +87,15 @@ func (n *Node) step(in inbound) {
 		r.inSnaps[in.snap.index] = in.snap
 	}
 	n.noteInbound(r, in.msg)
+	if in.msg.Type == raftpb.MsgHeartbeat {
+		// A leader's heartbeat never names a commit index beyond what this
+		// replica has, except when it was meant for a previous incarnation
+		// of it (Raft IDs are node IDs, and a replica may be removed and
+		// added again): raft would take that as a lost log and panic.
+		if last, _ := r.storage.LastIndex(); in.msg.Commit > last {
+			in.msg.Commit = 0
+		}
+	}
 	switch in.msg.Type {
 	case raftpb.MsgTimeoutNow:
 		// The leader asks this replica to take over (leadership transfer).

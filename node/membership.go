@@ -191,7 +191,15 @@ func (n *Node) applyConfChange(r *group, e raftpb.Entry) (removedSelf bool) {
 // span (this node must first apply the change that gave that part away).
 // Nothing is stored until the snapshot arrives: after a restart the empty
 // replica is gone, and the mover creates it again.
-func (n *Node) CreateReplica(ctx context.Context, desc *pandopb.RangeDescriptor) error {
+//
+// Raft IDs are node IDs, so a replica re-added to a node it was removed
+// from shares its Raft ID with its previous incarnation, whose messages may
+// still be in flight. The empty replica therefore starts in the range's
+// current term having voted for its current leader (term and leader): it
+// ignores every message of older terms and cannot vote a second time in
+// this one. (Heartbeats of the previous incarnation naming a commit index
+// beyond its log are defused in step.)
+func (n *Node) CreateReplica(ctx context.Context, desc *pandopb.RangeDescriptor, term, leader uint64) error {
 	if desc.GetId() == 0 {
 		return fmt.Errorf("%w: descriptor without a range ID", kv.ErrInvalidArgument)
 	}
@@ -207,7 +215,7 @@ func (n *Node) CreateReplica(ctx context.Context, desc *pandopb.RangeDescriptor)
 				return
 			}
 		}
-		err = n.addUninitialized(desc.Id)
+		err = n.addUninitialized(desc.Id, raftpb.HardState{Term: term, Vote: leader})
 	})
 	if cerr != nil {
 		return cerr
@@ -390,7 +398,7 @@ func (n *Node) ProposeMeta(ctx context.Context, cmd *pandopb.Command) error {
 // delete its replica after removing it (a removed replica does not always
 // learn of its removal).
 type ReplicaHosts interface {
-	CreateReplica(ctx context.Context, node uint64, desc *pandopb.RangeDescriptor) error
+	CreateReplica(ctx context.Context, node uint64, desc *pandopb.RangeDescriptor, term, leader uint64) error
 	DestroyReplica(ctx context.Context, node uint64, desc *pandopb.RangeDescriptor) error
 }
 
@@ -421,14 +429,14 @@ func (n *Node) MoveReplica(ctx context.Context, rangeID, from, to uint64, hosts 
 		var err error
 		switch {
 		case to != 0 && !has(to):
-			if err = hosts.CreateReplica(ctx, to, desc); err != nil {
+			if err = hosts.CreateReplica(ctx, to, desc, st.Term, n.cfg.ID); err != nil {
 				return nil, fmt.Errorf("node %d cannot hold a replica of range %d: %w", to, rangeID, err)
 			}
 			_, err = n.ChangeReplicas(ctx, rangeID, desc.Generation, raftpb.ConfChangeSingle{Type: raftpb.ConfChangeAddLearnerNode, NodeID: to})
 		case to != 0 && learner(to):
 			// Again: the learner's node may have restarted before the
 			// snapshot filled its replica, and lost it (idempotent).
-			if err = hosts.CreateReplica(ctx, to, desc); err != nil {
+			if err = hosts.CreateReplica(ctx, to, desc, st.Term, n.cfg.ID); err != nil {
 				return nil, fmt.Errorf("node %d cannot hold a replica of range %d: %w", to, rangeID, err)
 			}
 			if err = n.waitCaughtUp(ctx, rangeID, to); err != nil {

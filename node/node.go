@@ -170,8 +170,8 @@ func New(cfg Config) (*Node, error) {
 }
 
 // addUninitialized starts an empty replica (see CreateReplica).
-func (n *Node) addUninitialized(id uint64) error {
-	return n.startReplica(id, storage.NewUninitialized(n.cfg.Engine, id))
+func (n *Node) addUninitialized(id uint64, hs raftpb.HardState) error {
+	return n.startReplica(id, storage.NewUninitialized(n.cfg.Engine, id, hs))
 }
 
 func (n *Node) addReplica(id uint64) error {

@@ -577,15 +577,15 @@ func (s *Server) transferLeader(ctx context.Context, rangeID, to uint64) error {
 // hosts reaches nodes for replica moves (node.ReplicaHosts).
 type hosts struct{ s *Server }
 
-func (h hosts) CreateReplica(ctx context.Context, id uint64, desc *pandopb.RangeDescriptor) error {
+func (h hosts) CreateReplica(ctx context.Context, id uint64, desc *pandopb.RangeDescriptor, term, leader uint64) error {
 	if id == h.s.cfg.ID {
-		return h.s.node.CreateReplica(ctx, desc)
+		return h.s.node.CreateReplica(ctx, desc, term, leader)
 	}
 	conn, err := h.s.tr.Conn(id)
 	if err != nil {
 		return err
 	}
-	_, err = pandopb.NewAdminClient(conn).CreateReplica(ctx, &pandopb.CreateReplicaRequest{Desc: desc})
+	_, err = pandopb.NewAdminClient(conn).CreateReplica(ctx, &pandopb.CreateReplicaRequest{Desc: desc, Term: term, Leader: leader})
 	return kv.FromStatus(err)
 }
 

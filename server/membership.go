@@ -57,7 +57,7 @@ func (a *admin) TransferLeader(ctx context.Context, req *pandopb.TransferLeaderR
 
 // CreateReplica implements pandopb.AdminServer (this node only).
 func (a *admin) CreateReplica(ctx context.Context, req *pandopb.CreateReplicaRequest) (*pandopb.CreateReplicaResponse, error) {
-	if err := a.s.node.CreateReplica(ctx, req.Desc); err != nil {
+	if err := a.s.node.CreateReplica(ctx, req.Desc, req.Term, req.Leader); err != nil {
 		return nil, kv.ToStatus(err)
 	}
 	return &pandopb.CreateReplicaResponse{}, nil

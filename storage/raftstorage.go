@@ -90,8 +90,9 @@ var ErrUninitialized = errors.New("storage: uninitialized replica (no applied st
 // no state, an empty log before index 1, no conf state. Raft fills it with
 // a snapshot (every range's log starts after index SplitInitialIndex, so a
 // new replica is always brought up by one). Nothing is written until then.
-func NewUninitialized(e *Engine, rangeID uint64) *RaftStorage {
-	return &RaftStorage{db: e.db, rangeID: rangeID, state: &pandopb.RangeState{}}
+// hs is its initial hard state (a term and vote, no commit).
+func NewUninitialized(e *Engine, rangeID uint64, hs raftpb.HardState) *RaftStorage {
+	return &RaftStorage{db: e.db, rangeID: rangeID, state: &pandopb.RangeState{}, hard: raftpb.HardState{Term: hs.Term, Vote: hs.Vote}}
 }
 
 // Initialized reports whether the replica holds a range state (a snapshot

@@ -3774,8 +3774,13 @@ func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
 // CreateReplicaRequest asks a node to hold an empty replica of desc's
 // range, to be filled by a snapshot once it is added to the group.
 type CreateReplicaRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Desc          *RangeDescriptor       `protobuf:"bytes,1,opt,name=desc,proto3" json:"desc,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Desc  *RangeDescriptor       `protobuf:"bytes,1,opt,name=desc,proto3" json:"desc,omitempty"`
+	// term and leader: the range's current term and leader; the empty
+	// replica starts as having voted for that leader in that term, so that
+	// it can never vote twice in a term under its node's Raft ID.
+	Term          uint64 `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
+	Leader        uint64 `protobuf:"varint,3,opt,name=leader,proto3" json:"leader,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3815,6 +3820,20 @@ func (x *CreateReplicaRequest) GetDesc() *RangeDescriptor {
 		return x.Desc
 	}
 	return nil
+}
+
+func (x *CreateReplicaRequest) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *CreateReplicaRequest) GetLeader() uint64 {
+	if x != nil {
+		return x.Leader
+	}
+	return 0
 }
 
 type CreateReplicaResponse struct {
@@ -4961,9 +4980,11 @@ const file_pando_proto_rawDesc = "" +
 	"\x15TransferLeaderRequest\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\x04R\x02to\"\x18\n" +
-	"\x16TransferLeaderResponse\"E\n" +
+	"\x16TransferLeaderResponse\"q\n" +
 	"\x14CreateReplicaRequest\x12-\n" +
-	"\x04desc\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc\"\x17\n" +
+	"\x04desc\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc\x12\x12\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x16\n" +
+	"\x06leader\x18\x03 \x01(\x04R\x06leader\"\x17\n" +
 	"\x15CreateReplicaResponse\"F\n" +
 	"\x15DestroyReplicaRequest\x12-\n" +
 	"\x04desc\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc\"\x18\n" +

@@ -177,12 +177,12 @@ func (h hosts) node(id uint64) (*node.Node, error) {
 	return h.c.Member(id).Node, nil
 }
 
-func (h hosts) CreateReplica(ctx context.Context, id uint64, desc *pandopb.RangeDescriptor) error {
+func (h hosts) CreateReplica(ctx context.Context, id uint64, desc *pandopb.RangeDescriptor, term, leader uint64) error {
 	n, err := h.node(id)
 	if err != nil {
 		return err
 	}
-	return n.CreateReplica(ctx, desc)
+	return n.CreateReplica(ctx, desc, term, leader)
 }
 
 func (h hosts) DestroyReplica(ctx context.Context, id uint64, desc *pandopb.RangeDescriptor) error {

@@ -204,7 +204,7 @@ func runClient(c *Cluster, h *history, id int, rng *rand.Rand, keys []string, st
 		default:
 		}
 		key := keys[rng.IntN(len(keys))]
-		target := c.IDs()[rng.IntN(len(c.IDs()))]
+		target := c.pickHolder(rng, key)
 		kvc := c.KV(target)
 		seq++
 		in := lInput{key: key, value: fmt.Sprintf("c%d-%d", id, seq)}

@@ -214,7 +214,7 @@ func TestMoveReplicaCrashAtEachStep(t *testing.T) {
 					}
 				}
 				st, _ := ln.Status(1)
-				must(c.Hosts().CreateReplica(ctx, n4, st.Desc))
+				must(c.Hosts().CreateReplica(ctx, n4, st.Desc, st.Term, lead))
 				if step != "created" {
 					_, err := ln.ChangeReplicas(ctx, 1, gen(), raftpb.ConfChangeSingle{Type: raftpb.ConfChangeAddLearnerNode, NodeID: n4})
 					must(err)
