@@ -40,12 +40,11 @@ type controller struct {
 
 	mu        sync.Mutex
 	active    bool
-	since     time.Time                           // when this node became the controller
-	beats     map[uint64]*beat                    // last heartbeat of each node
-	firstSeen map[uint64]time.Time                // range ID -> when first seen (merge delay)
-	running   map[uint64]placement.Op             // range ID -> op in flight
-	dead      map[uint64]bool                     // nodes reported dead (events once)
-	last      map[uint64]*pandopb.RangeDescriptor // directory as last persisted
+	since     time.Time               // when this node became the controller
+	beats     map[uint64]*beat        // last heartbeat of each node
+	firstSeen map[uint64]time.Time    // range ID -> when first seen (merge delay)
+	running   map[uint64]placement.Op // range ID -> op in flight
+	dead      map[uint64]bool         // nodes reported dead (events once)
 	sem       chan struct{}
 }
 
@@ -68,7 +67,7 @@ func (c *controller) leads() bool {
 	defer c.mu.Unlock()
 	if leading && !c.active {
 		c.active, c.since = true, time.Now()
-		c.beats, c.firstSeen, c.dead, c.last = map[uint64]*beat{}, map[uint64]time.Time{}, map[uint64]bool{}, nil
+		c.beats, c.firstSeen, c.dead = map[uint64]*beat{}, map[uint64]time.Time{}, map[uint64]bool{}
 		c.s.log.Info("controller: this node leads the meta range and is the placement controller")
 	}
 	if !leading {

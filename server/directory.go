@@ -25,6 +25,7 @@ type directory struct {
 	ranges     []*pandopb.RangeStatus // ordered by start key
 	nodes      []*pandopb.NodeRecord
 	controller uint64
+	hints      map[uint64]uint64 // leader hints of ranges not in the directory yet
 }
 
 func (d *directory) update(resp *pandopb.HeartbeatResponse) {
@@ -34,7 +35,7 @@ func (d *directory) update(resp *pandopb.HeartbeatResponse) {
 	}
 	sort.Slice(rs, func(i, j int) bool { return bytes.Compare(rs[i].StartKey, rs[j].StartKey) < 0 })
 	d.mu.Lock()
-	d.ranges, d.nodes, d.controller = rs, resp.Nodes, resp.ControllerId
+	d.ranges, d.nodes, d.controller, d.hints = rs, resp.Nodes, resp.ControllerId, nil
 	d.mu.Unlock()
 }
 
@@ -62,6 +63,9 @@ func (d *directory) byID(id uint64) (*pandopb.RangeStatus, bool) {
 			return r, true
 		}
 	}
+	if lead := d.hints[id]; lead != 0 {
+		return &pandopb.RangeStatus{Id: id, LeaderId: lead}, true
+	}
 	return nil, false
 }
 
@@ -86,12 +90,19 @@ func (d *directory) noteLeader(rangeID, leader uint64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for i, r := range d.ranges {
-		if r.Id == rangeID && r.LeaderId != leader {
-			c := proto.Clone(r).(*pandopb.RangeStatus)
-			c.LeaderId = leader
-			d.ranges[i] = c
+		if r.Id == rangeID {
+			if r.LeaderId != leader {
+				c := proto.Clone(r).(*pandopb.RangeStatus)
+				c.LeaderId = leader
+				d.ranges[i] = c
+			}
+			return
 		}
 	}
+	if d.hints == nil {
+		d.hints = map[uint64]uint64{}
+	}
+	d.hints[rangeID] = leader
 }
 
 // target says where a request for a range goes next: the range's ID, the
