@@ -62,9 +62,12 @@ func (n *Node) Split(ctx context.Context, rangeID uint64, key []byte, newID, gen
 
 // RangeFor returns the range replica here whose span holds key.
 func (n *Node) RangeFor(key []byte) (RangeStatus, error) {
-	for _, st := range n.Statuses() {
-		if st.Desc.ContainsKey(key) {
-			return st, nil
+	// On every request's path: no copies, no sorting.
+	n.replicasMu.RLock()
+	defer n.replicasMu.RUnlock()
+	for _, r := range n.replicas {
+		if st := r.status.Load(); st.Desc != nil && st.Desc.ContainsKey(key) {
+			return *st, nil
 		}
 	}
 	return RangeStatus{}, fmt.Errorf("%w: no range holds key %q here", kv.ErrUnavailable, key)

@@ -315,7 +315,7 @@ func (c *controller) plan() ([]placement.Op, []*pandopb.NodeRecord, []*pandopb.R
 		return nil, nil, nil, err
 	}
 	dir := c.directory()
-	ops := placement.Plan(c.view(nodes, dir), placement.PlanOptions{MaxOps: 2 * c.s.cfg.MaxConcurrentMoves,
+	ops := placement.Plan(c.view(nodes, dir), placement.PlanOptions{MaxOps: max(2*c.s.cfg.MaxConcurrentMoves, 32),
 		MergeMaxBytes: uint64(c.s.cfg.MergeMaxBytes), MergeMaxQPS: c.s.cfg.MergeMaxQPS})
 	return ops, nodes, dir, nil
 }
@@ -365,15 +365,20 @@ func (c *controller) round(ctx context.Context, stop <-chan struct{}) {
 				busy = true
 			}
 		}
-		if !busy {
+		// Leadership transfers are cheap (no data moves): they do not take
+		// one of the MaxConcurrentMoves slots.
+		cheap := op.Kind == placement.OpTransferLeader
+		if !busy && !cheap {
 			select {
 			case c.sem <- struct{}{}:
-				c.running[op.RangeID] = op
-				if op.RightID != 0 {
-					c.running[op.RightID] = op
-				}
 			default:
 				busy = true
+			}
+		}
+		if !busy {
+			c.running[op.RangeID] = op
+			if op.RightID != 0 {
+				c.running[op.RightID] = op
 			}
 		}
 		c.mu.Unlock()
@@ -386,7 +391,9 @@ func (c *controller) round(ctx context.Context, stop <-chan struct{}) {
 				delete(c.running, op.RangeID)
 				delete(c.running, op.RightID)
 				c.mu.Unlock()
-				<-c.sem
+				if !cheap {
+					<-c.sem
+				}
 			}()
 			octx, cancel := context.WithTimeout(context.Background(), c.s.cfg.MoveTimeout)
 			defer cancel()
