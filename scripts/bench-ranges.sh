@@ -30,5 +30,5 @@ echo "== $RANGES ranges"
 start
 "$bin" bench --workload put --clients "$CLIENTS" --conns "$CONNS" --duration 2s --endpoints "$eps" --ranges "$RANGES" >/dev/null
 sleep 8 # the controller spreads the leaders
-"$bin" ranges --endpoints "$eps" | awk 'NR>1 {print $5}' | sort | uniq -c | sed 's/^/leaders on node: /'
+"$bin" ranges --json --endpoints "$eps" | grep -o '"leader_id": *[0-9]*' | sort | uniq -c | sed 's/^/leaders: /'
 "$bin" bench --workload put --clients "$CLIENTS" --conns "$CONNS" --duration "$DURATION" --endpoints "$eps"
