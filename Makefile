@@ -2,7 +2,7 @@ GO ?= go
 PROTOC_GEN_GO_VERSION = v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION = v1.5.1
 
-.PHONY: build test test-short proto bench fuzz soak bench-compare browser-deps test-browser docker-image docker-smoke
+.PHONY: build test test-short proto bench fuzz soak bench-compare bench-ranges browser-deps test-browser docker-image docker-smoke
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/pando ./cmd/pando
@@ -17,6 +17,10 @@ proto:
 	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 	PATH="$$($(GO) env GOPATH)/bin:$$PATH" protoc -I api --go_out=api/pandopb --go_opt=paths=source_relative \
 		--go-grpc_out=api/pandopb --go-grpc_opt=paths=source_relative api/pando.proto
+
+# bench-ranges: put throughput of one range against 64 ranges (three local processes).
+bench-ranges:
+	bash scripts/bench-ranges.sh
 
 # bench-compare runs pando and etcd side by side on this machine (DURATION=15s per run by default).
 bench-compare:
