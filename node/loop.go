@@ -257,8 +257,9 @@ func (n *Node) handleReady() {
 	}
 	var delivered []delivery
 	type created_ struct {
-		right      uint64
-		leftLeader bool
+		left, right uint64
+		key         []byte
+		leftLeader  bool
 	}
 	var created []created_
 	var removed []*group // replicas whose range no longer includes this node
@@ -311,7 +312,7 @@ func (n *Node) handleReady() {
 					if right, err := n.applySplit(ab, x.r, op.Split); err != nil {
 						res.Err = err
 					} else {
-						created = append(created, created_{right: right, leftLeader: x.r.rn.BasicStatus().RaftState == raft.StateLeader})
+						created = append(created, created_{left: x.r.id, right: right, key: op.Split.SplitKey, leftLeader: x.r.rn.BasicStatus().RaftState == raft.StateLeader})
 					}
 				default:
 					if k := replica.CommandKey(cmd); k != nil && !x.r.storage.State().Desc.ContainsKey(k) {
@@ -356,6 +357,9 @@ func (n *Node) handleReady() {
 		}
 		if c.leftLeader {
 			_ = n.replicas[c.right].rn.Campaign()
+			if n.cfg.Events != nil {
+				n.cfg.Events.Publish(events.SplitEvent(c.left, c.right, string(c.key)))
+			}
 		}
 	}
 	// Publish what was applied (descriptors after splits, applied indexes)

@@ -171,6 +171,21 @@ func TestSplitUnderWrites(t *testing.T) {
 			t.Fatalf("range %d after splits: %v", rg.Id, rc)
 		}
 	}
+	// Each split was recorded once, by the leader that split.
+	splits := map[uint64]bool{}
+	for _, s := range c.servers {
+		for _, e := range s.Events().Backlog(0) {
+			if e.Type == events.Split {
+				if splits[e.NewRange] {
+					t.Errorf("split creating range %d recorded twice", e.NewRange)
+				}
+				splits[e.NewRange] = true
+			}
+		}
+	}
+	if len(splits) != len(resp.Ranges)-1 {
+		t.Errorf("%d split events for %d ranges", len(splits), len(resp.Ranges))
+	}
 }
 
 // leadersByNode counts, from one node's view, how many ranges each node
