@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"google.golang.org/grpc"
@@ -21,10 +20,11 @@ import (
 // through the directory, or by asking the nodes that hold it (or, knowing
 // nothing, every node) which answer with the leader.
 func (s *Server) onLeader(ctx context.Context, key []byte, rangeID uint64, local func(rangeID uint64) error, remote func(context.Context, *grpc.ClientConn) error) error {
-	for attempt := 0; ; attempt++ {
+	var ask asker
+	for {
 		tg, err := locate(s.node, s.svc.dir, key, rangeID)
 		rid := tg.rangeID
-		ask := uint64(0)
+		to := uint64(0)
 		switch {
 		case err != nil:
 			if forwarded(ctx) {
@@ -34,25 +34,24 @@ func (s *Server) onLeader(ctx context.Context, key []byte, rangeID uint64, local
 			err = local(rid)
 		case forwarded(ctx):
 			return &kv.NotLeaderError{RangeID: rid, LeaderID: tg.leader, LeaderAddr: s.tr.Addr(tg.leader)}
-		case tg.leader != 0:
-			ask = tg.leader
+		case tg.local != nil && tg.leader != 0:
+			to = tg.leader
 		case tg.local == nil:
-			cands := tg.replicas
-			if len(cands) == 0 {
-				cands = s.tr.IDs()
+			// Not held here: the directory's leader, or a replica (or any
+			// node), which serves or names the leader.
+			if to = ask.next(tg, s.cfg.ID, s.tr.IDs()); to == 0 {
+				err = &kv.NotLeaderError{RangeID: rid}
 			}
-			cands = slices.DeleteFunc(slices.Clone(cands), func(id uint64) bool { return id == s.cfg.ID })
-			if len(cands) > 0 {
-				ask = cands[attempt%len(cands)]
-			}
-			err = &kv.NotLeaderError{RangeID: rid}
 		default:
 			err = &kv.NotLeaderError{RangeID: rid}
 		}
-		if ask != 0 {
+		if to != 0 {
 			var conn *grpc.ClientConn
-			if conn, err = s.tr.Conn(ask); err == nil {
+			if conn, err = s.tr.Conn(to); err == nil {
 				err = kv.FromStatus(remote(metadata.AppendToOutgoingContext(ctx, NoForwardKey, "1"), conn))
+			}
+			if err != nil && tg.local == nil && (errors.Is(err, kv.ErrUnavailable) || isTransportErr(err)) {
+				ask.fail(to)
 			}
 		}
 		var nl *kv.NotLeaderError
@@ -61,7 +60,7 @@ func (s *Server) onLeader(ctx context.Context, key []byte, rangeID uint64, local
 		}
 		// Asking nodes other than a known leader, "unavailable" (that node
 		// holds no replica either, or not any more) means: ask the next.
-		askedAround := tg.local == nil && errors.Is(err, kv.ErrUnavailable)
+		askedAround := tg.local == nil && (errors.Is(err, kv.ErrUnavailable) || isNoRange(err))
 		if err == nil || !(errors.Is(err, kv.ErrNotLeader) || errors.Is(err, kv.ErrWrongRange) || isTransportErr(err) || isNoRange(err) || askedAround) {
 			return err
 		}

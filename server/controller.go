@@ -395,7 +395,13 @@ func (c *controller) round(ctx context.Context, stop <-chan struct{}) {
 					<-c.sem
 				}
 			}()
-			octx, cancel := context.WithTimeout(context.Background(), c.s.cfg.MoveTimeout)
+			timeout := c.s.cfg.MoveTimeout
+			if cheap {
+				// A transfer to a node that cannot take it must not hold the
+				// range for a move's time.
+				timeout = min(timeout, c.s.cfg.RequestTimeout)
+			}
+			octx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
 			go func() {
 				select {

@@ -157,3 +157,50 @@ func isNoRange(err error) bool {
 	var nr *noRangeError
 	return errors.As(err, &nr)
 }
+
+// asker picks the node to ask for a range this node holds no replica of:
+// the leader the directory names, unless asking it failed during this
+// request, then the range's replicas, then (knowing none) every node, in
+// turn, skipping nodes that failed. A failed leader is not asked again:
+// a directory naming a dead leader must not pin a request on it.
+type asker struct {
+	failed map[uint64]bool
+	turn   int
+}
+
+func (a *asker) next(tg target, self uint64, all []uint64) uint64 {
+	if tg.leader != 0 && tg.leader != self && !a.failed[tg.leader] {
+		return tg.leader
+	}
+	cands := tg.replicas
+	if len(cands) == 0 {
+		cands = all
+	}
+	var ok []uint64
+	for _, id := range cands {
+		if id != self && !a.failed[id] {
+			ok = append(ok, id)
+		}
+	}
+	if len(ok) == 0 {
+		a.failed = nil // every one failed once: start over
+		for _, id := range cands {
+			if id != self {
+				ok = append(ok, id)
+			}
+		}
+	}
+	if len(ok) == 0 {
+		return 0
+	}
+	a.turn++
+	return ok[a.turn%len(ok)]
+}
+
+// fail records that asking id failed (no answer, or not from pando).
+func (a *asker) fail(id uint64) {
+	if a.failed == nil {
+		a.failed = map[uint64]bool{}
+	}
+	a.failed[id] = true
+}

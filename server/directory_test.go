@@ -44,3 +44,39 @@ func TestDirectoryLookup(t *testing.T) {
 		t.Errorf("empty hint replaced a hint: %v", r)
 	}
 }
+
+// A request for a range held elsewhere asks the directory's leader, and
+// once that fails, the replicas in turn, never the failed one again until
+// every candidate failed.
+func TestAskerSkipsFailedNodes(t *testing.T) {
+	var a asker
+	tg := target{rangeID: 4, leader: 3, replicas: []uint64{1, 3, 5}}
+	if got := a.next(tg, 9, nil); got != 3 {
+		t.Fatalf("first ask = %d, want the leader 3", got)
+	}
+	a.fail(3)
+	seen := map[uint64]bool{}
+	for i := 0; i < 4; i++ {
+		got := a.next(tg, 9, nil)
+		if got == 3 {
+			t.Fatalf("asked the failed leader again")
+		}
+		seen[got] = true
+	}
+	if !seen[1] || !seen[5] {
+		t.Fatalf("replicas asked: %v, want 1 and 5", seen)
+	}
+	a.fail(1)
+	a.fail(5)
+	if got := a.next(tg, 9, nil); got == 0 {
+		t.Fatal("everyone failed once: it must start over, not give up")
+	}
+	// Knowing no replica: every node but this one.
+	var b asker
+	if got := b.next(target{rangeID: 7}, 2, []uint64{2}); got != 0 {
+		t.Fatalf("no one to ask but itself: %d", got)
+	}
+	if got := b.next(target{rangeID: 7}, 2, []uint64{1, 2}); got != 1 {
+		t.Fatalf("asked %d, want 1", got)
+	}
+}

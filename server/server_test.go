@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -33,6 +34,9 @@ type testCluster struct {
 }
 
 func quietLogger() *slog.Logger {
+	if os.Getenv("PANDO_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 

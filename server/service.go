@@ -116,7 +116,8 @@ func (s *Service) route(ctx context.Context, key []byte, write bool, local func(
 	if key == nil {
 		key = []byte{} // the empty key (locate takes nil for "by range ID")
 	}
-	for attempt := 0; ; attempt++ {
+	var ask asker
+	for {
 		// Look the range up on every attempt: a split may have moved key.
 		tg, err := locate(s.node, s.dir, key, 0)
 		rangeID := tg.rangeID
@@ -132,16 +133,24 @@ func (s *Service) route(ctx context.Context, key []byte, write bool, local func(
 				RangeStart: tg.local.Desc.StartKey, RangeEnd: tg.local.Desc.EndKey, HasSpan: true}
 		case fwd:
 			return &kv.NotLeaderError{RangeID: rangeID, LeaderID: tg.leader, LeaderAddr: s.peers.Addr(tg.leader)}
-		case tg.leader != 0:
+		case tg.local != nil && tg.leader != 0:
 			var unsure bool
 			err, unsure = s.forward(ctx, tg.leader, remote)
 			maybeApplied = maybeApplied || (write && unsure)
-		case tg.local == nil && len(tg.replicas) > 0:
-			// Not held here and no leader known: ask a replica, which
+		case tg.local == nil:
+			// Not held here: the directory's leader, or a replica, which
 			// serves or names the leader.
+			to := ask.next(tg, s.node.ID(), s.peers.IDs())
+			if to == 0 {
+				err = &kv.NotLeaderError{RangeID: rangeID}
+				break
+			}
 			var unsure bool
-			err, unsure = s.forward(ctx, tg.replicas[attempt%len(tg.replicas)], remote)
+			err, unsure = s.forward(ctx, to, remote)
 			maybeApplied = maybeApplied || (write && unsure)
+			if err != nil && (errors.Is(err, kv.ErrUnavailable) || isTransportErr(err)) {
+				ask.fail(to)
+			}
 		default:
 			err = &kv.NotLeaderError{RangeID: rangeID}
 		}
