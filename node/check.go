@@ -319,6 +319,9 @@ func (n *Node) InstallData(ctx context.Context, rangeID, index uint64, data []Ra
 }
 
 func (n *Node) installData(r *group, index uint64, data []RawKV) error {
+	if into := r.storage.State().FrozenFor; into != 0 {
+		return frozenError(r.id, into)
+	}
 	first, _ := r.storage.FirstIndex()
 	if index+1 < first && index < r.applied {
 		return fmt.Errorf("%w: log of range %d truncated past index %d; retry the repair", kv.ErrUnavailable, r.id, index)
@@ -343,6 +346,11 @@ func (n *Node) installData(r *group, index uint64, data []RawKV) error {
 		cmd, err := replica.DecodeCommand(e.Data)
 		if err != nil {
 			panic(fmt.Sprintf("node: range %d: entry %d: %v", r.id, e.Index, err))
+		}
+		if reshapes(cmd) {
+			// Replaying a freeze, merge or split (and what a frozen range
+			// refused) is not a data replay: try again from a later check.
+			return fmt.Errorf("%w: range %d froze, merged or split since index %d; retry the repair", kv.ErrUnavailable, r.id, index)
 		}
 		if replica.ChangesData(cmd) && (replica.CommandKey(cmd) == nil || r.storage.State().Desc.ContainsKey(replica.CommandKey(cmd))) {
 			if _, err := replica.Apply(b, r.id, e.Index, cmd); err != nil {
