@@ -369,6 +369,7 @@ func (n *Node) installData(r *group, index uint64, data []RawKV) error {
 func checkReplicatedRecords(desc *pandopb.RangeDescriptor, data []RawKV) error {
 	dlo, dhi := storage.DedupSpan(desc.Id)
 	mlo, mhi := storage.MetaSpan(desc.Id)
+	alo, ahi := storage.AbsorbedSpan(desc.Id)
 	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
 	in := func(k, lo, hi []byte) bool { return bytes.Compare(k, lo) >= 0 && bytes.Compare(k, hi) < 0 }
 	for i, kv := range data {
@@ -382,6 +383,10 @@ func checkReplicatedRecords(desc *pandopb.RangeDescriptor, data []RawKV) error {
 			}
 			if _, err := storage.DecodeDedupRecord(kv.Value); err != nil {
 				return fmt.Errorf("node: deduplication record %x: %w", kv.Key, err)
+			}
+		case in(kv.Key, alo, ahi):
+			if _, _, _, err := storage.DecodeAbsorbedRecord(kv.Key, kv.Value); err != nil {
+				return fmt.Errorf("node: %w", err)
 			}
 		case in(kv.Key, mlo, mhi):
 			if err := storage.CheckMetaRecord(kv.Key, kv.Value); err != nil {

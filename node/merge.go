@@ -137,6 +137,9 @@ func (n *Node) applyMerge(b *pebble.Batch, l *group, op *pandopb.MergeOp) replic
 	if err != nil {
 		return replica.Result{Err: err}
 	}
+	// Recorded in the replicated state, so that a replica that skips this
+	// entry by a snapshot of l drops its replica of the right range.
+	must(storage.WriteAbsorbed(b, l.id, op.Right.Id, op.FreezeIndex))
 	if rr := n.replicas[op.Right.Id]; rr != nil && !rr.absorbed {
 		n.absorbRight(b, l, rr, op)
 	} else {
@@ -171,6 +174,11 @@ func (n *Node) absorbRight(b *pebble.Batch, l, rr *group, op *pandopb.MergeOp) {
 				l.id, rr.id, op.FreezeIndex, op.Right, rs.FrozenFor, rs.FrozenAt, rs.Desc))
 		}
 		must(replica.MergeDedupTables(b, rr.id, l.id))
+		absorbed, err := storage.ScanAbsorbed(b, rr.id)
+		must(err)
+		for id, at := range absorbed {
+			must(storage.WriteAbsorbed(b, l.id, id, at))
+		}
 	}
 	must(storage.DestroyReplica(b, rr.id, nil))
 	rr.absorbed = true
@@ -228,14 +236,21 @@ func (n *Node) catchUpToFreeze(b *pebble.Batch, rr *group, index uint64) []absor
 	return out
 }
 
-// subsume deletes, in b, the range-local records of the replicas here that
-// lie inside desc, the span of a snapshot being applied to r: r's range
-// absorbed them by merges this replica has not applied, and the snapshot
-// carries their data. The groups are dropped once b commits.
-func (n *Node) subsume(b *pebble.Batch, r *group, desc *pandopb.RangeDescriptor) {
+// subsume deletes, in b, the range-local records of the replicas here
+// that r's range absorbed by merges this replica has not applied, as the
+// snapshot in being applied to r shows: those it records as absorbed (also
+// when r split since), and those inside its span (it carries their data).
+// The groups are dropped once b commits.
+func (n *Node) subsume(b *pebble.Batch, r *group, in *incomingSnapshot) {
+	absorbed := map[uint64]bool{}
+	for _, kv := range in.data {
+		if _, id, _, err := storage.DecodeAbsorbedRecord(kv.Key, kv.Value); err == nil {
+			absorbed[id] = true
+		}
+	}
 	for id, o := range n.replicas {
 		od := o.storage.State().Desc
-		if id == r.id || o.absorbed || od == nil || !contains(desc, od) {
+		if id == r.id || o.absorbed || (!absorbed[id] && (od == nil || !contains(in.state.Desc, od))) {
 			continue
 		}
 		must(storage.DestroyReplica(b, id, nil))
@@ -345,8 +360,9 @@ type MergeHosts interface {
 //     ends. If it is already frozen (an earlier run stopped after the
 //     freeze, or it was frozen for a range that leftID has since become the
 //     left neighbour of), go to 4.
-//  2. Check that every replica of it answers (so that it is not frozen
-//     only to wait for a dead node), and make this node lead it
+//  2. Check that every replica of both ranges answers (so that the right
+//     one is not frozen only to wait for a dead node, or to be left frozen
+//     on a node without the left one), and make this node lead it
 //     (TransferLeader), so that both leaders are here.
 //  3. Freeze it (Freeze).
 //  4. Wait until every replica of it has applied the freeze (MergeHosts).
@@ -386,6 +402,9 @@ func (n *Node) MergeRanges(ctx context.Context, leftID uint64, hosts MergeHosts)
 		}
 		frozenAt := rst.FrozenAt
 		if rst.FrozenFor == 0 {
+			if err := n.checkReplicasAnswer(ctx, left, hosts); err != nil {
+				return nil, err
+			}
 			if err := n.checkReplicasAnswer(ctx, right, hosts); err != nil {
 				return nil, err
 			}
@@ -429,8 +448,8 @@ func (n *Node) rangeStarting(key []byte) (RangeStatus, bool) {
 	return RangeStatus{}, false
 }
 
-// checkReplicasAnswer makes sure every replica of desc answers before it
-// is frozen.
+// checkReplicasAnswer makes sure every replica of desc answers before a
+// freeze.
 func (n *Node) checkReplicasAnswer(ctx context.Context, desc *pandopb.RangeDescriptor, hosts MergeHosts) error {
 	for _, id := range desc.Replicas {
 		if _, err := hosts.Applied(ctx, id, desc.Id); err != nil {
