@@ -64,48 +64,54 @@ func splitForMerge(t *testing.T, c *Cluster, key string) uint64 {
 }
 
 // mergeWriter puts keys on both sides of a split through every running
-// node until stopped, and remembers every acknowledged write.
+// node from four goroutines until stopped, and remembers every
+// acknowledged write.
 type mergeWriter struct {
 	mu    sync.Mutex
 	acked map[string]uint64
 	fails atomic.Int64
 	errs  []string
 	stop  chan struct{}
-	done  chan struct{}
+	wg    sync.WaitGroup
 }
 
 func startMergeWriter(c *Cluster, prefixes ...string) *mergeWriter {
-	w := &mergeWriter{acked: map[string]uint64{}, stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(w.done)
-		ids := c.IDs()
-		for i := 0; ; i++ {
-			select {
-			case <-w.stop:
-				return
-			default:
-			}
-			id := ids[i%len(ids)]
-			if !c.Running(id) {
-				continue
-			}
-			k := fmt.Sprintf("%s%05d", prefixes[i%len(prefixes)], i)
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			resp, err := c.KV(id).Put(ctx, &pandopb.PutRequest{Key: []byte(k), Value: []byte(k)})
-			cancel()
-			w.mu.Lock()
-			if err != nil {
-				w.fails.Add(1)
-				if len(w.errs) < 5 {
-					w.errs = append(w.errs, err.Error())
-				}
-			} else {
-				w.acked[k] = resp.Version
-			}
-			w.mu.Unlock()
-		}
-	}()
+	w := &mergeWriter{acked: map[string]uint64{}, stop: make(chan struct{})}
+	for g := 0; g < 4; g++ {
+		w.wg.Add(1)
+		go w.run(c, g, prefixes)
+	}
 	return w
+}
+
+func (w *mergeWriter) run(c *Cluster, g int, prefixes []string) {
+	defer w.wg.Done()
+	ids := c.IDs()
+	for i := 0; ; i++ {
+		select {
+		case <-w.stop:
+			return
+		default:
+		}
+		id := ids[(i+g)%len(ids)]
+		if !c.Running(id) {
+			continue
+		}
+		k := fmt.Sprintf("%s%d-%05d", prefixes[i%len(prefixes)], g, i)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		resp, err := c.KV(id).Put(ctx, &pandopb.PutRequest{Key: []byte(k), Value: []byte(k)})
+		cancel()
+		w.mu.Lock()
+		if err != nil {
+			w.fails.Add(1)
+			if len(w.errs) < 5 {
+				w.errs = append(w.errs, err.Error())
+			}
+		} else {
+			w.acked[k] = resp.Version
+		}
+		w.mu.Unlock()
+	}
 }
 
 func (w *mergeWriter) count() int {
@@ -117,7 +123,7 @@ func (w *mergeWriter) count() int {
 func (w *mergeWriter) finish(t *testing.T) map[string]uint64 {
 	t.Helper()
 	close(w.stop)
-	<-w.done
+	w.wg.Wait()
 	t.Logf("%d writes acknowledged, %d failed (%v)", len(w.acked), w.fails.Load(), w.errs)
 	return w.acked
 }
@@ -226,30 +232,35 @@ func mergeCtx(t *testing.T, d time.Duration) context.Context {
 // data and deduplication table.
 func TestMergeUnderWrites(t *testing.T) {
 	c := New(t, Options{Seed: testSeed(t)})
-	right := splitForMerge(t, c, "m")
-	pre := map[string]uint64{}
-	for i := 0; i < 20; i++ {
-		pre[fmt.Sprintf("a-pre%02d", i)] = put(t, c.KV(1), fmt.Sprintf("a-pre%02d", i), "v")
-		pre[fmt.Sprintf("z-pre%02d", i)] = put(t, c.KV(2), fmt.Sprintf("z-pre%02d", i), "v")
-	}
 	w := startMergeWriter(c, "a", "z")
-	for w.count() < 30 {
-		time.Sleep(5 * time.Millisecond)
-	}
-	desc, err := c.Merge(mergeCtx(t, 15*time.Second), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(desc.StartKey) != 0 || len(desc.EndKey) != 0 || desc.Id != 1 {
-		t.Fatalf("merged range: %v, want range 1 over the whole key space", desc)
-	}
-	before := w.count()
-	for w.count() < before+30 {
-		time.Sleep(5 * time.Millisecond)
+	var rights []uint64
+	var desc *pandopb.RangeDescriptor
+	for round := 0; round < 3; round++ {
+		// Split and merge again while the writers write both sides.
+		rights = append(rights, splitForMerge(t, c, "m"))
+		for before := w.count(); w.count() < before+30; {
+			time.Sleep(5 * time.Millisecond)
+		}
+		var err error
+		if desc, err = c.Merge(mergeCtx(t, 15*time.Second), 1); err != nil {
+			t.Fatal(err)
+		}
+		if len(desc.StartKey) != 0 || len(desc.EndKey) != 0 || desc.Id != 1 {
+			t.Fatalf("merged range: %v, want range 1 over the whole key space", desc)
+		}
+		for before := w.count(); w.count() < before+30; {
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 	acked := w.finish(t)
-	maps.Copy(acked, pre)
-	checkMerged(t, c, right, desc, acked)
+	for _, right := range rights[:len(rights)-1] {
+		for _, id := range c.IDs() {
+			if _, ok := c.Member(id).Node.Status(right); ok || rangeLocalRecords(t, c.Member(id).Engine.DB(), right) != 0 {
+				t.Fatalf("node %d still holds merged range %d", id, right)
+			}
+		}
+	}
+	checkMerged(t, c, rights[len(rights)-1], desc, acked)
 }
 
 // TestMergeCarriesDedupRecords: a write applied in the right range before
@@ -764,4 +775,68 @@ func replicasAgree(t *testing.T, c *Cluster) error {
 		}
 	}
 	return nil
+}
+
+// TestMergeSnapshotPastMergeAndSplit: a follower that applied the freeze,
+// was down during the merge and a split of the merged range inside the
+// right range's old span, and catches up by a snapshot of the left range
+// (which no longer covers the right range's span) still drops its frozen
+// replica of the right range: the snapshot carries the merged range's
+// record of what it absorbed.
+func TestMergeSnapshotPastMergeAndSplit(t *testing.T) {
+	c := New(t, Options{Seed: testSeed(t), LogKeepEntries: 10})
+	right := splitForMerge(t, c, "m")
+	for i := 0; i < 10; i++ {
+		put(t, c.KV(2), fmt.Sprintf("z%02d", i), "v")
+	}
+	lead, frozenAt, rdesc := freezeRight(t, c, right)
+	follower := c.IDs()[0]
+	if follower == lead {
+		follower = c.IDs()[1]
+	}
+	for {
+		if st, ok := c.Member(follower).Node.Status(right); ok && st.Applied >= frozenAt {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.Crash(follower)
+	ln := c.Member(lead).Node
+	lst, _ := ln.Status(1)
+	if _, err := ln.Merge(mergeCtx(t, 5*time.Second), 1, rdesc, frozenAt, lst.Desc.Generation); err != nil {
+		t.Fatal(err)
+	}
+	ctx := mergeCtx(t, 10*time.Second)
+	newID, err := ln.AllocRangeID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lst, _ = ln.Status(1)
+	if err := ln.Split(ctx, 1, []byte("p"), newID, lst.Desc.Generation); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 60; i++ {
+		put(t, c.KV(lead), fmt.Sprintf("b%02d", i), "v")
+	}
+	c.Start(follower)
+	fn := c.Member(follower).Node
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		lst, _ = ln.Status(1)
+		fst, _ := fn.Status(1)
+		_, rightHere := fn.Status(right)
+		if !rightHere && proto.Equal(fst.Desc, lst.Desc) && fst.Applied >= lst.Applied {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("follower: range 1 %v at %d (leader %v at %d), frozen range still here %v", fst.Desc, fst.Applied, lst.Desc, lst.Applied, rightHere)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := rangeLocalRecords(t, c.Member(follower).Engine.DB(), right); n != 0 {
+		t.Fatalf("follower still holds %d range-local records of range %d", n, right)
+	}
+	if abs, err := storage.ScanAbsorbed(c.Member(follower).Engine.DB(), 1); err != nil || abs[right] != frozenAt {
+		t.Fatalf("range 1's absorbed records on the follower: %v %v", abs, err)
+	}
 }
