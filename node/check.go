@@ -319,6 +319,9 @@ func (n *Node) InstallData(ctx context.Context, rangeID, index uint64, data []Ra
 }
 
 func (n *Node) installData(r *group, index uint64, data []RawKV) error {
+	if into := r.storage.State().FrozenFor; into != 0 {
+		return frozenError(r.id, into)
+	}
 	first, _ := r.storage.FirstIndex()
 	if index+1 < first && index < r.applied {
 		return fmt.Errorf("%w: log of range %d truncated past index %d; retry the repair", kv.ErrUnavailable, r.id, index)
@@ -344,6 +347,11 @@ func (n *Node) installData(r *group, index uint64, data []RawKV) error {
 		if err != nil {
 			panic(fmt.Sprintf("node: range %d: entry %d: %v", r.id, e.Index, err))
 		}
+		if reshapes(cmd) {
+			// Replaying a freeze, merge or split (and what a frozen range
+			// refused) is not a data replay: try again from a later check.
+			return fmt.Errorf("%w: range %d froze, merged or split since index %d; retry the repair", kv.ErrUnavailable, r.id, index)
+		}
 		if replica.ChangesData(cmd) && (replica.CommandKey(cmd) == nil || r.storage.State().Desc.ContainsKey(replica.CommandKey(cmd))) {
 			if _, err := replica.Apply(b, r.id, e.Index, cmd); err != nil {
 				return err
@@ -361,6 +369,7 @@ func (n *Node) installData(r *group, index uint64, data []RawKV) error {
 func checkReplicatedRecords(desc *pandopb.RangeDescriptor, data []RawKV) error {
 	dlo, dhi := storage.DedupSpan(desc.Id)
 	mlo, mhi := storage.MetaSpan(desc.Id)
+	alo, ahi := storage.AbsorbedSpan(desc.Id)
 	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
 	in := func(k, lo, hi []byte) bool { return bytes.Compare(k, lo) >= 0 && bytes.Compare(k, hi) < 0 }
 	for i, kv := range data {
@@ -374,6 +383,10 @@ func checkReplicatedRecords(desc *pandopb.RangeDescriptor, data []RawKV) error {
 			}
 			if _, err := storage.DecodeDedupRecord(kv.Value); err != nil {
 				return fmt.Errorf("node: deduplication record %x: %w", kv.Key, err)
+			}
+		case in(kv.Key, alo, ahi):
+			if _, _, _, err := storage.DecodeAbsorbedRecord(kv.Key, kv.Value); err != nil {
+				return fmt.Errorf("node: %w", err)
 			}
 		case in(kv.Key, mlo, mhi):
 			if err := storage.CheckMetaRecord(kv.Key, kv.Value); err != nil {

@@ -217,6 +217,9 @@ func (n *Node) handleReady() {
 	b := n.db.NewBatch()
 	sync := false
 	for _, x := range rds {
+		if x.r.absorbed {
+			continue // a snapshot applied above deleted it (merge.go)
+		}
 		if !raft.IsEmptySnap(x.rd.Snapshot) {
 			n.applySnapshot(b, x.r, x.rd.Snapshot)
 			sync = true
@@ -240,6 +243,7 @@ func (n *Node) handleReady() {
 		}
 	}
 	must(b.Close())
+	n.retireAbsorbed()
 
 	// 2. Send, after the entries they acknowledge are durable.
 	for _, x := range rds {
@@ -264,11 +268,12 @@ func (n *Node) handleReady() {
 	var created []created_
 	var removed []*group // replicas whose range no longer includes this node
 	ab := n.db.NewIndexedBatch()
+	syncApply := false // a freeze must survive a crash once reported (merge.go)
 	start := time.Now()
 	applied := 0
 	for _, x := range rds {
 		ents := x.rd.CommittedEntries
-		if len(ents) == 0 {
+		if len(ents) == 0 || x.r.absorbed {
 			continue
 		}
 		for _, e := range ents {
@@ -285,7 +290,14 @@ func (n *Node) handleReady() {
 					panic(fmt.Sprintf("node: range %d: entry %d: %v", x.r.id, e.Index, err))
 				}
 				var res replica.Result
-				switch op := cmd.Op.(type) {
+				switch op := unlessFrozen(x.r, cmd, &res).(type) {
+				case frozenRefusal:
+					// A frozen range applies nothing (merge.go).
+				case *pandopb.Command_Freeze:
+					res = n.applyFreeze(x.r, op.Freeze, e.Index)
+					syncApply = syncApply || res.Err == nil
+				case *pandopb.Command_Merge:
+					res = n.applyMerge(ab, x.r, op.Merge)
 				case *pandopb.Command_Checksum:
 					// Hash exactly the state at this index: commit what
 					// precedes it, pin a snapshot, go on in a new batch.
@@ -345,10 +357,11 @@ func (n *Node) handleReady() {
 		n.maybeTruncate(ab, x.r)
 	}
 	if !ab.Empty() {
-		must(ab.Commit(pebble.NoSync))
+		must(ab.Commit(&pebble.WriteOptions{Sync: syncApply}))
 		n.met.apply.Observe(time.Since(start).Seconds())
 	}
 	must(ab.Close())
+	n.retireAbsorbed()
 	// Ranges created by splits start now that their state is written; the
 	// left range's leader campaigns at once for the right one.
 	for _, c := range created {
@@ -472,7 +485,7 @@ func (n *Node) releaseReads(r *group) {
 	kept := r.readWaiting[:0]
 	for _, rr := range r.readWaiting {
 		if rr.index <= r.applied {
-			rr.done <- nil
+			rr.done <- readAllowed(r)
 		} else {
 			kept = append(kept, rr)
 		}
@@ -523,6 +536,8 @@ func (n *Node) publishStatus(r *group) {
 
 		LastCheck: r.storage.State().LastCheck,
 		Quiesced:  r.quiesced,
+		FrozenFor: r.storage.State().FrozenFor,
+		FrozenAt:  r.storage.State().FrozenAt,
 	})
 }
 

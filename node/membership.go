@@ -60,6 +60,9 @@ func (n *Node) ChangeReplicas(ctx context.Context, rangeID, generation uint64, c
 	if st.LeaderID != n.cfg.ID {
 		return nil, n.notLeader(rangeID, st.LeaderID)
 	}
+	if err := n.refuseWhileAbsorbing(rangeID); err != nil {
+		return nil, err
+	}
 	if change.Type == raftpb.ConfChangeRemoveNode && change.NodeID == n.cfg.ID {
 		return nil, fmt.Errorf("%w: node %d leads range %d and cannot remove itself; transfer the leadership first", kv.ErrInvalidArgument, n.cfg.ID, rangeID)
 	}

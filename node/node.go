@@ -46,6 +46,9 @@ type Node struct {
 	nextID    atomic.Uint64
 	nextRead  uint64
 	lastPrune time.Time // loop-owned
+	// absorbing are replicas absorbed by a merge or a snapshot in the
+	// current batch, dropped once it commits (loop-owned; merge.go).
+	absorbing []*absorption
 
 	stopc   chan struct{}
 	donec   chan struct{}
@@ -69,6 +72,10 @@ type group struct {
 	quiesced bool
 
 	inSnaps map[uint64]*incomingSnapshot // received, by index
+	// absorbed: a merge or a snapshot of the enclosing range deleted this
+	// replica's records in the current batch; nothing more is written for
+	// it, and it is dropped once the batch commits (loop-owned).
+	absorbed bool
 
 	// Event bookkeeping (loop-owned): the leader last known, and the node
 	// whose leadership transfer campaign this replica saw, if any.
@@ -97,6 +104,9 @@ type RangeStatus struct {
 	LastCheck *pandopb.CheckVerdict
 	// Quiesced: the replica is idle and not ticking (see quiesce.go).
 	Quiesced bool
+	// FrozenFor is the range this one is being merged into (0: not
+	// frozen), FrozenAt the index of its freeze.
+	FrozenFor, FrozenAt uint64
 }
 
 type inbound struct {
@@ -363,6 +373,9 @@ func (n *Node) Propose(ctx context.Context, rangeID uint64, cmd *pandopb.Command
 	if st := r.status.Load(); st.LeaderID != n.cfg.ID {
 		return replica.Result{}, n.notLeader(rangeID, st.LeaderID)
 	}
+	if err := refuseFrozen(r, cmd); err != nil {
+		return replica.Result{}, err
+	}
 	if p := r.pending.Add(1); p > int64(n.cfg.MaxPendingProposals) {
 		r.pending.Add(-1)
 		n.met.proposal(kv.ErrOverloaded)
@@ -418,6 +431,9 @@ func (n *Node) ReadIndex(ctx context.Context, rangeID uint64) error {
 	}
 	if st := r.status.Load(); st.LeaderID != n.cfg.ID {
 		return n.notLeader(rangeID, st.LeaderID)
+	}
+	if err := refuseFrozen(r, nil); err != nil {
+		return err
 	}
 	req := &readRequest{rangeID: rangeID, done: make(chan error, 1)}
 	select {

@@ -142,6 +142,7 @@ func (n *Node) applySnapshot(b *pebble.Batch, r *group, snap raftpb.Snapshot) {
 		must(b.Set(kv.Key, kv.Value, nil))
 	}
 	must(r.storage.ApplySnapshot(b, snap, in.state))
+	n.subsume(b, r, in) // ranges it absorbed by merges (merge.go)
 	r.learners = snap.Metadata.ConfState.Learners
 	r.applied = snap.Metadata.Index
 	n.log.Info("applied snapshot", "range", r.id, "index", snap.Metadata.Index, "keys", len(in.data))

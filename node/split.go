@@ -52,6 +52,9 @@ func (n *Node) AllocRangeID(ctx context.Context) (uint64, error) {
 // Split splits rangeID at key into a new range newID (this node must lead
 // rangeID). It returns once the split is applied here.
 func (n *Node) Split(ctx context.Context, rangeID uint64, key []byte, newID, generation uint64) error {
+	if err := n.refuseWhileAbsorbing(rangeID); err != nil {
+		return err
+	}
 	res, err := n.Propose(ctx, rangeID, &pandopb.Command{Op: &pandopb.Command_Split{Split: &pandopb.SplitOp{
 		SplitKey: key, NewRangeId: newID, ExpectedGeneration: generation}}})
 	if err != nil {

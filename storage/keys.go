@@ -106,7 +106,7 @@ func rangeLocalSpan(rangeID uint64) ([]byte, []byte) {
 // replicated state machine (equal on every replica at one log index, moved
 // by snapshots and repairs, covered by consistency checks). Raft's own
 // records and the applied state are not.
-var replicatedKinds = []byte{kindDedup, kindMeta}
+var replicatedKinds = []byte{kindAbsorbed, kindDedup, kindMeta}
 
 // MetaRangeID is the range that keeps the cluster's membership and range
 // directory (the meta range): the first range, which starts the key space.

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/node"
 )
 
 type opKind int
@@ -277,6 +279,7 @@ func nemesis(t *testing.T, c *Cluster, rng *rand.Rand, stop <-chan struct{}) {
 			for _, id := range ids {
 				c.Start(id)
 			}
+			completeMerges(t, c)
 			return
 		case <-time.After(time.Duration(100+rng.IntN(300)) * time.Millisecond):
 		}
@@ -284,7 +287,7 @@ func nemesis(t *testing.T, c *Cluster, rng *rand.Rand, stop <-chan struct{}) {
 		if lead, err := c.Leader(1, 0); err == nil && rng.IntN(2) == 0 {
 			victim = lead
 		}
-		switch rng.IntN(6) {
+		switch rng.IntN(7) {
 		case 0:
 			t.Logf("nemesis: isolate %d", victim)
 			c.Net.Isolate(victim, ids)
@@ -306,6 +309,14 @@ func nemesis(t *testing.T, c *Cluster, rng *rand.Rand, stop <-chan struct{}) {
 			err := c.Split(ctx, []byte(key))
 			cancel()
 			t.Logf("nemesis: split at %q: %v", key, err)
+		case 6:
+			// Merge the range of one of the keys with its right
+			// neighbour, or complete a merge left frozen.
+			left := mergeLeft(c, []string{"", "a", "a0", "b", "b0", "c"}[rng.IntN(6)])
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_, err := c.Merge(ctx, left)
+			cancel()
+			t.Logf("nemesis: merge range %d with its right neighbour: %v", left, err)
 		case 4:
 			drop := []float64{0, 0.05, 0.2}[rng.IntN(3)]
 			t.Logf("nemesis: drop %.2f dup 0.05 delay 3ms", drop)
@@ -377,5 +388,41 @@ func TestLinearizableUnderFaults(t *testing.T) {
 		path := filepath.Join(dir, fmt.Sprintf("linearizability-%d.html", seed))
 		_ = porcupine.VisualizePath(kvModel, info, path)
 		t.Fatalf("history is not linearizable (result %v); visualization: %s", res, path)
+	}
+}
+
+// mergeLeft returns the left neighbour of a range frozen for a merge if
+// there is one (its merge must be completed), else the range holding key.
+func mergeLeft(c *Cluster, key string) uint64 {
+	var sts []node.RangeStatus // every running node's view: one may lack a range
+	for _, id := range c.IDs() {
+		if c.Running(id) {
+			sts = append(sts, c.Member(id).Node.Statuses()...)
+		}
+	}
+	for _, f := range c.Frozen() {
+		for _, st := range sts {
+			if len(st.Desc.EndKey) > 0 && bytes.Equal(st.Desc.EndKey, f.Desc.StartKey) {
+				return st.RangeID
+			}
+		}
+	}
+	for _, st := range sts {
+		if st.Desc.ContainsKey([]byte(key)) {
+			return st.RangeID
+		}
+	}
+	return 1
+}
+
+// completeMerges completes the merges the nemesis left frozen (a rerun
+// completes them), so that the last quiet stretch can write every key.
+func completeMerges(t *testing.T, c *Cluster) {
+	for i := 0; i < 5 && len(c.Frozen()) > 0; i++ {
+		left := mergeLeft(c, "")
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		_, err := c.Merge(ctx, left)
+		cancel()
+		t.Logf("nemesis: completing the merge into range %d: %v", left, err)
 	}
 }

@@ -18,6 +18,7 @@ type Network struct {
 	drop    float64
 	dup     float64
 	delay   time.Duration
+	rewrite func(from uint64, e *node.Envelope) // see SetRewrite
 	stopped bool
 	wg      sync.WaitGroup
 	sent    uint64 // messages handed to the network
@@ -124,6 +125,9 @@ func (t *transport) Send(envs []node.Envelope) {
 	}
 	for _, e := range envs {
 		nw.sent++
+		if nw.rewrite != nil {
+			nw.rewrite(t.from, &e)
+		}
 		to := e.Msg.To
 		dst := nw.nodes[to]
 		if dst == nil || nw.cut[[2]uint64{t.from, to}] || (nw.drop > 0 && nw.rng.Float64() < nw.drop) {

@@ -1,0 +1,523 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/events"
+	"github.com/pando/pando/kv"
+	"github.com/pando/pando/replica"
+	"github.com/pando/pando/storage"
+)
+
+// Range merges (docs/design.md, "Merges"). A range R merges into its left
+// neighbour L, which has the same replicas, in two Raft commands:
+//
+//  1. Freeze, through R's log: from its index on, R applies nothing but a
+//     repeat of the freeze (every other command is refused alike on every
+//     replica, so R's replicated state stays what it was at the freeze),
+//     and refuses proposals and reads up front.
+//  2. Merge, through L's log, once every replica of R has applied the
+//     freeze: each replica of L extends its span over R's, folds its local
+//     replica of R's deduplication table into L's and deletes R's
+//     range-local records, all in the apply batch that records L's applied
+//     index; then the node drops R's Raft group. User data does not move.
+//
+// A crash anywhere leaves each node either before or after the merge: the
+// freeze's apply batch is synced (so a replica that reported the freeze
+// applied keeps it), and the merge's batch holds everything else.
+
+// frozenRefusal is what unlessFrozen returns for a command a frozen range
+// refuses.
+type frozenRefusal struct{}
+
+// frozenError answers requests to a frozen range. It is ErrWrongRange: the
+// keys are about to belong to the left neighbour, and a retry routes there
+// once the merge is applied.
+func frozenError(rangeID, into uint64) error {
+	return fmt.Errorf("%w: range %d is frozen for its merge into range %d", kv.ErrWrongRange, rangeID, into)
+}
+
+// unlessFrozen returns cmd's operation to apply, or frozenRefusal with the
+// refusal in res when the range is frozen: a frozen range applies nothing
+// but a repeat of its freeze, identically on every replica.
+func unlessFrozen(r *group, cmd *pandopb.Command, res *replica.Result) any {
+	st := r.storage.State()
+	if _, freeze := cmd.Op.(*pandopb.Command_Freeze); st.FrozenFor == 0 || freeze {
+		return cmd.Op
+	}
+	res.Err = frozenError(r.id, st.FrozenFor)
+	return frozenRefusal{}
+}
+
+// refuseFrozen refuses up front a proposal (cmd) or a read (cmd nil) on a
+// range whose replica here is frozen; only a freeze passes.
+func refuseFrozen(r *group, cmd *pandopb.Command) error {
+	st := r.status.Load()
+	if st.FrozenFor == 0 {
+		return nil
+	}
+	if cmd != nil {
+		if _, ok := cmd.Op.(*pandopb.Command_Freeze); ok {
+			return nil
+		}
+	}
+	return frozenError(r.id, st.FrozenFor)
+}
+
+// readAllowed is the answer to a confirmed read of r: refused once r is
+// frozen, since the left neighbour may already have absorbed r and accepted
+// newer writes of its keys that this node has not applied yet.
+func readAllowed(r *group) error {
+	if into := r.storage.State().FrozenFor; into != 0 {
+		return frozenError(r.id, into)
+	}
+	return nil
+}
+
+// refuseWhileAbsorbing refuses to reshape rangeID (split it, change its
+// replicas) while its right neighbour is frozen for it: the merge needs the
+// two adjacent, with the same replicas. Best effort, up front, on the
+// proposing node (a change already under way is caught by the merge's own
+// checks, and the merge is then completed by the new left neighbour or
+// after the replicas are moved back).
+func (n *Node) refuseWhileAbsorbing(rangeID uint64) error {
+	for _, st := range n.Statuses() {
+		if st.FrozenFor == rangeID {
+			return fmt.Errorf("%w: range %d is merging range %d; finish the merge first", kv.ErrUnavailable, rangeID, st.RangeID)
+		}
+	}
+	return nil
+}
+
+// applyFreeze applies a freeze to r (on the loop); the caller syncs the
+// apply batch when it succeeded.
+func (n *Node) applyFreeze(r *group, op *pandopb.FreezeOp, index uint64) replica.Result {
+	st := r.storage.State()
+	at, err := replica.PlanFreeze(st, op, index)
+	if err != nil {
+		return replica.Result{Err: err}
+	}
+	if st.FrozenFor == 0 {
+		st.FrozenFor, st.FrozenAt = op.MergeInto, at
+		n.log.Info("froze range for a merge", "range", r.id, "into", op.MergeInto, "index", at)
+	}
+	return replica.Result{Version: at, Desc: st.Desc}
+}
+
+// absorption is a replica retired after the batch that absorbed it commits:
+// into merged it (nil: a snapshot of an enclosing range replaced it).
+type absorption struct {
+	r, into *group
+	results []absorbedResult
+}
+
+type absorbedResult struct {
+	p   *proposal
+	res replica.Result
+}
+
+// applyMerge applies a merge to the left range l (on the loop, into the
+// apply batch b). The outcome for l depends only on the command and l's
+// state (replica.PlanMerge); the local replica of the right range is
+// folded in when it is here (see absorbRight).
+func (n *Node) applyMerge(b *pebble.Batch, l *group, op *pandopb.MergeOp) replica.Result {
+	st := l.storage.State()
+	desc, err := replica.PlanMerge(st, op)
+	if err != nil {
+		return replica.Result{Err: err}
+	}
+	// Recorded in the replicated state, so that a replica that skips this
+	// entry by a snapshot of l drops its replica of the right range.
+	must(storage.WriteAbsorbed(b, l.id, op.Right.Id, op.FreezeIndex))
+	if rr := n.replicas[op.Right.Id]; rr != nil && !rr.absorbed {
+		n.absorbRight(b, l, rr, op)
+	} else {
+		// Unreachable under the merge protocol: the merge was proposed
+		// after every replica of the right range, this one included,
+		// applied (and synced) the freeze, and only this merge or a
+		// snapshot of this left range (which then skips this entry)
+		// deletes it. The left range's outcome is the same either way.
+		n.log.Error("merge applied without a local replica of the right range", "range", l.id, "right", op.Right.Id)
+	}
+	st.Desc = desc
+	n.log.Info("merged range", "range", l.id, "right", op.Right.Id, "start", fmt.Sprintf("%q", desc.StartKey),
+		"end", fmt.Sprintf("%q", desc.EndKey), "generation", desc.Generation)
+	return replica.Result{Desc: desc}
+}
+
+// absorbRight folds this node's replica rr of the right range into l, in
+// b: rr is first brought to the freeze index if it lags (see
+// catchUpToFreeze), its deduplication records are merged into l's (per
+// session the later write's record survives) and its range-local records
+// (Raft state, log, applied state) are deleted. Its data stays: it is l's
+// now. The group is dropped once b commits (retireAbsorbed).
+func (n *Node) absorbRight(b *pebble.Batch, l, rr *group, op *pandopb.MergeOp) {
+	a := &absorption{r: rr, into: l}
+	rs := rr.storage.State()
+	if rs.Desc != nil {
+		if rr.applied < op.FreezeIndex {
+			a.results = n.catchUpToFreeze(b, rr, op.FreezeIndex)
+		}
+		if rs.FrozenFor == 0 || rs.FrozenAt != op.FreezeIndex || !proto.Equal(rs.Desc, op.Right) {
+			panic(fmt.Sprintf("node: range %d merges range %d frozen at %d as %v, but the replica here is frozen for %d at %d as %v",
+				l.id, rr.id, op.FreezeIndex, op.Right, rs.FrozenFor, rs.FrozenAt, rs.Desc))
+		}
+		must(replica.MergeDedupTables(b, rr.id, l.id))
+		absorbed, err := storage.ScanAbsorbed(b, rr.id)
+		must(err)
+		for id, at := range absorbed {
+			must(storage.WriteAbsorbed(b, l.id, id, at))
+		}
+	}
+	must(storage.DestroyReplica(b, rr.id, nil))
+	rr.absorbed = true
+	n.absorbing = append(n.absorbing, a)
+}
+
+// catchUpToFreeze applies rr's own committed entries up to its freeze at
+// index, in b, for a replica of the right range that has not applied them
+// when the left range's merge applies. The merge driver waits until every
+// replica applied the freeze, so this only runs when a merge was proposed
+// without that wait (Merge called directly after the freeze reached every
+// replica's log): the entries are in the local log (matched by the leader,
+// and committed, since the merge is), and only what a range about to be
+// frozen can carry is supported (data writes, checks, membership changes,
+// which do not outlive the range). Anything else is a broken invariant.
+func (n *Node) catchUpToFreeze(b *pebble.Batch, rr *group, index uint64) []absorbedResult {
+	ents, err := rr.storage.Entries(rr.applied+1, index+1, math.MaxUint64)
+	if err != nil {
+		panic(fmt.Sprintf("node: range %d must apply entries %d..%d before its merge, and does not hold them: %v", rr.id, rr.applied+1, index, err))
+	}
+	var out []absorbedResult
+	for _, e := range ents {
+		if e.Type == raftpb.EntryNormal && len(e.Data) > 0 {
+			cmd, err := replica.DecodeCommand(e.Data)
+			if err != nil {
+				panic(fmt.Sprintf("node: range %d: entry %d: %v", rr.id, e.Index, err))
+			}
+			var res replica.Result
+			switch op := unlessFrozen(rr, cmd, &res).(type) {
+			case frozenRefusal:
+			case *pandopb.Command_Freeze:
+				res = n.applyFreeze(rr, op.Freeze, e.Index)
+			case *pandopb.Command_Put, *pandopb.Command_Delete, *pandopb.Command_PruneDedup:
+				if k := replica.CommandKey(cmd); k != nil && !rr.storage.State().Desc.ContainsKey(k) {
+					res.Err = fmt.Errorf("%w: %q left range %d", kv.ErrWrongRange, k, rr.id)
+					break
+				}
+				res, err = replica.Apply(b, rr.id, e.Index, cmd)
+				must(err)
+			case *pandopb.Command_Checksum, *pandopb.Command_Verdict:
+				// Nothing that outlives the range.
+			default:
+				panic(fmt.Sprintf("node: range %d: entry %d (%T) precedes its freeze unapplied when its merge applies", rr.id, e.Index, cmd.Op))
+			}
+			n.propMu.Lock()
+			if p := n.proposals[cmd.Id]; p != nil {
+				delete(n.proposals, cmd.Id)
+				out = append(out, absorbedResult{p: p, res: res})
+			}
+			n.propMu.Unlock()
+		}
+		rr.applied = e.Index
+	}
+	n.log.Warn("applied a merged range's entries with its merge", "range", rr.id, "to", index, "entries", len(ents))
+	return out
+}
+
+// subsume deletes, in b, the range-local records of the replicas here
+// that r's range absorbed by merges this replica has not applied, as the
+// snapshot in being applied to r shows: those it records as absorbed (also
+// when r split since), and those inside its span (it carries their data).
+// The groups are dropped once b commits.
+func (n *Node) subsume(b *pebble.Batch, r *group, in *incomingSnapshot) {
+	absorbed := map[uint64]bool{}
+	for _, kv := range in.data {
+		if _, id, _, err := storage.DecodeAbsorbedRecord(kv.Key, kv.Value); err == nil {
+			absorbed[id] = true
+		}
+	}
+	for id, o := range n.replicas {
+		od := o.storage.State().Desc
+		if id == r.id || o.absorbed || (!absorbed[id] && (od == nil || !contains(in.state.Desc, od))) {
+			continue
+		}
+		must(storage.DestroyReplica(b, id, nil))
+		o.absorbed = true
+		n.absorbing = append(n.absorbing, &absorption{r: o, into: r})
+		n.log.Info("snapshot subsumes a merged range", "range", r.id, "subsumed", id)
+	}
+}
+
+// contains reports whether span a covers span b.
+func contains(a, b *pandopb.RangeDescriptor) bool {
+	startOK := bytes.Compare(a.StartKey, b.StartKey) <= 0
+	endOK := len(a.EndKey) == 0 || (len(b.EndKey) > 0 && bytes.Compare(b.EndKey, a.EndKey) <= 0)
+	return startOK && endOK
+}
+
+// retireAbsorbed drops, once the batch that deleted their records has
+// committed, the groups of replicas absorbed by a merge or a snapshot: the
+// absorbing range's status is published first (so that some range covers
+// the keys at every moment), then requests waiting on the absorbed one are
+// answered.
+func (n *Node) retireAbsorbed() {
+	for _, a := range n.absorbing {
+		n.publishStatus(a.into)
+		n.replicasMu.Lock()
+		delete(n.replicas, a.r.id)
+		n.replicasMu.Unlock()
+		err := fmt.Errorf("%w: range %d was merged into range %d", kv.ErrWrongRange, a.r.id, a.into.id)
+		for _, rr := range a.r.readQueue {
+			rr.done <- err
+		}
+		for _, batch := range a.r.readBatches {
+			for _, rr := range batch {
+				rr.done <- err
+			}
+		}
+		for _, rr := range a.r.readWaiting {
+			rr.done <- err
+		}
+		a.r.readQueue, a.r.readWaiting, a.r.readBatches = nil, nil, map[uint64][]*readRequest{}
+		for _, d := range a.results {
+			d.p.done <- proposalResult{res: d.res, err: d.res.Err}
+		}
+		// What is still pending was never applied and never will be.
+		n.propMu.Lock()
+		for id, p := range n.proposals {
+			if p.rangeID == a.r.id {
+				delete(n.proposals, id)
+				p.done <- proposalResult{err: err}
+			}
+		}
+		n.propMu.Unlock()
+		n.log.Info("dropped merged range", "range", a.r.id, "into", a.into.id)
+	}
+	n.absorbing = nil
+}
+
+// Freeze freezes rangeID (this node must lead it) for its merge into its
+// left neighbour mergeInto, planned at the range's descriptor generation,
+// and returns the index of the freeze once it is applied here. Freezing a
+// range already frozen for mergeInto returns the first freeze's index.
+func (n *Node) Freeze(ctx context.Context, rangeID, mergeInto, generation uint64) (frozenAt uint64, err error) {
+	res, err := n.Propose(ctx, rangeID, &pandopb.Command{Op: &pandopb.Command_Freeze{Freeze: &pandopb.FreezeOp{
+		MergeInto: mergeInto, ExpectedGeneration: generation}}})
+	if err != nil {
+		return 0, err
+	}
+	return res.Version, nil
+}
+
+// Merge proposes, on leftID (this node must lead it), the merge of right,
+// its right neighbour frozen at freezeIndex, planned at leftID's
+// generation, and returns leftID's new descriptor once the merge is
+// applied here. The caller must first make sure that every replica of
+// right has applied the freeze (MergeRanges does); Merge checks it of the
+// replica here only.
+func (n *Node) Merge(ctx context.Context, leftID uint64, right *pandopb.RangeDescriptor, freezeIndex, generation uint64) (*pandopb.RangeDescriptor, error) {
+	rst, ok := n.Status(right.GetId())
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("%w: node %d holds no replica of range %d", kv.ErrInvalidArgument, n.cfg.ID, right.GetId())
+	case rst.FrozenFor == 0 || rst.FrozenAt != freezeIndex || !proto.Equal(rst.Desc, right):
+		return nil, fmt.Errorf("%w: range %d is not frozen at %d as described (frozen for %d at %d)", replica.ErrStaleMerge, right.Id, freezeIndex, rst.FrozenFor, rst.FrozenAt)
+	case rst.Applied < freezeIndex:
+		return nil, fmt.Errorf("%w: range %d's replica here has not applied its freeze", kv.ErrUnavailable, right.Id)
+	}
+	res, err := n.Propose(ctx, leftID, &pandopb.Command{Op: &pandopb.Command_Merge{Merge: &pandopb.MergeOp{
+		Right: right, FreezeIndex: freezeIndex, ExpectedGeneration: generation}}})
+	if err != nil {
+		return nil, err
+	}
+	return res.Desc, nil
+}
+
+// MergeHosts reaches the nodes a merge involves.
+type MergeHosts interface {
+	// Applied returns the index up to which node's replica of rangeID has
+	// applied its log (an error if the node does not answer or holds no
+	// replica of it).
+	Applied(ctx context.Context, node, rangeID uint64) (uint64, error)
+}
+
+// MergeRanges merges leftID's right neighbour into leftID. This node must
+// lead leftID and the two ranges must have the same replicas. The steps:
+//
+//  1. Pick the right neighbour: the replica here that starts where leftID
+//     ends. If it is already frozen (an earlier run stopped after the
+//     freeze, or it was frozen for a range that leftID has since become the
+//     left neighbour of), go to 4.
+//  2. Check that every replica of both ranges answers (so that the right
+//     one is not frozen only to wait for a dead node, or to be left frozen
+//     on a node without the left one), and make this node lead it
+//     (TransferLeader), so that both leaders are here.
+//  3. Freeze it (Freeze).
+//  4. Wait until every replica of it has applied the freeze (MergeHosts).
+//  5. Merge it (Merge) and publish a merge event.
+//
+// Each step looks at the ranges as they are, so a run interrupted
+// anywhere (a crash, a lost leadership, ctx) is completed by running
+// MergeRanges again for the same left range, here or on its new leader: a
+// frozen right range refuses every write until then, so an operator or
+// the controller must rerun it. A rerun after the merge completed merges
+// leftID with its next neighbour. On a lost leadership of leftID it returns
+// a *kv.NotLeaderError: nothing was proposed since the last step.
+func (n *Node) MergeRanges(ctx context.Context, leftID uint64, hosts MergeHosts) (*pandopb.RangeDescriptor, error) {
+	for {
+		lst, ok := n.Status(leftID)
+		if !ok {
+			return nil, fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, leftID)
+		}
+		if lst.LeaderID != n.cfg.ID {
+			return nil, n.notLeader(leftID, lst.LeaderID)
+		}
+		left := lst.Desc
+		if lst.FrozenFor != 0 {
+			return nil, fmt.Errorf("%w: range %d is itself frozen for its merge into range %d; merge that first", kv.ErrInvalidArgument, leftID, lst.FrozenFor)
+		}
+		if len(left.EndKey) == 0 {
+			return nil, fmt.Errorf("%w: range %d ends the key space: it has no right neighbour", kv.ErrInvalidArgument, leftID)
+		}
+		rst, ok := n.rangeStarting(left.EndKey)
+		if !ok {
+			return nil, fmt.Errorf("%w: node %d, leader of range %d, holds no replica of the range starting at %q: the ranges must have the same replicas",
+				kv.ErrInvalidArgument, n.cfg.ID, leftID, left.EndKey)
+		}
+		right := rst.Desc
+		if !replica.SameReplicas(left.Replicas, right.Replicas) {
+			return nil, fmt.Errorf("%w: ranges %d and %d have different replicas (%v, %v); move them first", kv.ErrInvalidArgument, leftID, right.Id, left.Replicas, right.Replicas)
+		}
+		frozenAt := rst.FrozenAt
+		if rst.FrozenFor == 0 {
+			if err := n.checkReplicasAnswer(ctx, left, hosts); err != nil {
+				return nil, err
+			}
+			if err := n.checkReplicasAnswer(ctx, right, hosts); err != nil {
+				return nil, err
+			}
+			if err := n.leadHere(ctx, right.Id); err != nil {
+				return nil, err
+			}
+			var err error
+			if frozenAt, err = n.Freeze(ctx, right.Id, leftID, right.Generation); err != nil {
+				if errors.Is(err, replica.ErrStaleMerge) || errors.Is(err, kv.ErrNotLeader) {
+					continue // the right range changed or its leadership moved: plan again
+				}
+				return nil, fmt.Errorf("freeze of range %d: %w", right.Id, err)
+			}
+			if rst, ok = n.Status(right.Id); !ok {
+				continue
+			}
+			right = rst.Desc
+		}
+		if err := n.waitFrozenEverywhere(ctx, right, frozenAt, hosts); err != nil {
+			return nil, err
+		}
+		desc, err := n.Merge(ctx, leftID, right, frozenAt, left.Generation)
+		if errors.Is(err, replica.ErrStaleMerge) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("merge of range %d into range %d: %w", right.Id, leftID, err)
+		}
+		n.cfg.Events.Publish(events.MergeEvent(leftID, right.Id))
+		return desc, nil
+	}
+}
+
+// rangeStarting returns the replica here whose span starts at key.
+func (n *Node) rangeStarting(key []byte) (RangeStatus, bool) {
+	for _, st := range n.Statuses() {
+		if bytes.Equal(st.Desc.StartKey, key) {
+			return st, true
+		}
+	}
+	return RangeStatus{}, false
+}
+
+// checkReplicasAnswer makes sure every replica of desc answers before a
+// freeze.
+func (n *Node) checkReplicasAnswer(ctx context.Context, desc *pandopb.RangeDescriptor, hosts MergeHosts) error {
+	for _, id := range desc.Replicas {
+		if _, err := hosts.Applied(ctx, id, desc.Id); err != nil {
+			return fmt.Errorf("%w: replica of range %d on node %d does not answer; not freezing it: %v", kv.ErrUnavailable, desc.Id, id, err)
+		}
+	}
+	return nil
+}
+
+// leadHere makes this node lead rangeID (a leadership transfer), waiting
+// until it does or ctx ends.
+func (n *Node) leadHere(ctx context.Context, rangeID uint64) error {
+	timeout := time.Duration(n.cfg.ElectionTicks) * n.cfg.TickInterval
+	var lastTry time.Time
+	for {
+		st, ok := n.Status(rangeID)
+		if !ok {
+			return fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, rangeID)
+		}
+		if st.LeaderID == n.cfg.ID {
+			return nil
+		}
+		if slices.Contains(st.Learners, n.cfg.ID) {
+			return fmt.Errorf("%w: node %d is a learner of range %d and cannot lead it", kv.ErrInvalidArgument, n.cfg.ID, rangeID)
+		}
+		// A follower hands the request to its leader; retry a transfer
+		// that raft gave up (after an election timeout).
+		if st.LeaderID != 0 && time.Since(lastTry) > timeout {
+			lastTry = time.Now()
+			if err := n.TransferLeader(ctx, rangeID, n.cfg.ID); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: leadership of range %d did not move to node %d: %w", kv.ErrUnavailable, rangeID, n.cfg.ID, ctx.Err())
+		case <-time.After(n.cfg.TickInterval):
+		}
+	}
+}
+
+// waitFrozenEverywhere waits until every replica of desc has applied its
+// freeze at index. The freeze's apply batch is synced, so a replica that
+// reports it keeps it across a crash: when the merge applies on a node,
+// its replica of desc is frozen with its final state.
+func (n *Node) waitFrozenEverywhere(ctx context.Context, desc *pandopb.RangeDescriptor, index uint64, hosts MergeHosts) error {
+	for _, id := range desc.Replicas {
+		for {
+			applied, err := hosts.Applied(ctx, id, desc.Id)
+			if err == nil && applied >= index {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%w: replica of range %d on node %d has not applied its freeze at %d (applied %d, %v); rerun the merge to complete it: %w",
+					kv.ErrUnavailable, desc.Id, id, index, applied, err, ctx.Err())
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// reshapes reports whether cmd changes a range's span or freezes it.
+func reshapes(cmd *pandopb.Command) bool {
+	switch cmd.Op.(type) {
+	case *pandopb.Command_Freeze, *pandopb.Command_Merge, *pandopb.Command_Split:
+		return true
+	}
+	return false
+}

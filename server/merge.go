@@ -1,0 +1,89 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/kv"
+)
+
+// mergeTimeout bounds a merge whose caller set no deadline. A merge waits
+// for a leadership transfer and for every replica of the right range to
+// apply its freeze; one cut short after the freeze leaves the right range
+// refusing writes until a rerun, so it gets more time than a request.
+const mergeTimeout = 30 * time.Second
+
+// Merge implements pandopb.AdminServer: the range merges with its right
+// neighbour, at its leader (node.MergeRanges). Rerun it when it fails after
+// freezing the right range: the rerun completes that merge.
+func (a *admin) Merge(ctx context.Context, req *pandopb.MergeRequest) (*pandopb.MergeResponse, error) {
+	if req.RangeId == 0 {
+		return nil, kv.ToStatus(fmt.Errorf("%w: merge needs a range ID", kv.ErrInvalidArgument))
+	}
+	desc, err := a.s.merge(ctx, req.RangeId)
+	if err != nil {
+		return nil, kv.ToStatus(err)
+	}
+	return &pandopb.MergeResponse{Desc: desc}, nil
+}
+
+func (s *Server) merge(ctx context.Context, rangeID uint64) (*pandopb.RangeDescriptor, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, mergeTimeout)
+		defer cancel()
+	}
+	var desc *pandopb.RangeDescriptor
+	err := s.onLeader(ctx, nil, rangeID, func(rid uint64) error {
+		var err error
+		desc, err = s.node.MergeRanges(ctx, rid, mergeHosts{s})
+		return err
+	}, func(ctx context.Context, conn *grpc.ClientConn) error {
+		resp, err := pandopb.NewAdminClient(conn).Merge(ctx, &pandopb.MergeRequest{RangeId: rangeID})
+		if err == nil {
+			desc = resp.Desc
+		}
+		return err
+	})
+	if err == nil {
+		s.cfg.Logger.Info("merged ranges", "range", desc.GetId(), "start", fmt.Sprintf("%q", desc.GetStartKey()), "end", fmt.Sprintf("%q", desc.GetEndKey()))
+	}
+	return desc, err
+}
+
+// mergeHosts asks the nodes of a merge how far their replicas applied
+// (node.MergeHosts), over the peer connections (the KV Status call).
+type mergeHosts struct{ s *Server }
+
+// mergeHostTimeout bounds one question to a node.
+const mergeHostTimeout = time.Second
+
+func (h mergeHosts) Applied(ctx context.Context, id, rangeID uint64) (uint64, error) {
+	if id == h.s.cfg.ID {
+		st, ok := h.s.node.Status(rangeID)
+		if !ok {
+			return 0, fmt.Errorf("%w: node %d holds no replica of range %d", kv.ErrUnavailable, id, rangeID)
+		}
+		return st.Applied, nil
+	}
+	conn, err := h.s.tr.Conn(id)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, mergeHostTimeout)
+	defer cancel()
+	resp, err := pandopb.NewKVClient(conn).Status(ctx, &pandopb.StatusRequest{})
+	if err != nil {
+		return 0, kv.FromStatus(err)
+	}
+	for _, r := range resp.Ranges {
+		if r.Id == rangeID {
+			return r.AppliedIndex, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: node %d holds no replica of range %d", kv.ErrUnavailable, id, rangeID)
+}
