@@ -199,3 +199,49 @@ func TestControllerJoinDecommissionAndDeath(t *testing.T) {
 	})
 	readAll(c.addrs[5])
 }
+
+// Adjacent small, cold ranges on the same nodes are merged by the
+// controller, once it has known them for MergeDelay; nothing is lost.
+func TestControllerMergesSmallColdRanges(t *testing.T) {
+	c := startCluster(t, 3, 0, func(cfg *server.Config) {
+		fastControl(cfg)
+		cfg.MergeMaxBytes = 1 << 20
+		cfg.MergeMaxQPS = 1000
+		cfg.MergeDelay = time.Second
+	})
+	for _, k := range []string{"d", "h", "p"} {
+		c.split(t, 1, k)
+	}
+	cl := c.client()
+	ctx := context.Background()
+	acked := map[string]uint64{}
+	for i := 0; i < 100; i++ {
+		k := fmt.Sprintf("%c%02d", 'a'+i%20, i)
+		v, err := cl.Put(ctx, []byte(k), []byte(k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		acked[k] = v
+	}
+	waitFor(t, 60*time.Second, "ranges merged back into one", func() (bool, string) {
+		sts := c.servers[1].Node().Statuses()
+		return len(sts) == 1 && len(sts[0].Desc.EndKey) == 0, fmt.Sprint(len(sts), " ranges")
+	})
+	for k, v := range acked {
+		kv, err := cl.Get(ctx, []byte(k))
+		if err != nil || kv == nil || kv.Version != v {
+			t.Fatalf("%s after merges = %+v, %v; want version %d", k, kv, err, v)
+		}
+	}
+	merges := 0
+	for _, s := range c.servers {
+		for _, e := range s.Events().Backlog(0) {
+			if e.Type == "merge" {
+				merges++
+			}
+		}
+	}
+	if merges != 3 {
+		t.Errorf("%d merge events, want 3", merges)
+	}
+}
