@@ -226,6 +226,14 @@ func (n *Node) CreateReplica(ctx context.Context, desc *pandopb.RangeDescriptor,
 	return err
 }
 
+// Holds reports whether this node has a replica of rangeID, initialized
+// or not.
+func (n *Node) Holds(rangeID uint64) bool {
+	n.replicasMu.RLock()
+	defer n.replicasMu.RUnlock()
+	return n.replicas[rangeID] != nil
+}
+
 // DestroyReplica deletes this node's replica of desc's range if desc, the
 // range's current descriptor, is newer than the replica's and does not name
 // this node: the replica was removed while it could not learn it.

@@ -74,6 +74,27 @@ func (a *admin) DestroyReplica(ctx context.Context, req *pandopb.DestroyReplicaR
 	return &pandopb.DestroyReplicaResponse{}, nil
 }
 
+// AdoptReplica implements pandopb.AdminServer: at the range's leader, the
+// range's descriptor and current term for a node it names that holds no
+// replica of it.
+func (a *admin) AdoptReplica(ctx context.Context, req *pandopb.AdoptReplicaRequest) (*pandopb.AdoptReplicaResponse, error) {
+	ctx, cancel := a.s.adminTimeout(ctx, a.s.cfg.RequestTimeout)
+	defer cancel()
+	var resp *pandopb.AdoptReplicaResponse
+	err := a.s.onLeader(forwardedOnly(ctx), nil, req.RangeId, func(rid uint64) error {
+		st, _ := a.s.node.Status(rid)
+		if !slices.Contains(st.Desc.Replicas, req.NodeId) {
+			return fmt.Errorf("%w: range %d (generation %d) does not name node %d", kv.ErrInvalidArgument, rid, st.Desc.Generation, req.NodeId)
+		}
+		resp = &pandopb.AdoptReplicaResponse{Desc: st.Desc, Term: st.Term, Leader: a.s.cfg.ID}
+		return nil
+	}, func(ctx context.Context, conn *grpc.ClientConn) (err error) {
+		resp, err = pandopb.NewAdminClient(conn).AdoptReplica(ctx, req)
+		return err
+	})
+	return resp, kv.ToStatus(err)
+}
+
 // Join implements pandopb.AdminServer.
 func (a *admin) Join(ctx context.Context, req *pandopb.JoinRequest) (*pandopb.JoinResponse, error) {
 	var resp *pandopb.JoinResponse
@@ -222,6 +243,10 @@ func (s *Server) learn(resp *pandopb.HeartbeatResponse) {
 	s.svc.dir.update(resp)
 	for _, r := range resp.Directory {
 		st, ok := s.node.Status(r.Id)
+		if !ok && slices.Contains(r.Replicas, s.cfg.ID) && !slices.Contains(r.Learners, s.cfg.ID) && !s.node.Holds(r.Id) {
+			s.adopt(r.Id)
+			continue
+		}
 		if !ok || slices.Contains(r.Replicas, s.cfg.ID) || st.Desc.Generation >= r.Generation {
 			continue
 		}
@@ -231,6 +256,28 @@ func (s *Server) learn(resp *pandopb.HeartbeatResponse) {
 		}
 		cancel()
 	}
+}
+
+// adopt creates an empty replica of a range the cluster says this node
+// holds but it does not: its replica of the left range skipped the split
+// that created it, by a snapshot taken after the split. The range's leader
+// confirms and gives its term (the empty replica starts having voted for
+// it in it, see node.CreateReplica); a snapshot then fills it. Refused
+// while a replica here still covers part of the range (it will apply the
+// split itself).
+func (s *Server) adopt(rangeID uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+	defer cancel()
+	resp, err := (&admin{s: s}).AdoptReplica(ctx, &pandopb.AdoptReplicaRequest{RangeId: rangeID, NodeId: s.cfg.ID})
+	if err != nil {
+		s.log.Debug("adopting a replica", "range", rangeID, "err", kv.FromStatus(err))
+		return
+	}
+	if err := s.node.CreateReplica(ctx, resp.Desc, resp.Term, resp.Leader); err != nil {
+		s.log.Debug("adopting a replica", "range", rangeID, "err", err)
+		return
+	}
+	s.log.Info("created a replica the cluster names this node for but it never had (a split skipped by a snapshot)", "range", rangeID)
 }
 
 // join asks the cluster, through any of the join addresses, to admit this

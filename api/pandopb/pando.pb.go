@@ -3874,6 +3874,122 @@ func (*CreateReplicaResponse) Descriptor() ([]byte, []int) {
 
 // DestroyReplicaRequest tells a node that desc (the range's current
 // descriptor) no longer names it: it deletes its replica.
+// AdoptReplicaRequest: node node_id is named by range_id's descriptor but
+// holds no replica of it (its replica of the left range skipped the split
+// by a snapshot); the range's leader answers with what the node needs to
+// create an empty replica safely.
+type AdoptReplicaRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RangeId       uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	NodeId        uint64                 `protobuf:"varint,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdoptReplicaRequest) Reset() {
+	*x = AdoptReplicaRequest{}
+	mi := &file_pando_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdoptReplicaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdoptReplicaRequest) ProtoMessage() {}
+
+func (x *AdoptReplicaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdoptReplicaRequest.ProtoReflect.Descriptor instead.
+func (*AdoptReplicaRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *AdoptReplicaRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+func (x *AdoptReplicaRequest) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+type AdoptReplicaResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Desc          *RangeDescriptor       `protobuf:"bytes,1,opt,name=desc,proto3" json:"desc,omitempty"`
+	Term          uint64                 `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
+	Leader        uint64                 `protobuf:"varint,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdoptReplicaResponse) Reset() {
+	*x = AdoptReplicaResponse{}
+	mi := &file_pando_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdoptReplicaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdoptReplicaResponse) ProtoMessage() {}
+
+func (x *AdoptReplicaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdoptReplicaResponse.ProtoReflect.Descriptor instead.
+func (*AdoptReplicaResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *AdoptReplicaResponse) GetDesc() *RangeDescriptor {
+	if x != nil {
+		return x.Desc
+	}
+	return nil
+}
+
+func (x *AdoptReplicaResponse) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *AdoptReplicaResponse) GetLeader() uint64 {
+	if x != nil {
+		return x.Leader
+	}
+	return 0
+}
+
 type DestroyReplicaRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Desc          *RangeDescriptor       `protobuf:"bytes,1,opt,name=desc,proto3" json:"desc,omitempty"`
@@ -3883,7 +3999,7 @@ type DestroyReplicaRequest struct {
 
 func (x *DestroyReplicaRequest) Reset() {
 	*x = DestroyReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[59]
+	mi := &file_pando_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3895,7 +4011,7 @@ func (x *DestroyReplicaRequest) String() string {
 func (*DestroyReplicaRequest) ProtoMessage() {}
 
 func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[59]
+	mi := &file_pando_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3908,7 +4024,7 @@ func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaRequest.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{59}
+	return file_pando_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *DestroyReplicaRequest) GetDesc() *RangeDescriptor {
@@ -3926,7 +4042,7 @@ type DestroyReplicaResponse struct {
 
 func (x *DestroyReplicaResponse) Reset() {
 	*x = DestroyReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3938,7 +4054,7 @@ func (x *DestroyReplicaResponse) String() string {
 func (*DestroyReplicaResponse) ProtoMessage() {}
 
 func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3951,7 +4067,7 @@ func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaResponse.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{60}
+	return file_pando_proto_rawDescGZIP(), []int{62}
 }
 
 type JoinRequest struct {
@@ -3964,7 +4080,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3976,7 +4092,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3989,7 +4105,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{61}
+	return file_pando_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *JoinRequest) GetNodeId() uint64 {
@@ -4015,7 +4131,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4027,7 +4143,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4040,7 +4156,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{62}
+	return file_pando_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *JoinResponse) GetNodes() []*NodeRecord {
@@ -4059,7 +4175,7 @@ type DecommissionRequest struct {
 
 func (x *DecommissionRequest) Reset() {
 	*x = DecommissionRequest{}
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4071,7 +4187,7 @@ func (x *DecommissionRequest) String() string {
 func (*DecommissionRequest) ProtoMessage() {}
 
 func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4084,7 +4200,7 @@ func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
 func (*DecommissionRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{63}
+	return file_pando_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *DecommissionRequest) GetNodeId() uint64 {
@@ -4103,7 +4219,7 @@ type DecommissionResponse struct {
 
 func (x *DecommissionResponse) Reset() {
 	*x = DecommissionResponse{}
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4115,7 +4231,7 @@ func (x *DecommissionResponse) String() string {
 func (*DecommissionResponse) ProtoMessage() {}
 
 func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4128,7 +4244,7 @@ func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
 func (*DecommissionResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{64}
+	return file_pando_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *DecommissionResponse) GetNode() *NodeRecord {
@@ -4146,7 +4262,7 @@ type NodesRequest struct {
 
 func (x *NodesRequest) Reset() {
 	*x = NodesRequest{}
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4158,7 +4274,7 @@ func (x *NodesRequest) String() string {
 func (*NodesRequest) ProtoMessage() {}
 
 func (x *NodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4171,7 +4287,7 @@ func (x *NodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesRequest.ProtoReflect.Descriptor instead.
 func (*NodesRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{65}
+	return file_pando_proto_rawDescGZIP(), []int{67}
 }
 
 type NodeInfo struct {
@@ -4189,7 +4305,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4201,7 +4317,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4214,7 +4330,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{66}
+	return file_pando_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *NodeInfo) GetRecord() *NodeRecord {
@@ -4269,7 +4385,7 @@ type NodesResponse struct {
 
 func (x *NodesResponse) Reset() {
 	*x = NodesResponse{}
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4281,7 +4397,7 @@ func (x *NodesResponse) String() string {
 func (*NodesResponse) ProtoMessage() {}
 
 func (x *NodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4294,7 +4410,7 @@ func (x *NodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesResponse.ProtoReflect.Descriptor instead.
 func (*NodesResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{67}
+	return file_pando_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *NodesResponse) GetNodes() []*NodeInfo {
@@ -4324,7 +4440,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4336,7 +4452,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4349,7 +4465,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{68}
+	return file_pando_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *HeartbeatRequest) GetNodeId() uint64 {
@@ -4392,7 +4508,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4404,7 +4520,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4417,7 +4533,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{69}
+	return file_pando_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *HeartbeatResponse) GetControllerId() uint64 {
@@ -4450,7 +4566,7 @@ type RebalanceRequest struct {
 
 func (x *RebalanceRequest) Reset() {
 	*x = RebalanceRequest{}
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4462,7 +4578,7 @@ func (x *RebalanceRequest) String() string {
 func (*RebalanceRequest) ProtoMessage() {}
 
 func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4475,7 +4591,7 @@ func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceRequest.ProtoReflect.Descriptor instead.
 func (*RebalanceRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{70}
+	return file_pando_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *RebalanceRequest) GetDryRun() bool {
@@ -4499,7 +4615,7 @@ type PlannedOp struct {
 
 func (x *PlannedOp) Reset() {
 	*x = PlannedOp{}
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4511,7 +4627,7 @@ func (x *PlannedOp) String() string {
 func (*PlannedOp) ProtoMessage() {}
 
 func (x *PlannedOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4524,7 +4640,7 @@ func (x *PlannedOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlannedOp.ProtoReflect.Descriptor instead.
 func (*PlannedOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{71}
+	return file_pando_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *PlannedOp) GetKind() string {
@@ -4579,7 +4695,7 @@ type RebalanceResponse struct {
 
 func (x *RebalanceResponse) Reset() {
 	*x = RebalanceResponse{}
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4591,7 +4707,7 @@ func (x *RebalanceResponse) String() string {
 func (*RebalanceResponse) ProtoMessage() {}
 
 func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4604,7 +4720,7 @@ func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceResponse.ProtoReflect.Descriptor instead.
 func (*RebalanceResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{72}
+	return file_pando_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *RebalanceResponse) GetOps() []*PlannedOp {
@@ -4631,7 +4747,7 @@ type MergeRequest struct {
 
 func (x *MergeRequest) Reset() {
 	*x = MergeRequest{}
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4643,7 +4759,7 @@ func (x *MergeRequest) String() string {
 func (*MergeRequest) ProtoMessage() {}
 
 func (x *MergeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4656,7 +4772,7 @@ func (x *MergeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRequest.ProtoReflect.Descriptor instead.
 func (*MergeRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{73}
+	return file_pando_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *MergeRequest) GetRangeId() uint64 {
@@ -4675,7 +4791,7 @@ type MergeResponse struct {
 
 func (x *MergeResponse) Reset() {
 	*x = MergeResponse{}
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4687,7 +4803,7 @@ func (x *MergeResponse) String() string {
 func (*MergeResponse) ProtoMessage() {}
 
 func (x *MergeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4700,7 +4816,7 @@ func (x *MergeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeResponse.ProtoReflect.Descriptor instead.
 func (*MergeResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{74}
+	return file_pando_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *MergeResponse) GetDesc() *RangeDescriptor {
@@ -4985,7 +5101,14 @@ const file_pando_proto_rawDesc = "" +
 	"\x04desc\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x16\n" +
 	"\x06leader\x18\x03 \x01(\x04R\x06leader\"\x17\n" +
-	"\x15CreateReplicaResponse\"F\n" +
+	"\x15CreateReplicaResponse\"I\n" +
+	"\x13AdoptReplicaRequest\x12\x19\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\x04R\x06nodeId\"q\n" +
+	"\x14AdoptReplicaResponse\x12-\n" +
+	"\x04desc\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc\x12\x12\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x16\n" +
+	"\x06leader\x18\x03 \x01(\x04R\x06leader\"F\n" +
 	"\x15DestroyReplicaRequest\x12-\n" +
 	"\x04desc\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc\"\x18\n" +
 	"\x16DestroyReplicaResponse\":\n" +
@@ -5053,7 +5176,7 @@ const file_pando_proto_rawDesc = "" +
 	"\bChecksum\x12\x19.pando.v1.ChecksumRequest\x1a\x1a.pando.v1.ChecksumResponse\x12A\n" +
 	"\bListKeys\x12\x19.pando.v1.ListKeysRequest\x1a\x1a.pando.v1.ListKeysResponse\x12;\n" +
 	"\x06Repair\x12\x17.pando.v1.RepairRequest\x1a\x18.pando.v1.RepairResponse\x12C\n" +
-	"\tRangeData\x12\x1a.pando.v1.RangeDataRequest\x1a\x18.pando.v1.RangeDataChunk0\x012\xde\x06\n" +
+	"\tRangeData\x12\x1a.pando.v1.RangeDataRequest\x1a\x18.pando.v1.RangeDataChunk0\x012\xad\a\n" +
 	"\x05Admin\x128\n" +
 	"\x05Split\x12\x16.pando.v1.SplitRequest\x1a\x17.pando.v1.SplitResponse\x12M\n" +
 	"\fAllocRangeID\x12\x1d.pando.v1.AllocRangeIDRequest\x1a\x1e.pando.v1.AllocRangeIDResponse\x12J\n" +
@@ -5061,7 +5184,8 @@ const file_pando_proto_rawDesc = "" +
 	"\x0eTransferLeader\x12\x1f.pando.v1.TransferLeaderRequest\x1a .pando.v1.TransferLeaderResponse\x128\n" +
 	"\x05Merge\x12\x16.pando.v1.MergeRequest\x1a\x17.pando.v1.MergeResponse\x12P\n" +
 	"\rCreateReplica\x12\x1e.pando.v1.CreateReplicaRequest\x1a\x1f.pando.v1.CreateReplicaResponse\x12S\n" +
-	"\x0eDestroyReplica\x12\x1f.pando.v1.DestroyReplicaRequest\x1a .pando.v1.DestroyReplicaResponse\x125\n" +
+	"\x0eDestroyReplica\x12\x1f.pando.v1.DestroyReplicaRequest\x1a .pando.v1.DestroyReplicaResponse\x12M\n" +
+	"\fAdoptReplica\x12\x1d.pando.v1.AdoptReplicaRequest\x1a\x1e.pando.v1.AdoptReplicaResponse\x125\n" +
 	"\x04Join\x12\x15.pando.v1.JoinRequest\x1a\x16.pando.v1.JoinResponse\x12M\n" +
 	"\fDecommission\x12\x1d.pando.v1.DecommissionRequest\x1a\x1e.pando.v1.DecommissionResponse\x128\n" +
 	"\x05Nodes\x12\x16.pando.v1.NodesRequest\x1a\x17.pando.v1.NodesResponse\x12D\n" +
@@ -5081,7 +5205,7 @@ func file_pando_proto_rawDescGZIP() []byte {
 }
 
 var file_pando_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 75)
+var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
 var file_pando_proto_goTypes = []any{
 	(Consistency)(0),               // 0: pando.v1.Consistency
 	(*GetRequest)(nil),             // 1: pando.v1.GetRequest
@@ -5143,22 +5267,24 @@ var file_pando_proto_goTypes = []any{
 	(*TransferLeaderResponse)(nil), // 57: pando.v1.TransferLeaderResponse
 	(*CreateReplicaRequest)(nil),   // 58: pando.v1.CreateReplicaRequest
 	(*CreateReplicaResponse)(nil),  // 59: pando.v1.CreateReplicaResponse
-	(*DestroyReplicaRequest)(nil),  // 60: pando.v1.DestroyReplicaRequest
-	(*DestroyReplicaResponse)(nil), // 61: pando.v1.DestroyReplicaResponse
-	(*JoinRequest)(nil),            // 62: pando.v1.JoinRequest
-	(*JoinResponse)(nil),           // 63: pando.v1.JoinResponse
-	(*DecommissionRequest)(nil),    // 64: pando.v1.DecommissionRequest
-	(*DecommissionResponse)(nil),   // 65: pando.v1.DecommissionResponse
-	(*NodesRequest)(nil),           // 66: pando.v1.NodesRequest
-	(*NodeInfo)(nil),               // 67: pando.v1.NodeInfo
-	(*NodesResponse)(nil),          // 68: pando.v1.NodesResponse
-	(*HeartbeatRequest)(nil),       // 69: pando.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),      // 70: pando.v1.HeartbeatResponse
-	(*RebalanceRequest)(nil),       // 71: pando.v1.RebalanceRequest
-	(*PlannedOp)(nil),              // 72: pando.v1.PlannedOp
-	(*RebalanceResponse)(nil),      // 73: pando.v1.RebalanceResponse
-	(*MergeRequest)(nil),           // 74: pando.v1.MergeRequest
-	(*MergeResponse)(nil),          // 75: pando.v1.MergeResponse
+	(*AdoptReplicaRequest)(nil),    // 60: pando.v1.AdoptReplicaRequest
+	(*AdoptReplicaResponse)(nil),   // 61: pando.v1.AdoptReplicaResponse
+	(*DestroyReplicaRequest)(nil),  // 62: pando.v1.DestroyReplicaRequest
+	(*DestroyReplicaResponse)(nil), // 63: pando.v1.DestroyReplicaResponse
+	(*JoinRequest)(nil),            // 64: pando.v1.JoinRequest
+	(*JoinResponse)(nil),           // 65: pando.v1.JoinResponse
+	(*DecommissionRequest)(nil),    // 66: pando.v1.DecommissionRequest
+	(*DecommissionResponse)(nil),   // 67: pando.v1.DecommissionResponse
+	(*NodesRequest)(nil),           // 68: pando.v1.NodesRequest
+	(*NodeInfo)(nil),               // 69: pando.v1.NodeInfo
+	(*NodesResponse)(nil),          // 70: pando.v1.NodesResponse
+	(*HeartbeatRequest)(nil),       // 71: pando.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),      // 72: pando.v1.HeartbeatResponse
+	(*RebalanceRequest)(nil),       // 73: pando.v1.RebalanceRequest
+	(*PlannedOp)(nil),              // 74: pando.v1.PlannedOp
+	(*RebalanceResponse)(nil),      // 75: pando.v1.RebalanceResponse
+	(*MergeRequest)(nil),           // 76: pando.v1.MergeRequest
+	(*MergeResponse)(nil),          // 77: pando.v1.MergeResponse
 }
 var file_pando_proto_depIdxs = []int32{
 	0,  // 0: pando.v1.GetRequest.consistency:type_name -> pando.v1.Consistency
@@ -5194,69 +5320,72 @@ var file_pando_proto_depIdxs = []int32{
 	33, // 30: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
 	33, // 31: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
 	33, // 32: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	33, // 33: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	26, // 34: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
-	26, // 35: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
-	26, // 36: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
-	67, // 37: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
-	12, // 38: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
-	26, // 39: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
-	12, // 40: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
-	72, // 41: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
-	33, // 42: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
-	1,  // 43: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
-	3,  // 44: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
-	5,  // 45: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
-	7,  // 46: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
-	10, // 47: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
-	16, // 48: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
-	18, // 49: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
-	36, // 50: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
-	41, // 51: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
-	43, // 52: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
-	46, // 53: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
-	48, // 54: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
-	50, // 55: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
-	52, // 56: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
-	54, // 57: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
-	56, // 58: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
-	74, // 59: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
-	58, // 60: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
-	60, // 61: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
-	62, // 62: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
-	64, // 63: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
-	66, // 64: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
-	69, // 65: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
-	71, // 66: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
-	2,  // 67: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
-	4,  // 68: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
-	6,  // 69: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
-	9,  // 70: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
-	14, // 71: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
-	17, // 72: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
-	19, // 73: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
-	40, // 74: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
-	42, // 75: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
-	45, // 76: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
-	47, // 77: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
-	49, // 78: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
-	51, // 79: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
-	53, // 80: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
-	55, // 81: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
-	57, // 82: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
-	75, // 83: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
-	59, // 84: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
-	61, // 85: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
-	63, // 86: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
-	65, // 87: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
-	68, // 88: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
-	70, // 89: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
-	73, // 90: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
-	67, // [67:91] is the sub-list for method output_type
-	43, // [43:67] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	33, // 33: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	33, // 34: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	26, // 35: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
+	26, // 36: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
+	26, // 37: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
+	69, // 38: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
+	12, // 39: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
+	26, // 40: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
+	12, // 41: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
+	74, // 42: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
+	33, // 43: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
+	1,  // 44: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
+	3,  // 45: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
+	5,  // 46: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
+	7,  // 47: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
+	10, // 48: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
+	16, // 49: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
+	18, // 50: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
+	36, // 51: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
+	41, // 52: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
+	43, // 53: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
+	46, // 54: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
+	48, // 55: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
+	50, // 56: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
+	52, // 57: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
+	54, // 58: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
+	56, // 59: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
+	76, // 60: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
+	58, // 61: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
+	62, // 62: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
+	60, // 63: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
+	64, // 64: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
+	66, // 65: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
+	68, // 66: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
+	71, // 67: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
+	73, // 68: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
+	2,  // 69: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
+	4,  // 70: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
+	6,  // 71: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
+	9,  // 72: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
+	14, // 73: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
+	17, // 74: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
+	19, // 75: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
+	40, // 76: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
+	42, // 77: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
+	45, // 78: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
+	47, // 79: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
+	49, // 80: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
+	51, // 81: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
+	53, // 82: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
+	55, // 83: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
+	57, // 84: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
+	77, // 85: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
+	59, // 86: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
+	63, // 87: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
+	61, // 88: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
+	65, // 89: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
+	67, // 90: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
+	70, // 91: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
+	72, // 92: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
+	75, // 93: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
+	69, // [69:94] is the sub-list for method output_type
+	44, // [44:69] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_pando_proto_init() }
@@ -5283,7 +5412,7 @@ func file_pando_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pando_proto_rawDesc), len(file_pando_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   75,
+			NumMessages:   77,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -678,6 +678,7 @@ const (
 	Admin_Merge_FullMethodName          = "/pando.v1.Admin/Merge"
 	Admin_CreateReplica_FullMethodName  = "/pando.v1.Admin/CreateReplica"
 	Admin_DestroyReplica_FullMethodName = "/pando.v1.Admin/DestroyReplica"
+	Admin_AdoptReplica_FullMethodName   = "/pando.v1.Admin/AdoptReplica"
 	Admin_Join_FullMethodName           = "/pando.v1.Admin/Join"
 	Admin_Decommission_FullMethodName   = "/pando.v1.Admin/Decommission"
 	Admin_Nodes_FullMethodName          = "/pando.v1.Admin/Nodes"
@@ -703,6 +704,8 @@ type AdminClient interface {
 	// CreateReplica and DestroyReplica act on the node called (not routed).
 	CreateReplica(ctx context.Context, in *CreateReplicaRequest, opts ...grpc.CallOption) (*CreateReplicaResponse, error)
 	DestroyReplica(ctx context.Context, in *DestroyReplicaRequest, opts ...grpc.CallOption) (*DestroyReplicaResponse, error)
+	// AdoptReplica is routed to the range's leader (see the request).
+	AdoptReplica(ctx context.Context, in *AdoptReplicaRequest, opts ...grpc.CallOption) (*AdoptReplicaResponse, error)
 	// Join, Decommission, Nodes, Heartbeat and Rebalance are served by the
 	// controller: the leader of the meta range (range 1).
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
@@ -790,6 +793,16 @@ func (c *adminClient) DestroyReplica(ctx context.Context, in *DestroyReplicaRequ
 	return out, nil
 }
 
+func (c *adminClient) AdoptReplica(ctx context.Context, in *AdoptReplicaRequest, opts ...grpc.CallOption) (*AdoptReplicaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AdoptReplicaResponse)
+	err := c.cc.Invoke(ctx, Admin_AdoptReplica_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(JoinResponse)
@@ -858,6 +871,8 @@ type AdminServer interface {
 	// CreateReplica and DestroyReplica act on the node called (not routed).
 	CreateReplica(context.Context, *CreateReplicaRequest) (*CreateReplicaResponse, error)
 	DestroyReplica(context.Context, *DestroyReplicaRequest) (*DestroyReplicaResponse, error)
+	// AdoptReplica is routed to the range's leader (see the request).
+	AdoptReplica(context.Context, *AdoptReplicaRequest) (*AdoptReplicaResponse, error)
 	// Join, Decommission, Nodes, Heartbeat and Rebalance are served by the
 	// controller: the leader of the meta range (range 1).
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
@@ -895,6 +910,9 @@ func (UnimplementedAdminServer) CreateReplica(context.Context, *CreateReplicaReq
 }
 func (UnimplementedAdminServer) DestroyReplica(context.Context, *DestroyReplicaRequest) (*DestroyReplicaResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DestroyReplica not implemented")
+}
+func (UnimplementedAdminServer) AdoptReplica(context.Context, *AdoptReplicaRequest) (*AdoptReplicaResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method AdoptReplica not implemented")
 }
 func (UnimplementedAdminServer) Join(context.Context, *JoinRequest) (*JoinResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Join not implemented")
@@ -1058,6 +1076,24 @@ func _Admin_DestroyReplica_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_AdoptReplica_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AdoptReplicaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).AdoptReplica(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_AdoptReplica_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).AdoptReplica(ctx, req.(*AdoptReplicaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_Join_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(JoinRequest)
 	if err := dec(in); err != nil {
@@ -1182,6 +1218,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DestroyReplica",
 			Handler:    _Admin_DestroyReplica_Handler,
+		},
+		{
+			MethodName: "AdoptReplica",
+			Handler:    _Admin_AdoptReplica_Handler,
 		},
 		{
 			MethodName: "Join",

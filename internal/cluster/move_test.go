@@ -274,3 +274,79 @@ func TestMoveReplicaCrashAtEachStep(t *testing.T) {
 		}
 	}
 }
+
+// A node whose replica of the left range skips a split by a snapshot (it
+// was down while the range split and the log moved on) never creates the
+// split's right range: its descriptor names the node, but nothing runs
+// there. Adopting it (what a server does when the controller's directory
+// names it for a range it lacks) creates an empty replica in the leader's
+// term, and a snapshot fills it.
+func TestReplicaSkippedBySplitIsAdopted(t *testing.T) {
+	c := New(t, Options{Seed: testSeed(t), LogKeepEntries: 5})
+	lead, err := c.Leader(1, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lag := c.IDs()[0]
+	if lag == lead {
+		lag = c.IDs()[1]
+	}
+	c.Crash(lag)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Split(ctx, []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+	acked := map[string]uint64{}
+	for i := 0; i < 60; i++ {
+		k := fmt.Sprintf("%c%02d", 'a'+i%26, i)
+		acked[k] = put(t, c.KV(lead), k, "v")
+	}
+	c.Start(lag)
+	// The lagging node catches up on range 1 by a snapshot of its new span.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, ok := c.Member(lag).Node.Status(1)
+		if ok && string(st.Desc.EndKey) == "m" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node %d did not catch up on range 1: %+v", lag, st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	right, err := c.Member(lead).Node.RangeFor([]byte("m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if c.Member(lag).Node.Holds(right.RangeID) {
+		t.Skipf("node %d applied the split from its log: no gap to adopt this time", lag)
+	}
+	rl, err := c.Leader(right.RangeID, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := c.Member(rl).Node.Status(right.RangeID)
+	if err := c.Member(lag).Node.CreateReplica(ctx, st.Desc, st.Term, rl); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		got, ok := c.Member(lag).Node.Status(right.RangeID)
+		lst, _ := c.Member(rl).Node.Status(right.RangeID)
+		if ok && got.Applied >= lst.Commit {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("adopted replica of range %d not filled: %+v", right.RangeID, got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	data := dump(t, c.Member(lag).Engine.DB())
+	for k, v := range acked {
+		if data[k] != v {
+			t.Fatalf("node %d: %s at version %d, want %d", lag, k, data[k], v)
+		}
+	}
+}
