@@ -331,7 +331,18 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	if _, err := c.Leader(1, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	duration := 6 * time.Second
+	checkLinearizable(t, c, seed, "linearizability", 6*time.Second, func(stop <-chan struct{}) {
+		nemesis(t, c, rand.New(rand.NewPCG(seed, 99)), stop)
+	})
+}
+
+// checkLinearizable runs six clients against c for duration (2 s with
+// -short) while faults runs (it returns once stop closes, leaving the
+// cluster healable), then a quiet stretch, and checks the history with
+// porcupine; a violation is drawn to PANDO_ARTIFACTS (or a temporary
+// directory) as name-SEED.html. It returns the history's operations.
+func checkLinearizable(t *testing.T, c *Cluster, seed uint64, name string, duration time.Duration, faults func(stop <-chan struct{})) []porcupine.Operation {
+	t.Helper()
 	if testing.Short() {
 		duration = 2 * time.Second
 	}
@@ -347,15 +358,15 @@ func TestLinearizableUnderFaults(t *testing.T) {
 			runClient(c, h, i, rand.New(rand.NewPCG(seed, uint64(i))), keys, stop, &versions)
 		}(i)
 	}
-	nemStop := make(chan struct{})
-	nemDone := make(chan struct{})
+	faultStop := make(chan struct{})
+	faultDone := make(chan struct{})
 	go func() {
-		defer close(nemDone)
-		nemesis(t, c, rand.New(rand.NewPCG(seed, 99)), nemStop)
+		defer close(faultDone)
+		faults(faultStop)
 	}()
 	time.Sleep(duration)
-	close(nemStop)
-	<-nemDone
+	close(faultStop)
+	<-faultDone
 	// A last quiet stretch so that every client's final operations can
 	// finish against a healthy cluster.
 	time.Sleep(500 * time.Millisecond)
@@ -385,10 +396,11 @@ func TestLinearizableUnderFaults(t *testing.T) {
 		if dir == "" {
 			dir = t.TempDir()
 		}
-		path := filepath.Join(dir, fmt.Sprintf("linearizability-%d.html", seed))
+		path := filepath.Join(dir, fmt.Sprintf("%s-%d.html", name, seed))
 		_ = porcupine.VisualizePath(kvModel, info, path)
 		t.Fatalf("history is not linearizable (result %v); visualization: %s", res, path)
 	}
+	return h.ops
 }
 
 // mergeLeft returns the left neighbour of a range frozen for a merge if

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anishathalye/porcupine"
 	"github.com/cockroachdb/pebble/v2"
 	"google.golang.org/protobuf/proto"
 
@@ -668,47 +667,11 @@ func TestLinearizableMergesUnderFaults(t *testing.T) {
 	if _, err := c.Leader(1, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	duration := 5 * time.Second
-	if testing.Short() {
-		duration = 2 * time.Second
-	}
-	h := &history{start: time.Now()}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var versions sync.Map
-	for i := 0; i < 6; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			runClient(c, h, i, rand.New(rand.NewPCG(seed, uint64(i))), []string{"a", "b", "c"}, stop, &versions)
-		}(i)
-	}
-	nemStop, nemDone := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(nemDone)
-		mergeNemesis(t, c, rand.New(rand.NewPCG(seed, 98)), nemStop)
-	}()
-	time.Sleep(duration)
-	close(nemStop)
-	<-nemDone
-	time.Sleep(500 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+	checkLinearizable(t, c, seed, "linearizability-merges", 5*time.Second, func(stop <-chan struct{}) {
+		mergeNemesis(t, c, rand.New(rand.NewPCG(seed, 98)), stop)
+	})
 	if f := c.Frozen(); len(f) != 0 {
 		t.Fatalf("ranges left frozen after the merges were rerun: %v", f)
-	}
-	known := 0
-	for _, op := range h.ops {
-		if !op.Output.(lOutput).unknown {
-			known++
-		}
-	}
-	t.Logf("%d operations, %d with a known outcome", len(h.ops), known)
-	if known < 50 {
-		t.Fatalf("only %d operations completed", known)
-	}
-	if res, _ := porcupine.CheckOperationsVerbose(kvModel, h.ops, 60*time.Second); res != porcupine.Ok {
-		t.Fatalf("history is not linearizable (result %v, seed %d)", res, seed)
 	}
 	// The replicas of every range agree on its descriptor and data.
 	deadline := time.Now().Add(10 * time.Second)

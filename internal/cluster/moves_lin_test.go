@@ -2,16 +2,10 @@ package cluster
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/anishathalye/porcupine"
 )
 
 // pickHolder picks a node for a client to call: one that holds a replica
@@ -45,36 +39,18 @@ func TestLinearizableThroughMoves(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.AddNode()
-	duration := 6 * time.Second
-	if testing.Short() {
-		duration = 2 * time.Second
-	}
-	h := &history{start: time.Now()}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	keys := []string{"a", "b", "c"}
-	var versions sync.Map
-	for i := 0; i < 6; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			runClient(c, h, i, rand.New(rand.NewPCG(seed, uint64(i))), keys, stop, &versions)
-		}(i)
-	}
-	nemStop := make(chan struct{})
-	nemDone := make(chan struct{})
-	go func() {
-		defer close(nemDone)
-		nemesis(t, c, rand.New(rand.NewPCG(seed, 99)), nemStop)
-	}()
 	moves := 0
-	mover := make(chan struct{})
-	go func() {
-		defer close(mover)
+	checkLinearizable(t, c, seed, "linearizability-moves", 6*time.Second, func(stop <-chan struct{}) {
+		nemDone := make(chan struct{})
+		go func() {
+			defer close(nemDone)
+			nemesis(t, c, rand.New(rand.NewPCG(seed, 99)), stop)
+		}()
+		defer func() { <-nemDone }()
 		rng := rand.New(rand.NewPCG(seed, 7))
 		for {
 			select {
-			case <-nemStop:
+			case <-stop:
 				return
 			default:
 			}
@@ -83,18 +59,11 @@ func TestLinearizableThroughMoves(t *testing.T) {
 				continue
 			}
 			st, _ := c.Member(lead).Node.Status(1)
-			var out uint64
-			for _, id := range c.IDs() {
-				if !slices.Contains(st.Desc.Replicas, id) {
-					out = id
-				}
-			}
-			if out == 0 || len(st.Desc.Replicas) != 3 {
-				// A move left half done: finish it by removing the
-				// extra replica (any but the leader's).
+			if len(st.Desc.Replicas) > 3 {
+				// A move left half done: finish it by removing a replica
+				// other than the leader's.
 				for _, id := range st.Desc.Replicas {
-					if id != lead && len(st.Desc.Replicas) > 3 {
-						out = 0
+					if id != lead {
 						ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 						_, err := c.MoveReplica(ctx, 1, id, 0)
 						cancel()
@@ -102,6 +71,15 @@ func TestLinearizableThroughMoves(t *testing.T) {
 						break
 					}
 				}
+				continue
+			}
+			var out uint64
+			for _, id := range c.IDs() {
+				if !slices.Contains(st.Desc.Replicas, id) {
+					out = id
+				}
+			}
+			if out == 0 {
 				continue
 			}
 			from := st.Desc.Replicas[rng.IntN(len(st.Desc.Replicas))]
@@ -113,32 +91,9 @@ func TestLinearizableThroughMoves(t *testing.T) {
 			}
 			t.Logf("mover: range 1 from %d to %d: %v %v", from, out, desc.GetReplicas(), err)
 		}
-	}()
-	time.Sleep(duration)
-	close(nemStop)
-	<-nemDone
-	<-mover
-	time.Sleep(500 * time.Millisecond)
-	close(stop)
-	wg.Wait()
-	known := 0
-	for _, op := range h.ops {
-		if !op.Output.(lOutput).unknown {
-			known++
-		}
-	}
-	t.Logf("%d operations, %d with a known outcome, %d moves completed", len(h.ops), known, moves)
-	if known < 50 {
-		t.Fatalf("only %d operations completed: the cluster was unavailable too long", known)
-	}
-	res, info := porcupine.CheckOperationsVerbose(kvModel, h.ops, 60*time.Second)
-	if res != porcupine.Ok {
-		dir := os.Getenv("PANDO_ARTIFACTS")
-		if dir == "" {
-			dir = t.TempDir()
-		}
-		path := filepath.Join(dir, fmt.Sprintf("linearizability-moves-%d.html", seed))
-		_ = porcupine.VisualizePath(kvModel, info, path)
-		t.Fatalf("history is not linearizable (result %v); visualization: %s", res, path)
+	})
+	t.Logf("%d moves completed", moves)
+	if moves == 0 {
+		t.Error("no move completed: the test did not exercise moves")
 	}
 }
