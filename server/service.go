@@ -113,6 +113,10 @@ func (s *Service) route(ctx context.Context, key []byte, write bool, local func(
 	for {
 		// Look the range up on every attempt: a split may have moved key.
 		st, err := s.node.RangeFor(key)
+		if err != nil && maybeApplied {
+			// An earlier attempt may have been applied: not "refused".
+			return fmt.Errorf("%w (%w): %v", kv.ErrUnavailable, kv.ErrAmbiguous, err)
+		}
 		if err != nil {
 			return err
 		}
@@ -131,6 +135,9 @@ func (s *Service) route(ctx context.Context, key []byte, write bool, local func(
 		default:
 			err = &kv.NotLeaderError{RangeID: rangeID}
 		}
+		// A local attempt cut short (the node stopped with the write in
+		// flight) is retried too, but may have been applied.
+		maybeApplied = maybeApplied || (write && errors.Is(err, kv.ErrAmbiguous))
 		if !retryable(err) {
 			return err
 		}
