@@ -264,6 +264,19 @@ func TestMoveReplicaCrashAtEachStep(t *testing.T) {
 				if got := slices.Sorted(slices.Values(desc.Replicas)); !slices.Equal(got, want) {
 					t.Fatalf("after the move: %v, want %v", got, want)
 				}
+				// The new replica may still be catching up (it may have
+				// been down): wait until it applied the leader's commit.
+				lead1, err := c.Leader(1, 5*time.Second)
+				must(err)
+				lst, _ := c.Member(lead1).Node.Status(1)
+				for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+					if st, ok := c.Member(n4).Node.Status(1); ok && st.Applied >= lst.Commit {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatal("the new replica did not catch up")
+					}
+				}
 				acked := map[string]uint64{}
 				for k, v := range dump(t, c.Member(n4).Engine.DB()) {
 					acked[k] = v
