@@ -115,8 +115,10 @@ func (n *Node) applyFreeze(r *group, op *pandopb.FreezeOp, index uint64) replica
 	return replica.Result{Version: at, Desc: st.Desc}
 }
 
-// absorption is a replica retired after the batch that absorbed it commits:
-// into merged it (nil: a snapshot of an enclosing range replaced it).
+// absorption is a replica retired once the batch that deleted its records
+// commits: into absorbed it, by applying the merge or a snapshot taken
+// after it; results are those of its own entries applied with the merge
+// (catchUpToFreeze), answered then.
 type absorption struct {
 	r, into *group
 	results []absorbedResult
@@ -357,9 +359,10 @@ type MergeHosts interface {
 // lead leftID and the two ranges must have the same replicas. The steps:
 //
 //  1. Pick the right neighbour: the replica here that starts where leftID
-//     ends. If it is already frozen (an earlier run stopped after the
+//     ends (after a read index on leftID, so that its descriptor is
+//     current). If it is already frozen (an earlier run stopped after the
 //     freeze, or it was frozen for a range that leftID has since become the
-//     left neighbour of), go to 4.
+//     left neighbour of), check the replicas and go to 4.
 //  2. Make this node lead it (TransferLeader), so that both leaders are
 //     here and both descriptors are read as their leaders know them;
 //     check that the two have the same replicas, and that every replica
