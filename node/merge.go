@@ -115,8 +115,10 @@ func (n *Node) applyFreeze(r *group, op *pandopb.FreezeOp, index uint64) replica
 	return replica.Result{Version: at, Desc: st.Desc}
 }
 
-// absorption is a replica retired after the batch that absorbed it commits:
-// into merged it (nil: a snapshot of an enclosing range replaced it).
+// absorption is a replica retired once the batch that deleted its records
+// commits: into absorbed it, by applying the merge or a snapshot taken
+// after it; results are those of its own entries applied with the merge
+// (catchUpToFreeze), answered then.
 type absorption struct {
 	r, into *group
 	results []absorbedResult
@@ -357,13 +359,16 @@ type MergeHosts interface {
 // lead leftID and the two ranges must have the same replicas. The steps:
 //
 //  1. Pick the right neighbour: the replica here that starts where leftID
-//     ends. If it is already frozen (an earlier run stopped after the
+//     ends (after a read index on leftID, so that its descriptor is
+//     current). If it is already frozen (an earlier run stopped after the
 //     freeze, or it was frozen for a range that leftID has since become the
-//     left neighbour of), go to 4.
-//  2. Check that every replica of both ranges answers (so that the right
-//     one is not frozen only to wait for a dead node, or to be left frozen
-//     on a node without the left one), and make this node lead it
-//     (TransferLeader), so that both leaders are here.
+//     left neighbour of), check the replicas and go to 4.
+//  2. Make this node lead it (TransferLeader), so that both leaders are
+//     here and both descriptors are read as their leaders know them;
+//     check that the two have the same replicas, and that every replica
+//     of both answers (so that the right one is not frozen only to wait
+//     for a dead node, or to be left frozen on a node without the left
+//     one).
 //  3. Freeze it (Freeze).
 //  4. Wait until every replica of it has applied the freeze (MergeHosts).
 //  5. Merge it (Merge) and publish a merge event.
@@ -384,10 +389,16 @@ func (n *Node) MergeRanges(ctx context.Context, leftID uint64, hosts MergeHosts)
 		if lst.LeaderID != n.cfg.ID {
 			return nil, n.notLeader(leftID, lst.LeaderID)
 		}
-		left := lst.Desc
 		if lst.FrozenFor != 0 {
 			return nil, fmt.Errorf("%w: range %d is itself frozen for its merge into range %d; merge that first", kv.ErrInvalidArgument, leftID, lst.FrozenFor)
 		}
+		// Plan on current descriptors: a replica here may lag behind a
+		// change of its range (a read index brings it up to date).
+		if err := n.ReadIndex(ctx, leftID); err != nil {
+			return nil, err
+		}
+		lst, _ = n.Status(leftID)
+		left := lst.Desc
 		if len(left.EndKey) == 0 {
 			return nil, fmt.Errorf("%w: range %d ends the key space: it has no right neighbour", kv.ErrInvalidArgument, leftID)
 		}
@@ -395,6 +406,22 @@ func (n *Node) MergeRanges(ctx context.Context, leftID uint64, hosts MergeHosts)
 		if !ok {
 			return nil, fmt.Errorf("%w: node %d, leader of range %d, holds no replica of the range starting at %q: the ranges must have the same replicas",
 				kv.ErrInvalidArgument, n.cfg.ID, leftID, left.EndKey)
+		}
+		if rst.FrozenFor == 0 {
+			// Lead the right range here too (the freeze is proposed here),
+			// and read its descriptor as its leader knows it.
+			if err := n.leadHere(ctx, rst.RangeID); err != nil {
+				return nil, err
+			}
+			if err := n.ReadIndex(ctx, rst.RangeID); err != nil {
+				if errors.Is(err, kv.ErrWrongRange) || errors.Is(err, kv.ErrNotLeader) {
+					continue // frozen meanwhile, or its leadership moved
+				}
+				return nil, err
+			}
+			if rst, ok = n.Status(rst.RangeID); !ok {
+				continue
+			}
 		}
 		right := rst.Desc
 		if !replica.SameReplicas(left.Replicas, right.Replicas) {
@@ -406,9 +433,6 @@ func (n *Node) MergeRanges(ctx context.Context, leftID uint64, hosts MergeHosts)
 				return nil, err
 			}
 			if err := n.checkReplicasAnswer(ctx, right, hosts); err != nil {
-				return nil, err
-			}
-			if err := n.leadHere(ctx, right.Id); err != nil {
 				return nil, err
 			}
 			var err error

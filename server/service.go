@@ -120,6 +120,10 @@ func (s *Service) route(ctx context.Context, key []byte, write bool, local func(
 	for {
 		// Look the range up on every attempt: a split may have moved key.
 		tg, err := locate(s.node, s.dir, key, 0)
+		if err != nil && !isNoRange(err) && maybeApplied {
+			// An earlier attempt may have been applied: not "refused".
+			return fmt.Errorf("%w (%w): %v", kv.ErrUnavailable, kv.ErrAmbiguous, err)
+		}
 		rangeID := tg.rangeID
 		switch {
 		case err != nil:
@@ -161,6 +165,9 @@ func (s *Service) route(ctx context.Context, key []byte, write bool, local func(
 		if isNoRange(err) {
 			err = fmt.Errorf("%w: %v", kv.ErrUnavailable, err)
 		}
+		// A local attempt cut short (the node stopped with the write in
+		// flight) is retried too, but may have been applied.
+		maybeApplied = maybeApplied || (write && errors.Is(err, kv.ErrAmbiguous))
 		if !retryable(err) {
 			return err
 		}
