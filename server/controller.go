@@ -223,6 +223,9 @@ func (c *controller) directory() []*pandopb.RangeStatus {
 			}
 			byID[r.Id], cur = nr, nr
 		}
+		if r.FrozenFor != 0 {
+			cur.FrozenFor = r.FrozenFor
+		}
 		if r.Role == "StateLeader" && r.Term >= leaderTerm[r.Id] {
 			leaderTerm[r.Id] = r.Term
 			cur.LeaderId, cur.Qps, cur.SizeBytes, cur.Term = r.LeaderId, r.Qps, r.SizeBytes, r.Term
@@ -357,6 +360,16 @@ func (c *controller) round(ctx context.Context, stop <-chan struct{}) {
 	if since < 2*c.s.cfg.HeartbeatInterval {
 		return // wait for every node's report before acting
 	}
+	// A merge cut short after its freeze leaves the right range refusing
+	// writes until a rerun completes it: rerun it first.
+	var reruns []placement.Op
+	for _, r := range dir {
+		if r.FrozenFor != 0 {
+			reruns = append(reruns, placement.Op{Kind: placement.OpMerge, RangeID: r.FrozenFor, RightID: r.Id,
+				Reason: fmt.Sprintf("range %d is frozen for a merge into range %d that did not finish", r.Id, r.FrozenFor)})
+		}
+	}
+	ops = append(reruns, ops...)
 	for _, op := range ops {
 		c.mu.Lock()
 		busy := false
@@ -529,7 +542,7 @@ func (s *Server) execute(ctx context.Context, op placement.Op) error {
 	case placement.OpTransferLeader:
 		return s.transferLeader(ctx, op.RangeID, op.To)
 	case placement.OpMerge:
-		_, err := (&admin{s: s}).Merge(ctx, &pandopb.MergeRequest{RangeId: op.RangeID})
+		_, err := (&admin{s: s}).Merge(ctx, &pandopb.MergeRequest{RangeId: op.RangeID, RightId: op.RightID})
 		return kv.FromStatus(err)
 	}
 	return fmt.Errorf("controller: unknown operation %q", op.Kind)

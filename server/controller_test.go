@@ -245,3 +245,40 @@ func TestControllerMergesSmallColdRanges(t *testing.T) {
 		t.Errorf("%d merge events, want 3", merges)
 	}
 }
+
+// A merge cut short after its freeze (the right range refuses writes until
+// it completes) is completed by the controller, whatever its merge
+// thresholds.
+func TestControllerCompletesFrozenMerge(t *testing.T) {
+	c := startCluster(t, 3, 0, fastControl) // merges off: only the rerun
+	resp := c.split(t, 1, "m")
+	right := resp.Right
+	cl := c.client()
+	ctx := context.Background()
+	if _, err := cl.Put(ctx, []byte("z"), []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	// Freeze the right range for a merge into range 1, as a merge that
+	// died right after its freeze would have.
+	waitFor(t, 10*time.Second, "frozen", func() (bool, string) {
+		for _, s := range c.servers {
+			if st, ok := s.Node().Status(right.Id); ok && st.LeaderID == s.Node().ID() {
+				fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				_, err := s.Node().Freeze(fctx, right.Id, resp.Left.Id, st.Desc.Generation)
+				cancel()
+				return err == nil, fmt.Sprint(err)
+			}
+		}
+		return false, "no leader of the right range"
+	})
+	waitFor(t, 30*time.Second, "the frozen merge completed", func() (bool, string) {
+		sts := c.servers[1].Node().Statuses()
+		return len(sts) == 1 && len(sts[0].Desc.EndKey) == 0, fmt.Sprint(len(sts), " ranges")
+	})
+	if kv, err := cl.Get(ctx, []byte("z")); err != nil || string(kv.Value) != "1" {
+		t.Fatalf("z after the merge: %+v, %v", kv, err)
+	}
+	if _, err := cl.Put(ctx, []byte("y"), []byte("2")); err != nil {
+		t.Fatalf("write after the merge: %v", err)
+	}
+}

@@ -324,6 +324,6 @@ func rangeStatus(st node.RangeStatus) *pandopb.RangeStatus {
 	return &pandopb.RangeStatus{
 		Id: st.RangeID, StartKey: st.Desc.StartKey, EndKey: st.Desc.EndKey, LeaderId: st.LeaderID,
 		Replicas: st.Desc.Replicas, AppliedIndex: st.Applied, Term: st.Term, Role: st.Role, CommitIndex: st.Commit,
-		LastCheck: st.LastCheck, Generation: st.Desc.Generation, Learners: st.Learners,
+		LastCheck: st.LastCheck, Generation: st.Desc.Generation, Learners: st.Learners, FrozenFor: st.FrozenFor,
 	}
 }

@@ -24,14 +24,14 @@ func (a *admin) Merge(ctx context.Context, req *pandopb.MergeRequest) (*pandopb.
 	if req.RangeId == 0 {
 		return nil, kv.ToStatus(fmt.Errorf("%w: merge needs a range ID", kv.ErrInvalidArgument))
 	}
-	desc, err := a.s.merge(ctx, req.RangeId)
+	desc, err := a.s.merge(ctx, req.RangeId, req.RightId)
 	if err != nil {
 		return nil, kv.ToStatus(err)
 	}
 	return &pandopb.MergeResponse{Desc: desc}, nil
 }
 
-func (s *Server) merge(ctx context.Context, rangeID uint64) (*pandopb.RangeDescriptor, error) {
+func (s *Server) merge(ctx context.Context, rangeID, rightID uint64) (*pandopb.RangeDescriptor, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, mergeTimeout)
@@ -39,11 +39,20 @@ func (s *Server) merge(ctx context.Context, rangeID uint64) (*pandopb.RangeDescr
 	}
 	var desc *pandopb.RangeDescriptor
 	err := s.onLeader(ctx, nil, rangeID, func(rid uint64) error {
+		if rightID != 0 {
+			st, _ := s.node.Status(rid)
+			if len(st.Desc.EndKey) == 0 {
+				return fmt.Errorf("%w: range %d has no right neighbour (merged already?)", kv.ErrInvalidArgument, rid)
+			}
+			if r, err := s.node.RangeFor(st.Desc.EndKey); err == nil && r.RangeID != rightID {
+				return fmt.Errorf("%w: range %d's right neighbour is range %d, not %d (merged already?)", kv.ErrInvalidArgument, rid, r.RangeID, rightID)
+			}
+		}
 		var err error
 		desc, err = s.node.MergeRanges(ctx, rid, mergeHosts{s})
 		return err
 	}, func(ctx context.Context, conn *grpc.ClientConn) error {
-		resp, err := pandopb.NewAdminClient(conn).Merge(ctx, &pandopb.MergeRequest{RangeId: rangeID})
+		resp, err := pandopb.NewAdminClient(conn).Merge(ctx, &pandopb.MergeRequest{RangeId: rangeID, RightId: rightID})
 		if err == nil {
 			desc = resp.Desc
 		}

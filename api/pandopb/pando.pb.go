@@ -760,8 +760,10 @@ type RangeStatus struct {
 	Role         string                 `protobuf:"bytes,8,opt,name=role,proto3" json:"role,omitempty"`
 	CommitIndex  uint64                 `protobuf:"varint,9,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
 	// generation of the descriptor; learners: replicas not voting yet.
-	Generation    uint64        `protobuf:"varint,10,opt,name=generation,proto3" json:"generation,omitempty"`
-	Learners      []uint64      `protobuf:"varint,11,rep,packed,name=learners,proto3" json:"learners,omitempty"`
+	Generation uint64   `protobuf:"varint,10,opt,name=generation,proto3" json:"generation,omitempty"`
+	Learners   []uint64 `protobuf:"varint,11,rep,packed,name=learners,proto3" json:"learners,omitempty"`
+	// frozen_for: the range this one is being merged into (0: none).
+	FrozenFor     uint64        `protobuf:"varint,12,opt,name=frozen_for,json=frozenFor,proto3" json:"frozen_for,omitempty"`
 	LastCheck     *CheckVerdict `protobuf:"bytes,20,opt,name=last_check,json=lastCheck,proto3" json:"last_check,omitempty"`
 	SizeBytes     uint64        `protobuf:"varint,30,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	Qps           float64       `protobuf:"fixed64,31,opt,name=qps,proto3" json:"qps,omitempty"`
@@ -874,6 +876,13 @@ func (x *RangeStatus) GetLearners() []uint64 {
 		return x.Learners
 	}
 	return nil
+}
+
+func (x *RangeStatus) GetFrozenFor() uint64 {
+	if x != nil {
+		return x.FrozenFor
+	}
+	return 0
 }
 
 func (x *RangeStatus) GetLastCheck() *CheckVerdict {
@@ -4740,7 +4749,10 @@ func (x *RebalanceResponse) GetControllerId() uint64 {
 type MergeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// range_id merges with its right neighbour.
-	RangeId       uint64 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	RangeId uint64 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	// right_id, when set, must be that neighbour (a rerun after the merge
+	// succeeded must not merge the next one).
+	RightId       uint64 `protobuf:"varint,2,opt,name=right_id,json=rightId,proto3" json:"right_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4778,6 +4790,13 @@ func (*MergeRequest) Descriptor() ([]byte, []int) {
 func (x *MergeRequest) GetRangeId() uint64 {
 	if x != nil {
 		return x.RangeId
+	}
+	return 0
+}
+
+func (x *MergeRequest) GetRightId() uint64 {
+	if x != nil {
+		return x.RightId
 	}
 	return 0
 }
@@ -4877,7 +4896,7 @@ const file_pando_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x12\n" +
 	"\x04live\x18\x03 \x01(\bR\x04live\x12\x14\n" +
-	"\x05state\x18\x04 \x01(\tR\x05state\"\xa0\x03\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\"\xbf\x03\n" +
 	"\vRangeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tstart_key\x18\x02 \x01(\fR\bstartKey\x12\x17\n" +
@@ -4892,7 +4911,9 @@ const file_pando_proto_rawDesc = "" +
 	"generation\x18\n" +
 	" \x01(\x04R\n" +
 	"generation\x12\x1a\n" +
-	"\blearners\x18\v \x03(\x04R\blearners\x125\n" +
+	"\blearners\x18\v \x03(\x04R\blearners\x12\x1d\n" +
+	"\n" +
+	"frozen_for\x18\f \x01(\x04R\tfrozenFor\x125\n" +
 	"\n" +
 	"last_check\x18\x14 \x01(\v2\x16.pando.v1.CheckVerdictR\tlastCheck\x12\x1d\n" +
 	"\n" +
@@ -5154,9 +5175,10 @@ const file_pando_proto_rawDesc = "" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\"_\n" +
 	"\x11RebalanceResponse\x12%\n" +
 	"\x03ops\x18\x01 \x03(\v2\x13.pando.v1.PlannedOpR\x03ops\x12#\n" +
-	"\rcontroller_id\x18\x02 \x01(\x04R\fcontrollerId\")\n" +
+	"\rcontroller_id\x18\x02 \x01(\x04R\fcontrollerId\"D\n" +
 	"\fMergeRequest\x12\x19\n" +
-	"\brange_id\x18\x01 \x01(\x04R\arangeId\">\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x19\n" +
+	"\bright_id\x18\x02 \x01(\x04R\arightId\">\n" +
 	"\rMergeResponse\x12-\n" +
 	"\x04desc\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc**\n" +
 	"\vConsistency\x12\x10\n" +
