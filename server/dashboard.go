@@ -234,6 +234,11 @@ func BuildDashboard(addrs map[uint64]string, views map[uint64]*NodeView, errs ma
 			d.Breakers = append(d.Breakers, v.Breakers...)
 			evs = append(evs, v.Events)
 			for _, r := range v.Status.Ranges {
+				if r.Role == "" {
+					// A range the node holds no replica of (its status
+					// lists it from the directory): not a replica here.
+					continue
+				}
 				n.Replicas++
 				if r.LeaderID == id {
 					n.Leaders++

@@ -157,3 +157,28 @@ func TestBuildDashboardManyRanges(t *testing.T) {
 		t.Fatalf("range 2 (led by the silent node 3): %+v", r)
 	}
 }
+
+// A node's status also lists, from the directory, ranges it holds no
+// replica of (no role): the dashboard does not count them as its replicas.
+func TestBuildDashboardSkipsRangesNotHeld(t *testing.T) {
+	addrs := map[uint64]string{1: "a", 2: "b"}
+	views := map[uint64]*server.NodeView{
+		1: {Status: server.StatusJSON{NodeID: 1, Ranges: []server.RangeStatusJSON{
+			{ID: 1, LeaderID: 1, Term: 2, Role: "StateLeader", Replicas: []uint64{1, 2}},
+			{ID: 2, LeaderID: 2, Term: 2, Replicas: []uint64{2, 3}}, // not held by node 1
+		}}},
+		2: {Status: server.StatusJSON{NodeID: 2, Ranges: []server.RangeStatusJSON{
+			{ID: 1, LeaderID: 1, Term: 2, Role: "StateFollower", Replicas: []uint64{1, 2}},
+			{ID: 2, LeaderID: 2, Term: 2, Role: "StateLeader", Replicas: []uint64{2, 3}},
+		}}},
+	}
+	d := server.BuildDashboard(addrs, views, nil)
+	if d.Nodes[0].Replicas != 1 || d.Nodes[1].Replicas != 2 {
+		t.Fatalf("replicas per node: %d, %d; want 1, 2", d.Nodes[0].Replicas, d.Nodes[1].Replicas)
+	}
+	for _, r := range d.Ranges {
+		if r.ID == 2 && len(r.Replicas) != 1 {
+			t.Fatalf("range 2 shown on %d nodes, want 1: %+v", len(r.Replicas), r.Replicas)
+		}
+	}
+}
