@@ -90,7 +90,7 @@ func (h mergeHosts) Applied(ctx context.Context, id, rangeID uint64) (uint64, er
 		return 0, kv.FromStatus(err)
 	}
 	for _, r := range resp.Ranges {
-		if r.Id == rangeID {
+		if r.Id == rangeID && r.Role != "" { // no role: listed from the directory, not held
 			return r.AppliedIndex, nil
 		}
 	}
