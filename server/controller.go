@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pando/pando/api/pandopb"
@@ -550,8 +549,9 @@ func (s *Server) execute(ctx context.Context, op placement.Op) error {
 
 // moveReplica runs a replica move at the range's leader.
 // The leader that finishes it records the move as an event.
+// A request forwarded to this node (marked no-forward) is served here or
+// answered with the leader, never forwarded again.
 func (s *Server) moveReplica(ctx context.Context, rangeID, from, to uint64, why string) (*pandopb.RangeDescriptor, error) {
-	ctx = metadata.NewIncomingContext(ctx, metadata.MD{})
 	var desc *pandopb.RangeDescriptor
 	err := s.onLeader(ctx, nil, rangeID, func(rid uint64) error {
 		before, _ := s.node.Status(rid)
@@ -572,7 +572,6 @@ func (s *Server) moveReplica(ctx context.Context, rangeID, from, to uint64, why 
 
 // transferLeader hands a range's leadership to node to and waits for it.
 func (s *Server) transferLeader(ctx context.Context, rangeID, to uint64) error {
-	ctx = metadata.NewIncomingContext(ctx, metadata.MD{})
 	return s.onLeader(ctx, nil, rangeID, func(rid uint64) error {
 		st, _ := s.node.Status(rid)
 		if !slices.Contains(st.Desc.Replicas, to) || slices.Contains(st.Learners, to) {

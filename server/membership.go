@@ -9,7 +9,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
@@ -35,7 +34,7 @@ func (a *admin) MoveReplica(ctx context.Context, req *pandopb.MoveReplicaRequest
 	if why == "" {
 		why = "asked by an operator"
 	}
-	desc, err := a.s.moveReplica(forwardedOnly(ctx), req.RangeId, req.From, req.To, why)
+	desc, err := a.s.moveReplica(ctx, req.RangeId, req.From, req.To, why)
 	if err != nil {
 		return nil, kv.ToStatus(err)
 	}
@@ -49,7 +48,7 @@ func (a *admin) TransferLeader(ctx context.Context, req *pandopb.TransferLeaderR
 	}
 	ctx, cancel := a.s.adminTimeout(ctx, a.s.cfg.RequestTimeout)
 	defer cancel()
-	if err := a.s.transferLeader(forwardedOnly(ctx), req.RangeId, req.To); err != nil {
+	if err := a.s.transferLeader(ctx, req.RangeId, req.To); err != nil {
 		return nil, kv.ToStatus(err)
 	}
 	return &pandopb.TransferLeaderResponse{}, nil
@@ -81,7 +80,7 @@ func (a *admin) AdoptReplica(ctx context.Context, req *pandopb.AdoptReplicaReque
 	ctx, cancel := a.s.adminTimeout(ctx, a.s.cfg.RequestTimeout)
 	defer cancel()
 	var resp *pandopb.AdoptReplicaResponse
-	err := a.s.onLeader(forwardedOnly(ctx), nil, req.RangeId, func(rid uint64) error {
+	err := a.s.onLeader(ctx, nil, req.RangeId, func(rid uint64) error {
 		st, _ := a.s.node.Status(rid)
 		if !slices.Contains(st.Desc.Replicas, req.NodeId) {
 			return fmt.Errorf("%w: range %d (generation %d) does not name node %d", kv.ErrInvalidArgument, rid, st.Desc.Generation, req.NodeId)
@@ -171,12 +170,6 @@ func (a *admin) Rebalance(ctx context.Context, req *pandopb.RebalanceRequest) (*
 		return err
 	})
 	return resp, kv.ToStatus(err)
-}
-
-// forwardedOnly drops the caller's no-forward mark: an admin request that
-// reached this node starts its own routing.
-func forwardedOnly(ctx context.Context) context.Context {
-	return metadata.NewIncomingContext(ctx, metadata.MD{})
 }
 
 func (s *Server) adminTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
