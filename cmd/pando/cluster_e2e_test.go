@@ -8,6 +8,7 @@ import (
 	"math"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -144,6 +145,42 @@ func TestProcessesJoinRebalanceDecommission(t *testing.T) {
 	t.Logf("node list:\n%s", run("node", "list", ep))
 	if out := run("rebalance", "--dry-run", ep); !strings.Contains(out, "nothing to do") {
 		t.Errorf("a balanced cluster still plans: %s", out)
+	}
+
+	// The operator's commands: move one replica of the range holding
+	// "k10000" to a node that holds none, then hand its leadership there.
+	var ranges []struct {
+		ID       uint64   `json:"id"`
+		StartKey string   `json:"start_key"`
+		EndKey   string   `json:"end_key"`
+		Replicas []uint64 `json:"replicas"`
+	}
+	if err := json.Unmarshal([]byte(run("ranges", "--json", ep)), &ranges); err != nil {
+		t.Fatal(err)
+	}
+	moved := false
+	for _, r := range ranges {
+		if r.StartKey > "k10000" || (r.EndKey != "" && r.EndKey <= "k10000") {
+			continue
+		}
+		moved = true
+		var to uint64
+		for id := uint64(1); id <= 5; id++ {
+			if !slices.Contains(r.Replicas, id) && id != 2 {
+				to = id
+			}
+		}
+		from := r.Replicas[0]
+		if out := run("range", "move", fmt.Sprint(r.ID), "--from", fmt.Sprint(from), "--to", fmt.Sprint(to), ep); !strings.Contains(out, "is now on nodes") || !strings.Contains(out, fmt.Sprint(to)) {
+			t.Fatalf("range move: %s", out)
+		}
+		if out := run("range", "transfer-leader", fmt.Sprint(r.ID), "--to", fmt.Sprint(to), ep); !strings.Contains(out, fmt.Sprintf("node %d leads range %d", to, r.ID)) {
+			t.Fatalf("transfer-leader: %s", out)
+		}
+		break
+	}
+	if !moved {
+		t.Fatalf("no range holds k10000 in %+v", ranges)
 	}
 
 	run("node", "decommission", "2", ep)
