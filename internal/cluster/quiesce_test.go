@@ -60,6 +60,9 @@ func TestIdleRangesQuiesce(t *testing.T) {
 		put(t, c.KV(1), fmt.Sprintf("%c-key", 'a'+i), "v")
 	}
 	waitQuiesced(t, c, 10*time.Second)
+	// The followers' answers to the quiescing heartbeats may still be on
+	// their way; from then on nothing moves.
+	time.Sleep(100 * time.Millisecond)
 	// Idle: 8 ranges on 3 nodes send nothing over a window in which, awake,
 	// they would send 8 ranges x 2 followers x 2 messages every 10ms tick.
 	before := c.Net.Sent()
