@@ -29,8 +29,10 @@ type loadTracker struct {
 
 type rangeLoad struct {
 	count   uint64
+	writes  uint64 // writes among count
 	qps     float64
-	hot     int // consecutive ticks above the load threshold
+	wqps    float64 // write rate
+	hot     int     // consecutive ticks above the load threshold
 	samples [][]byte
 	seen    uint64
 }
@@ -57,8 +59,9 @@ func (l *loadTracker) size(rangeID uint64) uint64 {
 	return l.sizes[rangeID]
 }
 
-// record counts one request on key served by this node as rangeID's leader.
-func (l *loadTracker) record(rangeID uint64, key []byte) {
+// record counts one request on key (a write or a read) served by this node
+// as rangeID's leader.
+func (l *loadTracker) record(rangeID uint64, key []byte, write bool) {
 	if l == nil {
 		return
 	}
@@ -70,6 +73,9 @@ func (l *loadTracker) record(rangeID uint64, key []byte) {
 		l.m[rangeID] = r
 	}
 	r.count++
+	if write {
+		r.writes++
+	}
 	r.seen++
 	// Reservoir sample of the keys since the last split decision.
 	if len(r.samples) < loadSamples {
@@ -86,7 +92,8 @@ func (l *loadTracker) tick(interval time.Duration, threshold float64) {
 	for _, r := range l.m {
 		rate := float64(r.count) / interval.Seconds()
 		r.qps = 0.5*r.qps + 0.5*rate
-		r.count = 0
+		r.wqps = 0.5*r.wqps + 0.5*float64(r.writes)/interval.Seconds()
+		r.count, r.writes = 0, 0
 		if r.qps > threshold {
 			r.hot++
 		} else {
@@ -105,6 +112,19 @@ func (l *loadTracker) get(rangeID uint64) (qps float64, hot int, samples [][]byt
 		return r.qps, r.hot, slices.Clone(r.samples)
 	}
 	return 0, 0, nil
+}
+
+// writeRate is a range's smoothed write rate (included in get's qps).
+func (l *loadTracker) writeRate(rangeID uint64) float64 {
+	if l == nil {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if r := l.m[rangeID]; r != nil {
+		return r.wqps
+	}
+	return 0
 }
 
 // forget drops a range's samples (after it split).

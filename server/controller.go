@@ -218,7 +218,7 @@ func (c *controller) directory() []*pandopb.RangeStatus {
 			nr := proto.Clone(r).(*pandopb.RangeStatus)
 			nr.Role, nr.AppliedIndex, nr.CommitIndex, nr.LastCheck = "", 0, 0, nil
 			if cur != nil {
-				nr.LeaderId, nr.Qps, nr.SizeBytes = cur.LeaderId, cur.Qps, cur.SizeBytes
+				nr.LeaderId, nr.Qps, nr.WriteQps, nr.SizeBytes = cur.LeaderId, cur.Qps, cur.WriteQps, cur.SizeBytes
 			}
 			byID[r.Id], cur = nr, nr
 		}
@@ -227,7 +227,7 @@ func (c *controller) directory() []*pandopb.RangeStatus {
 		}
 		if r.Role == "StateLeader" && r.Term >= leaderTerm[r.Id] {
 			leaderTerm[r.Id] = r.Term
-			cur.LeaderId, cur.Qps, cur.SizeBytes, cur.Term = r.LeaderId, r.Qps, r.SizeBytes, r.Term
+			cur.LeaderId, cur.Qps, cur.WriteQps, cur.SizeBytes, cur.Term = r.LeaderId, r.Qps, r.WriteQps, r.SizeBytes, r.Term
 		}
 	}
 	out := make([]*pandopb.RangeStatus, 0, len(byID))

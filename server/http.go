@@ -308,6 +308,8 @@ type RangeStatusJSON struct {
 	// QPS is the range's request rate as measured by its leader (0 when
 	// this node does not lead it).
 	QPS float64 `json:"qps"`
+	// WriteQPS: the writes among QPS (reads are the rest).
+	WriteQPS float64 `json:"write_qps"`
 	// P50Ms and P99Ms estimate the latency of the requests this node served
 	// as the range's leader over the last 10 s, in milliseconds, from the
 	// moment it took a request to its answer (forwarding excluded).
@@ -340,7 +342,7 @@ func StatusToJSON(st *pandopb.StatusResponse) StatusJSON {
 	for _, r := range st.Ranges {
 		rs := RangeStatusJSON{ID: r.Id, StartKey: string(r.StartKey), EndKey: string(r.EndKey),
 			LeaderID: r.LeaderId, Replicas: r.Replicas, AppliedIndex: r.AppliedIndex, CommitIndex: r.CommitIndex, Term: r.Term, Role: r.Role,
-			SizeBytes: r.SizeBytes, QPS: r.Qps}
+			SizeBytes: r.SizeBytes, QPS: r.Qps, WriteQPS: r.WriteQps}
 		if c := r.LastCheck; c != nil {
 			rs.LastCheck = &CheckJSON{Time: time.Unix(0, c.UnixNanos).UTC(), Index: c.Index, Verdict: c.Verdict, Diverged: c.Diverged,
 				DifferingKeys: c.DifferingKeys, RepairedKeys: c.RepairedKeys}

@@ -188,8 +188,8 @@ func (l *loadTracker) latency(rangeID uint64, now time.Time) (p50, p99 float64, 
 // serveLocal serves a request on this node as rangeID's leader: it counts
 // the request for the placement loop and, once served (an answer, not a
 // "try elsewhere" that route retries), its latency.
-func (s *Service) serveLocal(rangeID uint64, key []byte, local func(rangeID uint64) error) error {
-	s.load.record(rangeID, key)
+func (s *Service) serveLocal(rangeID uint64, key []byte, write bool, local func(rangeID uint64) error) error {
+	s.load.record(rangeID, key, write)
 	start := time.Now()
 	err := local(rangeID)
 	if !retryable(err) {

@@ -217,6 +217,7 @@ func (s *Server) heartbeatRequest() *pandopb.HeartbeatRequest {
 		r := rangeStatus(st)
 		if st.LeaderID == s.cfg.ID {
 			r.Qps, _, _ = s.load.get(st.RangeID)
+			r.WriteQps = s.load.writeRate(st.RangeID)
 		}
 		r.SizeBytes = s.load.size(st.RangeID)
 		req.Ranges = append(req.Ranges, r)

@@ -131,7 +131,7 @@ func (s *Service) route(ctx context.Context, key []byte, write bool, local func(
 				return err
 			}
 		case tg.leader == s.node.ID():
-			err = s.serveLocal(rangeID, key, local)
+			err = s.serveLocal(rangeID, key, write, local)
 		case fwd && tg.local != nil:
 			return &kv.NotLeaderError{RangeID: rangeID, LeaderID: tg.leader, LeaderAddr: s.peers.Addr(tg.leader),
 				RangeStart: tg.local.Desc.StartKey, RangeEnd: tg.local.Desc.EndKey, HasSpan: true}
@@ -507,6 +507,7 @@ func (s *Service) Status(ctx context.Context, _ *pandopb.StatusRequest) (*pandop
 		r := rangeStatus(st)
 		if st.LeaderID == s.node.ID() {
 			r.Qps, _, _ = s.load.get(st.RangeID)
+			r.WriteQps = s.load.writeRate(st.RangeID)
 		}
 		r.SizeBytes = s.load.size(st.RangeID)
 		resp.Ranges = append(resp.Ranges, r)

@@ -763,10 +763,13 @@ type RangeStatus struct {
 	Generation uint64   `protobuf:"varint,10,opt,name=generation,proto3" json:"generation,omitempty"`
 	Learners   []uint64 `protobuf:"varint,11,rep,packed,name=learners,proto3" json:"learners,omitempty"`
 	// frozen_for: the range this one is being merged into (0: none).
-	FrozenFor     uint64        `protobuf:"varint,12,opt,name=frozen_for,json=frozenFor,proto3" json:"frozen_for,omitempty"`
-	LastCheck     *CheckVerdict `protobuf:"bytes,20,opt,name=last_check,json=lastCheck,proto3" json:"last_check,omitempty"`
-	SizeBytes     uint64        `protobuf:"varint,30,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
-	Qps           float64       `protobuf:"fixed64,31,opt,name=qps,proto3" json:"qps,omitempty"`
+	FrozenFor uint64        `protobuf:"varint,12,opt,name=frozen_for,json=frozenFor,proto3" json:"frozen_for,omitempty"`
+	LastCheck *CheckVerdict `protobuf:"bytes,20,opt,name=last_check,json=lastCheck,proto3" json:"last_check,omitempty"`
+	SizeBytes uint64        `protobuf:"varint,30,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// qps: requests (reads and writes) per second the leader served;
+	// write_qps: the writes among them.
+	Qps           float64 `protobuf:"fixed64,31,opt,name=qps,proto3" json:"qps,omitempty"`
+	WriteQps      float64 `protobuf:"fixed64,32,opt,name=write_qps,json=writeQps,proto3" json:"write_qps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -902,6 +905,13 @@ func (x *RangeStatus) GetSizeBytes() uint64 {
 func (x *RangeStatus) GetQps() float64 {
 	if x != nil {
 		return x.Qps
+	}
+	return 0
+}
+
+func (x *RangeStatus) GetWriteQps() float64 {
+	if x != nil {
+		return x.WriteQps
 	}
 	return 0
 }
@@ -4896,7 +4906,7 @@ const file_pando_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x12\n" +
 	"\x04live\x18\x03 \x01(\bR\x04live\x12\x14\n" +
-	"\x05state\x18\x04 \x01(\tR\x05state\"\xbf\x03\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\"\xdc\x03\n" +
 	"\vRangeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tstart_key\x18\x02 \x01(\fR\bstartKey\x12\x17\n" +
@@ -4918,7 +4928,8 @@ const file_pando_proto_rawDesc = "" +
 	"last_check\x18\x14 \x01(\v2\x16.pando.v1.CheckVerdictR\tlastCheck\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\x1e \x01(\x04R\tsizeBytes\x12\x10\n" +
-	"\x03qps\x18\x1f \x01(\x01R\x03qps\"R\n" +
+	"\x03qps\x18\x1f \x01(\x01R\x03qps\x12\x1b\n" +
+	"\twrite_qps\x18  \x01(\x01R\bwriteQps\"R\n" +
 	"\rBreakerStatus\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\x04R\x06peerId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x14\n" +
