@@ -225,9 +225,14 @@ func (c *controller) directory() []*pandopb.RangeStatus {
 		if r.FrozenFor != 0 {
 			cur.FrozenFor = r.FrozenFor
 		}
-		if r.Role == "StateLeader" && r.Term >= leaderTerm[r.Id] {
+		switch {
+		case r.Role == "StateLeader" && r.Term >= leaderTerm[r.Id]:
 			leaderTerm[r.Id] = r.Term
 			cur.LeaderId, cur.Qps, cur.WriteQps, cur.SizeBytes, cur.Term = r.LeaderId, r.Qps, r.WriteQps, r.SizeBytes, r.Term
+		case r.LeaderId != 0 && r.Term > leaderTerm[r.Id] && r.Term >= cur.Term:
+			// Until the leader itself reports (a controller that just took
+			// over), its followers say who leads.
+			cur.LeaderId, cur.Term = r.LeaderId, r.Term
 		}
 	}
 	out := make([]*pandopb.RangeStatus, 0, len(byID))

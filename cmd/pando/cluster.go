@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
@@ -25,13 +27,16 @@ func (f *clientFlags) adminCall(call func(context.Context, pandopb.AdminClient) 
 		if err != nil {
 			return err
 		}
-		err = kv.FromStatus(call(ctx, pandopb.NewAdminClient(conn)))
+		raw := call(ctx, pandopb.NewAdminClient(conn))
 		conn.Close()
-		if err == nil {
+		if raw == nil {
 			return nil
 		}
+		err = kv.FromStatus(raw)
 		lastErr = err
-		if !errors.Is(err, kv.ErrUnavailable) || ctx.Err() != nil {
+		// Unreachable, or pando unable to serve it there: the next one.
+		unreachable := status.Code(raw) == codes.Unavailable || errors.Is(err, kv.ErrUnavailable)
+		if !unreachable || ctx.Err() != nil {
 			return err
 		}
 	}
