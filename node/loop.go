@@ -495,20 +495,36 @@ func (n *Node) releaseReads(r *group) {
 
 func (n *Node) failAllReads(err error) {
 	for _, r := range n.replicas {
-		for _, rr := range r.readQueue {
-			rr.done <- err
-		}
-		for _, batch := range r.readBatches {
-			for _, rr := range batch {
-				rr.done <- err
-			}
-		}
-		for _, rr := range r.readWaiting {
-			rr.done <- err
-		}
-		r.readQueue, r.readWaiting = nil, nil
-		r.readBatches = map[uint64][]*readRequest{}
+		r.failReads(err)
 	}
+}
+
+// failReads answers every read waiting on r with err.
+func (r *group) failReads(err error) {
+	for _, rr := range r.readQueue {
+		rr.done <- err
+	}
+	for _, batch := range r.readBatches {
+		for _, rr := range batch {
+			rr.done <- err
+		}
+	}
+	for _, rr := range r.readWaiting {
+		rr.done <- err
+	}
+	r.readQueue, r.readWaiting = nil, nil
+	r.readBatches = map[uint64][]*readRequest{}
+}
+
+// dropGroup takes a replica out of the node (it was destroyed or merged
+// away): raft messages for it are dropped from now on and its waiting
+// reads answered with err.
+func (n *Node) dropGroup(r *group, err error) {
+	n.wake(r) // keeps the quiesced gauge right
+	n.replicasMu.Lock()
+	delete(n.replicas, r.id)
+	n.replicasMu.Unlock()
+	r.failReads(err)
 }
 
 // maybeTruncate bounds the log once it holds twice LogKeepEntries applied

@@ -71,34 +71,11 @@ func (n *Node) ChangeReplicas(ctx context.Context, rangeID, generation uint64, c
 	}
 	id := n.nextID.Add(1)
 	cc := raftpb.ConfChangeV2{Changes: []raftpb.ConfChangeSingle{change}, Context: ccContext(id, generation)}
-	p := &proposal{rangeID: rangeID, id: id, cc: &cc, done: make(chan proposalResult, 1)}
-	n.propMu.Lock()
-	n.proposals[id] = p
-	n.propMu.Unlock()
-	forget := func() {
-		n.propMu.Lock()
-		delete(n.proposals, id)
-		n.propMu.Unlock()
+	res, err := n.await(ctx, &proposal{rangeID: rangeID, id: id, cc: &cc, done: make(chan proposalResult, 1)}, false)
+	if err != nil {
+		return nil, err
 	}
-	select {
-	case n.propc <- p:
-	case <-ctx.Done():
-		forget()
-		return nil, ctx.Err()
-	case <-n.stopc:
-		forget()
-		return nil, kv.ErrStopped
-	}
-	select {
-	case res := <-p.done:
-		if res.err != nil {
-			return nil, res.err
-		}
-		return res.res.Desc, nil
-	case <-ctx.Done():
-		forget()
-		return nil, fmt.Errorf("%w (%w): membership change of range %d: %w", kv.ErrUnavailable, kv.ErrAmbiguous, rangeID, ctx.Err())
-	}
+	return res.res.Desc, nil
 }
 
 // checkConfChange decides, identically on every replica, whether a change
@@ -313,22 +290,7 @@ func (n *Node) destroy(r *group, why string) {
 	}
 	must(b.Commit(pebble.Sync))
 	must(b.Close())
-	n.wake(r) // keeps the quiesced gauge right
-	n.replicasMu.Lock()
-	delete(n.replicas, r.id)
-	n.replicasMu.Unlock()
-	err := fmt.Errorf("%w: range %d's replica was removed from node %d", kv.ErrUnavailable, r.id, n.cfg.ID)
-	for _, rr := range r.readQueue {
-		rr.done <- err
-	}
-	for _, batch := range r.readBatches {
-		for _, rr := range batch {
-			rr.done <- err
-		}
-	}
-	for _, rr := range r.readWaiting {
-		rr.done <- err
-	}
+	n.dropGroup(r, fmt.Errorf("%w: range %d's replica was removed from node %d", kv.ErrUnavailable, r.id, n.cfg.ID))
 	n.log.Info("destroyed replica", "range", r.id, "why", why)
 }
 

@@ -277,22 +277,8 @@ func contains(a, b *pandopb.RangeDescriptor) bool {
 func (n *Node) retireAbsorbed() {
 	for _, a := range n.absorbing {
 		n.publishStatus(a.into)
-		n.replicasMu.Lock()
-		delete(n.replicas, a.r.id)
-		n.replicasMu.Unlock()
 		err := fmt.Errorf("%w: range %d was merged into range %d", kv.ErrWrongRange, a.r.id, a.into.id)
-		for _, rr := range a.r.readQueue {
-			rr.done <- err
-		}
-		for _, batch := range a.r.readBatches {
-			for _, rr := range batch {
-				rr.done <- err
-			}
-		}
-		for _, rr := range a.r.readWaiting {
-			rr.done <- err
-		}
-		a.r.readQueue, a.r.readWaiting, a.r.readBatches = nil, nil, map[uint64][]*readRequest{}
+		n.dropGroup(a.r, err)
 		for _, d := range a.results {
 			d.p.done <- proposalResult{res: d.res, err: d.res.Err}
 		}

@@ -390,7 +390,18 @@ func (n *Node) Propose(ctx context.Context, rangeID uint64, cmd *pandopb.Command
 	if err != nil {
 		return replica.Result{}, err
 	}
-	p := &proposal{rangeID: rangeID, data: data, id: cmd.Id, done: make(chan proposalResult, 1)}
+	res, err := n.await(ctx, &proposal{rangeID: rangeID, data: data, id: cmd.Id, done: make(chan proposalResult, 1)}, true)
+	if !errors.Is(err, kv.ErrStopped) {
+		n.met.proposal(err)
+	}
+	return res.res, err
+}
+
+// await hands a proposal to the loop and waits for its result. When the
+// loop's queue is full it sheds the proposal (shed) or waits for room.
+// When ctx ends after the proposal was handed over, the outcome is
+// unknown: the error wraps kv.ErrUnavailable and kv.ErrAmbiguous.
+func (n *Node) await(ctx context.Context, p *proposal, shed bool) (proposalResult, error) {
 	n.propMu.Lock()
 	n.proposals[p.id] = p
 	n.propMu.Unlock()
@@ -399,25 +410,34 @@ func (n *Node) Propose(ctx context.Context, rangeID uint64, cmd *pandopb.Command
 		delete(n.proposals, p.id)
 		n.propMu.Unlock()
 	}
-	select {
-	case n.propc <- p:
-	case <-n.stopc:
-		forget()
-		return replica.Result{}, kv.ErrStopped
-	default:
-		// The loop is behind by a full queue: shed rather than wait.
-		forget()
-		n.met.proposal(kv.ErrOverloaded)
-		return replica.Result{}, fmt.Errorf("%w: node %d's proposal queue is full", kv.ErrOverloaded, n.cfg.ID)
+	if shed {
+		select {
+		case n.propc <- p:
+		case <-n.stopc:
+			forget()
+			return proposalResult{}, kv.ErrStopped
+		default:
+			// The loop is behind by a full queue: shed rather than wait.
+			forget()
+			return proposalResult{}, fmt.Errorf("%w: node %d's proposal queue is full", kv.ErrOverloaded, n.cfg.ID)
+		}
+	} else {
+		select {
+		case n.propc <- p:
+		case <-n.stopc:
+			forget()
+			return proposalResult{}, kv.ErrStopped
+		case <-ctx.Done():
+			forget()
+			return proposalResult{}, ctx.Err()
+		}
 	}
 	select {
 	case res := <-p.done:
-		n.met.proposal(res.err)
-		return res.res, res.err
+		return res, res.err
 	case <-ctx.Done():
 		forget()
-		n.met.proposal(kv.ErrAmbiguous)
-		return replica.Result{}, fmt.Errorf("%w (%w): %w", kv.ErrUnavailable, kv.ErrAmbiguous, ctx.Err())
+		return proposalResult{}, fmt.Errorf("%w (%w): %w", kv.ErrUnavailable, kv.ErrAmbiguous, ctx.Err())
 	}
 }
 

@@ -214,13 +214,7 @@ func (s *Server) heartbeats(stop <-chan struct{}) {
 func (s *Server) heartbeatRequest() *pandopb.HeartbeatRequest {
 	req := &pandopb.HeartbeatRequest{NodeId: s.cfg.ID, Addr: s.cfg.Addr, DiskBytes: s.engine.DB().Metrics().DiskSpaceUsage()}
 	for _, st := range s.node.Statuses() {
-		r := rangeStatus(st)
-		if st.LeaderID == s.cfg.ID {
-			r.Qps, _, _ = s.load.get(st.RangeID)
-			r.WriteQps = s.load.writeRate(st.RangeID)
-		}
-		r.SizeBytes = s.load.size(st.RangeID)
-		req.Ranges = append(req.Ranges, r)
+		req.Ranges = append(req.Ranges, s.svc.replicaStatus(st))
 	}
 	return req
 }

@@ -504,13 +504,7 @@ func (s *Service) Status(ctx context.Context, _ *pandopb.StatusRequest) (*pandop
 	held := map[uint64]bool{}
 	for _, st := range s.node.Statuses() {
 		held[st.RangeID] = true
-		r := rangeStatus(st)
-		if st.LeaderID == s.node.ID() {
-			r.Qps, _, _ = s.load.get(st.RangeID)
-			r.WriteQps = s.load.writeRate(st.RangeID)
-		}
-		r.SizeBytes = s.load.size(st.RangeID)
-		resp.Ranges = append(resp.Ranges, r)
+		resp.Ranges = append(resp.Ranges, s.replicaStatus(st))
 	}
 	if s.dir != nil {
 		// The ranges of the cluster this node holds no replica of, as the
@@ -530,6 +524,18 @@ func (s *Service) Status(ctx context.Context, _ *pandopb.StatusRequest) (*pandop
 		}
 	}
 	return resp, nil
+}
+
+// replicaStatus is the API form of a replica's status here, with the load
+// and size this node measured (load only as the range's leader).
+func (s *Service) replicaStatus(st node.RangeStatus) *pandopb.RangeStatus {
+	r := rangeStatus(st)
+	if st.LeaderID == s.node.ID() {
+		r.Qps, _, _ = s.load.get(st.RangeID)
+		r.WriteQps = s.load.writeRate(st.RangeID)
+	}
+	r.SizeBytes = s.load.size(st.RangeID)
+	return r
 }
 
 // isTransportErr reports a gRPC failure that is not an answer from pando.

@@ -293,31 +293,19 @@ func splitCmd() *cobra.Command {
 		Short: "Split the range holding KEY so that a new range starts at KEY",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
-			defer cancel()
-			var lastErr error
-			for _, ep := range strings.Split(f.endpoints, ",") {
-				conn, err := f.dial(strings.TrimSpace(ep))
-				if err != nil {
-					return usageError{err}
-				}
-				resp, err := pandopb.NewAdminClient(conn).Split(ctx, &pandopb.SplitRequest{Key: []byte(args[0])})
-				conn.Close()
-				if err != nil {
-					lastErr = kv.FromStatus(err)
-					if errors.Is(lastErr, kv.ErrInvalidArgument) || errors.Is(lastErr, kv.ErrKeyTooLarge) || errors.Is(lastErr, kv.ErrEmptyKey) {
-						return lastErr
-					}
-					continue
-				}
-				if f.json {
-					return printJSON(cmd.OutOrStdout(), map[string]any{"left": descJSON(resp.Left), "right": descJSON(resp.Right)})
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "split: range %d is now [%q, %q), new range %d is [%q, %s)\n",
-					resp.Left.Id, resp.Left.StartKey, resp.Left.EndKey, resp.Right.Id, resp.Right.StartKey, endText(resp.Right.EndKey))
-				return nil
+			var resp *pandopb.SplitResponse
+			if err := f.adminCall(func(ctx context.Context, c pandopb.AdminClient) (err error) {
+				resp, err = c.Split(ctx, &pandopb.SplitRequest{Key: []byte(args[0])})
+				return err
+			}); err != nil {
+				return err
 			}
-			return lastErr
+			if f.json {
+				return printJSON(cmd.OutOrStdout(), map[string]any{"left": descJSON(resp.Left), "right": descJSON(resp.Right)})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "split: range %d is now [%q, %q), new range %d is [%q, %s)\n",
+				resp.Left.Id, resp.Left.StartKey, resp.Left.EndKey, resp.Right.Id, resp.Right.StartKey, endText(resp.Right.EndKey))
+			return nil
 		},
 	}
 	f.add(cmd, true)
