@@ -4,11 +4,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pando/pando/api/pandopb"
@@ -46,6 +48,7 @@ func (n *Node) run() {
 			f()
 		}
 		n.drain()
+		n.flushProposals()
 		n.flushReads()
 		n.handleReady()
 	}
@@ -112,12 +115,7 @@ func (n *Node) step(in inbound) {
 
 func (n *Node) propose(p *proposal) {
 	r := n.replicas[p.rangeID]
-	fail := func(err error) {
-		n.propMu.Lock()
-		delete(n.proposals, p.id)
-		n.propMu.Unlock()
-		p.done <- proposalResult{err: err}
-	}
+	fail := func(err error) { n.failProposal(p, err) }
 	if r == nil {
 		fail(fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, p.rangeID))
 		return
@@ -134,16 +132,64 @@ func (n *Node) propose(p *proposal) {
 		}
 		return
 	}
-	if err := r.rn.Propose(p.data); err != nil {
-		// Dropped, nothing appended, so a retry is safe: a leadership
-		// transfer is under way (try the next leader), or the uncommitted
-		// log is full (back off).
-		if bs.LeadTransferee != 0 {
-			fail(n.notLeader(p.rangeID, 0))
+	// Data proposals wait for the end of the drain, so that all of a
+	// range's proposals of this cycle go to raft in one message
+	// (flushProposals): one append per follower instead of one per write.
+	if len(r.propBuf) == 0 {
+		n.propRanges = append(n.propRanges, r)
+	}
+	r.propBuf = append(r.propBuf, p)
+}
+
+// flushProposals hands every range's buffered data proposals to raft, each
+// range's in one proposal message (CockroachDB's proposal buffer). raft
+// takes or drops such a message whole.
+func (n *Node) flushProposals() {
+	for _, r := range n.propRanges {
+		ps := r.propBuf
+		r.propBuf = nil
+		if n.replicas[r.id] != r {
+			for _, p := range ps {
+				n.failProposal(p, fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, r.id))
+			}
+			continue
+		}
+		bs := r.rn.BasicStatus()
+		var err error
+		if bs.RaftState != raft.StateLeader {
+			err = n.notLeader(r.id, bs.Lead)
 		} else {
-			fail(fmt.Errorf("%w: range %d's uncommitted log is full", kv.ErrOverloaded, p.rangeID))
+			ents := make([]raftpb.Entry, len(ps))
+			for i, p := range ps {
+				ents[i].Data = p.data
+			}
+			if err := r.rn.Step(raftpb.Message{Type: raftpb.MsgProp, From: n.cfg.ID, Entries: ents}); err != nil {
+				// Dropped, nothing appended, so a retry is safe: a
+				// leadership transfer is under way (try the next leader),
+				// or the uncommitted log is full (back off).
+				if r.rn.BasicStatus().LeadTransferee != 0 {
+					err = n.notLeader(r.id, 0)
+				} else {
+					err = fmt.Errorf("%w: range %d's uncommitted log is full", kv.ErrOverloaded, r.id)
+				}
+			}
+		}
+		if err != nil {
+			for _, p := range ps {
+				n.failProposal(p, err)
+			}
 		}
 	}
+	clear(n.propRanges)
+	n.propRanges = n.propRanges[:0]
+}
+
+// failProposal answers a proposal that raft did not take.
+func (n *Node) failProposal(p *proposal, err error) {
+	n.propMu.Lock()
+	delete(n.proposals, p.id)
+	n.propMu.Unlock()
+	p.done <- proposalResult{err: err}
 }
 
 func (n *Node) queueRead(rr *readRequest) {
@@ -176,6 +222,13 @@ func (n *Node) flushReads() {
 type ready struct {
 	r  *group
 	rd raft.Ready
+	// held: the leader's appends that only carry a new commit index to
+	// followers that have every entry (see holdCommitOnly); sent after
+	// apply only if the range applied more than data commands.
+	held []raftpb.Message
+	// control: the range applied a command other than a data write in
+	// this cycle (split, merge, freeze, check, membership change...).
+	control bool
 }
 
 // handleReady is one cycle of the multi-raft Ready loop, following the
@@ -199,8 +252,12 @@ func (n *Node) handleReady() {
 	var out []Envelope
 	for i := range rds {
 		x := &rds[i]
-		if x.r.rn.BasicStatus().RaftState == raft.StateLeader {
-			out = n.collect(out, x.r, x.rd.Messages)
+		if bs := x.r.rn.BasicStatus(); bs.RaftState == raft.StateLeader {
+			msgs := x.rd.Messages
+			if bs.LeadTransferee == 0 {
+				x.held, msgs = holdCommitOnly(x.r, msgs)
+			}
+			out = n.collect(out, x.r, msgs)
 			x.rd.Messages = nil
 		}
 	}
@@ -271,7 +328,8 @@ func (n *Node) handleReady() {
 	syncApply := false // a freeze must survive a crash once reported (merge.go)
 	start := time.Now()
 	applied := 0
-	for _, x := range rds {
+	for i := range rds {
+		x := &rds[i]
 		ents := x.rd.CommittedEntries
 		if len(ents) == 0 || x.r.absorbed {
 			continue
@@ -290,7 +348,13 @@ func (n *Node) handleReady() {
 					panic(fmt.Sprintf("node: range %d: entry %d: %v", x.r.id, e.Index, err))
 				}
 				var res replica.Result
-				switch op := unlessFrozen(x.r, cmd, &res).(type) {
+				op := unlessFrozen(x.r, cmd, &res)
+				switch op.(type) {
+				case *pandopb.Command_Put, *pandopb.Command_Delete, *pandopb.Command_PruneDedup:
+				default:
+					x.control = true
+				}
+				switch op := op.(type) {
 				case frozenRefusal:
 					// A frozen range applies nothing (merge.go).
 				case *pandopb.Command_Freeze:
@@ -345,6 +409,7 @@ func (n *Node) handleReady() {
 					delivered = append(delivered, delivery{p: p, res: res})
 				}
 			case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
+				x.control = true
 				if n.applyConfChange(x.r, e) {
 					removed = append(removed, x.r)
 				}
@@ -373,6 +438,15 @@ func (n *Node) handleReady() {
 			if n.cfg.Events != nil {
 				n.cfg.Events.Publish(events.SplitEvent(c.left, c.right, string(c.key)))
 			}
+		}
+	}
+	// Followers learn of commands other than data writes at once (a split's
+	// new range, a freeze a merge waits for); of data writes with the next
+	// append or heartbeat.
+	for _, x := range rds {
+		if x.control && len(x.held) > 0 {
+			out = n.collect(out[:0], x.r, x.held)
+			n.cfg.Transport.Send(out)
 		}
 	}
 	// Publish what was applied (descriptors after splits, applied indexes)
@@ -465,6 +539,49 @@ func (n *Node) leaderChanged(r *group, lead uint64) {
 		}
 		ev.Publish(events.ElectionEvent(r.id, lead, known, term, why))
 	}
+}
+
+// holdCommitOnly takes out of a leader's messages the empty appends that
+// only tell a follower that has acknowledged every entry of the log (in
+// StateReplicate, nothing in flight) that the commit index moved. raft
+// sends one such append to every follower each time its commit index
+// advances; with many ranges each carrying a few writes, those and their
+// answers are half the Raft messages of a write, and each wakes a Ready
+// cycle on the follower. The follower learns the commit index anyway from
+// the next append or the next heartbeat (one tick), or from the quiescing
+// heartbeat; nothing waits on a follower's commit index but its own apply
+// (stale reads read a follower's applied state, which may lag). Empty
+// appends to followers with entries in flight are kept: they find a gap
+// left by lost messages.
+func holdCommitOnly(r *group, msgs []raftpb.Message) (held, rest []raftpb.Message) {
+	empty := false
+	for _, m := range msgs {
+		if m.Type == raftpb.MsgApp && len(m.Entries) == 0 {
+			empty = true
+			break
+		}
+	}
+	if !empty {
+		return nil, msgs
+	}
+	type acked struct{ id, match uint64 }
+	var caughtUp [7]acked
+	nc := 0
+	r.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
+		if pr.State == tracker.StateReplicate && pr.Next == pr.Match+1 && nc < len(caughtUp) {
+			caughtUp[nc] = acked{id, pr.Match}
+			nc++
+		}
+	})
+	rest = msgs[:0:0]
+	for _, m := range msgs {
+		if m.Type == raftpb.MsgApp && len(m.Entries) == 0 && slices.Contains(caughtUp[:nc], acked{m.To, m.Index}) {
+			held = append(held, m)
+		} else {
+			rest = append(rest, m)
+		}
+	}
+	return held, rest
 }
 
 func (n *Node) collect(out []Envelope, r *group, msgs []raftpb.Message) []Envelope {

@@ -41,11 +41,12 @@ type Node struct {
 
 	checks checks
 
-	propMu    sync.Mutex
-	proposals map[uint64]*proposal
-	nextID    atomic.Uint64
-	nextRead  uint64
-	lastPrune time.Time // loop-owned
+	propMu     sync.Mutex
+	proposals  map[uint64]*proposal
+	nextID     atomic.Uint64
+	nextRead   uint64
+	propRanges []*group  // ranges with buffered proposals this cycle (loop-owned)
+	lastPrune  time.Time // loop-owned
 	// absorbing are replicas absorbed by a merge or a snapshot in the
 	// current batch, dropped once it commits (loop-owned; merge.go).
 	absorbing []*absorption
@@ -84,6 +85,7 @@ type group struct {
 	transferFrom uint64
 	transferAt   time.Time
 
+	propBuf     []*proposal               // data proposals of this cycle (flushProposals)
 	readQueue   []*readRequest            // waiting to be given a read index
 	readBatches map[uint64][]*readRequest // ReadIndex ctx -> requests
 	readWaiting []*readRequest            // confirmed, waiting for apply

@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"google.golang.org/protobuf/proto"
 
@@ -41,6 +42,14 @@ func Open(dir string, opts Options) (*Engine, error) {
 		FS:     opts.FS,
 		Cache:  cache,
 		Logger: quietLogger{},
+		// Every write reads its key's current version and its client's
+		// deduplication record first, and most written keys are new: bloom
+		// filters let those reads skip the tables that cannot hold the key
+		// instead of seeking into every L0 table and one per level.
+		// Larger memtables (Pebble's default is 4 MiB) let the Raft log's
+		// entries be written and truncated in memory far more often than
+		// flushed and compacted.
+		MemTableSize: 32 << 20,
 		EventListener: &pebble.EventListener{
 			// The read that found the corruption returns an error; the
 			// default handler (Fatalf) would kill the process instead.
@@ -50,6 +59,9 @@ func Open(dir string, opts Options) (*Engine, error) {
 				}
 			},
 		},
+	}
+	for i := range po.Levels {
+		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
 	db, err := pebble.Open(dir, po)
 	if err != nil {
