@@ -10,6 +10,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/node"
 	"github.com/pando/pando/placement"
 	"github.com/pando/pando/storage"
 )
@@ -134,24 +136,49 @@ func (l *loadTracker) forget(rangeID uint64) {
 	delete(l.m, rangeID)
 }
 
+// exactSizeRounds is how many placement rounds an exact count of a small
+// range's bytes is reused for (while its descriptor is unchanged).
+const exactSizeRounds = 5
+
+// exactSize is the last exact count of a small range's bytes.
+type exactSize struct {
+	generation uint64
+	bytes      uint64
+	round      uint64
+}
+
 // rangeSize estimates the bytes of a range's data: Pebble's estimate of
-// its tables, or, while that is small, an exact count (memtables included).
-func rangeSize(db *pebble.DB, start, end []byte) uint64 {
-	lo, hi := storage.DataSpan(start, end)
+// its tables, or, while that is small, an exact count (memtables included,
+// which the estimate misses). Exact counts read up to 4 MiB of the range,
+// so each is reused for exactSizeRounds rounds: counting every small range
+// every round read the whole database every two seconds.
+func (s *Server) rangeSize(desc *pandopb.RangeDescriptor, round uint64) uint64 {
+	db := s.engine.DB()
+	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
 	est, err := db.EstimateDiskUsage(lo, hi)
 	if err == nil && est >= 4<<20 {
 		return est
 	}
+	if c, ok := s.exact[desc.Id]; ok && c.generation == desc.Generation && round-c.round < exactSizeRounds {
+		return max(est, c.bytes)
+	}
+	n := countBytes(db, lo, hi)
+	s.exact[desc.Id] = exactSize{generation: desc.Generation, bytes: n, round: round}
+	return max(n, est)
+}
+
+// countBytes counts the bytes of keys and values in [lo, hi), up to 4 MiB.
+func countBytes(db *pebble.DB, lo, hi []byte) uint64 {
 	it, err := db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
-		return est
+		return 0
 	}
 	defer it.Close()
 	var n uint64
 	for valid := it.First(); valid && n < 4<<20; valid = it.Next() {
 		n += uint64(len(it.Key()) + len(it.Value()))
 	}
-	return max(n, est)
+	return n
 }
 
 // middleKey returns the key at about half of a range's bytes.
@@ -187,6 +214,8 @@ func (s *Server) balance(stop <-chan struct{}) {
 	const hold = 3 // ticks a range must stay hot before a load split
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	var round uint64
+	s.exact = map[uint64]exactSize{}
 	for {
 		select {
 		case <-stop:
@@ -194,10 +223,17 @@ func (s *Server) balance(stop <-chan struct{}) {
 		case <-t.C:
 		}
 		s.load.tick(interval, s.cfg.Split.WithDefaults().LoadQPS)
+		round++
 		var ranges []placement.Range
-		for _, st := range s.node.Statuses() {
+		sts := s.node.Statuses()
+		for id := range s.exact {
+			if !slices.ContainsFunc(sts, func(st node.RangeStatus) bool { return st.RangeID == id }) {
+				delete(s.exact, id)
+			}
+		}
+		for _, st := range sts {
 			r := placement.Range{ID: st.RangeID, Start: st.Desc.StartKey, End: st.Desc.EndKey, Leader: st.LeaderID, Replicas: st.Desc.Replicas}
-			size := rangeSize(s.engine.DB(), st.Desc.StartKey, st.Desc.EndKey)
+			size := s.rangeSize(st.Desc, round)
 			s.load.setSize(st.RangeID, size)
 			if st.LeaderID == s.cfg.ID {
 				r.QPS, _, _ = s.load.get(st.RangeID)
