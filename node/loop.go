@@ -223,7 +223,7 @@ type ready struct {
 	r  *group
 	rd raft.Ready
 	// held: the leader's appends that only carry a new commit index to
-	// followers that have every entry (see holdCommitOnly); sent after
+	// followers that have every entry (see filterLeader); sent after
 	// apply only if the range applied more than data commands.
 	held []raftpb.Message
 	// control: the range applied a command other than a data write in
@@ -255,7 +255,7 @@ func (n *Node) handleReady() {
 		if bs := x.r.rn.BasicStatus(); bs.RaftState == raft.StateLeader {
 			msgs := x.rd.Messages
 			if bs.LeadTransferee == 0 {
-				x.held, msgs = holdCommitOnly(x.r, msgs)
+				x.held, msgs = filterLeader(x.r, msgs)
 			}
 			out = n.collect(out, x.r, msgs)
 			x.rd.Messages = nil
@@ -541,47 +541,77 @@ func (n *Node) leaderChanged(r *group, lead uint64) {
 	}
 }
 
-// holdCommitOnly takes out of a leader's messages the empty appends that
-// only tell a follower that has acknowledged every entry of the log (in
-// StateReplicate, nothing in flight) that the commit index moved. raft
-// sends one such append to every follower each time its commit index
-// advances; with many ranges each carrying a few writes, those and their
-// answers are half the Raft messages of a write, and each wakes a Ready
-// cycle on the follower. The follower learns the commit index anyway from
-// the next append or the next heartbeat (one tick), or from the quiescing
-// heartbeat; nothing waits on a follower's commit index but its own apply
-// (stale reads read a follower's applied state, which may lag). Empty
-// appends to followers with entries in flight are kept: they find a gap
-// left by lost messages.
-func holdCommitOnly(r *group, msgs []raftpb.Message) (held, rest []raftpb.Message) {
-	empty := false
+// filterLeader takes out of a leader's messages two kinds that carry
+// nothing a follower needs:
+//
+//   - held: the empty appends raft sends every follower each time the
+//     commit index moves, to a follower that acknowledged every entry (in
+//     StateReplicate, nothing in flight). With many ranges each carrying a few writes,
+//     those and their answers were half the Raft messages of a write, and
+//     each woke a Ready cycle on the follower. The follower learns the
+//     commit index anyway from the next append or heartbeat (one tick), or
+//     from the quiescing heartbeat; nothing waits on a follower's commit
+//     index but its own apply (stale reads read a follower's applied
+//     state, which may lag). The caller sends them after apply when the
+//     range applied a control command.
+//   - heartbeats (without a read's context) to a follower in StateReplicate
+//     that was sent an append with entries within the last tick: that
+//     append reset its election timer, its answer tells the leader the
+//     follower is alive (CheckQuorum), and a gap left by lost appends is
+//     found by the next append or, once appends stop, by the next tick's
+//     heartbeat. A range under steady writes sends no heartbeats.
+//
+// Empty appends to followers with entries in flight, and heartbeats to
+// probing followers, are kept: after lost messages they find the gap.
+func filterLeader(r *group, msgs []raftpb.Message) (held, rest []raftpb.Message) {
+	skippable := false
 	for _, m := range msgs {
-		if m.Type == raftpb.MsgApp && len(m.Entries) == 0 {
-			empty = true
-			break
+		switch {
+		case m.Type == raftpb.MsgApp && len(m.Entries) > 0:
+			r.appSent[m.To] = r.ticks
+		case m.Type == raftpb.MsgApp, m.Type == raftpb.MsgHeartbeat && len(m.Context) == 0:
+			skippable = true
 		}
 	}
-	if !empty {
+	if !skippable {
 		return nil, msgs
 	}
+	// Followers in StateReplicate, with their acknowledged index when
+	// nothing is in flight to them (else ^0).
 	type acked struct{ id, match uint64 }
-	var caughtUp [7]acked
-	nc := 0
+	var repl [7]acked
+	nr := 0
 	r.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
-		if pr.State == tracker.StateReplicate && pr.Next == pr.Match+1 && nc < len(caughtUp) {
-			caughtUp[nc] = acked{id, pr.Match}
-			nc++
+		if pr.State == tracker.StateReplicate && nr < len(repl) {
+			repl[nr] = acked{id, ^uint64(0)}
+			if pr.Next == pr.Match+1 {
+				repl[nr].match = pr.Match
+			}
+			nr++
 		}
 	})
+	replicating := func(id uint64) bool {
+		return slices.ContainsFunc(repl[:nr], func(a acked) bool { return a.id == id })
+	}
 	rest = msgs[:0:0]
 	for _, m := range msgs {
-		if m.Type == raftpb.MsgApp && len(m.Entries) == 0 && slices.Contains(caughtUp[:nc], acked{m.To, m.Index}) {
+		switch {
+		case m.Type == raftpb.MsgApp && len(m.Entries) == 0 && slices.Contains(repl[:nr], acked{m.To, m.Index}):
 			held = append(held, m)
-		} else {
+		case m.Type == raftpb.MsgHeartbeat && len(m.Context) == 0 && replicating(m.To) && sentWithinTick(r, m.To):
+			// dropped: an append went out within the last tick
+		default:
 			rest = append(rest, m)
 		}
 	}
 	return held, rest
+}
+
+// sentWithinTick reports whether an append with entries went to a
+// follower during this tick or the one before.
+func sentWithinTick(r *group, to uint64) bool {
+	t, ok := r.appSent[to]
+	return ok && t+1 >= r.ticks
 }
 
 func (n *Node) collect(out []Envelope, r *group, msgs []raftpb.Message) []Envelope {

@@ -71,6 +71,11 @@ type group struct {
 	pending  atomic.Int64 // proposals waiting for their result
 	// quiesced: idle, not ticking (see quiesce.go). Loop-owned.
 	quiesced bool
+	// ticks counts this replica's ticks; appSent is, per follower, the
+	// tick of the last append with entries sent to it (filterLeader).
+	// Loop-owned.
+	ticks   uint64
+	appSent map[uint64]uint64
 
 	inSnaps map[uint64]*incomingSnapshot // received, by index
 	// absorbed: a merge or a snapshot of the enclosing range deleted this
@@ -195,7 +200,7 @@ func (n *Node) addReplica(id uint64) error {
 }
 
 func (n *Node) startReplica(id uint64, st *storage.RaftStorage) error {
-	r := &group{id: id, storage: st, applied: st.State().AppliedIndex, readBatches: map[uint64][]*readRequest{}, inSnaps: map[uint64]*incomingSnapshot{}}
+	r := &group{id: id, storage: st, applied: st.State().AppliedIndex, readBatches: map[uint64][]*readRequest{}, inSnaps: map[uint64]*incomingSnapshot{}, appSent: map[uint64]uint64{}}
 	st.SnapshotFunc = func() (raftpb.Snapshot, error) { return n.makeSnapshot(r) }
 	_, cs, _ := st.InitialState()
 	r.learners = cs.Learners

@@ -57,6 +57,7 @@ func (n *Node) tickReplica(r *group) {
 	if n.quiescing() && n.maybeQuiesce(r) {
 		return
 	}
+	r.ticks++
 	r.rn.Tick()
 }
 

@@ -141,6 +141,9 @@ func LoadRaftStorage(e *Engine, rangeID uint64) (*RaftStorage, error) {
 	if err := s.checkCoherence(); err != nil {
 		return nil, err
 	}
+	// The stored commit index may lag (SetHardState): what was applied
+	// was committed.
+	s.hard.Commit = max(s.hard.Commit, s.state.AppliedIndex)
 	return s, nil
 }
 
@@ -150,8 +153,8 @@ func (s *RaftStorage) checkCoherence() error {
 	switch {
 	case s.state.AppliedIndex < s.trunc.Index:
 		return fmt.Errorf("storage: range %d: applied index %d below truncated index %d", s.rangeID, s.state.AppliedIndex, s.trunc.Index)
-	case s.hard.Commit < s.state.AppliedIndex:
-		return fmt.Errorf("storage: range %d: commit index %d below applied index %d", s.rangeID, s.hard.Commit, s.state.AppliedIndex)
+	case s.state.AppliedIndex > s.lastIndex:
+		return fmt.Errorf("storage: range %d: applied index %d beyond last log index %d (log lost)", s.rangeID, s.state.AppliedIndex, s.lastIndex)
 	case s.hard.Commit > s.lastIndex:
 		return fmt.Errorf("storage: range %d: commit index %d beyond last log index %d (log lost)", s.rangeID, s.hard.Commit, s.lastIndex)
 	}
@@ -293,8 +296,17 @@ func (s *RaftStorage) Append(b *pebble.Batch, ents []raftpb.Entry) error {
 	return nil
 }
 
-// SetHardState writes the hard state into b.
+// SetHardState writes the hard state into b when its term or vote changed.
+// A new commit index alone is only kept in memory: raft needs no durable
+// commit index (MustSync says so; a restarted replica learns it again from
+// its leader), and on load the commit index is raised to the applied index,
+// which is written with the data it covers. With many ranges each applying
+// a few writes per cycle this spares one write per range and cycle.
 func (s *RaftStorage) SetHardState(b *pebble.Batch, hs raftpb.HardState) error {
+	if hs.Term == s.hard.Term && hs.Vote == s.hard.Vote {
+		s.hard = hs
+		return nil
+	}
 	v, err := hs.Marshal()
 	if err != nil {
 		return err

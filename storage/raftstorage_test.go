@@ -410,6 +410,47 @@ func TestRaftStorageHardStatePersists(t *testing.T) {
 	}
 }
 
+// TestCommitIndexAloneIsNotWritten: a hard state that only moves the commit
+// index is kept in memory; after a reload the commit index is the applied
+// index when the stored one lags it.
+func TestCommitIndexAloneIsNotWritten(t *testing.T) {
+	e, fs := openMem(t)
+	rs := bootstrap(t, e, 9)
+	appendEntries(t, e, rs, entries(1, 6, 2))
+	set := func(hs raftpb.HardState, applied uint64) {
+		t.Helper()
+		b := e.DB().NewBatch()
+		if err := rs.SetHardState(b, hs); err != nil {
+			t.Fatal(err)
+		}
+		if applied > 0 {
+			if err := rs.SetApplied(b, applied, 2); err != nil {
+				t.Fatal(err)
+			}
+		}
+		commit(t, b)
+		if rs.HardState() != hs {
+			t.Errorf("HardState = %+v, want %+v", rs.HardState(), hs)
+		}
+	}
+	set(raftpb.HardState{Term: 2, Vote: 3, Commit: 2}, 0)
+	set(raftpb.HardState{Term: 2, Vote: 3, Commit: 6}, 4) // commit alone: not written
+	closeEngine(t, e)
+	e = open(t, fs)
+	rs = load(t, e, 9)
+	if got, _, _ := rs.InitialState(); got != (raftpb.HardState{Term: 2, Vote: 3, Commit: 4}) {
+		t.Errorf("hard state after reload = %+v, want term 2, vote 3 and the applied index 4 as commit", got)
+	}
+	// A new term is written, with the commit index of the moment.
+	set(raftpb.HardState{Term: 3, Vote: 1, Commit: 5}, 0)
+	closeEngine(t, e)
+	e = open(t, fs)
+	rs = load(t, e, 9)
+	if got, _, _ := rs.InitialState(); got != (raftpb.HardState{Term: 3, Vote: 1, Commit: 5}) {
+		t.Errorf("hard state after reload = %+v, want term 3, vote 1, commit 5", got)
+	}
+}
+
 // TestRaftStorageCoherence: a reload refuses states a crash must never
 // produce instead of handing them to raft.
 func TestRaftStorageCoherence(t *testing.T) {
@@ -440,17 +481,17 @@ func TestRaftStorageCoherence(t *testing.T) {
 			}
 			commit(t, b)
 		}, "beyond last log index 0"},
-		{"commit below applied", func(t *testing.T, e *storage.Engine, rs *storage.RaftStorage) {
+		{"applied beyond last log index", func(t *testing.T, e *storage.Engine, rs *storage.RaftStorage) {
 			appendEntries(t, e, rs, entries(1, 5, 1))
 			b := e.DB().NewBatch()
 			if err := rs.SetHardState(b, raftpb.HardState{Term: 1, Commit: 2}); err != nil {
 				t.Fatal(err)
 			}
-			if err := rs.SetApplied(b, 4, 1); err != nil {
+			if err := rs.SetApplied(b, 7, 1); err != nil {
 				t.Fatal(err)
 			}
 			commit(t, b)
-		}, "commit index 2 below applied index 4"},
+		}, "applied index 7 beyond last log index 5"},
 		{"applied below truncation", func(t *testing.T, e *storage.Engine, rs *storage.RaftStorage) {
 			appendEntries(t, e, rs, entries(1, 5, 1))
 			setCommitted(t, e, rs, 5, 1)
