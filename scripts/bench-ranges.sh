@@ -2,33 +2,76 @@
 # bench-ranges: put throughput of one range against 64 ranges on a fresh
 # three-node cluster of real processes on 127.0.0.1 (docs/benchmarks.md).
 # DURATION (default 8s), CLIENTS (64), CONNS (8), RANGES (64), BASE_PORT (7101).
+#
+# NODE_CPU (e.g. 0.5): give each node its own CPU budget of that many cores
+# (a cgroup CPU quota per node, as if each ran on its own machine) instead
+# of letting all three share the machine's cores. Needs root and a writable
+# cgroup file system (v2, or v1's cpu controller).
+#
+# Besides op/s it prints the CPU time the three servers spent per put.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8s}; CLIENTS=${CLIENTS:-64}; CONNS=${CONNS:-8}; RANGES=${RANGES:-64}; BASE_PORT=${BASE_PORT:-7101}
+NODE_CPU=${NODE_CPU:-}
 bin=$(mktemp -d)/pando
 go build -o "$bin" ./cmd/pando
 work=$(mktemp -d)
 pids=()
+cgroups=()
 stop() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
-trap 'stop; rm -rf "$work"' EXIT
+cleanup() { stop; for d in "${cgroups[@]}"; do rmdir "$d" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
 p1=$BASE_PORT; p2=$((BASE_PORT+1)); p3=$((BASE_PORT+2))
 ic="1=127.0.0.1:$p1,2=127.0.0.1:$p2,3=127.0.0.1:$p3"
 eps="127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3"
+
+# cap PID N: put node N's process into its own cgroup with a CPU quota.
+cap() {
+  local pid=$1 n=$2 quota
+  quota=$(awk -v c="$NODE_CPU" 'BEGIN { printf "%d", c * 100000 }')
+  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then # cgroup v2
+    local d=/sys/fs/cgroup/pando-bench-$n
+    echo +cpu > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
+    mkdir -p "$d"; echo "$quota 100000" > "$d/cpu.max"
+  else # cgroup v1
+    local d=/sys/fs/cgroup/cpu/pando-bench-$n
+    mkdir -p "$d"; echo 100000 > "$d/cpu.cfs_period_us"; echo "$quota" > "$d/cpu.cfs_quota_us"
+  fi
+  echo "$pid" > "$d/cgroup.procs"
+  cgroups+=("$d")
+}
+
 start() {
   rm -rf "$work"/d*
   for i in 1 2 3; do
     "$bin" server --id $i --data-dir "$work/d$i" --addr 127.0.0.1:$((BASE_PORT+i-1)) --initial-cluster "$ic" --log-level error >/dev/null &
     pids+=($!)
+    if [ -n "$NODE_CPU" ]; then cap $! $i; fi
   done
   for _ in $(seq 100); do "$bin" status --endpoints "$eps" >/dev/null 2>&1 && break; sleep 0.1; done
 }
+
+# CPU ticks (user+system) the servers used so far.
+ticks() { local t=0 p; for p in "${pids[@]}"; do t=$((t + $(awk '{print $14+$15}' /proc/"$p"/stat))); done; echo $t; }
+
+run() {
+  local t0 t1 out ops
+  t0=$(ticks)
+  out=$("$bin" bench --workload put --clients "$CLIENTS" --conns "$CONNS" --duration "$DURATION" --endpoints "$eps")
+  t1=$(ticks)
+  echo "$out"
+  ops=$(echo "$out" | tail -1 | grep -o '[0-9]* ops in' | cut -d' ' -f1)
+  echo "servers' CPU per put: $(( (t1 - t0) * 1000000 / $(getconf CLK_TCK) / ops )) µs"
+}
+
+[ -n "$NODE_CPU" ] && echo "each node limited to $NODE_CPU cores"
 echo "== one range"
 start
-"$bin" bench --workload put --clients "$CLIENTS" --conns "$CONNS" --duration "$DURATION" --endpoints "$eps"
+run
 stop
 echo "== $RANGES ranges"
 start
 "$bin" bench --workload put --clients "$CLIENTS" --conns "$CONNS" --duration 2s --endpoints "$eps" --ranges "$RANGES" >/dev/null
 sleep 8 # the controller spreads the leaders
 "$bin" ranges --json --endpoints "$eps" | grep -o '"leader_id": *[0-9]*' | sort | uniq -c | sed 's/^/leaders: /'
-"$bin" bench --workload put --clients "$CLIENTS" --conns "$CONNS" --duration "$DURATION" --endpoints "$eps"
+run

@@ -31,7 +31,13 @@ func (s *Server) onLeader(ctx context.Context, key []byte, rangeID uint64, local
 				return err
 			}
 		case tg.leader == s.cfg.ID:
-			err = local(rid)
+			if st, ok := s.node.Status(rid); !ok || st.Desc == nil {
+				// The directory names this node, whose replica has gone
+				// (destroyed, merged away) or is not filled yet: look again.
+				err = &kv.NotLeaderError{RangeID: rid}
+			} else {
+				err = local(rid)
+			}
 		case forwarded(ctx):
 			return &kv.NotLeaderError{RangeID: rid, LeaderID: tg.leader, LeaderAddr: s.tr.Addr(tg.leader)}
 		case tg.local != nil && tg.leader != 0:

@@ -81,7 +81,12 @@ func (a *admin) AdoptReplica(ctx context.Context, req *pandopb.AdoptReplicaReque
 	defer cancel()
 	var resp *pandopb.AdoptReplicaResponse
 	err := a.s.onLeader(ctx, nil, req.RangeId, func(rid uint64) error {
-		st, _ := a.s.node.Status(rid)
+		st, ok := a.s.node.Status(rid)
+		if !ok || st.Desc == nil {
+			// Destroyed, merged away or not yet filled since it was found
+			// leading: let the caller ask again.
+			return &kv.NotLeaderError{RangeID: rid}
+		}
 		if !slices.Contains(st.Desc.Replicas, req.NodeId) {
 			return fmt.Errorf("%w: range %d (generation %d) does not name node %d", kv.ErrInvalidArgument, rid, st.Desc.Generation, req.NodeId)
 		}
