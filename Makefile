@@ -18,7 +18,8 @@ proto:
 	PATH="$$($(GO) env GOPATH)/bin:$$PATH" protoc -I api --go_out=api/pandopb --go_opt=paths=source_relative \
 		--go-grpc_out=api/pandopb --go-grpc_opt=paths=source_relative api/pando.proto
 
-# bench-ranges: put throughput of one range against 64 ranges (three local processes).
+# bench-ranges: put throughput of one range against 64 ranges (three local processes);
+# NODE_CPU=0.5 make bench-ranges gives each node its own CPU budget (cgroup quota, root).
 bench-ranges:
 	bash scripts/bench-ranges.sh
 

@@ -445,6 +445,16 @@ func (n *Node) await(ctx context.Context, p *proposal, shed bool) (proposalResul
 	case <-ctx.Done():
 		forget()
 		return proposalResult{}, fmt.Errorf("%w (%w): %w", kv.ErrUnavailable, kv.ErrAmbiguous, ctx.Err())
+	case <-n.donec:
+		select {
+		case res := <-p.done:
+			return res, res.err
+		default:
+		}
+		// The node stopped with the proposal handed to Raft: it may
+		// still commit (through another leader) or not.
+		forget()
+		return proposalResult{}, fmt.Errorf("%w (%w): %w", kv.ErrUnavailable, kv.ErrAmbiguous, kv.ErrStopped)
 	}
 }
 

@@ -303,6 +303,8 @@ type Server struct {
 	draining atomic.Bool
 	inflight sync.WaitGroup
 	stopping chan struct{}
+	// bg: the background loops started by Start (waitBackground).
+	bg sync.WaitGroup
 	stopOnce sync.Once
 	done     chan struct{}
 	reqs     *prometheus.CounterVec
@@ -563,12 +565,12 @@ func (s *Server) Start() error {
 		defer close(s.done)
 		_ = s.mux.Serve()
 	}()
-	go s.checker.periodic(s.cfg.CheckInterval, s.stopping)
-	go s.balance(s.stopping)
-	go s.ctl.run(s.stopping)
-	go s.heartbeats(s.stopping)
+	s.bg.Go(func() { s.checker.periodic(s.cfg.CheckInterval, s.stopping) })
+	s.bg.Go(func() { s.balance(s.stopping) })
+	s.bg.Go(func() { s.ctl.run(s.stopping) })
+	s.bg.Go(func() { s.heartbeats(s.stopping) })
 	if len(s.cfg.Join) > 0 {
-		go s.join(s.stopping)
+		s.bg.Go(func() { s.join(s.stopping) })
 	}
 	go s.countEvents()
 	return nil
@@ -718,7 +720,15 @@ func (s *Server) stop(ctx context.Context) error {
 	}
 	s.tr.Close()
 	s.node.Stop()
+	s.waitBackground()
 	return s.engine.Close()
+}
+
+// waitBackground waits for the background loops (placement, controller,
+// heartbeats, checks, join), which read the engine, before it closes. The
+// node is stopped by then, so what they wait on fails at once.
+func (s *Server) waitBackground() {
+	waitTimeout(&s.bg, 10*time.Second)
 }
 
 // Kill stops the node abruptly, without leadership transfer (tests).
@@ -733,6 +743,7 @@ func (s *Server) Kill() {
 		}
 		s.tr.Close()
 		s.node.Stop()
+		s.waitBackground()
 		s.engine.Close()
 	})
 }
