@@ -304,7 +304,7 @@ type Server struct {
 	inflight sync.WaitGroup
 	stopping chan struct{}
 	// bg: the background loops started by Start (waitBackground).
-	bg sync.WaitGroup
+	bg       sync.WaitGroup
 	stopOnce sync.Once
 	done     chan struct{}
 	reqs     *prometheus.CounterVec

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -265,5 +266,57 @@ func TestLeadershipTransfer(t *testing.T) {
 	newLead, err := c.Leader(1, 5*time.Second)
 	if err != nil || newLead == lead {
 		t.Fatalf("after transfer leader is %d (was %d): %v", newLead, lead, err)
+	}
+}
+
+// Leaders do not send followers the empty appends that only move the
+// commit index, nor heartbeats right after an append; followers still
+// apply every write soon after it is acknowledged, from the next append or
+// heartbeat, with writes under way and after they stop, so stale reads on
+// every replica converge.
+func TestFollowersApplyEveryAcknowledgedWrite(t *testing.T) {
+	c := New(t, Options{Seed: testSeed(t)})
+	lead, err := c.Leader(1, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 100; i++ {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_, err := c.KV(lead).Put(ctx, &pandopb.PutRequest{Key: fmt.Appendf(nil, "w%d-%03d", w, i), Value: []byte("v")})
+				cancel()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	put(t, c.KV(lead), "last", "written")
+	leaderApplied := func() uint64 { st, _ := c.Member(lead).Node.Status(1); return st.Applied }
+	want := leaderApplied()
+	deadline := time.Now().Add(3 * time.Second)
+	for _, id := range c.IDs() {
+		for {
+			st, _ := c.Member(id).Node.Status(1)
+			if st.Applied >= want {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node %d applied %d, leader %d, 3 s after the last write", id, st.Applied, want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		for _, k := range []string{"last", "w0-099", "w3-099"} {
+			resp, err := get(t, c.KV(id), k, true)
+			if err != nil || !resp.Found {
+				t.Fatalf("stale read of %s on node %d: %v, %v", k, id, resp, err)
+			}
+		}
 	}
 }
