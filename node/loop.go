@@ -163,7 +163,7 @@ func (n *Node) flushProposals() {
 			for i, p := range ps {
 				ents[i].Data = p.data
 			}
-			if err := r.rn.Step(raftpb.Message{Type: raftpb.MsgProp, From: n.cfg.ID, Entries: ents}); err != nil {
+			if serr := r.rn.Step(raftpb.Message{Type: raftpb.MsgProp, From: n.cfg.ID, Entries: ents}); serr != nil {
 				// Dropped, nothing appended, so a retry is safe: a
 				// leadership transfer is under way (try the next leader),
 				// or the uncommitted log is full (back off).

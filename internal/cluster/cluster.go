@@ -41,6 +41,8 @@ type Options struct {
 	RequestTimeout time.Duration
 	// MaxPendingProposals: see node.Config (default 4,096).
 	MaxPendingProposals int
+	// MaxUncommittedBytes: see node.Config (default 64 MiB).
+	MaxUncommittedBytes uint64
 	// ForwardTimeout bounds one forwarded attempt (default 300ms).
 	ForwardTimeout time.Duration
 	// PeerBreaker configures the breaker each node keeps to each peer for
@@ -241,7 +243,8 @@ func (c *Cluster) Start(id uint64) {
 		TickInterval: c.opts.TickInterval, ElectionTicks: c.opts.ElectionTicks,
 		LogKeepEntries: c.opts.LogKeepEntries, Logger: c.log.With("node", id),
 		SnapshotChunkBytes: 4 << 10, MaxPendingProposals: c.opts.MaxPendingProposals,
-		PeerLive: func(peer uint64) bool { return c.Net.Reachable(id, peer) },
+		MaxUncommittedBytes: c.opts.MaxUncommittedBytes,
+		PeerLive:            func(peer uint64) bool { return c.Net.Reachable(id, peer) },
 	})
 	if err != nil {
 		c.t.Fatalf("node %d: %v", id, err)

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -319,4 +320,50 @@ func TestFollowersApplyEveryAcknowledgedWrite(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A leader whose uncommitted log is full (here: cut off from its
+// followers) turns proposals away at once with "overloaded", which a client
+// may retry safely (nothing was appended), instead of leaving them to time
+// out as unknown outcomes.
+func TestFullUncommittedLogShedsProposals(t *testing.T) {
+	c := New(t, Options{Seed: testSeed(t), MaxUncommittedBytes: 4 << 10, ElectionTicks: 50})
+	lead, err := c.Leader(1, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, c.KV(lead), "before", "cut off")
+	c.Net.Isolate(lead, c.IDs())
+	type answer struct {
+		err  error
+		took time.Duration
+	}
+	answers := make(chan answer, 32)
+	value := bytes.Repeat([]byte("x"), 1<<10)
+	for i := 0; i < cap(answers); i++ {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			start := time.Now()
+			_, err := c.KV(lead).Put(ctx, &pandopb.PutRequest{Key: fmt.Appendf(nil, "k%02d", i), Value: value})
+			answers <- answer{kv.FromStatus(err), time.Since(start)}
+		}()
+	}
+	shed := 0
+	for i := 0; i < cap(answers); i++ {
+		a := <-answers
+		if a.err == nil {
+			t.Errorf("a put committed on a leader cut off from its followers")
+		}
+		if errors.Is(a.err, kv.ErrOverloaded) {
+			shed++
+			if a.took > time.Second {
+				t.Errorf("shed after %v", a.took)
+			}
+		}
+	}
+	if shed == 0 {
+		t.Fatalf("no put was shed with a full uncommitted log (4 KiB bound, 32 puts of 1 KiB)")
+	}
+	t.Logf("%d of %d puts shed", shed, cap(answers))
 }
