@@ -2,10 +2,12 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -419,31 +421,46 @@ func TestCLI(t *testing.T) {
 
 func TestDemoStartsAndStopsOnInterrupt(t *testing.T) {
 	bin := pandoBinary(t)
-	addrs := freeAddrs(t, 1)
-	_, port, _ := net.SplitHostPort(addrs[0])
-	// Three consecutive ports from a free one; retry a few bases if taken.
-	cmd := exec.Command(bin, "demo", "--base-port", port)
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	sc := bufio.NewScanner(stdout)
-	var eps string
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.Contains(line, "3 nodes ready on ") {
-			eps = strings.TrimSpace(line[strings.Index(line, " on ")+4:])
-			break
+	// The demo listens on three consecutive ports from --base-port; another
+	// test may hold one of the two after a free one, so a base whose ports
+	// are taken is retried with another.
+	var (
+		cmd *exec.Cmd
+		sc  *bufio.Scanner
+		eps string
+	)
+	for try := 0; try < 5 && eps == ""; try++ {
+		_, port, _ := net.SplitHostPort(freeAddrs(t, 1)[0])
+		cmd = exec.Command(bin, "demo", "--base-port", port)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stderr lockedBuffer
+		cmd.Stderr = io.MultiWriter(os.Stderr, &stderr)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sc = bufio.NewScanner(stdout)
+		for sc.Scan() {
+			line := sc.Text()
+			if strings.Contains(line, "3 nodes ready on ") {
+				eps = strings.TrimSpace(line[strings.Index(line, " on ")+4:])
+				break
+			}
+		}
+		if eps == "" {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			if !strings.Contains(stderr.String(), "address already in use") {
+				t.Fatalf("demo did not print its endpoints: %s", stderr.String())
+			}
 		}
 	}
 	if eps == "" {
-		t.Fatal("demo did not print its endpoints")
+		t.Fatal("demo did not start: its ports were taken five times")
 	}
+	defer cmd.Process.Kill()
 	out, err := exec.Command(bin, "put", "demo-key", "demo-value", "--endpoints", eps).CombinedOutput()
 	if err != nil {
 		t.Fatalf("put against demo: %v %s", err, out)
@@ -551,4 +568,23 @@ func TestProcessesCheckFindsAndRepairsDivergence(t *testing.T) {
 	if out, _ := run("ranges", eps); !strings.Contains(out, "consistent at index") {
 		t.Fatalf("ranges lacks the last check: %s", out)
 	}
+}
+
+// lockedBuffer is a bytes.Buffer written by a child's output copier and
+// read by the test.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
