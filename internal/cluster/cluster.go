@@ -43,6 +43,8 @@ type Options struct {
 	MaxPendingProposals int
 	// MaxUncommittedBytes: see node.Config (default 64 MiB).
 	MaxUncommittedBytes uint64
+	// NoQuiesce keeps idle ranges ticking (node.Config.PeerLive unset).
+	NoQuiesce bool
 	// ForwardTimeout bounds one forwarded attempt (default 300ms).
 	ForwardTimeout time.Duration
 	// PeerBreaker configures the breaker each node keeps to each peer for
@@ -238,13 +240,17 @@ func (c *Cluster) Start(id uint64) {
 	if err != nil {
 		c.t.Fatalf("node %d: reopen: %v", id, err)
 	}
+	peerLive := func(peer uint64) bool { return c.Net.Reachable(id, peer) }
+	if c.opts.NoQuiesce {
+		peerLive = nil
+	}
 	n, err := node.New(node.Config{
 		ID: id, Engine: eng, Transport: &transport{nw: c.Net, from: id},
 		TickInterval: c.opts.TickInterval, ElectionTicks: c.opts.ElectionTicks,
 		LogKeepEntries: c.opts.LogKeepEntries, Logger: c.log.With("node", id),
 		SnapshotChunkBytes: 4 << 10, MaxPendingProposals: c.opts.MaxPendingProposals,
 		MaxUncommittedBytes: c.opts.MaxUncommittedBytes,
-		PeerLive:            func(peer uint64) bool { return c.Net.Reachable(id, peer) },
+		PeerLive:            peerLive,
 	})
 	if err != nil {
 		c.t.Fatalf("node %d: %v", id, err)

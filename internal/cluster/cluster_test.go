@@ -273,14 +273,25 @@ func TestLeadershipTransfer(t *testing.T) {
 // Leaders do not send followers the empty appends that only move the
 // commit index, nor heartbeats right after an append; followers still
 // apply every write soon after it is acknowledged, from the next append or
-// heartbeat, with writes under way and after they stop, so stale reads on
-// every replica converge.
+// heartbeat (or the quiescing heartbeat), so stale reads on every replica
+// converge.
 func TestFollowersApplyEveryAcknowledgedWrite(t *testing.T) {
-	c := New(t, Options{Seed: testSeed(t)})
+	for _, quiesce := range []bool{true, false} {
+		t.Run(fmt.Sprintf("quiesce=%v", quiesce), func(t *testing.T) {
+			// Election timeouts of 0.5-1 s: no election is expected.
+			followersApplyEveryAcknowledgedWrite(t, Options{Seed: testSeed(t), NoQuiesce: !quiesce, ElectionTicks: 50})
+		})
+	}
+}
+
+func followersApplyEveryAcknowledgedWrite(t *testing.T, opts Options) {
+	c := New(t, opts)
 	lead, err := c.Leader(1, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
+	term := func() uint64 { st, _ := c.Member(lead).Node.Status(1); return st.Term }
+	term0 := term()
 	var wg sync.WaitGroup
 	for w := 0; w < 4; w++ {
 		wg.Add(1)
@@ -319,6 +330,13 @@ func TestFollowersApplyEveryAcknowledgedWrite(t *testing.T) {
 				t.Fatalf("stale read of %s on node %d: %v, %v", k, id, resp, err)
 			}
 		}
+	}
+	// Followers kept hearing from the leader (appends, then heartbeats):
+	// no election, neither during the writes nor for two election
+	// timeouts after them.
+	time.Sleep(2 * time.Second)
+	if got := term(); got != term0 {
+		t.Fatalf("term went from %d to %d: a follower stopped hearing from the leader", term0, got)
 	}
 }
 
