@@ -314,7 +314,7 @@ func (n *Node) handleReady() {
 	// index of each range is written with the data it covers.
 	type delivery struct {
 		p   *proposal
-		res replica.Result
+		res proposalResult
 	}
 	var delivered []delivery
 	type created_ struct {
@@ -406,12 +406,16 @@ func (n *Node) handleReady() {
 				delete(n.proposals, cmd.Id)
 				n.propMu.Unlock()
 				if p != nil {
-					delivered = append(delivered, delivery{p: p, res: res})
+					delivered = append(delivered, delivery{p: p, res: proposalResult{res: res, err: res.Err}})
 				}
 			case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
 				x.control = true
-				if n.applyConfChange(x.r, e) {
+				removedSelf, p, res := n.applyConfChange(x.r, e)
+				if removedSelf {
 					removed = append(removed, x.r)
+				}
+				if p != nil {
+					delivered = append(delivered, delivery{p: p, res: res})
 				}
 			}
 			x.r.applied = e.Index
@@ -455,7 +459,7 @@ func (n *Node) handleReady() {
 		n.publishStatus(x.r)
 	}
 	for _, d := range delivered {
-		d.p.done <- proposalResult{res: d.res, err: d.res.Err}
+		d.p.done <- d.res
 	}
 
 	// 4. Reads, status, advance.

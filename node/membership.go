@@ -115,9 +115,12 @@ func checkConfChange(st *pandopb.RangeState, cs raftpb.ConfState, generation uin
 }
 
 // applyConfChange applies a committed membership change (or rejects it,
-// applying raft's no-op change instead), updates the descriptor, answers
-// the proposer, and reports whether this node is no longer a member.
-func (n *Node) applyConfChange(r *group, e raftpb.Entry) (removedSelf bool) {
+// applying raft's no-op change instead), updates the descriptor, reports
+// whether this node is no longer a member, and returns the proposer
+// waiting here (if any) with its answer, which the loop delivers after it
+// published the new descriptor (a proposer that reads the status at once
+// sees its change).
+func (n *Node) applyConfChange(r *group, e raftpb.Entry) (removedSelf bool, p *proposal, res proposalResult) {
 	var cc raftpb.ConfChangeV2
 	if e.Type == raftpb.EntryConfChange {
 		var c raftpb.ConfChange
@@ -136,7 +139,6 @@ func (n *Node) applyConfChange(r *group, e raftpb.Entry) (removedSelf bool) {
 	} else {
 		err = checkConfChange(st, cur, gen, cc)
 	}
-	var res proposalResult
 	if err != nil {
 		// Rejected alike everywhere: raft ignores changes of node 0.
 		r.rn.ApplyConfChange(raftpb.ConfChange{})
@@ -155,14 +157,13 @@ func (n *Node) applyConfChange(r *group, e raftpb.Entry) (removedSelf bool) {
 			"voters", cs.Voters, "learners", cs.Learners)
 		removedSelf = !slices.Contains(desc.Replicas, n.cfg.ID)
 	}
+	// The proposer is answered with the other results of the cycle, once
+	// the new descriptor is published.
 	n.propMu.Lock()
-	p := n.proposals[id]
+	p = n.proposals[id]
 	delete(n.proposals, id)
 	n.propMu.Unlock()
-	if p != nil {
-		p.done <- res
-	}
-	return removedSelf
+	return removedSelf, p, res
 }
 
 // CreateReplica makes this node hold an empty replica of desc's range, to
