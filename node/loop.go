@@ -447,11 +447,14 @@ func (n *Node) handleReady() {
 	// Followers learn of commands other than data writes at once (a split's
 	// new range, a freeze a merge waits for); of data writes with the next
 	// append or heartbeat.
+	out = out[:0]
 	for _, x := range rds {
-		if x.control && len(x.held) > 0 {
-			out = n.collect(out[:0], x.r, x.held)
-			n.cfg.Transport.Send(out)
+		if x.control {
+			out = n.collect(out, x.r, x.held)
 		}
+	}
+	if len(out) > 0 {
+		n.cfg.Transport.Send(out)
 	}
 	// Publish what was applied (descriptors after splits, applied indexes)
 	// before answering, so that a proposer sees its own effects.

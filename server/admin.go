@@ -11,6 +11,7 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/node"
 )
 
 // onLeader runs local on this node if it leads the range holding key (or
@@ -19,7 +20,7 @@ import (
 // or split, until ctx ends. A range this node holds no replica of is found
 // through the directory, or by asking the nodes that hold it (or, knowing
 // nothing, every node) which answer with the leader.
-func (s *Server) onLeader(ctx context.Context, key []byte, rangeID uint64, local func(rangeID uint64) error, remote func(context.Context, *grpc.ClientConn) error) error {
+func (s *Server) onLeader(ctx context.Context, key []byte, rangeID uint64, local func(st node.RangeStatus) error, remote func(context.Context, *grpc.ClientConn) error) error {
 	var ask asker
 	for {
 		tg, err := locate(s.node, s.svc.dir, key, rangeID)
@@ -36,7 +37,7 @@ func (s *Server) onLeader(ctx context.Context, key []byte, rangeID uint64, local
 				// (destroyed, merged away) or is not filled yet: look again.
 				err = &kv.NotLeaderError{RangeID: rid}
 			} else {
-				err = local(rid)
+				err = local(st)
 			}
 		case forwarded(ctx):
 			return &kv.NotLeaderError{RangeID: rid, LeaderID: tg.leader, LeaderAddr: s.tr.Addr(tg.leader)}
@@ -99,9 +100,9 @@ func (s *Server) allocRangeID(ctx context.Context) (uint64, error) {
 	// says nothing about this one.
 	ctx = metadata.NewIncomingContext(ctx, metadata.MD{})
 	var id uint64
-	err := s.onLeader(ctx, []byte{}, 0, func(rid uint64) error {
-		if rid != 1 {
-			return fmt.Errorf("%w: the first range is %d, not 1", kv.ErrUnavailable, rid)
+	err := s.onLeader(ctx, []byte{}, 0, func(st node.RangeStatus) error {
+		if st.RangeID != 1 {
+			return fmt.Errorf("%w: the first range is %d, not 1", kv.ErrUnavailable, st.RangeID)
 		}
 		var err error
 		id, err = s.node.AllocRangeID(ctx)
@@ -135,8 +136,8 @@ func (s *Server) split(ctx context.Context, key []byte) (left, right *pandopb.Ra
 		ctx, cancel = context.WithTimeout(ctx, s.cfg.RequestTimeout)
 		defer cancel()
 	}
-	err = s.onLeader(ctx, key, 0, func(rid uint64) error {
-		st, _ := s.node.Status(rid)
+	err = s.onLeader(ctx, key, 0, func(st node.RangeStatus) error {
+		rid := st.RangeID
 		if string(st.Desc.StartKey) == string(key) {
 			return fmt.Errorf("%w: range %d already starts at %q", kv.ErrInvalidArgument, rid, key)
 		}

@@ -147,23 +147,42 @@ type exactSize struct {
 	round      uint64
 }
 
+// rangeSizes measures the placement loop's replicas round after round,
+// keeping the exact counts of small ones (the loop's own state).
+type rangeSizes struct {
+	db    *pebble.DB
+	round uint64
+	exact map[uint64]exactSize
+}
+
+// next starts a round over the replicas in sts, forgetting the counts of
+// replicas no longer here.
+func (rs *rangeSizes) next(sts []node.RangeStatus) {
+	rs.round++
+	for id := range rs.exact {
+		if !slices.ContainsFunc(sts, func(st node.RangeStatus) bool { return st.RangeID == id }) {
+			delete(rs.exact, id)
+		}
+	}
+}
+
 // rangeSize estimates the bytes of a range's data: Pebble's estimate of
 // its tables, or, while that is small, an exact count (memtables included,
 // which the estimate misses). Exact counts read up to 4 MiB of the range,
 // so each is reused for exactSizeRounds rounds: counting every small range
 // every round read the whole database every two seconds.
-func (s *Server) rangeSize(desc *pandopb.RangeDescriptor, round uint64) uint64 {
-	db := s.engine.DB()
+func (rs *rangeSizes) size(desc *pandopb.RangeDescriptor) uint64 {
+	db := rs.db
 	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
 	est, err := db.EstimateDiskUsage(lo, hi)
 	if err == nil && est >= 4<<20 {
 		return est
 	}
-	if c, ok := s.exact[desc.Id]; ok && c.generation == desc.Generation && round-c.round < exactSizeRounds {
+	if c, ok := rs.exact[desc.Id]; ok && c.generation == desc.Generation && rs.round-c.round < exactSizeRounds {
 		return max(est, c.bytes)
 	}
 	n := countBytes(db, lo, hi)
-	s.exact[desc.Id] = exactSize{generation: desc.Generation, bytes: n, round: round}
+	rs.exact[desc.Id] = exactSize{generation: desc.Generation, bytes: n, round: rs.round}
 	return max(n, est)
 }
 
@@ -214,8 +233,7 @@ func (s *Server) balance(stop <-chan struct{}) {
 	const hold = 3 // ticks a range must stay hot before a load split
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	var round uint64
-	s.exact = map[uint64]exactSize{}
+	sizes := rangeSizes{db: s.engine.DB(), exact: map[uint64]exactSize{}}
 	for {
 		select {
 		case <-stop:
@@ -223,17 +241,12 @@ func (s *Server) balance(stop <-chan struct{}) {
 		case <-t.C:
 		}
 		s.load.tick(interval, s.cfg.Split.WithDefaults().LoadQPS)
-		round++
 		var ranges []placement.Range
 		sts := s.node.Statuses()
-		for id := range s.exact {
-			if !slices.ContainsFunc(sts, func(st node.RangeStatus) bool { return st.RangeID == id }) {
-				delete(s.exact, id)
-			}
-		}
+		sizes.next(sts)
 		for _, st := range sts {
 			r := placement.Range{ID: st.RangeID, Start: st.Desc.StartKey, End: st.Desc.EndKey, Leader: st.LeaderID, Replicas: st.Desc.Replicas}
-			size := s.rangeSize(st.Desc, round)
+			size := sizes.size(st.Desc)
 			s.load.setSize(st.RangeID, size)
 			if st.LeaderID == s.cfg.ID {
 				r.QPS, _, _ = s.load.get(st.RangeID)

@@ -304,7 +304,7 @@ func (c *checker) Check(ctx context.Context, req *pandopb.CheckRequest) (*pandop
 // the leader (one hop), retrying while the range has no leader.
 func (c *checker) checkOnLeader(ctx context.Context, rangeID uint64, repair bool) (*pandopb.RangeCheck, error) {
 	var rc *pandopb.RangeCheck
-	err := c.s.onLeader(ctx, nil, rangeID, func(uint64) error {
+	err := c.s.onLeader(ctx, nil, rangeID, func(node.RangeStatus) error {
 		rc = reportToProto(c.run(ctx, rangeID, repair))
 		return nil
 	}, func(ctx context.Context, conn *grpc.ClientConn) error {

@@ -15,6 +15,7 @@ import (
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/events"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/node"
 	"github.com/pando/pando/placement"
 	"github.com/pando/pando/storage"
 )
@@ -558,10 +559,10 @@ func (s *Server) execute(ctx context.Context, op placement.Op) error {
 // answered with the leader, never forwarded again.
 func (s *Server) moveReplica(ctx context.Context, rangeID, from, to uint64, why string) (*pandopb.RangeDescriptor, error) {
 	var desc *pandopb.RangeDescriptor
-	err := s.onLeader(ctx, nil, rangeID, func(rid uint64) error {
-		before, _ := s.node.Status(rid)
+	err := s.onLeader(ctx, nil, rangeID, func(before node.RangeStatus) error {
+		rid := before.RangeID
 		var err error
-		if desc, err = s.node.MoveReplica(ctx, rid, from, to, hosts{s}); err == nil && before.Desc.GetGeneration() != desc.Generation {
+		if desc, err = s.node.MoveReplica(ctx, rid, from, to, hosts{s}); err == nil && before.Desc.Generation != desc.Generation {
 			s.events.Publish(events.MoveEvent(rid, from, to, why))
 		}
 		return err
@@ -577,8 +578,8 @@ func (s *Server) moveReplica(ctx context.Context, rangeID, from, to uint64, why 
 
 // transferLeader hands a range's leadership to node to and waits for it.
 func (s *Server) transferLeader(ctx context.Context, rangeID, to uint64) error {
-	return s.onLeader(ctx, nil, rangeID, func(rid uint64) error {
-		st, _ := s.node.Status(rid)
+	return s.onLeader(ctx, nil, rangeID, func(st node.RangeStatus) error {
+		rid := st.RangeID
 		if !slices.Contains(st.Desc.Replicas, to) || slices.Contains(st.Learners, to) {
 			return fmt.Errorf("%w: node %d holds no voting replica of range %d (replicas %v)", kv.ErrInvalidArgument, to, rid, st.Desc.Replicas)
 		}

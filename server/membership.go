@@ -80,15 +80,9 @@ func (a *admin) AdoptReplica(ctx context.Context, req *pandopb.AdoptReplicaReque
 	ctx, cancel := a.s.adminTimeout(ctx, a.s.cfg.RequestTimeout)
 	defer cancel()
 	var resp *pandopb.AdoptReplicaResponse
-	err := a.s.onLeader(ctx, nil, req.RangeId, func(rid uint64) error {
-		st, ok := a.s.node.Status(rid)
-		if !ok || st.Desc == nil {
-			// Destroyed, merged away or not yet filled since it was found
-			// leading: let the caller ask again.
-			return &kv.NotLeaderError{RangeID: rid}
-		}
+	err := a.s.onLeader(ctx, nil, req.RangeId, func(st node.RangeStatus) error {
 		if !slices.Contains(st.Desc.Replicas, req.NodeId) {
-			return fmt.Errorf("%w: range %d (generation %d) does not name node %d", kv.ErrInvalidArgument, rid, st.Desc.Generation, req.NodeId)
+			return fmt.Errorf("%w: range %d (generation %d) does not name node %d", kv.ErrInvalidArgument, st.RangeID, st.Desc.Generation, req.NodeId)
 		}
 		resp = &pandopb.AdoptReplicaResponse{Desc: st.Desc, Term: st.Term, Leader: a.s.cfg.ID}
 		return nil
@@ -189,7 +183,7 @@ func (s *Server) adminTimeout(ctx context.Context, d time.Duration) (context.Con
 func (s *Server) onController(ctx context.Context, local func() error, remote func(context.Context, pandopb.AdminClient) error) error {
 	ctx, cancel := s.adminTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
-	return s.onLeader(ctx, nil, storage.MetaRangeID, func(uint64) error { return local() }, func(ctx context.Context, conn *grpc.ClientConn) error {
+	return s.onLeader(ctx, nil, storage.MetaRangeID, func(node.RangeStatus) error { return local() }, func(ctx context.Context, conn *grpc.ClientConn) error {
 		return remote(ctx, pandopb.NewAdminClient(conn))
 	})
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/node"
 )
 
 // mergeTimeout bounds a merge whose caller set no deadline. A merge waits
@@ -38,9 +39,9 @@ func (s *Server) merge(ctx context.Context, rangeID, rightID uint64) (*pandopb.R
 		defer cancel()
 	}
 	var desc *pandopb.RangeDescriptor
-	err := s.onLeader(ctx, nil, rangeID, func(rid uint64) error {
+	err := s.onLeader(ctx, nil, rangeID, func(st node.RangeStatus) error {
+		rid := st.RangeID
 		if rightID != 0 {
-			st, _ := s.node.Status(rid)
 			if len(st.Desc.EndKey) == 0 {
 				return fmt.Errorf("%w: range %d has no right neighbour (merged already?)", kv.ErrInvalidArgument, rid)
 			}

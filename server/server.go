@@ -284,9 +284,6 @@ func (c *Config) Validate() error {
 
 // Server is one running pando node.
 type Server struct {
-	// exact: the placement loop's exact counts of small ranges (balance.go;
-	// that goroutine only).
-	exact    map[uint64]exactSize
 	cfg      Config
 	log      *slog.Logger
 	engine   *storage.Engine

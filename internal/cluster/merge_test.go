@@ -163,7 +163,7 @@ func checkMerged(t *testing.T, c *Cluster, right uint64, leftDesc *pandopb.Range
 		}
 	}
 	want := dump(t, c.Member(lead).Engine.DB())
-	wantDedup := mergeDedupTable(t, c, lead)
+	wantDedup := dedupTable(t, c, lead)
 	for k, v := range acked {
 		if want[k] != v {
 			t.Fatalf("acknowledged %s@%d: leader holds version %d", k, v, want[k])
@@ -176,7 +176,7 @@ func checkMerged(t *testing.T, c *Cluster, right uint64, leftDesc *pandopb.Range
 		if got := dump(t, c.Member(id).Engine.DB()); !maps.Equal(got, want) {
 			t.Fatalf("node %d holds %d keys, the leader %d, or other versions", id, len(got), len(want))
 		}
-		got := mergeDedupTable(t, c, id)
+		got := dedupTable(t, c, id)
 		if !maps.EqualFunc(got, wantDedup, func(a, b *pandopb.DedupRecord) bool { return proto.Equal(a, b) }) {
 			t.Fatalf("node %d's deduplication table of range 1 differs from the leader's (%d vs %d records)", id, len(got), len(wantDedup))
 		}
@@ -187,19 +187,6 @@ func checkMerged(t *testing.T, c *Cluster, right uint64, leftDesc *pandopb.Range
 			t.Fatalf("linearizable read of %s: %v, %v; want version %d", k, r, err, v)
 		}
 	}
-}
-
-func mergeDedupTable(t *testing.T, c *Cluster, id uint64) map[uint64]*pandopb.DedupRecord {
-	t.Helper()
-	entries, err := storage.ScanDedup(c.Member(id).Engine.DB(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[uint64]*pandopb.DedupRecord{}
-	for _, e := range entries {
-		out[e.ClientID] = e.Record
-	}
-	return out
 }
 
 // rangeLocalRecords counts the records a node keeps under a range's
@@ -314,7 +301,7 @@ func TestMergeCarriesDedupRecords(t *testing.T) {
 		t.Fatalf("w at version %d after a superseded retry, want %d", r.Version, vw)
 	}
 	lead, _ := c.Leader(1, 5*time.Second)
-	table := mergeDedupTable(t, c, lead)
+	table := dedupTable(t, c, lead)
 	for client, seq := range map[uint64]uint64{77: 1, 78: 2, 79: 5} {
 		if table[client].GetSeq() != seq {
 			t.Fatalf("session %d: record of write %d, want %d", client, table[client].GetSeq(), seq)
@@ -349,6 +336,32 @@ func leadBoth(t *testing.T, c *Cluster, right uint64) uint64 {
 // freezeRight freezes range right for its merge into range 1 by hand: from
 // range 1's leader, which is made to lead right too. It returns the
 // leader, the freeze index and right's frozen descriptor.
+// mergeWhileFollowerDown freezes the right range, waits until a follower
+// applied the freeze, crashes that follower and merges the right range
+// into range 1 without it.
+func mergeWhileFollowerDown(t *testing.T, c *Cluster, right uint64) (lead, follower, frozenAt uint64, desc *pandopb.RangeDescriptor) {
+	t.Helper()
+	lead, frozenAt, rdesc := freezeRight(t, c, right)
+	follower = c.IDs()[0]
+	if follower == lead {
+		follower = c.IDs()[1]
+	}
+	for {
+		if st, ok := c.Member(follower).Node.Status(right); ok && st.Applied >= frozenAt {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.Crash(follower)
+	ln := c.Member(lead).Node
+	lst, _ := ln.Status(1)
+	desc, err := ln.Merge(mergeCtx(t, 5*time.Second), 1, rdesc, frozenAt, lst.Desc.Generation)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lead, follower, frozenAt, desc
+}
+
 func freezeRight(t *testing.T, c *Cluster, right uint64) (lead, frozenAt uint64, desc *pandopb.RangeDescriptor) {
 	t.Helper()
 	ctx := mergeCtx(t, 10*time.Second)
@@ -467,24 +480,7 @@ func TestMergeLaggingFollowerGetsSnapshot(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		acked[fmt.Sprintf("z%02d", i)] = put(t, c.KV(2), fmt.Sprintf("z%02d", i), "v")
 	}
-	lead, frozenAt, rdesc := freezeRight(t, c, right)
-	follower := c.IDs()[0]
-	if follower == lead {
-		follower = c.IDs()[1]
-	}
-	for {
-		if st, ok := c.Member(follower).Node.Status(right); ok && st.Applied >= frozenAt {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	c.Crash(follower)
-	ln := c.Member(lead).Node
-	lst, _ := ln.Status(1)
-	desc, err := ln.Merge(mergeCtx(t, 5*time.Second), 1, rdesc, frozenAt, lst.Desc.Generation)
-	if err != nil {
-		t.Fatal(err)
-	}
+	lead, follower, _, desc := mergeWhileFollowerDown(t, c, right)
 	for i := 0; i < 60; i++ {
 		acked[fmt.Sprintf("y%02d", i)] = put(t, c.KV(lead), fmt.Sprintf("y%02d", i), "v")
 	}
@@ -756,29 +752,14 @@ func TestMergeSnapshotPastMergeAndSplit(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		put(t, c.KV(2), fmt.Sprintf("z%02d", i), "v")
 	}
-	lead, frozenAt, rdesc := freezeRight(t, c, right)
-	follower := c.IDs()[0]
-	if follower == lead {
-		follower = c.IDs()[1]
-	}
-	for {
-		if st, ok := c.Member(follower).Node.Status(right); ok && st.Applied >= frozenAt {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	c.Crash(follower)
+	lead, follower, frozenAt, _ := mergeWhileFollowerDown(t, c, right)
 	ln := c.Member(lead).Node
-	lst, _ := ln.Status(1)
-	if _, err := ln.Merge(mergeCtx(t, 5*time.Second), 1, rdesc, frozenAt, lst.Desc.Generation); err != nil {
-		t.Fatal(err)
-	}
 	ctx := mergeCtx(t, 10*time.Second)
 	newID, err := ln.AllocRangeID(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lst, _ = ln.Status(1)
+	lst, _ := ln.Status(1)
 	if err := ln.Split(ctx, 1, []byte("p"), newID, lst.Desc.Generation); err != nil {
 		t.Fatal(err)
 	}
