@@ -240,10 +240,7 @@ func TestClientRidesThroughHungNode(t *testing.T) {
 			}
 			victim := lead
 			if which == "follower" {
-				victim = c.IDs()[0]
-				if victim == lead {
-					victim = c.IDs()[1]
-				}
+				victim = c.Other(lead)
 			}
 			// Three failures in a row open a breaker, and eight writers
 			// make them: a client also stops calling a node that timed out
@@ -293,10 +290,7 @@ func TestClientRidesThroughSlowNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	slow := c.IDs()[0]
-	if slow == lead {
-		slow = c.IDs()[1]
-	}
+	slow := c.Other(lead)
 	c.SetSlow(slow, 100*time.Millisecond)
 	s := testResilience()
 	s.HedgeDelay = 20 * time.Millisecond

@@ -220,6 +220,16 @@ func (c *Cluster) MoveReplica(ctx context.Context, rangeID, from, to uint64) (*p
 // IDs lists the nodes.
 func (c *Cluster) IDs() []uint64 { return append([]uint64(nil), c.ids...) }
 
+// Other returns a node of the cluster other than id (the first by ID).
+func (c *Cluster) Other(id uint64) uint64 {
+	for _, o := range c.ids {
+		if o != id {
+			return o
+		}
+	}
+	return 0
+}
+
 // Member returns node id.
 func (c *Cluster) Member(id uint64) *Member {
 	c.mu.Lock()

@@ -73,10 +73,7 @@ func TestReplicationAndForwarding(t *testing.T) {
 		}
 	}
 	// A request that must not be forwarded names the leader instead.
-	follower := c.IDs()[0]
-	if follower == lead {
-		follower = c.IDs()[1]
-	}
+	follower := c.Other(lead)
 	st, _ := c.Member(follower).Service.Status(context.Background(), nil)
 	if st.Ranges[0].LeaderId != lead {
 		t.Fatalf("follower %d reports leader %d, want %d", follower, st.Ranges[0].LeaderId, lead)
@@ -120,10 +117,7 @@ func TestLeaderCrashReelection(t *testing.T) {
 	}
 	put(t, c.KV(lead), "before", "1")
 	c.Crash(lead)
-	other := c.IDs()[0]
-	if other == lead {
-		other = c.IDs()[1]
-	}
+	other := c.Other(lead)
 	newLead, err := c.Leader(1, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)

@@ -170,10 +170,7 @@ func TestForwardedWriteRetriedAfterLostAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	follower := c.IDs()[0]
-	if follower == lead {
-		follower = c.IDs()[1]
-	}
+	follower := c.Other(lead)
 	for i, req := range []*pandopb.PutRequest{
 		{Key: []byte("keyed"), Value: []byte("v"), ClientId: 77, Seq: 1},
 		{Key: []byte("unkeyed"), Value: []byte("v")}, // the follower gives it a key
@@ -203,10 +200,7 @@ func TestForwardingRidesThroughHungLeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	follower := c.IDs()[0]
-	if follower == lead {
-		follower = c.IDs()[1]
-	}
+	follower := c.Other(lead)
 	c.Hang(lead)
 	defer c.Resume(lead)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)

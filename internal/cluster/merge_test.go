@@ -342,10 +342,7 @@ func leadBoth(t *testing.T, c *Cluster, right uint64) uint64 {
 func mergeWhileFollowerDown(t *testing.T, c *Cluster, right uint64) (lead, follower, frozenAt uint64, desc *pandopb.RangeDescriptor) {
 	t.Helper()
 	lead, frozenAt, rdesc := freezeRight(t, c, right)
-	follower = c.IDs()[0]
-	if follower == lead {
-		follower = c.IDs()[1]
-	}
+	follower = c.Other(lead)
 	for {
 		if st, ok := c.Member(follower).Node.Status(right); ok && st.Applied >= frozenAt {
 			break
@@ -439,10 +436,7 @@ func TestMergeFollowerCrashAfterMerge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	follower := c.IDs()[0]
-	if follower == lead {
-		follower = c.IDs()[1]
-	}
+	follower := c.Other(lead)
 	fn := c.Member(follower).Node
 	crashed := make(chan struct{})
 	go func() {
@@ -499,10 +493,7 @@ func TestMergeRefusedWhenReplicasDiffer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	from := c.IDs()[0]
-	if from == lead {
-		from = c.IDs()[1]
-	}
+	from := c.Other(lead)
 	rdesc, err := c.MoveReplica(ctx, right, from, n4)
 	if err != nil {
 		t.Fatal(err)
@@ -545,10 +536,7 @@ func TestMergeCatchesUpLaggingRightReplica(t *testing.T) {
 	right := splitForMerge(t, c, "m")
 	ctx := mergeCtx(t, 10*time.Second)
 	lead := leadBoth(t, c, right)
-	follower := c.IDs()[0]
-	if follower == lead {
-		follower = c.IDs()[1]
-	}
+	follower := c.Other(lead)
 	ln := c.Member(lead).Node
 	st, _ := ln.Status(right)
 	c0 := st.Commit

@@ -199,10 +199,7 @@ func TestMoveReplicaCrashAtEachStep(t *testing.T) {
 					acked[k] = put(t, c.KV(lead), k, "v")
 				}
 				n4 := c.AddNode()
-				old := c.IDs()[0]
-				if old == lead {
-					old = c.IDs()[1]
-				}
+				old := c.Other(lead)
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
 				ln := c.Member(lead).Node
@@ -287,10 +284,7 @@ func TestReplicaSkippedBySplitIsAdopted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lag := c.IDs()[0]
-	if lag == lead {
-		lag = c.IDs()[1]
-	}
+	lag := c.Other(lead)
 	c.Crash(lag)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
