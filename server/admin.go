@@ -25,13 +25,11 @@ func (s *Server) onLeader(ctx context.Context, key []byte, rangeID uint64, local
 	for {
 		tg, err := locate(s.node, s.svc.dir, key, rangeID)
 		rid := tg.rangeID
-		to := uint64(0)
+		h := nextHop(tg, err, s.cfg.ID, forwarded(ctx), &ask, s.tr.IDs, s.tr.Addr)
 		switch {
-		case err != nil:
-			if forwarded(ctx) {
-				return err
-			}
-		case tg.leader == s.cfg.ID:
+		case h.final:
+			return h.err
+		case h.local:
 			if st, ok := s.node.Status(rid); !ok || st.Desc == nil {
 				// The directory names this node, whose replica has gone
 				// (destroyed, merged away) or is not filled yet: look again.
@@ -39,27 +37,16 @@ func (s *Server) onLeader(ctx context.Context, key []byte, rangeID uint64, local
 			} else {
 				err = local(st)
 			}
-		case forwarded(ctx):
-			return &kv.NotLeaderError{RangeID: rid, LeaderID: tg.leader, LeaderAddr: s.tr.Addr(tg.leader)}
-		case tg.local != nil && tg.leader != 0:
-			to = tg.leader
-		case tg.local == nil:
-			// Not held here: the directory's leader, or a replica (or any
-			// node), which serves or names the leader.
-			if to = ask.next(tg, s.cfg.ID, s.tr.IDs()); to == 0 {
-				err = &kv.NotLeaderError{RangeID: rid}
-			}
-		default:
-			err = &kv.NotLeaderError{RangeID: rid}
-		}
-		if to != 0 {
+		case h.to != 0:
 			var conn *grpc.ClientConn
-			if conn, err = s.tr.Conn(to); err == nil {
+			if conn, err = s.tr.Conn(h.to); err == nil {
 				err = kv.FromStatus(remote(metadata.AppendToOutgoingContext(ctx, NoForwardKey, "1"), conn))
 			}
-			if err != nil && tg.local == nil && (errors.Is(err, kv.ErrUnavailable) || isTransportErr(err)) {
-				ask.fail(to)
+			if h.asked && err != nil && (errors.Is(err, kv.ErrUnavailable) || isTransportErr(err)) {
+				ask.fail(h.to)
 			}
+		default:
+			err = h.err
 		}
 		var nl *kv.NotLeaderError
 		if errors.As(err, &nl) {

@@ -163,6 +163,42 @@ func isNoRange(err error) bool {
 // request, then the range's replicas, then (knowing none) every node, in
 // turn, skipping nodes that failed. A failed leader is not asked again:
 // a directory naming a dead leader must not pin a request on it.
+// hop is where a request for a range goes next from this node.
+type hop struct {
+	local bool   // this node leads the range: serve the request here
+	to    uint64 // send it to this node: the leader, or one asked around
+	asked bool   // to was asked around (asker): not known to lead
+	final bool   // err is the answer (a forwarded request goes no further)
+	err   error  // when neither local nor to: why not (retried unless final)
+}
+
+// nextHop decides, from what locate found (tg, err), where a request goes
+// next: served here, sent to the leader, sent to a node that may know the
+// leader (a range this node holds no replica of), or answered at once. A
+// request another node forwarded is never forwarded again: it is answered
+// with the leader this node knows. KV requests (Service.route) and admin
+// requests (Server.onLeader) both follow it.
+func nextHop(tg target, err error, self uint64, fwd bool, ask *asker, all func() []uint64, addr func(uint64) string) hop {
+	switch {
+	case err != nil:
+		return hop{err: err, final: fwd}
+	case tg.leader == self:
+		return hop{local: true}
+	case fwd && tg.local != nil:
+		return hop{final: true, err: &kv.NotLeaderError{RangeID: tg.rangeID, LeaderID: tg.leader, LeaderAddr: addr(tg.leader),
+			RangeStart: tg.local.Desc.StartKey, RangeEnd: tg.local.Desc.EndKey, HasSpan: true}}
+	case fwd:
+		return hop{final: true, err: &kv.NotLeaderError{RangeID: tg.rangeID, LeaderID: tg.leader, LeaderAddr: addr(tg.leader)}}
+	case tg.local != nil && tg.leader != 0:
+		return hop{to: tg.leader}
+	case tg.local == nil:
+		if to := ask.next(tg, self, all()); to != 0 {
+			return hop{to: to, asked: true}
+		}
+	}
+	return hop{err: &kv.NotLeaderError{RangeID: tg.rangeID}}
+}
+
 type asker struct {
 	failed map[uint64]bool
 	turn   int

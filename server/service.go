@@ -125,38 +125,21 @@ func (s *Service) route(ctx context.Context, key []byte, write bool, local func(
 			return fmt.Errorf("%w (%w): %v", kv.ErrUnavailable, kv.ErrAmbiguous, err)
 		}
 		rangeID := tg.rangeID
+		h := nextHop(tg, err, s.node.ID(), fwd, &ask, s.peers.IDs, s.peers.Addr)
 		switch {
-		case err != nil:
-			if !isNoRange(err) || fwd {
-				return err
-			}
-		case tg.leader == s.node.ID():
+		case h.final || (err != nil && !isNoRange(err)):
+			return h.err
+		case h.local:
 			err = s.serveLocal(rangeID, key, write, local)
-		case fwd && tg.local != nil:
-			return &kv.NotLeaderError{RangeID: rangeID, LeaderID: tg.leader, LeaderAddr: s.peers.Addr(tg.leader),
-				RangeStart: tg.local.Desc.StartKey, RangeEnd: tg.local.Desc.EndKey, HasSpan: true}
-		case fwd:
-			return &kv.NotLeaderError{RangeID: rangeID, LeaderID: tg.leader, LeaderAddr: s.peers.Addr(tg.leader)}
-		case tg.local != nil && tg.leader != 0:
+		case h.to != 0:
 			var unsure bool
-			err, unsure = s.forward(ctx, tg.leader, remote)
+			err, unsure = s.forward(ctx, h.to, remote)
 			maybeApplied = maybeApplied || (write && unsure)
-		case tg.local == nil:
-			// Not held here: the directory's leader, or a replica, which
-			// serves or names the leader.
-			to := ask.next(tg, s.node.ID(), s.peers.IDs())
-			if to == 0 {
-				err = &kv.NotLeaderError{RangeID: rangeID}
-				break
-			}
-			var unsure bool
-			err, unsure = s.forward(ctx, to, remote)
-			maybeApplied = maybeApplied || (write && unsure)
-			if err != nil && (errors.Is(err, kv.ErrUnavailable) || isTransportErr(err)) {
-				ask.fail(to)
+			if h.asked && err != nil && (errors.Is(err, kv.ErrUnavailable) || isTransportErr(err)) {
+				ask.fail(h.to)
 			}
 		default:
-			err = &kv.NotLeaderError{RangeID: rangeID}
+			err = h.err
 		}
 		var nl *kv.NotLeaderError
 		if s.dir != nil && errors.As(err, &nl) {
