@@ -209,13 +209,17 @@ func (t *Transport) Breaker(id uint64) *resilience.Breaker {
 
 // Heard records that a peer sent us something: it is alive. The
 // receiving side (Server) calls it for every batch and snapshot.
+//
+// A peer we have not sent anything to yet gets its stream opened now: the
+// peer judges us by what it hears back (SilenceTimeout), and when all our
+// ranges are quiet (two followers of the same ranges), only this stream's
+// keepalives answer it.
 func (t *Transport) Heard(id uint64) {
-	t.mu.Lock()
-	p := t.peers[id]
-	t.mu.Unlock()
-	if p != nil {
-		p.lastHeard.Store(t.cfg.Clock.Now().UnixNano())
+	p, err := t.peer(id)
+	if err != nil {
+		return // unknown (not yet in our address book) or stopping
 	}
+	p.lastHeard.Store(t.cfg.Clock.Now().UnixNano())
 }
 
 // Conn returns the shared connection to a peer.

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.etcd.io/raft/v3/raftpb"
@@ -16,6 +17,7 @@ import (
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/resilience"
+	"github.com/pando/pando/storage"
 )
 
 // fakePeer accepts Raft streams and reads them, and never sends anything
@@ -150,5 +152,68 @@ func TestBreakerOpensOnDeadPeer(t *testing.T) {
 	waitFor(t, "the breaker to open", 5*time.Second, func() bool { return tr.Breaker(2).State() == resilience.StateOpen })
 	if tr.Breaker(1) != nil || tr.Breaker(9) != nil {
 		t.Error("breakers for this node or an unknown one")
+	}
+}
+
+// idleNode is one node of TestQuietFollowersStayLive: a transport and the
+// gRPC server that receives for it, on a node that holds no range.
+func idleNode(t *testing.T, id uint64, l net.Listener, peers map[uint64]string, silence time.Duration) *Transport {
+	t.Helper()
+	tr := New(Config{ID: id, Peers: peers, Logger: quiet(), SilenceTimeout: silence,
+		Breaker: resilience.BreakerSettings{ConsecutiveFailures: 1, OpenFor: time.Hour}})
+	t.Cleanup(tr.Close)
+	eng, err := storage.Open("/db", storage.Options{FS: vfs.NewMem(), CacheSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := node.New(node.Config{ID: id, Engine: eng, Transport: tr, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		eng.Close()
+		t.Fatal(err)
+	}
+	n.Start()
+	s := grpc.NewServer()
+	pandopb.RegisterRaftServer(s, NewServer(n, tr))
+	go s.Serve(l)
+	t.Cleanup(func() {
+		s.Stop()
+		n.Stop()
+		eng.Close()
+	})
+	return tr
+}
+
+// TestQuietPeersStayLive: two nodes whose only exchange was one message
+// from node 1 to node 2 (two followers of quiesced ranges: nothing more
+// to say) keep seeing each other live. Node 2 never had a reason to send
+// node 1 anything; it must still answer node 1's keepalives, or node 1
+// takes it for a hung process, opens its breaker and drops its messages
+// (and forwarded requests) while it is perfectly well.
+func TestQuietPeersStayLive(t *testing.T) {
+	var ls [2]net.Listener
+	peers := map[uint64]string{}
+	for i := range ls {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls[i] = l
+		peers[uint64(i+1)] = l.Addr().String()
+	}
+	silence := 100 * time.Millisecond
+	tr1 := idleNode(t, 1, ls[0], peers, silence)
+	tr2 := idleNode(t, 2, ls[1], peers, silence)
+	tr1.Send([]node.Envelope{{RangeID: 7, Msg: raftpb.Message{Type: raftpb.MsgHeartbeat, From: 1, To: 2, Term: 1}}})
+	// (Looking at node 2's view of node 1 through Breaker or Live would
+	// open node 2's stream to node 1: wait, then look.)
+	time.Sleep(10 * silence)
+	if !tr1.Live(2) || tr1.Breaker(2).State() != resilience.StateClosed {
+		t.Fatalf("node 1 sees quiet node 2 as live=%v, breaker %v", tr1.Live(2), tr1.Breaker(2).State())
+	}
+	if n := testutil.ToFloat64(tr1.transitions.WithLabelValues("2", "open")); n != 0 {
+		t.Fatalf("node 1's breaker for node 2 opened %v times", n)
+	}
+	if !tr2.Live(1) {
+		t.Fatal("node 2 sees node 1 as not live")
 	}
 }
