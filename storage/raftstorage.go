@@ -69,17 +69,31 @@ func (s *RaftStorage) cacheAppend(ents []raftpb.Entry) {
 		s.cacheBytes -= s.cache[drop].Size()
 		drop++
 	}
-	if drop > 0 {
-		s.cache = append([]raftpb.Entry(nil), s.cache[drop:]...)
+	s.cacheDrop(drop)
+}
+
+// cacheDrop forgets the n oldest cached entries. It reslices instead of
+// copying the rest (a full cache drops one entry per append: copying
+// allocated the whole cache again for every write); append moves the live
+// entries to a new array when the old one is used up, so the dead prefix
+// costs at most the cache's own size. Dropped entries are cleared so that
+// their data is not kept alive by it.
+func (s *RaftStorage) cacheDrop(n int) {
+	if n == 0 {
+		return
 	}
+	clear(s.cache[:n])
+	s.cache = s.cache[n:]
 }
 
 // cacheTruncate forgets cached entries up to and including index.
 func (s *RaftStorage) cacheTruncate(index uint64) {
-	for len(s.cache) > 0 && s.cache[0].Index <= index {
-		s.cacheBytes -= s.cache[0].Size()
-		s.cache = s.cache[1:]
+	n := 0
+	for n < len(s.cache) && s.cache[n].Index <= index {
+		s.cacheBytes -= s.cache[n].Size()
+		n++
 	}
+	s.cacheDrop(n)
 }
 
 // ErrUninitialized means a range has Raft records here but no applied
