@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"time"
 
@@ -264,6 +265,7 @@ func (n *Node) handleReady() {
 	if len(out) > 0 {
 		n.cfg.Transport.Send(out)
 		out = out[:0]
+		yieldToSenders()
 	}
 
 	// 1. Persist snapshots, entries and hard states of all ranges together,
@@ -308,6 +310,7 @@ func (n *Node) handleReady() {
 	}
 	if len(out) > 0 {
 		n.cfg.Transport.Send(out)
+		yieldToSenders()
 	}
 
 	// 3. Apply committed entries of all ranges in one batch; the applied
@@ -495,6 +498,16 @@ func (n *Node) handleReady() {
 		n.destroy(r, "a membership change removed this node from the range")
 	}
 }
+
+// yieldToSenders lets the transport's peer goroutines that Send just woke
+// run before the loop goes on to its fsync or its apply. Go puts a woken
+// goroutine in the waker's "run next" slot, where it waits until the waker
+// blocks; the loop blocks only inside Pebble's commit, whose log writer
+// goroutine takes that slot first and holds the processor through its
+// fsync. Traces of a single-client put showed the leader's appends and the
+// followers' acknowledgements waiting about 200 µs each that way; yielding
+// here took 4-5% off single-client put latency (docs/benchmarks.md).
+func yieldToSenders() { runtime.Gosched() }
 
 // campaignTransfer is the context raft puts on the votes of a leadership
 // transfer's campaign.
