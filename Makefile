@@ -23,7 +23,8 @@ proto:
 bench-ranges:
 	bash scripts/bench-ranges.sh
 
-# bench-compare runs pando and etcd side by side on this machine (DURATION=15s per run by default).
+# bench-compare runs pando and etcd side by side on this machine (DURATION=15s per run, ROUNDS=1 by default;
+# ROUNDS=3 reports medians of three interleaved rounds).
 bench-compare:
 	bash bench/compare.sh
 # browser-deps installs Debian's chromium for the dashboard's browser test

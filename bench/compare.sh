@@ -4,19 +4,23 @@
 #   bash bench/compare.sh              # or: make bench-compare
 #   DURATION=10s bash bench/compare.sh
 #
-# Builds bin/pando and bin/etcdbench, starts three pando servers on 127.0.0.1:7001-7003,
-# runs the workloads of shared/BASELINE.md, stops them, starts three etcd members
-# (v3.6, embedded, one process each) on 127.0.0.1:2379/2380, 22379/22380, 32379/32380,
-# runs the same workloads for the same durations, stops them, and prints a markdown table.
-# Progress goes to stderr, the table to stdout. Everything runs on loopback only.
+# Builds bin/pando and bin/etcdbench, starts three pando servers on 127.0.0.1:7001-7003
+# and three etcd members (v3.6, embedded, one process each) on 127.0.0.1:2379/2380,
+# 22379/22380, 32379/32380, runs each workload of shared/BASELINE.md against pando and
+# then against etcd (the idle cluster waits), ROUNDS times, and prints a markdown table
+# of the medians over the rounds. Running the two systems back to back, workload by
+# workload, keeps the machine's drift (disk latency varies by the minute here) out of
+# the ratio. Progress goes to stderr, the table to stdout. Everything runs on loopback only.
 #
-# Environment: DURATION (each run, default 15s), KEYS (default 100000),
-# VALUE_SIZE (default 256), KEEP_LOGS=1 keeps the temp dir with logs and JSON results.
+# Environment: DURATION (each run, default 15s), ROUNDS (default 1), KEYS (default
+# 100000), VALUE_SIZE (default 256), KEEP_LOGS=1 keeps the temp dir with logs and JSON
+# results.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 DURATION=${DURATION:-15s}
+ROUNDS=${ROUNDS:-1}
 KEYS=${KEYS:-100000}
 VALUE_SIZE=${VALUE_SIZE:-256}
 GO=${GO:-go}
@@ -114,33 +118,50 @@ wait_url() {
 # field FILE NAME: a number from the indented JSON that the bench commands print.
 field() { awk -v k="\"$2\":" '$1 == k { gsub(/,/, "", $2); print $2; exit }' "$1" 2>/dev/null || true; }
 
-# run_workloads SYSTEM: run every workload against SYSTEM (pando or etcd).
-run_workloads() {
-	local sys=$1 i name wl c n pextra eextra out rc
-	for i in "${!WORKLOADS[@]}"; do
-		IFS='|' read -r name wl c n pextra eextra <<<"${WORKLOADS[$i]}"
-		out="$WORK/$sys-$i.json"
-		log "$sys: $name, $c clients / $n conns, $DURATION"
-		local -a cmd
-		if [[ $sys == pando ]]; then
-			cmd=(bin/pando bench --endpoints "$PANDO_ENDPOINTS")
-			[[ -n $pextra ]] && cmd+=("$pextra")
-		else
-			cmd=(bin/etcdbench load --endpoints "$ETCD_ENDPOINTS")
-			[[ -n $eextra ]] && cmd+=("$eextra")
-		fi
-		cmd+=(--workload "$wl" --clients "$c" --conns "$n" --keys "$KEYS" --value-size "$VALUE_SIZE"
-			--duration "$DURATION" --json)
-		rc=0
-		"${cmd[@]}" >"$out" 2>"$WORK/$sys-$i.log" || rc=$?
-		if ((rc != 0)); then
-			log "$sys: $name failed (exit $rc):"
-			tail -n 5 "$WORK/$sys-$i.log" >&2 || true
-			: >"$out"
-		else
-			log "$sys: $name: $(printf %.0f "$(field "$out" ops_per_sec)") op/s, p50 $(field "$out" p50_ms) ms, p99 $(field "$out" p99_ms) ms, $(field "$out" errors) errors"
-		fi
-	done
+# run_one SYSTEM I ROUND: run workload I against SYSTEM (pando or etcd).
+run_one() {
+	local sys=$1 i=$2 r=$3 name wl c n pextra eextra out rc
+	IFS='|' read -r name wl c n pextra eextra <<<"${WORKLOADS[$i]}"
+	out="$WORK/$sys-$i-$r.json"
+	log "round $r, $sys: $name, $c clients / $n conns, $DURATION"
+	local -a cmd
+	if [[ $sys == pando ]]; then
+		cmd=(bin/pando bench --endpoints "$PANDO_ENDPOINTS")
+		[[ -n $pextra ]] && cmd+=("$pextra")
+	else
+		cmd=(bin/etcdbench load --endpoints "$ETCD_ENDPOINTS")
+		[[ -n $eextra ]] && cmd+=("$eextra")
+	fi
+	cmd+=(--workload "$wl" --clients "$c" --conns "$n" --keys "$KEYS" --value-size "$VALUE_SIZE"
+		--duration "$DURATION" --json)
+	rc=0
+	"${cmd[@]}" >"$out" 2>"$WORK/$sys-$i-$r.log" || rc=$?
+	if ((rc != 0)); then
+		log "$sys: $name failed (exit $rc):"
+		tail -n 5 "$WORK/$sys-$i-$r.log" >&2 || true
+		: >"$out"
+	else
+		log "$sys: $name: $(printf %.0f "$(field "$out" ops_per_sec)") op/s, p50 $(field "$out" p50_ms) ms, p99 $(field "$out" p99_ms) ms, $(field "$out" errors) errors"
+	fi
+}
+
+# median SYSTEM I NAME: the median over the rounds of one figure (empty if none).
+median() {
+	local r v
+	for ((r = 1; r <= ROUNDS; r++)); do
+		v=$(field "$WORK/$1-$2-$r.json" "$3")
+		[[ -n $v ]] && echo "$v"
+	done | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) exit; if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# ratios I: the per-round ratios pando/etcd of op/s, lowest to highest.
+ratios() {
+	local r p e
+	for ((r = 1; r <= ROUNDS; r++)); do
+		p=$(field "$WORK/pando-$1-$r.json" ops_per_sec)
+		e=$(field "$WORK/etcd-$1-$r.json" ops_per_sec)
+		[[ -n $p && -n $e ]] && awk -v a="$p" -v b="$e" 'BEGIN { if (b > 0) printf "%.2f\n", a / b }'
+	done | sort -g | paste -sd' ' -
 }
 
 log "building bin/pando and bin/etcdbench"
@@ -148,8 +169,8 @@ mkdir -p bin
 "$GO" build -o bin/pando ./cmd/pando
 (cd bench && "$GO" build -o "$ROOT/bin/etcdbench" ./etcdbench)
 
-# --- pando ---
-wait_ports_free "${PANDO_PORTS[@]}"
+# --- both clusters ---
+wait_ports_free "${PANDO_PORTS[@]}" "${ETCD_CLIENT_PORTS[@]}" "${ETCD_PEER_PORTS[@]}"
 CLUSTER="1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
 for id in 1 2 3; do
 	mkdir -p "$WORK/pando-data/$id"
@@ -157,16 +178,6 @@ for id in 1 2 3; do
 		--initial-cluster "$CLUSTER" --log-level warn >"$WORK/pando-$id.log" 2>&1 &
 	PIDS+=($!)
 done
-log "waiting for pando to be ready"
-for p in "${PANDO_PORTS[@]}"; do
-	wait_url "http://127.0.0.1:$p/readyz" ready 60
-done
-run_workloads pando
-log "stopping pando"
-stop_all
-
-# --- etcd ---
-wait_ports_free "${ETCD_CLIENT_PORTS[@]}" "${ETCD_PEER_PORTS[@]}"
 ECLUSTER="m1=http://127.0.0.1:2380,m2=http://127.0.0.1:22380,m3=http://127.0.0.1:32380"
 for i in 0 1 2; do
 	name="m$((i + 1))"
@@ -177,42 +188,62 @@ for i in 0 1 2; do
 		--initial-cluster "$ECLUSTER" >"$WORK/etcd-$name.log" 2>&1 &
 	PIDS+=($!)
 done
-log "waiting for etcd to be ready"
+log "waiting for pando and etcd to be ready"
+for p in "${PANDO_PORTS[@]}"; do
+	wait_url "http://127.0.0.1:$p/readyz" ready 60
+done
 for p in "${ETCD_CLIENT_PORTS[@]}"; do
 	wait_url "http://127.0.0.1:$p/health" '"health":"true"' 60
 done
-run_workloads etcd
-log "stopping etcd"
+for ((round = 1; round <= ROUNDS; round++)); do
+	for i in "${!WORKLOADS[@]}"; do
+		run_one pando "$i" "$round"
+		run_one etcd "$i" "$round"
+	done
+done
+log "stopping pando and etcd"
 stop_all
 
 # --- table ---
 fmt_num() { [[ -n $1 ]] && awk -v x="$1" "BEGIN { printf \"$2\", x }" || printf 'n/a'; }
 echo
 echo "Each run ${DURATION}; ${KEYS} keys, ${VALUE_SIZE}-byte values; three nodes on 127.0.0.1, fsync on; $(nproc) cores."
+if ((ROUNDS > 1)); then
+	echo "Medians over ${ROUNDS} rounds (each workload ran on pando, then on etcd, in every round); per-round ratios in the last column."
+fi
 echo "ratio = pando op/s ÷ etcd op/s. Gets are linearizable unless stale (pando --stale, etcd --serializable)."
 echo
-echo "| workload | clients/conns | pando op/s | pando p50 ms | pando p99 ms | etcd op/s | etcd p50 ms | etcd p99 ms | ratio |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+if ((ROUNDS > 1)); then
+	echo "| workload | clients/conns | pando op/s | pando p50 ms | pando p99 ms | etcd op/s | etcd p50 ms | etcd p99 ms | ratio | per round |"
+	echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
+else
+	echo "| workload | clients/conns | pando op/s | pando p50 ms | pando p99 ms | etcd op/s | etcd p50 ms | etcd p99 ms | ratio |"
+	echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+fi
 notes=()
 for i in "${!WORKLOADS[@]}"; do
 	IFS='|' read -r name wl c n _ _ <<<"${WORKLOADS[$i]}"
-	pf="$WORK/pando-$i.json" ef="$WORK/etcd-$i.json"
-	pt=$(field "$pf" ops_per_sec) et=$(field "$ef" ops_per_sec)
+	pt=$(median pando "$i" ops_per_sec) et=$(median etcd "$i" ops_per_sec)
 	ratio=n/a
 	if [[ -n $pt && -n $et ]]; then
 		ratio=$(awk -v a="$pt" -v b="$et" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "n/a" }')
 	fi
-	printf '| %s | %s/%s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$c" "$n" \
-		"$(fmt_num "$pt" %.0f)" "$(fmt_num "$(field "$pf" p50_ms)" %.2f)" "$(fmt_num "$(field "$pf" p99_ms)" %.2f)" \
-		"$(fmt_num "$et" %.0f)" "$(fmt_num "$(field "$ef" p50_ms)" %.2f)" "$(fmt_num "$(field "$ef" p99_ms)" %.2f)" "$ratio"
+	row=$(printf '| %s | %s/%s | %s | %s | %s | %s | %s | %s | %s |' "$name" "$c" "$n" \
+		"$(fmt_num "$pt" %.0f)" "$(fmt_num "$(median pando "$i" p50_ms)" %.2f)" "$(fmt_num "$(median pando "$i" p99_ms)" %.2f)" \
+		"$(fmt_num "$et" %.0f)" "$(fmt_num "$(median etcd "$i" p50_ms)" %.2f)" "$(fmt_num "$(median etcd "$i" p99_ms)" %.2f)" "$ratio")
+	if ((ROUNDS > 1)); then
+		row+=" $(ratios "$i") |"
+	fi
+	echo "$row"
 	for sys in pando etcd; do
-		f="$WORK/$sys-$i.json"
-		e=$(field "$f" errors)
-		if [[ -z $e ]]; then
-			notes+=("$sys, $name $c/$n: run failed")
-		elif [[ $e != 0 ]]; then
-			notes+=("$sys, $name $c/$n: $e errors")
-		fi
+		for ((r = 1; r <= ROUNDS; r++)); do
+			e=$(field "$WORK/$sys-$i-$r.json" errors)
+			if [[ -z $e ]]; then
+				notes+=("$sys, $name $c/$n, round $r: run failed")
+			elif [[ $e != 0 ]]; then
+				notes+=("$sys, $name $c/$n, round $r: $e errors")
+			fi
+		done
 	done
 done
 if ((${#notes[@]} > 0)); then
