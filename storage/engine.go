@@ -19,12 +19,20 @@ type Options struct {
 	// FS is the file system; nil means the operating system's (vfs.Default).
 	// Tests pass vfs.NewMem() or vfs.NewCrashableMem().
 	FS vfs.FS
-	// CacheSize is Pebble's block cache in bytes. Default 64 MiB.
+	// CacheSize is Pebble's block cache in bytes, beyond what its
+	// memtables take (see Open). Default 64 MiB.
 	CacheSize int64
 	// OnCorruption, when set, hears of on-disk corruption found by a read
 	// (which also fails with an error).
 	OnCorruption func(detail string)
 }
+
+// Memtables: 32 MiB each (Pebble's default is 4 MiB), writes stop while
+// two are full (Pebble's default).
+const (
+	memTableSize       = 32 << 20
+	memTableStopWrites = 2
+)
 
 // Engine is one node's Pebble database.
 type Engine struct {
@@ -36,7 +44,14 @@ func Open(dir string, opts Options) (*Engine, error) {
 	if opts.CacheSize == 0 {
 		opts.CacheSize = 64 << 20
 	}
-	cache := pebble.NewCache(opts.CacheSize)
+	// Pebble charges its memtables to the block cache (Cache.Reserve): up
+	// to memTableStopWrites of them, the mutable one and those waiting to
+	// be flushed. Sized at CacheSize alone, two 32 MiB memtables took the
+	// whole 64 MiB and every write's reads (version, deduplication record)
+	// went to the table files for index, filter and data blocks: a third
+	// of a node's CPU once the database had tables, and put throughput
+	// fell by a third after a few seconds of load (docs/benchmarks.md).
+	cache := pebble.NewCache(opts.CacheSize + memTableStopWrites*memTableSize)
 	defer cache.Unref()
 	po := &pebble.Options{
 		FS:     opts.FS,
@@ -49,7 +64,8 @@ func Open(dir string, opts Options) (*Engine, error) {
 		// Larger memtables (Pebble's default is 4 MiB) let the Raft log's
 		// entries be written and truncated in memory far more often than
 		// flushed and compacted.
-		MemTableSize: 32 << 20,
+		MemTableSize:                memTableSize,
+		MemTableStopWritesThreshold: memTableStopWrites,
 		EventListener: &pebble.EventListener{
 			// The read that found the corruption returns an error; the
 			// default handler (Fatalf) would kill the process instead.
