@@ -9,6 +9,8 @@
 # cgroup file system (v2, or v1's cpu controller).
 #
 # Besides op/s it prints the CPU time the three servers spent per put.
+# Load-based splits and merges are off, so that "one range" stays one range
+# and the 64 stay 64 (the load would split the one range within seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8s}; CLIENTS=${CLIENTS:-64}; CONNS=${CONNS:-8}; RANGES=${RANGES:-64}; BASE_PORT=${BASE_PORT:-7101}
@@ -44,7 +46,8 @@ cap() {
 start() {
   rm -rf "$work"/d*
   for i in 1 2 3; do
-    "$bin" server --id $i --data-dir "$work/d$i" --addr 127.0.0.1:$((BASE_PORT+i-1)) --initial-cluster "$ic" --log-level error >/dev/null &
+    "$bin" server --id $i --data-dir "$work/d$i" --addr 127.0.0.1:$((BASE_PORT+i-1)) --initial-cluster "$ic" --log-level error \
+      --split-load-qps 1e12 --merge-max-bytes -1 >/dev/null &
     pids+=($!)
     if [ -n "$NODE_CPU" ]; then cap $! $i; fi
   done
