@@ -48,9 +48,9 @@ func Open(dir string, opts Options) (*Engine, error) {
 	// to memTableStopWrites of them, the mutable one and those waiting to
 	// be flushed. Sized at CacheSize alone, two 32 MiB memtables took the
 	// whole 64 MiB and every write's reads (version, deduplication record)
-	// went to the table files for index, filter and data blocks: a third
-	// of a node's CPU once the database had tables, and put throughput
-	// fell by a third after a few seconds of load (docs/benchmarks.md).
+	// went to the table files for index, filter and data blocks: 16% of
+	// the servers' CPU under load once the database had tables, 3% with
+	// room for blocks (docs/benchmarks.md, session 10).
 	cache := pebble.NewCache(opts.CacheSize + memTableStopWrites*memTableSize)
 	defer cache.Unref()
 	po := &pebble.Options{
