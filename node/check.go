@@ -281,7 +281,7 @@ func (n *Node) SnapshotData(ctx context.Context, rangeID uint64) (*DataSnapshot,
 		return nil, err
 	}
 	if ds == nil {
-		return nil, fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, rangeID)
+		return nil, errNoReplica(rangeID)
 	}
 	return ds, nil
 }
@@ -294,7 +294,7 @@ func (n *Node) SnapshotData(ctx context.Context, rangeID uint64) (*DataSnapshot,
 func (n *Node) InstallData(ctx context.Context, rangeID, index uint64, data []RawKV) error {
 	r := n.group(rangeID)
 	if r == nil {
-		return fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, rangeID)
+		return errNoReplica(rangeID)
 	}
 	desc := r.status.Load().Desc
 	if err := checkReplicatedRecords(desc, data); err != nil {

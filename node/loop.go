@@ -116,26 +116,23 @@ func (n *Node) step(in inbound) {
 
 func (n *Node) propose(p *proposal) {
 	r := n.replicas[p.rangeID]
-	fail := func(err error) { n.failProposal(p, err) }
 	if r == nil {
-		fail(fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, p.rangeID))
+		n.failProposal(p, errNoReplica(p.rangeID))
 		return
 	}
 	n.wake(r)
-	bs := r.rn.BasicStatus()
-	if bs.RaftState != raft.StateLeader {
-		fail(n.notLeader(p.rangeID, bs.Lead))
-		return
-	}
 	if p.cc != nil {
-		if err := r.rn.ProposeConfChange(*p.cc); err != nil {
-			fail(fmt.Errorf("%w: range %d: membership change not proposed: %v", kv.ErrUnavailable, p.rangeID, err))
+		if bs := r.rn.BasicStatus(); bs.RaftState != raft.StateLeader {
+			n.failProposal(p, n.notLeader(p.rangeID, bs.Lead))
+		} else if err := r.rn.ProposeConfChange(*p.cc); err != nil {
+			n.failProposal(p, fmt.Errorf("%w: range %d: membership change not proposed: %v", kv.ErrUnavailable, p.rangeID, err))
 		}
 		return
 	}
 	// Data proposals wait for the end of the drain, so that all of a
 	// range's proposals of this cycle go to raft in one message
-	// (flushProposals): one append per follower instead of one per write.
+	// (flushProposals, which also checks leadership, once for all of
+	// them): one append per follower instead of one per write.
 	if len(r.propBuf) == 0 {
 		n.propRanges = append(n.propRanges, r)
 	}
@@ -151,7 +148,7 @@ func (n *Node) flushProposals() {
 		r.propBuf = nil
 		if n.replicas[r.id] != r {
 			for _, p := range ps {
-				n.failProposal(p, fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, r.id))
+				n.failProposal(p, errNoReplica(r.id))
 			}
 			continue
 		}
@@ -196,7 +193,7 @@ func (n *Node) failProposal(p *proposal, err error) {
 func (n *Node) queueRead(rr *readRequest) {
 	r := n.replicas[rr.rangeID]
 	if r == nil {
-		rr.done <- fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, rr.rangeID)
+		rr.done <- errNoReplica(rr.rangeID)
 		return
 	}
 	if bs := r.rn.BasicStatus(); bs.RaftState != raft.StateLeader {
@@ -352,9 +349,7 @@ func (n *Node) handleReady() {
 				}
 				var res replica.Result
 				op := unlessFrozen(x.r, cmd, &res)
-				switch op.(type) {
-				case *pandopb.Command_Put, *pandopb.Command_Delete, *pandopb.Command_PruneDedup:
-				default:
+				if _, refused := op.(frozenRefusal); refused || !replica.ChangesData(cmd) {
 					x.control = true
 				}
 				switch op := op.(type) {

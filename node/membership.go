@@ -54,7 +54,7 @@ func parseCCContext(b []byte) (id, generation uint64, ok bool) {
 func (n *Node) ChangeReplicas(ctx context.Context, rangeID, generation uint64, change raftpb.ConfChangeSingle) (*pandopb.RangeDescriptor, error) {
 	r := n.group(rangeID)
 	if r == nil {
-		return nil, fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, rangeID)
+		return nil, errNoReplica(rangeID)
 	}
 	st := r.status.Load()
 	if st.LeaderID != n.cfg.ID {
@@ -392,7 +392,7 @@ func (n *Node) MoveReplica(ctx context.Context, rangeID, from, to uint64, hosts 
 	for {
 		st, ok := n.Status(rangeID)
 		if !ok {
-			return nil, fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, rangeID)
+			return nil, errNoReplica(rangeID)
 		}
 		if st.LeaderID != n.cfg.ID {
 			return nil, n.notLeader(rangeID, st.LeaderID)

@@ -370,7 +370,7 @@ func (n *Node) MergeRanges(ctx context.Context, leftID uint64, hosts MergeHosts)
 	for {
 		lst, ok := n.Status(leftID)
 		if !ok {
-			return nil, fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, leftID)
+			return nil, errNoReplica(leftID)
 		}
 		if lst.LeaderID != n.cfg.ID {
 			return nil, n.notLeader(leftID, lst.LeaderID)
@@ -477,7 +477,7 @@ func (n *Node) leadHere(ctx context.Context, rangeID uint64) error {
 	for {
 		st, ok := n.Status(rangeID)
 		if !ok {
-			return fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, rangeID)
+			return errNoReplica(rangeID)
 		}
 		if st.LeaderID == n.cfg.ID {
 			return nil

@@ -359,6 +359,11 @@ func (n *Node) group(rangeID uint64) *group {
 // answers with, naming leader (0: unknown).
 func (n *Node) NotLeader(rangeID, leader uint64) error { return n.notLeader(rangeID, leader) }
 
+// errNoReplica is the answer about a range this node holds no replica of.
+func errNoReplica(rangeID uint64) error {
+	return fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, rangeID)
+}
+
 func (n *Node) notLeader(rangeID, leader uint64) error {
 	if leader == n.cfg.ID {
 		leader = 0 // we are stepping down or transferring
@@ -375,7 +380,7 @@ func (n *Node) notLeader(rangeID, leader uint64) error {
 func (n *Node) Propose(ctx context.Context, rangeID uint64, cmd *pandopb.Command) (replica.Result, error) {
 	r := n.group(rangeID)
 	if r == nil {
-		return replica.Result{}, fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, rangeID)
+		return replica.Result{}, errNoReplica(rangeID)
 	}
 	if st := r.status.Load(); st.LeaderID != n.cfg.ID {
 		return replica.Result{}, n.notLeader(rangeID, st.LeaderID)
@@ -464,7 +469,7 @@ func (n *Node) await(ctx context.Context, p *proposal, shed bool) (proposalResul
 func (n *Node) ReadIndex(ctx context.Context, rangeID uint64) error {
 	r := n.group(rangeID)
 	if r == nil {
-		return fmt.Errorf("%w: no replica of range %d here", kv.ErrUnavailable, rangeID)
+		return errNoReplica(rangeID)
 	}
 	if st := r.status.Load(); st.LeaderID != n.cfg.ID {
 		return n.notLeader(rangeID, st.LeaderID)

@@ -158,11 +158,6 @@ func isNoRange(err error) bool {
 	return errors.As(err, &nr)
 }
 
-// asker picks the node to ask for a range this node holds no replica of:
-// the leader the directory names, unless asking it failed during this
-// request, then the range's replicas, then (knowing none) every node, in
-// turn, skipping nodes that failed. A failed leader is not asked again:
-// a directory naming a dead leader must not pin a request on it.
 // hop is where a request for a range goes next from this node.
 type hop struct {
 	local bool   // this node leads the range: serve the request here
@@ -199,6 +194,11 @@ func nextHop(tg target, err error, self uint64, fwd bool, ask *asker, all func()
 	return hop{err: &kv.NotLeaderError{RangeID: tg.rangeID}}
 }
 
+// asker picks the node to ask for a range this node holds no replica of:
+// the leader the directory names, unless asking it failed during this
+// request, then the range's replicas, then (knowing none) every node, in
+// turn, skipping nodes that failed. A failed leader is not asked again:
+// a directory naming a dead leader must not pin a request on it.
 type asker struct {
 	failed map[uint64]bool
 	turn   int
