@@ -142,6 +142,29 @@ func TestProcessesJoinRebalanceDecommission(t *testing.T) {
 		t.Fatalf("%s: not within %v: %+v\n%s", what, d, l, run("ranges", ep))
 	}
 	wait("replicas and leaders spread over five nodes", 120*time.Second, func(l nodeListJSON) bool { return l.spread(5) })
+	// A move may still be finishing (added its new replica, not yet
+	// removed the old one): the spread can hold mid-move. Judge the plan
+	// once no range has more replicas than it wants.
+	settled := func() bool {
+		var rs []struct {
+			Replicas []uint64 `json:"replicas"`
+		}
+		out, err := exec.Command(pc.bin, "ranges", "--json", ep).Output()
+		if err != nil || json.Unmarshal(out, &rs) != nil || len(rs) == 0 {
+			return false
+		}
+		for _, r := range rs {
+			if len(r.Replicas) != 3 {
+				return false
+			}
+		}
+		return true
+	}
+	for start := time.Now(); !settled(); time.Sleep(250 * time.Millisecond) {
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("moves still under way 30s after the spread:\n%s", run("ranges", ep))
+		}
+	}
 	t.Logf("node list:\n%s", run("node", "list", ep))
 	if out := run("rebalance", "--dry-run", ep); !strings.Contains(out, "nothing to do") {
 		t.Errorf("a balanced cluster still plans: %s", out)

@@ -352,7 +352,14 @@ func TestFullUncommittedLogShedsProposals(t *testing.T) {
 	}
 	answers := make(chan answer, 32)
 	value := bytes.Repeat([]byte("x"), 1<<10)
+	// raft admits a proposal whatever its size while nothing is
+	// uncommitted (so that a large one can commit at all), and the loop
+	// hands a cycle's proposals to raft as one: the first wave fills the
+	// log (raft takes it), the second finds it full.
 	for i := 0; i < cap(answers); i++ {
+		if i == 8 {
+			time.Sleep(300 * time.Millisecond)
+		}
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
