@@ -228,11 +228,6 @@ func (s *RaftStorage) Entries(lo, hi, maxSize uint64) ([]raftpb.Entry, error) {
 	if hi > s.lastIndex+1 {
 		return nil, fmt.Errorf("storage: range %d: entries [%d,%d) beyond last index %d", s.rangeID, lo, hi, s.lastIndex)
 	}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: LogKey(s.rangeID, lo), UpperBound: LogKey(s.rangeID, hi)})
-	if err != nil {
-		return nil, err
-	}
-	defer it.Close()
 	if lo >= hi {
 		return nil, nil
 	}
@@ -248,6 +243,14 @@ func (s *RaftStorage) Entries(lo, hi, maxSize uint64) ([]raftpb.Entry, error) {
 		// Callers may append to the result: hand out a copy.
 		return append([]raftpb.Entry(nil), c[:n]...), nil
 	}
+	// Not cached: a lagging follower's catch-up, or a restart. (An
+	// iterator costs a seek position in every memtable and level: opened
+	// only here, not for every cached read.)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: LogKey(s.rangeID, lo), UpperBound: LogKey(s.rangeID, hi)})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
 	var ents []raftpb.Entry
 	var size uint64
 	next := lo
