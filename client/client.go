@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/internal/grpcopts"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/resilience"
 )
@@ -191,6 +192,7 @@ func (c *Client) endpoint(addr string) (*endpoint, error) {
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: time.Second,
 		})}
+		opts = append(opts, grpcopts.Dial()...)
 		if c.cfg.Token != "" {
 			opts = append(opts, grpc.WithPerRPCCredentials(bearer(c.cfg.Token)))
 		}

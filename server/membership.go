@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/internal/grpcopts"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/pki"
@@ -279,7 +280,7 @@ func (s *Server) join(stop <-chan struct{}) {
 	}
 	for attempt := 0; ; attempt++ {
 		addr := s.cfg.Join[attempt%len(s.cfg.Join)]
-		conn, err := grpc.NewClient("passthrough:///"+addr, dial...)
+		conn, err := grpc.NewClient("passthrough:///"+addr, append(dial, grpcopts.Dial()...)...)
 		if err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			var resp *pandopb.JoinResponse

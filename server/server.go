@@ -28,6 +28,7 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/events"
+	"github.com/pando/pando/internal/grpcopts"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/pki"
@@ -523,6 +524,7 @@ func (s *Server) Start() error {
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	}
+	opts = append(opts, grpcopts.Server()...)
 	if s.cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(terminatedTLS{}))
 	}

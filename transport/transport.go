@@ -18,6 +18,7 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/events"
+	"github.com/pando/pando/internal/grpcopts"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/resilience"
@@ -258,7 +259,8 @@ func (t *Transport) peer(id uint64) (*peer, error) {
 	if !ok || id == t.cfg.ID {
 		return nil, fmt.Errorf("transport: unknown peer %d", id)
 	}
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), PeerConnectParams}, t.cfg.DialOptions...)
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), PeerConnectParams}, grpcopts.Dial()...)
+	opts = append(opts, t.cfg.DialOptions...)
 	// passthrough: the address is dialed as given, resolved by the system
 	// at each dial (gRPC's dns resolver also asks for TXT records, which
 	// can hang on networks without an upstream DNS server, as in containers).

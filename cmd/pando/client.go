@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/pando/pando/client"
+	"github.com/pando/pando/internal/grpcopts"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/pki"
 	"github.com/pando/pando/resilience"
@@ -179,7 +180,7 @@ func (f *clientFlags) dial(addr string) (*grpc.ClientConn, error) {
 	if tc != nil {
 		creds = credentials.NewTLS(tc)
 	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, grpcopts.Dial()...)
 	if t := f.auth(); t != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(pki.Token(t)))
 	}
