@@ -253,7 +253,11 @@ func (n *Node) handleReady() {
 		if bs := x.r.rn.BasicStatus(); bs.RaftState == raft.StateLeader {
 			msgs := x.rd.Messages
 			if bs.LeadTransferee == 0 {
-				x.held, msgs = filterLeader(x.r, msgs)
+				last, _ := x.r.storage.LastIndex()
+				if n := len(x.rd.Entries); n > 0 {
+					last = x.rd.Entries[n-1].Index
+				}
+				x.held, msgs = filterLeader(x.r, msgs, last)
 			}
 			out = n.collect(out, x.r, msgs)
 			x.rd.Messages = nil
@@ -557,18 +561,23 @@ func (n *Node) leaderChanged(r *group, lead uint64) {
 }
 
 // filterLeader takes out of a leader's messages two kinds that carry
-// nothing a follower needs:
+// nothing a follower needs (last is the leader's last log index):
 //
 //   - held: the empty appends raft sends every follower each time the
-//     commit index moves, to a follower that acknowledged every entry (in
-//     StateReplicate, nothing in flight). With many ranges each carrying a few writes,
-//     those and their answers were half the Raft messages of a write, and
-//     each woke a Ready cycle on the follower. The follower learns the
-//     commit index anyway from the next append or heartbeat (one tick), or
-//     from the quiescing heartbeat; nothing waits on a follower's commit
-//     index but its own apply (stale reads read a follower's applied
-//     state, which may lag). The caller sends them after apply when the
-//     range applied a control command.
+//     commit index moves, to a follower in StateReplicate that
+//     acknowledged every entry, or that was sent every entry (the append
+//     names the last index) with entries within the last tick. With many
+//     ranges each carrying a few writes, those and their answers were
+//     half the Raft messages of a write, and each woke a Ready cycle on
+//     the follower. With one client, the commit moves when the faster
+//     follower answers, and the append to the slower one (its entry still
+//     in flight) went out before the leader applied and answered, and drew
+//     an answer of its own. The
+//     follower learns the commit index anyway from the next append or
+//     heartbeat (one tick), or from the quiescing heartbeat; nothing waits
+//     on a follower's commit index but its own apply (stale reads read a
+//     follower's applied state, which may lag). The caller sends them
+//     after apply when the range applied a control command.
 //   - heartbeats (without a read's context) to a follower in StateReplicate
 //     that was sent an append with entries within the last tick: that
 //     append reset its election timer, its answer tells the leader the
@@ -576,9 +585,14 @@ func (n *Node) leaderChanged(r *group, lead uint64) {
 //     found by the next append or, once appends stop, by the next tick's
 //     heartbeat. A range under steady writes sends no heartbeats.
 //
-// Empty appends to followers with entries in flight, and heartbeats to
-// probing followers, are kept: after lost messages they find the gap.
-func filterLeader(r *group, msgs []raftpb.Message) (held, rest []raftpb.Message) {
+// Empty appends to followers that were not sent every entry (probing, or
+// paused by flow control) or were sent their last entries more than a
+// tick ago, and heartbeats to probing followers, are kept: after lost
+// messages they find the gap. An entry sent but lost is found by the next
+// append, or once appends stop by the next tick's heartbeat, whose answer
+// makes raft send an empty append, kept by then, that the follower
+// rejects.
+func filterLeader(r *group, msgs []raftpb.Message, last uint64) (held, rest []raftpb.Message) {
 	skippable := false
 	for _, m := range msgs {
 		switch {
@@ -611,7 +625,8 @@ func filterLeader(r *group, msgs []raftpb.Message) (held, rest []raftpb.Message)
 	rest = msgs[:0:0]
 	for _, m := range msgs {
 		switch {
-		case m.Type == raftpb.MsgApp && len(m.Entries) == 0 && slices.Contains(repl[:nr], acked{m.To, m.Index}):
+		case m.Type == raftpb.MsgApp && len(m.Entries) == 0 && slices.Contains(repl[:nr], acked{m.To, m.Index}),
+			m.Type == raftpb.MsgApp && len(m.Entries) == 0 && m.Index == last && replicating(m.To) && sentWithinTick(r, m.To):
 			held = append(held, m)
 		case m.Type == raftpb.MsgHeartbeat && len(m.Context) == 0 && replicating(m.To) && sentWithinTick(r, m.To):
 			// dropped: an append went out within the last tick
