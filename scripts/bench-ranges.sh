@@ -8,7 +8,8 @@
 # of letting all three share the machine's cores. Needs root and a writable
 # cgroup file system (v2, or v1's cpu controller).
 #
-# Besides op/s it prints the CPU time the three servers spent per put.
+# Besides op/s it prints the CPU time the three servers spent per put, and
+# that of the load generator (with NODE_CPU it gets what the nodes leave).
 # Load-based splits and merges are off, so that "one range" stays one range
 # and the 64 stay 64 (the load would split the one range within seconds).
 set -euo pipefail
@@ -58,13 +59,16 @@ start() {
 ticks() { local t=0 p; for p in "${pids[@]}"; do t=$((t + $(awk '{print $14+$15}' /proc/"$p"/stat))); done; echo $t; }
 
 run() {
-  local t0 t1 out ops
+  local t0 t1 out ops lg
   t0=$(ticks)
-  out=$("$bin" bench --workload put --clients "$CLIENTS" --conns "$CONNS" --duration "$DURATION" --endpoints "$eps")
+  # bash's time keyword: the load generator's user and system CPU seconds.
+  lg=$( { TIMEFORMAT='%U %S'; time "$bin" bench --workload put --clients "$CLIENTS" --conns "$CONNS" --duration "$DURATION" --endpoints "$eps" > "$work/bench.out"; } 2>&1 | tail -1)
   t1=$(ticks)
+  out=$(cat "$work/bench.out")
   echo "$out"
   ops=$(echo "$out" | tail -1 | grep -o '[0-9]* ops in' | cut -d' ' -f1)
   echo "servers' CPU per put: $(( (t1 - t0) * 1000000 / $(getconf CLK_TCK) / ops )) µs"
+  echo "load generator's CPU per put: $(echo "$lg" | awk -v n="$ops" '{ printf "%d", ($1 + $2) * 1000000 / n }') µs"
 }
 
 [ -n "$NODE_CPU" ] && echo "each node limited to $NODE_CPU cores"
