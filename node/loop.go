@@ -572,12 +572,12 @@ func (n *Node) leaderChanged(r *group, lead uint64) {
 //     the follower. With one client, the commit moves when the faster
 //     follower answers, and the append to the slower one (its entry still
 //     in flight) went out before the leader applied and answered, and drew
-//     an answer of its own. The
-//     follower learns the commit index anyway from the next append or
-//     heartbeat (one tick), or from the quiescing heartbeat; nothing waits
-//     on a follower's commit index but its own apply (stale reads read a
-//     follower's applied state, which may lag). The caller sends them
-//     after apply when the range applied a control command.
+//     an answer of its own. The follower learns the commit index anyway
+//     from the next append or heartbeat (one tick), or from the quiescing
+//     heartbeat; nothing waits on a follower's commit index but its own
+//     apply (stale reads read a follower's applied state, which may lag).
+//     The caller sends them after apply when the range applied a control
+//     command.
 //   - heartbeats (without a read's context) to a follower in StateReplicate
 //     that was sent an append with entries within the last tick: that
 //     append reset its election timer, its answer tells the leader the

@@ -278,9 +278,10 @@ func (s *Server) join(stop <-chan struct{}) {
 	if s.cfg.AuthToken != "" {
 		dial = append(dial, grpc.WithPerRPCCredentials(pki.Token(s.cfg.AuthToken)))
 	}
+	dial = append(dial, grpcopts.Dial()...)
 	for attempt := 0; ; attempt++ {
 		addr := s.cfg.Join[attempt%len(s.cfg.Join)]
-		conn, err := grpc.NewClient("passthrough:///"+addr, append(dial, grpcopts.Dial()...)...)
+		conn, err := grpc.NewClient("passthrough:///"+addr, dial...)
 		if err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			var resp *pandopb.JoinResponse

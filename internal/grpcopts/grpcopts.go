@@ -4,8 +4,8 @@ package grpcopts
 
 import "google.golang.org/grpc"
 
-// Flow-control windows, fixed (CockroachDB's sizes): 2 MiB per stream,
-// 32 MiB per connection.
+// Flow-control windows, fixed: 2 MiB per stream (TiKV's default stream
+// window), 32 MiB per connection.
 //
 // Fixed windows also turn off gRPC's bandwidth-delay-product estimator.
 // That estimator has the receiver of every data frame send a PING (when
