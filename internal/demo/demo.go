@@ -106,7 +106,7 @@ func (d *Demo) start(id uint64) error {
 	cfg.ID, cfg.Addr, cfg.InitialCluster = id, d.cfg.Addrs[id], d.cfg.Addrs
 	cfg.DataDir = filepath.Join(d.cfg.Dir, fmt.Sprintf("node%d", id))
 	cfg.PeerAllow = d.allow(id)
-	cfg.Logger = d.cfg.Logger.With("node", id)
+	cfg.Logger = d.cfg.Logger // the server, its node and transport name it
 	s, err := server.New(cfg)
 	if err != nil {
 		return err
