@@ -54,7 +54,9 @@ the cluster keep serving through the faults.`,
 			if load && (loadClients <= 0 || loadRate <= 0) {
 				return usageError{fmt.Errorf("--load-clients and --load-rate must be positive")}
 			}
-			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			var logLevelVar slog.LevelVar
+			logLevelVar.Set(level)
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: &logLevelVar}))
 			temp := dataDir == ""
 			if temp {
 				d, err := os.MkdirTemp("", "pando-demo-")
@@ -135,6 +137,9 @@ Ctrl-C stops the cluster.
 			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 			<-sig
 			fmt.Fprintln(out, "stopping...")
+			// While the whole cluster stops, the last nodes running warn
+			// that their peers went away: expected here, so only errors.
+			logLevelVar.Set(max(level, slog.LevelError))
 			close(done)
 			sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 			_ = hs.Shutdown(sctx)
