@@ -206,11 +206,33 @@ type writer struct {
 	// retry could have avoided.
 	avoidable int
 	errs      []string
-	gaps      []time.Duration
+	// gaps are the times between one writer's acknowledgements, from its
+	// first on (the cluster's first election is not a failover).
+	gaps []time.Duration
+	// writing counts the writers that have had a write acknowledged.
+	writing int
+}
+
+// waitWriting waits until n writers have each had a write acknowledged.
+func (w *writer) waitWriting(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		w.mu.Lock()
+		writing := w.writing
+		w.mu.Unlock()
+		if writing >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d writers had a write acknowledged within 10 s", writing, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func (w *writer) run(c *client.Client, id int, stop <-chan struct{}) {
-	last := time.Now()
+	var last time.Time
 	for i := 0; ; i++ {
 		select {
 		case <-stop:
@@ -224,7 +246,11 @@ func (w *writer) run(c *client.Client, id int, stop <-chan struct{}) {
 		w.mu.Lock()
 		if err == nil {
 			w.acked[k] = v
-			w.gaps = append(w.gaps, time.Since(last))
+			if last.IsZero() {
+				w.writing++
+			} else {
+				w.gaps = append(w.gaps, time.Since(last))
+			}
 			last = time.Now()
 		} else {
 			w.fails++
@@ -253,6 +279,7 @@ func TestProcessesSurviveLeaderKill(t *testing.T) {
 		wg.Add(1)
 		go func(i int) { defer wg.Done(); w.run(c, i, stop) }(i)
 	}
+	w.waitWriting(t, 4)
 	for round := 0; round < 2; round++ {
 		time.Sleep(700 * time.Millisecond)
 		victim := pc.leader()
