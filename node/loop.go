@@ -253,11 +253,7 @@ func (n *Node) handleReady() {
 		if bs := x.r.rn.BasicStatus(); bs.RaftState == raft.StateLeader {
 			msgs := x.rd.Messages
 			if bs.LeadTransferee == 0 {
-				last, _ := x.r.storage.LastIndex()
-				if n := len(x.rd.Entries); n > 0 {
-					last = x.rd.Entries[n-1].Index
-				}
-				x.held, msgs = filterLeader(x.r, msgs, last)
+				x.held, msgs = filterLeader(x.r, &x.rd)
 			}
 			out = n.collect(out, x.r, msgs)
 			x.rd.Messages = nil
@@ -560,8 +556,8 @@ func (n *Node) leaderChanged(r *group, lead uint64) {
 	}
 }
 
-// filterLeader takes out of a leader's messages two kinds that carry
-// nothing a follower needs (last is the leader's last log index):
+// filterLeader takes out of a leader's messages (rd.Messages) two kinds
+// that carry nothing a follower needs:
 //
 //   - held: the empty appends raft sends every follower each time the
 //     commit index moves, to a follower in StateReplicate that
@@ -592,7 +588,8 @@ func (n *Node) leaderChanged(r *group, lead uint64) {
 // append, or once appends stop by the next tick's heartbeat, whose answer
 // makes raft send an empty append, kept by then, that the follower
 // rejects.
-func filterLeader(r *group, msgs []raftpb.Message, last uint64) (held, rest []raftpb.Message) {
+func filterLeader(r *group, rd *raft.Ready) (held, rest []raftpb.Message) {
+	msgs := rd.Messages
 	skippable := false
 	for _, m := range msgs {
 		switch {
@@ -605,30 +602,33 @@ func filterLeader(r *group, msgs []raftpb.Message, last uint64) (held, rest []ra
 	if !skippable {
 		return nil, msgs
 	}
-	// Followers in StateReplicate, with their acknowledged index when
-	// nothing is in flight to them (else ^0).
-	type acked struct{ id, match uint64 }
-	var repl [7]acked
+	// The leader's last index: this cycle's new entries are not yet in
+	// storage.
+	last, _ := r.storage.LastIndex()
+	if n := len(rd.Entries); n > 0 {
+		last = rd.Entries[n-1].Index
+	}
+	// Followers in StateReplicate, with their acknowledged index.
+	type follower struct{ id, match uint64 }
+	var repl [7]follower
 	nr := 0
 	r.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
 		if pr.State == tracker.StateReplicate && nr < len(repl) {
-			repl[nr] = acked{id, ^uint64(0)}
-			if pr.Next == pr.Match+1 {
-				repl[nr].match = pr.Match
-			}
+			repl[nr] = follower{id, pr.Match}
 			nr++
 		}
 	})
-	replicating := func(id uint64) bool {
-		return slices.ContainsFunc(repl[:nr], func(a acked) bool { return a.id == id })
-	}
 	rest = msgs[:0:0]
 	for _, m := range msgs {
+		i := slices.IndexFunc(repl[:nr], func(f follower) bool { return f.id == m.To })
+		replicating := i >= 0
 		switch {
-		case m.Type == raftpb.MsgApp && len(m.Entries) == 0 && slices.Contains(repl[:nr], acked{m.To, m.Index}),
-			m.Type == raftpb.MsgApp && len(m.Entries) == 0 && m.Index == last && replicating(m.To) && sentWithinTick(r, m.To):
+		case m.Type == raftpb.MsgApp && len(m.Entries) == 0 && m.Index == last && replicating &&
+			(repl[i].match == last || sentWithinTick(r, m.To)):
+			// commit index only, to a follower that acknowledged every
+			// entry or was sent entries within the last tick
 			held = append(held, m)
-		case m.Type == raftpb.MsgHeartbeat && len(m.Context) == 0 && replicating(m.To) && sentWithinTick(r, m.To):
+		case m.Type == raftpb.MsgHeartbeat && len(m.Context) == 0 && replicating && sentWithinTick(r, m.To):
 			// dropped: an append went out within the last tick
 		default:
 			rest = append(rest, m)
