@@ -7,14 +7,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/pando/pando/api/pandopb"
-	"github.com/pando/pando/internal/grpcopts"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
-	"github.com/pando/pando/pki"
 	"github.com/pando/pando/storage"
 )
 
@@ -271,17 +267,9 @@ func (s *Server) adopt(rangeID uint64) {
 // join asks the cluster, through any of the join addresses, to admit this
 // node; it retries until it is admitted or the server stops.
 func (s *Server) join(stop <-chan struct{}) {
-	dial := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-	if s.cfg.PeerTLS != nil {
-		dial = []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(s.cfg.PeerTLS))}
-	}
-	if s.cfg.AuthToken != "" {
-		dial = append(dial, grpc.WithPerRPCCredentials(pki.Token(s.cfg.AuthToken)))
-	}
-	dial = append(dial, grpcopts.Dial()...)
 	for attempt := 0; ; attempt++ {
 		addr := s.cfg.Join[attempt%len(s.cfg.Join)]
-		conn, err := grpc.NewClient("passthrough:///"+addr, dial...)
+		conn, err := s.tr.Dial(addr)
 		if err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			var resp *pandopb.JoinResponse

@@ -259,12 +259,7 @@ func (t *Transport) peer(id uint64) (*peer, error) {
 	if !ok || id == t.cfg.ID {
 		return nil, fmt.Errorf("transport: unknown peer %d", id)
 	}
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), PeerConnectParams}, grpcopts.Dial()...)
-	opts = append(opts, t.cfg.DialOptions...)
-	// passthrough: the address is dialed as given, resolved by the system
-	// at each dial (gRPC's dns resolver also asks for TXT records, which
-	// can hang on networks without an upstream DNS server, as in containers).
-	conn, err := grpc.NewClient("passthrough:///"+addr, opts...)
+	conn, err := t.Dial(addr)
 	if err != nil {
 		return nil, fmt.Errorf("transport: dial node %d at %s: %w", id, addr, err)
 	}
@@ -290,6 +285,19 @@ func (t *Transport) peer(id uint64) (*peer, error) {
 	go p.run()
 	go p.runSnapshots()
 	return p, nil
+}
+
+// Dial connects to a node at addr the way this node reaches its peers:
+// their credentials and token (Config.DialOptions), pando's flow-control
+// windows, and PeerConnectParams. Also for nodes not yet known by ID (the
+// addresses a joining node asks).
+func (t *Transport) Dial(addr string) (*grpc.ClientConn, error) {
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), PeerConnectParams}, grpcopts.Dial()...)
+	opts = append(opts, t.cfg.DialOptions...)
+	// passthrough: the address is dialed as given, resolved by the system
+	// at each dial (gRPC's dns resolver also asks for TXT records, which
+	// can hang on networks without an upstream DNS server, as in containers).
+	return grpc.NewClient("passthrough:///"+addr, opts...)
 }
 
 // PeerConnectParams caps gRPC's reconnect backoff at one second. Its
