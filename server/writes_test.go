@@ -3,41 +3,14 @@ package server_test
 import (
 	"context"
 	"fmt"
-	"net"
-	"sync/atomic"
 	"testing"
 
 	"google.golang.org/grpc"
 
 	"github.com/pando/pando/client"
+	"github.com/pando/pando/internal/wirecount"
 	"github.com/pando/pando/server"
 )
-
-// writeCounter counts writes (one per flush of gRPC's buffers) on conns.
-type writeCounter struct{ n atomic.Int64 }
-
-type countedConn struct {
-	net.Conn
-	w *writeCounter
-}
-
-func (c countedConn) Write(b []byte) (int, error) {
-	c.w.n.Add(1)
-	return c.Conn.Write(b)
-}
-
-type countedListener struct {
-	net.Listener
-	w *writeCounter
-}
-
-func (l countedListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return countedConn{c, l.w}, nil
-}
 
 // A put with one request in flight costs the node one write (its answer)
 // and the Go client one (its request): neither end sends gRPC's
@@ -46,18 +19,11 @@ func (l countedListener) Accept() (net.Conn, error) {
 // each end wrote 2.0 times per put (a PING and its answer per message);
 // without them on the client, the node 2.0 and the client 1.5.
 func TestPutCostsOneWriteEachWay(t *testing.T) {
-	var sw, cw writeCounter
+	var sw, cw wirecount.Counter
 	c := startClusterWith(t, 1, 0, func(_ uint64, cfg *server.Config) {
-		cfg.Listener = countedListener{cfg.Listener, &sw}
+		cfg.Listener = sw.Listener(cfg.Listener)
 	}, true)
-	dial := func(ctx context.Context, addr string) (net.Conn, error) {
-		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return nil, err
-		}
-		return countedConn{conn, &cw}, nil
-	}
-	cl, err := client.New(client.Config{Endpoints: c.endpoints(), DialOptions: []grpc.DialOption{grpc.WithContextDialer(dial)}})
+	cl, err := client.New(client.Config{Endpoints: c.endpoints(), DialOptions: []grpc.DialOption{grpc.WithContextDialer(cw.Dialer())}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,12 +37,12 @@ func TestPutCostsOneWriteEachWay(t *testing.T) {
 	for i := range 20 { // connection set-up, the client learning the leader
 		put(i)
 	}
-	s0, c0 := sw.n.Load(), cw.n.Load()
+	s0, c0 := sw.Writes(), cw.Writes()
 	const puts = 300
 	for i := range puts {
 		put(100 + i)
 	}
-	s, cl1 := float64(sw.n.Load()-s0)/puts, float64(cw.n.Load()-c0)/puts
+	s, cl1 := float64(sw.Writes()-s0)/puts, float64(cw.Writes()-c0)/puts
 	t.Logf("writes per put: node %.2f, client %.2f", s, cl1)
 	if s > 1.1 || cl1 > 1.1 {
 		t.Fatalf("writes per put: node %.2f, client %.2f; want 1 each (no flow-control PINGs)", s, cl1)
