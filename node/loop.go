@@ -700,6 +700,7 @@ func (n *Node) dropGroup(r *group, err error) {
 	n.wake(r) // keeps the quiesced gauge right
 	n.replicasMu.Lock()
 	delete(n.replicas, r.id)
+	n.layoutChanged()
 	n.replicasMu.Unlock()
 	r.failReads(err)
 }
@@ -717,6 +718,7 @@ func (n *Node) maybeTruncate(b *pebble.Batch, r *group) {
 
 func (n *Node) publishStatus(r *group) {
 	st := r.rn.BasicStatus()
+	old := r.status.Load()
 	r.status.Store(&RangeStatus{
 		RangeID:  r.id,
 		Desc:     r.storage.State().Desc,
@@ -732,6 +734,9 @@ func (n *Node) publishStatus(r *group) {
 		FrozenFor: r.storage.State().FrozenFor,
 		FrozenAt:  r.storage.State().FrozenAt,
 	})
+	if old == nil || old.Desc != r.storage.State().Desc {
+		n.layoutChanged() // descriptors are replaced, never changed in place
+	}
 }
 
 // maybePruneDedup has every range this node leads propose the expiry of

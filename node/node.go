@@ -33,6 +33,10 @@ type Node struct {
 	// readers on other goroutines (statuses are read through atomics).
 	replicasMu sync.RWMutex
 	replicas   map[uint64]*group
+	// layout counts changes of the replicas' spans; index sorts them by
+	// span for RangeFor (rangeindex.go).
+	layout atomic.Uint64
+	index  atomic.Pointer[rangeIndex]
 
 	recvc chan inbound
 	propc chan *proposal
@@ -227,6 +231,7 @@ func (n *Node) startReplica(id uint64, st *storage.RaftStorage) error {
 	n.publishStatus(r)
 	n.replicasMu.Lock()
 	n.replicas[id] = r
+	n.layoutChanged()
 	n.replicasMu.Unlock()
 	return nil
 }

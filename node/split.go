@@ -8,7 +8,6 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 
 	"github.com/pando/pando/api/pandopb"
-	"github.com/pando/pando/kv"
 	"github.com/pando/pando/replica"
 	"github.com/pando/pando/storage"
 )
@@ -61,17 +60,4 @@ func (n *Node) Split(ctx context.Context, rangeID uint64, key []byte, newID, gen
 		return err
 	}
 	return res.Err
-}
-
-// RangeFor returns the range replica here whose span holds key.
-func (n *Node) RangeFor(key []byte) (RangeStatus, error) {
-	// On every request's path: no copies, no sorting.
-	n.replicasMu.RLock()
-	defer n.replicasMu.RUnlock()
-	for _, r := range n.replicas {
-		if st := r.status.Load(); st.Desc != nil && st.Desc.ContainsKey(key) {
-			return *st, nil
-		}
-	}
-	return RangeStatus{}, fmt.Errorf("%w: no range holds key %q here", kv.ErrUnavailable, key)
 }

@@ -10,12 +10,17 @@
 #
 # Besides op/s it prints the CPU time the three servers spent per put, and
 # that of the load generator (with NODE_CPU it gets what the nodes leave).
+# RATE (e.g. 4000): cap the load at that many puts a second (pando bench
+# --rate). Then both layouts do the same work, and the servers' CPU per put
+# compares what a put costs them without the noise of a saturated machine.
+#
 # Load-based splits and merges are off, so that "one range" stays one range
 # and the 64 stay 64 (the load would split the one range within seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8s}; CLIENTS=${CLIENTS:-64}; CONNS=${CONNS:-8}; RANGES=${RANGES:-64}; BASE_PORT=${BASE_PORT:-7101}
 NODE_CPU=${NODE_CPU:-}
+RATE=${RATE:-0}
 bin=$(mktemp -d)/pando
 go build -o "$bin" ./cmd/pando
 work=$(mktemp -d)
@@ -62,7 +67,7 @@ run() {
   local t0 t1 out ops lg
   t0=$(ticks)
   # bash's time keyword: the load generator's user and system CPU seconds.
-  lg=$( { TIMEFORMAT='%U %S'; time "$bin" bench --workload put --clients "$CLIENTS" --conns "$CONNS" --duration "$DURATION" --endpoints "$eps" > "$work/bench.out"; } 2>&1 | tail -1)
+  lg=$( { TIMEFORMAT='%U %S'; time "$bin" bench --workload put --clients "$CLIENTS" --conns "$CONNS" --rate "$RATE" --duration "$DURATION" --endpoints "$eps" > "$work/bench.out"; } 2>&1 | tail -1)
   t1=$(ticks)
   out=$(cat "$work/bench.out")
   echo "$out"
@@ -72,6 +77,7 @@ run() {
 }
 
 [ -n "$NODE_CPU" ] && echo "each node limited to $NODE_CPU cores"
+[ "$RATE" != 0 ] && echo "load capped at $RATE puts a second"
 echo "== one range"
 start
 run

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/time/rate"
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
@@ -22,6 +23,7 @@ import (
 
 type benchResult struct {
 	Workload   string  `json:"workload"`
+	Rate       float64 `json:"rate,omitempty"`
 	Clients    int     `json:"clients"`
 	Conns      int     `json:"connections"`
 	Ops        int64   `json:"ops"`
@@ -46,6 +48,7 @@ func benchCmd() *cobra.Command {
 		duration                     time.Duration
 		asJSON, stale                bool
 		splits                       int
+		opsRate                      float64
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -54,9 +57,13 @@ func benchCmd() *cobra.Command {
 clients over a number of connections, and report throughput and p50/p95/p99/p999.
 It reaches the cluster like the other client commands (--endpoints, --tls-ca,
 --tls-cert/--tls-key, --auth-token, resilience flags), and stops at once if the
-cluster does not answer a first request.
+cluster does not answer a first request. --rate caps the requests per second of
+all clients together: the servers' CPU per request at a fixed load is the figure
+to compare between builds or layouts, as the throughput of a saturated machine
+moves with its batching.
 
   pando bench --workload put --clients 64 --conns 8 --keys 100000 --value-size 256 --duration 20s
+  pando bench --workload put --clients 64 --rate 4000 --duration 20s
   pando bench --tls-ca certs/ca.crt --auth-token "$TOKEN" --endpoints 10.0.0.1:7001 --total 100000`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -67,6 +74,16 @@ cluster does not answer a first request.
 				return usageError{fmt.Errorf("--clients, --conns and --keys must be positive, --value-size not negative")}
 			case total <= 0 && duration <= 0:
 				return usageError{fmt.Errorf("give --total or --duration")}
+			case opsRate < 0:
+				return usageError{fmt.Errorf("--rate must not be negative")}
+			}
+			// With --rate the clients share one limiter: together they send
+			// at most that many requests a second (an open workload, as far
+			// as --clients allows), so that the servers' cost per request
+			// can be compared at the same offered load.
+			limit := rate.NewLimiter(rate.Inf, 0)
+			if opsRate > 0 {
+				limit = rate.NewLimiter(rate.Limit(opsRate), 1)
 			}
 			conns = min(conns, clients)
 			cs := make([]*client.Client, conns)
@@ -154,6 +171,12 @@ cluster does not answer a first request.
 							ops.Add(-1)
 							return
 						}
+						if limit.Wait(ctx) != nil {
+							if total > 0 {
+								ops.Add(-1)
+							}
+							return // the run's time is up
+						}
 						k := key(r)
 						t0 := time.Now()
 						var err error
@@ -194,7 +217,7 @@ cluster does not answer a first request.
 				attempts += st.Attempts
 				retries += st.Retries
 			}
-			res := benchResult{Attempts: attempts, Retries: retries, Workload: workload, Clients: clients, Conns: conns, Ops: int64(len(all)), Errors: errs.Load(), Seconds: elapsed,
+			res := benchResult{Attempts: attempts, Retries: retries, Workload: workload, Rate: opsRate, Clients: clients, Conns: conns, Ops: int64(len(all)), Errors: errs.Load(), Seconds: elapsed,
 				Throughput: float64(len(all)) / elapsed, P50ms: pct(0.50), P95ms: pct(0.95), P99ms: pct(0.99), P999ms: pct(0.999)}
 			if asJSON {
 				b, _ := json.MarshalIndent(res, "", "  ")
@@ -217,6 +240,7 @@ cluster does not answer a first request.
 	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "deadline of each request")
 	fs.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	fs.BoolVar(&stale, "stale", false, "gets are stale reads")
+	fs.Float64Var(&opsRate, "rate", 0, "requests per second of all clients together, at most (0: as fast as they go)")
 	fs.IntVar(&splits, "ranges", 0, "before loading, split the key space into this many ranges (evenly over --keys)")
 	f.addConnection(cmd)
 	return cmd

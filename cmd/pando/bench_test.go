@@ -128,3 +128,31 @@ func TestBenchWithTLSAndToken(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchRateCapsRequests: with --rate the clients together send no more
+// than that many requests a second, however many there are; a negative
+// rate is refused as a usage error.
+func TestBenchRateCapsRequests(t *testing.T) {
+	const token = "bench-token"
+	dir := t.TempDir()
+	addr := startTLSNode(t, dir, token)
+	common := []string{"--endpoints", addr, "--tls-ca", filepath.Join(dir, "ca.crt"), "--auth-token", token,
+		"--timeout", "2s", "--clients", "16", "--conns", "2", "--keys", "100", "--value-size", "16", "--json"}
+
+	out, err := runBench(t, append([]string{"--rate", "50", "--duration", "2s"}, common...)...)
+	if err != nil {
+		t.Fatalf("bench --rate 50: %v\n%s", err, out)
+	}
+	var res benchResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("bench output: %v\n%s", err, out)
+	}
+	// The limiter allows a burst of one, then one request each 20 ms.
+	if limit := int64(50*res.Seconds) + 2; res.Ops == 0 || res.Ops > limit || res.Errors != 0 || res.Rate != 50 {
+		t.Fatalf("bench --rate 50 for %.2fs: %d ops (%d errors, rate %v), want 1..%d", res.Seconds, res.Ops, res.Errors, res.Rate, limit)
+	}
+
+	if _, err := runBench(t, append([]string{"--rate", "-1", "--total", "10"}, common...)...); err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "--rate") {
+		t.Fatalf("bench --rate -1: %v (exit %d), want a usage error naming --rate", err, exitCode(err))
+	}
+}
