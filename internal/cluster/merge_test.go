@@ -26,21 +26,7 @@ import (
 // once every node holds both ranges and each has a leader.
 func splitForMerge(t *testing.T, c *Cluster, key string) uint64 {
 	t.Helper()
-	if _, err := c.Leader(1, 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for {
-		err := c.Split(ctx, []byte(key))
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("split at %q: %v", key, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	splitInto(t, c, []string{key})
 	var right uint64
 	deadline := time.Now().Add(10 * time.Second)
 	for _, id := range c.IDs() {
