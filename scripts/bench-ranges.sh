@@ -2,6 +2,9 @@
 # bench-ranges: put throughput of one range against 64 ranges on a fresh
 # three-node cluster of real processes on 127.0.0.1 (docs/benchmarks.md).
 # DURATION (default 8s), CLIENTS (64), CONNS (8), RANGES (64), BASE_PORT (7101).
+# ROUNDS (default 1): run the pair that many times, alternating, and print
+# each round's ratio and their median (single runs on a shared machine vary
+# by 20% and more).
 #
 # NODE_CPU (e.g. 0.5): give each node its own CPU budget of that many cores
 # (a cgroup CPU quota per node, as if each ran on its own machine) instead
@@ -21,6 +24,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8s}; CLIENTS=${CLIENTS:-64}; CONNS=${CONNS:-8}; RANGES=${RANGES:-64}; BASE_PORT=${BASE_PORT:-7101}
 NODE_CPU=${NODE_CPU:-}
 RATE=${RATE:-0}
+ROUNDS=${ROUNDS:-1}
 bin=$(mktemp -d)/pando
 go build -o "$bin" ./cmd/pando
 work=$(mktemp -d)
@@ -72,19 +76,31 @@ run() {
   out=$(cat "$work/bench.out")
   echo "$out"
   ops=$(echo "$out" | tail -1 | grep -o '[0-9]* ops in' | cut -d' ' -f1)
+  last=$(echo "$out" | tail -1 | grep -o '= [0-9]* op/s' | tr -dc '0-9')
   echo "servers' CPU per put: $(( (t1 - t0) * 1000000 / $(getconf CLK_TCK) / ops )) µs"
   echo "load generator's CPU per put: $(echo "$lg" | awk -v n="$ops" '{ printf "%d", ($1 + $2) * 1000000 / n }') µs"
 }
 
 [ -n "$NODE_CPU" ] && echo "each node limited to $NODE_CPU cores"
 [ "$RATE" != 0 ] && echo "load capped at $RATE puts a second"
-echo "== one range"
-start
-run
-stop
-echo "== $RANGES ranges"
-start
-"$bin" bench --workload put --clients "$CLIENTS" --conns "$CONNS" --duration 2s --endpoints "$eps" --ranges "$RANGES" >/dev/null
-sleep 8 # the controller spreads the leaders
-"$bin" ranges --json --endpoints "$eps" | grep -o '"leader_id": *[0-9]*' | sort | uniq -c | sed 's/^/leaders: /'
-run
+ratios=()
+for round in $(seq "$ROUNDS"); do
+  [ "$ROUNDS" -gt 1 ] && echo "=== round $round of $ROUNDS"
+  echo "== one range"
+  start
+  run
+  one=$last
+  stop
+  echo "== $RANGES ranges"
+  start
+  "$bin" bench --workload put --clients "$CLIENTS" --conns "$CONNS" --duration 2s --endpoints "$eps" --ranges "$RANGES" >/dev/null
+  sleep 8 # the controller spreads the leaders
+  "$bin" ranges --json --endpoints "$eps" | grep -o '"leader_id": *[0-9]*' | sort | uniq -c | sed 's/^/leaders: /'
+  run
+  stop
+  ratios+=("$(awk -v a="$last" -v b="$one" 'BEGIN { printf "%.2f", a / b }')")
+  echo "ratio ($RANGES ranges / one range): ${ratios[-1]}"
+done
+if [ "$ROUNDS" -gt 1 ]; then
+  echo "ratios: ${ratios[*]}; median $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
+fi
