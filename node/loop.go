@@ -52,6 +52,7 @@ func (n *Node) run() {
 		n.flushProposals()
 		n.flushReads()
 		n.handleReady()
+		n.refreshIndex()
 	}
 }
 

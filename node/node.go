@@ -33,10 +33,10 @@ type Node struct {
 	// readers on other goroutines (statuses are read through atomics).
 	replicasMu sync.RWMutex
 	replicas   map[uint64]*group
-	// layout counts changes of the replicas' spans; index sorts them by
-	// span for RangeFor (rangeindex.go).
-	layout atomic.Uint64
-	index  atomic.Pointer[rangeIndex]
+	// index sorts the replicas by span for RangeFor; the loop rebuilds it
+	// at the end of a cycle that set indexStale (rangeindex.go).
+	index      atomic.Pointer[rangeIndex]
+	indexStale bool
 
 	recvc chan inbound
 	propc chan *proposal
@@ -187,6 +187,7 @@ func New(cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
+	n.refreshIndex()
 	return n, nil
 }
 

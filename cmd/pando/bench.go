@@ -172,10 +172,7 @@ moves with its batching.
 							return
 						}
 						if limit.Wait(ctx) != nil {
-							if total > 0 {
-								ops.Add(-1)
-							}
-							return // the run's time is up
+							return // the run's time is up (only --duration sets a deadline)
 						}
 						k := key(r)
 						t0 := time.Now()
