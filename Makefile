@@ -20,6 +20,7 @@ proto:
 
 # bench-ranges: put throughput of one range against 64 ranges (three local processes);
 # NODE_CPU=0.5 make bench-ranges gives each node its own CPU budget (cgroup quota, root).
+# NODE_CPUSETS="0-1 2-3 4-5" LOADGEN_CPUSET=6-7 pins each node to cores of its own (8+ cores).
 bench-ranges:
 	bash scripts/bench-ranges.sh
 
