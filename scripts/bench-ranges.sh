@@ -28,6 +28,7 @@
 # range's busiest / 64 ranges' busiest is how much more load 64 ranges
 # would carry before their busiest node saturated. That is an estimate from
 # CPU accounting, not a throughput measured on separate machines.
+#
 # RATE (e.g. 4000): cap the load at that many puts a second (pando bench
 # --rate). Then both layouts do the same work, and the servers' CPU per put
 # compares what a put costs them without the noise of a saturated machine.
@@ -44,8 +45,10 @@ if [ "${#node_cpusets[@]}" -ne 0 ] && [ "${#node_cpusets[@]}" -ne 3 ]; then
   echo "NODE_CPUSETS needs three CPU lists, one per node, not '${NODE_CPUSETS}'" >&2; exit 2
 fi
 LOADGEN_CPUSET=${LOADGEN_CPUSET:-}
-# on_cpus SET CMD...: run CMD on the CPUs of SET (all of them when SET is empty).
-on_cpus() { local set=$1; shift; if [ -n "$set" ]; then taskset -c "$set" "$@"; else "$@"; fi; }
+# pinned SET: the command prefix that runs a program on the CPUs of SET, in
+# the array pin (empty when SET is: any CPU). taskset execs the program, so
+# $! of a pinned server is the server's PID.
+pinned() { pin=(); if [ -n "$1" ]; then pin=(taskset -c "$1"); fi; }
 RATE=${RATE:-0}
 ROUNDS=${ROUNDS:-1}
 bin=$(mktemp -d)/pando
@@ -79,8 +82,7 @@ cap() {
 start() {
   rm -rf "$work"/d*
   for i in 1 2 3; do
-    # taskset execs the server, so that $! is the server's PID.
-    pin=(); [ -n "${node_cpusets[$((i-1))]:-}" ] && pin=(taskset -c "${node_cpusets[$((i-1))]}")
+    pinned "${node_cpusets[$((i-1))]:-}"
     "${pin[@]}" "$bin" server --id $i --data-dir "$work/d$i" --addr 127.0.0.1:$((BASE_PORT+i-1)) --initial-cluster "$ic" --log-level error \
       --split-load-qps 1e12 --merge-max-bytes -1 >/dev/null &
     pids+=($!)
@@ -94,23 +96,25 @@ ticks() { local p; for p in "${pids[@]}"; do awk '{printf "%d ", $14+$15}' /proc
 
 run() {
   local t0 t1 out ops lg
+  pinned "$LOADGEN_CPUSET"
   t0=$(ticks)
   # bash's time keyword: the load generator's user and system CPU seconds.
-  lg=$( { TIMEFORMAT='%U %S'; time on_cpus "$LOADGEN_CPUSET" "$bin" bench --workload put --clients "$CLIENTS" --conns "$CONNS" --rate "$RATE" --duration "$DURATION" --endpoints "$eps" > "$work/bench.out"; } 2>&1 | tail -1)
+  lg=$( { TIMEFORMAT='%U %S'; time "${pin[@]}" "$bin" bench --workload put --clients "$CLIENTS" --conns "$CONNS" --rate "$RATE" --duration "$DURATION" --endpoints "$eps" > "$work/bench.out"; } 2>&1 | tail -1)
   t1=$(ticks)
   out=$(cat "$work/bench.out")
   echo "$out"
   ops=$(echo "$out" | tail -1 | grep -o '[0-9]* ops in' | cut -d' ' -f1)
   last=$(echo "$out" | tail -1 | grep -o '= [0-9]* op/s' | tr -dc '0-9')
   # Per node too: on machines of their own, the busiest node would bound
-  # the throughput (with one range, the leader).
+  # the throughput (with one range, the leader). awk prints the busiest
+  # node's figure on its first line, the report on its second.
   local cpu
   cpu=$(echo "$t0" "$t1" | awk -v n="$ops" -v hz="$(getconf CLK_TCK)" '{
     k = NF / 2; tot = 0; top = 0; per = ""
     for (i = 1; i <= k; i++) { d = ($(i + k) - $i) * 1e6 / hz / n; tot += d; top = d > top ? d : top; per = per sprintf(" %d", d) }
-    printf "%d %d%s", top, tot, per }')
-  busiest=${cpu%% *}
-  echo "$cpu" | awk '{ per = ""; for (i = 3; i <= NF; i++) per = per " " $i; printf "servers'"'"' CPU per put: %d µs (nodes:%s)\n", $2, per }'
+    printf "%d\nservers'"'"' CPU per put: %d µs (nodes:%s)\n", top, tot, per }')
+  busiest=${cpu%%$'\n'*}
+  echo "${cpu#*$'\n'}"
   echo "load generator's CPU per put: $(echo "$lg" | awk -v n="$ops" '{ printf "%d", ($1 + $2) * 1000000 / n }') µs"
 }
 

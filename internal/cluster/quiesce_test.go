@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -37,25 +36,7 @@ func waitQuiesced(t *testing.T, c *Cluster, d time.Duration) {
 // notice through the node's liveness and elect a new leader.
 func TestIdleRangesQuiesce(t *testing.T) {
 	c := New(t, Options{Seed: testSeed(t)})
-	if _, err := c.Leader(1, 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []string{"b", "d", "f", "h", "j", "l", "n"} {
-		// Retried: the range holding k may not have elected a leader yet.
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			err := c.Split(ctx, []byte(k))
-			cancel()
-			if err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal(err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	splitInto(t, c, []string{"b", "d", "f", "h", "j", "l", "n"})
 	for i := 0; i < 16; i++ {
 		put(t, c.KV(1), fmt.Sprintf("%c-key", 'a'+i), "v")
 	}

@@ -9,8 +9,9 @@ import (
 	"github.com/pando/pando/node"
 )
 
-// splitInto splits range 1 of c at every key of splits (in order), waiting
-// for each split's range to be in place on every node.
+// splitInto splits c at every key of splits (in order), once range 1 has a
+// leader. Each split is retried until the leader of the range holding its
+// key has applied it: a range just split off may not have elected one yet.
 func splitInto(t testing.TB, c *Cluster, splits []string) {
 	t.Helper()
 	if _, err := c.Leader(1, 5*time.Second); err != nil {
