@@ -11,6 +11,26 @@ test:
 	$(GO) vet ./...
 	$(GO) test -race -timeout 14m ./...
 
+# test-short: the suite without the race detector, with -short (shorter fault runs): a quick check.
+test-short:
+	$(GO) test -short -timeout 10m ./...
+
+# bench: the Go benchmarks (go test -bench); `make bench-compare` and `make bench-ranges`
+# measure whole clusters.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# fuzz: every fuzz target for FUZZTIME each (default 10s; scripts/fuzz.sh).
+fuzz:
+	FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
+
+# soak: the linearizability checks under faults SOAK_RUNS times (default 20), each run
+# with a new seed (a failure logs its seed; PANDO_SEED=N replays it), about 10-20 s a run.
+SOAK_RUNS ?= 20
+FUZZTIME ?= 10s
+soak:
+	$(GO) test -count=$(SOAK_RUNS) -timeout 60m -run 'TestLinearizable' ./internal/cluster/
+
 # proto regenerates api/pandopb; needs protoc (Debian: protobuf-compiler).
 proto:
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)

@@ -6,7 +6,7 @@
 #
 # Builds bin/pando and bin/etcdbench, starts three pando servers on 127.0.0.1:7001-7003
 # and three etcd members (v3.6, embedded, one process each) on 127.0.0.1:2379/2380,
-# 22379/22380, 32379/32380, runs each workload of shared/BASELINE.md against pando and
+# 22379/22380, 32379/32380, runs each workload of the performance anchors (../shared/BASELINE.md) against pando and
 # then against etcd (the idle cluster waits), ROUNDS times, and prints a markdown table
 # of the medians over the rounds. Running the two systems back to back, workload by
 # workload, keeps the machine's drift (disk latency varies by the minute here) out of
