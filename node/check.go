@@ -320,7 +320,7 @@ func (n *Node) InstallData(ctx context.Context, rangeID, index uint64, data []Ra
 
 func (n *Node) installData(r *group, index uint64, data []RawKV) error {
 	if into := r.storage.State().FrozenFor; into != 0 {
-		return frozenError(r.id, into)
+		return replica.FrozenError(r.id, into)
 	}
 	first, _ := r.storage.FirstIndex()
 	if index+1 < first && index < r.applied {
@@ -347,13 +347,15 @@ func (n *Node) installData(r *group, index uint64, data []RawKV) error {
 		if err != nil {
 			panic(fmt.Sprintf("node: range %d: entry %d: %v", r.id, e.Index, err))
 		}
-		if reshapes(cmd) {
+		if replica.Reshapes(cmd) {
 			// Replaying a freeze, merge or split (and what a frozen range
 			// refused) is not a data replay: try again from a later check.
 			return fmt.Errorf("%w: range %d froze, merged or split since index %d; retry the repair", kv.ErrUnavailable, r.id, index)
 		}
-		if replica.ChangesData(cmd) && (replica.CommandKey(cmd) == nil || r.storage.State().Desc.ContainsKey(replica.CommandKey(cmd))) {
-			if _, err := replica.Apply(b, r.id, e.Index, cmd); err != nil {
+		if replica.ChangesData(cmd) {
+			// Data commands leave the range's state as it is; a key
+			// outside the range is refused as it was the first time.
+			if _, _, err := replica.Apply(b, r.storage.State(), e.Index, cmd); err != nil {
 				return err
 			}
 		}

@@ -18,7 +18,6 @@ import (
 	"github.com/pando/pando/events"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/replica"
-	"github.com/pando/pando/storage"
 )
 
 // maxDrain bounds how many queued inputs one loop cycle takes before it
@@ -230,50 +229,93 @@ type ready struct {
 	control bool
 }
 
-// handleReady is one cycle of the multi-raft Ready loop, following the
-// order raft requires: persist (one batch, one fsync for all ranges), send,
-// apply (one batch for all ranges), advance.
+// cycle is one Ready cycle of all ranges, carried through its phases.
+type cycle struct {
+	rds []ready
+	out []Envelope // messages collected for the next send
+	// ab is the apply batch (a checksum commits it and starts another);
+	// syncApply: it must be synced (a freeze, merge.go).
+	ab        *pebble.Batch
+	syncApply bool
+	delivered []delivery // proposers' answers, given after apply
+	created   []newRange // ranges created by splits, started after apply
+	removed   []*group   // replicas whose range no longer includes this node
+}
+
+type delivery struct {
+	p   *proposal
+	res proposalResult
+}
+
+// newRange is the right-hand range of a split applied in this cycle.
+type newRange struct {
+	left       uint64
+	desc       *pandopb.RangeDescriptor
+	key        []byte
+	leftLeader bool
+}
+
+// handleReady is one cycle of the multi-raft Ready loop, in the order raft
+// requires (its README's list of the caller's duties), each phase once for
+// all ranges: send the leaders' messages early; persist snapshots, entries
+// and hard states in one batch with one fsync; send the rest; apply the
+// committed entries in one batch; carry out what they asked of the node;
+// advance.
 func (n *Node) handleReady() {
-	var rds []ready
+	c := &cycle{}
 	for _, r := range n.replicas {
 		if r.rn.HasReady() {
-			rds = append(rds, ready{r: r, rd: r.rn.Ready()})
+			c.rds = append(c.rds, ready{r: r, rd: r.rn.Ready()})
 		}
 	}
-	if len(rds) == 0 {
+	if len(c.rds) == 0 {
 		return
 	}
+	n.sendEarly(c)
+	n.persist(c)
+	n.sendPersisted(c)
+	n.applyCommitted(c)
+	n.runEffects(c)
+	n.advance(c)
+}
 
-	// 0. A leader sends its appends and heartbeats before its own fsync, so
-	// that followers write in parallel with it (Raft thesis 10.2.1; raft's
-	// README allows messages to go out while their batch's entries are being
-	// persisted). Everything else waits for the fsync.
-	var out []Envelope
-	for i := range rds {
-		x := &rds[i]
+// send hands the collected messages to the transport.
+func (n *Node) send(c *cycle) {
+	if len(c.out) > 0 {
+		n.cfg.Transport.Send(c.out)
+		c.out = c.out[:0]
+		yieldToSenders()
+	}
+}
+
+// sendEarly sends the leaders' appends and heartbeats before their own
+// fsync, so that followers write in parallel with them (Raft thesis
+// 10.2.1; raft's README allows messages to go out while their batch's
+// entries are being persisted). Everything else waits for the fsync.
+func (n *Node) sendEarly(c *cycle) {
+	for i := range c.rds {
+		x := &c.rds[i]
 		if bs := x.r.rn.BasicStatus(); bs.RaftState == raft.StateLeader {
 			msgs := x.rd.Messages
 			if bs.LeadTransferee == 0 {
 				x.held, msgs = filterLeader(x.r, &x.rd)
 			}
-			out = n.collect(out, x.r, msgs)
+			c.out = n.collect(c.out, x.r, msgs)
 			x.rd.Messages = nil
 		}
 	}
-	if len(out) > 0 {
-		n.cfg.Transport.Send(out)
-		out = out[:0]
-		yieldToSenders()
-	}
+	n.send(c)
+}
 
-	// 1. Persist snapshots, entries and hard states of all ranges together,
-	// with one fsync when any of them needs it: new entries, a snapshot, or
-	// a new term or vote (raft.MustSync). A commit index alone need not be
-	// synced (it is re-learned from the leader after a crash), so a cycle
-	// that only advances commit indexes costs no fsync.
+// persist writes the snapshots, entries and hard states of all ranges in
+// one batch, with one fsync when any of them needs it: new entries, a
+// snapshot, or a new term or vote (raft.MustSync). A commit index alone
+// need not be synced (it is re-learned from the leader after a crash), so
+// a cycle that only advances commit indexes costs no fsync.
+func (n *Node) persist(c *cycle) {
 	b := n.db.NewBatch()
 	sync := false
-	for _, x := range rds {
+	for _, x := range c.rds {
 		if x.r.absorbed {
 			continue // a snapshot applied above deleted it (merge.go)
 		}
@@ -294,43 +336,31 @@ func (n *Node) handleReady() {
 		if sync {
 			must(b.Commit(pebble.Sync))
 			n.met.fsync.Observe(time.Since(start).Seconds())
-			n.met.readyRanges.Observe(float64(len(rds)))
+			n.met.readyRanges.Observe(float64(len(c.rds)))
 		} else {
 			must(b.Commit(pebble.NoSync))
 		}
 	}
 	must(b.Close())
 	n.retireAbsorbed()
+}
 
-	// 2. Send, after the entries they acknowledge are durable.
-	for _, x := range rds {
-		out = n.collect(out, x.r, x.rd.Messages)
+// sendPersisted sends the messages that acknowledge what persist made
+// durable.
+func (n *Node) sendPersisted(c *cycle) {
+	for _, x := range c.rds {
+		c.out = n.collect(c.out, x.r, x.rd.Messages)
 	}
-	if len(out) > 0 {
-		n.cfg.Transport.Send(out)
-		yieldToSenders()
-	}
+	n.send(c)
+}
 
-	// 3. Apply committed entries of all ranges in one batch; the applied
-	// index of each range is written with the data it covers.
-	type delivery struct {
-		p   *proposal
-		res proposalResult
-	}
-	var delivered []delivery
-	type created_ struct {
-		left, right uint64
-		key         []byte
-		leftLeader  bool
-	}
-	var created []created_
-	var removed []*group // replicas whose range no longer includes this node
-	ab := n.db.NewIndexedBatch()
-	syncApply := false // a freeze must survive a crash once reported (merge.go)
+// applyCommitted applies the committed entries of all ranges in one batch;
+// each range's applied index is written with the data it covers.
+func (n *Node) applyCommitted(c *cycle) {
+	c.ab = n.db.NewIndexedBatch()
 	start := time.Now()
-	applied := 0
-	for i := range rds {
-		x := &rds[i]
+	for i := range c.rds {
+		x := &c.rds[i]
 		ents := x.rd.CommittedEntries
 		if len(ents) == 0 || x.r.absorbed {
 			continue
@@ -341,131 +371,125 @@ func (n *Node) handleReady() {
 			}
 			switch e.Type {
 			case raftpb.EntryNormal:
-				if len(e.Data) == 0 {
-					break // a new leader's empty entry
-				}
-				cmd, err := replica.DecodeCommand(e.Data)
-				if err != nil {
-					panic(fmt.Sprintf("node: range %d: entry %d: %v", x.r.id, e.Index, err))
-				}
-				var res replica.Result
-				op := unlessFrozen(x.r, cmd, &res)
-				if _, refused := op.(frozenRefusal); refused || !replica.ChangesData(cmd) {
-					x.control = true
-				}
-				switch op := op.(type) {
-				case frozenRefusal:
-					// A frozen range applies nothing (merge.go).
-				case *pandopb.Command_Freeze:
-					res = n.applyFreeze(x.r, op.Freeze, e.Index)
-					syncApply = syncApply || res.Err == nil
-				case *pandopb.Command_Merge:
-					res = n.applyMerge(ab, x.r, op.Merge)
-				case *pandopb.Command_Checksum:
-					// Hash exactly the state at this index: commit what
-					// precedes it, pin a snapshot, go on in a new batch.
-					must(x.r.storage.SetApplied(ab, e.Index, e.Term))
-					must(ab.Commit(pebble.NoSync))
-					must(ab.Close())
-					x.r.applied = e.Index
-					n.startCheck(x.r, op.Checksum.CheckId, e.Index)
-					ab = n.db.NewIndexedBatch()
-				case *pandopb.Command_Verdict:
-					x.r.storage.State().LastCheck = op.Verdict
-				case *pandopb.Command_AllocRangeId:
-					st := x.r.storage.State()
-					st.NextRangeId = max(st.NextRangeId, 2)
-					res.Version = st.NextRangeId
-					st.NextRangeId++
-				case *pandopb.Command_Node, *pandopb.Command_Directory:
-					if x.r.id != storage.MetaRangeID {
-						res.Err = fmt.Errorf("%w: range %d is not the meta range", kv.ErrInvalidArgument, x.r.id)
-						break
-					}
-					must(applyMeta(ab, cmd))
-				case *pandopb.Command_Split:
-					if right, err := n.applySplit(ab, x.r, op.Split); err != nil {
-						res.Err = err
-					} else {
-						created = append(created, created_{left: x.r.id, right: right, key: op.Split.SplitKey, leftLeader: x.r.rn.BasicStatus().RaftState == raft.StateLeader})
-					}
-				default:
-					if k := replica.CommandKey(cmd); k != nil && !x.r.storage.State().Desc.ContainsKey(k) {
-						// Routed before a split moved the key to another
-						// range: refused (deterministically), retried.
-						res.Err = fmt.Errorf("%w: %q left range %d", kv.ErrWrongRange, k, x.r.id)
-						break
-					}
-					res, err = replica.Apply(ab, x.r.id, e.Index, cmd)
-					must(err)
-					n.met.dedup(res)
-				}
-				n.propMu.Lock()
-				p := n.proposals[cmd.Id]
-				delete(n.proposals, cmd.Id)
-				n.propMu.Unlock()
-				if p != nil {
-					delivered = append(delivered, delivery{p: p, res: proposalResult{res: res, err: res.Err}})
-				}
+				n.applyNormal(c, x, e)
 			case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
 				x.control = true
 				removedSelf, p, res := n.applyConfChange(x.r, e)
 				if removedSelf {
-					removed = append(removed, x.r)
+					c.removed = append(c.removed, x.r)
 				}
 				if p != nil {
-					delivered = append(delivered, delivery{p: p, res: res})
+					c.delivered = append(c.delivered, delivery{p: p, res: res})
 				}
 			}
 			x.r.applied = e.Index
-			applied++
 		}
-		last := ents[len(ents)-1]
-		must(x.r.storage.SetApplied(ab, x.r.applied, last.Term))
-		n.maybeTruncate(ab, x.r)
+		must(x.r.storage.SetApplied(c.ab, x.r.applied, ents[len(ents)-1].Term))
+		n.maybeTruncate(c.ab, x.r)
 	}
-	if !ab.Empty() {
-		must(ab.Commit(&pebble.WriteOptions{Sync: syncApply}))
+	if !c.ab.Empty() {
+		must(c.ab.Commit(&pebble.WriteOptions{Sync: c.syncApply}))
 		n.met.apply.Observe(time.Since(start).Seconds())
 	}
-	must(ab.Close())
+	must(c.ab.Close())
 	n.retireAbsorbed()
-	// Ranges created by splits start now that their state is written; the
-	// left range's leader campaigns at once for the right one.
-	for _, c := range created {
-		if err := n.addReplica(c.right); err != nil {
-			panic(fmt.Sprintf("node: starting range %d after a split: %v", c.right, err))
+}
+
+// applyNormal applies one command entry through the range's state machine
+// (replica.Apply), carries out in the batch what it asks of the node, and
+// queues its proposer's answer.
+func (n *Node) applyNormal(c *cycle, x *ready, e raftpb.Entry) {
+	if len(e.Data) == 0 {
+		return // a new leader's empty entry
+	}
+	cmd, err := replica.DecodeCommand(e.Data)
+	if err != nil {
+		panic(fmt.Sprintf("node: range %d: entry %d: %v", x.r.id, e.Index, err))
+	}
+	r, st := x.r, x.r.storage.State()
+	var res replica.Result
+	var eff replica.Effects
+	if s := cmd.GetSplit(); s != nil && st.FrozenFor == 0 && n.replicas[s.NewRangeId] != nil {
+		// IDs are unique; a replica of the right range can only exist here
+		// if it was created before (a replay after a crash that kept it).
+		res.Err = fmt.Errorf("%w: range %d already exists here", replica.ErrBadSplit, s.NewRangeId)
+		eff.Control = true
+	} else {
+		res, eff, err = replica.Apply(c.ab, st, e.Index, cmd)
+		must(err)
+		n.met.dedup(res)
+	}
+	x.control = x.control || eff.Control
+	c.syncApply = c.syncApply || eff.Sync
+	switch {
+	case eff.Froze:
+		n.log.Info("froze range for a merge", "range", r.id, "into", st.FrozenFor, "index", st.FrozenAt)
+	case eff.NewRange != nil:
+		n.log.Info("split range", "range", r.id, "at", fmt.Sprintf("%q", cmd.GetSplit().SplitKey), "new_range", eff.NewRange.Id)
+		c.created = append(c.created, newRange{left: r.id, desc: eff.NewRange, key: cmd.GetSplit().SplitKey,
+			leftLeader: r.rn.BasicStatus().RaftState == raft.StateLeader})
+	case eff.Absorb != nil:
+		n.absorbMerge(c.ab, r, eff.Absorb)
+	case eff.CheckID != 0:
+		// Hash exactly the state at this index: commit what precedes it,
+		// pin a snapshot, go on in a new batch.
+		must(r.storage.SetApplied(c.ab, e.Index, e.Term))
+		must(c.ab.Commit(pebble.NoSync))
+		must(c.ab.Close())
+		r.applied = e.Index
+		n.startCheck(r, eff.CheckID, e.Index)
+		c.ab = n.db.NewIndexedBatch()
+	}
+	n.propMu.Lock()
+	p := n.proposals[cmd.Id]
+	delete(n.proposals, cmd.Id)
+	n.propMu.Unlock()
+	if p != nil {
+		c.delivered = append(c.delivered, delivery{p: p, res: proposalResult{res: res, err: res.Err}})
+	}
+}
+
+// runEffects carries out, once the apply batch is committed, what the
+// applied commands asked of the node: ranges created by splits start (the
+// left range's leader campaigns at once for the right one); followers
+// learn of control commands at once (a split's new range, a freeze a
+// merge waits for), of data writes with the next append or heartbeat;
+// statuses are published (descriptors after splits, applied indexes)
+// before proposers are answered, so that a proposer sees its own effects.
+func (n *Node) runEffects(c *cycle) {
+	for _, nr := range c.created {
+		if err := n.addReplica(nr.desc.Id); err != nil {
+			panic(fmt.Sprintf("node: starting range %d after a split: %v", nr.desc.Id, err))
 		}
-		if c.leftLeader {
-			_ = n.replicas[c.right].rn.Campaign()
+		if nr.leftLeader {
+			_ = n.replicas[nr.desc.Id].rn.Campaign()
 			if n.cfg.Events != nil {
-				n.cfg.Events.Publish(events.SplitEvent(c.left, c.right, string(c.key)))
+				n.cfg.Events.Publish(events.SplitEvent(nr.left, nr.desc.Id, string(nr.key)))
 			}
 		}
 	}
-	// Followers learn of commands other than data writes at once (a split's
-	// new range, a freeze a merge waits for); of data writes with the next
-	// append or heartbeat.
-	out = out[:0]
-	for _, x := range rds {
+	for _, x := range c.rds {
 		if x.control {
-			out = n.collect(out, x.r, x.held)
+			c.out = n.collect(c.out, x.r, x.held)
 		}
 	}
-	if len(out) > 0 {
-		n.cfg.Transport.Send(out)
+	if len(c.out) > 0 {
+		n.cfg.Transport.Send(c.out)
+		c.out = c.out[:0]
 	}
-	// Publish what was applied (descriptors after splits, applied indexes)
-	// before answering, so that a proposer sees its own effects.
-	for _, x := range rds {
+	for _, x := range c.rds {
 		n.publishStatus(x.r)
 	}
-	for _, d := range delivered {
+	for _, d := range c.delivered {
 		d.p.done <- d.res
 	}
+}
 
-	// 4. Reads, status, advance.
-	for _, x := range rds {
+// advance hands confirmed reads their index, fails reads a lost
+// leadership cannot confirm, records leader changes, tells raft the cycle
+// is done, and destroys the replicas a membership change removed.
+func (n *Node) advance(c *cycle) {
+	for _, x := range c.rds {
 		for _, rs := range x.rd.ReadStates {
 			id := binary.BigEndian.Uint64(rs.RequestCtx)
 			batch := x.r.readBatches[id]
@@ -490,7 +514,7 @@ func (n *Node) handleReady() {
 		x.r.rn.Advance(x.rd)
 		n.releaseReads(x.r)
 	}
-	for _, r := range removed {
+	for _, r := range c.removed {
 		n.destroy(r, "a membership change removed this node from the range")
 	}
 }

@@ -330,33 +330,6 @@ func minKey(a, b []byte) []byte {
 	return b
 }
 
-// applyMeta applies a meta-range command: a node record or directory
-// entries.
-func applyMeta(b *pebble.Batch, cmd *pandopb.Command) error {
-	switch op := cmd.Op.(type) {
-	case *pandopb.Command_Node:
-		if op.Node.Id == 0 {
-			return nil
-		}
-		return storage.PutNodeRecord(b, op.Node)
-	case *pandopb.Command_Directory:
-		for _, d := range op.Directory.Ranges {
-			if d.GetId() == 0 {
-				continue
-			}
-			if _, err := storage.PutDirectoryEntry(b, d); err != nil {
-				return err
-			}
-		}
-		for _, id := range op.Directory.Removed {
-			if err := storage.DeleteDirectoryEntry(b, id); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
 // ProposeMeta replicates a meta command (a node record or directory
 // entries) through the meta range, which this node must lead.
 func (n *Node) ProposeMeta(ctx context.Context, cmd *pandopb.Command) error {

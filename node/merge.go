@@ -37,29 +37,6 @@ import (
 // freeze's apply batch is synced (so a replica that reported the freeze
 // applied keeps it), and the merge's batch holds everything else.
 
-// frozenRefusal is what unlessFrozen returns for a command a frozen range
-// refuses.
-type frozenRefusal struct{}
-
-// frozenError answers requests to a frozen range. It is ErrWrongRange: the
-// keys are about to belong to the left neighbour, and a retry routes there
-// once the merge is applied.
-func frozenError(rangeID, into uint64) error {
-	return fmt.Errorf("%w: range %d is frozen for its merge into range %d", kv.ErrWrongRange, rangeID, into)
-}
-
-// unlessFrozen returns cmd's operation to apply, or frozenRefusal with the
-// refusal in res when the range is frozen: a frozen range applies nothing
-// but a repeat of its freeze, identically on every replica.
-func unlessFrozen(r *group, cmd *pandopb.Command, res *replica.Result) any {
-	st := r.storage.State()
-	if _, freeze := cmd.Op.(*pandopb.Command_Freeze); st.FrozenFor == 0 || freeze {
-		return cmd.Op
-	}
-	res.Err = frozenError(r.id, st.FrozenFor)
-	return frozenRefusal{}
-}
-
 // refuseFrozen refuses up front a proposal (cmd) or a read (cmd nil) on a
 // range whose replica here is frozen; only a freeze passes.
 func refuseFrozen(r *group, cmd *pandopb.Command) error {
@@ -72,7 +49,7 @@ func refuseFrozen(r *group, cmd *pandopb.Command) error {
 			return nil
 		}
 	}
-	return frozenError(r.id, st.FrozenFor)
+	return replica.FrozenError(r.id, st.FrozenFor)
 }
 
 // readAllowed is the answer to a confirmed read of r: refused once r is
@@ -80,7 +57,7 @@ func refuseFrozen(r *group, cmd *pandopb.Command) error {
 // newer writes of its keys that this node has not applied yet.
 func readAllowed(r *group) error {
 	if into := r.storage.State().FrozenFor; into != 0 {
-		return frozenError(r.id, into)
+		return replica.FrozenError(r.id, into)
 	}
 	return nil
 }
@@ -100,21 +77,6 @@ func (n *Node) refuseWhileAbsorbing(rangeID uint64) error {
 	return nil
 }
 
-// applyFreeze applies a freeze to r (on the loop); the caller syncs the
-// apply batch when it succeeded.
-func (n *Node) applyFreeze(r *group, op *pandopb.FreezeOp, index uint64) replica.Result {
-	st := r.storage.State()
-	at, err := replica.PlanFreeze(st, op, index)
-	if err != nil {
-		return replica.Result{Err: err}
-	}
-	if st.FrozenFor == 0 {
-		st.FrozenFor, st.FrozenAt = op.MergeInto, at
-		n.log.Info("froze range for a merge", "range", r.id, "into", op.MergeInto, "index", at)
-	}
-	return replica.Result{Version: at, Desc: st.Desc}
-}
-
 // absorption is a replica retired once the batch that deleted its records
 // commits: into absorbed it, by applying the merge or a snapshot taken
 // after it; results are those of its own entries applied with the merge
@@ -129,19 +91,10 @@ type absorbedResult struct {
 	res replica.Result
 }
 
-// applyMerge applies a merge to the left range l (on the loop, into the
-// apply batch b). The outcome for l depends only on the command and l's
-// state (replica.PlanMerge); the local replica of the right range is
-// folded in when it is here (see absorbRight).
-func (n *Node) applyMerge(b *pebble.Batch, l *group, op *pandopb.MergeOp) replica.Result {
-	st := l.storage.State()
-	desc, err := replica.PlanMerge(st, op)
-	if err != nil {
-		return replica.Result{Err: err}
-	}
-	// Recorded in the replicated state, so that a replica that skips this
-	// entry by a snapshot of l drops its replica of the right range.
-	must(storage.WriteAbsorbed(b, l.id, op.Right.Id, op.FreezeIndex))
+// absorbMerge carries out a merge that range l applied (replica.Apply
+// returned Effects.Absorb): this node's replica of the right range is
+// folded into l in b (see absorbRight).
+func (n *Node) absorbMerge(b *pebble.Batch, l *group, op *pandopb.MergeOp) {
 	if rr := n.replicas[op.Right.Id]; rr != nil && !rr.absorbed {
 		n.absorbRight(b, l, rr, op)
 	} else {
@@ -152,10 +105,9 @@ func (n *Node) applyMerge(b *pebble.Batch, l *group, op *pandopb.MergeOp) replic
 		// deletes it. The left range's outcome is the same either way.
 		n.log.Error("merge applied without a local replica of the right range", "range", l.id, "right", op.Right.Id)
 	}
-	st.Desc = desc
+	desc := l.storage.State().Desc
 	n.log.Info("merged range", "range", l.id, "right", op.Right.Id, "start", fmt.Sprintf("%q", desc.StartKey),
 		"end", fmt.Sprintf("%q", desc.EndKey), "generation", desc.Generation)
-	return replica.Result{Desc: desc}
 }
 
 // absorbRight folds this node's replica rr of the right range into l, in
@@ -208,23 +160,17 @@ func (n *Node) catchUpToFreeze(b *pebble.Batch, rr *group, index uint64) []absor
 			if err != nil {
 				panic(fmt.Sprintf("node: range %d: entry %d: %v", rr.id, e.Index, err))
 			}
-			var res replica.Result
-			switch op := unlessFrozen(rr, cmd, &res).(type) {
-			case frozenRefusal:
-			case *pandopb.Command_Freeze:
-				res = n.applyFreeze(rr, op.Freeze, e.Index)
-			case *pandopb.Command_Put, *pandopb.Command_Delete, *pandopb.Command_PruneDedup:
-				if k := replica.CommandKey(cmd); k != nil && !rr.storage.State().Desc.ContainsKey(k) {
-					res.Err = fmt.Errorf("%w: %q left range %d", kv.ErrWrongRange, k, rr.id)
-					break
-				}
-				res, err = replica.Apply(b, rr.id, e.Index, cmd)
-				must(err)
-			case *pandopb.Command_Checksum, *pandopb.Command_Verdict:
-				// Nothing that outlives the range.
+			switch {
+			case rr.storage.State().FrozenFor != 0:
+				// Refused alike on every replica.
+			case replica.ChangesData(cmd), cmd.GetFreeze() != nil, cmd.GetChecksum() != nil, cmd.GetVerdict() != nil:
+				// A check begun here does not outlive the range: its
+				// effect is dropped.
 			default:
 				panic(fmt.Sprintf("node: range %d: entry %d (%T) precedes its freeze unapplied when its merge applies", rr.id, e.Index, cmd.Op))
 			}
+			res, _, err := replica.Apply(b, rr.storage.State(), e.Index, cmd)
+			must(err)
 			n.propMu.Lock()
 			if p := n.proposals[cmd.Id]; p != nil {
 				delete(n.proposals, cmd.Id)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
+	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pando/pando/api/pandopb"
@@ -78,8 +79,9 @@ func CommandKey(cmd *pandopb.Command) []byte {
 	return nil
 }
 
-// ChangesData reports whether cmd writes replicated data (as opposed to
-// commands the node handles itself: checksums and check verdicts).
+// ChangesData reports whether cmd writes replicated user data or the
+// deduplication table (as opposed to control commands: splits, merges,
+// checks, meta records).
 func ChangesData(cmd *pandopb.Command) bool {
 	switch cmd.Op.(type) {
 	case *pandopb.Command_Put, *pandopb.Command_Delete, *pandopb.Command_PruneDedup:
@@ -88,9 +90,62 @@ func ChangesData(cmd *pandopb.Command) bool {
 	return false
 }
 
-// Apply applies cmd, committed at log index in range rangeID, to b. b must
-// be an indexed batch so that commands later in the same batch see earlier
-// ones' writes.
+// Reshapes reports whether cmd changes a range's span or freezes it (a
+// split, a freeze, a merge).
+func Reshapes(cmd *pandopb.Command) bool {
+	switch cmd.Op.(type) {
+	case *pandopb.Command_Freeze, *pandopb.Command_Merge, *pandopb.Command_Split:
+		return true
+	}
+	return false
+}
+
+// Effects are what applying a command asks of the node hosting the
+// replica, beyond the writes in the batch.
+type Effects struct {
+	// Control: the command was not a data write (or a frozen range refused
+	// it): followers should learn of it at once rather than with the next
+	// append.
+	Control bool
+	// Sync: the apply batch must be synced before the command's result is
+	// reported (a freeze: a replica that reported it frozen stays frozen
+	// across a crash).
+	Sync bool
+	// Froze: this command froze the range (the first freeze, not a repeat).
+	Froze bool
+	// NewRange: a split created this range, whose initial state is in the
+	// batch; the node starts its replica once the batch is committed.
+	NewRange *pandopb.RangeDescriptor
+	// Absorb: a merge absorbed this right neighbour; in the same batch the
+	// node folds its local replica of it into this range (and deletes the
+	// absorbed replica's range-local records), then drops it once the batch
+	// commits.
+	Absorb *pandopb.MergeOp
+	// CheckID: a consistency check begins at this command's index (0:
+	// none). The node commits the batch up to and including this index
+	// (st.AppliedIndex = index) before it hashes the range's state.
+	CheckID uint64
+}
+
+// FrozenError answers requests to a frozen range. It is ErrWrongRange: the
+// keys are about to belong to the left neighbour, and a retry routes there
+// once the merge is applied.
+func FrozenError(rangeID, into uint64) error {
+	return fmt.Errorf("%w: range %d is frozen for its merge into range %d", kv.ErrWrongRange, rangeID, into)
+}
+
+// Apply applies cmd, committed at log index, to the range whose state is
+// st (its descriptor, freeze, last check verdict, next range ID), writing
+// to b and updating st in place; the caller persists st with the applied
+// index. It is the range's whole state machine: every replica that applies
+// the same log from the same state reaches the same bytes, so it reads
+// nothing but b and st. b must be an indexed batch so that commands later
+// in the same batch see earlier ones' writes.
+//
+// A frozen range (merge.go) applies nothing but a repeat of its freeze;
+// every other command is refused alike on every replica. A data command
+// whose key is outside the range (routed before a split moved it) is
+// refused with ErrWrongRange, and retried by its client.
 //
 // Versions: a write gives the key the version max(index, previous+1), so a
 // key's version grows with every write and equals the log index of its last
@@ -106,18 +161,63 @@ func ChangesData(cmd *pandopb.Command) bool {
 // only through PruneDedupOp commands, so every replica holds the same
 // table at the same index.
 //
-// An error return is a storage failure (fatal); a failed compare-and-swap
-// is reported in Result.Err.
-func Apply(b *pebble.Batch, rangeID, index uint64, cmd *pandopb.Command) (Result, error) {
+// A command-level failure (a compare-and-swap mismatch, a split or merge
+// that does not fit) is reported in Result.Err, writes nothing, and leaves
+// st unchanged. An error return is a storage failure or a command this
+// version does not know (fatal: every replica must understand every
+// committed entry).
+func Apply(b *pebble.Batch, st *pandopb.RangeState, index uint64, cmd *pandopb.Command) (Result, Effects, error) {
+	rangeID := st.GetDesc().GetId()
+	eff := Effects{Control: !ChangesData(cmd)}
+	if _, freeze := cmd.Op.(*pandopb.Command_Freeze); st.FrozenFor != 0 && !freeze {
+		eff.Control = true
+		return Result{Err: FrozenError(rangeID, st.FrozenFor)}, eff, nil
+	}
+	if k := CommandKey(cmd); k != nil && !st.Desc.ContainsKey(k) {
+		return Result{Err: fmt.Errorf("%w: %q left range %d", kv.ErrWrongRange, k, rangeID)}, eff, nil
+	}
+	var res Result
+	var err error
 	switch op := cmd.Op.(type) {
-	case *pandopb.Command_PruneDedup:
-		return Result{}, pruneDedup(b, rangeID, op.PruneDedup.Before)
 	case *pandopb.Command_Put, *pandopb.Command_Delete:
+		res, err = applyWrite(b, rangeID, index, cmd)
+	case *pandopb.Command_PruneDedup:
+		err = pruneDedup(b, rangeID, op.PruneDedup.Before)
+	case *pandopb.Command_Split:
+		res, eff.NewRange, err = applySplit(b, st, op.Split)
+	case *pandopb.Command_Freeze:
+		res, eff.Froze = applyFreeze(st, op.Freeze, index)
+		eff.Sync = res.Err == nil
+	case *pandopb.Command_Merge:
+		res, err = applyMerge(b, st, op.Merge)
+		if err == nil && res.Err == nil {
+			eff.Absorb = op.Merge
+		}
+	case *pandopb.Command_Checksum:
+		eff.CheckID = op.Checksum.CheckId
+	case *pandopb.Command_Verdict:
+		st.LastCheck = op.Verdict
+	case *pandopb.Command_AllocRangeId:
+		st.NextRangeId = max(st.NextRangeId, 2)
+		res.Version = st.NextRangeId
+		st.NextRangeId++
+	case *pandopb.Command_Node, *pandopb.Command_Directory:
+		if rangeID != storage.MetaRangeID {
+			res.Err = fmt.Errorf("%w: range %d is not the meta range", kv.ErrInvalidArgument, rangeID)
+			break
+		}
+		err = applyMeta(b, cmd)
 	default:
 		// An unknown operation from a newer version would be a broken
 		// invariant: every replica must understand every committed entry.
-		return Result{}, fmt.Errorf("replica: unknown command %T at index %d", cmd.Op, index)
+		return Result{}, eff, fmt.Errorf("replica: unknown command %T at index %d", cmd.Op, index)
 	}
+	return res, eff, err
+}
+
+// applyWrite applies a put or a delete, through the deduplication table
+// when it carries an idempotency key.
+func applyWrite(b *pebble.Batch, rangeID, index uint64, cmd *pandopb.Command) (Result, error) {
 	if cmd.ClientId != 0 {
 		rec, found, err := storage.ReadDedup(b, rangeID, cmd.ClientId)
 		if err != nil {
@@ -145,6 +245,90 @@ func Apply(b *pebble.Batch, rangeID, index uint64, cmd *pandopb.Command) (Result
 		return res, err
 	}
 	return res, storage.WriteDedup(b, rangeID, cmd.ClientId, recordOf(cmd, res))
+}
+
+// applySplit narrows the range to the left of the split key and writes the
+// right-hand range's initial state in the same batch. User data stays where
+// it is (data keys are not range-scoped). It returns the new range's
+// descriptor, to be started once the batch is committed.
+func applySplit(b *pebble.Batch, st *pandopb.RangeState, op *pandopb.SplitOp) (Result, *pandopb.RangeDescriptor, error) {
+	left, right, err := PlanSplit(st.Desc, op)
+	if err != nil {
+		return Result{Err: err}, nil, nil
+	}
+	var cs raftpb.ConfState
+	if err := cs.Unmarshal(st.ConfState); err != nil {
+		return Result{}, nil, fmt.Errorf("replica: range %d: conf state: %w", st.Desc.Id, err)
+	}
+	if err := storage.WriteSplitState(b, right, cs); err != nil {
+		return Result{}, nil, err
+	}
+	// A write applied before the split whose key now belongs to the right
+	// range may be retried there: it must find its deduplication record.
+	if err := CopyDedupTable(b, st.Desc.Id, right.Id); err != nil {
+		return Result{}, nil, err
+	}
+	st.Desc = left
+	return Result{Desc: left}, right, nil
+}
+
+// applyFreeze freezes the range for its merge into its left neighbour
+// (PlanFreeze); the result's Version is the freeze's index.
+func applyFreeze(st *pandopb.RangeState, op *pandopb.FreezeOp, index uint64) (res Result, froze bool) {
+	at, err := PlanFreeze(st, op, index)
+	if err != nil {
+		return Result{Err: err}, false
+	}
+	if st.FrozenFor == 0 {
+		st.FrozenFor, st.FrozenAt = op.MergeInto, at
+		froze = true
+	}
+	return Result{Version: at, Desc: st.Desc}, froze
+}
+
+// applyMerge extends the left range over its frozen right neighbour
+// (PlanMerge) and records the absorption in the replicated state, so that
+// a replica that skips this entry by a snapshot drops its replica of the
+// right range. The outcome depends only on the command and the left
+// range's state; the node folds in its local replica of the right range
+// (Effects.Absorb).
+func applyMerge(b *pebble.Batch, st *pandopb.RangeState, op *pandopb.MergeOp) (Result, error) {
+	desc, err := PlanMerge(st, op)
+	if err != nil {
+		return Result{Err: err}, nil
+	}
+	if err := storage.WriteAbsorbed(b, st.Desc.Id, op.Right.Id, op.FreezeIndex); err != nil {
+		return Result{}, err
+	}
+	st.Desc = desc
+	return Result{Desc: desc}, nil
+}
+
+// applyMeta applies a meta-range command: a node record or directory
+// entries.
+func applyMeta(b *pebble.Batch, cmd *pandopb.Command) error {
+	switch op := cmd.Op.(type) {
+	case *pandopb.Command_Node:
+		if op.Node.Id == 0 {
+			return nil
+		}
+		return storage.PutNodeRecord(b, op.Node)
+	case *pandopb.Command_Directory:
+		for _, d := range op.Directory.Ranges {
+			if d.GetId() == 0 {
+				continue
+			}
+			if _, err := storage.PutDirectoryEntry(b, d); err != nil {
+				return err
+			}
+		}
+		for _, id := range op.Directory.Removed {
+			if err := storage.DeleteDirectoryEntry(b, id); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func recordOf(cmd *pandopb.Command, res Result) *pandopb.DedupRecord {

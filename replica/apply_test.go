@@ -49,7 +49,7 @@ func apply(t *testing.T, e *storage.Engine, index uint64, cmd *pandopb.Command) 
 	t.Helper()
 	b := e.DB().NewIndexedBatch()
 	defer b.Close()
-	res, err := replica.Apply(b, 1, index, cmd)
+	res, _, err := replica.Apply(b, rangeState(1), index, cmd)
 	if err != nil {
 		t.Fatalf("Apply(%d, %v): %v", index, cmd, err)
 	}
@@ -154,7 +154,7 @@ func TestMismatchWritesNothing(t *testing.T) {
 	apply(t, e, 1, putCmd("k", "v"))
 	for _, cmd := range []*pandopb.Command{casPutCmd("k", "x", 9), casPutCmd("k", "x", 0), casDelCmd("k", 9), casDelCmd("k", 0), casPutCmd("nokey", "x", 1)} {
 		b := e.DB().NewIndexedBatch()
-		res, err := replica.Apply(b, 1, 2, cmd)
+		res, _, err := replica.Apply(b, rangeState(1), 2, cmd)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -172,7 +172,7 @@ func TestDelete(t *testing.T) {
 	e := openEngine(t)
 	// Deleting an absent key is not an error and deletes nothing.
 	b := e.DB().NewIndexedBatch()
-	res, err := replica.Apply(b, 1, 1, delCmd("absent"))
+	res, _, err := replica.Apply(b, rangeState(1), 1, delCmd("absent"))
 	if err != nil || res.Err != nil || res.Deleted {
 		t.Errorf("delete of an absent key = %+v, %v; want Deleted=false", res, err)
 	}
@@ -246,7 +246,7 @@ func TestBatchSeesOwnWrites(t *testing.T) {
 		{7, putCmd("k", "e"), func(r replica.Result) bool { return r.Version == 7 }},
 	}
 	for _, s := range steps {
-		res, err := replica.Apply(b, 1, s.index, s.cmd)
+		res, _, err := replica.Apply(b, rangeState(1), s.index, s.cmd)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -269,7 +269,7 @@ func TestApplyUnknownCommand(t *testing.T) {
 	e := openEngine(t)
 	b := e.DB().NewIndexedBatch()
 	defer b.Close()
-	if _, err := replica.Apply(b, 1, 1, &pandopb.Command{Id: 5}); err == nil {
+	if _, _, err := replica.Apply(b, rangeState(1), 1, &pandopb.Command{Id: 5}); err == nil {
 		t.Error("Apply of a command without an operation succeeded")
 	}
 	if !b.Empty() {
@@ -323,7 +323,7 @@ func TestDeterminism(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					res, err := replica.Apply(b, 1, uint64(i+1), cmd)
+					res, _, err := replica.Apply(b, rangeState(1), uint64(i+1), cmd)
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -409,6 +409,14 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Add([]byte{0xff, 0x01}, uint64(0))
 	f.Add([]byte{0x12, 0x00}, uint64(5))
 	f.Add([]byte{0x1a, 0x00}, uint64(^uint64(0)))
+	f.Add([]byte{0xa2, 0x01, 0x00}, uint64(0)) // an empty ChecksumOp
+	for _, cmd := range controlCommands() {
+		data, err := proto.Marshal(cmd)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data, uint64(9))
+	}
 	e := openEngine(f)
 	if err := e.DB().Set(storage.DataKey([]byte("k")), storage.EncodeValue(4, []byte("old")), pebble.NoSync); err != nil {
 		f.Fatal(err)
@@ -423,7 +431,8 @@ func FuzzDecodeCommand(f *testing.F) {
 		}
 		b := e.DB().NewIndexedBatch()
 		defer b.Close() // never committed: the engine stays as seeded
-		res, err := replica.Apply(b, 1, index, cmd)
+		st := rangeState(1)
+		res, _, err := replica.Apply(b, st, index, cmd)
 		if err != nil {
 			if cmd.Op != nil {
 				t.Fatalf("Apply of a decoded %T failed: %v", cmd.Op, err)
@@ -431,11 +440,21 @@ func FuzzDecodeCommand(f *testing.F) {
 			return
 		}
 		if res.Err != nil {
-			if !errors.Is(res.Err, kv.ErrVersionMismatch) {
-				t.Fatalf("command error %v is not a version mismatch", res.Err)
+			if !errors.Is(res.Err, kv.ErrVersionMismatch) && !errors.Is(res.Err, kv.ErrInvalidArgument) && !errors.Is(res.Err, kv.ErrWrongRange) {
+				t.Fatalf("command error %v is none of version mismatch, invalid argument, wrong range", res.Err)
 			}
-			if !b.Empty() {
-				t.Fatal("a failed CAS wrote to the batch")
+			switch {
+			case errors.Is(res.Err, kv.ErrVersionMismatch) && cmd.ClientId != 0:
+				// A failed compare-and-swap with an idempotency key is
+				// remembered, so that its retry fails alike: one record.
+				if b.Count() != 1 {
+					t.Fatalf("a failed CAS with an idempotency key wrote %d records, want its deduplication record", b.Count())
+				}
+			case !b.Empty():
+				t.Fatalf("a refused %T wrote to the batch", cmd.Op)
+			}
+			if !proto.Equal(st, rangeState(1)) {
+				t.Fatalf("a refused %T changed the range state to %v", cmd.Op, st)
 			}
 			return
 		}
@@ -449,4 +468,9 @@ func FuzzDecodeCommand(f *testing.F) {
 			}
 		}
 	})
+}
+
+// rangeState is the state of a range that spans the whole key space.
+func rangeState(rangeID uint64) *pandopb.RangeState {
+	return &pandopb.RangeState{Desc: &pandopb.RangeDescriptor{Id: rangeID, Replicas: []uint64{1, 2, 3}, Generation: 1}}
 }

@@ -36,7 +36,7 @@ func (r *replicaState) apply(rangeID uint64, cmd *pandopb.Command) Result {
 	r.t.Helper()
 	r.index++
 	b := r.db.NewIndexedBatch()
-	res, err := Apply(b, rangeID, r.index, cmd)
+	res, _, err := Apply(b, &pandopb.RangeState{Desc: &pandopb.RangeDescriptor{Id: rangeID}}, r.index, cmd)
 	if err != nil {
 		r.t.Fatalf("apply at %d: %v", r.index, err)
 	}
