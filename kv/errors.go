@@ -84,3 +84,24 @@ func (e *NotLeaderError) Error() string {
 
 // Is makes errors.Is(err, ErrNotLeader) work.
 func (e *NotLeaderError) Is(target error) bool { return target == ErrNotLeader }
+
+// A Label names, for a metric, the kind of error a request or a proposal
+// ended with.
+type Label struct {
+	Err   error
+	Label string
+}
+
+// LabelOf returns the label of the first entry of table whose error err is
+// (errors.Is), in table order; ok for a nil err; "" when none matches.
+func LabelOf(err error, ok string, table []Label) string {
+	if err == nil {
+		return ok
+	}
+	for _, l := range table {
+		if errors.Is(err, l.Err) {
+			return l.Label
+		}
+	}
+	return ""
+}

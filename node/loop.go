@@ -29,25 +29,14 @@ func (n *Node) run() {
 	ticker := time.NewTicker(n.cfg.TickInterval)
 	defer ticker.Stop()
 	for {
-		select {
-		case <-n.stopc:
+		if !n.take(ticker.C, true) {
 			n.failAllReads(kv.ErrStopped)
 			return
-		case now := <-ticker.C:
-			for _, r := range n.replicas {
-				n.tickReplica(r)
-			}
-			n.maybePruneDedup(now)
-		case in := <-n.recvc:
-			n.step(in)
-		case p := <-n.propc:
-			n.propose(p)
-		case rr := <-n.readc:
-			n.queueRead(rr)
-		case f := <-n.funcc:
-			f()
 		}
-		n.drain()
+		// Take what is already queued, without blocking, so that one
+		// cycle handles it all.
+		for i := 0; i < maxDrain && n.take(ticker.C, false); i++ {
+		}
 		n.flushProposals()
 		n.flushReads()
 		n.handleReady()
@@ -55,23 +44,42 @@ func (n *Node) run() {
 	}
 }
 
-// drain takes what is already queued, without blocking.
-func (n *Node) drain() {
-	for i := 0; i < maxDrain; i++ {
-		select {
-		case in := <-n.recvc:
-			n.step(in)
-		case p := <-n.propc:
-			n.propose(p)
-		case rr := <-n.readc:
-			n.queueRead(rr)
-		case f := <-n.funcc:
-			f()
-		default:
-			return
-		}
+// take handles one input of the loop: a tick, a raft message, a proposal,
+// a read or a function to run on the loop. With block it waits for one;
+// without, it reports false when nothing is queued. It reports false once
+// the node stops (stopc stays closed, so a stop seen without blocking is
+// seen again by the next blocking take, which ends the loop).
+func (n *Node) take(tick <-chan time.Time, block bool) bool {
+	var idle chan struct{} // nil: never ready
+	if !block {
+		idle = closedChan
 	}
+	select {
+	case <-n.stopc:
+		return false
+	case now := <-tick:
+		for _, r := range n.replicas {
+			n.tickReplica(r)
+		}
+		n.maybePruneDedup(now)
+	case in := <-n.recvc:
+		n.step(in)
+	case p := <-n.propc:
+		n.propose(p)
+	case req := <-n.readc:
+		n.queueRead(req)
+	case f := <-n.funcc:
+		f()
+	case <-idle:
+		// select picks among ready cases at random: idle may win while
+		// inputs are queued. Only an empty queue ends the drain.
+		return len(n.recvc)+len(n.propc)+len(n.readc)+len(n.funcc) > 0
+	}
+	return true
 }
+
+// closedChan is always ready: a select with it as a case does not block.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 func (n *Node) step(in inbound) {
 	r := n.replicas[in.rangeID]
@@ -190,18 +198,18 @@ func (n *Node) failProposal(p *proposal, err error) {
 	p.done <- proposalResult{err: err}
 }
 
-func (n *Node) queueRead(rr *readRequest) {
-	r := n.replicas[rr.rangeID]
+func (n *Node) queueRead(req *readRequest) {
+	r := n.replicas[req.rangeID]
 	if r == nil {
-		rr.done <- errNoReplica(rr.rangeID)
+		req.done <- errNoReplica(req.rangeID)
 		return
 	}
 	if bs := r.rn.BasicStatus(); bs.RaftState != raft.StateLeader {
-		rr.done <- n.notLeader(rr.rangeID, bs.Lead)
+		req.done <- n.notLeader(req.rangeID, bs.Lead)
 		return
 	}
 	n.wake(r)
-	r.readQueue = append(r.readQueue, rr)
+	r.readQueue = append(r.readQueue, req)
 }
 
 // flushReads gives every range's queued reads one shared ReadIndex request.
@@ -494,16 +502,16 @@ func (n *Node) advance(c *cycle) {
 			id := binary.BigEndian.Uint64(rs.RequestCtx)
 			batch := x.r.readBatches[id]
 			delete(x.r.readBatches, id)
-			for _, rr := range batch {
-				rr.index = rs.Index
-				x.r.readWaiting = append(x.r.readWaiting, rr)
+			for _, req := range batch {
+				req.index = rs.Index
+				x.r.readWaiting = append(x.r.readWaiting, req)
 			}
 		}
 		if ss := x.rd.SoftState; ss != nil && ss.RaftState != raft.StateLeader {
 			// Reads not yet confirmed by a quorum cannot be any more.
 			for id, batch := range x.r.readBatches {
-				for _, rr := range batch {
-					rr.done <- n.notLeader(x.r.id, ss.Lead)
+				for _, req := range batch {
+					req.done <- n.notLeader(x.r.id, ss.Lead)
 				}
 				delete(x.r.readBatches, id)
 			}
@@ -685,11 +693,11 @@ func (n *Node) collect(out []Envelope, r *group, msgs []raftpb.Message) []Envelo
 // releaseReads completes confirmed reads whose index is applied.
 func (n *Node) releaseReads(r *group) {
 	kept := r.readWaiting[:0]
-	for _, rr := range r.readWaiting {
-		if rr.index <= r.applied {
-			rr.done <- readAllowed(r)
+	for _, req := range r.readWaiting {
+		if req.index <= r.applied {
+			req.done <- readAllowed(r)
 		} else {
-			kept = append(kept, rr)
+			kept = append(kept, req)
 		}
 	}
 	r.readWaiting = kept
@@ -703,16 +711,16 @@ func (n *Node) failAllReads(err error) {
 
 // failReads answers every read waiting on r with err.
 func (r *group) failReads(err error) {
-	for _, rr := range r.readQueue {
-		rr.done <- err
+	for _, req := range r.readQueue {
+		req.done <- err
 	}
 	for _, batch := range r.readBatches {
-		for _, rr := range batch {
-			rr.done <- err
+		for _, req := range batch {
+			req.done <- err
 		}
 	}
-	for _, rr := range r.readWaiting {
-		rr.done <- err
+	for _, req := range r.readWaiting {
+		req.done <- err
 	}
 	r.readQueue, r.readWaiting = nil, nil
 	r.readBatches = map[uint64][]*readRequest{}

@@ -95,8 +95,8 @@ type absorbedResult struct {
 // returned Effects.Absorb): this node's replica of the right range is
 // folded into l in b (see absorbRight).
 func (n *Node) absorbMerge(b *pebble.Batch, l *group, op *pandopb.MergeOp) {
-	if rr := n.replicas[op.Right.Id]; rr != nil && !rr.absorbed {
-		n.absorbRight(b, l, rr, op)
+	if right := n.replicas[op.Right.Id]; right != nil && !right.absorbed {
+		n.absorbRight(b, l, right, op)
 	} else {
 		// Unreachable under the merge protocol: the merge was proposed
 		// after every replica of the right range, this one included,
@@ -110,36 +110,36 @@ func (n *Node) absorbMerge(b *pebble.Batch, l *group, op *pandopb.MergeOp) {
 		"end", fmt.Sprintf("%q", desc.EndKey), "generation", desc.Generation)
 }
 
-// absorbRight folds this node's replica rr of the right range into l, in
-// b: rr is first brought to the freeze index if it lags (see
+// absorbRight folds right, this node's replica of the right range, into l, in
+// b: right is first brought to the freeze index if it lags (see
 // catchUpToFreeze), its deduplication records are merged into l's (per
 // session the later write's record survives) and its range-local records
 // (Raft state, log, applied state) are deleted. Its data stays: it is l's
 // now. The group is dropped once b commits (retireAbsorbed).
-func (n *Node) absorbRight(b *pebble.Batch, l, rr *group, op *pandopb.MergeOp) {
-	a := &absorption{r: rr, into: l}
-	rs := rr.storage.State()
+func (n *Node) absorbRight(b *pebble.Batch, l, right *group, op *pandopb.MergeOp) {
+	a := &absorption{r: right, into: l}
+	rs := right.storage.State()
 	if rs.Desc != nil {
-		if rr.applied < op.FreezeIndex {
-			a.results = n.catchUpToFreeze(b, rr, op.FreezeIndex)
+		if right.applied < op.FreezeIndex {
+			a.results = n.catchUpToFreeze(b, right, op.FreezeIndex)
 		}
 		if rs.FrozenFor == 0 || rs.FrozenAt != op.FreezeIndex || !proto.Equal(rs.Desc, op.Right) {
 			panic(fmt.Sprintf("node: range %d merges range %d frozen at %d as %v, but the replica here is frozen for %d at %d as %v",
-				l.id, rr.id, op.FreezeIndex, op.Right, rs.FrozenFor, rs.FrozenAt, rs.Desc))
+				l.id, right.id, op.FreezeIndex, op.Right, rs.FrozenFor, rs.FrozenAt, rs.Desc))
 		}
-		must(replica.MergeDedupTables(b, rr.id, l.id))
-		absorbed, err := storage.ScanAbsorbed(b, rr.id)
+		must(replica.MergeDedupTables(b, right.id, l.id))
+		absorbed, err := storage.ScanAbsorbed(b, right.id)
 		must(err)
 		for id, at := range absorbed {
 			must(storage.WriteAbsorbed(b, l.id, id, at))
 		}
 	}
-	must(storage.DestroyReplica(b, rr.id, nil))
-	rr.absorbed = true
+	must(storage.DestroyReplica(b, right.id, nil))
+	right.absorbed = true
 	n.absorbing = append(n.absorbing, a)
 }
 
-// catchUpToFreeze applies rr's own committed entries up to its freeze at
+// catchUpToFreeze applies right's own committed entries up to its freeze at
 // index, in b, for a replica of the right range that has not applied them
 // when the left range's merge applies. The merge driver waits until every
 // replica applied the freeze, so this only runs when a merge was proposed
@@ -148,28 +148,28 @@ func (n *Node) absorbRight(b *pebble.Batch, l, rr *group, op *pandopb.MergeOp) {
 // and committed, since the merge is), and only what a range about to be
 // frozen can carry is supported (data writes, checks, membership changes,
 // which do not outlive the range). Anything else is a broken invariant.
-func (n *Node) catchUpToFreeze(b *pebble.Batch, rr *group, index uint64) []absorbedResult {
-	ents, err := rr.storage.Entries(rr.applied+1, index+1, math.MaxUint64)
+func (n *Node) catchUpToFreeze(b *pebble.Batch, right *group, index uint64) []absorbedResult {
+	ents, err := right.storage.Entries(right.applied+1, index+1, math.MaxUint64)
 	if err != nil {
-		panic(fmt.Sprintf("node: range %d must apply entries %d..%d before its merge, and does not hold them: %v", rr.id, rr.applied+1, index, err))
+		panic(fmt.Sprintf("node: range %d must apply entries %d..%d before its merge, and does not hold them: %v", right.id, right.applied+1, index, err))
 	}
 	var out []absorbedResult
 	for _, e := range ents {
 		if e.Type == raftpb.EntryNormal && len(e.Data) > 0 {
 			cmd, err := replica.DecodeCommand(e.Data)
 			if err != nil {
-				panic(fmt.Sprintf("node: range %d: entry %d: %v", rr.id, e.Index, err))
+				panic(fmt.Sprintf("node: range %d: entry %d: %v", right.id, e.Index, err))
 			}
 			switch {
-			case rr.storage.State().FrozenFor != 0:
+			case right.storage.State().FrozenFor != 0:
 				// Refused alike on every replica.
 			case replica.ChangesData(cmd), cmd.GetFreeze() != nil, cmd.GetChecksum() != nil, cmd.GetVerdict() != nil:
 				// A check begun here does not outlive the range: its
 				// effect is dropped.
 			default:
-				panic(fmt.Sprintf("node: range %d: entry %d (%T) precedes its freeze unapplied when its merge applies", rr.id, e.Index, cmd.Op))
+				panic(fmt.Sprintf("node: range %d: entry %d (%T) precedes its freeze unapplied when its merge applies", right.id, e.Index, cmd.Op))
 			}
-			res, _, err := replica.Apply(b, rr.storage.State(), e.Index, cmd)
+			res, _, err := replica.Apply(b, right.storage.State(), e.Index, cmd)
 			must(err)
 			n.propMu.Lock()
 			if p := n.proposals[cmd.Id]; p != nil {
@@ -178,9 +178,9 @@ func (n *Node) catchUpToFreeze(b *pebble.Batch, rr *group, index uint64) []absor
 			}
 			n.propMu.Unlock()
 		}
-		rr.applied = e.Index
+		right.applied = e.Index
 	}
-	n.log.Warn("applied a merged range's entries with its merge", "range", rr.id, "to", index, "entries", len(ents))
+	n.log.Warn("applied a merged range's entries with its merge", "range", right.id, "to", index, "entries", len(ents))
 	return out
 }
 

@@ -1,7 +1,6 @@
 package node
 
 import (
-	"errors"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -69,19 +68,18 @@ func (m *metrics) dedup(res replica.Result) {
 	}
 }
 
+// proposalLabels label proposals by outcome (kv.LabelOf; "failed" when
+// none matches).
+var proposalLabels = []kv.Label{
+	{Err: kv.ErrVersionMismatch, Label: "rejected"},
+	{Err: kv.ErrNotLeader, Label: "not_leader"},
+	{Err: kv.ErrAmbiguous, Label: "ambiguous"},
+	{Err: kv.ErrOverloaded, Label: "overloaded"},
+}
+
 func (m *metrics) proposal(err error) {
-	outcome := "applied"
-	switch {
-	case err == nil:
-	case errors.Is(err, kv.ErrVersionMismatch):
-		outcome = "rejected"
-	case errors.Is(err, kv.ErrNotLeader):
-		outcome = "not_leader"
-	case errors.Is(err, kv.ErrAmbiguous):
-		outcome = "ambiguous"
-	case errors.Is(err, kv.ErrOverloaded):
-		outcome = "overloaded"
-	default:
+	outcome := kv.LabelOf(err, "applied", proposalLabels)
+	if outcome == "" {
 		outcome = "failed"
 	}
 	m.proposals.WithLabelValues(outcome).Inc()

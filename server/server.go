@@ -592,18 +592,19 @@ func (s *Server) countEvents() {
 	}
 }
 
+// requestLabels label requests by outcome (kv.LabelOf); the rest by
+// their HTTP status class.
+var requestLabels = []kv.Label{
+	{Err: kv.ErrNotFound, Label: "not_found"},
+	{Err: kv.ErrVersionMismatch, Label: "version_mismatch"},
+	{Err: kv.ErrAmbiguous, Label: "ambiguous"},
+	{Err: kv.ErrOverloaded, Label: "overloaded"},
+}
+
 func (s *Server) observe(op string, start time.Time, err error) {
-	outcome := "ok"
+	outcome := kv.LabelOf(err, "ok", requestLabels)
 	switch {
-	case err == nil:
-	case errors.Is(err, kv.ErrNotFound):
-		outcome = "not_found"
-	case errors.Is(err, kv.ErrVersionMismatch):
-		outcome = "version_mismatch"
-	case errors.Is(err, kv.ErrAmbiguous):
-		outcome = "ambiguous"
-	case errors.Is(err, kv.ErrOverloaded):
-		outcome = "overloaded"
+	case outcome != "":
 	case httpStatus(err) == http.StatusServiceUnavailable:
 		outcome = "unavailable"
 	case httpStatus(err) < 500:
