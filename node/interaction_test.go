@@ -15,6 +15,7 @@ import (
 
 	"github.com/cockroachdb/datadriven"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 	"go.etcd.io/raft/v3"
 
 	"github.com/pando/pando/api/pandopb"
@@ -55,6 +56,14 @@ func TestInteraction(t *testing.T) {
 	})
 }
 
+// disk is a node's file system: a crashable in-memory one (a restart keeps
+// only what was synced), with errors injected by errorfs when failing.
+type disk struct {
+	mem     *vfs.MemFS
+	failing atomic.Value // errorfs.OpKind set that fails WAL operations (nil: none)
+	engine  *storage.Engine
+}
+
 type interaction struct {
 	t     *testing.T
 	mu    sync.Mutex // guards trace and queue
@@ -62,6 +71,7 @@ type interaction struct {
 	queue []Envelope // sent, not yet delivered (in send order)
 	ids   []uint64
 	nodes map[uint64]*Node
+	disks map[uint64]*disk
 	props map[uint64]*sync.WaitGroup // per node, its proposals' tracing
 }
 
@@ -72,8 +82,10 @@ func (e *interaction) logf(format string, args ...any) {
 }
 
 func (e *interaction) close() {
-	for _, n := range e.nodes {
+	for id, n := range e.nodes {
 		n.Stop()
+		e.props[id].Wait()
+		_ = e.disks[id].engine.Close()
 	}
 }
 
@@ -93,6 +105,10 @@ func (e *interaction) handle(t *testing.T, td *datadriven.TestData) string {
 		e.deliver(t, td)
 	case "propose":
 		e.propose(t, td)
+	case "fail":
+		e.fail(t, td)
+	case "restart":
+		e.restart(t, td)
 	case "status":
 		return e.status()
 	default:
@@ -164,31 +180,84 @@ func (e *interaction) bootstrap(t *testing.T, td *datadriven.TestData) {
 	}
 	e.nodes = map[uint64]*Node{}
 	e.props = map[uint64]*sync.WaitGroup{}
+	e.disks = map[uint64]*disk{}
 	for _, id := range e.ids {
-		fs := &syncTracer{FS: vfs.NewMem(), onSync: func() { e.logf("n%d: fsync", id) }}
-		eng, err := storage.Open("data", storage.Options{FS: fs, CacheSize: 1 << 20})
+		d := &disk{mem: vfs.NewCrashableMem()}
+		e.disks[id] = d
+		eng, err := storage.Open("data", storage.Options{FS: d.mem, CacheSize: 1 << 20})
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, d := range descs {
-			if err := storage.BootstrapCluster(eng, d, e.ids); err != nil {
+		for _, desc := range descs {
+			if err := storage.BootstrapCluster(eng, desc, e.ids); err != nil {
 				t.Fatal(err)
 			}
 		}
-		n, err := New(Config{
-			ID: id, Engine: eng, Transport: &queueTransport{env: e, from: id},
-			TickInterval: time.Hour, ElectionTicks: 10, HeartbeatTicks: 1,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		})
-		if err != nil {
+		if err := eng.Close(); err != nil {
 			t.Fatal(err)
 		}
-		fs.active.Store(true) // trace from here on: bootstrapping syncs are not the loop's
-		e.nodes[id] = n
-		e.props[id] = &sync.WaitGroup{}
-		n.Start()
-		t.Cleanup(func() { _ = eng.Close() })
+		e.start(t, id)
 	}
+}
+
+// start opens node id's engine on its disk and starts the node.
+func (e *interaction) start(t *testing.T, id uint64) {
+	d := e.disks[id]
+	inj := errorfs.InjectorFunc(func(op errorfs.Op) error {
+		kinds, _ := d.failing.Load().([]errorfs.OpKind)
+		if strings.HasSuffix(op.Path, ".log") && slices.Contains(kinds, op.Kind) {
+			return errorfs.ErrInjected
+		}
+		return nil
+	})
+	fs := &syncTracer{FS: errorfs.Wrap(d.mem, inj), onSync: func() { e.logf("n%d: fsync", id) }}
+	eng, err := storage.Open("data", storage.Options{FS: fs, CacheSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := New(Config{
+		ID: id, Engine: eng, Transport: &queueTransport{env: e, from: id},
+		TickInterval: time.Hour, ElectionTicks: 10, HeartbeatTicks: 1,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs.active.Store(true) // from here on: opening's syncs are not the loop's
+	d.engine = eng
+	e.nodes[id] = n
+	e.props[id] = &sync.WaitGroup{}
+	n.Start()
+}
+
+// fail makes node id's WAL writes or syncs fail from now on.
+func (e *interaction) fail(t *testing.T, td *datadriven.TestData) {
+	var id uint64
+	var op string
+	td.ScanArgs(t, "node", &id)
+	td.ScanArgs(t, "op", &op)
+	switch op {
+	case "sync":
+		e.disks[id].failing.Store([]errorfs.OpKind{errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo})
+	case "write":
+		e.disks[id].failing.Store([]errorfs.OpKind{errorfs.OpFileWrite, errorfs.OpFileWriteAt})
+	default:
+		t.Fatalf("op=%s: want sync or write", op)
+	}
+}
+
+// restart stops node id (if its loop still runs), keeps only what its disk
+// synced (a crash), and starts it again from that.
+func (e *interaction) restart(t *testing.T, td *datadriven.TestData) {
+	var id uint64
+	td.ScanArgs(t, "node", &id)
+	n, d := e.nodes[id], e.disks[id]
+	n.Stop()
+	e.props[id].Wait()
+	d.mem = d.mem.CrashClone(vfs.CrashCloneCfg{})
+	d.failing.Store([]errorfs.OpKind(nil))
+	_ = d.engine.Close() // may fail after an injected error; the clone is what survives
+	e.start(t, id)
 }
 
 // deliver hands the queued messages for each node (or the one named) to
@@ -218,6 +287,9 @@ func (e *interaction) deliver(t *testing.T, td *datadriven.TestData) {
 	}
 	for _, id := range e.ids {
 		n := e.nodes[id]
+		if n.Err() != nil {
+			continue // stopped: its messages are lost
+		}
 		resume := e.pause(t, n)
 		for _, env := range mine {
 			if env.Msg.To != id {
@@ -226,7 +298,7 @@ func (e *interaction) deliver(t *testing.T, td *datadriven.TestData) {
 			if env.Snapshot != nil {
 				t.Fatal("snapshots are not delivered by this harness")
 			}
-			if err := n.Step(context.Background(), env.RangeID, env.Msg); err != nil {
+			if err := n.Step(context.Background(), env.RangeID, env.Msg); err != nil && n.Err() == nil {
 				t.Fatal(err)
 			}
 		}
@@ -312,6 +384,12 @@ func (e *interaction) settle(t *testing.T) {
 // settleNode waits until n's loop has nothing queued and no Ready pending,
 // and every proposal it answered has been traced.
 func (e *interaction) settleNode(t *testing.T, n *Node) {
+	select {
+	case <-n.Done():
+		e.props[n.cfg.ID].Wait()
+		return // stopped (a storage failure): nothing more happens there
+	default:
+	}
 	for i := 0; i < 100; i++ {
 		busy := false
 		if err := n.call(context.Background(), func() {
@@ -320,12 +398,16 @@ func (e *interaction) settleNode(t *testing.T, n *Node) {
 				busy = busy || r.rn.HasReady() || len(r.propBuf) > 0
 			}
 		}); err != nil {
+			if n.Err() != nil {
+				e.props[n.cfg.ID].Wait()
+				return // it stopped on a storage failure meanwhile
+			}
 			t.Fatal(err)
 		}
 		if !busy {
 			// One more cycle: the call above ran inside a cycle whose
 			// Ready was handled after it.
-			if err := n.call(context.Background(), func() {}); err != nil {
+			if err := n.call(context.Background(), func() {}); err != nil && n.Err() == nil {
 				t.Fatal(err)
 			}
 			e.waitAnswered(n)
@@ -349,6 +431,10 @@ func (e *interaction) waitAnswered(n *Node) {
 func (e *interaction) status() string {
 	var b strings.Builder
 	for _, id := range e.ids {
+		if err := e.nodes[id].Err(); err != nil {
+			fmt.Fprintf(&b, "n%d: stopped: %v\n", id, err)
+			continue
+		}
 		sts := e.nodes[id].Statuses()
 		slices.SortFunc(sts, func(a, b RangeStatus) int { return int(a.RangeID) - int(b.RangeID) })
 		for _, st := range sts {

@@ -18,6 +18,7 @@ import (
 	"github.com/pando/pando/events"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/replica"
+	"github.com/pando/pando/storage"
 )
 
 // maxDrain bounds how many queued inputs one loop cycle takes before it
@@ -26,6 +27,7 @@ const maxDrain = 4096
 
 func (n *Node) run() {
 	defer close(n.donec)
+	defer n.recoverStorageFailure()
 	ticker := time.NewTicker(n.cfg.TickInterval)
 	defer ticker.Stop()
 	for {
@@ -42,6 +44,31 @@ func (n *Node) run() {
 		n.handleReady()
 		n.refreshIndex()
 	}
+}
+
+// recoverStorageFailure ends the loop on a storage failure (must): the
+// node stops as Stop would, and Err reports why. Any other panic is a bug
+// and goes on.
+func (n *Node) recoverStorageFailure() {
+	r := recover()
+	if r == nil {
+		return
+	}
+	sf, ok := r.(storageFailure)
+	if err, isErr := r.(error); isErr && errors.Is(err, storage.ErrEngineFailed) {
+		sf, ok = storageFailure{err}, true
+	}
+	if !ok {
+		panic(r)
+	}
+	err := fmt.Errorf("%w: node %d stopped on a storage failure: %w", kv.ErrStopped, n.cfg.ID, sf.err)
+	n.failure.Store(&err)
+	n.log.Error("storage failure: stopping the node; restart it to recover from what was synced", "err", sf.err)
+	if !n.stopped.Swap(true) { // not under stopMu: Stop holds it while it waits for the loop
+		close(n.stopc)
+	}
+	n.failAllReads(err)
+	n.failPending(fmt.Sprintf("node stopped on a storage failure with the write in flight: %v", sf.err))
 }
 
 // take handles one input of the loop: a tick, a raft message, a proposal,

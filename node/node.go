@@ -59,6 +59,8 @@ type Node struct {
 	donec   chan struct{}
 	stopped atomic.Bool
 	started atomic.Bool
+	// failure is the storage failure that stopped the loop (nil: none).
+	failure atomic.Pointer[error]
 	stopMu  sync.Mutex
 }
 
@@ -248,22 +250,37 @@ func (n *Node) Start() {
 func (n *Node) Stop() {
 	n.stopMu.Lock()
 	defer n.stopMu.Unlock()
-	if n.stopped.Swap(true) {
-		return
+	if !n.stopped.Swap(true) {
+		close(n.stopc) // else a storage failure closed it
 	}
-	close(n.stopc)
 	if n.started.Load() {
 		<-n.donec
 	}
 	n.checks.close()
+	n.failPending("node stopped with the write in flight")
+}
+
+// failPending answers every pending proposal. One may still commit through
+// the other replicas: its outcome is unknown, not failed.
+func (n *Node) failPending(why string) {
 	n.propMu.Lock()
-	// A pending proposal may still commit through the other replicas: its
-	// outcome is unknown, not failed.
+	defer n.propMu.Unlock()
 	for id, p := range n.proposals {
-		p.done <- proposalResult{err: fmt.Errorf("%w (%w): node stopped with the write in flight", kv.ErrUnavailable, kv.ErrAmbiguous)}
+		p.done <- proposalResult{err: fmt.Errorf("%w (%w): %s", kv.ErrUnavailable, kv.ErrAmbiguous, why)}
 		delete(n.proposals, id)
 	}
-	n.propMu.Unlock()
+}
+
+// Done is closed once the loop has ended: after Stop, or on a storage
+// failure (Err).
+func (n *Node) Done() <-chan struct{} { return n.donec }
+
+// Err is the storage failure that stopped the node, nil if none did.
+func (n *Node) Err() error {
+	if err := n.failure.Load(); err != nil {
+		return *err
+	}
+	return nil
 }
 
 // ID is the node's ID.

@@ -160,8 +160,17 @@ func clearSpan(b *pebble.Batch, desc *pandopb.RangeDescriptor) error {
 	return nil
 }
 
+// must stops the node on a storage failure: the loop cannot go on once a
+// write it depends on may not have happened (etcd treats such errors as
+// fatal alike). It panics with a storageFailure, which the loop recovers
+// (run): the node stops before anything that depends on the failed write
+// (an acknowledgement, an answer to a proposer) leaves it, and Err reports
+// the failure. A restart recovers from what was synced.
 func must(err error) {
 	if err != nil {
-		panic(fmt.Sprintf("node: storage failure: %v", err))
+		panic(storageFailure{err})
 	}
 }
+
+// storageFailure is must's panic value.
+type storageFailure struct{ err error }

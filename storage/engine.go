@@ -203,6 +203,15 @@ type quietLogger struct{}
 
 func (quietLogger) Infof(string, ...interface{})  {}
 func (quietLogger) Errorf(string, ...interface{}) {}
+
+// Fatalf is how Pebble reports a failure it cannot go on from (a failed
+// write or sync of its log, in a commit): it panics with an error wrapping
+// ErrEngineFailed, which the node's loop recovers to stop the node (a
+// restart recovers from what was synced).
 func (quietLogger) Fatalf(format string, args ...interface{}) {
-	panic(fmt.Sprintf("pebble: "+format, args...))
+	panic(fmt.Errorf("%w: "+format, append([]any{ErrEngineFailed}, args...)...))
 }
+
+// ErrEngineFailed is the engine failing a write it cannot recover from:
+// the process must stop using it and reopen it.
+var ErrEngineFailed = errors.New("storage: engine failed")

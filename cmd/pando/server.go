@@ -132,11 +132,23 @@ A fourth node joining it (the controller moves replicas and leaders to it):
 			fmt.Fprintf(cmd.OutOrStdout(), "pando node %d ready on %s (peers, gRPC, HTTP API, metrics); data in %s\n", id, s.Addr(), dataDir)
 			sig := make(chan os.Signal, 1)
 			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-			got := <-sig
-			log.Info("stopping", "signal", got.String())
+			var failed error
+			select {
+			case got := <-sig:
+				log.Info("stopping", "signal", got.String())
+			case <-s.Node().Done():
+				// The node stopped on its own: a storage failure. Exit
+				// non-zero so that a supervisor restarts the process,
+				// which recovers from what was synced.
+				failed = fmt.Errorf("node %d failed: %w", id, s.Node().Err())
+				log.Error("stopping: the node failed", "err", failed)
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			return s.Stop(ctx)
+			if err := s.Stop(ctx); failed == nil {
+				return err
+			}
+			return failed
 		},
 	}
 	f := cmd.Flags()
