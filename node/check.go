@@ -300,15 +300,8 @@ func (n *Node) InstallData(ctx context.Context, rangeID, index uint64, data []Ra
 	if err := checkReplicatedRecords(desc, data); err != nil {
 		return err
 	}
-	for {
-		if st := r.status.Load(); st.Applied >= index {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w: replica has not reached index %d: %w", kv.ErrUnavailable, index, ctx.Err())
-		case <-time.After(5 * time.Millisecond):
-		}
+	if err := n.waitApplied(ctx, r, index); err != nil {
+		return fmt.Errorf("%w: replica has not reached index %d: %w", kv.ErrUnavailable, index, err)
 	}
 	var installErr error
 	err := n.call(ctx, func() { installErr = n.installData(r, index, data) })

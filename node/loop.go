@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -776,6 +777,45 @@ func (n *Node) maybeTruncate(b *pebble.Batch, r *group) {
 	must(r.storage.Truncate(b, r.applied-keep))
 }
 
+// appliedWaiter is a caller waiting until its replica has applied index.
+type appliedWaiter struct {
+	index uint64
+	done  chan struct{}
+}
+
+// waitApplied returns once r has applied index, or ctx ends, or the node
+// stops.
+func (n *Node) waitApplied(ctx context.Context, r *group, index uint64) error {
+	done := make(chan struct{})
+	if err := n.call(ctx, func() {
+		r.appliedWaiters = append(r.appliedWaiters, appliedWaiter{index: index, done: done})
+		n.releaseApplied(r)
+	}); err != nil {
+		return err
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.stopc:
+		return kv.ErrStopped
+	}
+}
+
+// releaseApplied lets go the waiters whose index r has applied.
+func (n *Node) releaseApplied(r *group) {
+	kept := r.appliedWaiters[:0]
+	for _, w := range r.appliedWaiters {
+		if w.index <= r.applied {
+			close(w.done)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	r.appliedWaiters = kept
+}
+
 func (n *Node) publishStatus(r *group) {
 	st := r.rn.BasicStatus()
 	old := r.status.Load()
@@ -796,6 +836,9 @@ func (n *Node) publishStatus(r *group) {
 	})
 	if old == nil || old.Desc != r.storage.State().Desc {
 		n.layoutChanged() // descriptors are replaced, never changed in place
+	}
+	if len(r.appliedWaiters) > 0 {
+		n.releaseApplied(r)
 	}
 }
 
