@@ -27,8 +27,10 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/dashboard"
 	"github.com/pando/pando/events"
 	"github.com/pando/pando/internal/grpcopts"
+	"github.com/pando/pando/internal/httpapi"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/pki"
@@ -316,9 +318,8 @@ type Server struct {
 
 	ctl    *controller
 	joined atomic.Bool // a node started with Join was admitted
-
-	peerHTTPOnce   sync.Once
-	peerHTTPClient *http.Client
+	// dash serves the dashboard's API (GET /v1/node, /v1/dashboard, /v1/events).
+	dash *dashboard.Node
 }
 
 // identityKey records which node a data directory belongs to.
@@ -392,8 +393,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.reg.MustRegister(s.reqs, s.lat, s.evCount)
 	s.checker = newChecker(s)
+	s.dash = dashboard.New(dashboard.Config{ID: cfg.ID, Status: s.statusJSON, Draining: s.draining.Load, Metrics: s.reg,
+		Events: s.events, Peers: s.tr, PeerTLS: cfg.PeerTLS, AuthToken: cfg.AuthToken, Done: []<-chan struct{}{s.httpDone, s.stopping}})
 	return s, nil
 }
+
+// View is this node's dashboard view (GET /v1/node), without events.
+func (s *Server) View(ctx context.Context) dashboard.NodeView { return s.dash.View(ctx) }
 
 // markerFile records, outside the database, that a data directory holds
 // a node. A database that lost its records (a damaged or truncated
@@ -537,9 +543,7 @@ func (s *Server) Start() error {
 	api := http.NewServeMux()
 	api.HandleFunc("/v1/kv/", s.instrumentHTTP(s.handleKV))
 	api.HandleFunc("GET /v1/status", s.handleStatus)
-	api.HandleFunc("GET /v1/events", s.handleEvents)
-	api.HandleFunc("GET /v1/node", s.handleNode)
-	api.HandleFunc("GET /v1/dashboard", s.handleDashboard)
+	s.dash.Register(api)
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", s.requireAuth(api))
 	mux.HandleFunc("GET /healthz", s.handleHealthz)
@@ -604,9 +608,9 @@ func (s *Server) observe(op string, start time.Time, err error) {
 		outcome = "ambiguous"
 	case errors.Is(err, kv.ErrOverloaded):
 		outcome = "overloaded"
-	case httpStatus(err) == http.StatusServiceUnavailable:
+	case httpapi.Status(err) == http.StatusServiceUnavailable:
 		outcome = "unavailable"
-	case httpStatus(err) < 500:
+	case httpapi.Status(err) < 500:
 		outcome = "bad_request"
 	default:
 		outcome = "error"
