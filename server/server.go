@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -401,12 +400,6 @@ func New(cfg Config) (*Server, error) {
 // View is this node's dashboard view (GET /v1/node), without events.
 func (s *Server) View(ctx context.Context) dashboard.NodeView { return s.dash.View(ctx) }
 
-// markerFile records, outside the database, that a data directory holds
-// a node. A database that lost its records (a damaged or truncated
-// MANIFEST can make Pebble open an older, emptier state) must never be
-// mistaken for a new node and bootstrapped again.
-const markerFile = "PANDO_NODE"
-
 // initStorage checks the data directory belongs to this node, and writes
 // the first range's initial state when it is new.
 func (s *Server) initStorage() error {
@@ -414,9 +407,8 @@ func (s *Server) initStorage() error {
 	if fs == nil {
 		fs = vfs.Default
 	}
-	marker := fs.PathJoin(s.cfg.DataDir, markerFile)
 	want := fmt.Sprint(s.cfg.ID)
-	markerID, markerErr := readMarker(fs, marker)
+	markerID, markerErr := storage.ReadMarker(fs, s.cfg.DataDir)
 	db := s.engine.DB()
 	v, closer, err := db.Get(identityKey)
 	switch {
@@ -427,10 +419,10 @@ func (s *Server) initStorage() error {
 			return fmt.Errorf("server: data directory %s belongs to node %s, not node %d", s.cfg.DataDir, id, s.cfg.ID)
 		}
 		if markerErr != nil {
-			return writeMarker(fs, marker, want)
+			return storage.WriteMarker(fs, s.cfg.DataDir, want)
 		}
 		if markerID != want {
-			return fmt.Errorf("server: data directory %s: %s names node %s but the database node %s: storage damaged", s.cfg.DataDir, markerFile, markerID, id)
+			return fmt.Errorf("server: data directory %s: %s names node %s but the database node %s: storage damaged", s.cfg.DataDir, storage.MarkerFile, markerID, id)
 		}
 		return nil
 	case !errors.Is(err, pebble.ErrNotFound):
@@ -444,7 +436,7 @@ func (s *Server) initStorage() error {
 		if err := db.Set(identityKey, []byte(want), pebble.Sync); err != nil {
 			return err
 		}
-		return writeMarker(fs, marker, want)
+		return storage.WriteMarker(fs, s.cfg.DataDir, want)
 	}
 	ids := make([]uint64, 0, len(s.cfg.InitialCluster))
 	for id := range s.cfg.InitialCluster {
@@ -458,33 +450,7 @@ func (s *Server) initStorage() error {
 	if err := db.Set(identityKey, []byte(want), pebble.Sync); err != nil {
 		return err
 	}
-	return writeMarker(fs, marker, want)
-}
-
-func readMarker(fs vfs.FS, path string) (string, error) {
-	f, err := fs.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(f)
-	return strings.TrimSpace(string(b)), err
-}
-
-func writeMarker(fs vfs.FS, path, id string) error {
-	f, err := fs.Create(path, vfs.WriteCategoryUnspecified)
-	if err != nil {
-		return fmt.Errorf("server: writing %s: %w", path, err)
-	}
-	if _, err := f.Write([]byte(id + "\n")); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return storage.WriteMarker(fs, s.cfg.DataDir, want)
 }
 
 // Node exposes the node (tests and the demo).
