@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
+	"github.com/pando/pando/internal/httpapi"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/pki"
 )
@@ -132,7 +133,7 @@ func (s *Server) requireAuth(h http.Handler) http.Handler {
 		st, _ := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState)
 		if err := s.authorize(false, st, r.Header.Get("Authorization"), r.Method+" "+strings.SplitN(r.URL.Path, "?", 2)[0]); err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="pando"`)
-			writeError(w, err)
+			httpapi.WriteError(w, err)
 			return
 		}
 		h.ServeHTTP(w, r)

@@ -2,25 +2,16 @@ package server_test
 
 import (
 	"encoding/json"
+	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/pando/pando/server"
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/dashboard"
+	"github.com/pando/pando/events"
 )
-
-func dashboard(t *testing.T, addr string) server.DashboardJSON {
-	t.Helper()
-	resp, body := doHTTP(t, "GET", "http://"+addr+"/v1/dashboard", nil)
-	if resp.StatusCode != 200 {
-		t.Fatalf("dashboard: %d %s", resp.StatusCode, body)
-	}
-	var d server.DashboardJSON
-	if err := json.Unmarshal(body, &d); err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
 
 func TestNodeDashboard(t *testing.T) {
 	c := startCluster(t, 3, 0)
@@ -53,7 +44,7 @@ func TestNodeDashboard(t *testing.T) {
 			t.Fatalf("dashboard page loads something from elsewhere: %s", ext)
 		}
 	}
-	d := dashboard(t, c.addrs[via])
+	d := dashboardSince(t, c.addrs[via], "")
 	if d.ViewedFrom != via || len(d.Nodes) != 3 || len(d.Ranges) != 1 {
 		t.Fatalf("dashboard: %+v", d)
 	}
@@ -96,7 +87,7 @@ func TestNodeDashboard(t *testing.T) {
 	delete(c.servers, lead)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		d = dashboard(t, c.addrs[via])
+		d = dashboardSince(t, c.addrs[via], "")
 		if !d.Nodes[lead-1].Up && d.Nodes[lead-1].Error != "" && d.Ranges[0].LeaderID != lead && d.Ranges[0].LeaderID != 0 {
 			break
 		}
@@ -107,78 +98,138 @@ func TestNodeDashboard(t *testing.T) {
 	}
 }
 
-func status(t *testing.T, addr string) server.StatusJSON {
+func status(t *testing.T, addr string) dashboard.StatusJSON {
 	t.Helper()
 	resp, body := doHTTP(t, "GET", "http://"+addr+"/v1/status", nil)
 	if resp.StatusCode != 200 {
 		t.Fatalf("status: %d %s", resp.StatusCode, body)
 	}
-	var st server.StatusJSON
+	var st dashboard.StatusJSON
 	if err := json.Unmarshal(body, &st); err != nil {
 		t.Fatal(err)
 	}
 	return st
 }
 
-func TestBuildDashboardManyRanges(t *testing.T) {
-	addrs := map[uint64]string{1: "a", 2: "b", 3: "c"}
-	views := map[uint64]*server.NodeView{}
-	for id := uint64(1); id <= 2; id++ {
-		v := &server.NodeView{Status: server.StatusJSON{NodeID: id}}
-		for r := uint64(1); r <= 300; r++ {
-			role, leader := "StateFollower", r%3+1
-			if leader == id {
-				role = "StateLeader"
-			}
-			rs := server.RangeStatusJSON{ID: r, LeaderID: leader, Term: 2, Role: role, Replicas: []uint64{1, 2, 3}, AppliedIndex: r + id}
-			if leader == id {
-				rs.QPS, rs.P50Ms, rs.P99Ms = float64(r), float64(r)/10, float64(r)/5
-			}
-			v.Status.Ranges = append(v.Status.Ranges, rs)
-		}
-		views[id] = v
+// dashboardSince is a node's GET /v1/dashboard with the events after
+// cursor ("": the newest of every node).
+func dashboardSince(t *testing.T, addr, cursor string) dashboard.DashboardJSON {
+	t.Helper()
+	resp, body := doHTTP(t, "GET", "http://"+addr+"/v1/dashboard?events="+url.QueryEscape(cursor), nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("dashboard: %d %s", resp.StatusCode, body)
 	}
-	d := server.BuildDashboard(addrs, views, map[uint64]string{3: "connection refused"})
-	if len(d.Ranges) != 300 || d.Ranges[0].ID != 1 || d.Ranges[299].ID != 300 {
-		t.Fatalf("%d ranges", len(d.Ranges))
+	var d dashboard.DashboardJSON
+	if err := json.Unmarshal(body, &d); err != nil {
+		t.Fatal(err)
 	}
-	if d.Nodes[2].Up || d.Nodes[2].Error != "connection refused" || d.Nodes[0].Replicas != 300 || d.Nodes[0].Leaders != 100 {
-		t.Fatalf("nodes: %+v", d.Nodes)
-	}
-	if r := d.Ranges[9]; len(r.Replicas) != 2 || r.Applied != 12 || r.LeaderID != 2 {
-		t.Fatalf("range 10: %+v", r)
-	}
-	// Rate and latency come from the leader's view; a range led by the
-	// node that did not answer has none.
-	if r := d.Ranges[9]; r.QPS != 10 || r.P50Ms != 1 || r.P99Ms != 2 {
-		t.Fatalf("range 10's leader figures: %+v", r)
-	}
-	if r := d.Ranges[1]; r.LeaderID != 3 || r.QPS != 0 || r.P50Ms != 0 {
-		t.Fatalf("range 2 (led by the silent node 3): %+v", r)
-	}
+	return d
 }
 
-// A node's status also lists, from the directory, ranges it holds no
-// replica of (no role): the dashboard does not count them as its replicas.
-func TestBuildDashboardSkipsRangesNotHeld(t *testing.T) {
-	addrs := map[uint64]string{1: "a", 2: "b"}
-	views := map[uint64]*server.NodeView{
-		1: {Status: server.StatusJSON{NodeID: 1, Ranges: []server.RangeStatusJSON{
-			{ID: 1, LeaderID: 1, Term: 2, Role: "StateLeader", Replicas: []uint64{1, 2}},
-			{ID: 2, LeaderID: 2, Term: 2, Replicas: []uint64{2, 3}}, // not held by node 1
-		}}},
-		2: {Status: server.StatusJSON{NodeID: 2, Ranges: []server.RangeStatusJSON{
-			{ID: 1, LeaderID: 1, Term: 2, Role: "StateFollower", Replicas: []uint64{1, 2}},
-			{ID: 2, LeaderID: 2, Term: 2, Role: "StateLeader", Replicas: []uint64{2, 3}},
-		}}},
-	}
-	d := server.BuildDashboard(addrs, views, nil)
-	if d.Nodes[0].Replicas != 1 || d.Nodes[1].Replicas != 2 {
-		t.Fatalf("replicas per node: %d, %d; want 1, 2", d.Nodes[0].Replicas, d.Nodes[1].Replicas)
-	}
-	for _, r := range d.Ranges {
-		if r.ID == 2 && len(r.Replicas) != 1 {
-			t.Fatalf("range 2 shown on %d nodes, want 1: %+v", len(r.Replicas), r.Replicas)
+// TestDashboardTimelineMergesEveryNode reads the dashboard of one node and
+// finds events that only other nodes recorded, each election once with
+// every node that saw it, in time order; the cursor returns each event
+// once, across a restart of a node too.
+func TestDashboardTimelineMergesEveryNode(t *testing.T) {
+	c := startCluster(t, 3, 0)
+	lead := c.waitLeader()
+	var via, other uint64
+	for id := range c.servers {
+		switch {
+		case id == lead:
+		case via == 0:
+			via = id
+		default:
+			other = id
 		}
+	}
+	for id, addr := range c.addrs {
+		waitEvent(t, addr, "election", func(e events.Event) bool { return e.Type == events.Election && e.Leader == lead && e.Node == id })
+	}
+	// A check is recorded by the leader only.
+	if rc := c.check(t, lead, &pandopb.CheckRequest{}); rc.Verdict != "consistent" {
+		t.Fatalf("check: %v", rc)
+	}
+	waitEvent(t, c.addrs[lead], "check", func(e events.Event) bool { return e.Type == events.Check })
+
+	d := dashboardSince(t, c.addrs[via], "")
+	var election, check *dashboard.DashEventJSON
+	for i := range d.Events {
+		e := &d.Events[i]
+		if i > 0 && e.Time.Before(d.Events[i-1].Time) {
+			t.Fatalf("events out of time order at %d: %v after %v", i, e.Time, d.Events[i-1].Time)
+		}
+		switch {
+		case e.Type == events.Election && e.Range == 1 && e.Leader == lead:
+			if election != nil {
+				t.Fatalf("the election appears twice: %+v and %+v", election, e)
+			}
+			election = e
+		case e.Type == events.Check:
+			check = e
+		}
+	}
+	if election == nil || check == nil {
+		t.Fatalf("viewed from node %d, the timeline lacks the election or the leader's check: %+v", via, d.Events)
+	}
+	seen := slices.Clone(election.SeenBy)
+	slices.Sort(seen)
+	if !slices.Equal(seen, []uint64{1, 2, 3}) {
+		t.Fatalf("election seen by %v, want every node", election.SeenBy)
+	}
+	if check.Node != lead || !slices.Equal(check.SeenBy, []uint64{lead}) {
+		t.Fatalf("check event not tagged with the leader %d: %+v", lead, check)
+	}
+	cursor, err := dashboard.ParseEventCursor(d.EventsCursor)
+	if err != nil || len(cursor) != 3 {
+		t.Fatalf("cursor %q: %v", d.EventsCursor, err)
+	}
+
+	// With the cursor, nothing is repeated; a new event of another node
+	// comes alone.
+	if rc := c.check(t, lead, &pandopb.CheckRequest{}); rc.Verdict != "consistent" {
+		t.Fatalf("second check: %v", rc)
+	}
+	var fresh []dashboard.DashEventJSON
+	next := d.EventsCursor
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.ContainsFunc(fresh, func(e dashboard.DashEventJSON) bool { return e.Type == events.Check }) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the second check never reached node %d's dashboard; got %+v", via, fresh)
+		}
+		time.Sleep(20 * time.Millisecond)
+		d = dashboardSince(t, c.addrs[via], next)
+		next = d.EventsCursor
+		fresh = append(fresh, d.Events...)
+	}
+	for _, e := range fresh {
+		if (e.Type == events.Election && e.Leader == lead && e.Term == election.Term) || (e.Type == events.Check && e.Index == check.Index) {
+			t.Fatalf("an event already read came again: %+v", e)
+		}
+	}
+
+	// A restarted node numbers its events from 1 again: its new record is
+	// read from the start although the cursor is further on.
+	before, _ := dashboard.ParseEventCursor(next)
+	c.servers[other].Kill()
+	delete(c.servers, other)
+	c.start(other, nil)
+	deadline = time.Now().Add(15 * time.Second)
+	for {
+		d = dashboardSince(t, c.addrs[via], next)
+		next = d.EventsCursor
+		if slices.ContainsFunc(d.Events, func(e dashboard.DashEventJSON) bool {
+			return e.Type == events.Election && slices.Contains(e.SeenBy, other)
+		}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted node %d's election never reached the dashboard (cursor %s)", other, next)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	after, _ := dashboard.ParseEventCursor(next)
+	if after[other].Epoch == before[other].Epoch {
+		t.Fatalf("restarted node %d kept its epoch: %v -> %v", other, before, after)
 	}
 }

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/dashboard"
 	"github.com/pando/pando/events"
-	"github.com/pando/pando/server"
 )
 
 func backlog(t *testing.T, addr, query string) []events.Event {
@@ -20,7 +20,7 @@ func backlog(t *testing.T, addr, query string) []events.Event {
 	if resp.StatusCode != 200 {
 		t.Fatalf("events: %d %s", resp.StatusCode, body)
 	}
-	var out server.EventsJSON
+	var out dashboard.EventsJSON
 	if err := json.Unmarshal(body, &out); err != nil {
 		t.Fatal(err)
 	}

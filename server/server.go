@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -27,8 +26,10 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/dashboard"
 	"github.com/pando/pando/events"
 	"github.com/pando/pando/internal/grpcopts"
+	"github.com/pando/pando/internal/httpapi"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/pki"
@@ -316,9 +317,8 @@ type Server struct {
 
 	ctl    *controller
 	joined atomic.Bool // a node started with Join was admitted
-
-	peerHTTPOnce   sync.Once
-	peerHTTPClient *http.Client
+	// dash serves the dashboard's API (GET /v1/node, /v1/dashboard, /v1/events).
+	dash *dashboard.Node
 }
 
 // identityKey records which node a data directory belongs to.
@@ -392,14 +392,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.reg.MustRegister(s.reqs, s.lat, s.evCount)
 	s.checker = newChecker(s)
+	s.dash = dashboard.New(dashboard.Config{ID: cfg.ID, Status: s.statusJSON, Draining: s.draining.Load, Metrics: s.reg,
+		Events: s.events, Peers: s.tr, PeerTLS: cfg.PeerTLS, AuthToken: cfg.AuthToken, Done: []<-chan struct{}{s.httpDone, s.stopping}})
 	return s, nil
 }
 
-// markerFile records, outside the database, that a data directory holds
-// a node. A database that lost its records (a damaged or truncated
-// MANIFEST can make Pebble open an older, emptier state) must never be
-// mistaken for a new node and bootstrapped again.
-const markerFile = "PANDO_NODE"
+// View is this node's dashboard view (GET /v1/node), without events.
+func (s *Server) View(ctx context.Context) dashboard.NodeView { return s.dash.View(ctx) }
 
 // initStorage checks the data directory belongs to this node, and writes
 // the first range's initial state when it is new.
@@ -408,9 +407,8 @@ func (s *Server) initStorage() error {
 	if fs == nil {
 		fs = vfs.Default
 	}
-	marker := fs.PathJoin(s.cfg.DataDir, markerFile)
 	want := fmt.Sprint(s.cfg.ID)
-	markerID, markerErr := readMarker(fs, marker)
+	markerID, markerErr := storage.ReadMarker(fs, s.cfg.DataDir)
 	db := s.engine.DB()
 	v, closer, err := db.Get(identityKey)
 	switch {
@@ -421,10 +419,10 @@ func (s *Server) initStorage() error {
 			return fmt.Errorf("server: data directory %s belongs to node %s, not node %d", s.cfg.DataDir, id, s.cfg.ID)
 		}
 		if markerErr != nil {
-			return writeMarker(fs, marker, want)
+			return storage.WriteMarker(fs, s.cfg.DataDir, want)
 		}
 		if markerID != want {
-			return fmt.Errorf("server: data directory %s: %s names node %s but the database node %s: storage damaged", s.cfg.DataDir, markerFile, markerID, id)
+			return fmt.Errorf("server: data directory %s: %s names node %s but the database node %s: storage damaged", s.cfg.DataDir, storage.MarkerFile, markerID, id)
 		}
 		return nil
 	case !errors.Is(err, pebble.ErrNotFound):
@@ -438,7 +436,7 @@ func (s *Server) initStorage() error {
 		if err := db.Set(identityKey, []byte(want), pebble.Sync); err != nil {
 			return err
 		}
-		return writeMarker(fs, marker, want)
+		return storage.WriteMarker(fs, s.cfg.DataDir, want)
 	}
 	ids := make([]uint64, 0, len(s.cfg.InitialCluster))
 	for id := range s.cfg.InitialCluster {
@@ -452,33 +450,7 @@ func (s *Server) initStorage() error {
 	if err := db.Set(identityKey, []byte(want), pebble.Sync); err != nil {
 		return err
 	}
-	return writeMarker(fs, marker, want)
-}
-
-func readMarker(fs vfs.FS, path string) (string, error) {
-	f, err := fs.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(f)
-	return strings.TrimSpace(string(b)), err
-}
-
-func writeMarker(fs vfs.FS, path, id string) error {
-	f, err := fs.Create(path, vfs.WriteCategoryUnspecified)
-	if err != nil {
-		return fmt.Errorf("server: writing %s: %w", path, err)
-	}
-	if _, err := f.Write([]byte(id + "\n")); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return storage.WriteMarker(fs, s.cfg.DataDir, want)
 }
 
 // Node exposes the node (tests and the demo).
@@ -537,9 +509,7 @@ func (s *Server) Start() error {
 	api := http.NewServeMux()
 	api.HandleFunc("/v1/kv/", s.instrumentHTTP(s.handleKV))
 	api.HandleFunc("GET /v1/status", s.handleStatus)
-	api.HandleFunc("GET /v1/events", s.handleEvents)
-	api.HandleFunc("GET /v1/node", s.handleNode)
-	api.HandleFunc("GET /v1/dashboard", s.handleDashboard)
+	s.dash.Register(api)
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", s.requireAuth(api))
 	mux.HandleFunc("GET /healthz", s.handleHealthz)
@@ -605,9 +575,9 @@ func (s *Server) observe(op string, start time.Time, err error) {
 	outcome := kv.LabelOf(err, "ok", requestLabels)
 	switch {
 	case outcome != "":
-	case httpStatus(err) == http.StatusServiceUnavailable:
+	case httpapi.Status(err) == http.StatusServiceUnavailable:
 		outcome = "unavailable"
-	case httpStatus(err) < 500:
+	case httpapi.Status(err) < 500:
 		outcome = "bad_request"
 	default:
 		outcome = "error"

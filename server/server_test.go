@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/pando/pando/client"
+	"github.com/pando/pando/dashboard"
+	"github.com/pando/pando/internal/httpapi"
 	"github.com/pando/pando/server"
 )
 
@@ -259,7 +261,7 @@ func TestHTTPAPI(t *testing.T) {
 			u += "&continue=" + url.QueryEscape(next)
 		}
 		resp, body := doHTTP(t, "GET", u, nil)
-		var sr server.ScanResult
+		var sr httpapi.ScanResult
 		if resp.StatusCode != 200 || json.Unmarshal(body, &sr) != nil {
 			t.Fatalf("scan: %d %s", resp.StatusCode, body)
 		}
@@ -280,7 +282,7 @@ func TestHTTPAPI(t *testing.T) {
 		t.Fatalf("prefix scan pages = %q, want %q", got, want)
 	}
 	resp, body = doHTTP(t, "GET", base+"/v1/kv/?start=p/b&end=q&limit=10", nil)
-	var sr server.ScanResult
+	var sr httpapi.ScanResult
 	if err := json.Unmarshal(body, &sr); err != nil || resp.StatusCode != 200 || len(sr.Items) != 3 || sr.More {
 		t.Fatalf("range scan: %d %s", resp.StatusCode, body)
 	}
@@ -559,7 +561,7 @@ func peerBreakers(t *testing.T, addr string) map[uint64]string {
 	if resp.StatusCode != 200 {
 		t.Fatalf("status: %d %s", resp.StatusCode, body)
 	}
-	var st server.StatusJSON
+	var st dashboard.StatusJSON
 	if err := json.Unmarshal(body, &st); err != nil {
 		t.Fatal(err)
 	}

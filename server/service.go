@@ -15,6 +15,7 @@ import (
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
+	"github.com/pando/pando/replica"
 	"github.com/pando/pando/resilience"
 	"github.com/pando/pando/storage"
 )
@@ -293,74 +294,106 @@ func checkIdempotencyKey(clientID, seq uint64) error {
 	return nil
 }
 
-func (s *Service) put(ctx context.Context, req *pandopb.PutRequest) (*pandopb.PutResponse, error) {
-	if err := s.admit(); err != nil {
-		return nil, err
-	}
-	if err := s.limits.CheckKey(req.Key); err != nil {
-		return nil, err
-	}
-	if err := checkIdempotencyKey(req.ClientId, req.Seq); err != nil {
-		return nil, err
-	}
-	if err := s.limits.CheckValue(req.Value); err != nil {
-		return nil, err
-	}
-	if req.ClientId == 0 {
-		// Give the write an idempotency key of this node's, so that it can
-		// be retried safely on its way to the leader.
-		sess := s.sessions.Acquire()
-		defer s.sessions.Release(sess)
-		req = &pandopb.PutRequest{Key: req.Key, Value: req.Value, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion, ClientId: sess.ID, Seq: sess.Next()}
-	}
-	var resp *pandopb.PutResponse
-	err := s.route(ctx, req.Key, true, func(rid uint64) error {
-		res, err := s.node.Propose(ctx, rid, &pandopb.Command{ClientId: req.ClientId, Seq: req.Seq, Op: &pandopb.Command_Put{Put: &pandopb.PutOp{
-			Key: req.Key, Value: req.Value, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion}}})
-		if err == nil {
-			resp = &pandopb.PutResponse{Version: res.Version}
-		}
-		return err
-	}, func(ctx context.Context, c pandopb.KVClient) error {
-		var err error
-		resp, err = c.Put(ctx, req)
-		return err
-	})
-	return resp, err
-}
-
 // Delete implements pandopb.KVServer.
 func (s *Service) Delete(ctx context.Context, req *pandopb.DeleteRequest) (*pandopb.DeleteResponse, error) {
 	resp, err := s.del(ctx, req)
 	return resp, kv.ToStatus(err)
 }
 
+// kvWrite is a single-key write request (put, delete).
+type kvWrite interface {
+	GetKey() []byte
+	GetClientId() uint64
+	GetSeq() uint64
+}
+
+// writeOp is what one kind of single-key write brings to the path every
+// such write takes (write).
+type writeOp[Req kvWrite, Resp any] struct {
+	// check validates what only this kind of request carries (nil: nothing).
+	check func(*Service, Req) error
+	// keyed is the request with the idempotency key (clientID, seq).
+	keyed func(req Req, clientID, seq uint64) Req
+	// command is the Raft command the range's leader proposes for req.
+	command func(Req) *pandopb.Command
+	// answer is the response to the applied command.
+	answer func(replica.Result) Resp
+	// forward sends req to the range's leader.
+	forward func(context.Context, pandopb.KVClient, Req) (Resp, error)
+}
+
+var putOp = writeOp[*pandopb.PutRequest, *pandopb.PutResponse]{
+	check: func(s *Service, req *pandopb.PutRequest) error { return s.limits.CheckValue(req.Value) },
+	keyed: func(req *pandopb.PutRequest, clientID, seq uint64) *pandopb.PutRequest {
+		return &pandopb.PutRequest{Key: req.Key, Value: req.Value, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion, ClientId: clientID, Seq: seq}
+	},
+	command: func(req *pandopb.PutRequest) *pandopb.Command {
+		return &pandopb.Command{ClientId: req.ClientId, Seq: req.Seq, Op: &pandopb.Command_Put{Put: &pandopb.PutOp{
+			Key: req.Key, Value: req.Value, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion}}}
+	},
+	answer: func(res replica.Result) *pandopb.PutResponse { return &pandopb.PutResponse{Version: res.Version} },
+	forward: func(ctx context.Context, c pandopb.KVClient, req *pandopb.PutRequest) (*pandopb.PutResponse, error) {
+		return c.Put(ctx, req)
+	},
+}
+
+var deleteOp = writeOp[*pandopb.DeleteRequest, *pandopb.DeleteResponse]{
+	keyed: func(req *pandopb.DeleteRequest, clientID, seq uint64) *pandopb.DeleteRequest {
+		return &pandopb.DeleteRequest{Key: req.Key, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion, ClientId: clientID, Seq: seq}
+	},
+	command: func(req *pandopb.DeleteRequest) *pandopb.Command {
+		return &pandopb.Command{ClientId: req.ClientId, Seq: req.Seq, Op: &pandopb.Command_Delete{Delete: &pandopb.DeleteOp{
+			Key: req.Key, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion}}}
+	},
+	answer: func(res replica.Result) *pandopb.DeleteResponse { return &pandopb.DeleteResponse{Deleted: res.Deleted} },
+	forward: func(ctx context.Context, c pandopb.KVClient, req *pandopb.DeleteRequest) (*pandopb.DeleteResponse, error) {
+		return c.Delete(ctx, req)
+	},
+}
+
+func (s *Service) put(ctx context.Context, req *pandopb.PutRequest) (*pandopb.PutResponse, error) {
+	return write(ctx, s, req, &putOp)
+}
+
 func (s *Service) del(ctx context.Context, req *pandopb.DeleteRequest) (*pandopb.DeleteResponse, error) {
+	return write(ctx, s, req, &deleteOp)
+}
+
+// write is the one path of a single-key write: admission, the checks of the
+// key, the idempotency key and what op checks, an idempotency key of this
+// node's when the client sent none (so that the write can be retried
+// safely on its way to the leader), and routing to the range's leader,
+// which proposes op's command and answers with its result.
+func write[Req kvWrite, Resp any](ctx context.Context, s *Service, req Req, op *writeOp[Req, Resp]) (Resp, error) {
+	var resp Resp
 	if err := s.admit(); err != nil {
-		return nil, err
+		return resp, err
 	}
-	if err := s.limits.CheckKey(req.Key); err != nil {
-		return nil, err
+	if err := s.limits.CheckKey(req.GetKey()); err != nil {
+		return resp, err
 	}
-	if err := checkIdempotencyKey(req.ClientId, req.Seq); err != nil {
-		return nil, err
+	if err := checkIdempotencyKey(req.GetClientId(), req.GetSeq()); err != nil {
+		return resp, err
 	}
-	if req.ClientId == 0 {
+	if op.check != nil {
+		if err := op.check(s, req); err != nil {
+			return resp, err
+		}
+	}
+	if req.GetClientId() == 0 {
 		sess := s.sessions.Acquire()
 		defer s.sessions.Release(sess)
-		req = &pandopb.DeleteRequest{Key: req.Key, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion, ClientId: sess.ID, Seq: sess.Next()}
+		req = op.keyed(req, sess.ID, sess.Next())
 	}
-	var resp *pandopb.DeleteResponse
-	err := s.route(ctx, req.Key, true, func(rid uint64) error {
-		res, err := s.node.Propose(ctx, rid, &pandopb.Command{ClientId: req.ClientId, Seq: req.Seq, Op: &pandopb.Command_Delete{Delete: &pandopb.DeleteOp{
-			Key: req.Key, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion}}})
+	err := s.route(ctx, req.GetKey(), true, func(rid uint64) error {
+		res, err := s.node.Propose(ctx, rid, op.command(req))
 		if err == nil {
-			resp = &pandopb.DeleteResponse{Deleted: res.Deleted}
+			resp = op.answer(res)
 		}
 		return err
 	}, func(ctx context.Context, c pandopb.KVClient) error {
 		var err error
-		resp, err = c.Delete(ctx, req)
+		resp, err = op.forward(ctx, c, req)
 		return err
 	})
 	return resp, err

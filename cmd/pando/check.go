@@ -12,8 +12,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/dashboard"
 	"github.com/pando/pando/kv"
-	"github.com/pando/pando/server"
 	"github.com/pando/pando/storage"
 )
 
@@ -176,7 +176,7 @@ func rangesCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			js := server.StatusToJSON(resp)
+			js := dashboard.StatusToJSON(resp)
 			if f.json {
 				return printJSON(cmd.OutOrStdout(), js.Ranges)
 			}

@@ -22,11 +22,12 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/pando/pando/client"
+	"github.com/pando/pando/dashboard"
 	"github.com/pando/pando/internal/grpcopts"
+	"github.com/pando/pando/internal/httpapi"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/pki"
 	"github.com/pando/pando/resilience"
-	"github.com/pando/pando/server"
 )
 
 // usageError marks a mistake in how pando was called (exit status 2).
@@ -258,7 +259,7 @@ func getCmd() *cobra.Command {
 				return err
 			}
 			if f.json {
-				return printJSON(cmd.OutOrStdout(), server.ScanItem{Key: item.Key, Value: item.Value, Version: item.Version})
+				return printJSON(cmd.OutOrStdout(), httpapi.ScanItem{Key: item.Key, Value: item.Value, Version: item.Version})
 			}
 			out := cmd.OutOrStdout()
 			out.Write(item.Value)
@@ -416,9 +417,9 @@ func scanCmd() *cobra.Command {
 				return err
 			}
 			if f.json {
-				out := server.ScanResult{Items: make([]server.ScanItem, len(res.Items)), More: res.More, Next: res.Next}
+				out := httpapi.ScanResult{Items: make([]httpapi.ScanItem, len(res.Items)), More: res.More, Next: res.Next}
 				for i, it := range res.Items {
-					out.Items[i] = server.ScanItem{Key: it.Key, Value: it.Value, Version: it.Version}
+					out.Items[i] = httpapi.ScanItem{Key: it.Key, Value: it.Value, Version: it.Version}
 				}
 				return printJSON(cmd.OutOrStdout(), out)
 			}
@@ -461,7 +462,7 @@ func statusCmd() *cobra.Command {
 					st = err
 					continue
 				}
-				js := server.StatusToJSON(resp)
+				js := dashboard.StatusToJSON(resp)
 				if f.json {
 					return printJSON(cmd.OutOrStdout(), js)
 				}

@@ -16,9 +16,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pando/pando/dashboard"
 	"github.com/pando/pando/events"
 	"github.com/pando/pando/kv"
-	"github.com/pando/pando/server"
 )
 
 func eventsCmd() *cobra.Command {
@@ -59,7 +59,7 @@ away, continue from the next endpoint. Types: ` + fmt.Sprint(events.Types),
 				var lastErr error
 				for _, ep := range eps {
 					ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
-					var got server.EventsJSON
+					var got dashboard.EventsJSON
 					lastErr = f.getJSON(ctx, hc, scheme+"://"+ep+"/v1/events?"+q.Encode(), &got)
 					cancel()
 					if lastErr == nil {

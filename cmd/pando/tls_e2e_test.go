@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pando/pando/dashboard"
 	"github.com/pando/pando/events"
 	"github.com/pando/pando/pki"
-	"github.com/pando/pando/server"
 )
 
 // runCLI runs the pando binary with args, bounded in time, and returns its
@@ -106,7 +106,7 @@ func TestProcessesTLS(t *testing.T) {
 			t.Fatal("no leader among the nodes with the cluster's CA")
 		}
 		for _, p := range pc.procs[:3] {
-			var st server.StatusJSON
+			var st dashboard.StatusJSON
 			if httpsJSON(hc, p.addr, "/v1/status", &st) == nil && len(st.Ranges) == 1 && st.Ranges[0].LeaderID == st.NodeID {
 				lead = p
 			}
@@ -160,7 +160,7 @@ func TestProcessesTLS(t *testing.T) {
 	// handshakes failed on certificates.
 	deadline = time.Now().Add(15 * time.Second)
 	for {
-		var st server.StatusJSON
+		var st dashboard.StatusJSON
 		open, live := false, true
 		if err := httpsJSON(hc, lead.addr, "/v1/status", &st); err == nil {
 			for _, n := range st.Nodes {
@@ -182,7 +182,7 @@ func TestProcessesTLS(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	var evs server.EventsJSON
+	var evs dashboard.EventsJSON
 	if err := httpsJSON(hcOther, intruder.addr, "/v1/events?follow=false&type=node_death", &evs); err != nil {
 		t.Fatalf("the intruder's events (trusting its own CA): %v", err)
 	}
@@ -205,7 +205,7 @@ func TestProcessesTLS(t *testing.T) {
 	// It never takes part: no leader known, no data received, so it can
 	// serve neither a linearizable read nor the written key.
 	for i := 0; i < 10; i++ {
-		var st server.StatusJSON
+		var st dashboard.StatusJSON
 		if err := httpsJSON(hcOther, intruder.addr, "/v1/status", &st); err != nil {
 			t.Fatal(err)
 		}

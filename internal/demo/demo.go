@@ -17,7 +17,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pando/pando/dashboard"
 	"github.com/pando/pando/events"
+	"github.com/pando/pando/internal/httpapi"
 	"github.com/pando/pando/server"
 	"github.com/pando/pando/web"
 )
@@ -332,13 +334,15 @@ func (d *Demo) State() State {
 // Dashboard is the cluster as the console shows it: every node's own view
 // (read in-process, so a cut-off node still shows how it sees things), and
 // the newest events.
-func (d *Demo) Dashboard(ctx context.Context) server.DashboardJSON { return d.DashboardSince(ctx, nil) }
+func (d *Demo) Dashboard(ctx context.Context) dashboard.DashboardJSON {
+	return d.DashboardSince(ctx, nil)
+}
 
 // DashboardSince is Dashboard with the events after cursor: the console
 // keeps every node's events in one record, source 0 of the cursor.
-func (d *Demo) DashboardSince(ctx context.Context, cursor server.EventCursor) server.DashboardJSON {
+func (d *Demo) DashboardSince(ctx context.Context, cursor dashboard.EventCursor) dashboard.DashboardJSON {
 	st := d.State()
-	views := map[uint64]*server.NodeView{}
+	views := map[uint64]*dashboard.NodeView{}
 	errs := map[uint64]string{}
 	for _, n := range st.Nodes {
 		if s := d.Server(n.ID); s != nil {
@@ -348,14 +352,14 @@ func (d *Demo) DashboardSince(ctx context.Context, cursor server.EventCursor) se
 			errs[n.ID] = "killed"
 		}
 	}
-	db := server.BuildDashboard(d.cfg.Addrs, views, errs)
+	db := dashboard.BuildDashboard(d.cfg.Addrs, views, errs)
 	for i := range db.Nodes {
 		db.Nodes[i].Fault = st.Nodes[i].Fault
 	}
-	db.Breakers = server.Breakers(d.bus.Backlog(0))
-	evs := server.EventsSince(d.bus, cursor[0], 4*server.DashboardEventsPerNode)
-	db.Events = server.MergeEvents(evs)
-	next := server.EventCursor{}
+	db.Breakers = dashboard.Breakers(d.bus.Backlog(0))
+	evs := dashboard.EventsSince(d.bus, cursor[0], 4*dashboard.DashboardEventsPerNode)
+	db.Events = dashboard.MergeEvents(evs)
+	next := dashboard.EventCursor{}
 	if p, ok := cursor[0]; ok {
 		next[0] = p
 	}
@@ -372,18 +376,18 @@ func (d *Demo) Handler(done <-chan struct{}) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /{$}", web.Handler())
 	mux.HandleFunc("GET /v1/dashboard", func(w http.ResponseWriter, r *http.Request) {
-		cursor, err := server.ParseEventCursor(r.URL.Query().Get("events"))
+		cursor, err := dashboard.ParseEventCursor(r.URL.Query().Get("events"))
 		if err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+			httpapi.WriteJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 			return
 		}
-		writeJSON(w, http.StatusOK, d.DashboardSince(r.Context(), cursor))
+		httpapi.WriteJSON(w, http.StatusOK, d.DashboardSince(r.Context(), cursor))
 	})
 	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
-		server.ServeEvents(w, r, d.bus, done)
+		dashboard.ServeEvents(w, r, d.bus, done)
 	})
 	mux.HandleFunc("GET /v1/demo/state", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, d.State())
+		httpapi.WriteJSON(w, http.StatusOK, d.State())
 	})
 	actions := map[string]func(uint64) error{
 		"kill": d.Kill, "restart": d.Restart, "pause": d.Pause, "resume": d.Resume, "cut": d.Cut, "heal": d.Heal,
@@ -391,19 +395,19 @@ func (d *Demo) Handler(done <-chan struct{}) http.Handler {
 	mux.HandleFunc("POST /v1/demo/{action}/{id}", func(w http.ResponseWriter, r *http.Request) {
 		act := actions[r.PathValue("action")]
 		if act == nil {
-			writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("unknown action %q: kill, restart, pause, resume, cut or heal", r.PathValue("action"))})
+			httpapi.WriteJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("unknown action %q: kill, restart, pause, resume, cut or heal", r.PathValue("action"))})
 			return
 		}
 		id, err := strconv.ParseUint(r.PathValue("id"), 10, 64)
 		if err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "node id must be a number"})
+			httpapi.WriteJSON(w, http.StatusBadRequest, map[string]string{"error": "node id must be a number"})
 			return
 		}
 		if err := act(id); err != nil {
-			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
+			httpapi.WriteJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
 			return
 		}
-		writeJSON(w, http.StatusOK, d.State())
+		httpapi.WriteJSON(w, http.StatusOK, d.State())
 	})
 	return mux
 }

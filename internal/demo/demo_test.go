@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pando/pando/client"
+	"github.com/pando/pando/dashboard"
 	"github.com/pando/pando/events"
 	"github.com/pando/pando/server"
 )
@@ -179,7 +180,7 @@ func TestConsoleControls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var db server.DashboardJSON
+	var db dashboard.DashboardJSON
 	err = json.NewDecoder(resp.Body).Decode(&db)
 	resp.Body.Close()
 	if err != nil {
@@ -202,7 +203,7 @@ func TestConsoleControls(t *testing.T) {
 	if elections == 0 || kills != 1 || db.EventsCursor == "" {
 		t.Fatalf("console dashboard events: %d elections, %d kills of node %d, cursor %q", elections, kills, l, db.EventsCursor)
 	}
-	cursor, err := server.ParseEventCursor(db.EventsCursor)
+	cursor, err := dashboard.ParseEventCursor(db.EventsCursor)
 	if err != nil {
 		t.Fatal(err)
 	}

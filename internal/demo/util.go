@@ -1,17 +1,5 @@
 package demo
 
-import (
-	"encoding/json"
-	"errors"
-	"net/http"
-)
+import "errors"
 
 var errorsIs = errors.Is
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}

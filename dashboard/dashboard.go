@@ -1,15 +1,12 @@
-package server
+package dashboard
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"sort"
 	"strconv"
-	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/pando/pando/events"
@@ -51,10 +48,12 @@ type NodeView struct {
 	Events     []events.Event `json:"events,omitempty"`
 }
 
-// RequestStats reads the request metrics.
-func (s *Server) RequestStats() RequestStats {
+// ReadRequestStats reads the request counters from the metrics a node
+// registers: pando_requests_total (by outcome) and
+// pando_request_duration_seconds.
+func ReadRequestStats(g prometheus.Gatherer) RequestStats {
 	var st RequestStats
-	mfs, err := s.reg.Gather()
+	mfs, err := g.Gather()
 	if err != nil {
 		return st
 	}
@@ -103,33 +102,6 @@ func isServerError(outcome string) bool {
 	}
 	code, err := strconv.Atoi(outcome)
 	return err == nil && code >= 500
-}
-
-// View is this node's NodeView, without events.
-func (s *Server) View(ctx context.Context) NodeView { return s.ViewSince(ctx, nil) }
-
-// ViewSince is this node's NodeView with its events after since (none
-// when since is nil).
-func (s *Server) ViewSince(ctx context.Context, since *EventPos) NodeView {
-	v := NodeView{Status: s.statusJSON(ctx), Stats: s.RequestStats(), Draining: s.draining.Load(),
-		Breakers: Breakers(s.events.Backlog(0)), EventEpoch: s.events.Epoch()}
-	if since != nil {
-		v.Events = EventsSince(s.events, *since, DashboardEventsPerNode)
-	}
-	return v
-}
-
-func (s *Server) handleNode(w http.ResponseWriter, r *http.Request) {
-	var since *EventPos
-	if q := r.URL.Query().Get("events_since"); q != "" {
-		p, err := ParseEventPos(q)
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		since = &p
-	}
-	writeJSON(w, http.StatusOK, s.ViewSince(r.Context(), since))
 }
 
 // DashboardJSON is the answer of GET /v1/dashboard: the cluster as the
@@ -305,121 +277,4 @@ func Breakers(evs []events.Event) []BreakerJSON {
 		return out[i].Name < out[j].Name
 	})
 	return out
-}
-
-// Dashboard builds the dashboard from this node and every peer's
-// GET /v1/node, asking the peers in parallel (up to a second each), with
-// every node's events after cursor.
-func (s *Server) Dashboard(ctx context.Context, cursor EventCursor) DashboardJSON {
-	addrs := map[uint64]string{}
-	for _, id := range s.tr.IDs() {
-		addrs[id] = s.tr.Addr(id)
-	}
-	views := map[uint64]*NodeView{}
-	errs := map[uint64]string{}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for id, addr := range addrs {
-		pos := cursor[id]
-		if id == s.cfg.ID {
-			v := s.ViewSince(ctx, &pos)
-			mu.Lock()
-			views[id] = &v
-			mu.Unlock()
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			v, err := s.peerView(ctx, id, addr, pos)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				errs[id] = err.Error()
-			} else {
-				views[id] = v
-			}
-		}()
-	}
-	wg.Wait()
-	d := BuildDashboard(addrs, views, errs)
-	d.ViewedFrom = s.cfg.ID
-	next := EventCursor{}
-	for id, p := range cursor {
-		if _, ok := addrs[id]; ok {
-			next[id] = p
-		}
-	}
-	for id, v := range views {
-		next.Advance(id, v.EventEpoch, v.Events)
-	}
-	d.EventsCursor = next.String()
-	return d
-}
-
-func (s *Server) peerView(ctx context.Context, id uint64, addr string, since EventPos) (*NodeView, error) {
-	if !s.tr.Live(id) {
-		// Not reachable for Raft either; still try, briefly.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 300*time.Millisecond)
-		defer cancel()
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	if _, err := s.tr.Conn(id); err != nil {
-		return nil, err // cut off
-	}
-	req, err := http.NewRequestWithContext(ctx, "GET", s.peerScheme()+"://"+addr+"/v1/node?events_since="+since.String(), nil)
-	if err != nil {
-		return nil, err
-	}
-	s.peerAuth(req)
-	resp, err := s.peerHTTP().Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		return nil, fmt.Errorf("%s", resp.Status)
-	}
-	var v NodeView
-	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
-		return nil, err
-	}
-	return &v, nil
-}
-
-func (s *Server) handleDashboard(w http.ResponseWriter, r *http.Request) {
-	cursor, err := ParseEventCursor(r.URL.Query().Get("events"))
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, s.Dashboard(r.Context(), cursor))
-}
-
-// peerHTTP is the HTTP client for other nodes' HTTP API.
-func (s *Server) peerHTTP() *http.Client {
-	s.peerHTTPOnce.Do(func() {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.TLSClientConfig = s.cfg.PeerTLS
-		s.peerHTTPClient = &http.Client{Transport: tr}
-	})
-	return s.peerHTTPClient
-}
-
-// peerScheme is http, or https with TLS.
-func (s *Server) peerScheme() string {
-	if s.cfg.PeerTLS != nil {
-		return "https"
-	}
-	return "http"
-}
-
-// peerAuth authenticates a request to a peer's HTTP API (with TLS, the
-// node certificate does too).
-func (s *Server) peerAuth(r *http.Request) {
-	if s.cfg.AuthToken != "" {
-		r.Header.Set("Authorization", "Bearer "+s.cfg.AuthToken)
-	}
 }

@@ -1,4 +1,4 @@
-package server
+package dashboard
 
 import (
 	"fmt"
@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/pando/pando/events"
+	"github.com/pando/pando/internal/httpapi"
 )
 
 // The dashboard's event timeline is cluster-wide: the node that builds a
@@ -36,7 +37,7 @@ func ParseEventPos(s string) (EventPos, error) {
 	epoch, err1 := strconv.ParseInt(e, 10, 64)
 	seq, err2 := strconv.ParseUint(q, 10, 64)
 	if !ok || err1 != nil || err2 != nil {
-		return EventPos{}, badRequest("event position must be EPOCH:SEQ (two numbers), not %q", s)
+		return EventPos{}, httpapi.BadRequest("event position must be EPOCH:SEQ (two numbers), not %q", s)
 	}
 	return EventPos{Epoch: epoch, Seq: seq}, nil
 }
@@ -72,11 +73,11 @@ func ParseEventCursor(s string) (EventCursor, error) {
 		id, pos, ok := strings.Cut(part, ":")
 		n, err := strconv.ParseUint(id, 10, 64)
 		if !ok || err != nil {
-			return nil, badRequest("events cursor entry %q must be NODE:EPOCH:SEQ", part)
+			return nil, httpapi.BadRequest("events cursor entry %q must be NODE:EPOCH:SEQ", part)
 		}
 		p, err := ParseEventPos(pos)
 		if err != nil {
-			return nil, badRequest("events cursor entry %q must be NODE:EPOCH:SEQ", part)
+			return nil, httpapi.BadRequest("events cursor entry %q must be NODE:EPOCH:SEQ", part)
 		}
 		c[n] = p
 	}

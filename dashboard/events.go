@@ -1,4 +1,4 @@
-package server
+package dashboard
 
 import (
 	"encoding/json"
@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pando/pando/events"
+	"github.com/pando/pando/internal/httpapi"
 )
 
 // EventsJSON is the answer of GET /v1/events?follow=false.
@@ -32,22 +33,14 @@ func eventFilter(q string) (func(events.Event) bool, error) {
 			}
 		}
 		if !ok {
-			return nil, badRequest("unknown event type %q (known: %v)", t, events.Types)
+			return nil, httpapi.BadRequest("unknown event type %q (known: %v)", t, events.Types)
 		}
 		want[events.Type(t)] = true
 	}
 	return func(e events.Event) bool { return want[e.Type] }, nil
 }
 
-// handleEvents serves GET /v1/events: this node's event backlog, then (as
-// server-sent events, unless ?follow=false) every new event as it happens.
-// ?since=SEQ (or the Last-Event-ID header of a reconnecting EventSource)
-// skips the events already seen; ?type=election,... filters.
-func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
-	ServeEvents(w, r, s.events, s.httpDone, s.stopping)
-}
-
-// ServeEvents serves GET /v1/events from bus (see handleEvents) until the
+// ServeEvents serves GET /v1/events from bus (see Node.handleEvents) until the
 // client goes away or any of done closes. The demo's console uses it too.
 func ServeEvents(w http.ResponseWriter, r *http.Request, bus *events.Bus, done ...<-chan struct{}) {
 	q := r.URL.Query()
@@ -59,20 +52,20 @@ func ServeEvents(w http.ResponseWriter, r *http.Request, bus *events.Bus, done .
 	if sinceText != "" {
 		n, err := strconv.ParseUint(sinceText, 10, 64)
 		if err != nil {
-			writeError(w, badRequest("since must be an event sequence number, not %q", sinceText))
+			httpapi.WriteError(w, httpapi.BadRequest("since must be an event sequence number, not %q", sinceText))
 			return
 		}
 		since = n
 	}
 	keep, err := eventFilter(q.Get("type"))
 	if err != nil {
-		writeError(w, err)
+		httpapi.WriteError(w, err)
 		return
 	}
 	follow := true
 	if f := q.Get("follow"); f != "" {
 		if follow, err = strconv.ParseBool(f); err != nil {
-			writeError(w, badRequest("follow must be true or false, not %q", f))
+			httpapi.WriteError(w, httpapi.BadRequest("follow must be true or false, not %q", f))
 			return
 		}
 	}
@@ -83,12 +76,12 @@ func ServeEvents(w http.ResponseWriter, r *http.Request, bus *events.Bus, done .
 				out.Events = append(out.Events, e)
 			}
 		}
-		writeJSON(w, http.StatusOK, out)
+		httpapi.WriteJSON(w, http.StatusOK, out)
 		return
 	}
 	flusher, ok := w.(http.Flusher)
 	if !ok {
-		writeError(w, fmt.Errorf("streaming unsupported"))
+		httpapi.WriteError(w, fmt.Errorf("streaming unsupported"))
 		return
 	}
 	backlog, sub := bus.Subscribe(since, 1024)
