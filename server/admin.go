@@ -2,9 +2,7 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
@@ -12,58 +10,27 @@ import (
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
+	"github.com/pando/pando/route"
 )
 
 // onLeader runs local on this node if it leads the range holding key (or
 // rangeID when key is nil), or remote against that range's leader (one
 // hop, marked no-forward), retrying while the range has no leader, moves
-// or split, until ctx ends. A range this node holds no replica of is found
-// through the directory, or by asking the nodes that hold it (or, knowing
-// nothing, every node) which answer with the leader.
+// or split, until ctx ends (route.Router.Do, with the retry rule of admin
+// requests: route.RetryElsewhere). A range this node holds no replica of is
+// found through the directory, or by asking the nodes that hold it (or,
+// knowing nothing, every node) which answer with the leader.
 func (s *Server) onLeader(ctx context.Context, key []byte, rangeID uint64, local func(st node.RangeStatus) error, remote func(context.Context, *grpc.ClientConn) error) error {
-	var ask asker
-	for {
-		tg, err := locate(s.node, s.svc.dir, key, rangeID)
-		rid := tg.rangeID
-		h := nextHop(tg, err, s.cfg.ID, forwarded(ctx), &ask, s.tr.IDs, s.tr.Addr)
-		switch {
-		case h.final:
-			return h.err
-		case h.local:
-			if st, ok := s.node.Status(rid); !ok || st.Desc == nil {
-				// The directory names this node, whose replica has gone
-				// (destroyed, merged away) or is not filled yet: look again.
-				err = &kv.NotLeaderError{RangeID: rid}
-			} else {
-				err = local(st)
+	return s.svc.router.Do(ctx, route.Request{
+		Key: key, RangeID: rangeID, Local: local, Retry: route.RetryElsewhere,
+		Remote: func(ctx context.Context, to uint64) error {
+			conn, err := s.tr.Conn(to)
+			if err != nil {
+				return route.Unreachable(err)
 			}
-		case h.to != 0:
-			var conn *grpc.ClientConn
-			if conn, err = s.tr.Conn(h.to); err == nil {
-				err = kv.FromStatus(remote(metadata.AppendToOutgoingContext(ctx, NoForwardKey, "1"), conn))
-			}
-			if h.asked && err != nil && (errors.Is(err, kv.ErrUnavailable) || isTransportErr(err)) {
-				ask.fail(h.to)
-			}
-		default:
-			err = h.err
-		}
-		var nl *kv.NotLeaderError
-		if errors.As(err, &nl) {
-			s.svc.dir.noteLeader(nl.RangeID, nl.LeaderID)
-		}
-		// Asking nodes other than a known leader, "unavailable" (that node
-		// holds no replica either, or not any more) means: ask the next.
-		askedAround := tg.local == nil && (errors.Is(err, kv.ErrUnavailable) || isNoRange(err))
-		if err == nil || !(errors.Is(err, kv.ErrNotLeader) || errors.Is(err, kv.ErrWrongRange) || isTransportErr(err) || isNoRange(err) || askedAround) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w: range %d: %v", kv.ErrUnavailable, rid, err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+			return remote(ctx, conn)
+		},
+	})
 }
 
 // admin serves the Admin gRPC service.

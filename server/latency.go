@@ -4,6 +4,8 @@ import (
 	"math"
 	"sync"
 	"time"
+
+	"github.com/pando/pando/route"
 )
 
 // Per-range request latency, measured where the request is served: on the
@@ -192,7 +194,7 @@ func (s *Service) serveLocal(rangeID uint64, key []byte, write bool, local func(
 	s.load.record(rangeID, key, write)
 	start := time.Now()
 	err := local(rangeID)
-	if !retryable(err) {
+	if !route.Retryable(err, true) {
 		s.load.observeLatency(rangeID, time.Now(), time.Since(start))
 	}
 	return err

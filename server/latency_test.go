@@ -154,3 +154,27 @@ func TestLoadTrackerLatency(t *testing.T) {
 		t.Fatalf("range 8 has %d samples", n)
 	}
 }
+
+// The leader counts reads and writes per range: qps is both, write_qps the
+// writes among them (what heartbeats report to the controller).
+func TestLoadTrackerWriteRate(t *testing.T) {
+	l := newLoadTracker()
+	for i := 0; i < 30; i++ {
+		l.record(7, []byte("k"), i%3 == 0) // 10 writes, 20 reads
+	}
+	l.tick(time.Second, 1e9)
+	qps, _, samples := l.get(7)
+	if qps != 15 || l.writeRate(7) != 5 { // halfway to 30 and 10 (smoothed)
+		t.Fatalf("qps %v, write rate %v; want 15 and 5", qps, l.writeRate(7))
+	}
+	if len(samples) != 30 {
+		t.Fatalf("%d key samples, want 30", len(samples))
+	}
+	l.tick(time.Second, 1e9)
+	if qps, _, _ := l.get(7); qps != 7.5 || l.writeRate(7) != 2.5 {
+		t.Fatalf("after an idle second: qps %v, write rate %v", qps, l.writeRate(7))
+	}
+	if l.writeRate(8) != 0 {
+		t.Fatal("a range never served has a write rate")
+	}
+}

@@ -224,7 +224,7 @@ func (s *Server) learn(resp *pandopb.HeartbeatResponse) {
 			s.tr.SetPeer(n.Id, n.Addr)
 		}
 	}
-	s.svc.dir.update(resp)
+	s.svc.router.Directory().Update(resp)
 	for _, r := range resp.Directory {
 		st, ok := s.node.Status(r.Id)
 		if !ok && slices.Contains(r.Replicas, s.cfg.ID) && !slices.Contains(r.Learners, s.cfg.ID) && !s.node.Holds(r.Id) {

@@ -35,6 +35,7 @@ import (
 	"github.com/pando/pando/pki"
 	"github.com/pando/pando/placement"
 	"github.com/pando/pando/resilience"
+	"github.com/pando/pando/route"
 	"github.com/pando/pando/storage"
 	"github.com/pando/pando/transport"
 	"github.com/pando/pando/web"
@@ -367,8 +368,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.node = n
 	s.tr.Attach(n)
-	s.svc = NewService(n, s.tr, cfg.Limits, cfg.RequestTimeout, 20*time.Millisecond)
-	s.svc.dir = &directory{}
+	if s.svc, err = NewService(n, s.tr, cfg.Limits, cfg.RequestTimeout, route.Policy{}); err != nil {
+		return nil, err
+	}
 	s.ctl = newController(s)
 	s.load = newLoadTracker()
 	s.svc.load = s.load

@@ -3,28 +3,22 @@ package server
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"time"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/replica"
 	"github.com/pando/pando/resilience"
+	"github.com/pando/pando/route"
 	"github.com/pando/pando/storage"
 )
 
-// NoForwardKey in a request's metadata asks a node to serve it locally or
-// refuse it with a NotLeader hint, never to forward it. Forwarding nodes set
-// it (one hop at most), and so does the Go client, which routes to leaders
-// itself.
-const NoForwardKey = "pando-no-forward"
+// NoForwardKey in a request's metadata asks a node not to forward it
+// (route.NoForwardKey).
+const NoForwardKey = route.NoForwardKey
 
 // Peers gives the service the other nodes: their addresses and KV clients.
 type Peers interface {
@@ -46,11 +40,11 @@ type Service struct {
 	peers   Peers
 	limits  kv.Limits
 	timeout time.Duration
-	retry   time.Duration
+	// router sends requests to their ranges' leaders; its directory routes
+	// keys of ranges this node holds no replica of.
+	router *route.Router
 	// load, when set, counts requests per range served here as leader.
 	load *loadTracker
-	// dir, when set, routes keys of ranges this node holds no replica of.
-	dir *directory
 	// size, when set, estimates a span's bytes for the status.
 	size  func(start, end []byte) uint64
 	admit func() error
@@ -63,11 +57,20 @@ type Service struct {
 const DefaultForwardTimeout = time.Second
 
 // NewService returns the KV service of n. timeout is the deadline given to
-// requests that arrive without one; retry is the pause before retrying a
-// request while a range has no leader.
-func NewService(n *node.Node, peers Peers, limits kv.Limits, timeout, retry time.Duration) *Service {
-	return &Service{node: n, peers: peers, limits: limits.WithDefaults(), timeout: timeout, retry: retry,
+// requests that arrive without one; policy is how requests are retried
+// while a range has no leader (route.Policy; zero: the defaults).
+func NewService(n *node.Node, peers Peers, limits kv.Limits, timeout time.Duration, policy route.Policy) (*Service, error) {
+	s := &Service{node: n, peers: peers, limits: limits.WithDefaults(), timeout: timeout,
 		admit: func() error { return nil }, forwardTimeout: DefaultForwardTimeout}
+	var local route.Local
+	if n != nil {
+		local = n
+	}
+	var err error
+	if s.router, err = route.New(local, &route.Directory{}, peers, policy); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // SetForwardTimeout bounds each attempt to forward a request to a leader
@@ -89,129 +92,38 @@ func (s *Service) SetAdmission(admit func() error) {
 	s.admit = admit
 }
 
-func forwarded(ctx context.Context) bool {
-	md, ok := metadata.FromIncomingContext(ctx)
-	return ok && len(md.Get(NoForwardKey)) > 0
-}
+func forwarded(ctx context.Context) bool { return route.Forwarded(ctx) }
 
-// route runs local on this node if it leads rangeID, or remote against the
-// leader, retrying while leadership is unknown or moving, or the leader
-// does not answer, until ctx ends.
+// route runs local on this node if it leads the range of key, or remote
+// against its leader (route.Router.Do), until ctx ends or the request's
+// timeout when ctx has none.
 //
-// Every write reaching route carries an idempotency key (see put and del),
-// so a forwarded write whose fate is unknown (a transport error, a timeout,
-// an ambiguous answer) is retried like a read: if the first attempt was
+// Every write reaching route carries an idempotency key (see write), so a
+// forwarded write whose fate is unknown (a transport error, a timeout, an
+// ambiguous answer) is retried like a read: if the first attempt was
 // applied, the leader answers the retry from its deduplication table. Only
 // when ctx ends with such an attempt unresolved does a write fail as
-// ambiguous. Each forwarded attempt is bounded by the forward timeout and
-// guarded by the breaker this node keeps to the leader. The range is looked
-// up by key on every attempt, since a split may move the key.
+// ambiguous. Each forwarded attempt is bounded by the forward timeout.
 func (s *Service) route(ctx context.Context, key []byte, write bool, local func(rangeID uint64) error, remote func(context.Context, pandopb.KVClient) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.timeout)
 		defer cancel()
 	}
-	fwd := forwarded(ctx)
-	maybeApplied := false
 	if key == nil {
-		key = []byte{} // the empty key (locate takes nil for "by range ID")
+		key = []byte{}
 	}
-	var ask asker
-	for {
-		// Look the range up on every attempt: a split may have moved key.
-		tg, err := locate(s.node, s.dir, key, 0)
-		if err != nil && !isNoRange(err) && maybeApplied {
-			// An earlier attempt may have been applied: not "refused".
-			return fmt.Errorf("%w (%w): %v", kv.ErrUnavailable, kv.ErrAmbiguous, err)
-		}
-		rangeID := tg.rangeID
-		h := nextHop(tg, err, s.node.ID(), fwd, &ask, s.peers.IDs, s.peers.Addr)
-		switch {
-		case h.final || (err != nil && !isNoRange(err)):
-			return h.err
-		case h.local:
-			err = s.serveLocal(rangeID, key, write, local)
-		case h.to != 0:
-			var unsure bool
-			err, unsure = s.forward(ctx, h.to, remote)
-			maybeApplied = maybeApplied || (write && unsure)
-			if h.asked && err != nil && (errors.Is(err, kv.ErrUnavailable) || isTransportErr(err)) {
-				ask.fail(h.to)
+	return s.router.Do(ctx, route.Request{
+		Key: key, Write: write, AttemptTimeout: s.forwardTimeout,
+		Local: func(st node.RangeStatus) error { return s.serveLocal(st.RangeID, key, write, local) },
+		Remote: func(ctx context.Context, to uint64) error {
+			c, err := s.peers.KV(to)
+			if err != nil {
+				return route.Unreachable(err)
 			}
-		default:
-			err = h.err
-		}
-		var nl *kv.NotLeaderError
-		if s.dir != nil && errors.As(err, &nl) {
-			s.dir.noteLeader(nl.RangeID, nl.LeaderID)
-		}
-		if isNoRange(err) {
-			err = fmt.Errorf("%w: %v", kv.ErrUnavailable, err)
-		}
-		// A local attempt cut short (the node stopped with the write in
-		// flight) is retried too, but may have been applied.
-		maybeApplied = maybeApplied || (write && errors.Is(err, kv.ErrAmbiguous))
-		if !retryable(err) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			if maybeApplied {
-				return fmt.Errorf("%w (%w): range %d: %v", kv.ErrUnavailable, kv.ErrAmbiguous, rangeID, err)
-			}
-			return fmt.Errorf("%w: range %d: %v", kv.ErrUnavailable, rangeID, err)
-		case <-time.After(s.retry):
-		}
-	}
-}
-
-// forward makes one attempt against the leader. unsure reports an attempt
-// that may have reached it (a write may have been applied); the error is
-// then retryable.
-func (s *Service) forward(ctx context.Context, leader uint64, remote func(context.Context, pandopb.KVClient) error) (err error, unsure bool) {
-	var call resilience.Call
-	if br := s.peers.Breaker(leader); br != nil {
-		if call, err = br.Allow(); err != nil {
-			return fmt.Errorf("%w: node %d: %w", kv.ErrUnavailable, leader, err), false
-		}
-	}
-	c, err := s.peers.KV(leader)
-	if err != nil {
-		call.Done(resilience.Excluded)
-		return fmt.Errorf("%w: node %d: %v", kv.ErrUnavailable, leader, err), false
-	}
-	actx, cancel := context.WithTimeout(ctx, s.forwardTimeout)
-	defer cancel()
-	octx := metadata.AppendToOutgoingContext(actx, NoForwardKey, "1")
-	err = kv.FromStatus(remote(octx, c))
-	outcome := resilience.Classify(err)
-	if ctx.Err() != nil && actx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {
-		outcome = resilience.Excluded // our caller gave up, the leader did not fail
-	}
-	call.Done(outcome)
-	switch {
-	case err == nil:
-		return nil, false
-	case errors.Is(err, kv.ErrAmbiguous):
-		// The leader proposed it and did not see it applied in time.
-		return fmt.Errorf("%w: forward to node %d: %v", kv.ErrUnavailable, leader, err), true
-	case isTransportErr(err) || (errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil):
-		// No answer, or none in time: it may have been applied.
-		return fmt.Errorf("%w: forward to node %d: %v", kv.ErrUnavailable, leader, err), true
-	}
-	return err, false
-}
-
-// retryable: errors that mean "try again": no leader, a leader that moved,
-// or an unreachable, silent or unsure leader (every write is idempotent).
-// "Overloaded" is not retried here: the client backs off.
-func retryable(err error) bool {
-	if err == nil {
-		return false
-	}
-	return errors.Is(err, kv.ErrNotLeader) || errors.Is(err, kv.ErrWrongRange) ||
-		(errors.Is(err, kv.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded))
+			return remote(ctx, c)
+		},
+	})
 }
 
 func (s *Service) checkConsistency(c pandopb.Consistency) error {
@@ -522,17 +434,17 @@ func (s *Service) Status(ctx context.Context, _ *pandopb.StatusRequest) (*pandop
 		held[st.RangeID] = true
 		resp.Ranges = append(resp.Ranges, s.replicaStatus(st))
 	}
-	if s.dir != nil {
+	if dir := s.router.Directory(); dir != nil {
 		// The ranges of the cluster this node holds no replica of, as the
 		// controller last reported them.
-		for _, r := range s.dir.all() {
+		for _, r := range dir.All() {
 			if !held[r.Id] {
 				resp.Ranges = append(resp.Ranges, r)
 			}
 		}
 		sort.Slice(resp.Ranges, func(i, j int) bool { return resp.Ranges[i].Id < resp.Ranges[j].Id })
 		states := map[uint64]string{}
-		for _, n := range s.dir.nodeRecords() {
+		for _, n := range dir.NodeRecords() {
 			states[n.Id] = n.State
 		}
 		for _, n := range resp.Nodes {
@@ -552,10 +464,4 @@ func (s *Service) replicaStatus(st node.RangeStatus) *pandopb.RangeStatus {
 	}
 	r.SizeBytes = s.load.size(st.RangeID)
 	return r
-}
-
-// isTransportErr reports a gRPC failure that is not an answer from pando.
-func isTransportErr(err error) bool {
-	st, ok := status.FromError(err)
-	return ok && (st.Code() == codes.Unavailable || st.Code() == codes.Internal || st.Code() == codes.Unknown)
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/resilience"
+	"github.com/pando/pando/route"
 	"github.com/pando/pando/server"
 	"github.com/pando/pando/storage"
 )
@@ -267,7 +268,12 @@ func (c *Cluster) Start(id uint64) {
 	}
 	c.mu.Lock()
 	m.Engine, m.Node = eng, n
-	m.Service = server.NewService(n, &peers{c: c, self: id}, kv.Limits{}, c.opts.RequestTimeout, 5*time.Millisecond)
+	m.Service, err = server.NewService(n, &peers{c: c, self: id}, kv.Limits{}, c.opts.RequestTimeout,
+		route.Policy{Backoff: resilience.Backoff{Base: 5 * time.Millisecond, Max: 50 * time.Millisecond}})
+	if err != nil {
+		c.mu.Unlock()
+		c.t.Fatalf("node %d: %v", id, err)
+	}
 	m.Service.SetForwardTimeout(c.opts.ForwardTimeout)
 	m.running = true
 	c.mu.Unlock()

@@ -1,15 +1,14 @@
-package server
+package route
 
 import (
 	"testing"
-	"time"
 
 	"github.com/pando/pando/api/pandopb"
 )
 
 func TestDirectoryLookup(t *testing.T) {
-	d := &directory{}
-	d.update(&pandopb.HeartbeatResponse{ControllerId: 1, Directory: []*pandopb.RangeStatus{
+	d := &Directory{}
+	d.Update(&pandopb.HeartbeatResponse{ControllerId: 1, Directory: []*pandopb.RangeStatus{
 		{Id: 3, StartKey: []byte("m"), LeaderId: 2},
 		{Id: 1, EndKey: []byte("f"), LeaderId: 1},
 		{Id: 2, StartKey: []byte("f"), EndKey: []byte("m")},
@@ -18,30 +17,30 @@ func TestDirectoryLookup(t *testing.T) {
 		key  string
 		want uint64
 	}{{"", 1}, {"a", 1}, {"f", 2}, {"l\xff", 2}, {"m", 3}, {"zzz", 3}} {
-		r, ok := d.lookup([]byte(c.key))
+		r, ok := d.Lookup([]byte(c.key))
 		if !ok || r.Id != c.want {
 			t.Errorf("lookup(%q) = %v, %v; want range %d", c.key, r, ok, c.want)
 		}
 	}
 	// A gap (a range the controller has not reported yet) finds nothing.
-	d.update(&pandopb.HeartbeatResponse{Directory: []*pandopb.RangeStatus{{Id: 1, EndKey: []byte("f")}}})
-	if r, ok := d.lookup([]byte("g")); ok {
+	d.Update(&pandopb.HeartbeatResponse{Directory: []*pandopb.RangeStatus{{Id: 1, EndKey: []byte("f")}}})
+	if r, ok := d.Lookup([]byte("g")); ok {
 		t.Errorf("lookup in a gap = %v", r)
 	}
 	// Leader hints: of a known range, and of one not in the directory.
-	d.noteLeader(1, 3)
-	if r, _ := d.byID(1); r.LeaderId != 3 {
+	d.NoteLeader(1, 3)
+	if r, _ := d.ByID(1); r.LeaderId != 3 {
 		t.Errorf("leader hint not kept: %v", r)
 	}
-	if _, ok := d.byID(9); ok {
+	if _, ok := d.ByID(9); ok {
 		t.Error("unknown range found")
 	}
-	d.noteLeader(9, 2)
-	if r, ok := d.byID(9); !ok || r.LeaderId != 2 {
+	d.NoteLeader(9, 2)
+	if r, ok := d.ByID(9); !ok || r.LeaderId != 2 {
 		t.Errorf("hint for a range not in the directory: %v %v", r, ok)
 	}
-	d.noteLeader(9, 0) // no hint: ignored
-	if r, _ := d.byID(9); r.LeaderId != 2 {
+	d.NoteLeader(9, 0) // no hint: ignored
+	if r, _ := d.ByID(9); r.LeaderId != 2 {
 		t.Errorf("empty hint replaced a hint: %v", r)
 	}
 }
@@ -79,29 +78,5 @@ func TestAskerSkipsFailedNodes(t *testing.T) {
 	}
 	if got := b.next(target{rangeID: 7}, 2, []uint64{1, 2}); got != 1 {
 		t.Fatalf("asked %d, want 1", got)
-	}
-}
-
-// The leader counts reads and writes per range: qps is both, write_qps the
-// writes among them (what heartbeats report to the controller).
-func TestLoadTrackerWriteRate(t *testing.T) {
-	l := newLoadTracker()
-	for i := 0; i < 30; i++ {
-		l.record(7, []byte("k"), i%3 == 0) // 10 writes, 20 reads
-	}
-	l.tick(time.Second, 1e9)
-	qps, _, samples := l.get(7)
-	if qps != 15 || l.writeRate(7) != 5 { // halfway to 30 and 10 (smoothed)
-		t.Fatalf("qps %v, write rate %v; want 15 and 5", qps, l.writeRate(7))
-	}
-	if len(samples) != 30 {
-		t.Fatalf("%d key samples, want 30", len(samples))
-	}
-	l.tick(time.Second, 1e9)
-	if qps, _, _ := l.get(7); qps != 7.5 || l.writeRate(7) != 2.5 {
-		t.Fatalf("after an idle second: qps %v, write rate %v", qps, l.writeRate(7))
-	}
-	if l.writeRate(8) != 0 {
-		t.Fatal("a range never served has a write rate")
 	}
 }

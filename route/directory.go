@@ -1,4 +1,4 @@
-package server
+package route
 
 import (
 	"bytes"
@@ -14,13 +14,13 @@ import (
 	"github.com/pando/pando/node"
 )
 
-// directory is a node's cache of the cluster's ranges (span, replicas,
+// Directory is a node's cache of the cluster's ranges (span, replicas,
 // leader, load) and nodes, refreshed from the controller with every
 // heartbeat and corrected by the leader hints of not-leader answers. A node
 // routes a key through it when it holds no replica of the key's range. It
 // may be stale: the range itself (its replicas' descriptor) is the truth,
 // and a stale route ends in a not-leader or wrong-range answer and a retry.
-type directory struct {
+type Directory struct {
 	mu         sync.RWMutex
 	ranges     []*pandopb.RangeStatus // ordered by start key
 	nodes      []*pandopb.NodeRecord
@@ -28,7 +28,7 @@ type directory struct {
 	hints      map[uint64]uint64 // leader hints of ranges not in the directory yet
 }
 
-func (d *directory) update(resp *pandopb.HeartbeatResponse) {
+func (d *Directory) Update(resp *pandopb.HeartbeatResponse) {
 	rs := make([]*pandopb.RangeStatus, 0, len(resp.Directory))
 	for _, r := range resp.Directory {
 		rs = append(rs, proto.Clone(r).(*pandopb.RangeStatus))
@@ -39,8 +39,8 @@ func (d *directory) update(resp *pandopb.HeartbeatResponse) {
 	d.mu.Unlock()
 }
 
-// lookup returns the directory's entry for the range holding key.
-func (d *directory) lookup(key []byte) (*pandopb.RangeStatus, bool) {
+// Lookup returns the directory's entry for the range holding key.
+func (d *Directory) Lookup(key []byte) (*pandopb.RangeStatus, bool) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	i := sort.Search(len(d.ranges), func(i int) bool { return bytes.Compare(d.ranges[i].StartKey, key) > 0 }) - 1
@@ -54,8 +54,8 @@ func (d *directory) lookup(key []byte) (*pandopb.RangeStatus, bool) {
 	return r, true
 }
 
-// byID returns the directory's entry for a range.
-func (d *directory) byID(id uint64) (*pandopb.RangeStatus, bool) {
+// ByID returns the directory's entry for a range.
+func (d *Directory) ByID(id uint64) (*pandopb.RangeStatus, bool) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	for _, r := range d.ranges {
@@ -69,21 +69,23 @@ func (d *directory) byID(id uint64) (*pandopb.RangeStatus, bool) {
 	return nil, false
 }
 
-// all returns every entry (shared: do not modify).
-func (d *directory) all() []*pandopb.RangeStatus {
+// All returns every entry (shared: do not modify).
+func (d *Directory) All() []*pandopb.RangeStatus {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	return d.ranges
 }
 
-func (d *directory) nodeRecords() []*pandopb.NodeRecord {
+// NodeRecords returns the nodes the controller last reported (shared: do
+// not modify).
+func (d *Directory) NodeRecords() []*pandopb.NodeRecord {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	return d.nodes
 }
 
-// noteLeader records a leader hint for a range (from a not-leader answer).
-func (d *directory) noteLeader(rangeID, leader uint64) {
+// NoteLeader records a leader hint for a range (from a not-leader answer).
+func (d *Directory) NoteLeader(rangeID, leader uint64) {
 	if leader == 0 {
 		return
 	}
@@ -117,13 +119,13 @@ type target struct {
 
 // locate finds the range of key (or rangeID when key is nil) in the local
 // replicas first, then in the directory.
-func locate(n *node.Node, dir *directory, key []byte, rangeID uint64) (target, error) {
+func locate(n Local, dir *Directory, key []byte, rangeID uint64) (target, error) {
 	if key != nil {
 		if st, err := n.RangeFor(key); err == nil {
 			return target{rangeID: st.RangeID, leader: st.LeaderID, replicas: st.Desc.Replicas, local: &st}, nil
 		}
 		if dir != nil {
-			if r, ok := dir.lookup(key); ok {
+			if r, ok := dir.Lookup(key); ok {
 				return target{rangeID: r.Id, leader: r.LeaderId, replicas: r.Replicas}, nil
 			}
 		}
@@ -133,7 +135,7 @@ func locate(n *node.Node, dir *directory, key []byte, rangeID uint64) (target, e
 		return target{rangeID: rangeID, leader: st.LeaderID, replicas: st.Desc.Replicas, local: &st}, nil
 	}
 	if dir != nil {
-		if r, ok := dir.byID(rangeID); ok {
+		if r, ok := dir.ByID(rangeID); ok {
 			return target{rangeID: r.Id, leader: r.LeaderId, replicas: r.Replicas}, nil
 		}
 	}
@@ -171,8 +173,7 @@ type hop struct {
 // next: served here, sent to the leader, sent to a node that may know the
 // leader (a range this node holds no replica of), or answered at once. A
 // request another node forwarded is never forwarded again: it is answered
-// with the leader this node knows. KV requests (Service.route) and admin
-// requests (Server.onLeader) both follow it.
+// with the leader this node knows. KV and admin requests both follow it (Router.Do).
 func nextHop(tg target, err error, self uint64, fwd bool, ask *asker, all func() []uint64, addr func(uint64) string) hop {
 	switch {
 	case err != nil:
