@@ -48,7 +48,7 @@ var (
 	ErrOverloaded = kv.ErrOverloaded
 )
 
-// noForwardKey is server.NoForwardKey (not imported: applications should
+// noForwardKey is route.NoForwardKey (not imported: applications should
 // not pull in the server).
 const noForwardKey = "pando-no-forward"
 

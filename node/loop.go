@@ -777,43 +777,22 @@ func (n *Node) maybeTruncate(b *pebble.Batch, r *group) {
 	must(r.storage.Truncate(b, r.applied-keep))
 }
 
-// appliedWaiter is a caller waiting until its replica has applied index.
-type appliedWaiter struct {
-	index uint64
-	done  chan struct{}
-}
-
-// waitApplied returns once r has applied index, or ctx ends, or the node
-// stops.
+// waitApplied returns once r has applied index (as a confirmed read
+// waits, released by releaseReads), or ctx ends, or the node stops.
 func (n *Node) waitApplied(ctx context.Context, r *group, index uint64) error {
-	done := make(chan struct{})
+	req := &readRequest{rangeID: r.id, index: index, done: make(chan error, 1)}
 	if err := n.call(ctx, func() {
-		r.appliedWaiters = append(r.appliedWaiters, appliedWaiter{index: index, done: done})
-		n.releaseApplied(r)
+		r.readWaiting = append(r.readWaiting, req)
+		n.releaseReads(r)
 	}); err != nil {
 		return err
 	}
 	select {
-	case <-done:
-		return nil
+	case err := <-req.done: // nil, or why the replica cannot serve (frozen, dropped)
+		return err
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-n.stopc:
-		return kv.ErrStopped
 	}
-}
-
-// releaseApplied lets go the waiters whose index r has applied.
-func (n *Node) releaseApplied(r *group) {
-	kept := r.appliedWaiters[:0]
-	for _, w := range r.appliedWaiters {
-		if w.index <= r.applied {
-			close(w.done)
-		} else {
-			kept = append(kept, w)
-		}
-	}
-	r.appliedWaiters = kept
 }
 
 func (n *Node) publishStatus(r *group) {
@@ -836,9 +815,6 @@ func (n *Node) publishStatus(r *group) {
 	})
 	if old == nil || old.Desc != r.storage.State().Desc {
 		n.layoutChanged() // descriptors are replaced, never changed in place
-	}
-	if len(r.appliedWaiters) > 0 {
-		n.releaseApplied(r)
 	}
 }
 

@@ -100,8 +100,6 @@ type group struct {
 	readQueue   []*readRequest            // waiting to be given a read index
 	readBatches map[uint64][]*readRequest // ReadIndex ctx -> requests
 	readWaiting []*readRequest            // confirmed, waiting for apply
-	// appliedWaiters wait for the applied index to reach theirs (loop-owned).
-	appliedWaiters []appliedWaiter
 }
 
 // RangeStatus is a replica's state as last observed by the loop.

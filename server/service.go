@@ -16,10 +16,6 @@ import (
 	"github.com/pando/pando/storage"
 )
 
-// NoForwardKey in a request's metadata asks a node not to forward it
-// (route.NoForwardKey).
-const NoForwardKey = route.NoForwardKey
-
 // Peers gives the service the other nodes: their addresses and KV clients.
 type Peers interface {
 	Addr(id uint64) string
@@ -92,8 +88,6 @@ func (s *Service) SetAdmission(admit func() error) {
 	s.admit = admit
 }
 
-func forwarded(ctx context.Context) bool { return route.Forwarded(ctx) }
-
 // route runs local on this node if it leads the range of key, or remote
 // against its leader (route.Router.Do), until ctx ends or the request's
 // timeout when ctx has none.
@@ -109,9 +103,6 @@ func (s *Service) route(ctx context.Context, key []byte, write bool, local func(
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.timeout)
 		defer cancel()
-	}
-	if key == nil {
-		key = []byte{}
 	}
 	return s.router.Do(ctx, route.Request{
 		Key: key, Write: write, AttemptTimeout: s.forwardTimeout,
@@ -344,7 +335,7 @@ func (s *Service) scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.
 	stale := req.Consistency == pandopb.Consistency_STALE
 	// A forwarded scan serves one range and says where to continue; the
 	// node that routes it walks the ranges.
-	single := forwarded(ctx)
+	single := route.Forwarded(ctx)
 	resp := &pandopb.ScanResponse{}
 	cur := start
 	for {
