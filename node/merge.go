@@ -3,18 +3,14 @@ package node
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"math"
-	"slices"
-	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pando/pando/api/pandopb"
-	"github.com/pando/pando/events"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/replica"
 	"github.com/pando/pando/storage"
@@ -259,8 +255,8 @@ func (n *Node) Freeze(ctx context.Context, rangeID, mergeInto, generation uint64
 // its right neighbour frozen at freezeIndex, planned at leftID's
 // generation, and returns leftID's new descriptor once the merge is
 // applied here. The caller must first make sure that every replica of
-// right has applied the freeze (MergeRanges does); Merge checks it of the
-// replica here only.
+// right has applied the freeze (rangeops.Runner.Merge does); Merge checks
+// it of the replica here only.
 func (n *Node) Merge(ctx context.Context, leftID uint64, right *pandopb.RangeDescriptor, freezeIndex, generation uint64) (*pandopb.RangeDescriptor, error) {
 	rst, ok := n.Status(right.GetId())
 	switch {
@@ -277,203 +273,4 @@ func (n *Node) Merge(ctx context.Context, leftID uint64, right *pandopb.RangeDes
 		return nil, err
 	}
 	return res.Desc, nil
-}
-
-// MergeHosts reaches the nodes a merge involves.
-type MergeHosts interface {
-	// Applied returns the index up to which node's replica of rangeID has
-	// applied its log (an error if the node does not answer or holds no
-	// replica of it).
-	Applied(ctx context.Context, node, rangeID uint64) (uint64, error)
-}
-
-// MergeRanges merges leftID's right neighbour into leftID. This node must
-// lead leftID and the two ranges must have the same replicas. The steps:
-//
-//  1. Pick the right neighbour: the replica here that starts where leftID
-//     ends (after a read index on leftID, so that its descriptor is
-//     current). If it is already frozen (an earlier run stopped after the
-//     freeze, or it was frozen for a range that leftID has since become the
-//     left neighbour of), check the replicas and go to 4.
-//  2. Make this node lead it (TransferLeader), so that both leaders are
-//     here and both descriptors are read as their leaders know them;
-//     check that the two have the same replicas, and that every replica
-//     of both answers (so that the right one is not frozen only to wait
-//     for a dead node, or to be left frozen on a node without the left
-//     one).
-//  3. Freeze it (Freeze).
-//  4. Wait until every replica of it has applied the freeze (MergeHosts).
-//  5. Merge it (Merge) and publish a merge event.
-//
-// Each step looks at the ranges as they are, so a run interrupted
-// anywhere (a crash, a lost leadership, ctx) is completed by running
-// MergeRanges again for the same left range, here or on its new leader: a
-// frozen right range refuses every write until then, so an operator or
-// the controller must rerun it. A rerun after the merge completed merges
-// leftID with its next neighbour. On a lost leadership of leftID it returns
-// a *kv.NotLeaderError: nothing was proposed since the last step.
-func (n *Node) MergeRanges(ctx context.Context, leftID uint64, hosts MergeHosts) (*pandopb.RangeDescriptor, error) {
-	for {
-		lst, ok := n.Status(leftID)
-		if !ok {
-			return nil, errNoReplica(leftID)
-		}
-		if lst.LeaderID != n.cfg.ID {
-			return nil, n.notLeader(leftID, lst.LeaderID)
-		}
-		if lst.FrozenFor != 0 {
-			return nil, fmt.Errorf("%w: range %d is itself frozen for its merge into range %d; merge that first", kv.ErrInvalidArgument, leftID, lst.FrozenFor)
-		}
-		// Plan on current descriptors: a replica here may lag behind a
-		// change of its range (a read index brings it up to date).
-		if err := n.ReadIndex(ctx, leftID); err != nil {
-			return nil, err
-		}
-		lst, _ = n.Status(leftID)
-		left := lst.Desc
-		if len(left.EndKey) == 0 {
-			return nil, fmt.Errorf("%w: range %d ends the key space: it has no right neighbour", kv.ErrInvalidArgument, leftID)
-		}
-		rst, ok := n.rangeStarting(left.EndKey)
-		if !ok {
-			return nil, fmt.Errorf("%w: node %d, leader of range %d, holds no replica of the range starting at %q: the ranges must have the same replicas",
-				kv.ErrInvalidArgument, n.cfg.ID, leftID, left.EndKey)
-		}
-		if rst.FrozenFor == 0 {
-			// Lead the right range here too (the freeze is proposed here),
-			// and read its descriptor as its leader knows it.
-			if err := n.leadHere(ctx, rst.RangeID); err != nil {
-				return nil, err
-			}
-			if err := n.ReadIndex(ctx, rst.RangeID); err != nil {
-				if errors.Is(err, kv.ErrWrongRange) || errors.Is(err, kv.ErrNotLeader) {
-					continue // frozen meanwhile, or its leadership moved
-				}
-				return nil, err
-			}
-			if rst, ok = n.Status(rst.RangeID); !ok {
-				continue
-			}
-		}
-		right := rst.Desc
-		if !replica.SameReplicas(left.Replicas, right.Replicas) {
-			return nil, fmt.Errorf("%w: ranges %d and %d have different replicas (%v, %v); move them first", kv.ErrInvalidArgument, leftID, right.Id, left.Replicas, right.Replicas)
-		}
-		frozenAt := rst.FrozenAt
-		if rst.FrozenFor == 0 {
-			if err := n.checkReplicasAnswer(ctx, left, hosts); err != nil {
-				return nil, err
-			}
-			if err := n.checkReplicasAnswer(ctx, right, hosts); err != nil {
-				return nil, err
-			}
-			var err error
-			if frozenAt, err = n.Freeze(ctx, right.Id, leftID, right.Generation); err != nil {
-				if errors.Is(err, replica.ErrStaleMerge) || errors.Is(err, kv.ErrNotLeader) {
-					continue // the right range changed or its leadership moved: plan again
-				}
-				return nil, fmt.Errorf("freeze of range %d: %w", right.Id, err)
-			}
-			if rst, ok = n.Status(right.Id); !ok {
-				continue
-			}
-			right = rst.Desc
-		}
-		if err := n.waitFrozenEverywhere(ctx, right, frozenAt, hosts); err != nil {
-			return nil, err
-		}
-		desc, err := n.Merge(ctx, leftID, right, frozenAt, left.Generation)
-		if errors.Is(err, replica.ErrStaleMerge) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("merge of range %d into range %d: %w", right.Id, leftID, err)
-		}
-		n.cfg.Events.Publish(events.MergeEvent(leftID, right.Id))
-		return desc, nil
-	}
-}
-
-// rangeStarting returns the replica here whose span starts at key.
-func (n *Node) rangeStarting(key []byte) (RangeStatus, bool) {
-	for _, st := range n.Statuses() {
-		if bytes.Equal(st.Desc.StartKey, key) {
-			return st, true
-		}
-	}
-	return RangeStatus{}, false
-}
-
-// checkReplicasAnswer makes sure every replica of desc answers before a
-// freeze.
-func (n *Node) checkReplicasAnswer(ctx context.Context, desc *pandopb.RangeDescriptor, hosts MergeHosts) error {
-	for _, id := range desc.Replicas {
-		if _, err := hosts.Applied(ctx, id, desc.Id); err != nil {
-			return fmt.Errorf("%w: replica of range %d on node %d does not answer; not freezing it: %v", kv.ErrUnavailable, desc.Id, id, err)
-		}
-	}
-	return nil
-}
-
-// leadHere makes this node lead rangeID (a leadership transfer), waiting
-// until it does or ctx ends.
-func (n *Node) leadHere(ctx context.Context, rangeID uint64) error {
-	timeout := time.Duration(n.cfg.ElectionTicks) * n.cfg.TickInterval
-	var lastTry time.Time
-	for {
-		st, ok := n.Status(rangeID)
-		if !ok {
-			return errNoReplica(rangeID)
-		}
-		if st.LeaderID == n.cfg.ID {
-			return nil
-		}
-		if slices.Contains(st.Learners, n.cfg.ID) {
-			return fmt.Errorf("%w: node %d is a learner of range %d and cannot lead it", kv.ErrInvalidArgument, n.cfg.ID, rangeID)
-		}
-		// A follower hands the request to its leader; retry a transfer
-		// that raft gave up (after an election timeout).
-		if st.LeaderID != 0 && time.Since(lastTry) > timeout {
-			lastTry = time.Now()
-			if err := n.TransferLeader(ctx, rangeID, n.cfg.ID); err != nil {
-				return err
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w: leadership of range %d did not move to node %d: %w", kv.ErrUnavailable, rangeID, n.cfg.ID, ctx.Err())
-		case <-time.After(n.cfg.TickInterval):
-		}
-	}
-}
-
-// waitFrozenEverywhere waits until every replica of desc has applied its
-// freeze at index. The freeze's apply batch is synced, so a replica that
-// reports it keeps it across a crash: when the merge applies on a node,
-// its replica of desc is frozen with its final state.
-func (n *Node) waitFrozenEverywhere(ctx context.Context, desc *pandopb.RangeDescriptor, index uint64, hosts MergeHosts) error {
-	for _, id := range desc.Replicas {
-		for {
-			applied, err := hosts.Applied(ctx, id, desc.Id)
-			if err == nil && applied >= index {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("%w: replica of range %d on node %d has not applied its freeze at %d (applied %d, %v); rerun the merge to complete it: %w",
-					kv.ErrUnavailable, desc.Id, id, index, applied, err, ctx.Err())
-			case <-time.After(10 * time.Millisecond):
-			}
-		}
-	}
-	return nil
-}
-
-// reshapes reports whether cmd changes a range's span or freezes it.
-func reshapes(cmd *pandopb.Command) bool {
-	switch cmd.Op.(type) {
-	case *pandopb.Command_Freeze, *pandopb.Command_Merge, *pandopb.Command_Split:
-		return true
-	}
-	return false
 }

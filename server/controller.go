@@ -562,7 +562,7 @@ func (s *Server) moveReplica(ctx context.Context, rangeID, from, to uint64, why 
 	err := s.onLeader(ctx, nil, rangeID, func(before node.RangeStatus) error {
 		rid := before.RangeID
 		var err error
-		if desc, err = s.node.MoveReplica(ctx, rid, from, to, hosts{s}); err == nil && before.Desc.Generation != desc.Generation {
+		if desc, err = s.ops.Move(ctx, rid, from, to); err == nil && before.Desc.Generation != desc.Generation {
 			s.events.Publish(events.MoveEvent(rid, from, to, why))
 		}
 		return err
@@ -579,54 +579,9 @@ func (s *Server) moveReplica(ctx context.Context, rangeID, from, to uint64, why 
 // transferLeader hands a range's leadership to node to and waits for it.
 func (s *Server) transferLeader(ctx context.Context, rangeID, to uint64) error {
 	return s.onLeader(ctx, nil, rangeID, func(st node.RangeStatus) error {
-		rid := st.RangeID
-		if !slices.Contains(st.Desc.Replicas, to) || slices.Contains(st.Learners, to) {
-			return fmt.Errorf("%w: node %d holds no voting replica of range %d (replicas %v)", kv.ErrInvalidArgument, to, rid, st.Desc.Replicas)
-		}
-		if err := s.node.TransferLeader(ctx, rid, to); err != nil {
-			return err
-		}
-		for {
-			if st, _ := s.node.Status(rid); st.LeaderID == to {
-				return nil
-			} else if st.LeaderID != s.cfg.ID && st.LeaderID != 0 {
-				return fmt.Errorf("%w: range %d: node %d took the leadership instead of %d", kv.ErrUnavailable, rid, st.LeaderID, to)
-			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("%w: range %d: the leadership did not move to node %d: %w", kv.ErrUnavailable, rid, to, ctx.Err())
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
+		return s.ops.TransferLeader(ctx, st.RangeID, to)
 	}, func(ctx context.Context, conn *grpc.ClientConn) error {
 		_, err := pandopb.NewAdminClient(conn).TransferLeader(ctx, &pandopb.TransferLeaderRequest{RangeId: rangeID, To: to})
 		return err
 	})
-}
-
-// hosts reaches nodes for replica moves (node.ReplicaHosts).
-type hosts struct{ s *Server }
-
-func (h hosts) CreateReplica(ctx context.Context, id uint64, desc *pandopb.RangeDescriptor, term, leader uint64) error {
-	if id == h.s.cfg.ID {
-		return h.s.node.CreateReplica(ctx, desc, term, leader)
-	}
-	conn, err := h.s.tr.Conn(id)
-	if err != nil {
-		return err
-	}
-	_, err = pandopb.NewAdminClient(conn).CreateReplica(ctx, &pandopb.CreateReplicaRequest{Desc: desc, Term: term, Leader: leader})
-	return kv.FromStatus(err)
-}
-
-func (h hosts) DestroyReplica(ctx context.Context, id uint64, desc *pandopb.RangeDescriptor) error {
-	if id == h.s.cfg.ID {
-		return h.s.node.DestroyReplica(ctx, desc)
-	}
-	conn, err := h.s.tr.Conn(id)
-	if err != nil {
-		return err
-	}
-	_, err = pandopb.NewAdminClient(conn).DestroyReplica(ctx, &pandopb.DestroyReplicaRequest{Desc: desc})
-	return kv.FromStatus(err)
 }

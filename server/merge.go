@@ -19,7 +19,7 @@ import (
 const mergeTimeout = 30 * time.Second
 
 // Merge implements pandopb.AdminServer: the range merges with its right
-// neighbour, at its leader (node.MergeRanges). Rerun it when it fails after
+// neighbour, at its leader (rangeops.Runner.Merge). Rerun it when it fails after
 // freezing the right range: the rerun completes that merge.
 func (a *admin) Merge(ctx context.Context, req *pandopb.MergeRequest) (*pandopb.MergeResponse, error) {
 	if req.RangeId == 0 {
@@ -50,7 +50,7 @@ func (s *Server) merge(ctx context.Context, rangeID, rightID uint64) (*pandopb.R
 			}
 		}
 		var err error
-		desc, err = s.node.MergeRanges(ctx, rid, mergeHosts{s})
+		desc, err = s.ops.Merge(ctx, rid)
 		return err
 	}, func(ctx context.Context, conn *grpc.ClientConn) error {
 		resp, err := pandopb.NewAdminClient(conn).Merge(ctx, &pandopb.MergeRequest{RangeId: rangeID, RightId: rightID})
@@ -63,37 +63,4 @@ func (s *Server) merge(ctx context.Context, rangeID, rightID uint64) (*pandopb.R
 		s.cfg.Logger.Info("merged ranges", "range", desc.GetId(), "start", fmt.Sprintf("%q", desc.GetStartKey()), "end", fmt.Sprintf("%q", desc.GetEndKey()))
 	}
 	return desc, err
-}
-
-// mergeHosts asks the nodes of a merge how far their replicas applied
-// (node.MergeHosts), over the peer connections (the KV Status call).
-type mergeHosts struct{ s *Server }
-
-// mergeHostTimeout bounds one question to a node.
-const mergeHostTimeout = time.Second
-
-func (h mergeHosts) Applied(ctx context.Context, id, rangeID uint64) (uint64, error) {
-	if id == h.s.cfg.ID {
-		st, ok := h.s.node.Status(rangeID)
-		if !ok {
-			return 0, fmt.Errorf("%w: node %d holds no replica of range %d", kv.ErrUnavailable, id, rangeID)
-		}
-		return st.Applied, nil
-	}
-	conn, err := h.s.tr.Conn(id)
-	if err != nil {
-		return 0, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, mergeHostTimeout)
-	defer cancel()
-	resp, err := pandopb.NewKVClient(conn).Status(ctx, &pandopb.StatusRequest{})
-	if err != nil {
-		return 0, kv.FromStatus(err)
-	}
-	for _, r := range resp.Ranges {
-		if r.Id == rangeID && r.Role != "" { // no role: listed from the directory, not held
-			return r.AppliedIndex, nil
-		}
-	}
-	return 0, fmt.Errorf("%w: node %d holds no replica of range %d", kv.ErrUnavailable, id, rangeID)
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/pando/pando/pki"
 	"github.com/pando/pando/placement"
 	"github.com/pando/pando/resilience"
+	"github.com/pando/pando/rangeops"
 	"github.com/pando/pando/route"
 	"github.com/pando/pando/storage"
 	"github.com/pando/pando/transport"
@@ -317,6 +318,9 @@ type Server struct {
 	httpDone chan struct{}
 
 	ctl    *controller
+	// ops runs the leader's multi-step protocols (merges, replica moves,
+	// leadership transfers) on this node.
+	ops *rangeops.Runner
 	joined atomic.Bool // a node started with Join was admitted
 	// dash serves the dashboard's API (GET /v1/node, /v1/dashboard, /v1/events).
 	dash *dashboard.Node
@@ -371,6 +375,8 @@ func New(cfg Config) (*Server, error) {
 	if s.svc, err = NewService(n, s.tr, cfg.Limits, cfg.RequestTimeout, route.Policy{}); err != nil {
 		return nil, err
 	}
+	s.ops = &rangeops.Runner{Local: n, Hosts: peerHosts{self: cfg.ID, node: n, tr: s.tr}, Events: s.events,
+		TransferRetry: time.Duration(cfg.ElectionTicks) * cfg.TickInterval}
 	s.ctl = newController(s)
 	s.load = newLoadTracker()
 	s.svc.load = s.load

@@ -21,6 +21,7 @@ import (
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
+	"github.com/pando/pando/rangeops"
 	"github.com/pando/pando/resilience"
 	"github.com/pando/pando/route"
 	"github.com/pando/pando/server"
@@ -170,8 +171,14 @@ func (c *Cluster) AddNode() uint64 {
 	return id
 }
 
-// Hosts reaches the cluster's nodes for replica moves (node.ReplicaHosts).
-func (c *Cluster) Hosts() node.ReplicaHosts { return hosts{c} }
+// Hosts reaches the cluster's nodes for the range protocols
+// (rangeops.Hosts).
+func (c *Cluster) Hosts() rangeops.Hosts { return hosts{c} }
+
+// Ops is a runner of the range protocols on node id.
+func (c *Cluster) Ops(id uint64) *rangeops.Runner {
+	return &rangeops.Runner{Local: c.Member(id).Node, Hosts: hosts{c}}
+}
 
 type hosts struct{ c *Cluster }
 
@@ -206,7 +213,7 @@ func (c *Cluster) MoveReplica(ctx context.Context, rangeID, from, to uint64) (*p
 		lead, err := c.Leader(rangeID, time.Second)
 		if err == nil {
 			var desc *pandopb.RangeDescriptor
-			desc, err = c.Member(lead).Node.MoveReplica(ctx, rangeID, from, to, c.Hosts())
+			desc, err = c.Ops(lead).Move(ctx, rangeID, from, to)
 			if err == nil {
 				return desc, nil
 			}

@@ -11,9 +11,6 @@ import (
 	"github.com/pando/pando/node"
 )
 
-// MergeHosts reaches the cluster's nodes for merges (node.MergeHosts).
-func (c *Cluster) MergeHosts() node.MergeHosts { return hosts{c} }
-
 // Applied is node id's applied index of rangeID.
 func (h hosts) Applied(_ context.Context, id, rangeID uint64) (uint64, error) {
 	n, err := h.node(id)
@@ -37,7 +34,7 @@ func (c *Cluster) Merge(ctx context.Context, leftID uint64) (*pandopb.RangeDescr
 		lead, err := c.Leader(leftID, time.Second)
 		if err == nil {
 			var desc *pandopb.RangeDescriptor
-			desc, err = c.Member(lead).Node.MergeRanges(ctx, leftID, c.MergeHosts())
+			desc, err = c.Ops(lead).Merge(ctx, leftID)
 			switch {
 			case err == nil:
 				return desc, nil
