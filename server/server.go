@@ -34,8 +34,8 @@ import (
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/pki"
 	"github.com/pando/pando/placement"
-	"github.com/pando/pando/resilience"
 	"github.com/pando/pando/rangeops"
+	"github.com/pando/pando/resilience"
 	"github.com/pando/pando/route"
 	"github.com/pando/pando/storage"
 	"github.com/pando/pando/transport"
@@ -317,10 +317,10 @@ type Server struct {
 	// event streams end and let it finish.
 	httpDone chan struct{}
 
-	ctl    *controller
+	ctl *controller
 	// ops runs the leader's multi-step protocols (merges, replica moves,
 	// leadership transfers) on this node.
-	ops *rangeops.Runner
+	ops    *rangeops.Runner
 	joined atomic.Bool // a node started with Join was admitted
 	// dash serves the dashboard's API (GET /v1/node, /v1/dashboard, /v1/events).
 	dash *dashboard.Node
