@@ -130,6 +130,7 @@ func Plan(c Cluster, o PlanOptions) []Op {
 	if p == nil {
 		return nil
 	}
+	p.finishMerges()
 	p.repairAndDrain()
 	if len(p.ops) == 0 {
 		p.balanceReplicas()
@@ -365,6 +366,9 @@ func (p *planner) repairAndDrain() {
 		i := t.i
 		if p.full() {
 			return
+		}
+		if p.busy[p.ranges[i].ID] {
+			continue // a merge to finish first
 		}
 		switch p.health[i] {
 		case repair:
@@ -650,5 +654,20 @@ func (p *planner) merge() {
 			Reason: fmt.Sprintf("combined size %d bytes below %d, combined rate %.1f qps below %.1f",
 				l.SizeBytes+r.SizeBytes, p.mergeBytes, l.QPS+r.QPS, p.mergeQPS)})
 		k++ // r is taken
+	}
+}
+
+// finishMerges plans, first of all, the merge of every range frozen for
+// one (an earlier run stopped after the freeze): a frozen range refuses
+// writes until its merge completes, and no other change can commit on it.
+func (p *planner) finishMerges() {
+	for i := range p.ranges {
+		r := p.ranges[i]
+		if r.FrozenFor == 0 {
+			continue
+		}
+		p.busy[r.ID], p.busy[r.FrozenFor] = true, true
+		p.ops = append(p.ops, Op{Kind: OpMerge, RangeID: r.FrozenFor, RightID: r.ID,
+			Reason: fmt.Sprintf("range %d is frozen for a merge into range %d that did not finish", r.ID, r.FrozenFor)})
 	}
 }

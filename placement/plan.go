@@ -17,6 +17,10 @@ type Range struct {
 	QPS float64
 	// SizeBytes is its estimated size.
 	SizeBytes uint64
+	// FrozenFor is the range this one is frozen for merging into (0:
+	// none). A frozen range refuses writes until its merge completes, so
+	// Plan completes it before anything else.
+	FrozenFor uint64
 }
 
 // Transfer moves the leadership of a range to another replica.

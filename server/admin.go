@@ -10,27 +10,12 @@ import (
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
-	"github.com/pando/pando/route"
 )
 
 // onLeader runs local on this node if it leads the range holding key (or
-// rangeID when key is nil), or remote against that range's leader (one
-// hop, marked no-forward), retrying while the range has no leader, moves
-// or split, until ctx ends (route.Router.Do, with the retry rule of admin
-// requests: route.RetryElsewhere). A range this node holds no replica of is
-// found through the directory, or by asking the nodes that hold it (or,
-// knowing nothing, every node) which answer with the leader.
+// rangeID), and remote at the leader otherwise (leaderOps.on).
 func (s *Server) onLeader(ctx context.Context, key []byte, rangeID uint64, local func(st node.RangeStatus) error, remote func(context.Context, *grpc.ClientConn) error) error {
-	return s.svc.router.Do(ctx, route.Request{
-		Key: key, RangeID: rangeID, Local: local, Retry: route.RetryElsewhere,
-		Remote: func(ctx context.Context, to uint64) error {
-			conn, err := s.tr.Conn(to)
-			if err != nil {
-				return route.Unreachable(err)
-			}
-			return remote(ctx, conn)
-		},
-	})
+	return s.lead.on(ctx, key, rangeID, local, remote)
 }
 
 // admin serves the Admin gRPC service.

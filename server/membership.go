@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/controller"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/storage"
@@ -31,7 +32,7 @@ func (a *admin) MoveReplica(ctx context.Context, req *pandopb.MoveReplicaRequest
 	if why == "" {
 		why = "asked by an operator"
 	}
-	desc, err := a.s.moveReplica(ctx, req.RangeId, req.From, req.To, why)
+	desc, err := a.s.lead.MoveReplica(ctx, req.RangeId, req.From, req.To, why)
 	if err != nil {
 		return nil, kv.ToStatus(err)
 	}
@@ -45,7 +46,7 @@ func (a *admin) TransferLeader(ctx context.Context, req *pandopb.TransferLeaderR
 	}
 	ctx, cancel := a.s.adminTimeout(ctx, a.s.cfg.RequestTimeout)
 	defer cancel()
-	if err := a.s.transferLeader(ctx, req.RangeId, req.To); err != nil {
+	if err := a.s.lead.TransferLeader(ctx, req.RangeId, req.To); err != nil {
 		return nil, kv.ToStatus(err)
 	}
 	return &pandopb.TransferLeaderResponse{}, nil
@@ -94,7 +95,7 @@ func (a *admin) AdoptReplica(ctx context.Context, req *pandopb.AdoptReplicaReque
 func (a *admin) Join(ctx context.Context, req *pandopb.JoinRequest) (*pandopb.JoinResponse, error) {
 	var resp *pandopb.JoinResponse
 	err := a.s.onController(ctx, func() error {
-		nodes, err := a.s.ctl.join(ctx, req.NodeId, req.Addr)
+		nodes, err := a.s.ctl.Join(ctx, req.NodeId, req.Addr)
 		resp = &pandopb.JoinResponse{Nodes: nodes}
 		return err
 	}, func(ctx context.Context, c pandopb.AdminClient) (err error) {
@@ -108,7 +109,7 @@ func (a *admin) Join(ctx context.Context, req *pandopb.JoinRequest) (*pandopb.Jo
 func (a *admin) Decommission(ctx context.Context, req *pandopb.DecommissionRequest) (*pandopb.DecommissionResponse, error) {
 	var resp *pandopb.DecommissionResponse
 	err := a.s.onController(ctx, func() error {
-		rec, err := a.s.ctl.decommission(ctx, req.NodeId)
+		rec, err := a.s.ctl.Decommission(ctx, req.NodeId)
 		resp = &pandopb.DecommissionResponse{Node: rec}
 		return err
 	}, func(ctx context.Context, c pandopb.AdminClient) (err error) {
@@ -122,7 +123,7 @@ func (a *admin) Decommission(ctx context.Context, req *pandopb.DecommissionReque
 func (a *admin) Nodes(ctx context.Context, req *pandopb.NodesRequest) (*pandopb.NodesResponse, error) {
 	var resp *pandopb.NodesResponse
 	err := a.s.onController(ctx, func() (err error) {
-		resp, err = a.s.ctl.nodesInfo()
+		resp, err = a.s.ctl.NodesInfo()
 		return err
 	}, func(ctx context.Context, c pandopb.AdminClient) (err error) {
 		resp, err = c.Nodes(ctx, req)
@@ -135,7 +136,7 @@ func (a *admin) Nodes(ctx context.Context, req *pandopb.NodesRequest) (*pandopb.
 func (a *admin) Heartbeat(ctx context.Context, req *pandopb.HeartbeatRequest) (*pandopb.HeartbeatResponse, error) {
 	var resp *pandopb.HeartbeatResponse
 	err := a.s.onController(ctx, func() (err error) {
-		resp, err = a.s.ctl.heartbeat(ctx, req)
+		resp, err = a.s.ctl.Heartbeat(ctx, req)
 		return err
 	}, func(ctx context.Context, c pandopb.AdminClient) (err error) {
 		resp, err = c.Heartbeat(ctx, req)
@@ -149,7 +150,7 @@ func (a *admin) Heartbeat(ctx context.Context, req *pandopb.HeartbeatRequest) (*
 func (a *admin) Rebalance(ctx context.Context, req *pandopb.RebalanceRequest) (*pandopb.RebalanceResponse, error) {
 	var resp *pandopb.RebalanceResponse
 	err := a.s.onController(ctx, func() error {
-		ops, _, _, err := a.s.ctl.plan()
+		ops, _, _, err := a.s.ctl.Plan()
 		if err != nil {
 			return err
 		}
@@ -158,7 +159,7 @@ func (a *admin) Rebalance(ctx context.Context, req *pandopb.RebalanceRequest) (*
 			resp.Ops = append(resp.Ops, &pandopb.PlannedOp{Kind: string(op.Kind), RangeId: op.RangeID, From: op.From, To: op.To, RightId: op.RightID, Reason: op.Reason})
 		}
 		if !req.DryRun {
-			go a.s.ctl.round(context.Background(), a.s.stopping)
+			go a.s.ctl.Round(context.Background(), a.s.stopping)
 		}
 		return nil
 	}, func(ctx context.Context, c pandopb.AdminClient) (err error) {
@@ -235,7 +236,7 @@ func (s *Server) learn(resp *pandopb.HeartbeatResponse) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
-		if err := s.node.DestroyReplica(ctx, descOf(r)); err == nil {
+		if err := s.node.DestroyReplica(ctx, controller.DescOf(r)); err == nil {
 			s.log.Info("deleted a replica the cluster removed while this node could not learn it", "range", r.Id)
 		}
 		cancel()

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/controller"
 	"github.com/pando/pando/dashboard"
 	"github.com/pando/pando/events"
 	"github.com/pando/pando/internal/grpcopts"
@@ -317,7 +318,9 @@ type Server struct {
 	// event streams end and let it finish.
 	httpDone chan struct{}
 
-	ctl *controller
+	ctl *controller.Controller
+	// lead runs admin operations at a range's leader, wherever it is.
+	lead *leaderOps
 	// ops runs the leader's multi-step protocols (merges, replica moves,
 	// leadership transfers) on this node.
 	ops    *rangeops.Runner
@@ -377,7 +380,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.ops = &rangeops.Runner{Local: n, Hosts: peerHosts{self: cfg.ID, node: n, tr: s.tr}, Events: s.events,
 		TransferRetry: time.Duration(cfg.ElectionTicks) * cfg.TickInterval}
-	s.ctl = newController(s)
+	s.lead = &leaderOps{node: n, ops: s.ops, router: s.svc.router, tr: s.tr, events: s.events, log: cfg.Logger}
+	s.ctl = controller.New(controller.Config{ID: cfg.ID, ReplicationFactor: cfg.ReplicationFactor, MaxConcurrentMoves: cfg.MaxConcurrentMoves,
+		BalanceInterval: cfg.BalanceInterval, HeartbeatInterval: cfg.HeartbeatInterval, DeadAfter: cfg.DeadAfter,
+		MoveTimeout: cfg.MoveTimeout, RequestTimeout: cfg.RequestTimeout, MergeMaxBytes: cfg.MergeMaxBytes, MergeMaxQPS: cfg.MergeMaxQPS,
+		MergeDelay: cfg.MergeDelay, Logger: cfg.Logger, Events: s.events}, n, s.tr, s.lead)
 	s.load = newLoadTracker()
 	s.svc.load = s.load
 	s.svc.SetForwardTimeout(cfg.ForwardTimeout)
@@ -544,7 +551,7 @@ func (s *Server) Start() error {
 	}()
 	s.bg.Go(func() { s.checker.periodic(s.cfg.CheckInterval, s.stopping) })
 	s.bg.Go(func() { s.balance(s.stopping) })
-	s.bg.Go(func() { s.ctl.run(s.stopping) })
+	s.bg.Go(func() { s.ctl.Run(s.stopping) })
 	s.bg.Go(func() { s.heartbeats(s.stopping) })
 	if len(s.cfg.Join) > 0 {
 		s.bg.Go(func() { s.join(s.stopping) })

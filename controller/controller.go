@@ -1,15 +1,16 @@
-package server
+package controller
 
 import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sort"
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
+	"github.com/cockroachdb/pebble/v2"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pando/pando/api/pandopb"
@@ -20,14 +21,6 @@ import (
 	"github.com/pando/pando/storage"
 )
 
-// The placement controller is the leader of the meta range (range 1): one
-// more use of leader election. Every node runs controller code; only the
-// node leading range 1 acts, and a new leader takes over with a fresh view
-// (it waits for heartbeats before it calls a node dead). Nodes report to it
-// every HeartbeatInterval; it answers with the cluster's nodes and range
-// directory, keeps the directory in the meta range, and carries out the
-// plans of placement.Plan with bounded concurrency.
-
 // Node membership states kept in the meta range.
 const (
 	stateLive            = "live"
@@ -35,8 +28,56 @@ const (
 	stateRemoved         = "removed"
 )
 
-type controller struct {
-	s *Server
+// Config is the controller's part of a server's configuration (see
+// server.Config for each field's meaning and default).
+type Config struct {
+	ID                 uint64
+	ReplicationFactor  int
+	MaxConcurrentMoves int
+	BalanceInterval    time.Duration
+	HeartbeatInterval  time.Duration
+	DeadAfter          time.Duration
+	MoveTimeout        time.Duration
+	RequestTimeout     time.Duration
+	MergeMaxBytes      int64
+	MergeMaxQPS        float64
+	MergeDelay         time.Duration
+	Logger             *slog.Logger
+	Events             *events.Bus
+}
+
+// Meta is the local replica of the meta range (node.Node): the controller
+// reads the members and the directory from it and proposes through it.
+type Meta interface {
+	Status(rangeID uint64) (node.RangeStatus, bool)
+	NotLeader(rangeID, leader uint64) error
+	Reader() pebble.Reader
+	ProposeMeta(ctx context.Context, cmd *pandopb.Command) error
+}
+
+// Peers learns the address of a node that joined (transport.Transport).
+type Peers interface {
+	SetPeer(id uint64, addr string)
+}
+
+// Executor carries out one planned operation at the range's leader,
+// wherever it is (the server's admin operations, which run the protocols
+// of rangeops there).
+type Executor interface {
+	MoveReplica(ctx context.Context, rangeID, from, to uint64, why string) (*pandopb.RangeDescriptor, error)
+	TransferLeader(ctx context.Context, rangeID, to uint64) error
+	Merge(ctx context.Context, leftID, rightID uint64) (*pandopb.RangeDescriptor, error)
+}
+
+// Controller is one node's controller code; it acts while the node leads
+// the meta range.
+type Controller struct {
+	cfg    Config
+	log    *slog.Logger
+	events *events.Bus
+	meta   Meta
+	peers  Peers
+	exec   Executor
 
 	mu        sync.Mutex
 	active    bool
@@ -53,22 +94,30 @@ type beat struct {
 	req *pandopb.HeartbeatRequest
 }
 
-func newController(s *Server) *controller {
-	return &controller{s: s, beats: map[uint64]*beat{}, firstSeen: map[uint64]time.Time{}, running: map[uint64]placement.Op{},
-		dead: map[uint64]bool{}, sem: make(chan struct{}, s.cfg.MaxConcurrentMoves)}
+// New returns node cfg.ID's controller.
+func New(cfg Config, meta Meta, peers Peers, exec Executor) *Controller {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Events == nil {
+		cfg.Events = events.New(cfg.ID, 0)
+	}
+	return &Controller{cfg: cfg, log: cfg.Logger.With("node", cfg.ID), events: cfg.Events, meta: meta, peers: peers, exec: exec,
+		beats: map[uint64]*beat{}, firstSeen: map[uint64]time.Time{}, running: map[uint64]placement.Op{},
+		dead: map[uint64]bool{}, sem: make(chan struct{}, max(cfg.MaxConcurrentMoves, 1))}
 }
 
 // leads reports whether this node is the controller now, resetting the
 // view when it just became it.
-func (c *controller) leads() bool {
-	st, ok := c.s.node.Status(storage.MetaRangeID)
-	leading := ok && st.LeaderID == c.s.cfg.ID
+func (c *Controller) leads() bool {
+	st, ok := c.meta.Status(storage.MetaRangeID)
+	leading := ok && st.LeaderID == c.cfg.ID
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if leading && !c.active {
 		c.active, c.since = true, time.Now()
 		c.beats, c.firstSeen, c.dead = map[uint64]*beat{}, map[uint64]time.Time{}, map[uint64]bool{}
-		c.s.log.Info("controller: this node leads the meta range and is the placement controller")
+		c.log.Info("controller: this node leads the meta range and is the placement controller")
 	}
 	if !leading {
 		c.active = false
@@ -76,18 +125,18 @@ func (c *controller) leads() bool {
 	return leading
 }
 
-func (c *controller) notController() error {
-	st, _ := c.s.node.Status(storage.MetaRangeID)
-	return c.s.node.NotLeader(storage.MetaRangeID, st.LeaderID)
+func (c *Controller) notController() error {
+	st, _ := c.meta.Status(storage.MetaRangeID)
+	return c.meta.NotLeader(storage.MetaRangeID, st.LeaderID)
 }
 
 // metaRecords reads the meta range's records from this node's replica.
-func (c *controller) metaRecords() ([]*pandopb.NodeRecord, []*pandopb.RangeDescriptor, error) {
-	nodes, err := storage.NodeRecords(c.s.node.Reader())
+func (c *Controller) metaRecords() ([]*pandopb.NodeRecord, []*pandopb.RangeDescriptor, error) {
+	nodes, err := storage.NodeRecords(c.meta.Reader())
 	if err != nil {
 		return nil, nil, err
 	}
-	dir, err := storage.Directory(c.s.node.Reader())
+	dir, err := storage.Directory(c.meta.Reader())
 	return nodes, dir, err
 }
 
@@ -100,8 +149,8 @@ func recordOf(nodes []*pandopb.NodeRecord, id uint64) *pandopb.NodeRecord {
 	return nil
 }
 
-// heartbeat records a node's report and answers with the cluster's view.
-func (c *controller) heartbeat(ctx context.Context, req *pandopb.HeartbeatRequest) (*pandopb.HeartbeatResponse, error) {
+// Heartbeat records a node's report and answers with the cluster's view.
+func (c *Controller) Heartbeat(ctx context.Context, req *pandopb.HeartbeatRequest) (*pandopb.HeartbeatResponse, error) {
 	if !c.leads() {
 		return nil, c.notController()
 	}
@@ -111,7 +160,7 @@ func (c *controller) heartbeat(ctx context.Context, req *pandopb.HeartbeatReques
 	}
 	if rec := recordOf(nodes, req.NodeId); rec == nil {
 		// A node of the initial cluster, heard of for the first time.
-		if _, err := c.join(ctx, req.NodeId, req.Addr); err != nil {
+		if _, err := c.Join(ctx, req.NodeId, req.Addr); err != nil {
 			return nil, err
 		}
 		if nodes, _, err = c.metaRecords(); err != nil {
@@ -123,11 +172,11 @@ func (c *controller) heartbeat(ctx context.Context, req *pandopb.HeartbeatReques
 	c.mu.Lock()
 	c.beats[req.NodeId] = &beat{at: time.Now(), req: req}
 	c.mu.Unlock()
-	return &pandopb.HeartbeatResponse{ControllerId: c.s.cfg.ID, Nodes: nodes, Directory: c.directory()}, nil
+	return &pandopb.HeartbeatResponse{ControllerId: c.cfg.ID, Nodes: nodes, Directory: c.directory()}, nil
 }
 
-// join records a node as a member (idempotent).
-func (c *controller) join(ctx context.Context, id uint64, addr string) ([]*pandopb.NodeRecord, error) {
+// Join records a node as a member (idempotent).
+func (c *Controller) Join(ctx context.Context, id uint64, addr string) ([]*pandopb.NodeRecord, error) {
 	if !c.leads() {
 		return nil, c.notController()
 	}
@@ -148,19 +197,19 @@ func (c *controller) join(ctx context.Context, id uint64, addr string) ([]*pando
 		return nil, fmt.Errorf("%w: node %d is a member at %s, not %s", kv.ErrInvalidArgument, id, rec.Addr, addr)
 	}
 	nr := &pandopb.NodeRecord{Id: id, Addr: addr, State: stateLive, JoinedUnixNanos: time.Now().UnixNano()}
-	if err := c.s.node.ProposeMeta(ctx, &pandopb.Command{Op: &pandopb.Command_Node{Node: nr}}); err != nil {
+	if err := c.meta.ProposeMeta(ctx, &pandopb.Command{Op: &pandopb.Command_Node{Node: nr}}); err != nil {
 		return nil, err
 	}
-	c.s.tr.SetPeer(id, addr)
-	c.s.events.Publish(events.NodeJoinEvent(id, fmt.Sprintf("node %d at %s joined the cluster", id, addr)))
-	c.s.log.Info("controller: node joined", "joined", id, "addr", addr)
+	c.peers.SetPeer(id, addr)
+	c.events.Publish(events.NodeJoinEvent(id, fmt.Sprintf("node %d at %s joined the cluster", id, addr)))
+	c.log.Info("controller: node joined", "joined", id, "addr", addr)
 	nodes, _, err = c.metaRecords()
 	return nodes, err
 }
 
-// decommission marks a node as draining: the controller moves its replicas
+// Decommission marks a node as draining: the controller moves its replicas
 // and leaderships away, then marks it removed.
-func (c *controller) decommission(ctx context.Context, id uint64) (*pandopb.NodeRecord, error) {
+func (c *Controller) Decommission(ctx context.Context, id uint64) (*pandopb.NodeRecord, error) {
 	if !c.leads() {
 		return nil, c.notController()
 	}
@@ -181,26 +230,26 @@ func (c *controller) decommission(ctx context.Context, id uint64) (*pandopb.Node
 			live++
 		}
 	}
-	if live < c.s.cfg.ReplicationFactor {
+	if live < c.cfg.ReplicationFactor {
 		return nil, fmt.Errorf("%w: decommissioning node %d would leave %d nodes for %d replicas per range; add a node first",
-			kv.ErrInvalidArgument, id, live, c.s.cfg.ReplicationFactor)
+			kv.ErrInvalidArgument, id, live, c.cfg.ReplicationFactor)
 	}
 	nr := proto.Clone(rec).(*pandopb.NodeRecord)
 	nr.State = stateDecommissioning
-	if err := c.s.node.ProposeMeta(ctx, &pandopb.Command{Op: &pandopb.Command_Node{Node: nr}}); err != nil {
+	if err := c.meta.ProposeMeta(ctx, &pandopb.Command{Op: &pandopb.Command_Node{Node: nr}}); err != nil {
 		return nil, err
 	}
-	c.s.events.Publish(events.DecommissionEvent(id, "decommissioning: its replicas and leaderships move away"))
+	c.events.Publish(events.DecommissionEvent(id, "decommissioning: its replicas and leaderships move away"))
 	return nr, nil
 }
 
 // directory is the controller's view of every range: the meta range's
 // directory overlaid with what the replicas report (newer descriptors,
 // leaders, load).
-func (c *controller) directory() []*pandopb.RangeStatus {
+func (c *Controller) directory() []*pandopb.RangeStatus {
 	_, meta, err := c.metaRecords()
 	if err != nil {
-		c.s.log.Warn("controller: reading the directory", "err", err)
+		c.log.Warn("controller: reading the directory", "err", err)
 	}
 	byID := map[uint64]*pandopb.RangeStatus{}
 	for _, d := range meta {
@@ -262,28 +311,29 @@ func (c *controller) directory() []*pandopb.RangeStatus {
 	return kept
 }
 
-func descOf(r *pandopb.RangeStatus) *pandopb.RangeDescriptor {
+// DescOf is the descriptor a directory entry gives.
+func DescOf(r *pandopb.RangeStatus) *pandopb.RangeDescriptor {
 	return &pandopb.RangeDescriptor{Id: r.Id, StartKey: r.StartKey, EndKey: r.EndKey, Replicas: r.Replicas, Generation: r.Generation}
 }
 
 // live reports whether node id was heard from within DeadAfter (a node
 // not heard from since this controller took over is given that long).
-func (c *controller) liveLocked(id uint64, now time.Time) bool {
-	if id == c.s.cfg.ID {
+func (c *Controller) liveLocked(id uint64, now time.Time) bool {
+	if id == c.cfg.ID {
 		return true
 	}
 	if b := c.beats[id]; b != nil {
-		return now.Sub(b.at) < c.s.cfg.DeadAfter
+		return now.Sub(b.at) < c.cfg.DeadAfter
 	}
-	return now.Sub(c.since) < c.s.cfg.DeadAfter
+	return now.Sub(c.since) < c.cfg.DeadAfter
 }
 
 // view builds the planner's input.
-func (c *controller) view(nodes []*pandopb.NodeRecord, dir []*pandopb.RangeStatus) placement.Cluster {
+func (c *Controller) view(nodes []*pandopb.NodeRecord, dir []*pandopb.RangeStatus) placement.Cluster {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	cl := placement.Cluster{ReplicationFactor: c.s.cfg.ReplicationFactor}
+	cl := placement.Cluster{ReplicationFactor: c.cfg.ReplicationFactor}
 	for _, n := range nodes {
 		pn := placement.Node{ID: n.Id}
 		if b := c.beats[n.Id]; b != nil {
@@ -306,35 +356,36 @@ func (c *controller) view(nodes []*pandopb.NodeRecord, dir []*pandopb.RangeStatu
 		if _, seen := c.firstSeen[r.Id]; !seen {
 			c.firstSeen[r.Id] = now
 		}
-		pr := placement.Range{ID: r.Id, Start: r.StartKey, End: r.EndKey, Leader: r.LeaderId, Replicas: r.Replicas, QPS: r.Qps, SizeBytes: r.SizeBytes}
-		if now.Sub(c.firstSeen[r.Id]) < c.s.cfg.MergeDelay {
+		pr := placement.Range{ID: r.Id, Start: r.StartKey, End: r.EndKey, Leader: r.LeaderId, Replicas: r.Replicas, QPS: r.Qps, SizeBytes: r.SizeBytes,
+			FrozenFor: r.FrozenFor}
+		if now.Sub(c.firstSeen[r.Id]) < c.cfg.MergeDelay {
 			// Too young to merge: report it as big (see Config.MergeDelay).
-			pr.SizeBytes = max(pr.SizeBytes, uint64(c.s.cfg.MergeMaxBytes))
+			pr.SizeBytes = max(pr.SizeBytes, uint64(c.cfg.MergeMaxBytes))
 		}
 		cl.Ranges = append(cl.Ranges, pr)
 	}
 	return cl
 }
 
-// plan returns what the controller would do now.
-func (c *controller) plan() ([]placement.Op, []*pandopb.NodeRecord, []*pandopb.RangeStatus, error) {
+// Plan returns what the controller would do now.
+func (c *Controller) Plan() ([]placement.Op, []*pandopb.NodeRecord, []*pandopb.RangeStatus, error) {
 	nodes, _, err := c.metaRecords()
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	dir := c.directory()
-	ops := placement.Plan(c.view(nodes, dir), placement.PlanOptions{MaxOps: max(2*c.s.cfg.MaxConcurrentMoves, 32),
-		MergeMaxBytes: uint64(c.s.cfg.MergeMaxBytes), MergeMaxQPS: c.s.cfg.MergeMaxQPS})
+	ops := placement.Plan(c.view(nodes, dir), placement.PlanOptions{MaxOps: max(2*c.cfg.MaxConcurrentMoves, 32),
+		MergeMaxBytes: uint64(c.cfg.MergeMaxBytes), MergeMaxQPS: c.cfg.MergeMaxQPS})
 	return ops, nodes, dir, nil
 }
 
-// run is the controller's loop; it acts only while this node leads the
+// Run is the controller's loop; it acts only while this node leads the
 // meta range.
-func (c *controller) run(stop <-chan struct{}) {
-	if c.s.cfg.BalanceInterval < 0 {
+func (c *Controller) Run(stop <-chan struct{}) {
+	if c.cfg.BalanceInterval < 0 {
 		return
 	}
-	t := time.NewTicker(c.s.cfg.BalanceInterval)
+	t := time.NewTicker(c.cfg.BalanceInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -345,16 +396,16 @@ func (c *controller) run(stop <-chan struct{}) {
 		if !c.leads() {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), c.s.cfg.BalanceInterval)
-		c.round(ctx, stop)
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.BalanceInterval)
+		c.Round(ctx, stop)
 		cancel()
 	}
 }
 
-func (c *controller) round(ctx context.Context, stop <-chan struct{}) {
-	ops, nodes, dir, err := c.plan()
+func (c *Controller) Round(ctx context.Context, stop <-chan struct{}) {
+	ops, nodes, dir, err := c.Plan()
 	if err != nil {
-		c.s.log.Warn("controller: planning", "err", err)
+		c.log.Warn("controller: planning", "err", err)
 		return
 	}
 	c.persistDirectory(ctx, dir)
@@ -362,19 +413,9 @@ func (c *controller) round(ctx context.Context, stop <-chan struct{}) {
 	c.mu.Lock()
 	since := time.Since(c.since)
 	c.mu.Unlock()
-	if since < 2*c.s.cfg.HeartbeatInterval {
+	if since < 2*c.cfg.HeartbeatInterval {
 		return // wait for every node's report before acting
 	}
-	// A merge cut short after its freeze leaves the right range refusing
-	// writes until a rerun completes it: rerun it first.
-	var reruns []placement.Op
-	for _, r := range dir {
-		if r.FrozenFor != 0 {
-			reruns = append(reruns, placement.Op{Kind: placement.OpMerge, RangeID: r.FrozenFor, RightID: r.Id,
-				Reason: fmt.Sprintf("range %d is frozen for a merge into range %d that did not finish", r.Id, r.FrozenFor)})
-		}
-	}
-	ops = append(reruns, ops...)
 	for _, op := range ops {
 		c.mu.Lock()
 		busy := false
@@ -413,11 +454,11 @@ func (c *controller) round(ctx context.Context, stop <-chan struct{}) {
 					<-c.sem
 				}
 			}()
-			timeout := c.s.cfg.MoveTimeout
+			timeout := c.cfg.MoveTimeout
 			if cheap {
 				// A transfer to a node that cannot take it must not hold the
 				// range for a move's time.
-				timeout = min(timeout, c.s.cfg.RequestTimeout)
+				timeout = min(timeout, c.cfg.RequestTimeout)
 			}
 			octx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
@@ -428,17 +469,17 @@ func (c *controller) round(ctx context.Context, stop <-chan struct{}) {
 				case <-octx.Done():
 				}
 			}()
-			if err := c.s.execute(octx, op); err != nil {
-				c.s.log.Warn("controller: operation failed", "op", op.String(), "err", err)
+			if err := c.execute(octx, op); err != nil {
+				c.log.Warn("controller: operation failed", "op", op.String(), "err", err)
 				return
 			}
-			c.s.log.Info("controller: done", "op", op.String())
+			c.log.Info("controller: done", "op", op.String())
 		}(op)
 	}
 }
 
 // persistDirectory writes newer descriptors into the meta range.
-func (c *controller) persistDirectory(ctx context.Context, dir []*pandopb.RangeStatus) {
+func (c *Controller) persistDirectory(ctx context.Context, dir []*pandopb.RangeStatus) {
 	_, meta, err := c.metaRecords()
 	if err != nil {
 		return
@@ -452,7 +493,7 @@ func (c *controller) persistDirectory(ctx context.Context, dir []*pandopb.RangeS
 	for _, r := range dir {
 		keep[r.Id] = true
 		if d := have[r.Id]; d == nil || d.Generation < r.Generation {
-			op.Ranges = append(op.Ranges, descOf(r))
+			op.Ranges = append(op.Ranges, DescOf(r))
 		}
 	}
 	for id := range have {
@@ -463,13 +504,13 @@ func (c *controller) persistDirectory(ctx context.Context, dir []*pandopb.RangeS
 	if len(op.Ranges) == 0 && len(op.Removed) == 0 {
 		return
 	}
-	if err := c.s.node.ProposeMeta(ctx, &pandopb.Command{Op: &pandopb.Command_Directory{Directory: op}}); err != nil {
-		c.s.log.Debug("controller: persisting the directory", "err", err)
+	if err := c.meta.ProposeMeta(ctx, &pandopb.Command{Op: &pandopb.Command_Directory{Directory: op}}); err != nil {
+		c.log.Debug("controller: persisting the directory", "err", err)
 	}
 }
 
 // trackNodes reports deaths and finishes decommissions.
-func (c *controller) trackNodes(ctx context.Context, nodes []*pandopb.NodeRecord, dir []*pandopb.RangeStatus) {
+func (c *Controller) trackNodes(ctx context.Context, nodes []*pandopb.NodeRecord, dir []*pandopb.RangeStatus) {
 	now := time.Now()
 	for _, n := range nodes {
 		if n.State == stateRemoved {
@@ -481,7 +522,7 @@ func (c *controller) trackNodes(ctx context.Context, nodes []*pandopb.NodeRecord
 		c.dead[n.Id] = !live
 		c.mu.Unlock()
 		if !live && !wasDead {
-			c.s.events.Publish(events.NodeDeathEvent(n.Id, fmt.Sprintf("no heartbeat for %v: its replicas are rebuilt elsewhere", c.s.cfg.DeadAfter)))
+			c.events.Publish(events.NodeDeathEvent(n.Id, fmt.Sprintf("no heartbeat for %v: its replicas are rebuilt elsewhere", c.cfg.DeadAfter)))
 		}
 		if n.State != stateDecommissioning {
 			continue
@@ -498,14 +539,14 @@ func (c *controller) trackNodes(ctx context.Context, nodes []*pandopb.NodeRecord
 		}
 		nr := proto.Clone(n).(*pandopb.NodeRecord)
 		nr.State = stateRemoved
-		if err := c.s.node.ProposeMeta(ctx, &pandopb.Command{Op: &pandopb.Command_Node{Node: nr}}); err == nil {
-			c.s.events.Publish(events.DecommissionEvent(n.Id, "decommissioned: it holds no replica and may be stopped"))
+		if err := c.meta.ProposeMeta(ctx, &pandopb.Command{Op: &pandopb.Command_Node{Node: nr}}); err == nil {
+			c.events.Publish(events.DecommissionEvent(n.Id, "decommissioned: it holds no replica and may be stopped"))
 		}
 	}
 }
 
-// nodesInfo lists the members with their liveness and load.
-func (c *controller) nodesInfo() (*pandopb.NodesResponse, error) {
+// NodesInfo lists the members with their liveness and load.
+func (c *Controller) NodesInfo() (*pandopb.NodesResponse, error) {
 	if !c.leads() {
 		return nil, c.notController()
 	}
@@ -515,7 +556,7 @@ func (c *controller) nodesInfo() (*pandopb.NodesResponse, error) {
 	}
 	dir := c.directory()
 	now := time.Now()
-	resp := &pandopb.NodesResponse{ControllerId: c.s.cfg.ID}
+	resp := &pandopb.NodesResponse{ControllerId: c.cfg.ID}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, n := range nodes {
@@ -537,51 +578,20 @@ func (c *controller) nodesInfo() (*pandopb.NodesResponse, error) {
 	return resp, nil
 }
 
+
 // execute carries out one planned operation.
-func (s *Server) execute(ctx context.Context, op placement.Op) error {
-	s.log.Info("controller: "+op.String(), "range", op.RangeID)
+func (c *Controller) execute(ctx context.Context, op placement.Op) error {
+	c.log.Info("controller: "+op.String(), "range", op.RangeID)
+	var err error
 	switch op.Kind {
 	case placement.OpMoveReplica, placement.OpAddReplica, placement.OpRemoveReplica:
-		_, err := s.moveReplica(ctx, op.RangeID, op.From, op.To, op.Reason)
-		return err
+		_, err = c.exec.MoveReplica(ctx, op.RangeID, op.From, op.To, op.Reason)
 	case placement.OpTransferLeader:
-		return s.transferLeader(ctx, op.RangeID, op.To)
+		err = c.exec.TransferLeader(ctx, op.RangeID, op.To)
 	case placement.OpMerge:
-		_, err := (&admin{s: s}).Merge(ctx, &pandopb.MergeRequest{RangeId: op.RangeID, RightId: op.RightID})
-		return kv.FromStatus(err)
+		_, err = c.exec.Merge(ctx, op.RangeID, op.RightID)
+	default:
+		err = fmt.Errorf("controller: unknown operation %q", op.Kind)
 	}
-	return fmt.Errorf("controller: unknown operation %q", op.Kind)
-}
-
-// moveReplica runs a replica move at the range's leader.
-// The leader that finishes it records the move as an event.
-// A request forwarded to this node (marked no-forward) is served here or
-// answered with the leader, never forwarded again.
-func (s *Server) moveReplica(ctx context.Context, rangeID, from, to uint64, why string) (*pandopb.RangeDescriptor, error) {
-	var desc *pandopb.RangeDescriptor
-	err := s.onLeader(ctx, nil, rangeID, func(before node.RangeStatus) error {
-		rid := before.RangeID
-		var err error
-		if desc, err = s.ops.Move(ctx, rid, from, to); err == nil && before.Desc.Generation != desc.Generation {
-			s.events.Publish(events.MoveEvent(rid, from, to, why))
-		}
-		return err
-	}, func(ctx context.Context, conn *grpc.ClientConn) error {
-		resp, err := pandopb.NewAdminClient(conn).MoveReplica(ctx, &pandopb.MoveReplicaRequest{RangeId: rangeID, From: from, To: to, Reason: why})
-		if err == nil {
-			desc = resp.Desc
-		}
-		return err
-	})
-	return desc, err
-}
-
-// transferLeader hands a range's leadership to node to and waits for it.
-func (s *Server) transferLeader(ctx context.Context, rangeID, to uint64) error {
-	return s.onLeader(ctx, nil, rangeID, func(st node.RangeStatus) error {
-		return s.ops.TransferLeader(ctx, st.RangeID, to)
-	}, func(ctx context.Context, conn *grpc.ClientConn) error {
-		_, err := pandopb.NewAdminClient(conn).TransferLeader(ctx, &pandopb.TransferLeaderRequest{RangeId: rangeID, To: to})
-		return err
-	})
+	return err
 }
