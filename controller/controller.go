@@ -578,7 +578,6 @@ func (c *Controller) NodesInfo() (*pandopb.NodesResponse, error) {
 	return resp, nil
 }
 
-
 // execute carries out one planned operation.
 func (c *Controller) execute(ctx context.Context, op placement.Op) error {
 	c.log.Info("controller: "+op.String(), "range", op.RangeID)

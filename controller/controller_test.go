@@ -47,8 +47,10 @@ func (m *meta) Status(id uint64) (node.RangeStatus, bool) {
 	return node.RangeStatus{RangeID: id, Desc: m.st.Desc, LeaderID: m.leader}, true
 }
 
-func (m *meta) NotLeader(id, leader uint64) error { return &kv.NotLeaderError{RangeID: id, LeaderID: leader} }
-func (m *meta) Reader() pebble.Reader             { return m.db }
+func (m *meta) NotLeader(id, leader uint64) error {
+	return &kv.NotLeaderError{RangeID: id, LeaderID: leader}
+}
+func (m *meta) Reader() pebble.Reader { return m.db }
 
 func (m *meta) ProposeMeta(_ context.Context, cmd *pandopb.Command) error {
 	b := m.db.NewBatch()
