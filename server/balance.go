@@ -280,7 +280,7 @@ func (s *Server) maybeSplit(ctx context.Context, ranges []placement.Range, hold 
 		if key == nil {
 			continue
 		}
-		left, right, err := s.split(ctx, key)
+		left, right, err := s.lead.Split(ctx, key)
 		if err != nil {
 			s.log.Warn("placement: split failed", "range", r.ID, "reason", string(reason), "err", err)
 			continue

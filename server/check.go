@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -17,14 +18,21 @@ import (
 	"github.com/pando/pando/events"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
+	"github.com/pando/pando/transport"
 )
 
 // checker runs consistency checks on the ranges this node leads and serves
 // the Checker gRPC service.
 type checker struct {
 	pandopb.UnimplementedCheckerServer
-	s       *Server
-	metrics checkMetrics
+	self       uint64
+	autoRepair bool
+	node       *node.Node
+	tr         *transport.Transport
+	lead       *leaderOps
+	events     *events.Bus
+	log        *slog.Logger
+	metrics    checkMetrics
 	mu      sync.Mutex // one check at a time per node
 }
 
@@ -36,7 +44,7 @@ type checkMetrics struct {
 }
 
 func newChecker(s *Server) *checker {
-	c := &checker{s: s, metrics: checkMetrics{
+	c := &checker{self: s.cfg.ID, autoRepair: s.cfg.AutoRepair, node: s.node, tr: s.tr, lead: s.lead, events: s.events, log: s.log, metrics: checkMetrics{
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pando_consistency_checks_total", Help: "Consistency checks led by this node, by verdict.",
 		}, []string{"verdict"}),
@@ -57,11 +65,11 @@ func newChecker(s *Server) *checker {
 	return c
 }
 
-// cluster adapts this server to consistency.Cluster.
-type cluster struct{ s *Server }
+// cluster adapts the checker to consistency.Cluster.
+type cluster struct{ c *checker }
 
 func (c cluster) peer(id uint64) (pandopb.CheckerClient, error) {
-	conn, err := c.s.tr.Conn(id)
+	conn, err := c.c.tr.Conn(id)
 	if err != nil {
 		return nil, err
 	}
@@ -70,13 +78,13 @@ func (c cluster) peer(id uint64) (pandopb.CheckerClient, error) {
 
 func (c cluster) StartCheck(ctx context.Context, rangeID uint64) (uint64, uint64, []uint64, error) {
 	id := rand.Uint64()
-	index, replicas, err := c.s.node.ProposeCheck(ctx, rangeID, id)
+	index, replicas, err := c.c.node.ProposeCheck(ctx, rangeID, id)
 	return id, index, replicas, err
 }
 
 func (c cluster) Checksum(ctx context.Context, n, rangeID, checkID uint64) (*consistency.Summary, error) {
-	if n == c.s.cfg.ID {
-		return c.s.node.Checksum(ctx, rangeID, checkID)
+	if n == c.c.self {
+		return c.c.node.Checksum(ctx, rangeID, checkID)
 	}
 	p, err := c.peer(n)
 	if err != nil {
@@ -92,8 +100,8 @@ func (c cluster) Checksum(ctx context.Context, n, rangeID, checkID uint64) (*con
 }
 
 func (c cluster) ListKeys(ctx context.Context, n, rangeID, checkID uint64, buckets []uint32, limit int) ([]consistency.KeyDigest, bool, error) {
-	if n == c.s.cfg.ID {
-		return c.s.node.ListKeys(ctx, rangeID, checkID, buckets, limit)
+	if n == c.c.self {
+		return c.c.node.ListKeys(ctx, rangeID, checkID, buckets, limit)
 	}
 	p, err := c.peer(n)
 	if err != nil {
@@ -113,8 +121,8 @@ func (c cluster) ListKeys(ctx context.Context, n, rangeID, checkID uint64, bucke
 }
 
 func (c cluster) Repair(ctx context.Context, target, source, rangeID uint64) (uint64, error) {
-	if target == c.s.cfg.ID {
-		return c.s.checker.repairFrom(ctx, rangeID, source)
+	if target == c.c.self {
+		return c.c.repairFrom(ctx, rangeID, source)
 	}
 	p, err := c.peer(target)
 	if err != nil {
@@ -130,7 +138,7 @@ func (c cluster) Repair(ctx context.Context, target, source, rangeID uint64) (ui
 }
 
 func (c cluster) RecordVerdict(ctx context.Context, rangeID uint64, v *pandopb.CheckVerdict) error {
-	return c.s.node.RecordVerdict(ctx, rangeID, v)
+	return c.c.node.RecordVerdict(ctx, rangeID, v)
 }
 
 // peerCallTimeout bounds one call to a replica during a check. Calls wait
@@ -157,7 +165,7 @@ func summaryFromProto(r *pandopb.ChecksumResponse) (*consistency.Summary, error)
 
 // Checksum implements pandopb.CheckerServer.
 func (c *checker) Checksum(ctx context.Context, req *pandopb.ChecksumRequest) (*pandopb.ChecksumResponse, error) {
-	s, err := c.s.node.Checksum(ctx, req.RangeId, req.CheckId)
+	s, err := c.node.Checksum(ctx, req.RangeId, req.CheckId)
 	if err != nil {
 		return nil, kv.ToStatus(err)
 	}
@@ -179,7 +187,7 @@ func (c *checker) ListKeys(ctx context.Context, req *pandopb.ListKeysRequest) (*
 	if limit <= 0 || limit > 100000 {
 		limit = 100000
 	}
-	keys, trunc, err := c.s.node.ListKeys(ctx, req.RangeId, req.CheckId, req.Buckets, limit)
+	keys, trunc, err := c.node.ListKeys(ctx, req.RangeId, req.CheckId, req.Buckets, limit)
 	if err != nil {
 		return nil, kv.ToStatus(err)
 	}
@@ -193,7 +201,7 @@ func (c *checker) ListKeys(ctx context.Context, req *pandopb.ListKeysRequest) (*
 // RangeData implements pandopb.CheckerServer: it streams this replica's
 // data for a repair elsewhere.
 func (c *checker) RangeData(req *pandopb.RangeDataRequest, stream pandopb.Checker_RangeDataServer) error {
-	ds, err := c.s.node.SnapshotData(stream.Context(), req.RangeId)
+	ds, err := c.node.SnapshotData(stream.Context(), req.RangeId)
 	if err != nil {
 		return kv.ToStatus(err)
 	}
@@ -226,10 +234,10 @@ func (c *checker) Repair(ctx context.Context, req *pandopb.RepairRequest) (*pand
 }
 
 func (c *checker) repairFrom(ctx context.Context, rangeID, source uint64) (uint64, error) {
-	if source == c.s.cfg.ID {
+	if source == c.self {
 		return 0, fmt.Errorf("%w: cannot repair a replica from itself", kv.ErrInvalidArgument)
 	}
-	p, err := cluster{c.s}.peer(source)
+	p, err := cluster{c}.peer(source)
 	if err != nil {
 		return 0, err
 	}
@@ -257,11 +265,11 @@ func (c *checker) repairFrom(ctx context.Context, rangeID, source uint64) (uint6
 	if index == 0 {
 		return 0, fmt.Errorf("%w: node %d sent no data for range %d", kv.ErrUnavailable, source, rangeID)
 	}
-	if err := c.s.node.InstallData(ctx, rangeID, index, data); err != nil {
+	if err := c.node.InstallData(ctx, rangeID, index, data); err != nil {
 		return 0, err
 	}
-	c.s.events.Publish(events.RepairEvent(rangeID, source, index, uint64(len(data))))
-	c.s.log.Warn("consistency: replica repaired", "range", rangeID, "source", source, "index", index, "records", len(data))
+	c.events.Publish(events.RepairEvent(rangeID, source, index, uint64(len(data))))
+	c.log.Warn("consistency: replica repaired", "range", rangeID, "source", source, "index", index, "records", len(data))
 	return uint64(len(data)), nil
 }
 
@@ -271,7 +279,7 @@ func (c *checker) Check(ctx context.Context, req *pandopb.CheckRequest) (*pandop
 	if req.Repair && req.NoRepair {
 		return nil, kv.ToStatus(fmt.Errorf("%w: repair and no_repair both set", kv.ErrInvalidArgument))
 	}
-	repair := c.s.cfg.AutoRepair
+	repair := c.autoRepair
 	if req.Repair {
 		repair = true
 	}
@@ -280,12 +288,12 @@ func (c *checker) Check(ctx context.Context, req *pandopb.CheckRequest) (*pandop
 	}
 	var ranges []uint64
 	if req.RangeId != 0 {
-		if _, ok := c.s.node.Status(req.RangeId); !ok {
+		if _, ok := c.node.Status(req.RangeId); !ok {
 			return nil, kv.ToStatus(fmt.Errorf("%w: no range %d", kv.ErrInvalidArgument, req.RangeId))
 		}
 		ranges = []uint64{req.RangeId}
 	} else {
-		for _, st := range c.s.node.Statuses() {
+		for _, st := range c.node.Statuses() {
 			ranges = append(ranges, st.RangeID)
 		}
 	}
@@ -304,7 +312,7 @@ func (c *checker) Check(ctx context.Context, req *pandopb.CheckRequest) (*pandop
 // the leader (one hop), retrying while the range has no leader.
 func (c *checker) checkOnLeader(ctx context.Context, rangeID uint64, repair bool) (*pandopb.RangeCheck, error) {
 	var rc *pandopb.RangeCheck
-	err := c.s.onLeader(ctx, nil, rangeID, func(node.RangeStatus) error {
+	err := c.lead.on(ctx, nil, rangeID, func(node.RangeStatus) error {
 		rc = reportToProto(c.run(ctx, rangeID, repair))
 		return nil
 	}, func(ctx context.Context, conn *grpc.ClientConn) error {
@@ -324,7 +332,7 @@ func (c *checker) run(ctx context.Context, rangeID uint64, repair bool) consiste
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	start := time.Now()
-	rep := consistency.Run(ctx, cluster{c.s}, rangeID, consistency.Options{Repair: repair})
+	rep := consistency.Run(ctx, cluster{c}, rangeID, consistency.Options{Repair: repair})
 	c.metrics.runs.WithLabelValues(rep.Verdict).Inc()
 	c.metrics.diverged.Add(float64(len(rep.Diverged)))
 	c.metrics.keys.Add(float64(len(rep.Keys)))
@@ -333,15 +341,15 @@ func (c *checker) run(ctx context.Context, rangeID uint64, repair bool) consiste
 	if rep.Err != nil {
 		errText = rep.Err.Error()
 	}
-	c.s.events.Publish(events.CheckEvent(rangeID, rep.Index, rep.Verdict, rep.Checked, rep.Diverged, uint64(len(rep.Keys)), rep.RepairedKeys, errText))
+	c.events.Publish(events.CheckEvent(rangeID, rep.Index, rep.Verdict, rep.Checked, rep.Diverged, uint64(len(rep.Keys)), rep.RepairedKeys, errText))
 	attrs := []any{"range", rangeID, "index", rep.Index, "verdict", rep.Verdict, "replicas", rep.Checked, "took", time.Since(start).Round(time.Millisecond)}
 	switch {
 	case rep.Verdict == consistency.VerdictConsistent:
-		c.s.log.Info("consistency check", attrs...)
+		c.log.Info("consistency check", attrs...)
 	case rep.Err != nil:
-		c.s.log.Warn("consistency check", append(attrs, "diverged", rep.Diverged, "differing_keys", len(rep.Keys), "repaired_keys", rep.RepairedKeys, "err", rep.Err)...)
+		c.log.Warn("consistency check", append(attrs, "diverged", rep.Diverged, "differing_keys", len(rep.Keys), "repaired_keys", rep.RepairedKeys, "err", rep.Err)...)
 	default:
-		c.s.log.Warn("consistency check", append(attrs, "diverged", rep.Diverged, "differing_keys", len(rep.Keys), "repaired_keys", rep.RepairedKeys)...)
+		c.log.Warn("consistency check", append(attrs, "diverged", rep.Diverged, "differing_keys", len(rep.Keys), "repaired_keys", rep.RepairedKeys)...)
 	}
 	return rep
 }
@@ -377,8 +385,8 @@ func (c *checker) periodic(interval time.Duration, stop <-chan struct{}) {
 		case <-time.After(next):
 		}
 		var led []uint64
-		for _, st := range c.s.node.Statuses() {
-			if st.LeaderID == c.s.cfg.ID {
+		for _, st := range c.node.Statuses() {
+			if st.LeaderID == c.self {
 				led = append(led, st.RangeID)
 			}
 		}
@@ -388,7 +396,7 @@ func (c *checker) periodic(interval time.Duration, stop <-chan struct{}) {
 		}
 		for _, rid := range led {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-			c.run(ctx, rid, c.s.cfg.AutoRepair)
+			c.run(ctx, rid, c.autoRepair)
 			cancel()
 			select {
 			case <-stop:

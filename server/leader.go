@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/events"
@@ -13,6 +15,7 @@ import (
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/rangeops"
 	"github.com/pando/pando/route"
+	"github.com/pando/pando/storage"
 	"github.com/pando/pando/transport"
 )
 
@@ -27,6 +30,8 @@ type leaderOps struct {
 	tr     *transport.Transport
 	events *events.Bus
 	log    *slog.Logger
+	// requestTimeout bounds an operation whose caller set no deadline.
+	requestTimeout time.Duration
 }
 
 // on runs local on this node if it leads the range holding key (or
@@ -115,4 +120,78 @@ func (o *leaderOps) Merge(ctx context.Context, rangeID, rightID uint64) (*pandop
 		o.log.Info("merged ranges", "range", desc.GetId(), "start", fmt.Sprintf("%q", desc.GetStartKey()), "end", fmt.Sprintf("%q", desc.GetEndKey()))
 	}
 	return desc, err
+}
+
+// AllocRangeID allocates a range ID through range 1 (the first range).
+func (o *leaderOps) AllocRangeID(ctx context.Context) (uint64, error) {
+	// A sub-request of its own: whether the caller's request was forwarded
+	// says nothing about this one.
+	ctx = metadata.NewIncomingContext(ctx, metadata.MD{})
+	var id uint64
+	err := o.on(ctx, []byte{}, 0, func(st node.RangeStatus) error {
+		if st.RangeID != 1 {
+			return fmt.Errorf("%w: the first range is %d, not 1", kv.ErrUnavailable, st.RangeID)
+		}
+		var err error
+		id, err = o.node.AllocRangeID(ctx)
+		return err
+	}, func(ctx context.Context, conn *grpc.ClientConn) error {
+		resp, err := pandopb.NewAdminClient(conn).AllocRangeID(ctx, &pandopb.AllocRangeIDRequest{})
+		if err == nil {
+			id = resp.RangeId
+		}
+		return err
+	})
+	return id, err
+}
+
+// Split splits the range holding key at key.
+func (o *leaderOps) Split(ctx context.Context, key []byte) (left, right *pandopb.RangeDescriptor, err error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.requestTimeout)
+		defer cancel()
+	}
+	err = o.on(ctx, key, 0, func(st node.RangeStatus) error {
+		rid := st.RangeID
+		if string(st.Desc.StartKey) == string(key) {
+			return fmt.Errorf("%w: range %d already starts at %q", kv.ErrInvalidArgument, rid, key)
+		}
+		newID, err := o.AllocRangeID(ctx)
+		if err != nil {
+			return err
+		}
+		if err := o.node.Split(ctx, rid, key, newID, st.Desc.Generation); err != nil {
+			return err
+		}
+		l, _ := o.node.Status(rid)
+		r, _ := o.node.Status(newID)
+		left, right = l.Desc, r.Desc
+		return nil
+	}, func(ctx context.Context, conn *grpc.ClientConn) error {
+		resp, err := pandopb.NewAdminClient(conn).Split(ctx, &pandopb.SplitRequest{Key: key})
+		if err == nil {
+			left, right = resp.Left, resp.Right
+		}
+		return err
+	})
+	return left, right, err
+}
+
+// onController runs local on the controller (the meta range's leader) or
+// remote against it.
+func (o *leaderOps) onController(ctx context.Context, local func() error, remote func(context.Context, pandopb.AdminClient) error) error {
+	ctx, cancel := withDefaultTimeout(ctx, o.requestTimeout)
+	defer cancel()
+	return o.on(ctx, nil, storage.MetaRangeID, func(node.RangeStatus) error { return local() }, func(ctx context.Context, conn *grpc.ClientConn) error {
+		return remote(ctx, pandopb.NewAdminClient(conn))
+	})
+}
+
+// withDefaultTimeout bounds ctx by d unless it has a deadline.
+func withDefaultTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
 }

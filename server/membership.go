@@ -12,7 +12,6 @@ import (
 	"github.com/pando/pando/controller"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
-	"github.com/pando/pando/storage"
 )
 
 // Admin handlers of membership, replica moves and the controller. Those the
@@ -23,16 +22,16 @@ func (a *admin) MoveReplica(ctx context.Context, req *pandopb.MoveReplicaRequest
 	if req.RangeId == 0 || (req.From == 0 && req.To == 0) || req.From == req.To {
 		return nil, kv.ToStatus(fmt.Errorf("%w: a move names a range and two different nodes (from 0: only add; to 0: only remove)", kv.ErrInvalidArgument))
 	}
-	if req.To != 0 && !slices.Contains(a.s.tr.IDs(), req.To) {
+	if req.To != 0 && !slices.Contains(a.tr.IDs(), req.To) {
 		return nil, kv.ToStatus(fmt.Errorf("%w: node %d is not a member (see pando node list)", kv.ErrInvalidArgument, req.To))
 	}
-	ctx, cancel := a.s.adminTimeout(ctx, a.s.cfg.MoveTimeout)
+	ctx, cancel := withDefaultTimeout(ctx, a.cfg.MoveTimeout)
 	defer cancel()
 	why := req.Reason
 	if why == "" {
 		why = "asked by an operator"
 	}
-	desc, err := a.s.lead.MoveReplica(ctx, req.RangeId, req.From, req.To, why)
+	desc, err := a.lead.MoveReplica(ctx, req.RangeId, req.From, req.To, why)
 	if err != nil {
 		return nil, kv.ToStatus(err)
 	}
@@ -44,9 +43,9 @@ func (a *admin) TransferLeader(ctx context.Context, req *pandopb.TransferLeaderR
 	if req.RangeId == 0 || req.To == 0 {
 		return nil, kv.ToStatus(fmt.Errorf("%w: a leadership transfer names a range and a node", kv.ErrInvalidArgument))
 	}
-	ctx, cancel := a.s.adminTimeout(ctx, a.s.cfg.RequestTimeout)
+	ctx, cancel := withDefaultTimeout(ctx, a.cfg.RequestTimeout)
 	defer cancel()
-	if err := a.s.lead.TransferLeader(ctx, req.RangeId, req.To); err != nil {
+	if err := a.lead.TransferLeader(ctx, req.RangeId, req.To); err != nil {
 		return nil, kv.ToStatus(err)
 	}
 	return &pandopb.TransferLeaderResponse{}, nil
@@ -54,7 +53,7 @@ func (a *admin) TransferLeader(ctx context.Context, req *pandopb.TransferLeaderR
 
 // CreateReplica implements pandopb.AdminServer (this node only).
 func (a *admin) CreateReplica(ctx context.Context, req *pandopb.CreateReplicaRequest) (*pandopb.CreateReplicaResponse, error) {
-	if err := a.s.node.CreateReplica(ctx, req.Desc, req.Term, req.Leader); err != nil {
+	if err := a.node.CreateReplica(ctx, req.Desc, req.Term, req.Leader); err != nil {
 		return nil, kv.ToStatus(err)
 	}
 	return &pandopb.CreateReplicaResponse{}, nil
@@ -65,7 +64,7 @@ func (a *admin) DestroyReplica(ctx context.Context, req *pandopb.DestroyReplicaR
 	if req.Desc == nil {
 		return nil, kv.ToStatus(fmt.Errorf("%w: no descriptor", kv.ErrInvalidArgument))
 	}
-	if err := a.s.node.DestroyReplica(ctx, req.Desc); err != nil {
+	if err := a.node.DestroyReplica(ctx, req.Desc); err != nil {
 		return nil, kv.ToStatus(err)
 	}
 	return &pandopb.DestroyReplicaResponse{}, nil
@@ -75,14 +74,14 @@ func (a *admin) DestroyReplica(ctx context.Context, req *pandopb.DestroyReplicaR
 // range's descriptor and current term for a node it names that holds no
 // replica of it.
 func (a *admin) AdoptReplica(ctx context.Context, req *pandopb.AdoptReplicaRequest) (*pandopb.AdoptReplicaResponse, error) {
-	ctx, cancel := a.s.adminTimeout(ctx, a.s.cfg.RequestTimeout)
+	ctx, cancel := withDefaultTimeout(ctx, a.cfg.RequestTimeout)
 	defer cancel()
 	var resp *pandopb.AdoptReplicaResponse
-	err := a.s.onLeader(ctx, nil, req.RangeId, func(st node.RangeStatus) error {
+	err := a.lead.on(ctx, nil, req.RangeId, func(st node.RangeStatus) error {
 		if !slices.Contains(st.Desc.Replicas, req.NodeId) {
 			return fmt.Errorf("%w: range %d (generation %d) does not name node %d", kv.ErrInvalidArgument, st.RangeID, st.Desc.Generation, req.NodeId)
 		}
-		resp = &pandopb.AdoptReplicaResponse{Desc: st.Desc, Term: st.Term, Leader: a.s.cfg.ID}
+		resp = &pandopb.AdoptReplicaResponse{Desc: st.Desc, Term: st.Term, Leader: a.cfg.ID}
 		return nil
 	}, func(ctx context.Context, conn *grpc.ClientConn) (err error) {
 		resp, err = pandopb.NewAdminClient(conn).AdoptReplica(ctx, req)
@@ -94,8 +93,8 @@ func (a *admin) AdoptReplica(ctx context.Context, req *pandopb.AdoptReplicaReque
 // Join implements pandopb.AdminServer.
 func (a *admin) Join(ctx context.Context, req *pandopb.JoinRequest) (*pandopb.JoinResponse, error) {
 	var resp *pandopb.JoinResponse
-	err := a.s.onController(ctx, func() error {
-		nodes, err := a.s.ctl.Join(ctx, req.NodeId, req.Addr)
+	err := a.lead.onController(ctx, func() error {
+		nodes, err := a.ctl.Join(ctx, req.NodeId, req.Addr)
 		resp = &pandopb.JoinResponse{Nodes: nodes}
 		return err
 	}, func(ctx context.Context, c pandopb.AdminClient) (err error) {
@@ -108,8 +107,8 @@ func (a *admin) Join(ctx context.Context, req *pandopb.JoinRequest) (*pandopb.Jo
 // Decommission implements pandopb.AdminServer.
 func (a *admin) Decommission(ctx context.Context, req *pandopb.DecommissionRequest) (*pandopb.DecommissionResponse, error) {
 	var resp *pandopb.DecommissionResponse
-	err := a.s.onController(ctx, func() error {
-		rec, err := a.s.ctl.Decommission(ctx, req.NodeId)
+	err := a.lead.onController(ctx, func() error {
+		rec, err := a.ctl.Decommission(ctx, req.NodeId)
 		resp = &pandopb.DecommissionResponse{Node: rec}
 		return err
 	}, func(ctx context.Context, c pandopb.AdminClient) (err error) {
@@ -122,8 +121,8 @@ func (a *admin) Decommission(ctx context.Context, req *pandopb.DecommissionReque
 // Nodes implements pandopb.AdminServer.
 func (a *admin) Nodes(ctx context.Context, req *pandopb.NodesRequest) (*pandopb.NodesResponse, error) {
 	var resp *pandopb.NodesResponse
-	err := a.s.onController(ctx, func() (err error) {
-		resp, err = a.s.ctl.NodesInfo()
+	err := a.lead.onController(ctx, func() (err error) {
+		resp, err = a.ctl.NodesInfo()
 		return err
 	}, func(ctx context.Context, c pandopb.AdminClient) (err error) {
 		resp, err = c.Nodes(ctx, req)
@@ -135,8 +134,8 @@ func (a *admin) Nodes(ctx context.Context, req *pandopb.NodesRequest) (*pandopb.
 // Heartbeat implements pandopb.AdminServer.
 func (a *admin) Heartbeat(ctx context.Context, req *pandopb.HeartbeatRequest) (*pandopb.HeartbeatResponse, error) {
 	var resp *pandopb.HeartbeatResponse
-	err := a.s.onController(ctx, func() (err error) {
-		resp, err = a.s.ctl.Heartbeat(ctx, req)
+	err := a.lead.onController(ctx, func() (err error) {
+		resp, err = a.ctl.Heartbeat(ctx, req)
 		return err
 	}, func(ctx context.Context, c pandopb.AdminClient) (err error) {
 		resp, err = c.Heartbeat(ctx, req)
@@ -149,17 +148,17 @@ func (a *admin) Heartbeat(ctx context.Context, req *pandopb.HeartbeatRequest) (*
 // carried out unless dry_run.
 func (a *admin) Rebalance(ctx context.Context, req *pandopb.RebalanceRequest) (*pandopb.RebalanceResponse, error) {
 	var resp *pandopb.RebalanceResponse
-	err := a.s.onController(ctx, func() error {
-		ops, _, _, err := a.s.ctl.Plan()
+	err := a.lead.onController(ctx, func() error {
+		ops, _, _, err := a.ctl.Plan()
 		if err != nil {
 			return err
 		}
-		resp = &pandopb.RebalanceResponse{ControllerId: a.s.cfg.ID}
+		resp = &pandopb.RebalanceResponse{ControllerId: a.cfg.ID}
 		for _, op := range ops {
 			resp.Ops = append(resp.Ops, &pandopb.PlannedOp{Kind: string(op.Kind), RangeId: op.RangeID, From: op.From, To: op.To, RightId: op.RightID, Reason: op.Reason})
 		}
 		if !req.DryRun {
-			go a.s.ctl.Round(context.Background(), a.s.stopping)
+			go a.ctl.Round(context.Background(), a.stopping)
 		}
 		return nil
 	}, func(ctx context.Context, c pandopb.AdminClient) (err error) {
@@ -167,23 +166,6 @@ func (a *admin) Rebalance(ctx context.Context, req *pandopb.RebalanceRequest) (*
 		return err
 	})
 	return resp, kv.ToStatus(err)
-}
-
-func (s *Server) adminTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return context.WithCancel(ctx)
-	}
-	return context.WithTimeout(ctx, d)
-}
-
-// onController runs local on the controller (the meta range's leader) or
-// remote against it.
-func (s *Server) onController(ctx context.Context, local func() error, remote func(context.Context, pandopb.AdminClient) error) error {
-	ctx, cancel := s.adminTimeout(ctx, s.cfg.RequestTimeout)
-	defer cancel()
-	return s.onLeader(ctx, nil, storage.MetaRangeID, func(node.RangeStatus) error { return local() }, func(ctx context.Context, conn *grpc.ClientConn) error {
-		return remote(ctx, pandopb.NewAdminClient(conn))
-	})
 }
 
 // heartbeats reports to the controller every HeartbeatInterval until stop,
@@ -198,7 +180,7 @@ func (s *Server) heartbeats(stop <-chan struct{}) {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.HeartbeatInterval)
-		resp, err := (&admin{s: s}).Heartbeat(ctx, s.heartbeatRequest())
+		resp, err := s.admin.Heartbeat(ctx, s.heartbeatRequest())
 		cancel()
 		if err != nil {
 			s.log.Debug("heartbeat to the controller failed", "err", err)
@@ -253,7 +235,7 @@ func (s *Server) learn(resp *pandopb.HeartbeatResponse) {
 func (s *Server) adopt(rangeID uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
 	defer cancel()
-	resp, err := (&admin{s: s}).AdoptReplica(ctx, &pandopb.AdoptReplicaRequest{RangeId: rangeID, NodeId: s.cfg.ID})
+	resp, err := s.admin.AdoptReplica(ctx, &pandopb.AdoptReplicaRequest{RangeId: rangeID, NodeId: s.cfg.ID})
 	if err != nil {
 		s.log.Debug("adopting a replica", "range", rangeID, "err", kv.FromStatus(err))
 		return

@@ -22,7 +22,7 @@ func (a *admin) Merge(ctx context.Context, req *pandopb.MergeRequest) (*pandopb.
 	if req.RangeId == 0 {
 		return nil, kv.ToStatus(fmt.Errorf("%w: merge needs a range ID", kv.ErrInvalidArgument))
 	}
-	desc, err := a.s.lead.Merge(ctx, req.RangeId, req.RightId)
+	desc, err := a.lead.Merge(ctx, req.RangeId, req.RightId)
 	if err != nil {
 		return nil, kv.ToStatus(err)
 	}

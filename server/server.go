@@ -321,6 +321,8 @@ type Server struct {
 	ctl *controller.Controller
 	// lead runs admin operations at a range's leader, wherever it is.
 	lead *leaderOps
+	// admin serves the Admin gRPC service.
+	admin *admin
 	// ops runs the leader's multi-step protocols (merges, replica moves,
 	// leadership transfers) on this node.
 	ops    *rangeops.Runner
@@ -380,11 +382,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.ops = &rangeops.Runner{Local: n, Hosts: peerHosts{self: cfg.ID, node: n, tr: s.tr}, Events: s.events,
 		TransferRetry: time.Duration(cfg.ElectionTicks) * cfg.TickInterval}
-	s.lead = &leaderOps{node: n, ops: s.ops, router: s.svc.router, tr: s.tr, events: s.events, log: cfg.Logger}
+	s.lead = &leaderOps{node: n, ops: s.ops, router: s.svc.router, tr: s.tr, events: s.events, log: cfg.Logger, requestTimeout: cfg.RequestTimeout}
 	s.ctl = controller.New(controller.Config{ID: cfg.ID, ReplicationFactor: cfg.ReplicationFactor, MaxConcurrentMoves: cfg.MaxConcurrentMoves,
 		BalanceInterval: cfg.BalanceInterval, HeartbeatInterval: cfg.HeartbeatInterval, DeadAfter: cfg.DeadAfter,
 		MoveTimeout: cfg.MoveTimeout, RequestTimeout: cfg.RequestTimeout, MergeMaxBytes: cfg.MergeMaxBytes, MergeMaxQPS: cfg.MergeMaxQPS,
 		MergeDelay: cfg.MergeDelay, Logger: cfg.Logger, Events: s.events}, n, s.tr, s.lead)
+	s.admin = &admin{cfg: cfg, node: n, tr: s.tr, lead: s.lead, ctl: s.ctl, stopping: s.stopping}
 	s.load = newLoadTracker()
 	s.svc.load = s.load
 	s.svc.SetForwardTimeout(cfg.ForwardTimeout)
@@ -519,7 +522,7 @@ func (s *Server) Start() error {
 	pandopb.RegisterKVServer(s.grpc, s.svc)
 	pandopb.RegisterRaftServer(s.grpc, transport.NewServer(s.node, s.tr))
 	pandopb.RegisterCheckerServer(s.grpc, s.checker)
-	pandopb.RegisterAdminServer(s.grpc, &admin{s: s})
+	pandopb.RegisterAdminServer(s.grpc, s.admin)
 
 	api := http.NewServeMux()
 	api.HandleFunc("/v1/kv/", s.instrumentHTTP(s.handleKV))
