@@ -50,4 +50,3 @@ func (a *admin) Split(ctx context.Context, req *pandopb.SplitRequest) (*pandopb.
 	}
 	return &pandopb.SplitResponse{Left: left, Right: right}, nil
 }
-

@@ -33,7 +33,7 @@ type checker struct {
 	events     *events.Bus
 	log        *slog.Logger
 	metrics    checkMetrics
-	mu      sync.Mutex // one check at a time per node
+	mu         sync.Mutex // one check at a time per node
 }
 
 type checkMetrics struct {
