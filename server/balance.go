@@ -1,226 +1,12 @@
 package server
 
 import (
-	"bytes"
 	"context"
-	"math/rand/v2"
-	"slices"
-	"sync"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2"
-
-	"github.com/pando/pando/api/pandopb"
-	"github.com/pando/pando/node"
+	"github.com/pando/pando/load"
 	"github.com/pando/pando/placement"
-	"github.com/pando/pando/storage"
 )
-
-// loadTracker measures, per range, the requests this node served as its
-// leader: a smoothed rate and a sample of the keys, from which a load split
-// picks its key.
-type loadTracker struct {
-	mu sync.Mutex
-	m  map[uint64]*rangeLoad
-	// sizes holds each local replica's size as last measured by the
-	// placement loop, so that status requests scan nothing.
-	sizes map[uint64]uint64
-	// lat is each range's request latency (latency.go).
-	lat latencies
-}
-
-type rangeLoad struct {
-	count   uint64
-	writes  uint64 // writes among count
-	qps     float64
-	wqps    float64 // write rate
-	hot     int     // consecutive ticks above the load threshold
-	samples [][]byte
-	seen    uint64
-}
-
-const loadSamples = 256
-
-func newLoadTracker() *loadTracker {
-	return &loadTracker{m: map[uint64]*rangeLoad{}, sizes: map[uint64]uint64{}}
-}
-
-func (l *loadTracker) setSize(rangeID, bytes uint64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.sizes[rangeID] = bytes
-}
-
-// size is a range's last measured size (0 before the first measurement).
-func (l *loadTracker) size(rangeID uint64) uint64 {
-	if l == nil {
-		return 0
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.sizes[rangeID]
-}
-
-// record counts one request on key (a write or a read) served by this node
-// as rangeID's leader.
-func (l *loadTracker) record(rangeID uint64, key []byte, write bool) {
-	if l == nil {
-		return
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	r := l.m[rangeID]
-	if r == nil {
-		r = &rangeLoad{}
-		l.m[rangeID] = r
-	}
-	r.count++
-	if write {
-		r.writes++
-	}
-	r.seen++
-	// Reservoir sample of the keys since the last split decision.
-	if len(r.samples) < loadSamples {
-		r.samples = append(r.samples, bytes.Clone(key))
-	} else if i := rand.Uint64N(r.seen); i < loadSamples {
-		r.samples[i] = bytes.Clone(key)
-	}
-}
-
-// tick folds the last interval's count into each range's rate.
-func (l *loadTracker) tick(interval time.Duration, threshold float64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, r := range l.m {
-		rate := float64(r.count) / interval.Seconds()
-		r.qps = 0.5*r.qps + 0.5*rate
-		r.wqps = 0.5*r.wqps + 0.5*float64(r.writes)/interval.Seconds()
-		r.count, r.writes = 0, 0
-		if r.qps > threshold {
-			r.hot++
-		} else {
-			r.hot = 0
-		}
-	}
-}
-
-func (l *loadTracker) get(rangeID uint64) (qps float64, hot int, samples [][]byte) {
-	if l == nil {
-		return 0, 0, nil
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if r := l.m[rangeID]; r != nil {
-		return r.qps, r.hot, slices.Clone(r.samples)
-	}
-	return 0, 0, nil
-}
-
-// writeRate is a range's smoothed write rate (included in get's qps).
-func (l *loadTracker) writeRate(rangeID uint64) float64 {
-	if l == nil {
-		return 0
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if r := l.m[rangeID]; r != nil {
-		return r.wqps
-	}
-	return 0
-}
-
-// forget drops a range's samples (after it split).
-func (l *loadTracker) forget(rangeID uint64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	delete(l.m, rangeID)
-}
-
-// exactSizeRounds is how many placement rounds an exact count of a small
-// range's bytes is reused for (while its descriptor is unchanged).
-const exactSizeRounds = 5
-
-// exactSize is the last exact count of a small range's bytes.
-type exactSize struct {
-	generation uint64
-	bytes      uint64
-	round      uint64
-}
-
-// rangeSizes measures the placement loop's replicas round after round,
-// keeping the exact counts of small ones (the loop's own state).
-type rangeSizes struct {
-	db    *pebble.DB
-	round uint64
-	exact map[uint64]exactSize
-}
-
-// next starts a round over the replicas in sts, forgetting the counts of
-// replicas no longer here.
-func (rs *rangeSizes) next(sts []node.RangeStatus) {
-	rs.round++
-	for id := range rs.exact {
-		if !slices.ContainsFunc(sts, func(st node.RangeStatus) bool { return st.RangeID == id }) {
-			delete(rs.exact, id)
-		}
-	}
-}
-
-// rangeSize estimates the bytes of a range's data: Pebble's estimate of
-// its tables, or, while that is small, an exact count (memtables included,
-// which the estimate misses). Exact counts read up to 4 MiB of the range,
-// so each is reused for exactSizeRounds rounds: counting every small range
-// every round read the whole database every two seconds.
-func (rs *rangeSizes) size(desc *pandopb.RangeDescriptor) uint64 {
-	db := rs.db
-	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
-	est, err := db.EstimateDiskUsage(lo, hi)
-	if err == nil && est >= 4<<20 {
-		return est
-	}
-	if c, ok := rs.exact[desc.Id]; ok && c.generation == desc.Generation && rs.round-c.round < exactSizeRounds {
-		return max(est, c.bytes)
-	}
-	n := countBytes(db, lo, hi)
-	rs.exact[desc.Id] = exactSize{generation: desc.Generation, bytes: n, round: rs.round}
-	return max(n, est)
-}
-
-// countBytes counts the bytes of keys and values in [lo, hi), up to 4 MiB.
-func countBytes(db *pebble.DB, lo, hi []byte) uint64 {
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
-	if err != nil {
-		return 0
-	}
-	defer it.Close()
-	var n uint64
-	for valid := it.First(); valid && n < 4<<20; valid = it.Next() {
-		n += uint64(len(it.Key()) + len(it.Value()))
-	}
-	return n
-}
-
-// middleKey returns the key at about half of a range's bytes.
-func middleKey(db *pebble.DB, start, end []byte, total uint64) []byte {
-	lo, hi := storage.DataSpan(start, end)
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
-	if err != nil {
-		return nil
-	}
-	defer it.Close()
-	var n uint64
-	for valid := it.First(); valid; valid = it.Next() {
-		n += uint64(len(it.Key()) + len(it.Value()))
-		if n >= total/2 {
-			if it.Next() {
-				k, _ := storage.UserKey(it.Key())
-				return bytes.Clone(k)
-			}
-			return nil
-		}
-	}
-	return nil
-}
 
 // balance runs the node's placement loop until stop: it measures load and
 // size, and splits the ranges this node leads that grew too big or too
@@ -233,23 +19,23 @@ func (s *Server) balance(stop <-chan struct{}) {
 	const hold = 3 // ticks a range must stay hot before a load split
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	sizes := rangeSizes{db: s.engine.DB(), exact: map[uint64]exactSize{}}
+	sizes := load.NewSizes(s.engine.DB())
 	for {
 		select {
 		case <-stop:
 			return
 		case <-t.C:
 		}
-		s.load.tick(interval, s.cfg.Split.WithDefaults().LoadQPS)
+		s.load.Tick(interval, s.cfg.Split.WithDefaults().LoadQPS)
 		var ranges []placement.Range
 		sts := s.node.Statuses()
-		sizes.next(sts)
+		sizes.Next(sts)
 		for _, st := range sts {
 			r := placement.Range{ID: st.RangeID, Start: st.Desc.StartKey, End: st.Desc.EndKey, Leader: st.LeaderID, Replicas: st.Desc.Replicas}
-			size := sizes.size(st.Desc)
-			s.load.setSize(st.RangeID, size)
+			size := sizes.Size(st.Desc)
+			s.load.SetSize(st.RangeID, size)
 			if st.LeaderID == s.cfg.ID {
-				r.QPS, _, _ = s.load.get(st.RangeID)
+				r.QPS, _, _ = s.load.Get(st.RangeID)
 				r.SizeBytes = size
 			}
 			ranges = append(ranges, r)
@@ -266,12 +52,12 @@ func (s *Server) maybeSplit(ctx context.Context, ranges []placement.Range, hold 
 		if r.Leader != s.cfg.ID {
 			continue
 		}
-		_, hot, samples := s.load.get(r.ID)
+		_, hot, samples := s.load.Get(r.ID)
 		var key []byte
 		reason := placement.ShouldSplit(r, s.cfg.Split, hot, hold)
 		switch reason {
 		case placement.SplitSize:
-			key = middleKey(s.engine.DB(), r.Start, r.End, r.SizeBytes)
+			key = load.MiddleKey(s.engine.DB(), r.Start, r.End, r.SizeBytes)
 		case placement.SplitLoad:
 			key = placement.LoadSplitKey(samples, r.Start, r.End)
 		default:
@@ -285,7 +71,7 @@ func (s *Server) maybeSplit(ctx context.Context, ranges []placement.Range, hold 
 			s.log.Warn("placement: split failed", "range", r.ID, "reason", string(reason), "err", err)
 			continue
 		}
-		s.load.forget(r.ID)
+		s.load.Forget(r.ID)
 		s.log.Info("placement: split range", "range", left.Id, "new_range", right.Id, "at", string(key), "reason", string(reason), "qps", r.QPS, "bytes", r.SizeBytes)
 		return
 	}

@@ -208,7 +208,7 @@ func (s *Server) statusJSON(ctx context.Context) dashboard.StatusJSON {
 	for i := range out.Ranges {
 		r := &out.Ranges[i]
 		if r.LeaderID == s.cfg.ID {
-			r.P50Ms, r.P99Ms, _ = s.load.latency(r.ID, now)
+			r.P50Ms, r.P99Ms, _ = s.load.Latency(r.ID, now)
 		}
 	}
 	return out

@@ -32,6 +32,7 @@ import (
 	"github.com/pando/pando/internal/grpcopts"
 	"github.com/pando/pando/internal/httpapi"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/load"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/pki"
 	"github.com/pando/pando/placement"
@@ -296,7 +297,7 @@ type Server struct {
 	tr       *transport.Transport
 	svc      *Service
 	checker  *checker
-	load     *loadTracker
+	load     *load.Tracker
 	reg      *prometheus.Registry
 	grpc     *grpc.Server
 	http     *http.Server
@@ -388,7 +389,7 @@ func New(cfg Config) (*Server, error) {
 		MoveTimeout: cfg.MoveTimeout, RequestTimeout: cfg.RequestTimeout, MergeMaxBytes: cfg.MergeMaxBytes, MergeMaxQPS: cfg.MergeMaxQPS,
 		MergeDelay: cfg.MergeDelay, Logger: cfg.Logger, Events: s.events}, n, s.tr, s.lead)
 	s.admin = &admin{cfg: cfg, node: n, tr: s.tr, lead: s.lead, ctl: s.ctl, stopping: s.stopping}
-	s.load = newLoadTracker()
+	s.load = load.NewTracker()
 	s.svc.load = s.load
 	s.svc.SetForwardTimeout(cfg.ForwardTimeout)
 	if cfg.OverloadSchedLatency > 0 {

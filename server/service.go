@@ -9,6 +9,7 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/load"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/replica"
 	"github.com/pando/pando/resilience"
@@ -40,7 +41,7 @@ type Service struct {
 	// keys of ranges this node holds no replica of.
 	router *route.Router
 	// load, when set, counts requests per range served here as leader.
-	load *loadTracker
+	load *load.Tracker
 	// size, when set, estimates a span's bytes for the status.
 	size  func(start, end []byte) uint64
 	admit func() error
@@ -450,9 +451,9 @@ func (s *Service) Status(ctx context.Context, _ *pandopb.StatusRequest) (*pandop
 func (s *Service) replicaStatus(st node.RangeStatus) *pandopb.RangeStatus {
 	r := rangeStatus(st)
 	if st.LeaderID == s.node.ID() {
-		r.Qps, _, _ = s.load.get(st.RangeID)
-		r.WriteQps = s.load.writeRate(st.RangeID)
+		r.Qps, _, _ = s.load.Get(st.RangeID)
+		r.WriteQps = s.load.WriteRate(st.RangeID)
 	}
-	r.SizeBytes = s.load.size(st.RangeID)
+	r.SizeBytes = s.load.Size(st.RangeID)
 	return r
 }

@@ -1,4 +1,4 @@
-package server
+package load
 
 import (
 	"math"
@@ -136,21 +136,21 @@ func TestLatencyQuantilesMatchExact(t *testing.T) {
 }
 
 func TestLoadTrackerLatency(t *testing.T) {
-	var nilTracker *loadTracker
-	nilTracker.observeLatency(1, time.Now(), time.Millisecond) // no panic
-	if p50, p99, n := nilTracker.latency(1, time.Now()); p50 != 0 || p99 != 0 || n != 0 {
+	var nilTracker *Tracker
+	nilTracker.ObserveLatency(1, time.Now(), time.Millisecond) // no panic
+	if p50, p99, n := nilTracker.Latency(1, time.Now()); p50 != 0 || p99 != 0 || n != 0 {
 		t.Fatal("nil tracker reports latency")
 	}
-	l := newLoadTracker()
+	l := NewTracker()
 	now := time.Now()
 	for i := 0; i < 10; i++ {
-		l.observeLatency(7, now, 5*time.Millisecond)
+		l.ObserveLatency(7, now, 5*time.Millisecond)
 	}
-	p50, p99, n := l.latency(7, now)
+	p50, p99, n := l.Latency(7, now)
 	if n != 10 || !near(p50, 5) || !near(p99, 5) || p99 < p50 {
 		t.Fatalf("range 7: p50 %.3f p99 %.3f over %d", p50, p99, n)
 	}
-	if _, _, n := l.latency(8, now); n != 0 {
+	if _, _, n := l.Latency(8, now); n != 0 {
 		t.Fatalf("range 8 has %d samples", n)
 	}
 }
@@ -158,23 +158,23 @@ func TestLoadTrackerLatency(t *testing.T) {
 // The leader counts reads and writes per range: qps is both, write_qps the
 // writes among them (what heartbeats report to the controller).
 func TestLoadTrackerWriteRate(t *testing.T) {
-	l := newLoadTracker()
+	l := NewTracker()
 	for i := 0; i < 30; i++ {
-		l.record(7, []byte("k"), i%3 == 0) // 10 writes, 20 reads
+		l.Record(7, []byte("k"), i%3 == 0) // 10 writes, 20 reads
 	}
-	l.tick(time.Second, 1e9)
-	qps, _, samples := l.get(7)
-	if qps != 15 || l.writeRate(7) != 5 { // halfway to 30 and 10 (smoothed)
-		t.Fatalf("qps %v, write rate %v; want 15 and 5", qps, l.writeRate(7))
+	l.Tick(time.Second, 1e9)
+	qps, _, samples := l.Get(7)
+	if qps != 15 || l.WriteRate(7) != 5 { // halfway to 30 and 10 (smoothed)
+		t.Fatalf("qps %v, write rate %v; want 15 and 5", qps, l.WriteRate(7))
 	}
 	if len(samples) != 30 {
 		t.Fatalf("%d key samples, want 30", len(samples))
 	}
-	l.tick(time.Second, 1e9)
-	if qps, _, _ := l.get(7); qps != 7.5 || l.writeRate(7) != 2.5 {
-		t.Fatalf("after an idle second: qps %v, write rate %v", qps, l.writeRate(7))
+	l.Tick(time.Second, 1e9)
+	if qps, _, _ := l.Get(7); qps != 7.5 || l.WriteRate(7) != 2.5 {
+		t.Fatalf("after an idle second: qps %v, write rate %v", qps, l.WriteRate(7))
 	}
-	if l.writeRate(8) != 0 {
+	if l.WriteRate(8) != 0 {
 		t.Fatal("a range never served has a write rate")
 	}
 }
