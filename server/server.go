@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/checker"
 	"github.com/pando/pando/controller"
 	"github.com/pando/pando/dashboard"
 	"github.com/pando/pando/events"
@@ -296,7 +297,7 @@ type Server struct {
 	node     *node.Node
 	tr       *transport.Transport
 	svc      *Service
-	checker  *checker
+	checker  *checker.Checker
 	load     *load.Tracker
 	reg      *prometheus.Registry
 	grpc     *grpc.Server
@@ -410,7 +411,10 @@ func New(cfg Config) (*Server, error) {
 		s.evCount.WithLabelValues(string(t))
 	}
 	s.reg.MustRegister(s.reqs, s.lat, s.evCount)
-	s.checker = newChecker(s)
+	s.checker = checker.New(checker.Config{ID: cfg.ID, AutoRepair: cfg.AutoRepair, Node: n, Peers: s.tr, Events: s.events, Logger: s.log, Registerer: s.reg,
+		OnLeader: func(ctx context.Context, rangeID uint64, local func() error, remote func(context.Context, *grpc.ClientConn) error) error {
+			return s.lead.on(ctx, nil, rangeID, func(node.RangeStatus) error { return local() }, remote)
+		}})
 	s.dash = dashboard.New(dashboard.Config{ID: cfg.ID, Status: s.statusJSON, Draining: s.draining.Load, Metrics: s.reg,
 		Events: s.events, Peers: s.tr, PeerTLS: cfg.PeerTLS, AuthToken: cfg.AuthToken, Done: []<-chan struct{}{s.httpDone, s.stopping}})
 	return s, nil
@@ -553,7 +557,7 @@ func (s *Server) Start() error {
 		defer close(s.done)
 		_ = s.mux.Serve()
 	}()
-	s.bg.Go(func() { s.checker.periodic(s.cfg.CheckInterval, s.stopping) })
+	s.bg.Go(func() { s.checker.Periodic(s.cfg.CheckInterval, s.stopping) })
 	s.bg.Go(func() { s.balance(s.stopping) })
 	s.bg.Go(func() { s.ctl.Run(s.stopping) })
 	s.bg.Go(func() { s.heartbeats(s.stopping) })

@@ -1,4 +1,4 @@
-package server
+package checker
 
 import (
 	"context"
@@ -18,18 +18,17 @@ import (
 	"github.com/pando/pando/events"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
-	"github.com/pando/pando/transport"
 )
 
-// checker runs consistency checks on the ranges this node leads and serves
+// Checker runs consistency checks on the ranges this node leads and serves
 // the Checker gRPC service.
-type checker struct {
+type Checker struct {
 	pandopb.UnimplementedCheckerServer
 	self       uint64
 	autoRepair bool
 	node       *node.Node
-	tr         *transport.Transport
-	lead       *leaderOps
+	peers      Peers
+	onLeader   OnLeader
 	events     *events.Bus
 	log        *slog.Logger
 	metrics    checkMetrics
@@ -43,8 +42,39 @@ type checkMetrics struct {
 	repaired prometheus.Counter
 }
 
-func newChecker(s *Server) *checker {
-	c := &checker{self: s.cfg.ID, autoRepair: s.cfg.AutoRepair, node: s.node, tr: s.tr, lead: s.lead, events: s.events, log: s.log, metrics: checkMetrics{
+// Peers dials the other nodes (transport.Transport).
+type Peers interface {
+	Conn(id uint64) (*grpc.ClientConn, error)
+}
+
+// OnLeader runs local if this node leads rangeID, and remote against the
+// node that does otherwise (the server's leader hop).
+type OnLeader func(ctx context.Context, rangeID uint64, local func() error, remote func(context.Context, *grpc.ClientConn) error) error
+
+// Config is what a checker needs of its node.
+type Config struct {
+	ID uint64
+	// AutoRepair: checks repair the replicas they find diverged unless
+	// asked not to.
+	AutoRepair bool
+	Node       *node.Node
+	Peers      Peers
+	OnLeader   OnLeader
+	Events     *events.Bus
+	Logger     *slog.Logger
+	// Registerer receives the checks' metrics (optional).
+	Registerer prometheus.Registerer
+}
+
+// New returns node cfg.ID's checker.
+func New(cfg Config) *Checker {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Events == nil {
+		cfg.Events = events.New(cfg.ID, 0)
+	}
+	c := &Checker{self: cfg.ID, autoRepair: cfg.AutoRepair, node: cfg.Node, peers: cfg.Peers, onLeader: cfg.OnLeader, events: cfg.Events, log: cfg.Logger, metrics: checkMetrics{
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pando_consistency_checks_total", Help: "Consistency checks led by this node, by verdict.",
 		}, []string{"verdict"}),
@@ -61,15 +91,17 @@ func newChecker(s *Server) *checker {
 	for _, v := range []string{consistency.VerdictConsistent, consistency.VerdictInconsistent, consistency.VerdictRepaired, consistency.VerdictInconclusive} {
 		c.metrics.runs.WithLabelValues(v)
 	}
-	s.reg.MustRegister(c.metrics.runs, c.metrics.diverged, c.metrics.keys, c.metrics.repaired)
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(c.metrics.runs, c.metrics.diverged, c.metrics.keys, c.metrics.repaired)
+	}
 	return c
 }
 
 // cluster adapts the checker to consistency.Cluster.
-type cluster struct{ c *checker }
+type cluster struct{ c *Checker }
 
 func (c cluster) peer(id uint64) (pandopb.CheckerClient, error) {
-	conn, err := c.c.tr.Conn(id)
+	conn, err := c.c.peers.Conn(id)
 	if err != nil {
 		return nil, err
 	}
@@ -164,7 +196,7 @@ func summaryFromProto(r *pandopb.ChecksumResponse) (*consistency.Summary, error)
 }
 
 // Checksum implements pandopb.CheckerServer.
-func (c *checker) Checksum(ctx context.Context, req *pandopb.ChecksumRequest) (*pandopb.ChecksumResponse, error) {
+func (c *Checker) Checksum(ctx context.Context, req *pandopb.ChecksumRequest) (*pandopb.ChecksumResponse, error) {
 	s, err := c.node.Checksum(ctx, req.RangeId, req.CheckId)
 	if err != nil {
 		return nil, kv.ToStatus(err)
@@ -177,7 +209,7 @@ func (c *checker) Checksum(ctx context.Context, req *pandopb.ChecksumRequest) (*
 }
 
 // ListKeys implements pandopb.CheckerServer.
-func (c *checker) ListKeys(ctx context.Context, req *pandopb.ListKeysRequest) (*pandopb.ListKeysResponse, error) {
+func (c *Checker) ListKeys(ctx context.Context, req *pandopb.ListKeysRequest) (*pandopb.ListKeysResponse, error) {
 	for _, b := range req.Buckets {
 		if b >= consistency.Buckets {
 			return nil, kv.ToStatus(fmt.Errorf("%w: bucket %d out of range", kv.ErrInvalidArgument, b))
@@ -200,7 +232,7 @@ func (c *checker) ListKeys(ctx context.Context, req *pandopb.ListKeysRequest) (*
 
 // RangeData implements pandopb.CheckerServer: it streams this replica's
 // data for a repair elsewhere.
-func (c *checker) RangeData(req *pandopb.RangeDataRequest, stream pandopb.Checker_RangeDataServer) error {
+func (c *Checker) RangeData(req *pandopb.RangeDataRequest, stream pandopb.Checker_RangeDataServer) error {
 	ds, err := c.node.SnapshotData(stream.Context(), req.RangeId)
 	if err != nil {
 		return kv.ToStatus(err)
@@ -225,7 +257,7 @@ func (c *checker) RangeData(req *pandopb.RangeDataRequest, stream pandopb.Checke
 
 // Repair implements pandopb.CheckerServer: this replica is rebuilt from the
 // source's.
-func (c *checker) Repair(ctx context.Context, req *pandopb.RepairRequest) (*pandopb.RepairResponse, error) {
+func (c *Checker) Repair(ctx context.Context, req *pandopb.RepairRequest) (*pandopb.RepairResponse, error) {
 	n, err := c.repairFrom(ctx, req.RangeId, req.Source)
 	if err != nil {
 		return nil, kv.ToStatus(err)
@@ -233,7 +265,7 @@ func (c *checker) Repair(ctx context.Context, req *pandopb.RepairRequest) (*pand
 	return &pandopb.RepairResponse{Keys: n}, nil
 }
 
-func (c *checker) repairFrom(ctx context.Context, rangeID, source uint64) (uint64, error) {
+func (c *Checker) repairFrom(ctx context.Context, rangeID, source uint64) (uint64, error) {
 	if source == c.self {
 		return 0, fmt.Errorf("%w: cannot repair a replica from itself", kv.ErrInvalidArgument)
 	}
@@ -275,7 +307,7 @@ func (c *checker) repairFrom(ctx context.Context, rangeID, source uint64) (uint6
 
 // Check implements pandopb.CheckerServer: it checks the requested ranges,
 // each on its leader.
-func (c *checker) Check(ctx context.Context, req *pandopb.CheckRequest) (*pandopb.CheckResponse, error) {
+func (c *Checker) Check(ctx context.Context, req *pandopb.CheckRequest) (*pandopb.CheckResponse, error) {
 	if req.Repair && req.NoRepair {
 		return nil, kv.ToStatus(fmt.Errorf("%w: repair and no_repair both set", kv.ErrInvalidArgument))
 	}
@@ -310,9 +342,9 @@ func (c *checker) Check(ctx context.Context, req *pandopb.CheckRequest) (*pandop
 
 // checkOnLeader runs the check here if this node leads the range, else asks
 // the leader (one hop), retrying while the range has no leader.
-func (c *checker) checkOnLeader(ctx context.Context, rangeID uint64, repair bool) (*pandopb.RangeCheck, error) {
+func (c *Checker) checkOnLeader(ctx context.Context, rangeID uint64, repair bool) (*pandopb.RangeCheck, error) {
 	var rc *pandopb.RangeCheck
-	err := c.lead.on(ctx, nil, rangeID, func(node.RangeStatus) error {
+	err := c.onLeader(ctx, rangeID, func() error {
 		rc = reportToProto(c.run(ctx, rangeID, repair))
 		return nil
 	}, func(ctx context.Context, conn *grpc.ClientConn) error {
@@ -328,7 +360,7 @@ func (c *checker) checkOnLeader(ctx context.Context, rangeID uint64, repair bool
 }
 
 // run checks one range this node leads, recording metrics and events.
-func (c *checker) run(ctx context.Context, rangeID uint64, repair bool) consistency.Report {
+func (c *Checker) run(ctx context.Context, rangeID uint64, repair bool) consistency.Report {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	start := time.Now()
@@ -370,9 +402,9 @@ func reportToProto(rep consistency.Report) *pandopb.RangeCheck {
 	return rc
 }
 
-// periodic checks every range this node leads once per interval, spread
+// Periodic checks every range this node leads once per interval, spread
 // over the interval, until stop.
-func (c *checker) periodic(interval time.Duration, stop <-chan struct{}) {
+func (c *Checker) Periodic(interval time.Duration, stop <-chan struct{}) {
 	if interval <= 0 {
 		return
 	}
