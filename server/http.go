@@ -93,7 +93,7 @@ func (s *Server) handleKV(w http.ResponseWriter, r *http.Request) {
 			httpapi.WriteError(w, err)
 			return
 		}
-		resp, err := s.svc.get(ctx, &pandopb.GetRequest{Key: key, Consistency: c})
+		resp, err := s.svc.Direct().Get(ctx, &pandopb.GetRequest{Key: key, Consistency: c})
 		if err == nil && !resp.Found {
 			err = fmt.Errorf("%w: %q", kv.ErrNotFound, key)
 		}
@@ -125,7 +125,7 @@ func (s *Server) handleKV(w http.ResponseWriter, r *http.Request) {
 			httpapi.WriteError(w, httpapi.BadRequest("reading body: %v", err))
 			return
 		}
-		resp, err := s.svc.put(ctx, &pandopb.PutRequest{Key: key, Value: value, Cas: cas, ExpectedVersion: expected})
+		resp, err := s.svc.Direct().Put(ctx, &pandopb.PutRequest{Key: key, Value: value, Cas: cas, ExpectedVersion: expected})
 		if err != nil {
 			httpapi.WriteError(w, err)
 			return
@@ -138,7 +138,7 @@ func (s *Server) handleKV(w http.ResponseWriter, r *http.Request) {
 			httpapi.WriteError(w, err)
 			return
 		}
-		resp, err := s.svc.del(ctx, &pandopb.DeleteRequest{Key: key, Cas: cas, ExpectedVersion: expected})
+		resp, err := s.svc.Direct().Delete(ctx, &pandopb.DeleteRequest{Key: key, Cas: cas, ExpectedVersion: expected})
 		if err != nil {
 			httpapi.WriteError(w, err)
 			return
@@ -183,7 +183,7 @@ func (s *Server) handleScan(ctx context.Context, w http.ResponseWriter, q url.Va
 			req.Start = b
 		}
 	}
-	resp, err := s.svc.scan(ctx, req)
+	resp, err := s.svc.Direct().Scan(ctx, req)
 	if err != nil {
 		httpapi.WriteError(w, err)
 		return

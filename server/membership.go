@@ -193,7 +193,7 @@ func (s *Server) heartbeats(stop <-chan struct{}) {
 func (s *Server) heartbeatRequest() *pandopb.HeartbeatRequest {
 	req := &pandopb.HeartbeatRequest{NodeId: s.cfg.ID, Addr: s.cfg.Addr, DiskBytes: s.engine.DB().Metrics().DiskSpaceUsage()}
 	for _, st := range s.node.Statuses() {
-		req.Ranges = append(req.Ranges, s.svc.replicaStatus(st))
+		req.Ranges = append(req.Ranges, s.svc.ReplicaStatus(st))
 	}
 	return req
 }
@@ -207,7 +207,7 @@ func (s *Server) learn(resp *pandopb.HeartbeatResponse) {
 			s.tr.SetPeer(n.Id, n.Addr)
 		}
 	}
-	s.svc.router.Directory().Update(resp)
+	s.svc.Router().Directory().Update(resp)
 	for _, r := range resp.Directory {
 		st, ok := s.node.Status(r.Id)
 		if !ok && slices.Contains(r.Replicas, s.cfg.ID) && !slices.Contains(r.Learners, s.cfg.ID) && !s.node.Holds(r.Id) {
@@ -276,14 +276,5 @@ func (s *Server) join(stop <-chan struct{}) {
 			return
 		case <-time.After(time.Second):
 		}
-	}
-}
-
-// rangeStatus is the API form of a replica's status.
-func rangeStatus(st node.RangeStatus) *pandopb.RangeStatus {
-	return &pandopb.RangeStatus{
-		Id: st.RangeID, StartKey: st.Desc.StartKey, EndKey: st.Desc.EndKey, LeaderId: st.LeaderID,
-		Replicas: st.Desc.Replicas, AppliedIndex: st.Applied, Term: st.Term, Role: st.Role, CommitIndex: st.Commit,
-		LastCheck: st.LastCheck, Generation: st.Desc.Generation, Learners: st.Learners, FrozenFor: st.FrozenFor,
 	}
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/pando/pando/internal/grpcopts"
 	"github.com/pando/pando/internal/httpapi"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/kvservice"
 	"github.com/pando/pando/load"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/pki"
@@ -296,7 +297,7 @@ type Server struct {
 	engine   *storage.Engine
 	node     *node.Node
 	tr       *transport.Transport
-	svc      *Service
+	svc      *kvservice.Service
 	checker  *checker.Checker
 	load     *load.Tracker
 	reg      *prometheus.Registry
@@ -379,19 +380,19 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.node = n
 	s.tr.Attach(n)
-	if s.svc, err = NewService(n, s.tr, cfg.Limits, cfg.RequestTimeout, route.Policy{}); err != nil {
+	if s.svc, err = kvservice.NewService(n, s.tr, cfg.Limits, cfg.RequestTimeout, route.Policy{}); err != nil {
 		return nil, err
 	}
 	s.ops = &rangeops.Runner{Local: n, Hosts: peerHosts{self: cfg.ID, node: n, tr: s.tr}, Events: s.events,
 		TransferRetry: time.Duration(cfg.ElectionTicks) * cfg.TickInterval}
-	s.lead = &leaderOps{node: n, ops: s.ops, router: s.svc.router, tr: s.tr, events: s.events, log: cfg.Logger, requestTimeout: cfg.RequestTimeout}
+	s.lead = &leaderOps{node: n, ops: s.ops, router: s.svc.Router(), tr: s.tr, events: s.events, log: cfg.Logger, requestTimeout: cfg.RequestTimeout}
 	s.ctl = controller.New(controller.Config{ID: cfg.ID, ReplicationFactor: cfg.ReplicationFactor, MaxConcurrentMoves: cfg.MaxConcurrentMoves,
 		BalanceInterval: cfg.BalanceInterval, HeartbeatInterval: cfg.HeartbeatInterval, DeadAfter: cfg.DeadAfter,
 		MoveTimeout: cfg.MoveTimeout, RequestTimeout: cfg.RequestTimeout, MergeMaxBytes: cfg.MergeMaxBytes, MergeMaxQPS: cfg.MergeMaxQPS,
 		MergeDelay: cfg.MergeDelay, Logger: cfg.Logger, Events: s.events}, n, s.tr, s.lead)
 	s.admin = &admin{cfg: cfg, node: n, tr: s.tr, lead: s.lead, ctl: s.ctl, stopping: s.stopping}
 	s.load = load.NewTracker()
-	s.svc.load = s.load
+	s.svc.SetLoad(s.load)
 	s.svc.SetForwardTimeout(cfg.ForwardTimeout)
 	if cfg.OverloadSchedLatency > 0 {
 		s.cpu = newCPUMonitor(cfg.OverloadSchedLatency, cfg.OverloadSampleInterval, s.log)

@@ -13,6 +13,7 @@ import (
 	"github.com/pando/pando/client"
 	"github.com/pando/pando/internal/wirecount"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/kvservice"
 	"github.com/pando/pando/route"
 	"github.com/pando/pando/server"
 )
@@ -60,7 +61,7 @@ func TestPutCostsOneWriteEachWay(t *testing.T) {
 // overload, then the key, then the idempotency key, then (puts) the value;
 // each with the error that names the cause.
 func TestWritesRefusedBeforeRouting(t *testing.T) {
-	svc, err := server.NewService(nil, nil, kv.Limits{MaxKeySize: 4, MaxValueSize: 4}, time.Second, route.Policy{})
+	svc, err := kvservice.NewService(nil, nil, kv.Limits{MaxKeySize: 4, MaxValueSize: 4}, time.Second, route.Policy{})
 	if err != nil {
 		t.Fatal(err)
 	}

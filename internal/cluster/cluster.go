@@ -20,11 +20,11 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/kvservice"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/rangeops"
 	"github.com/pando/pando/resilience"
 	"github.com/pando/pando/route"
-	"github.com/pando/pando/server"
 	"github.com/pando/pando/storage"
 )
 
@@ -60,7 +60,7 @@ type Member struct {
 	FS      *vfs.MemFS
 	Engine  *storage.Engine
 	Node    *node.Node
-	Service *server.Service
+	Service *kvservice.Service
 	running bool
 
 	// gate is held (read) by every call into Service, and (write) by
@@ -275,7 +275,7 @@ func (c *Cluster) Start(id uint64) {
 	}
 	c.mu.Lock()
 	m.Engine, m.Node = eng, n
-	m.Service, err = server.NewService(n, &peers{c: c, self: id}, kv.Limits{}, c.opts.RequestTimeout,
+	m.Service, err = kvservice.NewService(n, &peers{c: c, self: id}, kv.Limits{}, c.opts.RequestTimeout,
 		route.Policy{Backoff: resilience.Backoff{Base: 5 * time.Millisecond, Max: 50 * time.Millisecond}})
 	if err != nil {
 		c.mu.Unlock()
@@ -455,7 +455,7 @@ type localKV struct {
 // call runs f against the member's service the way a gRPC call would
 // reach it, with the member's faults: errors are gRPC statuses, a hung node
 // never answers, a slow one answers late.
-func (l *localKV) call(ctx context.Context, write bool, f func(*server.Service, context.Context) error) error {
+func (l *localKV) call(ctx context.Context, write bool, f func(*kvservice.Service, context.Context) error) error {
 	m := l.c.Member(l.to)
 	if l.from != 0 && !l.c.Net.Reachable(l.from, l.to) && !m.hung.Load() {
 		return status.Error(codes.Unavailable, "connection refused (partitioned)")
@@ -497,27 +497,27 @@ func (l *localKV) call(ctx context.Context, write bool, f func(*server.Service, 
 }
 
 func (l *localKV) Get(ctx context.Context, in *pandopb.GetRequest, _ ...grpc.CallOption) (out *pandopb.GetResponse, err error) {
-	err = l.call(ctx, false, func(s *server.Service, ctx context.Context) error { out, err = s.Get(ctx, in); return err })
+	err = l.call(ctx, false, func(s *kvservice.Service, ctx context.Context) error { out, err = s.Get(ctx, in); return err })
 	return out, err
 }
 
 func (l *localKV) Put(ctx context.Context, in *pandopb.PutRequest, _ ...grpc.CallOption) (out *pandopb.PutResponse, err error) {
-	err = l.call(ctx, true, func(s *server.Service, ctx context.Context) error { out, err = s.Put(ctx, in); return err })
+	err = l.call(ctx, true, func(s *kvservice.Service, ctx context.Context) error { out, err = s.Put(ctx, in); return err })
 	return out, err
 }
 
 func (l *localKV) Delete(ctx context.Context, in *pandopb.DeleteRequest, _ ...grpc.CallOption) (out *pandopb.DeleteResponse, err error) {
-	err = l.call(ctx, true, func(s *server.Service, ctx context.Context) error { out, err = s.Delete(ctx, in); return err })
+	err = l.call(ctx, true, func(s *kvservice.Service, ctx context.Context) error { out, err = s.Delete(ctx, in); return err })
 	return out, err
 }
 
 func (l *localKV) Scan(ctx context.Context, in *pandopb.ScanRequest, _ ...grpc.CallOption) (out *pandopb.ScanResponse, err error) {
-	err = l.call(ctx, false, func(s *server.Service, ctx context.Context) error { out, err = s.Scan(ctx, in); return err })
+	err = l.call(ctx, false, func(s *kvservice.Service, ctx context.Context) error { out, err = s.Scan(ctx, in); return err })
 	return out, err
 }
 
 func (l *localKV) Status(ctx context.Context, in *pandopb.StatusRequest, _ ...grpc.CallOption) (out *pandopb.StatusResponse, err error) {
-	err = l.call(ctx, false, func(s *server.Service, ctx context.Context) error { out, err = s.Status(ctx, in); return err })
+	err = l.call(ctx, false, func(s *kvservice.Service, ctx context.Context) error { out, err = s.Status(ctx, in); return err })
 	return out, err
 }
 

@@ -1,4 +1,4 @@
-package server
+package kvservice
 
 import (
 	"bytes"
@@ -68,6 +68,42 @@ func NewService(n *node.Node, peers Peers, limits kv.Limits, timeout time.Durati
 		return nil, err
 	}
 	return s, nil
+}
+
+// SetLoad has the service count the requests it serves as a range's
+// leader, and their latency, in t; status reports t's figures. Call before
+// serving.
+func (s *Service) SetLoad(t *load.Tracker) { s.load = t }
+
+// Router is how the service reaches ranges' leaders (its directory routes
+// keys of ranges this node holds no replica of).
+func (s *Service) Router() *route.Router { return s.router }
+
+// Direct is the service answering with kv errors rather than gRPC
+// statuses: the HTTP API's way in.
+type Direct struct{ s *Service }
+
+// Direct returns the service's Direct form.
+func (s *Service) Direct() Direct { return Direct{s} }
+
+// Get is Service.Get with a kv error.
+func (d Direct) Get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.GetResponse, error) {
+	return d.s.get(ctx, req)
+}
+
+// Put is Service.Put with a kv error.
+func (d Direct) Put(ctx context.Context, req *pandopb.PutRequest) (*pandopb.PutResponse, error) {
+	return d.s.put(ctx, req)
+}
+
+// Delete is Service.Delete with a kv error.
+func (d Direct) Delete(ctx context.Context, req *pandopb.DeleteRequest) (*pandopb.DeleteResponse, error) {
+	return d.s.del(ctx, req)
+}
+
+// Scan is Service.Scan with a kv error.
+func (d Direct) Scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.ScanResponse, error) {
+	return d.s.scan(ctx, req)
 }
 
 // SetForwardTimeout bounds each attempt to forward a request to a leader
@@ -424,7 +460,7 @@ func (s *Service) Status(ctx context.Context, _ *pandopb.StatusRequest) (*pandop
 	held := map[uint64]bool{}
 	for _, st := range s.node.Statuses() {
 		held[st.RangeID] = true
-		resp.Ranges = append(resp.Ranges, s.replicaStatus(st))
+		resp.Ranges = append(resp.Ranges, s.ReplicaStatus(st))
 	}
 	if dir := s.router.Directory(); dir != nil {
 		// The ranges of the cluster this node holds no replica of, as the
@@ -446,9 +482,9 @@ func (s *Service) Status(ctx context.Context, _ *pandopb.StatusRequest) (*pandop
 	return resp, nil
 }
 
-// replicaStatus is the API form of a replica's status here, with the load
+// ReplicaStatus is the API form of a replica's status here, with the load
 // and size this node measured (load only as the range's leader).
-func (s *Service) replicaStatus(st node.RangeStatus) *pandopb.RangeStatus {
+func (s *Service) ReplicaStatus(st node.RangeStatus) *pandopb.RangeStatus {
 	r := rangeStatus(st)
 	if st.LeaderID == s.node.ID() {
 		r.Qps, _, _ = s.load.Get(st.RangeID)
@@ -456,4 +492,26 @@ func (s *Service) replicaStatus(st node.RangeStatus) *pandopb.RangeStatus {
 	}
 	r.SizeBytes = s.load.Size(st.RangeID)
 	return r
+}
+
+// rangeStatus is the API form of a replica's status.
+func rangeStatus(st node.RangeStatus) *pandopb.RangeStatus {
+	return &pandopb.RangeStatus{
+		Id: st.RangeID, StartKey: st.Desc.StartKey, EndKey: st.Desc.EndKey, LeaderId: st.LeaderID,
+		Replicas: st.Desc.Replicas, AppliedIndex: st.Applied, Term: st.Term, Role: st.Role, CommitIndex: st.Commit,
+		LastCheck: st.LastCheck, Generation: st.Desc.Generation, Learners: st.Learners, FrozenFor: st.FrozenFor,
+	}
+}
+
+// serveLocal serves a request on this node as rangeID's leader: it counts
+// the request for the placement loop and, once served (an answer, not a
+// "try elsewhere" that route retries), its latency.
+func (s *Service) serveLocal(rangeID uint64, key []byte, write bool, local func(rangeID uint64) error) error {
+	s.load.Record(rangeID, key, write)
+	start := time.Now()
+	err := local(rangeID)
+	if !route.Retryable(err, true) {
+		s.load.ObserveLatency(rangeID, time.Now(), time.Since(start))
+	}
+	return err
 }
