@@ -4,205 +4,32 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"sync"
-	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3/raftpb"
-	"golang.org/x/time/rate"
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/consistency"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/replica"
-	"github.com/pando/pando/storage"
 )
-
-// checkRun is one consistency check on this replica: a Pebble snapshot taken
-// right after applying the checksum command, and the summary computed from
-// it in the background.
-type checkRun struct {
-	rangeID uint64
-	id      uint64
-	index   uint64
-	snap    *pebble.Snapshot
-	desc    *pandopb.RangeDescriptor
-	created time.Time
-	done    chan struct{}
-	sum     *consistency.Summary
-	err     error
-}
-
-// checks is the node's table of recent checks.
-type checks struct {
-	mu      sync.Mutex
-	byKey   map[[2]uint64]*checkRun
-	waiters map[[2]uint64]chan struct{}
-	limiter *rate.Limiter
-	// ctx ends hashing when the node stops; wg waits for it.
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-}
-
-// checkRetention is how long a check's snapshot is kept for localisation.
-const checkRetention = 10 * time.Minute
-
-func (c *checks) init(bytesPerSec int) {
-	c.ctx, c.cancel = context.WithCancel(context.Background())
-	c.byKey = map[[2]uint64]*checkRun{}
-	c.waiters = map[[2]uint64]chan struct{}{}
-	if bytesPerSec > 0 {
-		c.limiter = rate.NewLimiter(rate.Limit(bytesPerSec), 1<<20)
-	}
-}
-
-// spans returns the storage spans a range's replicated state covers, in
-// key order: its range-local replicated records, then its user data.
-func replicatedSpans(desc *pandopb.RangeDescriptor) [][2][]byte {
-	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
-	spans := storage.ReplicatedLocalSpans(desc.Id)
-	return append(spans, [2][]byte{lo, hi})
-}
-
-func iterators(r pebble.Reader, desc *pandopb.RangeDescriptor) ([]consistency.Iterator, func(), error) {
-	var its []consistency.Iterator
-	var closers []*pebble.Iterator
-	closeAll := func() {
-		for _, it := range closers {
-			it.Close()
-		}
-	}
-	for _, sp := range replicatedSpans(desc) {
-		it, err := r.NewIter(&pebble.IterOptions{LowerBound: sp[0], UpperBound: sp[1]})
-		if err != nil {
-			closeAll()
-			return nil, nil, err
-		}
-		closers = append(closers, it)
-		its = append(its, it)
-	}
-	return its, closeAll, nil
-}
 
 // startCheck runs on the loop right after the apply batch holding the
 // checksum command was committed: the database is exactly the state at
 // index.
 func (n *Node) startCheck(r *group, id, index uint64) {
-	c := &checkRun{rangeID: r.id, id: id, index: index, snap: n.db.NewSnapshot(), desc: r.storage.State().Desc,
-		created: time.Now(), done: make(chan struct{})}
-	key := [2]uint64{r.id, id}
-	n.checks.mu.Lock()
-	for k, old := range n.checks.byKey {
-		if time.Since(old.created) > checkRetention {
-			old.snap.Close()
-			delete(n.checks.byKey, k)
-		}
-	}
-	n.checks.byKey[key] = c
-	if w := n.checks.waiters[key]; w != nil {
-		close(w)
-		delete(n.checks.waiters, key)
-	}
-	n.checks.mu.Unlock()
-	n.checks.wg.Add(1)
-	go func() {
-		defer n.checks.wg.Done()
-		defer close(c.done)
-		its, closeAll, err := iterators(c.snap, c.desc)
-		if err != nil {
-			c.err = err
-			return
-		}
-		defer closeAll()
-		var wait consistency.Limiter
-		if l := n.checks.limiter; l != nil {
-			wait = func(b int) error { return l.WaitN(n.checks.ctx, min(b, l.Burst())) }
-		} else {
-			wait = func(int) error { return n.checks.ctx.Err() }
-		}
-		c.sum, c.err = consistency.Summarize(index, wait, its...)
-	}()
-}
-
-// close stops hashing and releases every check's snapshot.
-func (c *checks) close() {
-	c.cancel()
-	c.wg.Wait()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for k, r := range c.byKey {
-		r.snap.Close()
-		delete(c.byKey, k)
-	}
-}
-
-// findCheck waits until this replica has applied check id of rangeID.
-func (n *Node) findCheck(ctx context.Context, rangeID, id uint64) (*checkRun, error) {
-	key := [2]uint64{rangeID, id}
-	for {
-		n.checks.mu.Lock()
-		c := n.checks.byKey[key]
-		var w chan struct{}
-		if c == nil {
-			w = n.checks.waiters[key]
-			if w == nil {
-				w = make(chan struct{})
-				n.checks.waiters[key] = w
-			}
-		}
-		n.checks.mu.Unlock()
-		if c != nil {
-			return c, nil
-		}
-		select {
-		case <-w:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("%w: replica of range %d has not applied check %x: %w", kv.ErrUnavailable, rangeID, id, ctx.Err())
-		case <-n.stopc:
-			return nil, kv.ErrStopped
-		}
-	}
+	n.checks.Start(r.id, id, index, n.db.NewSnapshot(), r.storage.State().Desc)
 }
 
 // Checksum returns this replica's summary for a check, waiting until the
 // replica has applied the check command and hashed its data.
 func (n *Node) Checksum(ctx context.Context, rangeID, id uint64) (*consistency.Summary, error) {
-	c, err := n.findCheck(ctx, rangeID, id)
-	if err != nil {
-		return nil, err
-	}
-	select {
-	case <-c.done:
-		return c.sum, c.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return n.checks.Checksum(ctx, rangeID, id)
 }
 
 // ListKeys lists this replica's records in the given buckets as of a check.
 func (n *Node) ListKeys(ctx context.Context, rangeID, id uint64, buckets []uint32, limit int) ([]consistency.KeyDigest, bool, error) {
-	c, err := n.findCheck(ctx, rangeID, id)
-	if err != nil {
-		return nil, false, err
-	}
-	its, closeAll, err := iterators(c.snap, c.desc)
-	if err != nil {
-		return nil, false, err
-	}
-	defer closeAll()
-	return consistency.ListBuckets(buckets, limit, recordVersion, its...)
-}
-
-func recordVersion(key, value []byte) uint64 {
-	if _, err := storage.UserKey(key); err != nil {
-		return 0
-	}
-	v, _, err := storage.DecodeValue(value)
-	if err != nil {
-		return 0
-	}
-	return v
+	return n.checks.ListKeys(ctx, rangeID, id, buckets, limit)
 }
 
 // ProposeCheck replicates a checksum command through rangeID's log and
@@ -211,11 +38,11 @@ func (n *Node) ProposeCheck(ctx context.Context, rangeID, id uint64) (index uint
 	if _, err := n.Propose(ctx, rangeID, &pandopb.Command{Op: &pandopb.Command_Checksum{Checksum: &pandopb.ChecksumOp{CheckId: id}}}); err != nil {
 		return 0, nil, err
 	}
-	c, err := n.findCheck(ctx, rangeID, id)
+	c, err := n.checks.Find(ctx, rangeID, id)
 	if err != nil {
 		return 0, nil, err
 	}
-	return c.index, c.desc.Replicas, nil
+	return c.Index, c.Desc.Replicas, nil
 }
 
 // RecordVerdict replicates a check's verdict into the range's state.
@@ -234,7 +61,7 @@ type DataSnapshot struct {
 
 // Chunks calls fn with the snapshot's records in chunks, in key order.
 func (d *DataSnapshot) Chunks(fn func([]RawKV) error) error {
-	its, closeAll, err := iterators(d.snap, d.desc)
+	its, closeAll, err := replica.Iterators(d.snap, d.desc)
 	if err != nil {
 		return err
 	}
@@ -297,7 +124,7 @@ func (n *Node) InstallData(ctx context.Context, rangeID, index uint64, data []Ra
 		return errNoReplica(rangeID)
 	}
 	desc := r.status.Load().Desc
-	if err := checkReplicatedRecords(desc, data); err != nil {
+	if err := replica.CheckRecords(desc, data); err != nil {
 		return err
 	}
 	if err := n.waitApplied(ctx, r, index); err != nil {
@@ -355,45 +182,5 @@ func (n *Node) installData(r *group, index uint64, data []RawKV) error {
 	}
 	must(b.Commit(pebble.Sync))
 	n.log.Warn("replica data rebuilt from a healthy replica", "range", r.id, "from_index", index, "reapplied", len(ents), "records", len(data))
-	return nil
-}
-
-// checkReplicatedRecords validates records sent by a peer (a snapshot or
-// a repair): strictly increasing keys, each a decodable deduplication
-// record of this range or a decodable data record inside its span.
-func checkReplicatedRecords(desc *pandopb.RangeDescriptor, data []RawKV) error {
-	dlo, dhi := storage.DedupSpan(desc.Id)
-	mlo, mhi := storage.MetaSpan(desc.Id)
-	alo, ahi := storage.AbsorbedSpan(desc.Id)
-	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
-	in := func(k, lo, hi []byte) bool { return bytes.Compare(k, lo) >= 0 && bytes.Compare(k, hi) < 0 }
-	for i, kv := range data {
-		if i > 0 && bytes.Compare(data[i-1].Key, kv.Key) >= 0 {
-			return fmt.Errorf("node: records out of order at %x", kv.Key)
-		}
-		switch {
-		case in(kv.Key, dlo, dhi):
-			if _, _, err := storage.DecodeDedupKey(kv.Key); err != nil {
-				return fmt.Errorf("node: %w", err)
-			}
-			if _, err := storage.DecodeDedupRecord(kv.Value); err != nil {
-				return fmt.Errorf("node: deduplication record %x: %w", kv.Key, err)
-			}
-		case in(kv.Key, alo, ahi):
-			if _, _, _, err := storage.DecodeAbsorbedRecord(kv.Key, kv.Value); err != nil {
-				return fmt.Errorf("node: %w", err)
-			}
-		case in(kv.Key, mlo, mhi):
-			if err := storage.CheckMetaRecord(kv.Key, kv.Value); err != nil {
-				return fmt.Errorf("node: %w", err)
-			}
-		case in(kv.Key, lo, hi):
-			if _, _, err := storage.DecodeValue(kv.Value); err != nil {
-				return fmt.Errorf("node: value of %x: %w", kv.Key, err)
-			}
-		default:
-			return fmt.Errorf("node: record %x outside range %d's span and deduplication table", kv.Key, desc.Id)
-		}
-	}
 	return nil
 }

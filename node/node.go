@@ -43,7 +43,7 @@ type Node struct {
 	readc chan *readRequest
 	funcc chan func()
 
-	checks checks
+	checks *replica.Checks
 
 	propMu     sync.Mutex
 	proposals  map[uint64]*proposal
@@ -166,7 +166,7 @@ func New(cfg Config) (*Node, error) {
 		donec:     make(chan struct{}),
 	}
 	n.nextID.Store(rand.Uint64() >> 1)
-	n.checks.init(cfg.CheckBytesPerSec)
+	n.checks = replica.NewChecks(cfg.CheckBytesPerSec, n.stopc)
 	n.lastPrune = time.Now()
 	n.met = newMetrics(n, cfg.Registerer)
 	ids, err := cfg.Engine.RangeIDs()
@@ -256,7 +256,7 @@ func (n *Node) Stop() {
 	if n.started.Load() {
 		<-n.donec
 	}
-	n.checks.close()
+	n.checks.Close()
 	n.failPending("node stopped with the write in flight")
 }
 

@@ -11,13 +11,12 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/replica"
 )
 
-// RawKV is one stored data record (storage key and stored value) as it
-// travels in a snapshot.
-type RawKV struct {
-	Key, Value []byte
-}
+// RawKV is one stored record (storage key and stored value) as it travels
+// in a snapshot or a repair.
+type RawKV = replica.RawKV
 
 // OutgoingSnapshot is a consistent view of one range's replicated data at
 // the index of a Raft snapshot, streamed to a follower by the transport.
@@ -119,7 +118,7 @@ func checkSnapshotData(rangeID uint64, m raftpb.Message, data []RawKV) (*pandopb
 	if len(desc.EndKey) > 0 && bytes.Compare(desc.StartKey, desc.EndKey) >= 0 {
 		return nil, fmt.Errorf("node: snapshot descriptor of range %d has start %q not below end %q", rangeID, desc.StartKey, desc.EndKey)
 	}
-	if err := checkReplicatedRecords(desc, data); err != nil {
+	if err := replica.CheckRecords(desc, data); err != nil {
 		return nil, err
 	}
 	return st, nil
@@ -152,7 +151,7 @@ func clearSpan(b *pebble.Batch, desc *pandopb.RangeDescriptor) error {
 	if desc == nil {
 		return nil
 	}
-	for _, sp := range replicatedSpans(desc) {
+	for _, sp := range replica.ReplicatedSpans(desc) {
 		if err := b.DeleteRange(sp[0], sp[1], nil); err != nil {
 			return err
 		}
