@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/client"
+	"github.com/pando/pando/internal/workers"
 	"github.com/pando/pando/server"
 	"github.com/pando/pando/storage"
 )
@@ -57,13 +57,7 @@ func TestCheckFindsAndRepairsDivergedReplica(t *testing.T) {
 	if rc := c.check(t, lead, &pandopb.CheckRequest{}); rc.Verdict != "consistent" || len(rc.Checked) != 3 {
 		t.Fatalf("first check: %v", rc)
 	}
-	var victim uint64
-	for id := range c.servers {
-		if id != lead {
-			victim = id
-			break
-		}
-	}
+	victim := c.follower(lead)
 	// Stop the follower and change, delete and add keys in its store.
 	if err := c.servers[victim].Stop(ctx); err != nil {
 		t.Fatal(err)
@@ -158,25 +152,12 @@ func TestCheckFindsAndRepairsDivergedReplica(t *testing.T) {
 func TestCheckUnderLoadAndLeaderChangeNoFalseAlarm(t *testing.T) {
 	c := startCluster(t, 3, 50)
 	cl := c.client()
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-				_, _ = cl.Put(ctx, []byte(fmt.Sprintf("w%d-%d", w, i%300)), []byte(fmt.Sprint(i)))
-				cancel()
-			}
-		}(w)
-	}
-	defer func() { close(stop); wg.Wait() }()
+	load := workers.Start(4, func(w, i int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, _ = cl.Put(ctx, []byte(fmt.Sprintf("w%d-%d", w, i%300)), []byte(fmt.Sprint(i)))
+		cancel()
+	})
+	defer load.Stop()
 	for round := 0; round < 6; round++ {
 		lead := c.waitLeader()
 		if round%2 == 1 {

@@ -186,8 +186,7 @@ func TestControllerJoinDecommissionAndDeath(t *testing.T) {
 	readAll(c.addrs[1])
 
 	// Node 3 dies: after DeadAfter its replicas are rebuilt on 1, 4, 5.
-	c.servers[3].Kill()
-	delete(c.servers, 3)
+	c.kill(3)
 	waitFor(t, 60*time.Second, "node 3's replicas rebuilt on the live nodes", func() (bool, string) {
 		n := nodes()
 		for _, x := range n.Nodes {

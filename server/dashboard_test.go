@@ -22,12 +22,7 @@ func TestNodeDashboard(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var via uint64
-	for id := range c.servers {
-		if id != lead {
-			via = id
-		}
-	}
+	via := c.follower(lead)
 	resp, body := doHTTP(t, "GET", "http://"+c.addrs[via]+"/", nil)
 	if resp.StatusCode != 200 || !strings.Contains(string(body), "<title>pando</title>") {
 		t.Fatalf("dashboard page: %d", resp.StatusCode)
@@ -83,8 +78,7 @@ func TestNodeDashboard(t *testing.T) {
 		t.Fatalf("requests counted: %d", requests)
 	}
 	// A dead node shows as down; the others still answer.
-	c.servers[lead].Kill()
-	delete(c.servers, lead)
+	c.kill(lead)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		d = dashboardSince(t, c.addrs[via], "")
@@ -211,8 +205,7 @@ func TestDashboardTimelineMergesEveryNode(t *testing.T) {
 	// A restarted node numbers its events from 1 again: its new record is
 	// read from the start although the cursor is further on.
 	before, _ := dashboard.ParseEventCursor(next)
-	c.servers[other].Kill()
-	delete(c.servers, other)
+	c.kill(other)
 	c.start(other, nil)
 	deadline = time.Now().Add(15 * time.Second)
 	for {

@@ -74,13 +74,7 @@ func TestEventsRecordElectionAndCheck(t *testing.T) {
 	}
 
 	// A leadership transfer is a transfer, seen by the old and new leader.
-	var to uint64
-	for id := range c.servers {
-		if id != lead {
-			to = id
-			break
-		}
-	}
+	to := c.follower(lead)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := c.servers[lead].Node().TransferLeader(ctx, 1, to); err != nil {
@@ -99,13 +93,7 @@ func TestEventsRecordElectionAndCheck(t *testing.T) {
 func TestEventStreamShowsFailover(t *testing.T) {
 	c := startCluster(t, 3, 0)
 	lead := c.waitLeader()
-	var watch uint64
-	for id := range c.servers {
-		if id != lead {
-			watch = id
-			break
-		}
-	}
+	watch := c.follower(lead)
 	waitEvent(t, c.addrs[watch], "election", func(e events.Event) bool { return e.Type == events.Election && e.Leader == lead })
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -140,8 +128,7 @@ func TestEventStreamShowsFailover(t *testing.T) {
 		lastSeq = e.Seq
 		if !killed && e.Type == events.Election && e.Leader == lead {
 			// The backlog arrived; now fail the leader.
-			c.servers[lead].Kill()
-			delete(c.servers, lead)
+			c.kill(lead)
 			killed = true
 			continue
 		}

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +23,7 @@ import (
 	"github.com/pando/pando/client"
 	"github.com/pando/pando/dashboard"
 	"github.com/pando/pando/internal/httpapi"
+	"github.com/pando/pando/internal/workers"
 	"github.com/pando/pando/server"
 )
 
@@ -125,6 +127,26 @@ func (c *testCluster) waitLeader() uint64 {
 	}
 	c.t.Fatal("no leader")
 	return 0
+}
+
+// follower returns a running node other than lead (the lowest ID).
+func (c *testCluster) follower(lead uint64) uint64 {
+	c.t.Helper()
+	var ids []uint64
+	for id := range c.servers {
+		if id != lead {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		c.t.Fatal("no node but the leader runs")
+	}
+	return slices.Min(ids)
+}
+
+// kill stops node id at once, as a crash would, and forgets it.
+func (c *testCluster) kill(id uint64) {
+	c.kill(id)
 }
 
 func (c *testCluster) endpoints() []string {
@@ -401,42 +423,29 @@ func TestClientAPI(t *testing.T) {
 func TestGracefulLeaderStopFailsNoRequest(t *testing.T) {
 	c := startCluster(t, 3, 0)
 	cl := c.client()
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	var ok, failed atomic.Int64
 	var errMu sync.Mutex
 	var firstErr error
-	for w := 0; w < 8; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				var err error
-				if i%2 == 0 {
-					_, err = cl.Put(ctx, []byte(fmt.Sprintf("w%d-%d", w, i)), []byte("v"))
-				} else {
-					_, err = cl.Get(ctx, []byte(fmt.Sprintf("w%d-%d", w, i-1)))
-				}
-				cancel()
-				if err != nil {
-					failed.Add(1)
-					errMu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					errMu.Unlock()
-				} else {
-					ok.Add(1)
-				}
+	load := workers.Start(8, func(w, i int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		var err error
+		if i%2 == 0 {
+			_, err = cl.Put(ctx, []byte(fmt.Sprintf("w%d-%d", w, i)), []byte("v"))
+		} else {
+			_, err = cl.Get(ctx, []byte(fmt.Sprintf("w%d-%d", w, i-1)))
+		}
+		cancel()
+		if err != nil {
+			failed.Add(1)
+			errMu.Lock()
+			if firstErr == nil {
+				firstErr = err
 			}
-		}(w)
-	}
+			errMu.Unlock()
+		} else {
+			ok.Add(1)
+		}
+	})
 	time.Sleep(300 * time.Millisecond)
 	lead := c.waitLeader()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -447,8 +456,7 @@ func TestGracefulLeaderStopFailsNoRequest(t *testing.T) {
 	delete(c.servers, lead)
 	newLead := c.waitLeader()
 	time.Sleep(300 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+	load.Stop()
 	t.Logf("leader %d stopped, new leader %d; %d requests ok, %d failed", lead, newLead, ok.Load(), failed.Load())
 	if failed.Load() > 0 {
 		t.Fatalf("%d requests failed during a graceful leader stop; first: %v", failed.Load(), firstErr)
@@ -463,15 +471,8 @@ func TestGracefulLeaderStopFailsNoRequest(t *testing.T) {
 func TestSnapshotOverGRPC(t *testing.T) {
 	c := startCluster(t, 3, 20)
 	lead := c.waitLeader()
-	var lag uint64
-	for id := range c.servers {
-		if id != lead {
-			lag = id
-			break
-		}
-	}
-	c.servers[lag].Kill()
-	delete(c.servers, lag)
+	lag := c.follower(lead)
+	c.kill(lag)
 	cl := c.client()
 	ctx := context.Background()
 	value := bytes.Repeat([]byte("x"), 10<<10)
@@ -578,18 +579,11 @@ func peerBreakers(t *testing.T, addr string) map[uint64]string {
 func TestStatusShowsPeerBreakers(t *testing.T) {
 	c := startCluster(t, 3, 0)
 	lead := c.waitLeader()
-	var victim uint64
-	for id := range c.servers {
-		if id != lead {
-			victim = id
-			break
-		}
-	}
+	victim := c.follower(lead)
 	if got := peerBreakers(t, c.addrs[lead]); len(got) != 2 || got[victim] != "closed" {
 		t.Fatalf("breakers of node %d: %v, want both peers closed", lead, got)
 	}
-	c.servers[victim].Kill()
-	delete(c.servers, victim)
+	c.kill(victim)
 	deadline := time.Now().Add(10 * time.Second)
 	for peerBreakers(t, c.addrs[lead])[victim] == "closed" {
 		if time.Now().After(deadline) {

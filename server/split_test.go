@@ -15,6 +15,7 @@ import (
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/client"
 	"github.com/pando/pando/events"
+	"github.com/pando/pando/internal/workers"
 	"github.com/pando/pando/placement"
 	"github.com/pando/pando/server"
 )
@@ -45,38 +46,25 @@ func TestSplitUnderWrites(t *testing.T) {
 	var failed atomic.Int64
 	var errMu sync.Mutex
 	var errs []string
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := 0; w < 6; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				k := fmt.Sprintf("%c%03d", 'a'+byte((w*7+i)%26), i)
-				v := fmt.Sprintf("w%d-%d", w, i)
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				_, err := cl.Put(ctx, []byte(k), []byte(v))
-				cancel()
-				if err != nil {
-					failed.Add(1)
-					errMu.Lock()
-					if len(errs) < 3 {
-						errs = append(errs, err.Error())
-					}
-					errMu.Unlock()
-					continue
-				}
-				mu.Lock()
-				acked[k] = v
-				mu.Unlock()
+	load := workers.Start(6, func(w, i int) {
+		k := fmt.Sprintf("%c%03d", 'a'+byte((w*7+i)%26), i)
+		v := fmt.Sprintf("w%d-%d", w, i)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := cl.Put(ctx, []byte(k), []byte(v))
+		cancel()
+		if err != nil {
+			failed.Add(1)
+			errMu.Lock()
+			if len(errs) < 3 {
+				errs = append(errs, err.Error())
 			}
-		}(w)
-	}
+			errMu.Unlock()
+			return
+		}
+		mu.Lock()
+		acked[k] = v
+		mu.Unlock()
+	})
 	time.Sleep(200 * time.Millisecond)
 	for i, key := range []string{"m", "f", "t", "c"} {
 		resp := c.split(t, uint64(i%3+1), key)
@@ -86,8 +74,7 @@ func TestSplitUnderWrites(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	time.Sleep(200 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+	load.Stop()
 	if failed.Load() > 0 {
 		t.Fatalf("%d writes failed across splits: %q", failed.Load(), errs)
 	}
@@ -245,25 +232,12 @@ func TestLoadSplitSpreadsLeaders(t *testing.T) {
 	})
 	cl := c.client()
 	hot := []string{"user/17", "user/42", "user/58", "user/93"}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-				_, _ = cl.Put(ctx, []byte(hot[(w+i)%len(hot)]), []byte("v"))
-				cancel()
-			}
-		}(w)
-	}
-	defer func() { close(stop); wg.Wait() }()
+	load := workers.Start(4, func(w, i int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, _ = cl.Put(ctx, []byte(hot[(w+i)%len(hot)]), []byte("v"))
+		cancel()
+	})
+	defer load.Stop()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		counts, n := leadersByNode(c)
@@ -296,15 +270,8 @@ func TestLoadSplitSpreadsLeaders(t *testing.T) {
 func TestPeerBreakerChangeIsAnEvent(t *testing.T) {
 	c := startCluster(t, 3, 0)
 	lead := c.waitLeader()
-	var victim uint64
-	for id := range c.servers {
-		if id != lead {
-			victim = id
-			break
-		}
-	}
-	c.servers[victim].Kill()
-	delete(c.servers, victim)
+	victim := c.follower(lead)
+	c.kill(victim)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		for _, e := range c.servers[lead].Events().Backlog(0) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pando/pando/client"
+	"github.com/pando/pando/internal/workers"
 )
 
 // sample is one request of the load: when it started, how long it took,
@@ -89,42 +90,29 @@ func TestProcessesRideThroughPausedNode(t *testing.T) {
 			defer c.Close()
 			var mu sync.Mutex
 			var samples []sample
-			stop := make(chan struct{})
-			var wg sync.WaitGroup
-			const workers = 8
-			for w := 0; w < workers; w++ {
-				wg.Add(1)
-				go func(w int) {
-					defer wg.Done()
-					for i := 0; ; i++ {
-						select {
-						case <-stop:
-							return
-						default:
-						}
-						key := []byte(fmt.Sprintf("p%d-%06d", w, i))
-						ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-						start := time.Now()
-						var err error
-						switch i % 3 {
-						case 0:
-							_, err = c.Put(ctx, key, key)
-						case 1:
-							_, err = c.Get(ctx, []byte(fmt.Sprintf("p%d-%06d", w, i-1)))
-						case 2:
-							_, err = c.Get(ctx, []byte(fmt.Sprintf("p%d-%06d", w, i-2)), client.Stale())
-							if errors.Is(err, client.ErrNotFound) {
-								err = nil // a replica that has not applied it yet
-							}
-						}
-						took := time.Since(start)
-						cancel()
-						mu.Lock()
-						samples = append(samples, sample{start: start, took: took, err: err})
-						mu.Unlock()
+			const nWorkers = 8
+			load := workers.Start(nWorkers, func(w, i int) {
+				key := []byte(fmt.Sprintf("p%d-%06d", w, i))
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				start := time.Now()
+				var err error
+				switch i % 3 {
+				case 0:
+					_, err = c.Put(ctx, key, key)
+				case 1:
+					_, err = c.Get(ctx, []byte(fmt.Sprintf("p%d-%06d", w, i-1)))
+				case 2:
+					_, err = c.Get(ctx, []byte(fmt.Sprintf("p%d-%06d", w, i-2)), client.Stale())
+					if errors.Is(err, client.ErrNotFound) {
+						err = nil // a replica that has not applied it yet
 					}
-				}(w)
-			}
+				}
+				took := time.Since(start)
+				cancel()
+				mu.Lock()
+				samples = append(samples, sample{start: start, took: took, err: err})
+				mu.Unlock()
+			})
 			time.Sleep(2 * time.Second)
 			before := c.Stats().AttemptsByEndpoint[victim.addr]
 			pausedAt := time.Now()
@@ -148,8 +136,7 @@ func TestProcessesRideThroughPausedNode(t *testing.T) {
 				t.Fatal(err)
 			}
 			time.Sleep(3 * time.Second)
-			close(stop)
-			wg.Wait()
+			load.Stop()
 
 			mu.Lock()
 			defer mu.Unlock()
@@ -172,7 +159,7 @@ func TestProcessesRideThroughPausedNode(t *testing.T) {
 				}
 			}
 			st := c.Stats()
-			t.Logf("paused the %s (node %d) for %v under %d workers: %d failed requests", victimRole, victim.id, resumedAt.Sub(pausedAt).Round(time.Millisecond), workers, len(failed))
+			t.Logf("paused the %s (node %d) for %v under %d workers: %d failed requests", victimRole, victim.id, resumedAt.Sub(pausedAt).Round(time.Millisecond), nWorkers, len(failed))
 			t.Logf("latency: 2 s before p99 %v (%d requests); in flight during the pause: %d requests, p50 %v, p99 %v, p99.9 %v, max %v, %d took over 1 s; 1-3 s after p99 %v (%d requests)",
 				p99before.Round(10*time.Microsecond), nBefore, nPause, p50pause.Round(10*time.Microsecond), p99pause.Round(10*time.Microsecond),
 				p999pause.Round(10*time.Microsecond), maxPause.Round(time.Millisecond), hit, p99after.Round(10*time.Microsecond), nAfter)
