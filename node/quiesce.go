@@ -17,9 +17,10 @@ import (
 // Followers do not time the leader out while quiesced; instead they wake
 // when the leader's node stops answering (Config.PeerLive, the transport's
 // node-to-node liveness, which keeps its own per-node keepalive), then elect
-// a new leader as usual. A quiesced leader cut off from its followers keeps
-// believing it leads until it wakes; it cannot commit or serve a
-// linearizable read before a quorum answers it, so that is safe.
+// a new leader as usual. A quiesced leader wakes likewise when a
+// follower's node stops answering, and check-quorum steps it down if it
+// lost its majority; until then it cannot commit or serve a linearizable
+// read before a quorum answers it.
 
 // quiesceCtx marks the heartbeat that quiesces a follower.
 var quiesceCtx = []byte("pando-quiesce")
@@ -48,7 +49,7 @@ func (n *Node) setQuiesced(r *group) {
 // when it can. Runs on the loop at every tick.
 func (n *Node) tickReplica(r *group) {
 	if r.quiesced {
-		if n.leaderGone(r) {
+		if n.leaderGone(r) || n.followerGone(r) {
 			n.wake(r)
 		} else {
 			return
@@ -66,6 +67,24 @@ func (n *Node) tickReplica(r *group) {
 func (n *Node) leaderGone(r *group) bool {
 	lead := r.rn.BasicStatus().Lead
 	return lead != n.cfg.ID && (lead == 0 || !n.cfg.PeerLive(lead))
+}
+
+// followerGone reports whether a quiesced leader's range has a replica
+// whose node no longer answers. The leader then ticks again, so that
+// check-quorum steps it down within an election timeout if it lost its
+// majority (and a leader that kept it quiesces again once every replica
+// answers).
+func (n *Node) followerGone(r *group) bool {
+	st := r.rn.BasicStatus()
+	if st.RaftState != raft.StateLeader {
+		return false
+	}
+	for _, id := range r.storage.State().GetDesc().GetReplicas() {
+		if id != n.cfg.ID && !n.cfg.PeerLive(id) {
+			return true
+		}
+	}
+	return false
 }
 
 // maybeQuiesce quiesces a leader whose range is idle and fully replicated

@@ -269,10 +269,18 @@ func (t *Transport) peer(id uint64) (*peer, error) {
 		p.open.Store(to == resilience.StateOpen)
 		t.brState.WithLabelValues(label).Set(float64(to))
 		t.transitions.WithLabelValues(label, to.String()).Inc()
-		if to == resilience.StateOpen {
-			t.log.Warn("peer breaker open: dropping its messages, probing", "peer", id, "from", from.String())
-		} else {
-			t.log.Info("peer breaker "+to.String(), "peer", id, "from", from.String())
+		// An outage is one opening and one closing: the probes of each
+		// half-open period in between (open -> half-open -> open, once a
+		// second) are metrics and debug logs, not events, so that a long
+		// partition leaves the timeline readable.
+		switch {
+		case to == resilience.StateOpen && from == resilience.StateClosed:
+			t.log.Warn("peer breaker open: dropping its messages, probing", "peer", id)
+		case to == resilience.StateClosed:
+			t.log.Info("peer breaker closed", "peer", id, "from", from.String())
+		default:
+			t.log.Debug("peer breaker "+to.String(), "peer", id, "from", from.String())
+			return
 		}
 		if t.cfg.Events != nil {
 			t.cfg.Events.Publish(events.BreakerEvent(fmt.Sprintf("node %d -> node %d", t.cfg.ID, id), from.String(), to.String(), ""))
@@ -292,13 +300,20 @@ func (t *Transport) peer(id uint64) (*peer, error) {
 // windows, and PeerConnectParams. Also for nodes not yet known by ID (the
 // addresses a joining node asks).
 func (t *Transport) Dial(addr string) (*grpc.ClientConn, error) {
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), PeerConnectParams}, grpcopts.Dial()...)
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), PeerConnectParams,
+		grpcopts.UserTimeoutDialer(t.userTimeout())}, grpcopts.Dial()...)
 	opts = append(opts, t.cfg.DialOptions...)
 	// passthrough: the address is dialed as given, resolved by the system
 	// at each dial (gRPC's dns resolver also asks for TXT records, which
 	// can hang on networks without an upstream DNS server, as in containers).
 	return grpc.NewClient("passthrough:///"+addr, opts...)
 }
+
+// userTimeout is how long data sent to a peer may stay unacknowledged
+// before the connection is dropped and redialled (grpcopts.UserTimeoutDialer):
+// twice the silence timeout, so that a stream found silent is retried once
+// on the old connection before a new one is dialled.
+func (t *Transport) userTimeout() time.Duration { return 2 * t.cfg.SilenceTimeout }
 
 // PeerConnectParams caps gRPC's reconnect backoff at one second. Its
 // default grows to two minutes, so a peer that restarts after being down a
@@ -493,6 +508,7 @@ func (p *peer) pump(cancel context.CancelFunc, stream grpc.ClientStreamingClient
 			case p.lastHeard.Load() >= o.sentAt:
 				o.call.Done(resilience.Success)
 				*out = nil
+				p.markLive()
 			case now-o.sentAt > int64(silence):
 				return fmt.Errorf("%w for %v", errSilent, silence)
 			}
@@ -567,11 +583,17 @@ func (p *peer) pump(cancel context.CancelFunc, stream grpc.ClientStreamingClient
 		if o := *out; o.sentAt == 0 {
 			o.sentAt = p.t.cfg.Clock.Now().UnixNano()
 		}
-		if !p.live.Swap(true) {
-			p.t.log.Info("peer reachable", "peer", p.id)
-			p.t.cfg.Events.Publish(events.NodeJoinEvent(p.id, "its stream works again"))
-		}
 		p.t.sent.WithLabelValues(fmt.Sprint(p.id)).Add(float64(len(batch.Messages)))
+	}
+}
+
+// markLive records that the peer answered what this node sent it. A send
+// that succeeds says nothing: into a connection whose packets are dropped,
+// writes succeed until the kernel's buffer fills.
+func (p *peer) markLive() {
+	if !p.live.Swap(true) {
+		p.t.log.Info("peer reachable", "peer", p.id)
+		p.t.cfg.Events.Publish(events.NodeJoinEvent(p.id, "it answers again"))
 	}
 }
 

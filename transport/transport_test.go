@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/events"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/resilience"
 	"github.com/pando/pando/storage"
@@ -215,5 +216,96 @@ func TestQuietPeersStayLive(t *testing.T) {
 	}
 	if !tr2.Live(1) {
 		t.Fatal("node 2 sees node 1 as not live")
+	}
+}
+
+// TestLongOutageIsOneOpeningAndOneClosing drives a peer's breaker with a
+// manual clock through outages of 5 s and 120 s (a peer that takes our
+// messages and never answers, as behind a firewall's DROP): the peer is
+// reported unreachable from the first opening to the heal, with no
+// "reachable" in between (a send into a dead connection succeeds; only an
+// answer counts), the timeline gets one opening and one closing, not a pair
+// per probe, and once the peer answers again the breaker closes within the
+// same clock time after either outage.
+func TestLongOutageIsOneOpeningAndOneClosing(t *testing.T) {
+	for _, outage := range []time.Duration{5 * time.Second, 120 * time.Second} {
+		t.Run(outage.String(), func(t *testing.T) {
+			addr, _ := startFakePeer(t)
+			clock := resilience.NewManualClock()
+			bus := events.New(1, 1000)
+			openFor := time.Second
+			tr := New(Config{ID: 1, Peers: map[uint64]string{1: "unused", 2: addr}, Logger: quiet(), Registerer: prometheus.NewRegistry(),
+				SilenceTimeout: 100 * time.Millisecond, ConnectTimeout: 200 * time.Millisecond, Clock: clock, Events: bus,
+				Breaker: resilience.BreakerSettings{ConsecutiveFailures: 2, OpenFor: openFor}})
+			defer tr.Close()
+			stop := make(chan struct{})
+			defer close(stop)
+			go heartbeats(tr, stop)
+
+			// The outage, at 20 clock seconds per real second.
+			waitFor(t, "the breaker to open", 5*time.Second, func() bool {
+				clock.Advance(100 * time.Millisecond)
+				time.Sleep(5 * time.Millisecond)
+				return tr.Breaker(2).State() == resilience.StateOpen
+			})
+			for elapsed := time.Duration(0); elapsed < outage; elapsed += 100 * time.Millisecond {
+				clock.Advance(100 * time.Millisecond)
+				time.Sleep(5 * time.Millisecond)
+				if tr.Live(2) {
+					t.Fatalf("peer reported live %v into the outage", elapsed)
+				}
+			}
+			if n := testutil.ToFloat64(tr.transitions.WithLabelValues("2", "open")); n < 2 && outage > 10*openFor {
+				t.Errorf("%v openings in %v: the probes did not run", n, outage)
+			}
+
+			// The heal: the peer answers; the clock moves at 2 seconds per
+			// real second.
+			heard := make(chan struct{})
+			go func() {
+				for {
+					select {
+					case <-stop:
+						return
+					case <-heard:
+						return
+					case <-time.After(5 * time.Millisecond):
+						tr.Heard(2)
+					}
+				}
+			}()
+			var took time.Duration
+			for tr.Breaker(2).State() != resilience.StateClosed || !tr.Live(2) {
+				if took > 10*time.Second {
+					t.Fatalf("breaker %v, live %v %v of clock time after the heal", tr.Breaker(2).State(), tr.Live(2), took)
+				}
+				clock.Advance(100 * time.Millisecond)
+				took += 100 * time.Millisecond
+				time.Sleep(50 * time.Millisecond)
+			}
+			close(heard)
+			t.Logf("after a %v outage the breaker closed %v (clock) after the heal", outage, took)
+			if took > 2*openFor {
+				t.Errorf("the breaker closed %v after the heal, more than twice its open time (%v)", took, openFor)
+			}
+			var opened, closed, deaths, joins int
+			for _, e := range bus.Backlog(0) {
+				switch {
+				case e.Type == events.Breaker && e.State == "open":
+					opened++
+				case e.Type == events.Breaker && e.State == "closed":
+					closed++
+				case e.Type == events.Breaker:
+					t.Errorf("breaker event %q", e.Message)
+				case e.Type == events.NodeDeath:
+					deaths++
+				case e.Type == events.NodeJoin:
+					joins++
+				}
+			}
+			if opened != 1 || closed != 1 || deaths != 1 || joins != 1 {
+				t.Errorf("events over the outage: %d openings, %d closings, %d unreachable, %d reachable; want one each", opened, closed, deaths, joins)
+			}
+		})
 	}
 }

@@ -125,3 +125,38 @@ func TestOneWriterSendsFourMessagesPerPut(t *testing.T) {
 		}
 	}
 }
+
+// TestIsolatedQuiescedLeaderStepsDown: the leader of an idle, quiesced
+// range cut off from both followers wakes when their nodes stop answering,
+// and check-quorum makes it a follower within a few election timeouts
+// (before, it kept reporting StateLeader for the whole partition); after
+// the heal the range serves again.
+func TestIsolatedQuiescedLeaderStepsDown(t *testing.T) {
+	c := New(t, Options{Seed: testSeed(t)})
+	put(t, c.KV(1), "k", "v")
+	waitQuiesced(t, c, 10*time.Second)
+	lead, err := c.Leader(1, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Net.Isolate(lead, c.IDs())
+	cut := time.Now()
+	timeout := time.Duration(c.opts.ElectionTicks) * c.opts.TickInterval
+	deadline := cut.Add(10 * timeout)
+	for {
+		st, _ := c.Member(lead).Node.Status(1)
+		if st.Role != "StateLeader" {
+			t.Logf("isolated leader %d is %s %v after the cut (election timeout %v)", lead, st.Role, time.Since(cut).Round(time.Millisecond), timeout)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("isolated quiesced leader %d still reports StateLeader %v after the cut (election timeout %v)", lead, time.Since(cut).Round(time.Millisecond), timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.Net.Heal()
+	put(t, c.KV(lead), "k2", "v")
+	if resp, err := get(t, c.KV(lead), "k2", false); err != nil || !resp.Found {
+		t.Fatalf("read through the healed node: %v %v", resp, err)
+	}
+}
