@@ -55,9 +55,12 @@ type Meta interface {
 	ProposeMeta(ctx context.Context, cmd *pandopb.Command) error
 }
 
-// Peers learns the address of a node that joined (transport.Transport).
+// Peers is this node's address book (transport.Transport): the initial
+// cluster and the nodes that joined since.
 type Peers interface {
 	SetPeer(id uint64, addr string)
+	IDs() []uint64
+	Addr(id uint64) string
 }
 
 // Executor carries out one planned operation at the range's leader,
@@ -403,6 +406,7 @@ func (c *Controller) Run(stop <-chan struct{}) {
 }
 
 func (c *Controller) Round(ctx context.Context, stop <-chan struct{}) {
+	c.admitInitialMembers(ctx)
 	ops, nodes, dir, err := c.Plan()
 	if err != nil {
 		c.log.Warn("controller: planning", "err", err)
@@ -475,6 +479,30 @@ func (c *Controller) Round(ctx context.Context, stop <-chan struct{}) {
 			}
 			c.log.Info("controller: done", "op", op.String())
 		}(op)
+	}
+}
+
+// admitInitialMembers records as live members the nodes of the address
+// book (the initial cluster) that have no record yet. A node is recorded at
+// its first heartbeat; without this, a controller that takes over before
+// every node of the initial cluster was heard of would plan as if the
+// missing ones were not members, and remove their replicas.
+func (c *Controller) admitInitialMembers(ctx context.Context) {
+	nodes, _, err := c.metaRecords()
+	if err != nil {
+		return
+	}
+	for _, id := range c.peers.IDs() {
+		if recordOf(nodes, id) != nil {
+			continue
+		}
+		addr := c.peers.Addr(id)
+		if addr == "" {
+			continue
+		}
+		if _, err := c.Join(ctx, id, addr); err != nil {
+			c.log.Debug("controller: recording a node of the initial cluster", "node", id, "err", err)
+		}
 	}
 }
 

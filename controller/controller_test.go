@@ -69,6 +69,15 @@ func (m *meta) ProposeMeta(_ context.Context, cmd *pandopb.Command) error {
 type peers map[uint64]string
 
 func (p peers) SetPeer(id uint64, addr string) { p[id] = addr }
+func (p peers) Addr(id uint64) string          { return p[id] }
+func (p peers) IDs() []uint64 {
+	var ids []uint64
+	for id := range p {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
 
 // executor records the operations the controller carries out.
 type executor struct {
@@ -275,4 +284,40 @@ func count[T comparable](s []T, v T) int {
 		}
 	}
 	return n
+}
+
+// TestInitialMembersAreMembersBeforeTheirFirstHeartbeat: a controller that
+// takes over before every node of the initial cluster reported records the
+// missing ones from its address book, so that it plans them as members
+// (before, it planned to remove their replicas as "not a member").
+func TestInitialMembersAreMembersBeforeTheirFirstHeartbeat(t *testing.T) {
+	c, _, p, e, _ := testController(t)
+	for id := uint64(1); id <= 3; id++ {
+		p[id] = addrOf(id)
+	}
+	r := rangeOn(1, "", "", 1, 1, 2, 3)
+	r.Role = "StateLeader"
+	report(t, c, 1, r)
+	time.Sleep(3 * beatEvery)
+	stop := make(chan struct{})
+	defer close(stop)
+	c.Round(context.Background(), stop)
+	info, err := c.NodesInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(info.Nodes) != 3 {
+		t.Fatalf("members %v, want nodes 1-3", info.Nodes)
+	}
+	for _, n := range info.Nodes {
+		if n.Record.State != stateLive || n.Record.Addr != addrOf(n.Record.Id) {
+			t.Fatalf("record %v", n.Record)
+		}
+	}
+	time.Sleep(20 * time.Millisecond)
+	for _, op := range e.done(0) {
+		if op.Kind == placement.OpRemoveReplica || op.Kind == placement.OpMoveReplica {
+			t.Fatalf("planned %v for a range whose replicas are all on members", op)
+		}
+	}
 }

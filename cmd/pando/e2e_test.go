@@ -35,6 +35,9 @@ func pandoBinary(t *testing.T) string {
 	if testing.Short() {
 		t.Skip("real-process test")
 	}
+	if bin := os.Getenv("PANDO_TEST_BINARY"); bin != "" {
+		return bin // another build of pando, to compare (docs/reliability.md)
+	}
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "pando-bin-")
 		if err != nil {
