@@ -2,7 +2,7 @@ GO ?= go
 PROTOC_GEN_GO_VERSION = v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION = v1.5.1
 
-.PHONY: build test test-short proto bench fuzz soak bench-compare bench-ranges browser-deps test-browser docker-image docker-smoke
+.PHONY: build test test-short proto bench fuzz soak faults bench-compare bench-ranges browser-deps test-browser docker-image docker-smoke
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/pando ./cmd/pando
@@ -30,6 +30,11 @@ SOAK_RUNS ?= 20
 FUZZTIME ?= 10s
 soak:
 	$(GO) test -count=$(SOAK_RUNS) -timeout 60m -run 'TestLinearizable' ./internal/cluster/
+
+# faults: the partition test over real processes in network namespaces (root, ip, nft) for
+# cuts of 5 s, 30 s and 120 s (PANDO_PARTITIONS overrides; docs/reliability.md).
+faults:
+	PANDO_PARTITIONS=$${PANDO_PARTITIONS:-5s,30s,120s} $(GO) test -count=1 -timeout 30m -v -run 'TestPartitionedLeaderRecoversAfterHeal' ./cmd/pando/
 
 # proto regenerates api/pandopb; needs protoc (Debian: protobuf-compiler).
 proto:

@@ -170,7 +170,7 @@ func TestPartitionedLeaderRecoversAfterHeal(t *testing.T) {
 		t.Fatal("no leader of range 1")
 		return nil
 	}
-	waitServes := func(n *nsNode, key string, within time.Duration) time.Duration {
+	waitServes := func(n *nsNode, key, when string, within time.Duration) time.Duration {
 		start := time.Now()
 		var err error
 		for time.Since(start) < within {
@@ -179,10 +179,10 @@ func TestPartitionedLeaderRecoversAfterHeal(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		t.Fatalf("node %d does not serve %v after the heal: %v", n.id, within, err)
+		t.Fatalf("node %d does not serve a write and a read %s within %v: %v", n.id, when, within, err)
 		return 0
 	}
-	waitServes(nodes[0], "warmup", 20*time.Second)
+	waitServes(nodes[0], "warmup", "at start", 20*time.Second)
 	for round, length := range partitionLengths(t) {
 		cut := leader()
 		var other *nsNode
@@ -204,9 +204,9 @@ func TestPartitionedLeaderRecoversAfterHeal(t *testing.T) {
 		if stepDown < 0 || stepDown > 5*time.Second {
 			t.Errorf("round %d: the cut-off leader (node %d) still reported StateLeader %v after the cut", round, cut.id, stepDown)
 		}
-		majority := waitServes(other, fmt.Sprintf("majority-%d", round), 10*time.Second)
+		majority := waitServes(other, fmt.Sprintf("majority-%d", round), "in the majority during the cut", 10*time.Second)
 		nw.Heal()
-		took := waitServes(cut, fmt.Sprintf("healed-%d", round), 60*time.Second)
+		took := waitServes(cut, fmt.Sprintf("healed-%d", round), "after the heal", 60*time.Second)
 		t.Logf("cut %v: node %d stepped down %v after the cut; the majority served (node %d, %v to answer); after the heal node %d served a write and a read in %v",
 			length, cut.id, stepDown.Round(time.Millisecond), other.id, majority.Round(time.Millisecond), cut.id, took.Round(time.Millisecond))
 		// A bound with room for a loaded machine; the figures go to
