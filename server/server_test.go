@@ -146,7 +146,8 @@ func (c *testCluster) follower(lead uint64) uint64 {
 
 // kill stops node id at once, as a crash would, and forgets it.
 func (c *testCluster) kill(id uint64) {
-	c.kill(id)
+	c.servers[id].Kill()
+	delete(c.servers, id)
 }
 
 func (c *testCluster) endpoints() []string {
