@@ -186,10 +186,22 @@ func nextHop(tg target, err error, self uint64, fwd bool, ask *asker, all func()
 	case fwd:
 		return hop{final: true, err: &kv.NotLeaderError{RangeID: tg.rangeID, LeaderID: tg.leader, LeaderAddr: addr(tg.leader)}}
 	case tg.local != nil && tg.leader != 0:
+		ask.leaderless = 0
 		return hop{to: tg.leader}
 	case tg.local == nil:
 		if to := ask.next(tg, self, all()); to != 0 {
 			return hop{to: to, asked: true}
+		}
+	default:
+		// The replica here knows no leader. Wait out an election for a few
+		// attempts, then ask the range's other replicas in turn: a replica
+		// removed while it was cut off never hears of its removal, so it
+		// never learns a leader again, and the node's own requests (its
+		// heartbeats, which would tell it) must not wait on it.
+		if ask.leaderless++; ask.leaderless > leaderlessAttempts {
+			if to := ask.next(tg, self, all()); to != 0 {
+				return hop{to: to, asked: true}
+			}
 		}
 	}
 	return hop{err: &kv.NotLeaderError{RangeID: tg.rangeID}}
@@ -203,7 +215,16 @@ func nextHop(tg target, err error, self uint64, fwd bool, ask *asker, all func()
 type asker struct {
 	failed map[uint64]bool
 	turn   int
+	// leaderless counts the attempts in a row that found the replica here
+	// without a leader.
+	leaderless int
 }
+
+// leaderlessAttempts is how many attempts a request waits on a replica
+// here that knows no leader before it asks the other replicas (with the
+// node's backoff, about a tenth of a second: an election takes longer, but
+// asking a replica that does not know either costs one round trip).
+const leaderlessAttempts = 3
 
 func (a *asker) next(tg target, self uint64, all []uint64) uint64 {
 	if tg.leader != 0 && tg.leader != self && !a.failed[tg.leader] {

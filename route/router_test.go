@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -129,6 +130,27 @@ func TestDoRetriesUntilALeaderIsElected(t *testing.T) {
 	}
 }
 
+// A replica here that never learns a leader (removed while it was cut off,
+// it hears from no one) does not pin the request: after a few attempts the
+// request goes to the range's other replicas in turn, and the leader among
+// them serves it.
+func TestLeaderlessReplicaHereAsksTheOthers(t *testing.T) {
+	r := newRouter(t, &fakeLocal{id: 1, held: true}, Policy{})
+	var asked []uint64
+	err := r.Do(t.Context(), Request{Key: []byte("k"), Write: true,
+		Local: func(node.RangeStatus) error { t.Fatal("served by a replica that knows no leader"); return nil },
+		Remote: func(_ context.Context, to uint64) error {
+			asked = append(asked, to)
+			if to == 3 {
+				return nil // the leader
+			}
+			return &kv.NotLeaderError{RangeID: 1}
+		}})
+	if err != nil || len(asked) == 0 || asked[len(asked)-1] != 3 || slices.Contains(asked, 1) {
+		t.Fatalf("Do = %v, asked %v; want the others asked in turn until node 3 served", err, asked)
+	}
+}
+
 // A write forwarded to a leader that did not answer may have been applied:
 // when the deadline ends, the failure is ambiguous. A read's is not.
 func TestUnansweredWriteFailsAsAmbiguous(t *testing.T) {
@@ -185,7 +207,8 @@ func TestRetryBudgetSpent(t *testing.T) {
 	short := func() error {
 		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Millisecond)
 		defer cancel()
-		return r.Do(ctx, Request{Key: []byte("k"), Local: func(node.RangeStatus) error { return nil }})
+		return r.Do(ctx, Request{Key: []byte("k"), Local: func(node.RangeStatus) error { return nil },
+			Remote: func(context.Context, uint64) error { return &kv.NotLeaderError{RangeID: 1} }})
 	}
 	spent := false
 	for i := 0; i < 20 && !spent; i++ {

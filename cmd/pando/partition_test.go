@@ -93,6 +93,7 @@ func startNamespaceCluster(t *testing.T) (*netns.Net, []*nsNode) {
 		n.hc = &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: h.DialContext, DisableKeepAlives: true}}
 		cmd := h.Command(bin, "server", "--id", fmt.Sprint(n.id), "--data-dir", filepath.Join(root, fmt.Sprint(n.id)),
 			"--addr", n.addr, "--initial-cluster", strings.Join(peers, ","), "--log-level", logLevel())
+		cmd.Args = append(cmd.Args, strings.Fields(os.Getenv("PANDO_TEST_SERVER_ARGS"))...)
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
