@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 
@@ -52,45 +51,7 @@ func (n *Node) RecordVerdict(ctx context.Context, rangeID uint64, v *pandopb.Che
 }
 
 // DataSnapshot is a replica's replicated data at one applied index.
-type DataSnapshot struct {
-	Index, Term uint64
-	snap        *pebble.Snapshot
-	desc        *pandopb.RangeDescriptor
-	chunk       int
-}
-
-// Chunks calls fn with the snapshot's records in chunks, in key order.
-func (d *DataSnapshot) Chunks(fn func([]RawKV) error) error {
-	its, closeAll, err := replica.Iterators(d.snap, d.desc)
-	if err != nil {
-		return err
-	}
-	defer closeAll()
-	var buf []RawKV
-	size := 0
-	for _, it := range its {
-		for valid := it.First(); valid; valid = it.Next() {
-			buf = append(buf, RawKV{Key: bytes.Clone(it.Key()), Value: bytes.Clone(it.Value())})
-			size += len(it.Key()) + len(it.Value())
-			if size >= d.chunk {
-				if err := fn(buf); err != nil {
-					return err
-				}
-				buf, size = nil, 0
-			}
-		}
-		if err := it.Error(); err != nil {
-			return err
-		}
-	}
-	if len(buf) > 0 {
-		return fn(buf)
-	}
-	return nil
-}
-
-// Close releases the snapshot.
-func (d *DataSnapshot) Close() { d.snap.Close() }
+type DataSnapshot = replica.DataSnapshot
 
 // SnapshotData pins this replica's replicated data at its applied index
 // (for a repair elsewhere). Close the result.
@@ -102,7 +63,7 @@ func (n *Node) SnapshotData(ctx context.Context, rangeID uint64) (*DataSnapshot,
 			return
 		}
 		st := r.storage.State()
-		ds = &DataSnapshot{Index: st.AppliedIndex, Term: st.AppliedTerm, snap: n.db.NewSnapshot(), desc: st.Desc, chunk: n.cfg.SnapshotChunkBytes}
+		ds = replica.NewDataSnapshot(n.db.NewSnapshot(), st.Desc, st.AppliedIndex, st.AppliedTerm, n.cfg.SnapshotChunkBytes)
 	})
 	if err != nil {
 		return nil, err
@@ -139,9 +100,6 @@ func (n *Node) InstallData(ctx context.Context, rangeID, index uint64, data []Ra
 }
 
 func (n *Node) installData(r *group, index uint64, data []RawKV) error {
-	if into := r.storage.State().FrozenFor; into != 0 {
-		return replica.FrozenError(r.id, into)
-	}
 	first, _ := r.storage.FirstIndex()
 	if index+1 < first && index < r.applied {
 		return fmt.Errorf("%w: log of range %d truncated past index %d; retry the repair", kv.ErrUnavailable, r.id, index)
@@ -155,30 +113,8 @@ func (n *Node) installData(r *group, index uint64, data []RawKV) error {
 	}
 	b := n.db.NewIndexedBatch()
 	defer b.Close()
-	must(clearSpan(b, r.storage.State().Desc))
-	for _, kv := range data {
-		must(b.Set(kv.Key, kv.Value, nil))
-	}
-	for _, e := range ents {
-		if e.Type != raftpb.EntryNormal || len(e.Data) == 0 {
-			continue
-		}
-		cmd, err := replica.DecodeCommand(e.Data)
-		if err != nil {
-			panic(fmt.Sprintf("node: range %d: entry %d: %v", r.id, e.Index, err))
-		}
-		if replica.Reshapes(cmd) {
-			// Replaying a freeze, merge or split (and what a frozen range
-			// refused) is not a data replay: try again from a later check.
-			return fmt.Errorf("%w: range %d froze, merged or split since index %d; retry the repair", kv.ErrUnavailable, r.id, index)
-		}
-		if replica.ChangesData(cmd) {
-			// Data commands leave the range's state as it is; a key
-			// outside the range is refused as it was the first time.
-			if _, _, err := replica.Apply(b, r.storage.State(), e.Index, cmd); err != nil {
-				return err
-			}
-		}
+	if err := replica.Rebuild(b, r.storage.State(), data, ents); err != nil {
+		return err
 	}
 	must(b.Commit(pebble.Sync))
 	n.log.Warn("replica data rebuilt from a healthy replica", "range", r.id, "from_index", index, "reapplied", len(ents), "records", len(data))

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/replica"
 	"github.com/pando/pando/storage"
 )
 
@@ -29,7 +29,7 @@ import (
 
 // ErrStaleGeneration means a membership change was planned against a range
 // descriptor that has changed since. Re-read the descriptor and re-plan.
-var ErrStaleGeneration = errors.New("range descriptor changed since the change was planned")
+var ErrStaleGeneration = replica.ErrStaleGeneration
 
 // ccContext is what a conf change carries in its Context: the proposal ID
 // (to route the result back) and the expected descriptor generation.
@@ -77,42 +77,6 @@ func (n *Node) ChangeReplicas(ctx context.Context, rangeID, generation uint64, c
 	return res.res.Desc, nil
 }
 
-// checkConfChange decides, identically on every replica, whether a change
-// may apply to the range as it is now.
-func checkConfChange(st *pandopb.RangeState, cs raftpb.ConfState, generation uint64, cc raftpb.ConfChangeV2) error {
-	if st.Desc.GetGeneration() != generation {
-		return fmt.Errorf("%w: range %d is at generation %d, the change was planned at %d", ErrStaleGeneration, st.Desc.GetId(), st.Desc.GetGeneration(), generation)
-	}
-	if st.FrozenFor != 0 {
-		return fmt.Errorf("%w: range %d is frozen for a merge", kv.ErrUnavailable, st.Desc.GetId())
-	}
-	if len(cc.Changes) != 1 || cc.Transition != raftpb.ConfChangeTransitionAuto {
-		return fmt.Errorf("%w: one simple change at a time", kv.ErrInvalidArgument)
-	}
-	c := cc.Changes[0]
-	voter, learner := slices.Contains(cs.Voters, c.NodeID), slices.Contains(cs.Learners, c.NodeID)
-	switch c.Type {
-	case raftpb.ConfChangeAddLearnerNode:
-		if voter || learner {
-			return fmt.Errorf("%w: node %d already holds a replica of range %d", kv.ErrInvalidArgument, c.NodeID, st.Desc.GetId())
-		}
-	case raftpb.ConfChangeAddNode:
-		if voter {
-			return fmt.Errorf("%w: node %d is already a voter of range %d", kv.ErrInvalidArgument, c.NodeID, st.Desc.GetId())
-		}
-	case raftpb.ConfChangeRemoveNode:
-		if !voter && !learner {
-			return fmt.Errorf("%w: node %d holds no replica of range %d", kv.ErrInvalidArgument, c.NodeID, st.Desc.GetId())
-		}
-		if voter && len(cs.Voters) == 1 {
-			return fmt.Errorf("%w: node %d is range %d's last voter", kv.ErrInvalidArgument, c.NodeID, st.Desc.GetId())
-		}
-	default:
-		return fmt.Errorf("%w: unsupported membership change %s", kv.ErrInvalidArgument, c.Type)
-	}
-	return nil
-}
-
 // applyConfChange applies a committed membership change (or rejects it,
 // applying raft's no-op change instead), updates the descriptor, reports
 // whether this node is no longer a member, and returns the proposer
@@ -136,7 +100,7 @@ func (n *Node) applyConfChange(r *group, e raftpb.Entry) (removedSelf bool, p *p
 	if !ok {
 		err = fmt.Errorf("%w: membership change without its context", kv.ErrInvalidArgument)
 	} else {
-		err = checkConfChange(st, cur, gen, cc)
+		err = replica.CheckConfChange(st, cur, gen, cc)
 	}
 	if err != nil {
 		// Rejected alike everywhere: raft ignores changes of node 0.

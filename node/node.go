@@ -326,7 +326,7 @@ func (n *Node) Step(ctx context.Context, rangeID uint64, m raftpb.Message) error
 
 // StepSnapshot delivers a snapshot message with its streamed data.
 func (n *Node) StepSnapshot(ctx context.Context, rangeID uint64, m raftpb.Message, data []RawKV) error {
-	st, err := checkSnapshotData(rangeID, m, data)
+	st, err := replica.CheckSnapshot(rangeID, m, data)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"fmt"
 	"sync"
 
@@ -21,7 +20,7 @@ type RawKV = replica.RawKV
 // OutgoingSnapshot is a consistent view of one range's replicated data at
 // the index of a Raft snapshot, streamed to a follower by the transport.
 type OutgoingSnapshot struct {
-	DataSnapshot
+	*DataSnapshot
 	n       *Node
 	rangeID uint64
 	to      uint64
@@ -33,7 +32,7 @@ type OutgoingSnapshot struct {
 // message (ok) or the stream failed.
 func (s *OutgoingSnapshot) Done(ok bool) {
 	s.once.Do(func() {
-		s.snap.Close()
+		s.Close()
 		status := raft.SnapshotFinish
 		if !ok {
 			status = raft.SnapshotFailure
@@ -81,8 +80,8 @@ func (n *Node) takeOutgoing(r *group, m raftpb.Message) *OutgoingSnapshot {
 	if err := proto.Unmarshal(m.Snapshot.Data, st); err != nil {
 		panic(fmt.Sprintf("node: range %d: own snapshot state: %v", r.id, err))
 	}
-	return &OutgoingSnapshot{n: n, rangeID: r.id, to: m.To, DataSnapshot: DataSnapshot{
-		Index: m.Snapshot.Metadata.Index, Term: m.Snapshot.Metadata.Term, snap: n.db.NewSnapshot(), desc: st.Desc, chunk: n.cfg.SnapshotChunkBytes}}
+	return &OutgoingSnapshot{n: n, rangeID: r.id, to: m.To, DataSnapshot: replica.NewDataSnapshot(
+		n.db.NewSnapshot(), st.Desc, m.Snapshot.Metadata.Index, m.Snapshot.Metadata.Term, n.cfg.SnapshotChunkBytes)}
 }
 
 // incomingSnapshot is a received snapshot's data, waiting for Raft to ask
@@ -91,37 +90,6 @@ type incomingSnapshot struct {
 	index uint64
 	state *pandopb.RangeState // replicated parts: descriptor, counters
 	data  []RawKV
-}
-
-// checkSnapshotData validates what a peer sent before anything is stepped:
-// a MsgSnap carrying this range's descriptor, and records in strictly
-// increasing key order, each either a decodable deduplication record of
-// this range or a decodable data record inside the descriptor's span.
-func checkSnapshotData(rangeID uint64, m raftpb.Message, data []RawKV) (*pandopb.RangeState, error) {
-	if m.Type != raftpb.MsgSnap {
-		return nil, fmt.Errorf("node: snapshot stream ended with %s, not MsgSnap", m.Type)
-	}
-	if m.Snapshot == nil {
-		return nil, fmt.Errorf("node: MsgSnap without a snapshot")
-	}
-	st := &pandopb.RangeState{}
-	if err := proto.Unmarshal(m.Snapshot.Data, st); err != nil {
-		return nil, fmt.Errorf("node: snapshot state: %w", err)
-	}
-	desc := st.Desc
-	if desc == nil {
-		return nil, fmt.Errorf("node: snapshot of range %d carries no descriptor", rangeID)
-	}
-	if desc.Id != rangeID {
-		return nil, fmt.Errorf("node: snapshot for range %d carries descriptor of range %d", rangeID, desc.Id)
-	}
-	if len(desc.EndKey) > 0 && bytes.Compare(desc.StartKey, desc.EndKey) >= 0 {
-		return nil, fmt.Errorf("node: snapshot descriptor of range %d has start %q not below end %q", rangeID, desc.StartKey, desc.EndKey)
-	}
-	if err := replica.CheckRecords(desc, data); err != nil {
-		return nil, err
-	}
-	return st, nil
 }
 
 // applySnapshot writes a snapshot Raft handed us in a Ready into b.
@@ -135,8 +103,8 @@ func (n *Node) applySnapshot(b *pebble.Batch, r *group, snap raftpb.Snapshot) {
 			delete(r.inSnaps, idx)
 		}
 	}
-	must(clearSpan(b, r.storage.State().Desc))
-	must(clearSpan(b, in.state.Desc)) // replicated range-local records too
+	must(replica.ClearSpan(b, r.storage.State().Desc))
+	must(replica.ClearSpan(b, in.state.Desc)) // replicated range-local records too
 	for _, kv := range in.data {
 		must(b.Set(kv.Key, kv.Value, nil))
 	}
@@ -145,18 +113,6 @@ func (n *Node) applySnapshot(b *pebble.Batch, r *group, snap raftpb.Snapshot) {
 	r.learners = snap.Metadata.ConfState.Learners
 	r.applied = snap.Metadata.Index
 	n.log.Info("applied snapshot", "range", r.id, "index", snap.Metadata.Index, "keys", len(in.data))
-}
-
-func clearSpan(b *pebble.Batch, desc *pandopb.RangeDescriptor) error {
-	if desc == nil {
-		return nil
-	}
-	for _, sp := range replica.ReplicatedSpans(desc) {
-		if err := b.DeleteRange(sp[0], sp[1], nil); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // must stops the node on a storage failure: the loop cannot go on once a

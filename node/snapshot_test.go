@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/replica"
 	"github.com/pando/pando/storage"
 )
 
@@ -47,7 +48,7 @@ func check(t *testing.T, rangeID uint64, m raftpb.Message, data []RawKV) (desc *
 			desc, err = nil, fmt.Errorf("panic: %v", r)
 		}
 	}()
-	st, err := checkSnapshotData(rangeID, m, data)
+	st, err := replica.CheckSnapshot(rangeID, m, data)
 	return st.GetDesc(), err
 }
 
@@ -278,7 +279,7 @@ func FuzzCheckSnapshotData(f *testing.F) {
 			return // the transport refuses undecodable messages itself
 		}
 		data := decodeData(blob)
-		st, err := checkSnapshotData(rangeID, m, data)
+		st, err := replica.CheckSnapshot(rangeID, m, data)
 		checkValid(t, rangeID, m, data, st.GetDesc(), err)
 	})
 }
@@ -303,7 +304,7 @@ func FuzzCheckSnapshotDescriptor(f *testing.F) {
 	f.Fuzz(func(t *testing.T, rangeID uint64, descBytes, blob []byte) {
 		m := raftpb.Message{Type: raftpb.MsgSnap, To: 1, From: 2, Snapshot: &raftpb.Snapshot{Data: descBytes, Metadata: raftpb.SnapshotMetadata{Index: 5, Term: 1}}}
 		data := decodeData(blob)
-		st, err := checkSnapshotData(rangeID, m, data)
+		st, err := replica.CheckSnapshot(rangeID, m, data)
 		checkValid(t, rangeID, m, data, st.GetDesc(), err)
 	})
 }
