@@ -18,6 +18,7 @@ import (
 	"github.com/pando/pando/events"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
+	"github.com/pando/pando/route"
 )
 
 // Checker runs consistency checks on the ranges this node leads and serves
@@ -332,6 +333,12 @@ func (c *Checker) Check(ctx context.Context, req *pandopb.CheckRequest) (*pandop
 	resp := &pandopb.CheckResponse{}
 	for _, rid := range ranges {
 		rc, err := c.checkOnLeader(ctx, rid, repair)
+		if err != nil && route.Forwarded(ctx) {
+			// One hop of another node's check (always one range): the
+			// error, a "not leader here" above all, is for that node's
+			// router to act on, not a verdict.
+			return nil, kv.ToStatus(err)
+		}
 		if err != nil {
 			rc = &pandopb.RangeCheck{RangeId: rid, Verdict: consistency.VerdictInconclusive, Error: err.Error()}
 		}

@@ -218,6 +218,8 @@ type asker struct {
 	// leaderless counts the attempts in a row that found the replica here
 	// without a leader.
 	leaderless int
+	// hint is the leader a node asked during this request named.
+	hint uint64
 }
 
 // leaderlessAttempts is how many attempts a request waits on a replica
@@ -229,6 +231,10 @@ const leaderlessAttempts = 3
 func (a *asker) next(tg target, self uint64, all []uint64) uint64 {
 	if tg.leader != 0 && tg.leader != self && !a.failed[tg.leader] {
 		return tg.leader
+	}
+	if h := a.hint; h != 0 && h != self && !a.failed[h] {
+		a.hint = 0
+		return h
 	}
 	cands := tg.replicas
 	if len(cands) == 0 {

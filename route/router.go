@@ -204,8 +204,13 @@ func (r *Router) Do(ctx context.Context, req Request) error {
 			err = h.err
 		}
 		var nl *kv.NotLeaderError
-		if r.dir != nil && errors.As(err, &nl) {
-			r.dir.NoteLeader(nl.RangeID, nl.LeaderID)
+		if errors.As(err, &nl) {
+			if r.dir != nil {
+				r.dir.NoteLeader(nl.RangeID, nl.LeaderID)
+			}
+			if h.asked {
+				ask.hint = nl.LeaderID
+			}
 		}
 		// A local attempt cut short (the node stopped with the write in
 		// flight) is retried too, but may have been applied.

@@ -92,7 +92,7 @@ func TestCheckFindsAndRepairsDivergedReplica(t *testing.T) {
 	}
 	want := []string{"key007", "key100", "key150", "phantom"}
 	if rc.Verdict != "inconsistent" || !slices.Equal(rc.Diverged, []uint64{victim}) || !slices.Equal(keys, want) {
-		t.Fatalf("check without repair: verdict %s diverged %v keys %q; want inconsistent, [%d], %q", rc.Verdict, rc.Diverged, keys, victim, want)
+		t.Fatalf("check without repair: verdict %s diverged %v keys %q (error %q); want inconsistent, [%d], %q", rc.Verdict, rc.Diverged, keys, rc.Error, victim, want)
 	}
 	for _, k := range rc.Keys {
 		for _, r := range k.Replicas {
