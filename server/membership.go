@@ -178,6 +178,7 @@ func (s *Server) heartbeats(stop <-chan struct{}) {
 		case <-stop:
 			return
 		case <-t.C:
+		case <-s.beatNow:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.HeartbeatInterval)
 		resp, err := s.admin.Heartbeat(ctx, s.heartbeatRequest())
@@ -187,6 +188,17 @@ func (s *Server) heartbeats(stop <-chan struct{}) {
 			continue
 		}
 		s.learn(resp)
+	}
+}
+
+// heartbeatSoon has the node report to the controller now rather than at
+// the next tick: a peer answers again after an outage, and what changed
+// meanwhile (a replica of this node removed while it was cut off, say) is
+// learned from the answer.
+func (s *Server) heartbeatSoon(uint64) {
+	select {
+	case s.beatNow <- struct{}{}:
+	default:
 	}
 }
 

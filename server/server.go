@@ -330,6 +330,8 @@ type Server struct {
 	// leadership transfers) on this node.
 	ops    *rangeops.Runner
 	joined atomic.Bool // a node started with Join was admitted
+	// beatNow asks for a heartbeat before the next tick (heartbeatSoon).
+	beatNow chan struct{}
 	// dash serves the dashboard's API (GET /v1/node, /v1/dashboard, /v1/events).
 	dash *dashboard.Node
 }
@@ -344,7 +346,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger.With("node", cfg.ID), reg: prometheus.NewRegistry(), stopping: make(chan struct{}), done: make(chan struct{}),
-		events: events.New(cfg.ID, cfg.EventBacklog), httpDone: make(chan struct{})}
+		events: events.New(cfg.ID, cfg.EventBacklog), httpDone: make(chan struct{}), beatNow: make(chan struct{}, 1)}
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	eng, err := storage.Open(cfg.DataDir, storage.Options{FS: cfg.FS})
 	if err != nil {
@@ -367,7 +369,7 @@ func New(cfg Config) (*Server, error) {
 		dial = append(dial, grpc.WithPerRPCCredentials(pki.Token(cfg.AuthToken)))
 	}
 	s.tr = transport.New(transport.Config{ID: cfg.ID, Peers: cfg.InitialCluster, Logger: cfg.Logger, Registerer: s.reg,
-		Breaker: cfg.PeerBreaker, Events: s.events, Allow: cfg.PeerAllow, DialOptions: dial})
+		Breaker: cfg.PeerBreaker, Events: s.events, Allow: cfg.PeerAllow, DialOptions: dial, OnPeerLive: s.heartbeatSoon})
 	n, err := node.New(node.Config{
 		ID: cfg.ID, Engine: eng, Transport: s.tr, TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks,
 		LogKeepEntries: cfg.LogKeepEntries, Logger: cfg.Logger, Registerer: s.reg, PeerAddr: s.tr.Addr, PeerLive: s.tr.Live,

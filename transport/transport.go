@@ -57,6 +57,9 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Events, when set, records peers becoming unreachable and reachable.
 	Events *events.Bus
+	// OnPeerLive, when set, is called (and must not block) when a peer
+	// that was unreachable answers again.
+	OnPeerLive func(id uint64)
 	// Allow, when set, says whether traffic to a peer may flow now; when it
 	// returns false, messages to the peer are dropped and forwarded calls
 	// fail as if the network were cut. Fault injection only (the demo's
@@ -594,6 +597,9 @@ func (p *peer) markLive() {
 	if !p.live.Swap(true) {
 		p.t.log.Info("peer reachable", "peer", p.id)
 		p.t.cfg.Events.Publish(events.NodeJoinEvent(p.id, "it answers again"))
+		if f := p.t.cfg.OnPeerLive; f != nil {
+			f(p.id)
+		}
 	}
 }
 

@@ -27,6 +27,19 @@ type nsNode struct {
 	done chan struct{}
 }
 
+// settled reports whether every node holds a replica of range 1 that
+// knows a leader (after a long cut the controller removes the cut-off
+// node's replica and adds it back; the next cut waits for that).
+func settled(nodes []*nsNode) bool {
+	for _, n := range nodes {
+		role, lead, err := n.status()
+		if err != nil || lead == 0 || role == "" {
+			return false
+		}
+	}
+	return true
+}
+
 func (n *nsNode) status() (role string, leader uint64, err error) {
 	resp, err := n.hc.Get("http://" + n.addr + "/v1/status")
 	if err != nil {
@@ -185,6 +198,11 @@ func TestPartitionedLeaderRecoversAfterHeal(t *testing.T) {
 	}
 	waitServes(nodes[0], "warmup", "at start", 20*time.Second)
 	for round, length := range partitionLengths(t) {
+		for deadline := time.Now().Add(60 * time.Second); !settled(nodes); time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: range 1 not back on every node with a leader", round)
+			}
+		}
 		cut := leader()
 		var other *nsNode
 		for _, n := range nodes {
