@@ -38,7 +38,7 @@ import (
 // Commands:
 //
 //	bootstrap nodes=N [ranges=M]  N nodes holding M ranges (split at "m", "t", ...)
-//	campaign node=I range=R       the replica campaigns (Node.Campaign)
+//	campaign node=I range=R       the replica campaigns (Node.campaign)
 //	deliver [to=I]                hand the queued messages to their nodes (all, or node I's)
 //	drop [to=I]                   lose the queued messages
 //	propose node=I                one proposal per line ("r1 put k v", "r2 freeze 1"),
@@ -98,7 +98,7 @@ func (e *interaction) handle(t *testing.T, td *datadriven.TestData) string {
 		e.bootstrap(t, td)
 	case "campaign":
 		n, rangeID := e.target(t, td)
-		if err := n.Campaign(context.Background(), rangeID); err != nil {
+		if err := n.campaign(context.Background(), rangeID); err != nil {
 			t.Fatal(err)
 		}
 	case "deliver", "drop":
@@ -529,3 +529,13 @@ func (f *tracedFile) Sync() error { f.synced(); return f.File.Sync() }
 func (f *tracedFile) SyncData() error { f.synced(); return f.File.SyncData() }
 
 func (f *tracedFile) SyncTo(n int64) (bool, error) { f.synced(); return f.File.SyncTo(n) }
+
+// campaign makes this node's replica of rangeID campaign now.
+func (n *Node) campaign(ctx context.Context, rangeID uint64) error {
+	return n.call(ctx, func() {
+		if r := n.replicas[rangeID]; r != nil {
+			n.wake(r)
+			_ = r.rn.Campaign()
+		}
+	})
+}

@@ -1,12 +1,9 @@
 package node
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"slices"
-	"sort"
 
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3"
@@ -30,20 +27,6 @@ import (
 // ErrStaleGeneration means a membership change was planned against a range
 // descriptor that has changed since. Re-read the descriptor and re-plan.
 var ErrStaleGeneration = replica.ErrStaleGeneration
-
-// ccContext is what a conf change carries in its Context: the proposal ID
-// (to route the result back) and the expected descriptor generation.
-func ccContext(id, generation uint64) []byte {
-	b := binary.BigEndian.AppendUint64(nil, id)
-	return binary.BigEndian.AppendUint64(b, generation)
-}
-
-func parseCCContext(b []byte) (id, generation uint64, ok bool) {
-	if len(b) != 16 {
-		return 0, 0, false
-	}
-	return binary.BigEndian.Uint64(b), binary.BigEndian.Uint64(b[8:]), true
-}
 
 // ChangeReplicas proposes one membership change of rangeID (this node must
 // lead it) planned at descriptor generation, and returns the range's new
@@ -69,7 +52,7 @@ func (n *Node) ChangeReplicas(ctx context.Context, rangeID, generation uint64, c
 		return nil, fmt.Errorf("%w: membership change names node 0", kv.ErrInvalidArgument)
 	}
 	id := n.nextID.Add(1)
-	cc := raftpb.ConfChangeV2{Changes: []raftpb.ConfChangeSingle{change}, Context: ccContext(id, generation)}
+	cc := raftpb.ConfChangeV2{Changes: []raftpb.ConfChangeSingle{change}, Context: replica.ConfChangeContext(id, generation)}
 	res, err := n.await(ctx, &proposal{rangeID: rangeID, id: id, cc: &cc, done: make(chan proposalResult, 1)}, false)
 	if err != nil {
 		return nil, err
@@ -95,7 +78,7 @@ func (n *Node) applyConfChange(r *group, e raftpb.Entry) (removedSelf bool, p *p
 	st := r.storage.State()
 	var cur raftpb.ConfState
 	must(cur.Unmarshal(st.ConfState))
-	id, gen, ok := parseCCContext(cc.Context)
+	id, gen, ok := replica.ParseConfChangeContext(cc.Context)
 	var err error
 	if !ok {
 		err = fmt.Errorf("%w: membership change without its context", kv.ErrInvalidArgument)
@@ -153,7 +136,7 @@ func (n *Node) CreateReplica(ctx context.Context, desc *pandopb.RangeDescriptor,
 			return
 		}
 		for _, o := range n.replicas {
-			if d := o.storage.State().Desc; d != nil && overlaps(d, desc) {
+			if d := o.storage.State().Desc; d != nil && replica.Overlaps(d, desc) {
 				err = fmt.Errorf("%w: node %d holds range %d (generation %d) over part of range %d's span; it must catch up first",
 					kv.ErrUnavailable, n.cfg.ID, d.Id, d.Generation, desc.Id)
 				return
@@ -234,12 +217,6 @@ func (n *Node) ReplicaProgress(ctx context.Context, rangeID uint64) (map[uint64]
 	return out, commit, err
 }
 
-func overlaps(a, b *pandopb.RangeDescriptor) bool {
-	aEndsAfterB := len(a.EndKey) == 0 || bytes.Compare(a.EndKey, b.StartKey) > 0
-	bEndsAfterA := len(b.EndKey) == 0 || bytes.Compare(b.EndKey, a.StartKey) > 0
-	return aEndsAfterB && bEndsAfterA
-}
-
 // destroy deletes a replica (on the loop): its Raft state and log, its
 // range-local records, and the data of its span that no other replica here
 // owns. Requests waiting on it fail; raft messages for it are dropped from
@@ -263,34 +240,11 @@ func (n *Node) destroy(r *group, why string) {
 func (n *Node) unownedSpans(self uint64, d *pandopb.RangeDescriptor) [][2][]byte {
 	var others []*pandopb.RangeDescriptor
 	for id, o := range n.replicas {
-		if od := o.storage.State().Desc; id != self && od != nil && overlaps(od, d) {
+		if od := o.storage.State().Desc; id != self && od != nil {
 			others = append(others, od)
 		}
 	}
-	sort.Slice(others, func(i, j int) bool { return bytes.Compare(others[i].StartKey, others[j].StartKey) < 0 })
-	lo, hi := storage.DataSpan(d.StartKey, d.EndKey)
-	var out [][2][]byte
-	cur := lo
-	for _, o := range others {
-		olo, ohi := storage.DataSpan(o.StartKey, o.EndKey)
-		if bytes.Compare(olo, cur) > 0 {
-			out = append(out, [2][]byte{cur, minKey(olo, hi)})
-		}
-		if bytes.Compare(ohi, cur) > 0 {
-			cur = ohi
-		}
-	}
-	if bytes.Compare(cur, hi) < 0 {
-		out = append(out, [2][]byte{cur, hi})
-	}
-	return out
-}
-
-func minKey(a, b []byte) []byte {
-	if bytes.Compare(a, b) < 0 {
-		return a
-	}
-	return b
+	return replica.UncoveredSpans(d, others)
 }
 
 // ProposeMeta replicates a meta command (a node record or directory

@@ -1,8 +1,6 @@
 package node
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"math"
 
@@ -194,7 +192,7 @@ func (n *Node) subsume(b *pebble.Batch, r *group, in *incomingSnapshot) {
 	}
 	for id, o := range n.replicas {
 		od := o.storage.State().Desc
-		if id == r.id || o.absorbed || (!absorbed[id] && (od == nil || !contains(in.state.Desc, od))) {
+		if id == r.id || o.absorbed || (!absorbed[id] && (od == nil || !replica.Covers(in.state.Desc, od))) {
 			continue
 		}
 		must(storage.DestroyReplica(b, id, nil))
@@ -202,13 +200,6 @@ func (n *Node) subsume(b *pebble.Batch, r *group, in *incomingSnapshot) {
 		n.absorbing = append(n.absorbing, &absorption{r: o, into: r})
 		n.log.Info("snapshot subsumes a merged range", "range", r.id, "subsumed", id)
 	}
-}
-
-// contains reports whether span a covers span b.
-func contains(a, b *pandopb.RangeDescriptor) bool {
-	startOK := bytes.Compare(a.StartKey, b.StartKey) <= 0
-	endOK := len(a.EndKey) == 0 || (len(b.EndKey) > 0 && bytes.Compare(b.EndKey, a.EndKey) <= 0)
-	return startOK && endOK
 }
 
 // retireAbsorbed drops, once the batch that deleted their records has
@@ -236,41 +227,4 @@ func (n *Node) retireAbsorbed() {
 		n.log.Info("dropped merged range", "range", a.r.id, "into", a.into.id)
 	}
 	n.absorbing = nil
-}
-
-// Freeze freezes rangeID (this node must lead it) for its merge into its
-// left neighbour mergeInto, planned at the range's descriptor generation,
-// and returns the index of the freeze once it is applied here. Freezing a
-// range already frozen for mergeInto returns the first freeze's index.
-func (n *Node) Freeze(ctx context.Context, rangeID, mergeInto, generation uint64) (frozenAt uint64, err error) {
-	res, err := n.Propose(ctx, rangeID, &pandopb.Command{Op: &pandopb.Command_Freeze{Freeze: &pandopb.FreezeOp{
-		MergeInto: mergeInto, ExpectedGeneration: generation}}})
-	if err != nil {
-		return 0, err
-	}
-	return res.Version, nil
-}
-
-// Merge proposes, on leftID (this node must lead it), the merge of right,
-// its right neighbour frozen at freezeIndex, planned at leftID's
-// generation, and returns leftID's new descriptor once the merge is
-// applied here. The caller must first make sure that every replica of
-// right has applied the freeze (rangeops.Runner.Merge does); Merge checks
-// it of the replica here only.
-func (n *Node) Merge(ctx context.Context, leftID uint64, right *pandopb.RangeDescriptor, freezeIndex, generation uint64) (*pandopb.RangeDescriptor, error) {
-	rst, ok := n.Status(right.GetId())
-	switch {
-	case !ok:
-		return nil, fmt.Errorf("%w: node %d holds no replica of range %d", kv.ErrInvalidArgument, n.cfg.ID, right.GetId())
-	case rst.FrozenFor == 0 || rst.FrozenAt != freezeIndex || !proto.Equal(rst.Desc, right):
-		return nil, fmt.Errorf("%w: range %d is not frozen at %d as described (frozen for %d at %d)", replica.ErrStaleMerge, right.Id, freezeIndex, rst.FrozenFor, rst.FrozenAt)
-	case rst.Applied < freezeIndex:
-		return nil, fmt.Errorf("%w: range %d's replica here has not applied its freeze", kv.ErrUnavailable, right.Id)
-	}
-	res, err := n.Propose(ctx, leftID, &pandopb.Command{Op: &pandopb.Command_Merge{Merge: &pandopb.MergeOp{
-		Right: right, FreezeIndex: freezeIndex, ExpectedGeneration: generation}}})
-	if err != nil {
-		return nil, err
-	}
-	return res.Desc, nil
 }

@@ -530,68 +530,6 @@ func (n *Node) Descriptor(rangeID uint64) (*pandopb.RangeDescriptor, bool) {
 	return st.Desc, true
 }
 
-// TransferLeadership hands every range this node leads to its most
-// up-to-date follower and waits until it leads none, or ctx ends.
-func (n *Node) TransferLeadership(ctx context.Context) error {
-	tick := time.NewTicker(n.cfg.TickInterval)
-	defer tick.Stop()
-	var lastTry time.Time
-	for {
-		leading := 0
-		for _, st := range n.Statuses() {
-			if st.LeaderID == n.cfg.ID && len(st.Desc.GetReplicas()) > 1 {
-				leading++
-			}
-		}
-		if leading == 0 {
-			return nil
-		}
-		// Retry a transfer that raft aborted (after an election timeout).
-		if time.Since(lastTry) > time.Duration(n.cfg.ElectionTicks)*n.cfg.TickInterval {
-			lastTry = time.Now()
-			if err := n.call(ctx, n.startTransfers); err != nil {
-				return err
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("node: %d ranges still led here: %w", leading, ctx.Err())
-		case <-tick.C:
-		}
-	}
-}
-
-// startTransfers runs on the loop.
-func (n *Node) startTransfers() {
-	for _, r := range n.replicas {
-		st := r.rn.Status()
-		if st.RaftState != raft.StateLeader {
-			continue
-		}
-		var best, bestMatch uint64
-		for id, pr := range st.Progress {
-			if id != n.cfg.ID && !pr.IsLearner && pr.Match >= bestMatch {
-				best, bestMatch = id, pr.Match
-			}
-		}
-		if best != 0 {
-			n.wake(r)
-			n.log.Info("transferring leadership", "range", r.id, "to", best)
-			r.rn.TransferLeader(best)
-		}
-	}
-}
-
-// Campaign makes this node's replica of rangeID campaign now (tests, tools).
-func (n *Node) Campaign(ctx context.Context, rangeID uint64) error {
-	return n.call(ctx, func() {
-		if r := n.replicas[rangeID]; r != nil {
-			n.wake(r)
-			_ = r.rn.Campaign()
-		}
-	})
-}
-
 // TransferLeader asks rangeID's leader here to hand leadership to target.
 func (n *Node) TransferLeader(ctx context.Context, rangeID, target uint64) error {
 	return n.call(ctx, func() {

@@ -195,7 +195,22 @@ func (l local) TransferLeader(_ context.Context, id, target uint64) error {
 	return err
 }
 
-func (l local) Freeze(_ context.Context, id, into, gen uint64) (uint64, error) {
+// Propose carries out a freeze or a merge as the range's replicated state
+// would: refused if stale, applied at the next index otherwise.
+func (l local) Propose(ctx context.Context, id uint64, cmd *pandopb.Command) (replica.Result, error) {
+	switch op := cmd.Op.(type) {
+	case *pandopb.Command_Freeze:
+		at, err := l.freeze(id, op.Freeze.MergeInto, op.Freeze.ExpectedGeneration)
+		return replica.Result{Version: at}, err
+	case *pandopb.Command_Merge:
+		desc, err := l.merge(id, op.Merge.Right, op.Merge.FreezeIndex, op.Merge.ExpectedGeneration)
+		return replica.Result{Desc: desc}, err
+	}
+	l.w.t.Fatalf("fake: unexpected command %T", cmd.Op)
+	return replica.Result{}, nil
+}
+
+func (l local) freeze(id, into, gen uint64) (uint64, error) {
 	r, err := l.lead(id)
 	if err != nil {
 		return 0, err
@@ -213,7 +228,7 @@ func (l local) Freeze(_ context.Context, id, into, gen uint64) (uint64, error) {
 	return r.frozenAt, err
 }
 
-func (l local) Merge(_ context.Context, leftID uint64, right *pandopb.RangeDescriptor, at, gen uint64) (*pandopb.RangeDescriptor, error) {
+func (l local) merge(leftID uint64, right *pandopb.RangeDescriptor, at, gen uint64) (*pandopb.RangeDescriptor, error) {
 	left, err := l.lead(leftID)
 	if err != nil {
 		return nil, err

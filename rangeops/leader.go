@@ -70,3 +70,54 @@ func (r *Runner) TransferLeader(ctx context.Context, rangeID, to uint64) error {
 		}
 	}
 }
+
+// Drain hands the leadership of every range this node leads, and shares
+// with another voter, to its most up-to-date voting follower, and waits
+// until this node leads none of them or ctx ends. A node that is stopped
+// drains first: its ranges get a new leader at once instead of after an
+// election timeout. A transfer that raft gave up (after an election
+// timeout) is asked again.
+func (r *Runner) Drain(ctx context.Context) error {
+	self := r.Local.ID()
+	asked := map[uint64]time.Time{}
+	for {
+		leading := 0
+		for _, st := range r.Local.Statuses() {
+			if st.LeaderID != self || len(st.Desc.GetReplicas()) < 2 {
+				continue
+			}
+			leading++
+			if time.Since(asked[st.RangeID]) < r.transferRetry() {
+				continue
+			}
+			asked[st.RangeID] = time.Now()
+			if to := r.bestFollower(ctx, st.RangeID); to != 0 {
+				if err := r.Local.TransferLeader(ctx, st.RangeID, to); err != nil && ctx.Err() != nil {
+					return err
+				}
+			}
+		}
+		if leading == 0 {
+			return nil
+		}
+		if err := r.wait(ctx); err != nil {
+			return fmt.Errorf("%w: node %d still leads %d ranges: %w", kv.ErrUnavailable, self, leading, err)
+		}
+	}
+}
+
+// bestFollower is the voter of rangeID, other than this node, whose log
+// matches the leader's furthest (0: none, or this node no longer leads).
+func (r *Runner) bestFollower(ctx context.Context, rangeID uint64) uint64 {
+	progress, _, err := r.Local.ReplicaProgress(ctx, rangeID)
+	if err != nil {
+		return 0
+	}
+	var best, bestMatch uint64
+	for id, pr := range progress {
+		if id != r.Local.ID() && !pr.Learner && (best == 0 || pr.Match > bestMatch || (pr.Match == bestMatch && id < best)) {
+			best, bestMatch = id, pr.Match
+		}
+	}
+	return best
+}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/events"
 	"github.com/pando/pando/kv"
@@ -84,7 +86,7 @@ func (r *Runner) Merge(ctx context.Context, leftID uint64) (*pandopb.RangeDescri
 		if err := r.waitFrozenEverywhere(ctx, right, frozenAt); err != nil {
 			return nil, err
 		}
-		desc, err := r.Local.Merge(ctx, leftID, right, frozenAt, left.Generation)
+		desc, err := ProposeMerge(ctx, r.Local, leftID, right, frozenAt, left.Generation)
 		if errors.Is(err, replica.ErrStaleMerge) {
 			continue
 		}
@@ -133,7 +135,7 @@ func (r *Runner) freeze(ctx context.Context, left, right *pandopb.RangeDescripto
 			return 0, nil, false, err
 		}
 	}
-	frozenAt, err = r.Local.Freeze(ctx, right.Id, left.Id, right.Generation)
+	frozenAt, err = Freeze(ctx, r.Local, right.Id, left.Id, right.Generation)
 	if err != nil {
 		if errors.Is(err, replica.ErrStaleMerge) || errors.Is(err, kv.ErrNotLeader) {
 			return 0, nil, true, nil // the right range changed or its leadership moved
@@ -186,4 +188,42 @@ func (r *Runner) waitFrozenEverywhere(ctx context.Context, desc *pandopb.RangeDe
 		}
 	}
 	return nil
+}
+
+// Freeze proposes, through rangeID's leader here, the freeze of rangeID
+// for its merge into its left neighbour mergeInto, planned at the range's
+// descriptor generation, and returns the freeze's index once it applied
+// here. Freezing a range already frozen for mergeInto returns the first
+// freeze's index.
+func Freeze(ctx context.Context, l Local, rangeID, mergeInto, generation uint64) (frozenAt uint64, err error) {
+	res, err := l.Propose(ctx, rangeID, &pandopb.Command{Op: &pandopb.Command_Freeze{Freeze: &pandopb.FreezeOp{
+		MergeInto: mergeInto, ExpectedGeneration: generation}}})
+	if err != nil {
+		return 0, err
+	}
+	return res.Version, nil
+}
+
+// ProposeMerge proposes, through leftID's leader here, the merge of right,
+// its right neighbour frozen at freezeIndex, planned at leftID's
+// generation, and returns leftID's new descriptor once the merge applied
+// here. The caller must first make sure that every replica of right has
+// applied the freeze (Runner.Merge does); ProposeMerge checks it of the
+// replica here only.
+func ProposeMerge(ctx context.Context, l Local, leftID uint64, right *pandopb.RangeDescriptor, freezeIndex, generation uint64) (*pandopb.RangeDescriptor, error) {
+	rst, ok := l.Status(right.GetId())
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("%w: node %d holds no replica of range %d", kv.ErrInvalidArgument, l.ID(), right.GetId())
+	case rst.FrozenFor == 0 || rst.FrozenAt != freezeIndex || !proto.Equal(rst.Desc, right):
+		return nil, fmt.Errorf("%w: range %d is not frozen at %d as described (frozen for %d at %d)", replica.ErrStaleMerge, right.Id, freezeIndex, rst.FrozenFor, rst.FrozenAt)
+	case rst.Applied < freezeIndex:
+		return nil, fmt.Errorf("%w: range %d's replica here has not applied its freeze", kv.ErrUnavailable, right.Id)
+	}
+	res, err := l.Propose(ctx, leftID, &pandopb.Command{Op: &pandopb.Command_Merge{Merge: &pandopb.MergeOp{
+		Right: right, FreezeIndex: freezeIndex, ExpectedGeneration: generation}}})
+	if err != nil {
+		return nil, err
+	}
+	return res.Desc, nil
 }

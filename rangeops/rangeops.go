@@ -9,6 +9,7 @@ import (
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/events"
 	"github.com/pando/pando/node"
+	"github.com/pando/pando/replica"
 )
 
 // Local is the node a protocol runs on (node.Node implements it).
@@ -24,10 +25,10 @@ type Local interface {
 	// TransferLeader asks the range's leader (through the replica here)
 	// to hand its leadership to target; it does not wait for it.
 	TransferLeader(ctx context.Context, rangeID, target uint64) error
-	// Freeze, Merge and ChangeReplicas propose through the range's leader
-	// here and return once the command applied here.
-	Freeze(ctx context.Context, rangeID, mergeInto, generation uint64) (frozenAt uint64, err error)
-	Merge(ctx context.Context, leftID uint64, right *pandopb.RangeDescriptor, freezeIndex, generation uint64) (*pandopb.RangeDescriptor, error)
+	// Propose and ChangeReplicas propose through the range's leader here
+	// and return once the command applied here (Propose: with its error
+	// if the range's state machine refused it).
+	Propose(ctx context.Context, rangeID uint64, cmd *pandopb.Command) (replica.Result, error)
 	ChangeReplicas(ctx context.Context, rangeID, generation uint64, change raftpb.ConfChangeSingle) (*pandopb.RangeDescriptor, error)
 	// ReplicaProgress is what the range's leader here knows of each
 	// replica's log, and its commit index.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/pando/pando/kv"
@@ -153,7 +154,7 @@ func TestMergeRefusesWithoutFreezing(t *testing.T) {
 func TestMergeCompletesAFrozenRange(t *testing.T) {
 	w := mergeWorld(t)
 	w.ranges[2].leader = 1
-	if _, err := (local{w, 1}).Freeze(context.Background(), 2, 1, 1); err != nil {
+	if _, err := Freeze(context.Background(), local{w, 1}, 2, 1, 1); err != nil {
 		t.Fatal(err)
 	}
 	steps := w.steps
@@ -273,5 +274,45 @@ func TestTransferLeader(t *testing.T) {
 	w.ranges[1].leader = 2
 	if err := w.runner(2).TransferLeader(ctx, 1, 3); !errors.Is(err, context.Canceled) {
 		t.Fatalf("transfer with an ended context: %v", err)
+	}
+}
+
+func TestDrainHandsEveryLedRangeToItsMostUpToDateVoter(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	w.addRange(1, "", "b", 1, 2, 3)
+	w.addRange(2, "b", "c", 1, 2, 3)
+	w.addRange(3, "c", "d", 2, 1, 3) // led by node 2
+	w.addRange(4, "d", "", 1)        // no other voter: stays
+	w.ranges[1].applied[2] = 7       // node 3 is ahead on range 1
+	w.ranges[2].learners = []uint64{3}
+	if err := w.runner(1).Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[uint64]uint64{1: 3, 2: 2, 3: 2, 4: 1} {
+		if got := w.ranges[id].leader; got != want {
+			t.Errorf("range %d led by %d after the drain, want %d", id, got, want)
+		}
+	}
+
+	// A range whose only other replica is a learner cannot be drained:
+	// Drain gives up when ctx ends and says how many it still leads.
+	w = newWorld(t)
+	w.addRange(1, "", "", 1, 2)
+	w.ranges[1].learners = []uint64{2}
+	tctx, cancel := context.WithCancel(ctx)
+	r := w.runner(1)
+	waits := 0
+	r.Wait = func(ctx context.Context) error {
+		if waits++; waits == 3 {
+			cancel()
+		}
+		if err := w.settle(ctx); err != nil {
+			return err
+		}
+		return ctx.Err()
+	}
+	if err := r.Drain(tctx); !errors.Is(err, kv.ErrUnavailable) || !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "still leads 1 ranges") {
+		t.Fatalf("drain of a range with no voter to take it: %v", err)
 	}
 }

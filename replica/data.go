@@ -2,6 +2,7 @@ package replica
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/storage"
 )
 
 // The range's replicated state as a whole: what a membership change may do
@@ -21,6 +23,22 @@ import (
 // ErrStaleGeneration means a membership change was planned against a range
 // descriptor that has changed since. Re-read the descriptor and re-plan.
 var ErrStaleGeneration = errors.New("range descriptor changed since the change was planned")
+
+// ConfChangeContext is what a membership change carries in its Context:
+// the ID of its proposal (to route the result back) and the descriptor
+// generation it was planned at (see CheckConfChange).
+func ConfChangeContext(id, generation uint64) []byte {
+	b := binary.BigEndian.AppendUint64(nil, id)
+	return binary.BigEndian.AppendUint64(b, generation)
+}
+
+// ParseConfChangeContext is the inverse of ConfChangeContext.
+func ParseConfChangeContext(b []byte) (id, generation uint64, ok bool) {
+	if len(b) != 16 {
+		return 0, 0, false
+	}
+	return binary.BigEndian.Uint64(b), binary.BigEndian.Uint64(b[8:]), true
+}
 
 // CheckConfChange decides, identically on every replica, whether the
 // membership change cc, planned at generation, may apply to the range as it
@@ -87,6 +105,56 @@ func CheckSnapshot(rangeID uint64, m raftpb.Message, data []RawKV) (*pandopb.Ran
 		return nil, err
 	}
 	return st, nil
+}
+
+// Overlaps reports whether the spans of a and b share a key.
+func Overlaps(a, b *pandopb.RangeDescriptor) bool {
+	aEndsAfterB := len(a.EndKey) == 0 || bytes.Compare(a.EndKey, b.StartKey) > 0
+	bEndsAfterA := len(b.EndKey) == 0 || bytes.Compare(b.EndKey, a.StartKey) > 0
+	return aEndsAfterB && bEndsAfterA
+}
+
+// Covers reports whether the span of a holds every key of b's.
+func Covers(a, b *pandopb.RangeDescriptor) bool {
+	startOK := bytes.Compare(a.StartKey, b.StartKey) <= 0
+	endOK := len(a.EndKey) == 0 || (len(b.EndKey) > 0 && bytes.Compare(b.EndKey, a.EndKey) <= 0)
+	return startOK && endOK
+}
+
+// UncoveredSpans returns the storage spans of d's data that none of others
+// (the other replicas a node holds) covers: what deleting d's replica must
+// delete, and no more.
+func UncoveredSpans(d *pandopb.RangeDescriptor, others []*pandopb.RangeDescriptor) [][2][]byte {
+	var over []*pandopb.RangeDescriptor
+	for _, o := range others {
+		if Overlaps(o, d) {
+			over = append(over, o)
+		}
+	}
+	slices.SortFunc(over, func(a, b *pandopb.RangeDescriptor) int { return bytes.Compare(a.StartKey, b.StartKey) })
+	lo, hi := storage.DataSpan(d.StartKey, d.EndKey)
+	var out [][2][]byte
+	cur := lo
+	for _, o := range over {
+		olo, ohi := storage.DataSpan(o.StartKey, o.EndKey)
+		if bytes.Compare(olo, cur) > 0 {
+			out = append(out, [2][]byte{cur, minKey(olo, hi)})
+		}
+		if bytes.Compare(ohi, cur) > 0 {
+			cur = ohi
+		}
+	}
+	if bytes.Compare(cur, hi) < 0 {
+		out = append(out, [2][]byte{cur, hi})
+	}
+	return out
+}
+
+func minKey(a, b []byte) []byte {
+	if bytes.Compare(a, b) < 0 {
+		return a
+	}
+	return b
 }
 
 // ClearSpan deletes, in b, every replicated record of the range desc

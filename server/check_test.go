@@ -18,6 +18,7 @@ import (
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/client"
 	"github.com/pando/pando/internal/workers"
+	"github.com/pando/pando/rangeops"
 	"github.com/pando/pando/server"
 	"github.com/pando/pando/storage"
 )
@@ -162,7 +163,7 @@ func TestCheckUnderLoadAndLeaderChangeNoFalseAlarm(t *testing.T) {
 		lead := c.waitLeader()
 		if round%2 == 1 {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_ = c.servers[lead].Node().TransferLeadership(ctx)
+			_ = (&rangeops.Runner{Local: c.servers[lead].Node()}).Drain(ctx)
 			cancel()
 		}
 		via := uint64(round%3 + 1)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/client"
+	"github.com/pando/pando/rangeops"
 	"github.com/pando/pando/server"
 )
 
@@ -263,7 +264,7 @@ func TestControllerCompletesFrozenMerge(t *testing.T) {
 		for _, s := range c.servers {
 			if st, ok := s.Node().Status(right.Id); ok && st.LeaderID == s.Node().ID() {
 				fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-				_, err := s.Node().Freeze(fctx, right.Id, resp.Left.Id, st.Desc.Generation)
+				_, err := rangeops.Freeze(fctx, s.Node(), right.Id, resp.Left.Id, st.Desc.Generation)
 				cancel()
 				return err == nil, fmt.Sprint(err)
 			}

@@ -693,7 +693,7 @@ func (s *Server) stop(ctx context.Context) error {
 		return s.engine.Close()
 	}
 	tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	if err := s.node.TransferLeadership(tctx); err != nil {
+	if err := s.ops.Drain(tctx); err != nil {
 		s.log.Warn("leadership transfer incomplete", "err", err)
 	}
 	cancel()

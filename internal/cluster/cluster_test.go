@@ -255,7 +255,7 @@ func TestLeadershipTransfer(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := c.Member(lead).Node.TransferLeadership(ctx); err != nil {
+	if err := c.Ops(lead).Drain(ctx); err != nil {
 		t.Fatal(err)
 	}
 	newLead, err := c.Leader(1, 5*time.Second)

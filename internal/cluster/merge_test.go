@@ -19,6 +19,7 @@ import (
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
+	"github.com/pando/pando/rangeops"
 	"github.com/pando/pando/storage"
 )
 
@@ -338,7 +339,7 @@ func mergeWhileFollowerDown(t *testing.T, c *Cluster, right uint64) (lead, follo
 	c.Crash(follower)
 	ln := c.Member(lead).Node
 	lst, _ := ln.Status(1)
-	desc, err := ln.Merge(mergeCtx(t, 5*time.Second), 1, rdesc, frozenAt, lst.Desc.Generation)
+	desc, err := rangeops.ProposeMerge(mergeCtx(t, 5*time.Second), ln, 1, rdesc, frozenAt, lst.Desc.Generation)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,7 +353,7 @@ func freezeRight(t *testing.T, c *Cluster, right uint64) (lead, frozenAt uint64,
 	n := c.Member(lead).Node
 	st, _ := n.Status(right)
 	var err error
-	if frozenAt, err = n.Freeze(ctx, right, 1, st.Desc.Generation); err != nil {
+	if frozenAt, err = rangeops.Freeze(ctx, n, right, 1, st.Desc.Generation); err != nil {
 		t.Fatal(err)
 	}
 	st, _ = n.Status(right)
@@ -543,7 +544,7 @@ func TestMergeCatchesUpLaggingRightReplica(t *testing.T) {
 		}
 		acked[k] = resp.Version
 	}
-	frozenAt, err := ln.Freeze(ctx, right, 1, st.Desc.Generation)
+	frozenAt, err := rangeops.Freeze(ctx, ln, right, 1, st.Desc.Generation)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -562,7 +563,7 @@ func TestMergeCatchesUpLaggingRightReplica(t *testing.T) {
 	}
 	rst, _ := ln.Status(right)
 	lst, _ := ln.Status(1)
-	desc, err := ln.Merge(ctx, 1, rst.Desc, frozenAt, lst.Desc.Generation)
+	desc, err := rangeops.ProposeMerge(ctx, ln, 1, rst.Desc, frozenAt, lst.Desc.Generation)
 	if err != nil {
 		t.Fatal(err)
 	}
