@@ -69,6 +69,13 @@ type Config struct {
 	// ticking, and a quiesced follower wakes when its leader's node stops
 	// answering. Optional.
 	PeerLive func(id uint64) bool
+	// PeerQuiet, when set, reports whether another node has sent this one
+	// nothing for a while, an earlier sign than PeerLive of a node that
+	// fails (the transport's Quiet). A quiesced leader wakes when a
+	// follower's node turns quiet, and does not quiesce while one is, so
+	// that check-quorum soon steps it down if it lost its majority.
+	// Optional.
+	PeerQuiet func(id uint64) bool
 	// PeerAddr resolves a node ID to its address, for leader hints. Optional.
 	PeerAddr func(id uint64) string
 	// Events, when set, records elections, leader losses and leadership

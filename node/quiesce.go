@@ -18,8 +18,8 @@ import (
 // when the leader's node stops answering (Config.PeerLive, the transport's
 // node-to-node liveness, which keeps its own per-node keepalive), then elect
 // a new leader as usual. A quiesced leader wakes likewise when a
-// follower's node stops answering, and check-quorum steps it down if it
-// lost its majority; until then it cannot commit or serve a linearizable
+// follower's node stops answering or only goes quiet (Config.PeerQuiet),
+// and check-quorum steps it down if it lost its majority; until then it cannot commit or serve a linearizable
 // read before a quorum answers it.
 
 // quiesceCtx marks the heartbeat that quiesces a follower.
@@ -80,11 +80,16 @@ func (n *Node) followerGone(r *group) bool {
 		return false
 	}
 	for _, id := range r.storage.State().GetDesc().GetReplicas() {
-		if id != n.cfg.ID && !n.cfg.PeerLive(id) {
+		if id != n.cfg.ID && !n.peerAnswers(id) {
 			return true
 		}
 	}
 	return false
+}
+
+// peerAnswers reports whether node id answers and has not gone quiet.
+func (n *Node) peerAnswers(id uint64) bool {
+	return n.cfg.PeerLive(id) && (n.cfg.PeerQuiet == nil || !n.cfg.PeerQuiet(id))
 }
 
 // maybeQuiesce quiesces a leader whose range is idle and fully replicated
@@ -106,7 +111,7 @@ func (n *Node) maybeQuiesce(r *group) bool {
 		if id == n.cfg.ID {
 			continue
 		}
-		if pr.Match != last || pr.State != tracker.StateReplicate || !n.cfg.PeerLive(id) {
+		if pr.Match != last || pr.State != tracker.StateReplicate || !n.peerAnswers(id) {
 			return false
 		}
 	}

@@ -372,7 +372,7 @@ func New(cfg Config) (*Server, error) {
 		Breaker: cfg.PeerBreaker, Events: s.events, Allow: cfg.PeerAllow, DialOptions: dial, OnPeerLive: s.heartbeatSoon})
 	n, err := node.New(node.Config{
 		ID: cfg.ID, Engine: eng, Transport: s.tr, TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks,
-		LogKeepEntries: cfg.LogKeepEntries, Logger: cfg.Logger, Registerer: s.reg, PeerAddr: s.tr.Addr, PeerLive: s.tr.Live,
+		LogKeepEntries: cfg.LogKeepEntries, Logger: cfg.Logger, Registerer: s.reg, PeerAddr: s.tr.Addr, PeerLive: s.tr.Live, PeerQuiet: s.tr.Quiet,
 		CheckBytesPerSec: cfg.CheckBytesPerSec, MaxPendingProposals: cfg.MaxPendingProposals, DedupTTL: cfg.DedupTTL,
 		Events: s.events,
 	})

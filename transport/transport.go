@@ -201,6 +201,18 @@ func (t *Transport) Live(id uint64) bool {
 	return p.live.Load() && !p.open.Load()
 }
 
+// Quiet reports whether the peer has sent this node nothing for half the
+// silence timeout, though an idle peer's keepalives come at most 3/8 of it
+// apart: an early sign that the peer, or the network to it, fails, well
+// before Live turns false. A quiesced leader wakes on it (node.Config).
+func (t *Transport) Quiet(id uint64) bool {
+	p, err := t.peer(id)
+	if err != nil {
+		return true
+	}
+	return t.cfg.Clock.Now().UnixNano()-p.lastHeard.Load() > int64(t.cfg.SilenceTimeout/2)
+}
+
 // Breaker returns the circuit breaker guarding calls to a peer (nil for an
 // unknown peer or this node). The server's forwarding shares it.
 func (t *Transport) Breaker(id uint64) *resilience.Breaker {
@@ -498,7 +510,8 @@ var errStopped = errors.New("transport: stopped")
 
 func (p *peer) pump(cancel context.CancelFunc, stream grpc.ClientStreamingClient[pandopb.RaftBatch, pandopb.RaftAck], out **outstanding) error {
 	silence := p.t.cfg.SilenceTimeout
-	tick := time.NewTicker(silence / 4)
+	// Keepalives go at most keepaliveGap apart (see Quiet).
+	tick := time.NewTicker(silence / 8)
 	defer tick.Stop()
 	lastSent := time.Now()
 	keepalive := false

@@ -309,3 +309,29 @@ func TestLongOutageIsOneOpeningAndOneClosing(t *testing.T) {
 		})
 	}
 }
+
+// Quiet turns on once a peer has sent nothing for half the silence timeout
+// (well before Live turns off) and off when it is heard from again.
+func TestQuietBeforeSilent(t *testing.T) {
+	clock := resilience.NewManualClock()
+	tr := New(Config{ID: 1, Peers: map[uint64]string{1: "unused", 2: "127.0.0.1:1"}, Logger: quiet(), Registerer: prometheus.NewRegistry(),
+		SilenceTimeout: time.Second, Clock: clock})
+	defer tr.Close()
+	if !tr.Quiet(2) || !tr.Quiet(3) {
+		t.Fatal("a peer never heard from (or unknown) is not quiet")
+	}
+	tr.Heard(2)
+	for _, step := range []struct {
+		advance time.Duration
+		quiet   bool
+	}{{0, false}, {400 * time.Millisecond, false}, {200 * time.Millisecond, true}, {time.Hour, true}} {
+		clock.Advance(step.advance)
+		if got := tr.Quiet(2); got != step.quiet {
+			t.Fatalf("after %v more: Quiet = %v, want %v", step.advance, got, step.quiet)
+		}
+	}
+	tr.Heard(2)
+	if tr.Quiet(2) {
+		t.Fatal("quiet right after the peer was heard from")
+	}
+}

@@ -99,6 +99,19 @@ type Cluster struct {
 	members  map[uint64]*Member
 	ids      []uint64
 	breakers map[[2]uint64]*resilience.Breaker
+	quiet    map[[2]uint64]bool // (node, peer): the node hears nothing from peer (SetQuiet)
+}
+
+// SetQuiet makes node report peer as gone quiet (node.Config.PeerQuiet)
+// while the network still carries their messages: the early sign of a
+// failing peer that the real transport gives before it finds it silent.
+func (c *Cluster) SetQuiet(node, peer uint64, quiet bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.quiet == nil {
+		c.quiet = map[[2]uint64]bool{}
+	}
+	c.quiet[[2]uint64{node, peer}] = quiet
 }
 
 // New starts a cluster whose nodes all hold range 1 (the whole key space).
@@ -259,6 +272,11 @@ func (c *Cluster) Start(id uint64) {
 		c.t.Fatalf("node %d: reopen: %v", id, err)
 	}
 	peerLive := func(peer uint64) bool { return c.Net.Reachable(id, peer) }
+	peerQuiet := func(peer uint64) bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.quiet[[2]uint64{id, peer}]
+	}
 	if c.opts.NoQuiesce {
 		peerLive = nil
 	}
@@ -269,6 +287,7 @@ func (c *Cluster) Start(id uint64) {
 		SnapshotChunkBytes: 4 << 10, MaxPendingProposals: c.opts.MaxPendingProposals,
 		MaxUncommittedBytes: c.opts.MaxUncommittedBytes,
 		PeerLive:            peerLive,
+		PeerQuiet:           peerQuiet,
 	})
 	if err != nil {
 		c.t.Fatalf("node %d: %v", id, err)

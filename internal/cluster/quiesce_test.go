@@ -160,3 +160,42 @@ func TestIsolatedQuiescedLeaderStepsDown(t *testing.T) {
 		t.Fatalf("read through the healed node: %v %v", resp, err)
 	}
 }
+
+// A quiesced leader wakes as soon as a follower's node goes quiet (before
+// the transport finds it silent), and does not quiesce again until every
+// follower's node is heard from: check-quorum then has the time to step
+// it down if it lost its majority.
+func TestQuiescedLeaderWakesWhileAFollowerIsQuiet(t *testing.T) {
+	c := New(t, Options{Seed: testSeed(t)})
+	put(t, c.KV(1), "k", "v")
+	waitQuiesced(t, c, 10*time.Second)
+	lead, err := c.Leader(1, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	follower := c.IDs()[0]
+	if follower == lead {
+		follower = c.IDs()[1]
+	}
+	quiesced := func() bool { st, _ := c.Member(lead).Node.Status(1); return st.Quiesced }
+	c.SetQuiet(lead, follower, true)
+	deadline := time.Now().Add(5 * time.Second)
+	for quiesced() {
+		if time.Now().After(deadline) {
+			t.Fatalf("leader %d still quiesced 5s after node %d went quiet", lead, follower)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// Awake for as long as the follower is quiet: 20 election timeouts.
+	timeout := time.Duration(c.opts.ElectionTicks) * c.opts.TickInterval
+	for end := time.Now().Add(20 * timeout); time.Now().Before(end); time.Sleep(timeout / 4) {
+		if quiesced() {
+			t.Fatalf("leader %d quiesced again while node %d is quiet", lead, follower)
+		}
+	}
+	if st, _ := c.Member(lead).Node.Status(1); st.LeaderID != lead {
+		t.Fatalf("leader %d lost range 1 with a majority that answers: %+v", lead, st)
+	}
+	c.SetQuiet(lead, follower, false)
+	waitQuiesced(t, c, 10*time.Second)
+}
