@@ -356,6 +356,20 @@ func (b *Breaker) notify(tr []transition) {
 	}
 }
 
+// ProbeNow ends an open period early: the guarded side showed that it is
+// back (it called us), so the next call is admitted as a probe, which
+// closes the breaker or opens it again as usual.
+func (b *Breaker) ProbeNow() {
+	b.mu.Lock()
+	now := b.clock.Now()
+	tr := b.advance(now, nil)
+	if b.state == StateOpen {
+		tr = b.set(StateHalfOpen, now, tr)
+	}
+	b.mu.Unlock()
+	b.notify(tr)
+}
+
 // State returns the breaker's state now.
 func (b *Breaker) State() State {
 	return b.Status().State

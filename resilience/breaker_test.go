@@ -296,3 +296,28 @@ func TestBreakerSettingsValidate(t *testing.T) {
 		}
 	}
 }
+
+func TestBreakerProbeNowEndsTheOpenPeriod(t *testing.T) {
+	b, _, rec := newTestBreaker(t, BreakerSettings{ConsecutiveFailures: 1, OpenFor: time.Hour, HalfOpenProbes: 1})
+	b.ProbeNow() // closed: nothing to end
+	wantState(t, b, StateClosed)
+	call(t, b, Failure)
+	wantState(t, b, StateOpen)
+	b.ProbeNow()
+	wantState(t, b, StateHalfOpen)
+	c, err := b.Allow()
+	if err != nil || !c.Probe() {
+		t.Fatalf("after ProbeNow: Allow = %v, probe %v", err, c.Probe())
+	}
+	wantRejected(t, b) // one probe at a time, as after OpenFor
+	b.ProbeNow()       // half-open: nothing changes
+	c.Done(Failure)
+	wantState(t, b, StateOpen) // a failed probe opens it for OpenFor again
+	b.ProbeNow()
+	call(t, b, Success)
+	wantState(t, b, StateClosed)
+	want := "n1:closed->open,n1:open->half-open,n1:half-open->open,n1:open->half-open,n1:half-open->closed"
+	if got := strings.Join(rec.changes, ","); got != want {
+		t.Fatalf("changes %q, want %q", got, want)
+	}
+}

@@ -236,6 +236,17 @@ func (t *Transport) Heard(id uint64) {
 		return // unknown (not yet in our address book) or stopping
 	}
 	p.lastHeard.Store(t.cfg.Clock.Now().UnixNano())
+	if p.open.Load() {
+		// The peer reaches us while our breaker to it is open: probe now
+		// rather than at the end of the open period. Each side's probe
+		// succeeds only when it hears from the other, so two breakers that
+		// each waited out their own open period could keep missing each
+		// other's probes for many periods after a partition heals.
+		select {
+		case p.kick <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // Conn returns the shared connection to a peer.
@@ -278,7 +289,8 @@ func (t *Transport) peer(id uint64) (*peer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("transport: dial node %d at %s: %w", id, addr, err)
 	}
-	p := &peer{t: t, id: id, conn: conn, queue: make(chan node.Envelope, t.cfg.QueueSize), snaps: make(chan node.Envelope, 4)}
+	p := &peer{t: t, id: id, conn: conn, queue: make(chan node.Envelope, t.cfg.QueueSize), snaps: make(chan node.Envelope, 4),
+		kick: make(chan struct{}, 1)}
 	label := fmt.Sprint(id)
 	p.br = resilience.NewBreaker(label, t.cfg.Breaker, t.cfg.Clock, func(_ string, from, to resilience.State) {
 		p.open.Store(to == resilience.StateOpen)
@@ -403,8 +415,9 @@ type peer struct {
 	snaps     chan node.Envelope
 	live      atomic.Bool
 	br        *resilience.Breaker
-	open      atomic.Bool  // br is open: Send drops at once
-	lastHeard atomic.Int64 // unix nanoseconds of the last batch received from the peer
+	open      atomic.Bool   // br is open: Send drops at once
+	lastHeard atomic.Int64  // unix nanoseconds of the last batch received from the peer
+	kick      chan struct{} // heard from while br is open: probe now (Heard)
 }
 
 var (
@@ -434,6 +447,8 @@ func (p *peer) run() {
 			case <-p.t.stopc:
 				return
 			case <-time.After(wait):
+			case <-p.kick:
+				p.br.ProbeNow()
 			}
 			continue
 		}

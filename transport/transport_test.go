@@ -335,3 +335,31 @@ func TestQuietBeforeSilent(t *testing.T) {
 		t.Fatal("quiet right after the peer was heard from")
 	}
 }
+
+// A peer heard from while the breaker to it is open is probed at once, not
+// at the end of the open period: each side's probe succeeds only when it
+// hears from the other, so after a partition two breakers that each waited
+// out their own period could keep missing each other's probes.
+func TestHeardFromWhileOpenProbesAtOnce(t *testing.T) {
+	addr, _ := startFakePeer(t)
+	clock := resilience.NewManualClock()
+	tr := New(Config{ID: 1, Peers: map[uint64]string{1: "unused", 2: addr}, Logger: quiet(), Registerer: prometheus.NewRegistry(),
+		SilenceTimeout: 100 * time.Millisecond, ConnectTimeout: 200 * time.Millisecond, Clock: clock,
+		Breaker: resilience.BreakerSettings{ConsecutiveFailures: 2, OpenFor: time.Hour}})
+	defer tr.Close()
+	stop := make(chan struct{})
+	defer close(stop)
+	go heartbeats(tr, stop)
+	waitFor(t, "the breaker to open", 5*time.Second, func() bool {
+		clock.Advance(100 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
+		return tr.Breaker(2).State() == resilience.StateOpen
+	})
+	// The peer answers again; the clock stays far from the open hour's end.
+	waitFor(t, "the breaker to close after the peer was heard from", 10*time.Second, func() bool {
+		tr.Heard(2)
+		clock.Advance(10 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
+		return tr.Breaker(2).State() == resilience.StateClosed && tr.Live(2)
+	})
+}
