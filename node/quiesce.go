@@ -54,7 +54,6 @@ func (n *Node) tickReplica(r *group) {
 			n.wake(r)
 		case n.followerGone(r):
 			n.wake(r)
-			n.skipQuorumCheck(r)
 		default:
 			return
 		}
@@ -89,19 +88,6 @@ func (n *Node) followerGone(r *group) bool {
 		}
 	}
 	return false
-}
-
-// skipQuorumCheck runs at once the quorum check that a leader woken by a
-// gone follower would run next (within an election timeout): the check
-// looks at who answered since the last one, before the range quiesced,
-// when every follower did, so it passes and only starts the window that
-// counts. The leader ticks an election timeout's worth (each tick also
-// sends the followers a heartbeat), and the next check, an election
-// timeout from now at most, steps it down if a majority does not answer.
-func (n *Node) skipQuorumCheck(r *group) {
-	for i := 0; i < n.cfg.ElectionTicks; i++ {
-		r.rn.Tick()
-	}
 }
 
 // peerAnswers reports whether node id answers and has not gone quiet.
