@@ -74,7 +74,7 @@ type Config struct {
 	// fails (the transport's Quiet). A quiesced leader wakes when a
 	// follower's node turns quiet, and does not quiesce while one is, so
 	// that check-quorum soon steps it down if it lost its majority.
-	// Optional.
+	// Optional (default: never quiet).
 	PeerQuiet func(id uint64) bool
 	// PeerAddr resolves a node ID to its address, for leader hints. Optional.
 	PeerAddr func(id uint64) string
@@ -105,6 +105,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HeartbeatTicks == 0 {
 		c.HeartbeatTicks = 1
+	}
+	if c.PeerQuiet == nil {
+		c.PeerQuiet = func(uint64) bool { return false }
 	}
 	if c.HeartbeatTicks >= c.ElectionTicks {
 		return fmt.Errorf("node: Config.HeartbeatTicks (%d) must be below ElectionTicks (%d)", c.HeartbeatTicks, c.ElectionTicks)

@@ -19,8 +19,8 @@ import (
 // node-to-node liveness, which keeps its own per-node keepalive), then elect
 // a new leader as usual. A quiesced leader wakes likewise when a
 // follower's node stops answering or only goes quiet (Config.PeerQuiet),
-// and check-quorum steps it down if it lost its majority; until then it cannot commit or serve a linearizable
-// read before a quorum answers it.
+// and check-quorum steps it down if it lost its majority; until then it
+// cannot commit or serve a linearizable read before a quorum answers it.
 
 // quiesceCtx marks the heartbeat that quiesces a follower.
 var quiesceCtx = []byte("pando-quiesce")
@@ -49,14 +49,10 @@ func (n *Node) setQuiesced(r *group) {
 // when it can. Runs on the loop at every tick.
 func (n *Node) tickReplica(r *group) {
 	if r.quiesced {
-		switch {
-		case n.leaderGone(r):
-			n.wake(r)
-		case n.followerGone(r):
-			n.wake(r)
-		default:
+		if !n.leaderGone(r) && !n.followerGone(r) {
 			return
 		}
+		n.wake(r)
 	}
 	if n.quiescing() && n.maybeQuiesce(r) {
 		return
@@ -92,7 +88,7 @@ func (n *Node) followerGone(r *group) bool {
 
 // peerAnswers reports whether node id answers and has not gone quiet.
 func (n *Node) peerAnswers(id uint64) bool {
-	return n.cfg.PeerLive(id) && (n.cfg.PeerQuiet == nil || !n.cfg.PeerQuiet(id))
+	return n.cfg.PeerLive(id) && !n.cfg.PeerQuiet(id)
 }
 
 // maybeQuiesce quiesces a leader whose range is idle and fully replicated

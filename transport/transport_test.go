@@ -78,6 +78,29 @@ func heartbeats(tr *Transport, stop <-chan struct{}) {
 	}
 }
 
+// silentPeerOpens starts a transport (silence timeout 100 ms, driven by
+// the returned manual clock) that sends heartbeats every 5 ms to a peer
+// that never answers, until its breaker opens for openFor. The transport
+// is closed and the heartbeats (stop) end with the test.
+func silentPeerOpens(t *testing.T, openFor time.Duration, bus *events.Bus) (*Transport, *resilience.ManualClock, chan struct{}) {
+	t.Helper()
+	addr, _ := startFakePeer(t)
+	clock := resilience.NewManualClock()
+	tr := New(Config{ID: 1, Peers: map[uint64]string{1: "unused", 2: addr}, Logger: quiet(), Registerer: prometheus.NewRegistry(),
+		SilenceTimeout: 100 * time.Millisecond, ConnectTimeout: 200 * time.Millisecond, Clock: clock, Events: bus,
+		Breaker: resilience.BreakerSettings{ConsecutiveFailures: 2, OpenFor: openFor}})
+	t.Cleanup(tr.Close)
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop) })
+	go heartbeats(tr, stop)
+	waitFor(t, "the breaker to open", 5*time.Second, func() bool {
+		clock.Advance(100 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
+		return tr.Breaker(2).State() == resilience.StateOpen
+	})
+	return tr, clock, stop
+}
+
 // TestBreakerOpensOnSilentPeerAndLetsOnlyProbesThrough: a peer that takes
 // our messages but never answers trips the breaker; while it is open the
 // transport drops the peer's messages at once and opens a stream only as a
@@ -230,24 +253,11 @@ func TestQuietPeersStayLive(t *testing.T) {
 func TestLongOutageIsOneOpeningAndOneClosing(t *testing.T) {
 	for _, outage := range []time.Duration{5 * time.Second, 120 * time.Second} {
 		t.Run(outage.String(), func(t *testing.T) {
-			addr, _ := startFakePeer(t)
-			clock := resilience.NewManualClock()
 			bus := events.New(1, 1000)
 			openFor := time.Second
-			tr := New(Config{ID: 1, Peers: map[uint64]string{1: "unused", 2: addr}, Logger: quiet(), Registerer: prometheus.NewRegistry(),
-				SilenceTimeout: 100 * time.Millisecond, ConnectTimeout: 200 * time.Millisecond, Clock: clock, Events: bus,
-				Breaker: resilience.BreakerSettings{ConsecutiveFailures: 2, OpenFor: openFor}})
-			defer tr.Close()
-			stop := make(chan struct{})
-			defer close(stop)
-			go heartbeats(tr, stop)
+			tr, clock, stop := silentPeerOpens(t, openFor, bus)
 
 			// The outage, at 20 clock seconds per real second.
-			waitFor(t, "the breaker to open", 5*time.Second, func() bool {
-				clock.Advance(100 * time.Millisecond)
-				time.Sleep(5 * time.Millisecond)
-				return tr.Breaker(2).State() == resilience.StateOpen
-			})
 			for elapsed := time.Duration(0); elapsed < outage; elapsed += 100 * time.Millisecond {
 				clock.Advance(100 * time.Millisecond)
 				time.Sleep(5 * time.Millisecond)
@@ -341,20 +351,7 @@ func TestQuietBeforeSilent(t *testing.T) {
 // hears from the other, so after a partition two breakers that each waited
 // out their own period could keep missing each other's probes.
 func TestHeardFromWhileOpenProbesAtOnce(t *testing.T) {
-	addr, _ := startFakePeer(t)
-	clock := resilience.NewManualClock()
-	tr := New(Config{ID: 1, Peers: map[uint64]string{1: "unused", 2: addr}, Logger: quiet(), Registerer: prometheus.NewRegistry(),
-		SilenceTimeout: 100 * time.Millisecond, ConnectTimeout: 200 * time.Millisecond, Clock: clock,
-		Breaker: resilience.BreakerSettings{ConsecutiveFailures: 2, OpenFor: time.Hour}})
-	defer tr.Close()
-	stop := make(chan struct{})
-	defer close(stop)
-	go heartbeats(tr, stop)
-	waitFor(t, "the breaker to open", 5*time.Second, func() bool {
-		clock.Advance(100 * time.Millisecond)
-		time.Sleep(5 * time.Millisecond)
-		return tr.Breaker(2).State() == resilience.StateOpen
-	})
+	tr, clock, _ := silentPeerOpens(t, time.Hour, nil)
 	// The peer answers again; the clock stays far from the open hour's end.
 	waitFor(t, "the breaker to close after the peer was heard from", 10*time.Second, func() bool {
 		tr.Heard(2)

@@ -108,9 +108,6 @@ type Cluster struct {
 func (c *Cluster) SetQuiet(node, peer uint64, quiet bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.quiet == nil {
-		c.quiet = map[[2]uint64]bool{}
-	}
 	c.quiet[[2]uint64{node, peer}] = quiet
 }
 
@@ -140,7 +137,8 @@ func New(t testing.TB, opts Options) *Cluster {
 		level = slog.LevelInfo
 	}
 	c := &Cluster{t: t, opts: opts, Net: NewNetwork(opts.Seed), members: map[uint64]*Member{}, breakers: map[[2]uint64]*resilience.Breaker{},
-		log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))}
+		quiet: map[[2]uint64]bool{},
+		log:   slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))}
 	for i := 1; i <= opts.Nodes; i++ {
 		c.ids = append(c.ids, uint64(i))
 	}

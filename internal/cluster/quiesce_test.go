@@ -131,7 +131,10 @@ func TestOneWriterSendsFourMessagesPerPut(t *testing.T) {
 // and check-quorum makes it a follower within a few election timeouts
 // (before, it kept reporting StateLeader for the whole partition); after
 // the heal the range serves again.
-func TestIsolatedQuiescedLeaderStepsDown(t *testing.T) {
+// quiescedCluster starts a cluster, writes one key and waits until range
+// 1 is quiesced everywhere; it returns range 1's leader.
+func quiescedCluster(t *testing.T) (*Cluster, uint64) {
+	t.Helper()
 	c := New(t, Options{Seed: testSeed(t)})
 	put(t, c.KV(1), "k", "v")
 	waitQuiesced(t, c, 10*time.Second)
@@ -139,6 +142,11 @@ func TestIsolatedQuiescedLeaderStepsDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c, lead
+}
+
+func TestIsolatedQuiescedLeaderStepsDown(t *testing.T) {
+	c, lead := quiescedCluster(t)
 	c.Net.Isolate(lead, c.IDs())
 	cut := time.Now()
 	timeout := time.Duration(c.opts.ElectionTicks) * c.opts.TickInterval
@@ -166,13 +174,7 @@ func TestIsolatedQuiescedLeaderStepsDown(t *testing.T) {
 // follower's node is heard from: check-quorum then has the time to step
 // it down if it lost its majority.
 func TestQuiescedLeaderWakesWhileAFollowerIsQuiet(t *testing.T) {
-	c := New(t, Options{Seed: testSeed(t)})
-	put(t, c.KV(1), "k", "v")
-	waitQuiesced(t, c, 10*time.Second)
-	lead, err := c.Leader(1, time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, lead := quiescedCluster(t)
 	follower := c.IDs()[0]
 	if follower == lead {
 		follower = c.IDs()[1]
