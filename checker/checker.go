@@ -171,7 +171,8 @@ func (c cluster) Repair(ctx context.Context, target, source, rangeID uint64) (ui
 }
 
 func (c cluster) RecordVerdict(ctx context.Context, rangeID uint64, v *pandopb.CheckVerdict) error {
-	return c.c.node.RecordVerdict(ctx, rangeID, v)
+	_, err := c.c.node.Propose(ctx, rangeID, &pandopb.Command{Op: &pandopb.Command_Verdict{Verdict: v}})
+	return err
 }
 
 // peerCallTimeout bounds one call to a replica during a check. Calls wait

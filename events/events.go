@@ -110,6 +110,46 @@ func TransferEvent(rangeID, from, to, term uint64) Event {
 		Message: fmt.Sprintf("range %d: leadership transferred from node %d to node %d (term %d)", rangeID, from, to, term)}
 }
 
+// LeaderChange is what one node's replica of a range saw when its leader
+// changed: from Prev (0: none) to Lead (0: lost). Known is the last leader
+// it knew before (even if lost since), TransferFrom the node handing its
+// leadership over if a transfer is under way (0: none), Self this node.
+type LeaderChange struct {
+	Range, Self, Prev, Lead, Known, TransferFrom, Term uint64
+}
+
+// Event is the timeline's entry for the change: a transfer's outcome, an
+// election (with why), or a lost leader; false while a transfer is under
+// way and the leader is gone (its outcome is the event).
+func (c LeaderChange) Event() (Event, bool) {
+	if c.Lead == 0 {
+		if c.TransferFrom != 0 {
+			return Event{}, false
+		}
+		why := "no heartbeat from it within the election timeout, or a higher term seen"
+		if c.Prev == c.Self {
+			why = "this node stepped down: it lost its quorum or saw a higher term"
+		}
+		return LeaderLostEvent(c.Range, c.Prev, c.Term, why), true
+	}
+	var why string
+	switch {
+	case c.TransferFrom != 0 && c.TransferFrom != c.Lead:
+		return TransferEvent(c.Range, c.TransferFrom, c.Lead, c.Term), true
+	case c.Known == 0 && c.Lead == c.Self:
+		why = "this node won the first election since it started"
+	case c.Known == 0:
+		why = "first leader this node knows of since it started"
+	case c.Known == c.Lead:
+		why = fmt.Sprintf("node %d leads again", c.Lead)
+	case c.Prev != 0:
+		why = fmt.Sprintf("replaced leader %d", c.Known)
+	default:
+		why = fmt.Sprintf("leader %d was lost", c.Known)
+	}
+	return ElectionEvent(c.Range, c.Lead, c.Known, c.Term, why), true
+}
+
 // NodeJoinEvent: peer became reachable.
 func NodeJoinEvent(peer uint64, why string) Event {
 	return Event{Type: NodeJoin, Peer: peer, Reason: why, Message: fmt.Sprintf("node %d reachable", peer)}

@@ -44,12 +44,6 @@ func (n *Node) ProposeCheck(ctx context.Context, rangeID, id uint64) (index uint
 	return c.Index, c.Desc.Replicas, nil
 }
 
-// RecordVerdict replicates a check's verdict into the range's state.
-func (n *Node) RecordVerdict(ctx context.Context, rangeID uint64, v *pandopb.CheckVerdict) error {
-	_, err := n.Propose(ctx, rangeID, &pandopb.Command{Op: &pandopb.Command_Verdict{Verdict: v}})
-	return err
-}
-
 // DataSnapshot is a replica's replicated data at one applied index.
 type DataSnapshot = replica.DataSnapshot
 

@@ -572,48 +572,18 @@ const campaignTransfer = "CampaignTransfer"
 // leaderChanged records an election, a transfer or a lost leader. It runs
 // on the loop only when a replica's leader changes, and never blocks.
 func (n *Node) leaderChanged(r *group, lead uint64) {
-	prev := r.lastLead
+	c := events.LeaderChange{Range: r.id, Self: n.cfg.ID, Prev: r.lastLead, Lead: lead, Known: r.knownLead,
+		TransferFrom: r.transferFrom, Term: r.rn.BasicStatus().Term}
 	r.lastLead = lead
-	ev := n.cfg.Events
-	if ev == nil {
-		return
+	if c.TransferFrom != 0 && time.Since(r.transferAt) > 4*time.Duration(n.cfg.ElectionTicks)*n.cfg.TickInterval {
+		c.TransferFrom = 0 // a transfer that did not happen
 	}
-	term := r.rn.BasicStatus().Term
-	if r.transferFrom != 0 && time.Since(r.transferAt) > 4*time.Duration(n.cfg.ElectionTicks)*n.cfg.TickInterval {
-		r.transferFrom = 0 // a transfer that did not happen
+	r.transferFrom = c.TransferFrom
+	if lead != 0 {
+		r.knownLead, r.transferFrom = lead, 0
 	}
-	if lead == 0 {
-		if r.transferFrom != 0 {
-			return // a transfer under way: its outcome is the event
-		}
-		why := "no heartbeat from it within the election timeout, or a higher term seen"
-		if prev == n.cfg.ID {
-			why = "this node stepped down: it lost its quorum or saw a higher term"
-		}
-		ev.Publish(events.LeaderLostEvent(r.id, prev, term, why))
-		return
-	}
-	known := r.knownLead // the last leader known, even if lost since
-	r.knownLead = lead
-	from := r.transferFrom
-	r.transferFrom = 0
-	switch {
-	case from != 0 && from != lead:
-		ev.Publish(events.TransferEvent(r.id, from, lead, term))
-	case known == 0:
-		why := "first leader this node knows of since it started"
-		if lead == n.cfg.ID {
-			why = "this node won the first election since it started"
-		}
-		ev.Publish(events.ElectionEvent(r.id, lead, 0, term, why))
-	case known == lead:
-		ev.Publish(events.ElectionEvent(r.id, lead, known, term, fmt.Sprintf("node %d leads again", lead)))
-	default:
-		why := fmt.Sprintf("leader %d was lost", known)
-		if prev != 0 {
-			why = fmt.Sprintf("replaced leader %d", known)
-		}
-		ev.Publish(events.ElectionEvent(r.id, lead, known, term, why))
+	if e, ok := c.Event(); ok {
+		n.cfg.Events.Publish(e)
 	}
 }
 

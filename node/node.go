@@ -168,7 +168,7 @@ func New(cfg Config) (*Node, error) {
 	n.nextID.Store(rand.Uint64() >> 1)
 	n.checks = replica.NewChecks(cfg.CheckBytesPerSec, n.stopc)
 	n.lastPrune = time.Now()
-	n.met = newMetrics(n, cfg.Registerer)
+	n.met = newMetrics(cfg.Registerer)
 	ids, err := cfg.Engine.RangeIDs()
 	if err != nil {
 		return nil, err

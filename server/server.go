@@ -381,6 +381,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.node = n
+	s.reg.MustRegister(&stateCollector{n: n})
 	s.tr.Attach(n)
 	if s.svc, err = kvservice.NewService(n, s.tr, cfg.Limits, cfg.RequestTimeout, route.Policy{}); err != nil {
 		return nil, err
