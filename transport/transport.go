@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -236,16 +237,20 @@ func (t *Transport) Heard(id uint64) {
 		return // unknown (not yet in our address book) or stopping
 	}
 	p.lastHeard.Store(t.cfg.Clock.Now().UnixNano())
+	if p.conn.GetState() == connectivity.TransientFailure {
+		// The network to the peer works again: dial now rather than
+		// at the end of gRPC's reconnect backoff (up to a second, plus
+		// a connect attempt begun during the cut that waits out its
+		// timeout).
+		p.conn.ResetConnectBackoff()
+	}
 	if p.open.Load() {
 		// The peer reaches us while our breaker to it is open: probe now
 		// rather than at the end of the open period. Each side's probe
 		// succeeds only when it hears from the other, so two breakers that
 		// each waited out their own open period could keep missing each
 		// other's probes for many periods after a partition heals.
-		select {
-		case p.kick <- struct{}{}:
-		default:
-		}
+		p.kickProbe()
 	}
 }
 
@@ -316,10 +321,43 @@ func (t *Transport) peer(id uint64) (*peer, error) {
 	t.brState.WithLabelValues(label).Set(0)
 	p.live.Store(true)
 	t.peers[id] = p
-	t.wg.Add(2)
+	t.wg.Add(3)
 	go p.run()
 	go p.runSnapshots()
+	go p.watchConn()
 	return p, nil
+}
+
+// watchConn kicks the breaker's probe when the connection to the peer is
+// (re)established while the breaker is open: the network reaches the peer
+// again, so the probe need not wait out the open period. (A connection
+// that stays up while the peer is silent, a paused process, makes no
+// transition and leaves the breaker's pacing alone.)
+func (p *peer) watchConn() {
+	defer p.t.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-p.t.stopc:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	state := p.conn.GetState()
+	for p.conn.WaitForStateChange(ctx, state) {
+		if state = p.conn.GetState(); state == connectivity.Ready && p.open.Load() {
+			p.kickProbe()
+		}
+	}
+}
+
+// kickProbe has an open breaker probe now (see run).
+func (p *peer) kickProbe() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
 }
 
 // Dial connects to a node at addr the way this node reaches its peers:
@@ -342,12 +380,15 @@ func (t *Transport) Dial(addr string) (*grpc.ClientConn, error) {
 // on the old connection before a new one is dialled.
 func (t *Transport) userTimeout() time.Duration { return 2 * t.cfg.SilenceTimeout }
 
-// PeerConnectParams caps gRPC's reconnect backoff at one second. Its
-// default grows to two minutes, so a peer that restarts after being down a
-// while would stay unreachable (and its breaker open, dropping the votes it
-// needs) long after it is back.
+// PeerConnectParams caps gRPC's reconnect backoff at a quarter of a
+// second. Its default grows to two minutes, so a peer that restarts after
+// being down a while would stay unreachable (and its breaker open,
+// dropping the votes it needs) long after it is back. A dial to a peer
+// cut off by a firewall that drops packets waits out its one-second
+// connect timeout, so during a partition a peer is dialled about once
+// every 1.25 s, each dial sending a new SYN every DialStagger.
 var PeerConnectParams = grpc.WithConnectParams(grpc.ConnectParams{
-	Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+	Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 250 * time.Millisecond},
 	MinConnectTimeout: time.Second,
 })
 
@@ -443,6 +484,10 @@ func (p *peer) run() {
 			p.flush(dropBreakerOpen)
 			p.reportUnreachable()
 			wait := max(st.OpenUntil.Sub(p.t.cfg.Clock.Now()), backoff)
+			// Keep gRPC dialing while no stream asks it to (an idle
+			// connection does not reconnect): watchConn kicks the probe
+			// once a dial succeeds.
+			p.conn.Connect()
 			select {
 			case <-p.t.stopc:
 				return

@@ -191,6 +191,7 @@ func TestPartitionedLeaderRecoversAfterHeal(t *testing.T) {
 			if err = n.serve(key); err == nil {
 				return time.Since(start)
 			}
+			t.Logf("node %d does not serve yet %s (%v): %v", n.id, when, time.Since(start).Round(time.Millisecond), err)
 			time.Sleep(50 * time.Millisecond)
 		}
 		t.Fatalf("node %d does not serve a write and a read %s within %v: %v", n.id, when, within, err)
