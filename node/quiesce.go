@@ -49,10 +49,14 @@ func (n *Node) setQuiesced(r *group) {
 // when it can. Runs on the loop at every tick.
 func (n *Node) tickReplica(r *group) {
 	if r.quiesced {
-		if !n.leaderGone(r) && !n.followerGone(r) {
+		gone := n.followerGone(r)
+		if !gone && !n.leaderGone(r) {
 			return
 		}
 		n.wake(r)
+		if gone && !n.majorityAnswers(r) {
+			n.checkQuorumNow(r)
+		}
 	}
 	if n.quiescing() && n.maybeQuiesce(r) {
 		return
@@ -84,6 +88,34 @@ func (n *Node) followerGone(r *group) bool {
 		}
 	}
 	return false
+}
+
+// majorityAnswers reports whether a majority of r's voters, this node
+// included, answer.
+func (n *Node) majorityAnswers(r *group) bool {
+	voters := r.storage.State().GetDesc().GetReplicas()
+	answering := 0
+	for _, id := range voters {
+		if id == n.cfg.ID || n.peerAnswers(id) {
+			answering++
+		}
+	}
+	return answering > len(voters)/2
+}
+
+// checkQuorumNow has a quiesced leader, woken because a majority went
+// quiet, run at once the quorum check it would run within an election
+// timeout (the election timeout's worth of ticks also sends heartbeats).
+// That check counts the answers since the last one, from before the range
+// quiesced, and passes (none since: the leader steps down at once); it
+// starts the window that counts, so the next
+// check, one election timeout later, steps the leader down unless a
+// majority answered meanwhile. Only when a majority went quiet: with a
+// majority answering, the leader keeps its term and needs no hurry.
+func (n *Node) checkQuorumNow(r *group) {
+	for i := 0; i < n.cfg.ElectionTicks; i++ {
+		r.rn.Tick()
+	}
 }
 
 // peerAnswers reports whether node id answers and has not gone quiet.

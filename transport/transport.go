@@ -202,16 +202,17 @@ func (t *Transport) Live(id uint64) bool {
 	return p.live.Load() && !p.open.Load()
 }
 
-// Quiet reports whether the peer has sent this node nothing for half the
-// silence timeout, though an idle peer's keepalives come at most 3/8 of it
-// apart: an early sign that the peer, or the network to it, fails, well
-// before Live turns false. A quiesced leader wakes on it (node.Config).
+// Quiet reports whether the peer has sent this node nothing for a quarter
+// of the silence timeout, though an idle peer's keepalives come at most
+// 3/16 of it apart: an early sign that the peer, or the network to it,
+// fails, well before Live turns false. A quiesced leader wakes on it, and
+// steps down soon after when a majority went quiet (node.Config).
 func (t *Transport) Quiet(id uint64) bool {
 	p, err := t.peer(id)
 	if err != nil {
 		return true
 	}
-	return t.cfg.Clock.Now().UnixNano()-p.lastHeard.Load() > int64(t.cfg.SilenceTimeout/2)
+	return t.cfg.Clock.Now().UnixNano()-p.lastHeard.Load() > int64(t.cfg.SilenceTimeout/4)
 }
 
 // Breaker returns the circuit breaker guarding calls to a peer (nil for an
@@ -570,10 +571,10 @@ var errStopped = errors.New("transport: stopped")
 
 func (p *peer) pump(cancel context.CancelFunc, stream grpc.ClientStreamingClient[pandopb.RaftBatch, pandopb.RaftAck], out **outstanding) error {
 	silence := p.t.cfg.SilenceTimeout
-	// An idle stream sends a keepalive once nothing went for silence/4,
-	// looked at every silence/8: at most 3/8 of the silence timeout apart,
-	// well inside the half that makes the peer Quiet.
-	tick := time.NewTicker(silence / 8)
+	// An idle stream sends a keepalive once nothing went for silence/8,
+	// looked at every silence/16: at most 3/16 of the silence timeout
+	// apart, inside the quarter that makes the peer Quiet.
+	tick := time.NewTicker(silence / 16)
 	defer tick.Stop()
 	lastSent := time.Now()
 	keepalive := false
@@ -603,7 +604,7 @@ func (p *peer) pump(cancel context.CancelFunc, stream grpc.ClientStreamingClient
 			if p.br.Status().State == resilience.StateOpen {
 				return errBreakerOpen
 			}
-			if time.Since(lastSent) < silence/4 {
+			if time.Since(lastSent) < silence/8 {
 				continue
 			}
 			// Idle (its ranges quiesced): a keepalive, an empty batch, so

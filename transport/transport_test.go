@@ -320,7 +320,7 @@ func TestLongOutageIsOneOpeningAndOneClosing(t *testing.T) {
 	}
 }
 
-// Quiet turns on once a peer has sent nothing for half the silence timeout
+// Quiet turns on once a peer has sent nothing for a quarter of the silence timeout
 // (well before Live turns off) and off when it is heard from again.
 func TestQuietBeforeSilent(t *testing.T) {
 	clock := resilience.NewManualClock()
@@ -334,7 +334,7 @@ func TestQuietBeforeSilent(t *testing.T) {
 	for _, step := range []struct {
 		advance time.Duration
 		quiet   bool
-	}{{0, false}, {400 * time.Millisecond, false}, {200 * time.Millisecond, true}, {time.Hour, true}} {
+	}{{0, false}, {200 * time.Millisecond, false}, {100 * time.Millisecond, true}, {time.Hour, true}} {
 		clock.Advance(step.advance)
 		if got := tr.Quiet(2); got != step.quiet {
 			t.Fatalf("after %v more: Quiet = %v, want %v", step.advance, got, step.quiet)
