@@ -41,7 +41,12 @@ func (f *fakePeer) Send(stream grpc.ClientStreamingServer[pandopb.RaftBatch, pan
 
 func startFakePeer(t *testing.T) (string, *fakePeer) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	return startFakePeerAt(t, "127.0.0.1:0")
+}
+
+func startFakePeerAt(t *testing.T, addr string) (string, *fakePeer) {
+	t.Helper()
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,6 +181,34 @@ func TestBreakerOpensOnDeadPeer(t *testing.T) {
 	waitFor(t, "the breaker to open", 5*time.Second, func() bool { return tr.Breaker(2).State() == resilience.StateOpen })
 	if tr.Breaker(1) != nil || tr.Breaker(9) != nil {
 		t.Error("breakers for this node or an unknown one")
+	}
+}
+
+// TestConnectionUpWhileOpenProbesAtOnce: a peer whose process is down
+// (connections refused) trips the breaker, open for an hour; once the peer
+// listens again, the transport's connection to it comes up in the
+// background and the breaker sends its probe at once, without waiting out
+// the open period and without hearing from the peer first (after a heal,
+// the side whose dial gets through first must not wait for the other).
+func TestConnectionUpWhileOpenProbesAtOnce(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	tr := New(Config{ID: 1, Peers: map[uint64]string{1: "unused", 2: addr}, Logger: quiet(), Registerer: prometheus.NewRegistry(),
+		Breaker: resilience.BreakerSettings{ConsecutiveFailures: 1, OpenFor: time.Hour}})
+	defer tr.Close()
+	stop := make(chan struct{})
+	defer close(stop)
+	go heartbeats(tr, stop)
+	waitFor(t, "the breaker to open", 5*time.Second, func() bool { return tr.Breaker(2).State() == resilience.StateOpen })
+
+	_, fake := startFakePeerAt(t, addr)
+	waitFor(t, "a probe stream to reach the peer", 10*time.Second, func() bool { return fake.streams.Load() > 0 })
+	if st := tr.Breaker(2).State(); st == resilience.StateOpen {
+		t.Fatalf("breaker %v after its probe went out", st)
 	}
 }
 
