@@ -77,6 +77,9 @@ type group struct {
 	pending  atomic.Int64 // proposals waiting for their result
 	// quiesced: idle, not ticking (see quiesce.go). Loop-owned.
 	quiesced bool
+	// quietWake: woken from quiescence because a follower went quiet;
+	// the quorum check runs at once if a majority goes quiet (tickReplica).
+	quietWake bool
 	// ticks counts this replica's ticks; appSent is, per follower, the
 	// tick of the last append with entries sent to it (filterLeader).
 	// Loop-owned.

@@ -38,6 +38,7 @@ func (n *Node) wake(r *group) {
 }
 
 func (n *Node) setQuiesced(r *group) {
+	r.quietWake = false
 	if !r.quiesced {
 		r.quiesced = true
 		n.met.quiesced.Inc()
@@ -54,9 +55,13 @@ func (n *Node) tickReplica(r *group) {
 			return
 		}
 		n.wake(r)
-		if gone && !n.majorityAnswers(r) {
-			n.checkQuorumNow(r)
-		}
+		r.quietWake = gone
+	}
+	// The followers' nodes go quiet one after the other: the leader may
+	// have woken for the first while a majority still answered.
+	if r.quietWake && !n.majorityAnswers(r) {
+		r.quietWake = false
+		n.checkQuorumNow(r)
 	}
 	if n.quiescing() && n.maybeQuiesce(r) {
 		return
@@ -113,6 +118,9 @@ func (n *Node) majorityAnswers(r *group) bool {
 // majority answered meanwhile. Only when a majority went quiet: with a
 // majority answering, the leader keeps its term and needs no hurry.
 func (n *Node) checkQuorumNow(r *group) {
+	if r.rn.BasicStatus().RaftState != raft.StateLeader {
+		return // a follower's ticks would start an election
+	}
 	for i := 0; i < n.cfg.ElectionTicks; i++ {
 		r.rn.Tick()
 	}

@@ -9,9 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anishathalye/porcupine"
-
 	"github.com/pando/pando/client"
+	"github.com/pando/pando/internal/lincheck"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/replica"
 	"github.com/pando/pando/resilience"
@@ -443,7 +442,7 @@ func TestClientLinearizableUnderFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	cl := newClient(t, c, testResilience())
-	h := &history{start: time.Now()}
+	h := lincheck.NewHistory()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	keys := []string{"a", "b", "c"}
@@ -462,34 +461,34 @@ func TestClientLinearizableUnderFaults(t *testing.T) {
 				default:
 				}
 				key := keys[rng.IntN(len(keys))]
-				in := lInput{key: key, value: fmt.Sprintf("c%d-%d", i, n)}
+				in := lincheck.Input{Key: key, Value: fmt.Sprintf("c%d-%d", i, n)}
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				call := time.Now()
-				var out lOutput
+				var out lincheck.Output
 				var err error
 				switch p := rng.IntN(10); {
 				case p < 4:
-					in.kind = opGet
+					in.Kind = lincheck.Get
 					var r *client.KeyValue
 					if r, err = cl.Get(ctx, []byte(key)); err == nil {
-						out = lOutput{found: true, value: string(r.Value), version: r.Version}
+						out = lincheck.Output{Found: true, Value: string(r.Value), Version: r.Version}
 						versions[key] = r.Version
 					} else if errors.Is(err, client.ErrNotFound) {
-						out, err = lOutput{}, nil
+						out, err = lincheck.Output{}, nil
 					}
 				case p < 7:
-					in.kind = opPut
-					out.version, err = cl.Put(ctx, []byte(key), []byte(in.value))
+					in.Kind = lincheck.Put
+					out.Version, err = cl.Put(ctx, []byte(key), []byte(in.Value))
 				case p < 8:
-					in.kind = opDel
-					out.deleted, err = cl.Delete(ctx, []byte(key))
+					in.Kind = lincheck.Del
+					out.Deleted, err = cl.Delete(ctx, []byte(key))
 				default:
-					in.kind = opCas
-					in.expected = versions[key]
+					in.Kind = lincheck.Cas
+					in.Expected = versions[key]
 					var vm *kv.VersionMismatchError
-					out.version, err = cl.CompareAndSwap(ctx, []byte(key), in.expected, []byte(in.value))
+					out.Version, err = cl.CompareAndSwap(ctx, []byte(key), in.Expected, []byte(in.Value))
 					if errors.As(err, &vm) {
-						out.mismatch, out.current, err = true, vm.Current, nil
+						out.Mismatch, out.Current, err = true, vm.Current, nil
 					}
 				}
 				ret := time.Now()
@@ -498,12 +497,12 @@ func TestClientLinearizableUnderFaults(t *testing.T) {
 					mu.Lock()
 					errs = append(errs, err.Error())
 					mu.Unlock()
-					if in.kind == opGet || !errors.Is(err, client.ErrAmbiguous) {
+					if in.Kind == lincheck.Get || !errors.Is(err, client.ErrAmbiguous) {
 						continue
 					}
-					out = lOutput{unknown: true}
+					out = lincheck.Output{Unknown: true}
 				}
-				h.add(i, in, call, ret, out)
+				h.Add(i, in, call, ret, out)
 			}
 		}(i)
 	}
@@ -539,20 +538,12 @@ func TestClientLinearizableUnderFaults(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	close(stop)
 	wg.Wait()
-	unknown := 0
-	for _, op := range h.ops {
-		if op.Output.(lOutput).unknown {
-			unknown++
-		}
-	}
-	t.Logf("%d operations, %d unknown, %d errors; client %+v", len(h.ops), unknown, len(errs), cl.Stats())
+	all, known := h.Counts()
+	t.Logf("%d operations, %d unknown, %d errors; client %+v", all, all-known, len(errs), cl.Stats())
 	if len(errs) > 0 {
 		t.Errorf("errors: %q", errs[:min(5, len(errs))])
 	}
-	res, info := porcupine.CheckOperationsVerbose(kvModel, h.ops, 60*time.Second)
-	if res != porcupine.Ok {
-		path := fmt.Sprintf("%s/client-linearizability-%d.html", t.TempDir(), seed)
-		_ = porcupine.VisualizePath(kvModel, info, path)
-		t.Fatalf("history is not linearizable (result %v); visualization: %s", res, path)
+	if err := lincheck.Check(h.Operations(), 60*time.Second, t.TempDir(), fmt.Sprintf("client-linearizability-%d", seed)); err != nil {
+		t.Fatal(err)
 	}
 }

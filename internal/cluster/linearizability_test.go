@@ -5,10 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -19,157 +16,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/internal/lincheck"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
 )
-
-type opKind int
-
-const (
-	opGet opKind = iota
-	opPut
-	opDel
-	opCas
-)
-
-type lInput struct {
-	kind     opKind
-	key      string
-	value    string
-	expected uint64
-}
-
-type lOutput struct {
-	unknown  bool // the write's outcome is unknown
-	found    bool
-	value    string
-	version  uint64
-	mismatch bool
-	current  uint64
-	deleted  bool
-}
-
-// lState is one key's state; verKnown is false after a write whose
-// outcome (and so version) is unknown, until a read observes it.
-type lState struct {
-	present  bool
-	value    string
-	version  uint64
-	verKnown bool
-}
-
-// kvModel is a register per key with versions: each write's version is
-// chosen by the system (so it is read from the output), must grow, and is
-// what compare-and-swap compares.
-var kvModel = porcupine.Model{
-	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		byKey := map[string][]porcupine.Operation{}
-		for _, op := range history {
-			k := op.Input.(lInput).key
-			byKey[k] = append(byKey[k], op)
-		}
-		var out [][]porcupine.Operation
-		for _, ops := range byKey {
-			out = append(out, ops)
-		}
-		return out
-	},
-	Init: func() interface{} { return lState{verKnown: true} },
-	Step: func(s, i, o interface{}) (bool, interface{}) {
-		st, in, out := s.(lState), i.(lInput), o.(lOutput)
-		matches := func(expected uint64) bool {
-			if !st.present {
-				return expected == 0
-			}
-			return !st.verKnown || st.version == expected
-		}
-		written := func() lState {
-			if out.unknown {
-				return lState{present: true, value: in.value}
-			}
-			return lState{present: true, value: in.value, version: out.version, verKnown: true}
-		}
-		grows := func() bool { return out.unknown || !st.verKnown || out.version > st.version }
-		switch in.kind {
-		case opGet:
-			if !out.found {
-				return !st.present, st
-			}
-			if !st.present || st.value != out.value || (st.verKnown && st.version != out.version) {
-				return false, st
-			}
-			return true, lState{present: true, value: out.value, version: out.version, verKnown: true}
-		case opPut:
-			return grows(), written()
-		case opDel:
-			if !out.unknown && out.deleted != st.present {
-				return false, st
-			}
-			return true, lState{verKnown: true}
-		case opCas:
-			if out.unknown {
-				if matches(in.expected) {
-					return true, written()
-				}
-				return true, st
-			}
-			if out.mismatch {
-				cur := uint64(0)
-				if st.present {
-					cur = st.version
-				}
-				if st.present && !st.verKnown {
-					return out.current != in.expected && out.current != 0, lState{present: true, value: st.value, version: out.current, verKnown: true}
-				}
-				return cur == out.current && cur != in.expected, st
-			}
-			return matches(in.expected) && grows(), written()
-		}
-		return false, st
-	},
-	DescribeOperation: func(i, o interface{}) string {
-		in, out := i.(lInput), o.(lOutput)
-		res := fmt.Sprintf("found=%v %q v%d", out.found, out.value, out.version)
-		if out.unknown {
-			res = "unknown"
-		} else if out.mismatch {
-			res = fmt.Sprintf("mismatch current=%d", out.current)
-		}
-		switch in.kind {
-		case opGet:
-			return fmt.Sprintf("get(%s) -> %s", in.key, res)
-		case opPut:
-			return fmt.Sprintf("put(%s, %s) -> %s", in.key, in.value, res)
-		case opDel:
-			return fmt.Sprintf("del(%s) -> deleted=%v %s", in.key, out.deleted, res)
-		default:
-			return fmt.Sprintf("cas(%s, %d, %s) -> %s", in.key, in.expected, in.value, res)
-		}
-	},
-	DescribeState: func(s interface{}) string {
-		st := s.(lState)
-		if !st.present {
-			return "absent"
-		}
-		return fmt.Sprintf("%q v%d known=%v", st.value, st.version, st.verKnown)
-	},
-}
-
-type history struct {
-	mu    sync.Mutex
-	start time.Time
-	ops   []porcupine.Operation
-}
-
-func (h *history) add(client int, in lInput, call, ret time.Time, out lOutput) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	r := ret.Sub(h.start).Nanoseconds()
-	if out.unknown {
-		r = math.MaxInt64 // may take effect at any time after the call
-	}
-	h.ops = append(h.ops, porcupine.Operation{ClientId: client, Input: in, Call: call.Sub(h.start).Nanoseconds(), Output: out, Return: r})
-}
 
 // refused: the harness refused the call to a down or cut-off node before
 // it reached the node's service (a TCP connection refused): no effect.
@@ -197,7 +47,7 @@ func (c *causeCounts) record(err error) {
 }
 
 // runClient issues random operations against random nodes until stop.
-func runClient(c *Cluster, h *history, id int, rng *rand.Rand, keys []string, stop <-chan struct{}, versions *sync.Map) {
+func runClient(c *Cluster, h *lincheck.History, id int, rng *rand.Rand, keys []string, stop <-chan struct{}, versions *sync.Map) {
 	seq := 0
 	for {
 		select {
@@ -209,50 +59,50 @@ func runClient(c *Cluster, h *history, id int, rng *rand.Rand, keys []string, st
 		target := c.pickHolder(rng, key)
 		kvc := c.KV(target)
 		seq++
-		in := lInput{key: key, value: fmt.Sprintf("c%d-%d", id, seq)}
+		in := lincheck.Input{Key: key, Value: fmt.Sprintf("c%d-%d", id, seq)}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		call := time.Now()
-		var out lOutput
+		var out lincheck.Output
 		var err error
 		switch p := rng.IntN(10); {
 		case p < 4:
-			in.kind = opGet
+			in.Kind = lincheck.Get
 			var r *pandopb.GetResponse
 			if r, err = kvc.Get(ctx, &pandopb.GetRequest{Key: []byte(key)}); err == nil {
-				out = lOutput{found: r.Found, value: string(r.Value), version: r.Version}
+				out = lincheck.Output{Found: r.Found, Value: string(r.Value), Version: r.Version}
 				versions.Store(key, r.Version)
 			}
 		case p < 7:
-			in.kind = opPut
+			in.Kind = lincheck.Put
 			var r *pandopb.PutResponse
-			if r, err = kvc.Put(ctx, &pandopb.PutRequest{Key: []byte(key), Value: []byte(in.value)}); err == nil {
-				out.version = r.Version
+			if r, err = kvc.Put(ctx, &pandopb.PutRequest{Key: []byte(key), Value: []byte(in.Value)}); err == nil {
+				out.Version = r.Version
 			}
 		case p < 8:
-			in.kind = opDel
+			in.Kind = lincheck.Del
 			var r *pandopb.DeleteResponse
 			if r, err = kvc.Delete(ctx, &pandopb.DeleteRequest{Key: []byte(key)}); err == nil {
-				out.deleted = r.Deleted
+				out.Deleted = r.Deleted
 			}
 		default:
-			in.kind = opCas
+			in.Kind = lincheck.Cas
 			if v, ok := versions.Load(key); ok && rng.IntN(4) > 0 {
-				in.expected = v.(uint64)
+				in.Expected = v.(uint64)
 			}
 			var r *pandopb.PutResponse
-			r, err = kvc.Put(ctx, &pandopb.PutRequest{Key: []byte(key), Value: []byte(in.value), Cas: true, ExpectedVersion: in.expected})
+			r, err = kvc.Put(ctx, &pandopb.PutRequest{Key: []byte(key), Value: []byte(in.Value), Cas: true, ExpectedVersion: in.Expected})
 			var vm *kv.VersionMismatchError
 			if err == nil {
-				out.version = r.Version
+				out.Version = r.Version
 			} else if errors.As(kv.FromStatus(err), &vm) {
-				out.mismatch, out.current, err = true, vm.Current, nil
+				out.Mismatch, out.Current, err = true, vm.Current, nil
 			}
 		}
 		ret := time.Now()
 		cancel()
 		if err != nil {
 			err = kv.FromStatus(err)
-			if in.kind == opGet || !errors.Is(err, kv.ErrAmbiguous) && errors.Is(err, kv.ErrUnavailable) || refused(err) {
+			if in.Kind == lincheck.Get || !errors.Is(err, kv.ErrAmbiguous) && errors.Is(err, kv.ErrUnavailable) || refused(err) {
 				// A failed read, or a write refused before it was
 				// proposed (or before it reached a node): no effect to
 				// check. Back off a little so that a down cluster does not
@@ -260,10 +110,10 @@ func runClient(c *Cluster, h *history, id int, rng *rand.Rand, keys []string, st
 				time.Sleep(5 * time.Millisecond)
 				continue
 			}
-			out = lOutput{unknown: true}
+			out = lincheck.Output{Unknown: true}
 			causes.record(err)
 		}
-		h.add(id, in, call, ret, out)
+		h.Add(id, in, call, ret, out)
 	}
 }
 
@@ -346,7 +196,7 @@ func checkLinearizable(t *testing.T, c *Cluster, seed uint64, name string, durat
 	if testing.Short() {
 		duration = 2 * time.Second
 	}
-	h := &history{start: time.Now()}
+	h := lincheck.NewHistory()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	keys := []string{"a", "b", "c"}
@@ -373,13 +223,8 @@ func checkLinearizable(t *testing.T, c *Cluster, seed uint64, name string, durat
 	close(stop)
 	wg.Wait()
 
-	known := 0
-	for _, op := range h.ops {
-		if !op.Output.(lOutput).unknown {
-			known++
-		}
-	}
-	t.Logf("%d operations, %d with a known outcome", len(h.ops), known)
+	all, known := h.Counts()
+	t.Logf("%d operations, %d with a known outcome", all, known)
 	causes.mu.Lock()
 	for msg, n := range causes.m {
 		if n > 20 {
@@ -390,17 +235,11 @@ func checkLinearizable(t *testing.T, c *Cluster, seed uint64, name string, durat
 	if known < 50 {
 		t.Fatalf("only %d operations completed: the cluster was unavailable too long", known)
 	}
-	res, info := porcupine.CheckOperationsVerbose(kvModel, h.ops, 60*time.Second)
-	if res != porcupine.Ok {
-		dir := os.Getenv("PANDO_ARTIFACTS")
-		if dir == "" {
-			dir = t.TempDir()
-		}
-		path := filepath.Join(dir, fmt.Sprintf("%s-%d.html", name, seed))
-		_ = porcupine.VisualizePath(kvModel, info, path)
-		t.Fatalf("history is not linearizable (result %v); visualization: %s", res, path)
+	ops := h.Operations()
+	if err := lincheck.Check(ops, 60*time.Second, t.TempDir(), fmt.Sprintf("%s-%d", name, seed)); err != nil {
+		t.Fatal(err)
 	}
-	return h.ops
+	return ops
 }
 
 // mergeLeft returns the left neighbour of a range frozen for a merge if

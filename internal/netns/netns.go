@@ -143,20 +143,65 @@ func (h Host) DialContext(ctx context.Context, network, addr string) (net.Conn, 
 // both directions.
 func (nw *Net) Isolate(i int) {
 	nw.t.Helper()
-	h := nw.Hosts[i]
 	for j, o := range nw.Hosts {
 		if j == i {
 			continue
 		}
-		for _, rule := range [][]string{{"in", "ip", "saddr", o.IP, "drop"}, {"out", "ip", "daddr", o.IP, "drop"}} {
-			if err := run(append([]string{"ip", "netns", "exec", h.NS, "nft", "add", "rule", "inet", "pando"}, rule...)...); err != nil {
-				nw.t.Fatal(err)
+		nw.rule(i, "in", "ip", "saddr", o.IP, "drop")
+		nw.rule(i, "out", "ip", "daddr", o.IP, "drop")
+	}
+}
+
+// OneWay drops every packet host from (0-based) sends to host to; what
+// to sends to from still arrives. (TCP needs both ways: connections from
+// either side fail, but each side sees something of the other: from's
+// SYNs do not reach to, to's SYNs reach from and its answers do not.)
+func (nw *Net) OneWay(from, to int) {
+	nw.t.Helper()
+	nw.rule(from, "out", "ip", "daddr", nw.Hosts[to].IP, "drop")
+}
+
+// Cut drops every packet between hosts i and j, both ways.
+func (nw *Net) Cut(i, j int) {
+	nw.t.Helper()
+	nw.OneWay(i, j)
+	nw.OneWay(j, i)
+}
+
+// Bridge cuts every link but those of host middle: the others reach only
+// it (with three hosts, the two ends see the middle, not each other).
+func (nw *Net) Bridge(middle int) {
+	nw.t.Helper()
+	for i := range nw.Hosts {
+		for j := i + 1; j < len(nw.Hosts); j++ {
+			if i != middle && j != middle {
+				nw.Cut(i, j)
 			}
 		}
 	}
 }
 
-// Heal removes every rule Isolate added.
+// Slow makes host i's link slow with tc netem (e.g. "delay", "100ms",
+// "20ms", "loss", "5%", "reorder", "25%"): every packet it sends, to any
+// host, is shaped.
+func (nw *Net) Slow(i int, netem ...string) {
+	nw.t.Helper()
+	args := append([]string{"ip", "netns", "exec", nw.Hosts[i].NS, "tc", "qdisc", "replace", "dev", "eth0", "root", "netem"}, netem...)
+	if err := run(args...); err != nil {
+		nw.t.Fatal(err)
+	}
+}
+
+func (nw *Net) rule(i int, chain string, rule ...string) {
+	nw.t.Helper()
+	args := append([]string{"ip", "netns", "exec", nw.Hosts[i].NS, "nft", "add", "rule", "inet", "pando", chain}, rule...)
+	if err := run(args...); err != nil {
+		nw.t.Fatal(err)
+	}
+}
+
+// Heal removes every rule Isolate, OneWay, Cut and Bridge added, and the
+// shaping Slow set.
 func (nw *Net) Heal() {
 	nw.t.Helper()
 	for _, h := range nw.Hosts {
@@ -165,5 +210,7 @@ func (nw *Net) Heal() {
 				nw.t.Fatal(err)
 			}
 		}
+		// No shaping set is no error to report.
+		_ = run("ip", "netns", "exec", h.NS, "tc", "qdisc", "del", "dev", "eth0", "root")
 	}
 }
