@@ -31,10 +31,12 @@ FUZZTIME ?= 10s
 soak:
 	$(GO) test -count=$(SOAK_RUNS) -timeout 60m -run 'TestLinearizable' ./internal/cluster/
 
-# faults: the partition test over real processes in network namespaces (root, ip, nft) for
-# cuts of 5 s, 30 s and 120 s (PANDO_PARTITIONS overrides; docs/reliability.md).
+# faults: over real processes in network namespaces (root, ip, nft, tc): the partition test
+# for cuts of 5 s, 30 s and 120 s (PANDO_PARTITIONS overrides), and the network nemesis
+# PANDO_NEMESIS_RUNS times (default 5; about 55 s a run); docs/reliability.md.
 faults:
-	PANDO_PARTITIONS=$${PANDO_PARTITIONS:-5s,30s,120s} $(GO) test -count=1 -timeout 30m -v -run 'TestPartitionedLeaderRecoversAfterHeal' ./cmd/pando/
+	PANDO_PARTITIONS=$${PANDO_PARTITIONS:-5s,30s,120s} PANDO_NEMESIS_RUNS=$${PANDO_NEMESIS_RUNS:-5} \
+		$(GO) test -count=1 -timeout 60m -v -run 'TestPartitionedLeaderRecoversAfterHeal|TestRealNetworkNemesis' ./cmd/pando/
 
 # proto regenerates api/pandopb; needs protoc (Debian: protobuf-compiler).
 proto:

@@ -24,6 +24,7 @@ type nsNode struct {
 	host netns.Host
 	addr string
 	hc   *http.Client
+	proc *os.Process
 	done chan struct{}
 }
 
@@ -115,6 +116,7 @@ func startNamespaceCluster(t *testing.T) (*netns.Net, []*nsNode) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		n.proc = cmd.Process // ip netns exec execs pando: the same process
 		ready := make(chan struct{})
 		go func() {
 			sc := bufio.NewScanner(stdout)

@@ -3,7 +3,6 @@ package cluster
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -15,9 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/internal/lincheck"
-	"github.com/pando/pando/kv"
 	"github.com/pando/pando/node"
 )
 
@@ -59,54 +56,15 @@ func runClient(c *Cluster, h *lincheck.History, id int, rng *rand.Rand, keys []s
 		target := c.pickHolder(rng, key)
 		kvc := c.KV(target)
 		seq++
-		in := lincheck.Input{Key: key, Value: fmt.Sprintf("c%d-%d", id, seq)}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		call := time.Now()
-		var out lincheck.Output
-		var err error
-		switch p := rng.IntN(10); {
-		case p < 4:
-			in.Kind = lincheck.Get
-			var r *pandopb.GetResponse
-			if r, err = kvc.Get(ctx, &pandopb.GetRequest{Key: []byte(key)}); err == nil {
-				out = lincheck.Output{Found: r.Found, Value: string(r.Value), Version: r.Version}
-				versions.Store(key, r.Version)
-			}
-		case p < 7:
-			in.Kind = lincheck.Put
-			var r *pandopb.PutResponse
-			if r, err = kvc.Put(ctx, &pandopb.PutRequest{Key: []byte(key), Value: []byte(in.Value)}); err == nil {
-				out.Version = r.Version
-			}
-		case p < 8:
-			in.Kind = lincheck.Del
-			var r *pandopb.DeleteResponse
-			if r, err = kvc.Delete(ctx, &pandopb.DeleteRequest{Key: []byte(key)}); err == nil {
-				out.Deleted = r.Deleted
-			}
-		default:
-			in.Kind = lincheck.Cas
-			if v, ok := versions.Load(key); ok && rng.IntN(4) > 0 {
-				in.Expected = v.(uint64)
-			}
-			var r *pandopb.PutResponse
-			r, err = kvc.Put(ctx, &pandopb.PutRequest{Key: []byte(key), Value: []byte(in.Value), Cas: true, ExpectedVersion: in.Expected})
-			var vm *kv.VersionMismatchError
-			if err == nil {
-				out.Version = r.Version
-			} else if errors.As(kv.FromStatus(err), &vm) {
-				out.Mismatch, out.Current, err = true, vm.Current, nil
-			}
-		}
+		in, out, err := lincheck.Run(ctx, kvc, rng, key, fmt.Sprintf("c%d-%d", id, seq), versions)
 		ret := time.Now()
 		cancel()
 		if err != nil {
-			err = kv.FromStatus(err)
-			if in.Kind == lincheck.Get || !errors.Is(err, kv.ErrAmbiguous) && errors.Is(err, kv.ErrUnavailable) || refused(err) {
-				// A failed read, or a write refused before it was
-				// proposed (or before it reached a node): no effect to
-				// check. Back off a little so that a down cluster does not
-				// flood the history.
+			if !lincheck.Effect(in, err) || refused(err) {
+				// No effect to check. Back off a little so that a down
+				// cluster does not flood the history.
 				time.Sleep(5 * time.Millisecond)
 				continue
 			}

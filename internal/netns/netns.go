@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -181,14 +182,31 @@ func (nw *Net) Bridge(middle int) {
 	}
 }
 
-// Slow makes host i's link slow with tc netem (e.g. "delay", "100ms",
-// "20ms", "loss", "5%", "reorder", "25%"): every packet it sends, to any
-// host, is shaped.
-func (nw *Net) Slow(i int, netem ...string) {
+// Slow shapes every packet host i sends with tc netem (e.g. "delay",
+// "100ms", "20ms", "loss", "5%", "reorder", "25%"). It fails on kernels
+// without netem (sch_netem); Throttle and Lossy need only tbf and nftables.
+func (nw *Net) Slow(i int, netem ...string) error {
+	return run(append([]string{"ip", "netns", "exec", nw.Hosts[i].NS, "tc", "qdisc", "replace", "dev", "eth0", "root", "netem"}, netem...)...)
+}
+
+// Throttle limits what host i sends to rate (tc's units, e.g. "1mbit"),
+// queueing up to latency (e.g. "200ms") before dropping: a congested link.
+func (nw *Net) Throttle(i int, rate, latency string) {
 	nw.t.Helper()
-	args := append([]string{"ip", "netns", "exec", nw.Hosts[i].NS, "tc", "qdisc", "replace", "dev", "eth0", "root", "netem"}, netem...)
-	if err := run(args...); err != nil {
+	if err := run("ip", "netns", "exec", nw.Hosts[i].NS, "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf",
+		"rate", rate, "burst", "32kbit", "latency", latency); err != nil {
 		nw.t.Fatal(err)
+	}
+}
+
+// Lossy drops percent of the packets host i sends to the other hosts, at
+// random.
+func (nw *Net) Lossy(i, percent int) {
+	nw.t.Helper()
+	for j, o := range nw.Hosts {
+		if j != i {
+			nw.rule(i, "out", "ip", "daddr", o.IP, "numgen", "random", "mod", "100", "<", strconv.Itoa(percent), "drop")
+		}
 	}
 }
 
@@ -200,8 +218,8 @@ func (nw *Net) rule(i int, chain string, rule ...string) {
 	}
 }
 
-// Heal removes every rule Isolate, OneWay, Cut and Bridge added, and the
-// shaping Slow set.
+// Heal removes every rule Isolate, OneWay, Cut, Bridge and Lossy added,
+// and the shaping Slow or Throttle set.
 func (nw *Net) Heal() {
 	nw.t.Helper()
 	for _, h := range nw.Hosts {
