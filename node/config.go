@@ -76,6 +76,13 @@ type Config struct {
 	// that check-quorum soon steps it down if it lost its majority.
 	// Optional (default: never quiet).
 	PeerQuiet func(id uint64) bool
+	// PeerSilentFor, when set, says how long another node has sent this one
+	// nothing (the transport's SilentFor). A leader woken by a quiet
+	// follower runs its quorum check at once once a majority has been
+	// silent for an election timeout, so that it steps down about one
+	// election timeout later rather than two. Optional (default: raft's
+	// own pace).
+	PeerSilentFor func(id uint64) time.Duration
 	// PeerAddr resolves a node ID to its address, for leader hints. Optional.
 	PeerAddr func(id uint64) string
 	// Events, when set, records elections, leader losses and leadership

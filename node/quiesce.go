@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"time"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -59,7 +60,7 @@ func (n *Node) tickReplica(r *group) {
 	}
 	// The followers' nodes go quiet one after the other: the leader may
 	// have woken for the first while a majority still answered.
-	if r.quietWake && !n.majorityAnswers(r) {
+	if r.quietWake && n.majoritySilent(r) {
 		r.quietWake = false
 		n.checkQuorumNow(r)
 	}
@@ -95,28 +96,36 @@ func (n *Node) followerGone(r *group) bool {
 	return false
 }
 
-// majorityAnswers reports whether a majority of r's voters, this node
-// included, answer.
-func (n *Node) majorityAnswers(r *group) bool {
+// majoritySilent reports whether so many of r's voters have sent this
+// node nothing for an election timeout (Config.PeerSilentFor) that the
+// rest, this node included, are no majority: what raft's own quorum check
+// would find over its window, had the leader been ticking.
+func (n *Node) majoritySilent(r *group) bool {
+	if n.cfg.PeerSilentFor == nil {
+		return false
+	}
+	timeout := time.Duration(n.cfg.ElectionTicks) * n.cfg.TickInterval
 	voters := r.storage.State().GetDesc().GetReplicas()
-	answering := 0
+	silent := 0
 	for _, id := range voters {
-		if id == n.cfg.ID || n.peerAnswers(id) {
-			answering++
+		if id != n.cfg.ID && n.cfg.PeerSilentFor(id) >= timeout {
+			silent++
 		}
 	}
-	return answering > len(voters)/2
+	return len(voters)-silent <= len(voters)/2
 }
 
-// checkQuorumNow has a quiesced leader, woken because a majority went
+// checkQuorumNow has a quiesced leader, woken because a follower went
 // quiet, run at once the quorum check it would run within an election
-// timeout (the election timeout's worth of ticks also sends heartbeats).
-// That check counts the answers since the last one, from before the range
-// quiesced, and passes (none since: the leader steps down at once); it
-// starts the window that counts, so the next
-// check, one election timeout later, steps the leader down unless a
-// majority answered meanwhile. Only when a majority went quiet: with a
-// majority answering, the leader keeps its term and needs no hurry.
+// timeout (the election timeout's worth of ticks also sends heartbeats),
+// once a majority has been silent for an election timeout. That check
+// counts the answers since the last one: none (the leader steps down at
+// once, as raft's own check over the silent timeout would have), or some
+// from before the range quiesced (it passes, and starts the window that
+// counts, so the next check, one election timeout later, steps the leader
+// down unless a majority answered meanwhile). Never earlier than raft's
+// own rule: a node starved of CPU, which hears nothing for a moment, must
+// not lose its healthy leaderships.
 func (n *Node) checkQuorumNow(r *group) {
 	if r.rn.BasicStatus().RaftState != raft.StateLeader {
 		return // a follower's ticks would start an election

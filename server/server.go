@@ -134,6 +134,12 @@ type Config struct {
 	// ForwardTimeout bounds one attempt to forward a request to a leader.
 	// Default 1s.
 	ForwardTimeout time.Duration
+	// HandshakeTimeout bounds how long a new connection may take to show
+	// which protocol it speaks (and, with TLS, to finish its handshake),
+	// and an HTTP request to send its headers: a connection that sends
+	// nothing, or trickles its headers (slowloris), is closed then.
+	// Default 10s.
+	HandshakeTimeout time.Duration
 	// DedupTTL: how long a range remembers a client session's last write
 	// (see node.Config). Default 10 minutes.
 	DedupTTL time.Duration
@@ -230,6 +236,12 @@ func (c *Config) Validate() error {
 	}
 	if c.ForwardTimeout < 0 {
 		return fmt.Errorf("server: Config.ForwardTimeout must not be negative")
+	}
+	if c.HandshakeTimeout < 0 {
+		return fmt.Errorf("server: Config.HandshakeTimeout must not be negative")
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = 10 * time.Second
 	}
 	if c.PeerBreaker.ConsecutiveFailures == 0 {
 		c.PeerBreaker.ConsecutiveFailures = 3 // a stream failure or a second of silence each
@@ -339,6 +351,9 @@ type Server struct {
 // identityKey records which node a data directory belongs to.
 var identityKey = []byte("\x00node-id")
 
+// httpIdleTimeout closes HTTP keep-alive connections idle this long.
+const httpIdleTimeout = 2 * time.Minute
+
 // New opens storage, bootstraps the first range if the directory is new,
 // and prepares the node; Start serves.
 func New(cfg Config) (*Server, error) {
@@ -372,7 +387,7 @@ func New(cfg Config) (*Server, error) {
 		Breaker: cfg.PeerBreaker, Events: s.events, Allow: cfg.PeerAllow, DialOptions: dial, OnPeerLive: s.heartbeatSoon})
 	n, err := node.New(node.Config{
 		ID: cfg.ID, Engine: eng, Transport: s.tr, TickInterval: cfg.TickInterval, ElectionTicks: cfg.ElectionTicks,
-		LogKeepEntries: cfg.LogKeepEntries, Logger: cfg.Logger, Registerer: s.reg, PeerAddr: s.tr.Addr, PeerLive: s.tr.Live, PeerQuiet: s.tr.Quiet,
+		LogKeepEntries: cfg.LogKeepEntries, Logger: cfg.Logger, Registerer: s.reg, PeerAddr: s.tr.Addr, PeerLive: s.tr.Live, PeerQuiet: s.tr.Quiet, PeerSilentFor: s.tr.SilentFor,
 		CheckBytesPerSec: cfg.CheckBytesPerSec, MaxPendingProposals: cfg.MaxPendingProposals, DedupTTL: cfg.DedupTTL,
 		Events: s.events,
 	})
@@ -524,6 +539,7 @@ func (s *Server) Start() error {
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 	}
 	opts = append(opts, grpcopts.Server()...)
+	opts = append(opts, grpc.ConnectionTimeout(s.cfg.HandshakeTimeout))
 	if s.cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(terminatedTLS{}))
 	}
@@ -549,10 +565,15 @@ func (s *Server) Start() error {
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ConnContext: connContext}
+	// An idle keep-alive connection is closed after httpIdleTimeout: tens
+	// of thousands of clients that connected once cost nothing for long.
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: s.cfg.HandshakeTimeout, IdleTimeout: httpIdleTimeout, ConnContext: connContext}
 	s.http.RegisterOnShutdown(func() { close(s.httpDone) })
 
 	s.mux = cmux.New(lis)
+	// A connection that sends nothing never shows its protocol: without a
+	// deadline, each would hold a goroutine and a descriptor for good.
+	s.mux.SetReadTimeout(s.cfg.HandshakeTimeout)
 	grpcL := s.mux.MatchWithWriters(cmux.HTTP2MatchHeaderFieldSendSettings("content-type", "application/grpc"))
 	httpL := s.mux.Match(cmux.Any())
 	go func() { _ = s.grpc.Serve(grpcL) }()

@@ -208,11 +208,17 @@ func (t *Transport) Live(id uint64) bool {
 // fails, well before Live turns false. A quiesced leader wakes on it, and
 // steps down soon after when a majority went quiet (node.Config).
 func (t *Transport) Quiet(id uint64) bool {
+	return t.SilentFor(id) > t.cfg.SilenceTimeout/4
+}
+
+// SilentFor returns how long the peer has sent this node nothing (a very
+// long time for a peer never heard from, an hour for an unknown one).
+func (t *Transport) SilentFor(id uint64) time.Duration {
 	p, err := t.peer(id)
 	if err != nil {
-		return true
+		return time.Hour
 	}
-	return t.cfg.Clock.Now().UnixNano()-p.lastHeard.Load() > int64(t.cfg.SilenceTimeout/4)
+	return time.Duration(t.cfg.Clock.Now().UnixNano() - p.lastHeard.Load())
 }
 
 // Breaker returns the circuit breaker guarding calls to a peer (nil for an

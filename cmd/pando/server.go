@@ -41,6 +41,7 @@ func serverCmd() *cobra.Command {
 		maxPending     int
 		overload       time.Duration
 		forward        time.Duration
+		handshake      time.Duration
 		dedupTTL       time.Duration
 		peerBreaker    resilience.BreakerSettings
 		tlsFiles       pki.Files
@@ -86,7 +87,7 @@ A fourth node joining it (the controller moves replicas and leaders to it):
 				TickInterval: tick, ElectionTicks: electionTicks, Logger: log,
 				CheckInterval: checkInterval, NoAutoRepair: !autoRepair, CheckBytesPerSec: checkRate,
 				Split: placement.SplitThresholds{MaxBytes: splitBytes, LoadQPS: splitQPS}, EnablePprof: enablePprof,
-				MaxPendingProposals: maxPending, OverloadSchedLatency: overload, ForwardTimeout: forward,
+				MaxPendingProposals: maxPending, OverloadSchedLatency: overload, ForwardTimeout: forward, HandshakeTimeout: handshake,
 				DedupTTL: dedupTTL, PeerBreaker: peerBreaker,
 				HeartbeatInterval: nodeHeartbeat, DeadAfter: deadAfter, ReplicationFactor: replicationFactor,
 				MergeMaxBytes: mergeBytes, MergeMaxQPS: mergeQPS, MergeDelay: mergeDelay, MaxConcurrentMoves: maxMoves,
@@ -174,6 +175,7 @@ A fourth node joining it (the controller moves replicas and leaders to it):
 	f.IntVar(&maxPending, "max-pending-proposals", 4096, "proposals a range may have waiting before it sheds new ones (429)")
 	f.DurationVar(&overload, "overload-sched-latency", 500*time.Millisecond, "shed client requests (429) while the Go scheduler's p99 latency is above this (negative: never)")
 	f.DurationVar(&forward, "forward-timeout", time.Second, "deadline of one attempt to forward a request to the leader")
+	f.DurationVar(&handshake, "handshake-timeout", 10*time.Second, "close a connection that has not shown its protocol (and finished TLS), or an HTTP request that has not sent its headers, after this")
 	f.DurationVar(&dedupTTL, "dedup-ttl", 10*time.Minute, "how long a range remembers a client session's last write, for exactly-once retries")
 	f.IntVar(&peerBreaker.ConsecutiveFailures, "peer-breaker-consecutive-failures", 3, "stream failures or silences in a row that open the breaker to a peer")
 	f.DurationVar(&peerBreaker.OpenFor, "peer-breaker-open-for", resilience.DefaultBreakerOpenFor, "how long the breaker to a peer stays open before probing")
