@@ -575,7 +575,7 @@ func (n *Node) leaderChanged(r *group, lead uint64) {
 	c := events.LeaderChange{Range: r.id, Self: n.cfg.ID, Prev: r.lastLead, Lead: lead, Known: r.knownLead,
 		TransferFrom: r.transferFrom, Term: r.rn.BasicStatus().Term}
 	r.lastLead = lead
-	if c.TransferFrom != 0 && time.Since(r.transferAt) > 4*time.Duration(n.cfg.ElectionTicks)*n.cfg.TickInterval {
+	if c.TransferFrom != 0 && time.Since(r.transferAt) > 4*n.cfg.electionTimeout() {
 		c.TransferFrom = 0 // a transfer that did not happen
 	}
 	r.transferFrom = c.TransferFrom

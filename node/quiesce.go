@@ -2,7 +2,6 @@ package node
 
 import (
 	"bytes"
-	"time"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -104,11 +103,10 @@ func (n *Node) majoritySilent(r *group) bool {
 	if n.cfg.PeerSilentFor == nil {
 		return false
 	}
-	timeout := time.Duration(n.cfg.ElectionTicks) * n.cfg.TickInterval
 	voters := r.storage.State().GetDesc().GetReplicas()
 	silent := 0
 	for _, id := range voters {
-		if id != n.cfg.ID && n.cfg.PeerSilentFor(id) >= timeout {
+		if id != n.cfg.ID && n.cfg.PeerSilentFor(id) >= n.cfg.electionTimeout() {
 			silent++
 		}
 	}

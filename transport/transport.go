@@ -244,13 +244,6 @@ func (t *Transport) Heard(id uint64) {
 		return // unknown (not yet in our address book) or stopping
 	}
 	p.lastHeard.Store(t.cfg.Clock.Now().UnixNano())
-	if p.conn.GetState() == connectivity.TransientFailure {
-		// The network to the peer works again: dial now rather than
-		// at the end of gRPC's reconnect backoff (up to a second, plus
-		// a connect attempt begun during the cut that waits out its
-		// timeout).
-		p.conn.ResetConnectBackoff()
-	}
 	if p.open.Load() {
 		// The peer reaches us while our breaker to it is open: probe now
 		// rather than at the end of the open period. Each side's probe
@@ -465,7 +458,7 @@ type peer struct {
 	br        *resilience.Breaker
 	open      atomic.Bool   // br is open: Send drops at once
 	lastHeard atomic.Int64  // unix nanoseconds of the last batch received from the peer
-	kick      chan struct{} // heard from while br is open: probe now (Heard)
+	kick      chan struct{} // heard from, or connected, while br is open: probe now (Heard, watchConn)
 }
 
 var (
@@ -500,6 +493,10 @@ func (p *peer) run() {
 				return
 			case <-time.After(wait):
 			case <-p.kick:
+				// The network reaches the peer again: probe now, and
+				// if gRPC is between dials, dial now rather than at the
+				// end of its backoff (a no-op unless it is).
+				p.conn.ResetConnectBackoff()
 				p.br.ProbeNow()
 			}
 			continue

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"testing"
 	"time"
 )
@@ -23,28 +22,7 @@ func TestIdleAndSlowConnectionsAreClosed(t *testing.T) {
 	pc := startProcsWith(t, 1, func(*proc) []string { return []string{"--handshake-timeout", handshake.String()} })
 	p := pc.leader()
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	serve := func(key string) error {
-		req, _ := http.NewRequest(http.MethodPut, "http://"+p.addr+"/v1/kv/"+key, strings.NewReader("v"))
-		resp, err := hc.Do(req)
-		if err != nil {
-			return err
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("put %s: %s", key, resp.Status)
-		}
-		resp, err = hc.Get("http://" + p.addr + "/v1/kv/" + key)
-		if err != nil {
-			return err
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || string(body) != "v" {
-			return fmt.Errorf("get %s: %s %q", key, resp.Status, body)
-		}
-		return nil
-	}
+	serve := func(key string) error { return putGet(hc, p.addr, key) }
 
 	// The slowloris: a request line and then one header line every 300 ms.
 	slow, err := net.Dial("tcp", p.addr)

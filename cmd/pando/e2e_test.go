@@ -74,6 +74,34 @@ func freeAddrs(t *testing.T, n int) []string {
 	return addrs
 }
 
+// putGet writes "v" to key through the node at addr over HTTP and reads
+// it back linearizably.
+func putGet(hc *http.Client, addr, key string) error {
+	req, err := http.NewRequest(http.MethodPut, "http://"+addr+"/v1/kv/"+key, strings.NewReader("v"))
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("put: %s", resp.Status)
+	}
+	resp, err = hc.Get("http://" + addr + "/v1/kv/" + key)
+	if err != nil {
+		return err
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(body, []byte("v")) {
+		return fmt.Errorf("get: %s %q", resp.Status, body)
+	}
+	return nil
+}
+
 type proc struct {
 	id   int
 	addr string

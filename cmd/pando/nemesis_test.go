@@ -142,19 +142,9 @@ func nemesisRun(t *testing.T, seed uint64) {
 	}
 
 	rng := rand.New(rand.NewPCG(seed, 99))
-	for i, f := range rng.Perm(len(netFaults)) {
+	for _, f := range rng.Perm(len(netFaults)) {
 		fault := netFaults[f]
-		lead := -1
-		for deadline := time.Now().Add(20 * time.Second); lead < 0 && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-			for j, n := range nodes {
-				if role, l, err := n.status(); err == nil && role == "StateLeader" && l == uint64(n.id) {
-					lead = j
-				}
-			}
-		}
-		if lead < 0 {
-			t.Fatalf("fault %d: no leader of range 1 before %q", i, fault.name)
-		}
+		lead := leaderIndex(t, nodes)
 		a, b := (lead+1)%3, (lead+2)%3
 		before, _ := h.Counts()
 		t.Logf("%s (leader node %d)", fault.name, nodes[lead].id)

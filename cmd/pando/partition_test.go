@@ -4,7 +4,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -66,30 +65,21 @@ func (n *nsNode) status() (role string, leader uint64, err error) {
 }
 
 // serve writes key through the node and reads it back linearizably.
-func (n *nsNode) serve(key string) error {
-	req, err := http.NewRequest(http.MethodPut, "http://"+n.addr+"/v1/kv/"+key, strings.NewReader("v"))
-	if err != nil {
-		return err
+func (n *nsNode) serve(key string) error { return putGet(n.hc, n.addr, key) }
+
+// leaderIndex returns the index in nodes of the node that reports itself
+// leader of range 1, waiting up to 20 s for one.
+func leaderIndex(t *testing.T, nodes []*nsNode) int {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		for i, n := range nodes {
+			if role, lead, err := n.status(); err == nil && role == "StateLeader" && lead == uint64(n.id) {
+				return i
+			}
+		}
 	}
-	resp, err := n.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("put: %s", resp.Status)
-	}
-	resp, err = n.hc.Get("http://" + n.addr + "/v1/kv/" + key)
-	if err != nil {
-		return err
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !bytes.Equal(body, []byte("v")) {
-		return fmt.Errorf("get: %s %q", resp.Status, body)
-	}
-	return nil
+	t.Fatal("no leader of range 1")
+	return -1
 }
 
 // startNamespaceCluster runs three pando servers, each in a host of its own.
@@ -173,19 +163,6 @@ func partitionLengths(t *testing.T) []time.Duration {
 // retransmission backoff on the old connections).
 func TestPartitionedLeaderRecoversAfterHeal(t *testing.T) {
 	nw, nodes := startNamespaceCluster(t)
-	leader := func() *nsNode {
-		deadline := time.Now().Add(20 * time.Second)
-		for time.Now().Before(deadline) {
-			for _, n := range nodes {
-				if role, lead, err := n.status(); err == nil && role == "StateLeader" && lead == uint64(n.id) {
-					return n
-				}
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		t.Fatal("no leader of range 1")
-		return nil
-	}
 	waitServes := func(n *nsNode, key, when string, within time.Duration) time.Duration {
 		start := time.Now()
 		var err error
@@ -206,7 +183,7 @@ func TestPartitionedLeaderRecoversAfterHeal(t *testing.T) {
 				t.Fatalf("round %d: range 1 not back on every node with a leader", round)
 			}
 		}
-		cut := leader()
+		cut := nodes[leaderIndex(t, nodes)]
 		var other *nsNode
 		for _, n := range nodes {
 			if n != cut {
