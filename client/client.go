@@ -669,9 +669,21 @@ func (c *Client) giveUp(k kind, last error, maybeApplied bool, why string) error
 
 // KeyValue is a key with its value and version.
 type KeyValue struct {
-	Key     []byte
-	Value   []byte
-	Version uint64
+	Key   []byte
+	Value []byte
+	// Version counts the key's writes since it was created (etcd's
+	// version); CreateRevision and ModRevision are the revisions of the
+	// write that created it and of its last write.
+	Version                     uint64
+	CreateRevision, ModRevision uint64
+	// Revision (Get only) is the revision the read observed.
+	Revision uint64
+}
+
+// WriteResult is what a put did: the key's version after it, the put's
+// revision, and the revision that created the key.
+type WriteResult struct {
+	Version, Revision, CreateRevision uint64
 }
 
 // ReadOption changes how a read is served.
@@ -706,12 +718,19 @@ func (c *Client) Get(ctx context.Context, key []byte, opts ...ReadOption) (*KeyV
 	if !resp.Found {
 		return nil, fmt.Errorf("%w: %q", kv.ErrNotFound, key)
 	}
-	return &KeyValue{Key: key, Value: resp.Value, Version: resp.Version}, nil
+	return &KeyValue{Key: key, Value: resp.Value, Version: resp.Version, CreateRevision: resp.CreateRevision,
+		ModRevision: resp.ModRevision, Revision: resp.Revision}, nil
 }
 
 // Put writes a key and returns its new version. The write carries an
 // idempotency key, so it is retried safely: it is applied at most once.
 func (c *Client) Put(ctx context.Context, key, value []byte) (uint64, error) {
+	res, err := c.put(ctx, &pandopb.PutRequest{Key: key, Value: value})
+	return res.Version, err
+}
+
+// PutResult is Put answering with the put's revisions as well.
+func (c *Client) PutResult(ctx context.Context, key, value []byte) (WriteResult, error) {
 	return c.put(ctx, &pandopb.PutRequest{Key: key, Value: value})
 }
 
@@ -719,10 +738,11 @@ func (c *Client) Put(ctx context.Context, key, value []byte) (uint64, error) {
 // the key must be absent). On mismatch the error is ErrVersionMismatch
 // (a *kv.VersionMismatchError carrying the current version).
 func (c *Client) CompareAndSwap(ctx context.Context, key []byte, expected uint64, value []byte) (uint64, error) {
-	return c.put(ctx, &pandopb.PutRequest{Key: key, Value: value, Cas: true, ExpectedVersion: expected})
+	res, err := c.put(ctx, &pandopb.PutRequest{Key: key, Value: value, Cas: true, ExpectedVersion: expected})
+	return res.Version, err
 }
 
-func (c *Client) put(ctx context.Context, req *pandopb.PutRequest) (uint64, error) {
+func (c *Client) put(ctx context.Context, req *pandopb.PutRequest) (WriteResult, error) {
 	sess := c.sessions.Acquire()
 	defer c.sessions.Release(sess)
 	req.ClientId, req.Seq = sess.ID, sess.Next()
@@ -730,9 +750,9 @@ func (c *Client) put(ctx context.Context, req *pandopb.PutRequest) (uint64, erro
 		return kvc.Put(ctx, req)
 	})
 	if err != nil {
-		return 0, err
+		return WriteResult{}, err
 	}
-	return resp.Version, nil
+	return WriteResult{Version: resp.Version, Revision: resp.Revision, CreateRevision: resp.CreateRevision}, nil
 }
 
 // Delete removes a key; deleted is false if it was absent.
@@ -772,6 +792,8 @@ type ScanResult struct {
 	Items []KeyValue
 	More  bool
 	Next  []byte
+	// Revision: see pandopb.ScanResponse.
+	Revision uint64
 }
 
 // Scan returns keys in order.
@@ -792,9 +814,9 @@ func (c *Client) Scan(ctx context.Context, o ScanOptions) (*ScanResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &ScanResult{More: resp.More, Next: resp.Next, Items: make([]KeyValue, len(resp.Items))}
+	out := &ScanResult{More: resp.More, Next: resp.Next, Revision: resp.Revision, Items: make([]KeyValue, len(resp.Items))}
 	for i, it := range resp.Items {
-		out.Items[i] = KeyValue{Key: it.Key, Value: it.Value, Version: it.Version}
+		out.Items[i] = KeyValue{Key: it.Key, Value: it.Value, Version: it.Version, CreateRevision: it.CreateRevision, ModRevision: it.ModRevision}
 	}
 	return out, nil
 }

@@ -106,6 +106,10 @@ func (k *fakeKV) Status(ctx context.Context, in *pandopb.StatusRequest, _ ...grp
 	return &pandopb.StatusResponse{}, nil
 }
 
+func (k *fakeKV) AllocRevisions(ctx context.Context, in *pandopb.AllocRevisionsRequest, _ ...grpc.CallOption) (*pandopb.AllocRevisionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "not a node")
+}
+
 func newFake(t *testing.T, s resilience.Settings, addrs ...string) (*Client, *fakeNodes) {
 	t.Helper()
 	f := &fakeNodes{handlers: map[string]func(context.Context, any) (any, error){}}

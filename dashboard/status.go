@@ -39,9 +39,11 @@ type RangeStatusJSON struct {
 	Replicas     []uint64 `json:"replicas"`
 	AppliedIndex uint64   `json:"applied_index"`
 	CommitIndex  uint64   `json:"commit_index"`
-	Term         uint64   `json:"term"`
-	Role         string   `json:"role"`
-	SizeBytes    uint64   `json:"size_bytes"`
+	// Revision is the revision of the last write the replica applied.
+	Revision  uint64 `json:"revision"`
+	Term      uint64 `json:"term"`
+	Role      string `json:"role"`
+	SizeBytes uint64 `json:"size_bytes"`
 	// QPS is the range's request rate as measured by its leader (0 when
 	// this node does not lead it).
 	QPS float64 `json:"qps"`
@@ -78,7 +80,7 @@ func StatusToJSON(st *pandopb.StatusResponse) StatusJSON {
 	}
 	for _, r := range st.Ranges {
 		rs := RangeStatusJSON{ID: r.Id, StartKey: string(r.StartKey), EndKey: string(r.EndKey),
-			LeaderID: r.LeaderId, Replicas: r.Replicas, AppliedIndex: r.AppliedIndex, CommitIndex: r.CommitIndex, Term: r.Term, Role: r.Role,
+			LeaderID: r.LeaderId, Replicas: r.Replicas, AppliedIndex: r.AppliedIndex, CommitIndex: r.CommitIndex, Revision: r.Revision, Term: r.Term, Role: r.Role,
 			SizeBytes: r.SizeBytes, QPS: r.Qps, WriteQPS: r.WriteQps}
 		if c := r.LastCheck; c != nil {
 			rs.LastCheck = &CheckJSON{Time: time.Unix(0, c.UnixNanos).UTC(), Index: c.Index, Verdict: c.Verdict, Diverged: c.Diverged,

@@ -15,6 +15,7 @@ import (
 	"github.com/pando/pando/resilience"
 	"github.com/pando/pando/route"
 	"github.com/pando/pando/storage"
+	"github.com/pando/pando/tso"
 )
 
 // Peers gives the service the other nodes: their addresses and KV clients.
@@ -48,6 +49,8 @@ type Service struct {
 
 	forwardTimeout time.Duration
 	sessions       resilience.Sessions
+	// oracle hands out revisions when this node leads the meta range.
+	oracle *tso.Oracle
 }
 
 // DefaultForwardTimeout bounds one forwarded attempt.
@@ -55,13 +58,16 @@ const DefaultForwardTimeout = time.Second
 
 // NewService returns the KV service of n. timeout is the deadline given to
 // requests that arrive without one; policy is how requests are retried
-// while a range has no leader (route.Policy; zero: the defaults).
+// while a range has no leader (route.Policy; zero: the defaults). The
+// service becomes n's revision source (Revisions): call it before n starts.
 func NewService(n *node.Node, peers Peers, limits kv.Limits, timeout time.Duration, policy route.Policy) (*Service, error) {
 	s := &Service{node: n, peers: peers, limits: limits.WithDefaults(), timeout: timeout,
 		admit: func() error { return nil }, forwardTimeout: DefaultForwardTimeout}
 	var local route.Local
 	if n != nil {
 		local = n
+		s.oracle = tso.New(n, tso.Config{})
+		n.SetRevisionSource(s.Revisions)
 	}
 	var err error
 	if s.router, err = route.New(local, &route.Directory{}, peers, policy); err != nil {
@@ -189,16 +195,25 @@ func (s *Service) get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.Ge
 	if err := s.checkConsistency(req.Consistency); err != nil {
 		return nil, err
 	}
-	read := func() (*pandopb.GetResponse, error) {
-		val, ver, found, err := storage.Get(s.node.Reader(), req.Key)
+	read := func(rangeID uint64) (*pandopb.GetResponse, error) {
+		// The record and the range's last revision from one snapshot: the
+		// answer is the range's state at exactly that revision.
+		snap := s.node.NewSnapshot()
+		defer snap.Close()
+		rec, found, err := storage.Get(snap, req.Key)
 		if err != nil {
 			return nil, err
 		}
-		return &pandopb.GetResponse{Found: found, Value: val, Version: ver}, nil
+		rev, err := storage.LastRevision(snap, rangeID)
+		if err != nil {
+			return nil, err
+		}
+		return &pandopb.GetResponse{Found: found, Value: rec.Value, Version: rec.Version,
+			CreateRevision: rec.CreateRevision, ModRevision: rec.ModRevision, Revision: rev}, nil
 	}
 	if req.Consistency == pandopb.Consistency_STALE {
-		if _, err := s.node.RangeFor(req.Key); err == nil {
-			return read()
+		if st, err := s.node.RangeFor(req.Key); err == nil {
+			return read(st.RangeID)
 		}
 		// No replica here: the range's leader serves it.
 	}
@@ -208,7 +223,7 @@ func (s *Service) get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.Ge
 			return err
 		}
 		var err error
-		resp, err = read()
+		resp, err = read(rid)
 		return err
 	}, func(ctx context.Context, c pandopb.KVClient) error {
 		var err error
@@ -271,7 +286,9 @@ var putOp = writeOp[*pandopb.PutRequest, *pandopb.PutResponse]{
 		return &pandopb.Command{ClientId: req.ClientId, Seq: req.Seq, Op: &pandopb.Command_Put{Put: &pandopb.PutOp{
 			Key: req.Key, Value: req.Value, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion}}}
 	},
-	answer: func(res replica.Result) *pandopb.PutResponse { return &pandopb.PutResponse{Version: res.Version} },
+	answer: func(res replica.Result) *pandopb.PutResponse {
+		return &pandopb.PutResponse{Version: res.Version, Revision: res.Revision, CreateRevision: res.CreateRevision}
+	},
 	forward: func(ctx context.Context, c pandopb.KVClient, req *pandopb.PutRequest) (*pandopb.PutResponse, error) {
 		return c.Put(ctx, req)
 	},
@@ -285,7 +302,9 @@ var deleteOp = writeOp[*pandopb.DeleteRequest, *pandopb.DeleteResponse]{
 		return &pandopb.Command{ClientId: req.ClientId, Seq: req.Seq, Op: &pandopb.Command_Delete{Delete: &pandopb.DeleteOp{
 			Key: req.Key, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion}}}
 	},
-	answer: func(res replica.Result) *pandopb.DeleteResponse { return &pandopb.DeleteResponse{Deleted: res.Deleted} },
+	answer: func(res replica.Result) *pandopb.DeleteResponse {
+		return &pandopb.DeleteResponse{Deleted: res.Deleted, Revision: res.Revision}
+	},
 	forward: func(ctx context.Context, c pandopb.KVClient, req *pandopb.DeleteRequest) (*pandopb.DeleteResponse, error) {
 		return c.Delete(ctx, req)
 	},
@@ -403,6 +422,9 @@ func (s *Service) scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.
 		}
 		resp.Items = append(resp.Items, page.Items...)
 		resp.More, resp.Next = page.More, page.Next
+		if resp.Revision == 0 || page.Revision < resp.Revision {
+			resp.Revision = page.Revision
+		}
 		if !page.More || len(resp.Items) >= limit || single {
 			return resp, nil
 		}
@@ -423,13 +445,19 @@ func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int) (*pando
 	if len(desc.EndKey) > 0 && (len(stop) == 0 || bytes.Compare(desc.EndKey, stop) < 0) {
 		stop, clipped = desc.EndKey, true
 	}
-	kvs, more, err := storage.Scan(s.node.Reader(), start, stop, limit)
+	snap := s.node.NewSnapshot()
+	defer snap.Close()
+	kvs, more, err := storage.Scan(snap, start, stop, limit)
 	if err != nil {
 		return nil, err
 	}
-	resp := &pandopb.ScanResponse{Items: make([]*pandopb.KeyValue, len(kvs))}
+	rev, err := storage.LastRevision(snap, rangeID)
+	if err != nil {
+		return nil, err
+	}
+	resp := &pandopb.ScanResponse{Items: make([]*pandopb.KeyValue, len(kvs)), Revision: rev}
 	for i, x := range kvs {
-		resp.Items[i] = &pandopb.KeyValue{Key: x.Key, Value: x.Value, Version: x.Version}
+		resp.Items[i] = &pandopb.KeyValue{Key: x.Key, Value: x.Value, Version: x.Version, CreateRevision: x.CreateRevision, ModRevision: x.ModRevision}
 	}
 	switch {
 	case more:
@@ -438,6 +466,46 @@ func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int) (*pando
 		resp.More, resp.Next = true, bytes.Clone(desc.EndKey)
 	}
 	return resp, nil
+}
+
+// Revisions hands out count revisions from the revision oracle on the meta
+// range's leader: here, or through that node's AllocRevisions. It is the
+// node's revision source (node.RevisionSource).
+func (s *Service) Revisions(ctx context.Context, count int) (uint64, error) {
+	var first uint64
+	err := s.router.Do(ctx, route.Request{
+		RangeID: storage.MetaRangeID, AttemptTimeout: s.forwardTimeout,
+		Local: func(node.RangeStatus) error {
+			var err error
+			first, err = s.oracle.Alloc(ctx, count)
+			return err
+		},
+		Remote: func(ctx context.Context, to uint64) error {
+			c, err := s.peers.KV(to)
+			if err != nil {
+				return route.Unreachable(err)
+			}
+			resp, err := c.AllocRevisions(ctx, &pandopb.AllocRevisionsRequest{Count: uint32(count)})
+			if err == nil {
+				first = resp.First
+			}
+			return err
+		},
+	})
+	return first, err
+}
+
+// AllocRevisions implements pandopb.KVServer: the revision oracle, served
+// by the meta range's leader (others forward, or name the leader).
+func (s *Service) AllocRevisions(ctx context.Context, req *pandopb.AllocRevisionsRequest) (*pandopb.AllocRevisionsResponse, error) {
+	if req.Count == 0 || req.Count > tso.MaxBatch {
+		return nil, kv.ToStatus(fmt.Errorf("%w: %d revisions asked for (1 to %d)", kv.ErrInvalidArgument, req.Count, tso.MaxBatch))
+	}
+	first, err := s.Revisions(ctx, int(req.Count))
+	if err != nil {
+		return nil, kv.ToStatus(err)
+	}
+	return &pandopb.AllocRevisionsResponse{First: first}, nil
 }
 
 // Status implements pandopb.KVServer.
@@ -500,6 +568,7 @@ func rangeStatus(st node.RangeStatus) *pandopb.RangeStatus {
 		Id: st.RangeID, StartKey: st.Desc.StartKey, EndKey: st.Desc.EndKey, LeaderId: st.LeaderID,
 		Replicas: st.Desc.Replicas, AppliedIndex: st.Applied, Term: st.Term, Role: st.Role, CommitIndex: st.Commit,
 		LastCheck: st.LastCheck, Generation: st.Desc.Generation, Learners: st.Learners, FrozenFor: st.FrozenFor,
+		Revision: st.Revision,
 	}
 }
 

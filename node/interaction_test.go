@@ -73,6 +73,9 @@ type interaction struct {
 	nodes map[uint64]*Node
 	disks map[uint64]*disk
 	props map[uint64]*sync.WaitGroup // per node, its proposals' tracing
+	// revision is the scripts' revision oracle: one counter for all
+	// nodes, as the meta range's leader keeps.
+	revision atomic.Uint64
 }
 
 func (e *interaction) logf(format string, args ...any) {
@@ -332,6 +335,11 @@ func (e *interaction) propose(t *testing.T, td *datadriven.TestData) {
 			t.Fatalf("proposal %q: want put K V or freeze INTO", line)
 		}
 		cmd.Id = n.nextID.Add(1)
+		if replica.NeedsRevision(cmd) {
+			// Stamped here rather than by the loop's revision stage, so
+			// that the script decides when the proposal reaches raft.
+			cmd.Revision = e.revision.Add(1)
+		}
 		data, err := marshalCommand(cmd)
 		if err != nil {
 			t.Fatal(err)
@@ -351,7 +359,7 @@ func (e *interaction) propose(t *testing.T, td *datadriven.TestData) {
 			case res.err != nil:
 				outcome = res.err.Error()
 			case cmd.GetPut() != nil:
-				outcome = fmt.Sprintf("version %d", res.res.Version)
+				outcome = fmt.Sprintf("version %d revision %d", res.res.Version, res.res.Revision)
 			case cmd.GetFreeze() != nil:
 				outcome = fmt.Sprintf("frozen at %d", res.res.Version)
 			}

@@ -40,6 +40,7 @@ func (n *Node) run() {
 		// cycle handles it all.
 		for i := 0; i < maxDrain && n.take(ticker.C, false); i++ {
 		}
+		n.requestRevisions()
 		n.flushProposals()
 		n.flushReads()
 		n.handleReady()
@@ -165,10 +166,19 @@ func (n *Node) propose(p *proposal) {
 		}
 		return
 	}
-	// Data proposals wait for the end of the drain, so that all of a
-	// range's proposals of this cycle go to raft in one message
-	// (flushProposals, which also checks leadership, once for all of
-	// them): one append per follower instead of one per write.
+	if p.needsRevision {
+		// A data write waits for its revision first (revisions.go).
+		n.revs.wait = append(n.revs.wait, p)
+		return
+	}
+	n.bufferProposal(r, p)
+}
+
+// bufferProposal holds a data proposal until the end of the drain, so that
+// all of a range's proposals of this cycle go to raft in one message
+// (flushProposals, which also checks leadership, once for all of them):
+// one append per follower instead of one per write.
+func (n *Node) bufferProposal(r *group, p *proposal) {
 	if len(r.propBuf) == 0 {
 		n.propRanges = append(n.propRanges, r)
 	}
@@ -768,15 +778,25 @@ func (n *Node) waitApplied(ctx context.Context, r *group, index uint64) error {
 func (n *Node) publishStatus(r *group) {
 	st := r.rn.BasicStatus()
 	old := r.status.Load()
+	var since time.Time
+	switch {
+	case st.Lead != n.cfg.ID:
+	case old == nil || old.LeaderID != n.cfg.ID || old.Term != st.Term:
+		since = time.Now() // after the Ready that made it leader
+	default:
+		since = old.LeaderSince
+	}
 	r.status.Store(&RangeStatus{
-		RangeID:  r.id,
-		Desc:     r.storage.State().Desc,
-		LeaderID: st.Lead,
-		Learners: r.learners,
-		Term:     st.Term,
-		Role:     st.RaftState.String(),
-		Applied:  r.applied,
-		Commit:   st.Commit,
+		LeaderSince: since,
+		Revision:    r.storage.State().LastRevision,
+		RangeID:     r.id,
+		Desc:        r.storage.State().Desc,
+		LeaderID:    st.Lead,
+		Learners:    r.learners,
+		Term:        st.Term,
+		Role:        st.RaftState.String(),
+		Applied:     r.applied,
+		Commit:      st.Commit,
 
 		LastCheck: r.storage.State().LastCheck,
 		Quiesced:  r.quiesced,

@@ -121,6 +121,11 @@ func (n *Node) absorbRight(b *pebble.Batch, l, right *group, op *pandopb.MergeOp
 			panic(fmt.Sprintf("node: range %d merges range %d frozen at %d as %v, but the replica here is frozen for %d at %d as %v",
 				l.id, right.id, op.FreezeIndex, op.Right, rs.FrozenFor, rs.FrozenAt, rs.Desc))
 		}
+		// Writes to the right range's keys go on in l: none may carry a
+		// revision below one the right range applied (every replica's
+		// right range is at its freeze, so all decide alike).
+		ls := l.storage.State()
+		ls.LastRevision = max(ls.LastRevision, rs.LastRevision)
 		must(replica.MergeDedupTables(b, right.id, l.id))
 		absorbed, err := storage.ScanAbsorbed(b, right.id)
 		must(err)

@@ -44,6 +44,7 @@ type Node struct {
 	funcc chan func()
 
 	checks *replica.Checks
+	revs   revisions // loop-owned but for the source, set before Start
 
 	propMu     sync.Mutex
 	proposals  map[uint64]*proposal
@@ -123,6 +124,11 @@ type RangeStatus struct {
 	// FrozenFor is the range this one is being merged into (0: not
 	// frozen), FrozenAt the index of its freeze.
 	FrozenFor, FrozenAt uint64
+	// Revision is the revision of the last data write applied.
+	Revision uint64
+	// LeaderSince is when this replica was first seen leading in Term
+	// (zero unless it leads): no earlier than its election.
+	LeaderSince time.Time
 }
 
 type inbound struct {
@@ -135,8 +141,10 @@ type proposal struct {
 	rangeID uint64
 	data    []byte
 	cc      *raftpb.ConfChangeV2 // a membership change instead of data
-	id      uint64
-	done    chan proposalResult
+	// needsRevision: a data write, proposed once it has its revision.
+	needsRevision bool
+	id            uint64
+	done          chan proposalResult
 }
 
 type proposalResult struct {
@@ -420,7 +428,24 @@ func (n *Node) Propose(ctx context.Context, rangeID uint64, cmd *pandopb.Command
 		return replica.Result{}, fmt.Errorf("%w: range %d has %d proposals pending", kv.ErrOverloaded, rangeID, p-1)
 	}
 	defer r.pending.Add(-1)
+	// A write refused for a revision below one its range applied (a
+	// leadership change or a merge raced it) applied nothing: it is
+	// proposed again with a new revision.
+	for attempt := 1; ; attempt++ {
+		res, err := n.proposeOnce(ctx, rangeID, cmd)
+		if !errors.Is(err, replica.ErrStaleRevision) || attempt == maxStaleRevisionRetries {
+			return res, err
+		}
+	}
+}
+
+// maxStaleRevisionRetries bounds Propose's attempts at a data write whose
+// revision was refused as stale.
+const maxStaleRevisionRetries = 5
+
+func (n *Node) proposeOnce(ctx context.Context, rangeID uint64, cmd *pandopb.Command) (replica.Result, error) {
 	cmd.Id = n.nextID.Add(1)
+	cmd.Revision = 0 // the loop appends it (revisions.go)
 	// The proposer's timestamp, in the log: deduplication records expire
 	// by it, identically on every replica.
 	cmd.ProposedAt = time.Now().UnixNano()
@@ -428,7 +453,7 @@ func (n *Node) Propose(ctx context.Context, rangeID uint64, cmd *pandopb.Command
 	if err != nil {
 		return replica.Result{}, err
 	}
-	res, err := n.await(ctx, &proposal{rangeID: rangeID, data: data, id: cmd.Id, done: make(chan proposalResult, 1)}, true)
+	res, err := n.await(ctx, &proposal{rangeID: rangeID, data: data, id: cmd.Id, needsRevision: replica.NeedsRevision(cmd), done: make(chan proposalResult, 1)}, true)
 	if !errors.Is(err, kv.ErrStopped) {
 		n.met.proposal(err)
 	}
@@ -523,6 +548,10 @@ func (n *Node) ReadIndex(ctx context.Context, rangeID uint64) error {
 
 // Reader is the node's storage for serving reads after ReadIndex (or stale).
 func (n *Node) Reader() pebble.Reader { return n.db }
+
+// NewSnapshot pins the node's storage as it is now, for a read that must
+// see one state (a record and its range's revision). Close it.
+func (n *Node) NewSnapshot() *pebble.Snapshot { return n.db.NewSnapshot() }
 
 // Descriptor returns the descriptor of a range replica held here.
 func (n *Node) Descriptor(rangeID uint64) (*pandopb.RangeDescriptor, bool) {

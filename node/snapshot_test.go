@@ -26,7 +26,7 @@ func snapMsg(t testing.TB, desc *pandopb.RangeDescriptor) raftpb.Message {
 }
 
 func rec(userKey string, version uint64, value string) RawKV {
-	return RawKV{Key: storage.DataKey([]byte(userKey)), Value: storage.EncodeValue(version, []byte(value))}
+	return RawKV{Key: storage.DataKey([]byte(userKey)), Value: storage.EncodeRecord(storage.Record{ModRevision: version, CreateRevision: 1, Version: 1, Value: []byte(value)})}
 }
 
 // dedupRec is a deduplication record of a client session in a range.
@@ -101,8 +101,8 @@ func TestCheckSnapshotDataRejects(t *testing.T) {
 		{"key below the span", good, []RawKV{rec("a", 1, "")}},
 		{"key at the span's end", good, []RawKV{rec("c", 1, ""), rec("m", 1, "")}},
 		{"key past the span", good, []RawKV{rec("z", 1, "")}},
-		{"range-local key", good, []RawKV{{Key: storage.HardStateKey(3), Value: storage.EncodeValue(1, nil)}}},
-		{"raw key without the data prefix", good, []RawKV{{Key: []byte("c"), Value: storage.EncodeValue(1, nil)}}},
+		{"range-local key", good, []RawKV{{Key: storage.HardStateKey(3), Value: storage.EncodeRecord(storage.Record{ModRevision: 1, CreateRevision: 1, Version: 1, Value: nil})}}},
+		{"raw key without the data prefix", good, []RawKV{{Key: []byte("c"), Value: storage.EncodeRecord(storage.Record{ModRevision: 1, CreateRevision: 1, Version: 1, Value: nil})}}},
 		{"duplicate key", good, []RawKV{rec("c", 1, ""), rec("c", 2, "")}},
 		{"keys out of order", good, []RawKV{rec("d", 1, ""), rec("c", 1, "")}},
 		{"short value", good, []RawKV{rec("c", 1, ""), {Key: storage.DataKey([]byte("d")), Value: []byte{1, 2, 3}}}},
@@ -117,7 +117,7 @@ func TestCheckSnapshotDataRejects(t *testing.T) {
 		{"deduplication key too short", good, []RawKV{{Key: storage.DedupKey(3, 1)[:17], Value: dedupRec(3, 1, 1).Value}}},
 		{"duplicate deduplication record", good, []RawKV{dedupRec(3, 1, 1), dedupRec(3, 1, 2)}},
 		{"meta record outside the meta range", good, []RawKV{{Key: append(storage.DedupKey(3, 1)[:9], 'm', 'n', 0, 0, 0, 0, 0, 0, 0, 1), Value: nil}}},
-		{"applied state of the range", good, []RawKV{{Key: storage.RangeStateKey(3), Value: storage.EncodeValue(1, nil)}}},
+		{"applied state of the range", good, []RawKV{{Key: storage.RangeStateKey(3), Value: storage.EncodeRecord(storage.Record{ModRevision: 1, CreateRevision: 1, Version: 1, Value: nil})}}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -237,7 +237,7 @@ func checkValid(t *testing.T, rangeID uint64, m raftpb.Message, data []RawKV, de
 		if bytes.Compare(x.Key, lo) < 0 || bytes.Compare(x.Key, hi) >= 0 {
 			t.Fatalf("accepted key %x outside [%x, %x)", x.Key, lo, hi)
 		}
-		if _, _, err := storage.DecodeValue(x.Value); err != nil {
+		if _, err := storage.DecodeRecord(x.Value); err != nil {
 			t.Fatalf("accepted undecodable value of %x", x.Key)
 		}
 	}

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -15,8 +16,13 @@ import (
 
 // Result is what applying one command produced, for its proposer.
 type Result struct {
-	// Version is the key's version after a put.
+	// Version is the key's version after a put (writes since its
+	// creation); for control commands, a number the command hands back (a
+	// freeze's index, an allocated range ID).
 	Version uint64
+	// Revision is a data write's revision, CreateRevision the revision
+	// that created the key a put wrote.
+	Revision, CreateRevision uint64
 	// Deleted is true when a delete removed a key.
 	Deleted bool
 	// Err is a command-level failure (a compare-and-swap mismatch, a
@@ -66,6 +72,21 @@ func PlanSplit(desc *pandopb.RangeDescriptor, op *pandopb.SplitOp) (left, right 
 	right = &pandopb.RangeDescriptor{Id: op.NewRangeId, StartKey: bytes.Clone(k), EndKey: bytes.Clone(desc.EndKey),
 		Replicas: append([]uint64(nil), desc.Replicas...), Generation: 1}
 	return left, right, nil
+}
+
+// ErrStaleRevision is the result of a data write whose revision is not
+// above the last one its range (or its key) applied: nothing is applied,
+// and the proposer retries it with a new revision. It is retryable.
+var ErrStaleRevision = fmt.Errorf("%w: the write's revision is below one already applied", kv.ErrUnavailable)
+
+// NeedsRevision reports whether cmd is a data write, which must carry a
+// revision from the revision oracle.
+func NeedsRevision(cmd *pandopb.Command) bool {
+	switch cmd.Op.(type) {
+	case *pandopb.Command_Put, *pandopb.Command_Delete:
+		return true
+	}
+	return false
 }
 
 // CommandKey is the user key a data command writes (nil for others).
@@ -147,9 +168,14 @@ func FrozenError(rangeID, into uint64) error {
 // whose key is outside the range (routed before a split moved it) is
 // refused with ErrWrongRange, and retried by its client.
 //
-// Versions: a write gives the key the version max(index, previous+1), so a
-// key's version grows with every write and equals the log index of its last
-// write in the common case.
+// Revisions: a data write carries its revision (from the revision oracle,
+// appended by the proposing node). Revisions of a range's writes only grow:
+// a write whose revision is not above the range's last_revision (or the
+// key's mod revision) is refused with ErrStaleRevision, alike on every
+// replica, and retried by its proposer with a new one. A put gives the key
+// mod_revision = the revision, create_revision = the revision when the key
+// was absent (kept otherwise), and version = previous version + 1 (1 when
+// absent), as etcd does.
 //
 // Exactly once: a write that carries an idempotency key (client session
 // and sequence number) is looked up in the range's deduplication table,
@@ -180,7 +206,7 @@ func Apply(b *pebble.Batch, st *pandopb.RangeState, index uint64, cmd *pandopb.C
 	var err error
 	switch op := cmd.Op.(type) {
 	case *pandopb.Command_Put, *pandopb.Command_Delete:
-		res, err = applyWrite(b, rangeID, index, cmd)
+		res, err = applyWrite(b, st, cmd)
 	case *pandopb.Command_PruneDedup:
 		err = pruneDedup(b, rangeID, op.PruneDedup.Before)
 	case *pandopb.Command_Split:
@@ -197,6 +223,13 @@ func Apply(b *pebble.Batch, st *pandopb.RangeState, index uint64, cmd *pandopb.C
 		eff.CheckID = op.Checksum.CheckId
 	case *pandopb.Command_Verdict:
 		st.LastCheck = op.Verdict
+	case *pandopb.Command_RevisionCeiling:
+		if rangeID != storage.MetaRangeID {
+			res.Err = fmt.Errorf("%w: range %d is not the meta range", kv.ErrInvalidArgument, rangeID)
+			break
+		}
+		st.RevisionCeiling = max(st.RevisionCeiling, op.RevisionCeiling.Ceiling)
+		res.Version = st.RevisionCeiling
 	case *pandopb.Command_AllocRangeId:
 		st.NextRangeId = max(st.NextRangeId, 2)
 		res.Version = st.NextRangeId
@@ -216,8 +249,11 @@ func Apply(b *pebble.Batch, st *pandopb.RangeState, index uint64, cmd *pandopb.C
 }
 
 // applyWrite applies a put or a delete, through the deduplication table
-// when it carries an idempotency key.
-func applyWrite(b *pebble.Batch, rangeID, index uint64, cmd *pandopb.Command) (Result, error) {
+// when it carries an idempotency key. A repeat of a write already applied
+// is answered from the table whatever its revision; a new write must carry
+// a revision above the range's last.
+func applyWrite(b *pebble.Batch, st *pandopb.RangeState, cmd *pandopb.Command) (Result, error) {
+	rangeID := st.Desc.GetId()
 	if cmd.ClientId != 0 {
 		rec, found, err := storage.ReadDedup(b, rangeID, cmd.ClientId)
 		if err != nil {
@@ -233,16 +269,25 @@ func applyWrite(b *pebble.Batch, rangeID, index uint64, cmd *pandopb.Command) (R
 				kv.ErrUnavailable, kv.ErrAmbiguous, cmd.Seq, cmd.ClientId, rec.Seq)}, nil
 		}
 	}
+	if cmd.Revision <= st.LastRevision {
+		return Result{Err: fmt.Errorf("%w (range %d: revision %d, last %d)", ErrStaleRevision, rangeID, cmd.Revision, st.LastRevision)}, nil
+	}
 	var res Result
 	var err error
 	switch op := cmd.Op.(type) {
 	case *pandopb.Command_Put:
-		res, err = applyPut(b, index, op.Put)
+		res, err = applyPut(b, cmd.Revision, op.Put)
 	case *pandopb.Command_Delete:
-		res, err = applyDelete(b, op.Delete)
+		res, err = applyDelete(b, cmd.Revision, op.Delete)
 	}
-	if err != nil || cmd.ClientId == 0 {
+	if err != nil || errors.Is(res.Err, ErrStaleRevision) {
 		return res, err
+	}
+	if res.Revision != 0 {
+		st.LastRevision = res.Revision // it wrote
+	}
+	if cmd.ClientId == 0 {
+		return res, nil
 	}
 	return res, storage.WriteDedup(b, rangeID, cmd.ClientId, recordOf(cmd, res))
 }
@@ -260,7 +305,7 @@ func applySplit(b *pebble.Batch, st *pandopb.RangeState, op *pandopb.SplitOp) (R
 	if err := cs.Unmarshal(st.ConfState); err != nil {
 		return Result{}, nil, fmt.Errorf("replica: range %d: conf state: %w", st.Desc.Id, err)
 	}
-	if err := storage.WriteSplitState(b, right, cs); err != nil {
+	if err := storage.WriteSplitState(b, right, cs, st.LastRevision); err != nil {
 		return Result{}, nil, err
 	}
 	// A write applied before the split whose key now belongs to the right
@@ -332,7 +377,8 @@ func applyMeta(b *pebble.Batch, cmd *pandopb.Command) error {
 }
 
 func recordOf(cmd *pandopb.Command, res Result) *pandopb.DedupRecord {
-	rec := &pandopb.DedupRecord{Seq: cmd.Seq, ProposedAt: cmd.ProposedAt, Version: res.Version, Deleted: res.Deleted}
+	rec := &pandopb.DedupRecord{Seq: cmd.Seq, ProposedAt: cmd.ProposedAt, Version: res.Version, Deleted: res.Deleted,
+		Revision: res.Revision, CreateRevision: res.CreateRevision}
 	if vm, ok := res.Err.(*kv.VersionMismatchError); ok {
 		rec.Mismatch, rec.Current = true, vm.Current
 	}
@@ -343,7 +389,7 @@ func resultOf(rec *pandopb.DedupRecord) Result {
 	if rec.Mismatch {
 		return Result{Err: &kv.VersionMismatchError{Current: rec.Current}}
 	}
-	return Result{Version: rec.Version, Deleted: rec.Deleted}
+	return Result{Version: rec.Version, Deleted: rec.Deleted, Revision: rec.Revision, CreateRevision: rec.CreateRevision}
 }
 
 // pruneDedup removes the range's deduplication records of writes proposed
@@ -363,42 +409,58 @@ func pruneDedup(b *pebble.Batch, rangeID uint64, before int64) error {
 	return nil
 }
 
-func currentVersion(b *pebble.Batch, key []byte) (uint64, error) {
-	_, ver, found, err := storage.Get(b, key)
-	if err != nil || !found {
-		return 0, err
-	}
-	return ver, nil
+// current reads key's record in b (zero when absent).
+func current(b *pebble.Batch, key []byte) (storage.Record, bool, error) {
+	return storage.Get(b, key)
 }
 
-func applyPut(b *pebble.Batch, index uint64, op *pandopb.PutOp) (Result, error) {
-	cur, err := currentVersion(b, op.Key)
+// staleForKey refuses a write below the key's own last revision (the
+// range's last_revision covers it too, except across a merge, which takes
+// the larger of the two ranges').
+func staleForKey(rev uint64, cur storage.Record, found bool) *Result {
+	if found && rev <= cur.ModRevision {
+		return &Result{Err: fmt.Errorf("%w (revision %d, the key's %d)", ErrStaleRevision, rev, cur.ModRevision)}
+	}
+	return nil
+}
+
+func applyPut(b *pebble.Batch, rev uint64, op *pandopb.PutOp) (Result, error) {
+	cur, found, err := current(b, op.Key)
 	if err != nil {
 		return Result{}, err
 	}
-	if op.Cas && cur != op.ExpectedVersion {
-		return Result{Err: &kv.VersionMismatchError{Current: cur}}, nil
+	if r := staleForKey(rev, cur, found); r != nil {
+		return *r, nil
 	}
-	ver := max(index, cur+1)
-	if err := b.Set(storage.DataKey(op.Key), storage.EncodeValue(ver, op.Value), nil); err != nil {
+	if op.Cas && cur.Version != op.ExpectedVersion {
+		return Result{Err: &kv.VersionMismatchError{Current: cur.Version}}, nil
+	}
+	next := storage.Record{ModRevision: rev, CreateRevision: rev, Version: 1, Value: op.Value}
+	if found {
+		next.CreateRevision, next.Version = cur.CreateRevision, cur.Version+1
+	}
+	if err := b.Set(storage.DataKey(op.Key), storage.EncodeRecord(next), nil); err != nil {
 		return Result{}, err
 	}
-	return Result{Version: ver}, nil
+	return Result{Version: next.Version, Revision: rev, CreateRevision: next.CreateRevision}, nil
 }
 
-func applyDelete(b *pebble.Batch, op *pandopb.DeleteOp) (Result, error) {
-	cur, err := currentVersion(b, op.Key)
+func applyDelete(b *pebble.Batch, rev uint64, op *pandopb.DeleteOp) (Result, error) {
+	cur, found, err := current(b, op.Key)
 	if err != nil {
 		return Result{}, err
 	}
-	if op.Cas && cur != op.ExpectedVersion {
-		return Result{Err: &kv.VersionMismatchError{Current: cur}}, nil
+	if r := staleForKey(rev, cur, found); r != nil {
+		return *r, nil
 	}
-	if cur == 0 {
+	if op.Cas && cur.Version != op.ExpectedVersion {
+		return Result{Err: &kv.VersionMismatchError{Current: cur.Version}}, nil
+	}
+	if !found {
 		return Result{}, nil
 	}
 	if err := b.Delete(storage.DataKey(op.Key), nil); err != nil {
 		return Result{}, err
 	}
-	return Result{Deleted: true}, nil
+	return Result{Deleted: true, Revision: rev}, nil
 }

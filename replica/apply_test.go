@@ -44,12 +44,21 @@ func casDelCmd(key string, expected uint64) *pandopb.Command {
 	return &pandopb.Command{Op: &pandopb.Command_Delete{Delete: &pandopb.DeleteOp{Key: []byte(key), Cas: true, ExpectedVersion: expected}}}
 }
 
+// stamped gives a data write without a revision the revision index (the
+// tests' oracle: log indexes grow as revisions must).
+func stamped(cmd *pandopb.Command, index uint64) *pandopb.Command {
+	if replica.NeedsRevision(cmd) && cmd.Revision == 0 {
+		cmd.Revision = index
+	}
+	return cmd
+}
+
 // apply applies one command in its own committed batch.
 func apply(t *testing.T, e *storage.Engine, index uint64, cmd *pandopb.Command) replica.Result {
 	t.Helper()
 	b := e.DB().NewIndexedBatch()
 	defer b.Close()
-	res, _, err := replica.Apply(b, rangeState(1), index, cmd)
+	res, _, err := replica.Apply(b, rangeState(1), index, stamped(cmd, index))
 	if err != nil {
 		t.Fatalf("Apply(%d, %v): %v", index, cmd, err)
 	}
@@ -61,88 +70,167 @@ func apply(t *testing.T, e *storage.Engine, index uint64, cmd *pandopb.Command) 
 
 func get(t *testing.T, r pebble.Reader, key string) (string, uint64, bool) {
 	t.Helper()
-	val, ver, found, err := storage.Get(r, []byte(key))
+	rec, found, err := storage.Get(r, []byte(key))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return string(val), ver, found
+	return string(rec.Value), rec.Version, found
 }
 
-func TestPutVersions(t *testing.T) {
-	e := openEngine(t)
-	cases := []struct {
-		index uint64
-		value string
-		want  uint64
-	}{
-		{5, "a", 5},   // new key: the log index
-		{9, "b", 9},   // the index of the last write
-		{7, "c", 10},  // an index at or below the version: previous+1
-		{10, "d", 11}, // equal to the version: previous+1
-		{100, "e", 100},
+func getRecord(t *testing.T, r pebble.Reader, key string) (storage.Record, bool) {
+	t.Helper()
+	rec, found, err := storage.Get(r, []byte(key))
+	if err != nil {
+		t.Fatal(err)
 	}
-	var prev uint64
+	return rec, found
+}
+
+// TestPutRevisionsAndVersions: a put gives its key the write's revision as
+// mod revision, keeps the create revision, and counts the key's writes
+// (version), as etcd does.
+func TestPutRevisionsAndVersions(t *testing.T) {
+	e := openEngine(t)
+	st := rangeState(1)
+	cases := []struct {
+		rev, wantVer, wantCreate uint64
+		value                    string
+	}{
+		{5, 1, 5, "a"}, // new key: created at its revision
+		{9, 2, 5, "b"},
+		{10, 3, 5, "c"},
+		{100, 4, 5, "d"}, // gaps between revisions are fine
+	}
 	for _, c := range cases {
-		res := apply(t, e, c.index, putCmd("k", c.value))
-		if res.Err != nil || res.Deleted || res.Version != c.want {
-			t.Errorf("put at index %d = %+v, want version %d", c.index, res, c.want)
+		b := e.DB().NewIndexedBatch()
+		cmd := putCmd("k", c.value)
+		cmd.Revision = c.rev
+		res, _, err := replica.Apply(b, st, c.rev, cmd)
+		if err != nil || res.Err != nil || res.Version != c.wantVer || res.Revision != c.rev || res.CreateRevision != c.wantCreate {
+			t.Fatalf("put at revision %d = %+v, %v; want version %d, revisions %d..%d", c.rev, res, err, c.wantVer, c.wantCreate, c.rev)
 		}
-		if res.Version <= prev {
-			t.Errorf("version %d did not grow past %d", res.Version, prev)
+		if err := b.Commit(pebble.NoSync); err != nil {
+			t.Fatal(err)
 		}
-		prev = res.Version
-		if val, ver, found := get(t, e.DB(), "k"); !found || val != c.value || ver != c.want {
-			t.Errorf("after put at %d: Get = %q@%d found=%v, want %q@%d", c.index, val, ver, found, c.value, c.want)
+		b.Close()
+		rec, found := getRecord(t, e.DB(), "k")
+		if !found || string(rec.Value) != c.value || rec.Version != c.wantVer || rec.ModRevision != c.rev || rec.CreateRevision != c.wantCreate {
+			t.Errorf("after put at %d: %+v found=%v", c.rev, rec, found)
+		}
+		if st.LastRevision != c.rev {
+			t.Errorf("range's last revision %d after the put at %d", st.LastRevision, c.rev)
 		}
 	}
 	// An empty value is a value.
 	res := apply(t, e, 200, putCmd("empty", ""))
-	if val, ver, found := get(t, e.DB(), "empty"); !found || val != "" || ver != res.Version || ver != 200 {
-		t.Errorf("empty value: Get = %q@%d found=%v", val, ver, found)
+	if rec, found := getRecord(t, e.DB(), "empty"); !found || len(rec.Value) != 0 || rec.Version != 1 || res.Revision != 200 {
+		t.Errorf("empty value: %+v found=%v", rec, found)
 	}
-	// Versions are per key.
-	if res := apply(t, e, 201, putCmd("other", "x")); res.Version != 201 {
-		t.Errorf("other key version = %d, want 201", res.Version)
+}
+
+// TestStaleRevisionRefused: a write whose revision is not above the range's
+// last (or the key's) is refused, writes nothing and changes no state, so
+// that its proposer retries it with a new revision; a repeat of a write
+// already applied is answered from the deduplication table whatever its
+// revision.
+func TestStaleRevisionRefused(t *testing.T) {
+	e := openEngine(t)
+	st := rangeState(1)
+	applyAt := func(rev uint64, cmd *pandopb.Command) (replica.Result, *pebble.Batch) {
+		t.Helper()
+		b := e.DB().NewIndexedBatch()
+		cmd.Revision = rev
+		res, _, err := replica.Apply(b, st, rev, cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res, b
 	}
+	keyed := putCmd("a", "1")
+	keyed.ClientId, keyed.Seq = 7, 1
+	res, b := applyAt(10, keyed)
+	if res.Err != nil || res.Revision != 10 {
+		t.Fatalf("put at 10 = %+v", res)
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	for _, c := range []struct {
+		rev uint64
+		cmd *pandopb.Command
+	}{
+		{10, putCmd("b", "x")}, // equal to the range's last
+		{3, putCmd("b", "x")},  // below it
+		{0, putCmd("b", "x")},  // none at all
+		{9, delCmd("a")},
+	} {
+		before := proto.Clone(st)
+		res, b := applyAt(c.rev, c.cmd)
+		if !errors.Is(res.Err, replica.ErrStaleRevision) || !errors.Is(res.Err, kv.ErrUnavailable) {
+			t.Errorf("%v at revision %d = %+v, want ErrStaleRevision", c.cmd.Op, c.rev, res)
+		}
+		if !b.Empty() || !proto.Equal(st, before) {
+			t.Errorf("a refused write at revision %d wrote %d records or changed the state to %v", c.rev, b.Count(), st)
+		}
+		b.Close()
+	}
+	// The retry of the applied write, with an older revision: its first
+	// result.
+	retry := putCmd("a", "1")
+	retry.ClientId, retry.Seq = 7, 1
+	res, b = applyAt(4, retry)
+	if !res.Duplicate || res.Revision != 10 || res.Version != 1 {
+		t.Errorf("retry = %+v, want the first result (revision 10) as a duplicate", res)
+	}
+	b.Close()
+	// A merge may bring a key whose revision is above the range's last:
+	// the key's own revision bounds it too.
+	st.LastRevision = 2
+	res, b = applyAt(5, putCmd("a", "2"))
+	if !errors.Is(res.Err, replica.ErrStaleRevision) || !b.Empty() {
+		t.Errorf("put below the key's revision = %+v", res)
+	}
+	b.Close()
 }
 
 func TestCASPut(t *testing.T) {
 	e := openEngine(t)
 	// Expected 0: create only if absent.
 	res := apply(t, e, 3, casPutCmd("k", "v1", 0))
-	if res.Err != nil || res.Version != 3 {
+	if res.Err != nil || res.Version != 1 || res.Revision != 3 {
 		t.Fatalf("create-if-absent on an absent key = %+v", res)
 	}
 	res = apply(t, e, 4, casPutCmd("k", "v2", 0))
 	var vm *kv.VersionMismatchError
-	if !errors.As(res.Err, &vm) || vm.Current != 3 || !errors.Is(res.Err, kv.ErrVersionMismatch) {
-		t.Fatalf("create-if-absent on an existing key = %+v, want a mismatch with current 3", res)
+	if !errors.As(res.Err, &vm) || vm.Current != 1 || !errors.Is(res.Err, kv.ErrVersionMismatch) {
+		t.Fatalf("create-if-absent on an existing key = %+v, want a mismatch with current 1", res)
 	}
-	if res.Version != 0 {
-		t.Errorf("failed CAS reports version %d", res.Version)
+	if res.Version != 0 || res.Revision != 0 {
+		t.Errorf("failed CAS reports version %d, revision %d", res.Version, res.Revision)
 	}
-	if val, ver, _ := get(t, e.DB(), "k"); val != "v1" || ver != 3 {
-		t.Errorf("failed CAS changed the key: %q@%d", val, ver)
+	if rec, _ := getRecord(t, e.DB(), "k"); string(rec.Value) != "v1" || rec.Version != 1 || rec.ModRevision != 3 {
+		t.Errorf("failed CAS changed the key: %+v", rec)
 	}
 	// Wrong version.
 	res = apply(t, e, 5, casPutCmd("k", "v3", 2))
-	if !errors.As(res.Err, &vm) || vm.Current != 3 {
+	if !errors.As(res.Err, &vm) || vm.Current != 1 {
 		t.Fatalf("CAS with a wrong version = %+v", res)
 	}
 	// Right version.
-	res = apply(t, e, 6, casPutCmd("k", "v4", 3))
-	if res.Err != nil || res.Version != 6 {
+	res = apply(t, e, 6, casPutCmd("k", "v4", 1))
+	if res.Err != nil || res.Version != 2 || res.Revision != 6 || res.CreateRevision != 3 {
 		t.Fatalf("CAS with the right version = %+v", res)
 	}
-	if val, ver, _ := get(t, e.DB(), "k"); val != "v4" || ver != 6 {
-		t.Errorf("after CAS: %q@%d", val, ver)
+	if rec, _ := getRecord(t, e.DB(), "k"); string(rec.Value) != "v4" || rec.Version != 2 {
+		t.Errorf("after CAS: %+v", rec)
 	}
 	// A CAS on an absent key with a non-zero version reports current 0.
 	res = apply(t, e, 7, casPutCmd("absent", "x", 6))
 	if !errors.As(res.Err, &vm) || vm.Current != 0 {
 		t.Fatalf("CAS on an absent key = %+v, want a mismatch with current 0", res)
 	}
-	if _, _, found := get(t, e.DB(), "absent"); found {
+	if _, found := getRecord(t, e.DB(), "absent"); found {
 		t.Error("failed CAS created the key")
 	}
 }
@@ -154,7 +242,7 @@ func TestMismatchWritesNothing(t *testing.T) {
 	apply(t, e, 1, putCmd("k", "v"))
 	for _, cmd := range []*pandopb.Command{casPutCmd("k", "x", 9), casPutCmd("k", "x", 0), casDelCmd("k", 9), casDelCmd("k", 0), casPutCmd("nokey", "x", 1)} {
 		b := e.DB().NewIndexedBatch()
-		res, _, err := replica.Apply(b, rangeState(1), 2, cmd)
+		res, _, err := replica.Apply(b, rangeState(1), 2, stamped(cmd, 2))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -172,7 +260,7 @@ func TestDelete(t *testing.T) {
 	e := openEngine(t)
 	// Deleting an absent key is not an error and deletes nothing.
 	b := e.DB().NewIndexedBatch()
-	res, _, err := replica.Apply(b, rangeState(1), 1, delCmd("absent"))
+	res, _, err := replica.Apply(b, rangeState(1), 1, stamped(delCmd("absent"), 1))
 	if err != nil || res.Err != nil || res.Deleted {
 		t.Errorf("delete of an absent key = %+v, %v; want Deleted=false", res, err)
 	}
@@ -189,14 +277,18 @@ func TestDelete(t *testing.T) {
 	if _, _, found := get(t, e.DB(), "k"); found {
 		t.Error("key still there after delete")
 	}
-	res = apply(t, e, 4, delCmd("k"))
-	if res.Deleted {
-		t.Error("second delete reports Deleted")
+	if res.Revision != 3 {
+		t.Errorf("delete's revision %d, want 3", res.Revision)
 	}
-	// A re-created key gets a fresh version above every earlier one.
+	res = apply(t, e, 4, delCmd("k"))
+	if res.Deleted || res.Revision != 0 {
+		t.Errorf("second delete = %+v, want nothing deleted and no revision", res)
+	}
+	// A re-created key starts again: version 1, created at its revision
+	// (etcd's rule).
 	res = apply(t, e, 5, putCmd("k", "again"))
-	if res.Version != 5 {
-		t.Errorf("re-created key has version %d, want 5", res.Version)
+	if res.Version != 1 || res.CreateRevision != 5 {
+		t.Errorf("re-created key = %+v, want version 1 created at 5", res)
 	}
 }
 
@@ -205,13 +297,13 @@ func TestCASDelete(t *testing.T) {
 	apply(t, e, 4, putCmd("k", "v"))
 	res := apply(t, e, 5, casDelCmd("k", 3))
 	var vm *kv.VersionMismatchError
-	if !errors.As(res.Err, &vm) || vm.Current != 4 || res.Deleted {
+	if !errors.As(res.Err, &vm) || vm.Current != 1 || res.Deleted {
 		t.Fatalf("CAS delete with a wrong version = %+v", res)
 	}
 	if _, _, found := get(t, e.DB(), "k"); !found {
 		t.Fatal("failed CAS delete removed the key")
 	}
-	res = apply(t, e, 6, casDelCmd("k", 4))
+	res = apply(t, e, 6, casDelCmd("k", 1))
 	if res.Err != nil || !res.Deleted {
 		t.Fatalf("CAS delete with the right version = %+v", res)
 	}
@@ -242,11 +334,11 @@ func TestBatchSeesOwnWrites(t *testing.T) {
 		{3, casPutCmd("k", "c", 0), func(r replica.Result) bool { return errors.Is(r.Err, kv.ErrVersionMismatch) }},
 		{4, delCmd("k"), func(r replica.Result) bool { return r.Deleted }},
 		{5, delCmd("k"), func(r replica.Result) bool { return !r.Deleted && r.Err == nil }},
-		{6, casPutCmd("k", "d", 0), func(r replica.Result) bool { return r.Version == 6 && r.Err == nil }},
-		{7, putCmd("k", "e"), func(r replica.Result) bool { return r.Version == 7 }},
+		{6, casPutCmd("k", "d", 0), func(r replica.Result) bool { return r.Version == 1 && r.CreateRevision == 6 && r.Err == nil }},
+		{7, putCmd("k", "e"), func(r replica.Result) bool { return r.Version == 2 && r.Revision == 7 }},
 	}
 	for _, s := range steps {
-		res, _, err := replica.Apply(b, rangeState(1), s.index, s.cmd)
+		res, _, err := replica.Apply(b, rangeState(1), s.index, stamped(s.cmd, s.index))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -260,8 +352,8 @@ func TestBatchSeesOwnWrites(t *testing.T) {
 	if err := b.Commit(pebble.NoSync); err != nil {
 		t.Fatal(err)
 	}
-	if val, ver, found := get(t, e.DB(), "k"); !found || val != "e" || ver != 7 {
-		t.Errorf("after commit: %q@%d found=%v, want e@7", val, ver, found)
+	if val, ver, found := get(t, e.DB(), "k"); !found || val != "e" || ver != 2 {
+		t.Errorf("after commit: %q@%d found=%v, want e@2", val, ver, found)
 	}
 }
 
@@ -323,7 +415,7 @@ func TestDeterminism(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					res, _, err := replica.Apply(b, rangeState(1), uint64(i+1), cmd)
+					res, _, err := replica.Apply(b, rangeState(1), uint64(i+1), stamped(cmd, uint64(i+1)))
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -418,7 +510,7 @@ func FuzzDecodeCommand(f *testing.F) {
 		f.Add(data, uint64(9))
 	}
 	e := openEngine(f)
-	if err := e.DB().Set(storage.DataKey([]byte("k")), storage.EncodeValue(4, []byte("old")), pebble.NoSync); err != nil {
+	if err := e.DB().Set(storage.DataKey([]byte("k")), storage.EncodeRecord(storage.Record{ModRevision: 4, CreateRevision: 1, Version: 1, Value: []byte("old")}), pebble.NoSync); err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, data []byte, index uint64) {
@@ -440,8 +532,8 @@ func FuzzDecodeCommand(f *testing.F) {
 			return
 		}
 		if res.Err != nil {
-			if !errors.Is(res.Err, kv.ErrVersionMismatch) && !errors.Is(res.Err, kv.ErrInvalidArgument) && !errors.Is(res.Err, kv.ErrWrongRange) {
-				t.Fatalf("command error %v is none of version mismatch, invalid argument, wrong range", res.Err)
+			if !errors.Is(res.Err, kv.ErrVersionMismatch) && !errors.Is(res.Err, kv.ErrInvalidArgument) && !errors.Is(res.Err, kv.ErrWrongRange) && !errors.Is(res.Err, replica.ErrStaleRevision) {
+				t.Fatalf("command error %v is none of version mismatch, invalid argument, wrong range, stale revision", res.Err)
 			}
 			switch {
 			case errors.Is(res.Err, kv.ErrVersionMismatch) && cmd.ClientId != 0:
@@ -459,12 +551,12 @@ func FuzzDecodeCommand(f *testing.F) {
 			return
 		}
 		if put := cmd.GetPut(); put != nil {
-			val, ver, found, err := storage.Get(b, put.Key)
-			if err != nil || !found || ver != res.Version || !bytes.Equal(val, put.Value) {
-				t.Fatalf("after put: Get = %x@%d found=%v err=%v; want %x@%d", val, ver, found, err, put.Value, res.Version)
+			rec, found, err := storage.Get(b, put.Key)
+			if err != nil || !found || rec.Version != res.Version || rec.ModRevision != cmd.Revision || !bytes.Equal(rec.Value, put.Value) {
+				t.Fatalf("after put: Get = %x@%d rev %d found=%v err=%v; want %x@%d rev %d", rec.Value, rec.Version, rec.ModRevision, found, err, put.Value, res.Version, cmd.Revision)
 			}
-			if ver == 0 || ver < index {
-				t.Fatalf("put at index %d got version %d", index, ver)
+			if rec.Version == 0 || rec.CreateRevision == 0 || rec.CreateRevision > rec.ModRevision {
+				t.Fatalf("put at index %d got version %d, revisions %d..%d", index, rec.Version, rec.CreateRevision, rec.ModRevision)
 			}
 		}
 	})

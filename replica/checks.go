@@ -210,11 +210,11 @@ func recordVersion(key, value []byte) uint64 {
 	if _, err := storage.UserKey(key); err != nil {
 		return 0
 	}
-	v, _, err := storage.DecodeValue(value)
+	rec, err := storage.DecodeRecord(value)
 	if err != nil {
 		return 0
 	}
-	return v
+	return rec.ModRevision
 }
 
 // CheckRecords validates replicated records sent by a peer (a snapshot or
@@ -248,7 +248,7 @@ func CheckRecords(desc *pandopb.RangeDescriptor, data []RawKV) error {
 				return fmt.Errorf("node: %w", err)
 			}
 		case in(kv.Key, lo, hi):
-			if _, _, err := storage.DecodeValue(kv.Value); err != nil {
+			if _, err := storage.DecodeRecord(kv.Value); err != nil {
 				return fmt.Errorf("node: value of %x: %w", kv.Key, err)
 			}
 		default:

@@ -26,6 +26,7 @@ func controlCommands() []*pandopb.Command {
 		{Op: &pandopb.Command_AllocRangeId{AllocRangeId: &pandopb.AllocRangeIDOp{}}},
 		{Op: &pandopb.Command_Node{Node: &pandopb.NodeRecord{Id: 4, Addr: "127.0.0.1:7004", State: "live"}}},
 		{Op: &pandopb.Command_Directory{Directory: &pandopb.DirectoryOp{Ranges: []*pandopb.RangeDescriptor{{Id: 2, StartKey: []byte("g"), Replicas: []uint64{1, 2, 3}, Generation: 3}}}}},
+		{Op: &pandopb.Command_RevisionCeiling{RevisionCeiling: &pandopb.RevisionCeilingOp{Ceiling: 500}}},
 	}
 }
 
@@ -47,7 +48,7 @@ func TestApplyControlCommands(t *testing.T) {
 		return &pandopb.RangeDescriptor{Id: id, Replicas: []uint64{1, 2, 3}, Generation: 1}
 	}
 	cmds := controlCommands()
-	split, freeze, merge, checksum, verdict, alloc, node, dir := cmds[0], cmds[1], cmds[2], cmds[3], cmds[4], cmds[5], cmds[6], cmds[7]
+	split, freeze, merge, checksum, verdict, alloc, node, dir, ceiling := cmds[0], cmds[1], cmds[2], cmds[3], cmds[4], cmds[5], cmds[6], cmds[7], cmds[8]
 	for _, tc := range []struct {
 		name  string
 		st    *pandopb.RangeState
@@ -68,6 +69,26 @@ func TestApplyControlCommands(t *testing.T) {
 					t.Fatalf("right range's state in the batch: %v, %v", right, err)
 				}
 			}},
+		{name: "the right range of a split starts at the left range's last revision", st: &pandopb.RangeState{Desc: whole(3), LastRevision: 41}, cmd: split,
+			check: func(t *testing.T, st *pandopb.RangeState, res replica.Result, eff replica.Effects, b pebble.Reader) {
+				right, _, err := storage.ReadRangeState(b, 9)
+				if err != nil || right.GetLastRevision() != 41 || st.LastRevision != 41 {
+					t.Fatalf("last revisions: left %d, right %d (%v); want 41 both", st.LastRevision, right.GetLastRevision(), err)
+				}
+			}},
+		{name: "the revision ceiling only rises", st: &pandopb.RangeState{Desc: whole(1), RevisionCeiling: 300}, cmd: ceiling,
+			check: func(t *testing.T, st *pandopb.RangeState, res replica.Result, _ replica.Effects, _ pebble.Reader) {
+				if st.RevisionCeiling != 500 || res.Version != 500 {
+					t.Fatalf("ceiling %d, result %d; want 500", st.RevisionCeiling, res.Version)
+				}
+			}},
+		{name: "a lower revision ceiling changes nothing", st: &pandopb.RangeState{Desc: whole(1), RevisionCeiling: 900}, cmd: ceiling,
+			check: func(t *testing.T, st *pandopb.RangeState, res replica.Result, _ replica.Effects, _ pebble.Reader) {
+				if st.RevisionCeiling != 900 || res.Version != 900 {
+					t.Fatalf("ceiling %d, result %d; want 900 kept", st.RevisionCeiling, res.Version)
+				}
+			}},
+		{name: "the revision ceiling only in the meta range", st: &pandopb.RangeState{Desc: whole(4)}, cmd: ceiling, err: kv.ErrInvalidArgument},
 		{name: "split outside the range", st: &pandopb.RangeState{Desc: &pandopb.RangeDescriptor{Id: 3, EndKey: []byte("c"), Generation: 1}}, cmd: split, err: replica.ErrBadSplit},
 		{name: "split at a stale generation", st: &pandopb.RangeState{Desc: &pandopb.RangeDescriptor{Id: 3, Generation: 5}}, cmd: split, err: replica.ErrBadSplit},
 		{name: "freeze asks for a synced batch", st: &pandopb.RangeState{Desc: whole(4)}, cmd: freeze,

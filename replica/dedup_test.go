@@ -36,6 +36,9 @@ func (r *replicaState) apply(rangeID uint64, cmd *pandopb.Command) Result {
 	r.t.Helper()
 	r.index++
 	b := r.db.NewIndexedBatch()
+	if NeedsRevision(cmd) && cmd.Revision == 0 {
+		cmd.Revision = r.index
+	}
 	res, _, err := Apply(b, &pandopb.RangeState{Desc: &pandopb.RangeDescriptor{Id: rangeID}}, r.index, cmd)
 	if err != nil {
 		r.t.Fatalf("apply at %d: %v", r.index, err)
@@ -64,11 +67,11 @@ func del(key string, client, seq uint64) *pandopb.Command {
 
 func (r *replicaState) get(key string) (string, uint64) {
 	r.t.Helper()
-	v, ver, _, err := storage.Get(r.db, []byte(key))
+	rec, _, err := storage.Get(r.db, []byte(key))
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	return string(v), ver
+	return string(rec.Value), rec.Version
 }
 
 func TestApplyReturnsTheFirstResultToARetry(t *testing.T) {
@@ -79,14 +82,14 @@ func TestApplyReturnsTheFirstResultToARetry(t *testing.T) {
 	}
 	r.apply(1, put("other", "x", 8, 1)) // another session's write in between
 	again := r.apply(1, put("k", "a", 7, 1))
-	if !again.Duplicate || again.Version != first.Version || again.Err != nil {
+	if !again.Duplicate || again.Version != first.Version || again.Revision != first.Revision || again.Err != nil {
 		t.Fatalf("retried put: %+v, want the first result (version %d)", again, first.Version)
 	}
 	if v, ver := r.get("k"); v != "a" || ver != 1 {
 		t.Fatalf("k = %q@%d after a retried put: applied twice", v, ver)
 	}
 	// The session's next write applies.
-	if res := r.apply(1, put("k", "b", 7, 2)); res.Duplicate || res.Version != 4 {
+	if res := r.apply(1, put("k", "b", 7, 2)); res.Duplicate || res.Version != 2 || res.Revision != 4 {
 		t.Fatalf("next write: %+v", res)
 	}
 }
@@ -107,8 +110,8 @@ func TestApplyDeduplicatesDeletesAndFailedCompareAndSwaps(t *testing.T) {
 	if !errors.As(res.Err, &vm) || vm.Current != 0 {
 		t.Fatalf("cas: %+v", res)
 	}
-	r.apply(1, put("k", "z", 0, 0)) // index 5 -> version 5
-	r.apply(1, put("k", "z", 0, 0)) // version 6
+	r.apply(1, put("k", "z", 0, 0)) // version 1
+	r.apply(1, put("k", "z", 0, 0)) // version 2
 	res = r.apply(1, cas("k", "c", 4, 9, 2))
 	if !errors.As(res.Err, &vm) || vm.Current != 0 || !res.Duplicate {
 		t.Fatalf("retried cas: %+v, want the remembered mismatch (current 0)", res)

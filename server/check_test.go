@@ -193,7 +193,7 @@ func TestDamagedStorageRefusesToStart(t *testing.T) {
 			}
 			b := eng.DB().NewBatch()
 			for i := 0; i < 5000; i++ {
-				_ = b.Set(storage.DataKey([]byte(fmt.Sprintf("key%05d", i))), storage.EncodeValue(1, []byte(strings.Repeat("v", 100))), nil)
+				_ = b.Set(storage.DataKey([]byte(fmt.Sprintf("key%05d", i))), storage.EncodeRecord(storage.Record{ModRevision: 1, CreateRevision: 1, Version: 1, Value: []byte(strings.Repeat("v", 100))}), nil)
 			}
 			if err := b.Commit(pebble.Sync); err != nil {
 				t.Fatal(err)

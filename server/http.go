@@ -103,6 +103,9 @@ func (s *Server) handleKV(w http.ResponseWriter, r *http.Request) {
 		}
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Header().Set("Pando-Version", strconv.FormatUint(resp.Version, 10))
+		w.Header().Set("Pando-Create-Revision", strconv.FormatUint(resp.CreateRevision, 10))
+		w.Header().Set("Pando-Mod-Revision", strconv.FormatUint(resp.ModRevision, 10))
+		w.Header().Set("Pando-Revision", strconv.FormatUint(resp.Revision, 10))
 		w.Header().Set("Content-Length", strconv.Itoa(len(resp.Value)))
 		w.WriteHeader(http.StatusOK)
 		if r.Method == http.MethodGet {
@@ -131,7 +134,8 @@ func (s *Server) handleKV(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		w.Header().Set("Pando-Version", strconv.FormatUint(resp.Version, 10))
-		httpapi.WriteJSON(w, http.StatusOK, map[string]uint64{"version": resp.Version})
+		w.Header().Set("Pando-Revision", strconv.FormatUint(resp.Revision, 10))
+		httpapi.WriteJSON(w, http.StatusOK, map[string]uint64{"version": resp.Version, "revision": resp.Revision, "create_revision": resp.CreateRevision})
 	case http.MethodDelete:
 		cas, expected, err := parseCAS(q)
 		if err != nil {
@@ -143,7 +147,10 @@ func (s *Server) handleKV(w http.ResponseWriter, r *http.Request) {
 			httpapi.WriteError(w, err)
 			return
 		}
-		httpapi.WriteJSON(w, http.StatusOK, map[string]bool{"deleted": resp.Deleted})
+		if resp.Revision != 0 {
+			w.Header().Set("Pando-Revision", strconv.FormatUint(resp.Revision, 10))
+		}
+		httpapi.WriteJSON(w, http.StatusOK, map[string]any{"deleted": resp.Deleted, "revision": resp.Revision})
 	default:
 		w.Header().Set("Allow", "GET, HEAD, PUT, POST, DELETE")
 		httpapi.WriteError(w, httpapi.BadRequest("method %s not allowed on /v1/kv/", r.Method))
@@ -188,10 +195,11 @@ func (s *Server) handleScan(ctx context.Context, w http.ResponseWriter, q url.Va
 		httpapi.WriteError(w, err)
 		return
 	}
-	out := httpapi.ScanResult{Items: make([]httpapi.ScanItem, len(resp.Items)), More: resp.More, Next: resp.Next}
+	out := httpapi.ScanResult{Items: make([]httpapi.ScanItem, len(resp.Items)), More: resp.More, Next: resp.Next, Revision: resp.Revision}
 	for i, it := range resp.Items {
-		out.Items[i] = httpapi.ScanItem{Key: it.Key, Value: it.Value, Version: it.Version}
+		out.Items[i] = httpapi.ScanItem{Key: it.Key, Value: it.Value, Version: it.Version, CreateRevision: it.CreateRevision, ModRevision: it.ModRevision}
 	}
+	w.Header().Set("Pando-Revision", strconv.FormatUint(resp.Revision, 10))
 	httpapi.WriteJSON(w, http.StatusOK, out)
 }
 

@@ -460,6 +460,9 @@ func (s *Server) initStorage() error {
 		if id != want {
 			return fmt.Errorf("server: data directory %s belongs to node %s, not node %d", s.cfg.DataDir, id, s.cfg.ID)
 		}
+		if err := storage.CheckFormat(db, s.cfg.DataDir); err != nil {
+			return err
+		}
 		if markerErr != nil {
 			return storage.WriteMarker(fs, s.cfg.DataDir, want)
 		}
@@ -475,6 +478,9 @@ func (s *Server) initStorage() error {
 	if len(s.cfg.Join) > 0 {
 		// A new node joining a running cluster: it holds no range until the
 		// controller moves replicas to it.
+		if err := storage.WriteFormat(db); err != nil {
+			return err
+		}
 		if err := db.Set(identityKey, []byte(want), pebble.Sync); err != nil {
 			return err
 		}
@@ -487,6 +493,9 @@ func (s *Server) initStorage() error {
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	desc := &pandopb.RangeDescriptor{Id: 1, Replicas: ids, Generation: 1}
 	if err := storage.BootstrapCluster(s.engine, desc, ids); err != nil {
+		return err
+	}
+	if err := storage.WriteFormat(db); err != nil {
 		return err
 	}
 	if err := db.Set(identityKey, []byte(want), pebble.Sync); err != nil {

@@ -14,17 +14,22 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/pando/pando/client"
 	"github.com/pando/pando/dashboard"
 	"github.com/pando/pando/internal/httpapi"
 	"github.com/pando/pando/internal/workers"
 	"github.com/pando/pando/server"
+	"github.com/pando/pando/storage"
 )
 
 type testCluster struct {
@@ -197,13 +202,20 @@ func TestHTTPAPI(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("put: %d %s", resp.StatusCode, body)
 	}
-	var put struct{ Version uint64 }
-	if err := json.Unmarshal(body, &put); err != nil || put.Version == 0 {
+	var put struct{ Version, Revision uint64 }
+	if err := json.Unmarshal(body, &put); err != nil || put.Version != 1 || put.Revision == 0 {
 		t.Fatalf("put answer %s: %v", body, err)
 	}
+	if h := resp.Header.Get("Pando-Revision"); h != fmt.Sprint(put.Revision) {
+		t.Fatalf("put's Pando-Revision %q, its answer says %d", h, put.Revision)
+	}
 	resp, body = doHTTP(t, "GET", base+"/v1/kv/greeting", nil)
-	if resp.StatusCode != 200 || string(body) != "hello" || resp.Header.Get("Pando-Version") != fmt.Sprint(put.Version) {
-		t.Fatalf("get: %d %q version %q", resp.StatusCode, body, resp.Header.Get("Pando-Version"))
+	if resp.StatusCode != 200 || string(body) != "hello" || resp.Header.Get("Pando-Version") != fmt.Sprint(put.Version) ||
+		resp.Header.Get("Pando-Mod-Revision") != fmt.Sprint(put.Revision) || resp.Header.Get("Pando-Create-Revision") != fmt.Sprint(put.Revision) {
+		t.Fatalf("get: %d %q headers %v", resp.StatusCode, body, resp.Header)
+	}
+	if rev, err := strconv.ParseUint(resp.Header.Get("Pando-Revision"), 10, 64); err != nil || rev < put.Revision {
+		t.Fatalf("get's Pando-Revision %q: below the put's %d (%v)", resp.Header.Get("Pando-Revision"), put.Revision, err)
 	}
 	// A stale read is served locally: it may lag, but soon sees the write.
 	for deadline := time.Now().Add(5 * time.Second); ; {
@@ -218,7 +230,7 @@ func TestHTTPAPI(t *testing.T) {
 	}
 
 	// Compare-and-swap: a wrong version answers 412 with the current one.
-	resp, body = doHTTP(t, "PUT", base+"/v1/kv/greeting?cas=1", []byte("x"))
+	resp, body = doHTTP(t, "PUT", base+"/v1/kv/greeting?cas=99", []byte("x"))
 	var e struct {
 		Error          string
 		CurrentVersion uint64 `json:"current_version"`
@@ -517,6 +529,55 @@ func TestDataDirBelongsToOneNode(t *testing.T) {
 	_, err = server.New(server.Config{ID: 2, DataDir: dir, Addr: addr, Logger: quietLogger()})
 	if err == nil || !strings.Contains(err.Error(), "belongs to node 1") {
 		t.Fatalf("opening node 1's data as node 2: %v", err)
+	}
+}
+
+// TestDataDirOfAnOlderFormatIsRefused: a data directory written before
+// revisions (no format record: on-disk format 1) is refused at start-up
+// with a message that says what to do, and nothing in it is touched.
+func TestDataDirOfAnOlderFormatIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	s, err := server.New(server.Config{ID: 1, DataDir: dir, Addr: addr, Listener: l, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Kill()
+	// Make it the layout of the release before revisions: no format record.
+	eng, err := storage.Open(dir, storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.DB().Delete([]byte("\x00format"), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	before, _, err := storage.ReadRangeState(eng.DB(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = server.New(server.Config{ID: 1, DataDir: dir, Addr: addr, Logger: quietLogger()})
+	if !errors.Is(err, storage.ErrFormat) || !strings.Contains(err.Error(), "older pando") || !strings.Contains(err.Error(), "new cluster") {
+		t.Fatalf("opening a format-1 data directory: %v", err)
+	}
+	eng, err = storage.Open(dir, storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	after, _, err := storage.ReadRangeState(eng.DB(), 1)
+	if err != nil || !proto.Equal(before, after) {
+		t.Fatalf("the refused start changed the range state: %v -> %v (%v)", before, after, err)
+	}
+	// A newer format is refused too.
+	if err := eng.DB().Set([]byte("\x00format"), []byte("9"), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if err := storage.CheckFormat(eng.DB(), dir); !errors.Is(err, storage.ErrFormat) || !strings.Contains(err.Error(), "newer pando") {
+		t.Fatalf("format 9: %v", err)
 	}
 }
 

@@ -31,26 +31,29 @@ func rangeOf(e *Engine, rangeID uint64, key []byte) (*pandopb.RangeDescriptor, e
 }
 
 // DebugWrite sets key to value in rangeID's data on this replica only. The
-// key keeps its current version (or gets version 1 if absent) unless
-// version is not 0.
-func DebugWrite(e *Engine, rangeID uint64, key, value []byte, version uint64) (uint64, error) {
+// key keeps its current record's revisions and version (or gets revision 1
+// and version 1 if absent) unless modRevision is not 0, which then becomes
+// its mod revision. It returns the mod revision written.
+func DebugWrite(e *Engine, rangeID uint64, key, value []byte, modRevision uint64) (uint64, error) {
 	if len(key) == 0 {
 		return 0, fmt.Errorf("storage: empty key")
 	}
 	if _, err := rangeOf(e, rangeID, key); err != nil {
 		return 0, err
 	}
-	if version == 0 {
-		_, cur, found, err := Get(e.db, key)
-		if err != nil {
-			return 0, err
-		}
-		version = 1
-		if found {
-			version = cur
-		}
+	rec, found, err := Get(e.db, key)
+	if err != nil {
+		return 0, err
 	}
-	return version, e.db.Set(DataKey(key), EncodeValue(version, value), pebble.Sync)
+	if !found {
+		rec = Record{ModRevision: 1, CreateRevision: 1, Version: 1}
+	}
+	if modRevision != 0 {
+		rec.ModRevision = modRevision
+		rec.CreateRevision = min(rec.CreateRevision, modRevision)
+	}
+	rec.Value = value
+	return rec.ModRevision, e.db.Set(DataKey(key), EncodeRecord(rec), pebble.Sync)
 }
 
 // DebugDelete removes key from rangeID's data on this replica only.
@@ -83,7 +86,7 @@ func Dump(e *Engine, w io.Writer) error {
 			return err
 		}
 		for _, kv := range kvs {
-			fmt.Fprintf(w, "  %q = %q (version %d)\n", kv.Key, kv.Value, kv.Version)
+			fmt.Fprintf(w, "  %q = %q (version %d, revisions %d..%d)\n", kv.Key, kv.Value, kv.Version, kv.CreateRevision, kv.ModRevision)
 		}
 	}
 	return nil

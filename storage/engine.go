@@ -115,28 +115,29 @@ func (e *Engine) RangeIDs() ([]uint64, error) {
 	return ids, it.Error()
 }
 
-// Get reads a user key from r (the database, a batch or a snapshot).
-func Get(r pebble.Reader, userKey []byte) (value []byte, version uint64, found bool, err error) {
+// Get reads a user key's record from r (the database, a batch or a
+// snapshot); the value is a copy.
+func Get(r pebble.Reader, userKey []byte) (rec Record, found bool, err error) {
 	v, closer, err := r.Get(DataKey(userKey))
 	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, 0, false, nil
+		return Record{}, false, nil
 	}
 	if err != nil {
-		return nil, 0, false, err
+		return Record{}, false, err
 	}
 	defer closer.Close()
-	ver, val, err := DecodeValue(v)
+	rec, err = DecodeRecord(v)
 	if err != nil {
-		return nil, 0, false, fmt.Errorf("key %q: %w", userKey, err)
+		return Record{}, false, fmt.Errorf("key %q: %w", userKey, err)
 	}
-	return bytes.Clone(val), ver, true, nil
+	rec.Value = bytes.Clone(rec.Value)
+	return rec, true, nil
 }
 
-// KV is one user key with its value and version.
+// KV is one user key with its record.
 type KV struct {
-	Key     []byte
-	Value   []byte
-	Version uint64
+	Key []byte
+	Record
 }
 
 // Scan returns up to limit user keys in [start, end) in order, and whether
@@ -153,13 +154,21 @@ func Scan(r pebble.Reader, start, end []byte, limit int) ([]KV, bool, error) {
 		if len(out) == limit {
 			return out, true, it.Error()
 		}
-		ver, val, err := DecodeValue(it.Value())
+		rec, err := DecodeRecord(it.Value())
 		if err != nil {
 			return nil, false, err
 		}
-		out = append(out, KV{Key: bytes.Clone(it.Key()[1:]), Value: bytes.Clone(val), Version: ver})
+		rec.Value = bytes.Clone(rec.Value)
+		out = append(out, KV{Key: bytes.Clone(it.Key()[1:]), Record: rec})
 	}
 	return out, false, it.Error()
+}
+
+// LastRevision is the revision of the last data write rangeID applied, as
+// r holds it (read it from the same snapshot as the data it qualifies).
+func LastRevision(r pebble.Reader, rangeID uint64) (uint64, error) {
+	st, _, err := ReadRangeState(r, rangeID)
+	return st.GetLastRevision(), err
 }
 
 // ReadRangeState reads a range's applied state; ok is false if none is stored.

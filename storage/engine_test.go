@@ -54,9 +54,15 @@ func closeEngine(t *testing.T, e *storage.Engine) {
 
 func put(t *testing.T, db *pebble.DB, key string, version uint64, value string) {
 	t.Helper()
-	if err := db.Set(storage.DataKey([]byte(key)), storage.EncodeValue(version, []byte(value)), pebble.NoSync); err != nil {
+	if err := db.Set(storage.DataKey([]byte(key)), storage.EncodeRecord(storage.Record{ModRevision: version, CreateRevision: 1, Version: 1, Value: []byte(value)}), pebble.NoSync); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// getKV is storage.Get as value, mod revision, found, error.
+func getKV(r pebble.Reader, key []byte) ([]byte, uint64, bool, error) {
+	rec, found, err := storage.Get(r, key)
+	return rec.Value, rec.ModRevision, found, err
 }
 
 func TestGet(t *testing.T) {
@@ -64,41 +70,41 @@ func TestGet(t *testing.T) {
 	db := e.DB()
 	put(t, db, "a", 3, "alpha")
 	put(t, db, "empty", 9, "")
-	val, ver, found, err := storage.Get(db, []byte("a"))
+	val, ver, found, err := getKV(db, []byte("a"))
 	if err != nil || !found || ver != 3 || string(val) != "alpha" {
 		t.Errorf("Get(a) = %q, %d, %v, %v", val, ver, found, err)
 	}
-	val, ver, found, err = storage.Get(db, []byte("empty"))
+	val, ver, found, err = getKV(db, []byte("empty"))
 	if err != nil || !found || ver != 9 || len(val) != 0 {
 		t.Errorf("Get(empty) = %q, %d, %v, %v", val, ver, found, err)
 	}
-	val, ver, found, err = storage.Get(db, []byte("missing"))
+	val, ver, found, err = getKV(db, []byte("missing"))
 	if err != nil || found || ver != 0 || val != nil {
 		t.Errorf("Get(missing) = %q, %d, %v, %v", val, ver, found, err)
 	}
 	// A prefix of a stored key is a different key.
-	if _, _, found, _ := storage.Get(db, []byte("em")); found {
+	if _, _, found, _ := getKV(db, []byte("em")); found {
 		t.Error("Get(em) found a value")
 	}
 	// Range-local records are not user keys.
 	if err := storage.Bootstrap(e, &pandopb.RangeDescriptor{Id: 1}, []uint64{1}); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, found, _ := storage.Get(db, storage.RangeStateKey(1)); found {
+	if _, _, found, _ := getKV(db, storage.RangeStateKey(1)); found {
 		t.Error("Get of a range-local key's bytes found a user value")
 	}
 	// A corrupt stored value is an error, not a panic or a bogus value.
 	if err := db.Set(storage.DataKey([]byte("bad")), []byte{1, 2}, pebble.NoSync); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, _, err := storage.Get(db, []byte("bad")); err == nil {
+	if _, _, _, err := getKV(db, []byte("bad")); err == nil {
 		t.Error("Get of a corrupt value succeeded")
 	}
 	// The returned value does not alias the database's memory: writing to
 	// it and reading again gives the stored value.
-	val, _, _, _ = storage.Get(db, []byte("a"))
+	val, _, _, _ = getKV(db, []byte("a"))
 	val[0] = 'X'
-	if again, _, _, _ := storage.Get(db, []byte("a")); string(again) != "alpha" {
+	if again, _, _, _ := getKV(db, []byte("a")); string(again) != "alpha" {
 		t.Errorf("Get returned aliased memory: %q", again)
 	}
 }
@@ -107,13 +113,13 @@ func TestGetFromBatch(t *testing.T) {
 	e, _ := openMem(t)
 	b := e.DB().NewIndexedBatch()
 	defer b.Close()
-	if err := b.Set(storage.DataKey([]byte("k")), storage.EncodeValue(5, []byte("v")), nil); err != nil {
+	if err := b.Set(storage.DataKey([]byte("k")), storage.EncodeRecord(storage.Record{ModRevision: 5, CreateRevision: 1, Version: 1, Value: []byte("v")}), nil); err != nil {
 		t.Fatal(err)
 	}
-	if val, ver, found, err := storage.Get(b, []byte("k")); err != nil || !found || ver != 5 || string(val) != "v" {
+	if val, ver, found, err := getKV(b, []byte("k")); err != nil || !found || ver != 5 || string(val) != "v" {
 		t.Errorf("Get from batch = %q, %d, %v, %v", val, ver, found, err)
 	}
-	if _, _, found, _ := storage.Get(e.DB(), []byte("k")); found {
+	if _, _, found, _ := getKV(e.DB(), []byte("k")); found {
 		t.Error("uncommitted batch write visible in the database")
 	}
 }
@@ -172,13 +178,13 @@ func TestScan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []storage.KV{{Key: []byte("c"), Value: []byte("vc"), Version: 3}, {Key: []byte("d"), Value: []byte("vd"), Version: 1}}
+	want := []storage.KV{{Key: []byte("c"), Record: storage.Record{Value: []byte("vc"), ModRevision: 3}}, {Key: []byte("d"), Record: storage.Record{Value: []byte("vd"), ModRevision: 1}}}
 	if len(kvs) != len(want) {
 		t.Fatalf("Scan(c, e) = %d items", len(kvs))
 	}
 	for i := range want {
-		if !bytes.Equal(kvs[i].Key, want[i].Key) || !bytes.Equal(kvs[i].Value, want[i].Value) || kvs[i].Version != want[i].Version {
-			t.Errorf("item %d = %q=%q@%d, want %q=%q@%d", i, kvs[i].Key, kvs[i].Value, kvs[i].Version, want[i].Key, want[i].Value, want[i].Version)
+		if !bytes.Equal(kvs[i].Key, want[i].Key) || !bytes.Equal(kvs[i].Value, want[i].Value) || kvs[i].ModRevision != want[i].ModRevision {
+			t.Errorf("item %d = %q=%q@%d, want %q=%q@%d", i, kvs[i].Key, kvs[i].Value, kvs[i].ModRevision, want[i].Key, want[i].Value, want[i].ModRevision)
 		}
 	}
 }
@@ -278,7 +284,7 @@ func TestPersistence(t *testing.T) {
 	closeEngine(t, e)
 
 	e = open(t, fs)
-	if val, ver, found, err := storage.Get(e.DB(), []byte("k")); err != nil || !found || ver != 7 || string(val) != "v" {
+	if val, ver, found, err := getKV(e.DB(), []byte("k")); err != nil || !found || ver != 7 || string(val) != "v" {
 		t.Errorf("after reopen Get(k) = %q, %d, %v, %v", val, ver, found, err)
 	}
 	st, ok, err := storage.ReadRangeState(e.DB(), 3)
@@ -302,7 +308,7 @@ func TestCrashKeepsSyncedBatch(t *testing.T) {
 
 	synced := db.NewBatch()
 	for i := 0; i < 10; i++ {
-		if err := synced.Set(storage.DataKey(fmt.Appendf(nil, "s%d", i)), storage.EncodeValue(uint64(i+1), []byte("synced")), nil); err != nil {
+		if err := synced.Set(storage.DataKey(fmt.Appendf(nil, "s%d", i)), storage.EncodeRecord(storage.Record{ModRevision: uint64(i + 1), CreateRevision: 1, Version: 1, Value: []byte("synced")}), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -311,7 +317,7 @@ func TestCrashKeepsSyncedBatch(t *testing.T) {
 	}
 	unsynced := db.NewBatch()
 	for i := 0; i < 10; i++ {
-		if err := unsynced.Set(storage.DataKey(fmt.Appendf(nil, "u%d", i)), storage.EncodeValue(1, []byte("unsynced")), nil); err != nil {
+		if err := unsynced.Set(storage.DataKey(fmt.Appendf(nil, "u%d", i)), storage.EncodeRecord(storage.Record{ModRevision: 1, CreateRevision: 1, Version: 1, Value: []byte("unsynced")}), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -325,7 +331,7 @@ func TestCrashKeepsSyncedBatch(t *testing.T) {
 	e2 := open(t, crashed)
 	for i := 0; i < 10; i++ {
 		k := fmt.Sprintf("s%d", i)
-		val, ver, found, err := storage.Get(e2.DB(), []byte(k))
+		val, ver, found, err := getKV(e2.DB(), []byte(k))
 		if err != nil || !found || ver != uint64(i+1) || string(val) != "synced" {
 			t.Errorf("after crash Get(%s) = %q, %d, %v, %v; the synced batch must survive", k, val, ver, found, err)
 		}

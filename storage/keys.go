@@ -210,19 +210,45 @@ func UserKey(dataKey []byte) ([]byte, error) {
 // ErrCorruptValue means a stored value could not be decoded.
 var ErrCorruptValue = errors.New("storage: corrupt value")
 
-// EncodeValue encodes a user value with its version.
-func EncodeValue(version uint64, value []byte) []byte {
-	b := make([]byte, 8+len(value))
-	binary.BigEndian.PutUint64(b, version)
-	copy(b[8:], value)
+// Record is a user key's stored state: its value, its version (writes
+// since it was created, 1 after the first, as etcd counts) and the
+// revisions of the write that created it and of its last write.
+type Record struct {
+	ModRevision    uint64
+	CreateRevision uint64
+	Version        uint64
+	Value          []byte
+}
+
+// recordHeader is the size of a record's fixed fields: mod revision,
+// create revision, version (8 bytes each, big endian), then the value.
+const recordHeader = 24
+
+// EncodeRecord encodes a user key's record.
+func EncodeRecord(r Record) []byte {
+	b := make([]byte, recordHeader+len(r.Value))
+	binary.BigEndian.PutUint64(b, r.ModRevision)
+	binary.BigEndian.PutUint64(b[8:], r.CreateRevision)
+	binary.BigEndian.PutUint64(b[16:], r.Version)
+	copy(b[recordHeader:], r.Value)
 	return b
 }
 
-// DecodeValue splits a stored value into version and user value. The value
-// aliases b.
-func DecodeValue(b []byte) (version uint64, value []byte, err error) {
-	if len(b) < 8 {
-		return 0, nil, fmt.Errorf("%w: %d bytes", ErrCorruptValue, len(b))
+// DecodeRecord decodes a stored record, refusing one that is too short or
+// whose fields cannot be (a revision of 0, a creation after the last
+// write, a version of 0). The value aliases b.
+func DecodeRecord(b []byte) (Record, error) {
+	if len(b) < recordHeader {
+		return Record{}, fmt.Errorf("%w: %d bytes", ErrCorruptValue, len(b))
 	}
-	return binary.BigEndian.Uint64(b), b[8:], nil
+	r := Record{
+		ModRevision:    binary.BigEndian.Uint64(b),
+		CreateRevision: binary.BigEndian.Uint64(b[8:]),
+		Version:        binary.BigEndian.Uint64(b[16:]),
+		Value:          b[recordHeader:],
+	}
+	if r.CreateRevision == 0 || r.CreateRevision > r.ModRevision || r.Version == 0 {
+		return Record{}, fmt.Errorf("%w: revisions %d..%d, version %d", ErrCorruptValue, r.CreateRevision, r.ModRevision, r.Version)
+	}
+	return r, nil
 }

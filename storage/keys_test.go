@@ -143,151 +143,70 @@ func TestDataSpan(t *testing.T) {
 	}
 }
 
-func TestValueEncoding(t *testing.T) {
-	for _, c := range []struct {
-		ver uint64
-		val []byte
-	}{{0, nil}, {1, []byte("v")}, {math.MaxUint64, bytes.Repeat([]byte{0xff}, 100)}} {
-		enc := storage.EncodeValue(c.ver, c.val)
-		if len(enc) != 8+len(c.val) {
-			t.Errorf("EncodeValue length %d, want %d", len(enc), 8+len(c.val))
+func TestRecordEncoding(t *testing.T) {
+	for _, r := range []storage.Record{
+		{ModRevision: 1, CreateRevision: 1, Version: 1},
+		{ModRevision: 9, CreateRevision: 3, Version: 4, Value: []byte("v")},
+		{ModRevision: math.MaxUint64, CreateRevision: 1, Version: math.MaxUint64, Value: bytes.Repeat([]byte{0xff}, 100)},
+	} {
+		enc := storage.EncodeRecord(r)
+		if len(enc) != 24+len(r.Value) {
+			t.Errorf("EncodeRecord length %d, want %d", len(enc), 24+len(r.Value))
 		}
-		ver, val, err := storage.DecodeValue(enc)
-		if err != nil || ver != c.ver || !bytes.Equal(val, c.val) {
-			t.Errorf("DecodeValue(EncodeValue(%d, %x)) = %d, %x, %v", c.ver, c.val, ver, val, err)
-		}
-	}
-	// Exactly 8 bytes is a version with an empty value.
-	ver, val, err := storage.DecodeValue([]byte{0, 0, 0, 0, 0, 0, 1, 2})
-	if err != nil || ver != 258 || len(val) != 0 {
-		t.Errorf("DecodeValue(8 bytes) = %d, %x, %v", ver, val, err)
-	}
-	for n := 0; n < 8; n++ {
-		if _, _, err := storage.DecodeValue(make([]byte, n)); !errors.Is(err, storage.ErrCorruptValue) {
-			t.Errorf("DecodeValue(%d bytes) = %v, want ErrCorruptValue", n, err)
+		got, err := storage.DecodeRecord(enc)
+		if err != nil || got.ModRevision != r.ModRevision || got.CreateRevision != r.CreateRevision || got.Version != r.Version || !bytes.Equal(got.Value, r.Value) {
+			t.Errorf("DecodeRecord(EncodeRecord(%+v)) = %+v, %v", r, got, err)
 		}
 	}
-	if _, _, err := storage.DecodeValue(nil); !errors.Is(err, storage.ErrCorruptValue) {
-		t.Errorf("DecodeValue(nil) = %v, want ErrCorruptValue", err)
+	// Exactly 24 bytes is a record with an empty value.
+	got, err := storage.DecodeRecord(storage.EncodeRecord(storage.Record{ModRevision: 258, CreateRevision: 2, Version: 7}))
+	if err != nil || got.ModRevision != 258 || len(got.Value) != 0 {
+		t.Errorf("DecodeRecord(24 bytes) = %+v, %v", got, err)
+	}
+	for n := 0; n < 24; n++ {
+		if _, err := storage.DecodeRecord(make([]byte, n)); !errors.Is(err, storage.ErrCorruptValue) {
+			t.Errorf("DecodeRecord(%d bytes) = %v, want ErrCorruptValue", n, err)
+		}
+	}
+	// Fields no write can produce: no revision, a creation after the last
+	// write, version 0.
+	for _, r := range []storage.Record{
+		{ModRevision: 0, CreateRevision: 0, Version: 1},
+		{ModRevision: 5, CreateRevision: 6, Version: 1},
+		{ModRevision: 5, CreateRevision: 5, Version: 0},
+	} {
+		if _, err := storage.DecodeRecord(storage.EncodeRecord(r)); !errors.Is(err, storage.ErrCorruptValue) {
+			t.Errorf("DecodeRecord(%+v) = %v, want ErrCorruptValue", r, err)
+		}
 	}
 }
 
-func FuzzDecodeValue(f *testing.F) {
+func FuzzDecodeRecord(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte{1, 2, 3})
-	f.Add(make([]byte, 7))
-	f.Add(make([]byte, 8))
-	f.Add(storage.EncodeValue(42, []byte("hello")))
-	f.Add(storage.EncodeValue(math.MaxUint64, nil))
+	f.Add(make([]byte, 23))
+	f.Add(make([]byte, 24))
+	f.Add(storage.EncodeRecord(storage.Record{ModRevision: 42, CreateRevision: 40, Version: 2, Value: []byte("hello")}))
+	f.Add(storage.EncodeRecord(storage.Record{ModRevision: math.MaxUint64, CreateRevision: 1, Version: 1}))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		ver, val, err := storage.DecodeValue(b)
-		if len(b) < 8 {
+		r, err := storage.DecodeRecord(b)
+		if len(b) < 24 {
 			if !errors.Is(err, storage.ErrCorruptValue) {
-				t.Fatalf("DecodeValue(%d bytes) = %v, want ErrCorruptValue", len(b), err)
+				t.Fatalf("DecodeRecord(%d bytes) = %v, want ErrCorruptValue", len(b), err)
 			}
 			return
 		}
 		if err != nil {
-			t.Fatalf("DecodeValue(%x): %v", b, err)
-		}
-		if ver != binary.BigEndian.Uint64(b) {
-			t.Fatalf("version %d, want big-endian prefix", ver)
-		}
-		if re := storage.EncodeValue(ver, val); !bytes.Equal(re, b) {
-			t.Fatalf("EncodeValue(DecodeValue(%x)) = %x", b, re)
-		}
-	})
-}
-
-func FuzzDecodeRangeLocalKey(f *testing.F) {
-	f.Add([]byte{})
-	f.Add([]byte{0x01})
-	f.Add(storage.HardStateKey(1))
-	f.Add(storage.RangeStateKey(math.MaxUint64))
-	f.Add(storage.TruncatedStateKey(0))
-	f.Add(storage.LogKey(3, 99))
-	f.Add(storage.DataKey([]byte("0123456789")))
-	f.Fuzz(func(t *testing.T, k []byte) {
-		id, kind, err := storage.DecodeRangeLocalKey(k)
-		if len(k) < 10 || k[0] != 0x01 {
-			if err == nil {
-				t.Fatalf("DecodeRangeLocalKey(%x) accepted a non range-local key", k)
+			if !errors.Is(err, storage.ErrCorruptValue) {
+				t.Fatalf("DecodeRecord(%x): %v, want ErrCorruptValue", b, err)
 			}
 			return
 		}
-		if err != nil {
-			t.Fatalf("DecodeRangeLocalKey(%x): %v", k, err)
+		if r.ModRevision != binary.BigEndian.Uint64(b) || r.CreateRevision == 0 || r.CreateRevision > r.ModRevision || r.Version == 0 {
+			t.Fatalf("DecodeRecord(%x) = %+v", b, r)
 		}
-		if kind != k[9] {
-			t.Fatalf("kind %q, want %q", kind, k[9])
-		}
-		// The decoded range and kind rebuild the key's header.
-		var hdr []byte
-		switch kind {
-		case 'h':
-			hdr = storage.HardStateKey(id)
-		case 's':
-			hdr = storage.RangeStateKey(id)
-		case 't':
-			hdr = storage.TruncatedStateKey(id)
-		case 'l':
-			hdr = storage.LogKey(id, 0)[:10]
-			if len(k) == 18 {
-				if lk := storage.LogKey(id, binary.BigEndian.Uint64(k[10:])); !bytes.Equal(lk, k) {
-					t.Fatalf("LogKey rebuilt %x from %x", lk, k)
-				}
-			}
-		default:
-			return
-		}
-		if !bytes.Equal(hdr, k[:10]) {
-			t.Fatalf("key %x decodes to range %d kind %q, which encodes as %x", k, id, kind, hdr)
-		}
-	})
-}
-
-func FuzzUserKey(f *testing.F) {
-	f.Add([]byte{})
-	f.Add([]byte{0x02})
-	f.Add([]byte{0x02, 'k'})
-	f.Add([]byte{0x03, 'k'})
-	f.Add(storage.LogKey(1, 1))
-	f.Fuzz(func(t *testing.T, dk []byte) {
-		u, err := storage.UserKey(dk)
-		if len(dk) == 0 || dk[0] != 0x02 {
-			if err == nil {
-				t.Fatalf("UserKey(%x) accepted a non-data key", dk)
-			}
-			return
-		}
-		if err != nil {
-			t.Fatalf("UserKey(%x): %v", dk, err)
-		}
-		if re := storage.DataKey(u); !bytes.Equal(re, dk) {
-			t.Fatalf("DataKey(UserKey(%x)) = %x", dk, re)
-		}
-	})
-}
-
-// FuzzDataKeyOrder: the storage encoding keeps the order of user keys, and
-// every user key lies in the whole-key-space span.
-func FuzzDataKeyOrder(f *testing.F) {
-	f.Add([]byte("a"), []byte("b"))
-	f.Add([]byte{}, []byte{0x00})
-	f.Add([]byte{0xff}, []byte{0xff, 0x00})
-	f.Fuzz(func(t *testing.T, a, b []byte) {
-		if got, want := bytes.Compare(storage.DataKey(a), storage.DataKey(b)), bytes.Compare(a, b); got != want {
-			t.Fatalf("order of DataKey(%x), DataKey(%x) = %d, user order %d", a, b, got, want)
-		}
-		lo, hi := storage.DataSpan(nil, nil)
-		if dk := storage.DataKey(a); bytes.Compare(dk, lo) < 0 || bytes.Compare(dk, hi) >= 0 {
-			t.Fatalf("DataKey(%x) outside the whole data span", a)
-		}
-		if bytes.Compare(a, b) < 0 {
-			lo, hi := storage.DataSpan(a, b)
-			if !bytes.Equal(lo, storage.DataKey(a)) || !bytes.Equal(hi, storage.DataKey(b)) {
-				t.Fatalf("DataSpan(%x, %x) = [%x, %x)", a, b, lo, hi)
-			}
+		if re := storage.EncodeRecord(r); !bytes.Equal(re, b) {
+			t.Fatalf("EncodeRecord(DecodeRecord(%x)) = %x", b, re)
 		}
 	})
 }

@@ -373,6 +373,7 @@ func (s *RaftStorage) ApplySnapshot(b *pebble.Batch, snap raftpb.Snapshot, st *p
 	s.state.LastCheck = st.LastCheck
 	s.state.NextRangeId = st.NextRangeId
 	s.state.FrozenFor, s.state.FrozenAt = st.FrozenFor, st.FrozenAt
+	s.state.LastRevision, s.state.RevisionCeiling = st.LastRevision, st.RevisionCeiling
 	if err := s.SetConfState(m.ConfState); err != nil {
 		return err
 	}
@@ -413,12 +414,12 @@ const (
 // split: applied and truncated at SplitInitialIndex, the given conf state.
 // Every replica of the split range writes the same state when it applies
 // the split.
-func WriteSplitState(b *pebble.Batch, desc *pandopb.RangeDescriptor, cs raftpb.ConfState) error {
+func WriteSplitState(b *pebble.Batch, desc *pandopb.RangeDescriptor, cs raftpb.ConfState, lastRevision uint64) error {
 	v, err := cs.Marshal()
 	if err != nil {
 		return err
 	}
-	if err := WriteRangeState(b, desc.Id, &pandopb.RangeState{AppliedIndex: SplitInitialIndex, AppliedTerm: SplitInitialTerm, ConfState: v, Desc: desc}); err != nil {
+	if err := WriteRangeState(b, desc.Id, &pandopb.RangeState{AppliedIndex: SplitInitialIndex, AppliedTerm: SplitInitialTerm, ConfState: v, Desc: desc, LastRevision: lastRevision}); err != nil {
 		return err
 	}
 	if err := putProto(b, TruncatedStateKey(desc.Id), &pandopb.TruncatedState{Index: SplitInitialIndex, Term: SplitInitialTerm}); err != nil {
@@ -458,7 +459,7 @@ func bootstrap(e *Engine, desc *pandopb.RangeDescriptor, voters []uint64, atSpli
 	b := e.db.NewBatch()
 	defer b.Close()
 	if atSplitIndex {
-		if err := WriteSplitState(b, desc, cs); err != nil {
+		if err := WriteSplitState(b, desc, cs, 0); err != nil {
 			return err
 		}
 		return b.Commit(pebble.Sync)

@@ -343,7 +343,7 @@ func TestRaftStorageApplySnapshot(t *testing.T) {
 	}}
 	desc := &pandopb.RangeDescriptor{Id: 1, Replicas: []uint64{1, 2, 4, 5}, Generation: 7}
 	b := e.DB().NewBatch()
-	if err := rs.ApplySnapshot(b, snap, &pandopb.RangeState{Desc: desc, NextRangeId: 9}); err != nil {
+	if err := rs.ApplySnapshot(b, snap, &pandopb.RangeState{Desc: desc, NextRangeId: 9, LastRevision: 77, RevisionCeiling: 500}); err != nil {
 		t.Fatal(err)
 	}
 	// The node writes raft's hard state (commit = snapshot index) in the
@@ -367,7 +367,7 @@ func TestRaftStorageApplySnapshot(t *testing.T) {
 			t.Errorf("conf state = %+v, want the snapshot's", cs)
 		}
 		st := rs.State()
-		if st.AppliedIndex != 12 || st.AppliedTerm != 3 || st.GetDesc().GetGeneration() != 7 || st.NextRangeId != 9 {
+		if st.AppliedIndex != 12 || st.AppliedTerm != 3 || st.GetDesc().GetGeneration() != 7 || st.NextRangeId != 9 || st.LastRevision != 77 || st.RevisionCeiling != 500 {
 			t.Errorf("applied state = %v, want index 12 term 3 generation 7 and the snapshot's range-ID counter 9", st)
 		}
 	}
@@ -555,7 +555,7 @@ func TestRaftStorageCrash(t *testing.T) {
 	}
 	commit(t, b)
 	ab := e.DB().NewBatch()
-	if err := ab.Set(storage.DataKey([]byte("k")), storage.EncodeValue(6, []byte("v")), nil); err != nil {
+	if err := ab.Set(storage.DataKey([]byte("k")), storage.EncodeRecord(storage.Record{ModRevision: 6, CreateRevision: 1, Version: 1, Value: []byte("v")}), nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := rs.SetApplied(ab, 6, 1); err != nil {
@@ -578,7 +578,7 @@ func TestRaftStorageCrash(t *testing.T) {
 		t.Errorf("hard state after crash = %+v", hs)
 	}
 	// The applied state and its data are lost or kept together.
-	_, _, found, err := storage.Get(e2.DB(), []byte("k"))
+	_, _, found, err := getKV(e2.DB(), []byte("k"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -50,7 +50,7 @@ func Verify(e *Engine) error {
 			return err
 		}
 		for valid := it.First(); valid; valid = it.Next() {
-			if _, _, err := DecodeValue(it.Value()); err != nil {
+			if _, err := DecodeRecord(it.Value()); err != nil {
 				it.Close()
 				return fmt.Errorf("storage: range %d: key %q: %w", id, it.Key()[1:], err)
 			}

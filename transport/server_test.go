@@ -174,7 +174,7 @@ func snapChunks(t testing.TB, rangeID uint64, m raftpb.Message, data ...[]*pando
 }
 
 func record(userKey string) *pandopb.KeyValue {
-	return &pandopb.KeyValue{Key: storage.DataKey([]byte(userKey)), Value: storage.EncodeValue(1, []byte("v"))}
+	return &pandopb.KeyValue{Key: storage.DataKey([]byte(userKey)), Value: storage.EncodeRecord(storage.Record{ModRevision: 1, CreateRevision: 1, Version: 1, Value: []byte("v")})}
 }
 
 func snapMsg(t testing.TB, desc *pandopb.RangeDescriptor) raftpb.Message {
@@ -291,8 +291,8 @@ func FuzzSnapshotStream(f *testing.F) {
 	s := newTestServer(f)
 	f.Fuzz(func(t *testing.T, rangeID uint64, msg, k1, k2 []byte) {
 		data := []*pandopb.KeyValue{
-			{Key: storage.DataKey(k1), Value: storage.EncodeValue(1, k1)},
-			{Key: storage.DataKey(k2), Value: storage.EncodeValue(2, k2)},
+			{Key: storage.DataKey(k1), Value: storage.EncodeRecord(storage.Record{ModRevision: 1, CreateRevision: 1, Version: 1, Value: k1})},
+			{Key: storage.DataKey(k2), Value: storage.EncodeRecord(storage.Record{ModRevision: 2, CreateRevision: 1, Version: 1, Value: k2})},
 		}
 		st := &fakeStream[pandopb.SnapshotChunk, pandopb.SnapshotAck]{reqs: []*pandopb.SnapshotChunk{
 			{RangeId: rangeID, Data: data},

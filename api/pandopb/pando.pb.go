@@ -126,10 +126,20 @@ func (x *GetRequest) GetConsistency() Consistency {
 }
 
 type GetResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Found         bool                   `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
-	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
-	Version       uint64                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Found bool                   `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
+	Value []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	// version counts the key's writes since it was created (1 after its
+	// first put; a delete resets it), as etcd's does; compare-and-swap
+	// compares it.
+	Version uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	// create_revision and mod_revision are the revisions of the write that
+	// created the key and of its last write.
+	CreateRevision uint64 `protobuf:"varint,4,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
+	ModRevision    uint64 `protobuf:"varint,5,opt,name=mod_revision,json=modRevision,proto3" json:"mod_revision,omitempty"`
+	// revision is the revision the answer observed: the state of the key's
+	// range after every write with a revision up to it and none above.
+	Revision      uint64 `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -181,6 +191,27 @@ func (x *GetResponse) GetValue() []byte {
 func (x *GetResponse) GetVersion() uint64 {
 	if x != nil {
 		return x.Version
+	}
+	return 0
+}
+
+func (x *GetResponse) GetCreateRevision() uint64 {
+	if x != nil {
+		return x.CreateRevision
+	}
+	return 0
+}
+
+func (x *GetResponse) GetModRevision() uint64 {
+	if x != nil {
+		return x.ModRevision
+	}
+	return 0
+}
+
+func (x *GetResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
 	}
 	return 0
 }
@@ -277,10 +308,14 @@ func (x *PutRequest) GetSeq() uint64 {
 }
 
 type PutResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// version: the key's version after the put (see GetResponse).
+	Version uint64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// revision is the put's revision (the key's mod_revision now).
+	Revision       uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	CreateRevision uint64 `protobuf:"varint,3,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *PutResponse) Reset() {
@@ -316,6 +351,20 @@ func (*PutResponse) Descriptor() ([]byte, []int) {
 func (x *PutResponse) GetVersion() uint64 {
 	if x != nil {
 		return x.Version
+	}
+	return 0
+}
+
+func (x *PutResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *PutResponse) GetCreateRevision() uint64 {
+	if x != nil {
+		return x.CreateRevision
 	}
 	return 0
 }
@@ -400,7 +449,9 @@ func (x *DeleteRequest) GetSeq() uint64 {
 type DeleteResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// deleted is false when the key was already absent.
-	Deleted       bool `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	Deleted bool `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	// revision is the delete's revision (0 when nothing was deleted).
+	Revision      uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -440,6 +491,13 @@ func (x *DeleteResponse) GetDeleted() bool {
 		return x.Deleted
 	}
 	return false
+}
+
+func (x *DeleteResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 type ScanRequest struct {
@@ -521,12 +579,14 @@ func (x *ScanRequest) GetConsistency() Consistency {
 }
 
 type KeyValue struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
-	Version       uint64                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Key            []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Value          []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Version        uint64                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	CreateRevision uint64                 `protobuf:"varint,4,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
+	ModRevision    uint64                 `protobuf:"varint,5,opt,name=mod_revision,json=modRevision,proto3" json:"mod_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *KeyValue) Reset() {
@@ -580,13 +640,30 @@ func (x *KeyValue) GetVersion() uint64 {
 	return 0
 }
 
+func (x *KeyValue) GetCreateRevision() uint64 {
+	if x != nil {
+		return x.CreateRevision
+	}
+	return 0
+}
+
+func (x *KeyValue) GetModRevision() uint64 {
+	if x != nil {
+		return x.ModRevision
+	}
+	return 0
+}
+
 type ScanResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Items []*KeyValue            `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
 	// more is true when the span holds keys past the last item; the scan
 	// continues from next.
-	More          bool   `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
-	Next          []byte `protobuf:"bytes,3,opt,name=next,proto3" json:"next,omitempty"`
+	More bool   `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
+	Next []byte `protobuf:"bytes,3,opt,name=next,proto3" json:"next,omitempty"`
+	// revision: see GetResponse (the smallest of the ranges' revisions the
+	// page read).
+	Revision      uint64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -640,6 +717,13 @@ func (x *ScanResponse) GetNext() []byte {
 		return x.Next
 	}
 	return nil
+}
+
+func (x *ScanResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 type StatusRequest struct {
@@ -763,7 +847,9 @@ type RangeStatus struct {
 	Generation uint64   `protobuf:"varint,10,opt,name=generation,proto3" json:"generation,omitempty"`
 	Learners   []uint64 `protobuf:"varint,11,rep,packed,name=learners,proto3" json:"learners,omitempty"`
 	// frozen_for: the range this one is being merged into (0: none).
-	FrozenFor uint64        `protobuf:"varint,12,opt,name=frozen_for,json=frozenFor,proto3" json:"frozen_for,omitempty"`
+	FrozenFor uint64 `protobuf:"varint,12,opt,name=frozen_for,json=frozenFor,proto3" json:"frozen_for,omitempty"`
+	// revision: the revision of the last write the replica applied.
+	Revision  uint64        `protobuf:"varint,13,opt,name=revision,proto3" json:"revision,omitempty"`
 	LastCheck *CheckVerdict `protobuf:"bytes,20,opt,name=last_check,json=lastCheck,proto3" json:"last_check,omitempty"`
 	SizeBytes uint64        `protobuf:"varint,30,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// qps: requests (reads and writes) per second the leader served;
@@ -884,6 +970,13 @@ func (x *RangeStatus) GetLearners() []uint64 {
 func (x *RangeStatus) GetFrozenFor() uint64 {
 	if x != nil {
 		return x.FrozenFor
+	}
+	return 0
+}
+
+func (x *RangeStatus) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
 	}
 	return 0
 }
@@ -1046,6 +1139,98 @@ func (x *StatusResponse) GetBreakers() []*BreakerStatus {
 	return nil
 }
 
+// AllocRevisionsRequest asks the meta range's leader for count revisions
+// (node to node: a node asks for the revisions of the writes it is about
+// to propose).
+type AllocRevisionsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Count         uint32                 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AllocRevisionsRequest) Reset() {
+	*x = AllocRevisionsRequest{}
+	mi := &file_pando_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AllocRevisionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AllocRevisionsRequest) ProtoMessage() {}
+
+func (x *AllocRevisionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AllocRevisionsRequest.ProtoReflect.Descriptor instead.
+func (*AllocRevisionsRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *AllocRevisionsRequest) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+type AllocRevisionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// first: the revisions are first, first+1, ... first+count-1.
+	First         uint64 `protobuf:"varint,1,opt,name=first,proto3" json:"first,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AllocRevisionsResponse) Reset() {
+	*x = AllocRevisionsResponse{}
+	mi := &file_pando_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AllocRevisionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AllocRevisionsResponse) ProtoMessage() {}
+
+func (x *AllocRevisionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AllocRevisionsResponse.ProtoReflect.Descriptor instead.
+func (*AllocRevisionsResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *AllocRevisionsResponse) GetFirst() uint64 {
+	if x != nil {
+		return x.First
+	}
+	return 0
+}
+
 type RaftEnvelope struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	RangeId uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
@@ -1057,7 +1242,7 @@ type RaftEnvelope struct {
 
 func (x *RaftEnvelope) Reset() {
 	*x = RaftEnvelope{}
-	mi := &file_pando_proto_msgTypes[14]
+	mi := &file_pando_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1069,7 +1254,7 @@ func (x *RaftEnvelope) String() string {
 func (*RaftEnvelope) ProtoMessage() {}
 
 func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[14]
+	mi := &file_pando_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1082,7 +1267,7 @@ func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftEnvelope.ProtoReflect.Descriptor instead.
 func (*RaftEnvelope) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{14}
+	return file_pando_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RaftEnvelope) GetRangeId() uint64 {
@@ -1109,7 +1294,7 @@ type RaftBatch struct {
 
 func (x *RaftBatch) Reset() {
 	*x = RaftBatch{}
-	mi := &file_pando_proto_msgTypes[15]
+	mi := &file_pando_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1121,7 +1306,7 @@ func (x *RaftBatch) String() string {
 func (*RaftBatch) ProtoMessage() {}
 
 func (x *RaftBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[15]
+	mi := &file_pando_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1134,7 +1319,7 @@ func (x *RaftBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftBatch.ProtoReflect.Descriptor instead.
 func (*RaftBatch) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{15}
+	return file_pando_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RaftBatch) GetFromNode() uint64 {
@@ -1159,7 +1344,7 @@ type RaftAck struct {
 
 func (x *RaftAck) Reset() {
 	*x = RaftAck{}
-	mi := &file_pando_proto_msgTypes[16]
+	mi := &file_pando_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1171,7 +1356,7 @@ func (x *RaftAck) String() string {
 func (*RaftAck) ProtoMessage() {}
 
 func (x *RaftAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[16]
+	mi := &file_pando_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1184,7 +1369,7 @@ func (x *RaftAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAck.ProtoReflect.Descriptor instead.
 func (*RaftAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{16}
+	return file_pando_proto_rawDescGZIP(), []int{18}
 }
 
 // A snapshot travels as a stream of chunks: data chunks first, then one
@@ -1202,7 +1387,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1214,7 +1399,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1227,7 +1412,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{17}
+	return file_pando_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SnapshotChunk) GetRangeId() uint64 {
@@ -1274,7 +1459,7 @@ type SnapshotAck struct {
 
 func (x *SnapshotAck) Reset() {
 	*x = SnapshotAck{}
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1471,7 @@ func (x *SnapshotAck) String() string {
 func (*SnapshotAck) ProtoMessage() {}
 
 func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1484,7 @@ func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotAck.ProtoReflect.Descriptor instead.
 func (*SnapshotAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{18}
+	return file_pando_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SnapshotAck) GetAccepted() bool {
@@ -1321,7 +1506,7 @@ type PutOp struct {
 
 func (x *PutOp) Reset() {
 	*x = PutOp{}
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1333,7 +1518,7 @@ func (x *PutOp) String() string {
 func (*PutOp) ProtoMessage() {}
 
 func (x *PutOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1346,7 +1531,7 @@ func (x *PutOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOp.ProtoReflect.Descriptor instead.
 func (*PutOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{19}
+	return file_pando_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PutOp) GetKey() []byte {
@@ -1388,7 +1573,7 @@ type DeleteOp struct {
 
 func (x *DeleteOp) Reset() {
 	*x = DeleteOp{}
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1400,7 +1585,7 @@ func (x *DeleteOp) String() string {
 func (*DeleteOp) ProtoMessage() {}
 
 func (x *DeleteOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1413,7 +1598,7 @@ func (x *DeleteOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteOp.ProtoReflect.Descriptor instead.
 func (*DeleteOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{20}
+	return file_pando_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteOp) GetKey() []byte {
@@ -1450,7 +1635,7 @@ type PruneDedupOp struct {
 
 func (x *PruneDedupOp) Reset() {
 	*x = PruneDedupOp{}
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1647,7 @@ func (x *PruneDedupOp) String() string {
 func (*PruneDedupOp) ProtoMessage() {}
 
 func (x *PruneDedupOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1660,7 @@ func (x *PruneDedupOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneDedupOp.ProtoReflect.Descriptor instead.
 func (*PruneDedupOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{21}
+	return file_pando_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PruneDedupOp) GetBefore() int64 {
@@ -1503,20 +1688,25 @@ type Command struct {
 	//	*Command_Directory
 	//	*Command_Freeze
 	//	*Command_Merge
+	//	*Command_RevisionCeiling
 	Op isCommand_Op `protobuf_oneof:"op"`
 	// client_id and seq: the write's idempotency key (0: none).
 	ClientId uint64 `protobuf:"varint,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
 	Seq      uint64 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`
 	// proposed_at is the leader's clock (unix nanoseconds) when it proposed
 	// the command; deduplication records carry it, and expire by it.
-	ProposedAt    int64 `protobuf:"varint,6,opt,name=proposed_at,json=proposedAt,proto3" json:"proposed_at,omitempty"`
+	ProposedAt int64 `protobuf:"varint,6,opt,name=proposed_at,json=proposedAt,proto3" json:"proposed_at,omitempty"`
+	// revision is a data write's cluster-wide revision, from the revision
+	// oracle; it is appended to the encoded command by the proposing node's
+	// loop, after the command was marshaled (so the field is last).
+	Revision      uint64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1718,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1731,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{22}
+	return file_pando_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Command) GetId() uint64 {
@@ -1657,6 +1847,15 @@ func (x *Command) GetMerge() *MergeOp {
 	return nil
 }
 
+func (x *Command) GetRevisionCeiling() *RevisionCeilingOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RevisionCeiling); ok {
+			return x.RevisionCeiling
+		}
+	}
+	return nil
+}
+
 func (x *Command) GetClientId() uint64 {
 	if x != nil {
 		return x.ClientId
@@ -1674,6 +1873,13 @@ func (x *Command) GetSeq() uint64 {
 func (x *Command) GetProposedAt() int64 {
 	if x != nil {
 		return x.ProposedAt
+	}
+	return 0
+}
+
+func (x *Command) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
 	}
 	return 0
 }
@@ -1731,6 +1937,11 @@ type Command_Merge struct {
 	Merge *MergeOp `protobuf:"bytes,35,opt,name=merge,proto3,oneof"`
 }
 
+type Command_RevisionCeiling struct {
+	// The revision oracle's persisted ceiling (meta range only).
+	RevisionCeiling *RevisionCeilingOp `protobuf:"bytes,36,opt,name=revision_ceiling,json=revisionCeiling,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -1753,6 +1964,54 @@ func (*Command_Freeze) isCommand_Op() {}
 
 func (*Command_Merge) isCommand_Op() {}
 
+func (*Command_RevisionCeiling) isCommand_Op() {}
+
+// RevisionCeilingOp raises the revision oracle's ceiling: no revision
+// at or above it has been handed out, so a new oracle leader starts there.
+type RevisionCeilingOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ceiling       uint64                 `protobuf:"varint,1,opt,name=ceiling,proto3" json:"ceiling,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevisionCeilingOp) Reset() {
+	*x = RevisionCeilingOp{}
+	mi := &file_pando_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevisionCeilingOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevisionCeilingOp) ProtoMessage() {}
+
+func (x *RevisionCeilingOp) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevisionCeilingOp.ProtoReflect.Descriptor instead.
+func (*RevisionCeilingOp) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RevisionCeilingOp) GetCeiling() uint64 {
+	if x != nil {
+		return x.Ceiling
+	}
+	return 0
+}
+
 // DedupRecord is a range's deduplication record of one client session:
 // the last write it applied (seq) and that write's result.
 type DedupRecord struct {
@@ -1761,17 +2020,20 @@ type DedupRecord struct {
 	ProposedAt int64                  `protobuf:"varint,2,opt,name=proposed_at,json=proposedAt,proto3" json:"proposed_at,omitempty"`
 	// The result: a put's version, a delete's deleted flag, or a failed
 	// compare-and-swap (mismatch) with the key's version then (current).
-	Version       uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
-	Deleted       bool   `protobuf:"varint,4,opt,name=deleted,proto3" json:"deleted,omitempty"`
-	Mismatch      bool   `protobuf:"varint,5,opt,name=mismatch,proto3" json:"mismatch,omitempty"`
-	Current       uint64 `protobuf:"varint,6,opt,name=current,proto3" json:"current,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Version  uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	Deleted  bool   `protobuf:"varint,4,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	Mismatch bool   `protobuf:"varint,5,opt,name=mismatch,proto3" json:"mismatch,omitempty"`
+	Current  uint64 `protobuf:"varint,6,opt,name=current,proto3" json:"current,omitempty"`
+	// revision and create_revision of the write (see PutResponse).
+	Revision       uint64 `protobuf:"varint,7,opt,name=revision,proto3" json:"revision,omitempty"`
+	CreateRevision uint64 `protobuf:"varint,8,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *DedupRecord) Reset() {
 	*x = DedupRecord{}
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1783,7 +2045,7 @@ func (x *DedupRecord) String() string {
 func (*DedupRecord) ProtoMessage() {}
 
 func (x *DedupRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1796,7 +2058,7 @@ func (x *DedupRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DedupRecord.ProtoReflect.Descriptor instead.
 func (*DedupRecord) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{23}
+	return file_pando_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DedupRecord) GetSeq() uint64 {
@@ -1841,6 +2103,20 @@ func (x *DedupRecord) GetCurrent() uint64 {
 	return 0
 }
 
+func (x *DedupRecord) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *DedupRecord) GetCreateRevision() uint64 {
+	if x != nil {
+		return x.CreateRevision
+	}
+	return 0
+}
+
 // SplitOp splits a range at split_key: the range keeps [start, split_key)
 // and a new range new_range_id takes [split_key, end) with the same
 // replicas.
@@ -1857,7 +2133,7 @@ type SplitOp struct {
 
 func (x *SplitOp) Reset() {
 	*x = SplitOp{}
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1869,7 +2145,7 @@ func (x *SplitOp) String() string {
 func (*SplitOp) ProtoMessage() {}
 
 func (x *SplitOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1882,7 +2158,7 @@ func (x *SplitOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitOp.ProtoReflect.Descriptor instead.
 func (*SplitOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{24}
+	return file_pando_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SplitOp) GetSplitKey() []byte {
@@ -1921,7 +2197,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1933,7 +2209,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1946,7 +2222,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{25}
+	return file_pando_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *NodeRecord) GetId() uint64 {
@@ -1990,7 +2266,7 @@ type DirectoryOp struct {
 
 func (x *DirectoryOp) Reset() {
 	*x = DirectoryOp{}
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2002,7 +2278,7 @@ func (x *DirectoryOp) String() string {
 func (*DirectoryOp) ProtoMessage() {}
 
 func (x *DirectoryOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2015,7 +2291,7 @@ func (x *DirectoryOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryOp.ProtoReflect.Descriptor instead.
 func (*DirectoryOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{26}
+	return file_pando_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DirectoryOp) GetRanges() []*RangeDescriptor {
@@ -2045,7 +2321,7 @@ type FreezeOp struct {
 
 func (x *FreezeOp) Reset() {
 	*x = FreezeOp{}
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2057,7 +2333,7 @@ func (x *FreezeOp) String() string {
 func (*FreezeOp) ProtoMessage() {}
 
 func (x *FreezeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2070,7 +2346,7 @@ func (x *FreezeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreezeOp.ProtoReflect.Descriptor instead.
 func (*FreezeOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{27}
+	return file_pando_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *FreezeOp) GetMergeInto() uint64 {
@@ -2100,7 +2376,7 @@ type MergeOp struct {
 
 func (x *MergeOp) Reset() {
 	*x = MergeOp{}
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2112,7 +2388,7 @@ func (x *MergeOp) String() string {
 func (*MergeOp) ProtoMessage() {}
 
 func (x *MergeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2125,7 +2401,7 @@ func (x *MergeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeOp.ProtoReflect.Descriptor instead.
 func (*MergeOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{28}
+	return file_pando_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *MergeOp) GetRight() *RangeDescriptor {
@@ -2159,7 +2435,7 @@ type AllocRangeIDOp struct {
 
 func (x *AllocRangeIDOp) Reset() {
 	*x = AllocRangeIDOp{}
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2171,7 +2447,7 @@ func (x *AllocRangeIDOp) String() string {
 func (*AllocRangeIDOp) ProtoMessage() {}
 
 func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2184,7 +2460,7 @@ func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDOp.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{29}
+	return file_pando_proto_rawDescGZIP(), []int{32}
 }
 
 // ChecksumOp asks every replica to hash the range's replicated data as of
@@ -2198,7 +2474,7 @@ type ChecksumOp struct {
 
 func (x *ChecksumOp) Reset() {
 	*x = ChecksumOp{}
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2210,7 +2486,7 @@ func (x *ChecksumOp) String() string {
 func (*ChecksumOp) ProtoMessage() {}
 
 func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2223,7 +2499,7 @@ func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumOp.ProtoReflect.Descriptor instead.
 func (*ChecksumOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{30}
+	return file_pando_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ChecksumOp) GetCheckId() uint64 {
@@ -2253,7 +2529,7 @@ type CheckVerdict struct {
 
 func (x *CheckVerdict) Reset() {
 	*x = CheckVerdict{}
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2265,7 +2541,7 @@ func (x *CheckVerdict) String() string {
 func (*CheckVerdict) ProtoMessage() {}
 
 func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2278,7 +2554,7 @@ func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckVerdict.ProtoReflect.Descriptor instead.
 func (*CheckVerdict) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{31}
+	return file_pando_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CheckVerdict) GetCheckId() uint64 {
@@ -2346,7 +2622,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2358,7 +2634,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2371,7 +2647,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{32}
+	return file_pando_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RangeDescriptor) GetId() uint64 {
@@ -2423,15 +2699,21 @@ type RangeState struct {
 	NextRangeId uint64 `protobuf:"varint,30,opt,name=next_range_id,json=nextRangeId,proto3" json:"next_range_id,omitempty"`
 	// frozen_for is the left neighbour this range is being merged into
 	// (0: not frozen); frozen_at the index of its freeze.
-	FrozenFor     uint64 `protobuf:"varint,40,opt,name=frozen_for,json=frozenFor,proto3" json:"frozen_for,omitempty"`
-	FrozenAt      uint64 `protobuf:"varint,41,opt,name=frozen_at,json=frozenAt,proto3" json:"frozen_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	FrozenFor uint64 `protobuf:"varint,40,opt,name=frozen_for,json=frozenFor,proto3" json:"frozen_for,omitempty"`
+	FrozenAt  uint64 `protobuf:"varint,41,opt,name=frozen_at,json=frozenAt,proto3" json:"frozen_at,omitempty"`
+	// last_revision is the revision of the last data write applied: every
+	// later write must carry a higher one (a lower one is refused, and its
+	// proposer retries with a new revision).
+	LastRevision uint64 `protobuf:"varint,50,opt,name=last_revision,json=lastRevision,proto3" json:"last_revision,omitempty"`
+	// revision_ceiling is the revision oracle's ceiling (meta range only).
+	RevisionCeiling uint64 `protobuf:"varint,51,opt,name=revision_ceiling,json=revisionCeiling,proto3" json:"revision_ceiling,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *RangeState) Reset() {
 	*x = RangeState{}
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2443,7 +2725,7 @@ func (x *RangeState) String() string {
 func (*RangeState) ProtoMessage() {}
 
 func (x *RangeState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2456,7 +2738,7 @@ func (x *RangeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeState.ProtoReflect.Descriptor instead.
 func (*RangeState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{33}
+	return file_pando_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RangeState) GetAppliedIndex() uint64 {
@@ -2515,6 +2797,20 @@ func (x *RangeState) GetFrozenAt() uint64 {
 	return 0
 }
 
+func (x *RangeState) GetLastRevision() uint64 {
+	if x != nil {
+		return x.LastRevision
+	}
+	return 0
+}
+
+func (x *RangeState) GetRevisionCeiling() uint64 {
+	if x != nil {
+		return x.RevisionCeiling
+	}
+	return 0
+}
+
 // TruncatedState is the last log entry removed by compaction.
 type TruncatedState struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2526,7 +2822,7 @@ type TruncatedState struct {
 
 func (x *TruncatedState) Reset() {
 	*x = TruncatedState{}
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2538,7 +2834,7 @@ func (x *TruncatedState) String() string {
 func (*TruncatedState) ProtoMessage() {}
 
 func (x *TruncatedState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2551,7 +2847,7 @@ func (x *TruncatedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncatedState.ProtoReflect.Descriptor instead.
 func (*TruncatedState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{34}
+	return file_pando_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *TruncatedState) GetIndex() uint64 {
@@ -2581,7 +2877,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2593,7 +2889,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2606,7 +2902,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{35}
+	return file_pando_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CheckRequest) GetRangeId() uint64 {
@@ -2641,7 +2937,7 @@ type KeyDiff struct {
 
 func (x *KeyDiff) Reset() {
 	*x = KeyDiff{}
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2653,7 +2949,7 @@ func (x *KeyDiff) String() string {
 func (*KeyDiff) ProtoMessage() {}
 
 func (x *KeyDiff) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2666,7 +2962,7 @@ func (x *KeyDiff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDiff.ProtoReflect.Descriptor instead.
 func (*KeyDiff) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{36}
+	return file_pando_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *KeyDiff) GetKey() []byte {
@@ -2695,7 +2991,7 @@ type ReplicaKey struct {
 
 func (x *ReplicaKey) Reset() {
 	*x = ReplicaKey{}
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2707,7 +3003,7 @@ func (x *ReplicaKey) String() string {
 func (*ReplicaKey) ProtoMessage() {}
 
 func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2720,7 +3016,7 @@ func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaKey.ProtoReflect.Descriptor instead.
 func (*ReplicaKey) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{37}
+	return file_pando_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ReplicaKey) GetNodeId() uint64 {
@@ -2763,7 +3059,7 @@ type RangeCheck struct {
 
 func (x *RangeCheck) Reset() {
 	*x = RangeCheck{}
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2775,7 +3071,7 @@ func (x *RangeCheck) String() string {
 func (*RangeCheck) ProtoMessage() {}
 
 func (x *RangeCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2788,7 +3084,7 @@ func (x *RangeCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeCheck.ProtoReflect.Descriptor instead.
 func (*RangeCheck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{38}
+	return file_pando_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RangeCheck) GetRangeId() uint64 {
@@ -2863,7 +3159,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2875,7 +3171,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2888,7 +3184,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{39}
+	return file_pando_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CheckResponse) GetRanges() []*RangeCheck {
@@ -2908,7 +3204,7 @@ type ChecksumRequest struct {
 
 func (x *ChecksumRequest) Reset() {
 	*x = ChecksumRequest{}
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2920,7 +3216,7 @@ func (x *ChecksumRequest) String() string {
 func (*ChecksumRequest) ProtoMessage() {}
 
 func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2933,7 +3229,7 @@ func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumRequest.ProtoReflect.Descriptor instead.
 func (*ChecksumRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{40}
+	return file_pando_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ChecksumRequest) GetRangeId() uint64 {
@@ -2963,7 +3259,7 @@ type ChecksumResponse struct {
 
 func (x *ChecksumResponse) Reset() {
 	*x = ChecksumResponse{}
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2975,7 +3271,7 @@ func (x *ChecksumResponse) String() string {
 func (*ChecksumResponse) ProtoMessage() {}
 
 func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2988,7 +3284,7 @@ func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumResponse.ProtoReflect.Descriptor instead.
 func (*ChecksumResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{41}
+	return file_pando_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ChecksumResponse) GetIndex() uint64 {
@@ -3031,7 +3327,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3043,7 +3339,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3056,7 +3352,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{42}
+	return file_pando_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListKeysRequest) GetRangeId() uint64 {
@@ -3098,7 +3394,7 @@ type KeyDigest struct {
 
 func (x *KeyDigest) Reset() {
 	*x = KeyDigest{}
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3110,7 +3406,7 @@ func (x *KeyDigest) String() string {
 func (*KeyDigest) ProtoMessage() {}
 
 func (x *KeyDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3123,7 +3419,7 @@ func (x *KeyDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDigest.ProtoReflect.Descriptor instead.
 func (*KeyDigest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{43}
+	return file_pando_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *KeyDigest) GetKey() []byte {
@@ -3157,7 +3453,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3169,7 +3465,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3182,7 +3478,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{44}
+	return file_pando_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListKeysResponse) GetKeys() []*KeyDigest {
@@ -3210,7 +3506,7 @@ type RepairRequest struct {
 
 func (x *RepairRequest) Reset() {
 	*x = RepairRequest{}
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3222,7 +3518,7 @@ func (x *RepairRequest) String() string {
 func (*RepairRequest) ProtoMessage() {}
 
 func (x *RepairRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3235,7 +3531,7 @@ func (x *RepairRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
 func (*RepairRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{45}
+	return file_pando_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RepairRequest) GetRangeId() uint64 {
@@ -3262,7 +3558,7 @@ type RepairResponse struct {
 
 func (x *RepairResponse) Reset() {
 	*x = RepairResponse{}
-	mi := &file_pando_proto_msgTypes[46]
+	mi := &file_pando_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3274,7 +3570,7 @@ func (x *RepairResponse) String() string {
 func (*RepairResponse) ProtoMessage() {}
 
 func (x *RepairResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[46]
+	mi := &file_pando_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3287,7 +3583,7 @@ func (x *RepairResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairResponse.ProtoReflect.Descriptor instead.
 func (*RepairResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{46}
+	return file_pando_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RepairResponse) GetIndex() uint64 {
@@ -3313,7 +3609,7 @@ type RangeDataRequest struct {
 
 func (x *RangeDataRequest) Reset() {
 	*x = RangeDataRequest{}
-	mi := &file_pando_proto_msgTypes[47]
+	mi := &file_pando_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3325,7 +3621,7 @@ func (x *RangeDataRequest) String() string {
 func (*RangeDataRequest) ProtoMessage() {}
 
 func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[47]
+	mi := &file_pando_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3338,7 +3634,7 @@ func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataRequest.ProtoReflect.Descriptor instead.
 func (*RangeDataRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{47}
+	return file_pando_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RangeDataRequest) GetRangeId() uint64 {
@@ -3361,7 +3657,7 @@ type RangeDataChunk struct {
 
 func (x *RangeDataChunk) Reset() {
 	*x = RangeDataChunk{}
-	mi := &file_pando_proto_msgTypes[48]
+	mi := &file_pando_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3373,7 +3669,7 @@ func (x *RangeDataChunk) String() string {
 func (*RangeDataChunk) ProtoMessage() {}
 
 func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[48]
+	mi := &file_pando_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3386,7 +3682,7 @@ func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataChunk.ProtoReflect.Descriptor instead.
 func (*RangeDataChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{48}
+	return file_pando_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RangeDataChunk) GetIndex() uint64 {
@@ -3420,7 +3716,7 @@ type SplitRequest struct {
 
 func (x *SplitRequest) Reset() {
 	*x = SplitRequest{}
-	mi := &file_pando_proto_msgTypes[49]
+	mi := &file_pando_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3432,7 +3728,7 @@ func (x *SplitRequest) String() string {
 func (*SplitRequest) ProtoMessage() {}
 
 func (x *SplitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[49]
+	mi := &file_pando_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3445,7 +3741,7 @@ func (x *SplitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
 func (*SplitRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{49}
+	return file_pando_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *SplitRequest) GetKey() []byte {
@@ -3465,7 +3761,7 @@ type SplitResponse struct {
 
 func (x *SplitResponse) Reset() {
 	*x = SplitResponse{}
-	mi := &file_pando_proto_msgTypes[50]
+	mi := &file_pando_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3477,7 +3773,7 @@ func (x *SplitResponse) String() string {
 func (*SplitResponse) ProtoMessage() {}
 
 func (x *SplitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[50]
+	mi := &file_pando_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3490,7 +3786,7 @@ func (x *SplitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
 func (*SplitResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{50}
+	return file_pando_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *SplitResponse) GetLeft() *RangeDescriptor {
@@ -3515,7 +3811,7 @@ type AllocRangeIDRequest struct {
 
 func (x *AllocRangeIDRequest) Reset() {
 	*x = AllocRangeIDRequest{}
-	mi := &file_pando_proto_msgTypes[51]
+	mi := &file_pando_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3527,7 +3823,7 @@ func (x *AllocRangeIDRequest) String() string {
 func (*AllocRangeIDRequest) ProtoMessage() {}
 
 func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[51]
+	mi := &file_pando_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3540,7 +3836,7 @@ func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDRequest.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{51}
+	return file_pando_proto_rawDescGZIP(), []int{54}
 }
 
 type AllocRangeIDResponse struct {
@@ -3552,7 +3848,7 @@ type AllocRangeIDResponse struct {
 
 func (x *AllocRangeIDResponse) Reset() {
 	*x = AllocRangeIDResponse{}
-	mi := &file_pando_proto_msgTypes[52]
+	mi := &file_pando_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3564,7 +3860,7 @@ func (x *AllocRangeIDResponse) String() string {
 func (*AllocRangeIDResponse) ProtoMessage() {}
 
 func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[52]
+	mi := &file_pando_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3577,7 +3873,7 @@ func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDResponse.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{52}
+	return file_pando_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *AllocRangeIDResponse) GetRangeId() uint64 {
@@ -3602,7 +3898,7 @@ type MoveReplicaRequest struct {
 
 func (x *MoveReplicaRequest) Reset() {
 	*x = MoveReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[53]
+	mi := &file_pando_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3614,7 +3910,7 @@ func (x *MoveReplicaRequest) String() string {
 func (*MoveReplicaRequest) ProtoMessage() {}
 
 func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[53]
+	mi := &file_pando_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3627,7 +3923,7 @@ func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*MoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{53}
+	return file_pando_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *MoveReplicaRequest) GetRangeId() uint64 {
@@ -3667,7 +3963,7 @@ type MoveReplicaResponse struct {
 
 func (x *MoveReplicaResponse) Reset() {
 	*x = MoveReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[54]
+	mi := &file_pando_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3679,7 +3975,7 @@ func (x *MoveReplicaResponse) String() string {
 func (*MoveReplicaResponse) ProtoMessage() {}
 
 func (x *MoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[54]
+	mi := &file_pando_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3692,7 +3988,7 @@ func (x *MoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*MoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{54}
+	return file_pando_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *MoveReplicaResponse) GetDesc() *RangeDescriptor {
@@ -3712,7 +4008,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_pando_proto_msgTypes[55]
+	mi := &file_pando_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3724,7 +4020,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[55]
+	mi := &file_pando_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3737,7 +4033,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{55}
+	return file_pando_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *TransferLeaderRequest) GetRangeId() uint64 {
@@ -3762,7 +4058,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_pando_proto_msgTypes[56]
+	mi := &file_pando_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3774,7 +4070,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[56]
+	mi := &file_pando_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3787,7 +4083,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{56}
+	return file_pando_proto_rawDescGZIP(), []int{59}
 }
 
 // CreateReplicaRequest asks a node to hold an empty replica of desc's
@@ -3806,7 +4102,7 @@ type CreateReplicaRequest struct {
 
 func (x *CreateReplicaRequest) Reset() {
 	*x = CreateReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[57]
+	mi := &file_pando_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3818,7 +4114,7 @@ func (x *CreateReplicaRequest) String() string {
 func (*CreateReplicaRequest) ProtoMessage() {}
 
 func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[57]
+	mi := &file_pando_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3831,7 +4127,7 @@ func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReplicaRequest.ProtoReflect.Descriptor instead.
 func (*CreateReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{57}
+	return file_pando_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *CreateReplicaRequest) GetDesc() *RangeDescriptor {
@@ -3863,7 +4159,7 @@ type CreateReplicaResponse struct {
 
 func (x *CreateReplicaResponse) Reset() {
 	*x = CreateReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[58]
+	mi := &file_pando_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3875,7 +4171,7 @@ func (x *CreateReplicaResponse) String() string {
 func (*CreateReplicaResponse) ProtoMessage() {}
 
 func (x *CreateReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[58]
+	mi := &file_pando_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3888,7 +4184,7 @@ func (x *CreateReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReplicaResponse.ProtoReflect.Descriptor instead.
 func (*CreateReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{58}
+	return file_pando_proto_rawDescGZIP(), []int{61}
 }
 
 // DestroyReplicaRequest tells a node that desc (the range's current
@@ -3907,7 +4203,7 @@ type AdoptReplicaRequest struct {
 
 func (x *AdoptReplicaRequest) Reset() {
 	*x = AdoptReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[59]
+	mi := &file_pando_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3919,7 +4215,7 @@ func (x *AdoptReplicaRequest) String() string {
 func (*AdoptReplicaRequest) ProtoMessage() {}
 
 func (x *AdoptReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[59]
+	mi := &file_pando_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3932,7 +4228,7 @@ func (x *AdoptReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptReplicaRequest.ProtoReflect.Descriptor instead.
 func (*AdoptReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{59}
+	return file_pando_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *AdoptReplicaRequest) GetRangeId() uint64 {
@@ -3960,7 +4256,7 @@ type AdoptReplicaResponse struct {
 
 func (x *AdoptReplicaResponse) Reset() {
 	*x = AdoptReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3972,7 +4268,7 @@ func (x *AdoptReplicaResponse) String() string {
 func (*AdoptReplicaResponse) ProtoMessage() {}
 
 func (x *AdoptReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3985,7 +4281,7 @@ func (x *AdoptReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptReplicaResponse.ProtoReflect.Descriptor instead.
 func (*AdoptReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{60}
+	return file_pando_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *AdoptReplicaResponse) GetDesc() *RangeDescriptor {
@@ -4018,7 +4314,7 @@ type DestroyReplicaRequest struct {
 
 func (x *DestroyReplicaRequest) Reset() {
 	*x = DestroyReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4030,7 +4326,7 @@ func (x *DestroyReplicaRequest) String() string {
 func (*DestroyReplicaRequest) ProtoMessage() {}
 
 func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4043,7 +4339,7 @@ func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaRequest.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{61}
+	return file_pando_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *DestroyReplicaRequest) GetDesc() *RangeDescriptor {
@@ -4061,7 +4357,7 @@ type DestroyReplicaResponse struct {
 
 func (x *DestroyReplicaResponse) Reset() {
 	*x = DestroyReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4073,7 +4369,7 @@ func (x *DestroyReplicaResponse) String() string {
 func (*DestroyReplicaResponse) ProtoMessage() {}
 
 func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4086,7 +4382,7 @@ func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaResponse.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{62}
+	return file_pando_proto_rawDescGZIP(), []int{65}
 }
 
 type JoinRequest struct {
@@ -4099,7 +4395,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4111,7 +4407,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4124,7 +4420,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{63}
+	return file_pando_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *JoinRequest) GetNodeId() uint64 {
@@ -4150,7 +4446,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4162,7 +4458,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4175,7 +4471,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{64}
+	return file_pando_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *JoinResponse) GetNodes() []*NodeRecord {
@@ -4194,7 +4490,7 @@ type DecommissionRequest struct {
 
 func (x *DecommissionRequest) Reset() {
 	*x = DecommissionRequest{}
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4206,7 +4502,7 @@ func (x *DecommissionRequest) String() string {
 func (*DecommissionRequest) ProtoMessage() {}
 
 func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4219,7 +4515,7 @@ func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
 func (*DecommissionRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{65}
+	return file_pando_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *DecommissionRequest) GetNodeId() uint64 {
@@ -4238,7 +4534,7 @@ type DecommissionResponse struct {
 
 func (x *DecommissionResponse) Reset() {
 	*x = DecommissionResponse{}
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4250,7 +4546,7 @@ func (x *DecommissionResponse) String() string {
 func (*DecommissionResponse) ProtoMessage() {}
 
 func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4263,7 +4559,7 @@ func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
 func (*DecommissionResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{66}
+	return file_pando_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *DecommissionResponse) GetNode() *NodeRecord {
@@ -4281,7 +4577,7 @@ type NodesRequest struct {
 
 func (x *NodesRequest) Reset() {
 	*x = NodesRequest{}
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4293,7 +4589,7 @@ func (x *NodesRequest) String() string {
 func (*NodesRequest) ProtoMessage() {}
 
 func (x *NodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4306,7 +4602,7 @@ func (x *NodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesRequest.ProtoReflect.Descriptor instead.
 func (*NodesRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{67}
+	return file_pando_proto_rawDescGZIP(), []int{70}
 }
 
 type NodeInfo struct {
@@ -4324,7 +4620,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4336,7 +4632,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4349,7 +4645,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{68}
+	return file_pando_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *NodeInfo) GetRecord() *NodeRecord {
@@ -4404,7 +4700,7 @@ type NodesResponse struct {
 
 func (x *NodesResponse) Reset() {
 	*x = NodesResponse{}
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4416,7 +4712,7 @@ func (x *NodesResponse) String() string {
 func (*NodesResponse) ProtoMessage() {}
 
 func (x *NodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4429,7 +4725,7 @@ func (x *NodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesResponse.ProtoReflect.Descriptor instead.
 func (*NodesResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{69}
+	return file_pando_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *NodesResponse) GetNodes() []*NodeInfo {
@@ -4459,7 +4755,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4471,7 +4767,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4484,7 +4780,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{70}
+	return file_pando_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *HeartbeatRequest) GetNodeId() uint64 {
@@ -4527,7 +4823,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4539,7 +4835,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4552,7 +4848,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{71}
+	return file_pando_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *HeartbeatResponse) GetControllerId() uint64 {
@@ -4585,7 +4881,7 @@ type RebalanceRequest struct {
 
 func (x *RebalanceRequest) Reset() {
 	*x = RebalanceRequest{}
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4597,7 +4893,7 @@ func (x *RebalanceRequest) String() string {
 func (*RebalanceRequest) ProtoMessage() {}
 
 func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4610,7 +4906,7 @@ func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceRequest.ProtoReflect.Descriptor instead.
 func (*RebalanceRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{72}
+	return file_pando_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *RebalanceRequest) GetDryRun() bool {
@@ -4634,7 +4930,7 @@ type PlannedOp struct {
 
 func (x *PlannedOp) Reset() {
 	*x = PlannedOp{}
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4646,7 +4942,7 @@ func (x *PlannedOp) String() string {
 func (*PlannedOp) ProtoMessage() {}
 
 func (x *PlannedOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4659,7 +4955,7 @@ func (x *PlannedOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlannedOp.ProtoReflect.Descriptor instead.
 func (*PlannedOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{73}
+	return file_pando_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *PlannedOp) GetKind() string {
@@ -4714,7 +5010,7 @@ type RebalanceResponse struct {
 
 func (x *RebalanceResponse) Reset() {
 	*x = RebalanceResponse{}
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4726,7 +5022,7 @@ func (x *RebalanceResponse) String() string {
 func (*RebalanceResponse) ProtoMessage() {}
 
 func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4739,7 +5035,7 @@ func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceResponse.ProtoReflect.Descriptor instead.
 func (*RebalanceResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{74}
+	return file_pando_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *RebalanceResponse) GetOps() []*PlannedOp {
@@ -4769,7 +5065,7 @@ type MergeRequest struct {
 
 func (x *MergeRequest) Reset() {
 	*x = MergeRequest{}
-	mi := &file_pando_proto_msgTypes[75]
+	mi := &file_pando_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4781,7 +5077,7 @@ func (x *MergeRequest) String() string {
 func (*MergeRequest) ProtoMessage() {}
 
 func (x *MergeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[75]
+	mi := &file_pando_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4794,7 +5090,7 @@ func (x *MergeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRequest.ProtoReflect.Descriptor instead.
 func (*MergeRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{75}
+	return file_pando_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *MergeRequest) GetRangeId() uint64 {
@@ -4820,7 +5116,7 @@ type MergeResponse struct {
 
 func (x *MergeResponse) Reset() {
 	*x = MergeResponse{}
-	mi := &file_pando_proto_msgTypes[76]
+	mi := &file_pando_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4832,7 +5128,7 @@ func (x *MergeResponse) String() string {
 func (*MergeResponse) ProtoMessage() {}
 
 func (x *MergeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[76]
+	mi := &file_pando_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4845,7 +5141,7 @@ func (x *MergeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeResponse.ProtoReflect.Descriptor instead.
 func (*MergeResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{76}
+	return file_pando_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *MergeResponse) GetDesc() *RangeDescriptor {
@@ -4863,11 +5159,14 @@ const file_pando_proto_rawDesc = "" +
 	"\n" +
 	"GetRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x127\n" +
-	"\vconsistency\x18\x02 \x01(\x0e2\x15.pando.v1.ConsistencyR\vconsistency\"S\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x15.pando.v1.ConsistencyR\vconsistency\"\xbb\x01\n" +
 	"\vGetResponse\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\x04R\aversion\"\xa0\x01\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\x12'\n" +
+	"\x0fcreate_revision\x18\x04 \x01(\x04R\x0ecreateRevision\x12!\n" +
+	"\fmod_revision\x18\x05 \x01(\x04R\vmodRevision\x12\x1a\n" +
+	"\brevision\x18\x06 \x01(\x04R\brevision\"\xa0\x01\n" +
 	"\n" +
 	"PutRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
@@ -4875,38 +5174,44 @@ const file_pando_proto_rawDesc = "" +
 	"\x03cas\x18\x03 \x01(\bR\x03cas\x12)\n" +
 	"\x10expected_version\x18\x04 \x01(\x04R\x0fexpectedVersion\x12\x1b\n" +
 	"\tclient_id\x18\x05 \x01(\x04R\bclientId\x12\x10\n" +
-	"\x03seq\x18\x06 \x01(\x04R\x03seq\"'\n" +
+	"\x03seq\x18\x06 \x01(\x04R\x03seq\"l\n" +
 	"\vPutResponse\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\x04R\aversion\"\x8d\x01\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12'\n" +
+	"\x0fcreate_revision\x18\x03 \x01(\x04R\x0ecreateRevision\"\x8d\x01\n" +
 	"\rDeleteRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
 	"\x03cas\x18\x02 \x01(\bR\x03cas\x12)\n" +
 	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\x12\x1b\n" +
 	"\tclient_id\x18\x04 \x01(\x04R\bclientId\x12\x10\n" +
-	"\x03seq\x18\x05 \x01(\x04R\x03seq\"*\n" +
+	"\x03seq\x18\x05 \x01(\x04R\x03seq\"F\n" +
 	"\x0eDeleteResponse\x12\x18\n" +
-	"\adeleted\x18\x01 \x01(\bR\adeleted\"\x9c\x01\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"\x9c\x01\n" +
 	"\vScanRequest\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\fR\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\fR\x03end\x12\x16\n" +
 	"\x06prefix\x18\x03 \x01(\fR\x06prefix\x12\x14\n" +
 	"\x05limit\x18\x04 \x01(\rR\x05limit\x127\n" +
-	"\vconsistency\x18\x05 \x01(\x0e2\x15.pando.v1.ConsistencyR\vconsistency\"L\n" +
+	"\vconsistency\x18\x05 \x01(\x0e2\x15.pando.v1.ConsistencyR\vconsistency\"\x98\x01\n" +
 	"\bKeyValue\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\x04R\aversion\"`\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\x12'\n" +
+	"\x0fcreate_revision\x18\x04 \x01(\x04R\x0ecreateRevision\x12!\n" +
+	"\fmod_revision\x18\x05 \x01(\x04R\vmodRevision\"|\n" +
 	"\fScanResponse\x12(\n" +
 	"\x05items\x18\x01 \x03(\v2\x12.pando.v1.KeyValueR\x05items\x12\x12\n" +
 	"\x04more\x18\x02 \x01(\bR\x04more\x12\x12\n" +
-	"\x04next\x18\x03 \x01(\fR\x04next\"\x0f\n" +
+	"\x04next\x18\x03 \x01(\fR\x04next\x12\x1a\n" +
+	"\brevision\x18\x04 \x01(\x04R\brevision\"\x0f\n" +
 	"\rStatusRequest\"Z\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x12\n" +
 	"\x04live\x18\x03 \x01(\bR\x04live\x12\x14\n" +
-	"\x05state\x18\x04 \x01(\tR\x05state\"\xdc\x03\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\"\xf8\x03\n" +
 	"\vRangeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tstart_key\x18\x02 \x01(\fR\bstartKey\x12\x17\n" +
@@ -4923,7 +5228,8 @@ const file_pando_proto_rawDesc = "" +
 	"generation\x12\x1a\n" +
 	"\blearners\x18\v \x03(\x04R\blearners\x12\x1d\n" +
 	"\n" +
-	"frozen_for\x18\f \x01(\x04R\tfrozenFor\x125\n" +
+	"frozen_for\x18\f \x01(\x04R\tfrozenFor\x12\x1a\n" +
+	"\brevision\x18\r \x01(\x04R\brevision\x125\n" +
 	"\n" +
 	"last_check\x18\x14 \x01(\v2\x16.pando.v1.CheckVerdictR\tlastCheck\x12\x1d\n" +
 	"\n" +
@@ -4938,7 +5244,11 @@ const file_pando_proto_rawDesc = "" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12*\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x14.pando.v1.NodeStatusR\x05nodes\x12-\n" +
 	"\x06ranges\x18\x03 \x03(\v2\x15.pando.v1.RangeStatusR\x06ranges\x123\n" +
-	"\bbreakers\x18\x04 \x03(\v2\x17.pando.v1.BreakerStatusR\bbreakers\"C\n" +
+	"\bbreakers\x18\x04 \x03(\v2\x17.pando.v1.BreakerStatusR\bbreakers\"-\n" +
+	"\x15AllocRevisionsRequest\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\rR\x05count\".\n" +
+	"\x16AllocRevisionsResponse\x12\x14\n" +
+	"\x05first\x18\x01 \x01(\x04R\x05first\"C\n" +
 	"\fRaftEnvelope\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\fR\amessage\"\\\n" +
@@ -4964,7 +5274,7 @@ const file_pando_proto_rawDesc = "" +
 	"\x03cas\x18\x02 \x01(\bR\x03cas\x12)\n" +
 	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"&\n" +
 	"\fPruneDedupOp\x12\x16\n" +
-	"\x06before\x18\x01 \x01(\x03R\x06before\"\x8e\x05\n" +
+	"\x06before\x18\x01 \x01(\x03R\x06before\"\xf4\x05\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\x03put\x18\x02 \x01(\v2\x0f.pando.v1.PutOpH\x00R\x03put\x12,\n" +
@@ -4978,12 +5288,16 @@ const file_pando_proto_rawDesc = "" +
 	"\x04node\x18  \x01(\v2\x14.pando.v1.NodeRecordH\x00R\x04node\x125\n" +
 	"\tdirectory\x18! \x01(\v2\x15.pando.v1.DirectoryOpH\x00R\tdirectory\x12,\n" +
 	"\x06freeze\x18\" \x01(\v2\x12.pando.v1.FreezeOpH\x00R\x06freeze\x12)\n" +
-	"\x05merge\x18# \x01(\v2\x11.pando.v1.MergeOpH\x00R\x05merge\x12\x1b\n" +
+	"\x05merge\x18# \x01(\v2\x11.pando.v1.MergeOpH\x00R\x05merge\x12H\n" +
+	"\x10revision_ceiling\x18$ \x01(\v2\x1b.pando.v1.RevisionCeilingOpH\x00R\x0frevisionCeiling\x12\x1b\n" +
 	"\tclient_id\x18\x04 \x01(\x04R\bclientId\x12\x10\n" +
 	"\x03seq\x18\x05 \x01(\x04R\x03seq\x12\x1f\n" +
 	"\vproposed_at\x18\x06 \x01(\x03R\n" +
-	"proposedAtB\x04\n" +
-	"\x02op\"\xaa\x01\n" +
+	"proposedAt\x12\x1a\n" +
+	"\brevision\x18\b \x01(\x04R\brevisionB\x04\n" +
+	"\x02op\"-\n" +
+	"\x11RevisionCeilingOp\x12\x18\n" +
+	"\aceiling\x18\x01 \x01(\x04R\aceiling\"\xef\x01\n" +
 	"\vDedupRecord\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1f\n" +
 	"\vproposed_at\x18\x02 \x01(\x03R\n" +
@@ -4991,7 +5305,9 @@ const file_pando_proto_rawDesc = "" +
 	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x18\n" +
 	"\adeleted\x18\x04 \x01(\bR\adeleted\x12\x1a\n" +
 	"\bmismatch\x18\x05 \x01(\bR\bmismatch\x12\x18\n" +
-	"\acurrent\x18\x06 \x01(\x04R\acurrent\"y\n" +
+	"\acurrent\x18\x06 \x01(\x04R\acurrent\x12\x1a\n" +
+	"\brevision\x18\a \x01(\x04R\brevision\x12'\n" +
+	"\x0fcreate_revision\x18\b \x01(\x04R\x0ecreateRevision\"y\n" +
 	"\aSplitOp\x12\x1b\n" +
 	"\tsplit_key\x18\x01 \x01(\fR\bsplitKey\x12 \n" +
 	"\fnew_range_id\x18\x02 \x01(\x04R\n" +
@@ -5034,7 +5350,7 @@ const file_pando_proto_rawDesc = "" +
 	"\breplicas\x18\x04 \x03(\x04R\breplicas\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x05 \x01(\x04R\n" +
-	"generation\"\xb9\x02\n" +
+	"generation\"\x89\x03\n" +
 	"\n" +
 	"RangeState\x12#\n" +
 	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\x12!\n" +
@@ -5047,7 +5363,9 @@ const file_pando_proto_rawDesc = "" +
 	"\rnext_range_id\x18\x1e \x01(\x04R\vnextRangeId\x12\x1d\n" +
 	"\n" +
 	"frozen_for\x18( \x01(\x04R\tfrozenFor\x12\x1b\n" +
-	"\tfrozen_at\x18) \x01(\x04R\bfrozenAt\":\n" +
+	"\tfrozen_at\x18) \x01(\x04R\bfrozenAt\x12#\n" +
+	"\rlast_revision\x182 \x01(\x04R\flastRevision\x12)\n" +
+	"\x10revision_ceiling\x183 \x01(\x04R\x0frevisionCeiling\":\n" +
 	"\x0eTruncatedState\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\"^\n" +
@@ -5194,13 +5512,14 @@ const file_pando_proto_rawDesc = "" +
 	"\x04desc\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc**\n" +
 	"\vConsistency\x12\x10\n" +
 	"\fLINEARIZABLE\x10\x00\x12\t\n" +
-	"\x05STALE\x10\x012\x9d\x02\n" +
+	"\x05STALE\x10\x012\xf2\x02\n" +
 	"\x02KV\x122\n" +
 	"\x03Get\x12\x14.pando.v1.GetRequest\x1a\x15.pando.v1.GetResponse\x122\n" +
 	"\x03Put\x12\x14.pando.v1.PutRequest\x1a\x15.pando.v1.PutResponse\x12;\n" +
 	"\x06Delete\x12\x17.pando.v1.DeleteRequest\x1a\x18.pando.v1.DeleteResponse\x125\n" +
 	"\x04Scan\x12\x15.pando.v1.ScanRequest\x1a\x16.pando.v1.ScanResponse\x12;\n" +
-	"\x06Status\x12\x17.pando.v1.StatusRequest\x1a\x18.pando.v1.StatusResponse2v\n" +
+	"\x06Status\x12\x17.pando.v1.StatusRequest\x1a\x18.pando.v1.StatusResponse\x12S\n" +
+	"\x0eAllocRevisions\x12\x1f.pando.v1.AllocRevisionsRequest\x1a .pando.v1.AllocRevisionsResponse2v\n" +
 	"\x04Raft\x120\n" +
 	"\x04Send\x12\x13.pando.v1.RaftBatch\x1a\x11.pando.v1.RaftAck(\x01\x12<\n" +
 	"\bSnapshot\x12\x17.pando.v1.SnapshotChunk\x1a\x15.pando.v1.SnapshotAck(\x012\xcb\x02\n" +
@@ -5238,7 +5557,7 @@ func file_pando_proto_rawDescGZIP() []byte {
 }
 
 var file_pando_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
+var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 80)
 var file_pando_proto_goTypes = []any{
 	(Consistency)(0),               // 0: pando.v1.Consistency
 	(*GetRequest)(nil),             // 1: pando.v1.GetRequest
@@ -5255,170 +5574,176 @@ var file_pando_proto_goTypes = []any{
 	(*RangeStatus)(nil),            // 12: pando.v1.RangeStatus
 	(*BreakerStatus)(nil),          // 13: pando.v1.BreakerStatus
 	(*StatusResponse)(nil),         // 14: pando.v1.StatusResponse
-	(*RaftEnvelope)(nil),           // 15: pando.v1.RaftEnvelope
-	(*RaftBatch)(nil),              // 16: pando.v1.RaftBatch
-	(*RaftAck)(nil),                // 17: pando.v1.RaftAck
-	(*SnapshotChunk)(nil),          // 18: pando.v1.SnapshotChunk
-	(*SnapshotAck)(nil),            // 19: pando.v1.SnapshotAck
-	(*PutOp)(nil),                  // 20: pando.v1.PutOp
-	(*DeleteOp)(nil),               // 21: pando.v1.DeleteOp
-	(*PruneDedupOp)(nil),           // 22: pando.v1.PruneDedupOp
-	(*Command)(nil),                // 23: pando.v1.Command
-	(*DedupRecord)(nil),            // 24: pando.v1.DedupRecord
-	(*SplitOp)(nil),                // 25: pando.v1.SplitOp
-	(*NodeRecord)(nil),             // 26: pando.v1.NodeRecord
-	(*DirectoryOp)(nil),            // 27: pando.v1.DirectoryOp
-	(*FreezeOp)(nil),               // 28: pando.v1.FreezeOp
-	(*MergeOp)(nil),                // 29: pando.v1.MergeOp
-	(*AllocRangeIDOp)(nil),         // 30: pando.v1.AllocRangeIDOp
-	(*ChecksumOp)(nil),             // 31: pando.v1.ChecksumOp
-	(*CheckVerdict)(nil),           // 32: pando.v1.CheckVerdict
-	(*RangeDescriptor)(nil),        // 33: pando.v1.RangeDescriptor
-	(*RangeState)(nil),             // 34: pando.v1.RangeState
-	(*TruncatedState)(nil),         // 35: pando.v1.TruncatedState
-	(*CheckRequest)(nil),           // 36: pando.v1.CheckRequest
-	(*KeyDiff)(nil),                // 37: pando.v1.KeyDiff
-	(*ReplicaKey)(nil),             // 38: pando.v1.ReplicaKey
-	(*RangeCheck)(nil),             // 39: pando.v1.RangeCheck
-	(*CheckResponse)(nil),          // 40: pando.v1.CheckResponse
-	(*ChecksumRequest)(nil),        // 41: pando.v1.ChecksumRequest
-	(*ChecksumResponse)(nil),       // 42: pando.v1.ChecksumResponse
-	(*ListKeysRequest)(nil),        // 43: pando.v1.ListKeysRequest
-	(*KeyDigest)(nil),              // 44: pando.v1.KeyDigest
-	(*ListKeysResponse)(nil),       // 45: pando.v1.ListKeysResponse
-	(*RepairRequest)(nil),          // 46: pando.v1.RepairRequest
-	(*RepairResponse)(nil),         // 47: pando.v1.RepairResponse
-	(*RangeDataRequest)(nil),       // 48: pando.v1.RangeDataRequest
-	(*RangeDataChunk)(nil),         // 49: pando.v1.RangeDataChunk
-	(*SplitRequest)(nil),           // 50: pando.v1.SplitRequest
-	(*SplitResponse)(nil),          // 51: pando.v1.SplitResponse
-	(*AllocRangeIDRequest)(nil),    // 52: pando.v1.AllocRangeIDRequest
-	(*AllocRangeIDResponse)(nil),   // 53: pando.v1.AllocRangeIDResponse
-	(*MoveReplicaRequest)(nil),     // 54: pando.v1.MoveReplicaRequest
-	(*MoveReplicaResponse)(nil),    // 55: pando.v1.MoveReplicaResponse
-	(*TransferLeaderRequest)(nil),  // 56: pando.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 57: pando.v1.TransferLeaderResponse
-	(*CreateReplicaRequest)(nil),   // 58: pando.v1.CreateReplicaRequest
-	(*CreateReplicaResponse)(nil),  // 59: pando.v1.CreateReplicaResponse
-	(*AdoptReplicaRequest)(nil),    // 60: pando.v1.AdoptReplicaRequest
-	(*AdoptReplicaResponse)(nil),   // 61: pando.v1.AdoptReplicaResponse
-	(*DestroyReplicaRequest)(nil),  // 62: pando.v1.DestroyReplicaRequest
-	(*DestroyReplicaResponse)(nil), // 63: pando.v1.DestroyReplicaResponse
-	(*JoinRequest)(nil),            // 64: pando.v1.JoinRequest
-	(*JoinResponse)(nil),           // 65: pando.v1.JoinResponse
-	(*DecommissionRequest)(nil),    // 66: pando.v1.DecommissionRequest
-	(*DecommissionResponse)(nil),   // 67: pando.v1.DecommissionResponse
-	(*NodesRequest)(nil),           // 68: pando.v1.NodesRequest
-	(*NodeInfo)(nil),               // 69: pando.v1.NodeInfo
-	(*NodesResponse)(nil),          // 70: pando.v1.NodesResponse
-	(*HeartbeatRequest)(nil),       // 71: pando.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),      // 72: pando.v1.HeartbeatResponse
-	(*RebalanceRequest)(nil),       // 73: pando.v1.RebalanceRequest
-	(*PlannedOp)(nil),              // 74: pando.v1.PlannedOp
-	(*RebalanceResponse)(nil),      // 75: pando.v1.RebalanceResponse
-	(*MergeRequest)(nil),           // 76: pando.v1.MergeRequest
-	(*MergeResponse)(nil),          // 77: pando.v1.MergeResponse
+	(*AllocRevisionsRequest)(nil),  // 15: pando.v1.AllocRevisionsRequest
+	(*AllocRevisionsResponse)(nil), // 16: pando.v1.AllocRevisionsResponse
+	(*RaftEnvelope)(nil),           // 17: pando.v1.RaftEnvelope
+	(*RaftBatch)(nil),              // 18: pando.v1.RaftBatch
+	(*RaftAck)(nil),                // 19: pando.v1.RaftAck
+	(*SnapshotChunk)(nil),          // 20: pando.v1.SnapshotChunk
+	(*SnapshotAck)(nil),            // 21: pando.v1.SnapshotAck
+	(*PutOp)(nil),                  // 22: pando.v1.PutOp
+	(*DeleteOp)(nil),               // 23: pando.v1.DeleteOp
+	(*PruneDedupOp)(nil),           // 24: pando.v1.PruneDedupOp
+	(*Command)(nil),                // 25: pando.v1.Command
+	(*RevisionCeilingOp)(nil),      // 26: pando.v1.RevisionCeilingOp
+	(*DedupRecord)(nil),            // 27: pando.v1.DedupRecord
+	(*SplitOp)(nil),                // 28: pando.v1.SplitOp
+	(*NodeRecord)(nil),             // 29: pando.v1.NodeRecord
+	(*DirectoryOp)(nil),            // 30: pando.v1.DirectoryOp
+	(*FreezeOp)(nil),               // 31: pando.v1.FreezeOp
+	(*MergeOp)(nil),                // 32: pando.v1.MergeOp
+	(*AllocRangeIDOp)(nil),         // 33: pando.v1.AllocRangeIDOp
+	(*ChecksumOp)(nil),             // 34: pando.v1.ChecksumOp
+	(*CheckVerdict)(nil),           // 35: pando.v1.CheckVerdict
+	(*RangeDescriptor)(nil),        // 36: pando.v1.RangeDescriptor
+	(*RangeState)(nil),             // 37: pando.v1.RangeState
+	(*TruncatedState)(nil),         // 38: pando.v1.TruncatedState
+	(*CheckRequest)(nil),           // 39: pando.v1.CheckRequest
+	(*KeyDiff)(nil),                // 40: pando.v1.KeyDiff
+	(*ReplicaKey)(nil),             // 41: pando.v1.ReplicaKey
+	(*RangeCheck)(nil),             // 42: pando.v1.RangeCheck
+	(*CheckResponse)(nil),          // 43: pando.v1.CheckResponse
+	(*ChecksumRequest)(nil),        // 44: pando.v1.ChecksumRequest
+	(*ChecksumResponse)(nil),       // 45: pando.v1.ChecksumResponse
+	(*ListKeysRequest)(nil),        // 46: pando.v1.ListKeysRequest
+	(*KeyDigest)(nil),              // 47: pando.v1.KeyDigest
+	(*ListKeysResponse)(nil),       // 48: pando.v1.ListKeysResponse
+	(*RepairRequest)(nil),          // 49: pando.v1.RepairRequest
+	(*RepairResponse)(nil),         // 50: pando.v1.RepairResponse
+	(*RangeDataRequest)(nil),       // 51: pando.v1.RangeDataRequest
+	(*RangeDataChunk)(nil),         // 52: pando.v1.RangeDataChunk
+	(*SplitRequest)(nil),           // 53: pando.v1.SplitRequest
+	(*SplitResponse)(nil),          // 54: pando.v1.SplitResponse
+	(*AllocRangeIDRequest)(nil),    // 55: pando.v1.AllocRangeIDRequest
+	(*AllocRangeIDResponse)(nil),   // 56: pando.v1.AllocRangeIDResponse
+	(*MoveReplicaRequest)(nil),     // 57: pando.v1.MoveReplicaRequest
+	(*MoveReplicaResponse)(nil),    // 58: pando.v1.MoveReplicaResponse
+	(*TransferLeaderRequest)(nil),  // 59: pando.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 60: pando.v1.TransferLeaderResponse
+	(*CreateReplicaRequest)(nil),   // 61: pando.v1.CreateReplicaRequest
+	(*CreateReplicaResponse)(nil),  // 62: pando.v1.CreateReplicaResponse
+	(*AdoptReplicaRequest)(nil),    // 63: pando.v1.AdoptReplicaRequest
+	(*AdoptReplicaResponse)(nil),   // 64: pando.v1.AdoptReplicaResponse
+	(*DestroyReplicaRequest)(nil),  // 65: pando.v1.DestroyReplicaRequest
+	(*DestroyReplicaResponse)(nil), // 66: pando.v1.DestroyReplicaResponse
+	(*JoinRequest)(nil),            // 67: pando.v1.JoinRequest
+	(*JoinResponse)(nil),           // 68: pando.v1.JoinResponse
+	(*DecommissionRequest)(nil),    // 69: pando.v1.DecommissionRequest
+	(*DecommissionResponse)(nil),   // 70: pando.v1.DecommissionResponse
+	(*NodesRequest)(nil),           // 71: pando.v1.NodesRequest
+	(*NodeInfo)(nil),               // 72: pando.v1.NodeInfo
+	(*NodesResponse)(nil),          // 73: pando.v1.NodesResponse
+	(*HeartbeatRequest)(nil),       // 74: pando.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),      // 75: pando.v1.HeartbeatResponse
+	(*RebalanceRequest)(nil),       // 76: pando.v1.RebalanceRequest
+	(*PlannedOp)(nil),              // 77: pando.v1.PlannedOp
+	(*RebalanceResponse)(nil),      // 78: pando.v1.RebalanceResponse
+	(*MergeRequest)(nil),           // 79: pando.v1.MergeRequest
+	(*MergeResponse)(nil),          // 80: pando.v1.MergeResponse
 }
 var file_pando_proto_depIdxs = []int32{
 	0,  // 0: pando.v1.GetRequest.consistency:type_name -> pando.v1.Consistency
 	0,  // 1: pando.v1.ScanRequest.consistency:type_name -> pando.v1.Consistency
 	8,  // 2: pando.v1.ScanResponse.items:type_name -> pando.v1.KeyValue
-	32, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
+	35, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
 	11, // 4: pando.v1.StatusResponse.nodes:type_name -> pando.v1.NodeStatus
 	12, // 5: pando.v1.StatusResponse.ranges:type_name -> pando.v1.RangeStatus
 	13, // 6: pando.v1.StatusResponse.breakers:type_name -> pando.v1.BreakerStatus
-	15, // 7: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
+	17, // 7: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
 	8,  // 8: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
-	20, // 9: pando.v1.Command.put:type_name -> pando.v1.PutOp
-	21, // 10: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
-	22, // 11: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
-	31, // 12: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
-	32, // 13: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
-	25, // 14: pando.v1.Command.split:type_name -> pando.v1.SplitOp
-	30, // 15: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
-	26, // 16: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
-	27, // 17: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
-	28, // 18: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
-	29, // 19: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
-	33, // 20: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
-	33, // 21: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
-	33, // 22: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
-	32, // 23: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
-	38, // 24: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
-	37, // 25: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
-	39, // 26: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
-	44, // 27: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
-	8,  // 28: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
-	33, // 29: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
-	33, // 30: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
-	33, // 31: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	33, // 32: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	33, // 33: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	33, // 34: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	26, // 35: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
-	26, // 36: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
-	26, // 37: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
-	69, // 38: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
-	12, // 39: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
-	26, // 40: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
-	12, // 41: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
-	74, // 42: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
-	33, // 43: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
-	1,  // 44: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
-	3,  // 45: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
-	5,  // 46: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
-	7,  // 47: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
-	10, // 48: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
-	16, // 49: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
-	18, // 50: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
-	36, // 51: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
-	41, // 52: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
-	43, // 53: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
-	46, // 54: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
-	48, // 55: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
-	50, // 56: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
-	52, // 57: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
-	54, // 58: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
-	56, // 59: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
-	76, // 60: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
-	58, // 61: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
-	62, // 62: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
-	60, // 63: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
-	64, // 64: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
-	66, // 65: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
-	68, // 66: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
-	71, // 67: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
-	73, // 68: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
-	2,  // 69: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
-	4,  // 70: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
-	6,  // 71: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
-	9,  // 72: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
-	14, // 73: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
-	17, // 74: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
-	19, // 75: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
-	40, // 76: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
-	42, // 77: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
-	45, // 78: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
-	47, // 79: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
-	49, // 80: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
-	51, // 81: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
-	53, // 82: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
-	55, // 83: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
-	57, // 84: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
-	77, // 85: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
-	59, // 86: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
-	63, // 87: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
-	61, // 88: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
-	65, // 89: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
-	67, // 90: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
-	70, // 91: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
-	72, // 92: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
-	75, // 93: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
-	69, // [69:94] is the sub-list for method output_type
-	44, // [44:69] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	22, // 9: pando.v1.Command.put:type_name -> pando.v1.PutOp
+	23, // 10: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
+	24, // 11: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
+	34, // 12: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
+	35, // 13: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
+	28, // 14: pando.v1.Command.split:type_name -> pando.v1.SplitOp
+	33, // 15: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
+	29, // 16: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
+	30, // 17: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
+	31, // 18: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
+	32, // 19: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
+	26, // 20: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
+	36, // 21: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
+	36, // 22: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
+	36, // 23: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
+	35, // 24: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
+	41, // 25: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
+	40, // 26: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
+	42, // 27: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
+	47, // 28: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
+	8,  // 29: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
+	36, // 30: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
+	36, // 31: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
+	36, // 32: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	36, // 33: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	36, // 34: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	36, // 35: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	29, // 36: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
+	29, // 37: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
+	29, // 38: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
+	72, // 39: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
+	12, // 40: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
+	29, // 41: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
+	12, // 42: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
+	77, // 43: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
+	36, // 44: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
+	1,  // 45: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
+	3,  // 46: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
+	5,  // 47: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
+	7,  // 48: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
+	10, // 49: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
+	15, // 50: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
+	18, // 51: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
+	20, // 52: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
+	39, // 53: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
+	44, // 54: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
+	46, // 55: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
+	49, // 56: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
+	51, // 57: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
+	53, // 58: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
+	55, // 59: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
+	57, // 60: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
+	59, // 61: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
+	79, // 62: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
+	61, // 63: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
+	65, // 64: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
+	63, // 65: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
+	67, // 66: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
+	69, // 67: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
+	71, // 68: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
+	74, // 69: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
+	76, // 70: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
+	2,  // 71: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
+	4,  // 72: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
+	6,  // 73: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
+	9,  // 74: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
+	14, // 75: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
+	16, // 76: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
+	19, // 77: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
+	21, // 78: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
+	43, // 79: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
+	45, // 80: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
+	48, // 81: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
+	50, // 82: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
+	52, // 83: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
+	54, // 84: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
+	56, // 85: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
+	58, // 86: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
+	60, // 87: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
+	80, // 88: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
+	62, // 89: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
+	66, // 90: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
+	64, // 91: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
+	68, // 92: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
+	70, // 93: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
+	73, // 94: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
+	75, // 95: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
+	78, // 96: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
+	71, // [71:97] is the sub-list for method output_type
+	45, // [45:71] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_pando_proto_init() }
@@ -5426,7 +5751,7 @@ func file_pando_proto_init() {
 	if File_pando_proto != nil {
 		return
 	}
-	file_pando_proto_msgTypes[22].OneofWrappers = []any{
+	file_pando_proto_msgTypes[24].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
 		(*Command_PruneDedup)(nil),
@@ -5438,6 +5763,7 @@ func file_pando_proto_init() {
 		(*Command_Directory)(nil),
 		(*Command_Freeze)(nil),
 		(*Command_Merge)(nil),
+		(*Command_RevisionCeiling)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -5445,7 +5771,7 @@ func file_pando_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pando_proto_rawDesc), len(file_pando_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   77,
+			NumMessages:   80,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -23,11 +23,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	KV_Get_FullMethodName    = "/pando.v1.KV/Get"
-	KV_Put_FullMethodName    = "/pando.v1.KV/Put"
-	KV_Delete_FullMethodName = "/pando.v1.KV/Delete"
-	KV_Scan_FullMethodName   = "/pando.v1.KV/Scan"
-	KV_Status_FullMethodName = "/pando.v1.KV/Status"
+	KV_Get_FullMethodName            = "/pando.v1.KV/Get"
+	KV_Put_FullMethodName            = "/pando.v1.KV/Put"
+	KV_Delete_FullMethodName         = "/pando.v1.KV/Delete"
+	KV_Scan_FullMethodName           = "/pando.v1.KV/Scan"
+	KV_Status_FullMethodName         = "/pando.v1.KV/Status"
+	KV_AllocRevisions_FullMethodName = "/pando.v1.KV/AllocRevisions"
 )
 
 // KVClient is the client API for KV service.
@@ -39,6 +40,9 @@ type KVClient interface {
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
 	Scan(ctx context.Context, in *ScanRequest, opts ...grpc.CallOption) (*ScanResponse, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// AllocRevisions is served by the meta range's leader (the revision
+	// oracle); nodes call it before proposing writes.
+	AllocRevisions(ctx context.Context, in *AllocRevisionsRequest, opts ...grpc.CallOption) (*AllocRevisionsResponse, error)
 }
 
 type kVClient struct {
@@ -99,6 +103,16 @@ func (c *kVClient) Status(ctx context.Context, in *StatusRequest, opts ...grpc.C
 	return out, nil
 }
 
+func (c *kVClient) AllocRevisions(ctx context.Context, in *AllocRevisionsRequest, opts ...grpc.CallOption) (*AllocRevisionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AllocRevisionsResponse)
+	err := c.cc.Invoke(ctx, KV_AllocRevisions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KVServer is the server API for KV service.
 // All implementations must embed UnimplementedKVServer
 // for forward compatibility.
@@ -108,6 +122,9 @@ type KVServer interface {
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
 	Scan(context.Context, *ScanRequest) (*ScanResponse, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// AllocRevisions is served by the meta range's leader (the revision
+	// oracle); nodes call it before proposing writes.
+	AllocRevisions(context.Context, *AllocRevisionsRequest) (*AllocRevisionsResponse, error)
 	mustEmbedUnimplementedKVServer()
 }
 
@@ -132,6 +149,9 @@ func (UnimplementedKVServer) Scan(context.Context, *ScanRequest) (*ScanResponse,
 }
 func (UnimplementedKVServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedKVServer) AllocRevisions(context.Context, *AllocRevisionsRequest) (*AllocRevisionsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method AllocRevisions not implemented")
 }
 func (UnimplementedKVServer) mustEmbedUnimplementedKVServer() {}
 func (UnimplementedKVServer) testEmbeddedByValue()            {}
@@ -244,6 +264,24 @@ func _KV_Status_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KV_AllocRevisions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AllocRevisionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).AllocRevisions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_AllocRevisions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).AllocRevisions(ctx, req.(*AllocRevisionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KV_ServiceDesc is the grpc.ServiceDesc for KV service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -270,6 +308,10 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _KV_Status_Handler,
+		},
+		{
+			MethodName: "AllocRevisions",
+			Handler:    _KV_AllocRevisions_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -259,7 +259,8 @@ func getCmd() *cobra.Command {
 				return err
 			}
 			if f.json {
-				return printJSON(cmd.OutOrStdout(), httpapi.ScanItem{Key: item.Key, Value: item.Value, Version: item.Version})
+				return printJSON(cmd.OutOrStdout(), getJSON{ScanItem: httpapi.ScanItem{Key: item.Key, Value: item.Value, Version: item.Version,
+					CreateRevision: item.CreateRevision, ModRevision: item.ModRevision}, Revision: item.Revision})
 			}
 			out := cmd.OutOrStdout()
 			out.Write(item.Value)
@@ -289,15 +290,26 @@ func putCmd() *cobra.Command {
 			}
 			defer cancel()
 			defer c.Close()
-			ver, err := c.Put(ctx, []byte(args[0]), value)
+			res, err := c.PutResult(ctx, []byte(args[0]), value)
 			if err != nil {
 				return err
 			}
-			return printVersion(cmd, f.json, ver)
+			if f.json {
+				return printJSON(cmd.OutOrStdout(), map[string]uint64{"version": res.Version, "revision": res.Revision, "create_revision": res.CreateRevision})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "OK version %d revision %d\n", res.Version, res.Revision)
+			return nil
 		},
 	}
 	f.add(cmd, true)
 	return cmd
+}
+
+// getJSON is what pando get --json prints: the key's record and the
+// revision the read observed.
+type getJSON struct {
+	httpapi.ScanItem
+	Revision uint64 `json:"revision"`
 }
 
 func valueArg(cmd *cobra.Command, v string) ([]byte, error) {
@@ -417,15 +429,15 @@ func scanCmd() *cobra.Command {
 				return err
 			}
 			if f.json {
-				out := httpapi.ScanResult{Items: make([]httpapi.ScanItem, len(res.Items)), More: res.More, Next: res.Next}
+				out := httpapi.ScanResult{Items: make([]httpapi.ScanItem, len(res.Items)), More: res.More, Next: res.Next, Revision: res.Revision}
 				for i, it := range res.Items {
-					out.Items[i] = httpapi.ScanItem{Key: it.Key, Value: it.Value, Version: it.Version}
+					out.Items[i] = httpapi.ScanItem{Key: it.Key, Value: it.Value, Version: it.Version, CreateRevision: it.CreateRevision, ModRevision: it.ModRevision}
 				}
 				return printJSON(cmd.OutOrStdout(), out)
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			for _, it := range res.Items {
-				fmt.Fprintf(w, "%q\t%q\tversion %d\n", it.Key, it.Value, it.Version)
+				fmt.Fprintf(w, "%q\t%q\tversion %d\trevision %d\n", it.Key, it.Value, it.Version, it.ModRevision)
 			}
 			if res.More {
 				fmt.Fprintf(w, "... more from %q\n", res.Next)

@@ -178,13 +178,17 @@ func checkAppliedOnce(t *testing.T, c *Cluster) {
 				writeOf[write{cmd.ClientId, cmd.Seq}] = k
 			}
 		}
+		recs := map[string]storage.Record{}
 		for k, idx := range firstIndex {
-			_, ver, found, err := storage.Get(db, []byte(k))
+			rec, found, err := storage.Get(db, []byte(k))
+			recs[k] = rec
 			if err != nil || !found {
 				t.Fatalf("node %d: %s proposed at %d is missing: %v", id, k, idx, err)
 			}
-			if ver != idx {
-				t.Fatalf("node %d: %s is at version %d, but its first entry is %d: the write was applied again", id, k, ver, idx)
+			// Each key is put once: a version above 1 is a write applied
+			// again.
+			if rec.Version != 1 {
+				t.Fatalf("node %d: %s (first entry %d) is at version %d: the write was applied again", id, k, idx, rec.Version)
 			}
 		}
 		entries, err := storage.ScanDedup(db, 1)
@@ -196,8 +200,8 @@ func checkAppliedOnce(t *testing.T, c *Cluster) {
 			if !ok {
 				t.Fatalf("node %d: dedup record %x/%d names no write in the log", id, e.ClientID, e.Record.Seq)
 			}
-			if e.Record.Version != firstIndex[k] {
-				t.Fatalf("node %d: dedup record of %s says version %d, the log %d", id, k, e.Record.Version, firstIndex[k])
+			if r := recs[k]; e.Record.Version != r.Version || e.Record.Revision != r.ModRevision {
+				t.Fatalf("node %d: dedup record of %s says version %d revision %d, the key holds %d and %d", id, k, e.Record.Version, e.Record.Revision, r.Version, r.ModRevision)
 			}
 		}
 		if id == lead {

@@ -538,6 +538,14 @@ func (l *localKV) Status(ctx context.Context, in *pandopb.StatusRequest, _ ...gr
 	return out, err
 }
 
+func (l *localKV) AllocRevisions(ctx context.Context, in *pandopb.AllocRevisionsRequest, _ ...grpc.CallOption) (out *pandopb.AllocRevisionsResponse, err error) {
+	err = l.call(ctx, false, func(s *kvservice.Service, ctx context.Context) error {
+		out, err = s.AllocRevisions(ctx, in)
+		return err
+	})
+	return out, err
+}
+
 // Split splits the range holding key at key, the way the server's admin
 // service does: a range ID from the first range's leader, then the split
 // on the leader of the range holding key.

@@ -135,11 +135,11 @@ func dump(t *testing.T, db *pebble.DB) map[string]uint64 {
 	defer it.Close()
 	out := map[string]uint64{}
 	for ok := it.First(); ok; ok = it.Next() {
-		ver, _, err := storage.DecodeValue(it.Value())
+		rec, err := storage.DecodeRecord(it.Value())
 		if err != nil {
 			t.Fatal(err)
 		}
-		out[string(bytes.TrimPrefix(it.Key(), []byte{0x02}))] = ver
+		out[string(bytes.TrimPrefix(it.Key(), []byte{0x02}))] = rec.Version
 	}
 	return out
 }

@@ -78,9 +78,11 @@ func BadRequest(format string, args ...any) error {
 // ScanItem is one key of a scan answer. Keys and values are base64 in JSON
 // (lossless for any bytes).
 type ScanItem struct {
-	Key     []byte `json:"key"`
-	Value   []byte `json:"value"`
-	Version uint64 `json:"version"`
+	Key            []byte `json:"key"`
+	Value          []byte `json:"value"`
+	Version        uint64 `json:"version"`
+	CreateRevision uint64 `json:"create_revision"`
+	ModRevision    uint64 `json:"mod_revision"`
 }
 
 // ScanResult is the JSON answer of GET /v1/kv/?...: continue a scan by
@@ -89,4 +91,6 @@ type ScanResult struct {
 	Items []ScanItem `json:"items"`
 	More  bool       `json:"more"`
 	Next  []byte     `json:"next,omitempty"`
+	// Revision: see pandopb.ScanResponse.
+	Revision uint64 `json:"revision"`
 }

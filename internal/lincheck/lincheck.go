@@ -11,10 +11,13 @@
 package lincheck
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"sync"
 	"time"
 
@@ -48,6 +51,9 @@ type Output struct {
 	Mismatch bool   // Cas refused
 	Current  uint64 // the version a refused Cas found
 	Deleted  bool
+	// Revision is a write's revision (a delete's when it deleted), or the
+	// mod revision a Get found; 0: not known (not checked).
+	Revision uint64
 }
 
 // state is one key's state; verKnown is false after a write whose outcome
@@ -57,6 +63,8 @@ type state struct {
 	value    string
 	version  uint64
 	verKnown bool
+	// rev is the key's mod revision when known (0: not known or none).
+	rev uint64
 }
 
 // Model is the porcupine model of a versioned register per key.
@@ -86,25 +94,35 @@ var Model = porcupine.Model{
 			if out.Unknown {
 				return state{present: true, value: in.Value}
 			}
-			return state{present: true, value: in.Value, version: out.Version, verKnown: true}
+			return state{present: true, value: in.Value, version: out.Version, verKnown: true, rev: out.Revision}
 		}
-		grows := func() bool { return out.Unknown || !st.verKnown || out.Version > st.version }
+		// A known write's version grows, and so does its revision.
+		grows := func() bool {
+			return out.Unknown || ((!st.verKnown || out.Version > st.version) && (out.Revision == 0 || st.rev == 0 || out.Revision > st.rev))
+		}
 		switch in.Kind {
 		case Get:
 			if !out.Found {
 				return !st.present, st
 			}
-			if !st.present || st.value != out.Value || (st.verKnown && st.version != out.Version) {
+			if !st.present || st.value != out.Value || (st.verKnown && st.version != out.Version) ||
+				(st.verKnown && st.rev != 0 && out.Revision != 0 && st.rev != out.Revision) {
 				return false, st
 			}
-			return true, state{present: true, value: out.Value, version: out.Version, verKnown: true}
+			return true, state{present: true, value: out.Value, version: out.Version, verKnown: true, rev: max(out.Revision, st.rev)}
 		case Put:
 			return grows(), written()
 		case Del:
 			if !out.Unknown && out.Deleted != st.present {
 				return false, st
 			}
-			return true, state{verKnown: true}
+			if out.Unknown || !st.verKnown {
+				return true, state{verKnown: true}
+			}
+			if out.Deleted && out.Revision != 0 && st.rev != 0 && out.Revision <= st.rev {
+				return false, st
+			}
+			return true, state{verKnown: true, rev: max(st.rev, out.Revision)}
 		case Cas:
 			if out.Unknown {
 				if matches(in.Expected) {
@@ -198,7 +216,12 @@ func (h *History) Counts() (all, known int) {
 // Check checks ops against Model for at most timeout. A history that is
 // not linearizable is drawn to dir/name.html (dir: PANDO_ARTIFACTS, else
 // fallbackDir) and reported with that path.
+//
+// It also checks the revisions the history carries (CheckRevisions).
 func Check(ops []porcupine.Operation, timeout time.Duration, fallbackDir, name string) error {
+	if err := CheckRevisions(ops); err != nil {
+		return err
+	}
 	res, info := porcupine.CheckOperationsVerbose(Model, ops, timeout)
 	if res == porcupine.Ok {
 		return nil
@@ -212,4 +235,75 @@ func Check(ops []porcupine.Operation, timeout time.Duration, fallbackDir, name s
 		return fmt.Errorf("history is not linearizable (result %v); drawing it failed: %v", res, err)
 	}
 	return fmt.Errorf("history is not linearizable (result %v); visualization: %s", res, path)
+}
+
+// CheckRevisions checks the revision order over all keys of a history: a
+// write acknowledged before another write was called has the lower
+// revision (whichever keys and ranges they touch), no two writes share a
+// revision, and a read that began after a write to its key was
+// acknowledged finds that key at a mod revision at least the write's (or
+// the key deleted since). Operations without a revision are skipped.
+func CheckRevisions(ops []porcupine.Operation) error {
+	type w struct {
+		call, ret int64
+		rev       uint64
+		desc      string
+		key       string
+	}
+	var writes []w
+	byRev := map[uint64]string{}
+	for _, op := range ops {
+		in, out := op.Input.(Input), op.Output.(Output)
+		if out.Unknown || out.Revision == 0 || in.Kind == Get || out.Mismatch {
+			continue
+		}
+		d := Model.DescribeOperation(in, out)
+		if prev, dup := byRev[out.Revision]; dup {
+			return fmt.Errorf("revision %d was given to two writes: %s and %s", out.Revision, prev, d)
+		}
+		byRev[out.Revision] = d
+		writes = append(writes, w{op.Call, op.Return, out.Revision, d, in.Key})
+	}
+	// For each write, the highest revision among the writes that returned
+	// before it was called.
+	byRet := slices.Clone(writes)
+	slices.SortFunc(byRet, func(a, b w) int { return cmp.Compare(a.ret, b.ret) })
+	prefixMax := make([]int, len(byRet)) // index into byRet of the highest revision so far
+	for i := range byRet {
+		prefixMax[i] = i
+		if i > 0 && byRet[prefixMax[i-1]].rev > byRet[i].rev {
+			prefixMax[i] = prefixMax[i-1]
+		}
+	}
+	before := func(call int64) (w, bool) {
+		n := sort.Search(len(byRet), func(i int) bool { return byRet[i].ret >= call })
+		if n == 0 {
+			return w{}, false
+		}
+		return byRet[prefixMax[n-1]], true
+	}
+	for _, b := range writes {
+		if a, ok := before(b.call); ok && a.rev >= b.rev {
+			return fmt.Errorf("revisions out of real-time order: %s (revision %d) was acknowledged before %s (revision %d) was called", a.desc, a.rev, b.desc, b.rev)
+		}
+	}
+	// Reads: per key, the last write acknowledged before the read began.
+	perKey := map[string][]w{}
+	for _, x := range byRet {
+		perKey[x.key] = append(perKey[x.key], x)
+	}
+	for _, op := range ops {
+		in, out := op.Input.(Input), op.Output.(Output)
+		if in.Kind != Get || !out.Found || out.Revision == 0 {
+			continue
+		}
+		ws := perKey[in.Key]
+		n := sort.Search(len(ws), func(i int) bool { return ws[i].ret >= op.Call })
+		for _, a := range ws[:n] {
+			if a.rev > out.Revision {
+				return fmt.Errorf("a read of %s called after %s (revision %d) was acknowledged found mod revision %d", in.Key, a.desc, a.rev, out.Revision)
+			}
+		}
+	}
+	return nil
 }

@@ -52,6 +52,26 @@ func TestModel(t *testing.T) {
 		{"delete of an absent key", func(h *History) {
 			at(h, 0, 0, 1, Input{Kind: Del, Key: "a"}, Output{Deleted: true})
 		}, false},
+		// Overlapping in time, so that only the model (not the real-time
+		// order of CheckRevisions) can refuse these.
+		{"revisions must grow per key", func(h *History) {
+			at(h, 0, 0, 2, Input{Kind: Put, Key: "a", Value: "x"}, Output{Version: 1, Revision: 9})
+			at(h, 1, 1, 3, Input{Kind: Put, Key: "a", Value: "y"}, Output{Version: 2, Revision: 5})
+		}, false},
+		{"a read finds the last write's revision", func(h *History) {
+			at(h, 0, 0, 2, Input{Kind: Put, Key: "a", Value: "x"}, Output{Version: 1, Revision: 9})
+			at(h, 1, 1, 3, Input{Kind: Get, Key: "a"}, Output{Found: true, Value: "x", Version: 1, Revision: 8})
+		}, false},
+		{"a delete's revision is above the write it deletes", func(h *History) {
+			at(h, 0, 0, 2, Input{Kind: Put, Key: "a", Value: "x"}, Output{Version: 1, Revision: 9})
+			at(h, 1, 1, 3, Input{Kind: Del, Key: "a"}, Output{Deleted: true, Revision: 4})
+		}, false},
+		{"revisions that grow are fine", func(h *History) {
+			at(h, 0, 0, 2, Input{Kind: Put, Key: "a", Value: "x"}, Output{Version: 1, Revision: 9})
+			at(h, 1, 1, 3, Input{Kind: Del, Key: "a"}, Output{Deleted: true, Revision: 12})
+			at(h, 1, 4, 5, Input{Kind: Put, Key: "a", Value: "y"}, Output{Version: 1, Revision: 13})
+			at(h, 0, 6, 7, Input{Kind: Get, Key: "a"}, Output{Found: true, Value: "y", Version: 1, Revision: 13})
+		}, true},
 		{"keys are independent", func(h *History) {
 			at(h, 0, 0, 1, Input{Kind: Put, Key: "a", Value: "x"}, Output{Version: 1})
 			at(h, 1, 2, 3, Input{Kind: Get, Key: "b"}, Output{})
@@ -77,5 +97,52 @@ func TestCounts(t *testing.T) {
 	at(h, 0, 2, 3, Input{Kind: Put, Key: "a"}, Output{Unknown: true})
 	if all, known := h.Counts(); all != 2 || known != 1 {
 		t.Fatalf("Counts = %d, %d; want 2, 1", all, known)
+	}
+}
+
+// TestCheckRevisions: the order of revisions across keys follows real
+// time; no revision is given twice; a read finds at least the revision of
+// a write to its key acknowledged before it began.
+func TestCheckRevisions(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ops  func(h *History)
+		want string // "" passes; else part of the error
+	}{
+		{"real-time order across keys", func(h *History) {
+			at(h, 0, 0, 1, Input{Kind: Put, Key: "a", Value: "x"}, Output{Version: 1, Revision: 3})
+			at(h, 1, 2, 3, Input{Kind: Put, Key: "b", Value: "y"}, Output{Version: 1, Revision: 10})
+			at(h, 2, 0, 5, Input{Kind: Put, Key: "c", Value: "z"}, Output{Version: 1, Revision: 2}) // concurrent with both
+		}, ""},
+		{"a later write with a lower revision", func(h *History) {
+			at(h, 0, 0, 1, Input{Kind: Put, Key: "a", Value: "x"}, Output{Version: 1, Revision: 30})
+			at(h, 1, 5, 6, Input{Kind: Put, Key: "c", Value: "q"}, Output{Version: 1, Revision: 31})
+			at(h, 2, 2, 3, Input{Kind: Del, Key: "b"}, Output{Deleted: true, Revision: 12})
+		}, "out of real-time order"},
+		{"one revision for two writes", func(h *History) {
+			at(h, 0, 0, 1, Input{Kind: Put, Key: "a", Value: "x"}, Output{Version: 1, Revision: 7})
+			at(h, 1, 0, 1, Input{Kind: Put, Key: "b", Value: "y"}, Output{Version: 1, Revision: 7})
+		}, "two writes"},
+		{"a read behind an acknowledged write", func(h *History) {
+			at(h, 0, 0, 1, Input{Kind: Put, Key: "a", Value: "x"}, Output{Version: 1, Revision: 7})
+			at(h, 1, 2, 3, Input{Kind: Get, Key: "a"}, Output{Found: true, Value: "w", Version: 1, Revision: 5})
+		}, "found mod revision 5"},
+		{"unknown and refused writes are not checked", func(h *History) {
+			at(h, 0, 0, 1, Input{Kind: Put, Key: "a", Value: "x"}, Output{Version: 1, Revision: 7})
+			at(h, 1, 2, 3, Input{Kind: Put, Key: "a", Value: "y"}, Output{Unknown: true})
+			at(h, 1, 4, 5, Input{Kind: Cas, Key: "a", Value: "y"}, Output{Mismatch: true, Current: 1})
+		}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := NewHistory()
+			tc.ops(h)
+			err := CheckRevisions(h.Operations())
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("CheckRevisions: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("CheckRevisions = %v, want an error with %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -23,20 +23,20 @@ func Run(ctx context.Context, kvc pandopb.KVClient, rng *rand.Rand, key, value s
 		in.Kind = Get
 		var r *pandopb.GetResponse
 		if r, err = kvc.Get(ctx, &pandopb.GetRequest{Key: []byte(key)}); err == nil {
-			out = Output{Found: r.Found, Value: string(r.Value), Version: r.Version}
+			out = Output{Found: r.Found, Value: string(r.Value), Version: r.Version, Revision: r.ModRevision}
 			versions.Store(key, r.Version)
 		}
 	case p < 7:
 		in.Kind = Put
 		var r *pandopb.PutResponse
 		if r, err = kvc.Put(ctx, &pandopb.PutRequest{Key: []byte(key), Value: []byte(value)}); err == nil {
-			out.Version = r.Version
+			out.Version, out.Revision = r.Version, r.Revision
 		}
 	case p < 8:
 		in.Kind = Del
 		var r *pandopb.DeleteResponse
 		if r, err = kvc.Delete(ctx, &pandopb.DeleteRequest{Key: []byte(key)}); err == nil {
-			out.Deleted = r.Deleted
+			out.Deleted, out.Revision = r.Deleted, r.Revision
 		}
 	default:
 		in.Kind = Cas
@@ -47,7 +47,7 @@ func Run(ctx context.Context, kvc pandopb.KVClient, rng *rand.Rand, key, value s
 		r, err = kvc.Put(ctx, &pandopb.PutRequest{Key: []byte(key), Value: []byte(value), Cas: true, ExpectedVersion: in.Expected})
 		var vm *kv.VersionMismatchError
 		if err == nil {
-			out.Version = r.Version
+			out.Version, out.Revision = r.Version, r.Revision
 		} else if errors.As(kv.FromStatus(err), &vm) {
 			out.Mismatch, out.Current, err = true, vm.Current, nil
 		}

@@ -1,0 +1,86 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/pando/pando/kv"
+)
+
+// RevisionSource hands out count consecutive revisions and returns the
+// first: each above every revision handed out before the call began,
+// cluster-wide (the revision oracle on the meta range's leader, tso/).
+type RevisionSource func(ctx context.Context, count int) (first uint64, err error)
+
+// revisionTimeout bounds one request for revisions.
+const revisionTimeout = 2 * time.Second
+
+// commandRevisionField is pandopb.Command's revision field number.
+const commandRevisionField = 8
+
+// revisions is the loop's stage between a data write's arrival and its
+// proposal: the writes that arrive while one request to the oracle is in
+// flight wait and share the next one, so a node asks once per round trip
+// whatever its load, and the revisions are assigned in the order the
+// writes arrived (each range's log then holds them in increasing order).
+// Loop-owned.
+type revisions struct {
+	src  RevisionSource
+	wait []*proposal
+	busy bool
+}
+
+// SetRevisionSource sets where the node's data writes get their revisions
+// (call before Start). Without one, data writes fail as unavailable.
+func (n *Node) SetRevisionSource(src RevisionSource) { n.revs.src = src }
+
+// requestRevisions asks for the revisions of the writes waiting, unless a
+// request is in flight already (its answer starts the next one).
+func (n *Node) requestRevisions() {
+	if n.revs.busy || len(n.revs.wait) == 0 {
+		return
+	}
+	batch := n.revs.wait
+	n.revs.wait = nil
+	if n.revs.src == nil {
+		for _, p := range batch {
+			n.failProposal(p, fmt.Errorf("%w: node %d has no revision source", kv.ErrUnavailable, n.cfg.ID))
+		}
+		return
+	}
+	n.revs.busy = true
+	src := n.revs.src
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), revisionTimeout)
+		first, err := src(ctx, len(batch))
+		cancel()
+		n.submit(func() {
+			n.revs.busy = false
+			n.grantRevisions(batch, first, err)
+		})
+	}()
+}
+
+// grantRevisions stamps each waiting write with its revision and buffers
+// it for its range's proposal (flushProposals).
+func (n *Node) grantRevisions(batch []*proposal, first uint64, err error) {
+	for i, p := range batch {
+		if err != nil {
+			n.failProposal(p, fmt.Errorf("%w: no revision for the write: %w", kv.ErrUnavailable, err))
+			continue
+		}
+		r := n.replicas[p.rangeID]
+		if r == nil {
+			n.failProposal(p, errNoReplica(p.rangeID))
+			continue
+		}
+		// The command was marshaled without a revision: appending the
+		// field is the same as having set it.
+		p.data = protowire.AppendTag(p.data, commandRevisionField, protowire.VarintType)
+		p.data = protowire.AppendVarint(p.data, first+uint64(i))
+		n.bufferProposal(r, p)
+	}
+}
