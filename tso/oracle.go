@@ -143,7 +143,7 @@ func (o *Oracle) Alloc(ctx context.Context, count int) (uint64, error) {
 			if o.ceiling-o.next < o.cfg.Window/2 && o.raising == nil {
 				o.startRaise(term, o.next+o.cfg.Window) // ahead of need
 			}
-			if o.leaseUntil.Sub(now) < o.cfg.Lease*2/3 {
+			if o.leaseUntil.Sub(now) < o.cfg.Lease/2 {
 				o.renew(term) // in use: keep the lease fresh
 			}
 			o.mu.Unlock()

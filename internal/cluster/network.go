@@ -22,6 +22,7 @@ type Network struct {
 	stopped bool
 	wg      sync.WaitGroup
 	sent    uint64 // messages handed to the network
+	sentFor map[uint64]uint64
 }
 
 // Sent counts the Raft messages the nodes have sent so far.
@@ -31,9 +32,16 @@ func (nw *Network) Sent() uint64 {
 	return nw.sent
 }
 
+// SentFor counts the Raft messages of range rangeID sent so far.
+func (nw *Network) SentFor(rangeID uint64) uint64 {
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	return nw.sentFor[rangeID]
+}
+
 // NewNetwork returns a fault-free network seeded with seed.
 func NewNetwork(seed uint64) *Network {
-	return &Network{rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), nodes: map[uint64]*node.Node{}, cut: map[[2]uint64]bool{}}
+	return &Network{rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), nodes: map[uint64]*node.Node{}, cut: map[[2]uint64]bool{}, sentFor: map[uint64]uint64{}}
 }
 
 func (nw *Network) attach(id uint64, n *node.Node) {
@@ -125,6 +133,7 @@ func (t *transport) Send(envs []node.Envelope) {
 	}
 	for _, e := range envs {
 		nw.sent++
+		nw.sentFor[e.RangeID]++
 		if nw.rewrite != nil {
 			nw.rewrite(t.from, &e)
 		}
