@@ -67,7 +67,7 @@ func NewService(n *node.Node, peers Peers, limits kv.Limits, timeout time.Durati
 	if n != nil {
 		local = n
 		s.oracle = tso.New(n, tso.Config{})
-		n.SetRevisionSource(s.Revisions)
+		n.SetRevisionSource(s.Revisions, s.localRevisions)
 	}
 	var err error
 	if s.router, err = route.New(local, &route.Directory{}, peers, policy); err != nil {
@@ -493,6 +493,12 @@ func (s *Service) Revisions(ctx context.Context, count int) (uint64, error) {
 		},
 	})
 	return first, err
+}
+
+// localRevisions is the node's fast path to the oracle when this node
+// leads the meta range (node.RevisionFastPath).
+func (s *Service) localRevisions(count int) (uint64, bool) {
+	return s.oracle.TryAlloc(count)
 }
 
 // AllocRevisions implements pandopb.KVServer: the revision oracle, served

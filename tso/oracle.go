@@ -138,14 +138,7 @@ func (o *Oracle) Alloc(ctx context.Context, count int) (uint64, error) {
 			}
 			wait = o.raising
 		default:
-			first := o.next
-			o.next += n
-			if o.ceiling-o.next < o.cfg.Window/2 && o.raising == nil {
-				o.startRaise(term, o.next+o.cfg.Window) // ahead of need
-			}
-			if o.leaseUntil.Sub(now) < o.cfg.Lease/2 {
-				o.renew(term) // in use: keep the lease fresh
-			}
+			first := o.take(term, n, now)
 			o.mu.Unlock()
 			return first, nil
 		}
@@ -154,6 +147,42 @@ func (o *Oracle) Alloc(ctx context.Context, count int) (uint64, error) {
 			return 0, err
 		}
 	}
+}
+
+// TryAlloc is Alloc when it needs no wait: this node leads the meta range
+// in the term the oracle is loaded in, the term's wait is over, the lease
+// holds and the ceiling has room. ok is false otherwise (ask Alloc). It
+// never blocks, so the node's loop may call it.
+func (o *Oracle) TryAlloc(count int) (first uint64, ok bool) {
+	if count < 1 || count > MaxBatch {
+		return 0, false
+	}
+	term, err := o.leaderTerm()
+	if err != nil {
+		return 0, false
+	}
+	n := uint64(count)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	now := time.Now()
+	if o.term != term || now.Before(o.serveFrom) || !now.Before(o.leaseUntil) || o.next+n > o.ceiling {
+		return 0, false
+	}
+	return o.take(term, n, now), true
+}
+
+// take hands out n revisions (o.mu held, every condition checked), keeping
+// the ceiling and the lease ahead.
+func (o *Oracle) take(term, n uint64, now time.Time) uint64 {
+	first := o.next
+	o.next += n
+	if o.ceiling-o.next < o.cfg.Window/2 && o.raising == nil {
+		o.startRaise(term, o.next+o.cfg.Window) // ahead of need
+	}
+	if o.leaseUntil.Sub(now) < o.cfg.Lease/2 {
+		o.renew(term) // in use: keep the lease fresh
+	}
+	return first
 }
 
 // waitFor waits for c to close, or for d when c is nil.

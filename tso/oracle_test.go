@@ -267,3 +267,41 @@ func TestLeaseExpiresWhenCutOff(t *testing.T) {
 		}
 	}
 }
+
+// TestTryAllocNeverWaits: the loop's fast path hands out revisions only
+// when nothing needs waiting for, and then continues Alloc's sequence.
+func TestTryAllocNeverWaits(t *testing.T) {
+	m := newMeta(t)
+	cfg := quick(100)
+	o := tso.New(&fakeNode{id: 1, m: m}, cfg)
+	if _, ok := o.TryAlloc(1); ok {
+		t.Fatal("TryAlloc handed out revisions before the oracle was loaded in its term")
+	}
+	first := alloc(t, o, 3)
+	got, ok := o.TryAlloc(2)
+	if !ok || got != first+3 {
+		t.Fatalf("TryAlloc after Alloc = %d, %v; want %d", got, ok, first+3)
+	}
+	if _, ok := o.TryAlloc(tso.MaxBatch + 1); ok {
+		t.Fatal("TryAlloc took a batch over MaxBatch")
+	}
+	// Past the ceiling's room: Alloc's business (it raises and waits).
+	if _, ok := o.TryAlloc(150); ok {
+		t.Fatal("TryAlloc went past the ceiling")
+	}
+	// Not the leader any more.
+	m.elect(2)
+	if _, ok := o.TryAlloc(1); ok {
+		t.Fatal("TryAlloc handed out revisions on a node that does not lead")
+	}
+	// A cut-off leader: nothing once its lease is over.
+	m.elect(1)
+	alloc(t, o, 1)
+	m.mu.Lock()
+	m.cutOff = true
+	m.mu.Unlock()
+	time.Sleep(cfg.Lease + 5*time.Millisecond)
+	if _, ok := o.TryAlloc(1); ok {
+		t.Fatal("TryAlloc handed out revisions after the lease ended")
+	}
+}

@@ -483,13 +483,13 @@ func statusCmd() *cobra.Command {
 				for _, n := range js.Nodes {
 					fmt.Fprintf(w, "%d\t%s\t%v\n", n.ID, n.Addr, n.Live)
 				}
-				fmt.Fprintf(w, "\nRANGE\tSTART\tEND\tLEADER\tREPLICAS\tTERM\tAPPLIED\n")
+				fmt.Fprintf(w, "\nRANGE\tSTART\tEND\tLEADER\tREPLICAS\tTERM\tAPPLIED\tREVISION\n")
 				for _, r := range js.Ranges {
 					end := r.EndKey
 					if end == "" {
 						end = "(end)"
 					}
-					fmt.Fprintf(w, "%d\t%q\t%s\t%d\t%v\t%d\t%d\n", r.ID, r.StartKey, end, r.LeaderID, r.Replicas, r.Term, r.AppliedIndex)
+					fmt.Fprintf(w, "%d\t%q\t%s\t%d\t%v\t%d\t%d\t%d\n", r.ID, r.StartKey, end, r.LeaderID, r.Replicas, r.Term, r.AppliedIndex, r.Revision)
 				}
 				if len(js.Breakers) > 0 {
 					fmt.Fprintf(w, "\nPEER\tADDRESS\tBREAKER\n")
