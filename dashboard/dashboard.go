@@ -150,7 +150,9 @@ type DashRangeJSON struct {
 	Members  []uint64          `json:"members"`
 	Replicas []DashReplicaJSON `json:"replicas"`
 	Applied  uint64            `json:"applied_index"`
-	Check    *CheckJSON        `json:"last_check,omitempty"`
+	// Revision is the highest revision a replica reported applying.
+	Revision uint64     `json:"revision"`
+	Check    *CheckJSON `json:"last_check,omitempty"`
 	// QPS, P50Ms and P99Ms are the request rate and latency measured by
 	// the leader (see RangeStatusJSON); absent when it did not say.
 	QPS   float64 `json:"qps,omitempty"`
@@ -228,6 +230,7 @@ func BuildDashboard(addrs map[uint64]string, views map[uint64]*NodeView, errs ma
 				if r.AppliedIndex > dr.Applied {
 					dr.Applied = r.AppliedIndex
 				}
+				dr.Revision = max(dr.Revision, r.Revision)
 				if c := r.LastCheck; c != nil && (dr.Check == nil || c.Time.After(dr.Check.Time)) {
 					dr.Check = c
 				}
