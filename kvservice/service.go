@@ -68,6 +68,11 @@ func NewService(n *node.Node, peers Peers, limits kv.Limits, timeout time.Durati
 		local = n
 		s.oracle = tso.New(n, tso.Config{})
 		n.SetRevisionSource(s.Revisions, s.localRevisions)
+		n.SetBeforeTransfer(func(ctx context.Context, rangeID uint64) {
+			if rangeID == storage.MetaRangeID {
+				s.oracle.Retire(ctx)
+			}
+		})
 	}
 	var err error
 	if s.router, err = route.New(local, &route.Directory{}, peers, policy); err != nil {

@@ -45,6 +45,9 @@ type Node struct {
 
 	checks *replica.Checks
 	revs   revisions // loop-owned but for the source, set before Start
+	// beforeTransfer runs before this node hands a range's leadership
+	// over (set before Start; nil: nothing).
+	beforeTransfer func(ctx context.Context, rangeID uint64)
 
 	propMu     sync.Mutex
 	proposals  map[uint64]*proposal
@@ -564,6 +567,9 @@ func (n *Node) Descriptor(rangeID uint64) (*pandopb.RangeDescriptor, bool) {
 
 // TransferLeader asks rangeID's leader here to hand leadership to target.
 func (n *Node) TransferLeader(ctx context.Context, rangeID, target uint64) error {
+	if h := n.beforeTransfer; h != nil && target != n.cfg.ID {
+		h(ctx, rangeID)
+	}
 	return n.call(ctx, func() {
 		if r := n.replicas[rangeID]; r != nil {
 			n.wake(r)
@@ -571,6 +577,10 @@ func (n *Node) TransferLeader(ctx context.Context, rangeID, target uint64) error
 		}
 	})
 }
+
+// SetBeforeTransfer sets what runs before this node hands a range's
+// leadership over (the revision oracle's handoff; call before Start).
+func (n *Node) SetBeforeTransfer(f func(ctx context.Context, rangeID uint64)) { n.beforeTransfer = f }
 
 // ReportUnreachable tells Raft that messages to a peer are failing.
 func (n *Node) ReportUnreachable(rangeID, to uint64) {

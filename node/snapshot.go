@@ -52,7 +52,8 @@ func (n *Node) makeSnapshot(r *group) (raftpb.Snapshot, error) {
 	// The snapshot carries the replicated parts of the range state, so that
 	// a replica filled by it holds the same state machine as the others.
 	data, err := proto.Marshal(&pandopb.RangeState{Desc: st.Desc, LastCheck: st.LastCheck, NextRangeId: st.NextRangeId,
-		FrozenFor: st.FrozenFor, FrozenAt: st.FrozenAt, LastRevision: st.LastRevision, RevisionCeiling: st.RevisionCeiling})
+		FrozenFor: st.FrozenFor, FrozenAt: st.FrozenAt, LastRevision: st.LastRevision, RevisionCeiling: st.RevisionCeiling,
+		RevisionHandoffTerm: st.RevisionHandoffTerm})
 	if err != nil {
 		return raftpb.Snapshot{}, err
 	}

@@ -228,7 +228,12 @@ func Apply(b *pebble.Batch, st *pandopb.RangeState, index uint64, cmd *pandopb.C
 			res.Err = fmt.Errorf("%w: range %d is not the meta range", kv.ErrInvalidArgument, rangeID)
 			break
 		}
-		st.RevisionCeiling = max(st.RevisionCeiling, op.RevisionCeiling.Ceiling)
+		c := op.RevisionCeiling
+		st.RevisionCeiling = max(st.RevisionCeiling, c.Ceiling)
+		st.RevisionHandoffTerm = max(st.RevisionHandoffTerm, c.HandoffTerm)
+		if c.ResumeTerm != 0 && st.RevisionHandoffTerm == c.ResumeTerm {
+			st.RevisionHandoffTerm = 0
+		}
 		res.Version = st.RevisionCeiling
 	case *pandopb.Command_AllocRangeId:
 		st.NextRangeId = max(st.NextRangeId, 2)

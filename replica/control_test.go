@@ -88,6 +88,19 @@ func TestApplyControlCommands(t *testing.T) {
 					t.Fatalf("ceiling %d, result %d; want 900 kept", st.RevisionCeiling, res.Version)
 				}
 			}},
+		{name: "a handoff is recorded, and a resume of that term clears it", st: &pandopb.RangeState{Desc: whole(1), RevisionCeiling: 900},
+			cmd: &pandopb.Command{Op: &pandopb.Command_RevisionCeiling{RevisionCeiling: &pandopb.RevisionCeilingOp{HandoffTerm: 7}}},
+			check: func(t *testing.T, st *pandopb.RangeState, _ replica.Result, _ replica.Effects, b pebble.Reader) {
+				if st.RevisionHandoffTerm != 7 || st.RevisionCeiling != 900 {
+					t.Fatalf("handoff term %d, ceiling %d; want 7 and 900 kept", st.RevisionHandoffTerm, st.RevisionCeiling)
+				}
+				for _, c := range []struct{ resume, want uint64 }{{6, 7}, {7, 0}} {
+					cmd := &pandopb.Command{Op: &pandopb.Command_RevisionCeiling{RevisionCeiling: &pandopb.RevisionCeilingOp{ResumeTerm: c.resume}}}
+					if _, _, err := replica.Apply(b.(*pebble.Batch), st, 11, cmd); err != nil || st.RevisionHandoffTerm != c.want {
+						t.Fatalf("resume of term %d: handoff term %d (%v), want %d", c.resume, st.RevisionHandoffTerm, err, c.want)
+					}
+				}
+			}},
 		{name: "the revision ceiling only in the meta range", st: &pandopb.RangeState{Desc: whole(4)}, cmd: ceiling, err: kv.ErrInvalidArgument},
 		{name: "split outside the range", st: &pandopb.RangeState{Desc: &pandopb.RangeDescriptor{Id: 3, EndKey: []byte("c"), Generation: 1}}, cmd: split, err: replica.ErrBadSplit},
 		{name: "split at a stale generation", st: &pandopb.RangeState{Desc: &pandopb.RangeDescriptor{Id: 3, Generation: 5}}, cmd: split, err: replica.ErrBadSplit},

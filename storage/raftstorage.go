@@ -374,6 +374,7 @@ func (s *RaftStorage) ApplySnapshot(b *pebble.Batch, snap raftpb.Snapshot, st *p
 	s.state.NextRangeId = st.NextRangeId
 	s.state.FrozenFor, s.state.FrozenAt = st.FrozenFor, st.FrozenAt
 	s.state.LastRevision, s.state.RevisionCeiling = st.LastRevision, st.RevisionCeiling
+	s.state.RevisionHandoffTerm = st.RevisionHandoffTerm
 	if err := s.SetConfState(m.ConfState); err != nil {
 		return err
 	}

@@ -88,7 +88,18 @@ type Oracle struct {
 	// raising and renewing are closed when the raise or the renewal in
 	// flight ends (nil: none).
 	raising, renewing chan struct{}
+	// retired: the oracle handed over in term (Retire) at retiredAt and
+	// hands out nothing more in it, unless resumed; resuming is closed when
+	// the resume in flight ends.
+	retired   bool
+	retiredAt time.Time
+	resuming  chan struct{}
 }
+
+// resumeAfter is how long a retired oracle waits for the transfer it
+// retired for before it resumes (raft gives a transfer an election
+// timeout).
+const resumeAfter = time.Second
 
 // New returns the oracle of node n.
 func New(n Node, cfg Config) *Oracle {
@@ -128,6 +139,12 @@ func (o *Oracle) Alloc(ctx context.Context, count int) (uint64, error) {
 		case o.term != term:
 			o.mu.Unlock()
 			continue // the term moved on: look again
+		case o.retired && now.Sub(o.retiredAt) < resumeAfter:
+			// Handing over: the caller asks again (and finds the new leader).
+			o.mu.Unlock()
+			return 0, &kv.NotLeaderError{RangeID: storage.MetaRangeID}
+		case o.retired:
+			wait = o.resume(term) // the transfer did not happen
 		case now.Before(o.serveFrom):
 			sleep = o.serveFrom.Sub(now)
 		case !now.Before(o.leaseUntil):
@@ -165,7 +182,7 @@ func (o *Oracle) TryAlloc(count int) (first uint64, ok bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	now := time.Now()
-	if o.term != term || now.Before(o.serveFrom) || !now.Before(o.leaseUntil) || o.next+n > o.ceiling {
+	if o.term != term || o.retired || now.Before(o.serveFrom) || !now.Before(o.leaseUntil) || o.next+n > o.ceiling {
 		return 0, false
 	}
 	return o.take(term, n, now), true
@@ -267,7 +284,9 @@ func (o *Oracle) load(ctx context.Context, term uint64) error {
 		return fmt.Errorf("%w: the meta range's leadership changed", kv.ErrUnavailable)
 	}
 	// The wait runs from the election, when the node knows it (the node
-	// saw itself leading no earlier than it was elected).
+	// saw itself leading no earlier than it was elected); none when the
+	// leader of the term before handed over (Retire), as before a
+	// leadership transfer: it hands out nothing more, lease or not.
 	from := found
 	if !since.IsZero() && since.Before(found) {
 		from = since
@@ -279,15 +298,73 @@ func (o *Oracle) load(ctx context.Context, term uint64) error {
 	if !ok {
 		return fmt.Errorf("%w: no meta range state here", kv.ErrUnavailable)
 	}
+	wait := o.cfg.Wait
+	if st.RevisionHandoffTerm != 0 && st.RevisionHandoffTerm+1 == term {
+		wait = 0
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if term > o.term {
 		o.term, o.next, o.ceiling = term, max(st.RevisionCeiling, 1), st.RevisionCeiling
-		o.serveFrom = from.Add(o.cfg.Wait)
+		o.serveFrom = from.Add(wait)
 		o.leaseUntil = found.Add(o.cfg.Lease)
 		o.raising, o.renewing = nil, nil
+		o.retired, o.resuming = false, nil
 	}
 	return nil
+}
+
+// Retire stops the oracle handing out revisions in its term for good and
+// records it in the meta range (RevisionCeilingOp.handoff_term), so that
+// the next term's leader need not wait out this one's lease: call it before
+// handing the meta range's leadership over. When the leadership has not
+// moved a while later, the oracle resumes by recording that too (Alloc).
+// Retire gives up (leaving the successor to wait) when this node does not
+// lead or the record cannot be written.
+func (o *Oracle) Retire(ctx context.Context) {
+	term, err := o.leaderTerm()
+	if err != nil {
+		return
+	}
+	o.mu.Lock()
+	if o.term != term {
+		o.mu.Unlock()
+		return // never served in this term: nothing to hand over
+	}
+	o.retired, o.retiredAt = true, time.Now()
+	o.mu.Unlock()
+	// Every allocation of this term is over (they hold o.mu); only now
+	// may the record say so.
+	_, _ = o.n.Propose(ctx, storage.MetaRangeID, &pandopb.Command{
+		Op: &pandopb.Command_RevisionCeiling{RevisionCeiling: &pandopb.RevisionCeilingOp{HandoffTerm: term}}})
+}
+
+// resume records in the meta range that the retired oracle of term hands
+// out again, unless a resume is in flight (o.mu held). Only once that is
+// applied here, with this node still leading in term, does it serve: the
+// record then precedes every later leader's election, so none of them
+// skips its wait.
+func (o *Oracle) resume(term uint64) <-chan struct{} {
+	if o.resuming != nil {
+		return o.resuming
+	}
+	done := make(chan struct{})
+	o.resuming = done
+	go func() {
+		defer close(done)
+		ctx, cancel := context.WithTimeout(context.Background(), raiseTimeout)
+		defer cancel()
+		_, err := o.n.Propose(ctx, storage.MetaRangeID, &pandopb.Command{
+			Op: &pandopb.Command_RevisionCeiling{RevisionCeiling: &pandopb.RevisionCeilingOp{ResumeTerm: term}}})
+		t, terr := o.leaderTerm()
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		o.resuming = nil
+		if err == nil && terr == nil && t == term && o.term == term {
+			o.retired = false
+		}
+	}()
+	return done
 }
 
 // startRaise proposes a ceiling of to (o.mu held).

@@ -305,3 +305,88 @@ func TestTryAllocNeverWaits(t *testing.T) {
 		t.Fatal("TryAlloc handed out revisions after the lease ended")
 	}
 }
+
+// TestHandoffSkipsTheWait: an oracle that retires before its node hands
+// the meta range over records it, hands out nothing more, and the next
+// term's leader serves at once instead of waiting out the lease.
+func TestHandoffSkipsTheWait(t *testing.T) {
+	m := newMeta(t)
+	cfg := tso.Config{Window: 100, Lease: 20 * time.Millisecond, Wait: 5 * time.Second} // a wait no test run sits out
+	o1, o2 := tso.New(&fakeNode{id: 1, m: m}, quick(100)), tso.New(&fakeNode{id: 2, m: m}, cfg)
+	a := alloc(t, o1, 5)
+	o1.Retire(context.Background())
+	if _, ok := o1.TryAlloc(1); ok {
+		t.Fatal("a retired oracle handed out revisions")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	_, err := o1.Alloc(ctx, 1)
+	cancel()
+	if !errors.As(err, new(*kv.NotLeaderError)) {
+		t.Fatalf("a retired oracle answered %v, want not-leader (ask the next one)", err)
+	}
+	m.elect(2) // the transfer's campaign: the next term
+	start := time.Now()
+	b := alloc(t, o2, 1)
+	if waited := time.Since(start); waited >= cfg.Wait {
+		t.Fatalf("the next leader waited %v after a handoff", waited)
+	}
+	if b <= a+4 {
+		t.Fatalf("revision %d after %d..%d: went back across the handoff", b, a, a+4)
+	}
+}
+
+// TestHandoffOfAnOlderTermDoesNotCount: a handoff lets only the very next
+// term skip its wait; a leader two terms later (an election in between)
+// waits, as another leader may have served in between.
+func TestHandoffOfAnOlderTermDoesNotCount(t *testing.T) {
+	m := newMeta(t)
+	cfg := tso.Config{Window: 100, Lease: 20 * time.Millisecond, Wait: 200 * time.Millisecond}
+	o1, o3 := tso.New(&fakeNode{id: 1, m: m}, cfg), tso.New(&fakeNode{id: 3, m: m}, cfg)
+	alloc(t, o1, 1)
+	o1.Retire(context.Background())
+	m.elect(2) // a term with no oracle serving
+	m.elect(3)
+	start := time.Now()
+	alloc(t, o3, 1)
+	if waited := time.Since(start); waited < cfg.Wait {
+		t.Fatalf("a leader two terms after the handoff waited only %v, want %v", waited, cfg.Wait)
+	}
+}
+
+// TestRetiredOracleResumes: when the transfer it retired for did not
+// happen, the oracle records that it hands out again and does; that record
+// makes the next leader wait.
+func TestRetiredOracleResumes(t *testing.T) {
+	m := newMeta(t)
+	cfg := tso.Config{Window: 100, Lease: 20 * time.Millisecond, Wait: 200 * time.Millisecond}
+	o1, o2 := tso.New(&fakeNode{id: 1, m: m}, cfg), tso.New(&fakeNode{id: 2, m: m}, cfg)
+	a := alloc(t, o1, 1)
+	o1.Retire(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var b uint64
+	for {
+		first, err := o1.Alloc(ctx, 1)
+		if err == nil {
+			b = first
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the retired oracle never resumed: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if b <= a {
+		t.Fatalf("revision %d after %d", b, a)
+	}
+	st, _, _ := storage.ReadRangeState(m.eng.DB(), storage.MetaRangeID)
+	if st.RevisionHandoffTerm != 0 {
+		t.Fatalf("the resume left the handoff of term %d recorded", st.RevisionHandoffTerm)
+	}
+	m.elect(2)
+	start := time.Now()
+	alloc(t, o2, 1)
+	if waited := time.Since(start); waited < cfg.Wait {
+		t.Fatalf("the leader after a resumed oracle waited only %v, want %v", waited, cfg.Wait)
+	}
+}

@@ -1969,8 +1969,15 @@ func (*Command_RevisionCeiling) isCommand_Op() {}
 // RevisionCeilingOp raises the revision oracle's ceiling: no revision
 // at or above it has been handed out, so a new oracle leader starts there.
 type RevisionCeilingOp struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ceiling       uint64                 `protobuf:"varint,1,opt,name=ceiling,proto3" json:"ceiling,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Ceiling uint64                 `protobuf:"varint,1,opt,name=ceiling,proto3" json:"ceiling,omitempty"`
+	// handoff_term: the oracle of that term has stopped handing out
+	// revisions for good in it (before a leadership transfer), so the leader
+	// of the next term need not wait out its lease. resume_term: it hands
+	// out again (the transfer did not happen), which clears a handoff of
+	// that term.
+	HandoffTerm   uint64 `protobuf:"varint,2,opt,name=handoff_term,json=handoffTerm,proto3" json:"handoff_term,omitempty"`
+	ResumeTerm    uint64 `protobuf:"varint,3,opt,name=resume_term,json=resumeTerm,proto3" json:"resume_term,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2008,6 +2015,20 @@ func (*RevisionCeilingOp) Descriptor() ([]byte, []int) {
 func (x *RevisionCeilingOp) GetCeiling() uint64 {
 	if x != nil {
 		return x.Ceiling
+	}
+	return 0
+}
+
+func (x *RevisionCeilingOp) GetHandoffTerm() uint64 {
+	if x != nil {
+		return x.HandoffTerm
+	}
+	return 0
+}
+
+func (x *RevisionCeilingOp) GetResumeTerm() uint64 {
+	if x != nil {
+		return x.ResumeTerm
 	}
 	return 0
 }
@@ -2705,10 +2726,13 @@ type RangeState struct {
 	// later write must carry a higher one (a lower one is refused, and its
 	// proposer retries with a new revision).
 	LastRevision uint64 `protobuf:"varint,50,opt,name=last_revision,json=lastRevision,proto3" json:"last_revision,omitempty"`
-	// revision_ceiling is the revision oracle's ceiling (meta range only).
-	RevisionCeiling uint64 `protobuf:"varint,51,opt,name=revision_ceiling,json=revisionCeiling,proto3" json:"revision_ceiling,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// revision_ceiling is the revision oracle's ceiling (meta range only);
+	// revision_handoff_term the last term whose oracle handed over (see
+	// RevisionCeilingOp).
+	RevisionCeiling     uint64 `protobuf:"varint,51,opt,name=revision_ceiling,json=revisionCeiling,proto3" json:"revision_ceiling,omitempty"`
+	RevisionHandoffTerm uint64 `protobuf:"varint,52,opt,name=revision_handoff_term,json=revisionHandoffTerm,proto3" json:"revision_handoff_term,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *RangeState) Reset() {
@@ -2807,6 +2831,13 @@ func (x *RangeState) GetLastRevision() uint64 {
 func (x *RangeState) GetRevisionCeiling() uint64 {
 	if x != nil {
 		return x.RevisionCeiling
+	}
+	return 0
+}
+
+func (x *RangeState) GetRevisionHandoffTerm() uint64 {
+	if x != nil {
+		return x.RevisionHandoffTerm
 	}
 	return 0
 }
@@ -5295,9 +5326,12 @@ const file_pando_proto_rawDesc = "" +
 	"\vproposed_at\x18\x06 \x01(\x03R\n" +
 	"proposedAt\x12\x1a\n" +
 	"\brevision\x18\b \x01(\x04R\brevisionB\x04\n" +
-	"\x02op\"-\n" +
+	"\x02op\"q\n" +
 	"\x11RevisionCeilingOp\x12\x18\n" +
-	"\aceiling\x18\x01 \x01(\x04R\aceiling\"\xef\x01\n" +
+	"\aceiling\x18\x01 \x01(\x04R\aceiling\x12!\n" +
+	"\fhandoff_term\x18\x02 \x01(\x04R\vhandoffTerm\x12\x1f\n" +
+	"\vresume_term\x18\x03 \x01(\x04R\n" +
+	"resumeTerm\"\xef\x01\n" +
 	"\vDedupRecord\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1f\n" +
 	"\vproposed_at\x18\x02 \x01(\x03R\n" +
@@ -5350,7 +5384,7 @@ const file_pando_proto_rawDesc = "" +
 	"\breplicas\x18\x04 \x03(\x04R\breplicas\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x05 \x01(\x04R\n" +
-	"generation\"\x89\x03\n" +
+	"generation\"\xbd\x03\n" +
 	"\n" +
 	"RangeState\x12#\n" +
 	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\x12!\n" +
@@ -5365,7 +5399,8 @@ const file_pando_proto_rawDesc = "" +
 	"frozen_for\x18( \x01(\x04R\tfrozenFor\x12\x1b\n" +
 	"\tfrozen_at\x18) \x01(\x04R\bfrozenAt\x12#\n" +
 	"\rlast_revision\x182 \x01(\x04R\flastRevision\x12)\n" +
-	"\x10revision_ceiling\x183 \x01(\x04R\x0frevisionCeiling\":\n" +
+	"\x10revision_ceiling\x183 \x01(\x04R\x0frevisionCeiling\x122\n" +
+	"\x15revision_handoff_term\x184 \x01(\x04R\x13revisionHandoffTerm\":\n" +
 	"\x0eTruncatedState\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\"^\n" +

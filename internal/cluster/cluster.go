@@ -43,6 +43,11 @@ type Options struct {
 	RequestTimeout time.Duration
 	// MaxPendingProposals: see node.Config (default 4,096).
 	MaxPendingProposals int
+	// SharedRevisions numbers writes from one counter the nodes share, a
+	// revision oracle that never fails, instead of the meta range's
+	// leader: for tests of the loop that cut a leader off from every node
+	// (the oracle's lease would leave it no revisions).
+	SharedRevisions bool
 	// MaxUncommittedBytes: see node.Config (default 64 MiB).
 	MaxUncommittedBytes uint64
 	// NoQuiesce keeps idle ranges ticking (node.Config.PeerLive unset).
@@ -94,6 +99,8 @@ type Cluster struct {
 	opts Options
 	Net  *Network
 	log  *slog.Logger
+	// revisions is the counter of Options.SharedRevisions.
+	revisions atomic.Uint64
 
 	mu       sync.Mutex
 	members  map[uint64]*Member
@@ -299,6 +306,11 @@ func (c *Cluster) Start(id uint64) {
 		c.t.Fatalf("node %d: %v", id, err)
 	}
 	m.Service.SetForwardTimeout(c.opts.ForwardTimeout)
+	if c.opts.SharedRevisions {
+		n.SetRevisionSource(func(_ context.Context, count int) (uint64, error) {
+			return c.revisions.Add(uint64(count)) - uint64(count) + 1, nil
+		}, nil)
+	}
 	m.running = true
 	c.mu.Unlock()
 	c.Net.attach(id, n)
