@@ -146,8 +146,12 @@ type proposal struct {
 	cc      *raftpb.ConfChangeV2 // a membership change instead of data
 	// needsRevision: a data write, proposed once it has its revision.
 	needsRevision bool
-	id            uint64
-	done          chan proposalResult
+	// stage of a data write waiting for its revision: revisionWaiting,
+	// then revisionGranted when the loop stamps it (it goes to raft) or
+	// revisionAbandoned when its caller gave up first (it never does).
+	stage atomic.Int32
+	id    uint64
+	done  chan proposalResult
 }
 
 type proposalResult struct {
@@ -503,6 +507,10 @@ func (n *Node) await(ctx context.Context, p *proposal, shed bool) (proposalResul
 		return res, res.err
 	case <-ctx.Done():
 		forget()
+		if p.needsRevision && p.stage.CompareAndSwap(revisionWaiting, revisionAbandoned) {
+			// Still waiting for its revision: it never reaches raft.
+			return proposalResult{}, fmt.Errorf("%w: no revision for the write before its deadline: %w", kv.ErrUnavailable, ctx.Err())
+		}
 		return proposalResult{}, fmt.Errorf("%w (%w): %w", kv.ErrUnavailable, kv.ErrAmbiguous, ctx.Err())
 	case <-n.donec:
 		select {

@@ -24,6 +24,13 @@ type RevisionFastPath func(count int) (first uint64, ok bool)
 // revisionTimeout bounds one request for revisions.
 const revisionTimeout = 2 * time.Second
 
+// The stages of a data write waiting for its revision (proposal.stage).
+const (
+	revisionWaiting int32 = iota
+	revisionGranted
+	revisionAbandoned
+)
+
 // commandRevisionField is pandopb.Command's revision field number.
 const commandRevisionField = 8
 
@@ -85,6 +92,9 @@ func (n *Node) requestRevisions() {
 // it for its range's proposal (flushProposals).
 func (n *Node) grantRevisions(batch []*proposal, first uint64, err error) {
 	for i, p := range batch {
+		if !p.stage.CompareAndSwap(revisionWaiting, revisionGranted) {
+			continue // its caller gave up: it is not proposed
+		}
 		if err != nil {
 			n.failProposal(p, fmt.Errorf("%w: no revision for the write: %w", kv.ErrUnavailable, err))
 			continue
