@@ -20,23 +20,9 @@ import (
 // with the revision they observed, at least the key's last write.
 func TestRevisionsFollowRealTimeAcrossRanges(t *testing.T) {
 	c := New(t, Options{Seed: testSeed(t)})
-	if _, err := c.Leader(1, 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	splitInto(t, c, []string{"h", "p"})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	for _, k := range []string{"h", "p"} {
-		for {
-			err := c.Split(ctx, []byte(k))
-			if err == nil {
-				break
-			}
-			if ctx.Err() != nil {
-				t.Fatalf("split at %q: %v", k, err)
-			}
-			time.Sleep(20 * time.Millisecond) // the last split's range is electing its leader
-		}
-	}
 	keys := []string{"a", "j", "r"} // one in each range
 	ids := c.IDs()
 	for i, k := range keys {
