@@ -67,7 +67,7 @@ func NewService(n *node.Node, peers Peers, limits kv.Limits, timeout time.Durati
 	if n != nil {
 		local = n
 		s.oracle = tso.New(n, tso.Config{})
-		n.SetRevisionSource(s.Revisions, s.localRevisions)
+		n.SetRevisionSource(s.Revisions, s.oracle.TryAlloc)
 		n.SetBeforeTransfer(func(ctx context.Context, rangeID uint64) {
 			if rangeID == storage.MetaRangeID {
 				s.oracle.Retire(ctx)
@@ -500,18 +500,10 @@ func (s *Service) Revisions(ctx context.Context, count int) (uint64, error) {
 	return first, err
 }
 
-// localRevisions is the node's fast path to the oracle when this node
-// leads the meta range (node.RevisionFastPath).
-func (s *Service) localRevisions(count int) (uint64, bool) {
-	return s.oracle.TryAlloc(count)
-}
-
 // AllocRevisions implements pandopb.KVServer: the revision oracle, served
 // by the meta range's leader (others forward, or name the leader).
+// The oracle checks the count.
 func (s *Service) AllocRevisions(ctx context.Context, req *pandopb.AllocRevisionsRequest) (*pandopb.AllocRevisionsResponse, error) {
-	if req.Count == 0 || req.Count > tso.MaxBatch {
-		return nil, kv.ToStatus(fmt.Errorf("%w: %d revisions asked for (1 to %d)", kv.ErrInvalidArgument, req.Count, tso.MaxBatch))
-	}
 	first, err := s.Revisions(ctx, int(req.Count))
 	if err != nil {
 		return nil, kv.ToStatus(err)

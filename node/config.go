@@ -90,13 +90,13 @@ type Config struct {
 	Events *events.Bus
 }
 
-// Validate fills defaults and rejects bad values, naming the field.
 // electionTimeout is the election timeout in time: ElectionTicks ticks
 // (followers randomize theirs up to twice that).
 func (c *Config) electionTimeout() time.Duration {
 	return time.Duration(c.ElectionTicks) * c.TickInterval
 }
 
+// Validate fills defaults and rejects bad values, naming the field.
 func (c *Config) Validate() error {
 	switch {
 	case c.ID == 0:

@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
 )
 
@@ -32,7 +33,7 @@ const (
 )
 
 // commandRevisionField is pandopb.Command's revision field number.
-const commandRevisionField = 8
+var commandRevisionField = (&pandopb.Command{}).ProtoReflect().Descriptor().Fields().ByName("revision").Number()
 
 // revisions is the loop's stage between a data write's arrival and its
 // proposal: the writes that arrive while one request to the oracle is in

@@ -414,11 +414,6 @@ func pruneDedup(b *pebble.Batch, rangeID uint64, before int64) error {
 	return nil
 }
 
-// current reads key's record in b (zero when absent).
-func current(b *pebble.Batch, key []byte) (storage.Record, bool, error) {
-	return storage.Get(b, key)
-}
-
 // staleForKey refuses a write below the key's own last revision (the
 // range's last_revision covers it too, except across a merge, which takes
 // the larger of the two ranges').
@@ -430,7 +425,7 @@ func staleForKey(rev uint64, cur storage.Record, found bool) *Result {
 }
 
 func applyPut(b *pebble.Batch, rev uint64, op *pandopb.PutOp) (Result, error) {
-	cur, found, err := current(b, op.Key)
+	cur, found, err := storage.Get(b, op.Key)
 	if err != nil {
 		return Result{}, err
 	}
@@ -451,7 +446,7 @@ func applyPut(b *pebble.Batch, rev uint64, op *pandopb.PutOp) (Result, error) {
 }
 
 func applyDelete(b *pebble.Batch, rev uint64, op *pandopb.DeleteOp) (Result, error) {
-	cur, found, err := current(b, op.Key)
+	cur, found, err := storage.Get(b, op.Key)
 	if err != nil {
 		return Result{}, err
 	}

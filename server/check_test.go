@@ -180,13 +180,8 @@ func TestCheckUnderLoadAndLeaderChangeNoFalseAlarm(t *testing.T) {
 func TestDamagedStorageRefusesToStart(t *testing.T) {
 	for _, damage := range []string{"corrupt-sstable", "truncated-manifest"} {
 		t.Run(damage, func(t *testing.T) {
-			dir := t.TempDir()
 			// A real node's directory, then more data, flushed to tables.
-			s, err := server.New(server.Config{ID: 1, DataDir: dir, Addr: "127.0.0.1:0", Logger: quietLogger()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			s.Kill()
+			dir := stoppedNodeDir(t)
 			eng, err := storage.Open(dir, storage.Options{})
 			if err != nil {
 				t.Fatal(err)

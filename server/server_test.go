@@ -517,16 +517,22 @@ func TestSnapshotOverGRPC(t *testing.T) {
 	}
 }
 
-func TestDataDirBelongsToOneNode(t *testing.T) {
+// stoppedNodeDir is the data directory of node 1, started once and
+// killed.
+func stoppedNodeDir(t *testing.T) string {
+	t.Helper()
 	dir := t.TempDir()
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
-	s, err := server.New(server.Config{ID: 1, DataDir: dir, Addr: addr, Listener: l, Logger: quietLogger()})
+	s, err := server.New(server.Config{ID: 1, DataDir: dir, Addr: "127.0.0.1:0", Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.Kill()
-	_, err = server.New(server.Config{ID: 2, DataDir: dir, Addr: addr, Logger: quietLogger()})
+	return dir
+}
+
+func TestDataDirBelongsToOneNode(t *testing.T) {
+	dir := stoppedNodeDir(t)
+	_, err := server.New(server.Config{ID: 2, DataDir: dir, Addr: "127.0.0.1:0", Logger: quietLogger()})
 	if err == nil || !strings.Contains(err.Error(), "belongs to node 1") {
 		t.Fatalf("opening node 1's data as node 2: %v", err)
 	}
@@ -536,14 +542,7 @@ func TestDataDirBelongsToOneNode(t *testing.T) {
 // revisions (no format record: on-disk format 1) is refused at start-up
 // with a message that says what to do, and nothing in it is touched.
 func TestDataDirOfAnOlderFormatIsRefused(t *testing.T) {
-	dir := t.TempDir()
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
-	s, err := server.New(server.Config{ID: 1, DataDir: dir, Addr: addr, Listener: l, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Kill()
+	dir := stoppedNodeDir(t)
 	// Make it the layout of the release before revisions: no format record.
 	eng, err := storage.Open(dir, storage.Options{})
 	if err != nil {
@@ -559,7 +558,7 @@ func TestDataDirOfAnOlderFormatIsRefused(t *testing.T) {
 	if err := eng.Close(); err != nil {
 		t.Fatal(err)
 	}
-	_, err = server.New(server.Config{ID: 1, DataDir: dir, Addr: addr, Logger: quietLogger()})
+	_, err = server.New(server.Config{ID: 1, DataDir: dir, Addr: "127.0.0.1:0", Logger: quietLogger()})
 	if !errors.Is(err, storage.ErrFormat) || !strings.Contains(err.Error(), "older pando") || !strings.Contains(err.Error(), "new cluster") {
 		t.Fatalf("opening a format-1 data directory: %v", err)
 	}

@@ -150,10 +150,7 @@ func (o *Oracle) Alloc(ctx context.Context, count int) (uint64, error) {
 		case !now.Before(o.leaseUntil):
 			wait = o.renew(term)
 		case o.next+n > o.ceiling:
-			if o.raising == nil {
-				o.startRaise(term, o.next+n+o.cfg.Window)
-			}
-			wait = o.raising
+			wait = o.raise(term, o.next+n+o.cfg.Window)
 		default:
 			first := o.take(term, n, now)
 			o.mu.Unlock()
@@ -193,8 +190,8 @@ func (o *Oracle) TryAlloc(count int) (first uint64, ok bool) {
 func (o *Oracle) take(term, n uint64, now time.Time) uint64 {
 	first := o.next
 	o.next += n
-	if o.ceiling-o.next < o.cfg.Window/2 && o.raising == nil {
-		o.startRaise(term, o.next+o.cfg.Window) // ahead of need
+	if o.ceiling-o.next < o.cfg.Window/2 {
+		o.raise(term, o.next+o.cfg.Window) // ahead of need
 	}
 	if o.leaseUntil.Sub(now) < o.cfg.Lease/2 {
 		o.renew(term) // in use: keep the lease fresh
@@ -220,30 +217,6 @@ func waitFor(ctx context.Context, c <-chan struct{}, d time.Duration) error {
 		}
 	}
 	return fmt.Errorf("%w: waiting for the revision oracle: %w", kv.ErrUnavailable, ctx.Err())
-}
-
-// renew starts a lease renewal unless one is in flight (o.mu held); the
-// channel closes when it ends.
-func (o *Oracle) renew(term uint64) <-chan struct{} {
-	if o.renewing != nil {
-		return o.renewing
-	}
-	done := make(chan struct{})
-	o.renewing = done
-	go func() {
-		defer close(done)
-		ctx, cancel := context.WithTimeout(context.Background(), o.cfg.Lease)
-		defer cancel()
-		issued := time.Now()
-		err := o.n.ReadIndex(ctx, storage.MetaRangeID)
-		o.mu.Lock()
-		defer o.mu.Unlock()
-		o.renewing = nil
-		if err == nil && o.term == term {
-			o.leaseUntil = issued.Add(o.cfg.Lease)
-		}
-	}()
-	return done
 }
 
 // leaderTerm is the meta range's term, if this node leads it, and when it
@@ -335,60 +308,81 @@ func (o *Oracle) Retire(ctx context.Context) {
 	o.mu.Unlock()
 	// Every allocation of this term is over (they hold o.mu); only now
 	// may the record say so.
-	_, _ = o.n.Propose(ctx, storage.MetaRangeID, &pandopb.Command{
-		Op: &pandopb.Command_RevisionCeiling{RevisionCeiling: &pandopb.RevisionCeilingOp{HandoffTerm: term}}})
+	_, _ = o.record(ctx, &pandopb.RevisionCeilingOp{HandoffTerm: term})
 }
 
-// resume records in the meta range that the retired oracle of term hands
-// out again, unless a resume is in flight (o.mu held). Only once that is
-// applied here, with this node still leading in term, does it serve: the
-// record then precedes every later leader's election, so none of them
-// skips its wait.
-func (o *Oracle) resume(term uint64) <-chan struct{} {
-	if o.resuming != nil {
-		return o.resuming
+// inFlight starts work in the background unless *slot names a run still
+// in flight (o.mu held), and returns the channel that closes when that run
+// ends. work runs without o.mu, with a deadline of timeout; the function
+// it returns then runs with o.mu held, after *slot is cleared.
+func (o *Oracle) inFlight(slot *chan struct{}, timeout time.Duration, work func(ctx context.Context) (then func())) <-chan struct{} {
+	if *slot != nil {
+		return *slot
 	}
 	done := make(chan struct{})
-	o.resuming = done
+	*slot = done
 	go func() {
 		defer close(done)
-		ctx, cancel := context.WithTimeout(context.Background(), raiseTimeout)
-		defer cancel()
-		_, err := o.n.Propose(ctx, storage.MetaRangeID, &pandopb.Command{
-			Op: &pandopb.Command_RevisionCeiling{RevisionCeiling: &pandopb.RevisionCeilingOp{ResumeTerm: term}}})
-		t, terr := o.leaderTerm()
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		then := work(ctx)
+		cancel()
 		o.mu.Lock()
 		defer o.mu.Unlock()
-		o.resuming = nil
-		if err == nil && terr == nil && t == term && o.term == term {
-			o.retired = false
+		if *slot == done { // not reset by a new term's load
+			*slot = nil
 		}
+		then()
 	}()
 	return done
 }
 
-// startRaise proposes a ceiling of to (o.mu held).
-func (o *Oracle) startRaise(term, to uint64) {
-	done := make(chan struct{})
-	o.raising = done
-	go func() {
-		defer close(done)
-		ctx, cancel := context.WithTimeout(context.Background(), raiseTimeout)
-		defer cancel()
-		res, err := o.n.Propose(ctx, storage.MetaRangeID, &pandopb.Command{
-			Op: &pandopb.Command_RevisionCeiling{RevisionCeiling: &pandopb.RevisionCeilingOp{Ceiling: to}}})
-		o.mu.Lock()
-		defer o.mu.Unlock()
-		if o.raising == done {
-			o.raising = nil
+// renew renews the lease (o.mu held; see inFlight).
+func (o *Oracle) renew(term uint64) <-chan struct{} {
+	return o.inFlight(&o.renewing, o.cfg.Lease, func(ctx context.Context) func() {
+		issued := time.Now()
+		err := o.n.ReadIndex(ctx, storage.MetaRangeID)
+		return func() {
+			if err == nil && o.term == term {
+				o.leaseUntil = issued.Add(o.cfg.Lease)
+			}
 		}
-		if err == nil && res.Err == nil && o.term == term {
-			// Applied here: every later leader starts at or above it.
-			o.ceiling = max(o.ceiling, res.Version)
-		}
-	}()
+	})
 }
 
-// raiseTimeout bounds one ceiling raise; a request waiting on a failed
-// raise starts another.
+// raise raises the ceiling to to (o.mu held; see inFlight).
+func (o *Oracle) raise(term, to uint64) <-chan struct{} {
+	return o.inFlight(&o.raising, raiseTimeout, func(ctx context.Context) func() {
+		res, err := o.record(ctx, &pandopb.RevisionCeilingOp{Ceiling: to})
+		return func() {
+			if err == nil && res.Err == nil && o.term == term {
+				// Applied here: every later leader starts at or above it.
+				o.ceiling = max(o.ceiling, res.Version)
+			}
+		}
+	})
+}
+
+// resume records in the meta range that the retired oracle of term hands
+// out again (o.mu held; see inFlight). Only once that is applied here, with
+// this node still leading in term, does it serve: the record then precedes
+// every later leader's election, so none of them skips its wait.
+func (o *Oracle) resume(term uint64) <-chan struct{} {
+	return o.inFlight(&o.resuming, raiseTimeout, func(ctx context.Context) func() {
+		_, err := o.record(ctx, &pandopb.RevisionCeilingOp{ResumeTerm: term})
+		t, terr := o.leaderTerm()
+		return func() {
+			if err == nil && terr == nil && t == term && o.term == term {
+				o.retired = false
+			}
+		}
+	})
+}
+
+// record proposes op through the meta range.
+func (o *Oracle) record(ctx context.Context, op *pandopb.RevisionCeilingOp) (replica.Result, error) {
+	return o.n.Propose(ctx, storage.MetaRangeID, &pandopb.Command{Op: &pandopb.Command_RevisionCeiling{RevisionCeiling: op}})
+}
+
+// raiseTimeout bounds one ceiling raise (or resume record); a request
+// waiting on a failed raise starts another.
 const raiseTimeout = 5 * time.Second

@@ -130,6 +130,14 @@ func quick(window uint64) tso.Config {
 	return tso.Config{Window: window, Lease: 20 * time.Millisecond, Wait: 30 * time.Millisecond}
 }
 
+// allocTook is how long alloc took.
+func allocTook(t *testing.T, o *tso.Oracle) time.Duration {
+	t.Helper()
+	start := time.Now()
+	alloc(t, o, 1)
+	return time.Since(start)
+}
+
 func alloc(t *testing.T, o *tso.Oracle, count int) uint64 {
 	t.Helper()
 	first, err := o.Alloc(context.Background(), count)
@@ -233,9 +241,7 @@ func TestNewLeaderWaitsOutTheOldLease(t *testing.T) {
 	o1, o2 := tso.New(&fakeNode{id: 1, m: m}, cfg), tso.New(&fakeNode{id: 2, m: m}, cfg)
 	alloc(t, o1, 1)
 	m.elect(2)
-	start := time.Now()
-	alloc(t, o2, 1)
-	if waited := time.Since(start); waited < cfg.Wait {
+	if waited := allocTook(t, o2); waited < cfg.Wait {
 		t.Fatalf("the new leader handed out revisions %v after taking over, before Wait (%v)", waited, cfg.Wait)
 	}
 }
@@ -346,9 +352,7 @@ func TestHandoffOfAnOlderTermDoesNotCount(t *testing.T) {
 	o1.Retire(context.Background())
 	m.elect(2) // a term with no oracle serving
 	m.elect(3)
-	start := time.Now()
-	alloc(t, o3, 1)
-	if waited := time.Since(start); waited < cfg.Wait {
+	if waited := allocTook(t, o3); waited < cfg.Wait {
 		t.Fatalf("a leader two terms after the handoff waited only %v, want %v", waited, cfg.Wait)
 	}
 }
@@ -384,9 +388,7 @@ func TestRetiredOracleResumes(t *testing.T) {
 		t.Fatalf("the resume left the handoff of term %d recorded", st.RevisionHandoffTerm)
 	}
 	m.elect(2)
-	start := time.Now()
-	alloc(t, o2, 1)
-	if waited := time.Since(start); waited < cfg.Wait {
+	if waited := allocTook(t, o2); waited < cfg.Wait {
 		t.Fatalf("the leader after a resumed oracle waited only %v, want %v", waited, cfg.Wait)
 	}
 }

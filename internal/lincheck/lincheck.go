@@ -244,13 +244,7 @@ func Check(ops []porcupine.Operation, timeout time.Duration, fallbackDir, name s
 // acknowledged finds that key at a mod revision at least the write's (or
 // the key deleted since). Operations without a revision are skipped.
 func CheckRevisions(ops []porcupine.Operation) error {
-	type w struct {
-		call, ret int64
-		rev       uint64
-		desc      string
-		key       string
-	}
-	var writes []w
+	var writes []ackedWrite
 	byRev := map[uint64]string{}
 	for _, op := range ops {
 		in, out := op.Input.(Input), op.Output.(Output)
@@ -262,48 +256,67 @@ func CheckRevisions(ops []porcupine.Operation) error {
 			return fmt.Errorf("revision %d was given to two writes: %s and %s", out.Revision, prev, d)
 		}
 		byRev[out.Revision] = d
-		writes = append(writes, w{op.Call, op.Return, out.Revision, d, in.Key})
+		writes = append(writes, ackedWrite{op.Call, op.Return, out.Revision, d, in.Key})
 	}
-	// For each write, the highest revision among the writes that returned
-	// before it was called.
-	byRet := slices.Clone(writes)
-	slices.SortFunc(byRet, func(a, b w) int { return cmp.Compare(a.ret, b.ret) })
-	prefixMax := make([]int, len(byRet)) // index into byRet of the highest revision so far
-	for i := range byRet {
-		prefixMax[i] = i
-		if i > 0 && byRet[prefixMax[i-1]].rev > byRet[i].rev {
-			prefixMax[i] = prefixMax[i-1]
-		}
-	}
-	before := func(call int64) (w, bool) {
-		n := sort.Search(len(byRet), func(i int) bool { return byRet[i].ret >= call })
-		if n == 0 {
-			return w{}, false
-		}
-		return byRet[prefixMax[n-1]], true
-	}
+	all := newAcked(writes)
 	for _, b := range writes {
-		if a, ok := before(b.call); ok && a.rev >= b.rev {
+		if a, ok := all.highestBefore(b.call); ok && a.rev >= b.rev {
 			return fmt.Errorf("revisions out of real-time order: %s (revision %d) was acknowledged before %s (revision %d) was called", a.desc, a.rev, b.desc, b.rev)
 		}
 	}
-	// Reads: per key, the last write acknowledged before the read began.
-	perKey := map[string][]w{}
-	for _, x := range byRet {
+	perKey := map[string][]ackedWrite{}
+	for _, x := range writes {
 		perKey[x.key] = append(perKey[x.key], x)
+	}
+	byKey := map[string]acked{}
+	for k, ws := range perKey {
+		byKey[k] = newAcked(ws)
 	}
 	for _, op := range ops {
 		in, out := op.Input.(Input), op.Output.(Output)
 		if in.Kind != Get || !out.Found || out.Revision == 0 {
 			continue
 		}
-		ws := perKey[in.Key]
-		n := sort.Search(len(ws), func(i int) bool { return ws[i].ret >= op.Call })
-		for _, a := range ws[:n] {
-			if a.rev > out.Revision {
-				return fmt.Errorf("a read of %s called after %s (revision %d) was acknowledged found mod revision %d", in.Key, a.desc, a.rev, out.Revision)
-			}
+		if a, ok := byKey[in.Key].highestBefore(op.Call); ok && a.rev > out.Revision {
+			return fmt.Errorf("a read of %s called after %s (revision %d) was acknowledged found mod revision %d", in.Key, a.desc, a.rev, out.Revision)
 		}
 	}
 	return nil
+}
+
+// ackedWrite is a write with a known revision, as CheckRevisions sees it.
+type ackedWrite struct {
+	call, ret int64
+	rev       uint64
+	desc      string
+	key       string
+}
+
+// acked are writes in the order they returned, with, at each position,
+// the index of the highest revision up to it.
+type acked struct {
+	byRet   []ackedWrite
+	highest []int
+}
+
+func newAcked(ws []ackedWrite) acked {
+	a := acked{byRet: slices.Clone(ws), highest: make([]int, len(ws))}
+	slices.SortFunc(a.byRet, func(x, y ackedWrite) int { return cmp.Compare(x.ret, y.ret) })
+	for i := range a.byRet {
+		a.highest[i] = i
+		if i > 0 && a.byRet[a.highest[i-1]].rev > a.byRet[i].rev {
+			a.highest[i] = a.highest[i-1]
+		}
+	}
+	return a
+}
+
+// highestBefore is the write of the highest revision among those that
+// returned before call.
+func (a acked) highestBefore(call int64) (ackedWrite, bool) {
+	n := sort.Search(len(a.byRet), func(i int) bool { return a.byRet[i].ret >= call })
+	if n == 0 {
+		return ackedWrite{}, false
+	}
+	return a.byRet[a.highest[n-1]], true
 }
