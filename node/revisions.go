@@ -22,6 +22,10 @@ type RevisionSource func(ctx context.Context, count int) (first uint64, err erro
 // called on the loop: it must not block.
 type RevisionFastPath func(count int) (first uint64, ok bool)
 
+// MaxRevisionBatch is the most revisions the node asks for at once (the
+// rest of the writes waiting go in the next request).
+const MaxRevisionBatch = 1 << 16
+
 // revisionTimeout bounds one request for revisions.
 const revisionTimeout = 2 * time.Second
 
@@ -62,7 +66,11 @@ func (n *Node) requestRevisions() {
 		return
 	}
 	batch := n.revs.wait
-	n.revs.wait = nil
+	if len(batch) > MaxRevisionBatch {
+		batch, n.revs.wait = batch[:MaxRevisionBatch:MaxRevisionBatch], batch[MaxRevisionBatch:]
+	} else {
+		n.revs.wait = nil
+	}
 	if n.revs.src == nil {
 		for _, p := range batch {
 			n.failProposal(p, fmt.Errorf("%w: node %d has no revision source", kv.ErrUnavailable, n.cfg.ID))

@@ -41,8 +41,9 @@ import (
 	"github.com/pando/pando/storage"
 )
 
-// MaxBatch is the most revisions one request may ask for.
-const MaxBatch = 1 << 16
+// MaxBatch is the most revisions one request may ask for: as many as a
+// node asks for at once.
+const MaxBatch = node.MaxRevisionBatch
 
 // Defaults: see Config.
 const (
