@@ -247,12 +247,12 @@ func (c *Checker) RangeData(req *pandopb.RangeDataRequest, stream pandopb.Checke
 			msg.Data[i] = &pandopb.KeyValue{Key: r.Key, Value: r.Value}
 		}
 		if first {
-			msg.Index, msg.Term, first = ds.Index, ds.Term, false
+			msg.Index, msg.Term, msg.LastRevision, first = ds.Index, ds.Term, ds.LastRevision, false
 		}
 		return stream.Send(msg)
 	})
 	if err == nil && first {
-		err = stream.Send(&pandopb.RangeDataChunk{Index: ds.Index, Term: ds.Term})
+		err = stream.Send(&pandopb.RangeDataChunk{Index: ds.Index, Term: ds.Term, LastRevision: ds.LastRevision})
 	}
 	return err
 }
@@ -279,7 +279,7 @@ func (c *Checker) repairFrom(ctx context.Context, rangeID, source uint64) (uint6
 	if err != nil {
 		return 0, kv.FromStatus(err)
 	}
-	var index uint64
+	var index, lastRevision uint64
 	var data []node.RawKV
 	for first := true; ; first = false {
 		chunk, err := stream.Recv()
@@ -290,7 +290,7 @@ func (c *Checker) repairFrom(ctx context.Context, rangeID, source uint64) (uint6
 			return 0, kv.FromStatus(err)
 		}
 		if first {
-			index = chunk.Index
+			index, lastRevision = chunk.Index, chunk.LastRevision
 		}
 		for _, r := range chunk.Data {
 			data = append(data, node.RawKV{Key: r.Key, Value: r.Value})
@@ -299,7 +299,7 @@ func (c *Checker) repairFrom(ctx context.Context, rangeID, source uint64) (uint6
 	if index == 0 {
 		return 0, fmt.Errorf("%w: node %d sent no data for range %d", kv.ErrUnavailable, source, rangeID)
 	}
-	if err := c.node.InstallData(ctx, rangeID, index, data); err != nil {
+	if err := c.node.InstallData(ctx, rangeID, index, lastRevision, data); err != nil {
 		return 0, err
 	}
 	c.events.Publish(events.RepairEvent(rangeID, source, index, uint64(len(data))))

@@ -58,6 +58,7 @@ func (n *Node) SnapshotData(ctx context.Context, rangeID uint64) (*DataSnapshot,
 		}
 		st := r.storage.State()
 		ds = replica.NewDataSnapshot(n.db.NewSnapshot(), st.Desc, st.AppliedIndex, st.AppliedTerm, n.cfg.SnapshotChunkBytes)
+		ds.LastRevision = st.LastRevision
 	})
 	if err != nil {
 		return nil, err
@@ -73,7 +74,7 @@ func (n *Node) SnapshotData(ctx context.Context, rangeID uint64) (*DataSnapshot,
 // index+1 to its applied index, so that the result is what a correct
 // replica holds at that index. The replica's Raft state is untouched. It
 // waits (until ctx ends) for this replica to have applied index.
-func (n *Node) InstallData(ctx context.Context, rangeID, index uint64, data []RawKV) error {
+func (n *Node) InstallData(ctx context.Context, rangeID, index, lastRevision uint64, data []RawKV) error {
 	r := n.group(rangeID)
 	if r == nil {
 		return errNoReplica(rangeID)
@@ -86,14 +87,14 @@ func (n *Node) InstallData(ctx context.Context, rangeID, index uint64, data []Ra
 		return fmt.Errorf("%w: replica has not reached index %d: %w", kv.ErrUnavailable, index, err)
 	}
 	var installErr error
-	err := n.call(ctx, func() { installErr = n.installData(r, index, data) })
+	err := n.call(ctx, func() { installErr = n.installData(r, index, lastRevision, data) })
 	if err != nil {
 		return err
 	}
 	return installErr
 }
 
-func (n *Node) installData(r *group, index uint64, data []RawKV) error {
+func (n *Node) installData(r *group, index, lastRevision uint64, data []RawKV) error {
 	first, _ := r.storage.FirstIndex()
 	if index+1 < first && index < r.applied {
 		return fmt.Errorf("%w: log of range %d truncated past index %d; retry the repair", kv.ErrUnavailable, r.id, index)
@@ -107,7 +108,7 @@ func (n *Node) installData(r *group, index uint64, data []RawKV) error {
 	}
 	b := n.db.NewIndexedBatch()
 	defer b.Close()
-	if err := replica.Rebuild(b, r.storage.State(), data, ents); err != nil {
+	if err := replica.Rebuild(b, r.storage.State(), data, lastRevision, ents); err != nil {
 		return err
 	}
 	must(b.Commit(pebble.Sync))

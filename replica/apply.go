@@ -111,6 +111,16 @@ func ChangesData(cmd *pandopb.Command) bool {
 	return false
 }
 
+// writesRecords reports whether cmd writes replicated records: user data,
+// the deduplication table or the meta range's node and range records.
+func writesRecords(cmd *pandopb.Command) bool {
+	switch cmd.Op.(type) {
+	case *pandopb.Command_Node, *pandopb.Command_Directory:
+		return true
+	}
+	return ChangesData(cmd)
+}
+
 // Reshapes reports whether cmd changes a range's span or freezes it (a
 // split, a freeze, a merge).
 func Reshapes(cmd *pandopb.Command) bool {

@@ -172,12 +172,14 @@ func ClearSpan(b *pebble.Batch, desc *pandopb.RangeDescriptor) error {
 }
 
 // Rebuild replaces, in b, the replicated data of the range st describes
-// with data (a healthy replica's, as of an index), then applies again the
-// data commands of ents, this replica's own committed entries after that
-// index, so that b holds what a correct replica holds at the last of them.
-// It refuses a frozen range, and entries that reshape the range (a freeze,
-// merge or split since the index: not a data replay).
-func Rebuild(b *pebble.Batch, st *pandopb.RangeState, data []RawKV, ents []raftpb.Entry) error {
+// with data (a healthy replica's, as of an index, when the range's last
+// revision was lastRevision), then applies again the commands of ents that
+// write replicated records (this replica's own committed entries after
+// that index), so that b holds what a correct replica holds at the last of
+// them. st is not changed. It refuses a frozen range, and entries that
+// reshape the range (a freeze, merge or split since the index: not a data
+// replay).
+func Rebuild(b *pebble.Batch, st *pandopb.RangeState, data []RawKV, lastRevision uint64, ents []raftpb.Entry) error {
 	if into := st.FrozenFor; into != 0 {
 		return FrozenError(st.Desc.GetId(), into)
 	}
@@ -189,6 +191,10 @@ func Rebuild(b *pebble.Batch, st *pandopb.RangeState, data []RawKV, ents []raftp
 			return err
 		}
 	}
+	// The replay starts from the state as of the data's index: a write is
+	// refused as stale, or applied, exactly as it was the first time.
+	replay := proto.Clone(st).(*pandopb.RangeState)
+	replay.LastRevision = lastRevision
 	for _, e := range ents {
 		if e.Type != raftpb.EntryNormal || len(e.Data) == 0 {
 			continue
@@ -200,10 +206,10 @@ func Rebuild(b *pebble.Batch, st *pandopb.RangeState, data []RawKV, ents []raftp
 		if Reshapes(cmd) {
 			return fmt.Errorf("%w: range %d froze, merged or split since the repair's index; retry the repair", kv.ErrUnavailable, st.Desc.GetId())
 		}
-		if ChangesData(cmd) {
-			// Data commands leave the range's state as it is; a key
-			// outside the range is refused as it was the first time.
-			if _, _, err := Apply(b, st, e.Index, cmd); err != nil {
+		if writesRecords(cmd) {
+			// A key outside the range is refused as it was the first
+			// time.
+			if _, _, err := Apply(b, replay, e.Index, cmd); err != nil {
 				return err
 			}
 		}
@@ -214,9 +220,12 @@ func Rebuild(b *pebble.Batch, st *pandopb.RangeState, data []RawKV, ents []raftp
 // DataSnapshot is a replica's replicated data at one applied index.
 type DataSnapshot struct {
 	Index, Term uint64
-	snap        *pebble.Snapshot
-	desc        *pandopb.RangeDescriptor
-	chunk       int
+	// LastRevision is the range's last revision at Index (set by whoever
+	// knows it; a repair replays the log after Index from it).
+	LastRevision uint64
+	snap         *pebble.Snapshot
+	desc         *pandopb.RangeDescriptor
+	chunk        int
 }
 
 // NewDataSnapshot describes the range desc's replicated data in snap, at

@@ -3678,10 +3678,13 @@ func (x *RangeDataRequest) GetRangeId() uint64 {
 // RangeDataChunk streams a replica's replicated data at one log index; the
 // first chunk carries index and term.
 type RangeDataChunk struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
-	Term          uint64                 `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
-	Data          []*KeyValue            `protobuf:"bytes,3,rep,name=data,proto3" json:"data,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Index uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Term  uint64                 `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
+	Data  []*KeyValue            `protobuf:"bytes,3,rep,name=data,proto3" json:"data,omitempty"`
+	// The range's last revision at index (first chunk only): the repaired
+	// replica replays its log after index from it.
+	LastRevision  uint64 `protobuf:"varint,4,opt,name=last_revision,json=lastRevision,proto3" json:"last_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3735,6 +3738,13 @@ func (x *RangeDataChunk) GetData() []*KeyValue {
 		return x.Data
 	}
 	return nil
+}
+
+func (x *RangeDataChunk) GetLastRevision() uint64 {
+	if x != nil {
+		return x.LastRevision
+	}
+	return 0
 }
 
 type SplitRequest struct {
@@ -5458,11 +5468,12 @@ const file_pando_proto_rawDesc = "" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
 	"\x04keys\x18\x02 \x01(\x04R\x04keys\"-\n" +
 	"\x10RangeDataRequest\x12\x19\n" +
-	"\brange_id\x18\x01 \x01(\x04R\arangeId\"b\n" +
+	"\brange_id\x18\x01 \x01(\x04R\arangeId\"\x87\x01\n" +
 	"\x0eRangeDataChunk\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12&\n" +
-	"\x04data\x18\x03 \x03(\v2\x12.pando.v1.KeyValueR\x04data\" \n" +
+	"\x04data\x18\x03 \x03(\v2\x12.pando.v1.KeyValueR\x04data\x12#\n" +
+	"\rlast_revision\x18\x04 \x01(\x04R\flastRevision\" \n" +
 	"\fSplitRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\"o\n" +
 	"\rSplitResponse\x12-\n" +
