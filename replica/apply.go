@@ -448,6 +448,9 @@ func applyPut(b *pebble.Batch, rev uint64, op *pandopb.PutOp) (Result, error) {
 	next := storage.Record{ModRevision: rev, CreateRevision: rev, Version: 1, Value: op.Value}
 	if found {
 		next.CreateRevision, next.Version = cur.CreateRevision, cur.Version+1
+		if err := storage.Supersede(b, op.Key, cur, rev, false); err != nil {
+			return Result{}, err
+		}
 	}
 	if err := b.Set(storage.DataKey(op.Key), storage.EncodeRecord(next), nil); err != nil {
 		return Result{}, err
@@ -468,6 +471,9 @@ func applyDelete(b *pebble.Batch, rev uint64, op *pandopb.DeleteOp) (Result, err
 	}
 	if !found {
 		return Result{}, nil
+	}
+	if err := storage.Supersede(b, op.Key, cur, rev, true); err != nil {
+		return Result{}, err
 	}
 	if err := b.Delete(storage.DataKey(op.Key), nil); err != nil {
 		return Result{}, err

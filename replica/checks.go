@@ -71,9 +71,7 @@ func NewChecks(bytesPerSec int, stopped <-chan struct{}) *Checks {
 // covers, in key order: its range-local replicated records, then its user
 // data.
 func ReplicatedSpans(desc *pandopb.RangeDescriptor) [][2][]byte {
-	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
-	spans := storage.ReplicatedLocalSpans(desc.Id)
-	return append(spans, [2][]byte{lo, hi})
+	return append(storage.ReplicatedLocalSpans(desc.Id), storage.UserSpans(desc.StartKey, desc.EndKey)...)
 }
 
 // Iterators opens one iterator per replicated span of desc over r; close
@@ -207,6 +205,13 @@ func (c *Checks) ListKeys(ctx context.Context, rangeID, id uint64, buckets []uin
 }
 
 func recordVersion(key, value []byte) uint64 {
+	if storage.IsHistoryKey(key) {
+		rec, _, err := storage.DecodeHistoryRecord(value)
+		if err != nil {
+			return 0
+		}
+		return rec.ModRevision
+	}
 	if _, err := storage.UserKey(key); err != nil {
 		return 0
 	}
@@ -226,6 +231,7 @@ func CheckRecords(desc *pandopb.RangeDescriptor, data []RawKV) error {
 	mlo, mhi := storage.MetaSpan(desc.Id)
 	alo, ahi := storage.AbsorbedSpan(desc.Id)
 	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
+	hlo, hhi := storage.HistorySpan(desc.StartKey, desc.EndKey)
 	in := func(k, lo, hi []byte) bool { return bytes.Compare(k, lo) >= 0 && bytes.Compare(k, hi) < 0 }
 	for i, kv := range data {
 		if i > 0 && bytes.Compare(data[i-1].Key, kv.Key) >= 0 {
@@ -250,6 +256,10 @@ func CheckRecords(desc *pandopb.RangeDescriptor, data []RawKV) error {
 		case in(kv.Key, lo, hi):
 			if _, err := storage.DecodeRecord(kv.Value); err != nil {
 				return fmt.Errorf("node: value of %x: %w", kv.Key, err)
+			}
+		case in(kv.Key, hlo, hhi):
+			if err := storage.CheckHistoryRecord(kv.Key, kv.Value); err != nil {
+				return fmt.Errorf("node: %w", err)
 			}
 		default:
 			return fmt.Errorf("node: record %x outside range %d's span and deduplication table", kv.Key, desc.Id)

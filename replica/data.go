@@ -121,7 +121,7 @@ func Covers(a, b *pandopb.RangeDescriptor) bool {
 	return startOK && endOK
 }
 
-// UncoveredSpans returns the storage spans of d's data that none of others
+// UncoveredSpans returns the storage spans of d's data and history that none of others
 // (the other replicas a node holds) covers: what deleting d's replica must
 // delete, and no more.
 func UncoveredSpans(d *pandopb.RangeDescriptor, others []*pandopb.RangeDescriptor) [][2][]byte {
@@ -147,7 +147,17 @@ func UncoveredSpans(d *pandopb.RangeDescriptor, others []*pandopb.RangeDescripto
 	if bytes.Compare(cur, hi) < 0 {
 		out = append(out, [2][]byte{cur, hi})
 	}
-	return out
+	// Each uncovered span of latest records, and the same span of history.
+	var spans [][2][]byte
+	for _, sp := range out {
+		start, _ := storage.UserKey(sp[0])
+		end, err := storage.UserKey(sp[1])
+		if err != nil {
+			end = nil // the end of the data keyspace
+		}
+		spans = append(spans, storage.UserSpans(start, end)...)
+	}
+	return spans
 }
 
 func minKey(a, b []byte) []byte {

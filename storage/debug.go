@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 
@@ -87,6 +88,26 @@ func Dump(e *Engine, w io.Writer) error {
 		}
 		for _, kv := range kvs {
 			fmt.Fprintf(w, "  %q = %q (version %d, revisions %d..%d)\n", kv.Key, kv.Value, kv.Version, kv.CreateRevision, kv.ModRevision)
+		}
+		hlo, hhi := HistorySpan(d.StartKey, d.EndKey)
+		it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: hlo, UpperBound: hhi})
+		if err != nil {
+			return err
+		}
+		for valid := it.First(); valid; valid = it.Next() {
+			uk, rev, kerr := DecodeHistoryKey(it.Key())
+			rec, tomb, verr := DecodeHistoryRecord(it.Value())
+			switch {
+			case kerr != nil || verr != nil:
+				fmt.Fprintf(w, "  history %x: %v\n", it.Key(), errors.Join(kerr, verr))
+			case tomb:
+				fmt.Fprintf(w, "  history %q@%d deleted\n", uk, rev)
+			default:
+				fmt.Fprintf(w, "  history %q@%d = %q (version %d, revisions %d..%d)\n", uk, rev, rec.Value, rec.Version, rec.CreateRevision, rec.ModRevision)
+			}
+		}
+		if err := it.Close(); err != nil {
+			return err
 		}
 	}
 	return nil

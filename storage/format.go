@@ -11,8 +11,10 @@ import (
 // FormatVersion is the on-disk layout this binary reads and writes.
 // 1: user data records held a version and a value (before revisions);
 // 2: records hold mod revision, create revision, version and value, and
-// ranges keep their last revision (pando with cluster-wide revisions).
-const FormatVersion = 2
+// ranges keep their last revision (pando with cluster-wide revisions);
+// 3: superseded versions and deletions are kept as history (0x04 keys)
+// for reads at a revision.
+const FormatVersion = 3
 
 // formatKey records the data directory's on-disk format version.
 var formatKey = []byte("\x00format")
@@ -46,10 +48,14 @@ func CheckFormat(db *pebble.DB, dir string) error {
 		return nil
 	}
 	if got < FormatVersion {
-		return fmt.Errorf("%w: data directory %s was written by an older pando (on-disk format %d; this binary reads format %d, which adds revisions to every key), "+
+		why := "keeps the history of every key"
+		if got < 2 {
+			why = "adds revisions to every key and keeps their history"
+		}
+		return fmt.Errorf("%w: data directory %s was written by an older pando (on-disk format %d; this binary reads format %d, which %s), "+
 			"and it is not migrated in place; nodes of the two formats cannot serve one cluster either. Keep running the older binary on this cluster, "+
 			"or start a new cluster with this one (empty --data-dir on every node, no --join) and copy the keys over while the old one still serves "+
-			"(pando scan against the old, pando put against the new)", ErrFormat, dir, got, FormatVersion)
+			"(pando scan against the old, pando put against the new)", ErrFormat, dir, got, FormatVersion, why)
 	}
 	return fmt.Errorf("%w: data directory %s was written by a newer pando (on-disk format %d; this binary reads format %d): run the newer binary", ErrFormat, dir, got, FormatVersion)
 }

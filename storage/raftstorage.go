@@ -490,6 +490,10 @@ func DestroyReplica(b *pebble.Batch, rangeID uint64, span *pandopb.RangeDescript
 	if span == nil {
 		return nil
 	}
-	lo, hi = DataSpan(span.StartKey, span.EndKey)
-	return b.DeleteRange(lo, hi, nil)
+	for _, sp := range UserSpans(span.StartKey, span.EndKey) {
+		if err := b.DeleteRange(sp[0], sp[1], nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -1,0 +1,347 @@
+package storage
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// History: every version of a user key that a later write superseded, and
+// every deletion, so that reads at an older revision see the key space as
+// it was then (etcd's mvcc, with the latest version kept apart where
+// current reads find it in one lookup).
+//
+//	0x04 escaped(userKey) 0x00 0x01 revision(8, big endian) -> record
+//
+// A put over an existing key moves the key's record into history under
+// its mod revision; a delete does the same and adds a tombstone (a record
+// of version 0) under the delete's revision. The escaping (0x00 becomes
+// 0x00 0xff, and 0x00 0x01 ends the key) keeps history keys in user-key
+// order, then revision order, so a range's history is one contiguous span
+// just as its latest records are: splits and merges move none of it.
+const (
+	prefixHistory    byte = 0x04
+	prefixHistoryEnd byte = 0x05
+)
+
+// ErrCompacted means a read asked for a revision whose history was
+// compacted away (etcd's "required revision has been compacted").
+var ErrCompacted = errors.New("pando: required revision has been compacted")
+
+func appendEscaped(dst, userKey []byte) []byte {
+	for _, c := range userKey {
+		if c == 0 {
+			dst = append(dst, 0, 0xff)
+			continue
+		}
+		dst = append(dst, c)
+	}
+	return dst
+}
+
+// historyPrefix is the prefix of every history key of userKey.
+func historyPrefix(userKey []byte) []byte {
+	k := make([]byte, 0, 1+len(userKey)+2+8)
+	k = append(k, prefixHistory)
+	k = appendEscaped(k, userKey)
+	return append(k, 0, 1)
+}
+
+// HistoryKey is the key of userKey's version (or tombstone) at revision.
+func HistoryKey(userKey []byte, revision uint64) []byte {
+	return binary.BigEndian.AppendUint64(historyPrefix(userKey), revision)
+}
+
+// HistorySpan returns the storage span of the history of the user span
+// [start, end); an empty end means the end of the key space.
+func HistorySpan(start, end []byte) ([]byte, []byte) {
+	lo := appendEscaped([]byte{prefixHistory}, start)
+	if len(end) == 0 {
+		return lo, []byte{prefixHistoryEnd}
+	}
+	return lo, appendEscaped([]byte{prefixHistory}, end)
+}
+
+// UserSpans returns the storage spans that hold the user span
+// [start, end): its latest records, then its history.
+func UserSpans(start, end []byte) [][2][]byte {
+	dlo, dhi := DataSpan(start, end)
+	hlo, hhi := HistorySpan(start, end)
+	return [][2][]byte{{dlo, dhi}, {hlo, hhi}}
+}
+
+// DecodeHistoryKey returns the user key and revision of a history key.
+func DecodeHistoryKey(k []byte) (userKey []byte, revision uint64, err error) {
+	if len(k) < 1+2+8 || k[0] != prefixHistory {
+		return nil, 0, fmt.Errorf("storage: %x is not a history key", k)
+	}
+	body, rev := k[1:len(k)-8], binary.BigEndian.Uint64(k[len(k)-8:])
+	if rev == 0 {
+		return nil, 0, fmt.Errorf("storage: history key %x names revision 0", k)
+	}
+	userKey = make([]byte, 0, len(body))
+	for i := 0; i < len(body); i++ {
+		if body[i] != 0 {
+			userKey = append(userKey, body[i])
+			continue
+		}
+		switch {
+		case i+1 < len(body) && body[i+1] == 0xff:
+			userKey = append(userKey, 0)
+			i++
+		case i+2 == len(body) && body[i+1] == 1:
+			return userKey, rev, nil
+		default:
+			return nil, 0, fmt.Errorf("storage: history key %x is badly escaped", k)
+		}
+	}
+	return nil, 0, fmt.Errorf("storage: history key %x has no terminator", k)
+}
+
+// IsHistoryKey reports whether k is in the history keyspace.
+func IsHistoryKey(k []byte) bool { return len(k) > 0 && k[0] == prefixHistory }
+
+// EncodeTombstone encodes the deletion of a key at revision.
+func EncodeTombstone(revision uint64) []byte {
+	b := make([]byte, recordHeader)
+	binary.BigEndian.PutUint64(b, revision)
+	return b
+}
+
+// DecodeHistoryRecord decodes a history value: a record, or a tombstone
+// (tombstone true, the record holding only its mod revision). The value
+// aliases b.
+func DecodeHistoryRecord(b []byte) (rec Record, tombstone bool, err error) {
+	if len(b) == recordHeader && binary.BigEndian.Uint64(b[8:]) == 0 && binary.BigEndian.Uint64(b[16:]) == 0 {
+		rev := binary.BigEndian.Uint64(b)
+		if rev == 0 {
+			return Record{}, false, fmt.Errorf("%w: tombstone of revision 0", ErrCorruptValue)
+		}
+		return Record{ModRevision: rev}, true, nil
+	}
+	rec, err = DecodeRecord(b)
+	return rec, false, err
+}
+
+// CheckHistoryRecord validates one history record as a peer sends it: a
+// well-formed key and value whose revision is the key's.
+func CheckHistoryRecord(k, v []byte) error {
+	uk, rev, err := DecodeHistoryKey(k)
+	if err != nil {
+		return err
+	}
+	rec, _, err := DecodeHistoryRecord(v)
+	if err != nil {
+		return fmt.Errorf("history of %q at %d: %w", uk, rev, err)
+	}
+	if rec.ModRevision != rev {
+		return fmt.Errorf("%w: history of %q at %d holds revision %d", ErrCorruptValue, uk, rev, rec.ModRevision)
+	}
+	return nil
+}
+
+// Supersede records, in b, that the write at revision replaces cur (the
+// key's latest record, found) or deletes it (deleted): cur moves into
+// history, and a deletion leaves a tombstone. It must precede the write of
+// the key's new latest record in the same batch.
+func Supersede(b *pebble.Batch, userKey []byte, cur Record, revision uint64, deleted bool) error {
+	if err := b.Set(HistoryKey(userKey, cur.ModRevision), EncodeRecord(cur), nil); err != nil {
+		return err
+	}
+	if !deleted {
+		return nil
+	}
+	return b.Set(HistoryKey(userKey, revision), EncodeTombstone(revision), nil)
+}
+
+// GetAt reads userKey as of revision: the last version written at or
+// before it, absent if the key did not exist then or was deleted.
+func GetAt(r pebble.Reader, userKey []byte, revision uint64) (Record, bool, error) {
+	rec, found, err := Get(r, userKey)
+	if err != nil || (found && rec.ModRevision <= revision) {
+		return rec, found, err
+	}
+	prefix := historyPrefix(userKey)
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: HistoryKey(userKey, revision+1)})
+	if err != nil {
+		return Record{}, false, err
+	}
+	defer it.Close()
+	if !it.Last() {
+		return Record{}, false, it.Error()
+	}
+	h, tomb, err := DecodeHistoryRecord(it.Value())
+	if err != nil {
+		return Record{}, false, fmt.Errorf("history of %q: %w", userKey, err)
+	}
+	if tomb {
+		return Record{}, false, nil
+	}
+	h.Value = bytes.Clone(h.Value)
+	return h, true, nil
+}
+
+// ScanAt returns up to limit user keys in [start, end) as of revision, in
+// order, and whether more remain. It walks the span's latest records and
+// its history side by side: a key's latest record answers when it is old
+// enough, else the key's last history entry at or before revision does.
+func ScanAt(r pebble.Reader, start, end []byte, revision uint64, limit int) ([]KV, bool, error) {
+	dlo, dhi := DataSpan(start, end)
+	hlo, hhi := HistorySpan(start, end)
+	lit, err := r.NewIter(&pebble.IterOptions{LowerBound: dlo, UpperBound: dhi})
+	if err != nil {
+		return nil, false, err
+	}
+	defer lit.Close()
+	hit, err := r.NewIter(&pebble.IterOptions{LowerBound: hlo, UpperBound: hhi})
+	if err != nil {
+		return nil, false, err
+	}
+	defer hit.Close()
+	lok, hok := lit.First(), hit.First()
+	var out []KV
+	for lok || hok {
+		// The next user key in order, from either side.
+		var key []byte
+		var hkey []byte
+		if hok {
+			if hkey, _, err = DecodeHistoryKey(hit.Key()); err != nil {
+				return nil, false, err
+			}
+		}
+		switch {
+		case lok && hok:
+			key = lit.Key()[1:]
+			if bytes.Compare(hkey, key) < 0 {
+				key = hkey
+			}
+		case lok:
+			key = lit.Key()[1:]
+		default:
+			key = hkey
+		}
+		key = bytes.Clone(key)
+		var kv KV
+		have := false
+		if lok && bytes.Equal(lit.Key()[1:], key) {
+			rec, err := DecodeRecord(lit.Value())
+			if err != nil {
+				return nil, false, fmt.Errorf("key %q: %w", key, err)
+			}
+			if rec.ModRevision <= revision {
+				rec.Value = bytes.Clone(rec.Value)
+				kv, have = KV{Key: key, Record: rec}, true
+			}
+			lok = lit.Next()
+		}
+		// Every history entry of key, oldest first: the last one at or
+		// before revision answers if the latest record did not.
+		for hok && bytes.Equal(hkey, key) {
+			_, rev, _ := DecodeHistoryKey(hit.Key())
+			if !have && rev <= revision {
+				h, tomb, err := DecodeHistoryRecord(hit.Value())
+				if err != nil {
+					return nil, false, fmt.Errorf("history of %q: %w", key, err)
+				}
+				kv.Key, kv.Record = key, h
+				kv.Value = bytes.Clone(h.Value)
+				kv.Version = h.Version
+				if tomb {
+					kv.Version = 0
+				}
+			}
+			if hok = hit.Next(); hok {
+				if hkey, _, err = DecodeHistoryKey(hit.Key()); err != nil {
+					return nil, false, err
+				}
+			}
+		}
+		if !have && kv.Version == 0 {
+			continue // absent at revision
+		}
+		if len(out) == limit {
+			return out, true, nil
+		}
+		out = append(out, kv)
+	}
+	return out, false, errors.Join(lit.Error(), hit.Error())
+}
+
+// CompactHistory deletes, in b, the history of the user span [start, end)
+// that no read at compactRevision or later can see: every entry superseded
+// at or before compactRevision, and every tombstone at or before it. It
+// reads through r (b itself, an indexed batch, when the apply writes it)
+// and returns how many entries it deleted.
+func CompactHistory(b *pebble.Batch, r pebble.Reader, start, end []byte, compactRevision uint64) (int, error) {
+	hlo, hhi := HistorySpan(start, end)
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: hlo, UpperBound: hhi})
+	if err != nil {
+		return 0, err
+	}
+	defer it.Close()
+	deleted := 0
+	drop := func(k []byte) error {
+		deleted++
+		return b.Delete(k, nil)
+	}
+	// pending is the newest entry at or before compactRevision of the key
+	// being walked, not yet known to be superseded.
+	var pendingKey, pendingUser []byte
+	flush := func() error {
+		if pendingKey == nil {
+			return nil
+		}
+		defer func() { pendingKey, pendingUser = nil, nil }()
+		// Superseded by the latest record at or before compactRevision?
+		rec, found, err := Get(r, pendingUser)
+		if err != nil {
+			return err
+		}
+		if found && rec.ModRevision <= compactRevision {
+			return drop(pendingKey)
+		}
+		return nil
+	}
+	for valid := it.First(); valid; valid = it.Next() {
+		uk, rev, err := DecodeHistoryKey(it.Key())
+		if err != nil {
+			return deleted, err
+		}
+		if pendingUser != nil && !bytes.Equal(uk, pendingUser) {
+			if err := flush(); err != nil {
+				return deleted, err
+			}
+		}
+		if rev > compactRevision {
+			// Newer than the compaction: it supersedes the pending entry
+			// only if it is itself at or before compactRevision, which it
+			// is not; keep both.
+			pendingKey, pendingUser = nil, nil
+			continue
+		}
+		if pendingKey != nil {
+			if err := drop(pendingKey); err != nil { // superseded by this one
+				return deleted, err
+			}
+			pendingKey, pendingUser = nil, nil
+		}
+		_, tomb, err := DecodeHistoryRecord(it.Value())
+		if err != nil {
+			return deleted, err
+		}
+		if tomb {
+			if err := drop(bytes.Clone(it.Key())); err != nil {
+				return deleted, err
+			}
+			continue
+		}
+		pendingKey, pendingUser = bytes.Clone(it.Key()), uk
+	}
+	if err := flush(); err != nil {
+		return deleted, err
+	}
+	return deleted, it.Error()
+}

@@ -1,0 +1,229 @@
+package storage
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+func TestHistoryKeysSortByUserKeyThenRevision(t *testing.T) {
+	// User keys in order, including keys that are prefixes of others and
+	// keys holding 0x00 and 0xff bytes.
+	users := [][]byte{{}, {0}, {0, 0}, {0, 1}, {0, 0xff}, {1}, []byte("a"), []byte("a\x00"), []byte("a\x00b"), []byte("a\x01"), []byte("ab"), {0xff}, {0xff, 0}}
+	var keys [][]byte
+	for _, u := range users {
+		for _, rev := range []uint64{1, 2, 255, 256, 1 << 40} {
+			k := HistoryKey(u, rev)
+			keys = append(keys, k)
+			gotU, gotRev, err := DecodeHistoryKey(k)
+			if err != nil || !bytes.Equal(gotU, u) || gotRev != rev {
+				t.Fatalf("DecodeHistoryKey(HistoryKey(%q, %d)) = %q, %d, %v", u, rev, gotU, gotRev, err)
+			}
+		}
+	}
+	if !slices.IsSortedFunc(keys, bytes.Compare) {
+		t.Fatal("history keys are not in (user key, revision) order")
+	}
+	// A span's history holds exactly its keys' entries.
+	for i, lo := range users {
+		for _, hi := range users[i:] {
+			slo, shi := HistorySpan(lo, hi)
+			for _, u := range users {
+				in := bytes.Compare(u, lo) >= 0 && (len(hi) == 0 || bytes.Compare(u, hi) < 0)
+				k := HistoryKey(u, 7)
+				got := bytes.Compare(k, slo) >= 0 && bytes.Compare(k, shi) < 0
+				if got != in {
+					t.Fatalf("HistorySpan(%q, %q) holds %q: %v, want %v", lo, hi, u, got, in)
+				}
+			}
+		}
+	}
+	for _, bad := range [][]byte{nil, {prefixHistory}, append([]byte{prefixData, 'a', 0, 1}, make([]byte, 8)...),
+		append([]byte{prefixHistory, 'a', 0, 1}, 0, 0, 0, 0, 0, 0, 0, 0), // revision 0
+		append([]byte{prefixHistory, 'a', 0, 2}, 0, 0, 0, 0, 0, 0, 0, 1), // bad escape
+		append([]byte{prefixHistory, 'a', 'b'}, 0, 0, 0, 0, 0, 0, 0, 1),  // no terminator
+	} {
+		if _, _, err := DecodeHistoryKey(bad); err == nil {
+			t.Errorf("DecodeHistoryKey(%x) accepted", bad)
+		}
+	}
+}
+
+// modelWrite is one write of the history model test.
+type modelWrite struct {
+	key   string
+	value string
+	del   bool
+}
+
+// applyModel applies w at rev as replica.Apply does: the superseded
+// record into history, then the key's new latest record.
+func applyModel(t *testing.T, db *pebble.DB, w modelWrite, rev uint64) {
+	t.Helper()
+	b := db.NewIndexedBatch()
+	defer b.Close()
+	cur, found, err := Get(b, []byte(w.key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := Record{ModRevision: rev, CreateRevision: rev, Version: 1, Value: []byte(w.value)}
+	if found {
+		if err := Supersede(b, []byte(w.key), cur, rev, w.del); err != nil {
+			t.Fatal(err)
+		}
+		next.CreateRevision, next.Version = cur.CreateRevision, cur.Version+1
+	}
+	switch {
+	case w.del && found:
+		err = b.Delete(DataKey([]byte(w.key)), nil)
+	case !w.del:
+		err = b.Set(DataKey([]byte(w.key)), EncodeRecord(next), nil)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Against a model that keeps the whole key space after every write: reads
+// at every revision, point and span, before and after compactions.
+func TestReadsAtRevisionMatchTheModel(t *testing.T) {
+	for seed := uint64(1); seed <= 20; seed++ {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			db, err := pebble.Open("", &pebble.Options{FS: vfs.NewMem()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			rng := rand.New(rand.NewPCG(seed, 0))
+			keys := []string{"", "\x00", "a", "a\x00", "a\x00b", "ab", "b", "c\xff"}
+			// states[i] is the key space after revision revs[i].
+			live := map[string]Record{}
+			var revs []uint64
+			var states []map[string]Record
+			rev := uint64(0)
+			for i := 0; i < 300; i++ {
+				rev += 1 + uint64(rng.IntN(3)) // gaps, as the oracle leaves
+				w := modelWrite{key: keys[rng.IntN(len(keys))], value: fmt.Sprint("v", i), del: rng.IntN(4) == 0}
+				if w.key == "" {
+					w.key = "k" // the empty key is not a user key
+				}
+				cur, found := live[w.key]
+				switch {
+				case w.del && !found:
+					continue // a delete of nothing writes nothing
+				case w.del:
+					delete(live, w.key)
+				case found:
+					live[w.key] = Record{ModRevision: rev, CreateRevision: cur.CreateRevision, Version: cur.Version + 1, Value: []byte(w.value)}
+				default:
+					live[w.key] = Record{ModRevision: rev, CreateRevision: rev, Version: 1, Value: []byte(w.value)}
+				}
+				applyModel(t, db, w, rev)
+				revs = append(revs, rev)
+				states = append(states, clone(live))
+			}
+			check := func(from uint64) {
+				t.Helper()
+				for i, r := range revs {
+					if r < from {
+						continue
+					}
+					want := states[i]
+					// Also the revisions in the gaps after r.
+					for _, at := range []uint64{r, r + 1} {
+						if i+1 < len(revs) && at >= revs[i+1] {
+							continue
+						}
+						for _, k := range keys {
+							got, found, err := GetAt(db, []byte(k), at)
+							w, ok := want[k]
+							if err != nil || found != ok || (ok && !sameRecord(got, w)) {
+								t.Fatalf("GetAt(%q, %d) = %+v %v %v, want %+v %v", k, at, got, found, err, w, ok)
+							}
+						}
+						all, more, err := ScanAt(db, nil, nil, at, -1)
+						if err != nil || more || !sameKVs(all, want, nil, nil) {
+							t.Fatalf("ScanAt(all, %d) = %v %v %v, want %v", at, all, more, err, want)
+						}
+						page, more, err := ScanAt(db, []byte("a"), []byte("b"), at, 2)
+						n := countIn(want, "a", "b")
+						if err != nil || len(page) != min(2, n) || more != (n > 2) || !sameKVs(page, want, []byte("a"), []byte("b")) {
+							t.Fatalf("ScanAt([a, b), %d, limit 2) = %v %v %v, want the first 2 of %v", at, page, more, err, want)
+						}
+					}
+				}
+			}
+			check(0)
+			for _, frac := range []int{1, 2, 3} {
+				c := revs[len(revs)*frac/3-1]
+				b := db.NewIndexedBatch()
+				if _, err := CompactHistory(b, b, nil, nil, c); err != nil {
+					t.Fatal(err)
+				}
+				if err := b.Commit(pebble.NoSync); err != nil {
+					t.Fatal(err)
+				}
+				b.Close()
+				check(c)
+			}
+			// Compacted at the last revision: no history is left.
+			lo, hi := HistorySpan(nil, nil)
+			it, _ := db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+			if it.First() {
+				u, r, _ := DecodeHistoryKey(it.Key())
+				t.Fatalf("history of %q@%d left after compacting at the last revision", u, r)
+			}
+			it.Close()
+		})
+	}
+}
+
+func clone(m map[string]Record) map[string]Record {
+	out := make(map[string]Record, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func sameRecord(a, b Record) bool {
+	return a.ModRevision == b.ModRevision && a.CreateRevision == b.CreateRevision && a.Version == b.Version && bytes.Equal(a.Value, b.Value)
+}
+
+func countIn(want map[string]Record, lo, hi string) int {
+	n := 0
+	for k := range want {
+		if k >= lo && k < hi {
+			n++
+		}
+	}
+	return n
+}
+
+// sameKVs: got is a prefix, in key order, of want's keys in [lo, hi).
+func sameKVs(got []KV, want map[string]Record, lo, hi []byte) bool {
+	var keys []string
+	for k := range want {
+		if (lo == nil || k >= string(lo)) && (hi == nil || k < string(hi)) {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	if len(got) > len(keys) {
+		return false
+	}
+	for i, kv := range got {
+		if string(kv.Key) != keys[i] || !sameRecord(kv.Record, want[keys[i]]) {
+			return false
+		}
+	}
+	return true
+}
