@@ -35,6 +35,13 @@ var (
 	// request may be retried, after backing off. Distinct from
 	// ErrUnavailable ("try another node"): it says "slow down".
 	ErrOverloaded = errors.New("pando: overloaded, back off")
+	// ErrCompacted: a read asked for a revision below the compaction
+	// revision; the history it needs is gone (etcd's "required revision has
+	// been compacted").
+	ErrCompacted = errors.New("pando: required revision has been compacted")
+	// ErrFutureRevision: a read asked for a revision above every revision
+	// handed out so far (etcd's "required revision is a future revision").
+	ErrFutureRevision = errors.New("pando: required revision is a future revision")
 	// ErrUnauthenticated: the caller did not prove who it is (bearer token
 	// or certificate) for what it asked.
 	ErrUnauthenticated = errors.New("pando: unauthenticated")

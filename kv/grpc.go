@@ -28,6 +28,8 @@ var reasons = map[string]error{
 	"WRONG_RANGE":       ErrWrongRange,
 	"OVERLOADED":        ErrOverloaded,
 	"UNAUTHENTICATED":   ErrUnauthenticated,
+	"COMPACTED":         ErrCompacted,
+	"FUTURE_REVISION":   ErrFutureRevision,
 }
 
 // ToStatus converts an error into a gRPC status error. It is the only place
@@ -68,6 +70,10 @@ func ToStatus(err error) error {
 		code, info.Reason = codes.InvalidArgument, "EMPTY_KEY"
 	case errors.Is(err, ErrInvalidArgument):
 		code, info.Reason = codes.InvalidArgument, "INVALID_ARGUMENT"
+	case errors.Is(err, ErrCompacted):
+		code, info.Reason = codes.OutOfRange, "COMPACTED"
+	case errors.Is(err, ErrFutureRevision):
+		code, info.Reason = codes.OutOfRange, "FUTURE_REVISION"
 	case errors.Is(err, ErrAmbiguous):
 		code, info.Reason = codes.Unknown, "AMBIGUOUS"
 	case errors.Is(err, ErrUnavailable):

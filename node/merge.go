@@ -126,6 +126,8 @@ func (n *Node) absorbRight(b *pebble.Batch, l, right *group, op *pandopb.MergeOp
 		// right range is at its freeze, so all decide alike).
 		ls := l.storage.State()
 		ls.LastRevision = max(ls.LastRevision, rs.LastRevision)
+		// Reads below either side's compaction are refused on the whole.
+		ls.CompactRevision = max(ls.CompactRevision, rs.CompactRevision)
 		must(replica.MergeDedupTables(b, right.id, l.id))
 		absorbed, err := storage.ScanAbsorbed(b, right.id)
 		must(err)
@@ -162,7 +164,8 @@ func (n *Node) catchUpToFreeze(b *pebble.Batch, right *group, index uint64) []ab
 			switch {
 			case right.storage.State().FrozenFor != 0:
 				// Refused alike on every replica.
-			case replica.ChangesData(cmd), cmd.GetFreeze() != nil, cmd.GetChecksum() != nil, cmd.GetVerdict() != nil:
+			case replica.ChangesData(cmd), cmd.GetFreeze() != nil, cmd.GetChecksum() != nil, cmd.GetVerdict() != nil,
+				cmd.GetCloseRevision() != nil, cmd.GetCompact() != nil:
 				// A check begun here does not outlive the range: its
 				// effect is dropped.
 			default:

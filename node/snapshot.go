@@ -53,7 +53,7 @@ func (n *Node) makeSnapshot(r *group) (raftpb.Snapshot, error) {
 	// a replica filled by it holds the same state machine as the others.
 	data, err := proto.Marshal(&pandopb.RangeState{Desc: st.Desc, LastCheck: st.LastCheck, NextRangeId: st.NextRangeId,
 		FrozenFor: st.FrozenFor, FrozenAt: st.FrozenAt, LastRevision: st.LastRevision, RevisionCeiling: st.RevisionCeiling,
-		RevisionHandoffTerm: st.RevisionHandoffTerm})
+		RevisionHandoffTerm: st.RevisionHandoffTerm, CompactRevision: st.CompactRevision})
 	if err != nil {
 		return raftpb.Snapshot{}, err
 	}

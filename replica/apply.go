@@ -115,7 +115,7 @@ func ChangesData(cmd *pandopb.Command) bool {
 // the deduplication table or the meta range's node and range records.
 func writesRecords(cmd *pandopb.Command) bool {
 	switch cmd.Op.(type) {
-	case *pandopb.Command_Node, *pandopb.Command_Directory:
+	case *pandopb.Command_Node, *pandopb.Command_Directory, *pandopb.Command_Compact:
 		return true
 	}
 	return ChangesData(cmd)
@@ -245,6 +245,18 @@ func Apply(b *pebble.Batch, st *pandopb.RangeState, index uint64, cmd *pandopb.C
 			st.RevisionHandoffTerm = 0
 		}
 		res.Version = st.RevisionCeiling
+	case *pandopb.Command_CloseRevision:
+		st.LastRevision = max(st.LastRevision, op.CloseRevision.Revision)
+		res.Revision = st.LastRevision
+	case *pandopb.Command_Compact:
+		if c := op.Compact.Revision; c > st.CompactRevision {
+			if _, err = storage.CompactHistory(b, b, st.Desc.StartKey, st.Desc.EndKey, c); err != nil {
+				break
+			}
+			st.CompactRevision = c
+		}
+		st.LastRevision = max(st.LastRevision, op.Compact.Revision)
+		res.Revision = st.CompactRevision
 	case *pandopb.Command_AllocRangeId:
 		st.NextRangeId = max(st.NextRangeId, 2)
 		res.Version = st.NextRangeId
@@ -320,7 +332,7 @@ func applySplit(b *pebble.Batch, st *pandopb.RangeState, op *pandopb.SplitOp) (R
 	if err := cs.Unmarshal(st.ConfState); err != nil {
 		return Result{}, nil, fmt.Errorf("replica: range %d: conf state: %w", st.Desc.Id, err)
 	}
-	if err := storage.WriteSplitState(b, right, cs, st.LastRevision); err != nil {
+	if err := storage.WriteSplitState(b, right, cs, st.LastRevision, st.CompactRevision); err != nil {
 		return Result{}, nil, err
 	}
 	// A write applied before the split whose key now belongs to the right

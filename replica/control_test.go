@@ -27,6 +27,8 @@ func controlCommands() []*pandopb.Command {
 		{Op: &pandopb.Command_Node{Node: &pandopb.NodeRecord{Id: 4, Addr: "127.0.0.1:7004", State: "live"}}},
 		{Op: &pandopb.Command_Directory{Directory: &pandopb.DirectoryOp{Ranges: []*pandopb.RangeDescriptor{{Id: 2, StartKey: []byte("g"), Replicas: []uint64{1, 2, 3}, Generation: 3}}}}},
 		{Op: &pandopb.Command_RevisionCeiling{RevisionCeiling: &pandopb.RevisionCeilingOp{Ceiling: 500}}},
+		{Op: &pandopb.Command_CloseRevision{CloseRevision: &pandopb.CloseRevisionOp{Revision: 70}}},
+		{Op: &pandopb.Command_Compact{Compact: &pandopb.CompactOp{Revision: 60}}},
 	}
 }
 

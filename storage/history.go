@@ -27,10 +27,6 @@ const (
 	prefixHistoryEnd byte = 0x05
 )
 
-// ErrCompacted means a read asked for a revision whose history was
-// compacted away (etcd's "required revision has been compacted").
-var ErrCompacted = errors.New("pando: required revision has been compacted")
-
 func appendEscaped(dst, userKey []byte) []byte {
 	for _, c := range userKey {
 		if c == 0 {

@@ -375,6 +375,7 @@ func (s *RaftStorage) ApplySnapshot(b *pebble.Batch, snap raftpb.Snapshot, st *p
 	s.state.FrozenFor, s.state.FrozenAt = st.FrozenFor, st.FrozenAt
 	s.state.LastRevision, s.state.RevisionCeiling = st.LastRevision, st.RevisionCeiling
 	s.state.RevisionHandoffTerm = st.RevisionHandoffTerm
+	s.state.CompactRevision = st.CompactRevision
 	if err := s.SetConfState(m.ConfState); err != nil {
 		return err
 	}
@@ -415,12 +416,12 @@ const (
 // split: applied and truncated at SplitInitialIndex, the given conf state.
 // Every replica of the split range writes the same state when it applies
 // the split.
-func WriteSplitState(b *pebble.Batch, desc *pandopb.RangeDescriptor, cs raftpb.ConfState, lastRevision uint64) error {
+func WriteSplitState(b *pebble.Batch, desc *pandopb.RangeDescriptor, cs raftpb.ConfState, lastRevision, compactRevision uint64) error {
 	v, err := cs.Marshal()
 	if err != nil {
 		return err
 	}
-	if err := WriteRangeState(b, desc.Id, &pandopb.RangeState{AppliedIndex: SplitInitialIndex, AppliedTerm: SplitInitialTerm, ConfState: v, Desc: desc, LastRevision: lastRevision}); err != nil {
+	if err := WriteRangeState(b, desc.Id, &pandopb.RangeState{AppliedIndex: SplitInitialIndex, AppliedTerm: SplitInitialTerm, ConfState: v, Desc: desc, LastRevision: lastRevision, CompactRevision: compactRevision}); err != nil {
 		return err
 	}
 	if err := putProto(b, TruncatedStateKey(desc.Id), &pandopb.TruncatedState{Index: SplitInitialIndex, Term: SplitInitialTerm}); err != nil {
@@ -460,7 +461,7 @@ func bootstrap(e *Engine, desc *pandopb.RangeDescriptor, voters []uint64, atSpli
 	b := e.db.NewBatch()
 	defer b.Close()
 	if atSplitIndex {
-		if err := WriteSplitState(b, desc, cs, 0); err != nil {
+		if err := WriteSplitState(b, desc, cs, 0, 0); err != nil {
 			return err
 		}
 		return b.Commit(pebble.Sync)

@@ -74,9 +74,14 @@ func (Consistency) EnumDescriptor() ([]byte, []int) {
 }
 
 type GetRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Consistency   Consistency            `protobuf:"varint,2,opt,name=consistency,proto3,enum=pando.v1.Consistency" json:"consistency,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Key         []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Consistency Consistency            `protobuf:"varint,2,opt,name=consistency,proto3,enum=pando.v1.Consistency" json:"consistency,omitempty"`
+	// revision, when set, reads the key as of that revision: the last write
+	// at or before it (absent if it did not exist then or was deleted).
+	// Below the compaction revision the read fails (COMPACTED); above the
+	// latest revision handed out, it fails (FUTURE_REVISION).
+	Revision      uint64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -123,6 +128,13 @@ func (x *GetRequest) GetConsistency() Consistency {
 		return x.Consistency
 	}
 	return Consistency_LINEARIZABLE
+}
+
+func (x *GetRequest) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 type GetResponse struct {
@@ -506,9 +518,14 @@ type ScanRequest struct {
 	Start []byte `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
 	End   []byte `protobuf:"bytes,2,opt,name=end,proto3" json:"end,omitempty"`
 	// prefix, when set, replaces start and end.
-	Prefix        []byte      `protobuf:"bytes,3,opt,name=prefix,proto3" json:"prefix,omitempty"`
-	Limit         uint32      `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
-	Consistency   Consistency `protobuf:"varint,5,opt,name=consistency,proto3,enum=pando.v1.Consistency" json:"consistency,omitempty"`
+	Prefix      []byte      `protobuf:"bytes,3,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	Limit       uint32      `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`
+	Consistency Consistency `protobuf:"varint,5,opt,name=consistency,proto3,enum=pando.v1.Consistency" json:"consistency,omitempty"`
+	// revision, when set, reads the span as of that revision, one consistent
+	// cut across every range it crosses (see GetRequest.revision). A
+	// linearizable scan without one that crosses ranges picks a fresh
+	// revision and reads every range at it; the answer's revision says which.
+	Revision      uint64 `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -576,6 +593,13 @@ func (x *ScanRequest) GetConsistency() Consistency {
 		return x.Consistency
 	}
 	return Consistency_LINEARIZABLE
+}
+
+func (x *ScanRequest) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 type KeyValue struct {
@@ -1231,6 +1255,114 @@ func (x *AllocRevisionsResponse) GetFirst() uint64 {
 	return 0
 }
 
+type CompactRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Revision uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// range_id: 0 for every range (the node that receives it asks each
+	// range's leader), else that range only.
+	RangeId       uint64 `protobuf:"varint,2,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompactRequest) Reset() {
+	*x = CompactRequest{}
+	mi := &file_pando_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompactRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompactRequest) ProtoMessage() {}
+
+func (x *CompactRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompactRequest.ProtoReflect.Descriptor instead.
+func (*CompactRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CompactRequest) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *CompactRequest) GetRangeId() uint64 {
+	if x != nil {
+		return x.RangeId
+	}
+	return 0
+}
+
+type CompactResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revision is the compaction revision now in force (at least the
+	// requested one); ranges how many ranges compacted.
+	Revision      uint64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Ranges        uint32 `protobuf:"varint,2,opt,name=ranges,proto3" json:"ranges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompactResponse) Reset() {
+	*x = CompactResponse{}
+	mi := &file_pando_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompactResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompactResponse) ProtoMessage() {}
+
+func (x *CompactResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompactResponse.ProtoReflect.Descriptor instead.
+func (*CompactResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *CompactResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *CompactResponse) GetRanges() uint32 {
+	if x != nil {
+		return x.Ranges
+	}
+	return 0
+}
+
 type RaftEnvelope struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	RangeId uint64                 `protobuf:"varint,1,opt,name=range_id,json=rangeId,proto3" json:"range_id,omitempty"`
@@ -1242,7 +1374,7 @@ type RaftEnvelope struct {
 
 func (x *RaftEnvelope) Reset() {
 	*x = RaftEnvelope{}
-	mi := &file_pando_proto_msgTypes[16]
+	mi := &file_pando_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1386,7 @@ func (x *RaftEnvelope) String() string {
 func (*RaftEnvelope) ProtoMessage() {}
 
 func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[16]
+	mi := &file_pando_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1399,7 @@ func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftEnvelope.ProtoReflect.Descriptor instead.
 func (*RaftEnvelope) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{16}
+	return file_pando_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RaftEnvelope) GetRangeId() uint64 {
@@ -1294,7 +1426,7 @@ type RaftBatch struct {
 
 func (x *RaftBatch) Reset() {
 	*x = RaftBatch{}
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1306,7 +1438,7 @@ func (x *RaftBatch) String() string {
 func (*RaftBatch) ProtoMessage() {}
 
 func (x *RaftBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1319,7 +1451,7 @@ func (x *RaftBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftBatch.ProtoReflect.Descriptor instead.
 func (*RaftBatch) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{17}
+	return file_pando_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RaftBatch) GetFromNode() uint64 {
@@ -1344,7 +1476,7 @@ type RaftAck struct {
 
 func (x *RaftAck) Reset() {
 	*x = RaftAck{}
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1488,7 @@ func (x *RaftAck) String() string {
 func (*RaftAck) ProtoMessage() {}
 
 func (x *RaftAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1501,7 @@ func (x *RaftAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAck.ProtoReflect.Descriptor instead.
 func (*RaftAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{18}
+	return file_pando_proto_rawDescGZIP(), []int{20}
 }
 
 // A snapshot travels as a stream of chunks: data chunks first, then one
@@ -1387,7 +1519,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1399,7 +1531,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1412,7 +1544,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{19}
+	return file_pando_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SnapshotChunk) GetRangeId() uint64 {
@@ -1459,7 +1591,7 @@ type SnapshotAck struct {
 
 func (x *SnapshotAck) Reset() {
 	*x = SnapshotAck{}
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1603,7 @@ func (x *SnapshotAck) String() string {
 func (*SnapshotAck) ProtoMessage() {}
 
 func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1616,7 @@ func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotAck.ProtoReflect.Descriptor instead.
 func (*SnapshotAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{20}
+	return file_pando_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SnapshotAck) GetAccepted() bool {
@@ -1506,7 +1638,7 @@ type PutOp struct {
 
 func (x *PutOp) Reset() {
 	*x = PutOp{}
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1518,7 +1650,7 @@ func (x *PutOp) String() string {
 func (*PutOp) ProtoMessage() {}
 
 func (x *PutOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1531,7 +1663,7 @@ func (x *PutOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOp.ProtoReflect.Descriptor instead.
 func (*PutOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{21}
+	return file_pando_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PutOp) GetKey() []byte {
@@ -1573,7 +1705,7 @@ type DeleteOp struct {
 
 func (x *DeleteOp) Reset() {
 	*x = DeleteOp{}
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1585,7 +1717,7 @@ func (x *DeleteOp) String() string {
 func (*DeleteOp) ProtoMessage() {}
 
 func (x *DeleteOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1598,7 +1730,7 @@ func (x *DeleteOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteOp.ProtoReflect.Descriptor instead.
 func (*DeleteOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{22}
+	return file_pando_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeleteOp) GetKey() []byte {
@@ -1635,7 +1767,7 @@ type PruneDedupOp struct {
 
 func (x *PruneDedupOp) Reset() {
 	*x = PruneDedupOp{}
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1647,7 +1779,7 @@ func (x *PruneDedupOp) String() string {
 func (*PruneDedupOp) ProtoMessage() {}
 
 func (x *PruneDedupOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1660,7 +1792,7 @@ func (x *PruneDedupOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneDedupOp.ProtoReflect.Descriptor instead.
 func (*PruneDedupOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{23}
+	return file_pando_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PruneDedupOp) GetBefore() int64 {
@@ -1689,6 +1821,8 @@ type Command struct {
 	//	*Command_Freeze
 	//	*Command_Merge
 	//	*Command_RevisionCeiling
+	//	*Command_CloseRevision
+	//	*Command_Compact
 	Op isCommand_Op `protobuf_oneof:"op"`
 	// client_id and seq: the write's idempotency key (0: none).
 	ClientId uint64 `protobuf:"varint,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
@@ -1706,7 +1840,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1718,7 +1852,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1731,7 +1865,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{24}
+	return file_pando_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Command) GetId() uint64 {
@@ -1856,6 +1990,24 @@ func (x *Command) GetRevisionCeiling() *RevisionCeilingOp {
 	return nil
 }
 
+func (x *Command) GetCloseRevision() *CloseRevisionOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CloseRevision); ok {
+			return x.CloseRevision
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCompact() *CompactOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Compact); ok {
+			return x.Compact
+		}
+	}
+	return nil
+}
+
 func (x *Command) GetClientId() uint64 {
 	if x != nil {
 		return x.ClientId
@@ -1942,6 +2094,15 @@ type Command_RevisionCeiling struct {
 	RevisionCeiling *RevisionCeilingOp `protobuf:"bytes,36,opt,name=revision_ceiling,json=revisionCeiling,proto3,oneof"`
 }
 
+type Command_CloseRevision struct {
+	// History: closing a range at a revision, compacting its history.
+	CloseRevision *CloseRevisionOp `protobuf:"bytes,37,opt,name=close_revision,json=closeRevision,proto3,oneof"`
+}
+
+type Command_Compact struct {
+	Compact *CompactOp `protobuf:"bytes,38,opt,name=compact,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -1966,6 +2127,104 @@ func (*Command_Merge) isCommand_Op() {}
 
 func (*Command_RevisionCeiling) isCommand_Op() {}
 
+func (*Command_CloseRevision) isCommand_Op() {}
+
+func (*Command_Compact) isCommand_Op() {}
+
+// CloseRevisionOp closes a range at a revision: its last revision rises to
+// at least it, so no write at or below it applies any more and a read at
+// it sees the range's final state there.
+type CloseRevisionOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseRevisionOp) Reset() {
+	*x = CloseRevisionOp{}
+	mi := &file_pando_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseRevisionOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseRevisionOp) ProtoMessage() {}
+
+func (x *CloseRevisionOp) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseRevisionOp.ProtoReflect.Descriptor instead.
+func (*CloseRevisionOp) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *CloseRevisionOp) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// CompactOp drops the history that no read at or after revision can see,
+// and refuses reads below it from then on. It closes the range at revision
+// too.
+type CompactOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompactOp) Reset() {
+	*x = CompactOp{}
+	mi := &file_pando_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompactOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompactOp) ProtoMessage() {}
+
+func (x *CompactOp) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompactOp.ProtoReflect.Descriptor instead.
+func (*CompactOp) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CompactOp) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 // RevisionCeilingOp raises the revision oracle's ceiling: no revision
 // at or above it has been handed out, so a new oracle leader starts there.
 type RevisionCeilingOp struct {
@@ -1984,7 +2243,7 @@ type RevisionCeilingOp struct {
 
 func (x *RevisionCeilingOp) Reset() {
 	*x = RevisionCeilingOp{}
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1996,7 +2255,7 @@ func (x *RevisionCeilingOp) String() string {
 func (*RevisionCeilingOp) ProtoMessage() {}
 
 func (x *RevisionCeilingOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2009,7 +2268,7 @@ func (x *RevisionCeilingOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionCeilingOp.ProtoReflect.Descriptor instead.
 func (*RevisionCeilingOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{25}
+	return file_pando_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RevisionCeilingOp) GetCeiling() uint64 {
@@ -2054,7 +2313,7 @@ type DedupRecord struct {
 
 func (x *DedupRecord) Reset() {
 	*x = DedupRecord{}
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2066,7 +2325,7 @@ func (x *DedupRecord) String() string {
 func (*DedupRecord) ProtoMessage() {}
 
 func (x *DedupRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2079,7 +2338,7 @@ func (x *DedupRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DedupRecord.ProtoReflect.Descriptor instead.
 func (*DedupRecord) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{26}
+	return file_pando_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DedupRecord) GetSeq() uint64 {
@@ -2154,7 +2413,7 @@ type SplitOp struct {
 
 func (x *SplitOp) Reset() {
 	*x = SplitOp{}
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2166,7 +2425,7 @@ func (x *SplitOp) String() string {
 func (*SplitOp) ProtoMessage() {}
 
 func (x *SplitOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2179,7 +2438,7 @@ func (x *SplitOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitOp.ProtoReflect.Descriptor instead.
 func (*SplitOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{27}
+	return file_pando_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SplitOp) GetSplitKey() []byte {
@@ -2218,7 +2477,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2230,7 +2489,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2243,7 +2502,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{28}
+	return file_pando_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NodeRecord) GetId() uint64 {
@@ -2287,7 +2546,7 @@ type DirectoryOp struct {
 
 func (x *DirectoryOp) Reset() {
 	*x = DirectoryOp{}
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2299,7 +2558,7 @@ func (x *DirectoryOp) String() string {
 func (*DirectoryOp) ProtoMessage() {}
 
 func (x *DirectoryOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2312,7 +2571,7 @@ func (x *DirectoryOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryOp.ProtoReflect.Descriptor instead.
 func (*DirectoryOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{29}
+	return file_pando_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DirectoryOp) GetRanges() []*RangeDescriptor {
@@ -2342,7 +2601,7 @@ type FreezeOp struct {
 
 func (x *FreezeOp) Reset() {
 	*x = FreezeOp{}
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2354,7 +2613,7 @@ func (x *FreezeOp) String() string {
 func (*FreezeOp) ProtoMessage() {}
 
 func (x *FreezeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2367,7 +2626,7 @@ func (x *FreezeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreezeOp.ProtoReflect.Descriptor instead.
 func (*FreezeOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{30}
+	return file_pando_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *FreezeOp) GetMergeInto() uint64 {
@@ -2397,7 +2656,7 @@ type MergeOp struct {
 
 func (x *MergeOp) Reset() {
 	*x = MergeOp{}
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2409,7 +2668,7 @@ func (x *MergeOp) String() string {
 func (*MergeOp) ProtoMessage() {}
 
 func (x *MergeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2422,7 +2681,7 @@ func (x *MergeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeOp.ProtoReflect.Descriptor instead.
 func (*MergeOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{31}
+	return file_pando_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MergeOp) GetRight() *RangeDescriptor {
@@ -2456,7 +2715,7 @@ type AllocRangeIDOp struct {
 
 func (x *AllocRangeIDOp) Reset() {
 	*x = AllocRangeIDOp{}
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2468,7 +2727,7 @@ func (x *AllocRangeIDOp) String() string {
 func (*AllocRangeIDOp) ProtoMessage() {}
 
 func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2481,7 +2740,7 @@ func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDOp.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{32}
+	return file_pando_proto_rawDescGZIP(), []int{36}
 }
 
 // ChecksumOp asks every replica to hash the range's replicated data as of
@@ -2495,7 +2754,7 @@ type ChecksumOp struct {
 
 func (x *ChecksumOp) Reset() {
 	*x = ChecksumOp{}
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2507,7 +2766,7 @@ func (x *ChecksumOp) String() string {
 func (*ChecksumOp) ProtoMessage() {}
 
 func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2520,7 +2779,7 @@ func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumOp.ProtoReflect.Descriptor instead.
 func (*ChecksumOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{33}
+	return file_pando_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ChecksumOp) GetCheckId() uint64 {
@@ -2550,7 +2809,7 @@ type CheckVerdict struct {
 
 func (x *CheckVerdict) Reset() {
 	*x = CheckVerdict{}
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2562,7 +2821,7 @@ func (x *CheckVerdict) String() string {
 func (*CheckVerdict) ProtoMessage() {}
 
 func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2575,7 +2834,7 @@ func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckVerdict.ProtoReflect.Descriptor instead.
 func (*CheckVerdict) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{34}
+	return file_pando_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CheckVerdict) GetCheckId() uint64 {
@@ -2643,7 +2902,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2655,7 +2914,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2668,7 +2927,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{35}
+	return file_pando_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RangeDescriptor) GetId() uint64 {
@@ -2731,13 +2990,16 @@ type RangeState struct {
 	// RevisionCeilingOp).
 	RevisionCeiling     uint64 `protobuf:"varint,51,opt,name=revision_ceiling,json=revisionCeiling,proto3" json:"revision_ceiling,omitempty"`
 	RevisionHandoffTerm uint64 `protobuf:"varint,52,opt,name=revision_handoff_term,json=revisionHandoffTerm,proto3" json:"revision_handoff_term,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// compact_revision: reads below it are refused; the history they would
+	// need is gone (CompactOp).
+	CompactRevision uint64 `protobuf:"varint,53,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *RangeState) Reset() {
 	*x = RangeState{}
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2749,7 +3011,7 @@ func (x *RangeState) String() string {
 func (*RangeState) ProtoMessage() {}
 
 func (x *RangeState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2762,7 +3024,7 @@ func (x *RangeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeState.ProtoReflect.Descriptor instead.
 func (*RangeState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{36}
+	return file_pando_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RangeState) GetAppliedIndex() uint64 {
@@ -2842,6 +3104,13 @@ func (x *RangeState) GetRevisionHandoffTerm() uint64 {
 	return 0
 }
 
+func (x *RangeState) GetCompactRevision() uint64 {
+	if x != nil {
+		return x.CompactRevision
+	}
+	return 0
+}
+
 // TruncatedState is the last log entry removed by compaction.
 type TruncatedState struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2853,7 +3122,7 @@ type TruncatedState struct {
 
 func (x *TruncatedState) Reset() {
 	*x = TruncatedState{}
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2865,7 +3134,7 @@ func (x *TruncatedState) String() string {
 func (*TruncatedState) ProtoMessage() {}
 
 func (x *TruncatedState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2878,7 +3147,7 @@ func (x *TruncatedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncatedState.ProtoReflect.Descriptor instead.
 func (*TruncatedState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{37}
+	return file_pando_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *TruncatedState) GetIndex() uint64 {
@@ -2908,7 +3177,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2920,7 +3189,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2933,7 +3202,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{38}
+	return file_pando_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CheckRequest) GetRangeId() uint64 {
@@ -2968,7 +3237,7 @@ type KeyDiff struct {
 
 func (x *KeyDiff) Reset() {
 	*x = KeyDiff{}
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2980,7 +3249,7 @@ func (x *KeyDiff) String() string {
 func (*KeyDiff) ProtoMessage() {}
 
 func (x *KeyDiff) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2993,7 +3262,7 @@ func (x *KeyDiff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDiff.ProtoReflect.Descriptor instead.
 func (*KeyDiff) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{39}
+	return file_pando_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *KeyDiff) GetKey() []byte {
@@ -3022,7 +3291,7 @@ type ReplicaKey struct {
 
 func (x *ReplicaKey) Reset() {
 	*x = ReplicaKey{}
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3034,7 +3303,7 @@ func (x *ReplicaKey) String() string {
 func (*ReplicaKey) ProtoMessage() {}
 
 func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3047,7 +3316,7 @@ func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaKey.ProtoReflect.Descriptor instead.
 func (*ReplicaKey) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{40}
+	return file_pando_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ReplicaKey) GetNodeId() uint64 {
@@ -3090,7 +3359,7 @@ type RangeCheck struct {
 
 func (x *RangeCheck) Reset() {
 	*x = RangeCheck{}
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3102,7 +3371,7 @@ func (x *RangeCheck) String() string {
 func (*RangeCheck) ProtoMessage() {}
 
 func (x *RangeCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3115,7 +3384,7 @@ func (x *RangeCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeCheck.ProtoReflect.Descriptor instead.
 func (*RangeCheck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{41}
+	return file_pando_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RangeCheck) GetRangeId() uint64 {
@@ -3190,7 +3459,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3202,7 +3471,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3215,7 +3484,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{42}
+	return file_pando_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *CheckResponse) GetRanges() []*RangeCheck {
@@ -3235,7 +3504,7 @@ type ChecksumRequest struct {
 
 func (x *ChecksumRequest) Reset() {
 	*x = ChecksumRequest{}
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3247,7 +3516,7 @@ func (x *ChecksumRequest) String() string {
 func (*ChecksumRequest) ProtoMessage() {}
 
 func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3260,7 +3529,7 @@ func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumRequest.ProtoReflect.Descriptor instead.
 func (*ChecksumRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{43}
+	return file_pando_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ChecksumRequest) GetRangeId() uint64 {
@@ -3290,7 +3559,7 @@ type ChecksumResponse struct {
 
 func (x *ChecksumResponse) Reset() {
 	*x = ChecksumResponse{}
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3302,7 +3571,7 @@ func (x *ChecksumResponse) String() string {
 func (*ChecksumResponse) ProtoMessage() {}
 
 func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3315,7 +3584,7 @@ func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumResponse.ProtoReflect.Descriptor instead.
 func (*ChecksumResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{44}
+	return file_pando_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ChecksumResponse) GetIndex() uint64 {
@@ -3358,7 +3627,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3370,7 +3639,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3383,7 +3652,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{45}
+	return file_pando_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListKeysRequest) GetRangeId() uint64 {
@@ -3425,7 +3694,7 @@ type KeyDigest struct {
 
 func (x *KeyDigest) Reset() {
 	*x = KeyDigest{}
-	mi := &file_pando_proto_msgTypes[46]
+	mi := &file_pando_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3437,7 +3706,7 @@ func (x *KeyDigest) String() string {
 func (*KeyDigest) ProtoMessage() {}
 
 func (x *KeyDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[46]
+	mi := &file_pando_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3450,7 +3719,7 @@ func (x *KeyDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDigest.ProtoReflect.Descriptor instead.
 func (*KeyDigest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{46}
+	return file_pando_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *KeyDigest) GetKey() []byte {
@@ -3484,7 +3753,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_pando_proto_msgTypes[47]
+	mi := &file_pando_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3496,7 +3765,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[47]
+	mi := &file_pando_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3509,7 +3778,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{47}
+	return file_pando_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListKeysResponse) GetKeys() []*KeyDigest {
@@ -3537,7 +3806,7 @@ type RepairRequest struct {
 
 func (x *RepairRequest) Reset() {
 	*x = RepairRequest{}
-	mi := &file_pando_proto_msgTypes[48]
+	mi := &file_pando_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3549,7 +3818,7 @@ func (x *RepairRequest) String() string {
 func (*RepairRequest) ProtoMessage() {}
 
 func (x *RepairRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[48]
+	mi := &file_pando_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3562,7 +3831,7 @@ func (x *RepairRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
 func (*RepairRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{48}
+	return file_pando_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RepairRequest) GetRangeId() uint64 {
@@ -3589,7 +3858,7 @@ type RepairResponse struct {
 
 func (x *RepairResponse) Reset() {
 	*x = RepairResponse{}
-	mi := &file_pando_proto_msgTypes[49]
+	mi := &file_pando_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3601,7 +3870,7 @@ func (x *RepairResponse) String() string {
 func (*RepairResponse) ProtoMessage() {}
 
 func (x *RepairResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[49]
+	mi := &file_pando_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3614,7 +3883,7 @@ func (x *RepairResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairResponse.ProtoReflect.Descriptor instead.
 func (*RepairResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{49}
+	return file_pando_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RepairResponse) GetIndex() uint64 {
@@ -3640,7 +3909,7 @@ type RangeDataRequest struct {
 
 func (x *RangeDataRequest) Reset() {
 	*x = RangeDataRequest{}
-	mi := &file_pando_proto_msgTypes[50]
+	mi := &file_pando_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3652,7 +3921,7 @@ func (x *RangeDataRequest) String() string {
 func (*RangeDataRequest) ProtoMessage() {}
 
 func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[50]
+	mi := &file_pando_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3665,7 +3934,7 @@ func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataRequest.ProtoReflect.Descriptor instead.
 func (*RangeDataRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{50}
+	return file_pando_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RangeDataRequest) GetRangeId() uint64 {
@@ -3691,7 +3960,7 @@ type RangeDataChunk struct {
 
 func (x *RangeDataChunk) Reset() {
 	*x = RangeDataChunk{}
-	mi := &file_pando_proto_msgTypes[51]
+	mi := &file_pando_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3703,7 +3972,7 @@ func (x *RangeDataChunk) String() string {
 func (*RangeDataChunk) ProtoMessage() {}
 
 func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[51]
+	mi := &file_pando_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3716,7 +3985,7 @@ func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataChunk.ProtoReflect.Descriptor instead.
 func (*RangeDataChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{51}
+	return file_pando_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *RangeDataChunk) GetIndex() uint64 {
@@ -3757,7 +4026,7 @@ type SplitRequest struct {
 
 func (x *SplitRequest) Reset() {
 	*x = SplitRequest{}
-	mi := &file_pando_proto_msgTypes[52]
+	mi := &file_pando_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3769,7 +4038,7 @@ func (x *SplitRequest) String() string {
 func (*SplitRequest) ProtoMessage() {}
 
 func (x *SplitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[52]
+	mi := &file_pando_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3782,7 +4051,7 @@ func (x *SplitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
 func (*SplitRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{52}
+	return file_pando_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *SplitRequest) GetKey() []byte {
@@ -3802,7 +4071,7 @@ type SplitResponse struct {
 
 func (x *SplitResponse) Reset() {
 	*x = SplitResponse{}
-	mi := &file_pando_proto_msgTypes[53]
+	mi := &file_pando_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3814,7 +4083,7 @@ func (x *SplitResponse) String() string {
 func (*SplitResponse) ProtoMessage() {}
 
 func (x *SplitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[53]
+	mi := &file_pando_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3827,7 +4096,7 @@ func (x *SplitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
 func (*SplitResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{53}
+	return file_pando_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *SplitResponse) GetLeft() *RangeDescriptor {
@@ -3852,7 +4121,7 @@ type AllocRangeIDRequest struct {
 
 func (x *AllocRangeIDRequest) Reset() {
 	*x = AllocRangeIDRequest{}
-	mi := &file_pando_proto_msgTypes[54]
+	mi := &file_pando_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3864,7 +4133,7 @@ func (x *AllocRangeIDRequest) String() string {
 func (*AllocRangeIDRequest) ProtoMessage() {}
 
 func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[54]
+	mi := &file_pando_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3877,7 +4146,7 @@ func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDRequest.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{54}
+	return file_pando_proto_rawDescGZIP(), []int{58}
 }
 
 type AllocRangeIDResponse struct {
@@ -3889,7 +4158,7 @@ type AllocRangeIDResponse struct {
 
 func (x *AllocRangeIDResponse) Reset() {
 	*x = AllocRangeIDResponse{}
-	mi := &file_pando_proto_msgTypes[55]
+	mi := &file_pando_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3901,7 +4170,7 @@ func (x *AllocRangeIDResponse) String() string {
 func (*AllocRangeIDResponse) ProtoMessage() {}
 
 func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[55]
+	mi := &file_pando_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3914,7 +4183,7 @@ func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDResponse.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{55}
+	return file_pando_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *AllocRangeIDResponse) GetRangeId() uint64 {
@@ -3939,7 +4208,7 @@ type MoveReplicaRequest struct {
 
 func (x *MoveReplicaRequest) Reset() {
 	*x = MoveReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[56]
+	mi := &file_pando_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3951,7 +4220,7 @@ func (x *MoveReplicaRequest) String() string {
 func (*MoveReplicaRequest) ProtoMessage() {}
 
 func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[56]
+	mi := &file_pando_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3964,7 +4233,7 @@ func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*MoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{56}
+	return file_pando_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *MoveReplicaRequest) GetRangeId() uint64 {
@@ -4004,7 +4273,7 @@ type MoveReplicaResponse struct {
 
 func (x *MoveReplicaResponse) Reset() {
 	*x = MoveReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[57]
+	mi := &file_pando_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4016,7 +4285,7 @@ func (x *MoveReplicaResponse) String() string {
 func (*MoveReplicaResponse) ProtoMessage() {}
 
 func (x *MoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[57]
+	mi := &file_pando_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4029,7 +4298,7 @@ func (x *MoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*MoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{57}
+	return file_pando_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *MoveReplicaResponse) GetDesc() *RangeDescriptor {
@@ -4049,7 +4318,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_pando_proto_msgTypes[58]
+	mi := &file_pando_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4061,7 +4330,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[58]
+	mi := &file_pando_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4074,7 +4343,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{58}
+	return file_pando_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *TransferLeaderRequest) GetRangeId() uint64 {
@@ -4099,7 +4368,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_pando_proto_msgTypes[59]
+	mi := &file_pando_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4111,7 +4380,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[59]
+	mi := &file_pando_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4124,7 +4393,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{59}
+	return file_pando_proto_rawDescGZIP(), []int{63}
 }
 
 // CreateReplicaRequest asks a node to hold an empty replica of desc's
@@ -4143,7 +4412,7 @@ type CreateReplicaRequest struct {
 
 func (x *CreateReplicaRequest) Reset() {
 	*x = CreateReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4155,7 +4424,7 @@ func (x *CreateReplicaRequest) String() string {
 func (*CreateReplicaRequest) ProtoMessage() {}
 
 func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4168,7 +4437,7 @@ func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReplicaRequest.ProtoReflect.Descriptor instead.
 func (*CreateReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{60}
+	return file_pando_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *CreateReplicaRequest) GetDesc() *RangeDescriptor {
@@ -4200,7 +4469,7 @@ type CreateReplicaResponse struct {
 
 func (x *CreateReplicaResponse) Reset() {
 	*x = CreateReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4212,7 +4481,7 @@ func (x *CreateReplicaResponse) String() string {
 func (*CreateReplicaResponse) ProtoMessage() {}
 
 func (x *CreateReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4225,7 +4494,7 @@ func (x *CreateReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReplicaResponse.ProtoReflect.Descriptor instead.
 func (*CreateReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{61}
+	return file_pando_proto_rawDescGZIP(), []int{65}
 }
 
 // DestroyReplicaRequest tells a node that desc (the range's current
@@ -4244,7 +4513,7 @@ type AdoptReplicaRequest struct {
 
 func (x *AdoptReplicaRequest) Reset() {
 	*x = AdoptReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4256,7 +4525,7 @@ func (x *AdoptReplicaRequest) String() string {
 func (*AdoptReplicaRequest) ProtoMessage() {}
 
 func (x *AdoptReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4269,7 +4538,7 @@ func (x *AdoptReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptReplicaRequest.ProtoReflect.Descriptor instead.
 func (*AdoptReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{62}
+	return file_pando_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *AdoptReplicaRequest) GetRangeId() uint64 {
@@ -4297,7 +4566,7 @@ type AdoptReplicaResponse struct {
 
 func (x *AdoptReplicaResponse) Reset() {
 	*x = AdoptReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4309,7 +4578,7 @@ func (x *AdoptReplicaResponse) String() string {
 func (*AdoptReplicaResponse) ProtoMessage() {}
 
 func (x *AdoptReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4322,7 +4591,7 @@ func (x *AdoptReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptReplicaResponse.ProtoReflect.Descriptor instead.
 func (*AdoptReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{63}
+	return file_pando_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *AdoptReplicaResponse) GetDesc() *RangeDescriptor {
@@ -4355,7 +4624,7 @@ type DestroyReplicaRequest struct {
 
 func (x *DestroyReplicaRequest) Reset() {
 	*x = DestroyReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4367,7 +4636,7 @@ func (x *DestroyReplicaRequest) String() string {
 func (*DestroyReplicaRequest) ProtoMessage() {}
 
 func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4380,7 +4649,7 @@ func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaRequest.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{64}
+	return file_pando_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *DestroyReplicaRequest) GetDesc() *RangeDescriptor {
@@ -4398,7 +4667,7 @@ type DestroyReplicaResponse struct {
 
 func (x *DestroyReplicaResponse) Reset() {
 	*x = DestroyReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4410,7 +4679,7 @@ func (x *DestroyReplicaResponse) String() string {
 func (*DestroyReplicaResponse) ProtoMessage() {}
 
 func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4423,7 +4692,7 @@ func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaResponse.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{65}
+	return file_pando_proto_rawDescGZIP(), []int{69}
 }
 
 type JoinRequest struct {
@@ -4436,7 +4705,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4448,7 +4717,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4461,7 +4730,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{66}
+	return file_pando_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *JoinRequest) GetNodeId() uint64 {
@@ -4487,7 +4756,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4499,7 +4768,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4512,7 +4781,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{67}
+	return file_pando_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *JoinResponse) GetNodes() []*NodeRecord {
@@ -4531,7 +4800,7 @@ type DecommissionRequest struct {
 
 func (x *DecommissionRequest) Reset() {
 	*x = DecommissionRequest{}
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4543,7 +4812,7 @@ func (x *DecommissionRequest) String() string {
 func (*DecommissionRequest) ProtoMessage() {}
 
 func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4556,7 +4825,7 @@ func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
 func (*DecommissionRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{68}
+	return file_pando_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *DecommissionRequest) GetNodeId() uint64 {
@@ -4575,7 +4844,7 @@ type DecommissionResponse struct {
 
 func (x *DecommissionResponse) Reset() {
 	*x = DecommissionResponse{}
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4587,7 +4856,7 @@ func (x *DecommissionResponse) String() string {
 func (*DecommissionResponse) ProtoMessage() {}
 
 func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4600,7 +4869,7 @@ func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
 func (*DecommissionResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{69}
+	return file_pando_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *DecommissionResponse) GetNode() *NodeRecord {
@@ -4618,7 +4887,7 @@ type NodesRequest struct {
 
 func (x *NodesRequest) Reset() {
 	*x = NodesRequest{}
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4630,7 +4899,7 @@ func (x *NodesRequest) String() string {
 func (*NodesRequest) ProtoMessage() {}
 
 func (x *NodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4643,7 +4912,7 @@ func (x *NodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesRequest.ProtoReflect.Descriptor instead.
 func (*NodesRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{70}
+	return file_pando_proto_rawDescGZIP(), []int{74}
 }
 
 type NodeInfo struct {
@@ -4661,7 +4930,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4673,7 +4942,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4686,7 +4955,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{71}
+	return file_pando_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *NodeInfo) GetRecord() *NodeRecord {
@@ -4741,7 +5010,7 @@ type NodesResponse struct {
 
 func (x *NodesResponse) Reset() {
 	*x = NodesResponse{}
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4753,7 +5022,7 @@ func (x *NodesResponse) String() string {
 func (*NodesResponse) ProtoMessage() {}
 
 func (x *NodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4766,7 +5035,7 @@ func (x *NodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesResponse.ProtoReflect.Descriptor instead.
 func (*NodesResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{72}
+	return file_pando_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *NodesResponse) GetNodes() []*NodeInfo {
@@ -4796,7 +5065,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4808,7 +5077,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4821,7 +5090,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{73}
+	return file_pando_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *HeartbeatRequest) GetNodeId() uint64 {
@@ -4864,7 +5133,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4876,7 +5145,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4889,7 +5158,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{74}
+	return file_pando_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *HeartbeatResponse) GetControllerId() uint64 {
@@ -4922,7 +5191,7 @@ type RebalanceRequest struct {
 
 func (x *RebalanceRequest) Reset() {
 	*x = RebalanceRequest{}
-	mi := &file_pando_proto_msgTypes[75]
+	mi := &file_pando_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4934,7 +5203,7 @@ func (x *RebalanceRequest) String() string {
 func (*RebalanceRequest) ProtoMessage() {}
 
 func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[75]
+	mi := &file_pando_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4947,7 +5216,7 @@ func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceRequest.ProtoReflect.Descriptor instead.
 func (*RebalanceRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{75}
+	return file_pando_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *RebalanceRequest) GetDryRun() bool {
@@ -4971,7 +5240,7 @@ type PlannedOp struct {
 
 func (x *PlannedOp) Reset() {
 	*x = PlannedOp{}
-	mi := &file_pando_proto_msgTypes[76]
+	mi := &file_pando_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4983,7 +5252,7 @@ func (x *PlannedOp) String() string {
 func (*PlannedOp) ProtoMessage() {}
 
 func (x *PlannedOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[76]
+	mi := &file_pando_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4996,7 +5265,7 @@ func (x *PlannedOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlannedOp.ProtoReflect.Descriptor instead.
 func (*PlannedOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{76}
+	return file_pando_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *PlannedOp) GetKind() string {
@@ -5051,7 +5320,7 @@ type RebalanceResponse struct {
 
 func (x *RebalanceResponse) Reset() {
 	*x = RebalanceResponse{}
-	mi := &file_pando_proto_msgTypes[77]
+	mi := &file_pando_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5063,7 +5332,7 @@ func (x *RebalanceResponse) String() string {
 func (*RebalanceResponse) ProtoMessage() {}
 
 func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[77]
+	mi := &file_pando_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5076,7 +5345,7 @@ func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceResponse.ProtoReflect.Descriptor instead.
 func (*RebalanceResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{77}
+	return file_pando_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *RebalanceResponse) GetOps() []*PlannedOp {
@@ -5106,7 +5375,7 @@ type MergeRequest struct {
 
 func (x *MergeRequest) Reset() {
 	*x = MergeRequest{}
-	mi := &file_pando_proto_msgTypes[78]
+	mi := &file_pando_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5118,7 +5387,7 @@ func (x *MergeRequest) String() string {
 func (*MergeRequest) ProtoMessage() {}
 
 func (x *MergeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[78]
+	mi := &file_pando_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5131,7 +5400,7 @@ func (x *MergeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRequest.ProtoReflect.Descriptor instead.
 func (*MergeRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{78}
+	return file_pando_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *MergeRequest) GetRangeId() uint64 {
@@ -5157,7 +5426,7 @@ type MergeResponse struct {
 
 func (x *MergeResponse) Reset() {
 	*x = MergeResponse{}
-	mi := &file_pando_proto_msgTypes[79]
+	mi := &file_pando_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5169,7 +5438,7 @@ func (x *MergeResponse) String() string {
 func (*MergeResponse) ProtoMessage() {}
 
 func (x *MergeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[79]
+	mi := &file_pando_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5182,7 +5451,7 @@ func (x *MergeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeResponse.ProtoReflect.Descriptor instead.
 func (*MergeResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{79}
+	return file_pando_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *MergeResponse) GetDesc() *RangeDescriptor {
@@ -5196,11 +5465,12 @@ var File_pando_proto protoreflect.FileDescriptor
 
 const file_pando_proto_rawDesc = "" +
 	"\n" +
-	"\vpando.proto\x12\bpando.v1\"W\n" +
+	"\vpando.proto\x12\bpando.v1\"s\n" +
 	"\n" +
 	"GetRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x127\n" +
-	"\vconsistency\x18\x02 \x01(\x0e2\x15.pando.v1.ConsistencyR\vconsistency\"\xbb\x01\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x15.pando.v1.ConsistencyR\vconsistency\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"\xbb\x01\n" +
 	"\vGetResponse\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +
@@ -5228,13 +5498,14 @@ const file_pando_proto_rawDesc = "" +
 	"\x03seq\x18\x05 \x01(\x04R\x03seq\"F\n" +
 	"\x0eDeleteResponse\x12\x18\n" +
 	"\adeleted\x18\x01 \x01(\bR\adeleted\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x04R\brevision\"\x9c\x01\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"\xb8\x01\n" +
 	"\vScanRequest\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\fR\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\fR\x03end\x12\x16\n" +
 	"\x06prefix\x18\x03 \x01(\fR\x06prefix\x12\x14\n" +
 	"\x05limit\x18\x04 \x01(\rR\x05limit\x127\n" +
-	"\vconsistency\x18\x05 \x01(\x0e2\x15.pando.v1.ConsistencyR\vconsistency\"\x98\x01\n" +
+	"\vconsistency\x18\x05 \x01(\x0e2\x15.pando.v1.ConsistencyR\vconsistency\x12\x1a\n" +
+	"\brevision\x18\x06 \x01(\x04R\brevision\"\x98\x01\n" +
 	"\bKeyValue\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +
@@ -5289,7 +5560,13 @@ const file_pando_proto_rawDesc = "" +
 	"\x15AllocRevisionsRequest\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\rR\x05count\".\n" +
 	"\x16AllocRevisionsResponse\x12\x14\n" +
-	"\x05first\x18\x01 \x01(\x04R\x05first\"C\n" +
+	"\x05first\x18\x01 \x01(\x04R\x05first\"G\n" +
+	"\x0eCompactRequest\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x19\n" +
+	"\brange_id\x18\x02 \x01(\x04R\arangeId\"E\n" +
+	"\x0fCompactResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x16\n" +
+	"\x06ranges\x18\x02 \x01(\rR\x06ranges\"C\n" +
 	"\fRaftEnvelope\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\fR\amessage\"\\\n" +
@@ -5315,7 +5592,7 @@ const file_pando_proto_rawDesc = "" +
 	"\x03cas\x18\x02 \x01(\bR\x03cas\x12)\n" +
 	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"&\n" +
 	"\fPruneDedupOp\x12\x16\n" +
-	"\x06before\x18\x01 \x01(\x03R\x06before\"\xf4\x05\n" +
+	"\x06before\x18\x01 \x01(\x03R\x06before\"\xe9\x06\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\x03put\x18\x02 \x01(\v2\x0f.pando.v1.PutOpH\x00R\x03put\x12,\n" +
@@ -5330,13 +5607,19 @@ const file_pando_proto_rawDesc = "" +
 	"\tdirectory\x18! \x01(\v2\x15.pando.v1.DirectoryOpH\x00R\tdirectory\x12,\n" +
 	"\x06freeze\x18\" \x01(\v2\x12.pando.v1.FreezeOpH\x00R\x06freeze\x12)\n" +
 	"\x05merge\x18# \x01(\v2\x11.pando.v1.MergeOpH\x00R\x05merge\x12H\n" +
-	"\x10revision_ceiling\x18$ \x01(\v2\x1b.pando.v1.RevisionCeilingOpH\x00R\x0frevisionCeiling\x12\x1b\n" +
+	"\x10revision_ceiling\x18$ \x01(\v2\x1b.pando.v1.RevisionCeilingOpH\x00R\x0frevisionCeiling\x12B\n" +
+	"\x0eclose_revision\x18% \x01(\v2\x19.pando.v1.CloseRevisionOpH\x00R\rcloseRevision\x12/\n" +
+	"\acompact\x18& \x01(\v2\x13.pando.v1.CompactOpH\x00R\acompact\x12\x1b\n" +
 	"\tclient_id\x18\x04 \x01(\x04R\bclientId\x12\x10\n" +
 	"\x03seq\x18\x05 \x01(\x04R\x03seq\x12\x1f\n" +
 	"\vproposed_at\x18\x06 \x01(\x03R\n" +
 	"proposedAt\x12\x1a\n" +
 	"\brevision\x18\b \x01(\x04R\brevisionB\x04\n" +
-	"\x02op\"q\n" +
+	"\x02op\"-\n" +
+	"\x0fCloseRevisionOp\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"'\n" +
+	"\tCompactOp\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"q\n" +
 	"\x11RevisionCeilingOp\x12\x18\n" +
 	"\aceiling\x18\x01 \x01(\x04R\aceiling\x12!\n" +
 	"\fhandoff_term\x18\x02 \x01(\x04R\vhandoffTerm\x12\x1f\n" +
@@ -5394,7 +5677,7 @@ const file_pando_proto_rawDesc = "" +
 	"\breplicas\x18\x04 \x03(\x04R\breplicas\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x05 \x01(\x04R\n" +
-	"generation\"\xbd\x03\n" +
+	"generation\"\xe8\x03\n" +
 	"\n" +
 	"RangeState\x12#\n" +
 	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\x12!\n" +
@@ -5410,7 +5693,8 @@ const file_pando_proto_rawDesc = "" +
 	"\tfrozen_at\x18) \x01(\x04R\bfrozenAt\x12#\n" +
 	"\rlast_revision\x182 \x01(\x04R\flastRevision\x12)\n" +
 	"\x10revision_ceiling\x183 \x01(\x04R\x0frevisionCeiling\x122\n" +
-	"\x15revision_handoff_term\x184 \x01(\x04R\x13revisionHandoffTerm\":\n" +
+	"\x15revision_handoff_term\x184 \x01(\x04R\x13revisionHandoffTerm\x12)\n" +
+	"\x10compact_revision\x185 \x01(\x04R\x0fcompactRevision\":\n" +
 	"\x0eTruncatedState\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\"^\n" +
@@ -5558,14 +5842,15 @@ const file_pando_proto_rawDesc = "" +
 	"\x04desc\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc**\n" +
 	"\vConsistency\x12\x10\n" +
 	"\fLINEARIZABLE\x10\x00\x12\t\n" +
-	"\x05STALE\x10\x012\xf2\x02\n" +
+	"\x05STALE\x10\x012\xb2\x03\n" +
 	"\x02KV\x122\n" +
 	"\x03Get\x12\x14.pando.v1.GetRequest\x1a\x15.pando.v1.GetResponse\x122\n" +
 	"\x03Put\x12\x14.pando.v1.PutRequest\x1a\x15.pando.v1.PutResponse\x12;\n" +
 	"\x06Delete\x12\x17.pando.v1.DeleteRequest\x1a\x18.pando.v1.DeleteResponse\x125\n" +
 	"\x04Scan\x12\x15.pando.v1.ScanRequest\x1a\x16.pando.v1.ScanResponse\x12;\n" +
 	"\x06Status\x12\x17.pando.v1.StatusRequest\x1a\x18.pando.v1.StatusResponse\x12S\n" +
-	"\x0eAllocRevisions\x12\x1f.pando.v1.AllocRevisionsRequest\x1a .pando.v1.AllocRevisionsResponse2v\n" +
+	"\x0eAllocRevisions\x12\x1f.pando.v1.AllocRevisionsRequest\x1a .pando.v1.AllocRevisionsResponse\x12>\n" +
+	"\aCompact\x12\x18.pando.v1.CompactRequest\x1a\x19.pando.v1.CompactResponse2v\n" +
 	"\x04Raft\x120\n" +
 	"\x04Send\x12\x13.pando.v1.RaftBatch\x1a\x11.pando.v1.RaftAck(\x01\x12<\n" +
 	"\bSnapshot\x12\x17.pando.v1.SnapshotChunk\x1a\x15.pando.v1.SnapshotAck(\x012\xcb\x02\n" +
@@ -5603,7 +5888,7 @@ func file_pando_proto_rawDescGZIP() []byte {
 }
 
 var file_pando_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 80)
+var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 84)
 var file_pando_proto_goTypes = []any{
 	(Consistency)(0),               // 0: pando.v1.Consistency
 	(*GetRequest)(nil),             // 1: pando.v1.GetRequest
@@ -5622,174 +5907,182 @@ var file_pando_proto_goTypes = []any{
 	(*StatusResponse)(nil),         // 14: pando.v1.StatusResponse
 	(*AllocRevisionsRequest)(nil),  // 15: pando.v1.AllocRevisionsRequest
 	(*AllocRevisionsResponse)(nil), // 16: pando.v1.AllocRevisionsResponse
-	(*RaftEnvelope)(nil),           // 17: pando.v1.RaftEnvelope
-	(*RaftBatch)(nil),              // 18: pando.v1.RaftBatch
-	(*RaftAck)(nil),                // 19: pando.v1.RaftAck
-	(*SnapshotChunk)(nil),          // 20: pando.v1.SnapshotChunk
-	(*SnapshotAck)(nil),            // 21: pando.v1.SnapshotAck
-	(*PutOp)(nil),                  // 22: pando.v1.PutOp
-	(*DeleteOp)(nil),               // 23: pando.v1.DeleteOp
-	(*PruneDedupOp)(nil),           // 24: pando.v1.PruneDedupOp
-	(*Command)(nil),                // 25: pando.v1.Command
-	(*RevisionCeilingOp)(nil),      // 26: pando.v1.RevisionCeilingOp
-	(*DedupRecord)(nil),            // 27: pando.v1.DedupRecord
-	(*SplitOp)(nil),                // 28: pando.v1.SplitOp
-	(*NodeRecord)(nil),             // 29: pando.v1.NodeRecord
-	(*DirectoryOp)(nil),            // 30: pando.v1.DirectoryOp
-	(*FreezeOp)(nil),               // 31: pando.v1.FreezeOp
-	(*MergeOp)(nil),                // 32: pando.v1.MergeOp
-	(*AllocRangeIDOp)(nil),         // 33: pando.v1.AllocRangeIDOp
-	(*ChecksumOp)(nil),             // 34: pando.v1.ChecksumOp
-	(*CheckVerdict)(nil),           // 35: pando.v1.CheckVerdict
-	(*RangeDescriptor)(nil),        // 36: pando.v1.RangeDescriptor
-	(*RangeState)(nil),             // 37: pando.v1.RangeState
-	(*TruncatedState)(nil),         // 38: pando.v1.TruncatedState
-	(*CheckRequest)(nil),           // 39: pando.v1.CheckRequest
-	(*KeyDiff)(nil),                // 40: pando.v1.KeyDiff
-	(*ReplicaKey)(nil),             // 41: pando.v1.ReplicaKey
-	(*RangeCheck)(nil),             // 42: pando.v1.RangeCheck
-	(*CheckResponse)(nil),          // 43: pando.v1.CheckResponse
-	(*ChecksumRequest)(nil),        // 44: pando.v1.ChecksumRequest
-	(*ChecksumResponse)(nil),       // 45: pando.v1.ChecksumResponse
-	(*ListKeysRequest)(nil),        // 46: pando.v1.ListKeysRequest
-	(*KeyDigest)(nil),              // 47: pando.v1.KeyDigest
-	(*ListKeysResponse)(nil),       // 48: pando.v1.ListKeysResponse
-	(*RepairRequest)(nil),          // 49: pando.v1.RepairRequest
-	(*RepairResponse)(nil),         // 50: pando.v1.RepairResponse
-	(*RangeDataRequest)(nil),       // 51: pando.v1.RangeDataRequest
-	(*RangeDataChunk)(nil),         // 52: pando.v1.RangeDataChunk
-	(*SplitRequest)(nil),           // 53: pando.v1.SplitRequest
-	(*SplitResponse)(nil),          // 54: pando.v1.SplitResponse
-	(*AllocRangeIDRequest)(nil),    // 55: pando.v1.AllocRangeIDRequest
-	(*AllocRangeIDResponse)(nil),   // 56: pando.v1.AllocRangeIDResponse
-	(*MoveReplicaRequest)(nil),     // 57: pando.v1.MoveReplicaRequest
-	(*MoveReplicaResponse)(nil),    // 58: pando.v1.MoveReplicaResponse
-	(*TransferLeaderRequest)(nil),  // 59: pando.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 60: pando.v1.TransferLeaderResponse
-	(*CreateReplicaRequest)(nil),   // 61: pando.v1.CreateReplicaRequest
-	(*CreateReplicaResponse)(nil),  // 62: pando.v1.CreateReplicaResponse
-	(*AdoptReplicaRequest)(nil),    // 63: pando.v1.AdoptReplicaRequest
-	(*AdoptReplicaResponse)(nil),   // 64: pando.v1.AdoptReplicaResponse
-	(*DestroyReplicaRequest)(nil),  // 65: pando.v1.DestroyReplicaRequest
-	(*DestroyReplicaResponse)(nil), // 66: pando.v1.DestroyReplicaResponse
-	(*JoinRequest)(nil),            // 67: pando.v1.JoinRequest
-	(*JoinResponse)(nil),           // 68: pando.v1.JoinResponse
-	(*DecommissionRequest)(nil),    // 69: pando.v1.DecommissionRequest
-	(*DecommissionResponse)(nil),   // 70: pando.v1.DecommissionResponse
-	(*NodesRequest)(nil),           // 71: pando.v1.NodesRequest
-	(*NodeInfo)(nil),               // 72: pando.v1.NodeInfo
-	(*NodesResponse)(nil),          // 73: pando.v1.NodesResponse
-	(*HeartbeatRequest)(nil),       // 74: pando.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),      // 75: pando.v1.HeartbeatResponse
-	(*RebalanceRequest)(nil),       // 76: pando.v1.RebalanceRequest
-	(*PlannedOp)(nil),              // 77: pando.v1.PlannedOp
-	(*RebalanceResponse)(nil),      // 78: pando.v1.RebalanceResponse
-	(*MergeRequest)(nil),           // 79: pando.v1.MergeRequest
-	(*MergeResponse)(nil),          // 80: pando.v1.MergeResponse
+	(*CompactRequest)(nil),         // 17: pando.v1.CompactRequest
+	(*CompactResponse)(nil),        // 18: pando.v1.CompactResponse
+	(*RaftEnvelope)(nil),           // 19: pando.v1.RaftEnvelope
+	(*RaftBatch)(nil),              // 20: pando.v1.RaftBatch
+	(*RaftAck)(nil),                // 21: pando.v1.RaftAck
+	(*SnapshotChunk)(nil),          // 22: pando.v1.SnapshotChunk
+	(*SnapshotAck)(nil),            // 23: pando.v1.SnapshotAck
+	(*PutOp)(nil),                  // 24: pando.v1.PutOp
+	(*DeleteOp)(nil),               // 25: pando.v1.DeleteOp
+	(*PruneDedupOp)(nil),           // 26: pando.v1.PruneDedupOp
+	(*Command)(nil),                // 27: pando.v1.Command
+	(*CloseRevisionOp)(nil),        // 28: pando.v1.CloseRevisionOp
+	(*CompactOp)(nil),              // 29: pando.v1.CompactOp
+	(*RevisionCeilingOp)(nil),      // 30: pando.v1.RevisionCeilingOp
+	(*DedupRecord)(nil),            // 31: pando.v1.DedupRecord
+	(*SplitOp)(nil),                // 32: pando.v1.SplitOp
+	(*NodeRecord)(nil),             // 33: pando.v1.NodeRecord
+	(*DirectoryOp)(nil),            // 34: pando.v1.DirectoryOp
+	(*FreezeOp)(nil),               // 35: pando.v1.FreezeOp
+	(*MergeOp)(nil),                // 36: pando.v1.MergeOp
+	(*AllocRangeIDOp)(nil),         // 37: pando.v1.AllocRangeIDOp
+	(*ChecksumOp)(nil),             // 38: pando.v1.ChecksumOp
+	(*CheckVerdict)(nil),           // 39: pando.v1.CheckVerdict
+	(*RangeDescriptor)(nil),        // 40: pando.v1.RangeDescriptor
+	(*RangeState)(nil),             // 41: pando.v1.RangeState
+	(*TruncatedState)(nil),         // 42: pando.v1.TruncatedState
+	(*CheckRequest)(nil),           // 43: pando.v1.CheckRequest
+	(*KeyDiff)(nil),                // 44: pando.v1.KeyDiff
+	(*ReplicaKey)(nil),             // 45: pando.v1.ReplicaKey
+	(*RangeCheck)(nil),             // 46: pando.v1.RangeCheck
+	(*CheckResponse)(nil),          // 47: pando.v1.CheckResponse
+	(*ChecksumRequest)(nil),        // 48: pando.v1.ChecksumRequest
+	(*ChecksumResponse)(nil),       // 49: pando.v1.ChecksumResponse
+	(*ListKeysRequest)(nil),        // 50: pando.v1.ListKeysRequest
+	(*KeyDigest)(nil),              // 51: pando.v1.KeyDigest
+	(*ListKeysResponse)(nil),       // 52: pando.v1.ListKeysResponse
+	(*RepairRequest)(nil),          // 53: pando.v1.RepairRequest
+	(*RepairResponse)(nil),         // 54: pando.v1.RepairResponse
+	(*RangeDataRequest)(nil),       // 55: pando.v1.RangeDataRequest
+	(*RangeDataChunk)(nil),         // 56: pando.v1.RangeDataChunk
+	(*SplitRequest)(nil),           // 57: pando.v1.SplitRequest
+	(*SplitResponse)(nil),          // 58: pando.v1.SplitResponse
+	(*AllocRangeIDRequest)(nil),    // 59: pando.v1.AllocRangeIDRequest
+	(*AllocRangeIDResponse)(nil),   // 60: pando.v1.AllocRangeIDResponse
+	(*MoveReplicaRequest)(nil),     // 61: pando.v1.MoveReplicaRequest
+	(*MoveReplicaResponse)(nil),    // 62: pando.v1.MoveReplicaResponse
+	(*TransferLeaderRequest)(nil),  // 63: pando.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 64: pando.v1.TransferLeaderResponse
+	(*CreateReplicaRequest)(nil),   // 65: pando.v1.CreateReplicaRequest
+	(*CreateReplicaResponse)(nil),  // 66: pando.v1.CreateReplicaResponse
+	(*AdoptReplicaRequest)(nil),    // 67: pando.v1.AdoptReplicaRequest
+	(*AdoptReplicaResponse)(nil),   // 68: pando.v1.AdoptReplicaResponse
+	(*DestroyReplicaRequest)(nil),  // 69: pando.v1.DestroyReplicaRequest
+	(*DestroyReplicaResponse)(nil), // 70: pando.v1.DestroyReplicaResponse
+	(*JoinRequest)(nil),            // 71: pando.v1.JoinRequest
+	(*JoinResponse)(nil),           // 72: pando.v1.JoinResponse
+	(*DecommissionRequest)(nil),    // 73: pando.v1.DecommissionRequest
+	(*DecommissionResponse)(nil),   // 74: pando.v1.DecommissionResponse
+	(*NodesRequest)(nil),           // 75: pando.v1.NodesRequest
+	(*NodeInfo)(nil),               // 76: pando.v1.NodeInfo
+	(*NodesResponse)(nil),          // 77: pando.v1.NodesResponse
+	(*HeartbeatRequest)(nil),       // 78: pando.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),      // 79: pando.v1.HeartbeatResponse
+	(*RebalanceRequest)(nil),       // 80: pando.v1.RebalanceRequest
+	(*PlannedOp)(nil),              // 81: pando.v1.PlannedOp
+	(*RebalanceResponse)(nil),      // 82: pando.v1.RebalanceResponse
+	(*MergeRequest)(nil),           // 83: pando.v1.MergeRequest
+	(*MergeResponse)(nil),          // 84: pando.v1.MergeResponse
 }
 var file_pando_proto_depIdxs = []int32{
 	0,  // 0: pando.v1.GetRequest.consistency:type_name -> pando.v1.Consistency
 	0,  // 1: pando.v1.ScanRequest.consistency:type_name -> pando.v1.Consistency
 	8,  // 2: pando.v1.ScanResponse.items:type_name -> pando.v1.KeyValue
-	35, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
+	39, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
 	11, // 4: pando.v1.StatusResponse.nodes:type_name -> pando.v1.NodeStatus
 	12, // 5: pando.v1.StatusResponse.ranges:type_name -> pando.v1.RangeStatus
 	13, // 6: pando.v1.StatusResponse.breakers:type_name -> pando.v1.BreakerStatus
-	17, // 7: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
+	19, // 7: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
 	8,  // 8: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
-	22, // 9: pando.v1.Command.put:type_name -> pando.v1.PutOp
-	23, // 10: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
-	24, // 11: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
-	34, // 12: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
-	35, // 13: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
-	28, // 14: pando.v1.Command.split:type_name -> pando.v1.SplitOp
-	33, // 15: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
-	29, // 16: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
-	30, // 17: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
-	31, // 18: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
-	32, // 19: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
-	26, // 20: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
-	36, // 21: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
-	36, // 22: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
-	36, // 23: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
-	35, // 24: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
-	41, // 25: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
-	40, // 26: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
-	42, // 27: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
-	47, // 28: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
-	8,  // 29: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
-	36, // 30: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
-	36, // 31: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
-	36, // 32: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	36, // 33: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	36, // 34: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	36, // 35: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	29, // 36: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
-	29, // 37: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
-	29, // 38: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
-	72, // 39: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
-	12, // 40: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
-	29, // 41: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
-	12, // 42: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
-	77, // 43: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
-	36, // 44: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
-	1,  // 45: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
-	3,  // 46: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
-	5,  // 47: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
-	7,  // 48: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
-	10, // 49: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
-	15, // 50: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
-	18, // 51: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
-	20, // 52: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
-	39, // 53: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
-	44, // 54: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
-	46, // 55: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
-	49, // 56: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
-	51, // 57: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
-	53, // 58: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
-	55, // 59: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
-	57, // 60: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
-	59, // 61: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
-	79, // 62: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
-	61, // 63: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
-	65, // 64: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
-	63, // 65: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
-	67, // 66: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
-	69, // 67: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
-	71, // 68: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
-	74, // 69: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
-	76, // 70: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
-	2,  // 71: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
-	4,  // 72: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
-	6,  // 73: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
-	9,  // 74: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
-	14, // 75: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
-	16, // 76: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
-	19, // 77: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
-	21, // 78: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
-	43, // 79: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
-	45, // 80: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
-	48, // 81: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
-	50, // 82: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
-	52, // 83: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
-	54, // 84: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
-	56, // 85: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
-	58, // 86: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
-	60, // 87: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
-	80, // 88: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
-	62, // 89: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
-	66, // 90: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
-	64, // 91: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
-	68, // 92: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
-	70, // 93: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
-	73, // 94: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
-	75, // 95: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
-	78, // 96: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
-	71, // [71:97] is the sub-list for method output_type
-	45, // [45:71] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	24, // 9: pando.v1.Command.put:type_name -> pando.v1.PutOp
+	25, // 10: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
+	26, // 11: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
+	38, // 12: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
+	39, // 13: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
+	32, // 14: pando.v1.Command.split:type_name -> pando.v1.SplitOp
+	37, // 15: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
+	33, // 16: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
+	34, // 17: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
+	35, // 18: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
+	36, // 19: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
+	30, // 20: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
+	28, // 21: pando.v1.Command.close_revision:type_name -> pando.v1.CloseRevisionOp
+	29, // 22: pando.v1.Command.compact:type_name -> pando.v1.CompactOp
+	40, // 23: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
+	40, // 24: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
+	40, // 25: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
+	39, // 26: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
+	45, // 27: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
+	44, // 28: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
+	46, // 29: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
+	51, // 30: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
+	8,  // 31: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
+	40, // 32: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
+	40, // 33: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
+	40, // 34: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	40, // 35: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	40, // 36: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	40, // 37: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	33, // 38: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
+	33, // 39: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
+	33, // 40: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
+	76, // 41: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
+	12, // 42: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
+	33, // 43: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
+	12, // 44: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
+	81, // 45: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
+	40, // 46: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
+	1,  // 47: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
+	3,  // 48: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
+	5,  // 49: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
+	7,  // 50: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
+	10, // 51: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
+	15, // 52: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
+	17, // 53: pando.v1.KV.Compact:input_type -> pando.v1.CompactRequest
+	20, // 54: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
+	22, // 55: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
+	43, // 56: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
+	48, // 57: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
+	50, // 58: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
+	53, // 59: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
+	55, // 60: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
+	57, // 61: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
+	59, // 62: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
+	61, // 63: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
+	63, // 64: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
+	83, // 65: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
+	65, // 66: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
+	69, // 67: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
+	67, // 68: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
+	71, // 69: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
+	73, // 70: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
+	75, // 71: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
+	78, // 72: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
+	80, // 73: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
+	2,  // 74: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
+	4,  // 75: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
+	6,  // 76: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
+	9,  // 77: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
+	14, // 78: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
+	16, // 79: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
+	18, // 80: pando.v1.KV.Compact:output_type -> pando.v1.CompactResponse
+	21, // 81: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
+	23, // 82: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
+	47, // 83: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
+	49, // 84: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
+	52, // 85: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
+	54, // 86: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
+	56, // 87: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
+	58, // 88: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
+	60, // 89: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
+	62, // 90: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
+	64, // 91: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
+	84, // 92: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
+	66, // 93: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
+	70, // 94: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
+	68, // 95: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
+	72, // 96: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
+	74, // 97: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
+	77, // 98: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
+	79, // 99: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
+	82, // 100: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
+	74, // [74:101] is the sub-list for method output_type
+	47, // [47:74] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_pando_proto_init() }
@@ -5797,7 +6090,7 @@ func file_pando_proto_init() {
 	if File_pando_proto != nil {
 		return
 	}
-	file_pando_proto_msgTypes[24].OneofWrappers = []any{
+	file_pando_proto_msgTypes[26].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
 		(*Command_PruneDedup)(nil),
@@ -5810,6 +6103,8 @@ func file_pando_proto_init() {
 		(*Command_Freeze)(nil),
 		(*Command_Merge)(nil),
 		(*Command_RevisionCeiling)(nil),
+		(*Command_CloseRevision)(nil),
+		(*Command_Compact)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -5817,7 +6112,7 @@ func file_pando_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pando_proto_rawDesc), len(file_pando_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   80,
+			NumMessages:   84,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

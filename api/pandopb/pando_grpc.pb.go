@@ -29,6 +29,7 @@ const (
 	KV_Scan_FullMethodName           = "/pando.v1.KV/Scan"
 	KV_Status_FullMethodName         = "/pando.v1.KV/Status"
 	KV_AllocRevisions_FullMethodName = "/pando.v1.KV/AllocRevisions"
+	KV_Compact_FullMethodName        = "/pando.v1.KV/Compact"
 )
 
 // KVClient is the client API for KV service.
@@ -43,6 +44,9 @@ type KVClient interface {
 	// AllocRevisions is served by the meta range's leader (the revision
 	// oracle); nodes call it before proposing writes.
 	AllocRevisions(ctx context.Context, in *AllocRevisionsRequest, opts ...grpc.CallOption) (*AllocRevisionsResponse, error)
+	// Compact drops the history below a revision in every range (range_id
+	// 0) or in one (served by its leader), as etcd's Compact does.
+	Compact(ctx context.Context, in *CompactRequest, opts ...grpc.CallOption) (*CompactResponse, error)
 }
 
 type kVClient struct {
@@ -113,6 +117,16 @@ func (c *kVClient) AllocRevisions(ctx context.Context, in *AllocRevisionsRequest
 	return out, nil
 }
 
+func (c *kVClient) Compact(ctx context.Context, in *CompactRequest, opts ...grpc.CallOption) (*CompactResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CompactResponse)
+	err := c.cc.Invoke(ctx, KV_Compact_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KVServer is the server API for KV service.
 // All implementations must embed UnimplementedKVServer
 // for forward compatibility.
@@ -125,6 +139,9 @@ type KVServer interface {
 	// AllocRevisions is served by the meta range's leader (the revision
 	// oracle); nodes call it before proposing writes.
 	AllocRevisions(context.Context, *AllocRevisionsRequest) (*AllocRevisionsResponse, error)
+	// Compact drops the history below a revision in every range (range_id
+	// 0) or in one (served by its leader), as etcd's Compact does.
+	Compact(context.Context, *CompactRequest) (*CompactResponse, error)
 	mustEmbedUnimplementedKVServer()
 }
 
@@ -152,6 +169,9 @@ func (UnimplementedKVServer) Status(context.Context, *StatusRequest) (*StatusRes
 }
 func (UnimplementedKVServer) AllocRevisions(context.Context, *AllocRevisionsRequest) (*AllocRevisionsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method AllocRevisions not implemented")
+}
+func (UnimplementedKVServer) Compact(context.Context, *CompactRequest) (*CompactResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Compact not implemented")
 }
 func (UnimplementedKVServer) mustEmbedUnimplementedKVServer() {}
 func (UnimplementedKVServer) testEmbeddedByValue()            {}
@@ -282,6 +302,24 @@ func _KV_AllocRevisions_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KV_Compact_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CompactRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).Compact(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_Compact_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).Compact(ctx, req.(*CompactRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KV_ServiceDesc is the grpc.ServiceDesc for KV service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -312,6 +350,10 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AllocRevisions",
 			Handler:    _KV_AllocRevisions_Handler,
+		},
+		{
+			MethodName: "Compact",
+			Handler:    _KV_Compact_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

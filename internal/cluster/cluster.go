@@ -545,6 +545,11 @@ func (l *localKV) Scan(ctx context.Context, in *pandopb.ScanRequest, _ ...grpc.C
 	return out, err
 }
 
+func (l *localKV) Compact(ctx context.Context, in *pandopb.CompactRequest, _ ...grpc.CallOption) (out *pandopb.CompactResponse, err error) {
+	err = l.call(ctx, true, func(s *kvservice.Service, ctx context.Context) error { out, err = s.Compact(ctx, in); return err })
+	return out, err
+}
+
 func (l *localKV) Status(ctx context.Context, in *pandopb.StatusRequest, _ ...grpc.CallOption) (out *pandopb.StatusResponse, err error) {
 	err = l.call(ctx, false, func(s *kvservice.Service, ctx context.Context) error { out, err = s.Status(ctx, in); return err })
 	return out, err

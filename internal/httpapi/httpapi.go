@@ -21,7 +21,9 @@ func Status(err error) int {
 		return http.StatusPreconditionFailed
 	case errors.Is(err, kv.ErrKeyTooLarge), errors.Is(err, kv.ErrValueTooLarge), errors.Is(err, kv.ErrRequestTooLarge):
 		return http.StatusRequestEntityTooLarge
-	case errors.Is(err, kv.ErrEmptyKey), errors.Is(err, kv.ErrInvalidArgument):
+	case errors.Is(err, kv.ErrCompacted):
+		return http.StatusGone
+	case errors.Is(err, kv.ErrEmptyKey), errors.Is(err, kv.ErrInvalidArgument), errors.Is(err, kv.ErrFutureRevision):
 		return http.StatusBadRequest
 	case errors.Is(err, kv.ErrOverloaded):
 		return http.StatusTooManyRequests
