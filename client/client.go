@@ -35,6 +35,10 @@ var (
 	ErrKeyTooLarge     = kv.ErrKeyTooLarge
 	ErrValueTooLarge   = kv.ErrValueTooLarge
 	ErrUnavailable     = kv.ErrUnavailable
+	// ErrCompacted: a read below the compaction revision; ErrFutureRevision:
+	// a read above the latest revision.
+	ErrCompacted      = kv.ErrCompacted
+	ErrFutureRevision = kv.ErrFutureRevision
 	// ErrUnauthenticated: the cluster wants a token (Config.Token) or a
 	// client certificate.
 	ErrUnauthenticated = kv.ErrUnauthenticated
@@ -689,7 +693,15 @@ type WriteResult struct {
 // ReadOption changes how a read is served.
 type ReadOption func(*readOpts)
 
-type readOpts struct{ c pandopb.Consistency }
+type readOpts struct {
+	c   pandopb.Consistency
+	rev uint64
+}
+
+// AtRevision reads the key space as of revision rev: the last write at or
+// before it. It fails with ErrCompacted below the compaction revision and
+// ErrFutureRevision above the latest revision.
+func AtRevision(rev uint64) ReadOption { return func(o *readOpts) { o.rev = rev } }
 
 // Stale lets any replica serve the read from its local state: faster, and
 // available without a quorum, but it may miss recent writes. Stale reads
@@ -708,7 +720,7 @@ func (c *Client) Get(ctx context.Context, key []byte, opts ...ReadOption) (*KeyV
 	if o.c == pandopb.Consistency_STALE {
 		k = staleRead
 	}
-	req := &pandopb.GetRequest{Key: key, Consistency: o.c}
+	req := &pandopb.GetRequest{Key: key, Consistency: o.c, Revision: o.rev}
 	resp, err := do(c, ctx, k, key, func(ctx context.Context, kvc pandopb.KVClient) (*pandopb.GetResponse, error) {
 		return kvc.Get(ctx, req)
 	})
@@ -784,6 +796,10 @@ type ScanOptions struct {
 	Start, End, Prefix []byte
 	Limit              int
 	Stale              bool
+	// Revision reads the span as of that revision (0: the latest). To go
+	// on with a scan as one consistent cut, pass the Revision of its
+	// first page with the Next of the last.
+	Revision uint64
 }
 
 // ScanResult is one page of a scan; when More is set, scan again with
@@ -798,7 +814,7 @@ type ScanResult struct {
 
 // Scan returns keys in order.
 func (c *Client) Scan(ctx context.Context, o ScanOptions) (*ScanResult, error) {
-	req := &pandopb.ScanRequest{Start: o.Start, End: o.End, Prefix: o.Prefix, Limit: uint32(max(o.Limit, 0))}
+	req := &pandopb.ScanRequest{Start: o.Start, End: o.End, Prefix: o.Prefix, Limit: uint32(max(o.Limit, 0)), Revision: o.Revision}
 	k := linearizableRead
 	if o.Stale {
 		req.Consistency = pandopb.Consistency_STALE
@@ -819,6 +835,22 @@ func (c *Client) Scan(ctx context.Context, o ScanOptions) (*ScanResult, error) {
 		out.Items[i] = KeyValue{Key: it.Key, Value: it.Value, Version: it.Version, CreateRevision: it.CreateRevision, ModRevision: it.ModRevision}
 	}
 	return out, nil
+}
+
+// Compact drops the history below revision rev in every range, as etcd's
+// compaction does: reads below rev fail with ErrCompacted from then on.
+// It returns the compaction revision. Compacting at or below the current
+// compaction fails with ErrCompacted; above the latest revision, with
+// ErrFutureRevision.
+func (c *Client) Compact(ctx context.Context, rev uint64) (uint64, error) {
+	req := &pandopb.CompactRequest{Revision: rev}
+	resp, err := do(c, ctx, linearizableRead, nil, func(ctx context.Context, kvc pandopb.KVClient) (*pandopb.CompactResponse, error) {
+		return kvc.Compact(ctx, req)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return resp.Revision, nil
 }
 
 // Status returns the status as seen by the node at addr (any endpoint when

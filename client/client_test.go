@@ -102,6 +102,14 @@ func (k *fakeKV) Scan(ctx context.Context, in *pandopb.ScanRequest, _ ...grpc.Ca
 	return r.(*pandopb.ScanResponse), nil
 }
 
+func (k *fakeKV) Compact(ctx context.Context, in *pandopb.CompactRequest, _ ...grpc.CallOption) (*pandopb.CompactResponse, error) {
+	r, err := k.do(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	return r.(*pandopb.CompactResponse), nil
+}
+
 func (k *fakeKV) Status(ctx context.Context, in *pandopb.StatusRequest, _ ...grpc.CallOption) (*pandopb.StatusResponse, error) {
 	return &pandopb.StatusResponse{}, nil
 }

@@ -3,9 +3,12 @@ package kvservice
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
+
+	"google.golang.org/grpc/metadata"
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
@@ -117,6 +120,11 @@ func (d Direct) Scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.Sc
 	return d.s.scan(ctx, req)
 }
 
+// Compact is Service.Compact with a kv error.
+func (d Direct) Compact(ctx context.Context, req *pandopb.CompactRequest) (*pandopb.CompactResponse, error) {
+	return d.s.compact(ctx, req)
+}
+
 // SetForwardTimeout bounds each attempt to forward a request to a leader
 // (default DefaultForwardTimeout), so that a hung leader costs a request
 // one attempt, not its whole deadline. Call before serving.
@@ -199,6 +207,9 @@ func (s *Service) get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.Ge
 	}
 	if err := s.checkConsistency(req.Consistency); err != nil {
 		return nil, err
+	}
+	if req.Revision != 0 {
+		return s.getAt(ctx, req)
 	}
 	read := func(rangeID uint64) (*pandopb.GetResponse, error) {
 		// The record and the range's last revision from one snapshot: the
@@ -397,33 +408,61 @@ func (s *Service) scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.
 	// A forwarded scan serves one range and says where to continue; the
 	// node that routes it walks the ranges.
 	single := route.Forwarded(ctx)
+	// rev: the revision every range is read at (0: the latest); handedOut:
+	// it came from the oracle here.
+	rev, handedOut := req.Revision, false
 	resp := &pandopb.ScanResponse{}
 	cur := start
 	for {
 		var page *pandopb.ScanResponse
 		var err error
 		st, rerr := s.node.RangeFor(cur)
-		if stale && rerr == nil {
-			page, err = s.readSpan(st.RangeID, cur, end, limit-len(resp.Items))
-		} else {
-			// Linearizable, or stale of a range with no replica here.
+		local := rerr == nil && (stale || rev != 0)
+		if local {
+			// A stale read, or one at a revision this replica may answer.
+			page, err = s.readSpan(st.RangeID, cur, end, limit-len(resp.Items), rev)
+			local = !errors.Is(err, errOpen) && !errors.Is(err, kv.ErrWrongRange)
+		}
+		if !local {
+			// Linearizable, or of a range with no replica here (or not
+			// closed at rev here).
 			err = s.route(ctx, cur, false, func(rid uint64) error {
+				read := func() error {
+					var err error
+					page, err = s.readSpan(rid, cur, end, limit-len(resp.Items), rev)
+					return err
+				}
+				if rev != 0 {
+					return s.readClosed(ctx, rid, rev, handedOut, read)
+				}
 				if !stale {
 					if err := s.readIndex(ctx, rid, cur); err != nil {
 						return err
 					}
 				}
-				var err error
-				page, err = s.readSpan(rid, cur, end, limit-len(resp.Items))
-				return err
+				return read()
 			}, func(ctx context.Context, c pandopb.KVClient) error {
 				var err error
-				page, err = c.Scan(ctx, &pandopb.ScanRequest{Start: cur, End: end, Limit: uint32(limit - len(resp.Items)), Consistency: req.Consistency})
+				page, err = c.Scan(ctx, &pandopb.ScanRequest{Start: cur, End: end, Limit: uint32(limit - len(resp.Items)), Consistency: req.Consistency, Revision: rev})
 				return err
 			})
 		}
 		if err != nil {
 			return nil, err
+		}
+		if rev == 0 && !stale && page.More && len(resp.Items)+len(page.Items) < limit {
+			// A linearizable scan that crosses into another range: one
+			// consistent cut of every range it reads, at a revision handed
+			// out after the scan began (so at or above every write
+			// acknowledged before it), read again from the start. A
+			// single-range page (forwarded, or for a client that pages
+			// itself) is read at it too, and the client continues at the
+			// answer's revision.
+			if rev, err = s.Revisions(ctx, 1); err != nil {
+				return nil, err
+			}
+			handedOut, resp, cur = true, &pandopb.ScanResponse{}, start
+			continue
 		}
 		resp.Items = append(resp.Items, page.Items...)
 		resp.More, resp.Next = page.More, page.Next
@@ -440,8 +479,15 @@ func (s *Service) scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.
 // readSpan reads up to limit keys of [start, end) from the local replica
 // of rangeID, clipped to the range's span; More and Next say where the
 // scan continues (in this range, or at the next one).
-func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int) (*pandopb.ScanResponse, error) {
-	st, ok := s.node.Status(rangeID)
+func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int, at uint64) (*pandopb.ScanResponse, error) {
+	snap := s.node.NewSnapshot()
+	defer snap.Close()
+	// The range's span and revisions from the snapshot the data comes
+	// from.
+	st, ok, err := storage.ReadRangeState(snap, rangeID)
+	if err != nil {
+		return nil, err
+	}
 	if !ok || !st.Desc.ContainsKey(start) {
 		return nil, fmt.Errorf("%w: %q left range %d", kv.ErrWrongRange, start, rangeID)
 	}
@@ -450,13 +496,18 @@ func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int) (*pando
 	if len(desc.EndKey) > 0 && (len(stop) == 0 || bytes.Compare(desc.EndKey, stop) < 0) {
 		stop, clipped = desc.EndKey, true
 	}
-	snap := s.node.NewSnapshot()
-	defer snap.Close()
-	kvs, more, err := storage.Scan(snap, start, stop, limit)
-	if err != nil {
-		return nil, err
+	var kvs []storage.KV
+	var more bool
+	rev := st.LastRevision
+	if at != 0 {
+		if _, err := rangeAt(snap, rangeID, at, start); err != nil {
+			return nil, err
+		}
+		rev = at
+		kvs, more, err = storage.ScanAt(snap, start, stop, at, limit)
+	} else {
+		kvs, more, err = storage.Scan(snap, start, stop, limit)
 	}
-	rev, err := storage.LastRevision(snap, rangeID)
 	if err != nil {
 		return nil, err
 	}
@@ -477,6 +528,9 @@ func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int) (*pando
 // range's leader: here, or through that node's AllocRevisions. It is the
 // node's revision source (node.RevisionSource).
 func (s *Service) Revisions(ctx context.Context, count int) (uint64, error) {
+	// Node-internal: forwarded to the oracle even when called while
+	// serving a request that was itself forwarded here.
+	ctx = metadata.NewIncomingContext(ctx, metadata.MD{})
 	var first uint64
 	err := s.router.Do(ctx, route.Request{
 		RangeID: storage.MetaRangeID, AttemptTimeout: s.forwardTimeout,

@@ -787,16 +787,17 @@ func (n *Node) publishStatus(r *group) {
 		since = old.LeaderSince
 	}
 	r.status.Store(&RangeStatus{
-		LeaderSince: since,
-		Revision:    r.storage.State().LastRevision,
-		RangeID:     r.id,
-		Desc:        r.storage.State().Desc,
-		LeaderID:    st.Lead,
-		Learners:    r.learners,
-		Term:        st.Term,
-		Role:        st.RaftState.String(),
-		Applied:     r.applied,
-		Commit:      st.Commit,
+		LeaderSince:     since,
+		Revision:        r.storage.State().LastRevision,
+		CompactRevision: r.storage.State().CompactRevision,
+		RangeID:         r.id,
+		Desc:            r.storage.State().Desc,
+		LeaderID:        st.Lead,
+		Learners:        r.learners,
+		Term:            st.Term,
+		Role:            st.RaftState.String(),
+		Applied:         r.applied,
+		Commit:          st.Commit,
 
 		LastCheck: r.storage.State().LastCheck,
 		Quiesced:  r.quiesced,

@@ -129,6 +129,9 @@ type RangeStatus struct {
 	FrozenFor, FrozenAt uint64
 	// Revision is the revision of the last data write applied.
 	Revision uint64
+	// CompactRevision is the range's compaction revision: reads below it
+	// are refused.
+	CompactRevision uint64
 	// LeaderSince is when this replica was first seen leading in Term
 	// (zero unless it leads): no earlier than its election.
 	LeaderSince time.Time

@@ -249,14 +249,17 @@ func Apply(b *pebble.Batch, st *pandopb.RangeState, index uint64, cmd *pandopb.C
 		st.LastRevision = max(st.LastRevision, op.CloseRevision.Revision)
 		res.Revision = st.LastRevision
 	case *pandopb.Command_Compact:
-		if c := op.Compact.Revision; c > st.CompactRevision {
-			if _, err = storage.CompactHistory(b, b, st.Desc.StartKey, st.Desc.EndKey, c); err != nil {
-				break
-			}
-			st.CompactRevision = c
+		c := op.Compact.Revision
+		if c <= st.CompactRevision {
+			res.Err = fmt.Errorf("%w: range %d is compacted at %d", kv.ErrCompacted, rangeID, st.CompactRevision)
+			res.Revision = st.CompactRevision
+			break
 		}
-		st.LastRevision = max(st.LastRevision, op.Compact.Revision)
-		res.Revision = st.CompactRevision
+		if _, err = storage.CompactHistory(b, b, st.Desc.StartKey, st.Desc.EndKey, c); err != nil {
+			break
+		}
+		st.CompactRevision, st.LastRevision = c, max(st.LastRevision, c)
+		res.Revision = c
 	case *pandopb.Command_AllocRangeId:
 		st.NextRangeId = max(st.NextRangeId, 2)
 		res.Version = st.NextRangeId

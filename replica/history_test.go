@@ -7,6 +7,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/kv"
 	"github.com/pando/pando/replica"
 	"github.com/pando/pando/storage"
 )
@@ -91,7 +92,7 @@ func TestRangeHistoryCloseAndCompact(t *testing.T) {
 	}
 	// A compaction does not go back, and one past the last revision closes
 	// the range there.
-	if res := run(compactCmd(15), 0); st.CompactRevision != 25 || res.Revision != 25 {
+	if res := run(compactCmd(15), 0); st.CompactRevision != 25 || res.Revision != 25 || !errors.Is(res.Err, kv.ErrCompacted) {
 		t.Fatalf("compact at 15 after 25: compact revision %d", st.CompactRevision)
 	}
 	run(compactCmd(60), 0)

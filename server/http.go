@@ -40,6 +40,19 @@ func parseConsistency(q url.Values) (pandopb.Consistency, error) {
 	}
 }
 
+// parseRevision reads ?revision= (0 when absent: the latest).
+func parseRevision(q url.Values) (uint64, error) {
+	v := q.Get("revision")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || n == 0 {
+		return 0, httpapi.BadRequest("revision must be a positive revision number, not %q", v)
+	}
+	return n, nil
+}
+
 func parseCAS(q url.Values) (bool, uint64, error) {
 	s := q.Get("cas")
 	if s == "" {
@@ -93,7 +106,12 @@ func (s *Server) handleKV(w http.ResponseWriter, r *http.Request) {
 			httpapi.WriteError(w, err)
 			return
 		}
-		resp, err := s.svc.Direct().Get(ctx, &pandopb.GetRequest{Key: key, Consistency: c})
+		rev, err := parseRevision(q)
+		if err != nil {
+			httpapi.WriteError(w, err)
+			return
+		}
+		resp, err := s.svc.Direct().Get(ctx, &pandopb.GetRequest{Key: key, Consistency: c, Revision: rev})
 		if err == nil && !resp.Found {
 			err = fmt.Errorf("%w: %q", kv.ErrNotFound, key)
 		}
@@ -163,7 +181,12 @@ func (s *Server) handleScan(ctx context.Context, w http.ResponseWriter, q url.Va
 		httpapi.WriteError(w, err)
 		return
 	}
-	req := &pandopb.ScanRequest{Consistency: c, Prefix: []byte(q.Get("prefix")), Start: []byte(q.Get("start")), End: []byte(q.Get("end"))}
+	rev, err := parseRevision(q)
+	if err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	req := &pandopb.ScanRequest{Consistency: c, Prefix: []byte(q.Get("prefix")), Start: []byte(q.Get("start")), End: []byte(q.Get("end")), Revision: rev}
 	if l := q.Get("limit"); l != "" {
 		n, err := strconv.ParseUint(l, 10, 32)
 		if err != nil || n == 0 {
@@ -201,6 +224,31 @@ func (s *Server) handleScan(ctx context.Context, w http.ResponseWriter, q url.Va
 	}
 	w.Header().Set("Pando-Revision", strconv.FormatUint(resp.Revision, 10))
 	httpapi.WriteJSON(w, http.StatusOK, out)
+}
+
+// handleCompact is POST /v1/compact?revision=N: every range drops the
+// history below N (etcd's compaction); reads below N fail from then on.
+func (s *Server) handleCompact(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel, err := requestContext(r)
+	if err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	defer cancel()
+	rev, err := parseRevision(r.URL.Query())
+	if err == nil && rev == 0 {
+		err = httpapi.BadRequest("compact needs ?revision=N")
+	}
+	if err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	resp, err := s.svc.Direct().Compact(ctx, &pandopb.CompactRequest{Revision: rev})
+	if err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	httpapi.WriteJSON(w, http.StatusOK, map[string]uint64{"revision": resp.Revision, "ranges": uint64(resp.Ranges)})
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {

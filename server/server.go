@@ -561,6 +561,7 @@ func (s *Server) Start() error {
 	api := http.NewServeMux()
 	api.HandleFunc("/v1/kv/", s.instrumentHTTP(s.handleKV))
 	api.HandleFunc("GET /v1/status", s.handleStatus)
+	api.HandleFunc("POST /v1/compact", s.instrumentHTTP(s.handleCompact))
 	s.dash.Register(api)
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", s.requireAuth(api))

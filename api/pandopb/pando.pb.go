@@ -1313,8 +1313,11 @@ type CompactResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// revision is the compaction revision now in force (at least the
 	// requested one); ranges how many ranges compacted.
-	Revision      uint64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
-	Ranges        uint32 `protobuf:"varint,2,opt,name=ranges,proto3" json:"ranges,omitempty"`
+	Revision uint64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Ranges   uint32 `protobuf:"varint,2,opt,name=ranges,proto3" json:"ranges,omitempty"`
+	// next (range_id requests): where the next range starts; empty after
+	// the last range.
+	Next          []byte `protobuf:"bytes,3,opt,name=next,proto3" json:"next,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1361,6 +1364,13 @@ func (x *CompactResponse) GetRanges() uint32 {
 		return x.Ranges
 	}
 	return 0
+}
+
+func (x *CompactResponse) GetNext() []byte {
+	if x != nil {
+		return x.Next
+	}
+	return nil
 }
 
 type RaftEnvelope struct {
@@ -5563,10 +5573,11 @@ const file_pando_proto_rawDesc = "" +
 	"\x05first\x18\x01 \x01(\x04R\x05first\"G\n" +
 	"\x0eCompactRequest\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x19\n" +
-	"\brange_id\x18\x02 \x01(\x04R\arangeId\"E\n" +
+	"\brange_id\x18\x02 \x01(\x04R\arangeId\"Y\n" +
 	"\x0fCompactResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x16\n" +
-	"\x06ranges\x18\x02 \x01(\rR\x06ranges\"C\n" +
+	"\x06ranges\x18\x02 \x01(\rR\x06ranges\x12\x12\n" +
+	"\x04next\x18\x03 \x01(\fR\x04next\"C\n" +
 	"\fRaftEnvelope\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\fR\amessage\"\\\n" +

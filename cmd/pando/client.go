@@ -233,12 +233,13 @@ func parseVersion(s string) (uint64, error) {
 }
 
 func clientCmds() []*cobra.Command {
-	return []*cobra.Command{getCmd(), putCmd(), delCmd(), casCmd(), scanCmd(), statusCmd()}
+	return []*cobra.Command{getCmd(), putCmd(), delCmd(), casCmd(), scanCmd(), compactCmd(), statusCmd()}
 }
 
 func getCmd() *cobra.Command {
 	var f clientFlags
 	var stale bool
+	var rev uint64
 	cmd := &cobra.Command{
 		Use:   "get KEY",
 		Short: "Print a key's value (exit status 3 when absent)",
@@ -253,6 +254,9 @@ func getCmd() *cobra.Command {
 			var opts []client.ReadOption
 			if stale {
 				opts = append(opts, client.Stale())
+			}
+			if rev != 0 {
+				opts = append(opts, client.AtRevision(rev))
 			}
 			item, err := c.Get(ctx, []byte(args[0]), opts...)
 			if err != nil {
@@ -270,6 +274,7 @@ func getCmd() *cobra.Command {
 	}
 	f.add(cmd, true)
 	cmd.Flags().BoolVar(&stale, "stale", false, "allow any replica to answer from its local state")
+	cmd.Flags().Uint64Var(&rev, "rev", 0, "read the key as of this revision (0: the latest)")
 	return cmd
 }
 
@@ -407,8 +412,9 @@ func scanCmd() *cobra.Command {
 	var prefix, start, end string
 	var limit int
 	var stale bool
+	var rev uint64
 	cmd := &cobra.Command{
-		Use:   "scan [--prefix P | --start A --end B] [--limit N]",
+		Use:   "scan [--prefix P | --start A --end B] [--limit N] [--rev R]",
 		Short: "List keys in order",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -424,7 +430,7 @@ func scanCmd() *cobra.Command {
 			}
 			defer cancel()
 			defer c.Close()
-			res, err := c.Scan(ctx, client.ScanOptions{Prefix: []byte(prefix), Start: []byte(start), End: []byte(end), Limit: limit, Stale: stale})
+			res, err := c.Scan(ctx, client.ScanOptions{Prefix: []byte(prefix), Start: []byte(start), End: []byte(end), Limit: limit, Stale: stale, Revision: rev})
 			if err != nil {
 				return err
 			}
@@ -440,7 +446,7 @@ func scanCmd() *cobra.Command {
 				fmt.Fprintf(w, "%q\t%q\tversion %d\trevision %d\n", it.Key, it.Value, it.Version, it.ModRevision)
 			}
 			if res.More {
-				fmt.Fprintf(w, "... more from %q\n", res.Next)
+				fmt.Fprintf(w, "... more from %q at revision %d (--start %q --rev %d)\n", res.Next, res.Revision, res.Next, res.Revision)
 			}
 			return w.Flush()
 		},
@@ -451,6 +457,39 @@ func scanCmd() *cobra.Command {
 	cmd.Flags().StringVar(&end, "end", "", "last key (exclusive; empty: end of key space)")
 	cmd.Flags().IntVar(&limit, "limit", 100, "at most this many keys")
 	cmd.Flags().BoolVar(&stale, "stale", false, "allow any replica to answer from its local state")
+	cmd.Flags().Uint64Var(&rev, "rev", 0, "read the span as of this revision, one consistent cut of every range (0: the latest)")
+	return cmd
+}
+
+func compactCmd() *cobra.Command {
+	var f clientFlags
+	cmd := &cobra.Command{
+		Use:   "compact REVISION",
+		Short: "Drop the history below a revision in every range (reads below it fail from then on)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rev, err := strconv.ParseUint(args[0], 10, 64)
+			if err != nil || rev == 0 {
+				return usageError{fmt.Errorf("REVISION must be a positive revision number, not %q", args[0])}
+			}
+			c, ctx, cancel, err := f.open()
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			got, err := c.Compact(ctx, rev)
+			if err != nil {
+				return err
+			}
+			if f.json {
+				return printJSON(cmd.OutOrStdout(), map[string]uint64{"revision": got})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "compacted at revision %d\n", got)
+			return nil
+		},
+	}
+	f.add(cmd, true)
 	return cmd
 }
 

@@ -1,0 +1,173 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/kv"
+)
+
+// Reads at a revision over three ranges: every get and every scan at
+// every revision the history passed through answers with the key space as
+// it was then, on every node, stale or not; a scan is one cut across the
+// ranges; a linearizable scan across ranges is one cut too; a compaction
+// refuses reads below it and keeps those above; a revision not handed
+// out yet is refused.
+func TestReadsAtRevisionAcrossRanges(t *testing.T) {
+	c := New(t, Options{Seed: testSeed(t)})
+	splitInto(t, c, []string{"h", "p"})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ids := c.IDs()
+	keys := []string{"a", "b", "j", "k", "r", "s"} // two in each range
+	live := map[string]string{}
+	type point struct {
+		rev   uint64
+		state map[string]string
+	}
+	var history []point
+	snapshot := func(rev uint64) {
+		m := map[string]string{}
+		for k, v := range live {
+			m[k] = v
+		}
+		history = append(history, point{rev, m})
+	}
+	for n := 0; n < 30; n++ {
+		key := keys[(n*7)%len(keys)]
+		via := c.KV(ids[n%len(ids)])
+		if n%5 == 4 {
+			resp, err := via.Delete(ctx, &pandopb.DeleteRequest{Key: []byte(key)})
+			if err != nil {
+				t.Fatalf("delete %s: %v", key, err)
+			}
+			if resp.Deleted {
+				delete(live, key)
+				snapshot(resp.Revision)
+			}
+			continue
+		}
+		v := fmt.Sprint("v", n)
+		resp, err := via.Put(ctx, &pandopb.PutRequest{Key: []byte(key), Value: []byte(v)})
+		if err != nil {
+			t.Fatalf("put %s: %v", key, err)
+		}
+		live[key] = v
+		snapshot(resp.Revision)
+	}
+	render := func(m map[string]string) string {
+		var out []string
+		for _, k := range keys {
+			if v, ok := m[k]; ok {
+				out = append(out, k+"="+v)
+			}
+		}
+		return strings.Join(out, " ")
+	}
+	scanAt := func(via pandopb.KVClient, rev uint64, stale bool) (string, uint64, error) {
+		req := &pandopb.ScanRequest{Revision: rev}
+		if stale {
+			req.Consistency = pandopb.Consistency_STALE
+		}
+		resp, err := via.Scan(ctx, req)
+		if err != nil {
+			return "", 0, kv.FromStatus(err)
+		}
+		m := map[string]string{}
+		for _, it := range resp.Items {
+			m[string(it.Key)] = string(it.Value)
+		}
+		return render(m), resp.Revision, nil
+	}
+	check := func(from uint64) {
+		t.Helper()
+		for i, p := range history {
+			if p.rev < from {
+				continue
+			}
+			id := ids[i%len(ids)]
+			stale := i%2 == 0
+			got, rev, err := scanAt(c.KV(id), p.rev, stale)
+			if err != nil || got != render(p.state) || rev != p.rev {
+				t.Fatalf("scan at %d via node %d (stale %v) = %q at %d (%v), want %q", p.rev, id, stale, got, rev, err, render(p.state))
+			}
+			for _, k := range keys {
+				req := &pandopb.GetRequest{Key: []byte(k), Revision: p.rev}
+				if stale {
+					req.Consistency = pandopb.Consistency_STALE
+				}
+				resp, err := c.KV(id).Get(ctx, req)
+				want, ok := p.state[k]
+				if err != nil || resp.Found != ok || string(resp.Value) != want || resp.Revision != p.rev {
+					t.Fatalf("get %s at %d via node %d = %v (%v), want %q present %v", k, p.rev, id, resp, err, want, ok)
+				}
+			}
+		}
+	}
+	check(0)
+
+	// A linearizable scan without a revision crosses the three ranges at
+	// one revision at or above the last write.
+	last := history[len(history)-1]
+	got, rev, err := scanAt(c.KV(ids[1]), 0, false)
+	if err != nil || got != render(last.state) || rev < last.rev {
+		t.Fatalf("linearizable scan = %q at %d (%v), want %q at %d or later", got, rev, err, render(last.state), last.rev)
+	}
+	if got, _, err := scanAt(c.KV(ids[2]), rev, true); err != nil || got != render(last.state) {
+		t.Fatalf("stale scan at the linearizable scan's revision %d = %q (%v)", rev, got, err)
+	}
+
+	// Far ahead of the oracle: refused, and writes go on.
+	if _, _, err := scanAt(c.KV(ids[0]), 1<<50, false); !errors.Is(err, kv.ErrFutureRevision) {
+		t.Fatalf("scan at a future revision: %v", err)
+	}
+	if _, err := c.KV(ids[0]).Put(ctx, &pandopb.PutRequest{Key: []byte("a"), Value: []byte("after")}); err != nil {
+		t.Fatalf("a put after a read at a future revision: %v", err)
+	}
+	live["a"] = "after"
+
+	// Compact at the middle of the history.
+	mid := history[len(history)/2].rev
+	resp, err := c.KV(ids[2]).Compact(ctx, &pandopb.CompactRequest{Revision: mid})
+	if err != nil || resp.Revision != mid || resp.Ranges != 3 {
+		t.Fatalf("compact at %d: %v (%v); want 3 ranges at %d", mid, resp, kv.FromStatus(err), mid)
+	}
+	// Every replica applies the compaction (followers a moment later: until
+	// then they still hold, and may serve, the history below it).
+	for _, id := range ids {
+		for _, st := range c.Member(id).Node.Statuses() {
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				now, _ := c.Member(id).Node.Status(st.RangeID)
+				if now.CompactRevision == mid {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("node %d range %d compacted at %d, want %d", id, st.RangeID, now.CompactRevision, mid)
+				}
+			}
+		}
+	}
+	for _, id := range ids {
+		if _, _, err := scanAt(c.KV(id), mid-1, true); !errors.Is(err, kv.ErrCompacted) {
+			t.Fatalf("scan below the compaction via node %d: %v", id, err)
+		}
+		_, err := c.KV(id).Get(ctx, &pandopb.GetRequest{Key: []byte("j"), Revision: history[0].rev})
+		if !errors.Is(kv.FromStatus(err), kv.ErrCompacted) {
+			t.Fatalf("get below the compaction via node %d: %v", id, err)
+		}
+	}
+	check(mid)
+	_, err = c.KV(ids[0]).Compact(ctx, &pandopb.CompactRequest{Revision: mid})
+	if !errors.Is(kv.FromStatus(err), kv.ErrCompacted) {
+		t.Fatalf("compacting again at %d: %v", mid, err)
+	}
+	if !slices.IsSortedFunc(history, func(a, b point) int { return int(a.rev) - int(b.rev) }) {
+		t.Fatal("revisions of the history are not ascending")
+	}
+}
