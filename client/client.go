@@ -421,6 +421,31 @@ func (c *Client) target(key []byte, stale bool, avoid string) (ep *endpoint, for
 	return good[rand.IntN(len(good))], forward
 }
 
+// untilProbe is how long until an open breaker admits a probe: the
+// soonest OpenFor to end, or idle (a half-open breaker's probe is in
+// flight) when none is open.
+func (c *Client) untilProbe(idle time.Duration) time.Duration {
+	c.mu.Lock()
+	eps := make([]*endpoint, 0, len(c.known))
+	for _, addr := range c.known {
+		eps = append(eps, c.eps[addr])
+	}
+	c.mu.Unlock()
+	now := c.cfg.Clock.Now()
+	wait, open := time.Duration(0), false
+	for _, e := range eps {
+		if st := e.br.Status(); st.State == resilience.StateOpen {
+			if d := st.OpenUntil.Sub(now); !open || d < wait {
+				wait, open = d, true
+			}
+		}
+	}
+	if !open {
+		return idle
+	}
+	return wait
+}
+
 // notSent reports a transport failure that happened before the request
 // left this process, so a write cannot have been applied.
 func notSent(err error) bool {
@@ -544,6 +569,21 @@ func do[T any](c *Client, ctx context.Context, k kind, key []byte, call func(con
 	for n := 1; n <= s.MaxAttempts; n++ {
 		ep, forward := c.target(key, k == staleRead, avoid)
 		if ep == nil {
+			// Every node's breaker is open. Fail fast only if none admits a
+			// probe before the deadline: a breaker that opened when one node
+			// failed (its neighbours answering "no leader" meanwhile) must not
+			// fail every request of the next OpenFor at once, each with nothing
+			// tried. Waiting sends nothing, so it is not a retry.
+			if pause := max(c.untilProbe(backoff.Delay(retries+1, rand.Float64())), time.Millisecond); c.cfg.Clock.Now().Add(pause + time.Millisecond).Before(deadline) {
+				select {
+				case <-ctx.Done():
+				case <-time.After(pause):
+				}
+				if ctx.Err() == nil {
+					n--
+					continue
+				}
+			}
 			if last == nil {
 				last = resilience.ErrOpen
 			}

@@ -290,6 +290,34 @@ func TestEveryBreakerOpenFailsFast(t *testing.T) {
 	}
 }
 
+// TestEveryBreakerOpenWaitsForAProbe: when every breaker is open but one
+// admits a probe before the request's deadline, the request waits for it
+// instead of failing at once with nothing tried (one node's failure can
+// open every breaker: its neighbours answer "no leader" meanwhile).
+func TestEveryBreakerOpenWaitsForAProbe(t *testing.T) {
+	c, f := newFake(t, resilience.Settings{Breaker: resilience.BreakerSettings{ConsecutiveFailures: 1, OpenFor: 50 * time.Millisecond}}, "a", "b")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	_, _ = c.Get(ctx, []byte("k")) // opens both
+	cancel()
+	if st := c.Stats(); st.Breakers["a"] != "open" || st.Breakers["b"] != "open" {
+		t.Fatalf("breakers %v, want both open", st.Breakers)
+	}
+	ok := func(context.Context, any) (any, error) {
+		return &pandopb.GetResponse{Found: true, Value: []byte("v")}, nil
+	}
+	f.handle("a", ok)
+	f.handle("b", ok)
+	attempts := c.Stats().Attempts
+	start := time.Now()
+	got, err := c.Get(context.Background(), []byte("k"))
+	if err != nil || string(got.Value) != "v" {
+		t.Fatalf("with every breaker open for 50ms: %v %v after %v", got, err, time.Since(start))
+	}
+	if st := c.Stats(); st.Attempts != attempts+1 || time.Since(start) < 20*time.Millisecond {
+		t.Fatalf("%d attempts after %v: want one probe, once a breaker admitted it", st.Attempts-attempts, time.Since(start))
+	}
+}
+
 // TestUnavailableAnswerIsNotAmbiguous: pando's own "unavailable" answer
 // (no quorum) says nothing was applied, though it travels as gRPC
 // Unavailable like a transport failure.

@@ -176,6 +176,17 @@ func (r *Router) Do(ctx context.Context, req Request) error {
 	maybeApplied := false
 	budgeted := false
 	var ask asker
+	// unsure is the error a write ends with once an earlier attempt may
+	// have been applied: ambiguous, whatever the last attempt said ("node
+	// stopped", "not leader", "overloaded", a deadline), unless it is the
+	// leader's answer to the write itself (a version mismatch: applied now
+	// or remembered by the deduplication table, it is the outcome).
+	unsure := func(rangeID uint64, err error) error {
+		if !maybeApplied || errors.Is(err, kv.ErrAmbiguous) || errors.Is(err, kv.ErrVersionMismatch) {
+			return err
+		}
+		return fmt.Errorf("%w (%w): range %d: %v", kv.ErrUnavailable, kv.ErrAmbiguous, rangeID, err)
+	}
 	r.budget.Request()
 	for attempt := 1; ; attempt++ {
 		tg, err := locate(r.local, r.dir, req.Key, req.RangeID)
@@ -186,7 +197,7 @@ func (r *Router) Do(ctx context.Context, req Request) error {
 		h := nextHop(tg, err, r.local.ID(), fwd, &ask, r.peers.IDs, r.peers.Addr)
 		switch {
 		case h.final:
-			return h.err
+			return unsure(tg.rangeID, h.err)
 		case h.local && (tg.local == nil || tg.local.Desc == nil):
 			// The directory names this node, whose replica has gone
 			// (destroyed, merged away) or is not filled yet: look again.
@@ -215,8 +226,11 @@ func (r *Router) Do(ctx context.Context, req Request) error {
 		// A local attempt cut short (the node stopped with the write in
 		// flight) is retried too, but may have been applied.
 		maybeApplied = maybeApplied || (req.Write && errors.Is(err, kv.ErrAmbiguous))
-		if err == nil || !retry(err, tg.local != nil) {
-			return err
+		if err == nil {
+			return nil
+		}
+		if !retry(err, tg.local != nil) {
+			return unsure(tg.rangeID, err)
 		}
 		giveUp := func(why error) error {
 			if maybeApplied {

@@ -242,3 +242,55 @@ func TestOpenBreakerSkipsTheCall(t *testing.T) {
 		t.Fatalf("Do = %v", err)
 	}
 }
+
+// A write whose local attempt may have been applied (the node stopped with
+// it in flight) and whose next attempt is refused ("node stopped", not
+// retried) fails as ambiguous: the first attempt may still commit through
+// the other replicas. Before, the last attempt's "node stopped" was the
+// answer, and the client took the write for one that was never applied.
+func TestWriteMaybeAppliedThenRefusedIsAmbiguous(t *testing.T) {
+	for _, last := range []error{kv.ErrStopped, fmt.Errorf("%w: no revision before the deadline: %w", kv.ErrUnavailable, context.DeadlineExceeded),
+		fmt.Errorf("%w: queue full", kv.ErrOverloaded)} {
+		for _, write := range []bool{true, false} {
+			r := newRouter(t, &fakeLocal{id: 1, leader: 1, held: true}, Policy{})
+			calls := 0
+			ctx := metadata.NewIncomingContext(t.Context(), metadata.Pairs(NoForwardKey, "1"))
+			err := r.Do(ctx, Request{Key: []byte("k"), Write: write, Local: func(node.RangeStatus) error {
+				if calls++; calls == 1 {
+					return fmt.Errorf("%w (%w): %w", kv.ErrUnavailable, kv.ErrAmbiguous, kv.ErrStopped)
+				}
+				return last
+			}})
+			if calls != 2 || errors.Is(err, kv.ErrAmbiguous) != write {
+				t.Errorf("last %v, write=%v: Do = %v after %d calls; want ambiguous exactly for the write", last, write, err, calls)
+			}
+		}
+	}
+	// The same when the next attempt finds the leader moved (a request
+	// that must not be forwarded is answered "not leader").
+	l := &fakeLocal{id: 1, leader: 1, held: true}
+	r := newRouter(t, l, Policy{})
+	ctx := metadata.NewIncomingContext(t.Context(), metadata.Pairs(NoForwardKey, "1"))
+	err := r.Do(ctx, Request{Key: []byte("k"), Write: true, Local: func(node.RangeStatus) error {
+		l.mu.Lock()
+		l.leader = 2
+		l.mu.Unlock()
+		return fmt.Errorf("%w (%w): %w", kv.ErrUnavailable, kv.ErrAmbiguous, kv.ErrStopped)
+	}})
+	if !errors.Is(err, kv.ErrAmbiguous) {
+		t.Errorf("leader moved after a maybe-applied attempt: Do = %v, want ambiguous", err)
+	}
+	// A version mismatch after it is the write's outcome (the leader's
+	// deduplication table answers a repeat): it stays the answer.
+	calls := 0
+	r = newRouter(t, &fakeLocal{id: 1, leader: 1, held: true}, Policy{})
+	err = r.Do(t.Context(), Request{Key: []byte("k"), Write: true, Local: func(node.RangeStatus) error {
+		if calls++; calls == 1 {
+			return fmt.Errorf("%w (%w): %w", kv.ErrUnavailable, kv.ErrAmbiguous, kv.ErrStopped)
+		}
+		return &kv.VersionMismatchError{Current: 3}
+	}})
+	if !errors.Is(err, kv.ErrVersionMismatch) {
+		t.Errorf("mismatch after a maybe-applied attempt: Do = %v, want the mismatch", err)
+	}
+}
