@@ -112,6 +112,7 @@ func (n *Node) installData(r *group, index, lastRevision uint64, data []RawKV) e
 		return err
 	}
 	must(b.Commit(pebble.Sync))
+	n.sendFeed([]FeedUpdate{{RangeID: r.id, Resolved: r.storage.State().LastRevision, Reset: true}})
 	n.log.Warn("replica data rebuilt from a healthy replica", "range", r.id, "from_index", index, "reapplied", len(ents), "records", len(data))
 	return nil
 }

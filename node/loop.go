@@ -28,6 +28,7 @@ const maxDrain = 4096
 
 func (n *Node) run() {
 	defer close(n.donec)
+	defer n.closeFeeds()
 	defer n.recoverStorageFailure()
 	ticker := time.NewTicker(n.cfg.TickInterval)
 	defer ticker.Stop()
@@ -283,6 +284,8 @@ type cycle struct {
 	// syncApply: it must be synced (a freeze, merge.go).
 	ab        *pebble.Batch
 	syncApply bool
+	// listening: someone subscribes to the change feed (feed.go).
+	listening bool
 	delivered []delivery // proposers' answers, given after apply
 	created   []newRange // ranges created by splits, started after apply
 	removed   []*group   // replicas whose range no longer includes this node
@@ -404,6 +407,7 @@ func (n *Node) sendPersisted(c *cycle) {
 // each range's applied index is written with the data it covers.
 func (n *Node) applyCommitted(c *cycle) {
 	c.ab = n.db.NewIndexedBatch()
+	c.listening = n.feedOn()
 	start := time.Now()
 	for i := range c.rds {
 		x := &c.rds[i]
@@ -464,6 +468,7 @@ func (n *Node) applyNormal(c *cycle, x *ready, e raftpb.Entry) {
 		res, eff, err = replica.Apply(c.ab, st, e.Index, cmd)
 		must(err)
 		n.met.dedup(res)
+		n.noteWrite(r.id, cmd, res, c.listening)
 	}
 	x.control = x.control || eff.Control
 	c.syncApply = c.syncApply || eff.Sync
@@ -523,6 +528,7 @@ func (n *Node) runEffects(c *cycle) {
 		n.cfg.Transport.Send(c.out)
 		c.out = c.out[:0]
 	}
+	n.publishFeed(c)
 	for _, x := range c.rds {
 		n.publishStatus(x.r)
 	}

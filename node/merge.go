@@ -115,7 +115,7 @@ func (n *Node) absorbRight(b *pebble.Batch, l, right *group, op *pandopb.MergeOp
 	rs := right.storage.State()
 	if rs.Desc != nil {
 		if right.applied < op.FreezeIndex {
-			a.results = n.catchUpToFreeze(b, right, op.FreezeIndex)
+			a.results = n.catchUpToFreeze(b, l.id, right, op.FreezeIndex)
 		}
 		if rs.FrozenFor == 0 || rs.FrozenAt != op.FreezeIndex || !proto.Equal(rs.Desc, op.Right) {
 			panic(fmt.Sprintf("node: range %d merges range %d frozen at %d as %v, but the replica here is frozen for %d at %d as %v",
@@ -149,7 +149,7 @@ func (n *Node) absorbRight(b *pebble.Batch, l, right *group, op *pandopb.MergeOp
 // and committed, since the merge is), and only what a range about to be
 // frozen can carry is supported (data writes, checks, membership changes,
 // which do not outlive the range). Anything else is a broken invariant.
-func (n *Node) catchUpToFreeze(b *pebble.Batch, right *group, index uint64) []absorbedResult {
+func (n *Node) catchUpToFreeze(b *pebble.Batch, into uint64, right *group, index uint64) []absorbedResult {
 	ents, err := right.storage.Entries(right.applied+1, index+1, math.MaxUint64)
 	if err != nil {
 		panic(fmt.Sprintf("node: range %d must apply entries %d..%d before its merge, and does not hold them: %v", right.id, right.applied+1, index, err))
@@ -173,6 +173,8 @@ func (n *Node) catchUpToFreeze(b *pebble.Batch, right *group, index uint64) []ab
 			}
 			res, _, err := replica.Apply(b, right.storage.State(), e.Index, cmd)
 			must(err)
+			// Its changes reach the feed as the merged range's.
+			n.noteWrite(into, cmd, res, n.feedOn())
 			n.propMu.Lock()
 			if p := n.proposals[cmd.Id]; p != nil {
 				delete(n.proposals, cmd.Id)

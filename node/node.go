@@ -24,10 +24,11 @@ import (
 
 // Node hosts the replicas of many ranges and runs their Ready loop.
 type Node struct {
-	cfg Config
-	log *slog.Logger
-	db  *pebble.DB
-	met *metrics
+	cfg   Config
+	log   *slog.Logger
+	db    *pebble.DB
+	met   *metrics
+	feeds // the change feed (feed.go)
 
 	// replicas is owned by the loop; replicasMu guards the map itself for
 	// readers on other goroutines (statuses are read through atomics).
@@ -74,6 +75,8 @@ type group struct {
 	rn      *raft.RawNode
 	storage *storage.RaftStorage
 	applied uint64
+	// feedReset: a snapshot replaced the data this cycle (feed.go).
+	feedReset bool
 	// learners are the replicas that do not vote yet (loop-owned; from the
 	// conf state).
 	learners []uint64
@@ -622,3 +625,6 @@ func (n *Node) Pause() (resume func()) {
 	})
 	return func() { once.Do(func() { close(release) }) }
 }
+
+// Logger is the node's logger.
+func (n *Node) Logger() *slog.Logger { return n.log }

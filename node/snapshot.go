@@ -113,6 +113,7 @@ func (n *Node) applySnapshot(b *pebble.Batch, r *group, snap raftpb.Snapshot) {
 	n.subsume(b, r, in) // ranges it absorbed by merges (merge.go)
 	r.learners = snap.Metadata.ConfState.Learners
 	r.applied = snap.Metadata.Index
+	r.feedReset = true
 	n.log.Info("applied snapshot", "range", r.id, "index", snap.Metadata.Index, "keys", len(in.data))
 }
 

@@ -2,9 +2,11 @@ package storage
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -340,4 +342,85 @@ func CompactHistory(b *pebble.Batch, r pebble.Reader, start, end []byte, compact
 		return deleted, err
 	}
 	return deleted, it.Error()
+}
+
+// Change is one write to a user key, as its history and latest record
+// keep it: a put (the record after it) or a delete (Record.ModRevision its
+// revision).
+type Change struct {
+	Key    []byte
+	Delete bool
+	Record Record
+}
+
+// ErrTooManyChanges means Changes found more than its limit.
+var ErrTooManyChanges = errors.New("storage: too many changes")
+
+// Changes returns every change to the user span [start, end) with a
+// revision above after, in revision order (then key order): the versions
+// its history and latest records hold. It fails with ErrTooManyChanges
+// past limit changes (limit < 0: no limit).
+func Changes(r pebble.Reader, start, end []byte, after uint64, limit int) ([]Change, error) {
+	var out []Change
+	add := func(c Change) error {
+		if limit >= 0 && len(out) >= limit {
+			return fmt.Errorf("%w: more than %d after revision %d in [%q, %q)", ErrTooManyChanges, limit, after, start, end)
+		}
+		out = append(out, c)
+		return nil
+	}
+	dlo, dhi := DataSpan(start, end)
+	it, err := r.NewIter(&pebble.IterOptions{LowerBound: dlo, UpperBound: dhi})
+	if err != nil {
+		return nil, err
+	}
+	for valid := it.First(); valid; valid = it.Next() {
+		rec, err := DecodeRecord(it.Value())
+		if err != nil {
+			it.Close()
+			return nil, fmt.Errorf("key %q: %w", it.Key()[1:], err)
+		}
+		if rec.ModRevision > after {
+			rec.Value = bytes.Clone(rec.Value)
+			if err := add(Change{Key: bytes.Clone(it.Key()[1:]), Record: rec}); err != nil {
+				it.Close()
+				return nil, err
+			}
+		}
+	}
+	if err := it.Close(); err != nil {
+		return nil, err
+	}
+	hlo, hhi := HistorySpan(start, end)
+	if it, err = r.NewIter(&pebble.IterOptions{LowerBound: hlo, UpperBound: hhi}); err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	for valid := it.First(); valid; valid = it.Next() {
+		uk, rev, err := DecodeHistoryKey(it.Key())
+		if err != nil {
+			return nil, err
+		}
+		if rev <= after {
+			continue
+		}
+		rec, tomb, err := DecodeHistoryRecord(it.Value())
+		if err != nil {
+			return nil, fmt.Errorf("history of %q: %w", uk, err)
+		}
+		rec.Value = bytes.Clone(rec.Value)
+		if err := add(Change{Key: uk, Delete: tomb, Record: rec}); err != nil {
+			return nil, err
+		}
+	}
+	if err := it.Error(); err != nil {
+		return nil, err
+	}
+	slices.SortFunc(out, func(a, b Change) int {
+		if a.Record.ModRevision != b.Record.ModRevision {
+			return cmp.Compare(a.Record.ModRevision, b.Record.ModRevision)
+		}
+		return bytes.Compare(a.Key, b.Key)
+	})
+	return out, nil
 }

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -108,6 +109,7 @@ func TestReadsAtRevisionMatchTheModel(t *testing.T) {
 			live := map[string]Record{}
 			var revs []uint64
 			var states []map[string]Record
+			var changes []string // every write, as Changes renders it
 			rev := uint64(0)
 			for i := 0; i < 300; i++ {
 				rev += 1 + uint64(rng.IntN(3)) // gaps, as the oracle leaves
@@ -127,6 +129,11 @@ func TestReadsAtRevisionMatchTheModel(t *testing.T) {
 					live[w.key] = Record{ModRevision: rev, CreateRevision: rev, Version: 1, Value: []byte(w.value)}
 				}
 				applyModel(t, db, w, rev)
+				if w.del {
+					changes = append(changes, fmt.Sprintf("%d delete %q", rev, w.key))
+				} else {
+					changes = append(changes, fmt.Sprintf("%d put %q=%s v%d", rev, w.key, w.value, live[w.key].Version))
+				}
 				revs = append(revs, rev)
 				states = append(states, clone(live))
 			}
@@ -162,6 +169,31 @@ func TestReadsAtRevisionMatchTheModel(t *testing.T) {
 				}
 			}
 			check(0)
+			for _, after := range []uint64{0, revs[len(revs)/2], revs[len(revs)-1]} {
+				got, err := Changes(db, nil, nil, after, -1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var rendered, want []string
+				for _, c := range got {
+					if c.Delete {
+						rendered = append(rendered, fmt.Sprintf("%d delete %q", c.Record.ModRevision, c.Key))
+					} else {
+						rendered = append(rendered, fmt.Sprintf("%d put %q=%s v%d", c.Record.ModRevision, c.Key, c.Record.Value, c.Record.Version))
+					}
+				}
+				for i, r := range revs {
+					if r > after {
+						want = append(want, changes[i])
+					}
+				}
+				if !slices.Equal(rendered, want) {
+					t.Fatalf("Changes after %d:\n got %q\nwant %q", after, rendered, want)
+				}
+			}
+			if _, err := Changes(db, nil, nil, 0, 5); !errors.Is(err, ErrTooManyChanges) {
+				t.Fatalf("Changes past its limit: %v", err)
+			}
 			for _, frac := range []int{1, 2, 3} {
 				c := revs[len(revs)*frac/3-1]
 				b := db.NewIndexedBatch()

@@ -73,6 +73,52 @@ func (Consistency) EnumDescriptor() ([]byte, []int) {
 	return file_pando_proto_rawDescGZIP(), []int{0}
 }
 
+type WatchEvent_Type int32
+
+const (
+	WatchEvent_PUT    WatchEvent_Type = 0
+	WatchEvent_DELETE WatchEvent_Type = 1
+)
+
+// Enum value maps for WatchEvent_Type.
+var (
+	WatchEvent_Type_name = map[int32]string{
+		0: "PUT",
+		1: "DELETE",
+	}
+	WatchEvent_Type_value = map[string]int32{
+		"PUT":    0,
+		"DELETE": 1,
+	}
+)
+
+func (x WatchEvent_Type) Enum() *WatchEvent_Type {
+	p := new(WatchEvent_Type)
+	*p = x
+	return p
+}
+
+func (x WatchEvent_Type) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WatchEvent_Type) Descriptor() protoreflect.EnumDescriptor {
+	return file_pando_proto_enumTypes[1].Descriptor()
+}
+
+func (WatchEvent_Type) Type() protoreflect.EnumType {
+	return &file_pando_proto_enumTypes[1]
+}
+
+func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WatchEvent_Type.Descriptor instead.
+func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{17, 0}
+}
+
 type GetRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Key         []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -1255,6 +1301,198 @@ func (x *AllocRevisionsResponse) GetFirst() uint64 {
 	return 0
 }
 
+type WatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// key alone watches that key; [key, end) a span (an empty end with
+	// prefix unset: the key alone); prefix, when set, replaces both.
+	Key    []byte `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	End    []byte `protobuf:"bytes,2,opt,name=end,proto3" json:"end,omitempty"`
+	Prefix []byte `protobuf:"bytes,3,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// start_revision is the first revision wanted (it and every later one);
+	// 0: changes after the watch starts. At or below the compaction
+	// revision the watch fails (COMPACTED).
+	StartRevision uint64 `protobuf:"varint,4,opt,name=start_revision,json=startRevision,proto3" json:"start_revision,omitempty"`
+	// progress_notify asks for a response without events when the watch's
+	// revision advances with nothing to tell (about once a second).
+	ProgressNotify bool `protobuf:"varint,5,opt,name=progress_notify,json=progressNotify,proto3" json:"progress_notify,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *WatchRequest) Reset() {
+	*x = WatchRequest{}
+	mi := &file_pando_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRequest) ProtoMessage() {}
+
+func (x *WatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *WatchRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *WatchRequest) GetEnd() []byte {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *WatchRequest) GetPrefix() []byte {
+	if x != nil {
+		return x.Prefix
+	}
+	return nil
+}
+
+func (x *WatchRequest) GetStartRevision() uint64 {
+	if x != nil {
+		return x.StartRevision
+	}
+	return 0
+}
+
+func (x *WatchRequest) GetProgressNotify() bool {
+	if x != nil {
+		return x.ProgressNotify
+	}
+	return false
+}
+
+type WatchEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  WatchEvent_Type        `protobuf:"varint,1,opt,name=type,proto3,enum=pando.v1.WatchEvent_Type" json:"type,omitempty"`
+	// kv is the key after a put (value, version, revisions), or the key and
+	// the delete's revision (mod_revision) after a delete.
+	Kv            *KeyValue `protobuf:"bytes,2,opt,name=kv,proto3" json:"kv,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEvent) Reset() {
+	*x = WatchEvent{}
+	mi := &file_pando_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEvent) ProtoMessage() {}
+
+func (x *WatchEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
+func (*WatchEvent) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *WatchEvent) GetType() WatchEvent_Type {
+	if x != nil {
+		return x.Type
+	}
+	return WatchEvent_PUT
+}
+
+func (x *WatchEvent) GetKv() *KeyValue {
+	if x != nil {
+		return x.Kv
+	}
+	return nil
+}
+
+type WatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// events in revision order (one revision may hold several).
+	Events []*WatchEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// revision: every change at or below it has been sent; a watch resumed
+	// at revision + 1 misses and repeats nothing.
+	Revision      uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchResponse) Reset() {
+	*x = WatchResponse{}
+	mi := &file_pando_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchResponse) ProtoMessage() {}
+
+func (x *WatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
+func (*WatchResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *WatchResponse) GetEvents() []*WatchEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 type CompactRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Revision uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
@@ -1267,7 +1505,7 @@ type CompactRequest struct {
 
 func (x *CompactRequest) Reset() {
 	*x = CompactRequest{}
-	mi := &file_pando_proto_msgTypes[16]
+	mi := &file_pando_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1279,7 +1517,7 @@ func (x *CompactRequest) String() string {
 func (*CompactRequest) ProtoMessage() {}
 
 func (x *CompactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[16]
+	mi := &file_pando_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1292,7 +1530,7 @@ func (x *CompactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRequest.ProtoReflect.Descriptor instead.
 func (*CompactRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{16}
+	return file_pando_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CompactRequest) GetRevision() uint64 {
@@ -1324,7 +1562,7 @@ type CompactResponse struct {
 
 func (x *CompactResponse) Reset() {
 	*x = CompactResponse{}
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1336,7 +1574,7 @@ func (x *CompactResponse) String() string {
 func (*CompactResponse) ProtoMessage() {}
 
 func (x *CompactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1349,7 +1587,7 @@ func (x *CompactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactResponse.ProtoReflect.Descriptor instead.
 func (*CompactResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{17}
+	return file_pando_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CompactResponse) GetRevision() uint64 {
@@ -1384,7 +1622,7 @@ type RaftEnvelope struct {
 
 func (x *RaftEnvelope) Reset() {
 	*x = RaftEnvelope{}
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1396,7 +1634,7 @@ func (x *RaftEnvelope) String() string {
 func (*RaftEnvelope) ProtoMessage() {}
 
 func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1409,7 +1647,7 @@ func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftEnvelope.ProtoReflect.Descriptor instead.
 func (*RaftEnvelope) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{18}
+	return file_pando_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RaftEnvelope) GetRangeId() uint64 {
@@ -1436,7 +1674,7 @@ type RaftBatch struct {
 
 func (x *RaftBatch) Reset() {
 	*x = RaftBatch{}
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1686,7 @@ func (x *RaftBatch) String() string {
 func (*RaftBatch) ProtoMessage() {}
 
 func (x *RaftBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1699,7 @@ func (x *RaftBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftBatch.ProtoReflect.Descriptor instead.
 func (*RaftBatch) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{19}
+	return file_pando_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RaftBatch) GetFromNode() uint64 {
@@ -1486,7 +1724,7 @@ type RaftAck struct {
 
 func (x *RaftAck) Reset() {
 	*x = RaftAck{}
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1498,7 +1736,7 @@ func (x *RaftAck) String() string {
 func (*RaftAck) ProtoMessage() {}
 
 func (x *RaftAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1511,7 +1749,7 @@ func (x *RaftAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAck.ProtoReflect.Descriptor instead.
 func (*RaftAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{20}
+	return file_pando_proto_rawDescGZIP(), []int{23}
 }
 
 // A snapshot travels as a stream of chunks: data chunks first, then one
@@ -1529,7 +1767,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1779,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1792,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{21}
+	return file_pando_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SnapshotChunk) GetRangeId() uint64 {
@@ -1601,7 +1839,7 @@ type SnapshotAck struct {
 
 func (x *SnapshotAck) Reset() {
 	*x = SnapshotAck{}
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1613,7 +1851,7 @@ func (x *SnapshotAck) String() string {
 func (*SnapshotAck) ProtoMessage() {}
 
 func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1626,7 +1864,7 @@ func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotAck.ProtoReflect.Descriptor instead.
 func (*SnapshotAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{22}
+	return file_pando_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SnapshotAck) GetAccepted() bool {
@@ -1648,7 +1886,7 @@ type PutOp struct {
 
 func (x *PutOp) Reset() {
 	*x = PutOp{}
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1660,7 +1898,7 @@ func (x *PutOp) String() string {
 func (*PutOp) ProtoMessage() {}
 
 func (x *PutOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1673,7 +1911,7 @@ func (x *PutOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOp.ProtoReflect.Descriptor instead.
 func (*PutOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{23}
+	return file_pando_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PutOp) GetKey() []byte {
@@ -1715,7 +1953,7 @@ type DeleteOp struct {
 
 func (x *DeleteOp) Reset() {
 	*x = DeleteOp{}
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1727,7 +1965,7 @@ func (x *DeleteOp) String() string {
 func (*DeleteOp) ProtoMessage() {}
 
 func (x *DeleteOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1740,7 +1978,7 @@ func (x *DeleteOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteOp.ProtoReflect.Descriptor instead.
 func (*DeleteOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{24}
+	return file_pando_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DeleteOp) GetKey() []byte {
@@ -1777,7 +2015,7 @@ type PruneDedupOp struct {
 
 func (x *PruneDedupOp) Reset() {
 	*x = PruneDedupOp{}
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1789,7 +2027,7 @@ func (x *PruneDedupOp) String() string {
 func (*PruneDedupOp) ProtoMessage() {}
 
 func (x *PruneDedupOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1802,7 +2040,7 @@ func (x *PruneDedupOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneDedupOp.ProtoReflect.Descriptor instead.
 func (*PruneDedupOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{25}
+	return file_pando_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PruneDedupOp) GetBefore() int64 {
@@ -1850,7 +2088,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1862,7 +2100,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1875,7 +2113,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{26}
+	return file_pando_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Command) GetId() uint64 {
@@ -2153,7 +2391,7 @@ type CloseRevisionOp struct {
 
 func (x *CloseRevisionOp) Reset() {
 	*x = CloseRevisionOp{}
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2165,7 +2403,7 @@ func (x *CloseRevisionOp) String() string {
 func (*CloseRevisionOp) ProtoMessage() {}
 
 func (x *CloseRevisionOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2178,7 +2416,7 @@ func (x *CloseRevisionOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseRevisionOp.ProtoReflect.Descriptor instead.
 func (*CloseRevisionOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{27}
+	return file_pando_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CloseRevisionOp) GetRevision() uint64 {
@@ -2200,7 +2438,7 @@ type CompactOp struct {
 
 func (x *CompactOp) Reset() {
 	*x = CompactOp{}
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2212,7 +2450,7 @@ func (x *CompactOp) String() string {
 func (*CompactOp) ProtoMessage() {}
 
 func (x *CompactOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2225,7 +2463,7 @@ func (x *CompactOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactOp.ProtoReflect.Descriptor instead.
 func (*CompactOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{28}
+	return file_pando_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CompactOp) GetRevision() uint64 {
@@ -2253,7 +2491,7 @@ type RevisionCeilingOp struct {
 
 func (x *RevisionCeilingOp) Reset() {
 	*x = RevisionCeilingOp{}
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2265,7 +2503,7 @@ func (x *RevisionCeilingOp) String() string {
 func (*RevisionCeilingOp) ProtoMessage() {}
 
 func (x *RevisionCeilingOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2278,7 +2516,7 @@ func (x *RevisionCeilingOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionCeilingOp.ProtoReflect.Descriptor instead.
 func (*RevisionCeilingOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{29}
+	return file_pando_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RevisionCeilingOp) GetCeiling() uint64 {
@@ -2323,7 +2561,7 @@ type DedupRecord struct {
 
 func (x *DedupRecord) Reset() {
 	*x = DedupRecord{}
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2335,7 +2573,7 @@ func (x *DedupRecord) String() string {
 func (*DedupRecord) ProtoMessage() {}
 
 func (x *DedupRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2348,7 +2586,7 @@ func (x *DedupRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DedupRecord.ProtoReflect.Descriptor instead.
 func (*DedupRecord) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{30}
+	return file_pando_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DedupRecord) GetSeq() uint64 {
@@ -2423,7 +2661,7 @@ type SplitOp struct {
 
 func (x *SplitOp) Reset() {
 	*x = SplitOp{}
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2435,7 +2673,7 @@ func (x *SplitOp) String() string {
 func (*SplitOp) ProtoMessage() {}
 
 func (x *SplitOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2448,7 +2686,7 @@ func (x *SplitOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitOp.ProtoReflect.Descriptor instead.
 func (*SplitOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{31}
+	return file_pando_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SplitOp) GetSplitKey() []byte {
@@ -2487,7 +2725,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2499,7 +2737,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2512,7 +2750,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{32}
+	return file_pando_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *NodeRecord) GetId() uint64 {
@@ -2556,7 +2794,7 @@ type DirectoryOp struct {
 
 func (x *DirectoryOp) Reset() {
 	*x = DirectoryOp{}
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2568,7 +2806,7 @@ func (x *DirectoryOp) String() string {
 func (*DirectoryOp) ProtoMessage() {}
 
 func (x *DirectoryOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2581,7 +2819,7 @@ func (x *DirectoryOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryOp.ProtoReflect.Descriptor instead.
 func (*DirectoryOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{33}
+	return file_pando_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DirectoryOp) GetRanges() []*RangeDescriptor {
@@ -2611,7 +2849,7 @@ type FreezeOp struct {
 
 func (x *FreezeOp) Reset() {
 	*x = FreezeOp{}
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2623,7 +2861,7 @@ func (x *FreezeOp) String() string {
 func (*FreezeOp) ProtoMessage() {}
 
 func (x *FreezeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2636,7 +2874,7 @@ func (x *FreezeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreezeOp.ProtoReflect.Descriptor instead.
 func (*FreezeOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{34}
+	return file_pando_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *FreezeOp) GetMergeInto() uint64 {
@@ -2666,7 +2904,7 @@ type MergeOp struct {
 
 func (x *MergeOp) Reset() {
 	*x = MergeOp{}
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2678,7 +2916,7 @@ func (x *MergeOp) String() string {
 func (*MergeOp) ProtoMessage() {}
 
 func (x *MergeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2691,7 +2929,7 @@ func (x *MergeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeOp.ProtoReflect.Descriptor instead.
 func (*MergeOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{35}
+	return file_pando_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *MergeOp) GetRight() *RangeDescriptor {
@@ -2725,7 +2963,7 @@ type AllocRangeIDOp struct {
 
 func (x *AllocRangeIDOp) Reset() {
 	*x = AllocRangeIDOp{}
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2737,7 +2975,7 @@ func (x *AllocRangeIDOp) String() string {
 func (*AllocRangeIDOp) ProtoMessage() {}
 
 func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2750,7 +2988,7 @@ func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDOp.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{36}
+	return file_pando_proto_rawDescGZIP(), []int{39}
 }
 
 // ChecksumOp asks every replica to hash the range's replicated data as of
@@ -2764,7 +3002,7 @@ type ChecksumOp struct {
 
 func (x *ChecksumOp) Reset() {
 	*x = ChecksumOp{}
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2776,7 +3014,7 @@ func (x *ChecksumOp) String() string {
 func (*ChecksumOp) ProtoMessage() {}
 
 func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2789,7 +3027,7 @@ func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumOp.ProtoReflect.Descriptor instead.
 func (*ChecksumOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{37}
+	return file_pando_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ChecksumOp) GetCheckId() uint64 {
@@ -2819,7 +3057,7 @@ type CheckVerdict struct {
 
 func (x *CheckVerdict) Reset() {
 	*x = CheckVerdict{}
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2831,7 +3069,7 @@ func (x *CheckVerdict) String() string {
 func (*CheckVerdict) ProtoMessage() {}
 
 func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2844,7 +3082,7 @@ func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckVerdict.ProtoReflect.Descriptor instead.
 func (*CheckVerdict) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{38}
+	return file_pando_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CheckVerdict) GetCheckId() uint64 {
@@ -2912,7 +3150,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2924,7 +3162,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2937,7 +3175,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{39}
+	return file_pando_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RangeDescriptor) GetId() uint64 {
@@ -3009,7 +3247,7 @@ type RangeState struct {
 
 func (x *RangeState) Reset() {
 	*x = RangeState{}
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3021,7 +3259,7 @@ func (x *RangeState) String() string {
 func (*RangeState) ProtoMessage() {}
 
 func (x *RangeState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3034,7 +3272,7 @@ func (x *RangeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeState.ProtoReflect.Descriptor instead.
 func (*RangeState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{40}
+	return file_pando_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RangeState) GetAppliedIndex() uint64 {
@@ -3132,7 +3370,7 @@ type TruncatedState struct {
 
 func (x *TruncatedState) Reset() {
 	*x = TruncatedState{}
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3144,7 +3382,7 @@ func (x *TruncatedState) String() string {
 func (*TruncatedState) ProtoMessage() {}
 
 func (x *TruncatedState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3157,7 +3395,7 @@ func (x *TruncatedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncatedState.ProtoReflect.Descriptor instead.
 func (*TruncatedState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{41}
+	return file_pando_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *TruncatedState) GetIndex() uint64 {
@@ -3187,7 +3425,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3199,7 +3437,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3212,7 +3450,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{42}
+	return file_pando_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CheckRequest) GetRangeId() uint64 {
@@ -3247,7 +3485,7 @@ type KeyDiff struct {
 
 func (x *KeyDiff) Reset() {
 	*x = KeyDiff{}
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3259,7 +3497,7 @@ func (x *KeyDiff) String() string {
 func (*KeyDiff) ProtoMessage() {}
 
 func (x *KeyDiff) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3272,7 +3510,7 @@ func (x *KeyDiff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDiff.ProtoReflect.Descriptor instead.
 func (*KeyDiff) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{43}
+	return file_pando_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *KeyDiff) GetKey() []byte {
@@ -3301,7 +3539,7 @@ type ReplicaKey struct {
 
 func (x *ReplicaKey) Reset() {
 	*x = ReplicaKey{}
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3313,7 +3551,7 @@ func (x *ReplicaKey) String() string {
 func (*ReplicaKey) ProtoMessage() {}
 
 func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3326,7 +3564,7 @@ func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaKey.ProtoReflect.Descriptor instead.
 func (*ReplicaKey) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{44}
+	return file_pando_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ReplicaKey) GetNodeId() uint64 {
@@ -3369,7 +3607,7 @@ type RangeCheck struct {
 
 func (x *RangeCheck) Reset() {
 	*x = RangeCheck{}
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3381,7 +3619,7 @@ func (x *RangeCheck) String() string {
 func (*RangeCheck) ProtoMessage() {}
 
 func (x *RangeCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3394,7 +3632,7 @@ func (x *RangeCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeCheck.ProtoReflect.Descriptor instead.
 func (*RangeCheck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{45}
+	return file_pando_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RangeCheck) GetRangeId() uint64 {
@@ -3469,7 +3707,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_pando_proto_msgTypes[46]
+	mi := &file_pando_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3481,7 +3719,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[46]
+	mi := &file_pando_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3494,7 +3732,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{46}
+	return file_pando_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *CheckResponse) GetRanges() []*RangeCheck {
@@ -3514,7 +3752,7 @@ type ChecksumRequest struct {
 
 func (x *ChecksumRequest) Reset() {
 	*x = ChecksumRequest{}
-	mi := &file_pando_proto_msgTypes[47]
+	mi := &file_pando_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3526,7 +3764,7 @@ func (x *ChecksumRequest) String() string {
 func (*ChecksumRequest) ProtoMessage() {}
 
 func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[47]
+	mi := &file_pando_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3539,7 +3777,7 @@ func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumRequest.ProtoReflect.Descriptor instead.
 func (*ChecksumRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{47}
+	return file_pando_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ChecksumRequest) GetRangeId() uint64 {
@@ -3569,7 +3807,7 @@ type ChecksumResponse struct {
 
 func (x *ChecksumResponse) Reset() {
 	*x = ChecksumResponse{}
-	mi := &file_pando_proto_msgTypes[48]
+	mi := &file_pando_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3581,7 +3819,7 @@ func (x *ChecksumResponse) String() string {
 func (*ChecksumResponse) ProtoMessage() {}
 
 func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[48]
+	mi := &file_pando_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3594,7 +3832,7 @@ func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumResponse.ProtoReflect.Descriptor instead.
 func (*ChecksumResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{48}
+	return file_pando_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ChecksumResponse) GetIndex() uint64 {
@@ -3637,7 +3875,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_pando_proto_msgTypes[49]
+	mi := &file_pando_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3649,7 +3887,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[49]
+	mi := &file_pando_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3662,7 +3900,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{49}
+	return file_pando_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ListKeysRequest) GetRangeId() uint64 {
@@ -3704,7 +3942,7 @@ type KeyDigest struct {
 
 func (x *KeyDigest) Reset() {
 	*x = KeyDigest{}
-	mi := &file_pando_proto_msgTypes[50]
+	mi := &file_pando_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3716,7 +3954,7 @@ func (x *KeyDigest) String() string {
 func (*KeyDigest) ProtoMessage() {}
 
 func (x *KeyDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[50]
+	mi := &file_pando_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3729,7 +3967,7 @@ func (x *KeyDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDigest.ProtoReflect.Descriptor instead.
 func (*KeyDigest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{50}
+	return file_pando_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *KeyDigest) GetKey() []byte {
@@ -3763,7 +4001,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_pando_proto_msgTypes[51]
+	mi := &file_pando_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3775,7 +4013,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[51]
+	mi := &file_pando_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3788,7 +4026,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{51}
+	return file_pando_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ListKeysResponse) GetKeys() []*KeyDigest {
@@ -3816,7 +4054,7 @@ type RepairRequest struct {
 
 func (x *RepairRequest) Reset() {
 	*x = RepairRequest{}
-	mi := &file_pando_proto_msgTypes[52]
+	mi := &file_pando_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3828,7 +4066,7 @@ func (x *RepairRequest) String() string {
 func (*RepairRequest) ProtoMessage() {}
 
 func (x *RepairRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[52]
+	mi := &file_pando_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3841,7 +4079,7 @@ func (x *RepairRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
 func (*RepairRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{52}
+	return file_pando_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *RepairRequest) GetRangeId() uint64 {
@@ -3868,7 +4106,7 @@ type RepairResponse struct {
 
 func (x *RepairResponse) Reset() {
 	*x = RepairResponse{}
-	mi := &file_pando_proto_msgTypes[53]
+	mi := &file_pando_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3880,7 +4118,7 @@ func (x *RepairResponse) String() string {
 func (*RepairResponse) ProtoMessage() {}
 
 func (x *RepairResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[53]
+	mi := &file_pando_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3893,7 +4131,7 @@ func (x *RepairResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairResponse.ProtoReflect.Descriptor instead.
 func (*RepairResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{53}
+	return file_pando_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *RepairResponse) GetIndex() uint64 {
@@ -3919,7 +4157,7 @@ type RangeDataRequest struct {
 
 func (x *RangeDataRequest) Reset() {
 	*x = RangeDataRequest{}
-	mi := &file_pando_proto_msgTypes[54]
+	mi := &file_pando_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3931,7 +4169,7 @@ func (x *RangeDataRequest) String() string {
 func (*RangeDataRequest) ProtoMessage() {}
 
 func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[54]
+	mi := &file_pando_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3944,7 +4182,7 @@ func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataRequest.ProtoReflect.Descriptor instead.
 func (*RangeDataRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{54}
+	return file_pando_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *RangeDataRequest) GetRangeId() uint64 {
@@ -3970,7 +4208,7 @@ type RangeDataChunk struct {
 
 func (x *RangeDataChunk) Reset() {
 	*x = RangeDataChunk{}
-	mi := &file_pando_proto_msgTypes[55]
+	mi := &file_pando_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3982,7 +4220,7 @@ func (x *RangeDataChunk) String() string {
 func (*RangeDataChunk) ProtoMessage() {}
 
 func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[55]
+	mi := &file_pando_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3995,7 +4233,7 @@ func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataChunk.ProtoReflect.Descriptor instead.
 func (*RangeDataChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{55}
+	return file_pando_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *RangeDataChunk) GetIndex() uint64 {
@@ -4036,7 +4274,7 @@ type SplitRequest struct {
 
 func (x *SplitRequest) Reset() {
 	*x = SplitRequest{}
-	mi := &file_pando_proto_msgTypes[56]
+	mi := &file_pando_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4048,7 +4286,7 @@ func (x *SplitRequest) String() string {
 func (*SplitRequest) ProtoMessage() {}
 
 func (x *SplitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[56]
+	mi := &file_pando_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4061,7 +4299,7 @@ func (x *SplitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
 func (*SplitRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{56}
+	return file_pando_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *SplitRequest) GetKey() []byte {
@@ -4081,7 +4319,7 @@ type SplitResponse struct {
 
 func (x *SplitResponse) Reset() {
 	*x = SplitResponse{}
-	mi := &file_pando_proto_msgTypes[57]
+	mi := &file_pando_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4093,7 +4331,7 @@ func (x *SplitResponse) String() string {
 func (*SplitResponse) ProtoMessage() {}
 
 func (x *SplitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[57]
+	mi := &file_pando_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4106,7 +4344,7 @@ func (x *SplitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
 func (*SplitResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{57}
+	return file_pando_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *SplitResponse) GetLeft() *RangeDescriptor {
@@ -4131,7 +4369,7 @@ type AllocRangeIDRequest struct {
 
 func (x *AllocRangeIDRequest) Reset() {
 	*x = AllocRangeIDRequest{}
-	mi := &file_pando_proto_msgTypes[58]
+	mi := &file_pando_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4143,7 +4381,7 @@ func (x *AllocRangeIDRequest) String() string {
 func (*AllocRangeIDRequest) ProtoMessage() {}
 
 func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[58]
+	mi := &file_pando_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4156,7 +4394,7 @@ func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDRequest.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{58}
+	return file_pando_proto_rawDescGZIP(), []int{61}
 }
 
 type AllocRangeIDResponse struct {
@@ -4168,7 +4406,7 @@ type AllocRangeIDResponse struct {
 
 func (x *AllocRangeIDResponse) Reset() {
 	*x = AllocRangeIDResponse{}
-	mi := &file_pando_proto_msgTypes[59]
+	mi := &file_pando_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4180,7 +4418,7 @@ func (x *AllocRangeIDResponse) String() string {
 func (*AllocRangeIDResponse) ProtoMessage() {}
 
 func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[59]
+	mi := &file_pando_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4193,7 +4431,7 @@ func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDResponse.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{59}
+	return file_pando_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *AllocRangeIDResponse) GetRangeId() uint64 {
@@ -4218,7 +4456,7 @@ type MoveReplicaRequest struct {
 
 func (x *MoveReplicaRequest) Reset() {
 	*x = MoveReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4230,7 +4468,7 @@ func (x *MoveReplicaRequest) String() string {
 func (*MoveReplicaRequest) ProtoMessage() {}
 
 func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4243,7 +4481,7 @@ func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*MoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{60}
+	return file_pando_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *MoveReplicaRequest) GetRangeId() uint64 {
@@ -4283,7 +4521,7 @@ type MoveReplicaResponse struct {
 
 func (x *MoveReplicaResponse) Reset() {
 	*x = MoveReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4295,7 +4533,7 @@ func (x *MoveReplicaResponse) String() string {
 func (*MoveReplicaResponse) ProtoMessage() {}
 
 func (x *MoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4308,7 +4546,7 @@ func (x *MoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*MoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{61}
+	return file_pando_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *MoveReplicaResponse) GetDesc() *RangeDescriptor {
@@ -4328,7 +4566,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4340,7 +4578,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4353,7 +4591,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{62}
+	return file_pando_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *TransferLeaderRequest) GetRangeId() uint64 {
@@ -4378,7 +4616,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4390,7 +4628,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4403,7 +4641,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{63}
+	return file_pando_proto_rawDescGZIP(), []int{66}
 }
 
 // CreateReplicaRequest asks a node to hold an empty replica of desc's
@@ -4422,7 +4660,7 @@ type CreateReplicaRequest struct {
 
 func (x *CreateReplicaRequest) Reset() {
 	*x = CreateReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4434,7 +4672,7 @@ func (x *CreateReplicaRequest) String() string {
 func (*CreateReplicaRequest) ProtoMessage() {}
 
 func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4447,7 +4685,7 @@ func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReplicaRequest.ProtoReflect.Descriptor instead.
 func (*CreateReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{64}
+	return file_pando_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *CreateReplicaRequest) GetDesc() *RangeDescriptor {
@@ -4479,7 +4717,7 @@ type CreateReplicaResponse struct {
 
 func (x *CreateReplicaResponse) Reset() {
 	*x = CreateReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4491,7 +4729,7 @@ func (x *CreateReplicaResponse) String() string {
 func (*CreateReplicaResponse) ProtoMessage() {}
 
 func (x *CreateReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4504,7 +4742,7 @@ func (x *CreateReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReplicaResponse.ProtoReflect.Descriptor instead.
 func (*CreateReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{65}
+	return file_pando_proto_rawDescGZIP(), []int{68}
 }
 
 // DestroyReplicaRequest tells a node that desc (the range's current
@@ -4523,7 +4761,7 @@ type AdoptReplicaRequest struct {
 
 func (x *AdoptReplicaRequest) Reset() {
 	*x = AdoptReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4535,7 +4773,7 @@ func (x *AdoptReplicaRequest) String() string {
 func (*AdoptReplicaRequest) ProtoMessage() {}
 
 func (x *AdoptReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4548,7 +4786,7 @@ func (x *AdoptReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptReplicaRequest.ProtoReflect.Descriptor instead.
 func (*AdoptReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{66}
+	return file_pando_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *AdoptReplicaRequest) GetRangeId() uint64 {
@@ -4576,7 +4814,7 @@ type AdoptReplicaResponse struct {
 
 func (x *AdoptReplicaResponse) Reset() {
 	*x = AdoptReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4588,7 +4826,7 @@ func (x *AdoptReplicaResponse) String() string {
 func (*AdoptReplicaResponse) ProtoMessage() {}
 
 func (x *AdoptReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4601,7 +4839,7 @@ func (x *AdoptReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptReplicaResponse.ProtoReflect.Descriptor instead.
 func (*AdoptReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{67}
+	return file_pando_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *AdoptReplicaResponse) GetDesc() *RangeDescriptor {
@@ -4634,7 +4872,7 @@ type DestroyReplicaRequest struct {
 
 func (x *DestroyReplicaRequest) Reset() {
 	*x = DestroyReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4646,7 +4884,7 @@ func (x *DestroyReplicaRequest) String() string {
 func (*DestroyReplicaRequest) ProtoMessage() {}
 
 func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4659,7 +4897,7 @@ func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaRequest.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{68}
+	return file_pando_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *DestroyReplicaRequest) GetDesc() *RangeDescriptor {
@@ -4677,7 +4915,7 @@ type DestroyReplicaResponse struct {
 
 func (x *DestroyReplicaResponse) Reset() {
 	*x = DestroyReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4689,7 +4927,7 @@ func (x *DestroyReplicaResponse) String() string {
 func (*DestroyReplicaResponse) ProtoMessage() {}
 
 func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4702,7 +4940,7 @@ func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaResponse.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{69}
+	return file_pando_proto_rawDescGZIP(), []int{72}
 }
 
 type JoinRequest struct {
@@ -4715,7 +4953,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4727,7 +4965,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4740,7 +4978,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{70}
+	return file_pando_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *JoinRequest) GetNodeId() uint64 {
@@ -4766,7 +5004,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4778,7 +5016,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4791,7 +5029,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{71}
+	return file_pando_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *JoinResponse) GetNodes() []*NodeRecord {
@@ -4810,7 +5048,7 @@ type DecommissionRequest struct {
 
 func (x *DecommissionRequest) Reset() {
 	*x = DecommissionRequest{}
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4822,7 +5060,7 @@ func (x *DecommissionRequest) String() string {
 func (*DecommissionRequest) ProtoMessage() {}
 
 func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4835,7 +5073,7 @@ func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
 func (*DecommissionRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{72}
+	return file_pando_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *DecommissionRequest) GetNodeId() uint64 {
@@ -4854,7 +5092,7 @@ type DecommissionResponse struct {
 
 func (x *DecommissionResponse) Reset() {
 	*x = DecommissionResponse{}
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4866,7 +5104,7 @@ func (x *DecommissionResponse) String() string {
 func (*DecommissionResponse) ProtoMessage() {}
 
 func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4879,7 +5117,7 @@ func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
 func (*DecommissionResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{73}
+	return file_pando_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *DecommissionResponse) GetNode() *NodeRecord {
@@ -4897,7 +5135,7 @@ type NodesRequest struct {
 
 func (x *NodesRequest) Reset() {
 	*x = NodesRequest{}
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4909,7 +5147,7 @@ func (x *NodesRequest) String() string {
 func (*NodesRequest) ProtoMessage() {}
 
 func (x *NodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4922,7 +5160,7 @@ func (x *NodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesRequest.ProtoReflect.Descriptor instead.
 func (*NodesRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{74}
+	return file_pando_proto_rawDescGZIP(), []int{77}
 }
 
 type NodeInfo struct {
@@ -4940,7 +5178,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_pando_proto_msgTypes[75]
+	mi := &file_pando_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4952,7 +5190,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[75]
+	mi := &file_pando_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4965,7 +5203,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{75}
+	return file_pando_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *NodeInfo) GetRecord() *NodeRecord {
@@ -5020,7 +5258,7 @@ type NodesResponse struct {
 
 func (x *NodesResponse) Reset() {
 	*x = NodesResponse{}
-	mi := &file_pando_proto_msgTypes[76]
+	mi := &file_pando_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5032,7 +5270,7 @@ func (x *NodesResponse) String() string {
 func (*NodesResponse) ProtoMessage() {}
 
 func (x *NodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[76]
+	mi := &file_pando_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5045,7 +5283,7 @@ func (x *NodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesResponse.ProtoReflect.Descriptor instead.
 func (*NodesResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{76}
+	return file_pando_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *NodesResponse) GetNodes() []*NodeInfo {
@@ -5075,7 +5313,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_pando_proto_msgTypes[77]
+	mi := &file_pando_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5087,7 +5325,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[77]
+	mi := &file_pando_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5100,7 +5338,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{77}
+	return file_pando_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *HeartbeatRequest) GetNodeId() uint64 {
@@ -5143,7 +5381,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_pando_proto_msgTypes[78]
+	mi := &file_pando_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5155,7 +5393,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[78]
+	mi := &file_pando_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5168,7 +5406,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{78}
+	return file_pando_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *HeartbeatResponse) GetControllerId() uint64 {
@@ -5201,7 +5439,7 @@ type RebalanceRequest struct {
 
 func (x *RebalanceRequest) Reset() {
 	*x = RebalanceRequest{}
-	mi := &file_pando_proto_msgTypes[79]
+	mi := &file_pando_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5213,7 +5451,7 @@ func (x *RebalanceRequest) String() string {
 func (*RebalanceRequest) ProtoMessage() {}
 
 func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[79]
+	mi := &file_pando_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5226,7 +5464,7 @@ func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceRequest.ProtoReflect.Descriptor instead.
 func (*RebalanceRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{79}
+	return file_pando_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *RebalanceRequest) GetDryRun() bool {
@@ -5250,7 +5488,7 @@ type PlannedOp struct {
 
 func (x *PlannedOp) Reset() {
 	*x = PlannedOp{}
-	mi := &file_pando_proto_msgTypes[80]
+	mi := &file_pando_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5262,7 +5500,7 @@ func (x *PlannedOp) String() string {
 func (*PlannedOp) ProtoMessage() {}
 
 func (x *PlannedOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[80]
+	mi := &file_pando_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5275,7 +5513,7 @@ func (x *PlannedOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlannedOp.ProtoReflect.Descriptor instead.
 func (*PlannedOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{80}
+	return file_pando_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *PlannedOp) GetKind() string {
@@ -5330,7 +5568,7 @@ type RebalanceResponse struct {
 
 func (x *RebalanceResponse) Reset() {
 	*x = RebalanceResponse{}
-	mi := &file_pando_proto_msgTypes[81]
+	mi := &file_pando_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5342,7 +5580,7 @@ func (x *RebalanceResponse) String() string {
 func (*RebalanceResponse) ProtoMessage() {}
 
 func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[81]
+	mi := &file_pando_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5355,7 +5593,7 @@ func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceResponse.ProtoReflect.Descriptor instead.
 func (*RebalanceResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{81}
+	return file_pando_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *RebalanceResponse) GetOps() []*PlannedOp {
@@ -5385,7 +5623,7 @@ type MergeRequest struct {
 
 func (x *MergeRequest) Reset() {
 	*x = MergeRequest{}
-	mi := &file_pando_proto_msgTypes[82]
+	mi := &file_pando_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5397,7 +5635,7 @@ func (x *MergeRequest) String() string {
 func (*MergeRequest) ProtoMessage() {}
 
 func (x *MergeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[82]
+	mi := &file_pando_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5410,7 +5648,7 @@ func (x *MergeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRequest.ProtoReflect.Descriptor instead.
 func (*MergeRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{82}
+	return file_pando_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *MergeRequest) GetRangeId() uint64 {
@@ -5436,7 +5674,7 @@ type MergeResponse struct {
 
 func (x *MergeResponse) Reset() {
 	*x = MergeResponse{}
-	mi := &file_pando_proto_msgTypes[83]
+	mi := &file_pando_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5448,7 +5686,7 @@ func (x *MergeResponse) String() string {
 func (*MergeResponse) ProtoMessage() {}
 
 func (x *MergeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[83]
+	mi := &file_pando_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5461,7 +5699,7 @@ func (x *MergeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeResponse.ProtoReflect.Descriptor instead.
 func (*MergeResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{83}
+	return file_pando_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *MergeResponse) GetDesc() *RangeDescriptor {
@@ -5570,7 +5808,24 @@ const file_pando_proto_rawDesc = "" +
 	"\x15AllocRevisionsRequest\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\rR\x05count\".\n" +
 	"\x16AllocRevisionsResponse\x12\x14\n" +
-	"\x05first\x18\x01 \x01(\x04R\x05first\"G\n" +
+	"\x05first\x18\x01 \x01(\x04R\x05first\"\x9a\x01\n" +
+	"\fWatchRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
+	"\x03end\x18\x02 \x01(\fR\x03end\x12\x16\n" +
+	"\x06prefix\x18\x03 \x01(\fR\x06prefix\x12%\n" +
+	"\x0estart_revision\x18\x04 \x01(\x04R\rstartRevision\x12'\n" +
+	"\x0fprogress_notify\x18\x05 \x01(\bR\x0eprogressNotify\"|\n" +
+	"\n" +
+	"WatchEvent\x12-\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x19.pando.v1.WatchEvent.TypeR\x04type\x12\"\n" +
+	"\x02kv\x18\x02 \x01(\v2\x12.pando.v1.KeyValueR\x02kv\"\x1b\n" +
+	"\x04Type\x12\a\n" +
+	"\x03PUT\x10\x00\x12\n" +
+	"\n" +
+	"\x06DELETE\x10\x01\"Y\n" +
+	"\rWatchResponse\x12,\n" +
+	"\x06events\x18\x01 \x03(\v2\x14.pando.v1.WatchEventR\x06events\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"G\n" +
 	"\x0eCompactRequest\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x19\n" +
 	"\brange_id\x18\x02 \x01(\x04R\arangeId\"Y\n" +
@@ -5861,7 +6116,9 @@ const file_pando_proto_rawDesc = "" +
 	"\x04Scan\x12\x15.pando.v1.ScanRequest\x1a\x16.pando.v1.ScanResponse\x12;\n" +
 	"\x06Status\x12\x17.pando.v1.StatusRequest\x1a\x18.pando.v1.StatusResponse\x12S\n" +
 	"\x0eAllocRevisions\x12\x1f.pando.v1.AllocRevisionsRequest\x1a .pando.v1.AllocRevisionsResponse\x12>\n" +
-	"\aCompact\x12\x18.pando.v1.CompactRequest\x1a\x19.pando.v1.CompactResponse2v\n" +
+	"\aCompact\x12\x18.pando.v1.CompactRequest\x1a\x19.pando.v1.CompactResponse2C\n" +
+	"\x05Watch\x12:\n" +
+	"\x05Watch\x12\x16.pando.v1.WatchRequest\x1a\x17.pando.v1.WatchResponse0\x012v\n" +
 	"\x04Raft\x120\n" +
 	"\x04Send\x12\x13.pando.v1.RaftBatch\x1a\x11.pando.v1.RaftAck(\x01\x12<\n" +
 	"\bSnapshot\x12\x17.pando.v1.SnapshotChunk\x1a\x15.pando.v1.SnapshotAck(\x012\xcb\x02\n" +
@@ -5898,202 +6155,211 @@ func file_pando_proto_rawDescGZIP() []byte {
 	return file_pando_proto_rawDescData
 }
 
-var file_pando_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 84)
+var file_pando_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 87)
 var file_pando_proto_goTypes = []any{
 	(Consistency)(0),               // 0: pando.v1.Consistency
-	(*GetRequest)(nil),             // 1: pando.v1.GetRequest
-	(*GetResponse)(nil),            // 2: pando.v1.GetResponse
-	(*PutRequest)(nil),             // 3: pando.v1.PutRequest
-	(*PutResponse)(nil),            // 4: pando.v1.PutResponse
-	(*DeleteRequest)(nil),          // 5: pando.v1.DeleteRequest
-	(*DeleteResponse)(nil),         // 6: pando.v1.DeleteResponse
-	(*ScanRequest)(nil),            // 7: pando.v1.ScanRequest
-	(*KeyValue)(nil),               // 8: pando.v1.KeyValue
-	(*ScanResponse)(nil),           // 9: pando.v1.ScanResponse
-	(*StatusRequest)(nil),          // 10: pando.v1.StatusRequest
-	(*NodeStatus)(nil),             // 11: pando.v1.NodeStatus
-	(*RangeStatus)(nil),            // 12: pando.v1.RangeStatus
-	(*BreakerStatus)(nil),          // 13: pando.v1.BreakerStatus
-	(*StatusResponse)(nil),         // 14: pando.v1.StatusResponse
-	(*AllocRevisionsRequest)(nil),  // 15: pando.v1.AllocRevisionsRequest
-	(*AllocRevisionsResponse)(nil), // 16: pando.v1.AllocRevisionsResponse
-	(*CompactRequest)(nil),         // 17: pando.v1.CompactRequest
-	(*CompactResponse)(nil),        // 18: pando.v1.CompactResponse
-	(*RaftEnvelope)(nil),           // 19: pando.v1.RaftEnvelope
-	(*RaftBatch)(nil),              // 20: pando.v1.RaftBatch
-	(*RaftAck)(nil),                // 21: pando.v1.RaftAck
-	(*SnapshotChunk)(nil),          // 22: pando.v1.SnapshotChunk
-	(*SnapshotAck)(nil),            // 23: pando.v1.SnapshotAck
-	(*PutOp)(nil),                  // 24: pando.v1.PutOp
-	(*DeleteOp)(nil),               // 25: pando.v1.DeleteOp
-	(*PruneDedupOp)(nil),           // 26: pando.v1.PruneDedupOp
-	(*Command)(nil),                // 27: pando.v1.Command
-	(*CloseRevisionOp)(nil),        // 28: pando.v1.CloseRevisionOp
-	(*CompactOp)(nil),              // 29: pando.v1.CompactOp
-	(*RevisionCeilingOp)(nil),      // 30: pando.v1.RevisionCeilingOp
-	(*DedupRecord)(nil),            // 31: pando.v1.DedupRecord
-	(*SplitOp)(nil),                // 32: pando.v1.SplitOp
-	(*NodeRecord)(nil),             // 33: pando.v1.NodeRecord
-	(*DirectoryOp)(nil),            // 34: pando.v1.DirectoryOp
-	(*FreezeOp)(nil),               // 35: pando.v1.FreezeOp
-	(*MergeOp)(nil),                // 36: pando.v1.MergeOp
-	(*AllocRangeIDOp)(nil),         // 37: pando.v1.AllocRangeIDOp
-	(*ChecksumOp)(nil),             // 38: pando.v1.ChecksumOp
-	(*CheckVerdict)(nil),           // 39: pando.v1.CheckVerdict
-	(*RangeDescriptor)(nil),        // 40: pando.v1.RangeDescriptor
-	(*RangeState)(nil),             // 41: pando.v1.RangeState
-	(*TruncatedState)(nil),         // 42: pando.v1.TruncatedState
-	(*CheckRequest)(nil),           // 43: pando.v1.CheckRequest
-	(*KeyDiff)(nil),                // 44: pando.v1.KeyDiff
-	(*ReplicaKey)(nil),             // 45: pando.v1.ReplicaKey
-	(*RangeCheck)(nil),             // 46: pando.v1.RangeCheck
-	(*CheckResponse)(nil),          // 47: pando.v1.CheckResponse
-	(*ChecksumRequest)(nil),        // 48: pando.v1.ChecksumRequest
-	(*ChecksumResponse)(nil),       // 49: pando.v1.ChecksumResponse
-	(*ListKeysRequest)(nil),        // 50: pando.v1.ListKeysRequest
-	(*KeyDigest)(nil),              // 51: pando.v1.KeyDigest
-	(*ListKeysResponse)(nil),       // 52: pando.v1.ListKeysResponse
-	(*RepairRequest)(nil),          // 53: pando.v1.RepairRequest
-	(*RepairResponse)(nil),         // 54: pando.v1.RepairResponse
-	(*RangeDataRequest)(nil),       // 55: pando.v1.RangeDataRequest
-	(*RangeDataChunk)(nil),         // 56: pando.v1.RangeDataChunk
-	(*SplitRequest)(nil),           // 57: pando.v1.SplitRequest
-	(*SplitResponse)(nil),          // 58: pando.v1.SplitResponse
-	(*AllocRangeIDRequest)(nil),    // 59: pando.v1.AllocRangeIDRequest
-	(*AllocRangeIDResponse)(nil),   // 60: pando.v1.AllocRangeIDResponse
-	(*MoveReplicaRequest)(nil),     // 61: pando.v1.MoveReplicaRequest
-	(*MoveReplicaResponse)(nil),    // 62: pando.v1.MoveReplicaResponse
-	(*TransferLeaderRequest)(nil),  // 63: pando.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 64: pando.v1.TransferLeaderResponse
-	(*CreateReplicaRequest)(nil),   // 65: pando.v1.CreateReplicaRequest
-	(*CreateReplicaResponse)(nil),  // 66: pando.v1.CreateReplicaResponse
-	(*AdoptReplicaRequest)(nil),    // 67: pando.v1.AdoptReplicaRequest
-	(*AdoptReplicaResponse)(nil),   // 68: pando.v1.AdoptReplicaResponse
-	(*DestroyReplicaRequest)(nil),  // 69: pando.v1.DestroyReplicaRequest
-	(*DestroyReplicaResponse)(nil), // 70: pando.v1.DestroyReplicaResponse
-	(*JoinRequest)(nil),            // 71: pando.v1.JoinRequest
-	(*JoinResponse)(nil),           // 72: pando.v1.JoinResponse
-	(*DecommissionRequest)(nil),    // 73: pando.v1.DecommissionRequest
-	(*DecommissionResponse)(nil),   // 74: pando.v1.DecommissionResponse
-	(*NodesRequest)(nil),           // 75: pando.v1.NodesRequest
-	(*NodeInfo)(nil),               // 76: pando.v1.NodeInfo
-	(*NodesResponse)(nil),          // 77: pando.v1.NodesResponse
-	(*HeartbeatRequest)(nil),       // 78: pando.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),      // 79: pando.v1.HeartbeatResponse
-	(*RebalanceRequest)(nil),       // 80: pando.v1.RebalanceRequest
-	(*PlannedOp)(nil),              // 81: pando.v1.PlannedOp
-	(*RebalanceResponse)(nil),      // 82: pando.v1.RebalanceResponse
-	(*MergeRequest)(nil),           // 83: pando.v1.MergeRequest
-	(*MergeResponse)(nil),          // 84: pando.v1.MergeResponse
+	(WatchEvent_Type)(0),           // 1: pando.v1.WatchEvent.Type
+	(*GetRequest)(nil),             // 2: pando.v1.GetRequest
+	(*GetResponse)(nil),            // 3: pando.v1.GetResponse
+	(*PutRequest)(nil),             // 4: pando.v1.PutRequest
+	(*PutResponse)(nil),            // 5: pando.v1.PutResponse
+	(*DeleteRequest)(nil),          // 6: pando.v1.DeleteRequest
+	(*DeleteResponse)(nil),         // 7: pando.v1.DeleteResponse
+	(*ScanRequest)(nil),            // 8: pando.v1.ScanRequest
+	(*KeyValue)(nil),               // 9: pando.v1.KeyValue
+	(*ScanResponse)(nil),           // 10: pando.v1.ScanResponse
+	(*StatusRequest)(nil),          // 11: pando.v1.StatusRequest
+	(*NodeStatus)(nil),             // 12: pando.v1.NodeStatus
+	(*RangeStatus)(nil),            // 13: pando.v1.RangeStatus
+	(*BreakerStatus)(nil),          // 14: pando.v1.BreakerStatus
+	(*StatusResponse)(nil),         // 15: pando.v1.StatusResponse
+	(*AllocRevisionsRequest)(nil),  // 16: pando.v1.AllocRevisionsRequest
+	(*AllocRevisionsResponse)(nil), // 17: pando.v1.AllocRevisionsResponse
+	(*WatchRequest)(nil),           // 18: pando.v1.WatchRequest
+	(*WatchEvent)(nil),             // 19: pando.v1.WatchEvent
+	(*WatchResponse)(nil),          // 20: pando.v1.WatchResponse
+	(*CompactRequest)(nil),         // 21: pando.v1.CompactRequest
+	(*CompactResponse)(nil),        // 22: pando.v1.CompactResponse
+	(*RaftEnvelope)(nil),           // 23: pando.v1.RaftEnvelope
+	(*RaftBatch)(nil),              // 24: pando.v1.RaftBatch
+	(*RaftAck)(nil),                // 25: pando.v1.RaftAck
+	(*SnapshotChunk)(nil),          // 26: pando.v1.SnapshotChunk
+	(*SnapshotAck)(nil),            // 27: pando.v1.SnapshotAck
+	(*PutOp)(nil),                  // 28: pando.v1.PutOp
+	(*DeleteOp)(nil),               // 29: pando.v1.DeleteOp
+	(*PruneDedupOp)(nil),           // 30: pando.v1.PruneDedupOp
+	(*Command)(nil),                // 31: pando.v1.Command
+	(*CloseRevisionOp)(nil),        // 32: pando.v1.CloseRevisionOp
+	(*CompactOp)(nil),              // 33: pando.v1.CompactOp
+	(*RevisionCeilingOp)(nil),      // 34: pando.v1.RevisionCeilingOp
+	(*DedupRecord)(nil),            // 35: pando.v1.DedupRecord
+	(*SplitOp)(nil),                // 36: pando.v1.SplitOp
+	(*NodeRecord)(nil),             // 37: pando.v1.NodeRecord
+	(*DirectoryOp)(nil),            // 38: pando.v1.DirectoryOp
+	(*FreezeOp)(nil),               // 39: pando.v1.FreezeOp
+	(*MergeOp)(nil),                // 40: pando.v1.MergeOp
+	(*AllocRangeIDOp)(nil),         // 41: pando.v1.AllocRangeIDOp
+	(*ChecksumOp)(nil),             // 42: pando.v1.ChecksumOp
+	(*CheckVerdict)(nil),           // 43: pando.v1.CheckVerdict
+	(*RangeDescriptor)(nil),        // 44: pando.v1.RangeDescriptor
+	(*RangeState)(nil),             // 45: pando.v1.RangeState
+	(*TruncatedState)(nil),         // 46: pando.v1.TruncatedState
+	(*CheckRequest)(nil),           // 47: pando.v1.CheckRequest
+	(*KeyDiff)(nil),                // 48: pando.v1.KeyDiff
+	(*ReplicaKey)(nil),             // 49: pando.v1.ReplicaKey
+	(*RangeCheck)(nil),             // 50: pando.v1.RangeCheck
+	(*CheckResponse)(nil),          // 51: pando.v1.CheckResponse
+	(*ChecksumRequest)(nil),        // 52: pando.v1.ChecksumRequest
+	(*ChecksumResponse)(nil),       // 53: pando.v1.ChecksumResponse
+	(*ListKeysRequest)(nil),        // 54: pando.v1.ListKeysRequest
+	(*KeyDigest)(nil),              // 55: pando.v1.KeyDigest
+	(*ListKeysResponse)(nil),       // 56: pando.v1.ListKeysResponse
+	(*RepairRequest)(nil),          // 57: pando.v1.RepairRequest
+	(*RepairResponse)(nil),         // 58: pando.v1.RepairResponse
+	(*RangeDataRequest)(nil),       // 59: pando.v1.RangeDataRequest
+	(*RangeDataChunk)(nil),         // 60: pando.v1.RangeDataChunk
+	(*SplitRequest)(nil),           // 61: pando.v1.SplitRequest
+	(*SplitResponse)(nil),          // 62: pando.v1.SplitResponse
+	(*AllocRangeIDRequest)(nil),    // 63: pando.v1.AllocRangeIDRequest
+	(*AllocRangeIDResponse)(nil),   // 64: pando.v1.AllocRangeIDResponse
+	(*MoveReplicaRequest)(nil),     // 65: pando.v1.MoveReplicaRequest
+	(*MoveReplicaResponse)(nil),    // 66: pando.v1.MoveReplicaResponse
+	(*TransferLeaderRequest)(nil),  // 67: pando.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 68: pando.v1.TransferLeaderResponse
+	(*CreateReplicaRequest)(nil),   // 69: pando.v1.CreateReplicaRequest
+	(*CreateReplicaResponse)(nil),  // 70: pando.v1.CreateReplicaResponse
+	(*AdoptReplicaRequest)(nil),    // 71: pando.v1.AdoptReplicaRequest
+	(*AdoptReplicaResponse)(nil),   // 72: pando.v1.AdoptReplicaResponse
+	(*DestroyReplicaRequest)(nil),  // 73: pando.v1.DestroyReplicaRequest
+	(*DestroyReplicaResponse)(nil), // 74: pando.v1.DestroyReplicaResponse
+	(*JoinRequest)(nil),            // 75: pando.v1.JoinRequest
+	(*JoinResponse)(nil),           // 76: pando.v1.JoinResponse
+	(*DecommissionRequest)(nil),    // 77: pando.v1.DecommissionRequest
+	(*DecommissionResponse)(nil),   // 78: pando.v1.DecommissionResponse
+	(*NodesRequest)(nil),           // 79: pando.v1.NodesRequest
+	(*NodeInfo)(nil),               // 80: pando.v1.NodeInfo
+	(*NodesResponse)(nil),          // 81: pando.v1.NodesResponse
+	(*HeartbeatRequest)(nil),       // 82: pando.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),      // 83: pando.v1.HeartbeatResponse
+	(*RebalanceRequest)(nil),       // 84: pando.v1.RebalanceRequest
+	(*PlannedOp)(nil),              // 85: pando.v1.PlannedOp
+	(*RebalanceResponse)(nil),      // 86: pando.v1.RebalanceResponse
+	(*MergeRequest)(nil),           // 87: pando.v1.MergeRequest
+	(*MergeResponse)(nil),          // 88: pando.v1.MergeResponse
 }
 var file_pando_proto_depIdxs = []int32{
 	0,  // 0: pando.v1.GetRequest.consistency:type_name -> pando.v1.Consistency
 	0,  // 1: pando.v1.ScanRequest.consistency:type_name -> pando.v1.Consistency
-	8,  // 2: pando.v1.ScanResponse.items:type_name -> pando.v1.KeyValue
-	39, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
-	11, // 4: pando.v1.StatusResponse.nodes:type_name -> pando.v1.NodeStatus
-	12, // 5: pando.v1.StatusResponse.ranges:type_name -> pando.v1.RangeStatus
-	13, // 6: pando.v1.StatusResponse.breakers:type_name -> pando.v1.BreakerStatus
-	19, // 7: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
-	8,  // 8: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
-	24, // 9: pando.v1.Command.put:type_name -> pando.v1.PutOp
-	25, // 10: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
-	26, // 11: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
-	38, // 12: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
-	39, // 13: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
-	32, // 14: pando.v1.Command.split:type_name -> pando.v1.SplitOp
-	37, // 15: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
-	33, // 16: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
-	34, // 17: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
-	35, // 18: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
-	36, // 19: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
-	30, // 20: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
-	28, // 21: pando.v1.Command.close_revision:type_name -> pando.v1.CloseRevisionOp
-	29, // 22: pando.v1.Command.compact:type_name -> pando.v1.CompactOp
-	40, // 23: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
-	40, // 24: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
-	40, // 25: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
-	39, // 26: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
-	45, // 27: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
-	44, // 28: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
-	46, // 29: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
-	51, // 30: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
-	8,  // 31: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
-	40, // 32: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
-	40, // 33: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
-	40, // 34: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	40, // 35: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	40, // 36: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	40, // 37: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	33, // 38: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
-	33, // 39: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
-	33, // 40: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
-	76, // 41: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
-	12, // 42: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
-	33, // 43: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
-	12, // 44: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
-	81, // 45: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
-	40, // 46: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
-	1,  // 47: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
-	3,  // 48: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
-	5,  // 49: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
-	7,  // 50: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
-	10, // 51: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
-	15, // 52: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
-	17, // 53: pando.v1.KV.Compact:input_type -> pando.v1.CompactRequest
-	20, // 54: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
-	22, // 55: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
-	43, // 56: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
-	48, // 57: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
-	50, // 58: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
-	53, // 59: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
-	55, // 60: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
-	57, // 61: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
-	59, // 62: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
-	61, // 63: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
-	63, // 64: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
-	83, // 65: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
-	65, // 66: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
-	69, // 67: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
-	67, // 68: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
-	71, // 69: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
-	73, // 70: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
-	75, // 71: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
-	78, // 72: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
-	80, // 73: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
-	2,  // 74: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
-	4,  // 75: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
-	6,  // 76: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
-	9,  // 77: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
-	14, // 78: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
-	16, // 79: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
-	18, // 80: pando.v1.KV.Compact:output_type -> pando.v1.CompactResponse
-	21, // 81: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
-	23, // 82: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
-	47, // 83: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
-	49, // 84: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
-	52, // 85: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
-	54, // 86: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
-	56, // 87: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
-	58, // 88: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
-	60, // 89: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
-	62, // 90: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
-	64, // 91: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
-	84, // 92: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
-	66, // 93: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
-	70, // 94: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
-	68, // 95: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
-	72, // 96: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
-	74, // 97: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
-	77, // 98: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
-	79, // 99: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
-	82, // 100: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
-	74, // [74:101] is the sub-list for method output_type
-	47, // [47:74] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	9,  // 2: pando.v1.ScanResponse.items:type_name -> pando.v1.KeyValue
+	43, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
+	12, // 4: pando.v1.StatusResponse.nodes:type_name -> pando.v1.NodeStatus
+	13, // 5: pando.v1.StatusResponse.ranges:type_name -> pando.v1.RangeStatus
+	14, // 6: pando.v1.StatusResponse.breakers:type_name -> pando.v1.BreakerStatus
+	1,  // 7: pando.v1.WatchEvent.type:type_name -> pando.v1.WatchEvent.Type
+	9,  // 8: pando.v1.WatchEvent.kv:type_name -> pando.v1.KeyValue
+	19, // 9: pando.v1.WatchResponse.events:type_name -> pando.v1.WatchEvent
+	23, // 10: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
+	9,  // 11: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
+	28, // 12: pando.v1.Command.put:type_name -> pando.v1.PutOp
+	29, // 13: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
+	30, // 14: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
+	42, // 15: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
+	43, // 16: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
+	36, // 17: pando.v1.Command.split:type_name -> pando.v1.SplitOp
+	41, // 18: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
+	37, // 19: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
+	38, // 20: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
+	39, // 21: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
+	40, // 22: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
+	34, // 23: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
+	32, // 24: pando.v1.Command.close_revision:type_name -> pando.v1.CloseRevisionOp
+	33, // 25: pando.v1.Command.compact:type_name -> pando.v1.CompactOp
+	44, // 26: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
+	44, // 27: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
+	44, // 28: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
+	43, // 29: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
+	49, // 30: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
+	48, // 31: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
+	50, // 32: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
+	55, // 33: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
+	9,  // 34: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
+	44, // 35: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
+	44, // 36: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
+	44, // 37: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	44, // 38: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	44, // 39: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	44, // 40: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	37, // 41: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
+	37, // 42: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
+	37, // 43: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
+	80, // 44: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
+	13, // 45: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
+	37, // 46: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
+	13, // 47: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
+	85, // 48: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
+	44, // 49: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
+	2,  // 50: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
+	4,  // 51: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
+	6,  // 52: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
+	8,  // 53: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
+	11, // 54: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
+	16, // 55: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
+	21, // 56: pando.v1.KV.Compact:input_type -> pando.v1.CompactRequest
+	18, // 57: pando.v1.Watch.Watch:input_type -> pando.v1.WatchRequest
+	24, // 58: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
+	26, // 59: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
+	47, // 60: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
+	52, // 61: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
+	54, // 62: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
+	57, // 63: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
+	59, // 64: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
+	61, // 65: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
+	63, // 66: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
+	65, // 67: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
+	67, // 68: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
+	87, // 69: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
+	69, // 70: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
+	73, // 71: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
+	71, // 72: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
+	75, // 73: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
+	77, // 74: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
+	79, // 75: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
+	82, // 76: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
+	84, // 77: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
+	3,  // 78: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
+	5,  // 79: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
+	7,  // 80: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
+	10, // 81: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
+	15, // 82: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
+	17, // 83: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
+	22, // 84: pando.v1.KV.Compact:output_type -> pando.v1.CompactResponse
+	20, // 85: pando.v1.Watch.Watch:output_type -> pando.v1.WatchResponse
+	25, // 86: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
+	27, // 87: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
+	51, // 88: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
+	53, // 89: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
+	56, // 90: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
+	58, // 91: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
+	60, // 92: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
+	62, // 93: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
+	64, // 94: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
+	66, // 95: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
+	68, // 96: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
+	88, // 97: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
+	70, // 98: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
+	74, // 99: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
+	72, // 100: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
+	76, // 101: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
+	78, // 102: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
+	81, // 103: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
+	83, // 104: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
+	86, // 105: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
+	78, // [78:106] is the sub-list for method output_type
+	50, // [50:78] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_pando_proto_init() }
@@ -6101,7 +6367,7 @@ func file_pando_proto_init() {
 	if File_pando_proto != nil {
 		return
 	}
-	file_pando_proto_msgTypes[26].OneofWrappers = []any{
+	file_pando_proto_msgTypes[29].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
 		(*Command_PruneDedup)(nil),
@@ -6122,10 +6388,10 @@ func file_pando_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pando_proto_rawDesc), len(file_pando_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   84,
+			NumEnums:      2,
+			NumMessages:   87,
 			NumExtensions: 0,
-			NumServices:   4,
+			NumServices:   5,
 		},
 		GoTypes:           file_pando_proto_goTypes,
 		DependencyIndexes: file_pando_proto_depIdxs,

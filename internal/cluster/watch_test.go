@@ -1,0 +1,227 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/kv"
+	"github.com/pando/pando/kvservice"
+)
+
+// watcher runs one watch on a member and keeps what it receives.
+type watcher struct {
+	mu     sync.Mutex
+	events []*pandopb.WatchEvent
+	revs   []uint64 // response revisions
+	err    error
+	done   chan struct{}
+}
+
+func startWatch(ctx context.Context, s *kvservice.Service, spec kvservice.WatchSpec) *watcher {
+	w := &watcher{done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		err := s.Watch(ctx, spec, func(r *pandopb.WatchResponse) error {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			w.events = append(w.events, r.Events...)
+			w.revs = append(w.revs, r.Revision)
+			return nil
+		})
+		w.mu.Lock()
+		w.err = err
+		w.mu.Unlock()
+	}()
+	return w
+}
+
+// seen returns the events received so far.
+func (w *watcher) seen() []*pandopb.WatchEvent {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]*pandopb.WatchEvent(nil), w.events...)
+}
+
+func render(ev *pandopb.WatchEvent) string {
+	if ev.Type == pandopb.WatchEvent_DELETE {
+		return fmt.Sprintf("%d delete %s", ev.Kv.ModRevision, ev.Kv.Key)
+	}
+	return fmt.Sprintf("%d put %s=%s", ev.Kv.ModRevision, ev.Kv.Key, ev.Kv.Value)
+}
+
+// Watches over three ranges, one from before the writes began and one
+// from a revision in the middle, while writers on every range go through
+// every node, a range splits and ranges merge: each watch sees exactly the
+// acknowledged changes at or after its start, each once, in revision
+// order, with their values; a revision header never goes back, and no
+// change arrives at or below a header already received.
+func TestWatchAcrossRangesInRevisionOrder(t *testing.T) {
+	c := New(t, Options{Seed: testSeed(t)})
+	splitInto(t, c, []string{"h", "p"})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ids := c.IDs()
+	// Let every node learn every range before watching from it.
+	time.Sleep(200 * time.Millisecond)
+	first := c.Member(ids[0]).Service
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	// From revision 1: the history has every write (none came before).
+	all := startWatch(wctx, first, kvservice.WatchSpec{Start: []byte("a"), End: []byte("z"), From: 1})
+	prefixed := startWatch(wctx, c.Member(ids[1]).Service, kvservice.WatchSpec{Start: []byte("j"), End: []byte("k"), From: 1})
+
+	var mu sync.Mutex
+	var acked []string // rendered like the events
+	var wg sync.WaitGroup
+	var midRev uint64
+	for w := 0; w < 3; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			keys := []string{"b", "c", "j1", "j2", "q", "x"}
+			for n := 0; n < 40; n++ {
+				key := keys[(n+w)%len(keys)]
+				via := c.KV(ids[(n+w)%len(ids)])
+				if n%7 == 6 {
+					resp, err := via.Delete(ctx, &pandopb.DeleteRequest{Key: []byte(key)})
+					if err != nil {
+						t.Errorf("delete %s: %v", key, err)
+						return
+					}
+					if resp.Deleted {
+						mu.Lock()
+						acked = append(acked, fmt.Sprintf("%d delete %s", resp.Revision, key))
+						mu.Unlock()
+					}
+					continue
+				}
+				v := fmt.Sprintf("w%d-%d", w, n)
+				resp, err := via.Put(ctx, &pandopb.PutRequest{Key: []byte(key), Value: []byte(v)})
+				if err != nil {
+					t.Errorf("put %s: %v", key, err)
+					return
+				}
+				mu.Lock()
+				acked = append(acked, fmt.Sprintf("%d put %s=%s", resp.Revision, key, v))
+				if w == 0 && n == 22 {
+					midRev = resp.Revision
+				}
+				mu.Unlock()
+			}
+		}(w)
+	}
+	// The layout changes under the watches: a split, then a merge.
+	if err := c.Split(ctx, []byte("t")); err != nil {
+		t.Fatalf("split at t: %v", err)
+	}
+	writersDone := make(chan struct{})
+	go func() { wg.Wait(); close(writersDone) }()
+	var late *watcher
+	for late == nil {
+		mu.Lock()
+		m := midRev
+		mu.Unlock()
+		if m != 0 {
+			late = startWatch(wctx, c.Member(ids[2]).Service, kvservice.WatchSpec{Start: []byte("a"), End: []byte("z"), From: m})
+			break
+		}
+		select {
+		case <-writersDone:
+			t.Fatal("the writers stopped before their 23rd write")
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if st, err := c.Member(ids[0]).Node.RangeFor([]byte("h")); err == nil {
+		if _, err := c.Merge(ctx, st.RangeID); err != nil {
+			t.Logf("merge of range %d: %v (the watches go on either way)", st.RangeID, err)
+		}
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	want := func(from uint64, in func(string) bool) []string {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []string
+		for _, a := range acked {
+			var rev uint64
+			var rest string
+			fmt.Sscanf(a, "%d %s", &rev, &rest)
+			if rev >= from && in(a) {
+				out = append(out, a)
+			}
+		}
+		sortByRevision(out)
+		return out
+	}
+	everything := want(0, func(string) bool { return true })
+	onlyJ := want(0, func(a string) bool {
+		var r uint64
+		var op, kv string
+		fmt.Sscanf(a, "%d %s %s", &r, &op, &kv)
+		return kv[0] == 'j'
+	})
+	fromMid := want(midRev, func(string) bool { return true })
+	for _, x := range []struct {
+		name string
+		w    *watcher
+		want []string
+	}{{"the whole span", all, everything}, {"[j, k)", prefixed, onlyJ}, {"from the middle", late, fromMid}} {
+		deadline := time.Now().Add(10 * time.Second)
+		for len(x.w.seen()) < len(x.want) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(50 * time.Millisecond) // nothing more may come
+		var got []string
+		for _, ev := range x.w.seen() {
+			got = append(got, render(ev))
+		}
+		if fmt.Sprint(got) != fmt.Sprint(x.want) {
+			t.Errorf("watch of %s (error %v):\n got %d %q\nwant %d %q", x.name, x.w.err, len(got), got, len(x.want), x.want)
+		}
+		x.w.mu.Lock()
+		for i := 1; i < len(x.w.revs); i++ {
+			if x.w.revs[i] < x.w.revs[i-1] {
+				t.Errorf("watch of %s: response revision %d after %d", x.name, x.w.revs[i], x.w.revs[i-1])
+			}
+		}
+		x.w.mu.Unlock()
+	}
+	wcancel()
+	for _, w := range []*watcher{all, prefixed, late} {
+		<-w.done
+		if !errors.Is(w.err, context.Canceled) {
+			t.Errorf("watch ended with %v, want context.Canceled", w.err)
+		}
+	}
+	// A watch from a compacted revision is refused.
+	resp, err := c.KV(ids[0]).Compact(ctx, &pandopb.CompactRequest{Revision: midRev})
+	if err != nil {
+		t.Fatalf("compact: %v", err)
+	}
+	_ = resp
+	w := startWatch(ctx, first, kvservice.WatchSpec{Start: []byte("a"), End: []byte("z"), From: midRev})
+	<-w.done
+	if !errors.Is(w.err, kv.ErrCompacted) {
+		t.Fatalf("watch from the compaction revision: %v, want compacted", w.err)
+	}
+}
+
+func sortByRevision(out []string) {
+	rev := func(s string) uint64 {
+		var r uint64
+		fmt.Sscanf(s, "%d", &r)
+		return r
+	}
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && rev(out[j]) < rev(out[j-1]); j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+}
