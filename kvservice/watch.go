@@ -120,8 +120,10 @@ type watch struct {
 	// change at or below which has been sent (the last response's).
 	from, sent uint64
 
-	// told is the last revision given to the client (a response's).
-	told uint64
+	// told is the last revision given to the client (a response's);
+	// created: the first response (the watch's start) has been sent.
+	told    uint64
+	created bool
 
 	nudgeMu     sync.Mutex
 	nudging     map[uint64]bool
@@ -227,6 +229,15 @@ func (w *watch) run(ctx context.Context) error {
 		}
 	}
 	snap.Close()
+	if !w.created {
+		// The watch exists: say from where (etcd's created response), so
+		// that a client resuming it before any change knows where to.
+		w.created = true
+		if err := w.send(&pandopb.WatchResponse{Revision: w.from - 1}); err != nil {
+			return err
+		}
+		w.told = w.from - 1
+	}
 	// floor: a feed change at or below its range's last revision in the
 	// snapshot was in the snapshot (the history read above has it).
 	floor := func(key []byte) uint64 {
@@ -461,4 +472,26 @@ func (w *watch) stopNudges() {
 		cancel()
 	}
 	w.nudgeWG.Wait()
+}
+
+// Watcher serves pandopb.WatchServer with the service's watches.
+type Watcher struct {
+	pandopb.UnimplementedWatchServer
+	s *Service
+}
+
+// Watcher returns the service's gRPC watch server.
+func (s *Service) Watcher() *Watcher { return &Watcher{s: s} }
+
+// Watch implements pandopb.WatchServer: one watch per stream.
+func (w *Watcher) Watch(req *pandopb.WatchRequest, stream pandopb.Watch_WatchServer) error {
+	start, end, err := w.s.WatchSpan(req)
+	if err != nil {
+		return kv.ToStatus(err)
+	}
+	err = w.s.Watch(stream.Context(), WatchSpec{Start: start, End: end, From: req.StartRevision, Progress: req.ProgressNotify}, stream.Send)
+	if stream.Context().Err() != nil {
+		return stream.Context().Err()
+	}
+	return kv.ToStatus(err)
 }

@@ -554,6 +554,7 @@ func (s *Server) Start() error {
 	}
 	s.grpc = grpc.NewServer(opts...)
 	pandopb.RegisterKVServer(s.grpc, s.svc)
+	pandopb.RegisterWatchServer(s.grpc, s.svc.Watcher())
 	pandopb.RegisterRaftServer(s.grpc, transport.NewServer(s.node, s.tr))
 	pandopb.RegisterCheckerServer(s.grpc, s.checker)
 	pandopb.RegisterAdminServer(s.grpc, s.admin)
@@ -562,6 +563,7 @@ func (s *Server) Start() error {
 	api.HandleFunc("/v1/kv/", s.instrumentHTTP(s.handleKV))
 	api.HandleFunc("GET /v1/status", s.handleStatus)
 	api.HandleFunc("POST /v1/compact", s.instrumentHTTP(s.handleCompact))
+	api.HandleFunc("GET /v1/watch", s.handleWatch)
 	s.dash.Register(api)
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", s.requireAuth(api))

@@ -10,8 +10,10 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -204,6 +206,20 @@ func (f *clientFlags) open() (*client.Client, context.Context, context.CancelFun
 	return c, ctx, cancel, nil
 }
 
+// openStream is open for a command that runs until interrupted (SIGINT,
+// SIGTERM) rather than for the --timeout.
+func (f *clientFlags) openStream(parent context.Context) (*client.Client, context.Context, context.CancelFunc, error) {
+	c, err := f.newClient()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if parent == nil {
+		parent = context.Background()
+	}
+	ctx, cancel := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
+	return c, ctx, cancel, nil
+}
+
 // newClient is a Go client with the flags' endpoints, TLS, token and
 // resilience settings.
 func (f *clientFlags) newClient() (*client.Client, error) {
@@ -233,7 +249,7 @@ func parseVersion(s string) (uint64, error) {
 }
 
 func clientCmds() []*cobra.Command {
-	return []*cobra.Command{getCmd(), putCmd(), delCmd(), casCmd(), scanCmd(), compactCmd(), statusCmd()}
+	return []*cobra.Command{getCmd(), putCmd(), delCmd(), casCmd(), scanCmd(), compactCmd(), watchCmd(), statusCmd()}
 }
 
 func getCmd() *cobra.Command {
@@ -458,6 +474,70 @@ func scanCmd() *cobra.Command {
 	cmd.Flags().IntVar(&limit, "limit", 100, "at most this many keys")
 	cmd.Flags().BoolVar(&stale, "stale", false, "allow any replica to answer from its local state")
 	cmd.Flags().Uint64Var(&rev, "rev", 0, "read the span as of this revision, one consistent cut of every range (0: the latest)")
+	return cmd
+}
+
+func watchCmd() *cobra.Command {
+	var f clientFlags
+	var prefix, end string
+	var rev uint64
+	var count int
+	cmd := &cobra.Command{
+		Use:   "watch [KEY [--end E] | --prefix P] [--rev R] [--count N]",
+		Short: "Print changes as they happen, in revision order (from --rev: the history first)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var key string
+			if len(args) == 1 {
+				key = args[0]
+			}
+			switch {
+			case prefix != "" && (key != "" || end != ""):
+				return usageError{fmt.Errorf("--prefix excludes KEY and --end")}
+			case prefix == "" && key == "":
+				return usageError{fmt.Errorf("watch needs a KEY or --prefix")}
+			case count < 0:
+				return usageError{fmt.Errorf("--count must not be negative")}
+			}
+			c, ctx, cancel, err := f.openStream(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer c.Close()
+			out := cmd.OutOrStdout()
+			seen := 0
+			for resp := range c.Watch(ctx, client.WatchOptions{Key: []byte(key), End: []byte(end), Prefix: []byte(prefix), StartRevision: rev}) {
+				if resp.Err != nil {
+					if errors.Is(resp.Err, context.Canceled) {
+						return nil
+					}
+					return resp.Err
+				}
+				for _, ev := range resp.Events {
+					if f.json {
+						if err := json.NewEncoder(out).Encode(map[string]any{"type": strings.ToLower(ev.Type.String()), "key": string(ev.Key), "value": string(ev.Value),
+							"version": ev.Version, "create_revision": ev.CreateRevision, "mod_revision": ev.ModRevision}); err != nil {
+							return err
+						}
+					} else if ev.Type == client.EventDelete {
+						fmt.Fprintf(out, "%d DELETE %q\n", ev.ModRevision, ev.Key)
+					} else {
+						fmt.Fprintf(out, "%d PUT %q %q version %d\n", ev.ModRevision, ev.Key, ev.Value, ev.Version)
+					}
+					if seen++; count > 0 && seen >= count {
+						return nil
+					}
+				}
+			}
+			return nil
+		},
+	}
+	f.add(cmd, true)
+	cmd.Flags().StringVar(&prefix, "prefix", "", "watch the keys starting with this")
+	cmd.Flags().StringVar(&end, "end", "", "watch [KEY, end) (empty: KEY alone)")
+	cmd.Flags().Uint64Var(&rev, "rev", 0, "start at this revision, history first (0: changes from now)")
+	cmd.Flags().IntVar(&count, "count", 0, "exit after this many changes (0: until interrupted)")
 	return cmd
 }
 

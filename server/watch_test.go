@@ -1,0 +1,209 @@
+package server_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pando/pando/client"
+)
+
+// The Go client's watch, through the stop and restart of every node in
+// turn (so at least once of the node it watches through): every change
+// arrives once, in revision order, the created response first.
+func TestClientWatchResumesAcrossNodeRestarts(t *testing.T) {
+	c := startCluster(t, 3, 0)
+	cl := c.client()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	ch := cl.Watch(wctx, client.WatchOptions{Prefix: []byte("w/")})
+	created := <-ch
+	if created.Err != nil || len(created.Events) != 0 {
+		t.Fatalf("first response %+v, want the watch's start", created)
+	}
+	var want []string
+	put := func(k, v string) {
+		t.Helper()
+		res, err := cl.PutResult(ctx, []byte(k), []byte(v))
+		if err != nil {
+			t.Fatalf("put %s: %v", k, err)
+		}
+		want = append(want, fmt.Sprintf("%d PUT %s=%s", res.Revision, k, v))
+	}
+	_, _ = cl.Put(ctx, []byte("other"), []byte("not watched"))
+	for round, id := range []uint64{1, 2, 3} {
+		put(fmt.Sprintf("w/%d-before", round), "x")
+		if err := c.servers[id].Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		delete(c.servers, id)
+		put(fmt.Sprintf("w/%d-down", round), "y")
+		c.start(id, nil)
+		c.waitLeader()
+		put(fmt.Sprintf("w/%d-after", round), "z")
+	}
+	if _, err := cl.Delete(ctx, []byte("w/0-before")); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	deadline := time.After(20 * time.Second)
+	last := created.Revision
+	for len(got) < len(want) {
+		select {
+		case resp := <-ch:
+			if resp.Err != nil {
+				t.Fatalf("watch ended: %v (got %q)", resp.Err, got)
+			}
+			if resp.Revision < last {
+				t.Fatalf("response revision %d after %d", resp.Revision, last)
+			}
+			last = resp.Revision
+			for _, ev := range resp.Events {
+				if ev.Type == client.EventDelete {
+					continue
+				}
+				got = append(got, fmt.Sprintf("%d PUT %s=%s", ev.ModRevision, ev.Key, ev.Value))
+			}
+		case <-deadline:
+			t.Fatalf("after 20s the watch has %d of %d changes:\n got %q\nwant %q", len(got), len(want), got, want)
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("watch:\n got %q\nwant %q", got, want)
+	}
+	wcancel()
+	for resp := range ch {
+		if resp.Err != nil && !errors.Is(resp.Err, context.Canceled) {
+			t.Fatalf("after cancel: %v", resp.Err)
+		}
+	}
+}
+
+// sseMessage is one message of a watch's event stream.
+type sseMessage struct {
+	id, event string
+	data      watchMsg
+}
+
+type watchMsg struct {
+	Revision uint64 `json:"revision"`
+	Events   []struct {
+		Type        string `json:"type"`
+		Key         []byte `json:"key"`
+		Value       []byte `json:"value"`
+		ModRevision uint64 `json:"mod_revision"`
+	} `json:"events"`
+}
+
+// readSSE reads messages from body until n changes arrived.
+func readSSE(t *testing.T, sc *bufio.Scanner, n int) []sseMessage {
+	t.Helper()
+	var out []sseMessage
+	var cur sseMessage
+	changes := 0
+	for changes < n && sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "id: "):
+			cur.id = strings.TrimPrefix(line, "id: ")
+		case strings.HasPrefix(line, "event: "):
+			cur.event = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "data: "):
+			if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &cur.data); err != nil {
+				t.Fatalf("watch message %q: %v", line, err)
+			}
+		case line == "" && cur.event != "":
+			out = append(out, cur)
+			changes += len(cur.data.Events)
+			cur = sseMessage{}
+		}
+	}
+	if changes < n {
+		t.Fatalf("the stream ended after %d changes (%v)", changes, sc.Err())
+	}
+	return out
+}
+
+// GET /v1/watch: server-sent events from a start revision, resumed with
+// Last-Event-ID after the last message received, and a clear refusal of
+// a compacted start.
+func TestHTTPWatchStreamsAndResumes(t *testing.T) {
+	c := startCluster(t, 3, 0)
+	cl := c.client()
+	ctx := context.Background()
+	var revs []uint64
+	for i := 0; i < 6; i++ {
+		res, err := cl.PutResult(ctx, []byte(fmt.Sprintf("h/%d", i)), []byte(fmt.Sprint("v", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		revs = append(revs, res.Revision)
+	}
+	base := "http://" + c.addrs[2] + "/v1/watch?prefix=h/"
+	open := func(u, lastID string) (*http.Response, *bufio.Scanner) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", u, nil)
+		if lastID != "" {
+			req.Header.Set("Last-Event-ID", lastID)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp, bufio.NewScanner(resp.Body)
+	}
+	resp, sc := open(fmt.Sprintf("%s&start_revision=%d", base, revs[1]), "")
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("watch answered %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	msgs := readSSE(t, sc, 5)
+	resp.Body.Close()
+	var keys []string
+	for _, m := range msgs {
+		for _, ev := range m.data.Events {
+			keys = append(keys, string(ev.Key))
+		}
+	}
+	if fmt.Sprint(keys) != "[h/1 h/2 h/3 h/4 h/5]" {
+		t.Fatalf("changes from revision %d: %q", revs[1], keys)
+	}
+	// A message's id is the revision it brings the watch to.
+	if end := msgs[len(msgs)-1]; end.id != fmt.Sprint(revs[5]) || end.data.Revision != revs[5] {
+		t.Fatalf("last message id %s revision %d, want %d", end.id, end.data.Revision, revs[5])
+	}
+	// Resume after the second change: the third on.
+	lastID := fmt.Sprint(revs[2])
+	resp, sc = open(base, lastID)
+	more := readSSE(t, sc, 3)
+	resp.Body.Close()
+	keys = nil
+	for _, m := range more {
+		for _, ev := range m.data.Events {
+			keys = append(keys, string(ev.Key))
+		}
+	}
+	if fmt.Sprint(keys) != "[h/3 h/4 h/5]" {
+		t.Fatalf("resumed after message %s: %q", lastID, keys)
+	}
+	// Compacted below: refused with 410 before the stream begins.
+	if _, err := cl.Compact(ctx, revs[3]); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // every replica applies it
+	r, body := doHTTP(t, "GET", fmt.Sprintf("%s&start_revision=%d", base, revs[2]), nil)
+	if r.StatusCode != http.StatusGone || !strings.Contains(string(body), "compacted") {
+		t.Fatalf("watch from a compacted revision: %d %s", r.StatusCode, body)
+	}
+	r, body = doHTTP(t, "GET", "http://"+c.addrs[1]+"/v1/watch", nil)
+	if r.StatusCode != http.StatusBadRequest {
+		t.Fatalf("watch of nothing: %d %s", r.StatusCode, body)
+	}
+}
