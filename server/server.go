@@ -71,6 +71,11 @@ type Config struct {
 	ElectionTicks int
 	// LogKeepEntries: see node.Config.
 	LogKeepEntries uint64
+	// HistoryRetention is how long the history of changes is kept for
+	// reads at a revision and watches from the past: every range is
+	// compacted at the revision that was the latest that long ago. 0:
+	// DefaultHistoryRetention; negative: kept until compacted by hand.
+	HistoryRetention time.Duration
 	// CheckInterval is how often each range is checked for replica
 	// divergence (staggered over ranges). Default 1h; negative disables.
 	CheckInterval time.Duration
@@ -254,6 +259,9 @@ func (c *Config) Validate() error {
 	}
 	if c.CheckInterval == 0 {
 		c.CheckInterval = time.Hour
+	}
+	if c.HistoryRetention == 0 {
+		c.HistoryRetention = DefaultHistoryRetention
 	}
 	if c.BalanceInterval == 0 {
 		c.BalanceInterval = 2 * time.Second
@@ -596,6 +604,7 @@ func (s *Server) Start() error {
 	}()
 	s.bg.Go(func() { s.checker.Periodic(s.cfg.CheckInterval, s.stopping) })
 	s.bg.Go(func() { s.balance(s.stopping) })
+	s.bg.Go(func() { s.compactor(s.stopping) })
 	s.bg.Go(func() { s.ctl.Run(s.stopping) })
 	s.bg.Go(func() { s.heartbeats(s.stopping) })
 	if len(s.cfg.Join) > 0 {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/pando/pando/client"
+	"github.com/pando/pando/node"
+	"github.com/pando/pando/server"
 )
 
 // The Go client's watch, through the stop and restart of every node in
@@ -205,5 +207,46 @@ func TestHTTPWatchStreamsAndResumes(t *testing.T) {
 	r, body = doHTTP(t, "GET", "http://"+c.addrs[1]+"/v1/watch", nil)
 	if r.StatusCode != http.StatusBadRequest {
 		t.Fatalf("watch of nothing: %d %s", r.StatusCode, body)
+	}
+}
+
+// With a history retention, the meta range's leader compacts every range
+// at the revision that was the latest a retention ago: old revisions are
+// refused, recent ones still read.
+func TestHistoryRetentionCompacts(t *testing.T) {
+	c := startCluster(t, 3, 0, func(cfg *server.Config) { cfg.HistoryRetention = 200 * time.Millisecond })
+	cl := c.client()
+	ctx := context.Background()
+	first, err := cl.PutResult(ctx, []byte("k"), []byte("old"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		compacted := true
+		var st node.RangeStatus
+		for _, srv := range c.servers {
+			if st, _ = srv.Node().Status(1); st.CompactRevision <= first.Revision {
+				compacted = false
+				break
+			}
+		}
+		if compacted {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s with a 200ms retention the range is compacted at %d, not above the first write's %d", st.CompactRevision, first.Revision)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	now, err := cl.PutResult(ctx, []byte("k"), []byte("new"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kv, err := cl.Get(ctx, []byte("k"), client.AtRevision(first.Revision)); !errors.Is(err, client.ErrCompacted) {
+		t.Fatalf("read below the retention (at %d): %+v %v", first.Revision, kv, err)
+	}
+	if kv, err := cl.Get(ctx, []byte("k"), client.AtRevision(now.Revision)); err != nil || string(kv.Value) != "new" {
+		t.Fatalf("read at the latest revision: %v %v", kv, err)
 	}
 }

@@ -22,31 +22,32 @@ import (
 
 func serverCmd() *cobra.Command {
 	var (
-		id             uint64
-		dataDir        string
-		addr           string
-		listenAddr     string
-		initialCluster string
-		tick           time.Duration
-		electionTicks  int
-		timeout        time.Duration
-		limits         kv.Limits
-		logLevel       string
-		checkInterval  time.Duration
-		autoRepair     bool
-		checkRate      int
-		splitBytes     uint64
-		splitQPS       float64
-		enablePprof    bool
-		maxPending     int
-		overload       time.Duration
-		forward        time.Duration
-		handshake      time.Duration
-		dedupTTL       time.Duration
-		peerBreaker    resilience.BreakerSettings
-		tlsFiles       pki.Files
-		authToken      string
-		idFromHost     bool
+		id               uint64
+		dataDir          string
+		addr             string
+		listenAddr       string
+		initialCluster   string
+		tick             time.Duration
+		electionTicks    int
+		timeout          time.Duration
+		limits           kv.Limits
+		logLevel         string
+		checkInterval    time.Duration
+		historyRetention time.Duration
+		autoRepair       bool
+		checkRate        int
+		splitBytes       uint64
+		splitQPS         float64
+		enablePprof      bool
+		maxPending       int
+		overload         time.Duration
+		forward          time.Duration
+		handshake        time.Duration
+		dedupTTL         time.Duration
+		peerBreaker      resilience.BreakerSettings
+		tlsFiles         pki.Files
+		authToken        string
+		idFromHost       bool
 
 		join              string
 		nodeHeartbeat     time.Duration
@@ -85,7 +86,7 @@ A fourth node joining it (the controller moves replicas and leaders to it):
 			cfg := server.Config{
 				ID: id, DataDir: dataDir, Addr: addr, ListenAddr: listenAddr, Limits: limits, RequestTimeout: timeout,
 				TickInterval: tick, ElectionTicks: electionTicks, Logger: log,
-				CheckInterval: checkInterval, NoAutoRepair: !autoRepair, CheckBytesPerSec: checkRate,
+				HistoryRetention: retentionConfig(historyRetention), CheckInterval: checkInterval, NoAutoRepair: !autoRepair, CheckBytesPerSec: checkRate,
 				Split: placement.SplitThresholds{MaxBytes: splitBytes, LoadQPS: splitQPS}, EnablePprof: enablePprof,
 				MaxPendingProposals: maxPending, OverloadSchedLatency: overload, ForwardTimeout: forward, HandshakeTimeout: handshake,
 				DedupTTL: dedupTTL, PeerBreaker: peerBreaker,
@@ -166,6 +167,7 @@ A fourth node joining it (the controller moves replicas and leaders to it):
 	f.IntVar(&limits.MaxValueSize, "max-value-size", kv.DefaultMaxValueSize, "largest value in bytes")
 	f.IntVar(&limits.MaxRequestSize, "max-request-size", kv.DefaultMaxRequestSize, "largest request in bytes")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.DurationVar(&historyRetention, "history-retention", server.DefaultHistoryRetention, "how long the history of changes is kept for reads at a revision and watches from the past (0: until pando compact)")
 	f.DurationVar(&checkInterval, "consistency-check-interval", time.Hour, "how often each range's replicas are compared (0 disables)")
 	f.BoolVar(&autoRepair, "consistency-auto-repair", true, "rebuild replicas that disagree with the majority")
 	f.IntVar(&checkRate, "consistency-check-rate", 64<<20, "bytes per second a check may hash (negative: unpaced)")
@@ -214,4 +216,13 @@ func idFromHostname() (uint64, error) {
 		return 0, fmt.Errorf("--id-from-hostname: hostname %q does not end in -N (a StatefulSet pod's ordinal); pass --id instead", h)
 	}
 	return n + 1, nil
+}
+
+// retentionConfig maps --history-retention to server.Config (0 there means
+// the default; here it means keep everything).
+func retentionConfig(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }

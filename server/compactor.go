@@ -1,0 +1,67 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/kv"
+	"github.com/pando/pando/storage"
+)
+
+// DefaultHistoryRetention is how long the history is kept by default.
+const DefaultHistoryRetention = 10 * time.Minute
+
+// compactor keeps about HistoryRetention of history: on the meta range's
+// leader it notes the latest revision every tenth of the retention, and
+// compacts every range at the newest revision noted at least a retention
+// ago (etcd's periodic compaction). Elsewhere it only waits.
+func (s *Server) compactor(stop <-chan struct{}) {
+	retention := s.cfg.HistoryRetention
+	if retention <= 0 {
+		return
+	}
+	every := max(retention/10, 10*time.Millisecond)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	type sample struct {
+		at  time.Time
+		rev uint64
+	}
+	var samples []sample
+	var done uint64
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		if st, ok := s.node.Status(storage.MetaRangeID); !ok || st.LeaderID != s.cfg.ID {
+			samples = nil // a new leader starts its own count
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+		next, err := s.svc.Revisions(ctx, 1)
+		now := time.Now()
+		if err == nil {
+			samples = append(samples, sample{now, next - 1}) // every revision below next was handed out
+		}
+		var target uint64
+		for len(samples) > 0 && now.Sub(samples[0].at) >= retention {
+			target = samples[0].rev
+			samples = samples[1:]
+		}
+		if target > done {
+			_, err := s.svc.Direct().Compact(ctx, &pandopb.CompactRequest{Revision: target})
+			switch {
+			case err == nil, errors.Is(err, kv.ErrCompacted):
+				done = target
+				s.log.Debug("compacted the history", "revision", target, "retention", retention)
+			default:
+				s.log.Warn("compacting the history failed; trying again later", "revision", target, "err", err)
+			}
+		}
+		cancel()
+	}
+}
