@@ -183,12 +183,15 @@ func clip(lo, hi, start, end []byte) ([]byte, []byte) {
 }
 
 func (w *watch) run(ctx context.Context) error {
-	// Subscribe before the snapshot: a change applied between the two is
-	// in both, and the feed's copy is dropped (at or below its range's
-	// last revision in the snapshot).
-	sub := w.s.node.Subscribe()
+	// The subscription and the snapshot at one point between two apply
+	// cycles: every change is in the one or the other (a change in both is
+	// dropped from the feed: at or below its range's last revision in the
+	// snapshot).
+	sub, snap, err := w.s.node.SubscribeAt(ctx)
+	if err != nil {
+		return err
+	}
 	defer sub.Close()
-	snap := w.s.node.NewSnapshot()
 	cover, err := w.cover(snap)
 	if err != nil {
 		snap.Close()

@@ -1,8 +1,11 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
@@ -77,7 +80,38 @@ type feeds struct {
 	pending map[uint64][]FeedEvent
 }
 
-// Subscribe starts receiving the change feed from the next apply cycle on.
+// SubscribeAt starts receiving the change feed and pins the database at
+// the same point, between two apply cycles: every change the snapshot
+// lacks arrives on the subscription, and every change it holds comes
+// before (it may arrive too, at or below its range's last revision in the
+// snapshot). Close both.
+func (n *Node) SubscribeAt(ctx context.Context) (*Subscription, *pebble.Snapshot, error) {
+	var mu sync.Mutex
+	abandoned := false
+	var sub *Subscription
+	var snap *pebble.Snapshot
+	err := n.call(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !abandoned {
+			sub, snap = n.Subscribe(), n.db.NewSnapshot()
+		}
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if err != nil {
+		abandoned = true
+		if sub != nil {
+			sub.Close()
+			snap.Close()
+		}
+		return nil, nil, err
+	}
+	return sub, snap, nil
+}
+
+// Subscribe starts receiving the change feed from the next apply cycle that
+// starts after it (SubscribeAt says which state that follows).
 func (n *Node) Subscribe() *Subscription {
 	s := &Subscription{n: n, c: make(chan FeedUpdate, FeedBuffer)}
 	n.feedMu.Lock()

@@ -484,6 +484,22 @@ type localKV struct {
 // call runs f against the member's service the way a gRPC call would
 // reach it, with the member's faults: errors are gRPC statuses, a hung node
 // never answers, a slow one answers late.
+// Watch runs a watch on member id's service until it ends (the node
+// stopping ends it: a crash waits for it to leave before closing the
+// engine).
+func (c *Cluster) Watch(ctx context.Context, id uint64, spec kvservice.WatchSpec, send func(*pandopb.WatchResponse) error) error {
+	m := c.Member(id)
+	m.gate.RLock()
+	defer m.gate.RUnlock()
+	c.mu.Lock()
+	running, svc := m.running, m.Service
+	c.mu.Unlock()
+	if !running {
+		return fmt.Errorf("%w: node %d is down", kv.ErrUnavailable, id)
+	}
+	return svc.Watch(ctx, spec, send)
+}
+
 func (l *localKV) call(ctx context.Context, write bool, f func(*kvservice.Service, context.Context) error) error {
 	m := l.c.Member(l.to)
 	if l.from != 0 && !l.c.Net.Reachable(l.from, l.to) && !m.hung.Load() {

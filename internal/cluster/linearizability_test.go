@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/internal/lincheck"
 	"github.com/pando/pando/node"
 )
@@ -139,9 +140,29 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	if _, err := c.Leader(1, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	checkLinearizable(t, c, seed, "linearizability", 6*time.Second, func(stop <-chan struct{}) {
+	// A watch of the whole key space follows the same history (the watch
+	// checker): it resumes on another node whenever its own fails it.
+	wctx, wcancel := context.WithCancel(context.Background())
+	defer wcancel()
+	f := follow(wctx, c, []byte("a"), nil)
+	ops := checkLinearizable(t, c, seed, "linearizability", 6*time.Second, func(stop <-chan struct{}) {
 		nemesis(t, c, rand.New(rand.NewPCG(seed, 99)), stop)
 	})
+	// The revision after everything: a last write, once the faults healed.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var final uint64
+	for final == 0 {
+		resp, err := c.KV(c.IDs()[0]).Put(ctx, &pandopb.PutRequest{Key: []byte("zz-end"), Value: []byte("end")})
+		if err == nil {
+			final = resp.Revision
+		} else if ctx.Err() != nil {
+			t.Fatalf("a last write after the faults: %v", err)
+		}
+	}
+	checkWatch(t, c, f, ops, final)
+	wcancel()
+	<-f.done
 }
 
 // checkLinearizable runs six clients against c for duration (2 s with

@@ -8,7 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anishathalye/porcupine"
+
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/internal/lincheck"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/kvservice"
 )
@@ -223,5 +226,137 @@ func sortByRevision(out []string) {
 		for j := i; j > 0 && rev(out[j]) < rev(out[j-1]); j-- {
 			out[j], out[j-1] = out[j-1], out[j]
 		}
+	}
+}
+
+// follower is a watch of a span that resumes on another running member
+// after the last revision it received whenever its member fails it, as the
+// Go client's does, and also moves to the next member every 400ms (so that
+// every run resumes it many times).
+type follower struct {
+	mu     sync.Mutex
+	events []*pandopb.WatchEvent
+	last   uint64 // every change at or below it has been received
+	errs   map[string]int
+	done   chan struct{}
+}
+
+func follow(ctx context.Context, c *Cluster, start, end []byte) *follower {
+	f := &follower{done: make(chan struct{}), errs: map[string]int{}}
+	go func() {
+		defer close(f.done)
+		for n := 0; ctx.Err() == nil; n++ {
+			id := c.IDs()[n%len(c.IDs())]
+			if !c.Running(id) {
+				continue
+			}
+			f.mu.Lock()
+			from := f.last + 1
+			f.mu.Unlock()
+			rctx, rcancel := context.WithTimeout(ctx, 400*time.Millisecond)
+			err := c.Watch(rctx, id, kvservice.WatchSpec{Start: start, End: end, From: from}, func(r *pandopb.WatchResponse) error {
+				f.mu.Lock()
+				defer f.mu.Unlock()
+				f.events = append(f.events, r.Events...)
+				f.last = max(f.last, r.Revision)
+				return nil
+			})
+			rcancel()
+			if ctx.Err() != nil {
+				return
+			}
+			why := fmt.Sprint(errors.Unwrap(err))
+			if errors.Is(err, context.DeadlineExceeded) {
+				why = "moved on"
+			}
+			f.mu.Lock()
+			f.errs[why]++
+			f.mu.Unlock()
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	return f
+}
+
+// checkWatch checks f's changes against a history the nemesis made and the
+// state at revision final: revisions strictly rising (no change twice),
+// every acknowledged write there with its key and value, every change a
+// write some client made (or the last write, at final), and the changes
+// replayed give the state at final.
+func checkWatch(t *testing.T, c *Cluster, f *follower, ops []porcupine.Operation, final uint64) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		f.mu.Lock()
+		last := f.last
+		f.mu.Unlock()
+		if last >= final {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the watch reached revision %d, not %d, 20s after the faults ended (resumptions: %v)", last, final, f.errs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	f.mu.Lock()
+	events := append([]*pandopb.WatchEvent(nil), f.events...)
+	t.Logf("watch: %d changes up to revision %d; resumed after %v", len(events), f.last, f.errs)
+	f.mu.Unlock()
+	byRev := map[uint64]*pandopb.WatchEvent{}
+	state := map[string]string{}
+	for i, ev := range events {
+		if i > 0 && ev.Kv.ModRevision <= events[i-1].Kv.ModRevision {
+			t.Fatalf("watch change %d at revision %d after one at %d", i, ev.Kv.ModRevision, events[i-1].Kv.ModRevision)
+		}
+		byRev[ev.Kv.ModRevision] = ev
+		if ev.Kv.ModRevision <= final {
+			if ev.Type == pandopb.WatchEvent_DELETE {
+				delete(state, string(ev.Kv.Key))
+			} else {
+				state[string(ev.Kv.Key)] = string(ev.Kv.Value)
+			}
+		}
+	}
+	written := map[string]bool{}
+	for _, op := range ops {
+		in, out := op.Input.(lincheck.Input), op.Output.(lincheck.Output)
+		if in.Kind == lincheck.Put || in.Kind == lincheck.Cas {
+			written[in.Key+"="+in.Value] = true
+		}
+		if out.Unknown || out.Revision == 0 || in.Kind == lincheck.Get || out.Mismatch || (in.Kind == lincheck.Del && !out.Deleted) {
+			continue
+		}
+		ev := byRev[out.Revision]
+		switch {
+		case ev == nil:
+			t.Fatalf("the watch lacks %s (acknowledged at revision %d)", lincheck.Model.DescribeOperation(in, out), out.Revision)
+		case string(ev.Kv.Key) != in.Key || (in.Kind == lincheck.Del) != (ev.Type == pandopb.WatchEvent_DELETE) ||
+			(in.Kind != lincheck.Del && string(ev.Kv.Value) != in.Value):
+			t.Fatalf("the watch's change at revision %d is %s, not %s", out.Revision, render(ev), lincheck.Model.DescribeOperation(in, out))
+		}
+	}
+	for _, ev := range events {
+		if ev.Type == pandopb.WatchEvent_PUT && ev.Kv.ModRevision != final && !written[string(ev.Kv.Key)+"="+string(ev.Kv.Value)] {
+			t.Fatalf("the watch has a change no client made: %s", render(ev))
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, id := range c.IDs() {
+		if !c.Running(id) {
+			continue
+		}
+		resp, err := c.KV(id).Scan(ctx, &pandopb.ScanRequest{Revision: final})
+		if err != nil {
+			t.Fatalf("scan at %d: %v", final, err)
+		}
+		got := map[string]string{}
+		for _, it := range resp.Items {
+			got[string(it.Key)] = string(it.Value)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(state) {
+			t.Fatalf("the watch's changes replayed give %v at revision %d; the store holds %v", state, final, got)
+		}
+		break
 	}
 }
