@@ -12,15 +12,37 @@ import (
 	"github.com/pando/pando/kv"
 )
 
-// WatchOptions select what a watch follows: Key alone, the span [Key,
-// End), or Prefix; from StartRevision (0: changes after the watch starts).
-type WatchOptions struct {
-	Key, End, Prefix []byte
-	StartRevision    uint64
-	// ProgressNotify asks for responses without events when the watch's
-	// revision advances with nothing to tell (about once a second).
-	ProgressNotify bool
+// watchOpts is what a watch follows: the key alone, the span [key, end),
+// or the keys with key as prefix; from revision (0: changes after the
+// watch starts).
+type watchOpts struct {
+	end            []byte
+	prefix         bool
+	revision       uint64
+	progressNotify bool
+	prevValue      bool
 }
+
+// WatchOption changes what a watch follows or what it delivers.
+type WatchOption func(*watchOpts)
+
+// WithPrefix watches every key that starts with the watch's key.
+func WithPrefix() WatchOption { return func(o *watchOpts) { o.prefix = true } }
+
+// WithRange watches the span [key, end).
+func WithRange(end []byte) WatchOption { return func(o *watchOpts) { o.end = end } }
+
+// WithRevision starts the watch at revision rev: every change at or after
+// it, the history first (0: changes after the watch starts).
+func WithRevision(rev uint64) WatchOption { return func(o *watchOpts) { o.revision = rev } }
+
+// WithPrevValue adds to each change the key's version before it (when it
+// existed and is still kept): Event.PrevKV.
+func WithPrevValue() WatchOption { return func(o *watchOpts) { o.prevValue = true } }
+
+// WithProgressNotify asks for responses without events when the watch's
+// revision advances with nothing to tell (about once a second).
+func WithProgressNotify() WatchOption { return func(o *watchOpts) { o.progressNotify = true } }
 
 // EventType says what a change did.
 type EventType int
@@ -43,6 +65,9 @@ func (t EventType) String() string {
 type Event struct {
 	Type EventType
 	KeyValue
+	// PrevKV is the key before the change (WithPrevValue; nil when it did
+	// not exist or its version was compacted away).
+	PrevKV *KeyValue
 }
 
 // WatchResponse is one batch of changes in revision order. Revision: every
@@ -61,13 +86,21 @@ type WatchResponse struct {
 // watch resumes on another node after the last revision delivered, with
 // backoff, and gives up only on an error a resumption cannot mend (a
 // compacted revision, a bad request).
-func (c *Client) Watch(ctx context.Context, o WatchOptions) <-chan WatchResponse {
+func (c *Client) Watch(ctx context.Context, key []byte, opts ...WatchOption) <-chan WatchResponse {
+	var o watchOpts
+	for _, f := range opts {
+		f(&o)
+	}
+	req := &pandopb.WatchRequest{Key: key, End: o.end, StartRevision: o.revision, ProgressNotify: o.progressNotify, PrevKv: o.prevValue}
+	if o.prefix {
+		req.Key, req.End, req.Prefix = nil, nil, key
+	}
 	out := make(chan WatchResponse, 16)
-	go c.watch(ctx, o, out)
+	go c.watch(ctx, req, out)
 	return out
 }
 
-func (c *Client) watch(ctx context.Context, o WatchOptions, out chan<- WatchResponse) {
+func (c *Client) watch(ctx context.Context, o *pandopb.WatchRequest, out chan<- WatchResponse) {
 	defer close(out)
 	next := o.StartRevision
 	backoff := c.cfg.Resilience.Backoff()
@@ -89,6 +122,10 @@ func (c *Client) watch(ctx context.Context, o WatchOptions, out chan<- WatchResp
 		key := o.Key
 		if len(o.Prefix) > 0 {
 			key = o.Prefix
+		}
+		if len(key) == 0 {
+			deliver(WatchResponse{Err: fmt.Errorf("%w: a watch needs a key", kv.ErrInvalidArgument)})
+			return
 		}
 		ep, _ := c.target(key, true, avoid)
 		var err error
@@ -127,11 +164,11 @@ func (c *Client) watch(ctx context.Context, o WatchOptions, out chan<- WatchResp
 
 // watchOn runs the watch on one node until its stream ends, advancing
 // *next past every revision delivered.
-func (c *Client) watchOn(ctx context.Context, ep *endpoint, o WatchOptions, next *uint64, deliver func(WatchResponse) bool) (got bool, err error) {
+func (c *Client) watchOn(ctx context.Context, ep *endpoint, o *pandopb.WatchRequest, next *uint64, deliver func(WatchResponse) bool) (got bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := pandopb.NewWatchClient(ep.conn).Watch(sctx, &pandopb.WatchRequest{Key: o.Key, End: o.End, Prefix: o.Prefix,
-		StartRevision: *next, ProgressNotify: o.ProgressNotify})
+	req := &pandopb.WatchRequest{Key: o.Key, End: o.End, Prefix: o.Prefix, StartRevision: *next, ProgressNotify: o.ProgressNotify, PrevKv: o.PrevKv}
+	stream, err := pandopb.NewWatchClient(ep.conn).Watch(sctx, req)
 	if err != nil {
 		return false, kv.FromStatus(err)
 	}
@@ -153,6 +190,9 @@ func (c *Client) watchOn(ctx context.Context, ep *endpoint, o WatchOptions, next
 				CreateRevision: ev.Kv.CreateRevision, ModRevision: ev.Kv.ModRevision}}
 			if ev.Type == pandopb.WatchEvent_DELETE {
 				e.Type = EventDelete
+			}
+			if p := ev.PrevKv; p != nil {
+				e.PrevKV = &KeyValue{Key: p.Key, Value: p.Value, Version: p.Version, CreateRevision: p.CreateRevision, ModRevision: p.ModRevision}
 			}
 			r.Events = append(r.Events, e)
 		}

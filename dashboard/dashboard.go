@@ -130,12 +130,14 @@ type DashNodeJSON struct {
 	ID   uint64 `json:"id"`
 	Addr string `json:"addr"`
 	// Up is true when the node answered; Error says why not.
-	Up       bool          `json:"up"`
-	Error    string        `json:"error,omitempty"`
-	Draining bool          `json:"draining,omitempty"`
-	Replicas int           `json:"replicas"`
-	Leaders  int           `json:"leaders"`
-	Stats    *RequestStats `json:"stats,omitempty"`
+	Up       bool   `json:"up"`
+	Error    string `json:"error,omitempty"`
+	Draining bool   `json:"draining,omitempty"`
+	Replicas int    `json:"replicas"`
+	Leaders  int    `json:"leaders"`
+	// Watches is how many watches the node serves.
+	Watches uint32        `json:"watches"`
+	Stats   *RequestStats `json:"stats,omitempty"`
 	// Fault is the demo's fault on this node ("", "killed", "paused", "cut off").
 	Fault string `json:"fault,omitempty"`
 }
@@ -150,9 +152,11 @@ type DashRangeJSON struct {
 	Members  []uint64          `json:"members"`
 	Replicas []DashReplicaJSON `json:"replicas"`
 	Applied  uint64            `json:"applied_index"`
-	// Revision is the highest revision a replica reported applying.
-	Revision uint64     `json:"revision"`
-	Check    *CheckJSON `json:"last_check,omitempty"`
+	// Revision is the highest revision a replica reported applying;
+	// CompactRevision the highest compaction one reported.
+	Revision        uint64     `json:"revision"`
+	CompactRevision uint64     `json:"compact_revision"`
+	Check           *CheckJSON `json:"last_check,omitempty"`
 	// QPS, P50Ms and P99Ms are the request rate and latency measured by
 	// the leader (see RangeStatusJSON); absent when it did not say.
 	QPS   float64 `json:"qps,omitempty"`
@@ -202,7 +206,7 @@ func BuildDashboard(addrs map[uint64]string, views map[uint64]*NodeView, errs ma
 		n := DashNodeJSON{ID: id, Addr: addrs[id], Error: errs[id]}
 		v := views[id]
 		if v != nil {
-			n.Up, n.Draining = true, v.Draining
+			n.Up, n.Draining, n.Watches = true, v.Draining, v.Status.Watches
 			st := v.Stats
 			n.Stats = &st
 			d.Breakers = append(d.Breakers, v.Breakers...)
@@ -231,6 +235,7 @@ func BuildDashboard(addrs map[uint64]string, views map[uint64]*NodeView, errs ma
 					dr.Applied = r.AppliedIndex
 				}
 				dr.Revision = max(dr.Revision, r.Revision)
+				dr.CompactRevision = max(dr.CompactRevision, r.CompactRevision)
 				if c := r.LastCheck; c != nil && (dr.Check == nil || c.Time.After(dr.Check.Time)) {
 					dr.Check = c
 				}

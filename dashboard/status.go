@@ -13,6 +13,8 @@ type StatusJSON struct {
 	Ranges []RangeStatusJSON `json:"ranges"`
 	// Breakers are the circuit breakers this node holds to its peers.
 	Breakers []BreakerStatusJSON `json:"breakers"`
+	// Watches is how many watches this node serves now.
+	Watches uint32 `json:"watches"`
 }
 
 // BreakerStatusJSON is the breaker a node holds to one peer: "closed",
@@ -39,11 +41,13 @@ type RangeStatusJSON struct {
 	Replicas     []uint64 `json:"replicas"`
 	AppliedIndex uint64   `json:"applied_index"`
 	CommitIndex  uint64   `json:"commit_index"`
-	// Revision is the revision of the last write the replica applied.
-	Revision  uint64 `json:"revision"`
-	Term      uint64 `json:"term"`
-	Role      string `json:"role"`
-	SizeBytes uint64 `json:"size_bytes"`
+	// Revision is the revision of the last write the replica applied;
+	// CompactRevision the range's compaction (reads below it are refused).
+	Revision        uint64 `json:"revision"`
+	CompactRevision uint64 `json:"compact_revision"`
+	Term            uint64 `json:"term"`
+	Role            string `json:"role"`
+	SizeBytes       uint64 `json:"size_bytes"`
 	// QPS is the range's request rate as measured by its leader (0 when
 	// this node does not lead it).
 	QPS float64 `json:"qps"`
@@ -71,7 +75,7 @@ type CheckJSON struct {
 
 // StatusToJSON converts a status answer to its JSON form.
 func StatusToJSON(st *pandopb.StatusResponse) StatusJSON {
-	out := StatusJSON{NodeID: st.NodeId, Nodes: []NodeStatusJSON{}, Ranges: []RangeStatusJSON{}, Breakers: []BreakerStatusJSON{}}
+	out := StatusJSON{NodeID: st.NodeId, Nodes: []NodeStatusJSON{}, Ranges: []RangeStatusJSON{}, Breakers: []BreakerStatusJSON{}, Watches: st.Watches}
 	for _, b := range st.Breakers {
 		out.Breakers = append(out.Breakers, BreakerStatusJSON{Peer: b.PeerId, Addr: b.Addr, State: b.State})
 	}
@@ -80,7 +84,7 @@ func StatusToJSON(st *pandopb.StatusResponse) StatusJSON {
 	}
 	for _, r := range st.Ranges {
 		rs := RangeStatusJSON{ID: r.Id, StartKey: string(r.StartKey), EndKey: string(r.EndKey),
-			LeaderID: r.LeaderId, Replicas: r.Replicas, AppliedIndex: r.AppliedIndex, CommitIndex: r.CommitIndex, Revision: r.Revision, Term: r.Term, Role: r.Role,
+			LeaderID: r.LeaderId, Replicas: r.Replicas, AppliedIndex: r.AppliedIndex, CommitIndex: r.CommitIndex, Revision: r.Revision, CompactRevision: r.CompactRevision, Term: r.Term, Role: r.Role,
 			SizeBytes: r.SizeBytes, QPS: r.Qps, WriteQPS: r.WriteQps}
 		if c := r.LastCheck; c != nil {
 			rs.LastCheck = &CheckJSON{Time: time.Unix(0, c.UnixNanos).UTC(), Index: c.Index, Verdict: c.Verdict, Diverged: c.Diverged,

@@ -43,11 +43,14 @@ const (
 	// Fault: a fault was injected or healed on node Peer (the demo's
 	// fault controls; State names the fault).
 	Fault Type = "fault"
+	// Compaction: every range dropped the history below revision Index
+	// (Keys: how many ranges compacted).
+	Compaction Type = "compaction"
 )
 
 // Types lists every type, for documentation and validation.
 var Types = []Type{Election, LeaderLost, LeaderTransfer, NodeJoin, NodeDeath, NodeDecommission, Breaker,
-	Check, Repair, Split, Merge, ReplicaMove, Fault}
+	Check, Repair, Split, Merge, ReplicaMove, Fault, Compaction}
 
 // Event is one thing that happened, as recorded by one node. Which fields
 // are set depends on Type (see the Type constants); Message always says it
@@ -196,6 +199,13 @@ func CheckEvent(rangeID, index uint64, verdict string, checked, diverged []uint6
 func RepairEvent(rangeID, source, index, records uint64) Event {
 	return Event{Type: Repair, Range: rangeID, From: source, Index: index, Keys: records,
 		Message: fmt.Sprintf("range %d: replica rebuilt from node %d at index %d (%d records)", rangeID, source, index, records)}
+}
+
+// CompactionEvent: the history below revision was dropped in ranges
+// ranges.
+func CompactionEvent(revision uint64, ranges uint32) Event {
+	return Event{Type: Compaction, Index: revision, Keys: uint64(ranges),
+		Message: fmt.Sprintf("history compacted at revision %d (%d ranges)", revision, ranges)}
 }
 
 // SplitEvent: range split at key; the right half is newRange.

@@ -192,6 +192,9 @@ func (s *Service) compact(ctx context.Context, req *pandopb.CompactRequest) (*pa
 	if out.Ranges == 0 {
 		return nil, fmt.Errorf("%w: every range is compacted at or past revision %d", kv.ErrCompacted, req.Revision)
 	}
+	if s.onCompact != nil {
+		s.onCompact(out.Revision, out.Ranges)
+	}
 	return out, nil
 }
 

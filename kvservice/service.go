@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/metadata"
@@ -54,7 +55,16 @@ type Service struct {
 	sessions       resilience.Sessions
 	// oracle hands out revisions when this node leads the meta range.
 	oracle *tso.Oracle
+	// watches counts the watches served now.
+	watches atomic.Int64
+	// onCompact, when set, hears of every compaction of every range done
+	// from here.
+	onCompact func(revision uint64, ranges uint32)
 }
+
+// SetOnCompact has f told of every compaction of every range this node
+// carries out (the timeline's event). Call before serving.
+func (s *Service) SetOnCompact(f func(revision uint64, ranges uint32)) { s.onCompact = f }
 
 // DefaultForwardTimeout bounds one forwarded attempt.
 const DefaultForwardTimeout = time.Second
@@ -567,7 +577,7 @@ func (s *Service) AllocRevisions(ctx context.Context, req *pandopb.AllocRevision
 
 // Status implements pandopb.KVServer.
 func (s *Service) Status(ctx context.Context, _ *pandopb.StatusRequest) (*pandopb.StatusResponse, error) {
-	resp := &pandopb.StatusResponse{NodeId: s.node.ID()}
+	resp := &pandopb.StatusResponse{NodeId: s.node.ID(), Watches: uint32(s.watches.Load())}
 	for _, id := range s.peers.IDs() {
 		live := id == s.node.ID() || s.peers.Live(id)
 		resp.Nodes = append(resp.Nodes, &pandopb.NodeStatus{Id: id, Addr: s.peers.Addr(id), Live: live})
@@ -625,7 +635,7 @@ func rangeStatus(st node.RangeStatus) *pandopb.RangeStatus {
 		Id: st.RangeID, StartKey: st.Desc.StartKey, EndKey: st.Desc.EndKey, LeaderId: st.LeaderID,
 		Replicas: st.Desc.Replicas, AppliedIndex: st.Applied, Term: st.Term, Role: st.Role, CommitIndex: st.Commit,
 		LastCheck: st.LastCheck, Generation: st.Desc.Generation, Learners: st.Learners, FrozenFor: st.FrozenFor,
-		Revision: st.Revision,
+		Revision: st.Revision, CompactRevision: st.CompactRevision,
 	}
 }
 

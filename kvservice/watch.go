@@ -47,6 +47,8 @@ type WatchSpec struct {
 	// (default 1s).
 	Progress      bool
 	ProgressEvery time.Duration
+	// PrevKV adds each change's previous version of its key.
+	PrevKV bool
 }
 
 // Watch limits.
@@ -103,6 +105,8 @@ func (s *Service) Watch(ctx context.Context, spec WatchSpec, send func(*pandopb.
 	}
 	w := &watch{s: s, spec: spec, send: send, from: spec.From}
 	defer w.stopNudges()
+	s.watches.Add(1)
+	defer s.watches.Add(-1)
 	for {
 		err := w.run(ctx)
 		if !errors.Is(err, errRestart) {
@@ -251,8 +255,11 @@ func (w *watch) run(ctx context.Context) error {
 		}
 		return 0
 	}
-	tick := time.NewTicker(nudgeAfter)
-	defer tick.Stop()
+	// wake is armed only while something waits for time (changes held by
+	// an idle range, a part of the span not served here, a progress
+	// notice): an idle watch costs no wakeups.
+	wake := time.NewTimer(time.Hour)
+	defer wake.Stop()
 	lastSend := time.Now()
 	var heldSince time.Time
 	var lostSince time.Time
@@ -281,7 +288,28 @@ func (w *watch) run(ctx context.Context) error {
 				}
 			} else {
 				heldSince = time.Time{}
+				if w.spec.Progress && time.Since(lastSend) >= w.spec.ProgressEvery {
+					// Nothing changes: close the span's ranges at a fresh
+					// revision so that the next notice says more.
+					if next, err := w.s.Revisions(ctx, 1); err == nil {
+						w.nudge(ctx, resolved, unknown, next-1)
+					}
+				}
 			}
+		}
+		var after time.Duration
+		switch {
+		case lost != nil:
+			after = 50 * time.Millisecond
+		case len(pending) > 0:
+			after = nudgeAfter
+		case w.spec.Progress:
+			after = max(w.spec.ProgressEvery-time.Since(lastSend), nudgeAfter)
+		}
+		var wakeC <-chan time.Time
+		if after > 0 {
+			wake.Reset(after)
+			wakeC = wake.C
 		}
 		select {
 		case <-ctx.Done():
@@ -311,7 +339,13 @@ func (w *watch) run(ctx context.Context) error {
 					more = false
 				}
 			}
-		case <-tick.C:
+		case <-wakeC:
+		}
+		if after > 0 && !wake.Stop() {
+			select { // drain a fire not taken
+			case <-wake.C:
+			default:
+			}
 		}
 	}
 }
@@ -385,7 +419,7 @@ func (w *watch) emit(pending []node.FeedEvent, bound uint64, lastSend *time.Time
 		i := 0
 		for i < len(ready) && len(resp.Events) < watchBatchEvents && size < watchBatchBytes {
 			ev := ready[i]
-			resp.Events = append(resp.Events, watchEvent(ev))
+			resp.Events = append(resp.Events, watchEvent(ev, w.spec.PrevKV))
 			size += len(ev.Key) + len(ev.Value)
 			i++
 		}
@@ -412,19 +446,26 @@ func (w *watch) emit(pending []node.FeedEvent, bound uint64, lastSend *time.Time
 	return slices.Clone(rest), nil
 }
 
-func watchEvent(ev node.FeedEvent) *pandopb.WatchEvent {
-	if ev.Delete {
-		return &pandopb.WatchEvent{Type: pandopb.WatchEvent_DELETE, Kv: &pandopb.KeyValue{Key: ev.Key, ModRevision: ev.Revision}}
-	}
-	return &pandopb.WatchEvent{Type: pandopb.WatchEvent_PUT, Kv: &pandopb.KeyValue{Key: ev.Key, Value: ev.Value, Version: ev.Version,
+func watchEvent(ev node.FeedEvent, prevKV bool) *pandopb.WatchEvent {
+	out := &pandopb.WatchEvent{Type: pandopb.WatchEvent_PUT, Kv: &pandopb.KeyValue{Key: ev.Key, Value: ev.Value, Version: ev.Version,
 		CreateRevision: ev.CreateRevision, ModRevision: ev.Revision}}
+	if ev.Delete {
+		out = &pandopb.WatchEvent{Type: pandopb.WatchEvent_DELETE, Kv: &pandopb.KeyValue{Key: ev.Key, ModRevision: ev.Revision}}
+	}
+	if prevKV && ev.HasPrev {
+		p := ev.Prev
+		out.PrevKv = &pandopb.KeyValue{Key: ev.Key, Value: p.Value, Version: p.Version, CreateRevision: p.CreateRevision, ModRevision: p.ModRevision}
+	}
+	return out
 }
 
 func feedEvent(c storage.Change) node.FeedEvent {
+	ev := node.FeedEvent{Key: c.Key, Revision: c.Record.ModRevision, Value: c.Record.Value, Version: c.Record.Version,
+		CreateRevision: c.Record.CreateRevision, Prev: c.Prev, HasPrev: c.HasPrev}
 	if c.Delete {
-		return node.FeedEvent{Key: c.Key, Delete: true, Revision: c.Record.ModRevision}
+		ev.Value, ev.Version, ev.CreateRevision, ev.Delete = nil, 0, 0, true
 	}
-	return node.FeedEvent{Key: c.Key, Revision: c.Record.ModRevision, Value: c.Record.Value, Version: c.Record.Version, CreateRevision: c.Record.CreateRevision}
+	return ev
 }
 
 // nudge closes, at rev, every range of the span whose resolved revision
@@ -492,7 +533,7 @@ func (w *Watcher) Watch(req *pandopb.WatchRequest, stream pandopb.Watch_WatchSer
 	if err != nil {
 		return kv.ToStatus(err)
 	}
-	err = w.s.Watch(stream.Context(), WatchSpec{Start: start, End: end, From: req.StartRevision, Progress: req.ProgressNotify}, stream.Send)
+	err = w.s.Watch(stream.Context(), WatchSpec{Start: start, End: end, From: req.StartRevision, Progress: req.ProgressNotify, PrevKV: req.PrevKv}, stream.Send)
 	if stream.Context().Err() != nil {
 		return stream.Context().Err()
 	}

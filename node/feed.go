@@ -10,6 +10,7 @@ import (
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/replica"
+	"github.com/pando/pando/storage"
 )
 
 // The change feed: every data write a replica here applies, published
@@ -27,6 +28,9 @@ type FeedEvent struct {
 	// A put's record: the value, and the key's version and creation after it.
 	Value                   []byte
 	Version, CreateRevision uint64
+	// Prev is the key's record before the change (HasPrev: it existed).
+	Prev    storage.Record
+	HasPrev bool
 }
 
 // FeedUpdate is what one apply cycle did to one range here.
@@ -45,7 +49,7 @@ type FeedUpdate struct {
 var ErrFeedOverflow = errors.New("node: change feed subscriber fell behind")
 
 // FeedBuffer is how many updates a subscription holds before it overflows.
-const FeedBuffer = 4096
+const FeedBuffer = 512
 
 // Subscription receives the change feed.
 type Subscription struct {
@@ -159,12 +163,13 @@ func (n *Node) noteWrite(rangeID uint64, cmd *pandopb.Command, res replica.Resul
 	var ev FeedEvent
 	switch op := cmd.Op.(type) {
 	case *pandopb.Command_Put:
-		ev = FeedEvent{Key: op.Put.Key, Revision: res.Revision, Value: op.Put.Value, Version: res.Version, CreateRevision: res.CreateRevision}
+		ev = FeedEvent{Key: op.Put.Key, Revision: res.Revision, Value: op.Put.Value, Version: res.Version, CreateRevision: res.CreateRevision,
+			Prev: res.Prev, HasPrev: res.HasPrev}
 	case *pandopb.Command_Delete:
 		if !res.Deleted {
 			return
 		}
-		ev = FeedEvent{Key: op.Delete.Key, Delete: true, Revision: res.Revision}
+		ev = FeedEvent{Key: op.Delete.Key, Delete: true, Revision: res.Revision, Prev: res.Prev, HasPrev: res.HasPrev}
 	default:
 		return
 	}

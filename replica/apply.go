@@ -38,6 +38,10 @@ type Result struct {
 	Superseded bool
 	// Desc is a range's descriptor after a membership change or merge.
 	Desc *pandopb.RangeDescriptor
+	// Prev is the key's record before a put or delete that wrote (HasPrev:
+	// it existed), for the change feed.
+	Prev    storage.Record
+	HasPrev bool
 }
 
 // DecodeCommand decodes the payload of a normal log entry.
@@ -470,7 +474,7 @@ func applyPut(b *pebble.Batch, rev uint64, op *pandopb.PutOp) (Result, error) {
 	if err := b.Set(storage.DataKey(op.Key), storage.EncodeRecord(next), nil); err != nil {
 		return Result{}, err
 	}
-	return Result{Version: next.Version, Revision: rev, CreateRevision: next.CreateRevision}, nil
+	return Result{Version: next.Version, Revision: rev, CreateRevision: next.CreateRevision, Prev: cur, HasPrev: found}, nil
 }
 
 func applyDelete(b *pebble.Batch, rev uint64, op *pandopb.DeleteOp) (Result, error) {
@@ -493,5 +497,5 @@ func applyDelete(b *pebble.Batch, rev uint64, op *pandopb.DeleteOp) (Result, err
 	if err := b.Delete(storage.DataKey(op.Key), nil); err != nil {
 		return Result{}, err
 	}
-	return Result{Deleted: true, Revision: rev}, nil
+	return Result{Deleted: true, Revision: rev, Prev: cur, HasPrev: true}, nil
 }

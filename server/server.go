@@ -419,6 +419,7 @@ func New(cfg Config) (*Server, error) {
 	s.admin = &admin{cfg: cfg, node: n, tr: s.tr, lead: s.lead, ctl: s.ctl, stopping: s.stopping}
 	s.load = load.NewTracker()
 	s.svc.SetLoad(s.load)
+	s.svc.SetOnCompact(func(rev uint64, ranges uint32) { s.events.Publish(events.CompactionEvent(rev, ranges)) })
 	s.svc.SetForwardTimeout(cfg.ForwardTimeout)
 	if cfg.OverloadSchedLatency > 0 {
 		s.cpu = newCPUMonitor(cfg.OverloadSchedLatency, cfg.OverloadSampleInterval, s.log)
@@ -572,6 +573,7 @@ func (s *Server) Start() error {
 	api.HandleFunc("GET /v1/status", s.handleStatus)
 	api.HandleFunc("POST /v1/compact", s.instrumentHTTP(s.handleCompact))
 	api.HandleFunc("GET /v1/watch", s.handleWatch)
+	api.HandleFunc("GET /v1/watch/", s.handleWatch)
 	s.dash.Register(api)
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", s.requireAuth(api))

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +21,8 @@ import (
 type watchEventJSON struct {
 	Type string `json:"type"` // "put" or "delete"
 	httpapi.ScanItem
+	// Prev is the key before the change (prev_kv=true).
+	Prev *httpapi.ScanItem `json:"prev_kv,omitempty"`
 }
 
 // watchJSON is one message of GET /v1/watch: the changes of one response
@@ -28,15 +32,34 @@ type watchJSON struct {
 	Events   []watchEventJSON `json:"events"`
 }
 
-// handleWatch is GET /v1/watch?key=K[&end=E] | ?prefix=P, with
-// start_revision=N (or a Last-Event-ID header, the id of the last message
-// received: the watch resumes after it) and progress_notify=true: a stream
-// of server-sent events, each message's id its revision, until the client
-// goes or the node stops. Keys and values are base64 in the JSON, as in
-// scans.
+// handleWatch is GET /v1/watch/{key} (the key alone, [key, end) with
+// ?end=E, the keys under it with ?prefix=true) or GET /v1/watch?prefix=P,
+// with start_revision=N (or a Last-Event-ID header, the id of the last
+// message received: the watch resumes after it), prev_kv=true and
+// progress_notify=true: a stream of server-sent events, one per revision
+// (its id), until the client goes or the node stops. Keys and values are
+// base64 in the JSON, as in scans.
 func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	req := &pandopb.WatchRequest{Key: []byte(q.Get("key")), End: []byte(q.Get("end")), Prefix: []byte(q.Get("prefix"))}
+	key, err := url.PathUnescape(strings.TrimPrefix(strings.TrimPrefix(r.URL.EscapedPath(), "/v1/watch"), "/"))
+	if err != nil {
+		httpapi.WriteError(w, httpapi.BadRequest("bad key escape: %v", err))
+		return
+	}
+	if key == "" {
+		key = q.Get("key")
+	}
+	req := &pandopb.WatchRequest{Key: []byte(key), End: []byte(q.Get("end"))}
+	switch p := q.Get("prefix"); {
+	case p == "" || p == "false" || p == "0":
+	case key != "" && (p == "true" || p == "1"):
+		req.Key, req.Prefix = nil, []byte(key)
+	case key == "":
+		req.Prefix = []byte(p)
+	default:
+		httpapi.WriteError(w, httpapi.BadRequest("with a key in the path, prefix must be true or false, not %q", p))
+		return
+	}
 	if v := q.Get("start_revision"); v != "" {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
@@ -53,13 +76,15 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 		}
 		req.StartRevision = n + 1
 	}
-	switch v := q.Get("progress_notify"); v {
-	case "", "false", "0":
-	case "true", "1":
-		req.ProgressNotify = true
-	default:
-		httpapi.WriteError(w, httpapi.BadRequest("progress_notify must be true or false, not %q", v))
-		return
+	for name, dst := range map[string]*bool{"progress_notify": &req.ProgressNotify, "prev_kv": &req.PrevKv} {
+		switch v := q.Get(name); v {
+		case "", "false", "0":
+		case "true", "1":
+			*dst = true
+		default:
+			httpapi.WriteError(w, httpapi.BadRequest("%s must be true or false, not %q", name, v))
+			return
+		}
 	}
 	start, end, err := s.svc.WatchSpan(req)
 	if err != nil {
@@ -127,29 +152,37 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}()
-	err = s.svc.Watch(ctx, kvservice.WatchSpec{Start: start, End: end, From: req.StartRevision, Progress: req.ProgressNotify}, func(resp *pandopb.WatchResponse) error {
-		msg := watchJSON{Revision: resp.Revision, Events: make([]watchEventJSON, len(resp.Events))}
-		for i, ev := range resp.Events {
-			t := "put"
-			if ev.Type == pandopb.WatchEvent_DELETE {
-				t = "delete"
-			}
-			msg.Events[i] = watchEventJSON{Type: t, ScanItem: httpapi.ScanItem{Key: ev.Kv.Key, Value: ev.Kv.Value, Version: ev.Kv.Version,
-				CreateRevision: ev.Kv.CreateRevision, ModRevision: ev.Kv.ModRevision}}
-		}
-		b, err := json.Marshal(msg)
-		if err != nil {
-			return err
-		}
-		kind := "change"
-		if len(msg.Events) == 0 {
-			kind = "progress"
-		}
+	spec := kvservice.WatchSpec{Start: start, End: end, From: req.StartRevision, Progress: req.ProgressNotify, PrevKV: req.PrevKv}
+	err = s.svc.Watch(ctx, spec, func(resp *pandopb.WatchResponse) error {
 		mu.lock()
 		defer mu.unlock()
 		begin()
-		if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", resp.Revision, kind, b); err != nil {
+		// One message per revision (its id); a response's revision past
+		// its last change (or without changes) is a progress message.
+		write := func(kind string, msg watchJSON) error {
+			b, err := json.Marshal(msg)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", msg.Revision, kind, b)
 			return err
+		}
+		evs := resp.Events
+		for len(evs) > 0 {
+			rev := evs[0].Kv.ModRevision
+			msg := watchJSON{Revision: rev}
+			for len(evs) > 0 && evs[0].Kv.ModRevision == rev {
+				msg.Events = append(msg.Events, watchEventJSONOf(evs[0]))
+				evs = evs[1:]
+			}
+			if err := write("change", msg); err != nil {
+				return err
+			}
+		}
+		if n := len(resp.Events); n == 0 || resp.Revision > resp.Events[n-1].Kv.ModRevision {
+			if err := write("progress", watchJSON{Revision: resp.Revision, Events: []watchEventJSON{}}); err != nil {
+				return err
+			}
 		}
 		flusher.Flush()
 		return nil
@@ -169,6 +202,19 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 	b, _ := json.Marshal(map[string]any{"error": err.Error(), "status": httpapi.Status(err)})
 	fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
 	flusher.Flush()
+}
+
+func watchEventJSONOf(ev *pandopb.WatchEvent) watchEventJSON {
+	t := "put"
+	if ev.Type == pandopb.WatchEvent_DELETE {
+		t = "delete"
+	}
+	out := watchEventJSON{Type: t, ScanItem: httpapi.ScanItem{Key: ev.Kv.Key, Value: ev.Kv.Value, Version: ev.Kv.Version,
+		CreateRevision: ev.Kv.CreateRevision, ModRevision: ev.Kv.ModRevision}}
+	if p := ev.PrevKv; p != nil {
+		out.Prev = &httpapi.ScanItem{Key: p.Key, Value: p.Value, Version: p.Version, CreateRevision: p.CreateRevision, ModRevision: p.ModRevision}
+	}
+	return out
 }
 
 // chanMutex is a mutex of one buffered slot (the keepalive and the watch

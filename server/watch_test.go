@@ -26,19 +26,21 @@ func TestClientWatchResumesAcrossNodeRestarts(t *testing.T) {
 	defer cancel()
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
-	ch := cl.Watch(wctx, client.WatchOptions{Prefix: []byte("w/")})
+	ch := cl.Watch(wctx, []byte("w/"), client.WithPrefix(), client.WithPrevValue())
 	created := <-ch
 	if created.Err != nil || len(created.Events) != 0 {
 		t.Fatalf("first response %+v, want the watch's start", created)
 	}
 	var want []string
+	prevs := map[string]string{}
 	put := func(k, v string) {
 		t.Helper()
 		res, err := cl.PutResult(ctx, []byte(k), []byte(v))
 		if err != nil {
 			t.Fatalf("put %s: %v", k, err)
 		}
-		want = append(want, fmt.Sprintf("%d PUT %s=%s", res.Revision, k, v))
+		want = append(want, fmt.Sprintf("%d PUT %s=%s (was %q)", res.Revision, k, v, prevs[k]))
+		prevs[k] = v
 	}
 	_, _ = cl.Put(ctx, []byte("other"), []byte("not watched"))
 	for round, id := range []uint64{1, 2, 3} {
@@ -52,9 +54,7 @@ func TestClientWatchResumesAcrossNodeRestarts(t *testing.T) {
 		c.waitLeader()
 		put(fmt.Sprintf("w/%d-after", round), "z")
 	}
-	if _, err := cl.Delete(ctx, []byte("w/0-before")); err != nil {
-		t.Fatal(err)
-	}
+	put("w/0-before", "again") // its previous value comes with it
 	var got []string
 	deadline := time.After(20 * time.Second)
 	last := created.Revision
@@ -72,7 +72,11 @@ func TestClientWatchResumesAcrossNodeRestarts(t *testing.T) {
 				if ev.Type == client.EventDelete {
 					continue
 				}
-				got = append(got, fmt.Sprintf("%d PUT %s=%s", ev.ModRevision, ev.Key, ev.Value))
+				prev := ""
+				if ev.PrevKV != nil {
+					prev = string(ev.PrevKV.Value)
+				}
+				got = append(got, fmt.Sprintf("%d PUT %s=%s (was %q)", ev.ModRevision, ev.Key, ev.Value, prev))
 			}
 		case <-deadline:
 			t.Fatalf("after 20s the watch has %d of %d changes:\n got %q\nwant %q", len(got), len(want), got, want)
@@ -149,7 +153,7 @@ func TestHTTPWatchStreamsAndResumes(t *testing.T) {
 		}
 		revs = append(revs, res.Revision)
 	}
-	base := "http://" + c.addrs[2] + "/v1/watch?prefix=h/"
+	base := "http://" + c.addrs[2] + "/v1/watch/h%2F?prefix=true"
 	open := func(u, lastID string) (*http.Response, *bufio.Scanner) {
 		t.Helper()
 		req, _ := http.NewRequest("GET", u, nil)
@@ -172,6 +176,10 @@ func TestHTTPWatchStreamsAndResumes(t *testing.T) {
 	for _, m := range msgs {
 		for _, ev := range m.data.Events {
 			keys = append(keys, string(ev.Key))
+			// One message per revision, its id.
+			if m.event != "change" || ev.ModRevision != m.data.Revision || m.id != fmt.Sprint(ev.ModRevision) {
+				t.Fatalf("message %s (%s, revision %d) holds a change at %d", m.id, m.event, m.data.Revision, ev.ModRevision)
+			}
 		}
 	}
 	if fmt.Sprint(keys) != "[h/1 h/2 h/3 h/4 h/5]" {
@@ -248,5 +256,18 @@ func TestHistoryRetentionCompacts(t *testing.T) {
 	}
 	if kv, err := cl.Get(ctx, []byte("k"), client.AtRevision(now.Revision)); err != nil || string(kv.Value) != "new" {
 		t.Fatalf("read at the latest revision: %v %v", kv, err)
+	}
+	// The compactions are on the timeline, and the status shows them.
+	found := false
+	for id := range c.servers {
+		_, body := doHTTP(t, "GET", "http://"+c.addrs[id]+"/v1/events?follow=false", nil)
+		found = found || strings.Contains(string(body), `"type": "compaction"`) || strings.Contains(string(body), `"type":"compaction"`)
+		_, st := doHTTP(t, "GET", "http://"+c.addrs[id]+"/v1/status", nil)
+		if !strings.Contains(string(st), `"compact_revision"`) || !strings.Contains(string(st), `"watches"`) {
+			t.Fatalf("status of node %d lacks the compaction or the watches: %s", id, st)
+		}
+	}
+	if !found {
+		t.Fatal("no node's timeline has a compaction")
 	}
 }

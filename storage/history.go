@@ -351,6 +351,10 @@ type Change struct {
 	Key    []byte
 	Delete bool
 	Record Record
+	// Prev is the key's version before the change (HasPrev: it existed
+	// then and its version is still kept).
+	Prev    Record
+	HasPrev bool
 }
 
 // ErrTooManyChanges means Changes found more than its limit.
@@ -370,50 +374,76 @@ func Changes(r pebble.Reader, start, end []byte, after uint64, limit int) ([]Cha
 		return nil
 	}
 	dlo, dhi := DataSpan(start, end)
-	it, err := r.NewIter(&pebble.IterOptions{LowerBound: dlo, UpperBound: dhi})
+	hlo, hhi := HistorySpan(start, end)
+	lit, err := r.NewIter(&pebble.IterOptions{LowerBound: dlo, UpperBound: dhi})
 	if err != nil {
 		return nil, err
 	}
-	for valid := it.First(); valid; valid = it.Next() {
-		rec, err := DecodeRecord(it.Value())
-		if err != nil {
-			it.Close()
-			return nil, fmt.Errorf("key %q: %w", it.Key()[1:], err)
+	defer lit.Close()
+	hit, err := r.NewIter(&pebble.IterOptions{LowerBound: hlo, UpperBound: hhi})
+	if err != nil {
+		return nil, err
+	}
+	defer hit.Close()
+	// Key by key, in order: its history oldest first, then its latest
+	// record, each change with the version before it.
+	lok, hok := lit.First(), hit.First()
+	var hkey []byte
+	var hrev uint64
+	if hok {
+		if hkey, hrev, err = DecodeHistoryKey(hit.Key()); err != nil {
+			return nil, err
 		}
-		if rec.ModRevision > after {
+	}
+	for lok || hok {
+		var key []byte
+		switch {
+		case lok && hok:
+			key = lit.Key()[1:]
+			if bytes.Compare(hkey, key) < 0 {
+				key = hkey
+			}
+		case lok:
+			key = lit.Key()[1:]
+		default:
+			key = hkey
+		}
+		key = bytes.Clone(key)
+		var prev Record
+		hasPrev := false
+		for hok && bytes.Equal(hkey, key) {
+			rec, tomb, err := DecodeHistoryRecord(hit.Value())
+			if err != nil {
+				return nil, fmt.Errorf("history of %q: %w", key, err)
+			}
 			rec.Value = bytes.Clone(rec.Value)
-			if err := add(Change{Key: bytes.Clone(it.Key()[1:]), Record: rec}); err != nil {
-				it.Close()
-				return nil, err
+			if hrev > after {
+				if err := add(Change{Key: key, Delete: tomb, Record: rec, Prev: prev, HasPrev: hasPrev}); err != nil {
+					return nil, err
+				}
+			}
+			prev, hasPrev = rec, !tomb
+			if hok = hit.Next(); hok {
+				if hkey, hrev, err = DecodeHistoryKey(hit.Key()); err != nil {
+					return nil, err
+				}
 			}
 		}
-	}
-	if err := it.Close(); err != nil {
-		return nil, err
-	}
-	hlo, hhi := HistorySpan(start, end)
-	if it, err = r.NewIter(&pebble.IterOptions{LowerBound: hlo, UpperBound: hhi}); err != nil {
-		return nil, err
-	}
-	defer it.Close()
-	for valid := it.First(); valid; valid = it.Next() {
-		uk, rev, err := DecodeHistoryKey(it.Key())
-		if err != nil {
-			return nil, err
-		}
-		if rev <= after {
-			continue
-		}
-		rec, tomb, err := DecodeHistoryRecord(it.Value())
-		if err != nil {
-			return nil, fmt.Errorf("history of %q: %w", uk, err)
-		}
-		rec.Value = bytes.Clone(rec.Value)
-		if err := add(Change{Key: uk, Delete: tomb, Record: rec}); err != nil {
-			return nil, err
+		if lok && bytes.Equal(lit.Key()[1:], key) {
+			rec, err := DecodeRecord(lit.Value())
+			if err != nil {
+				return nil, fmt.Errorf("key %q: %w", key, err)
+			}
+			if rec.ModRevision > after {
+				rec.Value = bytes.Clone(rec.Value)
+				if err := add(Change{Key: key, Record: rec, Prev: prev, HasPrev: hasPrev}); err != nil {
+					return nil, err
+				}
+			}
+			lok = lit.Next()
 		}
 	}
-	if err := it.Error(); err != nil {
+	if err := errors.Join(lit.Error(), hit.Error()); err != nil {
 		return nil, err
 	}
 	slices.SortFunc(out, func(a, b Change) int {

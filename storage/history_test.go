@@ -181,6 +181,17 @@ func TestReadsAtRevisionMatchTheModel(t *testing.T) {
 					} else {
 						rendered = append(rendered, fmt.Sprintf("%d put %q=%s v%d", c.Record.ModRevision, c.Key, c.Record.Value, c.Record.Version))
 					}
+					// The version before: the key in the state just below
+					// the change's revision.
+					i, _ := slices.BinarySearch(revs, c.Record.ModRevision)
+					var before map[string]Record
+					if i > 0 {
+						before = states[i-1]
+					}
+					want, ok := before[string(c.Key)]
+					if c.HasPrev != ok || (ok && !sameRecord(c.Prev, want)) {
+						t.Fatalf("change %d of %q: previous %+v (%v), want %+v (%v)", c.Record.ModRevision, c.Key, c.Prev, c.HasPrev, want, ok)
+					}
 				}
 				for i, r := range revs {
 					if r > after {

@@ -918,10 +918,12 @@ type RangeStatus struct {
 	Learners   []uint64 `protobuf:"varint,11,rep,packed,name=learners,proto3" json:"learners,omitempty"`
 	// frozen_for: the range this one is being merged into (0: none).
 	FrozenFor uint64 `protobuf:"varint,12,opt,name=frozen_for,json=frozenFor,proto3" json:"frozen_for,omitempty"`
-	// revision: the revision of the last write the replica applied.
-	Revision  uint64        `protobuf:"varint,13,opt,name=revision,proto3" json:"revision,omitempty"`
-	LastCheck *CheckVerdict `protobuf:"bytes,20,opt,name=last_check,json=lastCheck,proto3" json:"last_check,omitempty"`
-	SizeBytes uint64        `protobuf:"varint,30,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// revision: the revision of the last write the replica applied;
+	// compact_revision: reads below it are refused (its history is gone).
+	Revision        uint64        `protobuf:"varint,13,opt,name=revision,proto3" json:"revision,omitempty"`
+	CompactRevision uint64        `protobuf:"varint,14,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
+	LastCheck       *CheckVerdict `protobuf:"bytes,20,opt,name=last_check,json=lastCheck,proto3" json:"last_check,omitempty"`
+	SizeBytes       uint64        `protobuf:"varint,30,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// qps: requests (reads and writes) per second the leader served;
 	// write_qps: the writes among them.
 	Qps           float64 `protobuf:"fixed64,31,opt,name=qps,proto3" json:"qps,omitempty"`
@@ -1051,6 +1053,13 @@ func (x *RangeStatus) GetRevision() uint64 {
 	return 0
 }
 
+func (x *RangeStatus) GetCompactRevision() uint64 {
+	if x != nil {
+		return x.CompactRevision
+	}
+	return 0
+}
+
 func (x *RangeStatus) GetLastCheck() *CheckVerdict {
 	if x != nil {
 		return x.LastCheck
@@ -1142,11 +1151,13 @@ func (x *BreakerStatus) GetState() string {
 }
 
 type StatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	Nodes         []*NodeStatus          `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	Ranges        []*RangeStatus         `protobuf:"bytes,3,rep,name=ranges,proto3" json:"ranges,omitempty"`
-	Breakers      []*BreakerStatus       `protobuf:"bytes,4,rep,name=breakers,proto3" json:"breakers,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	NodeId   uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Nodes    []*NodeStatus          `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Ranges   []*RangeStatus         `protobuf:"bytes,3,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	Breakers []*BreakerStatus       `protobuf:"bytes,4,rep,name=breakers,proto3" json:"breakers,omitempty"`
+	// watches: the watches this node serves now.
+	Watches       uint32 `protobuf:"varint,5,opt,name=watches,proto3" json:"watches,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1207,6 +1218,13 @@ func (x *StatusResponse) GetBreakers() []*BreakerStatus {
 		return x.Breakers
 	}
 	return nil
+}
+
+func (x *StatusResponse) GetWatches() uint32 {
+	if x != nil {
+		return x.Watches
+	}
+	return 0
 }
 
 // AllocRevisionsRequest asks the meta range's leader for count revisions
@@ -1315,8 +1333,11 @@ type WatchRequest struct {
 	// progress_notify asks for a response without events when the watch's
 	// revision advances with nothing to tell (about once a second).
 	ProgressNotify bool `protobuf:"varint,5,opt,name=progress_notify,json=progressNotify,proto3" json:"progress_notify,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// prev_kv asks for each change's previous version of its key (when it
+	// existed and is still kept).
+	PrevKv        bool `protobuf:"varint,6,opt,name=prev_kv,json=prevKv,proto3" json:"prev_kv,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchRequest) Reset() {
@@ -1384,12 +1405,21 @@ func (x *WatchRequest) GetProgressNotify() bool {
 	return false
 }
 
+func (x *WatchRequest) GetPrevKv() bool {
+	if x != nil {
+		return x.PrevKv
+	}
+	return false
+}
+
 type WatchEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Type  WatchEvent_Type        `protobuf:"varint,1,opt,name=type,proto3,enum=pando.v1.WatchEvent_Type" json:"type,omitempty"`
 	// kv is the key after a put (value, version, revisions), or the key and
 	// the delete's revision (mod_revision) after a delete.
-	Kv            *KeyValue `protobuf:"bytes,2,opt,name=kv,proto3" json:"kv,omitempty"`
+	Kv *KeyValue `protobuf:"bytes,2,opt,name=kv,proto3" json:"kv,omitempty"`
+	// prev_kv: the key before the change (with prev_kv in the request).
+	PrevKv        *KeyValue `protobuf:"bytes,3,opt,name=prev_kv,json=prevKv,proto3" json:"prev_kv,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1434,6 +1464,13 @@ func (x *WatchEvent) GetType() WatchEvent_Type {
 func (x *WatchEvent) GetKv() *KeyValue {
 	if x != nil {
 		return x.Kv
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetPrevKv() *KeyValue {
+	if x != nil {
+		return x.PrevKv
 	}
 	return nil
 }
@@ -5771,7 +5808,7 @@ const file_pando_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x12\n" +
 	"\x04live\x18\x03 \x01(\bR\x04live\x12\x14\n" +
-	"\x05state\x18\x04 \x01(\tR\x05state\"\xf8\x03\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\"\xa3\x04\n" +
 	"\vRangeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\tstart_key\x18\x02 \x01(\fR\bstartKey\x12\x17\n" +
@@ -5789,7 +5826,8 @@ const file_pando_proto_rawDesc = "" +
 	"\blearners\x18\v \x03(\x04R\blearners\x12\x1d\n" +
 	"\n" +
 	"frozen_for\x18\f \x01(\x04R\tfrozenFor\x12\x1a\n" +
-	"\brevision\x18\r \x01(\x04R\brevision\x125\n" +
+	"\brevision\x18\r \x01(\x04R\brevision\x12)\n" +
+	"\x10compact_revision\x18\x0e \x01(\x04R\x0fcompactRevision\x125\n" +
 	"\n" +
 	"last_check\x18\x14 \x01(\v2\x16.pando.v1.CheckVerdictR\tlastCheck\x12\x1d\n" +
 	"\n" +
@@ -5799,26 +5837,29 @@ const file_pando_proto_rawDesc = "" +
 	"\rBreakerStatus\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\x04R\x06peerId\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x14\n" +
-	"\x05state\x18\x03 \x01(\tR\x05state\"\xb9\x01\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\"\xd3\x01\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12*\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x14.pando.v1.NodeStatusR\x05nodes\x12-\n" +
 	"\x06ranges\x18\x03 \x03(\v2\x15.pando.v1.RangeStatusR\x06ranges\x123\n" +
-	"\bbreakers\x18\x04 \x03(\v2\x17.pando.v1.BreakerStatusR\bbreakers\"-\n" +
+	"\bbreakers\x18\x04 \x03(\v2\x17.pando.v1.BreakerStatusR\bbreakers\x12\x18\n" +
+	"\awatches\x18\x05 \x01(\rR\awatches\"-\n" +
 	"\x15AllocRevisionsRequest\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\rR\x05count\".\n" +
 	"\x16AllocRevisionsResponse\x12\x14\n" +
-	"\x05first\x18\x01 \x01(\x04R\x05first\"\x9a\x01\n" +
+	"\x05first\x18\x01 \x01(\x04R\x05first\"\xb3\x01\n" +
 	"\fWatchRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\fR\x03end\x12\x16\n" +
 	"\x06prefix\x18\x03 \x01(\fR\x06prefix\x12%\n" +
 	"\x0estart_revision\x18\x04 \x01(\x04R\rstartRevision\x12'\n" +
-	"\x0fprogress_notify\x18\x05 \x01(\bR\x0eprogressNotify\"|\n" +
+	"\x0fprogress_notify\x18\x05 \x01(\bR\x0eprogressNotify\x12\x17\n" +
+	"\aprev_kv\x18\x06 \x01(\bR\x06prevKv\"\xa9\x01\n" +
 	"\n" +
 	"WatchEvent\x12-\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x19.pando.v1.WatchEvent.TypeR\x04type\x12\"\n" +
-	"\x02kv\x18\x02 \x01(\v2\x12.pando.v1.KeyValueR\x02kv\"\x1b\n" +
+	"\x02kv\x18\x02 \x01(\v2\x12.pando.v1.KeyValueR\x02kv\x12+\n" +
+	"\aprev_kv\x18\x03 \x01(\v2\x12.pando.v1.KeyValueR\x06prevKv\"\x1b\n" +
 	"\x04Type\x12\a\n" +
 	"\x03PUT\x10\x00\x12\n" +
 	"\n" +
@@ -6258,108 +6299,109 @@ var file_pando_proto_depIdxs = []int32{
 	14, // 6: pando.v1.StatusResponse.breakers:type_name -> pando.v1.BreakerStatus
 	1,  // 7: pando.v1.WatchEvent.type:type_name -> pando.v1.WatchEvent.Type
 	9,  // 8: pando.v1.WatchEvent.kv:type_name -> pando.v1.KeyValue
-	19, // 9: pando.v1.WatchResponse.events:type_name -> pando.v1.WatchEvent
-	23, // 10: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
-	9,  // 11: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
-	28, // 12: pando.v1.Command.put:type_name -> pando.v1.PutOp
-	29, // 13: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
-	30, // 14: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
-	42, // 15: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
-	43, // 16: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
-	36, // 17: pando.v1.Command.split:type_name -> pando.v1.SplitOp
-	41, // 18: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
-	37, // 19: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
-	38, // 20: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
-	39, // 21: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
-	40, // 22: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
-	34, // 23: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
-	32, // 24: pando.v1.Command.close_revision:type_name -> pando.v1.CloseRevisionOp
-	33, // 25: pando.v1.Command.compact:type_name -> pando.v1.CompactOp
-	44, // 26: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
-	44, // 27: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
-	44, // 28: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
-	43, // 29: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
-	49, // 30: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
-	48, // 31: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
-	50, // 32: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
-	55, // 33: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
-	9,  // 34: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
-	44, // 35: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
-	44, // 36: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
-	44, // 37: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	44, // 38: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	44, // 39: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	44, // 40: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	37, // 41: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
-	37, // 42: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
-	37, // 43: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
-	80, // 44: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
-	13, // 45: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
-	37, // 46: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
-	13, // 47: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
-	85, // 48: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
-	44, // 49: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
-	2,  // 50: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
-	4,  // 51: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
-	6,  // 52: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
-	8,  // 53: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
-	11, // 54: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
-	16, // 55: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
-	21, // 56: pando.v1.KV.Compact:input_type -> pando.v1.CompactRequest
-	18, // 57: pando.v1.Watch.Watch:input_type -> pando.v1.WatchRequest
-	24, // 58: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
-	26, // 59: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
-	47, // 60: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
-	52, // 61: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
-	54, // 62: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
-	57, // 63: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
-	59, // 64: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
-	61, // 65: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
-	63, // 66: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
-	65, // 67: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
-	67, // 68: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
-	87, // 69: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
-	69, // 70: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
-	73, // 71: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
-	71, // 72: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
-	75, // 73: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
-	77, // 74: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
-	79, // 75: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
-	82, // 76: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
-	84, // 77: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
-	3,  // 78: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
-	5,  // 79: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
-	7,  // 80: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
-	10, // 81: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
-	15, // 82: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
-	17, // 83: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
-	22, // 84: pando.v1.KV.Compact:output_type -> pando.v1.CompactResponse
-	20, // 85: pando.v1.Watch.Watch:output_type -> pando.v1.WatchResponse
-	25, // 86: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
-	27, // 87: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
-	51, // 88: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
-	53, // 89: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
-	56, // 90: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
-	58, // 91: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
-	60, // 92: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
-	62, // 93: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
-	64, // 94: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
-	66, // 95: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
-	68, // 96: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
-	88, // 97: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
-	70, // 98: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
-	74, // 99: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
-	72, // 100: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
-	76, // 101: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
-	78, // 102: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
-	81, // 103: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
-	83, // 104: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
-	86, // 105: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
-	78, // [78:106] is the sub-list for method output_type
-	50, // [50:78] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	9,  // 9: pando.v1.WatchEvent.prev_kv:type_name -> pando.v1.KeyValue
+	19, // 10: pando.v1.WatchResponse.events:type_name -> pando.v1.WatchEvent
+	23, // 11: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
+	9,  // 12: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
+	28, // 13: pando.v1.Command.put:type_name -> pando.v1.PutOp
+	29, // 14: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
+	30, // 15: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
+	42, // 16: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
+	43, // 17: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
+	36, // 18: pando.v1.Command.split:type_name -> pando.v1.SplitOp
+	41, // 19: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
+	37, // 20: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
+	38, // 21: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
+	39, // 22: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
+	40, // 23: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
+	34, // 24: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
+	32, // 25: pando.v1.Command.close_revision:type_name -> pando.v1.CloseRevisionOp
+	33, // 26: pando.v1.Command.compact:type_name -> pando.v1.CompactOp
+	44, // 27: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
+	44, // 28: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
+	44, // 29: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
+	43, // 30: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
+	49, // 31: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
+	48, // 32: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
+	50, // 33: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
+	55, // 34: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
+	9,  // 35: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
+	44, // 36: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
+	44, // 37: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
+	44, // 38: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	44, // 39: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	44, // 40: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	44, // 41: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	37, // 42: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
+	37, // 43: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
+	37, // 44: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
+	80, // 45: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
+	13, // 46: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
+	37, // 47: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
+	13, // 48: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
+	85, // 49: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
+	44, // 50: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
+	2,  // 51: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
+	4,  // 52: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
+	6,  // 53: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
+	8,  // 54: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
+	11, // 55: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
+	16, // 56: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
+	21, // 57: pando.v1.KV.Compact:input_type -> pando.v1.CompactRequest
+	18, // 58: pando.v1.Watch.Watch:input_type -> pando.v1.WatchRequest
+	24, // 59: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
+	26, // 60: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
+	47, // 61: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
+	52, // 62: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
+	54, // 63: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
+	57, // 64: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
+	59, // 65: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
+	61, // 66: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
+	63, // 67: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
+	65, // 68: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
+	67, // 69: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
+	87, // 70: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
+	69, // 71: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
+	73, // 72: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
+	71, // 73: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
+	75, // 74: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
+	77, // 75: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
+	79, // 76: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
+	82, // 77: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
+	84, // 78: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
+	3,  // 79: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
+	5,  // 80: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
+	7,  // 81: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
+	10, // 82: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
+	15, // 83: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
+	17, // 84: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
+	22, // 85: pando.v1.KV.Compact:output_type -> pando.v1.CompactResponse
+	20, // 86: pando.v1.Watch.Watch:output_type -> pando.v1.WatchResponse
+	25, // 87: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
+	27, // 88: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
+	51, // 89: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
+	53, // 90: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
+	56, // 91: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
+	58, // 92: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
+	60, // 93: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
+	62, // 94: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
+	64, // 95: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
+	66, // 96: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
+	68, // 97: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
+	88, // 98: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
+	70, // 99: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
+	74, // 100: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
+	72, // 101: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
+	76, // 102: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
+	78, // 103: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
+	81, // 104: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
+	83, // 105: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
+	86, // 106: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
+	79, // [79:107] is the sub-list for method output_type
+	51, // [51:79] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_pando_proto_init() }

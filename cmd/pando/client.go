@@ -290,7 +290,7 @@ func getCmd() *cobra.Command {
 	}
 	f.add(cmd, true)
 	cmd.Flags().BoolVar(&stale, "stale", false, "allow any replica to answer from its local state")
-	cmd.Flags().Uint64Var(&rev, "rev", 0, "read the key as of this revision (0: the latest)")
+	cmd.Flags().Uint64Var(&rev, "revision", 0, "read the key as of this revision (0: the latest)")
 	return cmd
 }
 
@@ -430,7 +430,7 @@ func scanCmd() *cobra.Command {
 	var stale bool
 	var rev uint64
 	cmd := &cobra.Command{
-		Use:   "scan [--prefix P | --start A --end B] [--limit N] [--rev R]",
+		Use:   "scan [--prefix P | --start A --end B] [--limit N] [--revision R]",
 		Short: "List keys in order",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -462,7 +462,7 @@ func scanCmd() *cobra.Command {
 				fmt.Fprintf(w, "%q\t%q\tversion %d\trevision %d\n", it.Key, it.Value, it.Version, it.ModRevision)
 			}
 			if res.More {
-				fmt.Fprintf(w, "... more from %q at revision %d (--start %q --rev %d)\n", res.Next, res.Revision, res.Next, res.Revision)
+				fmt.Fprintf(w, "... more from %q at revision %d (--start %q --revision %d)\n", res.Next, res.Revision, res.Next, res.Revision)
 			}
 			return w.Flush()
 		},
@@ -473,7 +473,7 @@ func scanCmd() *cobra.Command {
 	cmd.Flags().StringVar(&end, "end", "", "last key (exclusive; empty: end of key space)")
 	cmd.Flags().IntVar(&limit, "limit", 100, "at most this many keys")
 	cmd.Flags().BoolVar(&stale, "stale", false, "allow any replica to answer from its local state")
-	cmd.Flags().Uint64Var(&rev, "rev", 0, "read the span as of this revision, one consistent cut of every range (0: the latest)")
+	cmd.Flags().Uint64Var(&rev, "revision", 0, "read the span as of this revision, one consistent cut of every range (0: the latest)")
 	return cmd
 }
 
@@ -482,8 +482,9 @@ func watchCmd() *cobra.Command {
 	var prefix, end string
 	var rev uint64
 	var count int
+	var prevValue bool
 	cmd := &cobra.Command{
-		Use:   "watch [KEY [--end E] | --prefix P] [--rev R] [--count N]",
+		Use:   "watch KEY [--end E] | --prefix P [--revision R] [--prev-value] [--count N]",
 		Short: "Print changes as they happen, in revision order (from --rev: the history first)",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -507,7 +508,18 @@ func watchCmd() *cobra.Command {
 			defer c.Close()
 			out := cmd.OutOrStdout()
 			seen := 0
-			for resp := range c.Watch(ctx, client.WatchOptions{Key: []byte(key), End: []byte(end), Prefix: []byte(prefix), StartRevision: rev}) {
+			opts := []client.WatchOption{client.WithRevision(rev)}
+			switch {
+			case prefix != "":
+				key = prefix
+				opts = append(opts, client.WithPrefix())
+			case end != "":
+				opts = append(opts, client.WithRange([]byte(end)))
+			}
+			if prevValue {
+				opts = append(opts, client.WithPrevValue())
+			}
+			for resp := range c.Watch(ctx, []byte(key), opts...) {
 				if resp.Err != nil {
 					if errors.Is(resp.Err, context.Canceled) {
 						return nil
@@ -516,14 +528,24 @@ func watchCmd() *cobra.Command {
 				}
 				for _, ev := range resp.Events {
 					if f.json {
-						if err := json.NewEncoder(out).Encode(map[string]any{"type": strings.ToLower(ev.Type.String()), "key": string(ev.Key), "value": string(ev.Value),
-							"version": ev.Version, "create_revision": ev.CreateRevision, "mod_revision": ev.ModRevision}); err != nil {
+						line := map[string]any{"type": strings.ToLower(ev.Type.String()), "key": string(ev.Key), "value": string(ev.Value),
+							"version": ev.Version, "create_revision": ev.CreateRevision, "mod_revision": ev.ModRevision}
+						if ev.PrevKV != nil {
+							line["prev_value"] = string(ev.PrevKV.Value)
+						}
+						if err := json.NewEncoder(out).Encode(line); err != nil {
 							return err
 						}
-					} else if ev.Type == client.EventDelete {
-						fmt.Fprintf(out, "%d DELETE %q\n", ev.ModRevision, ev.Key)
+						continue
+					}
+					prev := ""
+					if ev.PrevKV != nil {
+						prev = fmt.Sprintf(" (was %q)", ev.PrevKV.Value)
+					}
+					if ev.Type == client.EventDelete {
+						fmt.Fprintf(out, "%d DELETE %q%s\n", ev.ModRevision, ev.Key, prev)
 					} else {
-						fmt.Fprintf(out, "%d PUT %q %q version %d\n", ev.ModRevision, ev.Key, ev.Value, ev.Version)
+						fmt.Fprintf(out, "%d PUT %q %q version %d%s\n", ev.ModRevision, ev.Key, ev.Value, ev.Version, prev)
 					}
 					if seen++; count > 0 && seen >= count {
 						return nil
@@ -536,7 +558,8 @@ func watchCmd() *cobra.Command {
 	f.add(cmd, true)
 	cmd.Flags().StringVar(&prefix, "prefix", "", "watch the keys starting with this")
 	cmd.Flags().StringVar(&end, "end", "", "watch [KEY, end) (empty: KEY alone)")
-	cmd.Flags().Uint64Var(&rev, "rev", 0, "start at this revision, history first (0: changes from now)")
+	cmd.Flags().Uint64Var(&rev, "revision", 0, "start at this revision, history first (0: changes from now)")
+	cmd.Flags().BoolVar(&prevValue, "prev-value", false, "show each change's previous value")
 	cmd.Flags().IntVar(&count, "count", 0, "exit after this many changes (0: until interrupted)")
 	return cmd
 }
@@ -598,17 +621,17 @@ func statusCmd() *cobra.Command {
 					return printJSON(cmd.OutOrStdout(), js)
 				}
 				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintf(w, "seen from node %d\n\nNODE\tADDRESS\tLIVE\n", js.NodeID)
+				fmt.Fprintf(w, "seen from node %d (serving %d watches)\n\nNODE\tADDRESS\tLIVE\n", js.NodeID, js.Watches)
 				for _, n := range js.Nodes {
 					fmt.Fprintf(w, "%d\t%s\t%v\n", n.ID, n.Addr, n.Live)
 				}
-				fmt.Fprintf(w, "\nRANGE\tSTART\tEND\tLEADER\tREPLICAS\tTERM\tAPPLIED\tREVISION\n")
+				fmt.Fprintf(w, "\nRANGE\tSTART\tEND\tLEADER\tREPLICAS\tTERM\tAPPLIED\tREVISION\tCOMPACTED\n")
 				for _, r := range js.Ranges {
 					end := r.EndKey
 					if end == "" {
 						end = "(end)"
 					}
-					fmt.Fprintf(w, "%d\t%q\t%s\t%d\t%v\t%d\t%d\t%d\n", r.ID, r.StartKey, end, r.LeaderID, r.Replicas, r.Term, r.AppliedIndex, r.Revision)
+					fmt.Fprintf(w, "%d\t%q\t%s\t%d\t%v\t%d\t%d\t%d\t%d\n", r.ID, r.StartKey, end, r.LeaderID, r.Replicas, r.Term, r.AppliedIndex, r.Revision, r.CompactRevision)
 				}
 				if len(js.Breakers) > 0 {
 					fmt.Fprintf(w, "\nPEER\tADDRESS\tBREAKER\n")

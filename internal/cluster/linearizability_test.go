@@ -152,12 +152,15 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var final uint64
+	rng := rand.New(rand.NewPCG(seed, 5))
 	for final == 0 {
-		resp, err := c.KV(c.IDs()[0]).Put(ctx, &pandopb.PutRequest{Key: []byte("zz-end"), Value: []byte("end")})
+		resp, err := c.KV(c.pickHolder(rng, "zz-end")).Put(ctx, &pandopb.PutRequest{Key: []byte("zz-end"), Value: []byte("end")})
 		if err == nil {
 			final = resp.Revision
 		} else if ctx.Err() != nil {
 			t.Fatalf("a last write after the faults: %v", err)
+		} else {
+			time.Sleep(10 * time.Millisecond)
 		}
 	}
 	checkWatch(t, c, f, ops, final)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -342,21 +343,22 @@ func checkWatch(t *testing.T, c *Cluster, f *follower, ops []porcupine.Operation
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for _, id := range c.IDs() {
-		if !c.Running(id) {
-			continue
+	var resp *pandopb.ScanResponse
+	for {
+		var err error
+		if resp, err = c.KV(c.pickHolder(rand.New(rand.NewPCG(final, 0)), "a")).Scan(ctx, &pandopb.ScanRequest{Revision: final}); err == nil {
+			break
 		}
-		resp, err := c.KV(id).Scan(ctx, &pandopb.ScanRequest{Revision: final})
-		if err != nil {
+		if ctx.Err() != nil {
 			t.Fatalf("scan at %d: %v", final, err)
 		}
-		got := map[string]string{}
-		for _, it := range resp.Items {
-			got[string(it.Key)] = string(it.Value)
-		}
-		if fmt.Sprint(got) != fmt.Sprint(state) {
-			t.Fatalf("the watch's changes replayed give %v at revision %d; the store holds %v", state, final, got)
-		}
-		break
+		time.Sleep(10 * time.Millisecond)
+	}
+	got := map[string]string{}
+	for _, it := range resp.Items {
+		got[string(it.Key)] = string(it.Value)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(state) {
+		t.Fatalf("the watch's changes replayed give %v at revision %d; the store holds %v", state, final, got)
 	}
 }
