@@ -852,7 +852,11 @@ type ScanResult struct {
 	Revision uint64
 }
 
-// Scan returns keys in order.
+// Scan returns keys in order, up to Limit (0: the server's maximum page),
+// walking every range the span crosses at one revision: the first page's
+// (a linearizable scan that crosses ranges is read at a fresh one), or
+// Revision when set. When More is set, scan again with Start = Next and
+// Revision = the result's Revision to go on with the same cut.
 func (c *Client) Scan(ctx context.Context, o ScanOptions) (*ScanResult, error) {
 	req := &pandopb.ScanRequest{Start: o.Start, End: o.End, Prefix: o.Prefix, Limit: uint32(max(o.Limit, 0)), Revision: o.Revision}
 	k := linearizableRead
@@ -860,21 +864,47 @@ func (c *Client) Scan(ctx context.Context, o ScanOptions) (*ScanResult, error) {
 		req.Consistency = pandopb.Consistency_STALE
 		k = staleRead
 	}
-	start := req.Start
 	if len(req.Prefix) > 0 {
-		start = req.Prefix
+		req.Start, req.End, req.Prefix = req.Prefix, kv.PrefixEnd(req.Prefix), nil
 	}
-	resp, err := do(c, ctx, k, start, func(ctx context.Context, kvc pandopb.KVClient) (*pandopb.ScanResponse, error) {
-		return kvc.Scan(ctx, req)
-	})
-	if err != nil {
-		return nil, err
+	out := &ScanResult{}
+	for {
+		resp, err := do(c, ctx, k, req.Start, func(ctx context.Context, kvc pandopb.KVClient) (*pandopb.ScanResponse, error) {
+			return kvc.Scan(ctx, req)
+		})
+		if err != nil {
+			return nil, err
+		}
+		if out.Revision == 0 || (req.Revision == 0 && resp.Revision < out.Revision) {
+			out.Revision = resp.Revision
+		}
+		for _, it := range resp.Items {
+			out.Items = append(out.Items, KeyValue{Key: it.Key, Value: it.Value, Version: it.Version, CreateRevision: it.CreateRevision, ModRevision: it.ModRevision})
+		}
+		out.More, out.Next = resp.More, resp.Next
+		full := o.Limit > 0 && len(out.Items) >= o.Limit
+		if !resp.More || full || (o.Limit == 0 && len(resp.Items) > 0 && !crossed(resp)) {
+			return out, nil
+		}
+		// The next range (or the rest of a page the server cut short), at
+		// the same revision when the pages so far had one.
+		req.Start = resp.Next
+		if req.Revision == 0 && !o.Stale {
+			req.Revision = resp.Revision
+		}
+		if o.Limit > 0 {
+			req.Limit = uint32(o.Limit - len(out.Items))
+		}
 	}
-	out := &ScanResult{More: resp.More, Next: resp.Next, Revision: resp.Revision, Items: make([]KeyValue, len(resp.Items))}
-	for i, it := range resp.Items {
-		out.Items[i] = KeyValue{Key: it.Key, Value: it.Value, Version: it.Version, CreateRevision: it.CreateRevision, ModRevision: it.ModRevision}
-	}
-	return out, nil
+}
+
+// crossed reports whether a page ended at its range's end rather than at
+// the page's limit: its next key is a range boundary (the server then
+// answers the rest from the next range). A page that filled the server's
+// maximum stops there.
+func crossed(resp *pandopb.ScanResponse) bool {
+	n := len(resp.Items)
+	return n == 0 || !bytes.Equal(resp.Next, append(bytes.Clone(resp.Items[n-1].Key), 0))
 }
 
 // Compact drops the history below revision rev in every range, as etcd's

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/pando/pando/api/pandopb"
+	"github.com/pando/pando/client"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/resilience"
 )
 
 // Reads at a revision over three ranges: every get and every scan at
@@ -169,5 +171,58 @@ func TestReadsAtRevisionAcrossRanges(t *testing.T) {
 	}
 	if !slices.IsSortedFunc(history, func(a, b point) int { return int(a.rev) - int(b.rev) }) {
 		t.Fatal("revisions of the history are not ascending")
+	}
+}
+
+// The Go client's scan walks every range it crosses at one revision, and
+// pages go on at that revision: writes made between two pages do not show.
+func TestClientScanIsOneCutAcrossRanges(t *testing.T) {
+	c := New(t, Options{Seed: testSeed(t)})
+	splitInto(t, c, []string{"h", "p"})
+	cl := newClient(t, c, resilience.Settings{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	keys := []string{"a", "b", "c", "i", "j", "k", "q", "r", "s"} // three in each range
+	for _, k := range keys {
+		if _, err := cl.Put(ctx, []byte(k), []byte("v1")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all, err := cl.Scan(ctx, client.ScanOptions{})
+	if err != nil || len(all.Items) != len(keys) || all.More {
+		t.Fatalf("scan of everything: %+v %v", all, err)
+	}
+	// Pages of four: the second and third at the first's revision, even
+	// though every key is overwritten after the first.
+	page, err := cl.Scan(ctx, client.ScanOptions{Limit: 4})
+	if err != nil || len(page.Items) != 4 || !page.More {
+		t.Fatalf("first page: %+v %v", page, err)
+	}
+	rev := page.Revision
+	for _, k := range keys {
+		if _, err := cl.Put(ctx, []byte(k), []byte("v2")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := page.Items
+	for page.More {
+		if page, err = cl.Scan(ctx, client.ScanOptions{Start: page.Next, Limit: 4, Revision: rev}); err != nil {
+			t.Fatal(err)
+		}
+		if page.Revision != rev {
+			t.Fatalf("a page at revision %d, asked %d", page.Revision, rev)
+		}
+		got = append(got, page.Items...)
+	}
+	var rendered []string
+	for _, it := range got {
+		rendered = append(rendered, string(it.Key)+"="+string(it.Value))
+	}
+	if fmt.Sprint(rendered) != "[a=v1 b=v1 c=v1 i=v1 j=v1 k=v1 q=v1 r=v1 s=v1]" {
+		t.Fatalf("pages at revision %d: %q", rev, rendered)
+	}
+	now, err := cl.Scan(ctx, client.ScanOptions{})
+	if err != nil || len(now.Items) != len(keys) || string(now.Items[8].Value) != "v2" || now.Revision <= rev {
+		t.Fatalf("scan after the overwrites: %+v %v", now, err)
 	}
 }
