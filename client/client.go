@@ -840,6 +840,12 @@ type ScanOptions struct {
 	// on with a scan as one consistent cut, pass the Revision of its
 	// first page with the Next of the last.
 	Revision uint64
+	// KeysOnly leaves values out; CountOnly answers with Count alone (the
+	// keys of the whole span that pass the filters).
+	KeysOnly, CountOnly bool
+	// Filters (0: none): keys whose mod or create revision lies in
+	// [min, max].
+	MinModRevision, MaxModRevision, MinCreateRevision, MaxCreateRevision uint64
 }
 
 // ScanResult is one page of a scan; when More is set, scan again with
@@ -850,6 +856,8 @@ type ScanResult struct {
 	Next  []byte
 	// Revision: see pandopb.ScanResponse.
 	Revision uint64
+	// Count (CountOnly): the keys of the span that pass the filters.
+	Count uint64
 }
 
 // Scan returns keys in order, up to Limit (0: the server's maximum page),
@@ -858,7 +866,9 @@ type ScanResult struct {
 // Revision when set. When More is set, scan again with Start = Next and
 // Revision = the result's Revision to go on with the same cut.
 func (c *Client) Scan(ctx context.Context, o ScanOptions) (*ScanResult, error) {
-	req := &pandopb.ScanRequest{Start: o.Start, End: o.End, Prefix: o.Prefix, Limit: uint32(max(o.Limit, 0)), Revision: o.Revision}
+	req := &pandopb.ScanRequest{Start: o.Start, End: o.End, Prefix: o.Prefix, Limit: uint32(max(o.Limit, 0)), Revision: o.Revision,
+		KeysOnly: o.KeysOnly, CountOnly: o.CountOnly, MinModRevision: o.MinModRevision, MaxModRevision: o.MaxModRevision,
+		MinCreateRevision: o.MinCreateRevision, MaxCreateRevision: o.MaxCreateRevision}
 	k := linearizableRead
 	if o.Stale {
 		req.Consistency = pandopb.Consistency_STALE
@@ -882,6 +892,14 @@ func (c *Client) Scan(ctx context.Context, o ScanOptions) (*ScanResult, error) {
 			out.Items = append(out.Items, KeyValue{Key: it.Key, Value: it.Value, Version: it.Version, CreateRevision: it.CreateRevision, ModRevision: it.ModRevision})
 		}
 		out.More, out.Next = resp.More, resp.Next
+		out.Count += resp.Count
+		if o.CountOnly && resp.More {
+			req.Start = resp.Next
+			if req.Revision == 0 && !o.Stale {
+				req.Revision = resp.Revision
+			}
+			continue
+		}
 		full := o.Limit > 0 && len(out.Items) >= o.Limit
 		if !resp.More || full || (o.Limit == 0 && len(resp.Items) > 0 && !crossed(resp)) {
 			return out, nil

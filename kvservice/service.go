@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
@@ -430,7 +431,7 @@ func (s *Service) scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.
 		local := rerr == nil && (stale || rev != 0)
 		if local {
 			// A stale read, or one at a revision this replica may answer.
-			page, err = s.readSpan(st.RangeID, cur, end, limit-len(resp.Items), rev)
+			page, err = s.readSpan(st.RangeID, cur, end, limit-len(resp.Items), rev, req)
 			local = !errors.Is(err, errOpen) && !errors.Is(err, kv.ErrWrongRange)
 		}
 		if !local {
@@ -439,7 +440,7 @@ func (s *Service) scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.
 			err = s.route(ctx, cur, false, func(rid uint64) error {
 				read := func() error {
 					var err error
-					page, err = s.readSpan(rid, cur, end, limit-len(resp.Items), rev)
+					page, err = s.readSpan(rid, cur, end, limit-len(resp.Items), rev, req)
 					return err
 				}
 				if rev != 0 {
@@ -453,7 +454,9 @@ func (s *Service) scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.
 				return read()
 			}, func(ctx context.Context, c pandopb.KVClient) error {
 				var err error
-				page, err = c.Scan(ctx, &pandopb.ScanRequest{Start: cur, End: end, Limit: uint32(limit - len(resp.Items)), Consistency: req.Consistency, Revision: rev})
+				fwd := proto.Clone(req).(*pandopb.ScanRequest)
+				fwd.Start, fwd.End, fwd.Prefix, fwd.Limit, fwd.Revision = cur, end, nil, uint32(limit-len(resp.Items)), rev
+				page, err = c.Scan(ctx, fwd)
 				return err
 			})
 		}
@@ -475,6 +478,7 @@ func (s *Service) scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.
 			continue
 		}
 		resp.Items = append(resp.Items, page.Items...)
+		resp.Count += page.Count
 		resp.More, resp.Next = page.More, page.Next
 		if resp.Revision == 0 || page.Revision < resp.Revision {
 			resp.Revision = page.Revision
@@ -489,7 +493,7 @@ func (s *Service) scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.
 // readSpan reads up to limit keys of [start, end) from the local replica
 // of rangeID, clipped to the range's span; More and Next say where the
 // scan continues (in this range, or at the next one).
-func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int, at uint64) (*pandopb.ScanResponse, error) {
+func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int, at uint64, req *pandopb.ScanRequest) (*pandopb.ScanResponse, error) {
 	snap := s.node.NewSnapshot()
 	defer snap.Close()
 	// The range's span and revisions from the snapshot the data comes
@@ -508,20 +512,27 @@ func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int, at uint
 	}
 	var kvs []storage.KV
 	var more bool
+	keep, count := scanFilter(req)
+	if req.GetCountOnly() {
+		limit = -1 // every key of the range counts; none is kept
+	}
 	rev := st.LastRevision
 	if at != 0 {
 		if _, err := rangeAt(snap, rangeID, at, start); err != nil {
 			return nil, err
 		}
 		rev = at
-		kvs, more, err = storage.ScanAt(snap, start, stop, at, limit)
+		kvs, more, err = storage.ScanAtFiltered(snap, start, stop, at, limit, keep)
 	} else {
-		kvs, more, err = storage.Scan(snap, start, stop, limit)
+		kvs, more, err = storage.ScanFiltered(snap, start, stop, limit, keep)
 	}
 	if err != nil {
 		return nil, err
 	}
 	resp := &pandopb.ScanResponse{Items: make([]*pandopb.KeyValue, len(kvs)), Revision: rev}
+	if req.GetCountOnly() {
+		resp.Count = *count
+	}
 	for i, x := range kvs {
 		resp.Items[i] = &pandopb.KeyValue{Key: x.Key, Value: x.Value, Version: x.Version, CreateRevision: x.CreateRevision, ModRevision: x.ModRevision}
 	}
@@ -650,4 +661,28 @@ func (s *Service) serveLocal(rangeID uint64, key []byte, write bool, local func(
 		s.load.ObserveLatency(rangeID, time.Now(), time.Since(start))
 	}
 	return err
+}
+
+// scanFilter is what a scan request keeps of each key (nil: everything)
+// and the count of the keys it accepted (count_only: none is kept).
+func scanFilter(req *pandopb.ScanRequest) (func(*storage.KV) bool, *uint64) {
+	count := new(uint64)
+	if req == nil {
+		return nil, count
+	}
+	in := func(v, lo, hi uint64) bool { return (lo == 0 || v >= lo) && (hi == 0 || v <= hi) }
+	filtered := req.MinModRevision != 0 || req.MaxModRevision != 0 || req.MinCreateRevision != 0 || req.MaxCreateRevision != 0
+	if !filtered && !req.KeysOnly && !req.CountOnly {
+		return nil, count
+	}
+	return func(kv *storage.KV) bool {
+		if !in(kv.ModRevision, req.MinModRevision, req.MaxModRevision) || !in(kv.CreateRevision, req.MinCreateRevision, req.MaxCreateRevision) {
+			return false
+		}
+		*count++
+		if req.KeysOnly {
+			kv.Value = nil
+		}
+		return !req.CountOnly
+	}, count
 }

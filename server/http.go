@@ -187,6 +187,27 @@ func (s *Server) handleScan(ctx context.Context, w http.ResponseWriter, q url.Va
 		return
 	}
 	req := &pandopb.ScanRequest{Consistency: c, Prefix: []byte(q.Get("prefix")), Start: []byte(q.Get("start")), End: []byte(q.Get("end")), Revision: rev}
+	for name, dst := range map[string]*bool{"keys_only": &req.KeysOnly, "count_only": &req.CountOnly} {
+		switch v := q.Get(name); v {
+		case "", "false", "0":
+		case "true", "1":
+			*dst = true
+		default:
+			httpapi.WriteError(w, httpapi.BadRequest("%s must be true or false, not %q", name, v))
+			return
+		}
+	}
+	for name, dst := range map[string]*uint64{"min_mod_revision": &req.MinModRevision, "max_mod_revision": &req.MaxModRevision,
+		"min_create_revision": &req.MinCreateRevision, "max_create_revision": &req.MaxCreateRevision} {
+		if v := q.Get(name); v != "" {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				httpapi.WriteError(w, httpapi.BadRequest("%s must be a revision number, not %q", name, v))
+				return
+			}
+			*dst = n
+		}
+	}
 	if l := q.Get("limit"); l != "" {
 		n, err := strconv.ParseUint(l, 10, 32)
 		if err != nil || n == 0 {
@@ -219,6 +240,9 @@ func (s *Server) handleScan(ctx context.Context, w http.ResponseWriter, q url.Va
 		return
 	}
 	out := httpapi.ScanResult{Items: make([]httpapi.ScanItem, len(resp.Items)), More: resp.More, Next: resp.Next, Revision: resp.Revision}
+	if req.CountOnly {
+		out.Count = &resp.Count
+	}
 	for i, it := range resp.Items {
 		out.Items[i] = httpapi.ScanItem{Key: it.Key, Value: it.Value, Version: it.Version, CreateRevision: it.CreateRevision, ModRevision: it.ModRevision}
 	}

@@ -143,6 +143,12 @@ type KV struct {
 // Scan returns up to limit user keys in [start, end) in order, and whether
 // more keys remain in the span. An empty end means the end of the key space.
 func Scan(r pebble.Reader, start, end []byte, limit int) ([]KV, bool, error) {
+	return ScanFiltered(r, start, end, limit, nil)
+}
+
+// ScanFiltered is Scan of the keys keep accepts (nil: all); keep may
+// change the record it is given (drop its value, say).
+func ScanFiltered(r pebble.Reader, start, end []byte, limit int, keep func(*KV) bool) ([]KV, bool, error) {
 	lo, hi := DataSpan(start, end)
 	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
@@ -158,8 +164,12 @@ func Scan(r pebble.Reader, start, end []byte, limit int) ([]KV, bool, error) {
 		if err != nil {
 			return nil, false, err
 		}
-		rec.Value = bytes.Clone(rec.Value)
-		out = append(out, KV{Key: bytes.Clone(it.Key()[1:]), Record: rec})
+		kv := KV{Key: it.Key()[1:], Record: rec}
+		if keep != nil && !keep(&kv) {
+			continue
+		}
+		kv.Key, kv.Value = bytes.Clone(kv.Key), bytes.Clone(kv.Value)
+		out = append(out, kv)
 	}
 	return out, false, it.Error()
 }

@@ -187,6 +187,12 @@ func GetAt(r pebble.Reader, userKey []byte, revision uint64) (Record, bool, erro
 // its history side by side: a key's latest record answers when it is old
 // enough, else the key's last history entry at or before revision does.
 func ScanAt(r pebble.Reader, start, end []byte, revision uint64, limit int) ([]KV, bool, error) {
+	return ScanAtFiltered(r, start, end, revision, limit, nil)
+}
+
+// ScanAtFiltered is ScanAt of the keys keep accepts (nil: all); keep may
+// change the record it is given.
+func ScanAtFiltered(r pebble.Reader, start, end []byte, revision uint64, limit int, keep func(*KV) bool) ([]KV, bool, error) {
 	dlo, dhi := DataSpan(start, end)
 	hlo, hhi := HistorySpan(start, end)
 	lit, err := r.NewIter(&pebble.IterOptions{LowerBound: dlo, UpperBound: dhi})
@@ -259,6 +265,9 @@ func ScanAt(r pebble.Reader, start, end []byte, revision uint64, limit int) ([]K
 		}
 		if !have && kv.Version == 0 {
 			continue // absent at revision
+		}
+		if keep != nil && !keep(&kv) {
+			continue
 		}
 		if len(out) == limit {
 			return out, true, nil

@@ -571,9 +571,19 @@ type ScanRequest struct {
 	// cut across every range it crosses (see GetRequest.revision). A
 	// linearizable scan without one that crosses ranges picks a fresh
 	// revision and reads every range at it; the answer's revision says which.
-	Revision      uint64 `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Revision uint64 `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
+	// keys_only leaves values out; count_only answers with count alone (the
+	// keys of the whole span that pass the filters, across every range).
+	KeysOnly  bool `protobuf:"varint,7,opt,name=keys_only,json=keysOnly,proto3" json:"keys_only,omitempty"`
+	CountOnly bool `protobuf:"varint,8,opt,name=count_only,json=countOnly,proto3" json:"count_only,omitempty"`
+	// Filters (0: none): only keys whose mod or create revision lies in
+	// [min, max].
+	MinModRevision    uint64 `protobuf:"varint,9,opt,name=min_mod_revision,json=minModRevision,proto3" json:"min_mod_revision,omitempty"`
+	MaxModRevision    uint64 `protobuf:"varint,10,opt,name=max_mod_revision,json=maxModRevision,proto3" json:"max_mod_revision,omitempty"`
+	MinCreateRevision uint64 `protobuf:"varint,11,opt,name=min_create_revision,json=minCreateRevision,proto3" json:"min_create_revision,omitempty"`
+	MaxCreateRevision uint64 `protobuf:"varint,12,opt,name=max_create_revision,json=maxCreateRevision,proto3" json:"max_create_revision,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ScanRequest) Reset() {
@@ -644,6 +654,48 @@ func (x *ScanRequest) GetConsistency() Consistency {
 func (x *ScanRequest) GetRevision() uint64 {
 	if x != nil {
 		return x.Revision
+	}
+	return 0
+}
+
+func (x *ScanRequest) GetKeysOnly() bool {
+	if x != nil {
+		return x.KeysOnly
+	}
+	return false
+}
+
+func (x *ScanRequest) GetCountOnly() bool {
+	if x != nil {
+		return x.CountOnly
+	}
+	return false
+}
+
+func (x *ScanRequest) GetMinModRevision() uint64 {
+	if x != nil {
+		return x.MinModRevision
+	}
+	return 0
+}
+
+func (x *ScanRequest) GetMaxModRevision() uint64 {
+	if x != nil {
+		return x.MaxModRevision
+	}
+	return 0
+}
+
+func (x *ScanRequest) GetMinCreateRevision() uint64 {
+	if x != nil {
+		return x.MinCreateRevision
+	}
+	return 0
+}
+
+func (x *ScanRequest) GetMaxCreateRevision() uint64 {
+	if x != nil {
+		return x.MaxCreateRevision
 	}
 	return 0
 }
@@ -733,7 +785,9 @@ type ScanResponse struct {
 	Next []byte `protobuf:"bytes,3,opt,name=next,proto3" json:"next,omitempty"`
 	// revision: see GetResponse (the smallest of the ranges' revisions the
 	// page read).
-	Revision      uint64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision uint64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	// count (count_only): the keys of the span that pass the filters.
+	Count         uint64 `protobuf:"varint,5,opt,name=count,proto3" json:"count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -792,6 +846,13 @@ func (x *ScanResponse) GetNext() []byte {
 func (x *ScanResponse) GetRevision() uint64 {
 	if x != nil {
 		return x.Revision
+	}
+	return 0
+}
+
+func (x *ScanResponse) GetCount() uint64 {
+	if x != nil {
+		return x.Count
 	}
 	return 0
 }
@@ -5783,25 +5844,34 @@ const file_pando_proto_rawDesc = "" +
 	"\x03seq\x18\x05 \x01(\x04R\x03seq\"F\n" +
 	"\x0eDeleteResponse\x12\x18\n" +
 	"\adeleted\x18\x01 \x01(\bR\adeleted\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x04R\brevision\"\xb8\x01\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"\xa8\x03\n" +
 	"\vScanRequest\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\fR\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\fR\x03end\x12\x16\n" +
 	"\x06prefix\x18\x03 \x01(\fR\x06prefix\x12\x14\n" +
 	"\x05limit\x18\x04 \x01(\rR\x05limit\x127\n" +
 	"\vconsistency\x18\x05 \x01(\x0e2\x15.pando.v1.ConsistencyR\vconsistency\x12\x1a\n" +
-	"\brevision\x18\x06 \x01(\x04R\brevision\"\x98\x01\n" +
+	"\brevision\x18\x06 \x01(\x04R\brevision\x12\x1b\n" +
+	"\tkeys_only\x18\a \x01(\bR\bkeysOnly\x12\x1d\n" +
+	"\n" +
+	"count_only\x18\b \x01(\bR\tcountOnly\x12(\n" +
+	"\x10min_mod_revision\x18\t \x01(\x04R\x0eminModRevision\x12(\n" +
+	"\x10max_mod_revision\x18\n" +
+	" \x01(\x04R\x0emaxModRevision\x12.\n" +
+	"\x13min_create_revision\x18\v \x01(\x04R\x11minCreateRevision\x12.\n" +
+	"\x13max_create_revision\x18\f \x01(\x04R\x11maxCreateRevision\"\x98\x01\n" +
 	"\bKeyValue\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\x04R\aversion\x12'\n" +
 	"\x0fcreate_revision\x18\x04 \x01(\x04R\x0ecreateRevision\x12!\n" +
-	"\fmod_revision\x18\x05 \x01(\x04R\vmodRevision\"|\n" +
+	"\fmod_revision\x18\x05 \x01(\x04R\vmodRevision\"\x92\x01\n" +
 	"\fScanResponse\x12(\n" +
 	"\x05items\x18\x01 \x03(\v2\x12.pando.v1.KeyValueR\x05items\x12\x12\n" +
 	"\x04more\x18\x02 \x01(\bR\x04more\x12\x12\n" +
 	"\x04next\x18\x03 \x01(\fR\x04next\x12\x1a\n" +
-	"\brevision\x18\x04 \x01(\x04R\brevision\"\x0f\n" +
+	"\brevision\x18\x04 \x01(\x04R\brevision\x12\x14\n" +
+	"\x05count\x18\x05 \x01(\x04R\x05count\"\x0f\n" +
 	"\rStatusRequest\"Z\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +

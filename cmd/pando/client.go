@@ -430,8 +430,9 @@ func scanCmd() *cobra.Command {
 	var limit int
 	var stale bool
 	var rev uint64
+	var so client.ScanOptions
 	cmd := &cobra.Command{
-		Use:   "scan [--prefix P | --start A --end B] [--limit N] [--revision R]",
+		Use:   "scan [--prefix P | --start A --end B] [--limit N] [--revision R] [--keys-only | --count-only]",
 		Short: "List keys in order",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -447,9 +448,17 @@ func scanCmd() *cobra.Command {
 			}
 			defer cancel()
 			defer c.Close()
-			res, err := c.Scan(ctx, client.ScanOptions{Prefix: []byte(prefix), Start: []byte(start), End: []byte(end), Limit: limit, Stale: stale, Revision: rev})
+			so.Prefix, so.Start, so.End, so.Limit, so.Stale, so.Revision = []byte(prefix), []byte(start), []byte(end), limit, stale, rev
+			res, err := c.Scan(ctx, so)
 			if err != nil {
 				return err
+			}
+			if so.CountOnly {
+				if f.json {
+					return printJSON(cmd.OutOrStdout(), map[string]uint64{"count": res.Count, "revision": res.Revision})
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%d keys at revision %d\n", res.Count, res.Revision)
+				return nil
 			}
 			if f.json {
 				out := httpapi.ScanResult{Items: make([]httpapi.ScanItem, len(res.Items)), More: res.More, Next: res.Next, Revision: res.Revision}
@@ -475,6 +484,12 @@ func scanCmd() *cobra.Command {
 	cmd.Flags().IntVar(&limit, "limit", 100, "at most this many keys")
 	cmd.Flags().BoolVar(&stale, "stale", false, "allow any replica to answer from its local state")
 	cmd.Flags().Uint64Var(&rev, "revision", 0, "read the span as of this revision, one consistent cut of every range (0: the latest)")
+	cmd.Flags().BoolVar(&so.KeysOnly, "keys-only", false, "list keys without their values")
+	cmd.Flags().BoolVar(&so.CountOnly, "count-only", false, "print how many keys the span holds (after the filters)")
+	cmd.Flags().Uint64Var(&so.MinModRevision, "min-mod-revision", 0, "only keys last written at or after this revision")
+	cmd.Flags().Uint64Var(&so.MaxModRevision, "max-mod-revision", 0, "only keys last written at or before this revision")
+	cmd.Flags().Uint64Var(&so.MinCreateRevision, "min-create-revision", 0, "only keys created at or after this revision")
+	cmd.Flags().Uint64Var(&so.MaxCreateRevision, "max-create-revision", 0, "only keys created at or before this revision")
 	return cmd
 }
 

@@ -226,3 +226,49 @@ func TestClientScanIsOneCutAcrossRanges(t *testing.T) {
 		t.Fatalf("scan after the overwrites: %+v %v", now, err)
 	}
 }
+
+// Scans that count, list keys only or filter by revision, across ranges.
+func TestScanCountKeysOnlyAndRevisionFilters(t *testing.T) {
+	c := New(t, Options{Seed: testSeed(t)})
+	splitInto(t, c, []string{"h", "p"})
+	cl := newClient(t, c, resilience.Settings{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	revs := map[string]uint64{}
+	for _, k := range []string{"a", "b", "i", "j", "q", "r"} {
+		res, err := cl.PutResult(ctx, []byte(k), []byte("v"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		revs[k] = res.Revision
+	}
+	if _, err := cl.Put(ctx, []byte("a"), []byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	count, err := cl.Scan(ctx, client.ScanOptions{CountOnly: true})
+	if err != nil || count.Count != 6 || len(count.Items) != 0 {
+		t.Fatalf("count of everything: %+v %v", count, err)
+	}
+	// Created at or after i's revision: i, j, q, r (a was only rewritten).
+	created, err := cl.Scan(ctx, client.ScanOptions{MinCreateRevision: revs["i"], KeysOnly: true})
+	var keys []string
+	for _, it := range created.Items {
+		keys = append(keys, string(it.Key))
+		if it.Value != nil {
+			t.Fatalf("keys-only scan returned a value for %s", it.Key)
+		}
+	}
+	if err != nil || fmt.Sprint(keys) != "[i j q r]" {
+		t.Fatalf("created at or after %d: %q %v", revs["i"], keys, err)
+	}
+	// Last written at or before j's revision: b, i, j (a was rewritten).
+	old, err := cl.Scan(ctx, client.ScanOptions{MaxModRevision: revs["j"], CountOnly: true})
+	if err != nil || old.Count != 3 {
+		t.Fatalf("count of keys written at or before %d: %+v %v", revs["j"], old, err)
+	}
+	// Counting at an old revision: before the last two puts.
+	then, err := cl.Scan(ctx, client.ScanOptions{CountOnly: true, Revision: revs["j"]})
+	if err != nil || then.Count != 4 {
+		t.Fatalf("count at revision %d: %+v %v", revs["j"], then, err)
+	}
+}

@@ -91,8 +91,10 @@ type ScanItem struct {
 // passing next back as ?continue=.
 type ScanResult struct {
 	Items []ScanItem `json:"items"`
-	More  bool       `json:"more"`
-	Next  []byte     `json:"next,omitempty"`
+	// Count (count_only=true): the keys of the span that pass the filters.
+	Count *uint64 `json:"count,omitempty"`
+	More  bool    `json:"more"`
+	Next  []byte  `json:"next,omitempty"`
 	// Revision: see pandopb.ScanResponse.
 	Revision uint64 `json:"revision"`
 }
