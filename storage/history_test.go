@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -269,4 +270,81 @@ func sameKVs(got []KV, want map[string]Record, lo, hi []byte) bool {
 		}
 	}
 	return true
+}
+
+// BenchmarkGetLatest reads the latest value of keys with 1 and with 10
+// versions each: history beside the latest records must not slow it.
+func BenchmarkGetLatest(b *testing.B) {
+	for _, versions := range []int{1, 10} {
+		b.Run(fmt.Sprintf("versions=%d", versions), func(b *testing.B) {
+			e, err := Open("/db", Options{FS: vfs.NewMem(), CacheSize: 64 << 20})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer e.Close()
+			db := e.DB()
+			const keys = 10000
+			rev := uint64(0)
+			value := bytes.Repeat([]byte("v"), 256)
+			for v := 0; v < versions; v++ {
+				for k := 0; k < keys; k++ {
+					rev++
+					key := []byte(fmt.Sprintf("key%06d", k))
+					batch := db.NewIndexedBatch()
+					cur, found, _ := Get(batch, key)
+					next := Record{ModRevision: rev, CreateRevision: rev, Version: 1, Value: value}
+					if found {
+						_ = Supersede(batch, key, cur, rev, false)
+						next.CreateRevision, next.Version = cur.CreateRevision, cur.Version+1
+					}
+					_ = batch.Set(DataKey(key), EncodeRecord(next), nil)
+					_ = batch.Commit(pebble.NoSync)
+				}
+			}
+			// A settled LSM, as a long-running node's is.
+			if err := db.Compact(context.Background(), []byte{0}, []byte{0xff}, false); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, found, err := Get(db, []byte(fmt.Sprintf("key%06d", i%keys))); err != nil || !found {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkGetAtOldRevision reads keys of 10 versions at a revision in
+// the middle of their history.
+func BenchmarkGetAtOldRevision(b *testing.B) {
+	db, err := pebble.Open("", &pebble.Options{FS: vfs.NewMem()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	const keys = 10000
+	rev := uint64(0)
+	for v := 0; v < 10; v++ {
+		for k := 0; k < keys; k++ {
+			rev++
+			key := []byte(fmt.Sprintf("key%06d", k))
+			batch := db.NewIndexedBatch()
+			cur, found, _ := Get(batch, key)
+			next := Record{ModRevision: rev, CreateRevision: rev, Version: 1, Value: []byte("v")}
+			if found {
+				_ = Supersede(batch, key, cur, rev, false)
+				next.CreateRevision, next.Version = cur.CreateRevision, cur.Version+1
+			}
+			_ = batch.Set(DataKey(key), EncodeRecord(next), nil)
+			_ = batch.Commit(pebble.NoSync)
+		}
+	}
+	mid := rev / 2
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, found, err := GetAt(db, []byte(fmt.Sprintf("key%06d", i%keys)), mid); err != nil || !found {
+			b.Fatal(err)
+		}
+	}
 }
