@@ -812,6 +812,46 @@ func (c *Client) Delete(ctx context.Context, key []byte) (deleted bool, err erro
 	return c.del(ctx, &pandopb.DeleteRequest{Key: key})
 }
 
+// DeleteRange removes every key of [start, end) (an end of "\x00": every
+// key from start on) and returns how many: within a range all at one
+// revision; a span across ranges range by range (not one atomic write).
+// The write carries an idempotency key like Delete.
+func (c *Client) DeleteRange(ctx context.Context, start, end []byte) (uint64, error) {
+	if len(end) == 0 {
+		return 0, fmt.Errorf("%w: DeleteRange needs an end (\"\\x00\": the end of the key space)", kv.ErrInvalidArgument)
+	}
+	sess := c.sessions.Acquire()
+	defer c.sessions.Release(sess)
+	req := &pandopb.DeleteRequest{Key: start, RangeEnd: end, ClientId: sess.ID, Seq: sess.Next()}
+	// Sent without the no-forward mark: the node walks the ranges.
+	resp, err := do(c, ctx, write, start, func(ctx context.Context, kvc pandopb.KVClient) (*pandopb.DeleteResponse, error) {
+		return kvc.Delete(ctx, req)
+	})
+	if err != nil {
+		return 0, err
+	}
+	total := resp.DeletedCount
+	for len(resp.Next) > 0 {
+		next := &pandopb.DeleteRequest{Key: resp.Next, RangeEnd: end, ClientId: sess.ID, Seq: sess.Next()}
+		if resp, err = do(c, ctx, write, next.Key, func(ctx context.Context, kvc pandopb.KVClient) (*pandopb.DeleteResponse, error) {
+			return kvc.Delete(ctx, next)
+		}); err != nil {
+			return total, err
+		}
+		total += resp.DeletedCount
+	}
+	return total, nil
+}
+
+// DeletePrefix removes every key that starts with prefix (DeleteRange).
+func (c *Client) DeletePrefix(ctx context.Context, prefix []byte) (uint64, error) {
+	end := kv.PrefixEnd(prefix)
+	if end == nil {
+		end = []byte{0}
+	}
+	return c.DeleteRange(ctx, prefix, end)
+}
+
 // CompareAndDelete removes a key only if its version is expected.
 func (c *Client) CompareAndDelete(ctx context.Context, key []byte, expected uint64) (bool, error) {
 	return c.del(ctx, &pandopb.DeleteRequest{Key: key, Cas: true, ExpectedVersion: expected})

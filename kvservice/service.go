@@ -342,7 +342,86 @@ func (s *Service) put(ctx context.Context, req *pandopb.PutRequest) (*pandopb.Pu
 }
 
 func (s *Service) del(ctx context.Context, req *pandopb.DeleteRequest) (*pandopb.DeleteResponse, error) {
+	if len(req.RangeEnd) > 0 {
+		return s.deleteRange(ctx, req)
+	}
 	return write(ctx, s, req, &deleteOp)
+}
+
+// deleteRange deletes the span [req.Key, req.RangeEnd) range by range (a
+// range_end of "\x00" means the end of the key space, as in etcd): each
+// range's keys at one revision, through its leader. A forwarded request
+// serves one range and says in next where the span goes on.
+func (s *Service) deleteRange(ctx context.Context, req *pandopb.DeleteRequest) (*pandopb.DeleteResponse, error) {
+	if err := s.admit(); err != nil {
+		return nil, err
+	}
+	start, end := req.Key, req.RangeEnd
+	if bytes.Equal(end, []byte{0}) {
+		end = nil
+	}
+	if len(start) > s.limits.MaxKeySize || len(end) > s.limits.MaxKeySize {
+		return nil, fmt.Errorf("%w: delete bound longer than %d bytes", kv.ErrKeyTooLarge, s.limits.MaxKeySize)
+	}
+	if req.Cas {
+		return nil, fmt.Errorf("%w: a range delete cannot compare a version", kv.ErrInvalidArgument)
+	}
+	if len(end) > 0 && bytes.Compare(start, end) >= 0 {
+		return nil, fmt.Errorf("%w: delete key %q is not before range_end %q", kv.ErrInvalidArgument, start, end)
+	}
+	if err := checkIdempotencyKey(req.ClientId, req.Seq); err != nil {
+		return nil, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+	}
+	single := route.Forwarded(ctx)
+	out := &pandopb.DeleteResponse{}
+	cur := start
+	if cur == nil {
+		cur = []byte{}
+	}
+	for {
+		step := &pandopb.DeleteRequest{Key: cur, RangeEnd: req.RangeEnd, ClientId: req.ClientId, Seq: req.Seq}
+		if step.ClientId == 0 {
+			sess := s.sessions.Acquire()
+			step.ClientId, step.Seq = sess.ID, sess.Next()
+			defer s.sessions.Release(sess)
+		}
+		var page *pandopb.DeleteResponse
+		err := s.route(ctx, cur, true, func(rid uint64) error {
+			res, err := s.node.Propose(ctx, rid, &pandopb.Command{ClientId: step.ClientId, Seq: step.Seq, Op: &pandopb.Command_Delete{Delete: &pandopb.DeleteOp{
+				Key: cur, RangeEnd: req.RangeEnd}}})
+			if err != nil {
+				return err
+			}
+			if res.Err != nil {
+				return res.Err
+			}
+			page = &pandopb.DeleteResponse{Deleted: res.Deleted, Revision: res.Revision, DeletedCount: res.Version}
+			if st, ok := s.node.Status(rid); ok && len(st.Desc.EndKey) > 0 && (len(end) == 0 || bytes.Compare(st.Desc.EndKey, end) < 0) {
+				page.Next = st.Desc.EndKey
+			}
+			return nil
+		}, func(ctx context.Context, c pandopb.KVClient) error {
+			var err error
+			page, err = c.Delete(ctx, step)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		out.Deleted = out.Deleted || page.Deleted
+		out.DeletedCount += page.DeletedCount
+		out.Revision = max(out.Revision, page.Revision)
+		out.Next = page.Next
+		if single || len(page.Next) == 0 {
+			return out, nil
+		}
+		cur = page.Next
+	}
 }
 
 // write is the one path of a single-key write: admission, the checks of the

@@ -169,6 +169,15 @@ func (n *Node) noteWrite(rangeID uint64, cmd *pandopb.Command, res replica.Resul
 		if !res.Deleted {
 			return
 		}
+		if len(op.Delete.RangeEnd) > 0 {
+			if n.pending == nil {
+				n.pending = map[uint64][]FeedEvent{}
+			}
+			for _, x := range res.RangeDeleted {
+				n.pending[rangeID] = append(n.pending[rangeID], FeedEvent{Key: x.Key, Delete: true, Revision: res.Revision, Prev: x.Record, HasPrev: true})
+			}
+			return
+		}
 		ev = FeedEvent{Key: op.Delete.Key, Delete: true, Revision: res.Revision, Prev: res.Prev, HasPrev: res.HasPrev}
 	default:
 		return

@@ -42,6 +42,9 @@ type Result struct {
 	// it existed), for the change feed.
 	Prev    storage.Record
 	HasPrev bool
+	// RangeDeleted are the keys a range delete removed, with their records
+	// before it (Version then holds how many).
+	RangeDeleted []storage.KV
 }
 
 // DecodeCommand decodes the payload of a normal log entry.
@@ -312,7 +315,7 @@ func applyWrite(b *pebble.Batch, st *pandopb.RangeState, cmd *pandopb.Command) (
 	case *pandopb.Command_Put:
 		res, err = applyPut(b, cmd.Revision, op.Put)
 	case *pandopb.Command_Delete:
-		res, err = applyDelete(b, cmd.Revision, op.Delete)
+		res, err = applyDelete(b, st.Desc, cmd.Revision, op.Delete)
 	}
 	if err != nil || errors.Is(res.Err, ErrStaleRevision) {
 		return res, err
@@ -477,7 +480,10 @@ func applyPut(b *pebble.Batch, rev uint64, op *pandopb.PutOp) (Result, error) {
 	return Result{Version: next.Version, Revision: rev, CreateRevision: next.CreateRevision, Prev: cur, HasPrev: found}, nil
 }
 
-func applyDelete(b *pebble.Batch, rev uint64, op *pandopb.DeleteOp) (Result, error) {
+func applyDelete(b *pebble.Batch, desc *pandopb.RangeDescriptor, rev uint64, op *pandopb.DeleteOp) (Result, error) {
+	if len(op.RangeEnd) > 0 {
+		return applyDeleteRange(b, desc, rev, op)
+	}
 	cur, found, err := storage.Get(b, op.Key)
 	if err != nil {
 		return Result{}, err
@@ -498,4 +504,44 @@ func applyDelete(b *pebble.Batch, rev uint64, op *pandopb.DeleteOp) (Result, err
 		return Result{}, err
 	}
 	return Result{Deleted: true, Revision: rev, Prev: cur, HasPrev: true}, nil
+}
+
+// applyDeleteRange deletes every key of [op.Key, op.RangeEnd) in the
+// range's span at revision rev: each moves into history with a tombstone.
+// A key written at or after rev refuses the whole command as stale.
+func applyDeleteRange(b *pebble.Batch, desc *pandopb.RangeDescriptor, rev uint64, op *pandopb.DeleteOp) (Result, error) {
+	if op.Cas {
+		return Result{Err: fmt.Errorf("%w: a range delete cannot compare a version", kv.ErrInvalidArgument)}, nil
+	}
+	end := op.RangeEnd
+	if bytes.Equal(end, []byte{0}) {
+		end = nil // etcd's "every key from op.Key on"
+	}
+	if len(desc.GetEndKey()) > 0 && (len(end) == 0 || bytes.Compare(desc.EndKey, end) < 0) {
+		end = desc.EndKey
+	}
+	if len(end) > 0 && bytes.Compare(op.Key, end) >= 0 {
+		return Result{}, nil
+	}
+	kvs, _, err := storage.Scan(b, op.Key, end, -1)
+	if err != nil {
+		return Result{}, err
+	}
+	for _, x := range kvs {
+		if r := staleForKey(rev, x.Record, true); r != nil {
+			return *r, nil
+		}
+	}
+	for _, x := range kvs {
+		if err := storage.Supersede(b, x.Key, x.Record, rev, true); err != nil {
+			return Result{}, err
+		}
+		if err := b.Delete(storage.DataKey(x.Key), nil); err != nil {
+			return Result{}, err
+		}
+	}
+	if len(kvs) == 0 {
+		return Result{}, nil
+	}
+	return Result{Deleted: true, Revision: rev, Version: uint64(len(kvs)), RangeDeleted: kvs}, nil
 }

@@ -117,3 +117,65 @@ func TestRangeHistoryCloseAndCompact(t *testing.T) {
 		t.Fatalf("right range after the split: compact %d, last %d (%v); want 60 and 60", right.GetCompactRevision(), right.GetLastRevision(), err)
 	}
 }
+
+// A range delete removes every key of its span within the range at one
+// revision, each with a tombstone in the history; a key written at or
+// after its revision refuses it whole.
+func TestRangeDelete(t *testing.T) {
+	e := openEngine(t)
+	st := &pandopb.RangeState{Desc: &pandopb.RangeDescriptor{Id: 1, EndKey: []byte("m"), Replicas: []uint64{1, 2, 3}, Generation: 1}}
+	index := uint64(0)
+	run := func(cmd *pandopb.Command, rev uint64) replica.Result {
+		t.Helper()
+		index++
+		cmd.Revision = rev
+		b := e.DB().NewIndexedBatch()
+		defer b.Close()
+		res, _, err := replica.Apply(b, st, index, cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Commit(pebble.NoSync); err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	for i, k := range []string{"a", "b", "c", "d"} {
+		run(putCmd(k, "v"), uint64(10+i))
+	}
+	del := func(key, end string) *pandopb.Command {
+		return &pandopb.Command{Op: &pandopb.Command_Delete{Delete: &pandopb.DeleteOp{Key: []byte(key), RangeEnd: []byte(end)}}}
+	}
+	// A key of the span written at 20: a range delete at 15 is stale.
+	run(putCmd("c", "late"), 20)
+	if res := run(del("a", "z"), 15); !errors.Is(res.Err, replica.ErrStaleRevision) {
+		t.Fatalf("a range delete below a key's revision: %+v", res)
+	}
+	res := run(del("b", "z"), 30) // clipped to the range's end, m
+	if !res.Deleted || res.Version != 3 || res.Revision != 30 || len(res.RangeDeleted) != 3 {
+		t.Fatalf("range delete of [b, z): %+v", res)
+	}
+	for k, want := range map[string]bool{"a": true, "b": false, "c": false, "d": false} {
+		if _, found, _ := storage.Get(e.DB(), []byte(k)); found != want {
+			t.Errorf("%s present %v after the range delete, want %v", k, found, want)
+		}
+		if rec, found, _ := storage.GetAt(e.DB(), []byte(k), 29); !found || (k == "c" && string(rec.Value) != "late") {
+			t.Errorf("%s at 29: %+v %v", k, rec, found)
+		}
+	}
+	changes, err := storage.Changes(e.DB(), nil, nil, 29, -1)
+	if err != nil || len(changes) != 3 {
+		t.Fatalf("changes after 29: %+v %v", changes, err)
+	}
+	for _, c := range changes {
+		if !c.Delete || c.Record.ModRevision != 30 || !c.HasPrev {
+			t.Errorf("change %+v: want a delete at 30 with the previous value", c)
+		}
+	}
+	if res := run(del("", "\x00"), 40); res.Version != 1 || !res.Deleted {
+		t.Fatalf("delete of everything from the start: %+v", res)
+	}
+	if res := run(&pandopb.Command{Op: &pandopb.Command_Delete{Delete: &pandopb.DeleteOp{Key: []byte("a"), RangeEnd: []byte("b"), Cas: true}}}, 50); !errors.Is(res.Err, kv.ErrInvalidArgument) {
+		t.Fatalf("a range delete with cas: %+v", res)
+	}
+}

@@ -160,7 +160,21 @@ func (s *Server) handleKV(w http.ResponseWriter, r *http.Request) {
 			httpapi.WriteError(w, err)
 			return
 		}
-		resp, err := s.svc.Direct().Delete(ctx, &pandopb.DeleteRequest{Key: key, Cas: cas, ExpectedVersion: expected})
+		req := &pandopb.DeleteRequest{Key: key, Cas: cas, ExpectedVersion: expected}
+		// A span: ?range_end=E deletes [key, E), ?prefix=true the keys
+		// under key.
+		switch p := q.Get("prefix"); p {
+		case "", "false", "0":
+			req.RangeEnd = []byte(q.Get("range_end"))
+		case "true", "1":
+			if req.RangeEnd = kv.PrefixEnd(key); req.RangeEnd == nil {
+				req.RangeEnd = []byte{0}
+			}
+		default:
+			httpapi.WriteError(w, httpapi.BadRequest("prefix must be true or false, not %q", p))
+			return
+		}
+		resp, err := s.svc.Direct().Delete(ctx, req)
 		if err != nil {
 			httpapi.WriteError(w, err)
 			return
@@ -168,7 +182,11 @@ func (s *Server) handleKV(w http.ResponseWriter, r *http.Request) {
 		if resp.Revision != 0 {
 			w.Header().Set("Pando-Revision", strconv.FormatUint(resp.Revision, 10))
 		}
-		httpapi.WriteJSON(w, http.StatusOK, map[string]any{"deleted": resp.Deleted, "revision": resp.Revision})
+		out := map[string]any{"deleted": resp.Deleted, "revision": resp.Revision}
+		if len(req.RangeEnd) > 0 {
+			out["deleted_count"] = resp.DeletedCount
+		}
+		httpapi.WriteJSON(w, http.StatusOK, out)
 	default:
 		w.Header().Set("Allow", "GET, HEAD, PUT, POST, DELETE")
 		httpapi.WriteError(w, httpapi.BadRequest("method %s not allowed on /v1/kv/", r.Method))

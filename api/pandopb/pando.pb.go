@@ -433,8 +433,14 @@ type DeleteRequest struct {
 	Cas             bool                   `protobuf:"varint,2,opt,name=cas,proto3" json:"cas,omitempty"`
 	ExpectedVersion uint64                 `protobuf:"varint,3,opt,name=expected_version,json=expectedVersion,proto3" json:"expected_version,omitempty"`
 	// See PutRequest.
-	ClientId      uint64 `protobuf:"varint,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
-	Seq           uint64 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`
+	ClientId uint64 `protobuf:"varint,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Seq      uint64 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`
+	// range_end, when set, deletes the span [key, range_end) (etcd's
+	// DeleteRange; an empty key with a range_end starts at the beginning):
+	// one revision for all its keys within a range; a span across ranges is
+	// deleted range by range, each at its own revision (one atomic write
+	// comes with transactions). Not with cas.
+	RangeEnd      []byte `protobuf:"bytes,6,opt,name=range_end,json=rangeEnd,proto3" json:"range_end,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -504,12 +510,26 @@ func (x *DeleteRequest) GetSeq() uint64 {
 	return 0
 }
 
+func (x *DeleteRequest) GetRangeEnd() []byte {
+	if x != nil {
+		return x.RangeEnd
+	}
+	return nil
+}
+
 type DeleteResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// deleted is false when the key was already absent.
+	// deleted is false when the key was already absent (nothing in the
+	// span, for a range delete).
 	Deleted bool `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
-	// revision is the delete's revision (0 when nothing was deleted).
-	Revision      uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// revision is the delete's revision (0 when nothing was deleted; the
+	// last range's, for a range delete across ranges).
+	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// deleted_count: how many keys a range delete removed.
+	DeletedCount uint64 `protobuf:"varint,3,opt,name=deleted_count,json=deletedCount,proto3" json:"deleted_count,omitempty"`
+	// next (a forwarded range delete, which serves one range): where the
+	// span goes on in the next range; empty when it ended here.
+	Next          []byte `protobuf:"bytes,4,opt,name=next,proto3" json:"next,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -556,6 +576,20 @@ func (x *DeleteResponse) GetRevision() uint64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *DeleteResponse) GetDeletedCount() uint64 {
+	if x != nil {
+		return x.DeletedCount
+	}
+	return 0
+}
+
+func (x *DeleteResponse) GetNext() []byte {
+	if x != nil {
+		return x.Next
+	}
+	return nil
 }
 
 type ScanRequest struct {
@@ -2045,8 +2079,11 @@ type DeleteOp struct {
 	Key             []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	Cas             bool                   `protobuf:"varint,2,opt,name=cas,proto3" json:"cas,omitempty"`
 	ExpectedVersion uint64                 `protobuf:"varint,3,opt,name=expected_version,json=expectedVersion,proto3" json:"expected_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// range_end, when set, deletes every key of [key, range_end) that the
+	// range holds (clipped to its span), all at the command's revision.
+	RangeEnd      []byte `protobuf:"bytes,4,opt,name=range_end,json=rangeEnd,proto3" json:"range_end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteOp) Reset() {
@@ -2098,6 +2135,13 @@ func (x *DeleteOp) GetExpectedVersion() uint64 {
 		return x.ExpectedVersion
 	}
 	return 0
+}
+
+func (x *DeleteOp) GetRangeEnd() []byte {
+	if x != nil {
+		return x.RangeEnd
+	}
+	return nil
 }
 
 // PruneDedupOp removes the deduplication records of the range written
@@ -5835,16 +5879,19 @@ const file_pando_proto_rawDesc = "" +
 	"\vPutResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12'\n" +
-	"\x0fcreate_revision\x18\x03 \x01(\x04R\x0ecreateRevision\"\x8d\x01\n" +
+	"\x0fcreate_revision\x18\x03 \x01(\x04R\x0ecreateRevision\"\xaa\x01\n" +
 	"\rDeleteRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
 	"\x03cas\x18\x02 \x01(\bR\x03cas\x12)\n" +
 	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\x12\x1b\n" +
 	"\tclient_id\x18\x04 \x01(\x04R\bclientId\x12\x10\n" +
-	"\x03seq\x18\x05 \x01(\x04R\x03seq\"F\n" +
+	"\x03seq\x18\x05 \x01(\x04R\x03seq\x12\x1b\n" +
+	"\trange_end\x18\x06 \x01(\fR\brangeEnd\"\x7f\n" +
 	"\x0eDeleteResponse\x12\x18\n" +
 	"\adeleted\x18\x01 \x01(\bR\adeleted\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x04R\brevision\"\xa8\x03\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12#\n" +
+	"\rdeleted_count\x18\x03 \x01(\x04R\fdeletedCount\x12\x12\n" +
+	"\x04next\x18\x04 \x01(\fR\x04next\"\xa8\x03\n" +
 	"\vScanRequest\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\fR\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\fR\x03end\x12\x16\n" +
@@ -5963,11 +6010,12 @@ const file_pando_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x10\n" +
 	"\x03cas\x18\x03 \x01(\bR\x03cas\x12)\n" +
-	"\x10expected_version\x18\x04 \x01(\x04R\x0fexpectedVersion\"Y\n" +
+	"\x10expected_version\x18\x04 \x01(\x04R\x0fexpectedVersion\"v\n" +
 	"\bDeleteOp\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
 	"\x03cas\x18\x02 \x01(\bR\x03cas\x12)\n" +
-	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"&\n" +
+	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\x12\x1b\n" +
+	"\trange_end\x18\x04 \x01(\fR\brangeEnd\"&\n" +
 	"\fPruneDedupOp\x12\x16\n" +
 	"\x06before\x18\x01 \x01(\x03R\x06before\"\xe9\x06\n" +
 	"\aCommand\x12\x0e\n" +

@@ -351,18 +351,41 @@ func printVersion(cmd *cobra.Command, asJSON bool, ver uint64) error {
 
 func delCmd() *cobra.Command {
 	var f clientFlags
-	var cas string
+	var cas, rangeEnd string
+	var prefix bool
 	cmd := &cobra.Command{
-		Use:   "del KEY",
-		Short: "Delete a key",
+		Use:   "del KEY [--range-end E | --prefix]",
+		Short: "Delete a key (or the span [KEY, E), or the keys under KEY)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if (rangeEnd != "" || prefix) && cas != "" {
+				return usageError{fmt.Errorf("--cas deletes one key: not with --range-end or --prefix")}
+			}
+			if rangeEnd != "" && prefix {
+				return usageError{fmt.Errorf("--range-end excludes --prefix")}
+			}
 			c, ctx, cancel, err := f.open()
 			if err != nil {
 				return err
 			}
 			defer cancel()
 			defer c.Close()
+			if rangeEnd != "" || prefix {
+				var n uint64
+				if prefix {
+					n, err = c.DeletePrefix(ctx, []byte(args[0]))
+				} else {
+					n, err = c.DeleteRange(ctx, []byte(args[0]), []byte(rangeEnd))
+				}
+				if err != nil {
+					return err
+				}
+				if f.json {
+					return printJSON(cmd.OutOrStdout(), map[string]uint64{"deleted_count": n})
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "OK deleted %d keys\n", n)
+				return nil
+			}
 			var deleted bool
 			if cas != "" {
 				ver, perr := parseVersion(cas)
@@ -389,6 +412,8 @@ func delCmd() *cobra.Command {
 	}
 	f.add(cmd, true)
 	cmd.Flags().StringVar(&cas, "cas", "", "delete only if the key's version is this")
+	cmd.Flags().StringVar(&rangeEnd, "range-end", "", "delete every key of [KEY, this) (\\x00: to the end of the key space)")
+	cmd.Flags().BoolVar(&prefix, "prefix", false, "delete every key that starts with KEY")
 	return cmd
 }
 

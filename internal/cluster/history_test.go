@@ -12,6 +12,7 @@ import (
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/client"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/kvservice"
 	"github.com/pando/pando/resilience"
 )
 
@@ -270,5 +271,74 @@ func TestScanCountKeysOnlyAndRevisionFilters(t *testing.T) {
 	then, err := cl.Scan(ctx, client.ScanOptions{CountOnly: true, Revision: revs["j"]})
 	if err != nil || then.Count != 4 {
 		t.Fatalf("count at revision %d: %+v %v", revs["j"], then, err)
+	}
+}
+
+// Range deletes across three ranges, through the Go client (which walks
+// the ranges itself) and through a node (which walks them for it): every
+// key of the span goes, one revision per range, each a change a watch
+// sees with the value before it.
+func TestRangeDeleteAcrossRanges(t *testing.T) {
+	c := New(t, Options{Seed: testSeed(t)})
+	splitInto(t, c, []string{"h", "p"})
+	cl := newClient(t, c, resilience.Settings{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	keys := []string{"a", "b", "i", "j", "q", "r", "u/1", "u/2"}
+	var first uint64
+	for _, k := range keys {
+		res, err := cl.PutResult(ctx, []byte(k), []byte("v-"+k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first == 0 {
+			first = res.Revision
+		}
+	}
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	w := startWatch(wctx, c.Member(c.IDs()[0]).Service, kvservice.WatchSpec{Start: []byte("a"), From: first, PrevKV: true})
+	// [b, r) crosses all three ranges: b, i, j, q.
+	n, err := cl.DeleteRange(ctx, []byte("b"), []byte("r"))
+	if err != nil || n != 4 {
+		t.Fatalf("DeleteRange [b, r): %d %v", n, err)
+	}
+	resp, err := c.KV(c.IDs()[1]).Delete(ctx, &pandopb.DeleteRequest{Key: []byte("u/"), RangeEnd: []byte("u0")})
+	if err != nil || resp.DeletedCount != 2 || !resp.Deleted || len(resp.Next) != 0 {
+		t.Fatalf("delete of the prefix u/ through a node: %+v %v", resp, err)
+	}
+	left, err := cl.Scan(ctx, client.ScanOptions{})
+	var rest []string
+	for _, it := range left.Items {
+		rest = append(rest, string(it.Key))
+	}
+	if err != nil || fmt.Sprint(rest) != "[a r]" {
+		t.Fatalf("left after the deletes: %q %v", rest, err)
+	}
+	if _, err := c.KV(c.IDs()[0]).Delete(ctx, &pandopb.DeleteRequest{Key: []byte("b"), RangeEnd: []byte("a")}); !errors.Is(kv.FromStatus(err), kv.ErrInvalidArgument) {
+		t.Fatalf("a range delete whose end is before its key: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(w.seen()) < len(keys)+6 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	revs := map[string]uint64{}
+	deletes := 0
+	for _, ev := range w.seen() {
+		if ev.Type != pandopb.WatchEvent_DELETE {
+			continue
+		}
+		deletes++
+		if ev.PrevKv == nil || string(ev.PrevKv.Value) != "v-"+string(ev.Kv.Key) {
+			t.Errorf("delete of %s without its previous value: %v", ev.Kv.Key, ev.PrevKv)
+		}
+		revs[string(ev.Kv.Key)] = ev.Kv.ModRevision
+	}
+	if deletes != 6 {
+		t.Fatalf("the watch saw %d deletes, want 6: %v", deletes, w.seen())
+	}
+	// One revision per range: i and j together, u/1 and u/2 together.
+	if revs["i"] != revs["j"] || revs["u/1"] != revs["u/2"] || revs["b"] == revs["i"] || revs["i"] == revs["q"] {
+		t.Fatalf("delete revisions %v: want one per range", revs)
 	}
 }
