@@ -11,7 +11,7 @@ import (
 )
 
 // DefaultHistoryRetention is how long the history is kept by default.
-const DefaultHistoryRetention = 10 * time.Minute
+const DefaultHistoryRetention = 5 * time.Minute
 
 // compactor keeps about HistoryRetention of history: on the meta range's
 // leader it notes the latest revision every tenth of the retention, and
