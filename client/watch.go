@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"io"
 	"math/rand/v2"
 	"time"
@@ -168,8 +171,11 @@ func (c *Client) watchOn(ctx context.Context, ep *endpoint, o *pandopb.WatchRequ
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	req := &pandopb.WatchRequest{Key: o.Key, End: o.End, Prefix: o.Prefix, StartRevision: *next, ProgressNotify: o.ProgressNotify, PrevKv: o.PrevKv}
-	stream, err := pandopb.NewWatchClient(ep.conn).Watch(sctx, req)
+	stream, err := pandopb.NewWatchClient(ep.conn).Watch(sctx)
 	if err != nil {
+		return false, kv.FromStatus(err)
+	}
+	if err := stream.Send(&pandopb.WatchStreamRequest{Request: &pandopb.WatchStreamRequest_Create{Create: req}}); err != nil {
 		return false, kv.FromStatus(err)
 	}
 	for {
@@ -179,6 +185,14 @@ func (c *Client) watchOn(ctx context.Context, ep *endpoint, o *pandopb.WatchRequ
 		}
 		if err != nil {
 			return got, kv.FromStatus(err)
+		}
+		if resp.Canceled {
+			// The watch's last response: why it ended.
+			st := &spb.Status{}
+			if len(resp.CancelStatus) > 0 && proto.Unmarshal(resp.CancelStatus, st) == nil {
+				return got, kv.FromStatus(status.ErrorProto(st))
+			}
+			return got, fmt.Errorf("%w: %s cancelled the watch: %s", kv.ErrUnavailable, ep.addr, resp.CancelReason)
 		}
 		got = true
 		r := WatchResponse{Revision: resp.Revision, Events: make([]Event, 0, len(resp.Events))}

@@ -6,8 +6,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"io"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -527,15 +531,150 @@ type Watcher struct {
 // Watcher returns the service's gRPC watch server.
 func (s *Service) Watcher() *Watcher { return &Watcher{s: s} }
 
-// Watch implements pandopb.WatchServer: one watch per stream.
-func (w *Watcher) Watch(req *pandopb.WatchRequest, stream pandopb.Watch_WatchServer) error {
-	start, end, err := w.s.WatchSpan(req)
-	if err != nil {
-		return kv.ToStatus(err)
+// Watch implements pandopb.WatchServer: watches created, cancelled and
+// asked for progress on one stream, each response naming its watch.
+func (w *Watcher) Watch(stream pandopb.Watch_WatchServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	var sendMu sync.Mutex
+	send := func(r *pandopb.WatchResponse) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(r)
 	}
-	err = w.s.Watch(stream.Context(), WatchSpec{Start: start, End: end, From: req.StartRevision, Progress: req.ProgressNotify, PrevKV: req.PrevKv}, stream.Send)
-	if stream.Context().Err() != nil {
-		return stream.Context().Err()
+	type running struct {
+		cancel context.CancelFunc
+		sent   *atomic.Uint64
 	}
-	return kv.ToStatus(err)
+	var mu sync.Mutex
+	watches := map[int64]*running{}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	next := int64(0)
+	ended := func(id int64, err error) *pandopb.WatchResponse {
+		r := &pandopb.WatchResponse{WatchId: id, Canceled: true}
+		if err != nil && !errors.Is(err, context.Canceled) {
+			r.CancelReason = err.Error()
+			if st, ok := status.FromError(kv.ToStatus(err)); ok {
+				r.CancelStatus, _ = proto.Marshal(st.Proto())
+			}
+		}
+		return r
+	}
+	// Requests come from their own goroutine, so that the stream ends as
+	// soon as the node stops (its watches end with ErrStopped) rather than
+	// when the client next sends.
+	reqs := make(chan *pandopb.WatchStreamRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	stopped := make(chan error, 1)
+	for {
+		var req *pandopb.WatchStreamRequest
+		select {
+		case req = <-reqs:
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				return nil
+			}
+			return err
+		case err := <-stopped:
+			return kv.ToStatus(err)
+		case <-ctx.Done():
+			// The stream's context ended (the node stops its streams).
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		switch op := req.Request.(type) {
+		case *pandopb.WatchStreamRequest_Create:
+			c := op.Create
+			mu.Lock()
+			id := c.WatchId
+			if id == 0 {
+				for next++; watches[next] != nil; next++ {
+				}
+				id = next
+			}
+			_, taken := watches[id]
+			mu.Unlock()
+			if taken || id < 0 {
+				if err := send(ended(id, fmt.Errorf("%w: watch id %d is in use on this stream", kv.ErrInvalidArgument, id))); err != nil {
+					return err
+				}
+				continue
+			}
+			start, end, err := w.s.WatchSpan(c)
+			if err != nil {
+				if err := send(ended(id, err)); err != nil {
+					return err
+				}
+				continue
+			}
+			wctx, wcancel := context.WithCancel(ctx)
+			r := &running{cancel: wcancel, sent: new(atomic.Uint64)}
+			mu.Lock()
+			watches[id] = r
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				first := true
+				err := w.s.Watch(wctx, WatchSpec{Start: start, End: end, From: c.StartRevision, Progress: c.ProgressNotify, PrevKV: c.PrevKv},
+					func(resp *pandopb.WatchResponse) error {
+						resp.WatchId, resp.Created, first = id, first, false
+						if err := send(resp); err != nil {
+							return err
+						}
+						r.sent.Store(resp.Revision) // a progress answer says no more than was sent
+						return nil
+					})
+				mu.Lock()
+				delete(watches, id)
+				mu.Unlock()
+				if errors.Is(err, kv.ErrStopped) {
+					select { // the node stops: so does the stream
+					case stopped <- err:
+					default:
+					}
+					return
+				}
+				if ctx.Err() == nil {
+					_ = send(ended(id, err))
+				}
+			}()
+		case *pandopb.WatchStreamRequest_Cancel:
+			mu.Lock()
+			r := watches[op.Cancel.WatchId]
+			mu.Unlock()
+			if r != nil {
+				r.cancel() // its goroutine sends the canceled response
+			}
+		case *pandopb.WatchStreamRequest_Progress:
+			mu.Lock()
+			var resps []*pandopb.WatchResponse
+			for id, r := range watches {
+				resps = append(resps, &pandopb.WatchResponse{WatchId: id, Revision: r.sent.Load()})
+			}
+			mu.Unlock()
+			for _, resp := range resps {
+				if err := send(resp); err != nil {
+					return err
+				}
+			}
+		default:
+			return kv.ToStatus(fmt.Errorf("%w: empty watch request", kv.ErrInvalidArgument))
+		}
+	}
 }

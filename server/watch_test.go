@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/client"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/server"
@@ -269,5 +273,105 @@ func TestHistoryRetentionCompacts(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("no node's timeline has a compaction")
+	}
+}
+
+// The Watch service's bidirectional stream: watches created (an id of the
+// client's or one the server picks), each response naming its watch, a
+// progress request answered for every watch, a cancel answered with the
+// watch's last response, and refusals (a bad span, a compacted start) as
+// cancelled watches carrying the error.
+func TestWatchStreamCreatesCancelsAndReportsProgress(t *testing.T) {
+	c := startCluster(t, 3, 0)
+	cl := c.client()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := grpc.NewClient(c.addrs[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := pandopb.NewWatchClient(conn).Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	create := func(r *pandopb.WatchRequest) {
+		t.Helper()
+		if err := stream.Send(&pandopb.WatchStreamRequest{Request: &pandopb.WatchStreamRequest_Create{Create: r}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recv := func() *pandopb.WatchResponse {
+		t.Helper()
+		r, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	create(&pandopb.WatchRequest{Prefix: []byte("s/"), WatchId: 7})
+	if r := recv(); r.WatchId != 7 || !r.Created {
+		t.Fatalf("first response %v, want watch 7 created", r)
+	}
+	create(&pandopb.WatchRequest{Key: []byte("s/b")})
+	picked := recv()
+	if !picked.Created || picked.WatchId == 0 || picked.WatchId == 7 {
+		t.Fatalf("second watch's first response %v", picked)
+	}
+	create(&pandopb.WatchRequest{Key: []byte("z"), End: []byte("a")})
+	if r := recv(); !r.Canceled || !strings.Contains(r.CancelReason, "not before") || len(r.CancelStatus) == 0 {
+		t.Fatalf("a watch of a backwards span: %v", r)
+	}
+	res, err := cl.PutResult(ctx, []byte("s/b"), []byte("1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[int64]uint64{}
+	for len(got) < 2 {
+		r := recv()
+		for _, ev := range r.Events {
+			if string(ev.Kv.Key) != "s/b" || ev.Kv.ModRevision != res.Revision {
+				t.Fatalf("watch %d got %v", r.WatchId, ev)
+			}
+			got[r.WatchId] = ev.Kv.ModRevision
+		}
+	}
+	if got[7] != res.Revision || got[picked.WatchId] != res.Revision {
+		t.Fatalf("changes by watch: %v", got)
+	}
+	if err := stream.Send(&pandopb.WatchStreamRequest{Request: &pandopb.WatchStreamRequest_Progress{Progress: &pandopb.WatchProgressRequest{}}}); err != nil {
+		t.Fatal(err)
+	}
+	progress := map[int64]uint64{}
+	for len(progress) < 2 {
+		r := recv()
+		if len(r.Events) == 0 && !r.Canceled {
+			progress[r.WatchId] = r.Revision
+		}
+	}
+	if progress[7] < res.Revision || progress[picked.WatchId] < res.Revision {
+		t.Fatalf("progress %v, want at least %d for both", progress, res.Revision)
+	}
+	if err := stream.Send(&pandopb.WatchStreamRequest{Request: &pandopb.WatchStreamRequest_Cancel{Cancel: &pandopb.WatchCancelRequest{WatchId: 7}}}); err != nil {
+		t.Fatal(err)
+	}
+	if r := recv(); r.WatchId != 7 || !r.Canceled || r.CancelReason != "" {
+		t.Fatalf("after cancelling watch 7: %v", r)
+	}
+	// A start below the compaction: cancelled with the compacted error.
+	if _, err := cl.Compact(ctx, res.Revision); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // every replica applies it
+	create(&pandopb.WatchRequest{Prefix: []byte("s/"), StartRevision: 1, WatchId: 9})
+	for {
+		r := recv()
+		if r.WatchId != 9 {
+			continue
+		}
+		if !r.Canceled || !strings.Contains(r.CancelReason, "compacted") {
+			t.Fatalf("watch from a compacted revision: %v", r)
+		}
+		break
 	}
 }

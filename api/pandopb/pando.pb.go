@@ -116,7 +116,7 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{17, 0}
+	return file_pando_proto_rawDescGZIP(), []int{20, 0}
 }
 
 type GetRequest struct {
@@ -1414,6 +1414,187 @@ func (x *AllocRevisionsResponse) GetFirst() uint64 {
 	return 0
 }
 
+type WatchStreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Request:
+	//
+	//	*WatchStreamRequest_Create
+	//	*WatchStreamRequest_Cancel
+	//	*WatchStreamRequest_Progress
+	Request       isWatchStreamRequest_Request `protobuf_oneof:"request"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchStreamRequest) Reset() {
+	*x = WatchStreamRequest{}
+	mi := &file_pando_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchStreamRequest) ProtoMessage() {}
+
+func (x *WatchStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchStreamRequest.ProtoReflect.Descriptor instead.
+func (*WatchStreamRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *WatchStreamRequest) GetRequest() isWatchStreamRequest_Request {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *WatchStreamRequest) GetCreate() *WatchRequest {
+	if x != nil {
+		if x, ok := x.Request.(*WatchStreamRequest_Create); ok {
+			return x.Create
+		}
+	}
+	return nil
+}
+
+func (x *WatchStreamRequest) GetCancel() *WatchCancelRequest {
+	if x != nil {
+		if x, ok := x.Request.(*WatchStreamRequest_Cancel); ok {
+			return x.Cancel
+		}
+	}
+	return nil
+}
+
+func (x *WatchStreamRequest) GetProgress() *WatchProgressRequest {
+	if x != nil {
+		if x, ok := x.Request.(*WatchStreamRequest_Progress); ok {
+			return x.Progress
+		}
+	}
+	return nil
+}
+
+type isWatchStreamRequest_Request interface {
+	isWatchStreamRequest_Request()
+}
+
+type WatchStreamRequest_Create struct {
+	Create *WatchRequest `protobuf:"bytes,1,opt,name=create,proto3,oneof"`
+}
+
+type WatchStreamRequest_Cancel struct {
+	Cancel *WatchCancelRequest `protobuf:"bytes,2,opt,name=cancel,proto3,oneof"`
+}
+
+type WatchStreamRequest_Progress struct {
+	Progress *WatchProgressRequest `protobuf:"bytes,3,opt,name=progress,proto3,oneof"`
+}
+
+func (*WatchStreamRequest_Create) isWatchStreamRequest_Request() {}
+
+func (*WatchStreamRequest_Cancel) isWatchStreamRequest_Request() {}
+
+func (*WatchStreamRequest_Progress) isWatchStreamRequest_Request() {}
+
+type WatchCancelRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WatchId       int64                  `protobuf:"varint,1,opt,name=watch_id,json=watchId,proto3" json:"watch_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchCancelRequest) Reset() {
+	*x = WatchCancelRequest{}
+	mi := &file_pando_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchCancelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchCancelRequest) ProtoMessage() {}
+
+func (x *WatchCancelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchCancelRequest.ProtoReflect.Descriptor instead.
+func (*WatchCancelRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *WatchCancelRequest) GetWatchId() int64 {
+	if x != nil {
+		return x.WatchId
+	}
+	return 0
+}
+
+// WatchProgressRequest asks every watch of the stream for a response with
+// its revision now.
+type WatchProgressRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchProgressRequest) Reset() {
+	*x = WatchProgressRequest{}
+	mi := &file_pando_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchProgressRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchProgressRequest) ProtoMessage() {}
+
+func (x *WatchProgressRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchProgressRequest.ProtoReflect.Descriptor instead.
+func (*WatchProgressRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{18}
+}
+
+// WatchRequest creates a watch (and is what GET /v1/watch asks for).
 type WatchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// key alone watches that key; [key, end) a span (an empty end with
@@ -1430,14 +1611,16 @@ type WatchRequest struct {
 	ProgressNotify bool `protobuf:"varint,5,opt,name=progress_notify,json=progressNotify,proto3" json:"progress_notify,omitempty"`
 	// prev_kv asks for each change's previous version of its key (when it
 	// existed and is still kept).
-	PrevKv        bool `protobuf:"varint,6,opt,name=prev_kv,json=prevKv,proto3" json:"prev_kv,omitempty"`
+	PrevKv bool `protobuf:"varint,6,opt,name=prev_kv,json=prevKv,proto3" json:"prev_kv,omitempty"`
+	// watch_id names the watch on its stream (0: the server picks one).
+	WatchId       int64 `protobuf:"varint,7,opt,name=watch_id,json=watchId,proto3" json:"watch_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_pando_proto_msgTypes[16]
+	mi := &file_pando_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1449,7 +1632,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[16]
+	mi := &file_pando_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1462,7 +1645,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{16}
+	return file_pando_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchRequest) GetKey() []byte {
@@ -1507,6 +1690,13 @@ func (x *WatchRequest) GetPrevKv() bool {
 	return false
 }
 
+func (x *WatchRequest) GetWatchId() int64 {
+	if x != nil {
+		return x.WatchId
+	}
+	return 0
+}
+
 type WatchEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Type  WatchEvent_Type        `protobuf:"varint,1,opt,name=type,proto3,enum=pando.v1.WatchEvent_Type" json:"type,omitempty"`
@@ -1521,7 +1711,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1533,7 +1723,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1546,7 +1736,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{17}
+	return file_pando_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -1576,14 +1766,23 @@ type WatchResponse struct {
 	Events []*WatchEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
 	// revision: every change at or below it has been sent; a watch resumed
 	// at revision + 1 misses and repeats nothing.
-	Revision      uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// watch_id: the watch this response is for. created: the watch's first
+	// response (its start: revision is the one before its first change).
+	// canceled: the watch's last (cancel_reason says why; cancel_status, a
+	// marshaled google.rpc.Status, the error a client rebuilds).
+	WatchId       int64  `protobuf:"varint,3,opt,name=watch_id,json=watchId,proto3" json:"watch_id,omitempty"`
+	Created       bool   `protobuf:"varint,4,opt,name=created,proto3" json:"created,omitempty"`
+	Canceled      bool   `protobuf:"varint,5,opt,name=canceled,proto3" json:"canceled,omitempty"`
+	CancelReason  string `protobuf:"bytes,6,opt,name=cancel_reason,json=cancelReason,proto3" json:"cancel_reason,omitempty"`
+	CancelStatus  []byte `protobuf:"bytes,7,opt,name=cancel_status,json=cancelStatus,proto3" json:"cancel_status,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1595,7 +1794,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1608,7 +1807,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{18}
+	return file_pando_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchResponse) GetEvents() []*WatchEvent {
@@ -1625,6 +1824,41 @@ func (x *WatchResponse) GetRevision() uint64 {
 	return 0
 }
 
+func (x *WatchResponse) GetWatchId() int64 {
+	if x != nil {
+		return x.WatchId
+	}
+	return 0
+}
+
+func (x *WatchResponse) GetCreated() bool {
+	if x != nil {
+		return x.Created
+	}
+	return false
+}
+
+func (x *WatchResponse) GetCanceled() bool {
+	if x != nil {
+		return x.Canceled
+	}
+	return false
+}
+
+func (x *WatchResponse) GetCancelReason() string {
+	if x != nil {
+		return x.CancelReason
+	}
+	return ""
+}
+
+func (x *WatchResponse) GetCancelStatus() []byte {
+	if x != nil {
+		return x.CancelStatus
+	}
+	return nil
+}
+
 type CompactRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Revision uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
@@ -1637,7 +1871,7 @@ type CompactRequest struct {
 
 func (x *CompactRequest) Reset() {
 	*x = CompactRequest{}
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1649,7 +1883,7 @@ func (x *CompactRequest) String() string {
 func (*CompactRequest) ProtoMessage() {}
 
 func (x *CompactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1662,7 +1896,7 @@ func (x *CompactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRequest.ProtoReflect.Descriptor instead.
 func (*CompactRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{19}
+	return file_pando_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CompactRequest) GetRevision() uint64 {
@@ -1694,7 +1928,7 @@ type CompactResponse struct {
 
 func (x *CompactResponse) Reset() {
 	*x = CompactResponse{}
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1706,7 +1940,7 @@ func (x *CompactResponse) String() string {
 func (*CompactResponse) ProtoMessage() {}
 
 func (x *CompactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1719,7 +1953,7 @@ func (x *CompactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactResponse.ProtoReflect.Descriptor instead.
 func (*CompactResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{20}
+	return file_pando_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CompactResponse) GetRevision() uint64 {
@@ -1754,7 +1988,7 @@ type RaftEnvelope struct {
 
 func (x *RaftEnvelope) Reset() {
 	*x = RaftEnvelope{}
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1766,7 +2000,7 @@ func (x *RaftEnvelope) String() string {
 func (*RaftEnvelope) ProtoMessage() {}
 
 func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1779,7 +2013,7 @@ func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftEnvelope.ProtoReflect.Descriptor instead.
 func (*RaftEnvelope) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{21}
+	return file_pando_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RaftEnvelope) GetRangeId() uint64 {
@@ -1806,7 +2040,7 @@ type RaftBatch struct {
 
 func (x *RaftBatch) Reset() {
 	*x = RaftBatch{}
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1818,7 +2052,7 @@ func (x *RaftBatch) String() string {
 func (*RaftBatch) ProtoMessage() {}
 
 func (x *RaftBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1831,7 +2065,7 @@ func (x *RaftBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftBatch.ProtoReflect.Descriptor instead.
 func (*RaftBatch) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{22}
+	return file_pando_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RaftBatch) GetFromNode() uint64 {
@@ -1856,7 +2090,7 @@ type RaftAck struct {
 
 func (x *RaftAck) Reset() {
 	*x = RaftAck{}
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1868,7 +2102,7 @@ func (x *RaftAck) String() string {
 func (*RaftAck) ProtoMessage() {}
 
 func (x *RaftAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1881,7 +2115,7 @@ func (x *RaftAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAck.ProtoReflect.Descriptor instead.
 func (*RaftAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{23}
+	return file_pando_proto_rawDescGZIP(), []int{26}
 }
 
 // A snapshot travels as a stream of chunks: data chunks first, then one
@@ -1899,7 +2133,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1911,7 +2145,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1924,7 +2158,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{24}
+	return file_pando_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SnapshotChunk) GetRangeId() uint64 {
@@ -1971,7 +2205,7 @@ type SnapshotAck struct {
 
 func (x *SnapshotAck) Reset() {
 	*x = SnapshotAck{}
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1983,7 +2217,7 @@ func (x *SnapshotAck) String() string {
 func (*SnapshotAck) ProtoMessage() {}
 
 func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1996,7 +2230,7 @@ func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotAck.ProtoReflect.Descriptor instead.
 func (*SnapshotAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{25}
+	return file_pando_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SnapshotAck) GetAccepted() bool {
@@ -2018,7 +2252,7 @@ type PutOp struct {
 
 func (x *PutOp) Reset() {
 	*x = PutOp{}
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2030,7 +2264,7 @@ func (x *PutOp) String() string {
 func (*PutOp) ProtoMessage() {}
 
 func (x *PutOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2043,7 +2277,7 @@ func (x *PutOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOp.ProtoReflect.Descriptor instead.
 func (*PutOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{26}
+	return file_pando_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PutOp) GetKey() []byte {
@@ -2088,7 +2322,7 @@ type DeleteOp struct {
 
 func (x *DeleteOp) Reset() {
 	*x = DeleteOp{}
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2100,7 +2334,7 @@ func (x *DeleteOp) String() string {
 func (*DeleteOp) ProtoMessage() {}
 
 func (x *DeleteOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2113,7 +2347,7 @@ func (x *DeleteOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteOp.ProtoReflect.Descriptor instead.
 func (*DeleteOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{27}
+	return file_pando_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteOp) GetKey() []byte {
@@ -2157,7 +2391,7 @@ type PruneDedupOp struct {
 
 func (x *PruneDedupOp) Reset() {
 	*x = PruneDedupOp{}
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2169,7 +2403,7 @@ func (x *PruneDedupOp) String() string {
 func (*PruneDedupOp) ProtoMessage() {}
 
 func (x *PruneDedupOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2182,7 +2416,7 @@ func (x *PruneDedupOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneDedupOp.ProtoReflect.Descriptor instead.
 func (*PruneDedupOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{28}
+	return file_pando_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PruneDedupOp) GetBefore() int64 {
@@ -2230,7 +2464,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2242,7 +2476,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2255,7 +2489,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{29}
+	return file_pando_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Command) GetId() uint64 {
@@ -2533,7 +2767,7 @@ type CloseRevisionOp struct {
 
 func (x *CloseRevisionOp) Reset() {
 	*x = CloseRevisionOp{}
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2545,7 +2779,7 @@ func (x *CloseRevisionOp) String() string {
 func (*CloseRevisionOp) ProtoMessage() {}
 
 func (x *CloseRevisionOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2558,7 +2792,7 @@ func (x *CloseRevisionOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseRevisionOp.ProtoReflect.Descriptor instead.
 func (*CloseRevisionOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{30}
+	return file_pando_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CloseRevisionOp) GetRevision() uint64 {
@@ -2580,7 +2814,7 @@ type CompactOp struct {
 
 func (x *CompactOp) Reset() {
 	*x = CompactOp{}
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2592,7 +2826,7 @@ func (x *CompactOp) String() string {
 func (*CompactOp) ProtoMessage() {}
 
 func (x *CompactOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2605,7 +2839,7 @@ func (x *CompactOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactOp.ProtoReflect.Descriptor instead.
 func (*CompactOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{31}
+	return file_pando_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CompactOp) GetRevision() uint64 {
@@ -2633,7 +2867,7 @@ type RevisionCeilingOp struct {
 
 func (x *RevisionCeilingOp) Reset() {
 	*x = RevisionCeilingOp{}
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2645,7 +2879,7 @@ func (x *RevisionCeilingOp) String() string {
 func (*RevisionCeilingOp) ProtoMessage() {}
 
 func (x *RevisionCeilingOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2658,7 +2892,7 @@ func (x *RevisionCeilingOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionCeilingOp.ProtoReflect.Descriptor instead.
 func (*RevisionCeilingOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{32}
+	return file_pando_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RevisionCeilingOp) GetCeiling() uint64 {
@@ -2703,7 +2937,7 @@ type DedupRecord struct {
 
 func (x *DedupRecord) Reset() {
 	*x = DedupRecord{}
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2715,7 +2949,7 @@ func (x *DedupRecord) String() string {
 func (*DedupRecord) ProtoMessage() {}
 
 func (x *DedupRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2728,7 +2962,7 @@ func (x *DedupRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DedupRecord.ProtoReflect.Descriptor instead.
 func (*DedupRecord) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{33}
+	return file_pando_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DedupRecord) GetSeq() uint64 {
@@ -2803,7 +3037,7 @@ type SplitOp struct {
 
 func (x *SplitOp) Reset() {
 	*x = SplitOp{}
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2815,7 +3049,7 @@ func (x *SplitOp) String() string {
 func (*SplitOp) ProtoMessage() {}
 
 func (x *SplitOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2828,7 +3062,7 @@ func (x *SplitOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitOp.ProtoReflect.Descriptor instead.
 func (*SplitOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{34}
+	return file_pando_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SplitOp) GetSplitKey() []byte {
@@ -2867,7 +3101,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2879,7 +3113,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2892,7 +3126,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{35}
+	return file_pando_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NodeRecord) GetId() uint64 {
@@ -2936,7 +3170,7 @@ type DirectoryOp struct {
 
 func (x *DirectoryOp) Reset() {
 	*x = DirectoryOp{}
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2948,7 +3182,7 @@ func (x *DirectoryOp) String() string {
 func (*DirectoryOp) ProtoMessage() {}
 
 func (x *DirectoryOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2961,7 +3195,7 @@ func (x *DirectoryOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryOp.ProtoReflect.Descriptor instead.
 func (*DirectoryOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{36}
+	return file_pando_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DirectoryOp) GetRanges() []*RangeDescriptor {
@@ -2991,7 +3225,7 @@ type FreezeOp struct {
 
 func (x *FreezeOp) Reset() {
 	*x = FreezeOp{}
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3003,7 +3237,7 @@ func (x *FreezeOp) String() string {
 func (*FreezeOp) ProtoMessage() {}
 
 func (x *FreezeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3016,7 +3250,7 @@ func (x *FreezeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreezeOp.ProtoReflect.Descriptor instead.
 func (*FreezeOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{37}
+	return file_pando_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *FreezeOp) GetMergeInto() uint64 {
@@ -3046,7 +3280,7 @@ type MergeOp struct {
 
 func (x *MergeOp) Reset() {
 	*x = MergeOp{}
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3058,7 +3292,7 @@ func (x *MergeOp) String() string {
 func (*MergeOp) ProtoMessage() {}
 
 func (x *MergeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3071,7 +3305,7 @@ func (x *MergeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeOp.ProtoReflect.Descriptor instead.
 func (*MergeOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{38}
+	return file_pando_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *MergeOp) GetRight() *RangeDescriptor {
@@ -3105,7 +3339,7 @@ type AllocRangeIDOp struct {
 
 func (x *AllocRangeIDOp) Reset() {
 	*x = AllocRangeIDOp{}
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3117,7 +3351,7 @@ func (x *AllocRangeIDOp) String() string {
 func (*AllocRangeIDOp) ProtoMessage() {}
 
 func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3130,7 +3364,7 @@ func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDOp.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{39}
+	return file_pando_proto_rawDescGZIP(), []int{42}
 }
 
 // ChecksumOp asks every replica to hash the range's replicated data as of
@@ -3144,7 +3378,7 @@ type ChecksumOp struct {
 
 func (x *ChecksumOp) Reset() {
 	*x = ChecksumOp{}
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3156,7 +3390,7 @@ func (x *ChecksumOp) String() string {
 func (*ChecksumOp) ProtoMessage() {}
 
 func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3169,7 +3403,7 @@ func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumOp.ProtoReflect.Descriptor instead.
 func (*ChecksumOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{40}
+	return file_pando_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ChecksumOp) GetCheckId() uint64 {
@@ -3199,7 +3433,7 @@ type CheckVerdict struct {
 
 func (x *CheckVerdict) Reset() {
 	*x = CheckVerdict{}
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3211,7 +3445,7 @@ func (x *CheckVerdict) String() string {
 func (*CheckVerdict) ProtoMessage() {}
 
 func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3224,7 +3458,7 @@ func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckVerdict.ProtoReflect.Descriptor instead.
 func (*CheckVerdict) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{41}
+	return file_pando_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CheckVerdict) GetCheckId() uint64 {
@@ -3292,7 +3526,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3304,7 +3538,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3317,7 +3551,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{42}
+	return file_pando_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RangeDescriptor) GetId() uint64 {
@@ -3389,7 +3623,7 @@ type RangeState struct {
 
 func (x *RangeState) Reset() {
 	*x = RangeState{}
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3401,7 +3635,7 @@ func (x *RangeState) String() string {
 func (*RangeState) ProtoMessage() {}
 
 func (x *RangeState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3414,7 +3648,7 @@ func (x *RangeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeState.ProtoReflect.Descriptor instead.
 func (*RangeState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{43}
+	return file_pando_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RangeState) GetAppliedIndex() uint64 {
@@ -3512,7 +3746,7 @@ type TruncatedState struct {
 
 func (x *TruncatedState) Reset() {
 	*x = TruncatedState{}
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3524,7 +3758,7 @@ func (x *TruncatedState) String() string {
 func (*TruncatedState) ProtoMessage() {}
 
 func (x *TruncatedState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3537,7 +3771,7 @@ func (x *TruncatedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncatedState.ProtoReflect.Descriptor instead.
 func (*TruncatedState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{44}
+	return file_pando_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *TruncatedState) GetIndex() uint64 {
@@ -3567,7 +3801,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3579,7 +3813,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3592,7 +3826,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{45}
+	return file_pando_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CheckRequest) GetRangeId() uint64 {
@@ -3627,7 +3861,7 @@ type KeyDiff struct {
 
 func (x *KeyDiff) Reset() {
 	*x = KeyDiff{}
-	mi := &file_pando_proto_msgTypes[46]
+	mi := &file_pando_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3639,7 +3873,7 @@ func (x *KeyDiff) String() string {
 func (*KeyDiff) ProtoMessage() {}
 
 func (x *KeyDiff) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[46]
+	mi := &file_pando_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3652,7 +3886,7 @@ func (x *KeyDiff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDiff.ProtoReflect.Descriptor instead.
 func (*KeyDiff) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{46}
+	return file_pando_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *KeyDiff) GetKey() []byte {
@@ -3681,7 +3915,7 @@ type ReplicaKey struct {
 
 func (x *ReplicaKey) Reset() {
 	*x = ReplicaKey{}
-	mi := &file_pando_proto_msgTypes[47]
+	mi := &file_pando_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3693,7 +3927,7 @@ func (x *ReplicaKey) String() string {
 func (*ReplicaKey) ProtoMessage() {}
 
 func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[47]
+	mi := &file_pando_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3706,7 +3940,7 @@ func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaKey.ProtoReflect.Descriptor instead.
 func (*ReplicaKey) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{47}
+	return file_pando_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ReplicaKey) GetNodeId() uint64 {
@@ -3749,7 +3983,7 @@ type RangeCheck struct {
 
 func (x *RangeCheck) Reset() {
 	*x = RangeCheck{}
-	mi := &file_pando_proto_msgTypes[48]
+	mi := &file_pando_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3761,7 +3995,7 @@ func (x *RangeCheck) String() string {
 func (*RangeCheck) ProtoMessage() {}
 
 func (x *RangeCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[48]
+	mi := &file_pando_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3774,7 +4008,7 @@ func (x *RangeCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeCheck.ProtoReflect.Descriptor instead.
 func (*RangeCheck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{48}
+	return file_pando_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RangeCheck) GetRangeId() uint64 {
@@ -3849,7 +4083,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_pando_proto_msgTypes[49]
+	mi := &file_pando_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3861,7 +4095,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[49]
+	mi := &file_pando_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3874,7 +4108,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{49}
+	return file_pando_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *CheckResponse) GetRanges() []*RangeCheck {
@@ -3894,7 +4128,7 @@ type ChecksumRequest struct {
 
 func (x *ChecksumRequest) Reset() {
 	*x = ChecksumRequest{}
-	mi := &file_pando_proto_msgTypes[50]
+	mi := &file_pando_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3906,7 +4140,7 @@ func (x *ChecksumRequest) String() string {
 func (*ChecksumRequest) ProtoMessage() {}
 
 func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[50]
+	mi := &file_pando_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3919,7 +4153,7 @@ func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumRequest.ProtoReflect.Descriptor instead.
 func (*ChecksumRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{50}
+	return file_pando_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ChecksumRequest) GetRangeId() uint64 {
@@ -3949,7 +4183,7 @@ type ChecksumResponse struct {
 
 func (x *ChecksumResponse) Reset() {
 	*x = ChecksumResponse{}
-	mi := &file_pando_proto_msgTypes[51]
+	mi := &file_pando_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3961,7 +4195,7 @@ func (x *ChecksumResponse) String() string {
 func (*ChecksumResponse) ProtoMessage() {}
 
 func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[51]
+	mi := &file_pando_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3974,7 +4208,7 @@ func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumResponse.ProtoReflect.Descriptor instead.
 func (*ChecksumResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{51}
+	return file_pando_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ChecksumResponse) GetIndex() uint64 {
@@ -4017,7 +4251,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_pando_proto_msgTypes[52]
+	mi := &file_pando_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4029,7 +4263,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[52]
+	mi := &file_pando_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4042,7 +4276,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{52}
+	return file_pando_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListKeysRequest) GetRangeId() uint64 {
@@ -4084,7 +4318,7 @@ type KeyDigest struct {
 
 func (x *KeyDigest) Reset() {
 	*x = KeyDigest{}
-	mi := &file_pando_proto_msgTypes[53]
+	mi := &file_pando_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4096,7 +4330,7 @@ func (x *KeyDigest) String() string {
 func (*KeyDigest) ProtoMessage() {}
 
 func (x *KeyDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[53]
+	mi := &file_pando_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4109,7 +4343,7 @@ func (x *KeyDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDigest.ProtoReflect.Descriptor instead.
 func (*KeyDigest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{53}
+	return file_pando_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *KeyDigest) GetKey() []byte {
@@ -4143,7 +4377,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_pando_proto_msgTypes[54]
+	mi := &file_pando_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4155,7 +4389,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[54]
+	mi := &file_pando_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4168,7 +4402,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{54}
+	return file_pando_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListKeysResponse) GetKeys() []*KeyDigest {
@@ -4196,7 +4430,7 @@ type RepairRequest struct {
 
 func (x *RepairRequest) Reset() {
 	*x = RepairRequest{}
-	mi := &file_pando_proto_msgTypes[55]
+	mi := &file_pando_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4208,7 +4442,7 @@ func (x *RepairRequest) String() string {
 func (*RepairRequest) ProtoMessage() {}
 
 func (x *RepairRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[55]
+	mi := &file_pando_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4221,7 +4455,7 @@ func (x *RepairRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
 func (*RepairRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{55}
+	return file_pando_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *RepairRequest) GetRangeId() uint64 {
@@ -4248,7 +4482,7 @@ type RepairResponse struct {
 
 func (x *RepairResponse) Reset() {
 	*x = RepairResponse{}
-	mi := &file_pando_proto_msgTypes[56]
+	mi := &file_pando_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4260,7 +4494,7 @@ func (x *RepairResponse) String() string {
 func (*RepairResponse) ProtoMessage() {}
 
 func (x *RepairResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[56]
+	mi := &file_pando_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4273,7 +4507,7 @@ func (x *RepairResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairResponse.ProtoReflect.Descriptor instead.
 func (*RepairResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{56}
+	return file_pando_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *RepairResponse) GetIndex() uint64 {
@@ -4299,7 +4533,7 @@ type RangeDataRequest struct {
 
 func (x *RangeDataRequest) Reset() {
 	*x = RangeDataRequest{}
-	mi := &file_pando_proto_msgTypes[57]
+	mi := &file_pando_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4311,7 +4545,7 @@ func (x *RangeDataRequest) String() string {
 func (*RangeDataRequest) ProtoMessage() {}
 
 func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[57]
+	mi := &file_pando_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4324,7 +4558,7 @@ func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataRequest.ProtoReflect.Descriptor instead.
 func (*RangeDataRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{57}
+	return file_pando_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *RangeDataRequest) GetRangeId() uint64 {
@@ -4350,7 +4584,7 @@ type RangeDataChunk struct {
 
 func (x *RangeDataChunk) Reset() {
 	*x = RangeDataChunk{}
-	mi := &file_pando_proto_msgTypes[58]
+	mi := &file_pando_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4362,7 +4596,7 @@ func (x *RangeDataChunk) String() string {
 func (*RangeDataChunk) ProtoMessage() {}
 
 func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[58]
+	mi := &file_pando_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4375,7 +4609,7 @@ func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataChunk.ProtoReflect.Descriptor instead.
 func (*RangeDataChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{58}
+	return file_pando_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *RangeDataChunk) GetIndex() uint64 {
@@ -4416,7 +4650,7 @@ type SplitRequest struct {
 
 func (x *SplitRequest) Reset() {
 	*x = SplitRequest{}
-	mi := &file_pando_proto_msgTypes[59]
+	mi := &file_pando_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4428,7 +4662,7 @@ func (x *SplitRequest) String() string {
 func (*SplitRequest) ProtoMessage() {}
 
 func (x *SplitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[59]
+	mi := &file_pando_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4441,7 +4675,7 @@ func (x *SplitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
 func (*SplitRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{59}
+	return file_pando_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *SplitRequest) GetKey() []byte {
@@ -4461,7 +4695,7 @@ type SplitResponse struct {
 
 func (x *SplitResponse) Reset() {
 	*x = SplitResponse{}
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4473,7 +4707,7 @@ func (x *SplitResponse) String() string {
 func (*SplitResponse) ProtoMessage() {}
 
 func (x *SplitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4486,7 +4720,7 @@ func (x *SplitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
 func (*SplitResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{60}
+	return file_pando_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *SplitResponse) GetLeft() *RangeDescriptor {
@@ -4511,7 +4745,7 @@ type AllocRangeIDRequest struct {
 
 func (x *AllocRangeIDRequest) Reset() {
 	*x = AllocRangeIDRequest{}
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4523,7 +4757,7 @@ func (x *AllocRangeIDRequest) String() string {
 func (*AllocRangeIDRequest) ProtoMessage() {}
 
 func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4536,7 +4770,7 @@ func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDRequest.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{61}
+	return file_pando_proto_rawDescGZIP(), []int{64}
 }
 
 type AllocRangeIDResponse struct {
@@ -4548,7 +4782,7 @@ type AllocRangeIDResponse struct {
 
 func (x *AllocRangeIDResponse) Reset() {
 	*x = AllocRangeIDResponse{}
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4560,7 +4794,7 @@ func (x *AllocRangeIDResponse) String() string {
 func (*AllocRangeIDResponse) ProtoMessage() {}
 
 func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4573,7 +4807,7 @@ func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDResponse.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{62}
+	return file_pando_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *AllocRangeIDResponse) GetRangeId() uint64 {
@@ -4598,7 +4832,7 @@ type MoveReplicaRequest struct {
 
 func (x *MoveReplicaRequest) Reset() {
 	*x = MoveReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4610,7 +4844,7 @@ func (x *MoveReplicaRequest) String() string {
 func (*MoveReplicaRequest) ProtoMessage() {}
 
 func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4623,7 +4857,7 @@ func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*MoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{63}
+	return file_pando_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *MoveReplicaRequest) GetRangeId() uint64 {
@@ -4663,7 +4897,7 @@ type MoveReplicaResponse struct {
 
 func (x *MoveReplicaResponse) Reset() {
 	*x = MoveReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4675,7 +4909,7 @@ func (x *MoveReplicaResponse) String() string {
 func (*MoveReplicaResponse) ProtoMessage() {}
 
 func (x *MoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4688,7 +4922,7 @@ func (x *MoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*MoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{64}
+	return file_pando_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *MoveReplicaResponse) GetDesc() *RangeDescriptor {
@@ -4708,7 +4942,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4720,7 +4954,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4733,7 +4967,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{65}
+	return file_pando_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *TransferLeaderRequest) GetRangeId() uint64 {
@@ -4758,7 +4992,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4770,7 +5004,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4783,7 +5017,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{66}
+	return file_pando_proto_rawDescGZIP(), []int{69}
 }
 
 // CreateReplicaRequest asks a node to hold an empty replica of desc's
@@ -4802,7 +5036,7 @@ type CreateReplicaRequest struct {
 
 func (x *CreateReplicaRequest) Reset() {
 	*x = CreateReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4814,7 +5048,7 @@ func (x *CreateReplicaRequest) String() string {
 func (*CreateReplicaRequest) ProtoMessage() {}
 
 func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4827,7 +5061,7 @@ func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReplicaRequest.ProtoReflect.Descriptor instead.
 func (*CreateReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{67}
+	return file_pando_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *CreateReplicaRequest) GetDesc() *RangeDescriptor {
@@ -4859,7 +5093,7 @@ type CreateReplicaResponse struct {
 
 func (x *CreateReplicaResponse) Reset() {
 	*x = CreateReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4871,7 +5105,7 @@ func (x *CreateReplicaResponse) String() string {
 func (*CreateReplicaResponse) ProtoMessage() {}
 
 func (x *CreateReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4884,7 +5118,7 @@ func (x *CreateReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReplicaResponse.ProtoReflect.Descriptor instead.
 func (*CreateReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{68}
+	return file_pando_proto_rawDescGZIP(), []int{71}
 }
 
 // DestroyReplicaRequest tells a node that desc (the range's current
@@ -4903,7 +5137,7 @@ type AdoptReplicaRequest struct {
 
 func (x *AdoptReplicaRequest) Reset() {
 	*x = AdoptReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4915,7 +5149,7 @@ func (x *AdoptReplicaRequest) String() string {
 func (*AdoptReplicaRequest) ProtoMessage() {}
 
 func (x *AdoptReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4928,7 +5162,7 @@ func (x *AdoptReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptReplicaRequest.ProtoReflect.Descriptor instead.
 func (*AdoptReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{69}
+	return file_pando_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *AdoptReplicaRequest) GetRangeId() uint64 {
@@ -4956,7 +5190,7 @@ type AdoptReplicaResponse struct {
 
 func (x *AdoptReplicaResponse) Reset() {
 	*x = AdoptReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4968,7 +5202,7 @@ func (x *AdoptReplicaResponse) String() string {
 func (*AdoptReplicaResponse) ProtoMessage() {}
 
 func (x *AdoptReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4981,7 +5215,7 @@ func (x *AdoptReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptReplicaResponse.ProtoReflect.Descriptor instead.
 func (*AdoptReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{70}
+	return file_pando_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *AdoptReplicaResponse) GetDesc() *RangeDescriptor {
@@ -5014,7 +5248,7 @@ type DestroyReplicaRequest struct {
 
 func (x *DestroyReplicaRequest) Reset() {
 	*x = DestroyReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5026,7 +5260,7 @@ func (x *DestroyReplicaRequest) String() string {
 func (*DestroyReplicaRequest) ProtoMessage() {}
 
 func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5039,7 +5273,7 @@ func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaRequest.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{71}
+	return file_pando_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *DestroyReplicaRequest) GetDesc() *RangeDescriptor {
@@ -5057,7 +5291,7 @@ type DestroyReplicaResponse struct {
 
 func (x *DestroyReplicaResponse) Reset() {
 	*x = DestroyReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5069,7 +5303,7 @@ func (x *DestroyReplicaResponse) String() string {
 func (*DestroyReplicaResponse) ProtoMessage() {}
 
 func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5082,7 +5316,7 @@ func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaResponse.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{72}
+	return file_pando_proto_rawDescGZIP(), []int{75}
 }
 
 type JoinRequest struct {
@@ -5095,7 +5329,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5107,7 +5341,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5120,7 +5354,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{73}
+	return file_pando_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *JoinRequest) GetNodeId() uint64 {
@@ -5146,7 +5380,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5158,7 +5392,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5171,7 +5405,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{74}
+	return file_pando_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *JoinResponse) GetNodes() []*NodeRecord {
@@ -5190,7 +5424,7 @@ type DecommissionRequest struct {
 
 func (x *DecommissionRequest) Reset() {
 	*x = DecommissionRequest{}
-	mi := &file_pando_proto_msgTypes[75]
+	mi := &file_pando_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5202,7 +5436,7 @@ func (x *DecommissionRequest) String() string {
 func (*DecommissionRequest) ProtoMessage() {}
 
 func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[75]
+	mi := &file_pando_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5215,7 +5449,7 @@ func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
 func (*DecommissionRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{75}
+	return file_pando_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *DecommissionRequest) GetNodeId() uint64 {
@@ -5234,7 +5468,7 @@ type DecommissionResponse struct {
 
 func (x *DecommissionResponse) Reset() {
 	*x = DecommissionResponse{}
-	mi := &file_pando_proto_msgTypes[76]
+	mi := &file_pando_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5246,7 +5480,7 @@ func (x *DecommissionResponse) String() string {
 func (*DecommissionResponse) ProtoMessage() {}
 
 func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[76]
+	mi := &file_pando_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5259,7 +5493,7 @@ func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
 func (*DecommissionResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{76}
+	return file_pando_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *DecommissionResponse) GetNode() *NodeRecord {
@@ -5277,7 +5511,7 @@ type NodesRequest struct {
 
 func (x *NodesRequest) Reset() {
 	*x = NodesRequest{}
-	mi := &file_pando_proto_msgTypes[77]
+	mi := &file_pando_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5289,7 +5523,7 @@ func (x *NodesRequest) String() string {
 func (*NodesRequest) ProtoMessage() {}
 
 func (x *NodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[77]
+	mi := &file_pando_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5302,7 +5536,7 @@ func (x *NodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesRequest.ProtoReflect.Descriptor instead.
 func (*NodesRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{77}
+	return file_pando_proto_rawDescGZIP(), []int{80}
 }
 
 type NodeInfo struct {
@@ -5320,7 +5554,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_pando_proto_msgTypes[78]
+	mi := &file_pando_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5332,7 +5566,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[78]
+	mi := &file_pando_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5345,7 +5579,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{78}
+	return file_pando_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *NodeInfo) GetRecord() *NodeRecord {
@@ -5400,7 +5634,7 @@ type NodesResponse struct {
 
 func (x *NodesResponse) Reset() {
 	*x = NodesResponse{}
-	mi := &file_pando_proto_msgTypes[79]
+	mi := &file_pando_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5412,7 +5646,7 @@ func (x *NodesResponse) String() string {
 func (*NodesResponse) ProtoMessage() {}
 
 func (x *NodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[79]
+	mi := &file_pando_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5425,7 +5659,7 @@ func (x *NodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesResponse.ProtoReflect.Descriptor instead.
 func (*NodesResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{79}
+	return file_pando_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *NodesResponse) GetNodes() []*NodeInfo {
@@ -5455,7 +5689,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_pando_proto_msgTypes[80]
+	mi := &file_pando_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5467,7 +5701,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[80]
+	mi := &file_pando_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5480,7 +5714,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{80}
+	return file_pando_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *HeartbeatRequest) GetNodeId() uint64 {
@@ -5523,7 +5757,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_pando_proto_msgTypes[81]
+	mi := &file_pando_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5535,7 +5769,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[81]
+	mi := &file_pando_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5548,7 +5782,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{81}
+	return file_pando_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *HeartbeatResponse) GetControllerId() uint64 {
@@ -5581,7 +5815,7 @@ type RebalanceRequest struct {
 
 func (x *RebalanceRequest) Reset() {
 	*x = RebalanceRequest{}
-	mi := &file_pando_proto_msgTypes[82]
+	mi := &file_pando_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5593,7 +5827,7 @@ func (x *RebalanceRequest) String() string {
 func (*RebalanceRequest) ProtoMessage() {}
 
 func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[82]
+	mi := &file_pando_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5606,7 +5840,7 @@ func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceRequest.ProtoReflect.Descriptor instead.
 func (*RebalanceRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{82}
+	return file_pando_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *RebalanceRequest) GetDryRun() bool {
@@ -5630,7 +5864,7 @@ type PlannedOp struct {
 
 func (x *PlannedOp) Reset() {
 	*x = PlannedOp{}
-	mi := &file_pando_proto_msgTypes[83]
+	mi := &file_pando_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5642,7 +5876,7 @@ func (x *PlannedOp) String() string {
 func (*PlannedOp) ProtoMessage() {}
 
 func (x *PlannedOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[83]
+	mi := &file_pando_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5655,7 +5889,7 @@ func (x *PlannedOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlannedOp.ProtoReflect.Descriptor instead.
 func (*PlannedOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{83}
+	return file_pando_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *PlannedOp) GetKind() string {
@@ -5710,7 +5944,7 @@ type RebalanceResponse struct {
 
 func (x *RebalanceResponse) Reset() {
 	*x = RebalanceResponse{}
-	mi := &file_pando_proto_msgTypes[84]
+	mi := &file_pando_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5722,7 +5956,7 @@ func (x *RebalanceResponse) String() string {
 func (*RebalanceResponse) ProtoMessage() {}
 
 func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[84]
+	mi := &file_pando_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5735,7 +5969,7 @@ func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceResponse.ProtoReflect.Descriptor instead.
 func (*RebalanceResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{84}
+	return file_pando_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *RebalanceResponse) GetOps() []*PlannedOp {
@@ -5765,7 +5999,7 @@ type MergeRequest struct {
 
 func (x *MergeRequest) Reset() {
 	*x = MergeRequest{}
-	mi := &file_pando_proto_msgTypes[85]
+	mi := &file_pando_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5777,7 +6011,7 @@ func (x *MergeRequest) String() string {
 func (*MergeRequest) ProtoMessage() {}
 
 func (x *MergeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[85]
+	mi := &file_pando_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5790,7 +6024,7 @@ func (x *MergeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRequest.ProtoReflect.Descriptor instead.
 func (*MergeRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{85}
+	return file_pando_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *MergeRequest) GetRangeId() uint64 {
@@ -5816,7 +6050,7 @@ type MergeResponse struct {
 
 func (x *MergeResponse) Reset() {
 	*x = MergeResponse{}
-	mi := &file_pando_proto_msgTypes[86]
+	mi := &file_pando_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5828,7 +6062,7 @@ func (x *MergeResponse) String() string {
 func (*MergeResponse) ProtoMessage() {}
 
 func (x *MergeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[86]
+	mi := &file_pando_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5841,7 +6075,7 @@ func (x *MergeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeResponse.ProtoReflect.Descriptor instead.
 func (*MergeResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{86}
+	return file_pando_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *MergeResponse) GetDesc() *RangeDescriptor {
@@ -5964,14 +6198,23 @@ const file_pando_proto_rawDesc = "" +
 	"\x15AllocRevisionsRequest\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\rR\x05count\".\n" +
 	"\x16AllocRevisionsResponse\x12\x14\n" +
-	"\x05first\x18\x01 \x01(\x04R\x05first\"\xb3\x01\n" +
+	"\x05first\x18\x01 \x01(\x04R\x05first\"\xc7\x01\n" +
+	"\x12WatchStreamRequest\x120\n" +
+	"\x06create\x18\x01 \x01(\v2\x16.pando.v1.WatchRequestH\x00R\x06create\x126\n" +
+	"\x06cancel\x18\x02 \x01(\v2\x1c.pando.v1.WatchCancelRequestH\x00R\x06cancel\x12<\n" +
+	"\bprogress\x18\x03 \x01(\v2\x1e.pando.v1.WatchProgressRequestH\x00R\bprogressB\t\n" +
+	"\arequest\"/\n" +
+	"\x12WatchCancelRequest\x12\x19\n" +
+	"\bwatch_id\x18\x01 \x01(\x03R\awatchId\"\x16\n" +
+	"\x14WatchProgressRequest\"\xce\x01\n" +
 	"\fWatchRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\fR\x03end\x12\x16\n" +
 	"\x06prefix\x18\x03 \x01(\fR\x06prefix\x12%\n" +
 	"\x0estart_revision\x18\x04 \x01(\x04R\rstartRevision\x12'\n" +
 	"\x0fprogress_notify\x18\x05 \x01(\bR\x0eprogressNotify\x12\x17\n" +
-	"\aprev_kv\x18\x06 \x01(\bR\x06prevKv\"\xa9\x01\n" +
+	"\aprev_kv\x18\x06 \x01(\bR\x06prevKv\x12\x19\n" +
+	"\bwatch_id\x18\a \x01(\x03R\awatchId\"\xa9\x01\n" +
 	"\n" +
 	"WatchEvent\x12-\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x19.pando.v1.WatchEvent.TypeR\x04type\x12\"\n" +
@@ -5980,10 +6223,15 @@ const file_pando_proto_rawDesc = "" +
 	"\x04Type\x12\a\n" +
 	"\x03PUT\x10\x00\x12\n" +
 	"\n" +
-	"\x06DELETE\x10\x01\"Y\n" +
+	"\x06DELETE\x10\x01\"\xf4\x01\n" +
 	"\rWatchResponse\x12,\n" +
 	"\x06events\x18\x01 \x03(\v2\x14.pando.v1.WatchEventR\x06events\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x04R\brevision\"G\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x19\n" +
+	"\bwatch_id\x18\x03 \x01(\x03R\awatchId\x12\x18\n" +
+	"\acreated\x18\x04 \x01(\bR\acreated\x12\x1a\n" +
+	"\bcanceled\x18\x05 \x01(\bR\bcanceled\x12#\n" +
+	"\rcancel_reason\x18\x06 \x01(\tR\fcancelReason\x12#\n" +
+	"\rcancel_status\x18\a \x01(\fR\fcancelStatus\"G\n" +
 	"\x0eCompactRequest\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x19\n" +
 	"\brange_id\x18\x02 \x01(\x04R\arangeId\"Y\n" +
@@ -6275,9 +6523,9 @@ const file_pando_proto_rawDesc = "" +
 	"\x04Scan\x12\x15.pando.v1.ScanRequest\x1a\x16.pando.v1.ScanResponse\x12;\n" +
 	"\x06Status\x12\x17.pando.v1.StatusRequest\x1a\x18.pando.v1.StatusResponse\x12S\n" +
 	"\x0eAllocRevisions\x12\x1f.pando.v1.AllocRevisionsRequest\x1a .pando.v1.AllocRevisionsResponse\x12>\n" +
-	"\aCompact\x12\x18.pando.v1.CompactRequest\x1a\x19.pando.v1.CompactResponse2C\n" +
-	"\x05Watch\x12:\n" +
-	"\x05Watch\x12\x16.pando.v1.WatchRequest\x1a\x17.pando.v1.WatchResponse0\x012v\n" +
+	"\aCompact\x12\x18.pando.v1.CompactRequest\x1a\x19.pando.v1.CompactResponse2K\n" +
+	"\x05Watch\x12B\n" +
+	"\x05Watch\x12\x1c.pando.v1.WatchStreamRequest\x1a\x17.pando.v1.WatchResponse(\x010\x012v\n" +
 	"\x04Raft\x120\n" +
 	"\x04Send\x12\x13.pando.v1.RaftBatch\x1a\x11.pando.v1.RaftAck(\x01\x12<\n" +
 	"\bSnapshot\x12\x17.pando.v1.SnapshotChunk\x1a\x15.pando.v1.SnapshotAck(\x012\xcb\x02\n" +
@@ -6315,7 +6563,7 @@ func file_pando_proto_rawDescGZIP() []byte {
 }
 
 var file_pando_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 87)
+var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 90)
 var file_pando_proto_goTypes = []any{
 	(Consistency)(0),               // 0: pando.v1.Consistency
 	(WatchEvent_Type)(0),           // 1: pando.v1.WatchEvent.Type
@@ -6335,191 +6583,197 @@ var file_pando_proto_goTypes = []any{
 	(*StatusResponse)(nil),         // 15: pando.v1.StatusResponse
 	(*AllocRevisionsRequest)(nil),  // 16: pando.v1.AllocRevisionsRequest
 	(*AllocRevisionsResponse)(nil), // 17: pando.v1.AllocRevisionsResponse
-	(*WatchRequest)(nil),           // 18: pando.v1.WatchRequest
-	(*WatchEvent)(nil),             // 19: pando.v1.WatchEvent
-	(*WatchResponse)(nil),          // 20: pando.v1.WatchResponse
-	(*CompactRequest)(nil),         // 21: pando.v1.CompactRequest
-	(*CompactResponse)(nil),        // 22: pando.v1.CompactResponse
-	(*RaftEnvelope)(nil),           // 23: pando.v1.RaftEnvelope
-	(*RaftBatch)(nil),              // 24: pando.v1.RaftBatch
-	(*RaftAck)(nil),                // 25: pando.v1.RaftAck
-	(*SnapshotChunk)(nil),          // 26: pando.v1.SnapshotChunk
-	(*SnapshotAck)(nil),            // 27: pando.v1.SnapshotAck
-	(*PutOp)(nil),                  // 28: pando.v1.PutOp
-	(*DeleteOp)(nil),               // 29: pando.v1.DeleteOp
-	(*PruneDedupOp)(nil),           // 30: pando.v1.PruneDedupOp
-	(*Command)(nil),                // 31: pando.v1.Command
-	(*CloseRevisionOp)(nil),        // 32: pando.v1.CloseRevisionOp
-	(*CompactOp)(nil),              // 33: pando.v1.CompactOp
-	(*RevisionCeilingOp)(nil),      // 34: pando.v1.RevisionCeilingOp
-	(*DedupRecord)(nil),            // 35: pando.v1.DedupRecord
-	(*SplitOp)(nil),                // 36: pando.v1.SplitOp
-	(*NodeRecord)(nil),             // 37: pando.v1.NodeRecord
-	(*DirectoryOp)(nil),            // 38: pando.v1.DirectoryOp
-	(*FreezeOp)(nil),               // 39: pando.v1.FreezeOp
-	(*MergeOp)(nil),                // 40: pando.v1.MergeOp
-	(*AllocRangeIDOp)(nil),         // 41: pando.v1.AllocRangeIDOp
-	(*ChecksumOp)(nil),             // 42: pando.v1.ChecksumOp
-	(*CheckVerdict)(nil),           // 43: pando.v1.CheckVerdict
-	(*RangeDescriptor)(nil),        // 44: pando.v1.RangeDescriptor
-	(*RangeState)(nil),             // 45: pando.v1.RangeState
-	(*TruncatedState)(nil),         // 46: pando.v1.TruncatedState
-	(*CheckRequest)(nil),           // 47: pando.v1.CheckRequest
-	(*KeyDiff)(nil),                // 48: pando.v1.KeyDiff
-	(*ReplicaKey)(nil),             // 49: pando.v1.ReplicaKey
-	(*RangeCheck)(nil),             // 50: pando.v1.RangeCheck
-	(*CheckResponse)(nil),          // 51: pando.v1.CheckResponse
-	(*ChecksumRequest)(nil),        // 52: pando.v1.ChecksumRequest
-	(*ChecksumResponse)(nil),       // 53: pando.v1.ChecksumResponse
-	(*ListKeysRequest)(nil),        // 54: pando.v1.ListKeysRequest
-	(*KeyDigest)(nil),              // 55: pando.v1.KeyDigest
-	(*ListKeysResponse)(nil),       // 56: pando.v1.ListKeysResponse
-	(*RepairRequest)(nil),          // 57: pando.v1.RepairRequest
-	(*RepairResponse)(nil),         // 58: pando.v1.RepairResponse
-	(*RangeDataRequest)(nil),       // 59: pando.v1.RangeDataRequest
-	(*RangeDataChunk)(nil),         // 60: pando.v1.RangeDataChunk
-	(*SplitRequest)(nil),           // 61: pando.v1.SplitRequest
-	(*SplitResponse)(nil),          // 62: pando.v1.SplitResponse
-	(*AllocRangeIDRequest)(nil),    // 63: pando.v1.AllocRangeIDRequest
-	(*AllocRangeIDResponse)(nil),   // 64: pando.v1.AllocRangeIDResponse
-	(*MoveReplicaRequest)(nil),     // 65: pando.v1.MoveReplicaRequest
-	(*MoveReplicaResponse)(nil),    // 66: pando.v1.MoveReplicaResponse
-	(*TransferLeaderRequest)(nil),  // 67: pando.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 68: pando.v1.TransferLeaderResponse
-	(*CreateReplicaRequest)(nil),   // 69: pando.v1.CreateReplicaRequest
-	(*CreateReplicaResponse)(nil),  // 70: pando.v1.CreateReplicaResponse
-	(*AdoptReplicaRequest)(nil),    // 71: pando.v1.AdoptReplicaRequest
-	(*AdoptReplicaResponse)(nil),   // 72: pando.v1.AdoptReplicaResponse
-	(*DestroyReplicaRequest)(nil),  // 73: pando.v1.DestroyReplicaRequest
-	(*DestroyReplicaResponse)(nil), // 74: pando.v1.DestroyReplicaResponse
-	(*JoinRequest)(nil),            // 75: pando.v1.JoinRequest
-	(*JoinResponse)(nil),           // 76: pando.v1.JoinResponse
-	(*DecommissionRequest)(nil),    // 77: pando.v1.DecommissionRequest
-	(*DecommissionResponse)(nil),   // 78: pando.v1.DecommissionResponse
-	(*NodesRequest)(nil),           // 79: pando.v1.NodesRequest
-	(*NodeInfo)(nil),               // 80: pando.v1.NodeInfo
-	(*NodesResponse)(nil),          // 81: pando.v1.NodesResponse
-	(*HeartbeatRequest)(nil),       // 82: pando.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),      // 83: pando.v1.HeartbeatResponse
-	(*RebalanceRequest)(nil),       // 84: pando.v1.RebalanceRequest
-	(*PlannedOp)(nil),              // 85: pando.v1.PlannedOp
-	(*RebalanceResponse)(nil),      // 86: pando.v1.RebalanceResponse
-	(*MergeRequest)(nil),           // 87: pando.v1.MergeRequest
-	(*MergeResponse)(nil),          // 88: pando.v1.MergeResponse
+	(*WatchStreamRequest)(nil),     // 18: pando.v1.WatchStreamRequest
+	(*WatchCancelRequest)(nil),     // 19: pando.v1.WatchCancelRequest
+	(*WatchProgressRequest)(nil),   // 20: pando.v1.WatchProgressRequest
+	(*WatchRequest)(nil),           // 21: pando.v1.WatchRequest
+	(*WatchEvent)(nil),             // 22: pando.v1.WatchEvent
+	(*WatchResponse)(nil),          // 23: pando.v1.WatchResponse
+	(*CompactRequest)(nil),         // 24: pando.v1.CompactRequest
+	(*CompactResponse)(nil),        // 25: pando.v1.CompactResponse
+	(*RaftEnvelope)(nil),           // 26: pando.v1.RaftEnvelope
+	(*RaftBatch)(nil),              // 27: pando.v1.RaftBatch
+	(*RaftAck)(nil),                // 28: pando.v1.RaftAck
+	(*SnapshotChunk)(nil),          // 29: pando.v1.SnapshotChunk
+	(*SnapshotAck)(nil),            // 30: pando.v1.SnapshotAck
+	(*PutOp)(nil),                  // 31: pando.v1.PutOp
+	(*DeleteOp)(nil),               // 32: pando.v1.DeleteOp
+	(*PruneDedupOp)(nil),           // 33: pando.v1.PruneDedupOp
+	(*Command)(nil),                // 34: pando.v1.Command
+	(*CloseRevisionOp)(nil),        // 35: pando.v1.CloseRevisionOp
+	(*CompactOp)(nil),              // 36: pando.v1.CompactOp
+	(*RevisionCeilingOp)(nil),      // 37: pando.v1.RevisionCeilingOp
+	(*DedupRecord)(nil),            // 38: pando.v1.DedupRecord
+	(*SplitOp)(nil),                // 39: pando.v1.SplitOp
+	(*NodeRecord)(nil),             // 40: pando.v1.NodeRecord
+	(*DirectoryOp)(nil),            // 41: pando.v1.DirectoryOp
+	(*FreezeOp)(nil),               // 42: pando.v1.FreezeOp
+	(*MergeOp)(nil),                // 43: pando.v1.MergeOp
+	(*AllocRangeIDOp)(nil),         // 44: pando.v1.AllocRangeIDOp
+	(*ChecksumOp)(nil),             // 45: pando.v1.ChecksumOp
+	(*CheckVerdict)(nil),           // 46: pando.v1.CheckVerdict
+	(*RangeDescriptor)(nil),        // 47: pando.v1.RangeDescriptor
+	(*RangeState)(nil),             // 48: pando.v1.RangeState
+	(*TruncatedState)(nil),         // 49: pando.v1.TruncatedState
+	(*CheckRequest)(nil),           // 50: pando.v1.CheckRequest
+	(*KeyDiff)(nil),                // 51: pando.v1.KeyDiff
+	(*ReplicaKey)(nil),             // 52: pando.v1.ReplicaKey
+	(*RangeCheck)(nil),             // 53: pando.v1.RangeCheck
+	(*CheckResponse)(nil),          // 54: pando.v1.CheckResponse
+	(*ChecksumRequest)(nil),        // 55: pando.v1.ChecksumRequest
+	(*ChecksumResponse)(nil),       // 56: pando.v1.ChecksumResponse
+	(*ListKeysRequest)(nil),        // 57: pando.v1.ListKeysRequest
+	(*KeyDigest)(nil),              // 58: pando.v1.KeyDigest
+	(*ListKeysResponse)(nil),       // 59: pando.v1.ListKeysResponse
+	(*RepairRequest)(nil),          // 60: pando.v1.RepairRequest
+	(*RepairResponse)(nil),         // 61: pando.v1.RepairResponse
+	(*RangeDataRequest)(nil),       // 62: pando.v1.RangeDataRequest
+	(*RangeDataChunk)(nil),         // 63: pando.v1.RangeDataChunk
+	(*SplitRequest)(nil),           // 64: pando.v1.SplitRequest
+	(*SplitResponse)(nil),          // 65: pando.v1.SplitResponse
+	(*AllocRangeIDRequest)(nil),    // 66: pando.v1.AllocRangeIDRequest
+	(*AllocRangeIDResponse)(nil),   // 67: pando.v1.AllocRangeIDResponse
+	(*MoveReplicaRequest)(nil),     // 68: pando.v1.MoveReplicaRequest
+	(*MoveReplicaResponse)(nil),    // 69: pando.v1.MoveReplicaResponse
+	(*TransferLeaderRequest)(nil),  // 70: pando.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 71: pando.v1.TransferLeaderResponse
+	(*CreateReplicaRequest)(nil),   // 72: pando.v1.CreateReplicaRequest
+	(*CreateReplicaResponse)(nil),  // 73: pando.v1.CreateReplicaResponse
+	(*AdoptReplicaRequest)(nil),    // 74: pando.v1.AdoptReplicaRequest
+	(*AdoptReplicaResponse)(nil),   // 75: pando.v1.AdoptReplicaResponse
+	(*DestroyReplicaRequest)(nil),  // 76: pando.v1.DestroyReplicaRequest
+	(*DestroyReplicaResponse)(nil), // 77: pando.v1.DestroyReplicaResponse
+	(*JoinRequest)(nil),            // 78: pando.v1.JoinRequest
+	(*JoinResponse)(nil),           // 79: pando.v1.JoinResponse
+	(*DecommissionRequest)(nil),    // 80: pando.v1.DecommissionRequest
+	(*DecommissionResponse)(nil),   // 81: pando.v1.DecommissionResponse
+	(*NodesRequest)(nil),           // 82: pando.v1.NodesRequest
+	(*NodeInfo)(nil),               // 83: pando.v1.NodeInfo
+	(*NodesResponse)(nil),          // 84: pando.v1.NodesResponse
+	(*HeartbeatRequest)(nil),       // 85: pando.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),      // 86: pando.v1.HeartbeatResponse
+	(*RebalanceRequest)(nil),       // 87: pando.v1.RebalanceRequest
+	(*PlannedOp)(nil),              // 88: pando.v1.PlannedOp
+	(*RebalanceResponse)(nil),      // 89: pando.v1.RebalanceResponse
+	(*MergeRequest)(nil),           // 90: pando.v1.MergeRequest
+	(*MergeResponse)(nil),          // 91: pando.v1.MergeResponse
 }
 var file_pando_proto_depIdxs = []int32{
 	0,  // 0: pando.v1.GetRequest.consistency:type_name -> pando.v1.Consistency
 	0,  // 1: pando.v1.ScanRequest.consistency:type_name -> pando.v1.Consistency
 	9,  // 2: pando.v1.ScanResponse.items:type_name -> pando.v1.KeyValue
-	43, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
+	46, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
 	12, // 4: pando.v1.StatusResponse.nodes:type_name -> pando.v1.NodeStatus
 	13, // 5: pando.v1.StatusResponse.ranges:type_name -> pando.v1.RangeStatus
 	14, // 6: pando.v1.StatusResponse.breakers:type_name -> pando.v1.BreakerStatus
-	1,  // 7: pando.v1.WatchEvent.type:type_name -> pando.v1.WatchEvent.Type
-	9,  // 8: pando.v1.WatchEvent.kv:type_name -> pando.v1.KeyValue
-	9,  // 9: pando.v1.WatchEvent.prev_kv:type_name -> pando.v1.KeyValue
-	19, // 10: pando.v1.WatchResponse.events:type_name -> pando.v1.WatchEvent
-	23, // 11: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
-	9,  // 12: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
-	28, // 13: pando.v1.Command.put:type_name -> pando.v1.PutOp
-	29, // 14: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
-	30, // 15: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
-	42, // 16: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
-	43, // 17: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
-	36, // 18: pando.v1.Command.split:type_name -> pando.v1.SplitOp
-	41, // 19: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
-	37, // 20: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
-	38, // 21: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
-	39, // 22: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
-	40, // 23: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
-	34, // 24: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
-	32, // 25: pando.v1.Command.close_revision:type_name -> pando.v1.CloseRevisionOp
-	33, // 26: pando.v1.Command.compact:type_name -> pando.v1.CompactOp
-	44, // 27: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
-	44, // 28: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
-	44, // 29: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
-	43, // 30: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
-	49, // 31: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
-	48, // 32: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
-	50, // 33: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
-	55, // 34: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
-	9,  // 35: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
-	44, // 36: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
-	44, // 37: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
-	44, // 38: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	44, // 39: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	44, // 40: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	44, // 41: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	37, // 42: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
-	37, // 43: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
-	37, // 44: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
-	80, // 45: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
-	13, // 46: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
-	37, // 47: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
-	13, // 48: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
-	85, // 49: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
-	44, // 50: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
-	2,  // 51: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
-	4,  // 52: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
-	6,  // 53: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
-	8,  // 54: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
-	11, // 55: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
-	16, // 56: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
-	21, // 57: pando.v1.KV.Compact:input_type -> pando.v1.CompactRequest
-	18, // 58: pando.v1.Watch.Watch:input_type -> pando.v1.WatchRequest
-	24, // 59: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
-	26, // 60: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
-	47, // 61: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
-	52, // 62: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
-	54, // 63: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
-	57, // 64: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
-	59, // 65: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
-	61, // 66: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
-	63, // 67: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
-	65, // 68: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
-	67, // 69: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
-	87, // 70: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
-	69, // 71: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
-	73, // 72: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
-	71, // 73: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
-	75, // 74: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
-	77, // 75: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
-	79, // 76: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
-	82, // 77: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
-	84, // 78: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
-	3,  // 79: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
-	5,  // 80: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
-	7,  // 81: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
-	10, // 82: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
-	15, // 83: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
-	17, // 84: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
-	22, // 85: pando.v1.KV.Compact:output_type -> pando.v1.CompactResponse
-	20, // 86: pando.v1.Watch.Watch:output_type -> pando.v1.WatchResponse
-	25, // 87: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
-	27, // 88: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
-	51, // 89: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
-	53, // 90: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
-	56, // 91: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
-	58, // 92: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
-	60, // 93: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
-	62, // 94: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
-	64, // 95: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
-	66, // 96: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
-	68, // 97: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
-	88, // 98: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
-	70, // 99: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
-	74, // 100: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
-	72, // 101: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
-	76, // 102: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
-	78, // 103: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
-	81, // 104: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
-	83, // 105: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
-	86, // 106: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
-	79, // [79:107] is the sub-list for method output_type
-	51, // [51:79] is the sub-list for method input_type
-	51, // [51:51] is the sub-list for extension type_name
-	51, // [51:51] is the sub-list for extension extendee
-	0,  // [0:51] is the sub-list for field type_name
+	21, // 7: pando.v1.WatchStreamRequest.create:type_name -> pando.v1.WatchRequest
+	19, // 8: pando.v1.WatchStreamRequest.cancel:type_name -> pando.v1.WatchCancelRequest
+	20, // 9: pando.v1.WatchStreamRequest.progress:type_name -> pando.v1.WatchProgressRequest
+	1,  // 10: pando.v1.WatchEvent.type:type_name -> pando.v1.WatchEvent.Type
+	9,  // 11: pando.v1.WatchEvent.kv:type_name -> pando.v1.KeyValue
+	9,  // 12: pando.v1.WatchEvent.prev_kv:type_name -> pando.v1.KeyValue
+	22, // 13: pando.v1.WatchResponse.events:type_name -> pando.v1.WatchEvent
+	26, // 14: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
+	9,  // 15: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
+	31, // 16: pando.v1.Command.put:type_name -> pando.v1.PutOp
+	32, // 17: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
+	33, // 18: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
+	45, // 19: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
+	46, // 20: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
+	39, // 21: pando.v1.Command.split:type_name -> pando.v1.SplitOp
+	44, // 22: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
+	40, // 23: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
+	41, // 24: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
+	42, // 25: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
+	43, // 26: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
+	37, // 27: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
+	35, // 28: pando.v1.Command.close_revision:type_name -> pando.v1.CloseRevisionOp
+	36, // 29: pando.v1.Command.compact:type_name -> pando.v1.CompactOp
+	47, // 30: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
+	47, // 31: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
+	47, // 32: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
+	46, // 33: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
+	52, // 34: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
+	51, // 35: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
+	53, // 36: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
+	58, // 37: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
+	9,  // 38: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
+	47, // 39: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
+	47, // 40: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
+	47, // 41: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	47, // 42: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	47, // 43: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	47, // 44: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	40, // 45: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
+	40, // 46: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
+	40, // 47: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
+	83, // 48: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
+	13, // 49: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
+	40, // 50: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
+	13, // 51: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
+	88, // 52: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
+	47, // 53: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
+	2,  // 54: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
+	4,  // 55: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
+	6,  // 56: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
+	8,  // 57: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
+	11, // 58: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
+	16, // 59: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
+	24, // 60: pando.v1.KV.Compact:input_type -> pando.v1.CompactRequest
+	18, // 61: pando.v1.Watch.Watch:input_type -> pando.v1.WatchStreamRequest
+	27, // 62: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
+	29, // 63: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
+	50, // 64: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
+	55, // 65: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
+	57, // 66: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
+	60, // 67: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
+	62, // 68: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
+	64, // 69: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
+	66, // 70: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
+	68, // 71: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
+	70, // 72: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
+	90, // 73: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
+	72, // 74: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
+	76, // 75: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
+	74, // 76: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
+	78, // 77: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
+	80, // 78: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
+	82, // 79: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
+	85, // 80: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
+	87, // 81: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
+	3,  // 82: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
+	5,  // 83: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
+	7,  // 84: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
+	10, // 85: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
+	15, // 86: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
+	17, // 87: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
+	25, // 88: pando.v1.KV.Compact:output_type -> pando.v1.CompactResponse
+	23, // 89: pando.v1.Watch.Watch:output_type -> pando.v1.WatchResponse
+	28, // 90: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
+	30, // 91: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
+	54, // 92: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
+	56, // 93: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
+	59, // 94: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
+	61, // 95: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
+	63, // 96: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
+	65, // 97: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
+	67, // 98: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
+	69, // 99: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
+	71, // 100: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
+	91, // 101: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
+	73, // 102: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
+	77, // 103: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
+	75, // 104: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
+	79, // 105: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
+	81, // 106: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
+	84, // 107: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
+	86, // 108: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
+	89, // 109: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
+	82, // [82:110] is the sub-list for method output_type
+	54, // [54:82] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_pando_proto_init() }
@@ -6527,7 +6781,12 @@ func file_pando_proto_init() {
 	if File_pando_proto != nil {
 		return
 	}
-	file_pando_proto_msgTypes[29].OneofWrappers = []any{
+	file_pando_proto_msgTypes[16].OneofWrappers = []any{
+		(*WatchStreamRequest_Create)(nil),
+		(*WatchStreamRequest_Cancel)(nil),
+		(*WatchStreamRequest_Progress)(nil),
+	}
+	file_pando_proto_msgTypes[32].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
 		(*Command_PruneDedup)(nil),
@@ -6549,7 +6808,7 @@ func file_pando_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pando_proto_rawDesc), len(file_pando_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   87,
+			NumMessages:   90,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

@@ -372,7 +372,10 @@ const (
 // order, without missing or repeating one, across every range the span
 // crosses.
 type WatchClient interface {
-	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResponse], error)
+	// Watch is a bidirectional stream, as etcd's: the client creates watches
+	// (each response names its watch_id), cancels them and asks for progress
+	// on one stream.
+	Watch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchStreamRequest, WatchResponse], error)
 }
 
 type watchClient struct {
@@ -383,24 +386,18 @@ func NewWatchClient(cc grpc.ClientConnInterface) WatchClient {
 	return &watchClient{cc}
 }
 
-func (c *watchClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResponse], error) {
+func (c *watchClient) Watch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchStreamRequest, WatchResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &Watch_ServiceDesc.Streams[0], Watch_Watch_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	x := &grpc.GenericClientStream[WatchRequest, WatchResponse]{ClientStream: stream}
-	if err := x.ClientStream.SendMsg(in); err != nil {
-		return nil, err
-	}
-	if err := x.ClientStream.CloseSend(); err != nil {
-		return nil, err
-	}
+	x := &grpc.GenericClientStream[WatchStreamRequest, WatchResponse]{ClientStream: stream}
 	return x, nil
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type Watch_WatchClient = grpc.ServerStreamingClient[WatchResponse]
+type Watch_WatchClient = grpc.BidiStreamingClient[WatchStreamRequest, WatchResponse]
 
 // WatchServer is the server API for Watch service.
 // All implementations must embed UnimplementedWatchServer
@@ -410,7 +407,10 @@ type Watch_WatchClient = grpc.ServerStreamingClient[WatchResponse]
 // order, without missing or repeating one, across every range the span
 // crosses.
 type WatchServer interface {
-	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error
+	// Watch is a bidirectional stream, as etcd's: the client creates watches
+	// (each response names its watch_id), cancels them and asks for progress
+	// on one stream.
+	Watch(grpc.BidiStreamingServer[WatchStreamRequest, WatchResponse]) error
 	mustEmbedUnimplementedWatchServer()
 }
 
@@ -421,7 +421,7 @@ type WatchServer interface {
 // pointer dereference when methods are called.
 type UnimplementedWatchServer struct{}
 
-func (UnimplementedWatchServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error {
+func (UnimplementedWatchServer) Watch(grpc.BidiStreamingServer[WatchStreamRequest, WatchResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method Watch not implemented")
 }
 func (UnimplementedWatchServer) mustEmbedUnimplementedWatchServer() {}
@@ -446,15 +446,11 @@ func RegisterWatchServer(s grpc.ServiceRegistrar, srv WatchServer) {
 }
 
 func _Watch_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
-	m := new(WatchRequest)
-	if err := stream.RecvMsg(m); err != nil {
-		return err
-	}
-	return srv.(WatchServer).Watch(m, &grpc.GenericServerStream[WatchRequest, WatchResponse]{ServerStream: stream})
+	return srv.(WatchServer).Watch(&grpc.GenericServerStream[WatchStreamRequest, WatchResponse]{ServerStream: stream})
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type Watch_WatchServer = grpc.ServerStreamingServer[WatchResponse]
+type Watch_WatchServer = grpc.BidiStreamingServer[WatchStreamRequest, WatchResponse]
 
 // Watch_ServiceDesc is the grpc.ServiceDesc for Watch service.
 // It's only intended for direct use with grpc.RegisterService,
@@ -468,6 +464,7 @@ var Watch_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Watch",
 			Handler:       _Watch_Watch_Handler,
 			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "pando.proto",
