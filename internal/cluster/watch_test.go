@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -343,11 +342,19 @@ func checkWatch(t *testing.T, c *Cluster, f *follower, ops []porcupine.Operation
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// Through any running node that answers (one may not hold every range
+	// yet after the faults, and this harness has no directory to route by).
 	var resp *pandopb.ScanResponse
-	for {
+	for n := 0; ; n++ {
+		id := c.IDs()[n%len(c.IDs())]
 		var err error
-		if resp, err = c.KV(c.pickHolder(rand.New(rand.NewPCG(final, 0)), "a")).Scan(ctx, &pandopb.ScanRequest{Revision: final}); err == nil {
-			break
+		if c.Running(id) {
+			actx, acancel := context.WithTimeout(ctx, time.Second)
+			resp, err = c.KV(id).Scan(actx, &pandopb.ScanRequest{Revision: final})
+			acancel()
+			if err == nil {
+				break
+			}
 		}
 		if ctx.Err() != nil {
 			t.Fatalf("scan at %d: %v", final, err)
