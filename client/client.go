@@ -724,6 +724,11 @@ type KeyValue struct {
 	Revision uint64
 }
 
+// keyValueOf is the client's form of a key as the API sends it.
+func keyValueOf(kv *pandopb.KeyValue) KeyValue {
+	return KeyValue{Key: kv.Key, Value: kv.Value, Version: kv.Version, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision}
+}
+
 // WriteResult is what a put did: the key's version after it, the put's
 // revision, and the revision that created the key.
 type WriteResult struct {
@@ -929,7 +934,7 @@ func (c *Client) Scan(ctx context.Context, o ScanOptions) (*ScanResult, error) {
 			out.Revision = resp.Revision
 		}
 		for _, it := range resp.Items {
-			out.Items = append(out.Items, KeyValue{Key: it.Key, Value: it.Value, Version: it.Version, CreateRevision: it.CreateRevision, ModRevision: it.ModRevision})
+			out.Items = append(out.Items, keyValueOf(it))
 		}
 		out.More, out.Next = resp.More, resp.Next
 		out.Count += resp.Count

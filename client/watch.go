@@ -200,13 +200,13 @@ func (c *Client) watchOn(ctx context.Context, ep *endpoint, o *pandopb.WatchRequ
 			if ev.Kv.ModRevision < *next {
 				continue // delivered before a resumption
 			}
-			e := Event{KeyValue: KeyValue{Key: ev.Kv.Key, Value: ev.Kv.Value, Version: ev.Kv.Version,
-				CreateRevision: ev.Kv.CreateRevision, ModRevision: ev.Kv.ModRevision}}
+			e := Event{KeyValue: keyValueOf(ev.Kv)}
 			if ev.Type == pandopb.WatchEvent_DELETE {
 				e.Type = EventDelete
 			}
 			if p := ev.PrevKv; p != nil {
-				e.PrevKV = &KeyValue{Key: p.Key, Value: p.Value, Version: p.Version, CreateRevision: p.CreateRevision, ModRevision: p.ModRevision}
+				prev := keyValueOf(p)
+				e.PrevKV = &prev
 			}
 			r.Events = append(r.Events, e)
 		}

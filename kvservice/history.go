@@ -7,7 +7,6 @@ import (
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
@@ -28,8 +27,9 @@ import (
 // errOpen: the local replica's range is not closed at the revision yet.
 var errOpen = errors.New("kvservice: range not closed at the revision")
 
-// rangeAt checks, in snap, that rangeID's replica holds key and may answer
-// a read at rev (errOpen if it must be closed first).
+// rangeAt reads rangeID's state in snap and checks that the replica holds
+// key and, for a read at rev (0: the latest), may answer it (errOpen if
+// the range must be closed there first).
 func rangeAt(snap pebble.Reader, rangeID, rev uint64, key []byte) (*pandopb.RangeState, error) {
 	st, ok, err := storage.ReadRangeState(snap, rangeID)
 	if err != nil {
@@ -37,6 +37,9 @@ func rangeAt(snap pebble.Reader, rangeID, rev uint64, key []byte) (*pandopb.Rang
 	}
 	if !ok || !st.Desc.ContainsKey(key) {
 		return nil, fmt.Errorf("%w: %q left range %d", kv.ErrWrongRange, key, rangeID)
+	}
+	if rev == 0 {
+		return st, nil
 	}
 	if rev < st.CompactRevision {
 		return nil, fmt.Errorf("%w: revision %d of range %d (compacted at %d)", kv.ErrCompacted, rev, rangeID, st.CompactRevision)
@@ -90,44 +93,6 @@ func (s *Service) readClosed(ctx context.Context, rangeID, rev uint64, handedOut
 	return fmt.Errorf("%w: range %d not closed at revision %d after its close", kv.ErrUnavailable, rangeID, rev)
 }
 
-// getAt serves a get at a revision: from the local replica when it can,
-// else from the range's leader.
-func (s *Service) getAt(ctx context.Context, req *pandopb.GetRequest) (*pandopb.GetResponse, error) {
-	rev := req.Revision
-	read := func(rangeID uint64) (*pandopb.GetResponse, error) {
-		snap := s.node.NewSnapshot()
-		defer snap.Close()
-		if _, err := rangeAt(snap, rangeID, rev, req.Key); err != nil {
-			return nil, err
-		}
-		rec, found, err := storage.GetAt(snap, req.Key, rev)
-		if err != nil {
-			return nil, err
-		}
-		return &pandopb.GetResponse{Found: found, Value: rec.Value, Version: rec.Version,
-			CreateRevision: rec.CreateRevision, ModRevision: rec.ModRevision, Revision: rev}, nil
-	}
-	if st, err := s.node.RangeFor(req.Key); err == nil {
-		resp, err := read(st.RangeID)
-		if !errors.Is(err, errOpen) && !errors.Is(err, kv.ErrWrongRange) {
-			return resp, err
-		}
-	}
-	var resp *pandopb.GetResponse
-	err := s.route(ctx, req.Key, false, func(rid uint64) error {
-		return s.readClosed(ctx, rid, rev, false, func() error {
-			var err error
-			resp, err = read(rid)
-			return err
-		})
-	}, func(ctx context.Context, c pandopb.KVClient) error {
-		var err error
-		resp, err = c.Get(ctx, req)
-		return err
-	})
-	return resp, err
-}
-
 // Compact implements pandopb.KVServer.
 func (s *Service) Compact(ctx context.Context, req *pandopb.CompactRequest) (*pandopb.CompactResponse, error) {
 	resp, err := s.compact(ctx, req)
@@ -156,7 +121,7 @@ func (s *Service) compact(ctx context.Context, req *pandopb.CompactRequest) (*pa
 	}
 	// The walk reaches every range's leader from here, even when the
 	// request came from a client that routes itself (it asked one node).
-	ctx = metadata.NewIncomingContext(ctx, metadata.MD{})
+	ctx = route.SubRequest(ctx)
 	out := &pandopb.CompactResponse{Revision: req.Revision}
 	cur := []byte{}
 	for {

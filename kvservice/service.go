@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pando/pando/api/pandopb"
@@ -219,39 +218,57 @@ func (s *Service) get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.Ge
 	if err := s.checkConsistency(req.Consistency); err != nil {
 		return nil, err
 	}
-	if req.Revision != 0 {
-		return s.getAt(ctx, req)
-	}
+	rev := req.Revision
 	read := func(rangeID uint64) (*pandopb.GetResponse, error) {
-		// The record and the range's last revision from one snapshot: the
-		// answer is the range's state at exactly that revision.
+		// The record and the range's revisions from one snapshot: the
+		// answer is the range's state at exactly its revision.
 		snap := s.node.NewSnapshot()
 		defer snap.Close()
-		rec, found, err := storage.Get(snap, req.Key)
+		st, err := rangeAt(snap, rangeID, rev, req.Key)
 		if err != nil {
 			return nil, err
 		}
-		rev, err := storage.LastRevision(snap, rangeID)
+		var rec storage.Record
+		var found bool
+		if rev != 0 {
+			rec, found, err = storage.GetAt(snap, req.Key, rev)
+		} else {
+			rec, found, err = storage.Get(snap, req.Key)
+		}
 		if err != nil {
 			return nil, err
+		}
+		at := rev
+		if at == 0 {
+			at = st.LastRevision
 		}
 		return &pandopb.GetResponse{Found: found, Value: rec.Value, Version: rec.Version,
-			CreateRevision: rec.CreateRevision, ModRevision: rec.ModRevision, Revision: rev}, nil
+			CreateRevision: rec.CreateRevision, ModRevision: rec.ModRevision, Revision: at}, nil
 	}
-	if req.Consistency == pandopb.Consistency_STALE {
+	if req.Consistency == pandopb.Consistency_STALE || rev != 0 {
+		// A stale read, or one at a revision this replica has passed.
 		if st, err := s.node.RangeFor(req.Key); err == nil {
-			return read(st.RangeID)
+			resp, err := read(st.RangeID)
+			if !errors.Is(err, errOpen) && !errors.Is(err, kv.ErrWrongRange) {
+				return resp, err
+			}
 		}
-		// No replica here: the range's leader serves it.
+		// No replica here (or not there yet): the range's leader serves it.
 	}
 	var resp *pandopb.GetResponse
 	err := s.route(ctx, req.Key, false, func(rid uint64) error {
+		readHere := func() error {
+			var err error
+			resp, err = read(rid)
+			return err
+		}
+		if rev != 0 {
+			return s.readClosed(ctx, rid, rev, false, readHere)
+		}
 		if err := s.readIndex(ctx, rid, req.Key); err != nil {
 			return err
 		}
-		var err error
-		resp, err = read(rid)
-		return err
+		return readHere()
 	}, func(ctx context.Context, c pandopb.KVClient) error {
 		var err error
 		resp, err = c.Get(ctx, req)
@@ -378,18 +395,23 @@ func (s *Service) deleteRange(ctx context.Context, req *pandopb.DeleteRequest) (
 		defer cancel()
 	}
 	single := route.Forwarded(ctx)
+	// Each range keeps its own deduplication table, so one idempotency key
+	// serves every step: the client's, or one session of this node's with
+	// a sequence number per step.
+	next := func() (uint64, uint64) { return req.ClientId, req.Seq }
+	if req.ClientId == 0 {
+		sess := s.sessions.Acquire()
+		defer s.sessions.Release(sess)
+		next = func() (uint64, uint64) { return sess.ID, sess.Next() }
+	}
 	out := &pandopb.DeleteResponse{}
 	cur := start
 	if cur == nil {
 		cur = []byte{}
 	}
 	for {
-		step := &pandopb.DeleteRequest{Key: cur, RangeEnd: req.RangeEnd, ClientId: req.ClientId, Seq: req.Seq}
-		if step.ClientId == 0 {
-			sess := s.sessions.Acquire()
-			step.ClientId, step.Seq = sess.ID, sess.Next()
-			defer s.sessions.Release(sess)
-		}
+		step := &pandopb.DeleteRequest{Key: cur, RangeEnd: req.RangeEnd}
+		step.ClientId, step.Seq = next()
 		var page *pandopb.DeleteResponse
 		err := s.route(ctx, cur, true, func(rid uint64) error {
 			res, err := s.node.Propose(ctx, rid, &pandopb.Command{ClientId: step.ClientId, Seq: step.Seq, Op: &pandopb.Command_Delete{Delete: &pandopb.DeleteOp{
@@ -577,12 +599,9 @@ func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int, at uint
 	defer snap.Close()
 	// The range's span and revisions from the snapshot the data comes
 	// from.
-	st, ok, err := storage.ReadRangeState(snap, rangeID)
+	st, err := rangeAt(snap, rangeID, at, start)
 	if err != nil {
 		return nil, err
-	}
-	if !ok || !st.Desc.ContainsKey(start) {
-		return nil, fmt.Errorf("%w: %q left range %d", kv.ErrWrongRange, start, rangeID)
 	}
 	desc := st.Desc
 	stop, clipped := end, false
@@ -597,9 +616,6 @@ func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int, at uint
 	}
 	rev := st.LastRevision
 	if at != 0 {
-		if _, err := rangeAt(snap, rangeID, at, start); err != nil {
-			return nil, err
-		}
 		rev = at
 		kvs, more, err = storage.ScanAtFiltered(snap, start, stop, at, limit, keep)
 	} else {
@@ -630,7 +646,7 @@ func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int, at uint
 func (s *Service) Revisions(ctx context.Context, count int) (uint64, error) {
 	// Node-internal: forwarded to the oracle even when called while
 	// serving a request that was itself forwarded here.
-	ctx = metadata.NewIncomingContext(ctx, metadata.MD{})
+	ctx = route.SubRequest(ctx)
 	var first uint64
 	err := s.router.Do(ctx, route.Request{
 		RangeID: storage.MetaRangeID, AttemptTimeout: s.forwardTimeout,

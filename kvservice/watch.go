@@ -549,8 +549,7 @@ func (w *Watcher) Watch(stream pandopb.Watch_WatchServer) error {
 	var mu sync.Mutex
 	watches := map[int64]*running{}
 	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
+	defer func() { cancel(); wg.Wait() }() // end every watch, then wait for them
 	next := int64(0)
 	ended := func(id int64, err error) *pandopb.WatchResponse {
 		r := &pandopb.WatchResponse{WatchId: id, Canceled: true}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -79,7 +80,7 @@ type feeds struct {
 	subs   map[*Subscription]struct{}
 	// count is len(subs), read by the loop without the lock to skip the
 	// feed's work when nobody listens.
-	count int
+	count atomic.Int64
 	// pending is the loop's events of this cycle, by range (loop only).
 	pending map[uint64][]FeedEvent
 }
@@ -98,7 +99,7 @@ func (n *Node) SubscribeAt(ctx context.Context) (*Subscription, *pebble.Snapshot
 		mu.Lock()
 		defer mu.Unlock()
 		if !abandoned {
-			sub, snap = n.Subscribe(), n.db.NewSnapshot()
+			sub, snap = n.subscribe(), n.db.NewSnapshot()
 		}
 	})
 	mu.Lock()
@@ -114,9 +115,9 @@ func (n *Node) SubscribeAt(ctx context.Context) (*Subscription, *pebble.Snapshot
 	return sub, snap, nil
 }
 
-// Subscribe starts receiving the change feed from the next apply cycle that
-// starts after it (SubscribeAt says which state that follows).
-func (n *Node) Subscribe() *Subscription {
+// subscribe starts receiving the change feed from the next apply cycle
+// that starts after it (on the loop: SubscribeAt).
+func (n *Node) subscribe() *Subscription {
 	s := &Subscription{n: n, c: make(chan FeedUpdate, FeedBuffer)}
 	n.feedMu.Lock()
 	defer n.feedMu.Unlock()
@@ -131,7 +132,7 @@ func (n *Node) Subscribe() *Subscription {
 	default:
 	}
 	n.subs[s] = struct{}{}
-	n.count = len(n.subs)
+	n.count.Store(int64(len(n.subs)))
 	return s
 }
 
@@ -142,17 +143,13 @@ func (n *Node) endFeed(s *Subscription, why error) {
 		return
 	}
 	delete(n.subs, s)
-	n.count = len(n.subs)
+	n.count.Store(int64(len(n.subs)))
 	s.err = why
 	close(s.c)
 }
 
 // feedOn reports whether anyone listens (read on the loop).
-func (n *Node) feedOn() bool {
-	n.feedMu.Lock()
-	defer n.feedMu.Unlock()
-	return n.count > 0
-}
+func (n *Node) feedOn() bool { return n.count.Load() > 0 }
 
 // noteWrite records an applied command's change for the feed, if it made
 // one, under rangeID (loop only).
@@ -170,11 +167,8 @@ func (n *Node) noteWrite(rangeID uint64, cmd *pandopb.Command, res replica.Resul
 			return
 		}
 		if len(op.Delete.RangeEnd) > 0 {
-			if n.pending == nil {
-				n.pending = map[uint64][]FeedEvent{}
-			}
 			for _, x := range res.RangeDeleted {
-				n.pending[rangeID] = append(n.pending[rangeID], FeedEvent{Key: x.Key, Delete: true, Revision: res.Revision, Prev: x.Record, HasPrev: true})
+				n.addPending(rangeID, FeedEvent{Key: x.Key, Delete: true, Revision: res.Revision, Prev: x.Record, HasPrev: true})
 			}
 			return
 		}
@@ -182,6 +176,10 @@ func (n *Node) noteWrite(rangeID uint64, cmd *pandopb.Command, res replica.Resul
 	default:
 		return
 	}
+	n.addPending(rangeID, ev)
+}
+
+func (n *Node) addPending(rangeID uint64, ev FeedEvent) {
 	if n.pending == nil {
 		n.pending = map[uint64][]FeedEvent{}
 	}
@@ -242,7 +240,7 @@ func (n *Node) sendFeed(ups []FeedUpdate) {
 			break
 		}
 	}
-	n.count = len(n.subs)
+	n.count.Store(int64(len(n.subs)))
 }
 
 // closeFeeds ends every subscription when the node stops.
@@ -254,5 +252,5 @@ func (n *Node) closeFeeds() {
 		s.err = kv.ErrStopped
 		close(s.c)
 	}
-	n.count = 0
+	n.count.Store(0)
 }

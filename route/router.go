@@ -29,6 +29,13 @@ func Forwarded(ctx context.Context) bool {
 	return ok && len(md.Get(NoForwardKey)) > 0
 }
 
+// SubRequest is ctx for a request a node makes of its own while serving
+// another (an ID, revisions, a walk over every range): whether the
+// caller's request was forwarded says nothing about it, so it may be.
+func SubRequest(ctx context.Context) context.Context {
+	return metadata.NewIncomingContext(ctx, metadata.MD{})
+}
+
 // Local is the node the router runs on, as far as routing needs it.
 type Local interface {
 	ID() uint64

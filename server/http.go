@@ -40,6 +40,36 @@ func parseConsistency(q url.Values) (pandopb.Consistency, error) {
 	}
 }
 
+// parseBools reads each named true/false (or 1/0) parameter into its
+// destination; an absent one leaves it false.
+func parseBools(q url.Values, dsts map[string]*bool) error {
+	for name, dst := range dsts {
+		switch v := q.Get(name); v {
+		case "", "false", "0":
+		case "true", "1":
+			*dst = true
+		default:
+			return httpapi.BadRequest("%s must be true or false, not %q", name, v)
+		}
+	}
+	return nil
+}
+
+// parseUints reads each named revision parameter into its destination;
+// an absent one leaves it 0.
+func parseUints(q url.Values, dsts map[string]*uint64) error {
+	for name, dst := range dsts {
+		if v := q.Get(name); v != "" {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				return httpapi.BadRequest("%s must be a revision number, not %q", name, v)
+			}
+			*dst = n
+		}
+	}
+	return nil
+}
+
 // parseRevision reads ?revision= (0 when absent: the latest).
 func parseRevision(q url.Values) (uint64, error) {
 	v := q.Get("revision")
@@ -163,16 +193,16 @@ func (s *Server) handleKV(w http.ResponseWriter, r *http.Request) {
 		req := &pandopb.DeleteRequest{Key: key, Cas: cas, ExpectedVersion: expected}
 		// A span: ?range_end=E deletes [key, E), ?prefix=true the keys
 		// under key.
-		switch p := q.Get("prefix"); p {
-		case "", "false", "0":
-			req.RangeEnd = []byte(q.Get("range_end"))
-		case "true", "1":
+		var prefix bool
+		if err := parseBools(q, map[string]*bool{"prefix": &prefix}); err != nil {
+			httpapi.WriteError(w, err)
+			return
+		}
+		req.RangeEnd = []byte(q.Get("range_end"))
+		if prefix {
 			if req.RangeEnd = kv.PrefixEnd(key); req.RangeEnd == nil {
 				req.RangeEnd = []byte{0}
 			}
-		default:
-			httpapi.WriteError(w, httpapi.BadRequest("prefix must be true or false, not %q", p))
-			return
 		}
 		resp, err := s.svc.Direct().Delete(ctx, req)
 		if err != nil {
@@ -205,26 +235,14 @@ func (s *Server) handleScan(ctx context.Context, w http.ResponseWriter, q url.Va
 		return
 	}
 	req := &pandopb.ScanRequest{Consistency: c, Prefix: []byte(q.Get("prefix")), Start: []byte(q.Get("start")), End: []byte(q.Get("end")), Revision: rev}
-	for name, dst := range map[string]*bool{"keys_only": &req.KeysOnly, "count_only": &req.CountOnly} {
-		switch v := q.Get(name); v {
-		case "", "false", "0":
-		case "true", "1":
-			*dst = true
-		default:
-			httpapi.WriteError(w, httpapi.BadRequest("%s must be true or false, not %q", name, v))
-			return
-		}
+	if err := parseBools(q, map[string]*bool{"keys_only": &req.KeysOnly, "count_only": &req.CountOnly}); err != nil {
+		httpapi.WriteError(w, err)
+		return
 	}
-	for name, dst := range map[string]*uint64{"min_mod_revision": &req.MinModRevision, "max_mod_revision": &req.MaxModRevision,
-		"min_create_revision": &req.MinCreateRevision, "max_create_revision": &req.MaxCreateRevision} {
-		if v := q.Get(name); v != "" {
-			n, err := strconv.ParseUint(v, 10, 64)
-			if err != nil {
-				httpapi.WriteError(w, httpapi.BadRequest("%s must be a revision number, not %q", name, v))
-				return
-			}
-			*dst = n
-		}
+	if err := parseUints(q, map[string]*uint64{"min_mod_revision": &req.MinModRevision, "max_mod_revision": &req.MaxModRevision,
+		"min_create_revision": &req.MinCreateRevision, "max_create_revision": &req.MaxCreateRevision}); err != nil {
+		httpapi.WriteError(w, err)
+		return
 	}
 	if l := q.Get("limit"); l != "" {
 		n, err := strconv.ParseUint(l, 10, 32)
@@ -262,7 +280,7 @@ func (s *Server) handleScan(ctx context.Context, w http.ResponseWriter, q url.Va
 		out.Count = &resp.Count
 	}
 	for i, it := range resp.Items {
-		out.Items[i] = httpapi.ScanItem{Key: it.Key, Value: it.Value, Version: it.Version, CreateRevision: it.CreateRevision, ModRevision: it.ModRevision}
+		out.Items[i] = httpapi.ScanItemOf(it)
 	}
 	w.Header().Set("Pando-Revision", strconv.FormatUint(resp.Revision, 10))
 	httpapi.WriteJSON(w, http.StatusOK, out)

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/events"
@@ -124,9 +123,7 @@ func (o *leaderOps) Merge(ctx context.Context, rangeID, rightID uint64) (*pandop
 
 // AllocRangeID allocates a range ID through range 1 (the first range).
 func (o *leaderOps) AllocRangeID(ctx context.Context) (uint64, error) {
-	// A sub-request of its own: whether the caller's request was forwarded
-	// says nothing about this one.
-	ctx = metadata.NewIncomingContext(ctx, metadata.MD{})
+	ctx = route.SubRequest(ctx)
 	var id uint64
 	err := o.on(ctx, []byte{}, 0, func(st node.RangeStatus) error {
 		if st.RangeID != 1 {

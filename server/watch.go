@@ -60,13 +60,9 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, httpapi.BadRequest("with a key in the path, prefix must be true or false, not %q", p))
 		return
 	}
-	if v := q.Get("start_revision"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			httpapi.WriteError(w, httpapi.BadRequest("start_revision must be a revision number, not %q", v))
-			return
-		}
-		req.StartRevision = n
+	if err := parseUints(q, map[string]*uint64{"start_revision": &req.StartRevision}); err != nil {
+		httpapi.WriteError(w, err)
+		return
 	}
 	if id := r.Header.Get("Last-Event-ID"); id != "" {
 		n, err := strconv.ParseUint(id, 10, 64)
@@ -76,15 +72,9 @@ func (s *Server) handleWatch(w http.ResponseWriter, r *http.Request) {
 		}
 		req.StartRevision = n + 1
 	}
-	for name, dst := range map[string]*bool{"progress_notify": &req.ProgressNotify, "prev_kv": &req.PrevKv} {
-		switch v := q.Get(name); v {
-		case "", "false", "0":
-		case "true", "1":
-			*dst = true
-		default:
-			httpapi.WriteError(w, httpapi.BadRequest("%s must be true or false, not %q", name, v))
-			return
-		}
+	if err := parseBools(q, map[string]*bool{"progress_notify": &req.ProgressNotify, "prev_kv": &req.PrevKv}); err != nil {
+		httpapi.WriteError(w, err)
+		return
 	}
 	start, end, err := s.svc.WatchSpan(req)
 	if err != nil {
@@ -209,10 +199,10 @@ func watchEventJSONOf(ev *pandopb.WatchEvent) watchEventJSON {
 	if ev.Type == pandopb.WatchEvent_DELETE {
 		t = "delete"
 	}
-	out := watchEventJSON{Type: t, ScanItem: httpapi.ScanItem{Key: ev.Kv.Key, Value: ev.Kv.Value, Version: ev.Kv.Version,
-		CreateRevision: ev.Kv.CreateRevision, ModRevision: ev.Kv.ModRevision}}
+	out := watchEventJSON{Type: t, ScanItem: httpapi.ScanItemOf(ev.Kv)}
 	if p := ev.PrevKv; p != nil {
-		out.Prev = &httpapi.ScanItem{Key: p.Key, Value: p.Value, Version: p.Version, CreateRevision: p.CreateRevision, ModRevision: p.ModRevision}
+		prev := httpapi.ScanItemOf(p)
+		out.Prev = &prev
 	}
 	return out
 }

@@ -193,88 +193,106 @@ func ScanAt(r pebble.Reader, start, end []byte, revision uint64, limit int) ([]K
 // ScanAtFiltered is ScanAt of the keys keep accepts (nil: all); keep may
 // change the record it is given.
 func ScanAtFiltered(r pebble.Reader, start, end []byte, revision uint64, limit int, keep func(*KV) bool) ([]KV, bool, error) {
+	var out []KV
+	more := false
+	err := walkVersions(r, start, end, func(key []byte, hist []version, latest *Record) (bool, error) {
+		// The latest record when it is old enough, else the last history
+		// entry at or before revision (a tombstone or none: absent).
+		kv, found := KV{Key: key}, false
+		if latest != nil && latest.ModRevision <= revision {
+			kv.Record, found = *latest, true
+		} else {
+			for _, v := range hist {
+				if v.ModRevision > revision {
+					break
+				}
+				kv.Record, found = v.Record, !v.tomb
+			}
+		}
+		if !found || (keep != nil && !keep(&kv)) {
+			return true, nil
+		}
+		if len(out) == limit {
+			more = true
+			return false, nil
+		}
+		out = append(out, kv)
+		return true, nil
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	return out, more, nil
+}
+
+// version is one stored version of a key: a record, or a tombstone (its
+// ModRevision the delete's).
+type version struct {
+	Record
+	tomb bool
+}
+
+// walkVersions calls fn for every user key of [start, end) that has a
+// latest record or history, in key order, with its history oldest first
+// and its latest record (nil: none), until fn says stop. Keys and values
+// are copies.
+func walkVersions(r pebble.Reader, start, end []byte, fn func(key []byte, hist []version, latest *Record) (bool, error)) error {
 	dlo, dhi := DataSpan(start, end)
 	hlo, hhi := HistorySpan(start, end)
 	lit, err := r.NewIter(&pebble.IterOptions{LowerBound: dlo, UpperBound: dhi})
 	if err != nil {
-		return nil, false, err
+		return err
 	}
 	defer lit.Close()
 	hit, err := r.NewIter(&pebble.IterOptions{LowerBound: hlo, UpperBound: hhi})
 	if err != nil {
-		return nil, false, err
+		return err
 	}
 	defer hit.Close()
 	lok, hok := lit.First(), hit.First()
-	var out []KV
-	for lok || hok {
-		// The next user key in order, from either side.
-		var key []byte
-		var hkey []byte
-		if hok {
-			if hkey, _, err = DecodeHistoryKey(hit.Key()); err != nil {
-				return nil, false, err
-			}
+	var hkey []byte
+	if hok {
+		if hkey, _, err = DecodeHistoryKey(hit.Key()); err != nil {
+			return err
 		}
-		switch {
-		case lok && hok:
+	}
+	var hist []version
+	for lok || hok {
+		// The next user key, from either side.
+		key := hkey
+		if lok && (!hok || bytes.Compare(lit.Key()[1:], hkey) <= 0) {
 			key = lit.Key()[1:]
-			if bytes.Compare(hkey, key) < 0 {
-				key = hkey
-			}
-		case lok:
-			key = lit.Key()[1:]
-		default:
-			key = hkey
 		}
 		key = bytes.Clone(key)
-		var kv KV
-		have := false
+		hist = hist[:0]
+		for hok && bytes.Equal(hkey, key) {
+			rec, tomb, err := DecodeHistoryRecord(hit.Value())
+			if err != nil {
+				return fmt.Errorf("history of %q: %w", key, err)
+			}
+			rec.Value = bytes.Clone(rec.Value)
+			hist = append(hist, version{rec, tomb})
+			if hok = hit.Next(); hok {
+				if hkey, _, err = DecodeHistoryKey(hit.Key()); err != nil {
+					return err
+				}
+			}
+		}
+		var latest *Record
 		if lok && bytes.Equal(lit.Key()[1:], key) {
 			rec, err := DecodeRecord(lit.Value())
 			if err != nil {
-				return nil, false, fmt.Errorf("key %q: %w", key, err)
+				return fmt.Errorf("key %q: %w", key, err)
 			}
-			if rec.ModRevision <= revision {
-				rec.Value = bytes.Clone(rec.Value)
-				kv, have = KV{Key: key, Record: rec}, true
-			}
+			rec.Value = bytes.Clone(rec.Value)
+			latest = &rec
 			lok = lit.Next()
 		}
-		// Every history entry of key, oldest first: the last one at or
-		// before revision answers if the latest record did not.
-		for hok && bytes.Equal(hkey, key) {
-			_, rev, _ := DecodeHistoryKey(hit.Key())
-			if !have && rev <= revision {
-				h, tomb, err := DecodeHistoryRecord(hit.Value())
-				if err != nil {
-					return nil, false, fmt.Errorf("history of %q: %w", key, err)
-				}
-				kv.Key, kv.Record = key, h
-				kv.Value = bytes.Clone(h.Value)
-				kv.Version = h.Version
-				if tomb {
-					kv.Version = 0
-				}
-			}
-			if hok = hit.Next(); hok {
-				if hkey, _, err = DecodeHistoryKey(hit.Key()); err != nil {
-					return nil, false, err
-				}
-			}
+		if cont, err := fn(key, hist, latest); err != nil || !cont {
+			return err
 		}
-		if !have && kv.Version == 0 {
-			continue // absent at revision
-		}
-		if keep != nil && !keep(&kv) {
-			continue
-		}
-		if len(out) == limit {
-			return out, true, nil
-		}
-		out = append(out, kv)
 	}
-	return out, false, errors.Join(lit.Error(), hit.Error())
+	return errors.Join(lit.Error(), hit.Error())
 }
 
 // CompactHistory deletes, in b, the history of the user span [start, end)
@@ -382,77 +400,27 @@ func Changes(r pebble.Reader, start, end []byte, after uint64, limit int) ([]Cha
 		out = append(out, c)
 		return nil
 	}
-	dlo, dhi := DataSpan(start, end)
-	hlo, hhi := HistorySpan(start, end)
-	lit, err := r.NewIter(&pebble.IterOptions{LowerBound: dlo, UpperBound: dhi})
-	if err != nil {
-		return nil, err
-	}
-	defer lit.Close()
-	hit, err := r.NewIter(&pebble.IterOptions{LowerBound: hlo, UpperBound: hhi})
-	if err != nil {
-		return nil, err
-	}
-	defer hit.Close()
-	// Key by key, in order: its history oldest first, then its latest
-	// record, each change with the version before it.
-	lok, hok := lit.First(), hit.First()
-	var hkey []byte
-	var hrev uint64
-	if hok {
-		if hkey, hrev, err = DecodeHistoryKey(hit.Key()); err != nil {
-			return nil, err
-		}
-	}
-	for lok || hok {
-		var key []byte
-		switch {
-		case lok && hok:
-			key = lit.Key()[1:]
-			if bytes.Compare(hkey, key) < 0 {
-				key = hkey
-			}
-		case lok:
-			key = lit.Key()[1:]
-		default:
-			key = hkey
-		}
-		key = bytes.Clone(key)
+	// Key by key: its history oldest first, then its latest record, each
+	// change with the version before it.
+	err := walkVersions(r, start, end, func(key []byte, hist []version, latest *Record) (bool, error) {
 		var prev Record
 		hasPrev := false
-		for hok && bytes.Equal(hkey, key) {
-			rec, tomb, err := DecodeHistoryRecord(hit.Value())
-			if err != nil {
-				return nil, fmt.Errorf("history of %q: %w", key, err)
-			}
-			rec.Value = bytes.Clone(rec.Value)
-			if hrev > after {
-				if err := add(Change{Key: key, Delete: tomb, Record: rec, Prev: prev, HasPrev: hasPrev}); err != nil {
-					return nil, err
+		for _, v := range hist {
+			if v.ModRevision > after {
+				if err := add(Change{Key: key, Delete: v.tomb, Record: v.Record, Prev: prev, HasPrev: hasPrev}); err != nil {
+					return false, err
 				}
 			}
-			prev, hasPrev = rec, !tomb
-			if hok = hit.Next(); hok {
-				if hkey, hrev, err = DecodeHistoryKey(hit.Key()); err != nil {
-					return nil, err
-				}
+			prev, hasPrev = v.Record, !v.tomb
+		}
+		if latest != nil && latest.ModRevision > after {
+			if err := add(Change{Key: key, Record: *latest, Prev: prev, HasPrev: hasPrev}); err != nil {
+				return false, err
 			}
 		}
-		if lok && bytes.Equal(lit.Key()[1:], key) {
-			rec, err := DecodeRecord(lit.Value())
-			if err != nil {
-				return nil, fmt.Errorf("key %q: %w", key, err)
-			}
-			if rec.ModRevision > after {
-				rec.Value = bytes.Clone(rec.Value)
-				if err := add(Change{Key: key, Record: rec, Prev: prev, HasPrev: hasPrev}); err != nil {
-					return nil, err
-				}
-			}
-			lok = lit.Next()
-		}
-	}
-	if err := errors.Join(lit.Error(), hit.Error()); err != nil {
+		return true, nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	slices.SortFunc(out, func(a, b Change) int {

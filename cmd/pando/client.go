@@ -569,8 +569,7 @@ func watchCmd() *cobra.Command {
 				}
 				for _, ev := range resp.Events {
 					if f.json {
-						line := map[string]any{"type": strings.ToLower(ev.Type.String()), "key": string(ev.Key), "value": string(ev.Value),
-							"version": ev.Version, "create_revision": ev.CreateRevision, "mod_revision": ev.ModRevision}
+						line := eventJSON(ev)
 						if ev.PrevKV != nil {
 							line["prev_value"] = string(ev.PrevKV.Value)
 						}
@@ -603,6 +602,12 @@ func watchCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&prevValue, "prev-value", false, "show each change's previous value")
 	cmd.Flags().IntVar(&count, "count", 0, "exit after this many changes (0: until interrupted)")
 	return cmd
+}
+
+// eventJSON is one change as pando watch and pando history print it.
+func eventJSON(ev client.Event) map[string]any {
+	return map[string]any{"type": strings.ToLower(ev.Type.String()), "key": string(ev.Key), "value": string(ev.Value),
+		"version": ev.Version, "create_revision": ev.CreateRevision, "mod_revision": ev.ModRevision}
 }
 
 func historyCmd() *cobra.Command {
@@ -654,8 +659,9 @@ func historyCmd() *cobra.Command {
 			if f.json {
 				var lines []map[string]any
 				for _, ev := range evs {
-					lines = append(lines, map[string]any{"type": strings.ToLower(ev.Type.String()), "value": string(ev.Value), "version": ev.Version,
-						"create_revision": ev.CreateRevision, "mod_revision": ev.ModRevision})
+					line := eventJSON(ev)
+					delete(line, "key") // the answer names it once
+					lines = append(lines, line)
 				}
 				return printJSON(out, map[string]any{"key": string(key), "from_revision": from, "revision": now.Revision, "versions": lines})
 			}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
 )
 
@@ -85,6 +86,11 @@ type ScanItem struct {
 	Version        uint64 `json:"version"`
 	CreateRevision uint64 `json:"create_revision"`
 	ModRevision    uint64 `json:"mod_revision"`
+}
+
+// ScanItemOf is the JSON form of a key as the API sends it.
+func ScanItemOf(kv *pandopb.KeyValue) ScanItem {
+	return ScanItem{Key: kv.Key, Value: kv.Value, Version: kv.Version, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision}
 }
 
 // ScanResult is the JSON answer of GET /v1/kv/?...: continue a scan by
