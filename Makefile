@@ -2,7 +2,7 @@ GO ?= go
 PROTOC_GEN_GO_VERSION = v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION = v1.5.1
 
-.PHONY: build test test-short proto bench fuzz soak faults bench-compare bench-ranges browser-deps test-browser docker-image docker-smoke
+.PHONY: build test test-short proto bench fuzz soak faults bench-compare bench-watch bench-ranges browser-deps test-browser docker-image docker-smoke
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/pando ./cmd/pando
@@ -55,6 +55,10 @@ bench-ranges:
 # ROUNDS=3 reports medians of three interleaved rounds).
 bench-compare:
 	bash bench/compare.sh
+# bench-watch: the same side by side for the watch workload (events delivered a second,
+# delivery latency to a node that does not lead the keys).
+bench-watch:
+	COMPARE=watch bash bench/compare.sh
 # browser-deps installs Debian's chromium for the dashboard's browser test
 # (TestDashboardShowsFailoverInBrowser skips without it).
 browser-deps:

@@ -39,6 +39,16 @@ WORKLOADS=(
 	"linearizable get|get|64|8||"
 	"stale get|get|64|8|--stale|--serializable"
 )
+# COMPARE=watch (make bench-watch): the watch workload instead. Watchers of the whole
+# key space through one node that does not lead it; op/s are events delivered a
+# second, the latencies those of delivery (from the put's start to the watcher).
+if [[ ${COMPARE:-kv} == watch ]]; then
+	WORKLOADS=(
+		"watch, idle: 1 watcher, 50 puts/s|watch|1|1|--watchers 1 --rate 50|--watchers 1 --rate 50"
+		"watch fan-out: 1000 watchers, 100 puts/s|watch|16|8|--watchers 1000 --rate 100|--watchers 1000 --rate 100"
+		"watch fan-out: 1000 watchers, puts flat out|watch|16|8|--watchers 1000|--watchers 1000"
+	)
+fi
 
 log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -127,11 +137,12 @@ run_one() {
 	local -a cmd
 	if [[ $sys == pando ]]; then
 		cmd=(bin/pando bench --endpoints "$PANDO_ENDPOINTS")
-		[[ -n $pextra ]] && cmd+=("$pextra")
+		read -ra extra <<<"$pextra"
 	else
 		cmd=(bin/etcdbench load --endpoints "$ETCD_ENDPOINTS")
-		[[ -n $eextra ]] && cmd+=("$eextra")
+		read -ra extra <<<"$eextra"
 	fi
+	cmd+=("${extra[@]}")
 	cmd+=(--workload "$wl" --clients "$c" --conns "$n" --keys "$KEYS" --value-size "$VALUE_SIZE"
 		--duration "$DURATION" --json)
 	rc=0
@@ -211,6 +222,9 @@ echo "Each run ${DURATION}; ${KEYS} keys, ${VALUE_SIZE}-byte values; three nodes
 if ((ROUNDS > 1)); then
 	echo "Medians over ${ROUNDS} rounds (each workload ran on pando, then on etcd, in every round); per-round ratios in the last column."
 fi
+if [[ ${COMPARE:-kv} == watch ]]; then
+	echo "Watch workload: op/s = events delivered a second (every put reaches every watcher); latencies from the put's start to its event at the watcher, on a node that does not lead the keys."
+fi
 echo "ratio = pando op/s ÷ etcd op/s. Gets are linearizable unless stale (pando --stale, etcd --serializable)."
 echo
 if ((ROUNDS > 1)); then
@@ -242,6 +256,10 @@ for i in "${!WORKLOADS[@]}"; do
 				notes+=("$sys, $name $c/$n, round $r: run failed")
 			elif [[ $e != 0 ]]; then
 				notes+=("$sys, $name $c/$n, round $r: $e errors")
+			fi
+			m=$(field "$WORK/$sys-$i-$r.json" missed_watchers)
+			if [[ -n $m && $m != 0 ]]; then
+				notes+=("$sys, $name, round $r: $m watchers missed events")
 			fi
 		done
 	done

@@ -83,6 +83,8 @@ type feeds struct {
 	count atomic.Int64
 	// pending is the loop's events of this cycle, by range (loop only).
 	pending map[uint64][]FeedEvent
+	// peersWatching: node ID -> bool, whether that node serves watches.
+	peersWatching sync.Map
 }
 
 // SubscribeAt starts receiving the change feed and pins the database at
@@ -150,6 +152,26 @@ func (n *Node) endFeed(s *Subscription, why error) {
 
 // feedOn reports whether anyone listens (read on the loop).
 func (n *Node) feedOn() bool { return n.count.Load() > 0 }
+
+// Watching reports whether the node's change feed has subscribers (the
+// transport tells its peers, see SetPeerWatching).
+func (n *Node) Watching() bool { return n.feedOn() }
+
+// SetPeerWatching records whether node id serves watches (from its
+// messages). A leader here holds back the appends that only move the
+// commit index (filterLeader) except to such nodes: their replicas apply,
+// and their watches see, each change when it commits, not a tick later.
+func (n *Node) SetPeerWatching(id uint64, watching bool) {
+	if v, ok := n.peersWatching.Load(id); ok && v.(bool) == watching {
+		return
+	}
+	n.peersWatching.Store(id, watching)
+}
+
+func (n *Node) peerWatching(id uint64) bool {
+	v, ok := n.peersWatching.Load(id)
+	return ok && v.(bool)
+}
 
 // noteWrite records an applied command's change for the feed, if it made
 // one, under rangeID (loop only).

@@ -44,6 +44,7 @@ import (
 //	propose node=I                one proposal per line ("r1 put k v", "r2 freeze 1"),
 //	                              all taken by the loop in one cycle
 //	status                        each replica's role, term, commit and applied index
+//	watching node=I peer=J [off]  node I hears that node J serves watches (or no longer)
 //
 // After each command the nodes run until they are idle: no message
 // queued for them, no Ready pending. Rewrite the expected output with
@@ -114,6 +115,12 @@ func (e *interaction) handle(t *testing.T, td *datadriven.TestData) string {
 		e.restart(t, td)
 	case "status":
 		return e.status()
+	case "watching":
+		// node I hears that node peer=J serves watches (or not: off)
+		var id, peer uint64
+		td.ScanArgs(t, "node", &id)
+		td.ScanArgs(t, "peer", &peer)
+		e.nodes[id].SetPeerWatching(peer, !td.HasArg("off"))
 	default:
 		t.Fatalf("unknown command %q", td.Cmd)
 	}

@@ -347,7 +347,7 @@ func (n *Node) sendEarly(c *cycle) {
 		if bs := x.r.rn.BasicStatus(); bs.RaftState == raft.StateLeader {
 			msgs := x.rd.Messages
 			if bs.LeadTransferee == 0 {
-				x.held, msgs = filterLeader(x.r, &x.rd)
+				x.held, msgs = filterLeader(x.r, &x.rd, n.peerWatching)
 			}
 			c.out = n.collect(c.out, x.r, msgs)
 			x.rd.Messages = nil
@@ -635,7 +635,10 @@ func (n *Node) leaderChanged(r *group, lead uint64) {
 // append, or once appends stop by the next tick's heartbeat, whose answer
 // makes raft send an empty append, kept by then, that the follower
 // rejects.
-func filterLeader(r *group, rd *raft.Ready) (held, rest []raftpb.Message) {
+//
+// Appends to a node that serves watches (watching) are never held: its
+// watches wait for its replicas to apply.
+func filterLeader(r *group, rd *raft.Ready, watching func(node uint64) bool) (held, rest []raftpb.Message) {
 	msgs := rd.Messages
 	skippable := false
 	for _, m := range msgs {
@@ -671,7 +674,7 @@ func filterLeader(r *group, rd *raft.Ready) (held, rest []raftpb.Message) {
 		replicating := i >= 0
 		switch {
 		case m.Type == raftpb.MsgApp && len(m.Entries) == 0 && m.Index == last && replicating &&
-			(repl[i].match == last || sentWithinTick(r, m.To)):
+			(repl[i].match == last || sentWithinTick(r, m.To)) && !watching(m.To):
 			// commit index only, to a follower that acknowledged every
 			// entry or was sent entries within the last tick
 			held = append(held, m)

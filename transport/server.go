@@ -94,6 +94,9 @@ func (s *Server) Send(stream grpc.ClientStreamingServer[pandopb.RaftBatch, pando
 			return err
 		}
 		s.heard(batch.FromNode)
+		if n := s.node; n != nil {
+			n.SetPeerWatching(batch.FromNode, batch.Watching)
+		}
 		for _, env := range batch.Messages {
 			m, err := s.decode(env)
 			if err != nil {

@@ -618,6 +618,9 @@ func (p *peer) pump(cancel context.CancelFunc, stream grpc.ClientStreamingClient
 		case first = <-p.queue:
 		}
 		batch := &pandopb.RaftBatch{FromNode: p.t.cfg.ID}
+		if n := p.t.handler.Load(); n != nil {
+			batch.Watching = n.Watching()
+		}
 		size := 0
 		add := func(e node.Envelope) error {
 			b, err := e.Msg.Marshal()

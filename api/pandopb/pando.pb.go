@@ -2031,9 +2031,13 @@ func (x *RaftEnvelope) GetMessage() []byte {
 }
 
 type RaftBatch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	FromNode      uint64                 `protobuf:"varint,1,opt,name=from_node,json=fromNode,proto3" json:"from_node,omitempty"`
-	Messages      []*RaftEnvelope        `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	FromNode uint64                 `protobuf:"varint,1,opt,name=from_node,json=fromNode,proto3" json:"from_node,omitempty"`
+	Messages []*RaftEnvelope        `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
+	// watching: the sending node serves watches (its change feed has
+	// subscribers), so its leaders' peers send it each new commit index at
+	// once rather than with the next append or heartbeat.
+	Watching      bool `protobuf:"varint,3,opt,name=watching,proto3" json:"watching,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2080,6 +2084,13 @@ func (x *RaftBatch) GetMessages() []*RaftEnvelope {
 		return x.Messages
 	}
 	return nil
+}
+
+func (x *RaftBatch) GetWatching() bool {
+	if x != nil {
+		return x.Watching
+	}
+	return false
 }
 
 type RaftAck struct {
@@ -6241,10 +6252,11 @@ const file_pando_proto_rawDesc = "" +
 	"\x04next\x18\x03 \x01(\fR\x04next\"C\n" +
 	"\fRaftEnvelope\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\fR\amessage\"\\\n" +
+	"\amessage\x18\x02 \x01(\fR\amessage\"x\n" +
 	"\tRaftBatch\x12\x1b\n" +
 	"\tfrom_node\x18\x01 \x01(\x04R\bfromNode\x122\n" +
-	"\bmessages\x18\x02 \x03(\v2\x16.pando.v1.RaftEnvelopeR\bmessages\"\t\n" +
+	"\bmessages\x18\x02 \x03(\v2\x16.pando.v1.RaftEnvelopeR\bmessages\x12\x1a\n" +
+	"\bwatching\x18\x03 \x01(\bR\bwatching\"\t\n" +
 	"\aRaftAck\"\x9f\x01\n" +
 	"\rSnapshotChunk\x12\x19\n" +
 	"\brange_id\x18\x01 \x01(\x04R\arangeId\x12\x1b\n" +

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 )
 
 // benchResult is the same JSON object that `pando bench --json` prints.
@@ -30,6 +32,14 @@ type benchResult struct {
 	P95ms      float64 `json:"p95_ms"`
 	P99ms      float64 `json:"p99_ms"`
 	P999ms     float64 `json:"p999_ms"`
+	Rate       float64 `json:"rate,omitempty"`
+	// The watch workload's (see cmd/pando/bench.go).
+	Watchers   int     `json:"watchers,omitempty"`
+	Puts       int64   `json:"puts,omitempty"`
+	PutsPerSec float64 `json:"puts_per_sec,omitempty"`
+	PutP50ms   float64 `json:"put_p50_ms,omitempty"`
+	PutP99ms   float64 `json:"put_p99_ms,omitempty"`
+	Missed     int64   `json:"missed_watchers,omitempty"`
 }
 
 // runLoad mirrors cmd/pando/bench.go: the same flags, key space, value, preload,
@@ -48,6 +58,10 @@ func runLoad(args []string) error {
 		asJSON       = fs.Bool("json", false, "print the result as JSON")
 		serializable = fs.Bool("serializable", false, "gets are serializable (default linearizable)")
 		stale        = fs.Bool("stale", false, "same as --serializable (pando's name for it)")
+		opsRate      = fs.Float64("rate", 0, "requests per second of all clients together, at most (0: as fast as they go)")
+		watchers     = fs.Int("watchers", 1000, "the watch workload's watchers")
+		watchConns   = fs.Int("watch-conns", 8, "clientv3 clients the watchers share")
+		watchEP      = fs.String("watch-endpoint", "", "the member every watcher watches through (default: the last of --endpoints)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
@@ -55,8 +69,12 @@ func runLoad(args []string) error {
 	switch {
 	case fs.NArg() > 0:
 		return usageError{fmt.Errorf("unexpected arguments %q", fs.Args())}
-	case *workload != "put" && *workload != "get" && *workload != "mixed":
-		return usageError{fmt.Errorf("--workload must be put, get or mixed")}
+	case *workload != "put" && *workload != "get" && *workload != "mixed" && *workload != "watch":
+		return usageError{fmt.Errorf("--workload must be put, get, mixed or watch")}
+	case *workload == "watch" && (*watchers < 1 || *watchConns < 1 || *valLen < 8):
+		return usageError{fmt.Errorf("the watch workload needs --watchers and --watch-conns of at least 1 and --value-size of at least 8")}
+	case *opsRate < 0:
+		return usageError{fmt.Errorf("--rate must not be negative")}
 	case *clients < 1 || *conns < 1 || *keys < 1 || *valLen < 0:
 		return usageError{fmt.Errorf("--clients, --conns and --keys must be positive, --value-size not negative")}
 	case *total <= 0 && *duration <= 0:
@@ -83,7 +101,24 @@ func runLoad(args []string) error {
 	val := string(value)
 	nkeys := *keys
 	key := func(r *rand.Rand) string { return fmt.Sprintf("%08d", r.IntN(nkeys)) }
-	if *workload != "put" {
+	limit := rate.NewLimiter(rate.Inf, 0)
+	if *opsRate > 0 {
+		limit = rate.NewLimiter(rate.Limit(*opsRate), 1)
+	}
+	var watchStats []watcherStats
+	stopWatchers := func() {}
+	if *workload == "watch" {
+		ep := *watchEP
+		if ep == "" {
+			ep = followerEndpoint(cs[0], strings.Split(*endpoints, ","))
+		}
+		var err error
+		if watchStats, stopWatchers, err = startWatchers(ep, *watchers, *watchConns); err != nil {
+			return err
+		}
+		defer stopWatchers()
+	}
+	if *workload == "get" || *workload == "mixed" {
 		// Preload so that gets find their keys.
 		fmt.Fprintf(os.Stderr, "preloading %d keys...\n", nkeys)
 		var wg sync.WaitGroup
@@ -137,16 +172,23 @@ func runLoad(args []string) error {
 			defer wg.Done()
 			c := cs[i%nconns]
 			r := rand.New(rand.NewPCG(uint64(i), 42))
+			stamped := slices.Clone(value)
 			for ctx.Err() == nil {
 				if *total > 0 && ops.Add(1) > *total {
 					ops.Add(-1)
+					return
+				}
+				if limit.Wait(ctx) != nil {
 					return
 				}
 				k := key(r)
 				t0 := time.Now()
 				var err error
 				rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				if *workload == "put" || (*workload == "mixed" && r.IntN(2) == 0) {
+				if *workload == "watch" {
+					binary.BigEndian.PutUint64(stamped, uint64(t0.UnixNano()))
+					_, err = c.Put(rctx, k, string(stamped))
+				} else if *workload == "put" || (*workload == "mixed" && r.IntN(2) == 0) {
 					_, err = c.Put(rctx, k, val)
 				} else {
 					_, err = c.Get(rctx, k, getOpts...)
@@ -176,11 +218,25 @@ func runLoad(args []string) error {
 		}
 		return float64(all[min(len(all)-1, int(p*float64(len(all))))].Microseconds()) / 1000
 	}
-	res := benchResult{Workload: *workload, Clients: *clients, Conns: nconns, Ops: int64(len(all)), Errors: errs.Load(), Seconds: elapsed,
+	res := benchResult{Workload: *workload, Rate: *opsRate, Clients: *clients, Conns: nconns, Ops: int64(len(all)), Errors: errs.Load(), Seconds: elapsed,
 		Throughput: float64(len(all)) / elapsed, P50ms: pct(0.50), P95ms: pct(0.95), P99ms: pct(0.99), P999ms: pct(0.999)}
+	if watchStats != nil {
+		acked := res.Ops - res.Errors
+		drain(watchStats, acked, 10*time.Second)
+		seconds := time.Since(start).Seconds()
+		stopWatchers()
+		res = watchResult(res, watchStats, acked, seconds)
+	}
 	if *asJSON {
 		b, _ := json.MarshalIndent(res, "", "  ")
 		fmt.Println(string(b))
+		return nil
+	}
+	if watchStats != nil {
+		fmt.Printf("watch: %d watchers: %d events in %.1fs = %.0f events/s; delivery p50 %.2fms p95 %.2fms p99 %.2fms p999 %.2fms; %d watchers missed events\n",
+			res.Watchers, res.Ops, res.Seconds, res.Throughput, res.P50ms, res.P95ms, res.P99ms, res.P999ms, res.Missed)
+		fmt.Printf("puts: %d clients: %d puts = %.0f puts/s, %d errors; p50 %.2fms p99 %.2fms\n",
+			res.Clients, res.Puts, res.PutsPerSec, res.Errors, res.PutP50ms, res.PutP99ms)
 		return nil
 	}
 	fmt.Printf("%s: %d clients / %d connections: %d ops in %.1fs = %.0f op/s, %d errors; p50 %.2fms p95 %.2fms p99 %.2fms p999 %.2fms\n",

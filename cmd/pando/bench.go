@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,6 +38,15 @@ type benchResult struct {
 	// Attempts and Retries are the clients' (see client.Stats).
 	Attempts int64 `json:"attempts"`
 	Retries  int64 `json:"retries"`
+	// The watch workload's: ops are events delivered, the percentiles
+	// their latency from the put's start; the puts' figures are these.
+	// Missed counts watchers that saw fewer events than acknowledged puts.
+	Watchers   int     `json:"watchers,omitempty"`
+	Puts       int64   `json:"puts,omitempty"`
+	PutsPerSec float64 `json:"puts_per_sec,omitempty"`
+	PutP50ms   float64 `json:"put_p50_ms,omitempty"`
+	PutP99ms   float64 `json:"put_p99_ms,omitempty"`
+	Missed     int64   `json:"missed_watchers,omitempty"`
 }
 
 func benchCmd() *cobra.Command {
@@ -49,12 +59,18 @@ func benchCmd() *cobra.Command {
 		asJSON, stale                bool
 		splits                       int
 		opsRate                      float64
+		wb                           watchBench
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Load a cluster and report throughput and latency",
 		Long: `Load a cluster with put, get or mixed (50/50) requests from many concurrent
 clients over a number of connections, and report throughput and p50/p95/p99/p999.
+The watch workload opens --watchers watches of the whole bench key space through
+one node (--watch-endpoint; by default a node of --endpoints that does not lead the
+keys' range, so that changes cross the network) and puts through the
+cluster: it reports the events delivered a second and their latency from the
+put's start to the watcher, beside the puts' own figures.
 It reaches the cluster like the other client commands (--endpoints, --tls-ca,
 --tls-cert/--tls-key, --auth-token, resilience flags), and stops at once if the
 cluster does not answer a first request. --rate caps the requests per second of
@@ -64,12 +80,15 @@ moves with its batching.
 
   pando bench --workload put --clients 64 --conns 8 --keys 100000 --value-size 256 --duration 20s
   pando bench --workload put --clients 64 --rate 4000 --duration 20s
+  pando bench --workload watch --watchers 1000 --clients 16 --rate 100 --duration 20s
   pando bench --tls-ca certs/ca.crt --auth-token "$TOKEN" --endpoints 10.0.0.1:7001 --total 100000`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
-			case workload != "put" && workload != "get" && workload != "mixed":
-				return usageError{fmt.Errorf("--workload must be put, get or mixed")}
+			case workload != "put" && workload != "get" && workload != "mixed" && workload != "watch":
+				return usageError{fmt.Errorf("--workload must be put, get, mixed or watch")}
+			case workload == "watch" && (wb.watchers < 1 || wb.conns < 1 || valLen < 8):
+				return usageError{fmt.Errorf("the watch workload needs --watchers and --watch-conns of at least 1 and --value-size of at least 8 (a value carries its put's time)")}
 			case clients < 1 || conns < 1 || keys < 1 || valLen < 0:
 				return usageError{fmt.Errorf("--clients, --conns and --keys must be positive, --value-size not negative")}
 			case total <= 0 && duration <= 0:
@@ -114,7 +133,21 @@ moves with its batching.
 				value[i] = byte('a' + i%26)
 			}
 			key := func(r *rand.Rand) []byte { return fmt.Appendf(nil, "%08d", r.IntN(keys)) }
-			if workload != "put" {
+			var watchers []watcherStats
+			stopWatchers := func() {}
+			if workload == "watch" {
+				if wb.endpoint == "" {
+					wb.endpoint = followerEndpoint(cs[0], f.endpointList(), f.timeout)
+				}
+				wb.out = cmd.ErrOrStderr()
+				var stop func()
+				if watchers, stop, err = wb.start(&f); err != nil {
+					return err
+				}
+				stopWatchers = sync.OnceFunc(stop)
+				defer stopWatchers()
+			}
+			if workload == "get" || workload == "mixed" {
 				// Preload so that gets find their keys.
 				fmt.Fprintf(cmd.ErrOrStderr(), "preloading %d keys...\n", keys)
 				var wg sync.WaitGroup
@@ -166,6 +199,10 @@ moves with its batching.
 					if stale {
 						opts = append(opts, client.Stale())
 					}
+					value := value
+					if workload == "watch" {
+						value = slices.Clone(value) // each put carries its start time
+					}
 					for ctx.Err() == nil {
 						if total > 0 && ops.Add(1) > total {
 							ops.Add(-1)
@@ -178,7 +215,10 @@ moves with its batching.
 						t0 := time.Now()
 						var err error
 						rctx, cancel := context.WithTimeout(context.Background(), f.timeout)
-						if workload == "put" || (workload == "mixed" && r.IntN(2) == 0) {
+						if workload == "watch" {
+							binary.BigEndian.PutUint64(value, uint64(t0.UnixNano()))
+						}
+						if workload == "put" || workload == "watch" || (workload == "mixed" && r.IntN(2) == 0) {
 							_, err = c.Put(rctx, k, value)
 						} else {
 							_, err = c.Get(rctx, k, opts...)
@@ -202,12 +242,7 @@ moves with its batching.
 				all = append(all, l...)
 			}
 			slices.Sort(all)
-			pct := func(p float64) float64 {
-				if len(all) == 0 {
-					return 0
-				}
-				return float64(all[min(len(all)-1, int(p*float64(len(all))))].Microseconds()) / 1000
-			}
+			pct := func(p float64) float64 { return pctMs(all, p) }
 			var attempts, retries int64
 			for _, c := range cs {
 				st := c.Stats()
@@ -216,9 +251,23 @@ moves with its batching.
 			}
 			res := benchResult{Attempts: attempts, Retries: retries, Workload: workload, Rate: opsRate, Clients: clients, Conns: conns, Ops: int64(len(all)), Errors: errs.Load(), Seconds: elapsed,
 				Throughput: float64(len(all)) / elapsed, P50ms: pct(0.50), P95ms: pct(0.95), P99ms: pct(0.99), P999ms: pct(0.999)}
+			if watchers != nil {
+				acked := res.Ops - res.Errors
+				drain(watchers, acked, 10*time.Second)
+				seconds := time.Since(start).Seconds()
+				stopWatchers()
+				res = watchResult(res, watchers, acked, seconds)
+			}
 			if asJSON {
 				b, _ := json.MarshalIndent(res, "", "  ")
 				fmt.Fprintln(cmd.OutOrStdout(), string(b))
+				return nil
+			}
+			if watchers != nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "watch: %d watchers on %s: %d events in %.1fs = %.0f events/s; delivery p50 %.2fms p95 %.2fms p99 %.2fms p999 %.2fms; %d watchers missed events\n",
+					res.Watchers, wb.endpoint, res.Ops, res.Seconds, res.Throughput, res.P50ms, res.P95ms, res.P99ms, res.P999ms, res.Missed)
+				fmt.Fprintf(cmd.OutOrStdout(), "puts: %d clients: %d puts = %.0f puts/s, %d errors; p50 %.2fms p99 %.2fms\n",
+					res.Clients, res.Puts, res.PutsPerSec, res.Errors, res.PutP50ms, res.PutP99ms)
 				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s: %d clients / %d connections: %d ops in %.1fs = %.0f op/s, %d errors; p50 %.2fms p95 %.2fms p99 %.2fms p999 %.2fms; %d attempts, %d retries\n",
@@ -227,7 +276,10 @@ moves with its batching.
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&workload, "workload", "put", "put, get or mixed")
+	fs.StringVar(&workload, "workload", "put", "put, get, mixed or watch")
+	fs.IntVar(&wb.watchers, "watchers", 1000, "the watch workload's watchers")
+	fs.IntVar(&wb.conns, "watch-conns", 8, "connections the watchers share")
+	fs.StringVar(&wb.endpoint, "watch-endpoint", "", "the node every watcher watches through (default: one of --endpoints that does not lead the keys' range)")
 	fs.IntVar(&clients, "clients", 64, "concurrent clients")
 	fs.IntVar(&conns, "conns", 8, "connections (clients share them)")
 	fs.IntVar(&keys, "keys", 100000, "size of the key space")

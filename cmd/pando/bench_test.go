@@ -156,3 +156,32 @@ func TestBenchRateCapsRequests(t *testing.T) {
 		t.Fatalf("bench --rate -1: %v (exit %d), want a usage error naming --rate", err, exitCode(err))
 	}
 }
+
+// TestBenchWatchDeliversEveryPutToEveryWatcher: the watch workload's
+// watchers each receive every acknowledged put once (events = watchers ×
+// puts, none missed), with a delivery latency; a value too short to carry
+// its put's time is a usage error.
+func TestBenchWatchDeliversEveryPutToEveryWatcher(t *testing.T) {
+	const token = "bench-token"
+	dir := t.TempDir()
+	addr := startTLSNode(t, dir, token)
+	common := []string{"--endpoints", addr, "--tls-ca", filepath.Join(dir, "ca.crt"), "--auth-token", token,
+		"--timeout", "5s", "--keys", "50", "--json"}
+
+	out, err := runBench(t, append([]string{"--workload", "watch", "--watchers", "20", "--watch-conns", "3", "--clients", "4", "--conns", "2",
+		"--value-size", "16", "--total", "200"}, common...)...)
+	if err != nil {
+		t.Fatalf("bench --workload watch: %v\n%s", err, out)
+	}
+	var res benchResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("bench output: %v\n%s", err, out)
+	}
+	if res.Puts != 200 || res.Errors != 0 || res.Watchers != 20 || res.Ops != 20*200 || res.Missed != 0 || res.P99ms <= 0 || res.Throughput <= 0 {
+		t.Fatalf("watch bench: %+v; want 200 puts, 20 watchers, %d events, none missed, a latency", res, 20*200)
+	}
+
+	if _, err := runBench(t, append([]string{"--workload", "watch", "--value-size", "4", "--total", "10"}, common...)...); err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "--value-size") {
+		t.Fatalf("watch bench with 4-byte values: %v (exit %d), want a usage error naming --value-size", err, exitCode(err))
+	}
+}
