@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -181,12 +182,15 @@ func (s *Service) compactRange(ctx context.Context, rangeID, rev uint64) (*pando
 	err := s.router.Do(ctx, route.Request{
 		RangeID: rangeID, Write: true, AttemptTimeout: s.forwardTimeout,
 		Local: func(st node.RangeStatus) error {
-			res, err := s.node.Propose(ctx, rangeID, &pandopb.Command{Op: &pandopb.Command_Compact{Compact: &pandopb.CompactOp{Revision: rev}}})
+			res, err := s.node.Propose(ctx, rangeID, &pandopb.Command{Op: &pandopb.Command_Compact{Compact: &pandopb.CompactOp{Revision: rev, Limit: compactChunk}}})
 			if err != nil {
 				return err
 			}
 			if res.Err != nil {
 				return res.Err
+			}
+			if res.Resume != nil {
+				s.purge(rangeID, rev, res.Resume)
 			}
 			out = &pandopb.CompactResponse{Revision: res.Revision, Ranges: 1}
 			if now, ok := s.node.Status(rangeID); ok {
@@ -206,4 +210,79 @@ func (s *Service) compactRange(ctx context.Context, rangeID, rev uint64) (*pando
 		},
 	})
 	return out, err
+}
+
+// Compaction's pace. The revision takes effect with the first chunk; the
+// rest of the range's history below it is deleted chunk by chunk, each a
+// proposal of its own (the apply's work bounded, writes interleaved), at
+// most one chunk every compactPace per range.
+const (
+	compactChunk = 1000
+	compactPace  = 10 * time.Millisecond
+)
+
+// purgeJob is the compaction a range's purge carries on.
+type purgeJob struct {
+	rev  uint64
+	from []byte
+}
+
+// purge deletes the rest of rangeID's history below rev, from the user key
+// from on, in the background while this node leads the range. A later
+// compaction of the range replaces the job (its walk starts over and
+// deletes all that the earlier one left). A purge cut short (the leader
+// changes, the node stops) leaves history that no read can see, which the
+// next compaction of the range deletes.
+func (s *Service) purge(rangeID, rev uint64, from []byte) {
+	s.purgeMu.Lock()
+	defer s.purgeMu.Unlock()
+	if s.purges == nil {
+		s.purges = map[uint64]*purgeJob{}
+	}
+	if j, running := s.purges[rangeID]; running {
+		if rev > j.rev {
+			j.rev, j.from = rev, from
+		}
+		return
+	}
+	s.purges[rangeID] = &purgeJob{rev: rev, from: from}
+	go s.purgeLoop(rangeID)
+}
+
+func (s *Service) purgeLoop(rangeID uint64) {
+	t := time.NewTicker(compactPace)
+	defer t.Stop()
+	for {
+		s.purgeMu.Lock()
+		j := s.purges[rangeID]
+		rev, from := j.rev, j.from
+		if from == nil {
+			delete(s.purges, rangeID)
+			s.purgeMu.Unlock()
+			return
+		}
+		s.purgeMu.Unlock()
+		select {
+		case <-s.node.Done():
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+		res, err := s.node.Propose(ctx, rangeID, &pandopb.Command{Op: &pandopb.Command_Compact{Compact: &pandopb.CompactOp{Revision: rev, Limit: compactChunk, Resume: from}}})
+		cancel()
+		if err == nil {
+			err = res.Err
+		}
+		s.purgeMu.Lock()
+		if j.rev == rev { // not replaced by a later compaction meanwhile
+			j.from = nil
+			if err == nil {
+				j.from = res.Resume
+			}
+		}
+		s.purgeMu.Unlock()
+		if err != nil && !errors.Is(err, kv.ErrCompacted) {
+			s.node.Logger().Debug("compaction stopped; the next one deletes what is left", "range", rangeID, "revision", rev, "err", err)
+		}
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -60,6 +61,10 @@ type Service struct {
 	// onCompact, when set, hears of every compaction of every range done
 	// from here.
 	onCompact func(revision uint64, ranges uint32)
+	// purges: the ranges whose history below their compaction revision is
+	// being deleted from here, chunk by chunk (history.go).
+	purgeMu sync.Mutex
+	purges  map[uint64]*purgeJob
 }
 
 // SetOnCompact has f told of every compaction of every range this node

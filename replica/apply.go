@@ -45,6 +45,9 @@ type Result struct {
 	// RangeDeleted are the keys a range delete removed, with their records
 	// before it (Version then holds how many).
 	RangeDeleted []storage.KV
+	// Resume is where a compaction that stopped at its limit goes on (nil:
+	// the range's history is compacted).
+	Resume []byte
 }
 
 // DecodeCommand decodes the payload of a normal log entry.
@@ -256,14 +259,25 @@ func Apply(b *pebble.Batch, st *pandopb.RangeState, index uint64, cmd *pandopb.C
 		st.LastRevision = max(st.LastRevision, op.CloseRevision.Revision)
 		res.Revision = st.LastRevision
 	case *pandopb.Command_Compact:
-		c := op.Compact.Revision
-		if c <= st.CompactRevision {
+		// The first chunk sets the compaction revision (reads below it
+		// fail from here on) and deletes the history it can see within
+		// its limit; the leader proposes the rest chunk by chunk
+		// (Result.Resume), each apply's work bounded, writes between them.
+		c, from := op.Compact.Revision, op.Compact.Resume
+		if len(from) == 0 && c <= st.CompactRevision || len(from) > 0 && c != st.CompactRevision {
+			// Compacted there or past it already (a resumption: a later
+			// compaction took over, its own walk deletes what is left).
 			res.Err = fmt.Errorf("%w: range %d is compacted at %d", kv.ErrCompacted, rangeID, st.CompactRevision)
 			res.Revision = st.CompactRevision
 			break
 		}
-		if _, err = storage.CompactHistory(b, b, st.Desc.StartKey, st.Desc.EndKey, c); err != nil {
-			break
+		if len(from) == 0 || bytes.Compare(from, st.Desc.StartKey) < 0 {
+			from = st.Desc.StartKey
+		}
+		if len(st.Desc.EndKey) == 0 || bytes.Compare(from, st.Desc.EndKey) < 0 {
+			if _, res.Resume, err = storage.CompactHistory(b, b, from, st.Desc.EndKey, c, int(op.Compact.Limit)); err != nil {
+				break
+			}
 		}
 		st.CompactRevision, st.LastRevision = c, max(st.LastRevision, c)
 		res.Revision = c

@@ -13,16 +13,23 @@ import (
 // DefaultHistoryRetention is how long the history is kept by default.
 const DefaultHistoryRetention = 5 * time.Minute
 
-// compactor keeps about HistoryRetention of history: on the meta range's
-// leader it notes the latest revision every tenth of the retention, and
-// compacts every range at the newest revision noted at least a retention
-// ago (etcd's periodic compaction). Elsewhere it only waits.
+// compactor keeps about HistoryRetention of history, and at most
+// HistoryRetentionRevisions revisions of it: on the meta range's leader it
+// notes the latest revision every tenth of the retention (at most every
+// 250ms), and compacts every range at the newest revision
+// noted at least a retention ago (etcd's periodic compaction), or at the
+// latest less the revisions kept once that has moved by a tenth of them,
+// whichever is higher. Elsewhere it only
+// waits.
 func (s *Server) compactor(stop <-chan struct{}) {
-	retention := s.cfg.HistoryRetention
-	if retention <= 0 {
+	retention, revisions := s.cfg.HistoryRetention, s.cfg.HistoryRetentionRevisions
+	if retention <= 0 && revisions == 0 {
 		return
 	}
-	every := max(retention/10, 10*time.Millisecond)
+	every := 250 * time.Millisecond
+	if retention > 0 {
+		every = min(max(retention/10, 10*time.Millisecond), every)
+	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	type sample struct {
@@ -44,12 +51,20 @@ func (s *Server) compactor(stop <-chan struct{}) {
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
 		next, err := s.svc.Revisions(ctx, 1)
 		now := time.Now()
-		if err == nil {
-			samples = append(samples, sample{now, next - 1}) // every revision below next was handed out
-		}
 		var target uint64
+		if err == nil {
+			latest := next - 1 // every revision below next was handed out
+			if retention > 0 {
+				samples = append(samples, sample{now, latest})
+			}
+			if revisions > 0 && latest > revisions && latest-revisions >= done+max(revisions/10, 1) {
+				// A tenth of the revisions kept at least: no compaction of
+				// every range for a handful of writes.
+				target = latest - revisions
+			}
+		}
 		for len(samples) > 0 && now.Sub(samples[0].at) >= retention {
-			target = samples[0].rev
+			target = max(target, samples[0].rev)
 			samples = samples[1:]
 		}
 		if target > done {
@@ -57,7 +72,7 @@ func (s *Server) compactor(stop <-chan struct{}) {
 			switch {
 			case err == nil, errors.Is(err, kv.ErrCompacted):
 				done = target
-				s.log.Debug("compacted the history", "revision", target, "retention", retention)
+				s.log.Debug("compacted the history", "revision", target, "retention", retention, "revisions", revisions)
 			default:
 				s.log.Warn("compacting the history failed; trying again later", "revision", target, "err", err)
 			}

@@ -76,6 +76,11 @@ type Config struct {
 	// compacted at the revision that was the latest that long ago. 0:
 	// DefaultHistoryRetention; negative: kept until compacted by hand.
 	HistoryRetention time.Duration
+	// HistoryRetentionRevisions, when positive, also bounds the history by
+	// revisions: every range is compacted at the latest revision less this
+	// many (etcd's --auto-compaction-mode=revision). With both, the history
+	// kept is the smaller of the two.
+	HistoryRetentionRevisions uint64
 	// CheckInterval is how often each range is checked for replica
 	// divergence (staggered over ranges). Default 1h; negative disables.
 	CheckInterval time.Duration
@@ -515,6 +520,9 @@ func (s *Server) initStorage() error {
 
 // Node exposes the node (tests and the demo).
 func (s *Server) Node() *node.Node { return s.node }
+
+// Engine exposes the node's storage engine (tests).
+func (s *Server) Engine() *storage.Engine { return s.engine }
 
 // Events is this node's event record. Components that live beside the
 // server (circuit breakers, the placement loop, the demo's faults) publish

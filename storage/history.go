@@ -300,14 +300,19 @@ func walkVersions(r pebble.Reader, start, end []byte, fn func(key []byte, hist [
 // at or before compactRevision, and every tombstone at or before it. It
 // reads through r (b itself, an indexed batch, when the apply writes it)
 // and returns how many entries it deleted.
-func CompactHistory(b *pebble.Batch, r pebble.Reader, start, end []byte, compactRevision uint64) (int, error) {
+//
+// With limit > 0 it stops at the first user key after it has looked at
+// limit history entries and returns that key as next, where a later call
+// continues (nil: the span is done), so that each call's work is bounded
+// (one key's versions are always taken together).
+func CompactHistory(b *pebble.Batch, r pebble.Reader, start, end []byte, compactRevision uint64, limit int) (deleted int, next []byte, err error) {
 	hlo, hhi := HistorySpan(start, end)
 	it, err := r.NewIter(&pebble.IterOptions{LowerBound: hlo, UpperBound: hhi})
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer it.Close()
-	deleted := 0
+	seen := 0
 	drop := func(k []byte) error {
 		deleted++
 		return b.Delete(k, nil)
@@ -330,16 +335,22 @@ func CompactHistory(b *pebble.Batch, r pebble.Reader, start, end []byte, compact
 		}
 		return nil
 	}
+	var last []byte // the user key of the entry looked at last
 	for valid := it.First(); valid; valid = it.Next() {
 		uk, rev, err := DecodeHistoryKey(it.Key())
 		if err != nil {
-			return deleted, err
+			return deleted, nil, err
 		}
 		if pendingUser != nil && !bytes.Equal(uk, pendingUser) {
 			if err := flush(); err != nil {
-				return deleted, err
+				return deleted, nil, err
 			}
 		}
+		if limit > 0 && seen >= limit && !bytes.Equal(uk, last) {
+			return deleted, bytes.Clone(uk), flush()
+		}
+		seen++
+		last = append(last[:0], uk...)
 		if rev > compactRevision {
 			// Newer than the compaction: it supersedes the pending entry
 			// only if it is itself at or before compactRevision, which it
@@ -349,26 +360,26 @@ func CompactHistory(b *pebble.Batch, r pebble.Reader, start, end []byte, compact
 		}
 		if pendingKey != nil {
 			if err := drop(pendingKey); err != nil { // superseded by this one
-				return deleted, err
+				return deleted, nil, err
 			}
 			pendingKey, pendingUser = nil, nil
 		}
 		_, tomb, err := DecodeHistoryRecord(it.Value())
 		if err != nil {
-			return deleted, err
+			return deleted, nil, err
 		}
 		if tomb {
 			if err := drop(bytes.Clone(it.Key())); err != nil {
-				return deleted, err
+				return deleted, nil, err
 			}
 			continue
 		}
 		pendingKey, pendingUser = bytes.Clone(it.Key()), uk
 	}
 	if err := flush(); err != nil {
-		return deleted, err
+		return deleted, nil, err
 	}
-	return deleted, it.Error()
+	return deleted, nil, it.Error()
 }
 
 // Change is one write to a user key, as its history and latest record

@@ -208,14 +208,28 @@ func TestReadsAtRevisionMatchTheModel(t *testing.T) {
 			}
 			for _, frac := range []int{1, 2, 3} {
 				c := revs[len(revs)*frac/3-1]
-				b := db.NewIndexedBatch()
-				if _, err := CompactHistory(b, b, nil, nil, c); err != nil {
-					t.Fatal(err)
+				// Whole, then in chunks of 3 and of 1 entries (each chunk
+				// its own batch, continuing where the last one stopped).
+				limit := []int{0, 3, 1}[frac-1]
+				var from []byte
+				for chunks := 0; ; chunks++ {
+					b := db.NewIndexedBatch()
+					_, next, err := CompactHistory(b, b, from, nil, c, limit)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := b.Commit(pebble.NoSync); err != nil {
+						t.Fatal(err)
+					}
+					b.Close()
+					if next == nil {
+						break
+					}
+					if limit == 0 || bytes.Compare(next, from) <= 0 || chunks > 1000 {
+						t.Fatalf("compaction chunk %d (limit %d) from %q goes on at %q", chunks, limit, from, next)
+					}
+					from = next
 				}
-				if err := b.Commit(pebble.NoSync); err != nil {
-					t.Fatal(err)
-				}
-				b.Close()
 				check(c)
 			}
 			// Compacted at the last revision: no history is left.

@@ -2817,8 +2817,16 @@ func (x *CloseRevisionOp) GetRevision() uint64 {
 // and refuses reads below it from then on. It closes the range at revision
 // too.
 type CompactOp struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Revision      uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Revision uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// limit bounds the history entries one apply looks at (0: the whole
+	// range at once, as entries proposed before chunked compaction do); an
+	// apply that stops short answers with where to resume.
+	Limit uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// resume continues the range's compaction at revision (its compaction
+	// revision already) from this user key: the first chunk sets the
+	// revision, which reads honour at once, and later chunks only delete.
+	Resume        []byte `protobuf:"bytes,3,opt,name=resume,proto3" json:"resume,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2858,6 +2866,20 @@ func (x *CompactOp) GetRevision() uint64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *CompactOp) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *CompactOp) GetResume() []byte {
+	if x != nil {
+		return x.Resume
+	}
+	return nil
 }
 
 // RevisionCeilingOp raises the revision oracle's ceiling: no revision
@@ -6302,9 +6324,11 @@ const file_pando_proto_rawDesc = "" +
 	"\brevision\x18\b \x01(\x04R\brevisionB\x04\n" +
 	"\x02op\"-\n" +
 	"\x0fCloseRevisionOp\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision\"'\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"U\n" +
 	"\tCompactOp\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision\"q\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x16\n" +
+	"\x06resume\x18\x03 \x01(\fR\x06resume\"q\n" +
 	"\x11RevisionCeilingOp\x12\x18\n" +
 	"\aceiling\x18\x01 \x01(\x04R\aceiling\x12!\n" +
 	"\fhandoff_term\x18\x02 \x01(\x04R\vhandoffTerm\x12\x1f\n" +

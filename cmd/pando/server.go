@@ -34,6 +34,7 @@ func serverCmd() *cobra.Command {
 		logLevel         string
 		checkInterval    time.Duration
 		historyRetention time.Duration
+		historyRevisions uint64
 		autoRepair       bool
 		checkRate        int
 		splitBytes       uint64
@@ -86,7 +87,7 @@ A fourth node joining it (the controller moves replicas and leaders to it):
 			cfg := server.Config{
 				ID: id, DataDir: dataDir, Addr: addr, ListenAddr: listenAddr, Limits: limits, RequestTimeout: timeout,
 				TickInterval: tick, ElectionTicks: electionTicks, Logger: log,
-				HistoryRetention: retentionConfig(historyRetention), CheckInterval: checkInterval, NoAutoRepair: !autoRepair, CheckBytesPerSec: checkRate,
+				HistoryRetention: retentionConfig(historyRetention), HistoryRetentionRevisions: historyRevisions, CheckInterval: checkInterval, NoAutoRepair: !autoRepair, CheckBytesPerSec: checkRate,
 				Split: placement.SplitThresholds{MaxBytes: splitBytes, LoadQPS: splitQPS}, EnablePprof: enablePprof,
 				MaxPendingProposals: maxPending, OverloadSchedLatency: overload, ForwardTimeout: forward, HandshakeTimeout: handshake,
 				DedupTTL: dedupTTL, PeerBreaker: peerBreaker,
@@ -168,6 +169,7 @@ A fourth node joining it (the controller moves replicas and leaders to it):
 	f.IntVar(&limits.MaxRequestSize, "max-request-size", kv.DefaultMaxRequestSize, "largest request in bytes")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.DurationVar(&historyRetention, "history-retention", server.DefaultHistoryRetention, "how long the history of changes is kept for reads at a revision and watches from the past (0: until pando compact)")
+	f.Uint64Var(&historyRevisions, "history-retention-revisions", 0, "keep at most this many revisions of history too (0: no bound by revisions; with --history-retention, the smaller history wins)")
 	f.DurationVar(&checkInterval, "consistency-check-interval", time.Hour, "how often each range's replicas are compared (0 disables)")
 	f.BoolVar(&autoRepair, "consistency-auto-repair", true, "rebuild replicas that disagree with the majority")
 	f.IntVar(&checkRate, "consistency-check-rate", 64<<20, "bytes per second a check may hash (negative: unpaced)")

@@ -6,14 +6,19 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/client"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/kvservice"
 	"github.com/pando/pando/resilience"
+	"github.com/pando/pando/storage"
 )
 
 // Reads at a revision over three ranges: every get and every scan at
@@ -340,5 +345,136 @@ func TestRangeDeleteAcrossRanges(t *testing.T) {
 	// One revision per range: i and j together, u/1 and u/2 together.
 	if revs["i"] != revs["j"] || revs["u/1"] != revs["u/2"] || revs["b"] == revs["i"] || revs["i"] == revs["q"] {
 		t.Fatalf("delete revisions %v: want one per range", revs)
+	}
+}
+
+// A compaction of a range with more history than one chunk: the revision
+// takes effect at once (reads below it fail), the rest is deleted chunk by
+// chunk in the background while writes go on, and in the end every
+// replica holds the same history, none of it below the compaction but the
+// versions that reads at or above it still see.
+func TestCompactionInChunksWhileWritesGoOn(t *testing.T) {
+	c := New(t, Options{Seed: testSeed(t)})
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	ids := c.IDs()
+	const keys = 1500 // two versions each: 1500 history entries, two chunks and more
+	put := func(w int, key string, v string) {
+		if _, err := c.KV(ids[w%len(ids)]).Put(ctx, &pandopb.PutRequest{Key: []byte(key), Value: []byte(v)}); err != nil {
+			t.Errorf("put %s: %v", key, err)
+		}
+	}
+	for round := 0; round < 3; round++ {
+		var wg sync.WaitGroup
+		for w := 0; w < 16; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				for k := w; k < keys; k += 16 {
+					put(w, fmt.Sprintf("k%05d", k), fmt.Sprint("v", round))
+				}
+			}(w)
+		}
+		wg.Wait()
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	at, err := c.KV(ids[0]).Put(ctx, &pandopb.PutRequest{Key: []byte("mark"), Value: []byte("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.KV(ids[1]).Compact(ctx, &pandopb.CompactRequest{Revision: at.Revision})
+	if err != nil || resp.Ranges != 1 {
+		t.Fatalf("compact at %d: %v (%v)", at.Revision, resp, kv.FromStatus(err))
+	}
+	// Writes go on while the history is deleted; each answers.
+	stop := make(chan struct{})
+	var writes sync.WaitGroup
+	var writeErr atomic.Value
+	writes.Add(1)
+	go func() {
+		defer writes.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			key := fmt.Sprintf("k%05d", i%keys)
+			if _, err := c.KV(ids[i%len(ids)]).Put(ctx, &pandopb.PutRequest{Key: []byte(key), Value: []byte("during")}); err != nil {
+				writeErr.Store(fmt.Errorf("put %s during the compaction: %w", key, err))
+				return
+			}
+		}
+	}()
+	stopWrites := sync.OnceFunc(func() { close(stop); writes.Wait() })
+	defer stopWrites()
+	for _, id := range ids {
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if st, _ := c.Member(id).Node.Status(1); st.CompactRevision == at.Revision {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node %d did not apply the compaction", id)
+			}
+		}
+		if _, err := c.KV(id).Get(ctx, &pandopb.GetRequest{Key: []byte("k00001"), Revision: at.Revision - 1}); !errors.Is(kv.FromStatus(err), kv.ErrCompacted) {
+			t.Fatalf("get below the compaction via node %d: %v", id, err)
+		}
+	}
+	// Every replica ends up with no history entry at or below the
+	// compaction: each key's versions then were all superseded by the
+	// third round's, itself the latest or in the history above.
+	below := func(id uint64) (n int) {
+		lo, hi := storage.HistorySpan(nil, nil)
+		it, err := c.Member(id).Engine.DB().NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer it.Close()
+		for it.First(); it.Valid(); it.Next() {
+			if _, rev, _ := storage.DecodeHistoryKey(it.Key()); rev <= at.Revision {
+				n++
+			}
+		}
+		return n
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for _, id := range ids {
+		for n := below(id); n > keys; n = below(id) { // the third round's versions may be in the history (overwritten by "during")
+			if time.Now().After(deadline) {
+				t.Fatalf("node %d still holds %d history entries at or below the compaction", id, n)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	stopWrites()
+	if err, _ := writeErr.Load().(error); err != nil {
+		t.Fatal(err)
+	}
+	// The versions of the third round that "during" overwrote are in the
+	// history (a read at the compaction revision sees them); nothing
+	// older is.
+	for _, id := range ids {
+		lo, hi := storage.HistorySpan(nil, nil)
+		it, _ := c.Member(id).Engine.DB().NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+		for it.First(); it.Valid(); it.Next() {
+			uk, rev, _ := storage.DecodeHistoryKey(it.Key())
+			if rev > at.Revision {
+				continue
+			}
+			rec, _, _ := storage.DecodeHistoryRecord(it.Value())
+			if string(rec.Value) != "v2" {
+				t.Fatalf("node %d: history of %q at %d holds %q below the compaction, superseded there", id, uk, rev, rec.Value)
+			}
+		}
+		it.Close()
+	}
+	for _, k := range []string{"k00000", "k00777", "k01499"} {
+		got, err := c.KV(ids[0]).Get(ctx, &pandopb.GetRequest{Key: []byte(k), Revision: at.Revision})
+		if err != nil || string(got.Value) != "v2" {
+			t.Fatalf("get %s at the compaction revision: %v %v, want v2", k, got, err)
+		}
 	}
 }
