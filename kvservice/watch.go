@@ -34,9 +34,13 @@ import (
 // at that revision does it). When the feed cannot be trusted (the watch
 // fell behind its buffer, a snapshot or a repair replaced a replica's
 // data) the watch starts again from the history after the last revision it
-// sent. A node that loses its replica of a range of the span ends the
-// watch as unavailable; the client resumes it elsewhere at the revision
-// after the last one it received.
+// sent. A part of the span that this node holds no replica of is watched
+// through a node that does (a remote part: a resolved watch there, whose
+// responses carry its part's resolved revision and whose idle ranges close
+// when this watch nudges it), merged in the same way. A node that loses
+// its replica of a range of the span starts the watch again, with that
+// part remote; the client resumes a watch whose node fails elsewhere at
+// the revision after the last one it received.
 
 // WatchSpec is one watch.
 type WatchSpec struct {
@@ -53,6 +57,21 @@ type WatchSpec struct {
 	ProgressEvery time.Duration
 	// PrevKV adds each change's previous version of its key.
 	PrevKV bool
+	// Resolved: the watch is a part of another node's watch
+	// (pandopb.WatchRequest.resolved): served from this node's replicas
+	// alone, it answers each time its revision rises, and closes idle
+	// ranges only at a revision from Nudges.
+	Resolved bool
+	Nudges   <-chan uint64
+}
+
+// WatchPeers is what Peers offer when they can run a part of a watch on
+// another node (the transport over gRPC; the test cluster in-process).
+type WatchPeers interface {
+	// WatchPeer runs req, a resolved watch, on node id: each response to
+	// recv, each revision from nudges to the watch as a nudge, until ctx
+	// ends, recv fails or the watch ends (with its error as a kv error).
+	WatchPeer(ctx context.Context, id uint64, req *pandopb.WatchRequest, nudges <-chan uint64, recv func(*pandopb.WatchResponse) error) error
 }
 
 // Watch limits.
@@ -87,6 +106,8 @@ func (s *Service) WatchSpan(req *pandopb.WatchRequest) (start, end []byte, err e
 		return nil, nil, fmt.Errorf("%w: a watch needs a key, a span or a prefix", kv.ErrInvalidArgument)
 	case len(req.End) == 0:
 		start, end = req.Key, append(bytes.Clone(req.Key), 0)
+	case len(req.End) == 1 && req.End[0] == 0:
+		start, end = req.Key, nil // etcd's "from key": to the end of the key space
 	default:
 		start, end = req.Key, req.End
 		if bytes.Compare(start, end) >= 0 {
@@ -97,6 +118,15 @@ func (s *Service) WatchSpan(req *pandopb.WatchRequest) (start, end []byte, err e
 		return nil, nil, fmt.Errorf("%w: watch bound longer than %d bytes", kv.ErrKeyTooLarge, s.limits.MaxKeySize)
 	}
 	return start, end, nil
+}
+
+// SpecOf returns the watch that req asks for.
+func (s *Service) SpecOf(req *pandopb.WatchRequest) (WatchSpec, error) {
+	start, end, err := s.WatchSpan(req)
+	if err != nil {
+		return WatchSpec{}, err
+	}
+	return WatchSpec{Start: start, End: end, From: req.StartRevision, Progress: req.ProgressNotify, PrevKV: req.PrevKv, Resolved: req.Resolved}, nil
 }
 
 // Watch sends spec's changes to send until ctx ends or an error.
@@ -147,28 +177,106 @@ type spanRange struct {
 	last, compact uint64
 }
 
-// cover returns the local replicas covering the span, as snap holds them.
-func (w *watch) cover(snap pebble.Reader) ([]spanRange, error) {
+// remotePart is a part of the span that this node holds no replica of,
+// watched through a node that does.
+type remotePart struct {
+	start, end []byte
+	// resolved (the run loop's): every change of the part at or below it
+	// has been received.
+	resolved uint64
+	// nudge carries the latest revision the part is asked to close at.
+	nudge chan uint64
+}
+
+func (p *remotePart) contains(key []byte) bool {
+	return bytes.Compare(key, p.start) >= 0 && (len(p.end) == 0 || bytes.Compare(key, p.end) < 0)
+}
+
+// remoteUpdate is a remote part's response, or why it cannot go on.
+type remoteUpdate struct {
+	part *remotePart
+	resp *pandopb.WatchResponse
+	err  error
+}
+
+// cover returns the local replicas covering the span, as snap holds them,
+// and the parts of the span that no local replica holds (none for a
+// resolved watch: it is served here or not at all).
+func (w *watch) cover(snap pebble.Reader) ([]spanRange, []*remotePart, error) {
 	var out []spanRange
+	var parts []*remotePart
 	cur := w.spec.Start
 	for {
-		st, err := w.s.node.RangeFor(cur)
-		if err != nil {
-			return nil, w.notHere(cur, err)
+		var end []byte
+		if st, err := w.s.node.RangeFor(cur); err != nil {
+			if w.spec.Resolved {
+				return nil, nil, w.notHere(cur, err)
+			}
+			// Not here: remote up to the next local range of the span.
+			end = w.nextLocal(cur)
+			for _, p := range w.s.remoteParts(cur, end) {
+				parts = append(parts, &remotePart{start: p[0], end: p[1], nudge: make(chan uint64, 1)})
+			}
+		} else {
+			rs, ok, err := storage.ReadRangeState(snap, st.RangeID)
+			if err != nil {
+				return nil, nil, err
+			}
+			if !ok || !rs.Desc.ContainsKey(cur) {
+				return nil, nil, errRestart // it changed between the two looks
+			}
+			out = append(out, spanRange{id: rs.Desc.Id, start: rs.Desc.StartKey, end: rs.Desc.EndKey, last: rs.LastRevision, compact: rs.CompactRevision})
+			end = rs.Desc.EndKey
 		}
-		rs, ok, err := storage.ReadRangeState(snap, st.RangeID)
-		if err != nil {
-			return nil, err
+		if len(end) == 0 || (len(w.spec.End) > 0 && bytes.Compare(end, w.spec.End) >= 0) {
+			return out, parts, nil
 		}
-		if !ok || !rs.Desc.ContainsKey(cur) {
-			return nil, errRestart // it changed between the two looks
-		}
-		out = append(out, spanRange{id: rs.Desc.Id, start: rs.Desc.StartKey, end: rs.Desc.EndKey, last: rs.LastRevision, compact: rs.CompactRevision})
-		if len(rs.Desc.EndKey) == 0 || (len(w.spec.End) > 0 && bytes.Compare(rs.Desc.EndKey, w.spec.End) >= 0) {
-			return out, nil
-		}
-		cur = rs.Desc.EndKey
+		cur = end
 	}
+}
+
+// nextLocal is the start of the first local replica's range after key
+// within the span, or the span's end.
+func (w *watch) nextLocal(key []byte) []byte {
+	end := w.spec.End
+	for _, st := range w.s.node.Statuses() {
+		if st.Desc == nil {
+			continue
+		}
+		if k := st.Desc.StartKey; bytes.Compare(k, key) > 0 && (len(end) == 0 || bytes.Compare(k, end) < 0) {
+			end = k
+		}
+	}
+	return end
+}
+
+// remoteParts splits [start, end) into the ranges the directory knows of
+// (each watched through a node that holds it); without a directory entry,
+// the span whole.
+func (s *Service) remoteParts(start, end []byte) [][2][]byte {
+	var out [][2][]byte
+	cur := start
+	for {
+		d, ok := s.router.Directory().Lookup(cur)
+		if !ok || (len(d.EndKey) > 0 && bytes.Compare(d.EndKey, cur) <= 0) {
+			return append(out, [2][]byte{cur, end})
+		}
+		if len(d.EndKey) == 0 || (len(end) > 0 && bytes.Compare(d.EndKey, end) >= 0) {
+			return append(out, [2][]byte{cur, end})
+		}
+		out = append(out, [2][]byte{cur, d.EndKey})
+		cur = d.EndKey
+	}
+}
+
+// partAt is the remote part holding key (nil: none).
+func partAt(parts []*remotePart, key []byte) *remotePart {
+	for _, p := range parts {
+		if p.contains(key) {
+			return p
+		}
+	}
+	return nil
 }
 
 func (w *watch) notHere(key []byte, err error) error {
@@ -191,6 +299,15 @@ func clip(lo, hi, start, end []byte) ([]byte, []byte) {
 }
 
 func (w *watch) run(ctx context.Context) error {
+	if w.from == 0 {
+		// After now: every write acknowledged before the watch has a
+		// revision below the next one the oracle hands out.
+		next, err := w.s.Revisions(ctx, 1)
+		if err != nil {
+			return err
+		}
+		w.from, w.sent = next, next-1
+	}
 	// The subscription and the snapshot at one point between two apply
 	// cycles: every change is in the one or the other (a change in both is
 	// dropped from the feed: at or below its range's last revision in the
@@ -200,24 +317,14 @@ func (w *watch) run(ctx context.Context) error {
 		return err
 	}
 	defer sub.Close()
-	cover, err := w.cover(snap)
+	cover, parts, err := w.cover(snap)
 	if err != nil {
 		snap.Close()
 		return err
 	}
 	resolved := map[uint64]uint64{}
-	bound, compact := uint64(0), uint64(0)
-	for i, r := range cover {
+	for _, r := range cover {
 		resolved[r.id] = r.last
-		if i == 0 || r.last < bound {
-			bound = r.last
-		}
-		compact = max(compact, r.compact)
-	}
-	if w.from == 0 {
-		// After now: after every range's resolved revision and compaction.
-		w.from = max(bound, compact) + 1
-		w.sent = w.from - 1
 	}
 	var pending []node.FeedEvent
 	for _, r := range cover {
@@ -240,6 +347,20 @@ func (w *watch) run(ctx context.Context) error {
 		}
 	}
 	snap.Close()
+	// The remote parts, each followed from the revision after the last
+	// one sent (their own catch-up is their node's history).
+	remote := make(chan remoteUpdate, 64)
+	pctx, pcancel := context.WithCancel(ctx)
+	var pwg sync.WaitGroup
+	defer func() { pcancel(); pwg.Wait() }()
+	for _, p := range parts {
+		pwg.Add(1)
+		from := max(w.from, w.sent+1)
+		go func() {
+			defer pwg.Done()
+			w.follow(pctx, p, from, remote)
+		}()
+	}
 	if !w.created {
 		// The watch exists: say from where (etcd's created response), so
 		// that a client resuming it before any change knows where to.
@@ -267,14 +388,19 @@ func (w *watch) run(ctx context.Context) error {
 	lastSend := time.Now()
 	var heldSince time.Time
 	var lostSince time.Time
+	var unknown []uint64
 	for {
 		// The revision every range of the span has resolved.
-		b, unknown, lost := w.resolvedBound(resolved)
+		b, unk, lost := w.resolvedBound(resolved, parts)
+		unknown = unk
 		switch {
 		case lost != nil && lostSince.IsZero():
 			lostSince = time.Now()
 		case lost != nil && time.Since(lostSince) > coverageGrace:
-			return lost
+			if w.spec.Resolved {
+				return lost
+			}
+			return errRestart // with the part lost watched remotely
 		case lost == nil:
 			lostSince = time.Time{}
 		}
@@ -288,15 +414,15 @@ func (w *watch) run(ctx context.Context) error {
 					heldSince = time.Now()
 				}
 				if time.Since(heldSince) >= nudgeAfter {
-					w.nudge(ctx, resolved, unknown, pending[len(pending)-1].Revision)
+					w.nudge(ctx, resolved, unknown, parts, pending[len(pending)-1].Revision)
 				}
 			} else {
 				heldSince = time.Time{}
-				if w.spec.Progress && time.Since(lastSend) >= w.spec.ProgressEvery {
+				if w.spec.Progress && !w.spec.Resolved && time.Since(lastSend) >= w.spec.ProgressEvery {
 					// Nothing changes: close the span's ranges at a fresh
 					// revision so that the next notice says more.
 					if next, err := w.s.Revisions(ctx, 1); err == nil {
-						w.nudge(ctx, resolved, unknown, next-1)
+						w.nudge(ctx, resolved, unknown, parts, next-1)
 					}
 				}
 			}
@@ -307,7 +433,7 @@ func (w *watch) run(ctx context.Context) error {
 			after = 50 * time.Millisecond
 		case len(pending) > 0:
 			after = nudgeAfter
-		case w.spec.Progress:
+		case w.spec.Progress && !w.spec.Resolved:
 			after = max(w.spec.ProgressEvery-time.Since(lastSend), nudgeAfter)
 		}
 		var wakeC <-chan time.Time
@@ -325,7 +451,7 @@ func (w *watch) run(ctx context.Context) error {
 				}
 				return fmt.Errorf("%w: %w", kv.ErrUnavailable, sub.Err())
 			}
-			if err := w.take(u, resolved, floor, &pending); err != nil {
+			if err := w.take(u, resolved, parts, floor, &pending); err != nil {
 				return err
 			}
 			// Take what else is queued before deciding anything.
@@ -336,13 +462,22 @@ func (w *watch) run(ctx context.Context) error {
 						more = false
 						break
 					}
-					if err := w.take(u, resolved, floor, &pending); err != nil {
+					if err := w.take(u, resolved, parts, floor, &pending); err != nil {
 						return err
 					}
 				default:
 					more = false
 				}
 			}
+		case u := <-remote:
+			if u.err != nil {
+				return u.err
+			}
+			w.takeRemote(u, &pending)
+		case rev := <-w.spec.Nudges:
+			// The watch this one is a part of holds changes at or below
+			// rev until this part resolves past it.
+			w.nudge(ctx, resolved, unknown, nil, rev)
 		case <-wakeC:
 		}
 		if after > 0 && !wake.Stop() {
@@ -355,7 +490,7 @@ func (w *watch) run(ctx context.Context) error {
 }
 
 // take adds one feed update to the watch.
-func (w *watch) take(u node.FeedUpdate, resolved map[uint64]uint64, floor func([]byte) uint64, pending *[]node.FeedEvent) error {
+func (w *watch) take(u node.FeedUpdate, resolved map[uint64]uint64, parts []*remotePart, floor func([]byte) uint64, pending *[]node.FeedEvent) error {
 	if u.Reset {
 		if st, ok := w.s.node.Status(u.RangeID); ok && overlaps(st.Desc, w.spec.Start, w.spec.End) {
 			return errRestart
@@ -363,11 +498,121 @@ func (w *watch) take(u node.FeedUpdate, resolved map[uint64]uint64, floor func([
 	}
 	resolved[u.RangeID] = max(resolved[u.RangeID], u.Resolved)
 	for _, ev := range u.Events {
-		if w.inSpan(ev.Key) && ev.Revision >= w.from && ev.Revision > w.sent && ev.Revision > floor(ev.Key) {
+		if w.inSpan(ev.Key) && ev.Revision >= w.from && ev.Revision > w.sent && ev.Revision > floor(ev.Key) && partAt(parts, ev.Key) == nil {
 			*pending = append(*pending, ev)
 		}
 	}
 	return nil
+}
+
+// takeRemote adds a remote part's response: its changes (in revision
+// order, each at or below the response's revision) not seen yet, and its
+// resolved revision.
+func (w *watch) takeRemote(u remoteUpdate, pending *[]node.FeedEvent) {
+	p := u.part
+	for _, ev := range u.resp.Events {
+		fe := feedEventOf(ev)
+		if fe.Revision > p.resolved && fe.Revision >= w.from && fe.Revision > w.sent && p.contains(fe.Key) {
+			*pending = append(*pending, fe)
+		}
+	}
+	p.resolved = max(p.resolved, u.resp.Revision)
+}
+
+// follow watches the remote part p from revision from through a node
+// that holds it, sending its responses to out, and goes on through
+// another when that node fails; it gives up (an error on out) on a
+// compacted revision, or when no node has served the part for a while.
+func (w *watch) follow(ctx context.Context, p *remotePart, from uint64, out chan<- remoteUpdate) {
+	fail := func(err error) {
+		select {
+		case out <- remoteUpdate{part: p, err: err}:
+		case <-ctx.Done():
+		}
+	}
+	wp, ok := w.s.peers.(WatchPeers)
+	if !ok {
+		fail(w.notHere(p.start, errors.New("this node cannot watch through another")))
+		return
+	}
+	next := from
+	var down time.Time
+	var avoid uint64
+	var last error
+	for ctx.Err() == nil {
+		id := w.partNode(p, avoid)
+		got := false
+		var err error
+		if id == 0 {
+			err = fmt.Errorf("%w: no other node known to hold %q", kv.ErrUnavailable, p.start)
+		} else {
+			end := p.end
+			if len(end) == 0 {
+				end = []byte{0} // to the end of the key space
+			}
+			req := &pandopb.WatchRequest{Key: p.start, End: end, StartRevision: next, PrevKv: w.spec.PrevKV, Resolved: true}
+			err = wp.WatchPeer(ctx, id, req, p.nudge, func(r *pandopb.WatchResponse) error {
+				got = true
+				select {
+				case out <- remoteUpdate{part: p, resp: r}:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				next = max(next, r.Revision+1)
+				return nil
+			})
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, kv.ErrCompacted) || errors.Is(err, kv.ErrInvalidArgument) || errors.Is(err, kv.ErrStopped) {
+			fail(err)
+			return
+		}
+		last = err
+		if got || down.IsZero() {
+			down = time.Now()
+		} else if time.Since(down) > coverageGrace {
+			fail(fmt.Errorf("%w: no node served the watch of [%q, %q) for %v: %w", kv.ErrUnavailable, p.start, p.end, coverageGrace, last))
+			return
+		}
+		avoid = id
+		select {
+		case <-time.After(nudgeAfter):
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// partNode picks a node to watch p through: the leader of its range if
+// the directory knows it, else another of its replicas, else any other
+// node; avoid (the one that failed last) comes last.
+func (w *watch) partNode(p *remotePart, avoid uint64) uint64 {
+	self := w.s.node.ID()
+	var cands []uint64
+	if d, ok := w.s.router.Directory().Lookup(p.start); ok {
+		cands = append(cands, d.LeaderId)
+		cands = append(cands, d.Replicas...)
+	}
+	cands = append(cands, w.s.peers.IDs()...)
+	var fallback uint64
+	for _, id := range cands {
+		if id == 0 || id == self {
+			continue
+		}
+		if id == avoid {
+			fallback = id
+			continue
+		}
+		if w.s.peers.Live(id) {
+			return id
+		}
+		if fallback == 0 {
+			fallback = id
+		}
+	}
+	return fallback
 }
 
 func overlaps(d *pandopb.RangeDescriptor, start, end []byte) bool {
@@ -377,25 +622,37 @@ func overlaps(d *pandopb.RangeDescriptor, start, end []byte) bool {
 	return (len(end) == 0 || bytes.Compare(d.StartKey, end) < 0) && (len(d.EndKey) == 0 || bytes.Compare(start, d.EndKey) < 0)
 }
 
-// resolvedBound is the lowest resolved revision of the local ranges now
-// covering the span; unknown lists those not heard of yet (they hold the
-// bound at 0); lost is set when a part of the span has no replica here.
-func (w *watch) resolvedBound(resolved map[uint64]uint64) (bound uint64, unknown []uint64, lost error) {
+// resolvedBound is the lowest resolved revision of the local ranges and
+// remote parts now covering the span; unknown lists local ranges not
+// heard of yet (they hold the bound at 0); lost is set when a part of the
+// span has no replica here and no remote part.
+func (w *watch) resolvedBound(resolved map[uint64]uint64, parts []*remotePart) (bound uint64, unknown []uint64, lost error) {
 	cur := w.spec.Start
 	first := true
 	for {
-		st, err := w.s.node.RangeFor(cur)
-		if err != nil {
-			return 0, nil, w.notHere(cur, err)
-		}
-		r, ok := resolved[st.RangeID]
-		if !ok {
-			unknown = append(unknown, st.RangeID)
+		var r uint64
+		var end []byte
+		if p := partAt(parts, cur); p != nil {
+			r, end = p.resolved, p.end
+		} else {
+			st, err := w.s.node.RangeFor(cur)
+			if err != nil {
+				return 0, nil, w.notHere(cur, err)
+			}
+			var ok bool
+			if r, ok = resolved[st.RangeID]; !ok {
+				unknown = append(unknown, st.RangeID)
+			}
+			end = st.Desc.EndKey
+			for _, p := range parts { // a remote part may begin inside a local range (it grew)
+				if bytes.Compare(p.start, cur) > 0 && (len(end) == 0 || bytes.Compare(p.start, end) < 0) {
+					end = p.start
+				}
+			}
 		}
 		if first || r < bound {
 			bound, first = r, false
 		}
-		end := st.Desc.EndKey
 		if len(end) == 0 || (len(w.spec.End) > 0 && bytes.Compare(end, w.spec.End) >= 0) {
 			return bound, unknown, nil
 		}
@@ -441,7 +698,7 @@ func (w *watch) emit(pending []node.FeedEvent, bound uint64, lastSend *time.Time
 	}
 	// Every change at or below the bound has been sent now.
 	w.sent = max(w.sent, bound, w.from-1)
-	if w.spec.Progress && w.sent > w.told && time.Since(*lastSend) >= w.spec.ProgressEvery {
+	if w.sent > w.told && (w.spec.Resolved || w.spec.Progress && time.Since(*lastSend) >= w.spec.ProgressEvery) {
 		if err := w.send(&pandopb.WatchResponse{Revision: w.sent}); err != nil {
 			return nil, err
 		}
@@ -463,6 +720,20 @@ func watchEvent(ev node.FeedEvent, prevKV bool) *pandopb.WatchEvent {
 	return out
 }
 
+// feedEventOf is a remote part's change as the feed has it.
+func feedEventOf(ev *pandopb.WatchEvent) node.FeedEvent {
+	kv := ev.GetKv()
+	fe := node.FeedEvent{Key: kv.GetKey(), Revision: kv.GetModRevision(), Value: kv.GetValue(), Version: kv.GetVersion(), CreateRevision: kv.GetCreateRevision()}
+	if ev.Type == pandopb.WatchEvent_DELETE {
+		fe.Value, fe.Version, fe.CreateRevision, fe.Delete = nil, 0, 0, true
+	}
+	if p := ev.PrevKv; p != nil {
+		fe.HasPrev = true
+		fe.Prev = storage.Record{Value: p.Value, Version: p.Version, CreateRevision: p.CreateRevision, ModRevision: p.ModRevision}
+	}
+	return fe
+}
+
 func feedEvent(c storage.Change) node.FeedEvent {
 	ev := node.FeedEvent{Key: c.Key, Revision: c.Record.ModRevision, Value: c.Record.Value, Version: c.Record.Version,
 		CreateRevision: c.Record.CreateRevision, Prev: c.Prev, HasPrev: c.HasPrev}
@@ -474,7 +745,16 @@ func feedEvent(c storage.Change) node.FeedEvent {
 
 // nudge closes, at rev, every range of the span whose resolved revision
 // holds changes back (one close in flight per range).
-func (w *watch) nudge(ctx context.Context, resolved map[uint64]uint64, unknown []uint64, rev uint64) {
+func (w *watch) nudge(ctx context.Context, resolved map[uint64]uint64, unknown []uint64, parts []*remotePart, rev uint64) {
+	for _, p := range parts {
+		if p.resolved < rev {
+			select { // the latest revision replaces one not taken yet
+			case <-p.nudge:
+			default:
+			}
+			p.nudge <- rev
+		}
+	}
 	var ids []uint64
 	ids = append(ids, unknown...)
 	for id, r := range resolved {
@@ -545,6 +825,7 @@ func (w *Watcher) Watch(stream pandopb.Watch_WatchServer) error {
 	type running struct {
 		cancel context.CancelFunc
 		sent   *atomic.Uint64
+		nudges chan uint64
 	}
 	var mu sync.Mutex
 	watches := map[int64]*running{}
@@ -614,7 +895,7 @@ func (w *Watcher) Watch(stream pandopb.Watch_WatchServer) error {
 				}
 				continue
 			}
-			start, end, err := w.s.WatchSpan(c)
+			spec, err := w.s.SpecOf(c)
 			if err != nil {
 				if err := send(ended(id, err)); err != nil {
 					return err
@@ -622,7 +903,8 @@ func (w *Watcher) Watch(stream pandopb.Watch_WatchServer) error {
 				continue
 			}
 			wctx, wcancel := context.WithCancel(ctx)
-			r := &running{cancel: wcancel, sent: new(atomic.Uint64)}
+			r := &running{cancel: wcancel, sent: new(atomic.Uint64), nudges: make(chan uint64, 1)}
+			spec.Nudges = r.nudges
 			mu.Lock()
 			watches[id] = r
 			mu.Unlock()
@@ -630,7 +912,7 @@ func (w *Watcher) Watch(stream pandopb.Watch_WatchServer) error {
 			go func() {
 				defer wg.Done()
 				first := true
-				err := w.s.Watch(wctx, WatchSpec{Start: start, End: end, From: c.StartRevision, Progress: c.ProgressNotify, PrevKV: c.PrevKv},
+				err := w.s.Watch(wctx, spec,
 					func(resp *pandopb.WatchResponse) error {
 						resp.WatchId, resp.Created, first = id, first, false
 						if err := send(resp); err != nil {
@@ -659,6 +941,20 @@ func (w *Watcher) Watch(stream pandopb.Watch_WatchServer) error {
 			mu.Unlock()
 			if r != nil {
 				r.cancel() // its goroutine sends the canceled response
+			}
+		case *pandopb.WatchStreamRequest_Nudge:
+			mu.Lock()
+			r := watches[op.Nudge.WatchId]
+			mu.Unlock()
+			if r != nil {
+				select { // the latest revision replaces one not taken yet
+				case <-r.nudges:
+				default:
+				}
+				select {
+				case r.nudges <- op.Nudge.Revision:
+				default:
+				}
 			}
 		case *pandopb.WatchStreamRequest_Progress:
 			mu.Lock()

@@ -116,7 +116,7 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{20, 0}
+	return file_pando_proto_rawDescGZIP(), []int{21, 0}
 }
 
 type GetRequest struct {
@@ -1421,6 +1421,7 @@ type WatchStreamRequest struct {
 	//	*WatchStreamRequest_Create
 	//	*WatchStreamRequest_Cancel
 	//	*WatchStreamRequest_Progress
+	//	*WatchStreamRequest_Nudge
 	Request       isWatchStreamRequest_Request `protobuf_oneof:"request"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1490,6 +1491,15 @@ func (x *WatchStreamRequest) GetProgress() *WatchProgressRequest {
 	return nil
 }
 
+func (x *WatchStreamRequest) GetNudge() *WatchNudge {
+	if x != nil {
+		if x, ok := x.Request.(*WatchStreamRequest_Nudge); ok {
+			return x.Nudge
+		}
+	}
+	return nil
+}
+
 type isWatchStreamRequest_Request interface {
 	isWatchStreamRequest_Request()
 }
@@ -1506,11 +1516,72 @@ type WatchStreamRequest_Progress struct {
 	Progress *WatchProgressRequest `protobuf:"bytes,3,opt,name=progress,proto3,oneof"`
 }
 
+type WatchStreamRequest_Nudge struct {
+	Nudge *WatchNudge `protobuf:"bytes,4,opt,name=nudge,proto3,oneof"`
+}
+
 func (*WatchStreamRequest_Create) isWatchStreamRequest_Request() {}
 
 func (*WatchStreamRequest_Cancel) isWatchStreamRequest_Request() {}
 
 func (*WatchStreamRequest_Progress) isWatchStreamRequest_Request() {}
+
+func (*WatchStreamRequest_Nudge) isWatchStreamRequest_Request() {}
+
+// WatchNudge (node to node) asks a resolved watch (WatchRequest.resolved)
+// to close its span's ranges at revision: the watching node holds changes
+// of other ranges at or below it until this part resolves past it.
+type WatchNudge struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WatchId       int64                  `protobuf:"varint,1,opt,name=watch_id,json=watchId,proto3" json:"watch_id,omitempty"`
+	Revision      uint64                 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchNudge) Reset() {
+	*x = WatchNudge{}
+	mi := &file_pando_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchNudge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchNudge) ProtoMessage() {}
+
+func (x *WatchNudge) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchNudge.ProtoReflect.Descriptor instead.
+func (*WatchNudge) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *WatchNudge) GetWatchId() int64 {
+	if x != nil {
+		return x.WatchId
+	}
+	return 0
+}
+
+func (x *WatchNudge) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
 
 type WatchCancelRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1521,7 +1592,7 @@ type WatchCancelRequest struct {
 
 func (x *WatchCancelRequest) Reset() {
 	*x = WatchCancelRequest{}
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1533,7 +1604,7 @@ func (x *WatchCancelRequest) String() string {
 func (*WatchCancelRequest) ProtoMessage() {}
 
 func (x *WatchCancelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1546,7 +1617,7 @@ func (x *WatchCancelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchCancelRequest.ProtoReflect.Descriptor instead.
 func (*WatchCancelRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{17}
+	return file_pando_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchCancelRequest) GetWatchId() int64 {
@@ -1566,7 +1637,7 @@ type WatchProgressRequest struct {
 
 func (x *WatchProgressRequest) Reset() {
 	*x = WatchProgressRequest{}
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1578,7 +1649,7 @@ func (x *WatchProgressRequest) String() string {
 func (*WatchProgressRequest) ProtoMessage() {}
 
 func (x *WatchProgressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1591,7 +1662,7 @@ func (x *WatchProgressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchProgressRequest.ProtoReflect.Descriptor instead.
 func (*WatchProgressRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{18}
+	return file_pando_proto_rawDescGZIP(), []int{19}
 }
 
 // WatchRequest creates a watch (and is what GET /v1/watch asks for).
@@ -1613,14 +1684,19 @@ type WatchRequest struct {
 	// existed and is still kept).
 	PrevKv bool `protobuf:"varint,6,opt,name=prev_kv,json=prevKv,proto3" json:"prev_kv,omitempty"`
 	// watch_id names the watch on its stream (0: the server picks one).
-	WatchId       int64 `protobuf:"varint,7,opt,name=watch_id,json=watchId,proto3" json:"watch_id,omitempty"`
+	WatchId int64 `protobuf:"varint,7,opt,name=watch_id,json=watchId,proto3" json:"watch_id,omitempty"`
+	// resolved (node to node): the watch is a part of another node's watch,
+	// served from this node's replicas alone; it answers each time its
+	// revision (every change at or below it sent) rises, and closes idle
+	// ranges only when nudged (WatchNudge), never on a timer.
+	Resolved      bool `protobuf:"varint,8,opt,name=resolved,proto3" json:"resolved,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1632,7 +1708,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1645,7 +1721,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{19}
+	return file_pando_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchRequest) GetKey() []byte {
@@ -1697,6 +1773,13 @@ func (x *WatchRequest) GetWatchId() int64 {
 	return 0
 }
 
+func (x *WatchRequest) GetResolved() bool {
+	if x != nil {
+		return x.Resolved
+	}
+	return false
+}
+
 type WatchEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Type  WatchEvent_Type        `protobuf:"varint,1,opt,name=type,proto3,enum=pando.v1.WatchEvent_Type" json:"type,omitempty"`
@@ -1711,7 +1794,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +1806,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +1819,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{20}
+	return file_pando_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -1782,7 +1865,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1794,7 +1877,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1807,7 +1890,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{21}
+	return file_pando_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchResponse) GetEvents() []*WatchEvent {
@@ -1871,7 +1954,7 @@ type CompactRequest struct {
 
 func (x *CompactRequest) Reset() {
 	*x = CompactRequest{}
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1883,7 +1966,7 @@ func (x *CompactRequest) String() string {
 func (*CompactRequest) ProtoMessage() {}
 
 func (x *CompactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1896,7 +1979,7 @@ func (x *CompactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRequest.ProtoReflect.Descriptor instead.
 func (*CompactRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{22}
+	return file_pando_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CompactRequest) GetRevision() uint64 {
@@ -1928,7 +2011,7 @@ type CompactResponse struct {
 
 func (x *CompactResponse) Reset() {
 	*x = CompactResponse{}
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1940,7 +2023,7 @@ func (x *CompactResponse) String() string {
 func (*CompactResponse) ProtoMessage() {}
 
 func (x *CompactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1953,7 +2036,7 @@ func (x *CompactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactResponse.ProtoReflect.Descriptor instead.
 func (*CompactResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{23}
+	return file_pando_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CompactResponse) GetRevision() uint64 {
@@ -1988,7 +2071,7 @@ type RaftEnvelope struct {
 
 func (x *RaftEnvelope) Reset() {
 	*x = RaftEnvelope{}
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2000,7 +2083,7 @@ func (x *RaftEnvelope) String() string {
 func (*RaftEnvelope) ProtoMessage() {}
 
 func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2013,7 +2096,7 @@ func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftEnvelope.ProtoReflect.Descriptor instead.
 func (*RaftEnvelope) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{24}
+	return file_pando_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RaftEnvelope) GetRangeId() uint64 {
@@ -2044,7 +2127,7 @@ type RaftBatch struct {
 
 func (x *RaftBatch) Reset() {
 	*x = RaftBatch{}
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2056,7 +2139,7 @@ func (x *RaftBatch) String() string {
 func (*RaftBatch) ProtoMessage() {}
 
 func (x *RaftBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2069,7 +2152,7 @@ func (x *RaftBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftBatch.ProtoReflect.Descriptor instead.
 func (*RaftBatch) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{25}
+	return file_pando_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RaftBatch) GetFromNode() uint64 {
@@ -2101,7 +2184,7 @@ type RaftAck struct {
 
 func (x *RaftAck) Reset() {
 	*x = RaftAck{}
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2113,7 +2196,7 @@ func (x *RaftAck) String() string {
 func (*RaftAck) ProtoMessage() {}
 
 func (x *RaftAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2126,7 +2209,7 @@ func (x *RaftAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAck.ProtoReflect.Descriptor instead.
 func (*RaftAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{26}
+	return file_pando_proto_rawDescGZIP(), []int{27}
 }
 
 // A snapshot travels as a stream of chunks: data chunks first, then one
@@ -2144,7 +2227,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2156,7 +2239,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2169,7 +2252,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{27}
+	return file_pando_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SnapshotChunk) GetRangeId() uint64 {
@@ -2216,7 +2299,7 @@ type SnapshotAck struct {
 
 func (x *SnapshotAck) Reset() {
 	*x = SnapshotAck{}
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2228,7 +2311,7 @@ func (x *SnapshotAck) String() string {
 func (*SnapshotAck) ProtoMessage() {}
 
 func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2241,7 +2324,7 @@ func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotAck.ProtoReflect.Descriptor instead.
 func (*SnapshotAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{28}
+	return file_pando_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SnapshotAck) GetAccepted() bool {
@@ -2263,7 +2346,7 @@ type PutOp struct {
 
 func (x *PutOp) Reset() {
 	*x = PutOp{}
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2275,7 +2358,7 @@ func (x *PutOp) String() string {
 func (*PutOp) ProtoMessage() {}
 
 func (x *PutOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2288,7 +2371,7 @@ func (x *PutOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOp.ProtoReflect.Descriptor instead.
 func (*PutOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{29}
+	return file_pando_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PutOp) GetKey() []byte {
@@ -2333,7 +2416,7 @@ type DeleteOp struct {
 
 func (x *DeleteOp) Reset() {
 	*x = DeleteOp{}
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2345,7 +2428,7 @@ func (x *DeleteOp) String() string {
 func (*DeleteOp) ProtoMessage() {}
 
 func (x *DeleteOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2358,7 +2441,7 @@ func (x *DeleteOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteOp.ProtoReflect.Descriptor instead.
 func (*DeleteOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{30}
+	return file_pando_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DeleteOp) GetKey() []byte {
@@ -2402,7 +2485,7 @@ type PruneDedupOp struct {
 
 func (x *PruneDedupOp) Reset() {
 	*x = PruneDedupOp{}
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2414,7 +2497,7 @@ func (x *PruneDedupOp) String() string {
 func (*PruneDedupOp) ProtoMessage() {}
 
 func (x *PruneDedupOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2427,7 +2510,7 @@ func (x *PruneDedupOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneDedupOp.ProtoReflect.Descriptor instead.
 func (*PruneDedupOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{31}
+	return file_pando_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PruneDedupOp) GetBefore() int64 {
@@ -2475,7 +2558,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2487,7 +2570,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2500,7 +2583,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{32}
+	return file_pando_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Command) GetId() uint64 {
@@ -2778,7 +2861,7 @@ type CloseRevisionOp struct {
 
 func (x *CloseRevisionOp) Reset() {
 	*x = CloseRevisionOp{}
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2790,7 +2873,7 @@ func (x *CloseRevisionOp) String() string {
 func (*CloseRevisionOp) ProtoMessage() {}
 
 func (x *CloseRevisionOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2803,7 +2886,7 @@ func (x *CloseRevisionOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseRevisionOp.ProtoReflect.Descriptor instead.
 func (*CloseRevisionOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{33}
+	return file_pando_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CloseRevisionOp) GetRevision() uint64 {
@@ -2833,7 +2916,7 @@ type CompactOp struct {
 
 func (x *CompactOp) Reset() {
 	*x = CompactOp{}
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2845,7 +2928,7 @@ func (x *CompactOp) String() string {
 func (*CompactOp) ProtoMessage() {}
 
 func (x *CompactOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2858,7 +2941,7 @@ func (x *CompactOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactOp.ProtoReflect.Descriptor instead.
 func (*CompactOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{34}
+	return file_pando_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CompactOp) GetRevision() uint64 {
@@ -2900,7 +2983,7 @@ type RevisionCeilingOp struct {
 
 func (x *RevisionCeilingOp) Reset() {
 	*x = RevisionCeilingOp{}
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2912,7 +2995,7 @@ func (x *RevisionCeilingOp) String() string {
 func (*RevisionCeilingOp) ProtoMessage() {}
 
 func (x *RevisionCeilingOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2925,7 +3008,7 @@ func (x *RevisionCeilingOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionCeilingOp.ProtoReflect.Descriptor instead.
 func (*RevisionCeilingOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{35}
+	return file_pando_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RevisionCeilingOp) GetCeiling() uint64 {
@@ -2970,7 +3053,7 @@ type DedupRecord struct {
 
 func (x *DedupRecord) Reset() {
 	*x = DedupRecord{}
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2982,7 +3065,7 @@ func (x *DedupRecord) String() string {
 func (*DedupRecord) ProtoMessage() {}
 
 func (x *DedupRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2995,7 +3078,7 @@ func (x *DedupRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DedupRecord.ProtoReflect.Descriptor instead.
 func (*DedupRecord) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{36}
+	return file_pando_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DedupRecord) GetSeq() uint64 {
@@ -3070,7 +3153,7 @@ type SplitOp struct {
 
 func (x *SplitOp) Reset() {
 	*x = SplitOp{}
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3082,7 +3165,7 @@ func (x *SplitOp) String() string {
 func (*SplitOp) ProtoMessage() {}
 
 func (x *SplitOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3095,7 +3178,7 @@ func (x *SplitOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitOp.ProtoReflect.Descriptor instead.
 func (*SplitOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{37}
+	return file_pando_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SplitOp) GetSplitKey() []byte {
@@ -3134,7 +3217,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3146,7 +3229,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3159,7 +3242,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{38}
+	return file_pando_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *NodeRecord) GetId() uint64 {
@@ -3203,7 +3286,7 @@ type DirectoryOp struct {
 
 func (x *DirectoryOp) Reset() {
 	*x = DirectoryOp{}
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3215,7 +3298,7 @@ func (x *DirectoryOp) String() string {
 func (*DirectoryOp) ProtoMessage() {}
 
 func (x *DirectoryOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3228,7 +3311,7 @@ func (x *DirectoryOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryOp.ProtoReflect.Descriptor instead.
 func (*DirectoryOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{39}
+	return file_pando_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DirectoryOp) GetRanges() []*RangeDescriptor {
@@ -3258,7 +3341,7 @@ type FreezeOp struct {
 
 func (x *FreezeOp) Reset() {
 	*x = FreezeOp{}
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3270,7 +3353,7 @@ func (x *FreezeOp) String() string {
 func (*FreezeOp) ProtoMessage() {}
 
 func (x *FreezeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3283,7 +3366,7 @@ func (x *FreezeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreezeOp.ProtoReflect.Descriptor instead.
 func (*FreezeOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{40}
+	return file_pando_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *FreezeOp) GetMergeInto() uint64 {
@@ -3313,7 +3396,7 @@ type MergeOp struct {
 
 func (x *MergeOp) Reset() {
 	*x = MergeOp{}
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3325,7 +3408,7 @@ func (x *MergeOp) String() string {
 func (*MergeOp) ProtoMessage() {}
 
 func (x *MergeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3338,7 +3421,7 @@ func (x *MergeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeOp.ProtoReflect.Descriptor instead.
 func (*MergeOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{41}
+	return file_pando_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *MergeOp) GetRight() *RangeDescriptor {
@@ -3372,7 +3455,7 @@ type AllocRangeIDOp struct {
 
 func (x *AllocRangeIDOp) Reset() {
 	*x = AllocRangeIDOp{}
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3384,7 +3467,7 @@ func (x *AllocRangeIDOp) String() string {
 func (*AllocRangeIDOp) ProtoMessage() {}
 
 func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3397,7 +3480,7 @@ func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDOp.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{42}
+	return file_pando_proto_rawDescGZIP(), []int{43}
 }
 
 // ChecksumOp asks every replica to hash the range's replicated data as of
@@ -3411,7 +3494,7 @@ type ChecksumOp struct {
 
 func (x *ChecksumOp) Reset() {
 	*x = ChecksumOp{}
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3423,7 +3506,7 @@ func (x *ChecksumOp) String() string {
 func (*ChecksumOp) ProtoMessage() {}
 
 func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3436,7 +3519,7 @@ func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumOp.ProtoReflect.Descriptor instead.
 func (*ChecksumOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{43}
+	return file_pando_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ChecksumOp) GetCheckId() uint64 {
@@ -3466,7 +3549,7 @@ type CheckVerdict struct {
 
 func (x *CheckVerdict) Reset() {
 	*x = CheckVerdict{}
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3478,7 +3561,7 @@ func (x *CheckVerdict) String() string {
 func (*CheckVerdict) ProtoMessage() {}
 
 func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3491,7 +3574,7 @@ func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckVerdict.ProtoReflect.Descriptor instead.
 func (*CheckVerdict) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{44}
+	return file_pando_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CheckVerdict) GetCheckId() uint64 {
@@ -3559,7 +3642,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3571,7 +3654,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3584,7 +3667,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{45}
+	return file_pando_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RangeDescriptor) GetId() uint64 {
@@ -3656,7 +3739,7 @@ type RangeState struct {
 
 func (x *RangeState) Reset() {
 	*x = RangeState{}
-	mi := &file_pando_proto_msgTypes[46]
+	mi := &file_pando_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3668,7 +3751,7 @@ func (x *RangeState) String() string {
 func (*RangeState) ProtoMessage() {}
 
 func (x *RangeState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[46]
+	mi := &file_pando_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3681,7 +3764,7 @@ func (x *RangeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeState.ProtoReflect.Descriptor instead.
 func (*RangeState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{46}
+	return file_pando_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RangeState) GetAppliedIndex() uint64 {
@@ -3779,7 +3862,7 @@ type TruncatedState struct {
 
 func (x *TruncatedState) Reset() {
 	*x = TruncatedState{}
-	mi := &file_pando_proto_msgTypes[47]
+	mi := &file_pando_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3791,7 +3874,7 @@ func (x *TruncatedState) String() string {
 func (*TruncatedState) ProtoMessage() {}
 
 func (x *TruncatedState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[47]
+	mi := &file_pando_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3804,7 +3887,7 @@ func (x *TruncatedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncatedState.ProtoReflect.Descriptor instead.
 func (*TruncatedState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{47}
+	return file_pando_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *TruncatedState) GetIndex() uint64 {
@@ -3834,7 +3917,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_pando_proto_msgTypes[48]
+	mi := &file_pando_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3846,7 +3929,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[48]
+	mi := &file_pando_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3859,7 +3942,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{48}
+	return file_pando_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *CheckRequest) GetRangeId() uint64 {
@@ -3894,7 +3977,7 @@ type KeyDiff struct {
 
 func (x *KeyDiff) Reset() {
 	*x = KeyDiff{}
-	mi := &file_pando_proto_msgTypes[49]
+	mi := &file_pando_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3906,7 +3989,7 @@ func (x *KeyDiff) String() string {
 func (*KeyDiff) ProtoMessage() {}
 
 func (x *KeyDiff) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[49]
+	mi := &file_pando_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3919,7 +4002,7 @@ func (x *KeyDiff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDiff.ProtoReflect.Descriptor instead.
 func (*KeyDiff) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{49}
+	return file_pando_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *KeyDiff) GetKey() []byte {
@@ -3948,7 +4031,7 @@ type ReplicaKey struct {
 
 func (x *ReplicaKey) Reset() {
 	*x = ReplicaKey{}
-	mi := &file_pando_proto_msgTypes[50]
+	mi := &file_pando_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3960,7 +4043,7 @@ func (x *ReplicaKey) String() string {
 func (*ReplicaKey) ProtoMessage() {}
 
 func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[50]
+	mi := &file_pando_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3973,7 +4056,7 @@ func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaKey.ProtoReflect.Descriptor instead.
 func (*ReplicaKey) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{50}
+	return file_pando_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ReplicaKey) GetNodeId() uint64 {
@@ -4016,7 +4099,7 @@ type RangeCheck struct {
 
 func (x *RangeCheck) Reset() {
 	*x = RangeCheck{}
-	mi := &file_pando_proto_msgTypes[51]
+	mi := &file_pando_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4028,7 +4111,7 @@ func (x *RangeCheck) String() string {
 func (*RangeCheck) ProtoMessage() {}
 
 func (x *RangeCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[51]
+	mi := &file_pando_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4041,7 +4124,7 @@ func (x *RangeCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeCheck.ProtoReflect.Descriptor instead.
 func (*RangeCheck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{51}
+	return file_pando_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RangeCheck) GetRangeId() uint64 {
@@ -4116,7 +4199,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_pando_proto_msgTypes[52]
+	mi := &file_pando_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4128,7 +4211,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[52]
+	mi := &file_pando_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4141,7 +4224,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{52}
+	return file_pando_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *CheckResponse) GetRanges() []*RangeCheck {
@@ -4161,7 +4244,7 @@ type ChecksumRequest struct {
 
 func (x *ChecksumRequest) Reset() {
 	*x = ChecksumRequest{}
-	mi := &file_pando_proto_msgTypes[53]
+	mi := &file_pando_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4173,7 +4256,7 @@ func (x *ChecksumRequest) String() string {
 func (*ChecksumRequest) ProtoMessage() {}
 
 func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[53]
+	mi := &file_pando_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4186,7 +4269,7 @@ func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumRequest.ProtoReflect.Descriptor instead.
 func (*ChecksumRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{53}
+	return file_pando_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ChecksumRequest) GetRangeId() uint64 {
@@ -4216,7 +4299,7 @@ type ChecksumResponse struct {
 
 func (x *ChecksumResponse) Reset() {
 	*x = ChecksumResponse{}
-	mi := &file_pando_proto_msgTypes[54]
+	mi := &file_pando_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4228,7 +4311,7 @@ func (x *ChecksumResponse) String() string {
 func (*ChecksumResponse) ProtoMessage() {}
 
 func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[54]
+	mi := &file_pando_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4241,7 +4324,7 @@ func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumResponse.ProtoReflect.Descriptor instead.
 func (*ChecksumResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{54}
+	return file_pando_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ChecksumResponse) GetIndex() uint64 {
@@ -4284,7 +4367,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_pando_proto_msgTypes[55]
+	mi := &file_pando_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4296,7 +4379,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[55]
+	mi := &file_pando_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4309,7 +4392,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{55}
+	return file_pando_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListKeysRequest) GetRangeId() uint64 {
@@ -4351,7 +4434,7 @@ type KeyDigest struct {
 
 func (x *KeyDigest) Reset() {
 	*x = KeyDigest{}
-	mi := &file_pando_proto_msgTypes[56]
+	mi := &file_pando_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4363,7 +4446,7 @@ func (x *KeyDigest) String() string {
 func (*KeyDigest) ProtoMessage() {}
 
 func (x *KeyDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[56]
+	mi := &file_pando_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4376,7 +4459,7 @@ func (x *KeyDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDigest.ProtoReflect.Descriptor instead.
 func (*KeyDigest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{56}
+	return file_pando_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *KeyDigest) GetKey() []byte {
@@ -4410,7 +4493,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_pando_proto_msgTypes[57]
+	mi := &file_pando_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4422,7 +4505,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[57]
+	mi := &file_pando_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4435,7 +4518,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{57}
+	return file_pando_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ListKeysResponse) GetKeys() []*KeyDigest {
@@ -4463,7 +4546,7 @@ type RepairRequest struct {
 
 func (x *RepairRequest) Reset() {
 	*x = RepairRequest{}
-	mi := &file_pando_proto_msgTypes[58]
+	mi := &file_pando_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4475,7 +4558,7 @@ func (x *RepairRequest) String() string {
 func (*RepairRequest) ProtoMessage() {}
 
 func (x *RepairRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[58]
+	mi := &file_pando_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4488,7 +4571,7 @@ func (x *RepairRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
 func (*RepairRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{58}
+	return file_pando_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *RepairRequest) GetRangeId() uint64 {
@@ -4515,7 +4598,7 @@ type RepairResponse struct {
 
 func (x *RepairResponse) Reset() {
 	*x = RepairResponse{}
-	mi := &file_pando_proto_msgTypes[59]
+	mi := &file_pando_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4527,7 +4610,7 @@ func (x *RepairResponse) String() string {
 func (*RepairResponse) ProtoMessage() {}
 
 func (x *RepairResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[59]
+	mi := &file_pando_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4540,7 +4623,7 @@ func (x *RepairResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairResponse.ProtoReflect.Descriptor instead.
 func (*RepairResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{59}
+	return file_pando_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *RepairResponse) GetIndex() uint64 {
@@ -4566,7 +4649,7 @@ type RangeDataRequest struct {
 
 func (x *RangeDataRequest) Reset() {
 	*x = RangeDataRequest{}
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4578,7 +4661,7 @@ func (x *RangeDataRequest) String() string {
 func (*RangeDataRequest) ProtoMessage() {}
 
 func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4591,7 +4674,7 @@ func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataRequest.ProtoReflect.Descriptor instead.
 func (*RangeDataRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{60}
+	return file_pando_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *RangeDataRequest) GetRangeId() uint64 {
@@ -4617,7 +4700,7 @@ type RangeDataChunk struct {
 
 func (x *RangeDataChunk) Reset() {
 	*x = RangeDataChunk{}
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4629,7 +4712,7 @@ func (x *RangeDataChunk) String() string {
 func (*RangeDataChunk) ProtoMessage() {}
 
 func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4642,7 +4725,7 @@ func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataChunk.ProtoReflect.Descriptor instead.
 func (*RangeDataChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{61}
+	return file_pando_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *RangeDataChunk) GetIndex() uint64 {
@@ -4683,7 +4766,7 @@ type SplitRequest struct {
 
 func (x *SplitRequest) Reset() {
 	*x = SplitRequest{}
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4695,7 +4778,7 @@ func (x *SplitRequest) String() string {
 func (*SplitRequest) ProtoMessage() {}
 
 func (x *SplitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4708,7 +4791,7 @@ func (x *SplitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
 func (*SplitRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{62}
+	return file_pando_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *SplitRequest) GetKey() []byte {
@@ -4728,7 +4811,7 @@ type SplitResponse struct {
 
 func (x *SplitResponse) Reset() {
 	*x = SplitResponse{}
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4740,7 +4823,7 @@ func (x *SplitResponse) String() string {
 func (*SplitResponse) ProtoMessage() {}
 
 func (x *SplitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4753,7 +4836,7 @@ func (x *SplitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
 func (*SplitResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{63}
+	return file_pando_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *SplitResponse) GetLeft() *RangeDescriptor {
@@ -4778,7 +4861,7 @@ type AllocRangeIDRequest struct {
 
 func (x *AllocRangeIDRequest) Reset() {
 	*x = AllocRangeIDRequest{}
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4790,7 +4873,7 @@ func (x *AllocRangeIDRequest) String() string {
 func (*AllocRangeIDRequest) ProtoMessage() {}
 
 func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4803,7 +4886,7 @@ func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDRequest.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{64}
+	return file_pando_proto_rawDescGZIP(), []int{65}
 }
 
 type AllocRangeIDResponse struct {
@@ -4815,7 +4898,7 @@ type AllocRangeIDResponse struct {
 
 func (x *AllocRangeIDResponse) Reset() {
 	*x = AllocRangeIDResponse{}
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4827,7 +4910,7 @@ func (x *AllocRangeIDResponse) String() string {
 func (*AllocRangeIDResponse) ProtoMessage() {}
 
 func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4840,7 +4923,7 @@ func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDResponse.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{65}
+	return file_pando_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *AllocRangeIDResponse) GetRangeId() uint64 {
@@ -4865,7 +4948,7 @@ type MoveReplicaRequest struct {
 
 func (x *MoveReplicaRequest) Reset() {
 	*x = MoveReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4877,7 +4960,7 @@ func (x *MoveReplicaRequest) String() string {
 func (*MoveReplicaRequest) ProtoMessage() {}
 
 func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4890,7 +4973,7 @@ func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*MoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{66}
+	return file_pando_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *MoveReplicaRequest) GetRangeId() uint64 {
@@ -4930,7 +5013,7 @@ type MoveReplicaResponse struct {
 
 func (x *MoveReplicaResponse) Reset() {
 	*x = MoveReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4942,7 +5025,7 @@ func (x *MoveReplicaResponse) String() string {
 func (*MoveReplicaResponse) ProtoMessage() {}
 
 func (x *MoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4955,7 +5038,7 @@ func (x *MoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*MoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{67}
+	return file_pando_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *MoveReplicaResponse) GetDesc() *RangeDescriptor {
@@ -4975,7 +5058,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4987,7 +5070,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5000,7 +5083,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{68}
+	return file_pando_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *TransferLeaderRequest) GetRangeId() uint64 {
@@ -5025,7 +5108,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5037,7 +5120,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5050,7 +5133,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{69}
+	return file_pando_proto_rawDescGZIP(), []int{70}
 }
 
 // CreateReplicaRequest asks a node to hold an empty replica of desc's
@@ -5069,7 +5152,7 @@ type CreateReplicaRequest struct {
 
 func (x *CreateReplicaRequest) Reset() {
 	*x = CreateReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5081,7 +5164,7 @@ func (x *CreateReplicaRequest) String() string {
 func (*CreateReplicaRequest) ProtoMessage() {}
 
 func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5094,7 +5177,7 @@ func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReplicaRequest.ProtoReflect.Descriptor instead.
 func (*CreateReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{70}
+	return file_pando_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *CreateReplicaRequest) GetDesc() *RangeDescriptor {
@@ -5126,7 +5209,7 @@ type CreateReplicaResponse struct {
 
 func (x *CreateReplicaResponse) Reset() {
 	*x = CreateReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5138,7 +5221,7 @@ func (x *CreateReplicaResponse) String() string {
 func (*CreateReplicaResponse) ProtoMessage() {}
 
 func (x *CreateReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5151,7 +5234,7 @@ func (x *CreateReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReplicaResponse.ProtoReflect.Descriptor instead.
 func (*CreateReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{71}
+	return file_pando_proto_rawDescGZIP(), []int{72}
 }
 
 // DestroyReplicaRequest tells a node that desc (the range's current
@@ -5170,7 +5253,7 @@ type AdoptReplicaRequest struct {
 
 func (x *AdoptReplicaRequest) Reset() {
 	*x = AdoptReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5182,7 +5265,7 @@ func (x *AdoptReplicaRequest) String() string {
 func (*AdoptReplicaRequest) ProtoMessage() {}
 
 func (x *AdoptReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5195,7 +5278,7 @@ func (x *AdoptReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptReplicaRequest.ProtoReflect.Descriptor instead.
 func (*AdoptReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{72}
+	return file_pando_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *AdoptReplicaRequest) GetRangeId() uint64 {
@@ -5223,7 +5306,7 @@ type AdoptReplicaResponse struct {
 
 func (x *AdoptReplicaResponse) Reset() {
 	*x = AdoptReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5235,7 +5318,7 @@ func (x *AdoptReplicaResponse) String() string {
 func (*AdoptReplicaResponse) ProtoMessage() {}
 
 func (x *AdoptReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5248,7 +5331,7 @@ func (x *AdoptReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptReplicaResponse.ProtoReflect.Descriptor instead.
 func (*AdoptReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{73}
+	return file_pando_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *AdoptReplicaResponse) GetDesc() *RangeDescriptor {
@@ -5281,7 +5364,7 @@ type DestroyReplicaRequest struct {
 
 func (x *DestroyReplicaRequest) Reset() {
 	*x = DestroyReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5293,7 +5376,7 @@ func (x *DestroyReplicaRequest) String() string {
 func (*DestroyReplicaRequest) ProtoMessage() {}
 
 func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5306,7 +5389,7 @@ func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaRequest.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{74}
+	return file_pando_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *DestroyReplicaRequest) GetDesc() *RangeDescriptor {
@@ -5324,7 +5407,7 @@ type DestroyReplicaResponse struct {
 
 func (x *DestroyReplicaResponse) Reset() {
 	*x = DestroyReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[75]
+	mi := &file_pando_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5336,7 +5419,7 @@ func (x *DestroyReplicaResponse) String() string {
 func (*DestroyReplicaResponse) ProtoMessage() {}
 
 func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[75]
+	mi := &file_pando_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5349,7 +5432,7 @@ func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaResponse.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{75}
+	return file_pando_proto_rawDescGZIP(), []int{76}
 }
 
 type JoinRequest struct {
@@ -5362,7 +5445,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_pando_proto_msgTypes[76]
+	mi := &file_pando_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5374,7 +5457,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[76]
+	mi := &file_pando_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5387,7 +5470,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{76}
+	return file_pando_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *JoinRequest) GetNodeId() uint64 {
@@ -5413,7 +5496,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_pando_proto_msgTypes[77]
+	mi := &file_pando_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5425,7 +5508,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[77]
+	mi := &file_pando_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5438,7 +5521,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{77}
+	return file_pando_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *JoinResponse) GetNodes() []*NodeRecord {
@@ -5457,7 +5540,7 @@ type DecommissionRequest struct {
 
 func (x *DecommissionRequest) Reset() {
 	*x = DecommissionRequest{}
-	mi := &file_pando_proto_msgTypes[78]
+	mi := &file_pando_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5469,7 +5552,7 @@ func (x *DecommissionRequest) String() string {
 func (*DecommissionRequest) ProtoMessage() {}
 
 func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[78]
+	mi := &file_pando_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5482,7 +5565,7 @@ func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
 func (*DecommissionRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{78}
+	return file_pando_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *DecommissionRequest) GetNodeId() uint64 {
@@ -5501,7 +5584,7 @@ type DecommissionResponse struct {
 
 func (x *DecommissionResponse) Reset() {
 	*x = DecommissionResponse{}
-	mi := &file_pando_proto_msgTypes[79]
+	mi := &file_pando_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5513,7 +5596,7 @@ func (x *DecommissionResponse) String() string {
 func (*DecommissionResponse) ProtoMessage() {}
 
 func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[79]
+	mi := &file_pando_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5526,7 +5609,7 @@ func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
 func (*DecommissionResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{79}
+	return file_pando_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *DecommissionResponse) GetNode() *NodeRecord {
@@ -5544,7 +5627,7 @@ type NodesRequest struct {
 
 func (x *NodesRequest) Reset() {
 	*x = NodesRequest{}
-	mi := &file_pando_proto_msgTypes[80]
+	mi := &file_pando_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5556,7 +5639,7 @@ func (x *NodesRequest) String() string {
 func (*NodesRequest) ProtoMessage() {}
 
 func (x *NodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[80]
+	mi := &file_pando_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5569,7 +5652,7 @@ func (x *NodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesRequest.ProtoReflect.Descriptor instead.
 func (*NodesRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{80}
+	return file_pando_proto_rawDescGZIP(), []int{81}
 }
 
 type NodeInfo struct {
@@ -5587,7 +5670,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_pando_proto_msgTypes[81]
+	mi := &file_pando_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5599,7 +5682,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[81]
+	mi := &file_pando_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5612,7 +5695,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{81}
+	return file_pando_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *NodeInfo) GetRecord() *NodeRecord {
@@ -5667,7 +5750,7 @@ type NodesResponse struct {
 
 func (x *NodesResponse) Reset() {
 	*x = NodesResponse{}
-	mi := &file_pando_proto_msgTypes[82]
+	mi := &file_pando_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5679,7 +5762,7 @@ func (x *NodesResponse) String() string {
 func (*NodesResponse) ProtoMessage() {}
 
 func (x *NodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[82]
+	mi := &file_pando_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5692,7 +5775,7 @@ func (x *NodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesResponse.ProtoReflect.Descriptor instead.
 func (*NodesResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{82}
+	return file_pando_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *NodesResponse) GetNodes() []*NodeInfo {
@@ -5722,7 +5805,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_pando_proto_msgTypes[83]
+	mi := &file_pando_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5734,7 +5817,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[83]
+	mi := &file_pando_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5747,7 +5830,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{83}
+	return file_pando_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *HeartbeatRequest) GetNodeId() uint64 {
@@ -5790,7 +5873,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_pando_proto_msgTypes[84]
+	mi := &file_pando_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5802,7 +5885,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[84]
+	mi := &file_pando_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5815,7 +5898,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{84}
+	return file_pando_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *HeartbeatResponse) GetControllerId() uint64 {
@@ -5848,7 +5931,7 @@ type RebalanceRequest struct {
 
 func (x *RebalanceRequest) Reset() {
 	*x = RebalanceRequest{}
-	mi := &file_pando_proto_msgTypes[85]
+	mi := &file_pando_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5860,7 +5943,7 @@ func (x *RebalanceRequest) String() string {
 func (*RebalanceRequest) ProtoMessage() {}
 
 func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[85]
+	mi := &file_pando_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5873,7 +5956,7 @@ func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceRequest.ProtoReflect.Descriptor instead.
 func (*RebalanceRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{85}
+	return file_pando_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *RebalanceRequest) GetDryRun() bool {
@@ -5897,7 +5980,7 @@ type PlannedOp struct {
 
 func (x *PlannedOp) Reset() {
 	*x = PlannedOp{}
-	mi := &file_pando_proto_msgTypes[86]
+	mi := &file_pando_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5909,7 +5992,7 @@ func (x *PlannedOp) String() string {
 func (*PlannedOp) ProtoMessage() {}
 
 func (x *PlannedOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[86]
+	mi := &file_pando_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5922,7 +6005,7 @@ func (x *PlannedOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlannedOp.ProtoReflect.Descriptor instead.
 func (*PlannedOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{86}
+	return file_pando_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *PlannedOp) GetKind() string {
@@ -5977,7 +6060,7 @@ type RebalanceResponse struct {
 
 func (x *RebalanceResponse) Reset() {
 	*x = RebalanceResponse{}
-	mi := &file_pando_proto_msgTypes[87]
+	mi := &file_pando_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5989,7 +6072,7 @@ func (x *RebalanceResponse) String() string {
 func (*RebalanceResponse) ProtoMessage() {}
 
 func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[87]
+	mi := &file_pando_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6002,7 +6085,7 @@ func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceResponse.ProtoReflect.Descriptor instead.
 func (*RebalanceResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{87}
+	return file_pando_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *RebalanceResponse) GetOps() []*PlannedOp {
@@ -6032,7 +6115,7 @@ type MergeRequest struct {
 
 func (x *MergeRequest) Reset() {
 	*x = MergeRequest{}
-	mi := &file_pando_proto_msgTypes[88]
+	mi := &file_pando_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6044,7 +6127,7 @@ func (x *MergeRequest) String() string {
 func (*MergeRequest) ProtoMessage() {}
 
 func (x *MergeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[88]
+	mi := &file_pando_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6057,7 +6140,7 @@ func (x *MergeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRequest.ProtoReflect.Descriptor instead.
 func (*MergeRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{88}
+	return file_pando_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *MergeRequest) GetRangeId() uint64 {
@@ -6083,7 +6166,7 @@ type MergeResponse struct {
 
 func (x *MergeResponse) Reset() {
 	*x = MergeResponse{}
-	mi := &file_pando_proto_msgTypes[89]
+	mi := &file_pando_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6095,7 +6178,7 @@ func (x *MergeResponse) String() string {
 func (*MergeResponse) ProtoMessage() {}
 
 func (x *MergeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[89]
+	mi := &file_pando_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6108,7 +6191,7 @@ func (x *MergeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeResponse.ProtoReflect.Descriptor instead.
 func (*MergeResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{89}
+	return file_pando_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *MergeResponse) GetDesc() *RangeDescriptor {
@@ -6231,15 +6314,20 @@ const file_pando_proto_rawDesc = "" +
 	"\x15AllocRevisionsRequest\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\rR\x05count\".\n" +
 	"\x16AllocRevisionsResponse\x12\x14\n" +
-	"\x05first\x18\x01 \x01(\x04R\x05first\"\xc7\x01\n" +
+	"\x05first\x18\x01 \x01(\x04R\x05first\"\xf5\x01\n" +
 	"\x12WatchStreamRequest\x120\n" +
 	"\x06create\x18\x01 \x01(\v2\x16.pando.v1.WatchRequestH\x00R\x06create\x126\n" +
 	"\x06cancel\x18\x02 \x01(\v2\x1c.pando.v1.WatchCancelRequestH\x00R\x06cancel\x12<\n" +
-	"\bprogress\x18\x03 \x01(\v2\x1e.pando.v1.WatchProgressRequestH\x00R\bprogressB\t\n" +
-	"\arequest\"/\n" +
+	"\bprogress\x18\x03 \x01(\v2\x1e.pando.v1.WatchProgressRequestH\x00R\bprogress\x12,\n" +
+	"\x05nudge\x18\x04 \x01(\v2\x14.pando.v1.WatchNudgeH\x00R\x05nudgeB\t\n" +
+	"\arequest\"C\n" +
+	"\n" +
+	"WatchNudge\x12\x19\n" +
+	"\bwatch_id\x18\x01 \x01(\x03R\awatchId\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"/\n" +
 	"\x12WatchCancelRequest\x12\x19\n" +
 	"\bwatch_id\x18\x01 \x01(\x03R\awatchId\"\x16\n" +
-	"\x14WatchProgressRequest\"\xce\x01\n" +
+	"\x14WatchProgressRequest\"\xea\x01\n" +
 	"\fWatchRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\fR\x03end\x12\x16\n" +
@@ -6247,7 +6335,8 @@ const file_pando_proto_rawDesc = "" +
 	"\x0estart_revision\x18\x04 \x01(\x04R\rstartRevision\x12'\n" +
 	"\x0fprogress_notify\x18\x05 \x01(\bR\x0eprogressNotify\x12\x17\n" +
 	"\aprev_kv\x18\x06 \x01(\bR\x06prevKv\x12\x19\n" +
-	"\bwatch_id\x18\a \x01(\x03R\awatchId\"\xa9\x01\n" +
+	"\bwatch_id\x18\a \x01(\x03R\awatchId\x12\x1a\n" +
+	"\bresolved\x18\b \x01(\bR\bresolved\"\xa9\x01\n" +
 	"\n" +
 	"WatchEvent\x12-\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x19.pando.v1.WatchEvent.TypeR\x04type\x12\"\n" +
@@ -6599,7 +6688,7 @@ func file_pando_proto_rawDescGZIP() []byte {
 }
 
 var file_pando_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 90)
+var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 91)
 var file_pando_proto_goTypes = []any{
 	(Consistency)(0),               // 0: pando.v1.Consistency
 	(WatchEvent_Type)(0),           // 1: pando.v1.WatchEvent.Type
@@ -6620,196 +6709,198 @@ var file_pando_proto_goTypes = []any{
 	(*AllocRevisionsRequest)(nil),  // 16: pando.v1.AllocRevisionsRequest
 	(*AllocRevisionsResponse)(nil), // 17: pando.v1.AllocRevisionsResponse
 	(*WatchStreamRequest)(nil),     // 18: pando.v1.WatchStreamRequest
-	(*WatchCancelRequest)(nil),     // 19: pando.v1.WatchCancelRequest
-	(*WatchProgressRequest)(nil),   // 20: pando.v1.WatchProgressRequest
-	(*WatchRequest)(nil),           // 21: pando.v1.WatchRequest
-	(*WatchEvent)(nil),             // 22: pando.v1.WatchEvent
-	(*WatchResponse)(nil),          // 23: pando.v1.WatchResponse
-	(*CompactRequest)(nil),         // 24: pando.v1.CompactRequest
-	(*CompactResponse)(nil),        // 25: pando.v1.CompactResponse
-	(*RaftEnvelope)(nil),           // 26: pando.v1.RaftEnvelope
-	(*RaftBatch)(nil),              // 27: pando.v1.RaftBatch
-	(*RaftAck)(nil),                // 28: pando.v1.RaftAck
-	(*SnapshotChunk)(nil),          // 29: pando.v1.SnapshotChunk
-	(*SnapshotAck)(nil),            // 30: pando.v1.SnapshotAck
-	(*PutOp)(nil),                  // 31: pando.v1.PutOp
-	(*DeleteOp)(nil),               // 32: pando.v1.DeleteOp
-	(*PruneDedupOp)(nil),           // 33: pando.v1.PruneDedupOp
-	(*Command)(nil),                // 34: pando.v1.Command
-	(*CloseRevisionOp)(nil),        // 35: pando.v1.CloseRevisionOp
-	(*CompactOp)(nil),              // 36: pando.v1.CompactOp
-	(*RevisionCeilingOp)(nil),      // 37: pando.v1.RevisionCeilingOp
-	(*DedupRecord)(nil),            // 38: pando.v1.DedupRecord
-	(*SplitOp)(nil),                // 39: pando.v1.SplitOp
-	(*NodeRecord)(nil),             // 40: pando.v1.NodeRecord
-	(*DirectoryOp)(nil),            // 41: pando.v1.DirectoryOp
-	(*FreezeOp)(nil),               // 42: pando.v1.FreezeOp
-	(*MergeOp)(nil),                // 43: pando.v1.MergeOp
-	(*AllocRangeIDOp)(nil),         // 44: pando.v1.AllocRangeIDOp
-	(*ChecksumOp)(nil),             // 45: pando.v1.ChecksumOp
-	(*CheckVerdict)(nil),           // 46: pando.v1.CheckVerdict
-	(*RangeDescriptor)(nil),        // 47: pando.v1.RangeDescriptor
-	(*RangeState)(nil),             // 48: pando.v1.RangeState
-	(*TruncatedState)(nil),         // 49: pando.v1.TruncatedState
-	(*CheckRequest)(nil),           // 50: pando.v1.CheckRequest
-	(*KeyDiff)(nil),                // 51: pando.v1.KeyDiff
-	(*ReplicaKey)(nil),             // 52: pando.v1.ReplicaKey
-	(*RangeCheck)(nil),             // 53: pando.v1.RangeCheck
-	(*CheckResponse)(nil),          // 54: pando.v1.CheckResponse
-	(*ChecksumRequest)(nil),        // 55: pando.v1.ChecksumRequest
-	(*ChecksumResponse)(nil),       // 56: pando.v1.ChecksumResponse
-	(*ListKeysRequest)(nil),        // 57: pando.v1.ListKeysRequest
-	(*KeyDigest)(nil),              // 58: pando.v1.KeyDigest
-	(*ListKeysResponse)(nil),       // 59: pando.v1.ListKeysResponse
-	(*RepairRequest)(nil),          // 60: pando.v1.RepairRequest
-	(*RepairResponse)(nil),         // 61: pando.v1.RepairResponse
-	(*RangeDataRequest)(nil),       // 62: pando.v1.RangeDataRequest
-	(*RangeDataChunk)(nil),         // 63: pando.v1.RangeDataChunk
-	(*SplitRequest)(nil),           // 64: pando.v1.SplitRequest
-	(*SplitResponse)(nil),          // 65: pando.v1.SplitResponse
-	(*AllocRangeIDRequest)(nil),    // 66: pando.v1.AllocRangeIDRequest
-	(*AllocRangeIDResponse)(nil),   // 67: pando.v1.AllocRangeIDResponse
-	(*MoveReplicaRequest)(nil),     // 68: pando.v1.MoveReplicaRequest
-	(*MoveReplicaResponse)(nil),    // 69: pando.v1.MoveReplicaResponse
-	(*TransferLeaderRequest)(nil),  // 70: pando.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 71: pando.v1.TransferLeaderResponse
-	(*CreateReplicaRequest)(nil),   // 72: pando.v1.CreateReplicaRequest
-	(*CreateReplicaResponse)(nil),  // 73: pando.v1.CreateReplicaResponse
-	(*AdoptReplicaRequest)(nil),    // 74: pando.v1.AdoptReplicaRequest
-	(*AdoptReplicaResponse)(nil),   // 75: pando.v1.AdoptReplicaResponse
-	(*DestroyReplicaRequest)(nil),  // 76: pando.v1.DestroyReplicaRequest
-	(*DestroyReplicaResponse)(nil), // 77: pando.v1.DestroyReplicaResponse
-	(*JoinRequest)(nil),            // 78: pando.v1.JoinRequest
-	(*JoinResponse)(nil),           // 79: pando.v1.JoinResponse
-	(*DecommissionRequest)(nil),    // 80: pando.v1.DecommissionRequest
-	(*DecommissionResponse)(nil),   // 81: pando.v1.DecommissionResponse
-	(*NodesRequest)(nil),           // 82: pando.v1.NodesRequest
-	(*NodeInfo)(nil),               // 83: pando.v1.NodeInfo
-	(*NodesResponse)(nil),          // 84: pando.v1.NodesResponse
-	(*HeartbeatRequest)(nil),       // 85: pando.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),      // 86: pando.v1.HeartbeatResponse
-	(*RebalanceRequest)(nil),       // 87: pando.v1.RebalanceRequest
-	(*PlannedOp)(nil),              // 88: pando.v1.PlannedOp
-	(*RebalanceResponse)(nil),      // 89: pando.v1.RebalanceResponse
-	(*MergeRequest)(nil),           // 90: pando.v1.MergeRequest
-	(*MergeResponse)(nil),          // 91: pando.v1.MergeResponse
+	(*WatchNudge)(nil),             // 19: pando.v1.WatchNudge
+	(*WatchCancelRequest)(nil),     // 20: pando.v1.WatchCancelRequest
+	(*WatchProgressRequest)(nil),   // 21: pando.v1.WatchProgressRequest
+	(*WatchRequest)(nil),           // 22: pando.v1.WatchRequest
+	(*WatchEvent)(nil),             // 23: pando.v1.WatchEvent
+	(*WatchResponse)(nil),          // 24: pando.v1.WatchResponse
+	(*CompactRequest)(nil),         // 25: pando.v1.CompactRequest
+	(*CompactResponse)(nil),        // 26: pando.v1.CompactResponse
+	(*RaftEnvelope)(nil),           // 27: pando.v1.RaftEnvelope
+	(*RaftBatch)(nil),              // 28: pando.v1.RaftBatch
+	(*RaftAck)(nil),                // 29: pando.v1.RaftAck
+	(*SnapshotChunk)(nil),          // 30: pando.v1.SnapshotChunk
+	(*SnapshotAck)(nil),            // 31: pando.v1.SnapshotAck
+	(*PutOp)(nil),                  // 32: pando.v1.PutOp
+	(*DeleteOp)(nil),               // 33: pando.v1.DeleteOp
+	(*PruneDedupOp)(nil),           // 34: pando.v1.PruneDedupOp
+	(*Command)(nil),                // 35: pando.v1.Command
+	(*CloseRevisionOp)(nil),        // 36: pando.v1.CloseRevisionOp
+	(*CompactOp)(nil),              // 37: pando.v1.CompactOp
+	(*RevisionCeilingOp)(nil),      // 38: pando.v1.RevisionCeilingOp
+	(*DedupRecord)(nil),            // 39: pando.v1.DedupRecord
+	(*SplitOp)(nil),                // 40: pando.v1.SplitOp
+	(*NodeRecord)(nil),             // 41: pando.v1.NodeRecord
+	(*DirectoryOp)(nil),            // 42: pando.v1.DirectoryOp
+	(*FreezeOp)(nil),               // 43: pando.v1.FreezeOp
+	(*MergeOp)(nil),                // 44: pando.v1.MergeOp
+	(*AllocRangeIDOp)(nil),         // 45: pando.v1.AllocRangeIDOp
+	(*ChecksumOp)(nil),             // 46: pando.v1.ChecksumOp
+	(*CheckVerdict)(nil),           // 47: pando.v1.CheckVerdict
+	(*RangeDescriptor)(nil),        // 48: pando.v1.RangeDescriptor
+	(*RangeState)(nil),             // 49: pando.v1.RangeState
+	(*TruncatedState)(nil),         // 50: pando.v1.TruncatedState
+	(*CheckRequest)(nil),           // 51: pando.v1.CheckRequest
+	(*KeyDiff)(nil),                // 52: pando.v1.KeyDiff
+	(*ReplicaKey)(nil),             // 53: pando.v1.ReplicaKey
+	(*RangeCheck)(nil),             // 54: pando.v1.RangeCheck
+	(*CheckResponse)(nil),          // 55: pando.v1.CheckResponse
+	(*ChecksumRequest)(nil),        // 56: pando.v1.ChecksumRequest
+	(*ChecksumResponse)(nil),       // 57: pando.v1.ChecksumResponse
+	(*ListKeysRequest)(nil),        // 58: pando.v1.ListKeysRequest
+	(*KeyDigest)(nil),              // 59: pando.v1.KeyDigest
+	(*ListKeysResponse)(nil),       // 60: pando.v1.ListKeysResponse
+	(*RepairRequest)(nil),          // 61: pando.v1.RepairRequest
+	(*RepairResponse)(nil),         // 62: pando.v1.RepairResponse
+	(*RangeDataRequest)(nil),       // 63: pando.v1.RangeDataRequest
+	(*RangeDataChunk)(nil),         // 64: pando.v1.RangeDataChunk
+	(*SplitRequest)(nil),           // 65: pando.v1.SplitRequest
+	(*SplitResponse)(nil),          // 66: pando.v1.SplitResponse
+	(*AllocRangeIDRequest)(nil),    // 67: pando.v1.AllocRangeIDRequest
+	(*AllocRangeIDResponse)(nil),   // 68: pando.v1.AllocRangeIDResponse
+	(*MoveReplicaRequest)(nil),     // 69: pando.v1.MoveReplicaRequest
+	(*MoveReplicaResponse)(nil),    // 70: pando.v1.MoveReplicaResponse
+	(*TransferLeaderRequest)(nil),  // 71: pando.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 72: pando.v1.TransferLeaderResponse
+	(*CreateReplicaRequest)(nil),   // 73: pando.v1.CreateReplicaRequest
+	(*CreateReplicaResponse)(nil),  // 74: pando.v1.CreateReplicaResponse
+	(*AdoptReplicaRequest)(nil),    // 75: pando.v1.AdoptReplicaRequest
+	(*AdoptReplicaResponse)(nil),   // 76: pando.v1.AdoptReplicaResponse
+	(*DestroyReplicaRequest)(nil),  // 77: pando.v1.DestroyReplicaRequest
+	(*DestroyReplicaResponse)(nil), // 78: pando.v1.DestroyReplicaResponse
+	(*JoinRequest)(nil),            // 79: pando.v1.JoinRequest
+	(*JoinResponse)(nil),           // 80: pando.v1.JoinResponse
+	(*DecommissionRequest)(nil),    // 81: pando.v1.DecommissionRequest
+	(*DecommissionResponse)(nil),   // 82: pando.v1.DecommissionResponse
+	(*NodesRequest)(nil),           // 83: pando.v1.NodesRequest
+	(*NodeInfo)(nil),               // 84: pando.v1.NodeInfo
+	(*NodesResponse)(nil),          // 85: pando.v1.NodesResponse
+	(*HeartbeatRequest)(nil),       // 86: pando.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),      // 87: pando.v1.HeartbeatResponse
+	(*RebalanceRequest)(nil),       // 88: pando.v1.RebalanceRequest
+	(*PlannedOp)(nil),              // 89: pando.v1.PlannedOp
+	(*RebalanceResponse)(nil),      // 90: pando.v1.RebalanceResponse
+	(*MergeRequest)(nil),           // 91: pando.v1.MergeRequest
+	(*MergeResponse)(nil),          // 92: pando.v1.MergeResponse
 }
 var file_pando_proto_depIdxs = []int32{
 	0,  // 0: pando.v1.GetRequest.consistency:type_name -> pando.v1.Consistency
 	0,  // 1: pando.v1.ScanRequest.consistency:type_name -> pando.v1.Consistency
 	9,  // 2: pando.v1.ScanResponse.items:type_name -> pando.v1.KeyValue
-	46, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
+	47, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
 	12, // 4: pando.v1.StatusResponse.nodes:type_name -> pando.v1.NodeStatus
 	13, // 5: pando.v1.StatusResponse.ranges:type_name -> pando.v1.RangeStatus
 	14, // 6: pando.v1.StatusResponse.breakers:type_name -> pando.v1.BreakerStatus
-	21, // 7: pando.v1.WatchStreamRequest.create:type_name -> pando.v1.WatchRequest
-	19, // 8: pando.v1.WatchStreamRequest.cancel:type_name -> pando.v1.WatchCancelRequest
-	20, // 9: pando.v1.WatchStreamRequest.progress:type_name -> pando.v1.WatchProgressRequest
-	1,  // 10: pando.v1.WatchEvent.type:type_name -> pando.v1.WatchEvent.Type
-	9,  // 11: pando.v1.WatchEvent.kv:type_name -> pando.v1.KeyValue
-	9,  // 12: pando.v1.WatchEvent.prev_kv:type_name -> pando.v1.KeyValue
-	22, // 13: pando.v1.WatchResponse.events:type_name -> pando.v1.WatchEvent
-	26, // 14: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
-	9,  // 15: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
-	31, // 16: pando.v1.Command.put:type_name -> pando.v1.PutOp
-	32, // 17: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
-	33, // 18: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
-	45, // 19: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
-	46, // 20: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
-	39, // 21: pando.v1.Command.split:type_name -> pando.v1.SplitOp
-	44, // 22: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
-	40, // 23: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
-	41, // 24: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
-	42, // 25: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
-	43, // 26: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
-	37, // 27: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
-	35, // 28: pando.v1.Command.close_revision:type_name -> pando.v1.CloseRevisionOp
-	36, // 29: pando.v1.Command.compact:type_name -> pando.v1.CompactOp
-	47, // 30: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
-	47, // 31: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
-	47, // 32: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
-	46, // 33: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
-	52, // 34: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
-	51, // 35: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
-	53, // 36: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
-	58, // 37: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
-	9,  // 38: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
-	47, // 39: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
-	47, // 40: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
-	47, // 41: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	47, // 42: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	47, // 43: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	47, // 44: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	40, // 45: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
-	40, // 46: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
-	40, // 47: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
-	83, // 48: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
-	13, // 49: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
-	40, // 50: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
-	13, // 51: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
-	88, // 52: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
-	47, // 53: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
-	2,  // 54: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
-	4,  // 55: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
-	6,  // 56: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
-	8,  // 57: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
-	11, // 58: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
-	16, // 59: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
-	24, // 60: pando.v1.KV.Compact:input_type -> pando.v1.CompactRequest
-	18, // 61: pando.v1.Watch.Watch:input_type -> pando.v1.WatchStreamRequest
-	27, // 62: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
-	29, // 63: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
-	50, // 64: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
-	55, // 65: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
-	57, // 66: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
-	60, // 67: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
-	62, // 68: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
-	64, // 69: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
-	66, // 70: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
-	68, // 71: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
-	70, // 72: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
-	90, // 73: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
-	72, // 74: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
-	76, // 75: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
-	74, // 76: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
-	78, // 77: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
-	80, // 78: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
-	82, // 79: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
-	85, // 80: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
-	87, // 81: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
-	3,  // 82: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
-	5,  // 83: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
-	7,  // 84: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
-	10, // 85: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
-	15, // 86: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
-	17, // 87: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
-	25, // 88: pando.v1.KV.Compact:output_type -> pando.v1.CompactResponse
-	23, // 89: pando.v1.Watch.Watch:output_type -> pando.v1.WatchResponse
-	28, // 90: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
-	30, // 91: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
-	54, // 92: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
-	56, // 93: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
-	59, // 94: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
-	61, // 95: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
-	63, // 96: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
-	65, // 97: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
-	67, // 98: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
-	69, // 99: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
-	71, // 100: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
-	91, // 101: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
-	73, // 102: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
-	77, // 103: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
-	75, // 104: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
-	79, // 105: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
-	81, // 106: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
-	84, // 107: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
-	86, // 108: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
-	89, // 109: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
-	82, // [82:110] is the sub-list for method output_type
-	54, // [54:82] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	22, // 7: pando.v1.WatchStreamRequest.create:type_name -> pando.v1.WatchRequest
+	20, // 8: pando.v1.WatchStreamRequest.cancel:type_name -> pando.v1.WatchCancelRequest
+	21, // 9: pando.v1.WatchStreamRequest.progress:type_name -> pando.v1.WatchProgressRequest
+	19, // 10: pando.v1.WatchStreamRequest.nudge:type_name -> pando.v1.WatchNudge
+	1,  // 11: pando.v1.WatchEvent.type:type_name -> pando.v1.WatchEvent.Type
+	9,  // 12: pando.v1.WatchEvent.kv:type_name -> pando.v1.KeyValue
+	9,  // 13: pando.v1.WatchEvent.prev_kv:type_name -> pando.v1.KeyValue
+	23, // 14: pando.v1.WatchResponse.events:type_name -> pando.v1.WatchEvent
+	27, // 15: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
+	9,  // 16: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
+	32, // 17: pando.v1.Command.put:type_name -> pando.v1.PutOp
+	33, // 18: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
+	34, // 19: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
+	46, // 20: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
+	47, // 21: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
+	40, // 22: pando.v1.Command.split:type_name -> pando.v1.SplitOp
+	45, // 23: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
+	41, // 24: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
+	42, // 25: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
+	43, // 26: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
+	44, // 27: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
+	38, // 28: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
+	36, // 29: pando.v1.Command.close_revision:type_name -> pando.v1.CloseRevisionOp
+	37, // 30: pando.v1.Command.compact:type_name -> pando.v1.CompactOp
+	48, // 31: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
+	48, // 32: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
+	48, // 33: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
+	47, // 34: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
+	53, // 35: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
+	52, // 36: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
+	54, // 37: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
+	59, // 38: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
+	9,  // 39: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
+	48, // 40: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
+	48, // 41: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
+	48, // 42: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	48, // 43: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	48, // 44: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	48, // 45: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	41, // 46: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
+	41, // 47: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
+	41, // 48: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
+	84, // 49: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
+	13, // 50: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
+	41, // 51: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
+	13, // 52: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
+	89, // 53: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
+	48, // 54: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
+	2,  // 55: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
+	4,  // 56: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
+	6,  // 57: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
+	8,  // 58: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
+	11, // 59: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
+	16, // 60: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
+	25, // 61: pando.v1.KV.Compact:input_type -> pando.v1.CompactRequest
+	18, // 62: pando.v1.Watch.Watch:input_type -> pando.v1.WatchStreamRequest
+	28, // 63: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
+	30, // 64: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
+	51, // 65: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
+	56, // 66: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
+	58, // 67: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
+	61, // 68: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
+	63, // 69: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
+	65, // 70: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
+	67, // 71: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
+	69, // 72: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
+	71, // 73: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
+	91, // 74: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
+	73, // 75: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
+	77, // 76: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
+	75, // 77: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
+	79, // 78: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
+	81, // 79: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
+	83, // 80: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
+	86, // 81: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
+	88, // 82: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
+	3,  // 83: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
+	5,  // 84: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
+	7,  // 85: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
+	10, // 86: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
+	15, // 87: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
+	17, // 88: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
+	26, // 89: pando.v1.KV.Compact:output_type -> pando.v1.CompactResponse
+	24, // 90: pando.v1.Watch.Watch:output_type -> pando.v1.WatchResponse
+	29, // 91: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
+	31, // 92: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
+	55, // 93: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
+	57, // 94: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
+	60, // 95: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
+	62, // 96: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
+	64, // 97: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
+	66, // 98: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
+	68, // 99: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
+	70, // 100: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
+	72, // 101: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
+	92, // 102: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
+	74, // 103: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
+	78, // 104: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
+	76, // 105: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
+	80, // 106: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
+	82, // 107: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
+	85, // 108: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
+	87, // 109: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
+	90, // 110: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
+	83, // [83:111] is the sub-list for method output_type
+	55, // [55:83] is the sub-list for method input_type
+	55, // [55:55] is the sub-list for extension type_name
+	55, // [55:55] is the sub-list for extension extendee
+	0,  // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_pando_proto_init() }
@@ -6821,8 +6912,9 @@ func file_pando_proto_init() {
 		(*WatchStreamRequest_Create)(nil),
 		(*WatchStreamRequest_Cancel)(nil),
 		(*WatchStreamRequest_Progress)(nil),
+		(*WatchStreamRequest_Nudge)(nil),
 	}
-	file_pando_proto_msgTypes[32].OneofWrappers = []any{
+	file_pando_proto_msgTypes[33].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
 		(*Command_PruneDedup)(nil),
@@ -6844,7 +6936,7 @@ func file_pando_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pando_proto_rawDesc), len(file_pando_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   90,
+			NumMessages:   91,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

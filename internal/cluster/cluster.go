@@ -52,6 +52,11 @@ type Options struct {
 	MaxUncommittedBytes uint64
 	// NoQuiesce keeps idle ranges ticking (node.Config.PeerLive unset).
 	NoQuiesce bool
+	// Directory keeps every running node's directory of ranges filled, as
+	// the controller's heartbeats do in a server (every 20ms, from the
+	// replicas' own views): nodes then reach ranges they hold no replica
+	// of. Without it a node serves only the ranges it holds.
+	Directory bool
 	// ForwardTimeout bounds one forwarded attempt (default 300ms).
 	ForwardTimeout time.Duration
 	// PeerBreaker configures the breaker each node keeps to each peer for
@@ -101,6 +106,8 @@ type Cluster struct {
 	log  *slog.Logger
 	// revisions is the counter of Options.SharedRevisions.
 	revisions atomic.Uint64
+	// dirStop ends feedDirectories (Options.Directory), dirDone says it has.
+	dirStop, dirDone chan struct{}
 
 	mu       sync.Mutex
 	members  map[uint64]*Member
@@ -165,8 +172,68 @@ func New(t testing.TB, opts Options) *Cluster {
 		c.members[id] = &Member{ID: id, FS: fs}
 		c.Start(id)
 	}
+	if opts.Directory {
+		c.dirStop = make(chan struct{})
+		c.dirDone = make(chan struct{})
+		go c.feedDirectories()
+	}
 	t.Cleanup(c.Close)
 	return c
+}
+
+// feedDirectories fills every running node's directory from the
+// replicas' views, every 20ms, until the cluster closes.
+func (c *Cluster) feedDirectories() {
+	defer close(c.dirDone)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.dirStop:
+			return
+		case <-t.C:
+		}
+		// Each range as its newest descriptor has it, with the leader
+		// its replicas agree on (a replica that leads says so).
+		best := map[uint64]*pandopb.RangeStatus{}
+		var svcs []*kvservice.Service
+		for _, id := range c.IDs() {
+			c.mu.Lock()
+			m := c.members[id]
+			running := m != nil && m.running
+			var svc *kvservice.Service
+			var n *node.Node
+			if running {
+				svc, n = m.Service, m.Node
+			}
+			c.mu.Unlock()
+			if !running {
+				continue
+			}
+			svcs = append(svcs, svc)
+			for _, st := range n.Statuses() {
+				if st.Desc == nil {
+					continue
+				}
+				b := best[st.RangeID]
+				if b == nil || st.Desc.Generation > b.Generation {
+					b = &pandopb.RangeStatus{Id: st.RangeID, StartKey: st.Desc.StartKey, EndKey: st.Desc.EndKey,
+						Replicas: st.Desc.Replicas, Generation: st.Desc.Generation}
+					best[st.RangeID] = b
+				}
+				if st.LeaderID == id && st.Desc.Generation == b.Generation {
+					b.LeaderId = id
+				}
+			}
+		}
+		resp := &pandopb.HeartbeatResponse{}
+		for _, r := range best {
+			resp.Directory = append(resp.Directory, r)
+		}
+		for _, svc := range svcs {
+			svc.Router().Directory().Update(resp)
+		}
+	}
 }
 
 // AddNode starts a new node that holds no range yet (a node joining the
@@ -244,7 +311,11 @@ func (c *Cluster) MoveReplica(ctx context.Context, rangeID, from, to uint64) (*p
 }
 
 // IDs lists the nodes.
-func (c *Cluster) IDs() []uint64 { return append([]uint64(nil), c.ids...) }
+func (c *Cluster) IDs() []uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]uint64(nil), c.ids...)
+}
 
 // Other returns a node of the cluster other than id (the first by ID).
 func (c *Cluster) Other(id uint64) uint64 {
@@ -405,6 +476,10 @@ func (c *Cluster) Running(id uint64) bool {
 
 // Close stops every node.
 func (c *Cluster) Close() {
+	if c.dirStop != nil {
+		close(c.dirStop)
+		<-c.dirDone
+	}
 	for _, id := range c.ids {
 		c.Crash(id)
 	}
@@ -473,6 +548,49 @@ func (p *peers) KV(id uint64) (pandopb.KVClient, error) {
 	return &localKV{c: p.c, from: p.self, to: id}, nil
 }
 func (p *peers) Breaker(id uint64) *resilience.Breaker { return p.c.breaker(p.self, id) }
+
+// WatchPeer runs a part of a watch on node id in-process
+// (kvservice.WatchPeers), cut off as a stream would be when the network
+// parts the two nodes.
+func (p *peers) WatchPeer(ctx context.Context, id uint64, req *pandopb.WatchRequest, nudges <-chan uint64, recv func(*pandopb.WatchResponse) error) error {
+	if !p.c.Net.Reachable(p.self, id) {
+		return fmt.Errorf("%w: connection refused (partitioned)", kv.ErrUnavailable)
+	}
+	m := p.c.Member(id)
+	p.c.mu.Lock()
+	running, svc := m.running, m.Service
+	p.c.mu.Unlock()
+	if !running || m.hung.Load() {
+		return fmt.Errorf("%w: node %d is down", kv.ErrUnavailable, id)
+	}
+	spec, err := svc.SpecOf(req)
+	if err != nil {
+		return err
+	}
+	spec.Nudges = nudges
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if !p.c.Net.Reachable(p.self, id) || m.hung.Load() {
+					cancel(fmt.Errorf("%w: stream to node %d cut (partitioned)", kv.ErrUnavailable, id))
+					return
+				}
+			}
+		}
+	}()
+	err = p.c.Watch(ctx, id, spec, recv)
+	if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
+		return cause
+	}
+	return err
+}
 
 // localKV calls a member's Service directly, subject to the network's
 // partitions when from is a node.
