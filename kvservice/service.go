@@ -617,9 +617,9 @@ func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int, at uint
 	rev := st.LastRevision
 	if at != 0 {
 		rev = at
-		kvs, more, err = storage.ScanAtFiltered(snap, start, stop, at, limit, keep)
+		kvs, more, err = storage.ScanAtFiltered(snap, start, stop, at, limit, storage.Ascending, keep)
 	} else {
-		kvs, more, err = storage.ScanFiltered(snap, start, stop, limit, keep)
+		kvs, more, err = storage.ScanFiltered(snap, start, stop, limit, storage.Ascending, keep)
 	}
 	if err != nil {
 		return nil, err
