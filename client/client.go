@@ -288,6 +288,25 @@ func (s span) contains(key []byte) bool {
 	return bytes.Compare(key, s.start) >= 0 && (len(s.end) == 0 || bytes.Compare(key, s.end) < 0)
 }
 
+// place is what a request routes by: the range holding key, or (before)
+// the one holding the keys just below key, a reverse scan's exclusive end
+// (empty: the end of the key space, the last range).
+type place struct {
+	key    []byte
+	before bool
+}
+
+// holds reports whether p's range is s.
+func (s span) holds(p place) bool {
+	if !p.before {
+		return s.contains(p.key)
+	}
+	if len(p.key) == 0 {
+		return len(s.end) == 0
+	}
+	return bytes.Compare(s.start, p.key) < 0 && (len(s.end) == 0 || bytes.Compare(p.key, s.end) <= 0)
+}
+
 // learnSpan records that leader leads [start, end), replacing what
 // overlaps it.
 func (c *Client) learnSpan(start, end []byte, leader string) {
@@ -313,11 +332,11 @@ func (c *Client) dropSpansLocked(addr string) {
 	c.spans = kept
 }
 
-// leaderForLocked is the node believed to lead key's range: the cached
+// leaderForLocked is the node believed to lead p's range: the cached
 // span's leader, else the last leader seen.
-func (c *Client) leaderForLocked(key []byte) string {
+func (c *Client) leaderForLocked(p place) string {
 	for _, s := range c.spans {
-		if s.contains(key) {
+		if s.holds(p) {
 			return s.leader
 		}
 	}
@@ -367,9 +386,9 @@ func (c *Client) forgetLeader(addr string) {
 // latency times calls in flight).
 //
 // nil: every node's breaker is open.
-func (c *Client) target(key []byte, stale bool, avoid string) (ep *endpoint, forward bool) {
+func (c *Client) target(p place, stale bool, avoid string) (ep *endpoint, forward bool) {
 	c.mu.Lock()
-	leader := c.leaderForLocked(key)
+	leader := c.leaderForLocked(p)
 	var lep *endpoint
 	leaderDown := false
 	if leader != "" {
@@ -530,7 +549,7 @@ func hedged[T any](c *Client, ctx context.Context, ep *endpoint, call func(conte
 				return last.out, last.raw, last.err
 			}
 		case <-timer.C:
-			second, _ := c.target(nil, true, ep.addr)
+			second, _ := c.target(place{}, true, ep.addr)
 			if second == nil || second == ep || !c.budget.TryRetry() {
 				continue
 			}
@@ -548,6 +567,11 @@ func hedged[T any](c *Client, ctx context.Context, ep *endpoint, call func(conte
 // MaxAttempts and the client's retry budget. A "not leader" answer naming
 // a trusted leader is followed at once.
 func do[T any](c *Client, ctx context.Context, k kind, key []byte, call func(context.Context, pandopb.KVClient) (T, error)) (T, error) {
+	return doAt(c, ctx, k, place{key: key}, call)
+}
+
+// doAt is do of a request routed by p.
+func doAt[T any](c *Client, ctx context.Context, k kind, p place, call func(context.Context, pandopb.KVClient) (T, error)) (T, error) {
 	var zero T
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -567,7 +591,7 @@ func do[T any](c *Client, ctx context.Context, k kind, key []byte, call func(con
 	avoid := ""
 	retries := 0
 	for n := 1; n <= s.MaxAttempts; n++ {
-		ep, forward := c.target(key, k == staleRead, avoid)
+		ep, forward := c.target(p, k == staleRead, avoid)
 		if ep == nil {
 			// Every node's breaker is open. Fail fast only if none admits a
 			// probe before the deadline: a breaker that opened when one node
@@ -891,10 +915,18 @@ type ScanOptions struct {
 	// Filters (0: none): keys whose mod or create revision lies in
 	// [min, max].
 	MinModRevision, MaxModRevision, MinCreateRevision, MaxCreateRevision uint64
+	// Reverse lists the keys in descending order (etcd's sort order
+	// DESCEND on the key): with a Limit, the last Limit keys of the span.
+	// A reverse result's Next is the End to go on below. With Limit 0, a
+	// reverse page that reaches a range whose start key it returned ends
+	// there with More set (it cannot be told from a page the server cut
+	// at its maximum).
+	Reverse bool
 }
 
 // ScanResult is one page of a scan; when More is set, scan again with
-// Start = Next (and the same End) for the following page.
+// Start = Next (a reverse scan: End = Next) and the same other bound for
+// the following page.
 type ScanResult struct {
 	Items []KeyValue
 	More  bool
@@ -905,15 +937,17 @@ type ScanResult struct {
 	Count uint64
 }
 
-// Scan returns keys in order, up to Limit (0: the server's maximum page),
-// walking every range the span crosses at one revision: the first page's
-// (a linearizable scan that crosses ranges is read at a fresh one), or
-// Revision when set. When More is set, scan again with Start = Next and
-// Revision = the result's Revision to go on with the same cut.
+// Scan returns keys in order (Reverse: in descending order), up to Limit
+// (0: the server's maximum page), walking every range the span crosses at
+// one revision, from the start of the span up (Reverse: from its end
+// down): the first page's (a linearizable scan that crosses ranges is read
+// at a fresh one), or Revision when set. When More is set, scan again with
+// Start = Next (Reverse: End = Next) and Revision = the result's Revision
+// to go on with the same cut.
 func (c *Client) Scan(ctx context.Context, o ScanOptions) (*ScanResult, error) {
 	req := &pandopb.ScanRequest{Start: o.Start, End: o.End, Prefix: o.Prefix, Limit: uint32(max(o.Limit, 0)), Revision: o.Revision,
 		KeysOnly: o.KeysOnly, CountOnly: o.CountOnly, MinModRevision: o.MinModRevision, MaxModRevision: o.MaxModRevision,
-		MinCreateRevision: o.MinCreateRevision, MaxCreateRevision: o.MaxCreateRevision}
+		MinCreateRevision: o.MinCreateRevision, MaxCreateRevision: o.MaxCreateRevision, Reverse: o.Reverse}
 	k := linearizableRead
 	if o.Stale {
 		req.Consistency = pandopb.Consistency_STALE
@@ -922,9 +956,28 @@ func (c *Client) Scan(ctx context.Context, o ScanOptions) (*ScanResult, error) {
 	if len(req.Prefix) > 0 {
 		req.Start, req.End, req.Prefix = req.Prefix, kv.PrefixEnd(req.Prefix), nil
 	}
+	// at is where the next page starts: its first key, or (reverse) the
+	// keys just below its end; goOn moves it to a page's next.
+	at := func() place {
+		if o.Reverse {
+			return place{key: req.End, before: true}
+		}
+		return place{key: req.Start}
+	}
+	goOn := func(next []byte) error {
+		if !kv.ScanMoves(at().key, next, o.Reverse) {
+			return fmt.Errorf("%w: a scan page from %q goes on at %q (reverse %v): no progress", kv.ErrUnavailable, at().key, next, o.Reverse)
+		}
+		if o.Reverse {
+			req.End = next
+		} else {
+			req.Start = next
+		}
+		return nil
+	}
 	out := &ScanResult{}
 	for {
-		resp, err := do(c, ctx, k, req.Start, func(ctx context.Context, kvc pandopb.KVClient) (*pandopb.ScanResponse, error) {
+		resp, err := doAt(c, ctx, k, at(), func(ctx context.Context, kvc pandopb.KVClient) (*pandopb.ScanResponse, error) {
 			return kvc.Scan(ctx, req)
 		})
 		if err != nil {
@@ -939,19 +992,23 @@ func (c *Client) Scan(ctx context.Context, o ScanOptions) (*ScanResult, error) {
 		out.More, out.Next = resp.More, resp.Next
 		out.Count += resp.Count
 		if o.CountOnly && resp.More {
-			req.Start = resp.Next
+			if err := goOn(resp.Next); err != nil {
+				return nil, err
+			}
 			if req.Revision == 0 && !o.Stale {
 				req.Revision = resp.Revision
 			}
 			continue
 		}
 		full := o.Limit > 0 && len(out.Items) >= o.Limit
-		if !resp.More || full || (o.Limit == 0 && len(resp.Items) > 0 && !crossed(resp)) {
+		if !resp.More || full || (o.Limit == 0 && len(resp.Items) > 0 && !crossed(resp, o.Reverse)) {
 			return out, nil
 		}
 		// The next range (or the rest of a page the server cut short), at
 		// the same revision when the pages so far had one.
-		req.Start = resp.Next
+		if err := goOn(resp.Next); err != nil {
+			return nil, err
+		}
 		if req.Revision == 0 && !o.Stale {
 			req.Revision = resp.Revision
 		}
@@ -961,13 +1018,21 @@ func (c *Client) Scan(ctx context.Context, o ScanOptions) (*ScanResult, error) {
 	}
 }
 
-// crossed reports whether a page ended at its range's end rather than at
-// the page's limit: its next key is a range boundary (the server then
-// answers the rest from the next range). A page that filled the server's
-// maximum stops there.
-func crossed(resp *pandopb.ScanResponse) bool {
+// crossed reports whether a page ended at its range's end (reverse: its
+// start) rather than at the page's limit: its next key is a range boundary
+// (the server then answers the rest from the next range), not the one
+// after its last item (reverse: that item itself). A page that filled the
+// server's maximum stops there.
+func crossed(resp *pandopb.ScanResponse, reverse bool) bool {
 	n := len(resp.Items)
-	return n == 0 || !bytes.Equal(resp.Next, append(bytes.Clone(resp.Items[n-1].Key), 0))
+	if n == 0 {
+		return true
+	}
+	last := resp.Items[n-1].Key
+	if reverse {
+		return !bytes.Equal(resp.Next, last)
+	}
+	return !bytes.Equal(resp.Next, append(bytes.Clone(last), 0))
 }
 
 // Compact drops the history below revision rev in every range, as etcd's
@@ -992,7 +1057,7 @@ func (c *Client) Status(ctx context.Context, addr string) (*pandopb.StatusRespon
 	var ep *endpoint
 	var err error
 	if addr == "" {
-		if ep, _ = c.target(nil, true, ""); ep == nil {
+		if ep, _ = c.target(place{}, true, ""); ep == nil {
 			return nil, fmt.Errorf("%w: every node's circuit breaker is open", kv.ErrUnavailable)
 		}
 	} else if ep, err = c.endpoint(addr); err != nil {

@@ -130,7 +130,7 @@ func (c *Client) watch(ctx context.Context, o *pandopb.WatchRequest, out chan<- 
 			deliver(WatchResponse{Err: fmt.Errorf("%w: a watch needs a key", kv.ErrInvalidArgument)})
 			return
 		}
-		ep, _ := c.target(key, true, avoid)
+		ep, _ := c.target(place{key: key}, true, avoid)
 		var err error
 		if ep == nil {
 			err = fmt.Errorf("%w: every node's circuit breaker is open", kv.ErrUnavailable)

@@ -1,6 +1,9 @@
 package kv
 
-import "fmt"
+import (
+	"bytes"
+	"fmt"
+)
 
 // Limits bound what one request may carry. The zero value of a field means
 // its default.
@@ -89,4 +92,15 @@ func PrefixEnd(prefix []byte) []byte {
 		}
 	}
 	return nil
+}
+
+// ScanMoves reports whether a scan page's next moves the scan on from
+// cur, where the page began: past it, or for a reverse scan (cur an
+// exclusive end, empty for the end of the key space) below it. A next that
+// does not would have the scan read the same keys again forever.
+func ScanMoves(cur, next []byte, reverse bool) bool {
+	if reverse {
+		return len(next) > 0 && (len(cur) == 0 || bytes.Compare(next, cur) < 0)
+	}
+	return bytes.Compare(next, cur) > 0
 }

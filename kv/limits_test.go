@@ -212,3 +212,25 @@ func FuzzPrefixEnd(f *testing.F) {
 		}
 	})
 }
+
+func TestScanMoves(t *testing.T) {
+	for _, c := range []struct {
+		cur, next string
+		reverse   bool
+		want      bool
+	}{
+		{"", "a", false, true},
+		{"a", "a\x00", false, true},
+		{"b", "b", false, false},
+		{"b", "a", false, false},
+		{"", "z", true, true}, // below the end of the key space
+		{"", "", true, false},
+		{"b", "a", true, true},
+		{"b", "b", true, false},
+		{"b", "c", true, false},
+	} {
+		if got := kv.ScanMoves([]byte(c.cur), []byte(c.next), c.reverse); got != c.want {
+			t.Errorf("ScanMoves(%q, %q, reverse %v) = %v, want %v", c.cur, c.next, c.reverse, got, c.want)
+		}
+	}
+}

@@ -29,15 +29,16 @@ import (
 var errOpen = errors.New("kvservice: range not closed at the revision")
 
 // rangeAt reads rangeID's state in snap and checks that the replica holds
-// key and, for a read at rev (0: the latest), may answer it (errOpen if
-// the range must be closed there first).
-func rangeAt(snap pebble.Reader, rangeID, rev uint64, key []byte) (*pandopb.RangeState, error) {
+// key (before: the keys just below key, a reverse scan's end) and, for a
+// read at rev (0: the latest), may answer it (errOpen if the range must be
+// closed there first).
+func rangeAt(snap pebble.Reader, rangeID, rev uint64, key []byte, before bool) (*pandopb.RangeState, error) {
 	st, ok, err := storage.ReadRangeState(snap, rangeID)
 	if err != nil {
 		return nil, err
 	}
-	if !ok || !st.Desc.ContainsKey(key) {
-		return nil, fmt.Errorf("%w: %q left range %d", kv.ErrWrongRange, key, rangeID)
+	if !ok || !holds(st.Desc, key, before) {
+		return nil, errLeft(key, before, rangeID)
 	}
 	if rev == 0 {
 		return st, nil
@@ -49,6 +50,23 @@ func rangeAt(snap pebble.Reader, rangeID, rev uint64, key []byte) (*pandopb.Rang
 		return nil, errOpen
 	}
 	return st, nil
+}
+
+// holds reports whether d holds key, or (before) the keys just below it.
+func holds(d *pandopb.RangeDescriptor, key []byte, before bool) bool {
+	if before {
+		return d.ContainsBefore(key)
+	}
+	return d.ContainsKey(key)
+}
+
+// errLeft is the answer of a replica that no longer holds key (before: the
+// keys just below it): the caller routes again.
+func errLeft(key []byte, before bool, rangeID uint64) error {
+	if before {
+		return fmt.Errorf("%w: the keys below %q left range %d", kv.ErrWrongRange, key, rangeID)
+	}
+	return fmt.Errorf("%w: %q left range %d", kv.ErrWrongRange, key, rangeID)
 }
 
 // checkHandedOut refuses a revision the oracle has not handed out yet.

@@ -170,22 +170,27 @@ func (s *Service) SetAdmission(admit func() error) {
 // when ctx ends with such an attempt unresolved does a write fail as
 // ambiguous. Each forwarded attempt is bounded by the forward timeout.
 func (s *Service) route(ctx context.Context, key []byte, write bool, local func(rangeID uint64) error, remote func(context.Context, pandopb.KVClient) error) error {
+	return s.routeTo(ctx, route.Request{Key: key, Write: write}, local, remote)
+}
+
+// routeTo is route for the range req names by its Key and Before (a
+// reverse scan routes by the keys below its end).
+func (s *Service) routeTo(ctx context.Context, req route.Request, local func(rangeID uint64) error, remote func(context.Context, pandopb.KVClient) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.timeout)
 		defer cancel()
 	}
-	return s.router.Do(ctx, route.Request{
-		Key: key, Write: write, AttemptTimeout: s.forwardTimeout,
-		Local: func(st node.RangeStatus) error { return s.serveLocal(st.RangeID, key, write, local) },
-		Remote: func(ctx context.Context, to uint64) error {
-			c, err := s.peers.KV(to)
-			if err != nil {
-				return route.Unreachable(err)
-			}
-			return remote(ctx, c)
-		},
-	})
+	req.AttemptTimeout = s.forwardTimeout
+	req.Local = func(st node.RangeStatus) error { return s.serveLocal(st.RangeID, req.Key, req.Write, local) }
+	req.Remote = func(ctx context.Context, to uint64) error {
+		c, err := s.peers.KV(to)
+		if err != nil {
+			return route.Unreachable(err)
+		}
+		return remote(ctx, c)
+	}
+	return s.router.Do(ctx, req)
 }
 
 func (s *Service) checkConsistency(c pandopb.Consistency) error {
@@ -196,13 +201,14 @@ func (s *Service) checkConsistency(c pandopb.Consistency) error {
 }
 
 // readIndex waits until this leader may serve a linearizable read of key
-// from rangeID, and checks that key is still in that range afterwards.
-func (s *Service) readIndex(ctx context.Context, rangeID uint64, key []byte) error {
+// (before: of the keys just below it) from rangeID, and checks that the
+// range still holds them afterwards.
+func (s *Service) readIndex(ctx context.Context, rangeID uint64, key []byte, before bool) error {
 	if err := s.node.ReadIndex(ctx, rangeID); err != nil {
 		return err
 	}
-	if st, ok := s.node.Status(rangeID); !ok || !st.Desc.ContainsKey(key) {
-		return fmt.Errorf("%w: %q left range %d", kv.ErrWrongRange, key, rangeID)
+	if st, ok := s.node.Status(rangeID); !ok || !holds(st.Desc, key, before) {
+		return errLeft(key, before, rangeID)
 	}
 	return nil
 }
@@ -229,7 +235,7 @@ func (s *Service) get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.Ge
 		// answer is the range's state at exactly its revision.
 		snap := s.node.NewSnapshot()
 		defer snap.Close()
-		st, err := rangeAt(snap, rangeID, rev, req.Key)
+		st, err := rangeAt(snap, rangeID, rev, req.Key, false)
 		if err != nil {
 			return nil, err
 		}
@@ -270,7 +276,7 @@ func (s *Service) get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.Ge
 		if rev != 0 {
 			return s.readClosed(ctx, rid, rev, false, readHere)
 		}
-		if err := s.readIndex(ctx, rid, req.Key); err != nil {
+		if err := s.readIndex(ctx, rid, req.Key, false); err != nil {
 			return err
 		}
 		return readHere()
@@ -525,35 +531,56 @@ func (s *Service) scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.
 	// A forwarded scan serves one range and says where to continue; the
 	// node that routes it walks the ranges.
 	single := route.Forwarded(ctx)
+	// A scan walks its span from start up, range by range; a reverse one
+	// from end down. cur is where the walk stands: the first key of the
+	// next page, or (reverse) the exclusive end of the next page, whose
+	// range is the one holding the keys just below it.
+	reverse := req.Reverse
+	from := start
+	if reverse {
+		from = end
+	}
+	lookup := s.node.RangeFor
+	if reverse {
+		lookup = s.node.RangeBefore
+	}
+	// page is the span of the next page: [cur, end), or [start, cur).
+	page := func(cur []byte) ([]byte, []byte) {
+		if reverse {
+			return start, cur
+		}
+		return cur, end
+	}
 	// rev: the revision every range is read at (0: the latest); handedOut:
 	// it came from the oracle here.
 	rev, handedOut := req.Revision, false
 	resp := &pandopb.ScanResponse{}
-	cur := start
+	cur := from
 	for {
-		var page *pandopb.ScanResponse
+		var got *pandopb.ScanResponse
 		var err error
-		st, rerr := s.node.RangeFor(cur)
+		lo, hi := page(cur)
+		st, rerr := lookup(cur)
 		local := rerr == nil && (stale || rev != 0)
 		if local {
 			// A stale read, or one at a revision this replica may answer.
-			page, err = s.readSpan(st.RangeID, cur, end, limit-len(resp.Items), rev, req)
+			got, err = s.readSpan(st.RangeID, lo, hi, limit-len(resp.Items), rev, req)
 			local = !errors.Is(err, errOpen) && !errors.Is(err, kv.ErrWrongRange)
 		}
 		if !local {
 			// Linearizable, or of a range with no replica here (or not
 			// closed at rev here).
-			err = s.route(ctx, cur, false, func(rid uint64) error {
+			err = s.routeTo(ctx, route.Request{Key: cur, Before: reverse}, func(rid uint64) error {
 				read := func() error {
 					var err error
-					page, err = s.readSpan(rid, cur, end, limit-len(resp.Items), rev, req)
+					got, err = s.readSpan(rid, lo, hi, limit-len(resp.Items), rev, req)
 					return err
 				}
 				if rev != 0 {
 					return s.readClosed(ctx, rid, rev, handedOut, read)
 				}
 				if !stale {
-					if err := s.readIndex(ctx, rid, cur); err != nil {
+					if err := s.readIndex(ctx, rid, cur, reverse); err != nil {
 						return err
 					}
 				}
@@ -561,57 +588,76 @@ func (s *Service) scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.
 			}, func(ctx context.Context, c pandopb.KVClient) error {
 				var err error
 				fwd := proto.Clone(req).(*pandopb.ScanRequest)
-				fwd.Start, fwd.End, fwd.Prefix, fwd.Limit, fwd.Revision = cur, end, nil, uint32(limit-len(resp.Items)), rev
-				page, err = c.Scan(ctx, fwd)
+				fwd.Start, fwd.End, fwd.Prefix, fwd.Limit, fwd.Revision = lo, hi, nil, uint32(limit-len(resp.Items)), rev
+				got, err = c.Scan(ctx, fwd)
 				return err
 			})
 		}
 		if err != nil {
 			return nil, err
 		}
-		if rev == 0 && !stale && page.More && len(resp.Items)+len(page.Items) < limit {
+		if rev == 0 && !stale && got.More && len(resp.Items)+len(got.Items) < limit {
 			// A linearizable scan that crosses into another range: one
 			// consistent cut of every range it reads, at a revision handed
 			// out after the scan began (so at or above every write
-			// acknowledged before it), read again from the start. A
-			// single-range page (forwarded, or for a client that pages
-			// itself) is read at it too, and the client continues at the
-			// answer's revision.
+			// acknowledged before it), read again from the start (a
+			// reverse scan: from the end). A single-range page (forwarded,
+			// or for a client that pages itself) is read at it too, and
+			// the client continues at the answer's revision.
 			if rev, err = s.Revisions(ctx, 1); err != nil {
 				return nil, err
 			}
-			handedOut, resp, cur = true, &pandopb.ScanResponse{}, start
+			handedOut, resp, cur = true, &pandopb.ScanResponse{}, from
 			continue
 		}
-		resp.Items = append(resp.Items, page.Items...)
-		resp.Count += page.Count
-		resp.More, resp.Next = page.More, page.Next
-		if resp.Revision == 0 || page.Revision < resp.Revision {
-			resp.Revision = page.Revision
+		resp.Items = append(resp.Items, got.Items...)
+		resp.Count += got.Count
+		resp.More, resp.Next = got.More, got.Next
+		if resp.Revision == 0 || got.Revision < resp.Revision {
+			resp.Revision = got.Revision
 		}
-		if !page.More || len(resp.Items) >= limit || single {
+		if !got.More || len(resp.Items) >= limit || single {
 			return resp, nil
 		}
-		cur = page.Next
+		if !kv.ScanMoves(cur, got.Next, reverse) {
+			return nil, fmt.Errorf("%w: a scan page from %q goes on at %q (reverse %v): no progress", kv.ErrUnavailable, cur, got.Next, reverse)
+		}
+		cur = got.Next
 	}
 }
 
 // readSpan reads up to limit keys of [start, end) from the local replica
-// of rangeID, clipped to the range's span; More and Next say where the
-// scan continues (in this range, or at the next one).
+// of rangeID, clipped to the range's span, in the scan's order: from start
+// up, or (req.Reverse) from end down, the range holding start (reverse:
+// the keys just below end). More and Next say where the scan continues, in
+// this range or at the next one: the key to go on from, or (reverse) the
+// exclusive end to go on below.
 func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int, at uint64, req *pandopb.ScanRequest) (*pandopb.ScanResponse, error) {
+	reverse := req.GetReverse()
 	snap := s.node.NewSnapshot()
 	defer snap.Close()
 	// The range's span and revisions from the snapshot the data comes
 	// from.
-	st, err := rangeAt(snap, rangeID, at, start)
+	from := start
+	if reverse {
+		from = end
+	}
+	st, err := rangeAt(snap, rangeID, at, from, reverse)
 	if err != nil {
 		return nil, err
 	}
 	desc := st.Desc
-	stop, clipped := end, false
-	if len(desc.EndKey) > 0 && (len(stop) == 0 || bytes.Compare(desc.EndKey, stop) < 0) {
-		stop, clipped = desc.EndKey, true
+	// The page stops at the range's end (reverse: its start) when the span
+	// goes on past it.
+	lo, hi, clipped := start, end, false
+	order := storage.Ascending
+	if reverse {
+		order = storage.Descending
+		if bytes.Compare(desc.StartKey, lo) > 0 {
+			lo, clipped = desc.StartKey, true
+		}
+	} else if len(desc.EndKey) > 0 && (len(hi) == 0 || bytes.Compare(desc.EndKey, hi) < 0) {
+		hi, clipped = desc.EndKey, true
 	}
 	var kvs []storage.KV
 	var more bool
@@ -622,9 +668,9 @@ func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int, at uint
 	rev := st.LastRevision
 	if at != 0 {
 		rev = at
-		kvs, more, err = storage.ScanAtFiltered(snap, start, stop, at, limit, keep)
+		kvs, more, err = storage.ScanAtFiltered(snap, lo, hi, at, limit, order, keep)
 	} else {
-		kvs, more, err = storage.ScanFiltered(snap, start, stop, limit, keep)
+		kvs, more, err = storage.ScanFiltered(snap, lo, hi, limit, order, keep)
 	}
 	if err != nil {
 		return nil, err
@@ -637,8 +683,13 @@ func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int, at uint
 		resp.Items[i] = &pandopb.KeyValue{Key: x.Key, Value: x.Value, Version: x.Version, CreateRevision: x.CreateRevision, ModRevision: x.ModRevision}
 	}
 	switch {
+	case more && reverse:
+		// Below the smallest key returned.
+		resp.More, resp.Next = true, bytes.Clone(kvs[len(kvs)-1].Key)
 	case more:
 		resp.More, resp.Next = true, append(bytes.Clone(kvs[len(kvs)-1].Key), 0)
+	case clipped && reverse:
+		resp.More, resp.Next = true, bytes.Clone(desc.StartKey)
 	case clipped:
 		resp.More, resp.Next = true, bytes.Clone(desc.EndKey)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
 )
 
@@ -46,25 +47,50 @@ func (n *Node) refreshIndex() {
 
 // RangeFor returns the range replica here whose span holds key.
 func (n *Node) RangeFor(key []byte) (RangeStatus, error) {
+	return n.rangeHolding(key, false)
+}
+
+// RangeBefore returns the range replica here whose span holds the keys
+// just below end (an empty end: the last range): where a reverse scan
+// with exclusive end end reads next (RangeDescriptor.ContainsBefore).
+func (n *Node) RangeBefore(end []byte) (RangeStatus, error) {
+	return n.rangeHolding(end, true)
+}
+
+// rangeHolding is RangeFor(key), or RangeBefore(key) when before is set.
+func (n *Node) rangeHolding(key []byte, before bool) (RangeStatus, error) {
+	holds := func(d *pandopb.RangeDescriptor) bool {
+		if before {
+			return d.ContainsBefore(key)
+		}
+		return d.ContainsKey(key)
+	}
 	n.replicasMu.RLock()
 	defer n.replicasMu.RUnlock()
 	if ix := n.index.Load(); ix != nil {
-		// The last replica that starts at or before key.
+		// The last replica that starts at or before key (before: below it;
+		// an empty key then is the end of the key space: the last one).
 		i, found := slices.BinarySearchFunc(*ix, key, func(e indexEntry, k []byte) int { return bytes.Compare(e.start, k) })
-		if !found {
+		switch {
+		case before && len(key) == 0:
+			i = len(*ix) - 1
+		case before || !found:
 			i--
 		}
 		if i >= 0 {
 			r := (*ix)[i].r
-			if st := r.status.Load(); n.replicas[r.id] == r && st.Desc != nil && st.Desc.ContainsKey(key) {
+			if st := r.status.Load(); n.replicas[r.id] == r && st.Desc != nil && holds(st.Desc) {
 				return *st, nil
 			}
 		}
 	}
 	for _, r := range n.replicas {
-		if st := r.status.Load(); st.Desc != nil && st.Desc.ContainsKey(key) {
+		if st := r.status.Load(); st.Desc != nil && holds(st.Desc) {
 			return *st, nil
 		}
+	}
+	if before {
+		return RangeStatus{}, fmt.Errorf("%w: no range holds the keys below %q here", kv.ErrUnavailable, key)
 	}
 	return RangeStatus{}, fmt.Errorf("%w: no range holds key %q here", kv.ErrUnavailable, key)
 }

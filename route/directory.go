@@ -54,6 +54,27 @@ func (d *Directory) Lookup(key []byte) (*pandopb.RangeStatus, bool) {
 	return r, true
 }
 
+// LookupBefore returns the directory's entry for the range holding the
+// keys just below end (an empty end: the last range), where a reverse scan
+// ending at end reads next.
+func (d *Directory) LookupBefore(end []byte) (*pandopb.RangeStatus, bool) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	// The last range that starts below end.
+	i := len(d.ranges) - 1
+	if len(end) > 0 {
+		i = sort.Search(len(d.ranges), func(i int) bool { return bytes.Compare(d.ranges[i].StartKey, end) >= 0 }) - 1
+	}
+	if i < 0 {
+		return nil, false
+	}
+	r := d.ranges[i]
+	if !(&pandopb.RangeDescriptor{StartKey: r.StartKey, EndKey: r.EndKey}).ContainsBefore(end) {
+		return nil, false
+	}
+	return r, true
+}
+
 // ByID returns the directory's entry for a range.
 func (d *Directory) ByID(id uint64) (*pandopb.RangeStatus, bool) {
 	d.mu.RLock()
@@ -117,19 +138,24 @@ type target struct {
 	local    *node.RangeStatus
 }
 
-// locate finds the range of key (or rangeID when key is nil) in the local
-// replicas first, then in the directory.
-func locate(n Local, dir *Directory, key []byte, rangeID uint64) (target, error) {
+// locate finds the range of key (before: of the keys just below key; or
+// rangeID when key is nil) in the local replicas first, then in the
+// directory.
+func locate(n Local, dir *Directory, key []byte, before bool, rangeID uint64) (target, error) {
 	if key != nil {
-		if st, err := n.RangeFor(key); err == nil {
+		lookup, local := dir.Lookup, n.RangeFor
+		if before {
+			lookup, local = dir.LookupBefore, n.RangeBefore
+		}
+		if st, err := local(key); err == nil {
 			return target{rangeID: st.RangeID, leader: st.LeaderID, replicas: st.Desc.Replicas, local: &st}, nil
 		}
 		if dir != nil {
-			if r, ok := dir.Lookup(key); ok {
+			if r, ok := lookup(key); ok {
 				return target{rangeID: r.Id, leader: r.LeaderId, replicas: r.Replicas}, nil
 			}
 		}
-		return target{}, errNoRange(key)
+		return target{}, errNoRange(key, before)
 	}
 	if st, ok := n.Status(rangeID); ok {
 		return target{rangeID: rangeID, leader: st.LeaderID, replicas: st.Desc.Replicas, local: &st}, nil
@@ -142,13 +168,19 @@ func locate(n Local, dir *Directory, key []byte, rangeID uint64) (target, error)
 	return target{rangeID: rangeID}, nil
 }
 
-func errNoRange(key []byte) error {
-	return &noRangeError{key: key}
+func errNoRange(key []byte, before bool) error {
+	return &noRangeError{key: key, before: before}
 }
 
-type noRangeError struct{ key []byte }
+type noRangeError struct {
+	key    []byte
+	before bool
+}
 
 func (e *noRangeError) Error() string {
+	if e.before {
+		return fmt.Sprintf("no range known for the keys below %q here yet (the node learns the directory from the controller)", e.key)
+	}
 	return fmt.Sprintf("no range known for key %q here yet (the node learns the directory from the controller)", e.key)
 }
 

@@ -22,10 +22,26 @@ func TestDirectoryLookup(t *testing.T) {
 			t.Errorf("lookup(%q) = %v, %v; want range %d", c.key, r, ok, c.want)
 		}
 	}
+	// The keys below an end (a reverse scan's): a range's end key is its
+	// own, and the empty end the last range's.
+	for _, c := range []struct {
+		end  string
+		want uint64
+	}{{"\x00", 1}, {"a", 1}, {"f", 1}, {"f\x00", 2}, {"m", 2}, {"m\x00", 3}, {"zzz", 3}, {"", 3}} {
+		r, ok := d.LookupBefore([]byte(c.end))
+		if !ok || r.Id != c.want {
+			t.Errorf("LookupBefore(%q) = %v, %v; want range %d", c.end, r, ok, c.want)
+		}
+	}
 	// A gap (a range the controller has not reported yet) finds nothing.
 	d.Update(&pandopb.HeartbeatResponse{Directory: []*pandopb.RangeStatus{{Id: 1, EndKey: []byte("f")}}})
 	if r, ok := d.Lookup([]byte("g")); ok {
 		t.Errorf("lookup in a gap = %v", r)
+	}
+	for _, end := range []string{"g", ""} {
+		if r, ok := d.LookupBefore([]byte(end)); ok {
+			t.Errorf("LookupBefore(%q) in a gap = %v", end, r)
+		}
 	}
 	// Leader hints: of a known range, and of one not in the directory.
 	d.NoteLeader(1, 3)

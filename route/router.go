@@ -40,6 +40,9 @@ func SubRequest(ctx context.Context) context.Context {
 type Local interface {
 	ID() uint64
 	RangeFor(key []byte) (node.RangeStatus, error)
+	// RangeBefore is the replica holding the keys just below end (an
+	// empty end: the last range).
+	RangeBefore(end []byte) (node.RangeStatus, error)
 	Status(rangeID uint64) (node.RangeStatus, bool)
 }
 
@@ -121,7 +124,11 @@ func (r *Router) Directory() *Directory { return r.dir }
 // Request is one request for the leader of a range.
 type Request struct {
 	// Key routes by key; nil routes by RangeID.
-	Key     []byte
+	Key []byte
+	// Before routes to the range holding the keys just below Key instead:
+	// Key is an exclusive end (a reverse scan's), and an empty Key the end
+	// of the key space (the last range).
+	Before  bool
 	RangeID uint64
 	// Write: an idempotent write (it carries an idempotency key). A
 	// forwarded attempt whose fate is unknown (a transport error, a
@@ -196,7 +203,7 @@ func (r *Router) Do(ctx context.Context, req Request) error {
 	}
 	r.budget.Request()
 	for attempt := 1; ; attempt++ {
-		tg, err := locate(r.local, r.dir, req.Key, req.RangeID)
+		tg, err := locate(r.local, r.dir, req.Key, req.Before, req.RangeID)
 		if err != nil && maybeApplied {
 			// An earlier attempt may have been applied: not "refused".
 			return fmt.Errorf("%w (%w): %v", kv.ErrUnavailable, kv.ErrAmbiguous, err)

@@ -50,6 +50,8 @@ func (f *fakeLocal) RangeFor([]byte) (node.RangeStatus, error) {
 	return node.RangeStatus{}, errors.New("no replica")
 }
 
+func (f *fakeLocal) RangeBefore([]byte) (node.RangeStatus, error) { return f.RangeFor(nil) }
+
 func (f *fakeLocal) Status(uint64) (node.RangeStatus, bool) { return f.status() }
 
 type fakePeers struct {

@@ -235,7 +235,7 @@ func (s *Server) handleScan(ctx context.Context, w http.ResponseWriter, q url.Va
 		return
 	}
 	req := &pandopb.ScanRequest{Consistency: c, Prefix: []byte(q.Get("prefix")), Start: []byte(q.Get("start")), End: []byte(q.Get("end")), Revision: rev}
-	if err := parseBools(q, map[string]*bool{"keys_only": &req.KeysOnly, "count_only": &req.CountOnly}); err != nil {
+	if err := parseBools(q, map[string]*bool{"keys_only": &req.KeysOnly, "count_only": &req.CountOnly, "reverse": &req.Reverse}); err != nil {
 		httpapi.WriteError(w, err)
 		return
 	}
@@ -261,12 +261,15 @@ func (s *Server) handleScan(ctx context.Context, w http.ResponseWriter, q url.Va
 			httpapi.WriteError(w, httpapi.BadRequest("continue must be the base64 next of a previous answer"))
 			return
 		}
-		if len(req.Prefix) > 0 {
+		// A page goes on from next, or (reverse) below it.
+		switch {
+		case len(req.Prefix) > 0 && req.Reverse:
+			req.Start, req.End, req.Prefix = req.Prefix, b, nil
+		case len(req.Prefix) > 0:
 			req.Start, req.End, req.Prefix = b, kv.PrefixEnd(req.Prefix), nil
-			if req.End == nil {
-				req.End = nil
-			}
-		} else {
+		case req.Reverse:
+			req.End = b
+		default:
 			req.Start = b
 		}
 	}

@@ -140,15 +140,52 @@ type KV struct {
 	Record
 }
 
+// Order is the key order a scan walks its span in.
+type Order uint8
+
+const (
+	// Ascending walks a span from its start up.
+	Ascending Order = iota
+	// Descending walks it from its end down: with a limit, the last keys
+	// of the span, largest first.
+	Descending
+)
+
+// first positions it at the first key of its bounds in order o.
+func (o Order) first(it *pebble.Iterator) bool {
+	if o == Descending {
+		return it.Last()
+	}
+	return it.First()
+}
+
+// next moves it to the following key in order o.
+func (o Order) next(it *pebble.Iterator) bool {
+	if o == Descending {
+		return it.Prev()
+	}
+	return it.Next()
+}
+
+// compare is bytes.Compare in order o: negative when a comes first.
+func (o Order) compare(a, b []byte) int {
+	if o == Descending {
+		return bytes.Compare(b, a)
+	}
+	return bytes.Compare(a, b)
+}
+
 // Scan returns up to limit user keys in [start, end) in order, and whether
 // more keys remain in the span. An empty end means the end of the key space.
 func Scan(r pebble.Reader, start, end []byte, limit int) ([]KV, bool, error) {
-	return ScanFiltered(r, start, end, limit, nil)
+	return ScanFiltered(r, start, end, limit, Ascending, nil)
 }
 
-// ScanFiltered is Scan of the keys keep accepts (nil: all); keep may
-// change the record it is given (drop its value, say).
-func ScanFiltered(r pebble.Reader, start, end []byte, limit int, keep func(*KV) bool) ([]KV, bool, error) {
+// ScanFiltered is Scan in order o of the keys keep accepts (nil: all);
+// keep may change the record it is given (drop its value, say). A
+// Descending scan returns the last limit keys of the span, largest first,
+// and more says whether keys remain below them.
+func ScanFiltered(r pebble.Reader, start, end []byte, limit int, o Order, keep func(*KV) bool) ([]KV, bool, error) {
 	lo, hi := DataSpan(start, end)
 	it, err := r.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
@@ -156,7 +193,7 @@ func ScanFiltered(r pebble.Reader, start, end []byte, limit int, keep func(*KV) 
 	}
 	defer it.Close()
 	var out []KV
-	for valid := it.First(); valid; valid = it.Next() {
+	for valid := o.first(it); valid; valid = o.next(it) {
 		if len(out) == limit {
 			return out, true, it.Error()
 		}

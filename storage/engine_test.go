@@ -171,6 +171,19 @@ func TestScan(t *testing.T) {
 		if got := keysOf(kvs); !slices.Equal(got, c.want) || more != c.more {
 			t.Errorf("Scan(%q, %q, %d) = %q, more=%v; want %q, more=%v", c.start, c.end, c.limit, got, more, c.want, c.more)
 		}
+		// Descending: the last limit keys of the span, largest first.
+		var span []string
+		for _, k := range all {
+			if k >= c.start && (c.end == "" || k < c.end) {
+				span = append(span, k)
+			}
+		}
+		wantDesc := slices.Clone(span[max(0, len(span)-c.limit):])
+		slices.Reverse(wantDesc)
+		kvs, more, err = storage.ScanFiltered(db, []byte(c.start), []byte(c.end), c.limit, storage.Descending, nil)
+		if got := keysOf(kvs); err != nil || !slices.Equal(got, wantDesc) || more != (len(span) > c.limit) {
+			t.Errorf("descending Scan(%q, %q, %d) = %q, more=%v (%v); want %q, more=%v", c.start, c.end, c.limit, got, more, err, wantDesc, len(span) > c.limit)
+		}
 	}
 
 	// Values and versions come back with their keys.
@@ -217,6 +230,28 @@ func TestScanPaging(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("paged scan = %q, want %q", got, want)
+	}
+	// Descending, following "more" with end = the smallest key returned:
+	// every key once, largest first.
+	got = nil
+	var end []byte
+	for pages := 0; ; pages++ {
+		if pages > 100 {
+			t.Fatal("descending paging does not end")
+		}
+		kvs, more, err := storage.ScanFiltered(e.DB(), nil, end, 5, storage.Descending, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, keysOf(kvs)...)
+		if !more {
+			break
+		}
+		end = kvs[len(kvs)-1].Key
+	}
+	slices.Reverse(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("descending paged scan = %q, want %q", got, want)
 	}
 }
 

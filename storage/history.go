@@ -187,15 +187,16 @@ func GetAt(r pebble.Reader, userKey []byte, revision uint64) (Record, bool, erro
 // its history side by side: a key's latest record answers when it is old
 // enough, else the key's last history entry at or before revision does.
 func ScanAt(r pebble.Reader, start, end []byte, revision uint64, limit int) ([]KV, bool, error) {
-	return ScanAtFiltered(r, start, end, revision, limit, nil)
+	return ScanAtFiltered(r, start, end, revision, limit, Ascending, nil)
 }
 
-// ScanAtFiltered is ScanAt of the keys keep accepts (nil: all); keep may
-// change the record it is given.
-func ScanAtFiltered(r pebble.Reader, start, end []byte, revision uint64, limit int, keep func(*KV) bool) ([]KV, bool, error) {
+// ScanAtFiltered is ScanAt in order o of the keys keep accepts (nil: all);
+// keep may change the record it is given. A Descending scan returns the
+// last limit keys of the span as of revision, largest first.
+func ScanAtFiltered(r pebble.Reader, start, end []byte, revision uint64, limit int, o Order, keep func(*KV) bool) ([]KV, bool, error) {
 	var out []KV
 	more := false
-	err := walkVersions(r, start, end, func(key []byte, hist []version, latest *Record) (bool, error) {
+	err := walkVersions(r, start, end, o, func(key []byte, hist []version, latest *Record) (bool, error) {
 		// The latest record when it is old enough, else the last history
 		// entry at or before revision (a tombstone or none: absent).
 		kv, found := KV{Key: key}, false
@@ -233,10 +234,16 @@ type version struct {
 }
 
 // walkVersions calls fn for every user key of [start, end) that has a
-// latest record or history, in key order, with its history oldest first
+// latest record or history, in key order o, with its history oldest first
 // and its latest record (nil: none), until fn says stop. Keys and values
 // are copies.
-func walkVersions(r pebble.Reader, start, end []byte, fn func(key []byte, hist []version, latest *Record) (bool, error)) error {
+//
+// Both spans hold their keys in user-key order (history keys escape the
+// user key so that they sort as it does, then by revision), so one walk
+// over each, in the same direction, meets every user key once: the next
+// key is whichever side's comes first in o. Walking down, a key's history
+// comes newest first and is turned round before fn sees it.
+func walkVersions(r pebble.Reader, start, end []byte, o Order, fn func(key []byte, hist []version, latest *Record) (bool, error)) error {
 	dlo, dhi := DataSpan(start, end)
 	hlo, hhi := HistorySpan(start, end)
 	lit, err := r.NewIter(&pebble.IterOptions{LowerBound: dlo, UpperBound: dhi})
@@ -249,7 +256,7 @@ func walkVersions(r pebble.Reader, start, end []byte, fn func(key []byte, hist [
 		return err
 	}
 	defer hit.Close()
-	lok, hok := lit.First(), hit.First()
+	lok, hok := o.first(lit), o.first(hit)
 	var hkey []byte
 	if hok {
 		if hkey, _, err = DecodeHistoryKey(hit.Key()); err != nil {
@@ -260,7 +267,7 @@ func walkVersions(r pebble.Reader, start, end []byte, fn func(key []byte, hist [
 	for lok || hok {
 		// The next user key, from either side.
 		key := hkey
-		if lok && (!hok || bytes.Compare(lit.Key()[1:], hkey) <= 0) {
+		if lok && (!hok || o.compare(lit.Key()[1:], hkey) <= 0) {
 			key = lit.Key()[1:]
 		}
 		key = bytes.Clone(key)
@@ -272,11 +279,14 @@ func walkVersions(r pebble.Reader, start, end []byte, fn func(key []byte, hist [
 			}
 			rec.Value = bytes.Clone(rec.Value)
 			hist = append(hist, version{rec, tomb})
-			if hok = hit.Next(); hok {
+			if hok = o.next(hit); hok {
 				if hkey, _, err = DecodeHistoryKey(hit.Key()); err != nil {
 					return err
 				}
 			}
+		}
+		if o == Descending {
+			slices.Reverse(hist)
 		}
 		var latest *Record
 		if lok && bytes.Equal(lit.Key()[1:], key) {
@@ -286,7 +296,7 @@ func walkVersions(r pebble.Reader, start, end []byte, fn func(key []byte, hist [
 			}
 			rec.Value = bytes.Clone(rec.Value)
 			latest = &rec
-			lok = lit.Next()
+			lok = o.next(lit)
 		}
 		if cont, err := fn(key, hist, latest); err != nil || !cont {
 			return err
@@ -413,7 +423,7 @@ func Changes(r pebble.Reader, start, end []byte, after uint64, limit int) ([]Cha
 	}
 	// Key by key: its history oldest first, then its latest record, each
 	// change with the version before it.
-	err := walkVersions(r, start, end, func(key []byte, hist []version, latest *Record) (bool, error) {
+	err := walkVersions(r, start, end, Ascending, func(key []byte, hist []version, latest *Record) (bool, error) {
 		var prev Record
 		hasPrev := false
 		for _, v := range hist {

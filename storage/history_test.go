@@ -362,3 +362,185 @@ func BenchmarkGetAtOldRevision(b *testing.B) {
 		}
 	}
 }
+
+// Reverse scans against a model of the key space after every write:
+// random puts and deletes, then, at random revisions (and the latest
+// records), random spans, limits and revision filters. A descending scan
+// answers the last limit keys of the span that pass the filters, largest
+// first (the forward answer reversed), with more when keys remain below,
+// and its pages, each ending below the smallest key of the one before,
+// visit the span once.
+func TestReverseScansMatchTheModel(t *testing.T) {
+	for seed := uint64(1); seed <= 20; seed++ {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			db, err := pebble.Open("", &pebble.Options{FS: vfs.NewMem()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			rng := rand.New(rand.NewPCG(seed, 1))
+			// Keys that are prefixes of others and keys holding 0x00 and
+			// 0xff: the history keys' escaping must order them as the
+			// latest records do, walking down as well as up.
+			keys := []string{"\x00", "\x00\x00", "a", "a\x00", "a\x00b", "a\xff", "ab", "b", "c\xff", "c\xff\x00"}
+			bounds := append([]string{""}, keys...)
+			bounds = append(bounds, "a\x01", "d")
+			live := map[string]Record{}
+			var revs []uint64
+			var states []map[string]Record
+			rev := uint64(0)
+			for i := 0; i < 200; i++ {
+				rev += 1 + uint64(rng.IntN(3))
+				w := modelWrite{key: keys[rng.IntN(len(keys))], value: fmt.Sprint("v", i), del: rng.IntN(4) == 0}
+				cur, found := live[w.key]
+				switch {
+				case w.del && !found:
+					continue
+				case w.del:
+					delete(live, w.key)
+				case found:
+					live[w.key] = Record{ModRevision: rev, CreateRevision: cur.CreateRevision, Version: cur.Version + 1, Value: []byte(w.value)}
+				default:
+					live[w.key] = Record{ModRevision: rev, CreateRevision: rev, Version: 1, Value: []byte(w.value)}
+				}
+				applyModel(t, db, w, rev)
+				revs = append(revs, rev)
+				states = append(states, clone(live))
+			}
+			for q := 0; q < 400; q++ {
+				// at 0: the latest records (ScanFiltered); else a revision,
+				// in a gap between writes now and then.
+				i := rng.IntN(len(revs))
+				at, want := revs[i]+uint64(rng.IntN(2)), states[i]
+				if i+1 < len(revs) && at >= revs[i+1] {
+					at = revs[i]
+				}
+				if q%4 == 0 {
+					at, want = 0, live
+				}
+				lo, hi := bounds[rng.IntN(len(bounds))], bounds[rng.IntN(len(bounds))]
+				if hi != "" && hi <= lo {
+					lo, hi = hi, lo
+					if lo == hi {
+						hi = ""
+					}
+				}
+				limit := []int{-1, 1, 2, 3, 5}[rng.IntN(5)]
+				var minMod, maxMod, minCreate uint64
+				if rng.IntN(2) == 0 {
+					minMod = revs[rng.IntN(len(revs))]
+				}
+				if rng.IntN(3) == 0 {
+					maxMod = revs[rng.IntN(len(revs))]
+				}
+				if rng.IntN(3) == 0 {
+					minCreate = revs[rng.IntN(len(revs))]
+				}
+				keysOnly := rng.IntN(2) == 0
+				keep := func(kv *KV) bool {
+					if (minMod != 0 && kv.ModRevision < minMod) || (maxMod != 0 && kv.ModRevision > maxMod) || (minCreate != 0 && kv.CreateRevision < minCreate) {
+						return false
+					}
+					if keysOnly {
+						kv.Value = nil
+					}
+					return true
+				}
+				scan := func(start, end []byte, limit int, o Order) ([]KV, bool, error) {
+					if at == 0 {
+						return ScanFiltered(db, start, end, limit, o, keep)
+					}
+					return ScanAtFiltered(db, start, end, at, limit, o, keep)
+				}
+				// The model's answer: the span's keys that pass, ascending;
+				// and every key of the span, which the latest scan's more
+				// counts (it stops at the next key, passing or not).
+				var passing, span []string
+				for k, r := range want {
+					if k < lo || (hi != "" && k >= hi) {
+						continue
+					}
+					span = append(span, k)
+					if kv := (KV{Key: []byte(k), Record: r}); keep(&kv) {
+						passing = append(passing, k)
+					}
+				}
+				slices.Sort(passing)
+				slices.Sort(span)
+				wantKeys := slices.Clone(passing)
+				slices.Reverse(wantKeys)
+				if limit >= 0 && len(wantKeys) > limit {
+					wantKeys = wantKeys[:limit]
+				}
+				wantMore := limit >= 0 && len(passing) > limit
+				if at == 0 && limit >= 0 && len(wantKeys) == limit && limit > 0 {
+					// Any key of the span below the last one returned.
+					wantMore = span[0] < wantKeys[len(wantKeys)-1]
+				}
+				what := fmt.Sprintf("descending scan [%q, %q) at %d limit %d (mod >= %d, <= %d, create >= %d, keys only %v)", lo, hi, at, limit, minMod, maxMod, minCreate, keysOnly)
+				got, more, err := scan([]byte(lo), []byte(hi), limit, Descending)
+				if err != nil {
+					t.Fatalf("%s: %v", what, err)
+				}
+				if gotKeys := keyStrings(got); !slices.Equal(gotKeys, wantKeys) || more != wantMore {
+					t.Fatalf("%s = %q more %v, want %q more %v", what, gotKeys, more, wantKeys, wantMore)
+				}
+				for _, kv := range got {
+					w := want[string(kv.Key)]
+					if keysOnly {
+						w.Value = nil
+					}
+					if !sameRecord(kv.Record, w) {
+						t.Fatalf("%s: %q = %+v, want %+v", what, kv.Key, kv.Record, w)
+					}
+				}
+				// The forward scan of the whole span, reversed.
+				fwd, _, err := scan([]byte(lo), []byte(hi), -1, Ascending)
+				if err != nil {
+					t.Fatal(err)
+				}
+				all, _, err := scan([]byte(lo), []byte(hi), -1, Descending)
+				if err != nil {
+					t.Fatal(err)
+				}
+				slices.Reverse(fwd)
+				if !slices.EqualFunc(all, fwd, func(a, b KV) bool { return bytes.Equal(a.Key, b.Key) && sameRecord(a.Record, b.Record) }) {
+					t.Fatalf("%s without a limit = %q, want the forward scan reversed, %q", what, keyStrings(all), keyStrings(fwd))
+				}
+				// Pages, each below the smallest key of the one before.
+				if limit > 0 {
+					var paged []string
+					end := []byte(hi)
+					for pages := 0; ; pages++ {
+						if pages > len(keys)+2 {
+							t.Fatalf("%s: paging does not end", what)
+						}
+						page, more, err := scan([]byte(lo), end, limit, Descending)
+						if err != nil {
+							t.Fatal(err)
+						}
+						paged = append(paged, keyStrings(page)...)
+						if !more {
+							break
+						}
+						if len(page) == 0 {
+							t.Fatalf("%s: an empty page with more", what)
+						}
+						end = page[len(page)-1].Key
+					}
+					if full := keyStrings(all); !slices.Equal(paged, full) {
+						t.Fatalf("%s: pages %q, want %q", what, paged, full)
+					}
+				}
+			}
+		})
+	}
+}
+
+func keyStrings(kvs []KV) []string {
+	out := []string{}
+	for _, kv := range kvs {
+		out = append(out, string(kv.Key))
+	}
+	return out
+}

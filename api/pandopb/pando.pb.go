@@ -616,8 +616,17 @@ type ScanRequest struct {
 	MaxModRevision    uint64 `protobuf:"varint,10,opt,name=max_mod_revision,json=maxModRevision,proto3" json:"max_mod_revision,omitempty"`
 	MinCreateRevision uint64 `protobuf:"varint,11,opt,name=min_create_revision,json=minCreateRevision,proto3" json:"min_create_revision,omitempty"`
 	MaxCreateRevision uint64 `protobuf:"varint,12,opt,name=max_create_revision,json=maxCreateRevision,proto3" json:"max_create_revision,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// reverse lists the span's keys in descending order (etcd's Range with
+	// sort_order DESCEND on the key): with a limit, the last limit keys of
+	// the span. A reverse page's next is the exclusive end to continue
+	// from (the smallest key it returned, or the start of the range it
+	// stopped at): scan again with end = next and the same start. A reverse
+	// scan that crosses ranges walks them from the end of the span
+	// backwards, at one revision as a forward scan does. count_only counts
+	// the same keys either way.
+	Reverse       bool `protobuf:"varint,13,opt,name=reverse,proto3" json:"reverse,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ScanRequest) Reset() {
@@ -734,6 +743,13 @@ func (x *ScanRequest) GetMaxCreateRevision() uint64 {
 	return 0
 }
 
+func (x *ScanRequest) GetReverse() bool {
+	if x != nil {
+		return x.Reverse
+	}
+	return false
+}
+
 type KeyValue struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Key            []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -813,8 +829,9 @@ func (x *KeyValue) GetModRevision() uint64 {
 type ScanResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Items []*KeyValue            `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
-	// more is true when the span holds keys past the last item; the scan
-	// continues from next.
+	// more is true when the span holds keys past the last item (below it,
+	// for a reverse scan); the scan continues from next (a reverse scan's
+	// next is the end to continue below).
 	More bool   `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
 	Next []byte `protobuf:"bytes,3,opt,name=next,proto3" json:"next,omitempty"`
 	// revision: see GetResponse (the smallest of the ranges' revisions the
@@ -6241,7 +6258,7 @@ const file_pando_proto_rawDesc = "" +
 	"\adeleted\x18\x01 \x01(\bR\adeleted\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12#\n" +
 	"\rdeleted_count\x18\x03 \x01(\x04R\fdeletedCount\x12\x12\n" +
-	"\x04next\x18\x04 \x01(\fR\x04next\"\xa8\x03\n" +
+	"\x04next\x18\x04 \x01(\fR\x04next\"\xc2\x03\n" +
 	"\vScanRequest\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\fR\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\fR\x03end\x12\x16\n" +
@@ -6256,7 +6273,8 @@ const file_pando_proto_rawDesc = "" +
 	"\x10max_mod_revision\x18\n" +
 	" \x01(\x04R\x0emaxModRevision\x12.\n" +
 	"\x13min_create_revision\x18\v \x01(\x04R\x11minCreateRevision\x12.\n" +
-	"\x13max_create_revision\x18\f \x01(\x04R\x11maxCreateRevision\"\x98\x01\n" +
+	"\x13max_create_revision\x18\f \x01(\x04R\x11maxCreateRevision\x12\x18\n" +
+	"\areverse\x18\r \x01(\bR\areverse\"\x98\x01\n" +
 	"\bKeyValue\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +

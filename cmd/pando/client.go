@@ -457,8 +457,8 @@ func scanCmd() *cobra.Command {
 	var rev uint64
 	var so client.ScanOptions
 	cmd := &cobra.Command{
-		Use:   "scan [--prefix P | --start A --end B] [--limit N] [--revision R] [--keys-only | --count-only]",
-		Short: "List keys in order",
+		Use:   "scan [--prefix P | --start A --end B] [--limit N] [--revision R] [--reverse] [--keys-only | --count-only]",
+		Short: "List keys in order (--reverse: in descending order)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if prefix != "" && (start != "" || end != "") {
@@ -496,7 +496,12 @@ func scanCmd() *cobra.Command {
 			for _, it := range res.Items {
 				fmt.Fprintf(w, "%q\t%q\tversion %d\trevision %d\n", it.Key, it.Value, it.Version, it.ModRevision)
 			}
-			if res.More {
+			switch {
+			case res.More && so.Reverse && prefix != "":
+				fmt.Fprintf(w, "... more below %q at revision %d (--reverse --start %q --end %q --revision %d)\n", res.Next, res.Revision, prefix, res.Next, res.Revision)
+			case res.More && so.Reverse:
+				fmt.Fprintf(w, "... more below %q at revision %d (--reverse --end %q --revision %d)\n", res.Next, res.Revision, res.Next, res.Revision)
+			case res.More:
 				fmt.Fprintf(w, "... more from %q at revision %d (--start %q --revision %d)\n", res.Next, res.Revision, res.Next, res.Revision)
 			}
 			return w.Flush()
@@ -509,6 +514,7 @@ func scanCmd() *cobra.Command {
 	cmd.Flags().IntVar(&limit, "limit", 100, "at most this many keys")
 	cmd.Flags().BoolVar(&stale, "stale", false, "allow any replica to answer from its local state")
 	cmd.Flags().Uint64Var(&rev, "revision", 0, "read the span as of this revision, one consistent cut of every range (0: the latest)")
+	cmd.Flags().BoolVar(&so.Reverse, "reverse", false, "list keys in descending order (with --limit: the last keys of the span)")
 	cmd.Flags().BoolVar(&so.KeysOnly, "keys-only", false, "list keys without their values")
 	cmd.Flags().BoolVar(&so.CountOnly, "count-only", false, "print how many keys the span holds (after the filters)")
 	cmd.Flags().Uint64Var(&so.MinModRevision, "min-mod-revision", 0, "only keys last written at or after this revision")

@@ -459,6 +459,12 @@ func TestCLI(t *testing.T) {
 		{[]string{"cas", "k", "x", "v2", ep}, 2, "VERSION must be a number"},
 		{[]string{"cas", "fresh", "0", "v", ep}, 0, "OK version"},
 		{[]string{"scan", "--prefix", "k", ep}, 0, `"k"`},
+		{[]string{"put", "k2", "v", ep}, 0, "OK version"},
+		{[]string{"scan", "--prefix", "k", "--limit", "1", ep}, 0, `more from "k\x00"`},
+		// Reverse: the last key first, going on below it.
+		{[]string{"scan", "--prefix", "k", "--limit", "1", "--reverse", ep}, 0, `more below "k2"`},
+		{[]string{"scan", "--start", "a", "--end", "k2", "--reverse", "--keys-only", "--limit", "1", ep}, 0, `more below "k"`},
+		{[]string{"scan", "--start", "k2", "--end", "k", "--reverse", ep}, 1, "not before end"},
 		{[]string{"scan", "--prefix", "k", "--start", "a", ep}, 2, "excludes"},
 		{[]string{"del", "k", ep}, 0, "OK deleted"},
 		{[]string{"status", ep}, 0, "RANGE"},

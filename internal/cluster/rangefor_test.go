@@ -34,7 +34,8 @@ func splitInto(t testing.TB, c *Cluster, splits []string) {
 }
 
 // checkRouting checks that RangeFor routes every probe key of n to the one
-// replica whose current span holds it, as a look at every replica does.
+// replica whose current span holds it, as a look at every replica does, and
+// RangeBefore to the one whose span holds the keys just below it.
 func checkRouting(t *testing.T, n *node.Node, probes []string) {
 	t.Helper()
 	sts := n.Statuses()
@@ -48,6 +49,19 @@ func checkRouting(t *testing.T, n *node.Node, probes []string) {
 		got, err := n.RangeFor([]byte(k))
 		if len(want) != 1 || err != nil || got.RangeID != want[0] {
 			t.Fatalf("RangeFor(%q) = range %d, %v; the spans hold it in %v", k, got.RangeID, err, want)
+		}
+		// The keys just below k (a reverse scan's end): the range that
+		// ends at or after k and starts before it; "" is the end of the
+		// key space.
+		want = want[:0]
+		for _, st := range sts {
+			if st.Desc != nil && st.Desc.ContainsBefore([]byte(k)) {
+				want = append(want, st.RangeID)
+			}
+		}
+		got, err = n.RangeBefore([]byte(k))
+		if len(want) != 1 || err != nil || got.RangeID != want[0] || !got.Desc.ContainsBefore([]byte(k)) {
+			t.Fatalf("RangeBefore(%q) = range %d, %v; the spans hold the keys below it in %v", k, got.RangeID, err, want)
 		}
 	}
 }
