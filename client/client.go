@@ -590,8 +590,20 @@ func doAt[T any](c *Client, ctx context.Context, k kind, p place, call func(cont
 	maybeApplied := false // a write attempt's fate is unknown
 	avoid := ""
 	retries := 0
+	prefer := "" // a stale read's leader hint: its next attempt goes there
 	for n := 1; n <= s.MaxAttempts; n++ {
 		ep, forward := c.target(p, k == staleRead, avoid)
+		if prefer != "" {
+			// A stale read that a replica could not serve (not caught up
+			// with the revision it asked for) goes to the leader it named,
+			// not to another random replica that may not be either.
+			c.mu.Lock()
+			if e := c.eps[prefer]; e != nil && e.br.Ready() {
+				ep, forward = e, false
+			}
+			c.mu.Unlock()
+			prefer = ""
+		}
 		if ep == nil {
 			// Every node's breaker is open. Fail fast only if none admits a
 			// probe before the deadline: a breaker that opened when one node
@@ -647,6 +659,9 @@ func doAt[T any](c *Client, ctx context.Context, k kind, p place, call func(cont
 					c.learnSpan(nl.RangeStart, nl.RangeEnd, nl.LeaderAddr)
 				}
 				avoid = ""
+				if k == staleRead {
+					prefer = nl.LeaderAddr
+				}
 				c.redirects.Add(1)
 				continue
 			}

@@ -333,3 +333,25 @@ func TestUnavailableAnswerIsNotAmbiguous(t *testing.T) {
 		t.Fatalf("put answered unavailable every time: %v", err)
 	}
 }
+
+// A stale read that a replica cannot serve (it is behind the revision
+// asked for) and that names the leader goes to that leader next, not to
+// another random replica that may be behind as well.
+func TestStaleReadFollowsTheLeaderHint(t *testing.T) {
+	c, f := newFake(t, resilience.Settings{MaxAttempts: 2}, "a", "b", "c", "d", "e")
+	behind := func(context.Context, any) (any, error) {
+		return nil, &kv.NotLeaderError{RangeID: 1, LeaderID: 6, LeaderAddr: "lead"}
+	}
+	for _, addr := range []string{"a", "b", "c", "d", "e"} {
+		f.handle(addr, behind)
+	}
+	f.handle("lead", func(context.Context, any) (any, error) {
+		return &pandopb.GetResponse{Found: true, Value: []byte("v"), Revision: 9}, nil
+	})
+	for i := range 20 { // each read's first replica is random; its second try must be the leader
+		got, err := c.Get(context.Background(), []byte("k"), Stale(), AtRevision(9))
+		if err != nil || string(got.Value) != "v" {
+			t.Fatalf("stale read %d at revision 9: %v %v (calls to the leader: %d)", i, got, err, f.callsTo("lead"))
+		}
+	}
+}

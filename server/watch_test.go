@@ -476,3 +476,72 @@ func mib(sizes []uint64) []string {
 	}
 	return out
 }
+
+// A watch through a node that holds no replica of the watched range: the
+// node watches it through one that does, over the nodes' own gRPC
+// connections, and the client gets every change once, in order, as if
+// the node held the range itself.
+func TestWatchThroughANodeWithoutAReplica(t *testing.T) {
+	c := startCluster(t, 3, 0, func(cfg *server.Config) { cfg.ReplicationFactor = 2 })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// The controller takes one replica of the range away.
+	var bare uint64
+	for deadline := time.Now().Add(30 * time.Second); bare == 0; time.Sleep(50 * time.Millisecond) {
+		for id, s := range c.servers {
+			if _, ok := s.Node().Status(1); !ok {
+				bare = id
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("every node still holds range 1 after 30s with a replication factor of 2")
+		}
+	}
+	through, err := client.New(client.Config{Endpoints: []string{c.addrs[bare]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer through.Close()
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	ch := through.Watch(wctx, []byte("w/"), client.WithPrefix(), client.WithPrevValue())
+	first := <-ch
+	if first.Err != nil {
+		t.Fatalf("watch through node %d (no replica): %v", bare, first.Err)
+	}
+	cl := c.client()
+	var want []string
+	for i := range 20 {
+		key := fmt.Sprintf("w/%d", i%5)
+		res, err := cl.PutResult(ctx, []byte(key), []byte(fmt.Sprint("v", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, fmt.Sprintf("%d %s=v%d", res.Revision, key, i))
+	}
+	var got []string
+	prev := map[string]string{}
+	for len(got) < len(want) {
+		select {
+		case r, ok := <-ch:
+			if !ok || r.Err != nil {
+				t.Fatalf("watch ended after %d changes: %v", len(got), r.Err)
+			}
+			for _, ev := range r.Events {
+				got = append(got, fmt.Sprintf("%d %s=%s", ev.ModRevision, ev.Key, ev.Value))
+				if p, seen := prev[string(ev.Key)]; seen && (ev.PrevKV == nil || string(ev.PrevKV.Value) != p) {
+					t.Fatalf("change of %s at %d: previous value %v, want %q", ev.Key, ev.ModRevision, ev.PrevKV, p)
+				}
+				prev[string(ev.Key)] = string(ev.Value)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("after 10s the watch through node %d has %d of %d changes: %q", bare, len(got), len(want), got)
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("watch through node %d:\n got %q\nwant %q", bare, got, want)
+	}
+	if st, err := through.Status(ctx, c.addrs[bare]); err != nil || st.Watches < 1 {
+		t.Fatalf("status of node %d: %v %v, want a watch counted", bare, st, err)
+	}
+}
