@@ -2,7 +2,7 @@ GO ?= go
 PROTOC_GEN_GO_VERSION = v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION = v1.5.1
 
-.PHONY: build test test-short proto bench fuzz soak faults bench-compare bench-watch bench-ranges browser-deps test-browser docker-image docker-smoke
+.PHONY: build test test-short proto bench fuzz soak faults bench-compare bench-watch bench-history-bytes bench-ranges browser-deps test-browser docker-image docker-smoke
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/pando ./cmd/pando
@@ -59,6 +59,11 @@ bench-compare:
 # delivery latency to a node that does not lead the keys).
 bench-watch:
 	COMPARE=watch bash bench/compare.sh
+# bench-history-bytes: history's bytes on disk per revision, one pando server against one etcd
+# member, the same overwrites with random values (REVISIONS=200000 KEYS=1000 VALUE_SIZE=256 by
+# default); about a minute.
+bench-history-bytes:
+	bash bench/history-bytes.sh
 # browser-deps installs Debian's chromium for the dashboard's browser test
 # (TestDashboardShowsFailoverInBrowser skips without it).
 browser-deps:

@@ -62,6 +62,7 @@ func runLoad(args []string) error {
 		watchers     = fs.Int("watchers", 1000, "the watch workload's watchers")
 		watchConns   = fs.Int("watch-conns", 8, "clientv3 clients the watchers share")
 		watchEP      = fs.String("watch-endpoint", "", "the member every watcher watches through (default: the last of --endpoints)")
+		randomValues = fs.Bool("random-values", false, "every put writes fresh random (incompressible) bytes instead of a fixed pattern")
 	)
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
@@ -125,14 +126,21 @@ func runLoad(args []string) error {
 		var next atomic.Int64
 		for i := 0; i < 64; i++ {
 			wg.Add(1)
-			go func(c *clientv3.Client) {
+			go func(i int, c *clientv3.Client) {
 				defer wg.Done()
+				r := rand.New(rand.NewPCG(uint64(i), 7))
+				v := slices.Clone(value)
 				for k := next.Add(1) - 1; k < int64(nkeys); k = next.Add(1) - 1 {
+					val := val
+					if *randomValues {
+						randomBytes(r, v)
+						val = string(v)
+					}
 					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 					_, _ = c.Put(ctx, fmt.Sprintf("%08d", k), val)
 					cancel()
 				}
-			}(cs[i%nconns])
+			}(i, cs[i%nconns])
 		}
 		wg.Wait()
 	}
@@ -182,6 +190,11 @@ func runLoad(args []string) error {
 					return
 				}
 				k := key(r)
+				val := val
+				if *randomValues && *workload != "get" {
+					randomBytes(r, stamped)
+					val = string(stamped)
+				}
 				t0 := time.Now()
 				var err error
 				rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -242,4 +255,15 @@ func runLoad(args []string) error {
 	fmt.Printf("%s: %d clients / %d connections: %d ops in %.1fs = %.0f op/s, %d errors; p50 %.2fms p95 %.2fms p99 %.2fms p999 %.2fms\n",
 		res.Workload, res.Clients, res.Conns, res.Ops, res.Seconds, res.Throughput, res.Errors, res.P50ms, res.P95ms, res.P99ms, res.P999ms)
 	return nil
+}
+
+// randomBytes fills b with bytes from r (as cmd/pando/bench.go does).
+func randomBytes(r *rand.Rand, b []byte) {
+	for len(b) >= 8 {
+		binary.LittleEndian.PutUint64(b, r.Uint64())
+		b = b[8:]
+	}
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
 }

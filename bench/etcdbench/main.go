@@ -7,6 +7,7 @@
 //	  --initial-cluster m1=http://127.0.0.1:2380,m2=http://127.0.0.1:22380,m3=http://127.0.0.1:32380
 //	etcdbench load --workload put --clients 64 --conns 8 --keys 100000 --value-size 256 \
 //	  --duration 20s --endpoints 127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379 --json
+//	etcdbench status --endpoint 127.0.0.1:2379 --defrag --db-file d1/member/snap/db
 //
 // It lives in its own Go module (bench/go.mod) so that the pando module never depends on
 // the etcd server.
@@ -20,7 +21,8 @@ import (
 const usage = `usage:
   etcdbench member [flags]   run one etcd member until SIGINT/SIGTERM
   etcdbench load [flags]     load an etcd cluster; same flags and output as 'pando bench'
-Run 'etcdbench member -h' or 'etcdbench load -h' for the flags.
+  etcdbench status [flags]   one member's revision and backend size (--defrag: defragment first)
+Run 'etcdbench member -h', 'etcdbench load -h' or 'etcdbench status -h' for the flags.
 `
 
 func main() {
@@ -34,6 +36,8 @@ func main() {
 		err = runMember(os.Args[2:])
 	case "load", "bench":
 		err = runLoad(os.Args[2:])
+	case "status":
+		err = runStatus(os.Args[2:])
 	case "-h", "--help", "help":
 		fmt.Fprint(os.Stdout, usage)
 		return

@@ -28,6 +28,8 @@ func runMember(args []string) error {
 		electionMs     = fs.Uint("election-ms", 1000, "election timeout in ms (etcd default 1000)")
 		logLevel       = fs.String("log-level", "warn", "debug, info, warn or error")
 		startTimeout   = fs.Duration("start-timeout", 60*time.Second, "give up if the member is not ready by then")
+		autoCompaction = fs.String("auto-compaction-retention", "0", "etcd's periodic auto-compaction retention (0, etcd's default: off; history is kept until compacted)")
+		quotaBytes     = fs.Int64("quota-backend-bytes", 0, "the backend database's size limit (0: etcd's default, 2 GiB)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
@@ -69,6 +71,9 @@ func runMember(args []string) error {
 	cfg.TickMs = *heartbeatMs
 	cfg.ElectionMs = *electionMs
 	cfg.UnsafeNoFsync = false // fsync on, as etcd's default
+	cfg.AutoCompactionMode = embed.CompactorModePeriodic
+	cfg.AutoCompactionRetention = *autoCompaction
+	cfg.QuotaBackendBytes = *quotaBytes
 	cfg.Logger = "zap"
 	cfg.LogLevel = *logLevel
 	cfg.LogOutputs = []string{"stderr"}

@@ -56,7 +56,7 @@ func benchCmd() *cobra.Command {
 		clients, conns, keys, valLen int
 		total                        int64
 		duration                     time.Duration
-		asJSON, stale                bool
+		asJSON, stale, randomValues  bool
 		splits                       int
 		opsRate                      float64
 		wb                           watchBench
@@ -76,7 +76,9 @@ It reaches the cluster like the other client commands (--endpoints, --tls-ca,
 cluster does not answer a first request. --rate caps the requests per second of
 all clients together: the servers' CPU per request at a fixed load is the figure
 to compare between builds or layouts, as the throughput of a saturated machine
-moves with its batching.
+moves with its batching. --random-values makes every put's value fresh random
+bytes (incompressible: the default 'abc...' pattern is one that Pebble's block
+compression shrinks, which flatters any measure of bytes on disk).
 
   pando bench --workload put --clients 64 --conns 8 --keys 100000 --value-size 256 --duration 20s
   pando bench --workload put --clients 64 --rate 4000 --duration 20s
@@ -133,6 +135,13 @@ moves with its batching.
 				value[i] = byte('a' + i%26)
 			}
 			key := func(r *rand.Rand) []byte { return fmt.Appendf(nil, "%08d", r.IntN(keys)) }
+			// fill gives value new random bytes with --random-values (each
+			// caller has its own buffer and generator), else leaves it.
+			fill := func(r *rand.Rand, value []byte) {
+				if randomValues {
+					randomBytes(r, value)
+				}
+			}
 			var watchers []watcherStats
 			stopWatchers := func() {}
 			if workload == "watch" {
@@ -154,12 +163,15 @@ moves with its batching.
 				var next atomic.Int64
 				for i := 0; i < 64; i++ {
 					wg.Add(1)
-					go func(c *client.Client) {
+					go func(i int, c *client.Client) {
 						defer wg.Done()
+						r := rand.New(rand.NewPCG(uint64(i), 7))
+						value := slices.Clone(value)
 						for k := next.Add(1) - 1; k < int64(keys); k = next.Add(1) - 1 {
+							fill(r, value)
 							_, _ = c.Put(context.Background(), fmt.Appendf(nil, "%08d", k), value)
 						}
-					}(cs[i%conns])
+					}(i, cs[i%conns])
 				}
 				wg.Wait()
 			}
@@ -200,8 +212,8 @@ moves with its batching.
 						opts = append(opts, client.Stale())
 					}
 					value := value
-					if workload == "watch" {
-						value = slices.Clone(value) // each put carries its start time
+					if workload == "watch" || randomValues {
+						value = slices.Clone(value) // each put carries its start time, or its own random bytes
 					}
 					for ctx.Err() == nil {
 						if total > 0 && ops.Add(1) > total {
@@ -212,6 +224,9 @@ moves with its batching.
 							return // the run's time is up (only --duration sets a deadline)
 						}
 						k := key(r)
+						if workload != "get" {
+							fill(r, value)
+						}
 						t0 := time.Now()
 						var err error
 						rctx, cancel := context.WithTimeout(context.Background(), f.timeout)
@@ -289,6 +304,7 @@ moves with its batching.
 	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "deadline of each request")
 	fs.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	fs.BoolVar(&stale, "stale", false, "gets are stale reads")
+	fs.BoolVar(&randomValues, "random-values", false, "every put writes fresh random (incompressible) bytes instead of a fixed pattern")
 	fs.Float64Var(&opsRate, "rate", 0, "requests per second of all clients together, at most (0: as fast as they go)")
 	fs.IntVar(&splits, "ranges", 0, "before loading, split the key space into this many ranges (evenly over --keys)")
 	f.addConnection(cmd)
@@ -314,4 +330,15 @@ func presplit(cmd *cobra.Command, f *clientFlags, keys, n int) error {
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "split the key space into %d ranges\n", n)
 	return nil
+}
+
+// randomBytes fills b with bytes from r.
+func randomBytes(r *rand.Rand, b []byte) {
+	for len(b) >= 8 {
+		binary.LittleEndian.PutUint64(b, r.Uint64())
+		b = b[8:]
+	}
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
 }

@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"compress/flate"
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -11,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pando/pando/client"
 	"github.com/pando/pando/pki"
 	"github.com/pando/pando/server"
 )
@@ -183,5 +187,91 @@ func TestBenchWatchDeliversEveryPutToEveryWatcher(t *testing.T) {
 
 	if _, err := runBench(t, append([]string{"--workload", "watch", "--value-size", "4", "--total", "10"}, common...)...); err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "--value-size") {
 		t.Fatalf("watch bench with 4-byte values: %v (exit %d), want a usage error naming --value-size", err, exitCode(err))
+	}
+}
+
+// TestBenchRandomValues: with --random-values the get workload's preload
+// and the puts write fresh random values, none of them the fixed pattern,
+// none equal to another (an overwritten version differs from its
+// successor too), and together incompressible.
+func TestBenchRandomValues(t *testing.T) {
+	const (
+		token = "bench-token"
+		keys  = 20
+		size  = 64
+		puts  = 400
+	)
+	dir := t.TempDir()
+	addr := startTLSNode(t, dir, token)
+	ca := filepath.Join(dir, "ca.crt")
+	common := []string{"--endpoints", addr, "--tls-ca", ca, "--auth-token", token, "--timeout", "5s",
+		"--clients", "4", "--conns", "2", "--keys", fmt.Sprint(keys), "--value-size", fmt.Sprint(size), "--random-values", "--json"}
+	f := clientFlags{endpoints: addr, timeout: 5 * time.Second, tls: pki.Files{CA: ca}, token: token}
+	c, err := f.newClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	pattern := make([]byte, size)
+	for i := range pattern {
+		pattern[i] = byte('a' + i%26)
+	}
+	// check reads every key (and, after overwrites, each key's previous
+	// version) and returns the sum of the keys' versions.
+	check := func(stage string) uint64 {
+		t.Helper()
+		seen := map[string]bool{}
+		var all []byte
+		var versions uint64
+		for k := 0; k < keys; k++ {
+			key := fmt.Appendf(nil, "%08d", k)
+			kv, err := c.Get(ctx, key)
+			if err != nil {
+				t.Fatalf("%s: key %d: %v", stage, k, err)
+			}
+			vals := [][]byte{kv.Value}
+			if kv.Version > 1 {
+				prev, err := c.Get(ctx, key, client.AtRevision(kv.ModRevision-1))
+				if err != nil {
+					t.Fatalf("%s: key %d at revision %d: %v", stage, k, kv.ModRevision-1, err)
+				}
+				vals = append(vals, prev.Value)
+			}
+			for _, v := range vals {
+				if len(v) != size || bytes.Equal(v, pattern) || seen[string(v)] {
+					t.Fatalf("%s: key %d holds %q: want %d random bytes of its own", stage, k, v, size)
+				}
+				seen[string(v)] = true
+				all = append(all, v...)
+			}
+			versions += kv.Version
+		}
+		var z bytes.Buffer
+		w, _ := flate.NewWriter(&z, flate.BestCompression)
+		w.Write(all)
+		w.Close()
+		if z.Len() < len(all)*9/10 {
+			t.Fatalf("%s: %d bytes of values compress to %d: not random", stage, len(all), z.Len())
+		}
+		return versions
+	}
+	// The get workload first puts every key once (its preload).
+	if out, err := runBench(t, append([]string{"--workload", "get", "--total", "1"}, common...)...); err != nil {
+		t.Fatalf("bench --workload get --random-values: %v\n%s", err, out)
+	}
+	if v := check("after the preload"); v != keys {
+		t.Fatalf("after the preload: versions sum to %d, want %d", v, keys)
+	}
+	out, err := runBench(t, append([]string{"--workload", "put", "--total", fmt.Sprint(puts)}, common...)...)
+	if err != nil {
+		t.Fatalf("bench --workload put --random-values: %v\n%s", err, out)
+	}
+	var res benchResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Ops != puts || res.Errors != 0 {
+		t.Fatalf("bench result: %+v (%v)\n%s", res, err, out)
+	}
+	if v := check("after the puts"); v != keys+puts {
+		t.Fatalf("after %d puts: versions sum to %d, want %d", puts, v, keys+puts)
 	}
 }

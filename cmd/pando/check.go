@@ -276,13 +276,58 @@ divergence and to inspect a replica; never use write or delete on a cluster you 
 			return storage.Dump(e, cmd.OutOrStdout())
 		},
 	}
-	for _, c := range []*cobra.Command{write, del, dump} {
+	var usageJSON bool
+	usage := &cobra.Command{
+		Use:   "disk-usage --data-dir DIR [--json]",
+		Short: "Measure a stopped node's database on disk, by kind of key (flushes and compacts it first)",
+		Long: `Measure a stopped node's database: the table and write-ahead log files as the node
+left them, then, once the memtable is flushed and the whole key space compacted (overwritten
+and deleted records dropped; the data itself is unchanged), the live tables' bytes and each
+kind of key's share: the Raft log, the ranges' other records, the latest records, the
+history. state_bytes is the tables less the Raft log (bench/history-bytes.sh).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if dataDir == "" {
+				return usageError{fmt.Errorf("--data-dir is required")}
+			}
+			sst, wal, err := storage.DirFileSizes(dataDir)
+			if err != nil {
+				return usageError{fmt.Errorf("--data-dir: %w", err)}
+			}
+			e, err := open()
+			if err != nil {
+				return err
+			}
+			defer e.Close()
+			u, err := storage.MeasureDiskUsage(context.Background(), e)
+			if err != nil {
+				return err
+			}
+			u.FilesSST, u.FilesWAL = sst, wal
+			if usageJSON {
+				return printJSON(cmd.OutOrStdout(), u)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', tabwriter.AlignRight)
+			fmt.Fprintf(w, "as left: table files\t%d\tbytes\t\nas left: write-ahead log\t%d\tbytes\t\ncompacted: live tables\t%d\tbytes\t\n\n", u.FilesSST, u.FilesWAL, u.Tables)
+			fmt.Fprintf(w, "KIND\tKEYS\tKEY+VALUE BYTES\tDISK BYTES (EST.)\t\n")
+			for _, k := range []struct {
+				name string
+				ku   storage.KindUsage
+			}{{"raft log", u.RaftLog}, {"range-local", u.RangeLocal}, {"latest", u.Latest}, {"history", u.History}, {"other", u.Other}} {
+				fmt.Fprintf(w, "%s\t%d\t%d\t%d\t\n", k.name, k.ku.Keys, k.ku.Logical, k.ku.Disk)
+			}
+			fmt.Fprintf(w, "\nstate (tables less the raft log)\t%d\tbytes\t\n", u.State)
+			return w.Flush()
+		},
+	}
+	usage.Flags().BoolVar(&usageJSON, "json", false, "print JSON")
+	for _, c := range []*cobra.Command{write, del, dump, usage} {
 		c.Flags().StringVar(&dataDir, "data-dir", "", "the stopped node's data directory")
 	}
 	for _, c := range []*cobra.Command{write, del} {
 		c.Flags().Uint64Var(&rangeID, "range", 1, "range the key belongs to")
 	}
-	cmd.AddCommand(write, del, dump)
+	cmd.AddCommand(write, del, dump, usage)
 	return cmd
 }
 
