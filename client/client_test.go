@@ -110,6 +110,14 @@ func (k *fakeKV) Compact(ctx context.Context, in *pandopb.CompactRequest, _ ...g
 	return r.(*pandopb.CompactResponse), nil
 }
 
+func (k *fakeKV) Txn(ctx context.Context, in *pandopb.TxnRequest, _ ...grpc.CallOption) (*pandopb.TxnResponse, error) {
+	r, err := k.do(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	return r.(*pandopb.TxnResponse), nil
+}
+
 func (k *fakeKV) Status(ctx context.Context, in *pandopb.StatusRequest, _ ...grpc.CallOption) (*pandopb.StatusResponse, error) {
 	return &pandopb.StatusResponse{}, nil
 }

@@ -195,6 +195,12 @@ func (n *Node) noteWrite(rangeID uint64, cmd *pandopb.Command, res replica.Resul
 			return
 		}
 		ev = FeedEvent{Key: op.Delete.Key, Delete: true, Revision: res.Revision, Prev: res.Prev, HasPrev: res.HasPrev}
+	case *pandopb.Command_Txn:
+		for _, c := range res.TxnChanges {
+			n.addPending(rangeID, FeedEvent{Key: c.Key, Delete: c.Delete, Revision: res.Revision, Value: c.Record.Value,
+				Version: c.Record.Version, CreateRevision: c.Record.CreateRevision, Prev: c.Prev, HasPrev: c.HasPrev})
+		}
+		return
 	default:
 		return
 	}

@@ -48,6 +48,10 @@ type Result struct {
 	// Resume is where a compaction that stopped at its limit goes on (nil:
 	// the range's history is compacted).
 	Resume []byte
+	// Txn is a transaction's answer (its revision: Revision, 0 when it
+	// wrote nothing), TxnChanges its writes, for the change feed.
+	Txn        *pandopb.TxnResponse
+	TxnChanges []TxnChange
 }
 
 // DecodeCommand decodes the payload of a normal log entry.
@@ -93,7 +97,7 @@ var ErrStaleRevision = fmt.Errorf("%w: the write's revision is below one already
 // revision from the revision oracle.
 func NeedsRevision(cmd *pandopb.Command) bool {
 	switch cmd.Op.(type) {
-	case *pandopb.Command_Put, *pandopb.Command_Delete:
+	case *pandopb.Command_Put, *pandopb.Command_Delete, *pandopb.Command_Txn:
 		return true
 	}
 	return false
@@ -115,7 +119,7 @@ func CommandKey(cmd *pandopb.Command) []byte {
 // checks, meta records).
 func ChangesData(cmd *pandopb.Command) bool {
 	switch cmd.Op.(type) {
-	case *pandopb.Command_Put, *pandopb.Command_Delete, *pandopb.Command_PruneDedup:
+	case *pandopb.Command_Put, *pandopb.Command_Delete, *pandopb.Command_Txn, *pandopb.Command_PruneDedup:
 		return true
 	}
 	return false
@@ -225,7 +229,7 @@ func Apply(b *pebble.Batch, st *pandopb.RangeState, index uint64, cmd *pandopb.C
 	var res Result
 	var err error
 	switch op := cmd.Op.(type) {
-	case *pandopb.Command_Put, *pandopb.Command_Delete:
+	case *pandopb.Command_Put, *pandopb.Command_Delete, *pandopb.Command_Txn:
 		res, err = applyWrite(b, st, cmd)
 	case *pandopb.Command_PruneDedup:
 		err = pruneDedup(b, rangeID, op.PruneDedup.Before)
@@ -314,6 +318,11 @@ func applyWrite(b *pebble.Batch, st *pandopb.RangeState, cmd *pandopb.Command) (
 		case found && cmd.Seq == rec.Seq:
 			res := resultOf(rec)
 			res.Duplicate = true
+			if _, txn := cmd.Op.(*pandopb.Command_Txn); txn {
+				// The first attempt's branch and revision; its reads are
+				// not remembered (the proposer reads them again at it).
+				res = Result{Duplicate: true, Revision: rec.Revision, Txn: &pandopb.TxnResponse{Succeeded: rec.TxnSucceeded, Revision: rec.Revision}}
+			}
 			return res, nil
 		case found && cmd.Seq < rec.Seq:
 			return Result{Superseded: true, Err: fmt.Errorf("%w (%w): write %d of client session %x was superseded by its write %d",
@@ -330,6 +339,11 @@ func applyWrite(b *pebble.Batch, st *pandopb.RangeState, cmd *pandopb.Command) (
 		res, err = applyPut(b, cmd.Revision, op.Put)
 	case *pandopb.Command_Delete:
 		res, err = applyDelete(b, st.Desc, cmd.Revision, op.Delete)
+	case *pandopb.Command_Txn:
+		res, err = applyTxn(b, st.Desc, cmd.Revision, op.Txn)
+		if err == nil && res.Err != nil {
+			return res, nil // refused before it wrote: a retry elsewhere must apply it
+		}
 	}
 	if err != nil || errors.Is(res.Err, ErrStaleRevision) {
 		return res, err
@@ -429,7 +443,7 @@ func applyMeta(b *pebble.Batch, cmd *pandopb.Command) error {
 
 func recordOf(cmd *pandopb.Command, res Result) *pandopb.DedupRecord {
 	rec := &pandopb.DedupRecord{Seq: cmd.Seq, ProposedAt: cmd.ProposedAt, Version: res.Version, Deleted: res.Deleted,
-		Revision: res.Revision, CreateRevision: res.CreateRevision}
+		Revision: res.Revision, CreateRevision: res.CreateRevision, TxnSucceeded: res.Txn.GetSucceeded()}
 	if vm, ok := res.Err.(*kv.VersionMismatchError); ok {
 		rec.Mismatch, rec.Current = true, vm.Current
 	}

@@ -73,6 +73,110 @@ func (Consistency) EnumDescriptor() ([]byte, []int) {
 	return file_pando_proto_rawDescGZIP(), []int{0}
 }
 
+type Compare_Result int32
+
+const (
+	Compare_EQUAL     Compare_Result = 0
+	Compare_GREATER   Compare_Result = 1
+	Compare_LESS      Compare_Result = 2
+	Compare_NOT_EQUAL Compare_Result = 3
+)
+
+// Enum value maps for Compare_Result.
+var (
+	Compare_Result_name = map[int32]string{
+		0: "EQUAL",
+		1: "GREATER",
+		2: "LESS",
+		3: "NOT_EQUAL",
+	}
+	Compare_Result_value = map[string]int32{
+		"EQUAL":     0,
+		"GREATER":   1,
+		"LESS":      2,
+		"NOT_EQUAL": 3,
+	}
+)
+
+func (x Compare_Result) Enum() *Compare_Result {
+	p := new(Compare_Result)
+	*p = x
+	return p
+}
+
+func (x Compare_Result) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Compare_Result) Descriptor() protoreflect.EnumDescriptor {
+	return file_pando_proto_enumTypes[1].Descriptor()
+}
+
+func (Compare_Result) Type() protoreflect.EnumType {
+	return &file_pando_proto_enumTypes[1]
+}
+
+func (x Compare_Result) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Compare_Result.Descriptor instead.
+func (Compare_Result) EnumDescriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{16, 0}
+}
+
+type Compare_Target int32
+
+const (
+	Compare_VERSION Compare_Target = 0
+	Compare_CREATE  Compare_Target = 1
+	Compare_MOD     Compare_Target = 2
+	Compare_VALUE   Compare_Target = 3
+)
+
+// Enum value maps for Compare_Target.
+var (
+	Compare_Target_name = map[int32]string{
+		0: "VERSION",
+		1: "CREATE",
+		2: "MOD",
+		3: "VALUE",
+	}
+	Compare_Target_value = map[string]int32{
+		"VERSION": 0,
+		"CREATE":  1,
+		"MOD":     2,
+		"VALUE":   3,
+	}
+)
+
+func (x Compare_Target) Enum() *Compare_Target {
+	p := new(Compare_Target)
+	*p = x
+	return p
+}
+
+func (x Compare_Target) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Compare_Target) Descriptor() protoreflect.EnumDescriptor {
+	return file_pando_proto_enumTypes[2].Descriptor()
+}
+
+func (Compare_Target) Type() protoreflect.EnumType {
+	return &file_pando_proto_enumTypes[2]
+}
+
+func (x Compare_Target) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Compare_Target.Descriptor instead.
+func (Compare_Target) EnumDescriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{16, 1}
+}
+
 type WatchEvent_Type int32
 
 const (
@@ -103,11 +207,11 @@ func (x WatchEvent_Type) String() string {
 }
 
 func (WatchEvent_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_pando_proto_enumTypes[1].Descriptor()
+	return file_pando_proto_enumTypes[3].Descriptor()
 }
 
 func (WatchEvent_Type) Type() protoreflect.EnumType {
-	return &file_pando_proto_enumTypes[1]
+	return &file_pando_proto_enumTypes[3]
 }
 
 func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
@@ -116,7 +220,7 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{21, 0}
+	return file_pando_proto_rawDescGZIP(), []int{29, 0}
 }
 
 type GetRequest struct {
@@ -1431,6 +1535,591 @@ func (x *AllocRevisionsResponse) GetFirst() uint64 {
 	return 0
 }
 
+// Compare is one condition of a transaction, on a key's latest state, as
+// etcd's: the key's version, create revision or mod revision (0 when the
+// key is absent) or its value (false when absent) against a given one.
+type Compare struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Result Compare_Result         `protobuf:"varint,1,opt,name=result,proto3,enum=pando.v1.Compare_Result" json:"result,omitempty"`
+	Target Compare_Target         `protobuf:"varint,2,opt,name=target,proto3,enum=pando.v1.Compare_Target" json:"target,omitempty"`
+	Key    []byte                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	// The number compared for VERSION, CREATE and MOD; the bytes for VALUE.
+	Number        uint64 `protobuf:"varint,4,opt,name=number,proto3" json:"number,omitempty"`
+	Value         []byte `protobuf:"bytes,5,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Compare) Reset() {
+	*x = Compare{}
+	mi := &file_pando_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Compare) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Compare) ProtoMessage() {}
+
+func (x *Compare) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Compare.ProtoReflect.Descriptor instead.
+func (*Compare) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Compare) GetResult() Compare_Result {
+	if x != nil {
+		return x.Result
+	}
+	return Compare_EQUAL
+}
+
+func (x *Compare) GetTarget() Compare_Target {
+	if x != nil {
+		return x.Target
+	}
+	return Compare_VERSION
+}
+
+func (x *Compare) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *Compare) GetNumber() uint64 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *Compare) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+// TxnRequestOp is one operation of a transaction: a put, a delete (of a
+// key, or of [key, range_end) with range_end set), or a read of a key or
+// a span (range_end set; limit 0: all of it that the range holds).
+type TxnRequestOp struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Op:
+	//
+	//	*TxnRequestOp_Put
+	//	*TxnRequestOp_Delete
+	//	*TxnRequestOp_Range
+	Op            isTxnRequestOp_Op `protobuf_oneof:"op"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnRequestOp) Reset() {
+	*x = TxnRequestOp{}
+	mi := &file_pando_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnRequestOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnRequestOp) ProtoMessage() {}
+
+func (x *TxnRequestOp) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnRequestOp.ProtoReflect.Descriptor instead.
+func (*TxnRequestOp) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *TxnRequestOp) GetOp() isTxnRequestOp_Op {
+	if x != nil {
+		return x.Op
+	}
+	return nil
+}
+
+func (x *TxnRequestOp) GetPut() *TxnPut {
+	if x != nil {
+		if x, ok := x.Op.(*TxnRequestOp_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *TxnRequestOp) GetDelete() *TxnDelete {
+	if x != nil {
+		if x, ok := x.Op.(*TxnRequestOp_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *TxnRequestOp) GetRange() *TxnRange {
+	if x != nil {
+		if x, ok := x.Op.(*TxnRequestOp_Range); ok {
+			return x.Range
+		}
+	}
+	return nil
+}
+
+type isTxnRequestOp_Op interface {
+	isTxnRequestOp_Op()
+}
+
+type TxnRequestOp_Put struct {
+	Put *TxnPut `protobuf:"bytes,1,opt,name=put,proto3,oneof"`
+}
+
+type TxnRequestOp_Delete struct {
+	Delete *TxnDelete `protobuf:"bytes,2,opt,name=delete,proto3,oneof"`
+}
+
+type TxnRequestOp_Range struct {
+	Range *TxnRange `protobuf:"bytes,3,opt,name=range,proto3,oneof"`
+}
+
+func (*TxnRequestOp_Put) isTxnRequestOp_Op() {}
+
+func (*TxnRequestOp_Delete) isTxnRequestOp_Op() {}
+
+func (*TxnRequestOp_Range) isTxnRequestOp_Op() {}
+
+type TxnPut struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnPut) Reset() {
+	*x = TxnPut{}
+	mi := &file_pando_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnPut) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnPut) ProtoMessage() {}
+
+func (x *TxnPut) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnPut.ProtoReflect.Descriptor instead.
+func (*TxnPut) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *TxnPut) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *TxnPut) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+type TxnDelete struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	RangeEnd      []byte                 `protobuf:"bytes,2,opt,name=range_end,json=rangeEnd,proto3" json:"range_end,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnDelete) Reset() {
+	*x = TxnDelete{}
+	mi := &file_pando_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnDelete) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnDelete) ProtoMessage() {}
+
+func (x *TxnDelete) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnDelete.ProtoReflect.Descriptor instead.
+func (*TxnDelete) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *TxnDelete) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *TxnDelete) GetRangeEnd() []byte {
+	if x != nil {
+		return x.RangeEnd
+	}
+	return nil
+}
+
+type TxnRange struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	RangeEnd      []byte                 `protobuf:"bytes,2,opt,name=range_end,json=rangeEnd,proto3" json:"range_end,omitempty"`
+	Limit         uint32                 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnRange) Reset() {
+	*x = TxnRange{}
+	mi := &file_pando_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnRange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnRange) ProtoMessage() {}
+
+func (x *TxnRange) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnRange.ProtoReflect.Descriptor instead.
+func (*TxnRange) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *TxnRange) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *TxnRange) GetRangeEnd() []byte {
+	if x != nil {
+		return x.RangeEnd
+	}
+	return nil
+}
+
+func (x *TxnRange) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type TxnRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Compare []*Compare             `protobuf:"bytes,1,rep,name=compare,proto3" json:"compare,omitempty"`
+	Success []*TxnRequestOp        `protobuf:"bytes,2,rep,name=success,proto3" json:"success,omitempty"`
+	Failure []*TxnRequestOp        `protobuf:"bytes,3,rep,name=failure,proto3" json:"failure,omitempty"`
+	// See PutRequest.
+	ClientId      uint64 `protobuf:"varint,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Seq           uint64 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnRequest) Reset() {
+	*x = TxnRequest{}
+	mi := &file_pando_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnRequest) ProtoMessage() {}
+
+func (x *TxnRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnRequest.ProtoReflect.Descriptor instead.
+func (*TxnRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *TxnRequest) GetCompare() []*Compare {
+	if x != nil {
+		return x.Compare
+	}
+	return nil
+}
+
+func (x *TxnRequest) GetSuccess() []*TxnRequestOp {
+	if x != nil {
+		return x.Success
+	}
+	return nil
+}
+
+func (x *TxnRequest) GetFailure() []*TxnRequestOp {
+	if x != nil {
+		return x.Failure
+	}
+	return nil
+}
+
+func (x *TxnRequest) GetClientId() uint64 {
+	if x != nil {
+		return x.ClientId
+	}
+	return 0
+}
+
+func (x *TxnRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+// TxnResponseOp answers one operation, in order.
+type TxnResponseOp struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Op:
+	//
+	//	*TxnResponseOp_Put
+	//	*TxnResponseOp_Delete
+	//	*TxnResponseOp_Range
+	Op            isTxnResponseOp_Op `protobuf_oneof:"op"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnResponseOp) Reset() {
+	*x = TxnResponseOp{}
+	mi := &file_pando_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnResponseOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnResponseOp) ProtoMessage() {}
+
+func (x *TxnResponseOp) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnResponseOp.ProtoReflect.Descriptor instead.
+func (*TxnResponseOp) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *TxnResponseOp) GetOp() isTxnResponseOp_Op {
+	if x != nil {
+		return x.Op
+	}
+	return nil
+}
+
+func (x *TxnResponseOp) GetPut() *PutResponse {
+	if x != nil {
+		if x, ok := x.Op.(*TxnResponseOp_Put); ok {
+			return x.Put
+		}
+	}
+	return nil
+}
+
+func (x *TxnResponseOp) GetDelete() *DeleteResponse {
+	if x != nil {
+		if x, ok := x.Op.(*TxnResponseOp_Delete); ok {
+			return x.Delete
+		}
+	}
+	return nil
+}
+
+func (x *TxnResponseOp) GetRange() *ScanResponse {
+	if x != nil {
+		if x, ok := x.Op.(*TxnResponseOp_Range); ok {
+			return x.Range
+		}
+	}
+	return nil
+}
+
+type isTxnResponseOp_Op interface {
+	isTxnResponseOp_Op()
+}
+
+type TxnResponseOp_Put struct {
+	Put *PutResponse `protobuf:"bytes,1,opt,name=put,proto3,oneof"`
+}
+
+type TxnResponseOp_Delete struct {
+	Delete *DeleteResponse `protobuf:"bytes,2,opt,name=delete,proto3,oneof"`
+}
+
+type TxnResponseOp_Range struct {
+	Range *ScanResponse `protobuf:"bytes,3,opt,name=range,proto3,oneof"`
+}
+
+func (*TxnResponseOp_Put) isTxnResponseOp_Op() {}
+
+func (*TxnResponseOp_Delete) isTxnResponseOp_Op() {}
+
+func (*TxnResponseOp_Range) isTxnResponseOp_Op() {}
+
+type TxnResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// succeeded: every compare held and the success operations ran (else
+	// the failure operations did).
+	Succeeded bool             `protobuf:"varint,1,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
+	Responses []*TxnResponseOp `protobuf:"bytes,2,rep,name=responses,proto3" json:"responses,omitempty"`
+	// revision: the transaction's writes' revision; when it wrote nothing,
+	// the revision its reads observed.
+	Revision      uint64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnResponse) Reset() {
+	*x = TxnResponse{}
+	mi := &file_pando_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnResponse) ProtoMessage() {}
+
+func (x *TxnResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnResponse.ProtoReflect.Descriptor instead.
+func (*TxnResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *TxnResponse) GetSucceeded() bool {
+	if x != nil {
+		return x.Succeeded
+	}
+	return false
+}
+
+func (x *TxnResponse) GetResponses() []*TxnResponseOp {
+	if x != nil {
+		return x.Responses
+	}
+	return nil
+}
+
+func (x *TxnResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 type WatchStreamRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Request:
@@ -1446,7 +2135,7 @@ type WatchStreamRequest struct {
 
 func (x *WatchStreamRequest) Reset() {
 	*x = WatchStreamRequest{}
-	mi := &file_pando_proto_msgTypes[16]
+	mi := &file_pando_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1458,7 +2147,7 @@ func (x *WatchStreamRequest) String() string {
 func (*WatchStreamRequest) ProtoMessage() {}
 
 func (x *WatchStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[16]
+	mi := &file_pando_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1471,7 +2160,7 @@ func (x *WatchStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchStreamRequest.ProtoReflect.Descriptor instead.
 func (*WatchStreamRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{16}
+	return file_pando_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WatchStreamRequest) GetRequest() isWatchStreamRequest_Request {
@@ -1558,7 +2247,7 @@ type WatchNudge struct {
 
 func (x *WatchNudge) Reset() {
 	*x = WatchNudge{}
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1570,7 +2259,7 @@ func (x *WatchNudge) String() string {
 func (*WatchNudge) ProtoMessage() {}
 
 func (x *WatchNudge) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1583,7 +2272,7 @@ func (x *WatchNudge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchNudge.ProtoReflect.Descriptor instead.
 func (*WatchNudge) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{17}
+	return file_pando_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WatchNudge) GetWatchId() int64 {
@@ -1609,7 +2298,7 @@ type WatchCancelRequest struct {
 
 func (x *WatchCancelRequest) Reset() {
 	*x = WatchCancelRequest{}
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1621,7 +2310,7 @@ func (x *WatchCancelRequest) String() string {
 func (*WatchCancelRequest) ProtoMessage() {}
 
 func (x *WatchCancelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1634,7 +2323,7 @@ func (x *WatchCancelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchCancelRequest.ProtoReflect.Descriptor instead.
 func (*WatchCancelRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{18}
+	return file_pando_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WatchCancelRequest) GetWatchId() int64 {
@@ -1654,7 +2343,7 @@ type WatchProgressRequest struct {
 
 func (x *WatchProgressRequest) Reset() {
 	*x = WatchProgressRequest{}
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1666,7 +2355,7 @@ func (x *WatchProgressRequest) String() string {
 func (*WatchProgressRequest) ProtoMessage() {}
 
 func (x *WatchProgressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1679,7 +2368,7 @@ func (x *WatchProgressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchProgressRequest.ProtoReflect.Descriptor instead.
 func (*WatchProgressRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{19}
+	return file_pando_proto_rawDescGZIP(), []int{27}
 }
 
 // WatchRequest creates a watch (and is what GET /v1/watch asks for).
@@ -1713,7 +2402,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1725,7 +2414,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1738,7 +2427,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{20}
+	return file_pando_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WatchRequest) GetKey() []byte {
@@ -1811,7 +2500,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1823,7 +2512,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1836,7 +2525,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{21}
+	return file_pando_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -1882,7 +2571,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1894,7 +2583,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1907,7 +2596,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{22}
+	return file_pando_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WatchResponse) GetEvents() []*WatchEvent {
@@ -1971,7 +2660,7 @@ type CompactRequest struct {
 
 func (x *CompactRequest) Reset() {
 	*x = CompactRequest{}
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1983,7 +2672,7 @@ func (x *CompactRequest) String() string {
 func (*CompactRequest) ProtoMessage() {}
 
 func (x *CompactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1996,7 +2685,7 @@ func (x *CompactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRequest.ProtoReflect.Descriptor instead.
 func (*CompactRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{23}
+	return file_pando_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CompactRequest) GetRevision() uint64 {
@@ -2028,7 +2717,7 @@ type CompactResponse struct {
 
 func (x *CompactResponse) Reset() {
 	*x = CompactResponse{}
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2040,7 +2729,7 @@ func (x *CompactResponse) String() string {
 func (*CompactResponse) ProtoMessage() {}
 
 func (x *CompactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2053,7 +2742,7 @@ func (x *CompactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactResponse.ProtoReflect.Descriptor instead.
 func (*CompactResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{24}
+	return file_pando_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CompactResponse) GetRevision() uint64 {
@@ -2088,7 +2777,7 @@ type RaftEnvelope struct {
 
 func (x *RaftEnvelope) Reset() {
 	*x = RaftEnvelope{}
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2100,7 +2789,7 @@ func (x *RaftEnvelope) String() string {
 func (*RaftEnvelope) ProtoMessage() {}
 
 func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2113,7 +2802,7 @@ func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftEnvelope.ProtoReflect.Descriptor instead.
 func (*RaftEnvelope) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{25}
+	return file_pando_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RaftEnvelope) GetRangeId() uint64 {
@@ -2144,7 +2833,7 @@ type RaftBatch struct {
 
 func (x *RaftBatch) Reset() {
 	*x = RaftBatch{}
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2156,7 +2845,7 @@ func (x *RaftBatch) String() string {
 func (*RaftBatch) ProtoMessage() {}
 
 func (x *RaftBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2169,7 +2858,7 @@ func (x *RaftBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftBatch.ProtoReflect.Descriptor instead.
 func (*RaftBatch) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{26}
+	return file_pando_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RaftBatch) GetFromNode() uint64 {
@@ -2201,7 +2890,7 @@ type RaftAck struct {
 
 func (x *RaftAck) Reset() {
 	*x = RaftAck{}
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2213,7 +2902,7 @@ func (x *RaftAck) String() string {
 func (*RaftAck) ProtoMessage() {}
 
 func (x *RaftAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2226,7 +2915,7 @@ func (x *RaftAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAck.ProtoReflect.Descriptor instead.
 func (*RaftAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{27}
+	return file_pando_proto_rawDescGZIP(), []int{35}
 }
 
 // A snapshot travels as a stream of chunks: data chunks first, then one
@@ -2244,7 +2933,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2256,7 +2945,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2269,7 +2958,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{28}
+	return file_pando_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SnapshotChunk) GetRangeId() uint64 {
@@ -2316,7 +3005,7 @@ type SnapshotAck struct {
 
 func (x *SnapshotAck) Reset() {
 	*x = SnapshotAck{}
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2328,7 +3017,7 @@ func (x *SnapshotAck) String() string {
 func (*SnapshotAck) ProtoMessage() {}
 
 func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2341,7 +3030,7 @@ func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotAck.ProtoReflect.Descriptor instead.
 func (*SnapshotAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{29}
+	return file_pando_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SnapshotAck) GetAccepted() bool {
@@ -2363,7 +3052,7 @@ type PutOp struct {
 
 func (x *PutOp) Reset() {
 	*x = PutOp{}
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2375,7 +3064,7 @@ func (x *PutOp) String() string {
 func (*PutOp) ProtoMessage() {}
 
 func (x *PutOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2388,7 +3077,7 @@ func (x *PutOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOp.ProtoReflect.Descriptor instead.
 func (*PutOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{30}
+	return file_pando_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *PutOp) GetKey() []byte {
@@ -2433,7 +3122,7 @@ type DeleteOp struct {
 
 func (x *DeleteOp) Reset() {
 	*x = DeleteOp{}
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2445,7 +3134,7 @@ func (x *DeleteOp) String() string {
 func (*DeleteOp) ProtoMessage() {}
 
 func (x *DeleteOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2458,7 +3147,7 @@ func (x *DeleteOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteOp.ProtoReflect.Descriptor instead.
 func (*DeleteOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{31}
+	return file_pando_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DeleteOp) GetKey() []byte {
@@ -2502,7 +3191,7 @@ type PruneDedupOp struct {
 
 func (x *PruneDedupOp) Reset() {
 	*x = PruneDedupOp{}
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2514,7 +3203,7 @@ func (x *PruneDedupOp) String() string {
 func (*PruneDedupOp) ProtoMessage() {}
 
 func (x *PruneDedupOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2527,7 +3216,7 @@ func (x *PruneDedupOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneDedupOp.ProtoReflect.Descriptor instead.
 func (*PruneDedupOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{32}
+	return file_pando_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PruneDedupOp) GetBefore() int64 {
@@ -2558,6 +3247,7 @@ type Command struct {
 	//	*Command_RevisionCeiling
 	//	*Command_CloseRevision
 	//	*Command_Compact
+	//	*Command_Txn
 	Op isCommand_Op `protobuf_oneof:"op"`
 	// client_id and seq: the write's idempotency key (0: none).
 	ClientId uint64 `protobuf:"varint,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
@@ -2575,7 +3265,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2587,7 +3277,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2600,7 +3290,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{33}
+	return file_pando_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Command) GetId() uint64 {
@@ -2743,6 +3433,15 @@ func (x *Command) GetCompact() *CompactOp {
 	return nil
 }
 
+func (x *Command) GetTxn() *TxnOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Txn); ok {
+			return x.Txn
+		}
+	}
+	return nil
+}
+
 func (x *Command) GetClientId() uint64 {
 	if x != nil {
 		return x.ClientId
@@ -2838,6 +3537,11 @@ type Command_Compact struct {
 	Compact *CompactOp `protobuf:"bytes,38,opt,name=compact,proto3,oneof"`
 }
 
+type Command_Txn struct {
+	// Transactions (numbers from 40 up).
+	Txn *TxnOp `protobuf:"bytes,40,opt,name=txn,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -2866,6 +3570,8 @@ func (*Command_CloseRevision) isCommand_Op() {}
 
 func (*Command_Compact) isCommand_Op() {}
 
+func (*Command_Txn) isCommand_Op() {}
+
 // CloseRevisionOp closes a range at a revision: its last revision rises to
 // at least it, so no write at or below it applies any more and a read at
 // it sees the range's final state there.
@@ -2878,7 +3584,7 @@ type CloseRevisionOp struct {
 
 func (x *CloseRevisionOp) Reset() {
 	*x = CloseRevisionOp{}
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2890,7 +3596,7 @@ func (x *CloseRevisionOp) String() string {
 func (*CloseRevisionOp) ProtoMessage() {}
 
 func (x *CloseRevisionOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2903,7 +3609,7 @@ func (x *CloseRevisionOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseRevisionOp.ProtoReflect.Descriptor instead.
 func (*CloseRevisionOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{34}
+	return file_pando_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CloseRevisionOp) GetRevision() uint64 {
@@ -2916,6 +3622,70 @@ func (x *CloseRevisionOp) GetRevision() uint64 {
 // CompactOp drops the history that no read at or after revision can see,
 // and refuses reads below it from then on. It closes the range at revision
 // too.
+// TxnOp is a transaction within one range, applied as one command: its
+// compares on the range's latest state, then one branch's operations in
+// order (reads see the branch's earlier writes), every write at the
+// command's revision.
+type TxnOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Compare       []*Compare             `protobuf:"bytes,1,rep,name=compare,proto3" json:"compare,omitempty"`
+	Success       []*TxnRequestOp        `protobuf:"bytes,2,rep,name=success,proto3" json:"success,omitempty"`
+	Failure       []*TxnRequestOp        `protobuf:"bytes,3,rep,name=failure,proto3" json:"failure,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TxnOp) Reset() {
+	*x = TxnOp{}
+	mi := &file_pando_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnOp) ProtoMessage() {}
+
+func (x *TxnOp) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnOp.ProtoReflect.Descriptor instead.
+func (*TxnOp) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *TxnOp) GetCompare() []*Compare {
+	if x != nil {
+		return x.Compare
+	}
+	return nil
+}
+
+func (x *TxnOp) GetSuccess() []*TxnRequestOp {
+	if x != nil {
+		return x.Success
+	}
+	return nil
+}
+
+func (x *TxnOp) GetFailure() []*TxnRequestOp {
+	if x != nil {
+		return x.Failure
+	}
+	return nil
+}
+
 type CompactOp struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Revision uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
@@ -2933,7 +3703,7 @@ type CompactOp struct {
 
 func (x *CompactOp) Reset() {
 	*x = CompactOp{}
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2945,7 +3715,7 @@ func (x *CompactOp) String() string {
 func (*CompactOp) ProtoMessage() {}
 
 func (x *CompactOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2958,7 +3728,7 @@ func (x *CompactOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactOp.ProtoReflect.Descriptor instead.
 func (*CompactOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{35}
+	return file_pando_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CompactOp) GetRevision() uint64 {
@@ -3000,7 +3770,7 @@ type RevisionCeilingOp struct {
 
 func (x *RevisionCeilingOp) Reset() {
 	*x = RevisionCeilingOp{}
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3012,7 +3782,7 @@ func (x *RevisionCeilingOp) String() string {
 func (*RevisionCeilingOp) ProtoMessage() {}
 
 func (x *RevisionCeilingOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3025,7 +3795,7 @@ func (x *RevisionCeilingOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionCeilingOp.ProtoReflect.Descriptor instead.
 func (*RevisionCeilingOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{36}
+	return file_pando_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RevisionCeilingOp) GetCeiling() uint64 {
@@ -3064,13 +3834,15 @@ type DedupRecord struct {
 	// revision and create_revision of the write (see PutResponse).
 	Revision       uint64 `protobuf:"varint,7,opt,name=revision,proto3" json:"revision,omitempty"`
 	CreateRevision uint64 `protobuf:"varint,8,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// txn_succeeded: a transaction's branch (revision: its revision).
+	TxnSucceeded  bool `protobuf:"varint,9,opt,name=txn_succeeded,json=txnSucceeded,proto3" json:"txn_succeeded,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DedupRecord) Reset() {
 	*x = DedupRecord{}
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3082,7 +3854,7 @@ func (x *DedupRecord) String() string {
 func (*DedupRecord) ProtoMessage() {}
 
 func (x *DedupRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3095,7 +3867,7 @@ func (x *DedupRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DedupRecord.ProtoReflect.Descriptor instead.
 func (*DedupRecord) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{37}
+	return file_pando_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DedupRecord) GetSeq() uint64 {
@@ -3154,6 +3926,13 @@ func (x *DedupRecord) GetCreateRevision() uint64 {
 	return 0
 }
 
+func (x *DedupRecord) GetTxnSucceeded() bool {
+	if x != nil {
+		return x.TxnSucceeded
+	}
+	return false
+}
+
 // SplitOp splits a range at split_key: the range keeps [start, split_key)
 // and a new range new_range_id takes [split_key, end) with the same
 // replicas.
@@ -3170,7 +3949,7 @@ type SplitOp struct {
 
 func (x *SplitOp) Reset() {
 	*x = SplitOp{}
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3182,7 +3961,7 @@ func (x *SplitOp) String() string {
 func (*SplitOp) ProtoMessage() {}
 
 func (x *SplitOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3195,7 +3974,7 @@ func (x *SplitOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitOp.ProtoReflect.Descriptor instead.
 func (*SplitOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{38}
+	return file_pando_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SplitOp) GetSplitKey() []byte {
@@ -3234,7 +4013,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3246,7 +4025,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3259,7 +4038,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{39}
+	return file_pando_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *NodeRecord) GetId() uint64 {
@@ -3303,7 +4082,7 @@ type DirectoryOp struct {
 
 func (x *DirectoryOp) Reset() {
 	*x = DirectoryOp{}
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3315,7 +4094,7 @@ func (x *DirectoryOp) String() string {
 func (*DirectoryOp) ProtoMessage() {}
 
 func (x *DirectoryOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3328,7 +4107,7 @@ func (x *DirectoryOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryOp.ProtoReflect.Descriptor instead.
 func (*DirectoryOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{40}
+	return file_pando_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *DirectoryOp) GetRanges() []*RangeDescriptor {
@@ -3358,7 +4137,7 @@ type FreezeOp struct {
 
 func (x *FreezeOp) Reset() {
 	*x = FreezeOp{}
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3370,7 +4149,7 @@ func (x *FreezeOp) String() string {
 func (*FreezeOp) ProtoMessage() {}
 
 func (x *FreezeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3383,7 +4162,7 @@ func (x *FreezeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreezeOp.ProtoReflect.Descriptor instead.
 func (*FreezeOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{41}
+	return file_pando_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *FreezeOp) GetMergeInto() uint64 {
@@ -3413,7 +4192,7 @@ type MergeOp struct {
 
 func (x *MergeOp) Reset() {
 	*x = MergeOp{}
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3425,7 +4204,7 @@ func (x *MergeOp) String() string {
 func (*MergeOp) ProtoMessage() {}
 
 func (x *MergeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3438,7 +4217,7 @@ func (x *MergeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeOp.ProtoReflect.Descriptor instead.
 func (*MergeOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{42}
+	return file_pando_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *MergeOp) GetRight() *RangeDescriptor {
@@ -3472,7 +4251,7 @@ type AllocRangeIDOp struct {
 
 func (x *AllocRangeIDOp) Reset() {
 	*x = AllocRangeIDOp{}
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3484,7 +4263,7 @@ func (x *AllocRangeIDOp) String() string {
 func (*AllocRangeIDOp) ProtoMessage() {}
 
 func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3497,7 +4276,7 @@ func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDOp.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{43}
+	return file_pando_proto_rawDescGZIP(), []int{52}
 }
 
 // ChecksumOp asks every replica to hash the range's replicated data as of
@@ -3511,7 +4290,7 @@ type ChecksumOp struct {
 
 func (x *ChecksumOp) Reset() {
 	*x = ChecksumOp{}
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3523,7 +4302,7 @@ func (x *ChecksumOp) String() string {
 func (*ChecksumOp) ProtoMessage() {}
 
 func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3536,7 +4315,7 @@ func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumOp.ProtoReflect.Descriptor instead.
 func (*ChecksumOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{44}
+	return file_pando_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ChecksumOp) GetCheckId() uint64 {
@@ -3566,7 +4345,7 @@ type CheckVerdict struct {
 
 func (x *CheckVerdict) Reset() {
 	*x = CheckVerdict{}
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3578,7 +4357,7 @@ func (x *CheckVerdict) String() string {
 func (*CheckVerdict) ProtoMessage() {}
 
 func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3591,7 +4370,7 @@ func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckVerdict.ProtoReflect.Descriptor instead.
 func (*CheckVerdict) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{45}
+	return file_pando_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *CheckVerdict) GetCheckId() uint64 {
@@ -3659,7 +4438,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_pando_proto_msgTypes[46]
+	mi := &file_pando_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3671,7 +4450,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[46]
+	mi := &file_pando_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3684,7 +4463,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{46}
+	return file_pando_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *RangeDescriptor) GetId() uint64 {
@@ -3756,7 +4535,7 @@ type RangeState struct {
 
 func (x *RangeState) Reset() {
 	*x = RangeState{}
-	mi := &file_pando_proto_msgTypes[47]
+	mi := &file_pando_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3768,7 +4547,7 @@ func (x *RangeState) String() string {
 func (*RangeState) ProtoMessage() {}
 
 func (x *RangeState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[47]
+	mi := &file_pando_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3781,7 +4560,7 @@ func (x *RangeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeState.ProtoReflect.Descriptor instead.
 func (*RangeState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{47}
+	return file_pando_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *RangeState) GetAppliedIndex() uint64 {
@@ -3879,7 +4658,7 @@ type TruncatedState struct {
 
 func (x *TruncatedState) Reset() {
 	*x = TruncatedState{}
-	mi := &file_pando_proto_msgTypes[48]
+	mi := &file_pando_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3891,7 +4670,7 @@ func (x *TruncatedState) String() string {
 func (*TruncatedState) ProtoMessage() {}
 
 func (x *TruncatedState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[48]
+	mi := &file_pando_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3904,7 +4683,7 @@ func (x *TruncatedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncatedState.ProtoReflect.Descriptor instead.
 func (*TruncatedState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{48}
+	return file_pando_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *TruncatedState) GetIndex() uint64 {
@@ -3934,7 +4713,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_pando_proto_msgTypes[49]
+	mi := &file_pando_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3946,7 +4725,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[49]
+	mi := &file_pando_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3959,7 +4738,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{49}
+	return file_pando_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *CheckRequest) GetRangeId() uint64 {
@@ -3994,7 +4773,7 @@ type KeyDiff struct {
 
 func (x *KeyDiff) Reset() {
 	*x = KeyDiff{}
-	mi := &file_pando_proto_msgTypes[50]
+	mi := &file_pando_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4006,7 +4785,7 @@ func (x *KeyDiff) String() string {
 func (*KeyDiff) ProtoMessage() {}
 
 func (x *KeyDiff) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[50]
+	mi := &file_pando_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4019,7 +4798,7 @@ func (x *KeyDiff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDiff.ProtoReflect.Descriptor instead.
 func (*KeyDiff) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{50}
+	return file_pando_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *KeyDiff) GetKey() []byte {
@@ -4048,7 +4827,7 @@ type ReplicaKey struct {
 
 func (x *ReplicaKey) Reset() {
 	*x = ReplicaKey{}
-	mi := &file_pando_proto_msgTypes[51]
+	mi := &file_pando_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4060,7 +4839,7 @@ func (x *ReplicaKey) String() string {
 func (*ReplicaKey) ProtoMessage() {}
 
 func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[51]
+	mi := &file_pando_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4073,7 +4852,7 @@ func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaKey.ProtoReflect.Descriptor instead.
 func (*ReplicaKey) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{51}
+	return file_pando_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ReplicaKey) GetNodeId() uint64 {
@@ -4116,7 +4895,7 @@ type RangeCheck struct {
 
 func (x *RangeCheck) Reset() {
 	*x = RangeCheck{}
-	mi := &file_pando_proto_msgTypes[52]
+	mi := &file_pando_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4128,7 +4907,7 @@ func (x *RangeCheck) String() string {
 func (*RangeCheck) ProtoMessage() {}
 
 func (x *RangeCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[52]
+	mi := &file_pando_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4141,7 +4920,7 @@ func (x *RangeCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeCheck.ProtoReflect.Descriptor instead.
 func (*RangeCheck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{52}
+	return file_pando_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *RangeCheck) GetRangeId() uint64 {
@@ -4216,7 +4995,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_pando_proto_msgTypes[53]
+	mi := &file_pando_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4228,7 +5007,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[53]
+	mi := &file_pando_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4241,7 +5020,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{53}
+	return file_pando_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *CheckResponse) GetRanges() []*RangeCheck {
@@ -4261,7 +5040,7 @@ type ChecksumRequest struct {
 
 func (x *ChecksumRequest) Reset() {
 	*x = ChecksumRequest{}
-	mi := &file_pando_proto_msgTypes[54]
+	mi := &file_pando_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4273,7 +5052,7 @@ func (x *ChecksumRequest) String() string {
 func (*ChecksumRequest) ProtoMessage() {}
 
 func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[54]
+	mi := &file_pando_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4286,7 +5065,7 @@ func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumRequest.ProtoReflect.Descriptor instead.
 func (*ChecksumRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{54}
+	return file_pando_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ChecksumRequest) GetRangeId() uint64 {
@@ -4316,7 +5095,7 @@ type ChecksumResponse struct {
 
 func (x *ChecksumResponse) Reset() {
 	*x = ChecksumResponse{}
-	mi := &file_pando_proto_msgTypes[55]
+	mi := &file_pando_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4328,7 +5107,7 @@ func (x *ChecksumResponse) String() string {
 func (*ChecksumResponse) ProtoMessage() {}
 
 func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[55]
+	mi := &file_pando_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4341,7 +5120,7 @@ func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumResponse.ProtoReflect.Descriptor instead.
 func (*ChecksumResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{55}
+	return file_pando_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ChecksumResponse) GetIndex() uint64 {
@@ -4384,7 +5163,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_pando_proto_msgTypes[56]
+	mi := &file_pando_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4396,7 +5175,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[56]
+	mi := &file_pando_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4409,7 +5188,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{56}
+	return file_pando_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ListKeysRequest) GetRangeId() uint64 {
@@ -4451,7 +5230,7 @@ type KeyDigest struct {
 
 func (x *KeyDigest) Reset() {
 	*x = KeyDigest{}
-	mi := &file_pando_proto_msgTypes[57]
+	mi := &file_pando_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4463,7 +5242,7 @@ func (x *KeyDigest) String() string {
 func (*KeyDigest) ProtoMessage() {}
 
 func (x *KeyDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[57]
+	mi := &file_pando_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4476,7 +5255,7 @@ func (x *KeyDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDigest.ProtoReflect.Descriptor instead.
 func (*KeyDigest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{57}
+	return file_pando_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *KeyDigest) GetKey() []byte {
@@ -4510,7 +5289,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_pando_proto_msgTypes[58]
+	mi := &file_pando_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4522,7 +5301,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[58]
+	mi := &file_pando_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4535,7 +5314,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{58}
+	return file_pando_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ListKeysResponse) GetKeys() []*KeyDigest {
@@ -4563,7 +5342,7 @@ type RepairRequest struct {
 
 func (x *RepairRequest) Reset() {
 	*x = RepairRequest{}
-	mi := &file_pando_proto_msgTypes[59]
+	mi := &file_pando_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4575,7 +5354,7 @@ func (x *RepairRequest) String() string {
 func (*RepairRequest) ProtoMessage() {}
 
 func (x *RepairRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[59]
+	mi := &file_pando_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4588,7 +5367,7 @@ func (x *RepairRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
 func (*RepairRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{59}
+	return file_pando_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *RepairRequest) GetRangeId() uint64 {
@@ -4615,7 +5394,7 @@ type RepairResponse struct {
 
 func (x *RepairResponse) Reset() {
 	*x = RepairResponse{}
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4627,7 +5406,7 @@ func (x *RepairResponse) String() string {
 func (*RepairResponse) ProtoMessage() {}
 
 func (x *RepairResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4640,7 +5419,7 @@ func (x *RepairResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairResponse.ProtoReflect.Descriptor instead.
 func (*RepairResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{60}
+	return file_pando_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *RepairResponse) GetIndex() uint64 {
@@ -4666,7 +5445,7 @@ type RangeDataRequest struct {
 
 func (x *RangeDataRequest) Reset() {
 	*x = RangeDataRequest{}
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4678,7 +5457,7 @@ func (x *RangeDataRequest) String() string {
 func (*RangeDataRequest) ProtoMessage() {}
 
 func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4691,7 +5470,7 @@ func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataRequest.ProtoReflect.Descriptor instead.
 func (*RangeDataRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{61}
+	return file_pando_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *RangeDataRequest) GetRangeId() uint64 {
@@ -4717,7 +5496,7 @@ type RangeDataChunk struct {
 
 func (x *RangeDataChunk) Reset() {
 	*x = RangeDataChunk{}
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4729,7 +5508,7 @@ func (x *RangeDataChunk) String() string {
 func (*RangeDataChunk) ProtoMessage() {}
 
 func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4742,7 +5521,7 @@ func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataChunk.ProtoReflect.Descriptor instead.
 func (*RangeDataChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{62}
+	return file_pando_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *RangeDataChunk) GetIndex() uint64 {
@@ -4783,7 +5562,7 @@ type SplitRequest struct {
 
 func (x *SplitRequest) Reset() {
 	*x = SplitRequest{}
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4795,7 +5574,7 @@ func (x *SplitRequest) String() string {
 func (*SplitRequest) ProtoMessage() {}
 
 func (x *SplitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4808,7 +5587,7 @@ func (x *SplitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
 func (*SplitRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{63}
+	return file_pando_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *SplitRequest) GetKey() []byte {
@@ -4828,7 +5607,7 @@ type SplitResponse struct {
 
 func (x *SplitResponse) Reset() {
 	*x = SplitResponse{}
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4840,7 +5619,7 @@ func (x *SplitResponse) String() string {
 func (*SplitResponse) ProtoMessage() {}
 
 func (x *SplitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4853,7 +5632,7 @@ func (x *SplitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
 func (*SplitResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{64}
+	return file_pando_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *SplitResponse) GetLeft() *RangeDescriptor {
@@ -4878,7 +5657,7 @@ type AllocRangeIDRequest struct {
 
 func (x *AllocRangeIDRequest) Reset() {
 	*x = AllocRangeIDRequest{}
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4890,7 +5669,7 @@ func (x *AllocRangeIDRequest) String() string {
 func (*AllocRangeIDRequest) ProtoMessage() {}
 
 func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4903,7 +5682,7 @@ func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDRequest.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{65}
+	return file_pando_proto_rawDescGZIP(), []int{74}
 }
 
 type AllocRangeIDResponse struct {
@@ -4915,7 +5694,7 @@ type AllocRangeIDResponse struct {
 
 func (x *AllocRangeIDResponse) Reset() {
 	*x = AllocRangeIDResponse{}
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4927,7 +5706,7 @@ func (x *AllocRangeIDResponse) String() string {
 func (*AllocRangeIDResponse) ProtoMessage() {}
 
 func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4940,7 +5719,7 @@ func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDResponse.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{66}
+	return file_pando_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *AllocRangeIDResponse) GetRangeId() uint64 {
@@ -4965,7 +5744,7 @@ type MoveReplicaRequest struct {
 
 func (x *MoveReplicaRequest) Reset() {
 	*x = MoveReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4977,7 +5756,7 @@ func (x *MoveReplicaRequest) String() string {
 func (*MoveReplicaRequest) ProtoMessage() {}
 
 func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4990,7 +5769,7 @@ func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*MoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{67}
+	return file_pando_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *MoveReplicaRequest) GetRangeId() uint64 {
@@ -5030,7 +5809,7 @@ type MoveReplicaResponse struct {
 
 func (x *MoveReplicaResponse) Reset() {
 	*x = MoveReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5042,7 +5821,7 @@ func (x *MoveReplicaResponse) String() string {
 func (*MoveReplicaResponse) ProtoMessage() {}
 
 func (x *MoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5055,7 +5834,7 @@ func (x *MoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*MoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{68}
+	return file_pando_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *MoveReplicaResponse) GetDesc() *RangeDescriptor {
@@ -5075,7 +5854,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5087,7 +5866,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5100,7 +5879,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{69}
+	return file_pando_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *TransferLeaderRequest) GetRangeId() uint64 {
@@ -5125,7 +5904,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5137,7 +5916,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5150,7 +5929,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{70}
+	return file_pando_proto_rawDescGZIP(), []int{79}
 }
 
 // CreateReplicaRequest asks a node to hold an empty replica of desc's
@@ -5169,7 +5948,7 @@ type CreateReplicaRequest struct {
 
 func (x *CreateReplicaRequest) Reset() {
 	*x = CreateReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5181,7 +5960,7 @@ func (x *CreateReplicaRequest) String() string {
 func (*CreateReplicaRequest) ProtoMessage() {}
 
 func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5194,7 +5973,7 @@ func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReplicaRequest.ProtoReflect.Descriptor instead.
 func (*CreateReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{71}
+	return file_pando_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *CreateReplicaRequest) GetDesc() *RangeDescriptor {
@@ -5226,7 +6005,7 @@ type CreateReplicaResponse struct {
 
 func (x *CreateReplicaResponse) Reset() {
 	*x = CreateReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5238,7 +6017,7 @@ func (x *CreateReplicaResponse) String() string {
 func (*CreateReplicaResponse) ProtoMessage() {}
 
 func (x *CreateReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5251,7 +6030,7 @@ func (x *CreateReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReplicaResponse.ProtoReflect.Descriptor instead.
 func (*CreateReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{72}
+	return file_pando_proto_rawDescGZIP(), []int{81}
 }
 
 // DestroyReplicaRequest tells a node that desc (the range's current
@@ -5270,7 +6049,7 @@ type AdoptReplicaRequest struct {
 
 func (x *AdoptReplicaRequest) Reset() {
 	*x = AdoptReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5282,7 +6061,7 @@ func (x *AdoptReplicaRequest) String() string {
 func (*AdoptReplicaRequest) ProtoMessage() {}
 
 func (x *AdoptReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5295,7 +6074,7 @@ func (x *AdoptReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptReplicaRequest.ProtoReflect.Descriptor instead.
 func (*AdoptReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{73}
+	return file_pando_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *AdoptReplicaRequest) GetRangeId() uint64 {
@@ -5323,7 +6102,7 @@ type AdoptReplicaResponse struct {
 
 func (x *AdoptReplicaResponse) Reset() {
 	*x = AdoptReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5335,7 +6114,7 @@ func (x *AdoptReplicaResponse) String() string {
 func (*AdoptReplicaResponse) ProtoMessage() {}
 
 func (x *AdoptReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5348,7 +6127,7 @@ func (x *AdoptReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptReplicaResponse.ProtoReflect.Descriptor instead.
 func (*AdoptReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{74}
+	return file_pando_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *AdoptReplicaResponse) GetDesc() *RangeDescriptor {
@@ -5381,7 +6160,7 @@ type DestroyReplicaRequest struct {
 
 func (x *DestroyReplicaRequest) Reset() {
 	*x = DestroyReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[75]
+	mi := &file_pando_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5393,7 +6172,7 @@ func (x *DestroyReplicaRequest) String() string {
 func (*DestroyReplicaRequest) ProtoMessage() {}
 
 func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[75]
+	mi := &file_pando_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5406,7 +6185,7 @@ func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaRequest.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{75}
+	return file_pando_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *DestroyReplicaRequest) GetDesc() *RangeDescriptor {
@@ -5424,7 +6203,7 @@ type DestroyReplicaResponse struct {
 
 func (x *DestroyReplicaResponse) Reset() {
 	*x = DestroyReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[76]
+	mi := &file_pando_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5436,7 +6215,7 @@ func (x *DestroyReplicaResponse) String() string {
 func (*DestroyReplicaResponse) ProtoMessage() {}
 
 func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[76]
+	mi := &file_pando_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5449,7 +6228,7 @@ func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaResponse.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{76}
+	return file_pando_proto_rawDescGZIP(), []int{85}
 }
 
 type JoinRequest struct {
@@ -5462,7 +6241,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_pando_proto_msgTypes[77]
+	mi := &file_pando_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5474,7 +6253,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[77]
+	mi := &file_pando_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5487,7 +6266,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{77}
+	return file_pando_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *JoinRequest) GetNodeId() uint64 {
@@ -5513,7 +6292,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_pando_proto_msgTypes[78]
+	mi := &file_pando_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5525,7 +6304,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[78]
+	mi := &file_pando_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5538,7 +6317,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{78}
+	return file_pando_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *JoinResponse) GetNodes() []*NodeRecord {
@@ -5557,7 +6336,7 @@ type DecommissionRequest struct {
 
 func (x *DecommissionRequest) Reset() {
 	*x = DecommissionRequest{}
-	mi := &file_pando_proto_msgTypes[79]
+	mi := &file_pando_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5569,7 +6348,7 @@ func (x *DecommissionRequest) String() string {
 func (*DecommissionRequest) ProtoMessage() {}
 
 func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[79]
+	mi := &file_pando_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5582,7 +6361,7 @@ func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
 func (*DecommissionRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{79}
+	return file_pando_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *DecommissionRequest) GetNodeId() uint64 {
@@ -5601,7 +6380,7 @@ type DecommissionResponse struct {
 
 func (x *DecommissionResponse) Reset() {
 	*x = DecommissionResponse{}
-	mi := &file_pando_proto_msgTypes[80]
+	mi := &file_pando_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5613,7 +6392,7 @@ func (x *DecommissionResponse) String() string {
 func (*DecommissionResponse) ProtoMessage() {}
 
 func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[80]
+	mi := &file_pando_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5626,7 +6405,7 @@ func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
 func (*DecommissionResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{80}
+	return file_pando_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *DecommissionResponse) GetNode() *NodeRecord {
@@ -5644,7 +6423,7 @@ type NodesRequest struct {
 
 func (x *NodesRequest) Reset() {
 	*x = NodesRequest{}
-	mi := &file_pando_proto_msgTypes[81]
+	mi := &file_pando_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5656,7 +6435,7 @@ func (x *NodesRequest) String() string {
 func (*NodesRequest) ProtoMessage() {}
 
 func (x *NodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[81]
+	mi := &file_pando_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5669,7 +6448,7 @@ func (x *NodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesRequest.ProtoReflect.Descriptor instead.
 func (*NodesRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{81}
+	return file_pando_proto_rawDescGZIP(), []int{90}
 }
 
 type NodeInfo struct {
@@ -5687,7 +6466,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_pando_proto_msgTypes[82]
+	mi := &file_pando_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5699,7 +6478,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[82]
+	mi := &file_pando_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5712,7 +6491,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{82}
+	return file_pando_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *NodeInfo) GetRecord() *NodeRecord {
@@ -5767,7 +6546,7 @@ type NodesResponse struct {
 
 func (x *NodesResponse) Reset() {
 	*x = NodesResponse{}
-	mi := &file_pando_proto_msgTypes[83]
+	mi := &file_pando_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5779,7 +6558,7 @@ func (x *NodesResponse) String() string {
 func (*NodesResponse) ProtoMessage() {}
 
 func (x *NodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[83]
+	mi := &file_pando_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5792,7 +6571,7 @@ func (x *NodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesResponse.ProtoReflect.Descriptor instead.
 func (*NodesResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{83}
+	return file_pando_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *NodesResponse) GetNodes() []*NodeInfo {
@@ -5822,7 +6601,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_pando_proto_msgTypes[84]
+	mi := &file_pando_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5834,7 +6613,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[84]
+	mi := &file_pando_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5847,7 +6626,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{84}
+	return file_pando_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *HeartbeatRequest) GetNodeId() uint64 {
@@ -5890,7 +6669,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_pando_proto_msgTypes[85]
+	mi := &file_pando_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5902,7 +6681,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[85]
+	mi := &file_pando_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5915,7 +6694,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{85}
+	return file_pando_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *HeartbeatResponse) GetControllerId() uint64 {
@@ -5948,7 +6727,7 @@ type RebalanceRequest struct {
 
 func (x *RebalanceRequest) Reset() {
 	*x = RebalanceRequest{}
-	mi := &file_pando_proto_msgTypes[86]
+	mi := &file_pando_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5960,7 +6739,7 @@ func (x *RebalanceRequest) String() string {
 func (*RebalanceRequest) ProtoMessage() {}
 
 func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[86]
+	mi := &file_pando_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5973,7 +6752,7 @@ func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceRequest.ProtoReflect.Descriptor instead.
 func (*RebalanceRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{86}
+	return file_pando_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *RebalanceRequest) GetDryRun() bool {
@@ -5997,7 +6776,7 @@ type PlannedOp struct {
 
 func (x *PlannedOp) Reset() {
 	*x = PlannedOp{}
-	mi := &file_pando_proto_msgTypes[87]
+	mi := &file_pando_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6009,7 +6788,7 @@ func (x *PlannedOp) String() string {
 func (*PlannedOp) ProtoMessage() {}
 
 func (x *PlannedOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[87]
+	mi := &file_pando_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6022,7 +6801,7 @@ func (x *PlannedOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlannedOp.ProtoReflect.Descriptor instead.
 func (*PlannedOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{87}
+	return file_pando_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *PlannedOp) GetKind() string {
@@ -6077,7 +6856,7 @@ type RebalanceResponse struct {
 
 func (x *RebalanceResponse) Reset() {
 	*x = RebalanceResponse{}
-	mi := &file_pando_proto_msgTypes[88]
+	mi := &file_pando_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6089,7 +6868,7 @@ func (x *RebalanceResponse) String() string {
 func (*RebalanceResponse) ProtoMessage() {}
 
 func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[88]
+	mi := &file_pando_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6102,7 +6881,7 @@ func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceResponse.ProtoReflect.Descriptor instead.
 func (*RebalanceResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{88}
+	return file_pando_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *RebalanceResponse) GetOps() []*PlannedOp {
@@ -6132,7 +6911,7 @@ type MergeRequest struct {
 
 func (x *MergeRequest) Reset() {
 	*x = MergeRequest{}
-	mi := &file_pando_proto_msgTypes[89]
+	mi := &file_pando_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6144,7 +6923,7 @@ func (x *MergeRequest) String() string {
 func (*MergeRequest) ProtoMessage() {}
 
 func (x *MergeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[89]
+	mi := &file_pando_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6157,7 +6936,7 @@ func (x *MergeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRequest.ProtoReflect.Descriptor instead.
 func (*MergeRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{89}
+	return file_pando_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *MergeRequest) GetRangeId() uint64 {
@@ -6183,7 +6962,7 @@ type MergeResponse struct {
 
 func (x *MergeResponse) Reset() {
 	*x = MergeResponse{}
-	mi := &file_pando_proto_msgTypes[90]
+	mi := &file_pando_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6195,7 +6974,7 @@ func (x *MergeResponse) String() string {
 func (*MergeResponse) ProtoMessage() {}
 
 func (x *MergeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[90]
+	mi := &file_pando_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6208,7 +6987,7 @@ func (x *MergeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeResponse.ProtoReflect.Descriptor instead.
 func (*MergeResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{90}
+	return file_pando_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *MergeResponse) GetDesc() *RangeDescriptor {
@@ -6332,7 +7111,55 @@ const file_pando_proto_rawDesc = "" +
 	"\x15AllocRevisionsRequest\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\rR\x05count\".\n" +
 	"\x16AllocRevisionsResponse\x12\x14\n" +
-	"\x05first\x18\x01 \x01(\x04R\x05first\"\xf5\x01\n" +
+	"\x05first\x18\x01 \x01(\x04R\x05first\"\x9f\x02\n" +
+	"\aCompare\x120\n" +
+	"\x06result\x18\x01 \x01(\x0e2\x18.pando.v1.Compare.ResultR\x06result\x120\n" +
+	"\x06target\x18\x02 \x01(\x0e2\x18.pando.v1.Compare.TargetR\x06target\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\fR\x03key\x12\x16\n" +
+	"\x06number\x18\x04 \x01(\x04R\x06number\x12\x14\n" +
+	"\x05value\x18\x05 \x01(\fR\x05value\"9\n" +
+	"\x06Result\x12\t\n" +
+	"\x05EQUAL\x10\x00\x12\v\n" +
+	"\aGREATER\x10\x01\x12\b\n" +
+	"\x04LESS\x10\x02\x12\r\n" +
+	"\tNOT_EQUAL\x10\x03\"5\n" +
+	"\x06Target\x12\v\n" +
+	"\aVERSION\x10\x00\x12\n" +
+	"\n" +
+	"\x06CREATE\x10\x01\x12\a\n" +
+	"\x03MOD\x10\x02\x12\t\n" +
+	"\x05VALUE\x10\x03\"\x95\x01\n" +
+	"\fTxnRequestOp\x12$\n" +
+	"\x03put\x18\x01 \x01(\v2\x10.pando.v1.TxnPutH\x00R\x03put\x12-\n" +
+	"\x06delete\x18\x02 \x01(\v2\x13.pando.v1.TxnDeleteH\x00R\x06delete\x12*\n" +
+	"\x05range\x18\x03 \x01(\v2\x12.pando.v1.TxnRangeH\x00R\x05rangeB\x04\n" +
+	"\x02op\"0\n" +
+	"\x06TxnPut\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\":\n" +
+	"\tTxnDelete\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1b\n" +
+	"\trange_end\x18\x02 \x01(\fR\brangeEnd\"O\n" +
+	"\bTxnRange\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1b\n" +
+	"\trange_end\x18\x02 \x01(\fR\brangeEnd\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\rR\x05limit\"\xcc\x01\n" +
+	"\n" +
+	"TxnRequest\x12+\n" +
+	"\acompare\x18\x01 \x03(\v2\x11.pando.v1.CompareR\acompare\x120\n" +
+	"\asuccess\x18\x02 \x03(\v2\x16.pando.v1.TxnRequestOpR\asuccess\x120\n" +
+	"\afailure\x18\x03 \x03(\v2\x16.pando.v1.TxnRequestOpR\afailure\x12\x1b\n" +
+	"\tclient_id\x18\x04 \x01(\x04R\bclientId\x12\x10\n" +
+	"\x03seq\x18\x05 \x01(\x04R\x03seq\"\xa4\x01\n" +
+	"\rTxnResponseOp\x12)\n" +
+	"\x03put\x18\x01 \x01(\v2\x15.pando.v1.PutResponseH\x00R\x03put\x122\n" +
+	"\x06delete\x18\x02 \x01(\v2\x18.pando.v1.DeleteResponseH\x00R\x06delete\x12.\n" +
+	"\x05range\x18\x03 \x01(\v2\x16.pando.v1.ScanResponseH\x00R\x05rangeB\x04\n" +
+	"\x02op\"~\n" +
+	"\vTxnResponse\x12\x1c\n" +
+	"\tsucceeded\x18\x01 \x01(\bR\tsucceeded\x125\n" +
+	"\tresponses\x18\x02 \x03(\v2\x17.pando.v1.TxnResponseOpR\tresponses\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"\xf5\x01\n" +
 	"\x12WatchStreamRequest\x120\n" +
 	"\x06create\x18\x01 \x01(\v2\x16.pando.v1.WatchRequestH\x00R\x06create\x126\n" +
 	"\x06cancel\x18\x02 \x01(\v2\x1c.pando.v1.WatchCancelRequestH\x00R\x06cancel\x12<\n" +
@@ -6406,7 +7233,7 @@ const file_pando_proto_rawDesc = "" +
 	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\x12\x1b\n" +
 	"\trange_end\x18\x04 \x01(\fR\brangeEnd\"&\n" +
 	"\fPruneDedupOp\x12\x16\n" +
-	"\x06before\x18\x01 \x01(\x03R\x06before\"\xe9\x06\n" +
+	"\x06before\x18\x01 \x01(\x03R\x06before\"\x8e\a\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\x03put\x18\x02 \x01(\v2\x0f.pando.v1.PutOpH\x00R\x03put\x12,\n" +
@@ -6423,7 +7250,8 @@ const file_pando_proto_rawDesc = "" +
 	"\x05merge\x18# \x01(\v2\x11.pando.v1.MergeOpH\x00R\x05merge\x12H\n" +
 	"\x10revision_ceiling\x18$ \x01(\v2\x1b.pando.v1.RevisionCeilingOpH\x00R\x0frevisionCeiling\x12B\n" +
 	"\x0eclose_revision\x18% \x01(\v2\x19.pando.v1.CloseRevisionOpH\x00R\rcloseRevision\x12/\n" +
-	"\acompact\x18& \x01(\v2\x13.pando.v1.CompactOpH\x00R\acompact\x12\x1b\n" +
+	"\acompact\x18& \x01(\v2\x13.pando.v1.CompactOpH\x00R\acompact\x12#\n" +
+	"\x03txn\x18( \x01(\v2\x0f.pando.v1.TxnOpH\x00R\x03txn\x12\x1b\n" +
 	"\tclient_id\x18\x04 \x01(\x04R\bclientId\x12\x10\n" +
 	"\x03seq\x18\x05 \x01(\x04R\x03seq\x12\x1f\n" +
 	"\vproposed_at\x18\x06 \x01(\x03R\n" +
@@ -6431,7 +7259,11 @@ const file_pando_proto_rawDesc = "" +
 	"\brevision\x18\b \x01(\x04R\brevisionB\x04\n" +
 	"\x02op\"-\n" +
 	"\x0fCloseRevisionOp\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision\"U\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"\x98\x01\n" +
+	"\x05TxnOp\x12+\n" +
+	"\acompare\x18\x01 \x03(\v2\x11.pando.v1.CompareR\acompare\x120\n" +
+	"\asuccess\x18\x02 \x03(\v2\x16.pando.v1.TxnRequestOpR\asuccess\x120\n" +
+	"\afailure\x18\x03 \x03(\v2\x16.pando.v1.TxnRequestOpR\afailure\"U\n" +
 	"\tCompactOp\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x16\n" +
@@ -6440,7 +7272,7 @@ const file_pando_proto_rawDesc = "" +
 	"\aceiling\x18\x01 \x01(\x04R\aceiling\x12!\n" +
 	"\fhandoff_term\x18\x02 \x01(\x04R\vhandoffTerm\x12\x1f\n" +
 	"\vresume_term\x18\x03 \x01(\x04R\n" +
-	"resumeTerm\"\xef\x01\n" +
+	"resumeTerm\"\x94\x02\n" +
 	"\vDedupRecord\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1f\n" +
 	"\vproposed_at\x18\x02 \x01(\x03R\n" +
@@ -6450,7 +7282,8 @@ const file_pando_proto_rawDesc = "" +
 	"\bmismatch\x18\x05 \x01(\bR\bmismatch\x12\x18\n" +
 	"\acurrent\x18\x06 \x01(\x04R\acurrent\x12\x1a\n" +
 	"\brevision\x18\a \x01(\x04R\brevision\x12'\n" +
-	"\x0fcreate_revision\x18\b \x01(\x04R\x0ecreateRevision\"y\n" +
+	"\x0fcreate_revision\x18\b \x01(\x04R\x0ecreateRevision\x12#\n" +
+	"\rtxn_succeeded\x18\t \x01(\bR\ftxnSucceeded\"y\n" +
 	"\aSplitOp\x12\x1b\n" +
 	"\tsplit_key\x18\x01 \x01(\fR\bsplitKey\x12 \n" +
 	"\fnew_range_id\x18\x02 \x01(\x04R\n" +
@@ -6658,7 +7491,7 @@ const file_pando_proto_rawDesc = "" +
 	"\x04desc\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc**\n" +
 	"\vConsistency\x12\x10\n" +
 	"\fLINEARIZABLE\x10\x00\x12\t\n" +
-	"\x05STALE\x10\x012\xb2\x03\n" +
+	"\x05STALE\x10\x012\xe6\x03\n" +
 	"\x02KV\x122\n" +
 	"\x03Get\x12\x14.pando.v1.GetRequest\x1a\x15.pando.v1.GetResponse\x122\n" +
 	"\x03Put\x12\x14.pando.v1.PutRequest\x1a\x15.pando.v1.PutResponse\x12;\n" +
@@ -6666,7 +7499,8 @@ const file_pando_proto_rawDesc = "" +
 	"\x04Scan\x12\x15.pando.v1.ScanRequest\x1a\x16.pando.v1.ScanResponse\x12;\n" +
 	"\x06Status\x12\x17.pando.v1.StatusRequest\x1a\x18.pando.v1.StatusResponse\x12S\n" +
 	"\x0eAllocRevisions\x12\x1f.pando.v1.AllocRevisionsRequest\x1a .pando.v1.AllocRevisionsResponse\x12>\n" +
-	"\aCompact\x12\x18.pando.v1.CompactRequest\x1a\x19.pando.v1.CompactResponse2K\n" +
+	"\aCompact\x12\x18.pando.v1.CompactRequest\x1a\x19.pando.v1.CompactResponse\x122\n" +
+	"\x03Txn\x12\x14.pando.v1.TxnRequest\x1a\x15.pando.v1.TxnResponse2K\n" +
 	"\x05Watch\x12B\n" +
 	"\x05Watch\x12\x1c.pando.v1.WatchStreamRequest\x1a\x17.pando.v1.WatchResponse(\x010\x012v\n" +
 	"\x04Raft\x120\n" +
@@ -6705,220 +7539,249 @@ func file_pando_proto_rawDescGZIP() []byte {
 	return file_pando_proto_rawDescData
 }
 
-var file_pando_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 91)
+var file_pando_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 100)
 var file_pando_proto_goTypes = []any{
 	(Consistency)(0),               // 0: pando.v1.Consistency
-	(WatchEvent_Type)(0),           // 1: pando.v1.WatchEvent.Type
-	(*GetRequest)(nil),             // 2: pando.v1.GetRequest
-	(*GetResponse)(nil),            // 3: pando.v1.GetResponse
-	(*PutRequest)(nil),             // 4: pando.v1.PutRequest
-	(*PutResponse)(nil),            // 5: pando.v1.PutResponse
-	(*DeleteRequest)(nil),          // 6: pando.v1.DeleteRequest
-	(*DeleteResponse)(nil),         // 7: pando.v1.DeleteResponse
-	(*ScanRequest)(nil),            // 8: pando.v1.ScanRequest
-	(*KeyValue)(nil),               // 9: pando.v1.KeyValue
-	(*ScanResponse)(nil),           // 10: pando.v1.ScanResponse
-	(*StatusRequest)(nil),          // 11: pando.v1.StatusRequest
-	(*NodeStatus)(nil),             // 12: pando.v1.NodeStatus
-	(*RangeStatus)(nil),            // 13: pando.v1.RangeStatus
-	(*BreakerStatus)(nil),          // 14: pando.v1.BreakerStatus
-	(*StatusResponse)(nil),         // 15: pando.v1.StatusResponse
-	(*AllocRevisionsRequest)(nil),  // 16: pando.v1.AllocRevisionsRequest
-	(*AllocRevisionsResponse)(nil), // 17: pando.v1.AllocRevisionsResponse
-	(*WatchStreamRequest)(nil),     // 18: pando.v1.WatchStreamRequest
-	(*WatchNudge)(nil),             // 19: pando.v1.WatchNudge
-	(*WatchCancelRequest)(nil),     // 20: pando.v1.WatchCancelRequest
-	(*WatchProgressRequest)(nil),   // 21: pando.v1.WatchProgressRequest
-	(*WatchRequest)(nil),           // 22: pando.v1.WatchRequest
-	(*WatchEvent)(nil),             // 23: pando.v1.WatchEvent
-	(*WatchResponse)(nil),          // 24: pando.v1.WatchResponse
-	(*CompactRequest)(nil),         // 25: pando.v1.CompactRequest
-	(*CompactResponse)(nil),        // 26: pando.v1.CompactResponse
-	(*RaftEnvelope)(nil),           // 27: pando.v1.RaftEnvelope
-	(*RaftBatch)(nil),              // 28: pando.v1.RaftBatch
-	(*RaftAck)(nil),                // 29: pando.v1.RaftAck
-	(*SnapshotChunk)(nil),          // 30: pando.v1.SnapshotChunk
-	(*SnapshotAck)(nil),            // 31: pando.v1.SnapshotAck
-	(*PutOp)(nil),                  // 32: pando.v1.PutOp
-	(*DeleteOp)(nil),               // 33: pando.v1.DeleteOp
-	(*PruneDedupOp)(nil),           // 34: pando.v1.PruneDedupOp
-	(*Command)(nil),                // 35: pando.v1.Command
-	(*CloseRevisionOp)(nil),        // 36: pando.v1.CloseRevisionOp
-	(*CompactOp)(nil),              // 37: pando.v1.CompactOp
-	(*RevisionCeilingOp)(nil),      // 38: pando.v1.RevisionCeilingOp
-	(*DedupRecord)(nil),            // 39: pando.v1.DedupRecord
-	(*SplitOp)(nil),                // 40: pando.v1.SplitOp
-	(*NodeRecord)(nil),             // 41: pando.v1.NodeRecord
-	(*DirectoryOp)(nil),            // 42: pando.v1.DirectoryOp
-	(*FreezeOp)(nil),               // 43: pando.v1.FreezeOp
-	(*MergeOp)(nil),                // 44: pando.v1.MergeOp
-	(*AllocRangeIDOp)(nil),         // 45: pando.v1.AllocRangeIDOp
-	(*ChecksumOp)(nil),             // 46: pando.v1.ChecksumOp
-	(*CheckVerdict)(nil),           // 47: pando.v1.CheckVerdict
-	(*RangeDescriptor)(nil),        // 48: pando.v1.RangeDescriptor
-	(*RangeState)(nil),             // 49: pando.v1.RangeState
-	(*TruncatedState)(nil),         // 50: pando.v1.TruncatedState
-	(*CheckRequest)(nil),           // 51: pando.v1.CheckRequest
-	(*KeyDiff)(nil),                // 52: pando.v1.KeyDiff
-	(*ReplicaKey)(nil),             // 53: pando.v1.ReplicaKey
-	(*RangeCheck)(nil),             // 54: pando.v1.RangeCheck
-	(*CheckResponse)(nil),          // 55: pando.v1.CheckResponse
-	(*ChecksumRequest)(nil),        // 56: pando.v1.ChecksumRequest
-	(*ChecksumResponse)(nil),       // 57: pando.v1.ChecksumResponse
-	(*ListKeysRequest)(nil),        // 58: pando.v1.ListKeysRequest
-	(*KeyDigest)(nil),              // 59: pando.v1.KeyDigest
-	(*ListKeysResponse)(nil),       // 60: pando.v1.ListKeysResponse
-	(*RepairRequest)(nil),          // 61: pando.v1.RepairRequest
-	(*RepairResponse)(nil),         // 62: pando.v1.RepairResponse
-	(*RangeDataRequest)(nil),       // 63: pando.v1.RangeDataRequest
-	(*RangeDataChunk)(nil),         // 64: pando.v1.RangeDataChunk
-	(*SplitRequest)(nil),           // 65: pando.v1.SplitRequest
-	(*SplitResponse)(nil),          // 66: pando.v1.SplitResponse
-	(*AllocRangeIDRequest)(nil),    // 67: pando.v1.AllocRangeIDRequest
-	(*AllocRangeIDResponse)(nil),   // 68: pando.v1.AllocRangeIDResponse
-	(*MoveReplicaRequest)(nil),     // 69: pando.v1.MoveReplicaRequest
-	(*MoveReplicaResponse)(nil),    // 70: pando.v1.MoveReplicaResponse
-	(*TransferLeaderRequest)(nil),  // 71: pando.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 72: pando.v1.TransferLeaderResponse
-	(*CreateReplicaRequest)(nil),   // 73: pando.v1.CreateReplicaRequest
-	(*CreateReplicaResponse)(nil),  // 74: pando.v1.CreateReplicaResponse
-	(*AdoptReplicaRequest)(nil),    // 75: pando.v1.AdoptReplicaRequest
-	(*AdoptReplicaResponse)(nil),   // 76: pando.v1.AdoptReplicaResponse
-	(*DestroyReplicaRequest)(nil),  // 77: pando.v1.DestroyReplicaRequest
-	(*DestroyReplicaResponse)(nil), // 78: pando.v1.DestroyReplicaResponse
-	(*JoinRequest)(nil),            // 79: pando.v1.JoinRequest
-	(*JoinResponse)(nil),           // 80: pando.v1.JoinResponse
-	(*DecommissionRequest)(nil),    // 81: pando.v1.DecommissionRequest
-	(*DecommissionResponse)(nil),   // 82: pando.v1.DecommissionResponse
-	(*NodesRequest)(nil),           // 83: pando.v1.NodesRequest
-	(*NodeInfo)(nil),               // 84: pando.v1.NodeInfo
-	(*NodesResponse)(nil),          // 85: pando.v1.NodesResponse
-	(*HeartbeatRequest)(nil),       // 86: pando.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),      // 87: pando.v1.HeartbeatResponse
-	(*RebalanceRequest)(nil),       // 88: pando.v1.RebalanceRequest
-	(*PlannedOp)(nil),              // 89: pando.v1.PlannedOp
-	(*RebalanceResponse)(nil),      // 90: pando.v1.RebalanceResponse
-	(*MergeRequest)(nil),           // 91: pando.v1.MergeRequest
-	(*MergeResponse)(nil),          // 92: pando.v1.MergeResponse
+	(Compare_Result)(0),            // 1: pando.v1.Compare.Result
+	(Compare_Target)(0),            // 2: pando.v1.Compare.Target
+	(WatchEvent_Type)(0),           // 3: pando.v1.WatchEvent.Type
+	(*GetRequest)(nil),             // 4: pando.v1.GetRequest
+	(*GetResponse)(nil),            // 5: pando.v1.GetResponse
+	(*PutRequest)(nil),             // 6: pando.v1.PutRequest
+	(*PutResponse)(nil),            // 7: pando.v1.PutResponse
+	(*DeleteRequest)(nil),          // 8: pando.v1.DeleteRequest
+	(*DeleteResponse)(nil),         // 9: pando.v1.DeleteResponse
+	(*ScanRequest)(nil),            // 10: pando.v1.ScanRequest
+	(*KeyValue)(nil),               // 11: pando.v1.KeyValue
+	(*ScanResponse)(nil),           // 12: pando.v1.ScanResponse
+	(*StatusRequest)(nil),          // 13: pando.v1.StatusRequest
+	(*NodeStatus)(nil),             // 14: pando.v1.NodeStatus
+	(*RangeStatus)(nil),            // 15: pando.v1.RangeStatus
+	(*BreakerStatus)(nil),          // 16: pando.v1.BreakerStatus
+	(*StatusResponse)(nil),         // 17: pando.v1.StatusResponse
+	(*AllocRevisionsRequest)(nil),  // 18: pando.v1.AllocRevisionsRequest
+	(*AllocRevisionsResponse)(nil), // 19: pando.v1.AllocRevisionsResponse
+	(*Compare)(nil),                // 20: pando.v1.Compare
+	(*TxnRequestOp)(nil),           // 21: pando.v1.TxnRequestOp
+	(*TxnPut)(nil),                 // 22: pando.v1.TxnPut
+	(*TxnDelete)(nil),              // 23: pando.v1.TxnDelete
+	(*TxnRange)(nil),               // 24: pando.v1.TxnRange
+	(*TxnRequest)(nil),             // 25: pando.v1.TxnRequest
+	(*TxnResponseOp)(nil),          // 26: pando.v1.TxnResponseOp
+	(*TxnResponse)(nil),            // 27: pando.v1.TxnResponse
+	(*WatchStreamRequest)(nil),     // 28: pando.v1.WatchStreamRequest
+	(*WatchNudge)(nil),             // 29: pando.v1.WatchNudge
+	(*WatchCancelRequest)(nil),     // 30: pando.v1.WatchCancelRequest
+	(*WatchProgressRequest)(nil),   // 31: pando.v1.WatchProgressRequest
+	(*WatchRequest)(nil),           // 32: pando.v1.WatchRequest
+	(*WatchEvent)(nil),             // 33: pando.v1.WatchEvent
+	(*WatchResponse)(nil),          // 34: pando.v1.WatchResponse
+	(*CompactRequest)(nil),         // 35: pando.v1.CompactRequest
+	(*CompactResponse)(nil),        // 36: pando.v1.CompactResponse
+	(*RaftEnvelope)(nil),           // 37: pando.v1.RaftEnvelope
+	(*RaftBatch)(nil),              // 38: pando.v1.RaftBatch
+	(*RaftAck)(nil),                // 39: pando.v1.RaftAck
+	(*SnapshotChunk)(nil),          // 40: pando.v1.SnapshotChunk
+	(*SnapshotAck)(nil),            // 41: pando.v1.SnapshotAck
+	(*PutOp)(nil),                  // 42: pando.v1.PutOp
+	(*DeleteOp)(nil),               // 43: pando.v1.DeleteOp
+	(*PruneDedupOp)(nil),           // 44: pando.v1.PruneDedupOp
+	(*Command)(nil),                // 45: pando.v1.Command
+	(*CloseRevisionOp)(nil),        // 46: pando.v1.CloseRevisionOp
+	(*TxnOp)(nil),                  // 47: pando.v1.TxnOp
+	(*CompactOp)(nil),              // 48: pando.v1.CompactOp
+	(*RevisionCeilingOp)(nil),      // 49: pando.v1.RevisionCeilingOp
+	(*DedupRecord)(nil),            // 50: pando.v1.DedupRecord
+	(*SplitOp)(nil),                // 51: pando.v1.SplitOp
+	(*NodeRecord)(nil),             // 52: pando.v1.NodeRecord
+	(*DirectoryOp)(nil),            // 53: pando.v1.DirectoryOp
+	(*FreezeOp)(nil),               // 54: pando.v1.FreezeOp
+	(*MergeOp)(nil),                // 55: pando.v1.MergeOp
+	(*AllocRangeIDOp)(nil),         // 56: pando.v1.AllocRangeIDOp
+	(*ChecksumOp)(nil),             // 57: pando.v1.ChecksumOp
+	(*CheckVerdict)(nil),           // 58: pando.v1.CheckVerdict
+	(*RangeDescriptor)(nil),        // 59: pando.v1.RangeDescriptor
+	(*RangeState)(nil),             // 60: pando.v1.RangeState
+	(*TruncatedState)(nil),         // 61: pando.v1.TruncatedState
+	(*CheckRequest)(nil),           // 62: pando.v1.CheckRequest
+	(*KeyDiff)(nil),                // 63: pando.v1.KeyDiff
+	(*ReplicaKey)(nil),             // 64: pando.v1.ReplicaKey
+	(*RangeCheck)(nil),             // 65: pando.v1.RangeCheck
+	(*CheckResponse)(nil),          // 66: pando.v1.CheckResponse
+	(*ChecksumRequest)(nil),        // 67: pando.v1.ChecksumRequest
+	(*ChecksumResponse)(nil),       // 68: pando.v1.ChecksumResponse
+	(*ListKeysRequest)(nil),        // 69: pando.v1.ListKeysRequest
+	(*KeyDigest)(nil),              // 70: pando.v1.KeyDigest
+	(*ListKeysResponse)(nil),       // 71: pando.v1.ListKeysResponse
+	(*RepairRequest)(nil),          // 72: pando.v1.RepairRequest
+	(*RepairResponse)(nil),         // 73: pando.v1.RepairResponse
+	(*RangeDataRequest)(nil),       // 74: pando.v1.RangeDataRequest
+	(*RangeDataChunk)(nil),         // 75: pando.v1.RangeDataChunk
+	(*SplitRequest)(nil),           // 76: pando.v1.SplitRequest
+	(*SplitResponse)(nil),          // 77: pando.v1.SplitResponse
+	(*AllocRangeIDRequest)(nil),    // 78: pando.v1.AllocRangeIDRequest
+	(*AllocRangeIDResponse)(nil),   // 79: pando.v1.AllocRangeIDResponse
+	(*MoveReplicaRequest)(nil),     // 80: pando.v1.MoveReplicaRequest
+	(*MoveReplicaResponse)(nil),    // 81: pando.v1.MoveReplicaResponse
+	(*TransferLeaderRequest)(nil),  // 82: pando.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 83: pando.v1.TransferLeaderResponse
+	(*CreateReplicaRequest)(nil),   // 84: pando.v1.CreateReplicaRequest
+	(*CreateReplicaResponse)(nil),  // 85: pando.v1.CreateReplicaResponse
+	(*AdoptReplicaRequest)(nil),    // 86: pando.v1.AdoptReplicaRequest
+	(*AdoptReplicaResponse)(nil),   // 87: pando.v1.AdoptReplicaResponse
+	(*DestroyReplicaRequest)(nil),  // 88: pando.v1.DestroyReplicaRequest
+	(*DestroyReplicaResponse)(nil), // 89: pando.v1.DestroyReplicaResponse
+	(*JoinRequest)(nil),            // 90: pando.v1.JoinRequest
+	(*JoinResponse)(nil),           // 91: pando.v1.JoinResponse
+	(*DecommissionRequest)(nil),    // 92: pando.v1.DecommissionRequest
+	(*DecommissionResponse)(nil),   // 93: pando.v1.DecommissionResponse
+	(*NodesRequest)(nil),           // 94: pando.v1.NodesRequest
+	(*NodeInfo)(nil),               // 95: pando.v1.NodeInfo
+	(*NodesResponse)(nil),          // 96: pando.v1.NodesResponse
+	(*HeartbeatRequest)(nil),       // 97: pando.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),      // 98: pando.v1.HeartbeatResponse
+	(*RebalanceRequest)(nil),       // 99: pando.v1.RebalanceRequest
+	(*PlannedOp)(nil),              // 100: pando.v1.PlannedOp
+	(*RebalanceResponse)(nil),      // 101: pando.v1.RebalanceResponse
+	(*MergeRequest)(nil),           // 102: pando.v1.MergeRequest
+	(*MergeResponse)(nil),          // 103: pando.v1.MergeResponse
 }
 var file_pando_proto_depIdxs = []int32{
-	0,  // 0: pando.v1.GetRequest.consistency:type_name -> pando.v1.Consistency
-	0,  // 1: pando.v1.ScanRequest.consistency:type_name -> pando.v1.Consistency
-	9,  // 2: pando.v1.ScanResponse.items:type_name -> pando.v1.KeyValue
-	47, // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
-	12, // 4: pando.v1.StatusResponse.nodes:type_name -> pando.v1.NodeStatus
-	13, // 5: pando.v1.StatusResponse.ranges:type_name -> pando.v1.RangeStatus
-	14, // 6: pando.v1.StatusResponse.breakers:type_name -> pando.v1.BreakerStatus
-	22, // 7: pando.v1.WatchStreamRequest.create:type_name -> pando.v1.WatchRequest
-	20, // 8: pando.v1.WatchStreamRequest.cancel:type_name -> pando.v1.WatchCancelRequest
-	21, // 9: pando.v1.WatchStreamRequest.progress:type_name -> pando.v1.WatchProgressRequest
-	19, // 10: pando.v1.WatchStreamRequest.nudge:type_name -> pando.v1.WatchNudge
-	1,  // 11: pando.v1.WatchEvent.type:type_name -> pando.v1.WatchEvent.Type
-	9,  // 12: pando.v1.WatchEvent.kv:type_name -> pando.v1.KeyValue
-	9,  // 13: pando.v1.WatchEvent.prev_kv:type_name -> pando.v1.KeyValue
-	23, // 14: pando.v1.WatchResponse.events:type_name -> pando.v1.WatchEvent
-	27, // 15: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
-	9,  // 16: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
-	32, // 17: pando.v1.Command.put:type_name -> pando.v1.PutOp
-	33, // 18: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
-	34, // 19: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
-	46, // 20: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
-	47, // 21: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
-	40, // 22: pando.v1.Command.split:type_name -> pando.v1.SplitOp
-	45, // 23: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
-	41, // 24: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
-	42, // 25: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
-	43, // 26: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
-	44, // 27: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
-	38, // 28: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
-	36, // 29: pando.v1.Command.close_revision:type_name -> pando.v1.CloseRevisionOp
-	37, // 30: pando.v1.Command.compact:type_name -> pando.v1.CompactOp
-	48, // 31: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
-	48, // 32: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
-	48, // 33: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
-	47, // 34: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
-	53, // 35: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
-	52, // 36: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
-	54, // 37: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
-	59, // 38: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
-	9,  // 39: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
-	48, // 40: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
-	48, // 41: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
-	48, // 42: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	48, // 43: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	48, // 44: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	48, // 45: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	41, // 46: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
-	41, // 47: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
-	41, // 48: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
-	84, // 49: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
-	13, // 50: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
-	41, // 51: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
-	13, // 52: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
-	89, // 53: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
-	48, // 54: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
-	2,  // 55: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
-	4,  // 56: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
-	6,  // 57: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
-	8,  // 58: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
-	11, // 59: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
-	16, // 60: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
-	25, // 61: pando.v1.KV.Compact:input_type -> pando.v1.CompactRequest
-	18, // 62: pando.v1.Watch.Watch:input_type -> pando.v1.WatchStreamRequest
-	28, // 63: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
-	30, // 64: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
-	51, // 65: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
-	56, // 66: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
-	58, // 67: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
-	61, // 68: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
-	63, // 69: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
-	65, // 70: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
-	67, // 71: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
-	69, // 72: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
-	71, // 73: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
-	91, // 74: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
-	73, // 75: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
-	77, // 76: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
-	75, // 77: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
-	79, // 78: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
-	81, // 79: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
-	83, // 80: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
-	86, // 81: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
-	88, // 82: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
-	3,  // 83: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
-	5,  // 84: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
-	7,  // 85: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
-	10, // 86: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
-	15, // 87: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
-	17, // 88: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
-	26, // 89: pando.v1.KV.Compact:output_type -> pando.v1.CompactResponse
-	24, // 90: pando.v1.Watch.Watch:output_type -> pando.v1.WatchResponse
-	29, // 91: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
-	31, // 92: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
-	55, // 93: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
-	57, // 94: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
-	60, // 95: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
-	62, // 96: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
-	64, // 97: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
-	66, // 98: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
-	68, // 99: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
-	70, // 100: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
-	72, // 101: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
-	92, // 102: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
-	74, // 103: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
-	78, // 104: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
-	76, // 105: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
-	80, // 106: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
-	82, // 107: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
-	85, // 108: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
-	87, // 109: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
-	90, // 110: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
-	83, // [83:111] is the sub-list for method output_type
-	55, // [55:83] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	0,   // 0: pando.v1.GetRequest.consistency:type_name -> pando.v1.Consistency
+	0,   // 1: pando.v1.ScanRequest.consistency:type_name -> pando.v1.Consistency
+	11,  // 2: pando.v1.ScanResponse.items:type_name -> pando.v1.KeyValue
+	58,  // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
+	14,  // 4: pando.v1.StatusResponse.nodes:type_name -> pando.v1.NodeStatus
+	15,  // 5: pando.v1.StatusResponse.ranges:type_name -> pando.v1.RangeStatus
+	16,  // 6: pando.v1.StatusResponse.breakers:type_name -> pando.v1.BreakerStatus
+	1,   // 7: pando.v1.Compare.result:type_name -> pando.v1.Compare.Result
+	2,   // 8: pando.v1.Compare.target:type_name -> pando.v1.Compare.Target
+	22,  // 9: pando.v1.TxnRequestOp.put:type_name -> pando.v1.TxnPut
+	23,  // 10: pando.v1.TxnRequestOp.delete:type_name -> pando.v1.TxnDelete
+	24,  // 11: pando.v1.TxnRequestOp.range:type_name -> pando.v1.TxnRange
+	20,  // 12: pando.v1.TxnRequest.compare:type_name -> pando.v1.Compare
+	21,  // 13: pando.v1.TxnRequest.success:type_name -> pando.v1.TxnRequestOp
+	21,  // 14: pando.v1.TxnRequest.failure:type_name -> pando.v1.TxnRequestOp
+	7,   // 15: pando.v1.TxnResponseOp.put:type_name -> pando.v1.PutResponse
+	9,   // 16: pando.v1.TxnResponseOp.delete:type_name -> pando.v1.DeleteResponse
+	12,  // 17: pando.v1.TxnResponseOp.range:type_name -> pando.v1.ScanResponse
+	26,  // 18: pando.v1.TxnResponse.responses:type_name -> pando.v1.TxnResponseOp
+	32,  // 19: pando.v1.WatchStreamRequest.create:type_name -> pando.v1.WatchRequest
+	30,  // 20: pando.v1.WatchStreamRequest.cancel:type_name -> pando.v1.WatchCancelRequest
+	31,  // 21: pando.v1.WatchStreamRequest.progress:type_name -> pando.v1.WatchProgressRequest
+	29,  // 22: pando.v1.WatchStreamRequest.nudge:type_name -> pando.v1.WatchNudge
+	3,   // 23: pando.v1.WatchEvent.type:type_name -> pando.v1.WatchEvent.Type
+	11,  // 24: pando.v1.WatchEvent.kv:type_name -> pando.v1.KeyValue
+	11,  // 25: pando.v1.WatchEvent.prev_kv:type_name -> pando.v1.KeyValue
+	33,  // 26: pando.v1.WatchResponse.events:type_name -> pando.v1.WatchEvent
+	37,  // 27: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
+	11,  // 28: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
+	42,  // 29: pando.v1.Command.put:type_name -> pando.v1.PutOp
+	43,  // 30: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
+	44,  // 31: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
+	57,  // 32: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
+	58,  // 33: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
+	51,  // 34: pando.v1.Command.split:type_name -> pando.v1.SplitOp
+	56,  // 35: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
+	52,  // 36: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
+	53,  // 37: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
+	54,  // 38: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
+	55,  // 39: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
+	49,  // 40: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
+	46,  // 41: pando.v1.Command.close_revision:type_name -> pando.v1.CloseRevisionOp
+	48,  // 42: pando.v1.Command.compact:type_name -> pando.v1.CompactOp
+	47,  // 43: pando.v1.Command.txn:type_name -> pando.v1.TxnOp
+	20,  // 44: pando.v1.TxnOp.compare:type_name -> pando.v1.Compare
+	21,  // 45: pando.v1.TxnOp.success:type_name -> pando.v1.TxnRequestOp
+	21,  // 46: pando.v1.TxnOp.failure:type_name -> pando.v1.TxnRequestOp
+	59,  // 47: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
+	59,  // 48: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
+	59,  // 49: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
+	58,  // 50: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
+	64,  // 51: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
+	63,  // 52: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
+	65,  // 53: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
+	70,  // 54: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
+	11,  // 55: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
+	59,  // 56: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
+	59,  // 57: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
+	59,  // 58: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	59,  // 59: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	59,  // 60: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	59,  // 61: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	52,  // 62: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
+	52,  // 63: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
+	52,  // 64: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
+	95,  // 65: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
+	15,  // 66: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
+	52,  // 67: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
+	15,  // 68: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
+	100, // 69: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
+	59,  // 70: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
+	4,   // 71: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
+	6,   // 72: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
+	8,   // 73: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
+	10,  // 74: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
+	13,  // 75: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
+	18,  // 76: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
+	35,  // 77: pando.v1.KV.Compact:input_type -> pando.v1.CompactRequest
+	25,  // 78: pando.v1.KV.Txn:input_type -> pando.v1.TxnRequest
+	28,  // 79: pando.v1.Watch.Watch:input_type -> pando.v1.WatchStreamRequest
+	38,  // 80: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
+	40,  // 81: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
+	62,  // 82: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
+	67,  // 83: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
+	69,  // 84: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
+	72,  // 85: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
+	74,  // 86: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
+	76,  // 87: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
+	78,  // 88: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
+	80,  // 89: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
+	82,  // 90: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
+	102, // 91: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
+	84,  // 92: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
+	88,  // 93: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
+	86,  // 94: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
+	90,  // 95: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
+	92,  // 96: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
+	94,  // 97: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
+	97,  // 98: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
+	99,  // 99: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
+	5,   // 100: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
+	7,   // 101: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
+	9,   // 102: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
+	12,  // 103: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
+	17,  // 104: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
+	19,  // 105: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
+	36,  // 106: pando.v1.KV.Compact:output_type -> pando.v1.CompactResponse
+	27,  // 107: pando.v1.KV.Txn:output_type -> pando.v1.TxnResponse
+	34,  // 108: pando.v1.Watch.Watch:output_type -> pando.v1.WatchResponse
+	39,  // 109: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
+	41,  // 110: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
+	66,  // 111: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
+	68,  // 112: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
+	71,  // 113: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
+	73,  // 114: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
+	75,  // 115: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
+	77,  // 116: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
+	79,  // 117: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
+	81,  // 118: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
+	83,  // 119: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
+	103, // 120: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
+	85,  // 121: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
+	89,  // 122: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
+	87,  // 123: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
+	91,  // 124: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
+	93,  // 125: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
+	96,  // 126: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
+	98,  // 127: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
+	101, // 128: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
+	100, // [100:129] is the sub-list for method output_type
+	71,  // [71:100] is the sub-list for method input_type
+	71,  // [71:71] is the sub-list for extension type_name
+	71,  // [71:71] is the sub-list for extension extendee
+	0,   // [0:71] is the sub-list for field type_name
 }
 
 func init() { file_pando_proto_init() }
@@ -6926,13 +7789,23 @@ func file_pando_proto_init() {
 	if File_pando_proto != nil {
 		return
 	}
-	file_pando_proto_msgTypes[16].OneofWrappers = []any{
+	file_pando_proto_msgTypes[17].OneofWrappers = []any{
+		(*TxnRequestOp_Put)(nil),
+		(*TxnRequestOp_Delete)(nil),
+		(*TxnRequestOp_Range)(nil),
+	}
+	file_pando_proto_msgTypes[22].OneofWrappers = []any{
+		(*TxnResponseOp_Put)(nil),
+		(*TxnResponseOp_Delete)(nil),
+		(*TxnResponseOp_Range)(nil),
+	}
+	file_pando_proto_msgTypes[24].OneofWrappers = []any{
 		(*WatchStreamRequest_Create)(nil),
 		(*WatchStreamRequest_Cancel)(nil),
 		(*WatchStreamRequest_Progress)(nil),
 		(*WatchStreamRequest_Nudge)(nil),
 	}
-	file_pando_proto_msgTypes[33].OneofWrappers = []any{
+	file_pando_proto_msgTypes[41].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
 		(*Command_PruneDedup)(nil),
@@ -6947,14 +7820,15 @@ func file_pando_proto_init() {
 		(*Command_RevisionCeiling)(nil),
 		(*Command_CloseRevision)(nil),
 		(*Command_Compact)(nil),
+		(*Command_Txn)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pando_proto_rawDesc), len(file_pando_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   91,
+			NumEnums:      4,
+			NumMessages:   100,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

@@ -30,6 +30,7 @@ const (
 	KV_Status_FullMethodName         = "/pando.v1.KV/Status"
 	KV_AllocRevisions_FullMethodName = "/pando.v1.KV/AllocRevisions"
 	KV_Compact_FullMethodName        = "/pando.v1.KV/Compact"
+	KV_Txn_FullMethodName            = "/pando.v1.KV/Txn"
 )
 
 // KVClient is the client API for KV service.
@@ -47,6 +48,10 @@ type KVClient interface {
 	// Compact drops the history below a revision in every range (range_id
 	// 0) or in one (served by its leader), as etcd's Compact does.
 	Compact(ctx context.Context, in *CompactRequest, opts ...grpc.CallOption) (*CompactResponse, error)
+	// Txn runs compares, then one of two lists of operations, all or
+	// nothing at one revision (etcd's Txn). Its keys must lie in one range
+	// for now.
+	Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOption) (*TxnResponse, error)
 }
 
 type kVClient struct {
@@ -127,6 +132,16 @@ func (c *kVClient) Compact(ctx context.Context, in *CompactRequest, opts ...grpc
 	return out, nil
 }
 
+func (c *kVClient) Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOption) (*TxnResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TxnResponse)
+	err := c.cc.Invoke(ctx, KV_Txn_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KVServer is the server API for KV service.
 // All implementations must embed UnimplementedKVServer
 // for forward compatibility.
@@ -142,6 +157,10 @@ type KVServer interface {
 	// Compact drops the history below a revision in every range (range_id
 	// 0) or in one (served by its leader), as etcd's Compact does.
 	Compact(context.Context, *CompactRequest) (*CompactResponse, error)
+	// Txn runs compares, then one of two lists of operations, all or
+	// nothing at one revision (etcd's Txn). Its keys must lie in one range
+	// for now.
+	Txn(context.Context, *TxnRequest) (*TxnResponse, error)
 	mustEmbedUnimplementedKVServer()
 }
 
@@ -172,6 +191,9 @@ func (UnimplementedKVServer) AllocRevisions(context.Context, *AllocRevisionsRequ
 }
 func (UnimplementedKVServer) Compact(context.Context, *CompactRequest) (*CompactResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Compact not implemented")
+}
+func (UnimplementedKVServer) Txn(context.Context, *TxnRequest) (*TxnResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Txn not implemented")
 }
 func (UnimplementedKVServer) mustEmbedUnimplementedKVServer() {}
 func (UnimplementedKVServer) testEmbeddedByValue()            {}
@@ -320,6 +342,24 @@ func _KV_Compact_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KV_Txn_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TxnRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).Txn(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_Txn_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).Txn(ctx, req.(*TxnRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KV_ServiceDesc is the grpc.ServiceDesc for KV service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -354,6 +394,10 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Compact",
 			Handler:    _KV_Compact_Handler,
+		},
+		{
+			MethodName: "Txn",
+			Handler:    _KV_Txn_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -684,6 +684,11 @@ func (l *localKV) Compact(ctx context.Context, in *pandopb.CompactRequest, _ ...
 	return out, err
 }
 
+func (l *localKV) Txn(ctx context.Context, in *pandopb.TxnRequest, _ ...grpc.CallOption) (out *pandopb.TxnResponse, err error) {
+	err = l.call(ctx, true, func(s *kvservice.Service, ctx context.Context) error { out, err = s.Txn(ctx, in); return err })
+	return out, err
+}
+
 func (l *localKV) Status(ctx context.Context, in *pandopb.StatusRequest, _ ...grpc.CallOption) (out *pandopb.StatusResponse, err error) {
 	err = l.call(ctx, false, func(s *kvservice.Service, ctx context.Context) error { out, err = s.Status(ctx, in); return err })
 	return out, err
