@@ -38,6 +38,7 @@ WORKLOADS=(
 	"put|put|256|16||"
 	"linearizable get|get|64|8||"
 	"stale get|get|64|8|--stale|--serializable"
+	"txn: 2 compares, 2 puts|txn|64|8||"
 )
 # COMPARE=watch (make bench-watch): the watch workload instead. Watchers of the whole
 # key space through one node that does not lead it; op/s are events delivered a

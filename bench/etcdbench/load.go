@@ -70,8 +70,10 @@ func runLoad(args []string) error {
 	switch {
 	case fs.NArg() > 0:
 		return usageError{fmt.Errorf("unexpected arguments %q", fs.Args())}
-	case *workload != "put" && *workload != "get" && *workload != "mixed" && *workload != "watch":
-		return usageError{fmt.Errorf("--workload must be put, get, mixed or watch")}
+	case *workload != "put" && *workload != "get" && *workload != "mixed" && *workload != "watch" && *workload != "txn":
+		return usageError{fmt.Errorf("--workload must be put, get, mixed, watch or txn")}
+	case *workload == "txn" && *keys < 2:
+		return usageError{fmt.Errorf("the txn workload needs --keys of at least 2 (it writes pairs)")}
 	case *workload == "watch" && (*watchers < 1 || *watchConns < 1 || *valLen < 8):
 		return usageError{fmt.Errorf("the watch workload needs --watchers and --watch-conns of at least 1 and --value-size of at least 8")}
 	case *opsRate < 0:
@@ -201,6 +203,19 @@ func runLoad(args []string) error {
 				if *workload == "watch" {
 					binary.BigEndian.PutUint64(stamped, uint64(t0.UnixNano()))
 					_, err = c.Put(rctx, k, string(stamped))
+				} else if *workload == "txn" {
+					// As pando bench's: a pair of neighbouring keys, two
+					// compares that hold, a put of each.
+					i := r.IntN(nkeys/2) * 2
+					a, b := fmt.Sprintf("%08d", i), fmt.Sprintf("%08d", i+1)
+					var resp *clientv3.TxnResponse
+					resp, err = c.Txn(rctx).
+						If(clientv3.Compare(clientv3.Version(a), "<", 1<<62), clientv3.Compare(clientv3.Version(b), "<", 1<<62)).
+						Then(clientv3.OpPut(a, val), clientv3.OpPut(b, val)).
+						Commit()
+					if err == nil && !resp.Succeeded {
+						err = fmt.Errorf("a bench transaction's compares failed")
+					}
 				} else if *workload == "put" || (*workload == "mixed" && r.IntN(2) == 0) {
 					_, err = c.Put(rctx, k, val)
 				} else {

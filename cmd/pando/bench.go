@@ -83,12 +83,15 @@ compression shrinks, which flatters any measure of bytes on disk).
   pando bench --workload put --clients 64 --conns 8 --keys 100000 --value-size 256 --duration 20s
   pando bench --workload put --clients 64 --rate 4000 --duration 20s
   pando bench --workload watch --watchers 1000 --clients 16 --rate 100 --duration 20s
+  pando bench --workload txn --clients 64 --duration 20s
   pando bench --tls-ca certs/ca.crt --auth-token "$TOKEN" --endpoints 10.0.0.1:7001 --total 100000`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
-			case workload != "put" && workload != "get" && workload != "mixed" && workload != "watch":
-				return usageError{fmt.Errorf("--workload must be put, get, mixed or watch")}
+			case workload != "put" && workload != "get" && workload != "mixed" && workload != "watch" && workload != "txn":
+				return usageError{fmt.Errorf("--workload must be put, get, mixed, watch or txn")}
+			case workload == "txn" && keys < 2:
+				return usageError{fmt.Errorf("the txn workload needs --keys of at least 2 (it writes pairs)")}
 			case workload == "watch" && (wb.watchers < 1 || wb.conns < 1 || valLen < 8):
 				return usageError{fmt.Errorf("the watch workload needs --watchers and --watch-conns of at least 1 and --value-size of at least 8 (a value carries its put's time)")}
 			case clients < 1 || conns < 1 || keys < 1 || valLen < 0:
@@ -233,7 +236,9 @@ compression shrinks, which flatters any measure of bytes on disk).
 						if workload == "watch" {
 							binary.BigEndian.PutUint64(value, uint64(t0.UnixNano()))
 						}
-						if workload == "put" || workload == "watch" || (workload == "mixed" && r.IntN(2) == 0) {
+						if workload == "txn" {
+							_, err = benchTxn(rctx, c, r, keys, value)
+						} else if workload == "put" || workload == "watch" || (workload == "mixed" && r.IntN(2) == 0) {
 							_, err = c.Put(rctx, k, value)
 						} else {
 							_, err = c.Get(rctx, k, opts...)
@@ -291,7 +296,7 @@ compression shrinks, which flatters any measure of bytes on disk).
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&workload, "workload", "put", "put, get, mixed or watch")
+	fs.StringVar(&workload, "workload", "put", "put, get, mixed, watch or txn (2 compares and 2 puts of a pair of keys, one range)")
 	fs.IntVar(&wb.watchers, "watchers", 1000, "the watch workload's watchers")
 	fs.IntVar(&wb.conns, "watch-conns", 8, "connections the watchers share")
 	fs.StringVar(&wb.endpoint, "watch-endpoint", "", "the node every watcher watches through (default: one of --endpoints that does not lead the keys' range)")
@@ -309,6 +314,23 @@ compression shrinks, which flatters any measure of bytes on disk).
 	fs.IntVar(&splits, "ranges", 0, "before loading, split the key space into this many ranges (evenly over --keys)")
 	f.addConnection(cmd)
 	return cmd
+}
+
+// benchTxn is the txn workload's request: a pair of neighbouring keys
+// (2i, 2i+1: a split at a multiple of an even --keys/--ranges never parts
+// them), two compares that hold (each key's version below a bound no key
+// reaches) and a put of each.
+func benchTxn(ctx context.Context, c *client.Client, r *rand.Rand, keys int, value []byte) (*client.TxnResponse, error) {
+	i := r.IntN(keys/2) * 2
+	a, b := fmt.Sprintf("%08d", i), fmt.Sprintf("%08d", i+1)
+	resp, err := c.Txn(ctx).
+		If(client.Version(a).Less(1<<62), client.Version(b).Less(1<<62)).
+		Then(client.OpPut(a, string(value)), client.OpPut(b, string(value))).
+		Commit()
+	if err == nil && !resp.Succeeded {
+		err = fmt.Errorf("pando: a bench transaction's compares failed")
+	}
+	return resp, err
 }
 
 // presplit splits the bench key space into n ranges at evenly spaced keys.

@@ -275,3 +275,26 @@ func TestBenchRandomValues(t *testing.T) {
 		t.Fatalf("after %d puts: versions sum to %d, want %d", puts, v, keys+puts)
 	}
 }
+
+// TestBenchTxnWorkload: the txn workload's transactions all commit (its
+// compares hold), each writing its pair of keys.
+func TestBenchTxnWorkload(t *testing.T) {
+	const token = "bench-token"
+	dir := t.TempDir()
+	addr := startTLSNode(t, dir, token)
+	out, err := runBench(t, "--endpoints", addr, "--tls-ca", filepath.Join(dir, "ca.crt"), "--auth-token", token,
+		"--workload", "txn", "--total", "100", "--clients", "4", "--conns", "2", "--keys", "20", "--value-size", "16", "--json")
+	if err != nil {
+		t.Fatalf("bench --workload txn: %v\n%s", err, out)
+	}
+	var res benchResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("bench output: %v\n%s", err, out)
+	}
+	if res.Ops != 100 || res.Errors != 0 {
+		t.Fatalf("txn bench: %+v, want 100 transactions, no error", res)
+	}
+	if _, err := runBench(t, "--endpoints", addr, "--workload", "txn", "--keys", "1", "--total", "1"); err == nil || exitCode(err) != 2 {
+		t.Fatalf("txn bench with one key: %v, want a usage error", err)
+	}
+}
