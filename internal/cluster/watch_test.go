@@ -407,12 +407,18 @@ func TestWatchThroughNodesThatHoldPartOfTheSpan(t *testing.T) {
 	var acked []string
 	var wg sync.WaitGroup
 	writers := []uint64{1, 2, 3, n4}
+	stopWriters := make(chan struct{})
 	for w := range 3 {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
 			keys := []string{"b", "j", "q", "x"}
-			for n := 0; n < 60; n++ {
+			for n := 0; ; n++ {
+				select {
+				case <-stopWriters: // the writes go on through both moves
+					return
+				default:
+				}
 				key := keys[(n+w)%len(keys)]
 				v := fmt.Sprintf("w%d-%d", w, n)
 				// Through a node that holds the key's range (the harness
@@ -446,9 +452,12 @@ func TestWatchThroughNodesThatHoldPartOfTheSpan(t *testing.T) {
 	if _, err := c.MoveReplica(ctx, rangeOf("j"), 2, n4); err != nil {
 		t.Fatalf("moving [h, p) from node 2 to node %d: %v", n4, err)
 	}
+	time.Sleep(300 * time.Millisecond) // writes to [h, p) with node 4 holding it
 	if _, err := c.MoveReplica(ctx, rangeOf("q"), n4, 1); err != nil {
 		t.Fatalf("moving [p, end) from node %d to node 1: %v", n4, err)
 	}
+	time.Sleep(2500 * time.Millisecond) // past the grace: node 4's watch starts over with [p, end) remote
+	close(stopWriters)
 	wg.Wait()
 	if t.Failed() {
 		return
