@@ -590,20 +590,14 @@ func doAt[T any](c *Client, ctx context.Context, k kind, p place, call func(cont
 	maybeApplied := false // a write attempt's fate is unknown
 	avoid := ""
 	retries := 0
-	prefer := "" // a stale read's leader hint: its next attempt goes there
+	// hinted: a replica named the leader (it could not serve a stale read,
+	// being behind the revision asked for). The next attempt goes to the
+	// leader, as a linearizable read's does, not to another random replica
+	// that may be behind as well.
+	hinted := false
 	for n := 1; n <= s.MaxAttempts; n++ {
-		ep, forward := c.target(p, k == staleRead, avoid)
-		if prefer != "" {
-			// A stale read that a replica could not serve (not caught up
-			// with the revision it asked for) goes to the leader it named,
-			// not to another random replica that may not be either.
-			c.mu.Lock()
-			if e := c.eps[prefer]; e != nil && e.br.Ready() {
-				ep, forward = e, false
-			}
-			c.mu.Unlock()
-			prefer = ""
-		}
+		ep, forward := c.target(p, k == staleRead && !hinted, avoid)
+		hinted = false
 		if ep == nil {
 			// Every node's breaker is open. Fail fast only if none admits a
 			// probe before the deadline: a breaker that opened when one node
@@ -659,9 +653,7 @@ func doAt[T any](c *Client, ctx context.Context, k kind, p place, call func(cont
 					c.learnSpan(nl.RangeStart, nl.RangeEnd, nl.LeaderAddr)
 				}
 				avoid = ""
-				if k == staleRead {
-					prefer = nl.LeaderAddr
-				}
+				hinted = true
 				c.redirects.Add(1)
 				continue
 			}

@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	spb "google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"io"
 	"math/rand/v2"
 	"time"
@@ -188,11 +185,7 @@ func (c *Client) watchOn(ctx context.Context, ep *endpoint, o *pandopb.WatchRequ
 		}
 		if resp.Canceled {
 			// The watch's last response: why it ended.
-			st := &spb.Status{}
-			if len(resp.CancelStatus) > 0 && proto.Unmarshal(resp.CancelStatus, st) == nil {
-				return got, kv.FromStatus(status.ErrorProto(st))
-			}
-			return got, fmt.Errorf("%w: %s cancelled the watch: %s", kv.ErrUnavailable, ep.addr, resp.CancelReason)
+			return got, kv.FromWatchCancel(resp.CancelStatus, resp.CancelReason, ep.addr)
 		}
 		got = true
 		r := WatchResponse{Revision: resp.Revision, Events: make([]Event, 0, len(resp.Events))}

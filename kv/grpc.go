@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"strconv"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // errorDomain names pando's errors in gRPC ErrorInfo details.
@@ -174,3 +177,25 @@ type wrapped struct {
 
 func (w *wrapped) Error() string   { return w.msg }
 func (w *wrapped) Unwrap() []error { return w.errs }
+
+// WatchCancelStatus is err as a canceled watch response carries it: its
+// gRPC status, marshaled (nil when it has none).
+func WatchCancelStatus(err error) []byte {
+	st, ok := status.FromError(ToStatus(err))
+	if !ok {
+		return nil
+	}
+	b, _ := proto.Marshal(st.Proto())
+	return b
+}
+
+// FromWatchCancel is the error a canceled watch response from who carries:
+// its marshaled status (WatchCancelStatus) when it has one, else
+// unavailable with the reason given.
+func FromWatchCancel(cancelStatus []byte, reason, who string) error {
+	st := &spb.Status{}
+	if len(cancelStatus) > 0 && proto.Unmarshal(cancelStatus, st) == nil {
+		return FromStatus(status.ErrorProto(st))
+	}
+	return fmt.Errorf("%w: %s cancelled the watch: %s", ErrUnavailable, who, reason)
+}

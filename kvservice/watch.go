@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"io"
 	"slices"
 	"sync"
@@ -748,11 +747,7 @@ func feedEvent(c storage.Change) node.FeedEvent {
 func (w *watch) nudge(ctx context.Context, resolved map[uint64]uint64, unknown []uint64, parts []*remotePart, rev uint64) {
 	for _, p := range parts {
 		if p.resolved < rev {
-			select { // the latest revision replaces one not taken yet
-			case <-p.nudge:
-			default:
-			}
-			p.nudge <- rev
+			offerLatest(p.nudge, rev)
 		}
 	}
 	var ids []uint64
@@ -789,6 +784,19 @@ func (w *watch) nudge(ctx context.Context, resolved map[uint64]uint64, unknown [
 			delete(w.nudging, id)
 			w.nudgeMu.Unlock()
 		}(id, st.Desc)
+	}
+}
+
+// offerLatest puts rev in c (capacity 1), replacing a revision not taken
+// yet: only the latest nudge matters.
+func offerLatest(c chan uint64, rev uint64) {
+	select {
+	case <-c:
+	default:
+	}
+	select {
+	case c <- rev:
+	default: // another sender filled it meanwhile: as good
 	}
 }
 
@@ -835,10 +843,7 @@ func (w *Watcher) Watch(stream pandopb.Watch_WatchServer) error {
 	ended := func(id int64, err error) *pandopb.WatchResponse {
 		r := &pandopb.WatchResponse{WatchId: id, Canceled: true}
 		if err != nil && !errors.Is(err, context.Canceled) {
-			r.CancelReason = err.Error()
-			if st, ok := status.FromError(kv.ToStatus(err)); ok {
-				r.CancelStatus, _ = proto.Marshal(st.Proto())
-			}
+			r.CancelReason, r.CancelStatus = err.Error(), kv.WatchCancelStatus(err)
 		}
 		return r
 	}
@@ -947,14 +952,7 @@ func (w *Watcher) Watch(stream pandopb.Watch_WatchServer) error {
 			r := watches[op.Nudge.WatchId]
 			mu.Unlock()
 			if r != nil {
-				select { // the latest revision replaces one not taken yet
-				case <-r.nudges:
-				default:
-				}
-				select {
-				case r.nudges <- op.Nudge.Revision:
-				default:
-				}
+				offerLatest(r.nudges, op.Nudge.Revision)
 			}
 		case *pandopb.WatchStreamRequest_Progress:
 			mu.Lock()

@@ -12,23 +12,11 @@ import (
 	"github.com/pando/pando/storage"
 )
 
-func closeCmd(rev uint64) *pandopb.Command {
-	return &pandopb.Command{Op: &pandopb.Command_CloseRevision{CloseRevision: &pandopb.CloseRevisionOp{Revision: rev}}}
-}
-
-func compactCmd(rev uint64) *pandopb.Command {
-	return &pandopb.Command{Op: &pandopb.Command_Compact{Compact: &pandopb.CompactOp{Revision: rev}}}
-}
-
-// One range's history through its commands: writes keep what they
-// supersede, a close refuses later writes at or below it, a compaction
-// drops what no read at or after it sees and never goes back, and a split
-// hands both revisions to the new range.
-func TestRangeHistoryCloseAndCompact(t *testing.T) {
-	e := openEngine(t)
-	st := rangeState(1)
+// applier applies commands to st one log index after another, each in a
+// batch of its own committed at once, at revision rev when it is not 0.
+func applier(t *testing.T, e *storage.Engine, st *pandopb.RangeState) func(cmd *pandopb.Command, rev uint64) replica.Result {
 	index := uint64(0)
-	run := func(cmd *pandopb.Command, rev uint64) replica.Result {
+	return func(cmd *pandopb.Command, rev uint64) replica.Result {
 		t.Helper()
 		index++
 		if rev != 0 {
@@ -45,6 +33,24 @@ func TestRangeHistoryCloseAndCompact(t *testing.T) {
 		}
 		return res
 	}
+}
+
+func closeCmd(rev uint64) *pandopb.Command {
+	return &pandopb.Command{Op: &pandopb.Command_CloseRevision{CloseRevision: &pandopb.CloseRevisionOp{Revision: rev}}}
+}
+
+func compactCmd(rev uint64) *pandopb.Command {
+	return &pandopb.Command{Op: &pandopb.Command_Compact{Compact: &pandopb.CompactOp{Revision: rev}}}
+}
+
+// One range's history through its commands: writes keep what they
+// supersede, a close refuses later writes at or below it, a compaction
+// drops what no read at or after it sees and never goes back, and a split
+// hands both revisions to the new range.
+func TestRangeHistoryCloseAndCompact(t *testing.T) {
+	e := openEngine(t)
+	st := rangeState(1)
+	run := applier(t, e, st)
 	at := func(key string, rev uint64) string {
 		t.Helper()
 		rec, found, err := storage.GetAt(e.DB(), []byte(key), rev)
@@ -109,7 +115,7 @@ func TestRangeHistoryCloseAndCompact(t *testing.T) {
 	b := e.DB().NewIndexedBatch()
 	defer b.Close()
 	split := &pandopb.Command{Op: &pandopb.Command_Split{Split: &pandopb.SplitOp{SplitKey: []byte("m"), NewRangeId: 9, ExpectedGeneration: st.Desc.Generation}}}
-	if res, _, err := replica.Apply(b, st, index+1, split); err != nil || res.Err != nil {
+	if res, _, err := replica.Apply(b, st, 100, split); err != nil || res.Err != nil { // an index past every one run applied
 		t.Fatal(err, res.Err)
 	}
 	right, _, err := storage.ReadRangeState(b, 9)
@@ -124,22 +130,7 @@ func TestRangeHistoryCloseAndCompact(t *testing.T) {
 func TestRangeDelete(t *testing.T) {
 	e := openEngine(t)
 	st := &pandopb.RangeState{Desc: &pandopb.RangeDescriptor{Id: 1, EndKey: []byte("m"), Replicas: []uint64{1, 2, 3}, Generation: 1}}
-	index := uint64(0)
-	run := func(cmd *pandopb.Command, rev uint64) replica.Result {
-		t.Helper()
-		index++
-		cmd.Revision = rev
-		b := e.DB().NewIndexedBatch()
-		defer b.Close()
-		res, _, err := replica.Apply(b, st, index, cmd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := b.Commit(pebble.NoSync); err != nil {
-			t.Fatal(err)
-		}
-		return res
-	}
+	run := applier(t, e, st)
 	for i, k := range []string{"a", "b", "c", "d"} {
 		run(putCmd(k, "v"), uint64(10+i))
 	}

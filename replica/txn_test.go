@@ -4,8 +4,6 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/cockroachdb/pebble/v2"
-
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/replica"
@@ -40,22 +38,7 @@ func cmpOf(k string, target pandopb.Compare_Target, r pandopb.Compare_Result, n 
 func TestTxnAppliesOneBranchAtOneRevision(t *testing.T) {
 	e := openEngine(t)
 	st := rangeState(1)
-	index := uint64(0)
-	run := func(cmd *pandopb.Command, rev uint64) replica.Result {
-		t.Helper()
-		index++
-		cmd.Revision = rev
-		b := e.DB().NewIndexedBatch()
-		defer b.Close()
-		res, _, err := replica.Apply(b, st, index, cmd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := b.Commit(pebble.NoSync); err != nil {
-			t.Fatal(err)
-		}
-		return res
-	}
+	run := applier(t, e, st)
 	get := func(k string) (storage.Record, bool) {
 		t.Helper()
 		rec, found, err := storage.Get(e.DB(), []byte(k))
@@ -134,11 +117,13 @@ func TestTxnAppliesOneBranchAtOneRevision(t *testing.T) {
 	}
 
 	// Refused, nothing written: a key written twice, a key outside.
+	rev := uint64(60)
 	for name, cmd := range map[string]*pandopb.Command{
 		"put twice":             txnCmd(nil, []*pandopb.TxnRequestOp{tput("x", "1"), tput("x", "2")}, nil),
 		"put in a deleted span": txnCmd(nil, []*pandopb.TxnRequestOp{tdel("w", "y"), tput("x", "2")}, nil),
 	} {
-		res := run(cmd, 60+index)
+		rev++
+		res := run(cmd, rev)
 		if !errors.Is(res.Err, kv.ErrInvalidArgument) {
 			t.Fatalf("%s: %v", name, res.Err)
 		}

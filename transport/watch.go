@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 
-	spb "google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pando/pando/api/pandopb"
@@ -54,11 +52,7 @@ func (t *Transport) WatchPeer(ctx context.Context, id uint64, req *pandopb.Watch
 			return kv.FromStatus(err)
 		}
 		if resp.Canceled {
-			st := &spb.Status{}
-			if len(resp.CancelStatus) > 0 && proto.Unmarshal(resp.CancelStatus, st) == nil {
-				return kv.FromStatus(status.ErrorProto(st))
-			}
-			return fmt.Errorf("%w: node %d cancelled the watch: %s", kv.ErrUnavailable, id, resp.CancelReason)
+			return kv.FromWatchCancel(resp.CancelStatus, resp.CancelReason, fmt.Sprint("node ", id))
 		}
 		if err := recv(resp); err != nil {
 			return err
