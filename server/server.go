@@ -331,7 +331,10 @@ type Server struct {
 	mux      cmux.CMux
 	lis      net.Listener
 	draining atomic.Bool
-	inflight sync.WaitGroup
+	// inflight counts the client requests being served, for Stop to wait
+	// on (a counter, not a WaitGroup: requests may still arrive while Stop
+	// waits, and a WaitGroup's Add must not race its Wait at zero).
+	inflight atomic.Int64
 	stopping chan struct{}
 	// bg: the background loops started by Start (waitBackground).
 	bg       sync.WaitGroup
@@ -670,7 +673,7 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 		return nil, kv.ToStatus(err)
 	}
 	s.inflight.Add(1)
-	defer s.inflight.Done()
+	defer s.inflight.Add(-1)
 	start := time.Now()
 	resp, err := h(ctx, req)
 	op := info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:]
@@ -705,7 +708,7 @@ func (c *ctxStream) Context() context.Context { return c.ctx }
 func (s *Server) instrumentHTTP(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s.inflight.Add(1)
-		defer s.inflight.Done()
+		defer s.inflight.Add(-1)
 		sw := &statusWriter{ResponseWriter: w, code: 200}
 		start := time.Now()
 		h(sw, r)
@@ -760,7 +763,7 @@ func (s *Server) stop(ctx context.Context) error {
 	// peers' Raft streams end once client requests have drained.
 	grpcDone := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(grpcDone) }()
-	waitTimeout(&s.inflight, 10*time.Second)
+	waitIdle(&s.inflight, 10*time.Second)
 	close(s.stopping) // ends peers' Raft streams (see streamInterceptor)
 	select {
 	case <-grpcDone:
@@ -795,6 +798,14 @@ func (s *Server) Kill() {
 		s.waitBackground()
 		s.engine.Close()
 	})
+}
+
+// waitIdle waits up to d for n to reach zero.
+func waitIdle(n *atomic.Int64, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for n.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
