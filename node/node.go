@@ -386,13 +386,25 @@ func (n *Node) call(ctx context.Context, f func()) error {
 	case <-n.stopc:
 		return kv.ErrStopped
 	}
+	// Once handed to the loop, f runs soon (the loop runs its functions
+	// between cycles): wait for it even past ctx, since f writes what the
+	// caller reads on return. If the node stops first, the loop's end
+	// means f will not run (or has run).
 	select {
 	case <-done:
 		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-n.stopc:
+	case <-n.donec:
 		return kv.ErrStopped
+	case <-n.stopc:
+		if !n.started.Load() {
+			return kv.ErrStopped // no loop ever ran f
+		}
+		select {
+		case <-done:
+			return nil
+		case <-n.donec:
+			return kv.ErrStopped
+		}
 	}
 }
 
