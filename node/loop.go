@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"runtime"
 	"slices"
 	"time"
@@ -567,8 +568,52 @@ func (n *Node) advance(c *cycle) {
 		n.releaseReads(x.r)
 	}
 	for _, r := range c.removed {
+		// A later change of the same cycle may have added this node back
+		// (a move back onto it while it lagged): its log is then the
+		// new member's log, which it may have acknowledged already, and
+		// destroying it would lose entries a quorum counted.
+		// The same holds for a change that adds it back further on in
+		// its log, not applied yet.
+		if d := r.storage.State().Desc; d != nil && slices.Contains(d.Replicas, n.cfg.ID) || n.addedBackLater(r) {
+			n.log.Info("kept a replica added back after its removal", "range", r.id)
+			continue
+		}
 		n.destroy(r, "a membership change removed this node from the range")
 	}
+}
+
+// addedBackLater reports whether r's log, past what it applied, holds a
+// membership change that adds this node back.
+func (n *Node) addedBackLater(r *group) bool {
+	last, _ := r.storage.LastIndex()
+	if last <= r.applied {
+		return false
+	}
+	ents, err := r.storage.Entries(r.applied+1, last+1, math.MaxUint64)
+	if err != nil {
+		return true // cannot tell: keep it (a newer descriptor removes it later)
+	}
+	for _, e := range ents {
+		var ccs []raftpb.ConfChangeSingle
+		switch e.Type {
+		case raftpb.EntryConfChange:
+			var cc raftpb.ConfChange
+			if cc.Unmarshal(e.Data) == nil {
+				ccs = cc.AsV2().Changes
+			}
+		case raftpb.EntryConfChangeV2:
+			var cc raftpb.ConfChangeV2
+			if cc.Unmarshal(e.Data) == nil {
+				ccs = cc.Changes
+			}
+		}
+		for _, c := range ccs {
+			if c.NodeID == n.cfg.ID && c.Type != raftpb.ConfChangeRemoveNode {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // yieldToSenders lets the transport's peer goroutines that Send just woke
