@@ -135,6 +135,11 @@ func (d Direct) Scan(ctx context.Context, req *pandopb.ScanRequest) (*pandopb.Sc
 	return d.s.scan(ctx, req)
 }
 
+// Txn is Service.Txn with a kv error.
+func (d Direct) Txn(ctx context.Context, req *pandopb.TxnRequest) (*pandopb.TxnResponse, error) {
+	return d.s.txn(ctx, req)
+}
+
 // Compact is Service.Compact with a kv error.
 func (d Direct) Compact(ctx context.Context, req *pandopb.CompactRequest) (*pandopb.CompactResponse, error) {
 	return d.s.compact(ctx, req)

@@ -108,6 +108,21 @@ func requestContext(r *http.Request) (context.Context, context.CancelFunc, error
 	return r.Context(), func() {}, nil
 }
 
+// readBody reads a request's body, refusing one over the request size
+// limit (413).
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	limit := int64(s.cfg.Limits.MaxRequestSize)
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, fmt.Errorf("%w: body over %d bytes", kv.ErrRequestTooLarge, limit)
+		}
+		return nil, httpapi.BadRequest("reading body: %v", err)
+	}
+	return b, nil
+}
+
 func (s *Server) handleKV(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel, err := requestContext(r)
 	if err != nil {
@@ -165,15 +180,9 @@ func (s *Server) handleKV(w http.ResponseWriter, r *http.Request) {
 			httpapi.WriteError(w, err)
 			return
 		}
-		limit := int64(s.cfg.Limits.MaxRequestSize)
-		value, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+		value, err := s.readBody(w, r)
 		if err != nil {
-			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
-				httpapi.WriteError(w, fmt.Errorf("%w: body over %d bytes", kv.ErrRequestTooLarge, limit))
-				return
-			}
-			httpapi.WriteError(w, httpapi.BadRequest("reading body: %v", err))
+			httpapi.WriteError(w, err)
 			return
 		}
 		resp, err := s.svc.Direct().Put(ctx, &pandopb.PutRequest{Key: key, Value: value, Cas: cas, ExpectedVersion: expected})
@@ -287,6 +296,35 @@ func (s *Server) handleScan(ctx context.Context, w http.ResponseWriter, q url.Va
 	}
 	w.Header().Set("Pando-Revision", strconv.FormatUint(resp.Revision, 10))
 	httpapi.WriteJSON(w, http.StatusOK, out)
+}
+
+// handleTxn is POST /v1/txn: a transaction within one range (etcd's Txn),
+// its body and answer in httpapi's JSON form (httpapi.TxnRequest,
+// httpapi.TxnAnswer).
+func (s *Server) handleTxn(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel, err := requestContext(r)
+	if err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	defer cancel()
+	body, err := s.readBody(w, r)
+	if err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	req, err := httpapi.ParseTxn(body)
+	if err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	resp, err := s.svc.Direct().Txn(ctx, req)
+	if err != nil {
+		httpapi.WriteError(w, err)
+		return
+	}
+	w.Header().Set("Pando-Revision", strconv.FormatUint(resp.Revision, 10))
+	httpapi.WriteJSON(w, http.StatusOK, httpapi.TxnAnswerOf(resp))
 }
 
 // handleCompact is POST /v1/compact?revision=N: every range drops the

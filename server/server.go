@@ -583,6 +583,7 @@ func (s *Server) Start() error {
 	api.HandleFunc("/v1/kv/", s.instrumentHTTP(s.handleKV))
 	api.HandleFunc("GET /v1/status", s.handleStatus)
 	api.HandleFunc("POST /v1/compact", s.instrumentHTTP(s.handleCompact))
+	api.HandleFunc("POST /v1/txn", s.instrumentHTTP(s.handleTxn))
 	api.HandleFunc("GET /v1/watch", s.handleWatch)
 	api.HandleFunc("GET /v1/watch/", s.handleWatch)
 	s.dash.Register(api)

@@ -250,7 +250,7 @@ func parseVersion(s string) (uint64, error) {
 }
 
 func clientCmds() []*cobra.Command {
-	return []*cobra.Command{getCmd(), putCmd(), delCmd(), casCmd(), scanCmd(), compactCmd(), watchCmd(), historyCmd(), statusCmd()}
+	return []*cobra.Command{getCmd(), putCmd(), delCmd(), casCmd(), txnCmd(), scanCmd(), compactCmd(), watchCmd(), historyCmd(), statusCmd()}
 }
 
 func getCmd() *cobra.Command {
