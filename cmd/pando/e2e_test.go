@@ -431,20 +431,25 @@ func TestProcessGracefulStopFailsNoRequest(t *testing.T) {
 	}
 }
 
+// exitOf runs cmd and returns its combined output and exit status (a
+// failure to start it fails the test).
+func exitOf(t *testing.T, cmd *exec.Cmd) (string, int) {
+	t.Helper()
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(out), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), 0
+}
+
 func TestCLI(t *testing.T) {
 	pc := startProcs(t, 1)
 	ep := "--endpoints=" + pc.addrs[0]
-	run := func(args ...string) (string, int) {
-		out, err := exec.Command(pc.bin, args...).CombinedOutput()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return string(out), ee.ExitCode()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(out), 0
-	}
+	run := func(args ...string) (string, int) { return exitOf(t, exec.Command(pc.bin, args...)) }
 	pc.leader()
 	for _, tc := range []struct {
 		args []string
@@ -556,17 +561,7 @@ func TestDemoStartsAndStopsOnInterrupt(t *testing.T) {
 func TestProcessesCheckFindsAndRepairsDivergence(t *testing.T) {
 	pc := startProcs(t, 3)
 	eps := "--endpoints=" + strings.Join(pc.addrs, ",")
-	run := func(args ...string) (string, int) {
-		out, err := exec.Command(pc.bin, args...).CombinedOutput()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return string(out), ee.ExitCode()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(out), 0
-	}
+	run := func(args ...string) (string, int) { return exitOf(t, exec.Command(pc.bin, args...)) }
 	for i := 0; i < 20; i++ {
 		if out, code := run("put", fmt.Sprintf("k%02d", i), fmt.Sprintf("v%02d", i), eps); code != 0 {
 			t.Fatalf("put: %d %s", code, out)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os/exec"
 	"reflect"
@@ -131,15 +130,7 @@ func TestCLITxn(t *testing.T) {
 		t.Helper()
 		cmd := exec.Command(pc.bin, append(args, ep)...)
 		cmd.Stdin = strings.NewReader(stdin)
-		out, err := cmd.CombinedOutput()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return string(out), ee.ExitCode()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(out), 0
+		return exitOf(t, cmd)
 	}
 	pc.leader()
 	for _, tc := range []struct {

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -100,17 +99,7 @@ func TestCLIWatchHistoryAndCompact(t *testing.T) {
 	var firstRev uint64
 	fmt.Sscanf(got[0], "%d", &firstRev)
 
-	run := func(args ...string) (string, int) {
-		out, err := exec.Command(pc.bin, append(args, ep)...).CombinedOutput()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return string(out), ee.ExitCode()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(out), 0
-	}
+	run := func(args ...string) (string, int) { return exitOf(t, exec.Command(pc.bin, append(args, ep)...)) }
 	if out, code := run("history", "svc/a"); code != 0 || !strings.Contains(out, `"three"`) || !strings.Contains(out, "one-") {
 		t.Fatalf("history: exit %d %s", code, out)
 	}
