@@ -2,7 +2,7 @@ GO ?= go
 PROTOC_GEN_GO_VERSION = v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION = v1.5.1
 
-.PHONY: build test test-short proto bench fuzz soak faults bench-compare bench-watch bench-history-bytes bench-ranges browser-deps test-browser docker-image docker-smoke
+.PHONY: build test test-short proto bench fuzz soak faults bench-compare bench-watch bench-history-bytes bench-ranges bench-election browser-deps test-browser docker-image docker-smoke
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/pando ./cmd/pando
@@ -64,6 +64,10 @@ bench-watch:
 # default); about a minute.
 bench-history-bytes:
 	bash bench/history-bytes.sh
+# bench-election: ten takeovers after a SIGKILL of the leading worker process
+# (examples/election, TTL 2s, three candidates on a three-node cluster); prints the worst.
+bench-election:
+	PANDO_BENCH_ELECTION=1 $(GO) test ./examples/election -run TestElectionFailoverWorstOf10 -count=1 -v
 # browser-deps installs Debian's chromium for the dashboard's browser test
 # (TestDashboardShowsFailoverInBrowser skips without it).
 browser-deps:

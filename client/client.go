@@ -751,13 +751,15 @@ type KeyValue struct {
 	// write that created it and of its last write.
 	Version                     uint64
 	CreateRevision, ModRevision uint64
+	// Lease is the lease the key is attached to (0: none).
+	Lease int64
 	// Revision (Get only) is the revision the read observed.
 	Revision uint64
 }
 
 // keyValueOf is the client's form of a key as the API sends it.
 func keyValueOf(kv *pandopb.KeyValue) KeyValue {
-	return KeyValue{Key: kv.Key, Value: kv.Value, Version: kv.Version, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision}
+	return KeyValue{Key: kv.Key, Value: kv.Value, Version: kv.Version, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, Lease: kv.Lease}
 }
 
 // WriteResult is what a put did: the key's version after it, the put's
@@ -807,19 +809,37 @@ func (c *Client) Get(ctx context.Context, key []byte, opts ...ReadOption) (*KeyV
 		return nil, fmt.Errorf("%w: %q", kv.ErrNotFound, key)
 	}
 	return &KeyValue{Key: key, Value: resp.Value, Version: resp.Version, CreateRevision: resp.CreateRevision,
-		ModRevision: resp.ModRevision, Revision: resp.Revision}, nil
+		ModRevision: resp.ModRevision, Lease: resp.Lease, Revision: resp.Revision}, nil
+}
+
+// PutOption changes what a put writes.
+type PutOption func(*putOpts)
+
+type putOpts struct{ lease int64 }
+
+// WithLease attaches the key to lease id (Grant): the key is deleted when
+// the lease expires or is revoked. A put without it detaches the key from
+// any lease, as etcd's does.
+func WithLease(id int64) PutOption { return func(o *putOpts) { o.lease = id } }
+
+func putRequest(key, value []byte, opts []PutOption) *pandopb.PutRequest {
+	var o putOpts
+	for _, f := range opts {
+		f(&o)
+	}
+	return &pandopb.PutRequest{Key: key, Value: value, Lease: o.lease}
 }
 
 // Put writes a key and returns its new version. The write carries an
 // idempotency key, so it is retried safely: it is applied at most once.
-func (c *Client) Put(ctx context.Context, key, value []byte) (uint64, error) {
-	res, err := c.put(ctx, &pandopb.PutRequest{Key: key, Value: value})
+func (c *Client) Put(ctx context.Context, key, value []byte, opts ...PutOption) (uint64, error) {
+	res, err := c.put(ctx, putRequest(key, value, opts))
 	return res.Version, err
 }
 
 // PutResult is Put answering with the put's revisions as well.
-func (c *Client) PutResult(ctx context.Context, key, value []byte) (WriteResult, error) {
-	return c.put(ctx, &pandopb.PutRequest{Key: key, Value: value})
+func (c *Client) PutResult(ctx context.Context, key, value []byte, opts ...PutOption) (WriteResult, error) {
+	return c.put(ctx, putRequest(key, value, opts))
 }
 
 // CompareAndSwap writes value only if the key's version is expected (0:

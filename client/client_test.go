@@ -54,6 +54,8 @@ func (f *fakeNodes) callsTo(addr string) int {
 }
 
 type fakeKV struct {
+	// The methods these tests do not call (leases) are left unimplemented.
+	pandopb.KVClient
 	f    *fakeNodes
 	addr string
 }

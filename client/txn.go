@@ -40,6 +40,10 @@ func CreateRevision(key string) CmpTarget { return CmpTarget{[]byte(key), pandop
 // ModRevision compares a key's last write's revision (0: absent).
 func ModRevision(key string) CmpTarget { return CmpTarget{[]byte(key), pandopb.Compare_MOD} }
 
+// LeaseOf compares the ID of the lease a key is attached to (0: none, or
+// absent), as etcd's LeaseValue.
+func LeaseOf(key string) CmpTarget { return CmpTarget{[]byte(key), pandopb.Compare_LEASE} }
+
 // Value compares a key's value (false for an absent key, whatever the
 // operator).
 func Value(key string) CmpTarget { return CmpTarget{[]byte(key), pandopb.Compare_VALUE} }
@@ -66,9 +70,13 @@ func (t CmpTarget) ValueLess(v string) Cmp    { return t.cmp(pandopb.Compare_LES
 // Op is one operation of a transaction's branch.
 type Op struct{ op *pandopb.TxnRequestOp }
 
-// OpPut writes a key.
-func OpPut(key, value string) Op {
-	return Op{&pandopb.TxnRequestOp{Op: &pandopb.TxnRequestOp_Put{Put: &pandopb.TxnPut{Key: []byte(key), Value: []byte(value)}}}}
+// OpPut writes a key (WithLease attaches it to a lease).
+func OpPut(key, value string, opts ...PutOption) Op {
+	var o putOpts
+	for _, f := range opts {
+		f(&o)
+	}
+	return Op{&pandopb.TxnRequestOp{Op: &pandopb.TxnRequestOp_Put{Put: &pandopb.TxnPut{Key: []byte(key), Value: []byte(value), Lease: o.lease}}}}
 }
 
 // OpDelete removes a key.

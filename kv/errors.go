@@ -45,6 +45,11 @@ var (
 	// ErrUnauthenticated: the caller did not prove who it is (bearer token
 	// or certificate) for what it asked.
 	ErrUnauthenticated = errors.New("pando: unauthenticated")
+	// ErrLeaseNotFound: the lease named does not exist (never granted, or
+	// expired or revoked), as etcd's "requested lease not found".
+	ErrLeaseNotFound = errors.New("pando: requested lease not found")
+	// ErrLeaseExists: a grant named the ID of a lease that exists.
+	ErrLeaseExists = errors.New("pando: lease already exists")
 )
 
 // VersionMismatchError is returned by a compare-and-swap whose expected

@@ -33,6 +33,8 @@ var reasons = map[string]error{
 	"UNAUTHENTICATED":   ErrUnauthenticated,
 	"COMPACTED":         ErrCompacted,
 	"FUTURE_REVISION":   ErrFutureRevision,
+	"LEASE_NOT_FOUND":   ErrLeaseNotFound,
+	"LEASE_EXISTS":      ErrLeaseExists,
 }
 
 // ToStatus converts an error into a gRPC status error. It is the only place
@@ -63,6 +65,10 @@ func ToStatus(err error) error {
 		}
 	case errors.Is(err, ErrNotFound):
 		code, info.Reason = codes.NotFound, "NOT_FOUND"
+	case errors.Is(err, ErrLeaseNotFound):
+		code, info.Reason = codes.NotFound, "LEASE_NOT_FOUND"
+	case errors.Is(err, ErrLeaseExists):
+		code, info.Reason = codes.FailedPrecondition, "LEASE_EXISTS"
 	case errors.Is(err, ErrKeyTooLarge):
 		code, info.Reason = codes.InvalidArgument, "KEY_TOO_LARGE"
 	case errors.Is(err, ErrValueTooLarge):

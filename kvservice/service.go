@@ -14,6 +14,7 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
+	"github.com/pando/pando/lease"
 	"github.com/pando/pando/load"
 	"github.com/pando/pando/node"
 	"github.com/pando/pando/replica"
@@ -56,6 +57,11 @@ type Service struct {
 	sessions       resilience.Sessions
 	// oracle hands out revisions when this node leads the meta range.
 	oracle *tso.Oracle
+	// lessor serves leases when this node leads the meta range;
+	// orphanScan is how often range leaders look for keys of leases gone
+	// (0: DefaultOrphanScan).
+	lessor     *lease.Lessor
+	orphanScan time.Duration
 	// watches counts the watches served now.
 	watches atomic.Int64
 	// onCompact, when set, hears of every compaction of every range done
@@ -85,6 +91,7 @@ func NewService(n *node.Node, peers Peers, limits kv.Limits, timeout time.Durati
 	if n != nil {
 		local = n
 		s.oracle = tso.New(n, tso.Config{})
+		s.lessor = lease.New(n, lease.Config{Sweep: s.sweepLeases, Keys: s.leasedKeys})
 		n.SetRevisionSource(s.Revisions, s.oracle.TryAlloc)
 		n.SetBeforeTransfer(func(ctx context.Context, rangeID uint64) {
 			if rangeID == storage.MetaRangeID {
@@ -259,7 +266,7 @@ func (s *Service) get(ctx context.Context, req *pandopb.GetRequest) (*pandopb.Ge
 			at = st.LastRevision
 		}
 		return &pandopb.GetResponse{Found: found, Value: rec.Value, Version: rec.Version,
-			CreateRevision: rec.CreateRevision, ModRevision: rec.ModRevision, Revision: at}, nil
+			CreateRevision: rec.CreateRevision, ModRevision: rec.ModRevision, Revision: at, Lease: rec.Lease}, nil
 	}
 	if req.Consistency == pandopb.Consistency_STALE || rev != 0 {
 		// A stale read, or one at a revision this replica has passed.
@@ -327,6 +334,8 @@ type kvWrite interface {
 type writeOp[Req kvWrite, Resp any] struct {
 	// check validates what only this kind of request carries (nil: nothing).
 	check func(*Service, Req) error
+	// prepare runs on the range's leader before it proposes (nil: nothing).
+	prepare func(context.Context, *Service, Req) error
 	// keyed is the request with the idempotency key (clientID, seq).
 	keyed func(req Req, clientID, seq uint64) Req
 	// command is the Raft command the range's leader proposes for req.
@@ -339,12 +348,16 @@ type writeOp[Req kvWrite, Resp any] struct {
 
 var putOp = writeOp[*pandopb.PutRequest, *pandopb.PutResponse]{
 	check: func(s *Service, req *pandopb.PutRequest) error { return s.limits.CheckValue(req.Value) },
+	// The lease a put attaches its key to must exist.
+	prepare: func(ctx context.Context, s *Service, req *pandopb.PutRequest) error {
+		return s.checkLease(ctx, req.Lease)
+	},
 	keyed: func(req *pandopb.PutRequest, clientID, seq uint64) *pandopb.PutRequest {
-		return &pandopb.PutRequest{Key: req.Key, Value: req.Value, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion, ClientId: clientID, Seq: seq}
+		return &pandopb.PutRequest{Key: req.Key, Value: req.Value, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion, ClientId: clientID, Seq: seq, Lease: req.Lease}
 	},
 	command: func(req *pandopb.PutRequest) *pandopb.Command {
 		return &pandopb.Command{ClientId: req.ClientId, Seq: req.Seq, Op: &pandopb.Command_Put{Put: &pandopb.PutOp{
-			Key: req.Key, Value: req.Value, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion}}}
+			Key: req.Key, Value: req.Value, Cas: req.Cas, ExpectedVersion: req.ExpectedVersion, Lease: req.Lease}}}
 	},
 	answer: func(res replica.Result) *pandopb.PutResponse {
 		return &pandopb.PutResponse{Version: res.Version, Revision: res.Revision, CreateRevision: res.CreateRevision}
@@ -371,6 +384,9 @@ var deleteOp = writeOp[*pandopb.DeleteRequest, *pandopb.DeleteResponse]{
 }
 
 func (s *Service) put(ctx context.Context, req *pandopb.PutRequest) (*pandopb.PutResponse, error) {
+	if req.Lease < 0 {
+		return nil, fmt.Errorf("%w: lease %d (IDs are positive)", kv.ErrInvalidArgument, req.Lease)
+	}
 	return write(ctx, s, req, &putOp)
 }
 
@@ -489,6 +505,11 @@ func write[Req kvWrite, Resp any](ctx context.Context, s *Service, req Req, op *
 		req = op.keyed(req, sess.ID, sess.Next())
 	}
 	err := s.route(ctx, req.GetKey(), true, func(rid uint64) error {
+		if op.prepare != nil {
+			if err := op.prepare(ctx, s, req); err != nil {
+				return err
+			}
+		}
 		res, err := s.node.Propose(ctx, rid, op.command(req))
 		if err == nil {
 			resp = op.answer(res)
@@ -685,7 +706,7 @@ func (s *Service) readSpan(rangeID uint64, start, end []byte, limit int, at uint
 		resp.Count = *count
 	}
 	for i, x := range kvs {
-		resp.Items[i] = &pandopb.KeyValue{Key: x.Key, Value: x.Value, Version: x.Version, CreateRevision: x.CreateRevision, ModRevision: x.ModRevision}
+		resp.Items[i] = &pandopb.KeyValue{Key: x.Key, Value: x.Value, Version: x.Version, CreateRevision: x.CreateRevision, ModRevision: x.ModRevision, Lease: x.Lease}
 	}
 	switch {
 	case more && reverse:

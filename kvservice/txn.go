@@ -50,6 +50,16 @@ func (s *Service) txn(ctx context.Context, req *pandopb.TxnRequest) (*pandopb.Tx
 		if err := replica.CheckTxn(st.Desc, op); err != nil {
 			return crossRange(err, st.Desc)
 		}
+		// The leases its puts attach keys to must exist.
+		for _, branch := range [][]*pandopb.TxnRequestOp{op.Success, op.Failure} {
+			for _, o := range branch {
+				if p := o.GetPut(); p != nil {
+					if err := s.checkLease(ctx, p.Lease); err != nil {
+						return err
+					}
+				}
+			}
+		}
 		res, err := s.node.Propose(ctx, rid, &pandopb.Command{ClientId: req.ClientId, Seq: req.Seq, Op: &pandopb.Command_Txn{Txn: op}})
 		if err != nil {
 			return err

@@ -708,13 +708,13 @@ func (w *watch) emit(pending []node.FeedEvent, bound uint64, lastSend *time.Time
 
 func watchEvent(ev node.FeedEvent, prevKV bool) *pandopb.WatchEvent {
 	out := &pandopb.WatchEvent{Type: pandopb.WatchEvent_PUT, Kv: &pandopb.KeyValue{Key: ev.Key, Value: ev.Value, Version: ev.Version,
-		CreateRevision: ev.CreateRevision, ModRevision: ev.Revision}}
+		CreateRevision: ev.CreateRevision, ModRevision: ev.Revision, Lease: ev.Lease}}
 	if ev.Delete {
 		out = &pandopb.WatchEvent{Type: pandopb.WatchEvent_DELETE, Kv: &pandopb.KeyValue{Key: ev.Key, ModRevision: ev.Revision}}
 	}
 	if prevKV && ev.HasPrev {
 		p := ev.Prev
-		out.PrevKv = &pandopb.KeyValue{Key: ev.Key, Value: p.Value, Version: p.Version, CreateRevision: p.CreateRevision, ModRevision: p.ModRevision}
+		out.PrevKv = &pandopb.KeyValue{Key: ev.Key, Value: p.Value, Version: p.Version, CreateRevision: p.CreateRevision, ModRevision: p.ModRevision, Lease: p.Lease}
 	}
 	return out
 }
@@ -722,22 +722,23 @@ func watchEvent(ev node.FeedEvent, prevKV bool) *pandopb.WatchEvent {
 // feedEventOf is a remote part's change as the feed has it.
 func feedEventOf(ev *pandopb.WatchEvent) node.FeedEvent {
 	kv := ev.GetKv()
-	fe := node.FeedEvent{Key: kv.GetKey(), Revision: kv.GetModRevision(), Value: kv.GetValue(), Version: kv.GetVersion(), CreateRevision: kv.GetCreateRevision()}
+	fe := node.FeedEvent{Key: kv.GetKey(), Revision: kv.GetModRevision(), Value: kv.GetValue(), Version: kv.GetVersion(), CreateRevision: kv.GetCreateRevision(),
+		Lease: kv.GetLease()}
 	if ev.Type == pandopb.WatchEvent_DELETE {
-		fe.Value, fe.Version, fe.CreateRevision, fe.Delete = nil, 0, 0, true
+		fe.Value, fe.Version, fe.CreateRevision, fe.Lease, fe.Delete = nil, 0, 0, 0, true
 	}
 	if p := ev.PrevKv; p != nil {
 		fe.HasPrev = true
-		fe.Prev = storage.Record{Value: p.Value, Version: p.Version, CreateRevision: p.CreateRevision, ModRevision: p.ModRevision}
+		fe.Prev = storage.Record{Value: p.Value, Version: p.Version, CreateRevision: p.CreateRevision, ModRevision: p.ModRevision, Lease: p.Lease}
 	}
 	return fe
 }
 
 func feedEvent(c storage.Change) node.FeedEvent {
 	ev := node.FeedEvent{Key: c.Key, Revision: c.Record.ModRevision, Value: c.Record.Value, Version: c.Record.Version,
-		CreateRevision: c.Record.CreateRevision, Prev: c.Prev, HasPrev: c.HasPrev}
+		CreateRevision: c.Record.CreateRevision, Lease: c.Record.Lease, Prev: c.Prev, HasPrev: c.HasPrev}
 	if c.Delete {
-		ev.Value, ev.Version, ev.CreateRevision, ev.Delete = nil, 0, 0, true
+		ev.Value, ev.Version, ev.CreateRevision, ev.Lease, ev.Delete = nil, 0, 0, 0, true
 	}
 	return ev
 }

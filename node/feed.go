@@ -29,6 +29,7 @@ type FeedEvent struct {
 	// A put's record: the value, and the key's version and creation after it.
 	Value                   []byte
 	Version, CreateRevision uint64
+	Lease                   int64
 	// Prev is the key's record before the change (HasPrev: it existed).
 	Prev    storage.Record
 	HasPrev bool
@@ -183,7 +184,7 @@ func (n *Node) noteWrite(rangeID uint64, cmd *pandopb.Command, res replica.Resul
 	switch op := cmd.Op.(type) {
 	case *pandopb.Command_Put:
 		ev = FeedEvent{Key: op.Put.Key, Revision: res.Revision, Value: op.Put.Value, Version: res.Version, CreateRevision: res.CreateRevision,
-			Prev: res.Prev, HasPrev: res.HasPrev}
+			Lease: op.Put.Lease, Prev: res.Prev, HasPrev: res.HasPrev}
 	case *pandopb.Command_Delete:
 		if !res.Deleted {
 			return
@@ -198,7 +199,12 @@ func (n *Node) noteWrite(rangeID uint64, cmd *pandopb.Command, res replica.Resul
 	case *pandopb.Command_Txn:
 		for _, c := range res.TxnChanges {
 			n.addPending(rangeID, FeedEvent{Key: c.Key, Delete: c.Delete, Revision: res.Revision, Value: c.Record.Value,
-				Version: c.Record.Version, CreateRevision: c.Record.CreateRevision, Prev: c.Prev, HasPrev: c.HasPrev})
+				Version: c.Record.Version, CreateRevision: c.Record.CreateRevision, Lease: c.Record.Lease, Prev: c.Prev, HasPrev: c.HasPrev})
+		}
+		return
+	case *pandopb.Command_LeaseSweep:
+		for _, x := range res.RangeDeleted {
+			n.addPending(rangeID, FeedEvent{Key: x.Key, Delete: true, Revision: res.Revision, Prev: x.Record, HasPrev: true})
 		}
 		return
 	default:

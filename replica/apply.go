@@ -97,7 +97,7 @@ var ErrStaleRevision = fmt.Errorf("%w: the write's revision is below one already
 // revision from the revision oracle.
 func NeedsRevision(cmd *pandopb.Command) bool {
 	switch cmd.Op.(type) {
-	case *pandopb.Command_Put, *pandopb.Command_Delete, *pandopb.Command_Txn:
+	case *pandopb.Command_Put, *pandopb.Command_Delete, *pandopb.Command_Txn, *pandopb.Command_LeaseSweep:
 		return true
 	}
 	return false
@@ -119,7 +119,7 @@ func CommandKey(cmd *pandopb.Command) []byte {
 // checks, meta records).
 func ChangesData(cmd *pandopb.Command) bool {
 	switch cmd.Op.(type) {
-	case *pandopb.Command_Put, *pandopb.Command_Delete, *pandopb.Command_Txn, *pandopb.Command_PruneDedup:
+	case *pandopb.Command_Put, *pandopb.Command_Delete, *pandopb.Command_Txn, *pandopb.Command_PruneDedup, *pandopb.Command_LeaseSweep:
 		return true
 	}
 	return false
@@ -129,7 +129,7 @@ func ChangesData(cmd *pandopb.Command) bool {
 // the deduplication table or the meta range's node and range records.
 func writesRecords(cmd *pandopb.Command) bool {
 	switch cmd.Op.(type) {
-	case *pandopb.Command_Node, *pandopb.Command_Directory, *pandopb.Command_Compact:
+	case *pandopb.Command_Node, *pandopb.Command_Directory, *pandopb.Command_Compact, *pandopb.Command_Lease:
 		return true
 	}
 	return ChangesData(cmd)
@@ -229,7 +229,7 @@ func Apply(b *pebble.Batch, st *pandopb.RangeState, index uint64, cmd *pandopb.C
 	var res Result
 	var err error
 	switch op := cmd.Op.(type) {
-	case *pandopb.Command_Put, *pandopb.Command_Delete, *pandopb.Command_Txn:
+	case *pandopb.Command_Put, *pandopb.Command_Delete, *pandopb.Command_Txn, *pandopb.Command_LeaseSweep:
 		res, err = applyWrite(b, st, cmd)
 	case *pandopb.Command_PruneDedup:
 		err = pruneDedup(b, rangeID, op.PruneDedup.Before)
@@ -295,6 +295,12 @@ func Apply(b *pebble.Batch, st *pandopb.RangeState, index uint64, cmd *pandopb.C
 			break
 		}
 		err = applyMeta(b, cmd)
+	case *pandopb.Command_Lease:
+		if rangeID != storage.MetaRangeID {
+			res.Err = fmt.Errorf("%w: range %d is not the meta range", kv.ErrInvalidArgument, rangeID)
+			break
+		}
+		res, err = applyLease(b, op.Lease)
 	default:
 		// An unknown operation from a newer version would be a broken
 		// invariant: every replica must understand every committed entry.
@@ -344,6 +350,9 @@ func applyWrite(b *pebble.Batch, st *pandopb.RangeState, cmd *pandopb.Command) (
 		if err == nil && res.Err != nil {
 			return res, nil // refused before it wrote: a retry elsewhere must apply it
 		}
+	case *pandopb.Command_LeaseSweep:
+		res, err = applyLeaseSweep(b, st.Desc, cmd.Revision, op.LeaseSweep)
+		res.Desc = st.Desc
 	}
 	if err != nil || errors.Is(res.Err, ErrStaleRevision) {
 		return res, err
@@ -495,12 +504,18 @@ func applyPut(b *pebble.Batch, rev uint64, op *pandopb.PutOp) (Result, error) {
 	if op.Cas && cur.Version != op.ExpectedVersion {
 		return Result{Err: &kv.VersionMismatchError{Current: cur.Version}}, nil
 	}
-	next := storage.Record{ModRevision: rev, CreateRevision: rev, Version: 1, Value: op.Value}
+	if op.Lease < 0 {
+		return Result{Err: fmt.Errorf("%w: lease %d", kv.ErrInvalidArgument, op.Lease)}, nil
+	}
+	next := storage.Record{ModRevision: rev, CreateRevision: rev, Version: 1, Lease: op.Lease, Value: op.Value}
 	if found {
 		next.CreateRevision, next.Version = cur.CreateRevision, cur.Version+1
 		if err := storage.Supersede(b, op.Key, cur, rev, false); err != nil {
 			return Result{}, err
 		}
+	}
+	if err := storage.SetLeased(b, op.Key, cur, found, op.Lease); err != nil {
+		return Result{}, err
 	}
 	if err := b.Set(storage.DataKey(op.Key), storage.EncodeRecord(next), nil); err != nil {
 		return Result{}, err
@@ -525,10 +540,7 @@ func applyDelete(b *pebble.Batch, desc *pandopb.RangeDescriptor, rev uint64, op 
 	if !found {
 		return Result{}, nil
 	}
-	if err := storage.Supersede(b, op.Key, cur, rev, true); err != nil {
-		return Result{}, err
-	}
-	if err := b.Delete(storage.DataKey(op.Key), nil); err != nil {
+	if err := deleteKey(b, op.Key, cur, rev); err != nil {
 		return Result{}, err
 	}
 	return Result{Deleted: true, Revision: rev, Prev: cur, HasPrev: true}, nil
@@ -555,16 +567,19 @@ func applyDeleteRange(b *pebble.Batch, desc *pandopb.RangeDescriptor, rev uint64
 	if err != nil {
 		return Result{}, err
 	}
+	return deleteKeys(b, kvs, rev)
+}
+
+// deleteKeys deletes each of kvs (keys found with their records) at rev,
+// after checking that none was written at or after it.
+func deleteKeys(b *pebble.Batch, kvs []storage.KV, rev uint64) (Result, error) {
 	for _, x := range kvs {
 		if r := staleForKey(rev, x.Record, true); r != nil {
 			return *r, nil
 		}
 	}
 	for _, x := range kvs {
-		if err := storage.Supersede(b, x.Key, x.Record, rev, true); err != nil {
-			return Result{}, err
-		}
-		if err := b.Delete(storage.DataKey(x.Key), nil); err != nil {
+		if err := deleteKey(b, x.Key, x.Record, rev); err != nil {
 			return Result{}, err
 		}
 	}
@@ -572,4 +587,98 @@ func applyDeleteRange(b *pebble.Batch, desc *pandopb.RangeDescriptor, rev uint64
 		return Result{}, nil
 	}
 	return Result{Deleted: true, Revision: rev, Version: uint64(len(kvs)), RangeDeleted: kvs}, nil
+}
+
+// deleteKey deletes key, whose record is cur, at rev: the record moves into
+// history with a tombstone, and leaves the lease index.
+func deleteKey(b *pebble.Batch, key []byte, cur storage.Record, rev uint64) error {
+	if err := storage.Supersede(b, key, cur, rev, true); err != nil {
+		return err
+	}
+	if err := storage.SetLeased(b, key, cur, true, 0); err != nil {
+		return err
+	}
+	return b.Delete(storage.DataKey(key), nil)
+}
+
+// applyLeaseSweep deletes, at rev, every key of the range attached to one
+// of op's leases (found through the range's lease index), as one write:
+// each key leaves with a tombstone and a watch event. A key written at or
+// after rev refuses the whole sweep as stale (its proposer sweeps again
+// with a new revision).
+func applyLeaseSweep(b *pebble.Batch, desc *pandopb.RangeDescriptor, rev uint64, op *pandopb.LeaseSweepOp) (Result, error) {
+	ids := map[int64]bool{}
+	for _, id := range op.Ids {
+		ids[id] = true
+	}
+	var keys [][]byte
+	err := storage.ScanLeased(b, desc.StartKey, desc.EndKey, func(e storage.LeasedEntry) bool {
+		if ids[e.Lease] {
+			keys = append(keys, bytes.Clone(e.Key))
+		}
+		return true
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	kvs := make([]storage.KV, 0, len(keys))
+	for _, k := range keys {
+		rec, found, err := storage.Get(b, k)
+		if err != nil {
+			return Result{}, err
+		}
+		if !found || !ids[rec.Lease] {
+			return Result{}, fmt.Errorf("replica: lease index entry of %q disagrees with its record (found %v, lease %d)", k, found, rec.Lease)
+		}
+		kvs = append(kvs, storage.KV{Key: k, Record: rec})
+	}
+	return deleteKeys(b, kvs, rev)
+}
+
+// applyLease applies a change to the meta range's lease records: a grant
+// (refused when the ID is taken), revokes (marks: the lessor sweeps their
+// keys, then forgets them) and forgets. Result.Version counts the records
+// a revoke marked or a forget removed.
+func applyLease(b *pebble.Batch, op *pandopb.LeaseOp) (Result, error) {
+	var res Result
+	if g := op.Grant; g != nil {
+		if g.Id <= 0 || g.Ttl <= 0 {
+			return Result{Err: fmt.Errorf("%w: lease %d with TTL %d", kv.ErrInvalidArgument, g.Id, g.Ttl)}, nil
+		}
+		if _, found, err := storage.GetLeaseRecord(b, g.Id); err != nil {
+			return Result{}, err
+		} else if found {
+			return Result{Err: fmt.Errorf("%w: lease %d", kv.ErrLeaseExists, g.Id)}, nil
+		}
+		if err := storage.PutLeaseRecord(b, &pandopb.LeaseRecord{Id: g.Id, Ttl: g.Ttl}); err != nil {
+			return Result{}, err
+		}
+	}
+	for _, id := range op.Revoke {
+		rec, found, err := storage.GetLeaseRecord(b, id)
+		if err != nil {
+			return Result{}, err
+		}
+		if !found {
+			continue
+		}
+		res.Version++
+		if !rec.Revoking {
+			rec.Revoking = true
+			if err := storage.PutLeaseRecord(b, rec); err != nil {
+				return Result{}, err
+			}
+		}
+	}
+	for _, id := range op.Forget {
+		if _, found, err := storage.GetLeaseRecord(b, id); err != nil {
+			return Result{}, err
+		} else if found {
+			res.Version++
+			if err := storage.DeleteLeaseRecord(b, id); err != nil {
+				return Result{}, err
+			}
+		}
+	}
+	return res, nil
 }

@@ -224,14 +224,15 @@ func recordVersion(key, value []byte) uint64 {
 
 // CheckRecords validates replicated records sent by a peer (a snapshot or
 // a repair): strictly increasing keys, each a decodable deduplication,
-// absorbed-range or meta record of this range or a decodable data record
-// inside its span.
+// absorbed-range or meta record of this range or a decodable data,
+// history or lease index record inside its span.
 func CheckRecords(desc *pandopb.RangeDescriptor, data []RawKV) error {
 	dlo, dhi := storage.DedupSpan(desc.Id)
 	mlo, mhi := storage.MetaSpan(desc.Id)
 	alo, ahi := storage.AbsorbedSpan(desc.Id)
 	lo, hi := storage.DataSpan(desc.StartKey, desc.EndKey)
 	hlo, hhi := storage.HistorySpan(desc.StartKey, desc.EndKey)
+	llo, lhi := storage.LeasedSpan(desc.StartKey, desc.EndKey)
 	in := func(k, lo, hi []byte) bool { return bytes.Compare(k, lo) >= 0 && bytes.Compare(k, hi) < 0 }
 	for i, kv := range data {
 		if i > 0 && bytes.Compare(data[i-1].Key, kv.Key) >= 0 {
@@ -259,6 +260,10 @@ func CheckRecords(desc *pandopb.RangeDescriptor, data []RawKV) error {
 			}
 		case in(kv.Key, hlo, hhi):
 			if err := storage.CheckHistoryRecord(kv.Key, kv.Value); err != nil {
+				return fmt.Errorf("node: %w", err)
+			}
+		case in(kv.Key, llo, lhi):
+			if err := storage.CheckLeasedRecord(kv.Key, kv.Value); err != nil {
 				return fmt.Errorf("node: %w", err)
 			}
 		default:

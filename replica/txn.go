@@ -137,6 +137,8 @@ func compareHolds(r pebble.Reader, c *pandopb.Compare) (bool, error) {
 				have = cur.CreateRevision
 			case pandopb.Compare_MOD:
 				have = cur.ModRevision
+			case pandopb.Compare_LEASE:
+				have = uint64(cur.Lease)
 			}
 		}
 		switch {
@@ -184,7 +186,7 @@ func applyTxn(b *pebble.Batch, desc *pandopb.RangeDescriptor, rev uint64, op *pa
 	for _, o := range branch {
 		switch x := o.Op.(type) {
 		case *pandopb.TxnRequestOp_Put:
-			r, err := applyPut(b, rev, &pandopb.PutOp{Key: x.Put.Key, Value: x.Put.Value})
+			r, err := applyPut(b, rev, &pandopb.PutOp{Key: x.Put.Key, Value: x.Put.Value, Lease: x.Put.Lease})
 			if err != nil {
 				return Result{}, err
 			}
@@ -194,7 +196,7 @@ func applyTxn(b *pebble.Batch, desc *pandopb.RangeDescriptor, rev uint64, op *pa
 			out.Responses = append(out.Responses, &pandopb.TxnResponseOp{Op: &pandopb.TxnResponseOp_Put{Put: &pandopb.PutResponse{
 				Version: r.Version, Revision: rev, CreateRevision: r.CreateRevision}}})
 			res.TxnChanges = append(res.TxnChanges, TxnChange{Key: x.Put.Key, Record: storage.Record{Value: x.Put.Value, Version: r.Version,
-				CreateRevision: r.CreateRevision, ModRevision: rev}, Prev: r.Prev, HasPrev: r.HasPrev})
+				CreateRevision: r.CreateRevision, ModRevision: rev, Lease: x.Put.Lease}, Prev: r.Prev, HasPrev: r.HasPrev})
 			res.Revision = rev
 		case *pandopb.TxnRequestOp_Delete:
 			r, err := applyDelete(b, desc, rev, &pandopb.DeleteOp{Key: x.Delete.Key, RangeEnd: x.Delete.RangeEnd})
@@ -235,7 +237,7 @@ func applyTxn(b *pebble.Batch, desc *pandopb.RangeDescriptor, rev uint64, op *pa
 // branch's earlier writes: they are in b).
 func txnRange(b *pebble.Batch, desc *pandopb.RangeDescriptor, r *pandopb.TxnRange) (*pandopb.ScanResponse, error) {
 	item := func(key []byte, rec storage.Record) *pandopb.KeyValue {
-		return &pandopb.KeyValue{Key: key, Value: rec.Value, Version: rec.Version, CreateRevision: rec.CreateRevision, ModRevision: rec.ModRevision}
+		return &pandopb.KeyValue{Key: key, Value: rec.Value, Version: rec.Version, CreateRevision: rec.CreateRevision, ModRevision: rec.ModRevision, Lease: rec.Lease}
 	}
 	if len(r.RangeEnd) == 0 {
 		rec, found, err := storage.Get(b, r.Key)

@@ -38,6 +38,9 @@ var peerOnly = map[string]bool{
 	"/pando.v1.Checker/ListKeys":  true,
 	"/pando.v1.Checker/RangeData": true,
 	"/pando.v1.Checker/Repair":    true,
+	// A revoke's sweep deletes keys; the orphan scan and TTL lookups list them.
+	"/pando.v1.KV/SweepLeases": true,
+	"/pando.v1.KV/LeasedKeys":  true,
 }
 
 // tlsFromConn finds the TLS state under cmux's wrapper.

@@ -180,12 +180,19 @@ func (s *Server) handleKV(w http.ResponseWriter, r *http.Request) {
 			httpapi.WriteError(w, err)
 			return
 		}
+		// ?lease=N attaches the key to lease N (a put without it detaches
+		// the key from any lease, as etcd's does).
+		leaseID, err := parseLease(q)
+		if err != nil {
+			httpapi.WriteError(w, err)
+			return
+		}
 		value, err := s.readBody(w, r)
 		if err != nil {
 			httpapi.WriteError(w, err)
 			return
 		}
-		resp, err := s.svc.Direct().Put(ctx, &pandopb.PutRequest{Key: key, Value: value, Cas: cas, ExpectedVersion: expected})
+		resp, err := s.svc.Direct().Put(ctx, &pandopb.PutRequest{Key: key, Value: value, Cas: cas, ExpectedVersion: expected, Lease: leaseID})
 		if err != nil {
 			httpapi.WriteError(w, err)
 			return

@@ -81,6 +81,10 @@ type Config struct {
 	// many (etcd's --auto-compaction-mode=revision). With both, the history
 	// kept is the smaller of the two.
 	HistoryRetentionRevisions uint64
+	// LeaseOrphanScan is how often each range's leader looks for keys of
+	// leases that no longer exist, and deletes them (0: 10s): the bound on
+	// how long a key that raced its lease's revoke outlives it.
+	LeaseOrphanScan time.Duration
 	// CheckInterval is how often each range is checked for replica
 	// divergence (staggered over ranges). Default 1h; negative disables.
 	CheckInterval time.Duration
@@ -427,6 +431,7 @@ func New(cfg Config) (*Server, error) {
 	s.admin = &admin{cfg: cfg, node: n, tr: s.tr, lead: s.lead, ctl: s.ctl, stopping: s.stopping}
 	s.load = load.NewTracker()
 	s.svc.SetLoad(s.load)
+	s.svc.SetOrphanScan(cfg.LeaseOrphanScan)
 	s.svc.SetOnCompact(func(rev uint64, ranges uint32) { s.events.Publish(events.CompactionEvent(rev, ranges)) })
 	s.svc.SetForwardTimeout(cfg.ForwardTimeout)
 	if cfg.OverloadSchedLatency > 0 {
@@ -584,6 +589,11 @@ func (s *Server) Start() error {
 	api.HandleFunc("GET /v1/status", s.handleStatus)
 	api.HandleFunc("POST /v1/compact", s.instrumentHTTP(s.handleCompact))
 	api.HandleFunc("POST /v1/txn", s.instrumentHTTP(s.handleTxn))
+	api.HandleFunc("POST /v1/lease/grant", s.instrumentHTTP(s.handleLeaseGrant))
+	api.HandleFunc("POST /v1/lease/revoke", s.instrumentHTTP(s.handleLeaseRevoke))
+	api.HandleFunc("POST /v1/lease/keepalive", s.instrumentHTTP(s.handleLeaseKeepAlive))
+	api.HandleFunc("GET /v1/lease/{id}", s.instrumentHTTP(s.handleLeaseTTL))
+	api.HandleFunc("GET /v1/lease", s.instrumentHTTP(s.handleLeaseList))
 	api.HandleFunc("GET /v1/watch", s.handleWatch)
 	api.HandleFunc("GET /v1/watch/", s.handleWatch)
 	s.dash.Register(api)
@@ -619,6 +629,7 @@ func (s *Server) Start() error {
 	s.bg.Go(func() { s.checker.Periodic(s.cfg.CheckInterval, s.stopping) })
 	s.bg.Go(func() { s.balance(s.stopping) })
 	s.bg.Go(func() { s.compactor(s.stopping) })
+	s.bg.Go(func() { s.svc.RunLeases(s.stopping) })
 	s.bg.Go(func() { s.ctl.Run(s.stopping) })
 	s.bg.Go(func() { s.heartbeats(s.stopping) })
 	if len(s.cfg.Join) > 0 {

@@ -624,6 +624,19 @@ func TestDataDirOfAnOlderFormatIsRefused(t *testing.T) {
 	if err := storage.CheckFormat(eng.DB(), dir); !errors.Is(err, storage.ErrFormat) || !strings.Contains(err.Error(), "newer pando") {
 		t.Fatalf("format 9: %v", err)
 	}
+	// Format 3 (before leases) is read unchanged by format 4: upgraded in
+	// place by recording the new format.
+	if err := eng.DB().Set([]byte("\x00format"), []byte("3"), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if err := storage.CheckFormat(eng.DB(), dir); err != nil {
+		t.Fatalf("format 3: %v", err)
+	}
+	if v, closer, err := eng.DB().Get([]byte("\x00format")); err != nil || string(v) != strconv.Itoa(storage.FormatVersion) {
+		t.Fatalf("format record after the upgrade: %q, %v", v, err)
+	} else {
+		closer.Close()
+	}
 }
 
 // Without a quorum, a write answers 503 with Retry-After within its

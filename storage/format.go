@@ -13,8 +13,14 @@ import (
 // 2: records hold mod revision, create revision, version and value, and
 // ranges keep their last revision (pando with cluster-wide revisions);
 // 3: superseded versions and deletions are kept as history (0x04 keys)
-// for reads at a revision.
-const FormatVersion = 3
+// for reads at a revision; 4: a record may carry a lease (a flag bit in
+// its version), ranges keep a lease index (0x06 keys) and the meta range
+// lease records. Format 4 reads format 3's data unchanged, so a format 3
+// directory is upgraded in place by recording 4 (upgradableFrom).
+const FormatVersion = 4
+
+// upgradableFrom is the oldest format this binary upgrades in place.
+const upgradableFrom = 3
 
 // formatKey records the data directory's on-disk format version.
 var formatKey = []byte("\x00format")
@@ -45,6 +51,12 @@ func CheckFormat(db *pebble.DB, dir string) error {
 		}
 	}
 	if got == FormatVersion {
+		return nil
+	}
+	if got >= upgradableFrom && got < FormatVersion {
+		if err := WriteFormat(db); err != nil {
+			return fmt.Errorf("storage: data directory %s: upgrading format %d to %d: %w", dir, got, FormatVersion, err)
+		}
 		return nil
 	}
 	if got < FormatVersion {

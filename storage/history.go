@@ -64,11 +64,12 @@ func HistorySpan(start, end []byte) ([]byte, []byte) {
 }
 
 // UserSpans returns the storage spans that hold the user span
-// [start, end): its latest records, then its history.
+// [start, end): its latest records, its history, then its lease index.
 func UserSpans(start, end []byte) [][2][]byte {
 	dlo, dhi := DataSpan(start, end)
 	hlo, hhi := HistorySpan(start, end)
-	return [][2][]byte{{dlo, dhi}, {hlo, hhi}}
+	llo, lhi := LeasedSpan(start, end)
+	return [][2][]byte{{dlo, dhi}, {hlo, hhi}, {llo, lhi}}
 }
 
 // DecodeHistoryKey returns the user key and revision of a history key.

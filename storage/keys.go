@@ -32,6 +32,7 @@ const (
 
 	metaNode  byte = 'n'
 	metaRange byte = 'r'
+	metaLease byte = 'l'
 )
 
 func rangeLocalKey(rangeID uint64, kind byte, extra int) []byte {
@@ -145,10 +146,10 @@ func MetaSpan(rangeID uint64) ([]byte, []byte) {
 	return rangeLocalKey(rangeID, kindMeta, 0), rangeLocalKey(rangeID, kindMetaEnd, 0)
 }
 
-// DecodeMetaKey returns what a meta key names: kind 'n' (node) or 'r'
-// (range) and the ID, refusing anything else.
+// DecodeMetaKey returns what a meta key names: kind 'n' (node), 'r'
+// (range) or 'l' (lease) and the ID, refusing anything else.
 func DecodeMetaKey(k []byte) (kind byte, id uint64, err error) {
-	if len(k) != 19 || k[0] != prefixRangeLocal || k[9] != kindMeta || (k[10] != metaNode && k[10] != metaRange) {
+	if len(k) != 19 || k[0] != prefixRangeLocal || k[9] != kindMeta || (k[10] != metaNode && k[10] != metaRange && k[10] != metaLease) {
 		return 0, 0, fmt.Errorf("storage: %x is not a meta key", k)
 	}
 	if binary.BigEndian.Uint64(k[1:9]) != MetaRangeID {
@@ -211,32 +212,49 @@ func UserKey(dataKey []byte) ([]byte, error) {
 var ErrCorruptValue = errors.New("storage: corrupt value")
 
 // Record is a user key's stored state: its value, its version (writes
-// since it was created, 1 after the first, as etcd counts) and the
-// revisions of the write that created it and of its last write.
+// since it was created, 1 after the first, as etcd counts; below 2^63), the revisions
+// of the write that created it and of its last write, and the lease it is
+// attached to (0: none).
 type Record struct {
 	ModRevision    uint64
 	CreateRevision uint64
 	Version        uint64
+	Lease          int64
 	Value          []byte
 }
 
 // recordHeader is the size of a record's fixed fields: mod revision,
-// create revision, version (8 bytes each, big endian), then the value.
-const recordHeader = 24
+// create revision, version (8 bytes each, big endian); then, when the
+// version's top bit (leaseFlag) is set, the lease ID (8 bytes); then the
+// value. Records without a lease are laid out as format 3 wrote them.
+const (
+	recordHeader        = 24
+	leaseFlag    uint64 = 1 << 63
+)
 
 // EncodeRecord encodes a user key's record.
 func EncodeRecord(r Record) []byte {
-	b := make([]byte, recordHeader+len(r.Value))
+	head := recordHeader
+	if r.Lease != 0 {
+		head += 8
+	}
+	b := make([]byte, head+len(r.Value))
 	binary.BigEndian.PutUint64(b, r.ModRevision)
 	binary.BigEndian.PutUint64(b[8:], r.CreateRevision)
-	binary.BigEndian.PutUint64(b[16:], r.Version)
-	copy(b[recordHeader:], r.Value)
+	v := r.Version
+	if r.Lease != 0 {
+		v |= leaseFlag
+		binary.BigEndian.PutUint64(b[recordHeader:], uint64(r.Lease))
+	}
+	binary.BigEndian.PutUint64(b[16:], v)
+	copy(b[head:], r.Value)
 	return b
 }
 
 // DecodeRecord decodes a stored record, refusing one that is too short or
 // whose fields cannot be (a revision of 0, a creation after the last
-// write, a version of 0). The value aliases b.
+// write, a version of 0, a lease flag without a lease). The value aliases
+// b.
 func DecodeRecord(b []byte) (Record, error) {
 	if len(b) < recordHeader {
 		return Record{}, fmt.Errorf("%w: %d bytes", ErrCorruptValue, len(b))
@@ -246,6 +264,17 @@ func DecodeRecord(b []byte) (Record, error) {
 		CreateRevision: binary.BigEndian.Uint64(b[8:]),
 		Version:        binary.BigEndian.Uint64(b[16:]),
 		Value:          b[recordHeader:],
+	}
+	if r.Version&leaseFlag != 0 {
+		if len(b) < recordHeader+8 {
+			return Record{}, fmt.Errorf("%w: %d bytes, with a lease", ErrCorruptValue, len(b))
+		}
+		r.Version &^= leaseFlag
+		r.Lease = int64(binary.BigEndian.Uint64(b[recordHeader:]))
+		r.Value = b[recordHeader+8:]
+		if r.Lease <= 0 {
+			return Record{}, fmt.Errorf("%w: lease %d", ErrCorruptValue, r.Lease)
+		}
 	}
 	if r.CreateRevision == 0 || r.CreateRevision > r.ModRevision || r.Version == 0 {
 		return Record{}, fmt.Errorf("%w: revisions %d..%d, version %d", ErrCorruptValue, r.CreateRevision, r.ModRevision, r.Version)

@@ -147,14 +147,21 @@ func TestRecordEncoding(t *testing.T) {
 	for _, r := range []storage.Record{
 		{ModRevision: 1, CreateRevision: 1, Version: 1},
 		{ModRevision: 9, CreateRevision: 3, Version: 4, Value: []byte("v")},
-		{ModRevision: math.MaxUint64, CreateRevision: 1, Version: math.MaxUint64, Value: bytes.Repeat([]byte{0xff}, 100)},
+		{ModRevision: math.MaxUint64, CreateRevision: 1, Version: math.MaxInt64, Value: bytes.Repeat([]byte{0xff}, 100)},
+		// With a lease: 8 bytes more, after the fixed fields.
+		{ModRevision: 9, CreateRevision: 3, Version: 4, Lease: 77, Value: []byte("v")},
+		{ModRevision: math.MaxUint64, CreateRevision: 1, Version: math.MaxInt64, Lease: math.MaxInt64, Value: bytes.Repeat([]byte{0xff}, 100)},
 	} {
 		enc := storage.EncodeRecord(r)
-		if len(enc) != 24+len(r.Value) {
-			t.Errorf("EncodeRecord length %d, want %d", len(enc), 24+len(r.Value))
+		want := 24 + len(r.Value)
+		if r.Lease != 0 {
+			want += 8
+		}
+		if len(enc) != want {
+			t.Errorf("EncodeRecord length %d, want %d", len(enc), want)
 		}
 		got, err := storage.DecodeRecord(enc)
-		if err != nil || got.ModRevision != r.ModRevision || got.CreateRevision != r.CreateRevision || got.Version != r.Version || !bytes.Equal(got.Value, r.Value) {
+		if err != nil || got.ModRevision != r.ModRevision || got.CreateRevision != r.CreateRevision || got.Version != r.Version || got.Lease != r.Lease || !bytes.Equal(got.Value, r.Value) {
 			t.Errorf("DecodeRecord(EncodeRecord(%+v)) = %+v, %v", r, got, err)
 		}
 	}
@@ -166,6 +173,13 @@ func TestRecordEncoding(t *testing.T) {
 	for n := 0; n < 24; n++ {
 		if _, err := storage.DecodeRecord(make([]byte, n)); !errors.Is(err, storage.ErrCorruptValue) {
 			t.Errorf("DecodeRecord(%d bytes) = %v, want ErrCorruptValue", n, err)
+		}
+	}
+	// A lease flag without the lease's 8 bytes, or naming lease 0.
+	leased := storage.EncodeRecord(storage.Record{ModRevision: 2, CreateRevision: 1, Version: 1, Lease: 5})
+	for _, b := range [][]byte{leased[:24], leased[:31], append(append([]byte{}, leased[:24]...), make([]byte, 8)...)} {
+		if _, err := storage.DecodeRecord(b); !errors.Is(err, storage.ErrCorruptValue) {
+			t.Errorf("DecodeRecord(%x) = %v, want ErrCorruptValue", b, err)
 		}
 	}
 	// Fields no write can produce: no revision, a creation after the last

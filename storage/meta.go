@@ -87,6 +87,11 @@ func CheckMetaRecord(key, value []byte) error {
 		if err := proto.Unmarshal(value, d); err != nil || d.Id != id {
 			return fmt.Errorf("storage: directory entry %x is corrupt or names another range", key)
 		}
+	case metaLease:
+		l := &pandopb.LeaseRecord{}
+		if err := proto.Unmarshal(value, l); err != nil || uint64(l.Id) != id || l.Id <= 0 || l.Ttl <= 0 {
+			return fmt.Errorf("storage: lease record %x is corrupt or names another lease", key)
+		}
 	}
 	return nil
 }

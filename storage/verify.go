@@ -71,6 +71,19 @@ func Verify(e *Engine) error {
 		if err := it.Close(); err != nil {
 			return err
 		}
+		llo, lhi := LeasedSpan(d.StartKey, d.EndKey)
+		if it, err = e.db.NewIter(&pebble.IterOptions{LowerBound: llo, UpperBound: lhi}); err != nil {
+			return err
+		}
+		for valid := it.First(); valid; valid = it.Next() {
+			if err := CheckLeasedRecord(it.Key(), it.Value()); err != nil {
+				it.Close()
+				return fmt.Errorf("storage: range %d: %w", id, err)
+			}
+		}
+		if err := it.Close(); err != nil {
+			return err
+		}
 	}
 	return nil
 }

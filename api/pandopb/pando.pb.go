@@ -122,7 +122,7 @@ func (x Compare_Result) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Compare_Result.Descriptor instead.
 func (Compare_Result) EnumDescriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{16, 0}
+	return file_pando_proto_rawDescGZIP(), []int{31, 0}
 }
 
 type Compare_Target int32
@@ -132,6 +132,7 @@ const (
 	Compare_CREATE  Compare_Target = 1
 	Compare_MOD     Compare_Target = 2
 	Compare_VALUE   Compare_Target = 3
+	Compare_LEASE   Compare_Target = 4
 )
 
 // Enum value maps for Compare_Target.
@@ -141,12 +142,14 @@ var (
 		1: "CREATE",
 		2: "MOD",
 		3: "VALUE",
+		4: "LEASE",
 	}
 	Compare_Target_value = map[string]int32{
 		"VERSION": 0,
 		"CREATE":  1,
 		"MOD":     2,
 		"VALUE":   3,
+		"LEASE":   4,
 	}
 )
 
@@ -174,7 +177,7 @@ func (x Compare_Target) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Compare_Target.Descriptor instead.
 func (Compare_Target) EnumDescriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{16, 1}
+	return file_pando_proto_rawDescGZIP(), []int{31, 1}
 }
 
 type WatchEvent_Type int32
@@ -220,7 +223,7 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{29, 0}
+	return file_pando_proto_rawDescGZIP(), []int{44, 0}
 }
 
 type GetRequest struct {
@@ -301,7 +304,9 @@ type GetResponse struct {
 	ModRevision    uint64 `protobuf:"varint,5,opt,name=mod_revision,json=modRevision,proto3" json:"mod_revision,omitempty"`
 	// revision is the revision the answer observed: the state of the key's
 	// range after every write with a revision up to it and none above.
-	Revision      uint64 `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision uint64 `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
+	// lease: the lease the key is attached to (0: none).
+	Lease         int64 `protobuf:"varint,7,opt,name=lease,proto3" json:"lease,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -378,6 +383,13 @@ func (x *GetResponse) GetRevision() uint64 {
 	return 0
 }
 
+func (x *GetResponse) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
 type PutRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -391,8 +403,13 @@ type PutRequest struct {
 	// again. A client holds at most one write in flight per client_id and
 	// numbers its writes 1, 2, 3...; 0 means "no key" (the node that
 	// receives the request assigns one).
-	ClientId      uint64 `protobuf:"varint,5,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
-	Seq           uint64 `protobuf:"varint,6,opt,name=seq,proto3" json:"seq,omitempty"`
+	ClientId uint64 `protobuf:"varint,5,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Seq      uint64 `protobuf:"varint,6,opt,name=seq,proto3" json:"seq,omitempty"`
+	// lease attaches the key to a lease (LeaseGrant): the key is deleted
+	// when the lease expires or is revoked. 0: no lease (a put without one
+	// detaches the key from the lease it had, as etcd's does). A lease that
+	// does not exist refuses the put (LEASE_NOT_FOUND).
+	Lease         int64 `protobuf:"varint,7,opt,name=lease,proto3" json:"lease,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -465,6 +482,13 @@ func (x *PutRequest) GetClientId() uint64 {
 func (x *PutRequest) GetSeq() uint64 {
 	if x != nil {
 		return x.Seq
+	}
+	return 0
+}
+
+func (x *PutRequest) GetLease() int64 {
+	if x != nil {
+		return x.Lease
 	}
 	return 0
 }
@@ -861,8 +885,10 @@ type KeyValue struct {
 	Version        uint64                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
 	CreateRevision uint64                 `protobuf:"varint,4,opt,name=create_revision,json=createRevision,proto3" json:"create_revision,omitempty"`
 	ModRevision    uint64                 `protobuf:"varint,5,opt,name=mod_revision,json=modRevision,proto3" json:"mod_revision,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// lease: the lease the key is attached to (0: none).
+	Lease         int64 `protobuf:"varint,6,opt,name=lease,proto3" json:"lease,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *KeyValue) Reset() {
@@ -926,6 +952,13 @@ func (x *KeyValue) GetCreateRevision() uint64 {
 func (x *KeyValue) GetModRevision() uint64 {
 	if x != nil {
 		return x.ModRevision
+	}
+	return 0
+}
+
+func (x *KeyValue) GetLease() int64 {
+	if x != nil {
+		return x.Lease
 	}
 	return 0
 }
@@ -1535,6 +1568,773 @@ func (x *AllocRevisionsResponse) GetFirst() uint64 {
 	return 0
 }
 
+type LeaseGrantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ttl in seconds (1 to 30 days' worth).
+	Ttl int64 `protobuf:"varint,1,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// id: the lease's ID (0: the lessor picks one).
+	Id            int64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseGrantRequest) Reset() {
+	*x = LeaseGrantRequest{}
+	mi := &file_pando_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseGrantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseGrantRequest) ProtoMessage() {}
+
+func (x *LeaseGrantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseGrantRequest.ProtoReflect.Descriptor instead.
+func (*LeaseGrantRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *LeaseGrantRequest) GetTtl() int64 {
+	if x != nil {
+		return x.Ttl
+	}
+	return 0
+}
+
+func (x *LeaseGrantRequest) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+type LeaseGrantResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Ttl           int64                  `protobuf:"varint,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseGrantResponse) Reset() {
+	*x = LeaseGrantResponse{}
+	mi := &file_pando_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseGrantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseGrantResponse) ProtoMessage() {}
+
+func (x *LeaseGrantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseGrantResponse.ProtoReflect.Descriptor instead.
+func (*LeaseGrantResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *LeaseGrantResponse) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseGrantResponse) GetTtl() int64 {
+	if x != nil {
+		return x.Ttl
+	}
+	return 0
+}
+
+type LeaseRevokeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseRevokeRequest) Reset() {
+	*x = LeaseRevokeRequest{}
+	mi := &file_pando_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseRevokeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseRevokeRequest) ProtoMessage() {}
+
+func (x *LeaseRevokeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseRevokeRequest.ProtoReflect.Descriptor instead.
+func (*LeaseRevokeRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *LeaseRevokeRequest) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+type LeaseRevokeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revision: the last revision at which one of the lease's keys was
+	// deleted (0: it had none).
+	Revision      uint64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	Deleted       uint64 `protobuf:"varint,2,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseRevokeResponse) Reset() {
+	*x = LeaseRevokeResponse{}
+	mi := &file_pando_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseRevokeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseRevokeResponse) ProtoMessage() {}
+
+func (x *LeaseRevokeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseRevokeResponse.ProtoReflect.Descriptor instead.
+func (*LeaseRevokeResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *LeaseRevokeResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *LeaseRevokeResponse) GetDeleted() uint64 {
+	if x != nil {
+		return x.Deleted
+	}
+	return 0
+}
+
+type LeaseKeepAliveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseKeepAliveRequest) Reset() {
+	*x = LeaseKeepAliveRequest{}
+	mi := &file_pando_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseKeepAliveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseKeepAliveRequest) ProtoMessage() {}
+
+func (x *LeaseKeepAliveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseKeepAliveRequest.ProtoReflect.Descriptor instead.
+func (*LeaseKeepAliveRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *LeaseKeepAliveRequest) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+type LeaseKeepAliveResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// ttl: the lease's TTL from now, in seconds; 0 when it does not exist
+	// (expired or revoked), as etcd answers.
+	Ttl           int64 `protobuf:"varint,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseKeepAliveResponse) Reset() {
+	*x = LeaseKeepAliveResponse{}
+	mi := &file_pando_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseKeepAliveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseKeepAliveResponse) ProtoMessage() {}
+
+func (x *LeaseKeepAliveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseKeepAliveResponse.ProtoReflect.Descriptor instead.
+func (*LeaseKeepAliveResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *LeaseKeepAliveResponse) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseKeepAliveResponse) GetTtl() int64 {
+	if x != nil {
+		return x.Ttl
+	}
+	return 0
+}
+
+type LeaseTimeToLiveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// keys lists the keys attached to the lease.
+	Keys          bool `protobuf:"varint,2,opt,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseTimeToLiveRequest) Reset() {
+	*x = LeaseTimeToLiveRequest{}
+	mi := &file_pando_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseTimeToLiveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseTimeToLiveRequest) ProtoMessage() {}
+
+func (x *LeaseTimeToLiveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseTimeToLiveRequest.ProtoReflect.Descriptor instead.
+func (*LeaseTimeToLiveRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *LeaseTimeToLiveRequest) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseTimeToLiveRequest) GetKeys() bool {
+	if x != nil {
+		return x.Keys
+	}
+	return false
+}
+
+type LeaseTimeToLiveResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// ttl: the seconds left (-1: the lease does not exist, as etcd answers);
+	// granted_ttl: the TTL it was granted with.
+	Ttl           int64    `protobuf:"varint,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	GrantedTtl    int64    `protobuf:"varint,3,opt,name=granted_ttl,json=grantedTtl,proto3" json:"granted_ttl,omitempty"`
+	Keys          [][]byte `protobuf:"bytes,4,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseTimeToLiveResponse) Reset() {
+	*x = LeaseTimeToLiveResponse{}
+	mi := &file_pando_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseTimeToLiveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseTimeToLiveResponse) ProtoMessage() {}
+
+func (x *LeaseTimeToLiveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseTimeToLiveResponse.ProtoReflect.Descriptor instead.
+func (*LeaseTimeToLiveResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *LeaseTimeToLiveResponse) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseTimeToLiveResponse) GetTtl() int64 {
+	if x != nil {
+		return x.Ttl
+	}
+	return 0
+}
+
+func (x *LeaseTimeToLiveResponse) GetGrantedTtl() int64 {
+	if x != nil {
+		return x.GrantedTtl
+	}
+	return 0
+}
+
+func (x *LeaseTimeToLiveResponse) GetKeys() [][]byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type LeaseLeasesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseLeasesRequest) Reset() {
+	*x = LeaseLeasesRequest{}
+	mi := &file_pando_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseLeasesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseLeasesRequest) ProtoMessage() {}
+
+func (x *LeaseLeasesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseLeasesRequest.ProtoReflect.Descriptor instead.
+func (*LeaseLeasesRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{24}
+}
+
+type LeaseStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseStatus) Reset() {
+	*x = LeaseStatus{}
+	mi := &file_pando_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseStatus) ProtoMessage() {}
+
+func (x *LeaseStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseStatus.ProtoReflect.Descriptor instead.
+func (*LeaseStatus) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *LeaseStatus) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+type LeaseLeasesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Leases        []*LeaseStatus         `protobuf:"bytes,1,rep,name=leases,proto3" json:"leases,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseLeasesResponse) Reset() {
+	*x = LeaseLeasesResponse{}
+	mi := &file_pando_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseLeasesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseLeasesResponse) ProtoMessage() {}
+
+func (x *LeaseLeasesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseLeasesResponse.ProtoReflect.Descriptor instead.
+func (*LeaseLeasesResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *LeaseLeasesResponse) GetLeases() []*LeaseStatus {
+	if x != nil {
+		return x.Leases
+	}
+	return nil
+}
+
+type SweepLeasesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// key: a key of the range to sweep (the walk's position).
+	Key           []byte  `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Ids           []int64 `protobuf:"varint,2,rep,packed,name=ids,proto3" json:"ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SweepLeasesRequest) Reset() {
+	*x = SweepLeasesRequest{}
+	mi := &file_pando_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SweepLeasesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SweepLeasesRequest) ProtoMessage() {}
+
+func (x *SweepLeasesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SweepLeasesRequest.ProtoReflect.Descriptor instead.
+func (*SweepLeasesRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *SweepLeasesRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *SweepLeasesRequest) GetIds() []int64 {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+type SweepLeasesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// next: the end of the range swept (empty: the end of the key space).
+	Next          []byte `protobuf:"bytes,1,opt,name=next,proto3" json:"next,omitempty"`
+	Deleted       uint64 `protobuf:"varint,2,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	Revision      uint64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SweepLeasesResponse) Reset() {
+	*x = SweepLeasesResponse{}
+	mi := &file_pando_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SweepLeasesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SweepLeasesResponse) ProtoMessage() {}
+
+func (x *SweepLeasesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SweepLeasesResponse.ProtoReflect.Descriptor instead.
+func (*SweepLeasesResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *SweepLeasesResponse) GetNext() []byte {
+	if x != nil {
+		return x.Next
+	}
+	return nil
+}
+
+func (x *SweepLeasesResponse) GetDeleted() uint64 {
+	if x != nil {
+		return x.Deleted
+	}
+	return 0
+}
+
+func (x *SweepLeasesResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type LeasedKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Id            int64                  `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeasedKeysRequest) Reset() {
+	*x = LeasedKeysRequest{}
+	mi := &file_pando_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeasedKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeasedKeysRequest) ProtoMessage() {}
+
+func (x *LeasedKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeasedKeysRequest.ProtoReflect.Descriptor instead.
+func (*LeasedKeysRequest) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *LeasedKeysRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *LeasedKeysRequest) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+type LeasedKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          [][]byte               `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	Next          []byte                 `protobuf:"bytes,2,opt,name=next,proto3" json:"next,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeasedKeysResponse) Reset() {
+	*x = LeasedKeysResponse{}
+	mi := &file_pando_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeasedKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeasedKeysResponse) ProtoMessage() {}
+
+func (x *LeasedKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeasedKeysResponse.ProtoReflect.Descriptor instead.
+func (*LeasedKeysResponse) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *LeasedKeysResponse) GetKeys() [][]byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *LeasedKeysResponse) GetNext() []byte {
+	if x != nil {
+		return x.Next
+	}
+	return nil
+}
+
 // Compare is one condition of a transaction, on a key's latest state, as
 // etcd's: the key's version, create revision or mod revision (0 when the
 // key is absent) or its value (false when absent) against a given one.
@@ -1543,7 +2343,8 @@ type Compare struct {
 	Result Compare_Result         `protobuf:"varint,1,opt,name=result,proto3,enum=pando.v1.Compare_Result" json:"result,omitempty"`
 	Target Compare_Target         `protobuf:"varint,2,opt,name=target,proto3,enum=pando.v1.Compare_Target" json:"target,omitempty"`
 	Key    []byte                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
-	// The number compared for VERSION, CREATE and MOD; the bytes for VALUE.
+	// The number compared for VERSION, CREATE, MOD and LEASE (the key's
+	// lease ID, 0 when it has none or is absent); the bytes for VALUE.
 	Number        uint64 `protobuf:"varint,4,opt,name=number,proto3" json:"number,omitempty"`
 	Value         []byte `protobuf:"bytes,5,opt,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1552,7 +2353,7 @@ type Compare struct {
 
 func (x *Compare) Reset() {
 	*x = Compare{}
-	mi := &file_pando_proto_msgTypes[16]
+	mi := &file_pando_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1564,7 +2365,7 @@ func (x *Compare) String() string {
 func (*Compare) ProtoMessage() {}
 
 func (x *Compare) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[16]
+	mi := &file_pando_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1577,7 +2378,7 @@ func (x *Compare) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Compare.ProtoReflect.Descriptor instead.
 func (*Compare) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{16}
+	return file_pando_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Compare) GetResult() Compare_Result {
@@ -1632,7 +2433,7 @@ type TxnRequestOp struct {
 
 func (x *TxnRequestOp) Reset() {
 	*x = TxnRequestOp{}
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1644,7 +2445,7 @@ func (x *TxnRequestOp) String() string {
 func (*TxnRequestOp) ProtoMessage() {}
 
 func (x *TxnRequestOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[17]
+	mi := &file_pando_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1657,7 +2458,7 @@ func (x *TxnRequestOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnRequestOp.ProtoReflect.Descriptor instead.
 func (*TxnRequestOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{17}
+	return file_pando_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TxnRequestOp) GetOp() isTxnRequestOp_Op {
@@ -1717,16 +2518,18 @@ func (*TxnRequestOp_Delete) isTxnRequestOp_Op() {}
 func (*TxnRequestOp_Range) isTxnRequestOp_Op() {}
 
 type TxnPut struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Value []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	// lease: see PutRequest.
+	Lease         int64 `protobuf:"varint,3,opt,name=lease,proto3" json:"lease,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TxnPut) Reset() {
 	*x = TxnPut{}
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1738,7 +2541,7 @@ func (x *TxnPut) String() string {
 func (*TxnPut) ProtoMessage() {}
 
 func (x *TxnPut) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[18]
+	mi := &file_pando_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1751,7 +2554,7 @@ func (x *TxnPut) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnPut.ProtoReflect.Descriptor instead.
 func (*TxnPut) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{18}
+	return file_pando_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *TxnPut) GetKey() []byte {
@@ -1768,6 +2571,13 @@ func (x *TxnPut) GetValue() []byte {
 	return nil
 }
 
+func (x *TxnPut) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
 type TxnDelete struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -1778,7 +2588,7 @@ type TxnDelete struct {
 
 func (x *TxnDelete) Reset() {
 	*x = TxnDelete{}
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1790,7 +2600,7 @@ func (x *TxnDelete) String() string {
 func (*TxnDelete) ProtoMessage() {}
 
 func (x *TxnDelete) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[19]
+	mi := &file_pando_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1803,7 +2613,7 @@ func (x *TxnDelete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnDelete.ProtoReflect.Descriptor instead.
 func (*TxnDelete) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{19}
+	return file_pando_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *TxnDelete) GetKey() []byte {
@@ -1831,7 +2641,7 @@ type TxnRange struct {
 
 func (x *TxnRange) Reset() {
 	*x = TxnRange{}
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1843,7 +2653,7 @@ func (x *TxnRange) String() string {
 func (*TxnRange) ProtoMessage() {}
 
 func (x *TxnRange) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[20]
+	mi := &file_pando_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,7 +2666,7 @@ func (x *TxnRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnRange.ProtoReflect.Descriptor instead.
 func (*TxnRange) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{20}
+	return file_pando_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *TxnRange) GetKey() []byte {
@@ -1894,7 +2704,7 @@ type TxnRequest struct {
 
 func (x *TxnRequest) Reset() {
 	*x = TxnRequest{}
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1906,7 +2716,7 @@ func (x *TxnRequest) String() string {
 func (*TxnRequest) ProtoMessage() {}
 
 func (x *TxnRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[21]
+	mi := &file_pando_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1919,7 +2729,7 @@ func (x *TxnRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnRequest.ProtoReflect.Descriptor instead.
 func (*TxnRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{21}
+	return file_pando_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *TxnRequest) GetCompare() []*Compare {
@@ -1972,7 +2782,7 @@ type TxnResponseOp struct {
 
 func (x *TxnResponseOp) Reset() {
 	*x = TxnResponseOp{}
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1984,7 +2794,7 @@ func (x *TxnResponseOp) String() string {
 func (*TxnResponseOp) ProtoMessage() {}
 
 func (x *TxnResponseOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[22]
+	mi := &file_pando_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1997,7 +2807,7 @@ func (x *TxnResponseOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnResponseOp.ProtoReflect.Descriptor instead.
 func (*TxnResponseOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{22}
+	return file_pando_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *TxnResponseOp) GetOp() isTxnResponseOp_Op {
@@ -2071,7 +2881,7 @@ type TxnResponse struct {
 
 func (x *TxnResponse) Reset() {
 	*x = TxnResponse{}
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2083,7 +2893,7 @@ func (x *TxnResponse) String() string {
 func (*TxnResponse) ProtoMessage() {}
 
 func (x *TxnResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[23]
+	mi := &file_pando_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2096,7 +2906,7 @@ func (x *TxnResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnResponse.ProtoReflect.Descriptor instead.
 func (*TxnResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{23}
+	return file_pando_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *TxnResponse) GetSucceeded() bool {
@@ -2135,7 +2945,7 @@ type WatchStreamRequest struct {
 
 func (x *WatchStreamRequest) Reset() {
 	*x = WatchStreamRequest{}
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2147,7 +2957,7 @@ func (x *WatchStreamRequest) String() string {
 func (*WatchStreamRequest) ProtoMessage() {}
 
 func (x *WatchStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[24]
+	mi := &file_pando_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2160,7 +2970,7 @@ func (x *WatchStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchStreamRequest.ProtoReflect.Descriptor instead.
 func (*WatchStreamRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{24}
+	return file_pando_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *WatchStreamRequest) GetRequest() isWatchStreamRequest_Request {
@@ -2247,7 +3057,7 @@ type WatchNudge struct {
 
 func (x *WatchNudge) Reset() {
 	*x = WatchNudge{}
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2259,7 +3069,7 @@ func (x *WatchNudge) String() string {
 func (*WatchNudge) ProtoMessage() {}
 
 func (x *WatchNudge) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[25]
+	mi := &file_pando_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2272,7 +3082,7 @@ func (x *WatchNudge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchNudge.ProtoReflect.Descriptor instead.
 func (*WatchNudge) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{25}
+	return file_pando_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *WatchNudge) GetWatchId() int64 {
@@ -2298,7 +3108,7 @@ type WatchCancelRequest struct {
 
 func (x *WatchCancelRequest) Reset() {
 	*x = WatchCancelRequest{}
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2310,7 +3120,7 @@ func (x *WatchCancelRequest) String() string {
 func (*WatchCancelRequest) ProtoMessage() {}
 
 func (x *WatchCancelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[26]
+	mi := &file_pando_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2323,7 +3133,7 @@ func (x *WatchCancelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchCancelRequest.ProtoReflect.Descriptor instead.
 func (*WatchCancelRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{26}
+	return file_pando_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *WatchCancelRequest) GetWatchId() int64 {
@@ -2343,7 +3153,7 @@ type WatchProgressRequest struct {
 
 func (x *WatchProgressRequest) Reset() {
 	*x = WatchProgressRequest{}
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2355,7 +3165,7 @@ func (x *WatchProgressRequest) String() string {
 func (*WatchProgressRequest) ProtoMessage() {}
 
 func (x *WatchProgressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[27]
+	mi := &file_pando_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2368,7 +3178,7 @@ func (x *WatchProgressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchProgressRequest.ProtoReflect.Descriptor instead.
 func (*WatchProgressRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{27}
+	return file_pando_proto_rawDescGZIP(), []int{42}
 }
 
 // WatchRequest creates a watch (and is what GET /v1/watch asks for).
@@ -2402,7 +3212,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2414,7 +3224,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[28]
+	mi := &file_pando_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2427,7 +3237,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{28}
+	return file_pando_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *WatchRequest) GetKey() []byte {
@@ -2500,7 +3310,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +3322,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[29]
+	mi := &file_pando_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +3335,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{29}
+	return file_pando_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -2571,7 +3381,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2583,7 +3393,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[30]
+	mi := &file_pando_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2596,7 +3406,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{30}
+	return file_pando_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *WatchResponse) GetEvents() []*WatchEvent {
@@ -2660,7 +3470,7 @@ type CompactRequest struct {
 
 func (x *CompactRequest) Reset() {
 	*x = CompactRequest{}
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2672,7 +3482,7 @@ func (x *CompactRequest) String() string {
 func (*CompactRequest) ProtoMessage() {}
 
 func (x *CompactRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[31]
+	mi := &file_pando_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2685,7 +3495,7 @@ func (x *CompactRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactRequest.ProtoReflect.Descriptor instead.
 func (*CompactRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{31}
+	return file_pando_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *CompactRequest) GetRevision() uint64 {
@@ -2717,7 +3527,7 @@ type CompactResponse struct {
 
 func (x *CompactResponse) Reset() {
 	*x = CompactResponse{}
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2729,7 +3539,7 @@ func (x *CompactResponse) String() string {
 func (*CompactResponse) ProtoMessage() {}
 
 func (x *CompactResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[32]
+	mi := &file_pando_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2742,7 +3552,7 @@ func (x *CompactResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactResponse.ProtoReflect.Descriptor instead.
 func (*CompactResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{32}
+	return file_pando_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *CompactResponse) GetRevision() uint64 {
@@ -2777,7 +3587,7 @@ type RaftEnvelope struct {
 
 func (x *RaftEnvelope) Reset() {
 	*x = RaftEnvelope{}
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2789,7 +3599,7 @@ func (x *RaftEnvelope) String() string {
 func (*RaftEnvelope) ProtoMessage() {}
 
 func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[33]
+	mi := &file_pando_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2802,7 +3612,7 @@ func (x *RaftEnvelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftEnvelope.ProtoReflect.Descriptor instead.
 func (*RaftEnvelope) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{33}
+	return file_pando_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RaftEnvelope) GetRangeId() uint64 {
@@ -2833,7 +3643,7 @@ type RaftBatch struct {
 
 func (x *RaftBatch) Reset() {
 	*x = RaftBatch{}
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2845,7 +3655,7 @@ func (x *RaftBatch) String() string {
 func (*RaftBatch) ProtoMessage() {}
 
 func (x *RaftBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[34]
+	mi := &file_pando_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2858,7 +3668,7 @@ func (x *RaftBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftBatch.ProtoReflect.Descriptor instead.
 func (*RaftBatch) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{34}
+	return file_pando_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RaftBatch) GetFromNode() uint64 {
@@ -2890,7 +3700,7 @@ type RaftAck struct {
 
 func (x *RaftAck) Reset() {
 	*x = RaftAck{}
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2902,7 +3712,7 @@ func (x *RaftAck) String() string {
 func (*RaftAck) ProtoMessage() {}
 
 func (x *RaftAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[35]
+	mi := &file_pando_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2915,7 +3725,7 @@ func (x *RaftAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftAck.ProtoReflect.Descriptor instead.
 func (*RaftAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{35}
+	return file_pando_proto_rawDescGZIP(), []int{50}
 }
 
 // A snapshot travels as a stream of chunks: data chunks first, then one
@@ -2933,7 +3743,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2945,7 +3755,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[36]
+	mi := &file_pando_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2958,7 +3768,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{36}
+	return file_pando_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *SnapshotChunk) GetRangeId() uint64 {
@@ -3005,7 +3815,7 @@ type SnapshotAck struct {
 
 func (x *SnapshotAck) Reset() {
 	*x = SnapshotAck{}
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3017,7 +3827,7 @@ func (x *SnapshotAck) String() string {
 func (*SnapshotAck) ProtoMessage() {}
 
 func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[37]
+	mi := &file_pando_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3030,7 +3840,7 @@ func (x *SnapshotAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotAck.ProtoReflect.Descriptor instead.
 func (*SnapshotAck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{37}
+	return file_pando_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *SnapshotAck) GetAccepted() bool {
@@ -3046,13 +3856,15 @@ type PutOp struct {
 	Value           []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
 	Cas             bool                   `protobuf:"varint,3,opt,name=cas,proto3" json:"cas,omitempty"`
 	ExpectedVersion uint64                 `protobuf:"varint,4,opt,name=expected_version,json=expectedVersion,proto3" json:"expected_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// lease: the lease the key is attached to (0: none).
+	Lease         int64 `protobuf:"varint,5,opt,name=lease,proto3" json:"lease,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PutOp) Reset() {
 	*x = PutOp{}
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3064,7 +3876,7 @@ func (x *PutOp) String() string {
 func (*PutOp) ProtoMessage() {}
 
 func (x *PutOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[38]
+	mi := &file_pando_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3077,7 +3889,7 @@ func (x *PutOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutOp.ProtoReflect.Descriptor instead.
 func (*PutOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{38}
+	return file_pando_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *PutOp) GetKey() []byte {
@@ -3108,6 +3920,13 @@ func (x *PutOp) GetExpectedVersion() uint64 {
 	return 0
 }
 
+func (x *PutOp) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
 type DeleteOp struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Key             []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -3122,7 +3941,7 @@ type DeleteOp struct {
 
 func (x *DeleteOp) Reset() {
 	*x = DeleteOp{}
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3134,7 +3953,7 @@ func (x *DeleteOp) String() string {
 func (*DeleteOp) ProtoMessage() {}
 
 func (x *DeleteOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[39]
+	mi := &file_pando_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3147,7 +3966,7 @@ func (x *DeleteOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteOp.ProtoReflect.Descriptor instead.
 func (*DeleteOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{39}
+	return file_pando_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *DeleteOp) GetKey() []byte {
@@ -3191,7 +4010,7 @@ type PruneDedupOp struct {
 
 func (x *PruneDedupOp) Reset() {
 	*x = PruneDedupOp{}
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3203,7 +4022,7 @@ func (x *PruneDedupOp) String() string {
 func (*PruneDedupOp) ProtoMessage() {}
 
 func (x *PruneDedupOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[40]
+	mi := &file_pando_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3216,7 +4035,7 @@ func (x *PruneDedupOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PruneDedupOp.ProtoReflect.Descriptor instead.
 func (*PruneDedupOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{40}
+	return file_pando_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *PruneDedupOp) GetBefore() int64 {
@@ -3248,6 +4067,8 @@ type Command struct {
 	//	*Command_CloseRevision
 	//	*Command_Compact
 	//	*Command_Txn
+	//	*Command_Lease
+	//	*Command_LeaseSweep
 	Op isCommand_Op `protobuf_oneof:"op"`
 	// client_id and seq: the write's idempotency key (0: none).
 	ClientId uint64 `protobuf:"varint,4,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
@@ -3265,7 +4086,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3277,7 +4098,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[41]
+	mi := &file_pando_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3290,7 +4111,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{41}
+	return file_pando_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *Command) GetId() uint64 {
@@ -3442,6 +4263,24 @@ func (x *Command) GetTxn() *TxnOp {
 	return nil
 }
 
+func (x *Command) GetLease() *LeaseOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Lease); ok {
+			return x.Lease
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetLeaseSweep() *LeaseSweepOp {
+	if x != nil {
+		if x, ok := x.Op.(*Command_LeaseSweep); ok {
+			return x.LeaseSweep
+		}
+	}
+	return nil
+}
+
 func (x *Command) GetClientId() uint64 {
 	if x != nil {
 		return x.ClientId
@@ -3542,6 +4381,16 @@ type Command_Txn struct {
 	Txn *TxnOp `protobuf:"bytes,40,opt,name=txn,proto3,oneof"`
 }
 
+type Command_Lease struct {
+	// Leases: the lessor's records (meta range only), and a revoke's
+	// sweep of one range.
+	Lease *LeaseOp `protobuf:"bytes,41,opt,name=lease,proto3,oneof"`
+}
+
+type Command_LeaseSweep struct {
+	LeaseSweep *LeaseSweepOp `protobuf:"bytes,42,opt,name=lease_sweep,json=leaseSweep,proto3,oneof"`
+}
+
 func (*Command_Put) isCommand_Op() {}
 
 func (*Command_Delete) isCommand_Op() {}
@@ -3572,6 +4421,10 @@ func (*Command_Compact) isCommand_Op() {}
 
 func (*Command_Txn) isCommand_Op() {}
 
+func (*Command_Lease) isCommand_Op() {}
+
+func (*Command_LeaseSweep) isCommand_Op() {}
+
 // CloseRevisionOp closes a range at a revision: its last revision rises to
 // at least it, so no write at or below it applies any more and a read at
 // it sees the range's final state there.
@@ -3584,7 +4437,7 @@ type CloseRevisionOp struct {
 
 func (x *CloseRevisionOp) Reset() {
 	*x = CloseRevisionOp{}
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3596,7 +4449,7 @@ func (x *CloseRevisionOp) String() string {
 func (*CloseRevisionOp) ProtoMessage() {}
 
 func (x *CloseRevisionOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[42]
+	mi := &file_pando_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3609,7 +4462,7 @@ func (x *CloseRevisionOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseRevisionOp.ProtoReflect.Descriptor instead.
 func (*CloseRevisionOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{42}
+	return file_pando_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *CloseRevisionOp) GetRevision() uint64 {
@@ -3637,7 +4490,7 @@ type TxnOp struct {
 
 func (x *TxnOp) Reset() {
 	*x = TxnOp{}
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3649,7 +4502,7 @@ func (x *TxnOp) String() string {
 func (*TxnOp) ProtoMessage() {}
 
 func (x *TxnOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[43]
+	mi := &file_pando_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3662,7 +4515,7 @@ func (x *TxnOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TxnOp.ProtoReflect.Descriptor instead.
 func (*TxnOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{43}
+	return file_pando_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *TxnOp) GetCompare() []*Compare {
@@ -3686,6 +4539,178 @@ func (x *TxnOp) GetFailure() []*TxnRequestOp {
 	return nil
 }
 
+// LeaseOp changes the meta range's lease records: grants one, marks some
+// revoking (their keys are being swept; a new lessor finishes the sweep),
+// or forgets them (swept everywhere).
+type LeaseOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Grant         *LeaseRecord           `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
+	Revoke        []int64                `protobuf:"varint,2,rep,packed,name=revoke,proto3" json:"revoke,omitempty"`
+	Forget        []int64                `protobuf:"varint,3,rep,packed,name=forget,proto3" json:"forget,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseOp) Reset() {
+	*x = LeaseOp{}
+	mi := &file_pando_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseOp) ProtoMessage() {}
+
+func (x *LeaseOp) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseOp.ProtoReflect.Descriptor instead.
+func (*LeaseOp) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *LeaseOp) GetGrant() *LeaseRecord {
+	if x != nil {
+		return x.Grant
+	}
+	return nil
+}
+
+func (x *LeaseOp) GetRevoke() []int64 {
+	if x != nil {
+		return x.Revoke
+	}
+	return nil
+}
+
+func (x *LeaseOp) GetForget() []int64 {
+	if x != nil {
+		return x.Forget
+	}
+	return nil
+}
+
+// LeaseRecord is a lease as the meta range keeps it. When it expires is
+// not replicated: the lessor keeps it in memory (keep-alives are not
+// logged), and a new lessor gives every lease a whole TTL again.
+type LeaseRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Ttl           int64                  `protobuf:"varint,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Revoking      bool                   `protobuf:"varint,3,opt,name=revoking,proto3" json:"revoking,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseRecord) Reset() {
+	*x = LeaseRecord{}
+	mi := &file_pando_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseRecord) ProtoMessage() {}
+
+func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseRecord.ProtoReflect.Descriptor instead.
+func (*LeaseRecord) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *LeaseRecord) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseRecord) GetTtl() int64 {
+	if x != nil {
+		return x.Ttl
+	}
+	return 0
+}
+
+func (x *LeaseRecord) GetRevoking() bool {
+	if x != nil {
+		return x.Revoking
+	}
+	return false
+}
+
+// LeaseSweepOp deletes, at the command's revision, every key of the range
+// attached to one of the leases.
+type LeaseSweepOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ids           []int64                `protobuf:"varint,1,rep,packed,name=ids,proto3" json:"ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseSweepOp) Reset() {
+	*x = LeaseSweepOp{}
+	mi := &file_pando_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseSweepOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseSweepOp) ProtoMessage() {}
+
+func (x *LeaseSweepOp) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseSweepOp.ProtoReflect.Descriptor instead.
+func (*LeaseSweepOp) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *LeaseSweepOp) GetIds() []int64 {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
 type CompactOp struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Revision uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
@@ -3703,7 +4728,7 @@ type CompactOp struct {
 
 func (x *CompactOp) Reset() {
 	*x = CompactOp{}
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3715,7 +4740,7 @@ func (x *CompactOp) String() string {
 func (*CompactOp) ProtoMessage() {}
 
 func (x *CompactOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[44]
+	mi := &file_pando_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3728,7 +4753,7 @@ func (x *CompactOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactOp.ProtoReflect.Descriptor instead.
 func (*CompactOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{44}
+	return file_pando_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *CompactOp) GetRevision() uint64 {
@@ -3770,7 +4795,7 @@ type RevisionCeilingOp struct {
 
 func (x *RevisionCeilingOp) Reset() {
 	*x = RevisionCeilingOp{}
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3782,7 +4807,7 @@ func (x *RevisionCeilingOp) String() string {
 func (*RevisionCeilingOp) ProtoMessage() {}
 
 func (x *RevisionCeilingOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[45]
+	mi := &file_pando_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3795,7 +4820,7 @@ func (x *RevisionCeilingOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionCeilingOp.ProtoReflect.Descriptor instead.
 func (*RevisionCeilingOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{45}
+	return file_pando_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *RevisionCeilingOp) GetCeiling() uint64 {
@@ -3842,7 +4867,7 @@ type DedupRecord struct {
 
 func (x *DedupRecord) Reset() {
 	*x = DedupRecord{}
-	mi := &file_pando_proto_msgTypes[46]
+	mi := &file_pando_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3854,7 +4879,7 @@ func (x *DedupRecord) String() string {
 func (*DedupRecord) ProtoMessage() {}
 
 func (x *DedupRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[46]
+	mi := &file_pando_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3867,7 +4892,7 @@ func (x *DedupRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DedupRecord.ProtoReflect.Descriptor instead.
 func (*DedupRecord) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{46}
+	return file_pando_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *DedupRecord) GetSeq() uint64 {
@@ -3949,7 +4974,7 @@ type SplitOp struct {
 
 func (x *SplitOp) Reset() {
 	*x = SplitOp{}
-	mi := &file_pando_proto_msgTypes[47]
+	mi := &file_pando_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3961,7 +4986,7 @@ func (x *SplitOp) String() string {
 func (*SplitOp) ProtoMessage() {}
 
 func (x *SplitOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[47]
+	mi := &file_pando_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3974,7 +4999,7 @@ func (x *SplitOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitOp.ProtoReflect.Descriptor instead.
 func (*SplitOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{47}
+	return file_pando_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *SplitOp) GetSplitKey() []byte {
@@ -4013,7 +5038,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_pando_proto_msgTypes[48]
+	mi := &file_pando_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4025,7 +5050,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[48]
+	mi := &file_pando_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4038,7 +5063,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{48}
+	return file_pando_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *NodeRecord) GetId() uint64 {
@@ -4082,7 +5107,7 @@ type DirectoryOp struct {
 
 func (x *DirectoryOp) Reset() {
 	*x = DirectoryOp{}
-	mi := &file_pando_proto_msgTypes[49]
+	mi := &file_pando_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4094,7 +5119,7 @@ func (x *DirectoryOp) String() string {
 func (*DirectoryOp) ProtoMessage() {}
 
 func (x *DirectoryOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[49]
+	mi := &file_pando_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4107,7 +5132,7 @@ func (x *DirectoryOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryOp.ProtoReflect.Descriptor instead.
 func (*DirectoryOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{49}
+	return file_pando_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *DirectoryOp) GetRanges() []*RangeDescriptor {
@@ -4137,7 +5162,7 @@ type FreezeOp struct {
 
 func (x *FreezeOp) Reset() {
 	*x = FreezeOp{}
-	mi := &file_pando_proto_msgTypes[50]
+	mi := &file_pando_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4149,7 +5174,7 @@ func (x *FreezeOp) String() string {
 func (*FreezeOp) ProtoMessage() {}
 
 func (x *FreezeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[50]
+	mi := &file_pando_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4162,7 +5187,7 @@ func (x *FreezeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreezeOp.ProtoReflect.Descriptor instead.
 func (*FreezeOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{50}
+	return file_pando_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *FreezeOp) GetMergeInto() uint64 {
@@ -4192,7 +5217,7 @@ type MergeOp struct {
 
 func (x *MergeOp) Reset() {
 	*x = MergeOp{}
-	mi := &file_pando_proto_msgTypes[51]
+	mi := &file_pando_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4204,7 +5229,7 @@ func (x *MergeOp) String() string {
 func (*MergeOp) ProtoMessage() {}
 
 func (x *MergeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[51]
+	mi := &file_pando_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4217,7 +5242,7 @@ func (x *MergeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeOp.ProtoReflect.Descriptor instead.
 func (*MergeOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{51}
+	return file_pando_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *MergeOp) GetRight() *RangeDescriptor {
@@ -4251,7 +5276,7 @@ type AllocRangeIDOp struct {
 
 func (x *AllocRangeIDOp) Reset() {
 	*x = AllocRangeIDOp{}
-	mi := &file_pando_proto_msgTypes[52]
+	mi := &file_pando_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4263,7 +5288,7 @@ func (x *AllocRangeIDOp) String() string {
 func (*AllocRangeIDOp) ProtoMessage() {}
 
 func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[52]
+	mi := &file_pando_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4276,7 +5301,7 @@ func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDOp.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{52}
+	return file_pando_proto_rawDescGZIP(), []int{70}
 }
 
 // ChecksumOp asks every replica to hash the range's replicated data as of
@@ -4290,7 +5315,7 @@ type ChecksumOp struct {
 
 func (x *ChecksumOp) Reset() {
 	*x = ChecksumOp{}
-	mi := &file_pando_proto_msgTypes[53]
+	mi := &file_pando_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4302,7 +5327,7 @@ func (x *ChecksumOp) String() string {
 func (*ChecksumOp) ProtoMessage() {}
 
 func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[53]
+	mi := &file_pando_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4315,7 +5340,7 @@ func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumOp.ProtoReflect.Descriptor instead.
 func (*ChecksumOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{53}
+	return file_pando_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *ChecksumOp) GetCheckId() uint64 {
@@ -4345,7 +5370,7 @@ type CheckVerdict struct {
 
 func (x *CheckVerdict) Reset() {
 	*x = CheckVerdict{}
-	mi := &file_pando_proto_msgTypes[54]
+	mi := &file_pando_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4357,7 +5382,7 @@ func (x *CheckVerdict) String() string {
 func (*CheckVerdict) ProtoMessage() {}
 
 func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[54]
+	mi := &file_pando_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4370,7 +5395,7 @@ func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckVerdict.ProtoReflect.Descriptor instead.
 func (*CheckVerdict) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{54}
+	return file_pando_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *CheckVerdict) GetCheckId() uint64 {
@@ -4438,7 +5463,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_pando_proto_msgTypes[55]
+	mi := &file_pando_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4450,7 +5475,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[55]
+	mi := &file_pando_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4463,7 +5488,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{55}
+	return file_pando_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *RangeDescriptor) GetId() uint64 {
@@ -4535,7 +5560,7 @@ type RangeState struct {
 
 func (x *RangeState) Reset() {
 	*x = RangeState{}
-	mi := &file_pando_proto_msgTypes[56]
+	mi := &file_pando_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4547,7 +5572,7 @@ func (x *RangeState) String() string {
 func (*RangeState) ProtoMessage() {}
 
 func (x *RangeState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[56]
+	mi := &file_pando_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4560,7 +5585,7 @@ func (x *RangeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeState.ProtoReflect.Descriptor instead.
 func (*RangeState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{56}
+	return file_pando_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *RangeState) GetAppliedIndex() uint64 {
@@ -4658,7 +5683,7 @@ type TruncatedState struct {
 
 func (x *TruncatedState) Reset() {
 	*x = TruncatedState{}
-	mi := &file_pando_proto_msgTypes[57]
+	mi := &file_pando_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4670,7 +5695,7 @@ func (x *TruncatedState) String() string {
 func (*TruncatedState) ProtoMessage() {}
 
 func (x *TruncatedState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[57]
+	mi := &file_pando_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4683,7 +5708,7 @@ func (x *TruncatedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncatedState.ProtoReflect.Descriptor instead.
 func (*TruncatedState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{57}
+	return file_pando_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *TruncatedState) GetIndex() uint64 {
@@ -4713,7 +5738,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_pando_proto_msgTypes[58]
+	mi := &file_pando_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4725,7 +5750,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[58]
+	mi := &file_pando_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4738,7 +5763,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{58}
+	return file_pando_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *CheckRequest) GetRangeId() uint64 {
@@ -4773,7 +5798,7 @@ type KeyDiff struct {
 
 func (x *KeyDiff) Reset() {
 	*x = KeyDiff{}
-	mi := &file_pando_proto_msgTypes[59]
+	mi := &file_pando_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4785,7 +5810,7 @@ func (x *KeyDiff) String() string {
 func (*KeyDiff) ProtoMessage() {}
 
 func (x *KeyDiff) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[59]
+	mi := &file_pando_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4798,7 +5823,7 @@ func (x *KeyDiff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDiff.ProtoReflect.Descriptor instead.
 func (*KeyDiff) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{59}
+	return file_pando_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *KeyDiff) GetKey() []byte {
@@ -4827,7 +5852,7 @@ type ReplicaKey struct {
 
 func (x *ReplicaKey) Reset() {
 	*x = ReplicaKey{}
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4839,7 +5864,7 @@ func (x *ReplicaKey) String() string {
 func (*ReplicaKey) ProtoMessage() {}
 
 func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4852,7 +5877,7 @@ func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaKey.ProtoReflect.Descriptor instead.
 func (*ReplicaKey) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{60}
+	return file_pando_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *ReplicaKey) GetNodeId() uint64 {
@@ -4895,7 +5920,7 @@ type RangeCheck struct {
 
 func (x *RangeCheck) Reset() {
 	*x = RangeCheck{}
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4907,7 +5932,7 @@ func (x *RangeCheck) String() string {
 func (*RangeCheck) ProtoMessage() {}
 
 func (x *RangeCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4920,7 +5945,7 @@ func (x *RangeCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeCheck.ProtoReflect.Descriptor instead.
 func (*RangeCheck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{61}
+	return file_pando_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *RangeCheck) GetRangeId() uint64 {
@@ -4995,7 +6020,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5007,7 +6032,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5020,7 +6045,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{62}
+	return file_pando_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *CheckResponse) GetRanges() []*RangeCheck {
@@ -5040,7 +6065,7 @@ type ChecksumRequest struct {
 
 func (x *ChecksumRequest) Reset() {
 	*x = ChecksumRequest{}
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5052,7 +6077,7 @@ func (x *ChecksumRequest) String() string {
 func (*ChecksumRequest) ProtoMessage() {}
 
 func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5065,7 +6090,7 @@ func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumRequest.ProtoReflect.Descriptor instead.
 func (*ChecksumRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{63}
+	return file_pando_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *ChecksumRequest) GetRangeId() uint64 {
@@ -5095,7 +6120,7 @@ type ChecksumResponse struct {
 
 func (x *ChecksumResponse) Reset() {
 	*x = ChecksumResponse{}
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5107,7 +6132,7 @@ func (x *ChecksumResponse) String() string {
 func (*ChecksumResponse) ProtoMessage() {}
 
 func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5120,7 +6145,7 @@ func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumResponse.ProtoReflect.Descriptor instead.
 func (*ChecksumResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{64}
+	return file_pando_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *ChecksumResponse) GetIndex() uint64 {
@@ -5163,7 +6188,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5175,7 +6200,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5188,7 +6213,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{65}
+	return file_pando_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *ListKeysRequest) GetRangeId() uint64 {
@@ -5230,7 +6255,7 @@ type KeyDigest struct {
 
 func (x *KeyDigest) Reset() {
 	*x = KeyDigest{}
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5242,7 +6267,7 @@ func (x *KeyDigest) String() string {
 func (*KeyDigest) ProtoMessage() {}
 
 func (x *KeyDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5255,7 +6280,7 @@ func (x *KeyDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDigest.ProtoReflect.Descriptor instead.
 func (*KeyDigest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{66}
+	return file_pando_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *KeyDigest) GetKey() []byte {
@@ -5289,7 +6314,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5301,7 +6326,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5314,7 +6339,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{67}
+	return file_pando_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *ListKeysResponse) GetKeys() []*KeyDigest {
@@ -5342,7 +6367,7 @@ type RepairRequest struct {
 
 func (x *RepairRequest) Reset() {
 	*x = RepairRequest{}
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5354,7 +6379,7 @@ func (x *RepairRequest) String() string {
 func (*RepairRequest) ProtoMessage() {}
 
 func (x *RepairRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5367,7 +6392,7 @@ func (x *RepairRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
 func (*RepairRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{68}
+	return file_pando_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *RepairRequest) GetRangeId() uint64 {
@@ -5394,7 +6419,7 @@ type RepairResponse struct {
 
 func (x *RepairResponse) Reset() {
 	*x = RepairResponse{}
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5406,7 +6431,7 @@ func (x *RepairResponse) String() string {
 func (*RepairResponse) ProtoMessage() {}
 
 func (x *RepairResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5419,7 +6444,7 @@ func (x *RepairResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairResponse.ProtoReflect.Descriptor instead.
 func (*RepairResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{69}
+	return file_pando_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *RepairResponse) GetIndex() uint64 {
@@ -5445,7 +6470,7 @@ type RangeDataRequest struct {
 
 func (x *RangeDataRequest) Reset() {
 	*x = RangeDataRequest{}
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5457,7 +6482,7 @@ func (x *RangeDataRequest) String() string {
 func (*RangeDataRequest) ProtoMessage() {}
 
 func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5470,7 +6495,7 @@ func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataRequest.ProtoReflect.Descriptor instead.
 func (*RangeDataRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{70}
+	return file_pando_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *RangeDataRequest) GetRangeId() uint64 {
@@ -5496,7 +6521,7 @@ type RangeDataChunk struct {
 
 func (x *RangeDataChunk) Reset() {
 	*x = RangeDataChunk{}
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5508,7 +6533,7 @@ func (x *RangeDataChunk) String() string {
 func (*RangeDataChunk) ProtoMessage() {}
 
 func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5521,7 +6546,7 @@ func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataChunk.ProtoReflect.Descriptor instead.
 func (*RangeDataChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{71}
+	return file_pando_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *RangeDataChunk) GetIndex() uint64 {
@@ -5562,7 +6587,7 @@ type SplitRequest struct {
 
 func (x *SplitRequest) Reset() {
 	*x = SplitRequest{}
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5574,7 +6599,7 @@ func (x *SplitRequest) String() string {
 func (*SplitRequest) ProtoMessage() {}
 
 func (x *SplitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5587,7 +6612,7 @@ func (x *SplitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
 func (*SplitRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{72}
+	return file_pando_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *SplitRequest) GetKey() []byte {
@@ -5607,7 +6632,7 @@ type SplitResponse struct {
 
 func (x *SplitResponse) Reset() {
 	*x = SplitResponse{}
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5619,7 +6644,7 @@ func (x *SplitResponse) String() string {
 func (*SplitResponse) ProtoMessage() {}
 
 func (x *SplitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5632,7 +6657,7 @@ func (x *SplitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
 func (*SplitResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{73}
+	return file_pando_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *SplitResponse) GetLeft() *RangeDescriptor {
@@ -5657,7 +6682,7 @@ type AllocRangeIDRequest struct {
 
 func (x *AllocRangeIDRequest) Reset() {
 	*x = AllocRangeIDRequest{}
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5669,7 +6694,7 @@ func (x *AllocRangeIDRequest) String() string {
 func (*AllocRangeIDRequest) ProtoMessage() {}
 
 func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5682,7 +6707,7 @@ func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDRequest.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{74}
+	return file_pando_proto_rawDescGZIP(), []int{92}
 }
 
 type AllocRangeIDResponse struct {
@@ -5694,7 +6719,7 @@ type AllocRangeIDResponse struct {
 
 func (x *AllocRangeIDResponse) Reset() {
 	*x = AllocRangeIDResponse{}
-	mi := &file_pando_proto_msgTypes[75]
+	mi := &file_pando_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5706,7 +6731,7 @@ func (x *AllocRangeIDResponse) String() string {
 func (*AllocRangeIDResponse) ProtoMessage() {}
 
 func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[75]
+	mi := &file_pando_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5719,7 +6744,7 @@ func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDResponse.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{75}
+	return file_pando_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *AllocRangeIDResponse) GetRangeId() uint64 {
@@ -5744,7 +6769,7 @@ type MoveReplicaRequest struct {
 
 func (x *MoveReplicaRequest) Reset() {
 	*x = MoveReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[76]
+	mi := &file_pando_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5756,7 +6781,7 @@ func (x *MoveReplicaRequest) String() string {
 func (*MoveReplicaRequest) ProtoMessage() {}
 
 func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[76]
+	mi := &file_pando_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5769,7 +6794,7 @@ func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*MoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{76}
+	return file_pando_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *MoveReplicaRequest) GetRangeId() uint64 {
@@ -5809,7 +6834,7 @@ type MoveReplicaResponse struct {
 
 func (x *MoveReplicaResponse) Reset() {
 	*x = MoveReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[77]
+	mi := &file_pando_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5821,7 +6846,7 @@ func (x *MoveReplicaResponse) String() string {
 func (*MoveReplicaResponse) ProtoMessage() {}
 
 func (x *MoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[77]
+	mi := &file_pando_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5834,7 +6859,7 @@ func (x *MoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*MoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{77}
+	return file_pando_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *MoveReplicaResponse) GetDesc() *RangeDescriptor {
@@ -5854,7 +6879,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_pando_proto_msgTypes[78]
+	mi := &file_pando_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5866,7 +6891,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[78]
+	mi := &file_pando_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5879,7 +6904,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{78}
+	return file_pando_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *TransferLeaderRequest) GetRangeId() uint64 {
@@ -5904,7 +6929,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_pando_proto_msgTypes[79]
+	mi := &file_pando_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5916,7 +6941,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[79]
+	mi := &file_pando_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5929,7 +6954,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{79}
+	return file_pando_proto_rawDescGZIP(), []int{97}
 }
 
 // CreateReplicaRequest asks a node to hold an empty replica of desc's
@@ -5948,7 +6973,7 @@ type CreateReplicaRequest struct {
 
 func (x *CreateReplicaRequest) Reset() {
 	*x = CreateReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[80]
+	mi := &file_pando_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5960,7 +6985,7 @@ func (x *CreateReplicaRequest) String() string {
 func (*CreateReplicaRequest) ProtoMessage() {}
 
 func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[80]
+	mi := &file_pando_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5973,7 +6998,7 @@ func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReplicaRequest.ProtoReflect.Descriptor instead.
 func (*CreateReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{80}
+	return file_pando_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *CreateReplicaRequest) GetDesc() *RangeDescriptor {
@@ -6005,7 +7030,7 @@ type CreateReplicaResponse struct {
 
 func (x *CreateReplicaResponse) Reset() {
 	*x = CreateReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[81]
+	mi := &file_pando_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6017,7 +7042,7 @@ func (x *CreateReplicaResponse) String() string {
 func (*CreateReplicaResponse) ProtoMessage() {}
 
 func (x *CreateReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[81]
+	mi := &file_pando_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6030,7 +7055,7 @@ func (x *CreateReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReplicaResponse.ProtoReflect.Descriptor instead.
 func (*CreateReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{81}
+	return file_pando_proto_rawDescGZIP(), []int{99}
 }
 
 // DestroyReplicaRequest tells a node that desc (the range's current
@@ -6049,7 +7074,7 @@ type AdoptReplicaRequest struct {
 
 func (x *AdoptReplicaRequest) Reset() {
 	*x = AdoptReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[82]
+	mi := &file_pando_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6061,7 +7086,7 @@ func (x *AdoptReplicaRequest) String() string {
 func (*AdoptReplicaRequest) ProtoMessage() {}
 
 func (x *AdoptReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[82]
+	mi := &file_pando_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6074,7 +7099,7 @@ func (x *AdoptReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptReplicaRequest.ProtoReflect.Descriptor instead.
 func (*AdoptReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{82}
+	return file_pando_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *AdoptReplicaRequest) GetRangeId() uint64 {
@@ -6102,7 +7127,7 @@ type AdoptReplicaResponse struct {
 
 func (x *AdoptReplicaResponse) Reset() {
 	*x = AdoptReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[83]
+	mi := &file_pando_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6114,7 +7139,7 @@ func (x *AdoptReplicaResponse) String() string {
 func (*AdoptReplicaResponse) ProtoMessage() {}
 
 func (x *AdoptReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[83]
+	mi := &file_pando_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6127,7 +7152,7 @@ func (x *AdoptReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptReplicaResponse.ProtoReflect.Descriptor instead.
 func (*AdoptReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{83}
+	return file_pando_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *AdoptReplicaResponse) GetDesc() *RangeDescriptor {
@@ -6160,7 +7185,7 @@ type DestroyReplicaRequest struct {
 
 func (x *DestroyReplicaRequest) Reset() {
 	*x = DestroyReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[84]
+	mi := &file_pando_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6172,7 +7197,7 @@ func (x *DestroyReplicaRequest) String() string {
 func (*DestroyReplicaRequest) ProtoMessage() {}
 
 func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[84]
+	mi := &file_pando_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6185,7 +7210,7 @@ func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaRequest.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{84}
+	return file_pando_proto_rawDescGZIP(), []int{102}
 }
 
 func (x *DestroyReplicaRequest) GetDesc() *RangeDescriptor {
@@ -6203,7 +7228,7 @@ type DestroyReplicaResponse struct {
 
 func (x *DestroyReplicaResponse) Reset() {
 	*x = DestroyReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[85]
+	mi := &file_pando_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6215,7 +7240,7 @@ func (x *DestroyReplicaResponse) String() string {
 func (*DestroyReplicaResponse) ProtoMessage() {}
 
 func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[85]
+	mi := &file_pando_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6228,7 +7253,7 @@ func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaResponse.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{85}
+	return file_pando_proto_rawDescGZIP(), []int{103}
 }
 
 type JoinRequest struct {
@@ -6241,7 +7266,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_pando_proto_msgTypes[86]
+	mi := &file_pando_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6253,7 +7278,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[86]
+	mi := &file_pando_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6266,7 +7291,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{86}
+	return file_pando_proto_rawDescGZIP(), []int{104}
 }
 
 func (x *JoinRequest) GetNodeId() uint64 {
@@ -6292,7 +7317,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_pando_proto_msgTypes[87]
+	mi := &file_pando_proto_msgTypes[105]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6304,7 +7329,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[87]
+	mi := &file_pando_proto_msgTypes[105]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6317,7 +7342,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{87}
+	return file_pando_proto_rawDescGZIP(), []int{105}
 }
 
 func (x *JoinResponse) GetNodes() []*NodeRecord {
@@ -6336,7 +7361,7 @@ type DecommissionRequest struct {
 
 func (x *DecommissionRequest) Reset() {
 	*x = DecommissionRequest{}
-	mi := &file_pando_proto_msgTypes[88]
+	mi := &file_pando_proto_msgTypes[106]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6348,7 +7373,7 @@ func (x *DecommissionRequest) String() string {
 func (*DecommissionRequest) ProtoMessage() {}
 
 func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[88]
+	mi := &file_pando_proto_msgTypes[106]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6361,7 +7386,7 @@ func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
 func (*DecommissionRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{88}
+	return file_pando_proto_rawDescGZIP(), []int{106}
 }
 
 func (x *DecommissionRequest) GetNodeId() uint64 {
@@ -6380,7 +7405,7 @@ type DecommissionResponse struct {
 
 func (x *DecommissionResponse) Reset() {
 	*x = DecommissionResponse{}
-	mi := &file_pando_proto_msgTypes[89]
+	mi := &file_pando_proto_msgTypes[107]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6392,7 +7417,7 @@ func (x *DecommissionResponse) String() string {
 func (*DecommissionResponse) ProtoMessage() {}
 
 func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[89]
+	mi := &file_pando_proto_msgTypes[107]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6405,7 +7430,7 @@ func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
 func (*DecommissionResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{89}
+	return file_pando_proto_rawDescGZIP(), []int{107}
 }
 
 func (x *DecommissionResponse) GetNode() *NodeRecord {
@@ -6423,7 +7448,7 @@ type NodesRequest struct {
 
 func (x *NodesRequest) Reset() {
 	*x = NodesRequest{}
-	mi := &file_pando_proto_msgTypes[90]
+	mi := &file_pando_proto_msgTypes[108]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6435,7 +7460,7 @@ func (x *NodesRequest) String() string {
 func (*NodesRequest) ProtoMessage() {}
 
 func (x *NodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[90]
+	mi := &file_pando_proto_msgTypes[108]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6448,7 +7473,7 @@ func (x *NodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesRequest.ProtoReflect.Descriptor instead.
 func (*NodesRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{90}
+	return file_pando_proto_rawDescGZIP(), []int{108}
 }
 
 type NodeInfo struct {
@@ -6466,7 +7491,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_pando_proto_msgTypes[91]
+	mi := &file_pando_proto_msgTypes[109]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6478,7 +7503,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[91]
+	mi := &file_pando_proto_msgTypes[109]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6491,7 +7516,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{91}
+	return file_pando_proto_rawDescGZIP(), []int{109}
 }
 
 func (x *NodeInfo) GetRecord() *NodeRecord {
@@ -6546,7 +7571,7 @@ type NodesResponse struct {
 
 func (x *NodesResponse) Reset() {
 	*x = NodesResponse{}
-	mi := &file_pando_proto_msgTypes[92]
+	mi := &file_pando_proto_msgTypes[110]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6558,7 +7583,7 @@ func (x *NodesResponse) String() string {
 func (*NodesResponse) ProtoMessage() {}
 
 func (x *NodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[92]
+	mi := &file_pando_proto_msgTypes[110]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6571,7 +7596,7 @@ func (x *NodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesResponse.ProtoReflect.Descriptor instead.
 func (*NodesResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{92}
+	return file_pando_proto_rawDescGZIP(), []int{110}
 }
 
 func (x *NodesResponse) GetNodes() []*NodeInfo {
@@ -6601,7 +7626,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_pando_proto_msgTypes[93]
+	mi := &file_pando_proto_msgTypes[111]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6613,7 +7638,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[93]
+	mi := &file_pando_proto_msgTypes[111]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6626,7 +7651,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{93}
+	return file_pando_proto_rawDescGZIP(), []int{111}
 }
 
 func (x *HeartbeatRequest) GetNodeId() uint64 {
@@ -6669,7 +7694,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_pando_proto_msgTypes[94]
+	mi := &file_pando_proto_msgTypes[112]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6681,7 +7706,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[94]
+	mi := &file_pando_proto_msgTypes[112]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6694,7 +7719,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{94}
+	return file_pando_proto_rawDescGZIP(), []int{112}
 }
 
 func (x *HeartbeatResponse) GetControllerId() uint64 {
@@ -6727,7 +7752,7 @@ type RebalanceRequest struct {
 
 func (x *RebalanceRequest) Reset() {
 	*x = RebalanceRequest{}
-	mi := &file_pando_proto_msgTypes[95]
+	mi := &file_pando_proto_msgTypes[113]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6739,7 +7764,7 @@ func (x *RebalanceRequest) String() string {
 func (*RebalanceRequest) ProtoMessage() {}
 
 func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[95]
+	mi := &file_pando_proto_msgTypes[113]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6752,7 +7777,7 @@ func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceRequest.ProtoReflect.Descriptor instead.
 func (*RebalanceRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{95}
+	return file_pando_proto_rawDescGZIP(), []int{113}
 }
 
 func (x *RebalanceRequest) GetDryRun() bool {
@@ -6776,7 +7801,7 @@ type PlannedOp struct {
 
 func (x *PlannedOp) Reset() {
 	*x = PlannedOp{}
-	mi := &file_pando_proto_msgTypes[96]
+	mi := &file_pando_proto_msgTypes[114]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6788,7 +7813,7 @@ func (x *PlannedOp) String() string {
 func (*PlannedOp) ProtoMessage() {}
 
 func (x *PlannedOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[96]
+	mi := &file_pando_proto_msgTypes[114]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6801,7 +7826,7 @@ func (x *PlannedOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlannedOp.ProtoReflect.Descriptor instead.
 func (*PlannedOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{96}
+	return file_pando_proto_rawDescGZIP(), []int{114}
 }
 
 func (x *PlannedOp) GetKind() string {
@@ -6856,7 +7881,7 @@ type RebalanceResponse struct {
 
 func (x *RebalanceResponse) Reset() {
 	*x = RebalanceResponse{}
-	mi := &file_pando_proto_msgTypes[97]
+	mi := &file_pando_proto_msgTypes[115]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6868,7 +7893,7 @@ func (x *RebalanceResponse) String() string {
 func (*RebalanceResponse) ProtoMessage() {}
 
 func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[97]
+	mi := &file_pando_proto_msgTypes[115]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6881,7 +7906,7 @@ func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceResponse.ProtoReflect.Descriptor instead.
 func (*RebalanceResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{97}
+	return file_pando_proto_rawDescGZIP(), []int{115}
 }
 
 func (x *RebalanceResponse) GetOps() []*PlannedOp {
@@ -6911,7 +7936,7 @@ type MergeRequest struct {
 
 func (x *MergeRequest) Reset() {
 	*x = MergeRequest{}
-	mi := &file_pando_proto_msgTypes[98]
+	mi := &file_pando_proto_msgTypes[116]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6923,7 +7948,7 @@ func (x *MergeRequest) String() string {
 func (*MergeRequest) ProtoMessage() {}
 
 func (x *MergeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[98]
+	mi := &file_pando_proto_msgTypes[116]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6936,7 +7961,7 @@ func (x *MergeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRequest.ProtoReflect.Descriptor instead.
 func (*MergeRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{98}
+	return file_pando_proto_rawDescGZIP(), []int{116}
 }
 
 func (x *MergeRequest) GetRangeId() uint64 {
@@ -6962,7 +7987,7 @@ type MergeResponse struct {
 
 func (x *MergeResponse) Reset() {
 	*x = MergeResponse{}
-	mi := &file_pando_proto_msgTypes[99]
+	mi := &file_pando_proto_msgTypes[117]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6974,7 +7999,7 @@ func (x *MergeResponse) String() string {
 func (*MergeResponse) ProtoMessage() {}
 
 func (x *MergeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[99]
+	mi := &file_pando_proto_msgTypes[117]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6987,7 +8012,7 @@ func (x *MergeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeResponse.ProtoReflect.Descriptor instead.
 func (*MergeResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{99}
+	return file_pando_proto_rawDescGZIP(), []int{117}
 }
 
 func (x *MergeResponse) GetDesc() *RangeDescriptor {
@@ -7006,14 +8031,15 @@ const file_pando_proto_rawDesc = "" +
 	"GetRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x127\n" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x15.pando.v1.ConsistencyR\vconsistency\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x04R\brevision\"\xbb\x01\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"\xd1\x01\n" +
 	"\vGetResponse\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\x04R\aversion\x12'\n" +
 	"\x0fcreate_revision\x18\x04 \x01(\x04R\x0ecreateRevision\x12!\n" +
 	"\fmod_revision\x18\x05 \x01(\x04R\vmodRevision\x12\x1a\n" +
-	"\brevision\x18\x06 \x01(\x04R\brevision\"\xa0\x01\n" +
+	"\brevision\x18\x06 \x01(\x04R\brevision\x12\x14\n" +
+	"\x05lease\x18\a \x01(\x03R\x05lease\"\xb6\x01\n" +
 	"\n" +
 	"PutRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
@@ -7021,7 +8047,8 @@ const file_pando_proto_rawDesc = "" +
 	"\x03cas\x18\x03 \x01(\bR\x03cas\x12)\n" +
 	"\x10expected_version\x18\x04 \x01(\x04R\x0fexpectedVersion\x12\x1b\n" +
 	"\tclient_id\x18\x05 \x01(\x04R\bclientId\x12\x10\n" +
-	"\x03seq\x18\x06 \x01(\x04R\x03seq\"l\n" +
+	"\x03seq\x18\x06 \x01(\x04R\x03seq\x12\x14\n" +
+	"\x05lease\x18\a \x01(\x03R\x05lease\"l\n" +
 	"\vPutResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12'\n" +
@@ -7053,13 +8080,14 @@ const file_pando_proto_rawDesc = "" +
 	" \x01(\x04R\x0emaxModRevision\x12.\n" +
 	"\x13min_create_revision\x18\v \x01(\x04R\x11minCreateRevision\x12.\n" +
 	"\x13max_create_revision\x18\f \x01(\x04R\x11maxCreateRevision\x12\x18\n" +
-	"\areverse\x18\r \x01(\bR\areverse\"\x98\x01\n" +
+	"\areverse\x18\r \x01(\bR\areverse\"\xae\x01\n" +
 	"\bKeyValue\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\x04R\aversion\x12'\n" +
 	"\x0fcreate_revision\x18\x04 \x01(\x04R\x0ecreateRevision\x12!\n" +
-	"\fmod_revision\x18\x05 \x01(\x04R\vmodRevision\"\x92\x01\n" +
+	"\fmod_revision\x18\x05 \x01(\x04R\vmodRevision\x12\x14\n" +
+	"\x05lease\x18\x06 \x01(\x03R\x05lease\"\x92\x01\n" +
 	"\fScanResponse\x12(\n" +
 	"\x05items\x18\x01 \x03(\v2\x12.pando.v1.KeyValueR\x05items\x12\x12\n" +
 	"\x04more\x18\x02 \x01(\bR\x04more\x12\x12\n" +
@@ -7111,7 +8139,50 @@ const file_pando_proto_rawDesc = "" +
 	"\x15AllocRevisionsRequest\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\rR\x05count\".\n" +
 	"\x16AllocRevisionsResponse\x12\x14\n" +
-	"\x05first\x18\x01 \x01(\x04R\x05first\"\x9f\x02\n" +
+	"\x05first\x18\x01 \x01(\x04R\x05first\"5\n" +
+	"\x11LeaseGrantRequest\x12\x10\n" +
+	"\x03ttl\x18\x01 \x01(\x03R\x03ttl\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x03R\x02id\"6\n" +
+	"\x12LeaseGrantResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x10\n" +
+	"\x03ttl\x18\x02 \x01(\x03R\x03ttl\"$\n" +
+	"\x12LeaseRevokeRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\"K\n" +
+	"\x13LeaseRevokeResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x18\n" +
+	"\adeleted\x18\x02 \x01(\x04R\adeleted\"'\n" +
+	"\x15LeaseKeepAliveRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\":\n" +
+	"\x16LeaseKeepAliveResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x10\n" +
+	"\x03ttl\x18\x02 \x01(\x03R\x03ttl\"<\n" +
+	"\x16LeaseTimeToLiveRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x12\n" +
+	"\x04keys\x18\x02 \x01(\bR\x04keys\"p\n" +
+	"\x17LeaseTimeToLiveResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x10\n" +
+	"\x03ttl\x18\x02 \x01(\x03R\x03ttl\x12\x1f\n" +
+	"\vgranted_ttl\x18\x03 \x01(\x03R\n" +
+	"grantedTtl\x12\x12\n" +
+	"\x04keys\x18\x04 \x03(\fR\x04keys\"\x14\n" +
+	"\x12LeaseLeasesRequest\"\x1d\n" +
+	"\vLeaseStatus\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\"D\n" +
+	"\x13LeaseLeasesResponse\x12-\n" +
+	"\x06leases\x18\x01 \x03(\v2\x15.pando.v1.LeaseStatusR\x06leases\"8\n" +
+	"\x12SweepLeasesRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
+	"\x03ids\x18\x02 \x03(\x03R\x03ids\"_\n" +
+	"\x13SweepLeasesResponse\x12\x12\n" +
+	"\x04next\x18\x01 \x01(\fR\x04next\x12\x18\n" +
+	"\adeleted\x18\x02 \x01(\x04R\adeleted\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"5\n" +
+	"\x11LeasedKeysRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x03R\x02id\"<\n" +
+	"\x12LeasedKeysResponse\x12\x12\n" +
+	"\x04keys\x18\x01 \x03(\fR\x04keys\x12\x12\n" +
+	"\x04next\x18\x02 \x01(\fR\x04next\"\xaa\x02\n" +
 	"\aCompare\x120\n" +
 	"\x06result\x18\x01 \x01(\x0e2\x18.pando.v1.Compare.ResultR\x06result\x120\n" +
 	"\x06target\x18\x02 \x01(\x0e2\x18.pando.v1.Compare.TargetR\x06target\x12\x10\n" +
@@ -7122,21 +8193,23 @@ const file_pando_proto_rawDesc = "" +
 	"\x05EQUAL\x10\x00\x12\v\n" +
 	"\aGREATER\x10\x01\x12\b\n" +
 	"\x04LESS\x10\x02\x12\r\n" +
-	"\tNOT_EQUAL\x10\x03\"5\n" +
+	"\tNOT_EQUAL\x10\x03\"@\n" +
 	"\x06Target\x12\v\n" +
 	"\aVERSION\x10\x00\x12\n" +
 	"\n" +
 	"\x06CREATE\x10\x01\x12\a\n" +
 	"\x03MOD\x10\x02\x12\t\n" +
-	"\x05VALUE\x10\x03\"\x95\x01\n" +
+	"\x05VALUE\x10\x03\x12\t\n" +
+	"\x05LEASE\x10\x04\"\x95\x01\n" +
 	"\fTxnRequestOp\x12$\n" +
 	"\x03put\x18\x01 \x01(\v2\x10.pando.v1.TxnPutH\x00R\x03put\x12-\n" +
 	"\x06delete\x18\x02 \x01(\v2\x13.pando.v1.TxnDeleteH\x00R\x06delete\x12*\n" +
 	"\x05range\x18\x03 \x01(\v2\x12.pando.v1.TxnRangeH\x00R\x05rangeB\x04\n" +
-	"\x02op\"0\n" +
+	"\x02op\"F\n" +
 	"\x06TxnPut\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value\":\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\x12\x14\n" +
+	"\x05lease\x18\x03 \x01(\x03R\x05lease\":\n" +
 	"\tTxnDelete\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1b\n" +
 	"\trange_end\x18\x02 \x01(\fR\brangeEnd\"O\n" +
@@ -7221,19 +8294,20 @@ const file_pando_proto_rawDesc = "" +
 	"\amessage\x18\x04 \x01(\fR\amessage\x12\x14\n" +
 	"\x05final\x18\x05 \x01(\bR\x05final\")\n" +
 	"\vSnapshotAck\x12\x1a\n" +
-	"\baccepted\x18\x01 \x01(\bR\baccepted\"l\n" +
+	"\baccepted\x18\x01 \x01(\bR\baccepted\"\x82\x01\n" +
 	"\x05PutOp\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x10\n" +
 	"\x03cas\x18\x03 \x01(\bR\x03cas\x12)\n" +
-	"\x10expected_version\x18\x04 \x01(\x04R\x0fexpectedVersion\"v\n" +
+	"\x10expected_version\x18\x04 \x01(\x04R\x0fexpectedVersion\x12\x14\n" +
+	"\x05lease\x18\x05 \x01(\x03R\x05lease\"v\n" +
 	"\bDeleteOp\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
 	"\x03cas\x18\x02 \x01(\bR\x03cas\x12)\n" +
 	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\x12\x1b\n" +
 	"\trange_end\x18\x04 \x01(\fR\brangeEnd\"&\n" +
 	"\fPruneDedupOp\x12\x16\n" +
-	"\x06before\x18\x01 \x01(\x03R\x06before\"\x8e\a\n" +
+	"\x06before\x18\x01 \x01(\x03R\x06before\"\xf4\a\n" +
 	"\aCommand\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12#\n" +
 	"\x03put\x18\x02 \x01(\v2\x0f.pando.v1.PutOpH\x00R\x03put\x12,\n" +
@@ -7251,7 +8325,10 @@ const file_pando_proto_rawDesc = "" +
 	"\x10revision_ceiling\x18$ \x01(\v2\x1b.pando.v1.RevisionCeilingOpH\x00R\x0frevisionCeiling\x12B\n" +
 	"\x0eclose_revision\x18% \x01(\v2\x19.pando.v1.CloseRevisionOpH\x00R\rcloseRevision\x12/\n" +
 	"\acompact\x18& \x01(\v2\x13.pando.v1.CompactOpH\x00R\acompact\x12#\n" +
-	"\x03txn\x18( \x01(\v2\x0f.pando.v1.TxnOpH\x00R\x03txn\x12\x1b\n" +
+	"\x03txn\x18( \x01(\v2\x0f.pando.v1.TxnOpH\x00R\x03txn\x12)\n" +
+	"\x05lease\x18) \x01(\v2\x11.pando.v1.LeaseOpH\x00R\x05lease\x129\n" +
+	"\vlease_sweep\x18* \x01(\v2\x16.pando.v1.LeaseSweepOpH\x00R\n" +
+	"leaseSweep\x12\x1b\n" +
 	"\tclient_id\x18\x04 \x01(\x04R\bclientId\x12\x10\n" +
 	"\x03seq\x18\x05 \x01(\x04R\x03seq\x12\x1f\n" +
 	"\vproposed_at\x18\x06 \x01(\x03R\n" +
@@ -7263,7 +8340,17 @@ const file_pando_proto_rawDesc = "" +
 	"\x05TxnOp\x12+\n" +
 	"\acompare\x18\x01 \x03(\v2\x11.pando.v1.CompareR\acompare\x120\n" +
 	"\asuccess\x18\x02 \x03(\v2\x16.pando.v1.TxnRequestOpR\asuccess\x120\n" +
-	"\afailure\x18\x03 \x03(\v2\x16.pando.v1.TxnRequestOpR\afailure\"U\n" +
+	"\afailure\x18\x03 \x03(\v2\x16.pando.v1.TxnRequestOpR\afailure\"f\n" +
+	"\aLeaseOp\x12+\n" +
+	"\x05grant\x18\x01 \x01(\v2\x15.pando.v1.LeaseRecordR\x05grant\x12\x16\n" +
+	"\x06revoke\x18\x02 \x03(\x03R\x06revoke\x12\x16\n" +
+	"\x06forget\x18\x03 \x03(\x03R\x06forget\"K\n" +
+	"\vLeaseRecord\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x10\n" +
+	"\x03ttl\x18\x02 \x01(\x03R\x03ttl\x12\x1a\n" +
+	"\brevoking\x18\x03 \x01(\bR\brevoking\" \n" +
+	"\fLeaseSweepOp\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\x03R\x03ids\"U\n" +
 	"\tCompactOp\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x16\n" +
@@ -7491,7 +8578,7 @@ const file_pando_proto_rawDesc = "" +
 	"\x04desc\x18\x01 \x01(\v2\x19.pando.v1.RangeDescriptorR\x04desc**\n" +
 	"\vConsistency\x12\x10\n" +
 	"\fLINEARIZABLE\x10\x00\x12\t\n" +
-	"\x05STALE\x10\x012\xe6\x03\n" +
+	"\x05STALE\x10\x012\xde\b\n" +
 	"\x02KV\x122\n" +
 	"\x03Get\x12\x14.pando.v1.GetRequest\x1a\x15.pando.v1.GetResponse\x122\n" +
 	"\x03Put\x12\x14.pando.v1.PutRequest\x1a\x15.pando.v1.PutResponse\x12;\n" +
@@ -7500,7 +8587,18 @@ const file_pando_proto_rawDesc = "" +
 	"\x06Status\x12\x17.pando.v1.StatusRequest\x1a\x18.pando.v1.StatusResponse\x12S\n" +
 	"\x0eAllocRevisions\x12\x1f.pando.v1.AllocRevisionsRequest\x1a .pando.v1.AllocRevisionsResponse\x12>\n" +
 	"\aCompact\x12\x18.pando.v1.CompactRequest\x1a\x19.pando.v1.CompactResponse\x122\n" +
-	"\x03Txn\x12\x14.pando.v1.TxnRequest\x1a\x15.pando.v1.TxnResponse2K\n" +
+	"\x03Txn\x12\x14.pando.v1.TxnRequest\x1a\x15.pando.v1.TxnResponse\x12G\n" +
+	"\n" +
+	"LeaseGrant\x12\x1b.pando.v1.LeaseGrantRequest\x1a\x1c.pando.v1.LeaseGrantResponse\x12J\n" +
+	"\vLeaseRevoke\x12\x1c.pando.v1.LeaseRevokeRequest\x1a\x1d.pando.v1.LeaseRevokeResponse\x12W\n" +
+	"\x0eLeaseKeepAlive\x12\x1f.pando.v1.LeaseKeepAliveRequest\x1a .pando.v1.LeaseKeepAliveResponse(\x010\x01\x12O\n" +
+	"\n" +
+	"LeaseRenew\x12\x1f.pando.v1.LeaseKeepAliveRequest\x1a .pando.v1.LeaseKeepAliveResponse\x12V\n" +
+	"\x0fLeaseTimeToLive\x12 .pando.v1.LeaseTimeToLiveRequest\x1a!.pando.v1.LeaseTimeToLiveResponse\x12J\n" +
+	"\vLeaseLeases\x12\x1c.pando.v1.LeaseLeasesRequest\x1a\x1d.pando.v1.LeaseLeasesResponse\x12J\n" +
+	"\vSweepLeases\x12\x1c.pando.v1.SweepLeasesRequest\x1a\x1d.pando.v1.SweepLeasesResponse\x12G\n" +
+	"\n" +
+	"LeasedKeys\x12\x1b.pando.v1.LeasedKeysRequest\x1a\x1c.pando.v1.LeasedKeysResponse2K\n" +
 	"\x05Watch\x12B\n" +
 	"\x05Watch\x12\x1c.pando.v1.WatchStreamRequest\x1a\x17.pando.v1.WatchResponse(\x010\x012v\n" +
 	"\x04Raft\x120\n" +
@@ -7540,248 +8638,286 @@ func file_pando_proto_rawDescGZIP() []byte {
 }
 
 var file_pando_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 100)
+var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 118)
 var file_pando_proto_goTypes = []any{
-	(Consistency)(0),               // 0: pando.v1.Consistency
-	(Compare_Result)(0),            // 1: pando.v1.Compare.Result
-	(Compare_Target)(0),            // 2: pando.v1.Compare.Target
-	(WatchEvent_Type)(0),           // 3: pando.v1.WatchEvent.Type
-	(*GetRequest)(nil),             // 4: pando.v1.GetRequest
-	(*GetResponse)(nil),            // 5: pando.v1.GetResponse
-	(*PutRequest)(nil),             // 6: pando.v1.PutRequest
-	(*PutResponse)(nil),            // 7: pando.v1.PutResponse
-	(*DeleteRequest)(nil),          // 8: pando.v1.DeleteRequest
-	(*DeleteResponse)(nil),         // 9: pando.v1.DeleteResponse
-	(*ScanRequest)(nil),            // 10: pando.v1.ScanRequest
-	(*KeyValue)(nil),               // 11: pando.v1.KeyValue
-	(*ScanResponse)(nil),           // 12: pando.v1.ScanResponse
-	(*StatusRequest)(nil),          // 13: pando.v1.StatusRequest
-	(*NodeStatus)(nil),             // 14: pando.v1.NodeStatus
-	(*RangeStatus)(nil),            // 15: pando.v1.RangeStatus
-	(*BreakerStatus)(nil),          // 16: pando.v1.BreakerStatus
-	(*StatusResponse)(nil),         // 17: pando.v1.StatusResponse
-	(*AllocRevisionsRequest)(nil),  // 18: pando.v1.AllocRevisionsRequest
-	(*AllocRevisionsResponse)(nil), // 19: pando.v1.AllocRevisionsResponse
-	(*Compare)(nil),                // 20: pando.v1.Compare
-	(*TxnRequestOp)(nil),           // 21: pando.v1.TxnRequestOp
-	(*TxnPut)(nil),                 // 22: pando.v1.TxnPut
-	(*TxnDelete)(nil),              // 23: pando.v1.TxnDelete
-	(*TxnRange)(nil),               // 24: pando.v1.TxnRange
-	(*TxnRequest)(nil),             // 25: pando.v1.TxnRequest
-	(*TxnResponseOp)(nil),          // 26: pando.v1.TxnResponseOp
-	(*TxnResponse)(nil),            // 27: pando.v1.TxnResponse
-	(*WatchStreamRequest)(nil),     // 28: pando.v1.WatchStreamRequest
-	(*WatchNudge)(nil),             // 29: pando.v1.WatchNudge
-	(*WatchCancelRequest)(nil),     // 30: pando.v1.WatchCancelRequest
-	(*WatchProgressRequest)(nil),   // 31: pando.v1.WatchProgressRequest
-	(*WatchRequest)(nil),           // 32: pando.v1.WatchRequest
-	(*WatchEvent)(nil),             // 33: pando.v1.WatchEvent
-	(*WatchResponse)(nil),          // 34: pando.v1.WatchResponse
-	(*CompactRequest)(nil),         // 35: pando.v1.CompactRequest
-	(*CompactResponse)(nil),        // 36: pando.v1.CompactResponse
-	(*RaftEnvelope)(nil),           // 37: pando.v1.RaftEnvelope
-	(*RaftBatch)(nil),              // 38: pando.v1.RaftBatch
-	(*RaftAck)(nil),                // 39: pando.v1.RaftAck
-	(*SnapshotChunk)(nil),          // 40: pando.v1.SnapshotChunk
-	(*SnapshotAck)(nil),            // 41: pando.v1.SnapshotAck
-	(*PutOp)(nil),                  // 42: pando.v1.PutOp
-	(*DeleteOp)(nil),               // 43: pando.v1.DeleteOp
-	(*PruneDedupOp)(nil),           // 44: pando.v1.PruneDedupOp
-	(*Command)(nil),                // 45: pando.v1.Command
-	(*CloseRevisionOp)(nil),        // 46: pando.v1.CloseRevisionOp
-	(*TxnOp)(nil),                  // 47: pando.v1.TxnOp
-	(*CompactOp)(nil),              // 48: pando.v1.CompactOp
-	(*RevisionCeilingOp)(nil),      // 49: pando.v1.RevisionCeilingOp
-	(*DedupRecord)(nil),            // 50: pando.v1.DedupRecord
-	(*SplitOp)(nil),                // 51: pando.v1.SplitOp
-	(*NodeRecord)(nil),             // 52: pando.v1.NodeRecord
-	(*DirectoryOp)(nil),            // 53: pando.v1.DirectoryOp
-	(*FreezeOp)(nil),               // 54: pando.v1.FreezeOp
-	(*MergeOp)(nil),                // 55: pando.v1.MergeOp
-	(*AllocRangeIDOp)(nil),         // 56: pando.v1.AllocRangeIDOp
-	(*ChecksumOp)(nil),             // 57: pando.v1.ChecksumOp
-	(*CheckVerdict)(nil),           // 58: pando.v1.CheckVerdict
-	(*RangeDescriptor)(nil),        // 59: pando.v1.RangeDescriptor
-	(*RangeState)(nil),             // 60: pando.v1.RangeState
-	(*TruncatedState)(nil),         // 61: pando.v1.TruncatedState
-	(*CheckRequest)(nil),           // 62: pando.v1.CheckRequest
-	(*KeyDiff)(nil),                // 63: pando.v1.KeyDiff
-	(*ReplicaKey)(nil),             // 64: pando.v1.ReplicaKey
-	(*RangeCheck)(nil),             // 65: pando.v1.RangeCheck
-	(*CheckResponse)(nil),          // 66: pando.v1.CheckResponse
-	(*ChecksumRequest)(nil),        // 67: pando.v1.ChecksumRequest
-	(*ChecksumResponse)(nil),       // 68: pando.v1.ChecksumResponse
-	(*ListKeysRequest)(nil),        // 69: pando.v1.ListKeysRequest
-	(*KeyDigest)(nil),              // 70: pando.v1.KeyDigest
-	(*ListKeysResponse)(nil),       // 71: pando.v1.ListKeysResponse
-	(*RepairRequest)(nil),          // 72: pando.v1.RepairRequest
-	(*RepairResponse)(nil),         // 73: pando.v1.RepairResponse
-	(*RangeDataRequest)(nil),       // 74: pando.v1.RangeDataRequest
-	(*RangeDataChunk)(nil),         // 75: pando.v1.RangeDataChunk
-	(*SplitRequest)(nil),           // 76: pando.v1.SplitRequest
-	(*SplitResponse)(nil),          // 77: pando.v1.SplitResponse
-	(*AllocRangeIDRequest)(nil),    // 78: pando.v1.AllocRangeIDRequest
-	(*AllocRangeIDResponse)(nil),   // 79: pando.v1.AllocRangeIDResponse
-	(*MoveReplicaRequest)(nil),     // 80: pando.v1.MoveReplicaRequest
-	(*MoveReplicaResponse)(nil),    // 81: pando.v1.MoveReplicaResponse
-	(*TransferLeaderRequest)(nil),  // 82: pando.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 83: pando.v1.TransferLeaderResponse
-	(*CreateReplicaRequest)(nil),   // 84: pando.v1.CreateReplicaRequest
-	(*CreateReplicaResponse)(nil),  // 85: pando.v1.CreateReplicaResponse
-	(*AdoptReplicaRequest)(nil),    // 86: pando.v1.AdoptReplicaRequest
-	(*AdoptReplicaResponse)(nil),   // 87: pando.v1.AdoptReplicaResponse
-	(*DestroyReplicaRequest)(nil),  // 88: pando.v1.DestroyReplicaRequest
-	(*DestroyReplicaResponse)(nil), // 89: pando.v1.DestroyReplicaResponse
-	(*JoinRequest)(nil),            // 90: pando.v1.JoinRequest
-	(*JoinResponse)(nil),           // 91: pando.v1.JoinResponse
-	(*DecommissionRequest)(nil),    // 92: pando.v1.DecommissionRequest
-	(*DecommissionResponse)(nil),   // 93: pando.v1.DecommissionResponse
-	(*NodesRequest)(nil),           // 94: pando.v1.NodesRequest
-	(*NodeInfo)(nil),               // 95: pando.v1.NodeInfo
-	(*NodesResponse)(nil),          // 96: pando.v1.NodesResponse
-	(*HeartbeatRequest)(nil),       // 97: pando.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),      // 98: pando.v1.HeartbeatResponse
-	(*RebalanceRequest)(nil),       // 99: pando.v1.RebalanceRequest
-	(*PlannedOp)(nil),              // 100: pando.v1.PlannedOp
-	(*RebalanceResponse)(nil),      // 101: pando.v1.RebalanceResponse
-	(*MergeRequest)(nil),           // 102: pando.v1.MergeRequest
-	(*MergeResponse)(nil),          // 103: pando.v1.MergeResponse
+	(Consistency)(0),                // 0: pando.v1.Consistency
+	(Compare_Result)(0),             // 1: pando.v1.Compare.Result
+	(Compare_Target)(0),             // 2: pando.v1.Compare.Target
+	(WatchEvent_Type)(0),            // 3: pando.v1.WatchEvent.Type
+	(*GetRequest)(nil),              // 4: pando.v1.GetRequest
+	(*GetResponse)(nil),             // 5: pando.v1.GetResponse
+	(*PutRequest)(nil),              // 6: pando.v1.PutRequest
+	(*PutResponse)(nil),             // 7: pando.v1.PutResponse
+	(*DeleteRequest)(nil),           // 8: pando.v1.DeleteRequest
+	(*DeleteResponse)(nil),          // 9: pando.v1.DeleteResponse
+	(*ScanRequest)(nil),             // 10: pando.v1.ScanRequest
+	(*KeyValue)(nil),                // 11: pando.v1.KeyValue
+	(*ScanResponse)(nil),            // 12: pando.v1.ScanResponse
+	(*StatusRequest)(nil),           // 13: pando.v1.StatusRequest
+	(*NodeStatus)(nil),              // 14: pando.v1.NodeStatus
+	(*RangeStatus)(nil),             // 15: pando.v1.RangeStatus
+	(*BreakerStatus)(nil),           // 16: pando.v1.BreakerStatus
+	(*StatusResponse)(nil),          // 17: pando.v1.StatusResponse
+	(*AllocRevisionsRequest)(nil),   // 18: pando.v1.AllocRevisionsRequest
+	(*AllocRevisionsResponse)(nil),  // 19: pando.v1.AllocRevisionsResponse
+	(*LeaseGrantRequest)(nil),       // 20: pando.v1.LeaseGrantRequest
+	(*LeaseGrantResponse)(nil),      // 21: pando.v1.LeaseGrantResponse
+	(*LeaseRevokeRequest)(nil),      // 22: pando.v1.LeaseRevokeRequest
+	(*LeaseRevokeResponse)(nil),     // 23: pando.v1.LeaseRevokeResponse
+	(*LeaseKeepAliveRequest)(nil),   // 24: pando.v1.LeaseKeepAliveRequest
+	(*LeaseKeepAliveResponse)(nil),  // 25: pando.v1.LeaseKeepAliveResponse
+	(*LeaseTimeToLiveRequest)(nil),  // 26: pando.v1.LeaseTimeToLiveRequest
+	(*LeaseTimeToLiveResponse)(nil), // 27: pando.v1.LeaseTimeToLiveResponse
+	(*LeaseLeasesRequest)(nil),      // 28: pando.v1.LeaseLeasesRequest
+	(*LeaseStatus)(nil),             // 29: pando.v1.LeaseStatus
+	(*LeaseLeasesResponse)(nil),     // 30: pando.v1.LeaseLeasesResponse
+	(*SweepLeasesRequest)(nil),      // 31: pando.v1.SweepLeasesRequest
+	(*SweepLeasesResponse)(nil),     // 32: pando.v1.SweepLeasesResponse
+	(*LeasedKeysRequest)(nil),       // 33: pando.v1.LeasedKeysRequest
+	(*LeasedKeysResponse)(nil),      // 34: pando.v1.LeasedKeysResponse
+	(*Compare)(nil),                 // 35: pando.v1.Compare
+	(*TxnRequestOp)(nil),            // 36: pando.v1.TxnRequestOp
+	(*TxnPut)(nil),                  // 37: pando.v1.TxnPut
+	(*TxnDelete)(nil),               // 38: pando.v1.TxnDelete
+	(*TxnRange)(nil),                // 39: pando.v1.TxnRange
+	(*TxnRequest)(nil),              // 40: pando.v1.TxnRequest
+	(*TxnResponseOp)(nil),           // 41: pando.v1.TxnResponseOp
+	(*TxnResponse)(nil),             // 42: pando.v1.TxnResponse
+	(*WatchStreamRequest)(nil),      // 43: pando.v1.WatchStreamRequest
+	(*WatchNudge)(nil),              // 44: pando.v1.WatchNudge
+	(*WatchCancelRequest)(nil),      // 45: pando.v1.WatchCancelRequest
+	(*WatchProgressRequest)(nil),    // 46: pando.v1.WatchProgressRequest
+	(*WatchRequest)(nil),            // 47: pando.v1.WatchRequest
+	(*WatchEvent)(nil),              // 48: pando.v1.WatchEvent
+	(*WatchResponse)(nil),           // 49: pando.v1.WatchResponse
+	(*CompactRequest)(nil),          // 50: pando.v1.CompactRequest
+	(*CompactResponse)(nil),         // 51: pando.v1.CompactResponse
+	(*RaftEnvelope)(nil),            // 52: pando.v1.RaftEnvelope
+	(*RaftBatch)(nil),               // 53: pando.v1.RaftBatch
+	(*RaftAck)(nil),                 // 54: pando.v1.RaftAck
+	(*SnapshotChunk)(nil),           // 55: pando.v1.SnapshotChunk
+	(*SnapshotAck)(nil),             // 56: pando.v1.SnapshotAck
+	(*PutOp)(nil),                   // 57: pando.v1.PutOp
+	(*DeleteOp)(nil),                // 58: pando.v1.DeleteOp
+	(*PruneDedupOp)(nil),            // 59: pando.v1.PruneDedupOp
+	(*Command)(nil),                 // 60: pando.v1.Command
+	(*CloseRevisionOp)(nil),         // 61: pando.v1.CloseRevisionOp
+	(*TxnOp)(nil),                   // 62: pando.v1.TxnOp
+	(*LeaseOp)(nil),                 // 63: pando.v1.LeaseOp
+	(*LeaseRecord)(nil),             // 64: pando.v1.LeaseRecord
+	(*LeaseSweepOp)(nil),            // 65: pando.v1.LeaseSweepOp
+	(*CompactOp)(nil),               // 66: pando.v1.CompactOp
+	(*RevisionCeilingOp)(nil),       // 67: pando.v1.RevisionCeilingOp
+	(*DedupRecord)(nil),             // 68: pando.v1.DedupRecord
+	(*SplitOp)(nil),                 // 69: pando.v1.SplitOp
+	(*NodeRecord)(nil),              // 70: pando.v1.NodeRecord
+	(*DirectoryOp)(nil),             // 71: pando.v1.DirectoryOp
+	(*FreezeOp)(nil),                // 72: pando.v1.FreezeOp
+	(*MergeOp)(nil),                 // 73: pando.v1.MergeOp
+	(*AllocRangeIDOp)(nil),          // 74: pando.v1.AllocRangeIDOp
+	(*ChecksumOp)(nil),              // 75: pando.v1.ChecksumOp
+	(*CheckVerdict)(nil),            // 76: pando.v1.CheckVerdict
+	(*RangeDescriptor)(nil),         // 77: pando.v1.RangeDescriptor
+	(*RangeState)(nil),              // 78: pando.v1.RangeState
+	(*TruncatedState)(nil),          // 79: pando.v1.TruncatedState
+	(*CheckRequest)(nil),            // 80: pando.v1.CheckRequest
+	(*KeyDiff)(nil),                 // 81: pando.v1.KeyDiff
+	(*ReplicaKey)(nil),              // 82: pando.v1.ReplicaKey
+	(*RangeCheck)(nil),              // 83: pando.v1.RangeCheck
+	(*CheckResponse)(nil),           // 84: pando.v1.CheckResponse
+	(*ChecksumRequest)(nil),         // 85: pando.v1.ChecksumRequest
+	(*ChecksumResponse)(nil),        // 86: pando.v1.ChecksumResponse
+	(*ListKeysRequest)(nil),         // 87: pando.v1.ListKeysRequest
+	(*KeyDigest)(nil),               // 88: pando.v1.KeyDigest
+	(*ListKeysResponse)(nil),        // 89: pando.v1.ListKeysResponse
+	(*RepairRequest)(nil),           // 90: pando.v1.RepairRequest
+	(*RepairResponse)(nil),          // 91: pando.v1.RepairResponse
+	(*RangeDataRequest)(nil),        // 92: pando.v1.RangeDataRequest
+	(*RangeDataChunk)(nil),          // 93: pando.v1.RangeDataChunk
+	(*SplitRequest)(nil),            // 94: pando.v1.SplitRequest
+	(*SplitResponse)(nil),           // 95: pando.v1.SplitResponse
+	(*AllocRangeIDRequest)(nil),     // 96: pando.v1.AllocRangeIDRequest
+	(*AllocRangeIDResponse)(nil),    // 97: pando.v1.AllocRangeIDResponse
+	(*MoveReplicaRequest)(nil),      // 98: pando.v1.MoveReplicaRequest
+	(*MoveReplicaResponse)(nil),     // 99: pando.v1.MoveReplicaResponse
+	(*TransferLeaderRequest)(nil),   // 100: pando.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),  // 101: pando.v1.TransferLeaderResponse
+	(*CreateReplicaRequest)(nil),    // 102: pando.v1.CreateReplicaRequest
+	(*CreateReplicaResponse)(nil),   // 103: pando.v1.CreateReplicaResponse
+	(*AdoptReplicaRequest)(nil),     // 104: pando.v1.AdoptReplicaRequest
+	(*AdoptReplicaResponse)(nil),    // 105: pando.v1.AdoptReplicaResponse
+	(*DestroyReplicaRequest)(nil),   // 106: pando.v1.DestroyReplicaRequest
+	(*DestroyReplicaResponse)(nil),  // 107: pando.v1.DestroyReplicaResponse
+	(*JoinRequest)(nil),             // 108: pando.v1.JoinRequest
+	(*JoinResponse)(nil),            // 109: pando.v1.JoinResponse
+	(*DecommissionRequest)(nil),     // 110: pando.v1.DecommissionRequest
+	(*DecommissionResponse)(nil),    // 111: pando.v1.DecommissionResponse
+	(*NodesRequest)(nil),            // 112: pando.v1.NodesRequest
+	(*NodeInfo)(nil),                // 113: pando.v1.NodeInfo
+	(*NodesResponse)(nil),           // 114: pando.v1.NodesResponse
+	(*HeartbeatRequest)(nil),        // 115: pando.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),       // 116: pando.v1.HeartbeatResponse
+	(*RebalanceRequest)(nil),        // 117: pando.v1.RebalanceRequest
+	(*PlannedOp)(nil),               // 118: pando.v1.PlannedOp
+	(*RebalanceResponse)(nil),       // 119: pando.v1.RebalanceResponse
+	(*MergeRequest)(nil),            // 120: pando.v1.MergeRequest
+	(*MergeResponse)(nil),           // 121: pando.v1.MergeResponse
 }
 var file_pando_proto_depIdxs = []int32{
 	0,   // 0: pando.v1.GetRequest.consistency:type_name -> pando.v1.Consistency
 	0,   // 1: pando.v1.ScanRequest.consistency:type_name -> pando.v1.Consistency
 	11,  // 2: pando.v1.ScanResponse.items:type_name -> pando.v1.KeyValue
-	58,  // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
+	76,  // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
 	14,  // 4: pando.v1.StatusResponse.nodes:type_name -> pando.v1.NodeStatus
 	15,  // 5: pando.v1.StatusResponse.ranges:type_name -> pando.v1.RangeStatus
 	16,  // 6: pando.v1.StatusResponse.breakers:type_name -> pando.v1.BreakerStatus
-	1,   // 7: pando.v1.Compare.result:type_name -> pando.v1.Compare.Result
-	2,   // 8: pando.v1.Compare.target:type_name -> pando.v1.Compare.Target
-	22,  // 9: pando.v1.TxnRequestOp.put:type_name -> pando.v1.TxnPut
-	23,  // 10: pando.v1.TxnRequestOp.delete:type_name -> pando.v1.TxnDelete
-	24,  // 11: pando.v1.TxnRequestOp.range:type_name -> pando.v1.TxnRange
-	20,  // 12: pando.v1.TxnRequest.compare:type_name -> pando.v1.Compare
-	21,  // 13: pando.v1.TxnRequest.success:type_name -> pando.v1.TxnRequestOp
-	21,  // 14: pando.v1.TxnRequest.failure:type_name -> pando.v1.TxnRequestOp
-	7,   // 15: pando.v1.TxnResponseOp.put:type_name -> pando.v1.PutResponse
-	9,   // 16: pando.v1.TxnResponseOp.delete:type_name -> pando.v1.DeleteResponse
-	12,  // 17: pando.v1.TxnResponseOp.range:type_name -> pando.v1.ScanResponse
-	26,  // 18: pando.v1.TxnResponse.responses:type_name -> pando.v1.TxnResponseOp
-	32,  // 19: pando.v1.WatchStreamRequest.create:type_name -> pando.v1.WatchRequest
-	30,  // 20: pando.v1.WatchStreamRequest.cancel:type_name -> pando.v1.WatchCancelRequest
-	31,  // 21: pando.v1.WatchStreamRequest.progress:type_name -> pando.v1.WatchProgressRequest
-	29,  // 22: pando.v1.WatchStreamRequest.nudge:type_name -> pando.v1.WatchNudge
-	3,   // 23: pando.v1.WatchEvent.type:type_name -> pando.v1.WatchEvent.Type
-	11,  // 24: pando.v1.WatchEvent.kv:type_name -> pando.v1.KeyValue
-	11,  // 25: pando.v1.WatchEvent.prev_kv:type_name -> pando.v1.KeyValue
-	33,  // 26: pando.v1.WatchResponse.events:type_name -> pando.v1.WatchEvent
-	37,  // 27: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
-	11,  // 28: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
-	42,  // 29: pando.v1.Command.put:type_name -> pando.v1.PutOp
-	43,  // 30: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
-	44,  // 31: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
-	57,  // 32: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
-	58,  // 33: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
-	51,  // 34: pando.v1.Command.split:type_name -> pando.v1.SplitOp
-	56,  // 35: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
-	52,  // 36: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
-	53,  // 37: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
-	54,  // 38: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
-	55,  // 39: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
-	49,  // 40: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
-	46,  // 41: pando.v1.Command.close_revision:type_name -> pando.v1.CloseRevisionOp
-	48,  // 42: pando.v1.Command.compact:type_name -> pando.v1.CompactOp
-	47,  // 43: pando.v1.Command.txn:type_name -> pando.v1.TxnOp
-	20,  // 44: pando.v1.TxnOp.compare:type_name -> pando.v1.Compare
-	21,  // 45: pando.v1.TxnOp.success:type_name -> pando.v1.TxnRequestOp
-	21,  // 46: pando.v1.TxnOp.failure:type_name -> pando.v1.TxnRequestOp
-	59,  // 47: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
-	59,  // 48: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
-	59,  // 49: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
-	58,  // 50: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
-	64,  // 51: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
-	63,  // 52: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
-	65,  // 53: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
-	70,  // 54: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
-	11,  // 55: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
-	59,  // 56: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
-	59,  // 57: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
-	59,  // 58: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	59,  // 59: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	59,  // 60: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	59,  // 61: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	52,  // 62: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
-	52,  // 63: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
-	52,  // 64: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
-	95,  // 65: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
-	15,  // 66: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
-	52,  // 67: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
-	15,  // 68: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
-	100, // 69: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
-	59,  // 70: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
-	4,   // 71: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
-	6,   // 72: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
-	8,   // 73: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
-	10,  // 74: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
-	13,  // 75: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
-	18,  // 76: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
-	35,  // 77: pando.v1.KV.Compact:input_type -> pando.v1.CompactRequest
-	25,  // 78: pando.v1.KV.Txn:input_type -> pando.v1.TxnRequest
-	28,  // 79: pando.v1.Watch.Watch:input_type -> pando.v1.WatchStreamRequest
-	38,  // 80: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
-	40,  // 81: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
-	62,  // 82: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
-	67,  // 83: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
-	69,  // 84: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
-	72,  // 85: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
-	74,  // 86: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
-	76,  // 87: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
-	78,  // 88: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
-	80,  // 89: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
-	82,  // 90: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
-	102, // 91: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
-	84,  // 92: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
-	88,  // 93: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
-	86,  // 94: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
-	90,  // 95: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
-	92,  // 96: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
-	94,  // 97: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
-	97,  // 98: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
-	99,  // 99: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
-	5,   // 100: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
-	7,   // 101: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
-	9,   // 102: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
-	12,  // 103: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
-	17,  // 104: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
-	19,  // 105: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
-	36,  // 106: pando.v1.KV.Compact:output_type -> pando.v1.CompactResponse
-	27,  // 107: pando.v1.KV.Txn:output_type -> pando.v1.TxnResponse
-	34,  // 108: pando.v1.Watch.Watch:output_type -> pando.v1.WatchResponse
-	39,  // 109: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
-	41,  // 110: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
-	66,  // 111: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
-	68,  // 112: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
-	71,  // 113: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
-	73,  // 114: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
-	75,  // 115: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
-	77,  // 116: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
-	79,  // 117: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
-	81,  // 118: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
-	83,  // 119: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
-	103, // 120: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
-	85,  // 121: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
-	89,  // 122: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
-	87,  // 123: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
-	91,  // 124: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
-	93,  // 125: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
-	96,  // 126: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
-	98,  // 127: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
-	101, // 128: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
-	100, // [100:129] is the sub-list for method output_type
-	71,  // [71:100] is the sub-list for method input_type
-	71,  // [71:71] is the sub-list for extension type_name
-	71,  // [71:71] is the sub-list for extension extendee
-	0,   // [0:71] is the sub-list for field type_name
+	29,  // 7: pando.v1.LeaseLeasesResponse.leases:type_name -> pando.v1.LeaseStatus
+	1,   // 8: pando.v1.Compare.result:type_name -> pando.v1.Compare.Result
+	2,   // 9: pando.v1.Compare.target:type_name -> pando.v1.Compare.Target
+	37,  // 10: pando.v1.TxnRequestOp.put:type_name -> pando.v1.TxnPut
+	38,  // 11: pando.v1.TxnRequestOp.delete:type_name -> pando.v1.TxnDelete
+	39,  // 12: pando.v1.TxnRequestOp.range:type_name -> pando.v1.TxnRange
+	35,  // 13: pando.v1.TxnRequest.compare:type_name -> pando.v1.Compare
+	36,  // 14: pando.v1.TxnRequest.success:type_name -> pando.v1.TxnRequestOp
+	36,  // 15: pando.v1.TxnRequest.failure:type_name -> pando.v1.TxnRequestOp
+	7,   // 16: pando.v1.TxnResponseOp.put:type_name -> pando.v1.PutResponse
+	9,   // 17: pando.v1.TxnResponseOp.delete:type_name -> pando.v1.DeleteResponse
+	12,  // 18: pando.v1.TxnResponseOp.range:type_name -> pando.v1.ScanResponse
+	41,  // 19: pando.v1.TxnResponse.responses:type_name -> pando.v1.TxnResponseOp
+	47,  // 20: pando.v1.WatchStreamRequest.create:type_name -> pando.v1.WatchRequest
+	45,  // 21: pando.v1.WatchStreamRequest.cancel:type_name -> pando.v1.WatchCancelRequest
+	46,  // 22: pando.v1.WatchStreamRequest.progress:type_name -> pando.v1.WatchProgressRequest
+	44,  // 23: pando.v1.WatchStreamRequest.nudge:type_name -> pando.v1.WatchNudge
+	3,   // 24: pando.v1.WatchEvent.type:type_name -> pando.v1.WatchEvent.Type
+	11,  // 25: pando.v1.WatchEvent.kv:type_name -> pando.v1.KeyValue
+	11,  // 26: pando.v1.WatchEvent.prev_kv:type_name -> pando.v1.KeyValue
+	48,  // 27: pando.v1.WatchResponse.events:type_name -> pando.v1.WatchEvent
+	52,  // 28: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
+	11,  // 29: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
+	57,  // 30: pando.v1.Command.put:type_name -> pando.v1.PutOp
+	58,  // 31: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
+	59,  // 32: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
+	75,  // 33: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
+	76,  // 34: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
+	69,  // 35: pando.v1.Command.split:type_name -> pando.v1.SplitOp
+	74,  // 36: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
+	70,  // 37: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
+	71,  // 38: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
+	72,  // 39: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
+	73,  // 40: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
+	67,  // 41: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
+	61,  // 42: pando.v1.Command.close_revision:type_name -> pando.v1.CloseRevisionOp
+	66,  // 43: pando.v1.Command.compact:type_name -> pando.v1.CompactOp
+	62,  // 44: pando.v1.Command.txn:type_name -> pando.v1.TxnOp
+	63,  // 45: pando.v1.Command.lease:type_name -> pando.v1.LeaseOp
+	65,  // 46: pando.v1.Command.lease_sweep:type_name -> pando.v1.LeaseSweepOp
+	35,  // 47: pando.v1.TxnOp.compare:type_name -> pando.v1.Compare
+	36,  // 48: pando.v1.TxnOp.success:type_name -> pando.v1.TxnRequestOp
+	36,  // 49: pando.v1.TxnOp.failure:type_name -> pando.v1.TxnRequestOp
+	64,  // 50: pando.v1.LeaseOp.grant:type_name -> pando.v1.LeaseRecord
+	77,  // 51: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
+	77,  // 52: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
+	77,  // 53: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
+	76,  // 54: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
+	82,  // 55: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
+	81,  // 56: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
+	83,  // 57: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
+	88,  // 58: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
+	11,  // 59: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
+	77,  // 60: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
+	77,  // 61: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
+	77,  // 62: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	77,  // 63: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	77,  // 64: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	77,  // 65: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	70,  // 66: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
+	70,  // 67: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
+	70,  // 68: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
+	113, // 69: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
+	15,  // 70: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
+	70,  // 71: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
+	15,  // 72: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
+	118, // 73: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
+	77,  // 74: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
+	4,   // 75: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
+	6,   // 76: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
+	8,   // 77: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
+	10,  // 78: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
+	13,  // 79: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
+	18,  // 80: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
+	50,  // 81: pando.v1.KV.Compact:input_type -> pando.v1.CompactRequest
+	40,  // 82: pando.v1.KV.Txn:input_type -> pando.v1.TxnRequest
+	20,  // 83: pando.v1.KV.LeaseGrant:input_type -> pando.v1.LeaseGrantRequest
+	22,  // 84: pando.v1.KV.LeaseRevoke:input_type -> pando.v1.LeaseRevokeRequest
+	24,  // 85: pando.v1.KV.LeaseKeepAlive:input_type -> pando.v1.LeaseKeepAliveRequest
+	24,  // 86: pando.v1.KV.LeaseRenew:input_type -> pando.v1.LeaseKeepAliveRequest
+	26,  // 87: pando.v1.KV.LeaseTimeToLive:input_type -> pando.v1.LeaseTimeToLiveRequest
+	28,  // 88: pando.v1.KV.LeaseLeases:input_type -> pando.v1.LeaseLeasesRequest
+	31,  // 89: pando.v1.KV.SweepLeases:input_type -> pando.v1.SweepLeasesRequest
+	33,  // 90: pando.v1.KV.LeasedKeys:input_type -> pando.v1.LeasedKeysRequest
+	43,  // 91: pando.v1.Watch.Watch:input_type -> pando.v1.WatchStreamRequest
+	53,  // 92: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
+	55,  // 93: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
+	80,  // 94: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
+	85,  // 95: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
+	87,  // 96: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
+	90,  // 97: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
+	92,  // 98: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
+	94,  // 99: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
+	96,  // 100: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
+	98,  // 101: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
+	100, // 102: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
+	120, // 103: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
+	102, // 104: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
+	106, // 105: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
+	104, // 106: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
+	108, // 107: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
+	110, // 108: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
+	112, // 109: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
+	115, // 110: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
+	117, // 111: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
+	5,   // 112: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
+	7,   // 113: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
+	9,   // 114: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
+	12,  // 115: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
+	17,  // 116: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
+	19,  // 117: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
+	51,  // 118: pando.v1.KV.Compact:output_type -> pando.v1.CompactResponse
+	42,  // 119: pando.v1.KV.Txn:output_type -> pando.v1.TxnResponse
+	21,  // 120: pando.v1.KV.LeaseGrant:output_type -> pando.v1.LeaseGrantResponse
+	23,  // 121: pando.v1.KV.LeaseRevoke:output_type -> pando.v1.LeaseRevokeResponse
+	25,  // 122: pando.v1.KV.LeaseKeepAlive:output_type -> pando.v1.LeaseKeepAliveResponse
+	25,  // 123: pando.v1.KV.LeaseRenew:output_type -> pando.v1.LeaseKeepAliveResponse
+	27,  // 124: pando.v1.KV.LeaseTimeToLive:output_type -> pando.v1.LeaseTimeToLiveResponse
+	30,  // 125: pando.v1.KV.LeaseLeases:output_type -> pando.v1.LeaseLeasesResponse
+	32,  // 126: pando.v1.KV.SweepLeases:output_type -> pando.v1.SweepLeasesResponse
+	34,  // 127: pando.v1.KV.LeasedKeys:output_type -> pando.v1.LeasedKeysResponse
+	49,  // 128: pando.v1.Watch.Watch:output_type -> pando.v1.WatchResponse
+	54,  // 129: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
+	56,  // 130: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
+	84,  // 131: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
+	86,  // 132: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
+	89,  // 133: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
+	91,  // 134: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
+	93,  // 135: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
+	95,  // 136: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
+	97,  // 137: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
+	99,  // 138: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
+	101, // 139: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
+	121, // 140: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
+	103, // 141: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
+	107, // 142: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
+	105, // 143: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
+	109, // 144: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
+	111, // 145: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
+	114, // 146: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
+	116, // 147: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
+	119, // 148: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
+	112, // [112:149] is the sub-list for method output_type
+	75,  // [75:112] is the sub-list for method input_type
+	75,  // [75:75] is the sub-list for extension type_name
+	75,  // [75:75] is the sub-list for extension extendee
+	0,   // [0:75] is the sub-list for field type_name
 }
 
 func init() { file_pando_proto_init() }
@@ -7789,23 +8925,23 @@ func file_pando_proto_init() {
 	if File_pando_proto != nil {
 		return
 	}
-	file_pando_proto_msgTypes[17].OneofWrappers = []any{
+	file_pando_proto_msgTypes[32].OneofWrappers = []any{
 		(*TxnRequestOp_Put)(nil),
 		(*TxnRequestOp_Delete)(nil),
 		(*TxnRequestOp_Range)(nil),
 	}
-	file_pando_proto_msgTypes[22].OneofWrappers = []any{
+	file_pando_proto_msgTypes[37].OneofWrappers = []any{
 		(*TxnResponseOp_Put)(nil),
 		(*TxnResponseOp_Delete)(nil),
 		(*TxnResponseOp_Range)(nil),
 	}
-	file_pando_proto_msgTypes[24].OneofWrappers = []any{
+	file_pando_proto_msgTypes[39].OneofWrappers = []any{
 		(*WatchStreamRequest_Create)(nil),
 		(*WatchStreamRequest_Cancel)(nil),
 		(*WatchStreamRequest_Progress)(nil),
 		(*WatchStreamRequest_Nudge)(nil),
 	}
-	file_pando_proto_msgTypes[41].OneofWrappers = []any{
+	file_pando_proto_msgTypes[56].OneofWrappers = []any{
 		(*Command_Put)(nil),
 		(*Command_Delete)(nil),
 		(*Command_PruneDedup)(nil),
@@ -7821,6 +8957,8 @@ func file_pando_proto_init() {
 		(*Command_CloseRevision)(nil),
 		(*Command_Compact)(nil),
 		(*Command_Txn)(nil),
+		(*Command_Lease)(nil),
+		(*Command_LeaseSweep)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -7828,7 +8966,7 @@ func file_pando_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pando_proto_rawDesc), len(file_pando_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   100,
+			NumMessages:   118,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

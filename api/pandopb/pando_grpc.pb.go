@@ -23,14 +23,22 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	KV_Get_FullMethodName            = "/pando.v1.KV/Get"
-	KV_Put_FullMethodName            = "/pando.v1.KV/Put"
-	KV_Delete_FullMethodName         = "/pando.v1.KV/Delete"
-	KV_Scan_FullMethodName           = "/pando.v1.KV/Scan"
-	KV_Status_FullMethodName         = "/pando.v1.KV/Status"
-	KV_AllocRevisions_FullMethodName = "/pando.v1.KV/AllocRevisions"
-	KV_Compact_FullMethodName        = "/pando.v1.KV/Compact"
-	KV_Txn_FullMethodName            = "/pando.v1.KV/Txn"
+	KV_Get_FullMethodName             = "/pando.v1.KV/Get"
+	KV_Put_FullMethodName             = "/pando.v1.KV/Put"
+	KV_Delete_FullMethodName          = "/pando.v1.KV/Delete"
+	KV_Scan_FullMethodName            = "/pando.v1.KV/Scan"
+	KV_Status_FullMethodName          = "/pando.v1.KV/Status"
+	KV_AllocRevisions_FullMethodName  = "/pando.v1.KV/AllocRevisions"
+	KV_Compact_FullMethodName         = "/pando.v1.KV/Compact"
+	KV_Txn_FullMethodName             = "/pando.v1.KV/Txn"
+	KV_LeaseGrant_FullMethodName      = "/pando.v1.KV/LeaseGrant"
+	KV_LeaseRevoke_FullMethodName     = "/pando.v1.KV/LeaseRevoke"
+	KV_LeaseKeepAlive_FullMethodName  = "/pando.v1.KV/LeaseKeepAlive"
+	KV_LeaseRenew_FullMethodName      = "/pando.v1.KV/LeaseRenew"
+	KV_LeaseTimeToLive_FullMethodName = "/pando.v1.KV/LeaseTimeToLive"
+	KV_LeaseLeases_FullMethodName     = "/pando.v1.KV/LeaseLeases"
+	KV_SweepLeases_FullMethodName     = "/pando.v1.KV/SweepLeases"
+	KV_LeasedKeys_FullMethodName      = "/pando.v1.KV/LeasedKeys"
 )
 
 // KVClient is the client API for KV service.
@@ -52,6 +60,24 @@ type KVClient interface {
 	// nothing at one revision (etcd's Txn). Its keys must lie in one range
 	// for now.
 	Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOption) (*TxnResponse, error)
+	// Leases (etcd's Lease service): a lease is granted with a TTL, kept
+	// alive by its holder, and revoked or left to expire; every key attached
+	// to it is deleted then, in whichever ranges it lives. The lessor runs on
+	// the meta range's leader; other nodes forward.
+	LeaseGrant(ctx context.Context, in *LeaseGrantRequest, opts ...grpc.CallOption) (*LeaseGrantResponse, error)
+	LeaseRevoke(ctx context.Context, in *LeaseRevokeRequest, opts ...grpc.CallOption) (*LeaseRevokeResponse, error)
+	// LeaseKeepAlive renews each lease named on the stream (many leases per
+	// stream), answering each with its TTL (0: the lease is gone).
+	LeaseKeepAlive(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[LeaseKeepAliveRequest, LeaseKeepAliveResponse], error)
+	// LeaseRenew is one keep-alive (node to node, and the HTTP API's).
+	LeaseRenew(ctx context.Context, in *LeaseKeepAliveRequest, opts ...grpc.CallOption) (*LeaseKeepAliveResponse, error)
+	LeaseTimeToLive(ctx context.Context, in *LeaseTimeToLiveRequest, opts ...grpc.CallOption) (*LeaseTimeToLiveResponse, error)
+	LeaseLeases(ctx context.Context, in *LeaseLeasesRequest, opts ...grpc.CallOption) (*LeaseLeasesResponse, error)
+	// Node to node: deletes, in the range that holds key, every key attached
+	// to one of the leases (a revoke's sweep), and lists a lease's keys in
+	// it.
+	SweepLeases(ctx context.Context, in *SweepLeasesRequest, opts ...grpc.CallOption) (*SweepLeasesResponse, error)
+	LeasedKeys(ctx context.Context, in *LeasedKeysRequest, opts ...grpc.CallOption) (*LeasedKeysResponse, error)
 }
 
 type kVClient struct {
@@ -142,6 +168,89 @@ func (c *kVClient) Txn(ctx context.Context, in *TxnRequest, opts ...grpc.CallOpt
 	return out, nil
 }
 
+func (c *kVClient) LeaseGrant(ctx context.Context, in *LeaseGrantRequest, opts ...grpc.CallOption) (*LeaseGrantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseGrantResponse)
+	err := c.cc.Invoke(ctx, KV_LeaseGrant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVClient) LeaseRevoke(ctx context.Context, in *LeaseRevokeRequest, opts ...grpc.CallOption) (*LeaseRevokeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseRevokeResponse)
+	err := c.cc.Invoke(ctx, KV_LeaseRevoke_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVClient) LeaseKeepAlive(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[LeaseKeepAliveRequest, LeaseKeepAliveResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &KV_ServiceDesc.Streams[0], KV_LeaseKeepAlive_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[LeaseKeepAliveRequest, LeaseKeepAliveResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KV_LeaseKeepAliveClient = grpc.BidiStreamingClient[LeaseKeepAliveRequest, LeaseKeepAliveResponse]
+
+func (c *kVClient) LeaseRenew(ctx context.Context, in *LeaseKeepAliveRequest, opts ...grpc.CallOption) (*LeaseKeepAliveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseKeepAliveResponse)
+	err := c.cc.Invoke(ctx, KV_LeaseRenew_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVClient) LeaseTimeToLive(ctx context.Context, in *LeaseTimeToLiveRequest, opts ...grpc.CallOption) (*LeaseTimeToLiveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseTimeToLiveResponse)
+	err := c.cc.Invoke(ctx, KV_LeaseTimeToLive_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVClient) LeaseLeases(ctx context.Context, in *LeaseLeasesRequest, opts ...grpc.CallOption) (*LeaseLeasesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseLeasesResponse)
+	err := c.cc.Invoke(ctx, KV_LeaseLeases_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVClient) SweepLeases(ctx context.Context, in *SweepLeasesRequest, opts ...grpc.CallOption) (*SweepLeasesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SweepLeasesResponse)
+	err := c.cc.Invoke(ctx, KV_SweepLeases_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVClient) LeasedKeys(ctx context.Context, in *LeasedKeysRequest, opts ...grpc.CallOption) (*LeasedKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeasedKeysResponse)
+	err := c.cc.Invoke(ctx, KV_LeasedKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KVServer is the server API for KV service.
 // All implementations must embed UnimplementedKVServer
 // for forward compatibility.
@@ -161,6 +270,24 @@ type KVServer interface {
 	// nothing at one revision (etcd's Txn). Its keys must lie in one range
 	// for now.
 	Txn(context.Context, *TxnRequest) (*TxnResponse, error)
+	// Leases (etcd's Lease service): a lease is granted with a TTL, kept
+	// alive by its holder, and revoked or left to expire; every key attached
+	// to it is deleted then, in whichever ranges it lives. The lessor runs on
+	// the meta range's leader; other nodes forward.
+	LeaseGrant(context.Context, *LeaseGrantRequest) (*LeaseGrantResponse, error)
+	LeaseRevoke(context.Context, *LeaseRevokeRequest) (*LeaseRevokeResponse, error)
+	// LeaseKeepAlive renews each lease named on the stream (many leases per
+	// stream), answering each with its TTL (0: the lease is gone).
+	LeaseKeepAlive(grpc.BidiStreamingServer[LeaseKeepAliveRequest, LeaseKeepAliveResponse]) error
+	// LeaseRenew is one keep-alive (node to node, and the HTTP API's).
+	LeaseRenew(context.Context, *LeaseKeepAliveRequest) (*LeaseKeepAliveResponse, error)
+	LeaseTimeToLive(context.Context, *LeaseTimeToLiveRequest) (*LeaseTimeToLiveResponse, error)
+	LeaseLeases(context.Context, *LeaseLeasesRequest) (*LeaseLeasesResponse, error)
+	// Node to node: deletes, in the range that holds key, every key attached
+	// to one of the leases (a revoke's sweep), and lists a lease's keys in
+	// it.
+	SweepLeases(context.Context, *SweepLeasesRequest) (*SweepLeasesResponse, error)
+	LeasedKeys(context.Context, *LeasedKeysRequest) (*LeasedKeysResponse, error)
 	mustEmbedUnimplementedKVServer()
 }
 
@@ -194,6 +321,30 @@ func (UnimplementedKVServer) Compact(context.Context, *CompactRequest) (*Compact
 }
 func (UnimplementedKVServer) Txn(context.Context, *TxnRequest) (*TxnResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Txn not implemented")
+}
+func (UnimplementedKVServer) LeaseGrant(context.Context, *LeaseGrantRequest) (*LeaseGrantResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method LeaseGrant not implemented")
+}
+func (UnimplementedKVServer) LeaseRevoke(context.Context, *LeaseRevokeRequest) (*LeaseRevokeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method LeaseRevoke not implemented")
+}
+func (UnimplementedKVServer) LeaseKeepAlive(grpc.BidiStreamingServer[LeaseKeepAliveRequest, LeaseKeepAliveResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method LeaseKeepAlive not implemented")
+}
+func (UnimplementedKVServer) LeaseRenew(context.Context, *LeaseKeepAliveRequest) (*LeaseKeepAliveResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method LeaseRenew not implemented")
+}
+func (UnimplementedKVServer) LeaseTimeToLive(context.Context, *LeaseTimeToLiveRequest) (*LeaseTimeToLiveResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method LeaseTimeToLive not implemented")
+}
+func (UnimplementedKVServer) LeaseLeases(context.Context, *LeaseLeasesRequest) (*LeaseLeasesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method LeaseLeases not implemented")
+}
+func (UnimplementedKVServer) SweepLeases(context.Context, *SweepLeasesRequest) (*SweepLeasesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SweepLeases not implemented")
+}
+func (UnimplementedKVServer) LeasedKeys(context.Context, *LeasedKeysRequest) (*LeasedKeysResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method LeasedKeys not implemented")
 }
 func (UnimplementedKVServer) mustEmbedUnimplementedKVServer() {}
 func (UnimplementedKVServer) testEmbeddedByValue()            {}
@@ -360,6 +511,139 @@ func _KV_Txn_Handler(srv interface{}, ctx context.Context, dec func(interface{})
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KV_LeaseGrant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseGrantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).LeaseGrant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_LeaseGrant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).LeaseGrant(ctx, req.(*LeaseGrantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KV_LeaseRevoke_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseRevokeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).LeaseRevoke(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_LeaseRevoke_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).LeaseRevoke(ctx, req.(*LeaseRevokeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KV_LeaseKeepAlive_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(KVServer).LeaseKeepAlive(&grpc.GenericServerStream[LeaseKeepAliveRequest, LeaseKeepAliveResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KV_LeaseKeepAliveServer = grpc.BidiStreamingServer[LeaseKeepAliveRequest, LeaseKeepAliveResponse]
+
+func _KV_LeaseRenew_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseKeepAliveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).LeaseRenew(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_LeaseRenew_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).LeaseRenew(ctx, req.(*LeaseKeepAliveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KV_LeaseTimeToLive_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseTimeToLiveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).LeaseTimeToLive(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_LeaseTimeToLive_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).LeaseTimeToLive(ctx, req.(*LeaseTimeToLiveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KV_LeaseLeases_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseLeasesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).LeaseLeases(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_LeaseLeases_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).LeaseLeases(ctx, req.(*LeaseLeasesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KV_SweepLeases_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SweepLeasesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).SweepLeases(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_SweepLeases_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).SweepLeases(ctx, req.(*SweepLeasesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KV_LeasedKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeasedKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).LeasedKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_LeasedKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).LeasedKeys(ctx, req.(*LeasedKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KV_ServiceDesc is the grpc.ServiceDesc for KV service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -399,8 +683,43 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Txn",
 			Handler:    _KV_Txn_Handler,
 		},
+		{
+			MethodName: "LeaseGrant",
+			Handler:    _KV_LeaseGrant_Handler,
+		},
+		{
+			MethodName: "LeaseRevoke",
+			Handler:    _KV_LeaseRevoke_Handler,
+		},
+		{
+			MethodName: "LeaseRenew",
+			Handler:    _KV_LeaseRenew_Handler,
+		},
+		{
+			MethodName: "LeaseTimeToLive",
+			Handler:    _KV_LeaseTimeToLive_Handler,
+		},
+		{
+			MethodName: "LeaseLeases",
+			Handler:    _KV_LeaseLeases_Handler,
+		},
+		{
+			MethodName: "SweepLeases",
+			Handler:    _KV_SweepLeases_Handler,
+		},
+		{
+			MethodName: "LeasedKeys",
+			Handler:    _KV_LeasedKeys_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "LeaseKeepAlive",
+			Handler:       _KV_LeaseKeepAlive_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "pando.proto",
 }
 

@@ -1,9 +1,16 @@
-// Package concurrency holds coordination recipes built on pando's client:
-// for now software transactional memory (STM), optimistic transactions
-// that read some keys, compute, and commit only if none of what they read
-// changed, retrying otherwise, as etcd's clientv3/concurrency.NewSTM does.
+// Package concurrency holds coordination recipes built on pando's client,
+// as etcd's clientv3/concurrency has them, each on leases, transactions
+// and watch alone:
 //
-// Leader election and mutexes, which need leases, come with them.
+//   - Session: a lease kept alive for as long as the process lives; the
+//     keys the recipes write are attached to it, so they vanish when the
+//     process dies or loses its lease.
+//   - Election: Campaign blocks until this candidate leads, candidates are
+//     served in order of arrival, Observe follows the leaders.
+//   - Mutex: Lock, TryLock and Unlock, fair (in order of arrival), released
+//     when the holder's session ends.
+//   - STM: optimistic transactions that read some keys, compute, and commit
+//     only if none of what they read changed, retrying otherwise.
 package concurrency
 
 import (

@@ -250,7 +250,7 @@ func parseVersion(s string) (uint64, error) {
 }
 
 func clientCmds() []*cobra.Command {
-	return []*cobra.Command{getCmd(), putCmd(), delCmd(), casCmd(), txnCmd(), scanCmd(), compactCmd(), watchCmd(), historyCmd(), statusCmd()}
+	return []*cobra.Command{getCmd(), putCmd(), delCmd(), casCmd(), txnCmd(), leaseCmd(), scanCmd(), compactCmd(), watchCmd(), historyCmd(), statusCmd()}
 }
 
 func getCmd() *cobra.Command {
@@ -297,11 +297,15 @@ func getCmd() *cobra.Command {
 
 func putCmd() *cobra.Command {
 	var f clientFlags
+	var leaseID int64
 	cmd := &cobra.Command{
-		Use:   "put KEY VALUE",
-		Short: "Write a key (VALUE - reads standard input)",
+		Use:   "put KEY VALUE [--lease ID]",
+		Short: "Write a key (VALUE - reads standard input; --lease attaches it to a lease)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if leaseID < 0 {
+				return usageError{fmt.Errorf("--lease must be a positive lease ID, not %d", leaseID)}
+			}
 			value, err := valueArg(cmd, args[1])
 			if err != nil {
 				return err
@@ -312,7 +316,11 @@ func putCmd() *cobra.Command {
 			}
 			defer cancel()
 			defer c.Close()
-			res, err := c.PutResult(ctx, []byte(args[0]), value)
+			var opts []client.PutOption
+			if leaseID != 0 {
+				opts = append(opts, client.WithLease(leaseID))
+			}
+			res, err := c.PutResult(ctx, []byte(args[0]), value, opts...)
 			if err != nil {
 				return err
 			}
@@ -324,6 +332,7 @@ func putCmd() *cobra.Command {
 		},
 	}
 	f.add(cmd, true)
+	cmd.Flags().Int64Var(&leaseID, "lease", 0, "attach the key to this lease (pando lease grant); without it, a put detaches the key from any lease")
 	return cmd
 }
 

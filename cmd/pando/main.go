@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -34,6 +35,10 @@ Every flag can also come from the environment (PANDO_ and the flag's name in cap
 	root.AddCommand(serverCmd(), demoCmd(), benchCmd(), versionCmd(), checkCmd(), rangesCmd(), debugCmd(), splitCmd(), eventsCmd(), certCmd(), nodeCmd(), rangeCmd(), rebalanceCmd())
 	root.AddCommand(clientCmds()...)
 	if err := root.Execute(); err != nil {
+		var reported reportedError
+		if errors.As(err, &reported) {
+			os.Exit(exitCode(err)) // the command said what went wrong
+		}
 		msg := err.Error()
 		if !strings.HasPrefix(msg, "pando:") {
 			msg = "pando: " + msg

@@ -31,10 +31,11 @@ as etcdctl txn -i does, and ends at the failure block's blank line).
 
   get acct/a
 
-A compare is TARGET("KEY") OP OPERAND: TARGET version, create, mod or value
-(ver, c, m, val), OP =, !=, > or <, OPERAND a number or (value) a string. An
-operation is put KEY VALUE, del KEY [END], del --prefix KEY, get KEY [END],
-get --prefix KEY (get takes --limit N). Quote with double quotes (Go escapes:
+A compare is TARGET("KEY") OP OPERAND: TARGET version, create, mod, value or
+lease (ver, c, m, val), OP =, !=, > or <, OPERAND a number or (value) a string;
+lease("KEY") = "ID" compares the ID of the lease KEY is attached to (0: none).
+An operation is put KEY VALUE [--lease=ID], del KEY [END], del --prefix KEY,
+get KEY [END], get --prefix KEY (get takes --limit N). Quote with double quotes (Go escapes:
 "a b", "\x00") or single quotes (as is); lines starting with # are comments.
 The flags --compare, --then and --else (each repeatable) take the same lines.
 
@@ -202,7 +203,7 @@ func addLine(req *httpapi.TxnRequest, block int, line string) error {
 
 var compareTargets = map[string]string{
 	"version": "version", "ver": "version", "create": "create", "c": "create",
-	"mod": "mod", "m": "mod", "value": "value", "val": "value",
+	"mod": "mod", "m": "mod", "value": "value", "val": "value", "lease": "lease",
 }
 
 // parseCompare reads TARGET("KEY") OP OPERAND, as etcdctl writes compares
@@ -216,7 +217,7 @@ func parseCompare(line string) (httpapi.TxnCompare, error) {
 	name := strings.TrimSpace(line[:open])
 	target, ok := compareTargets[strings.ToLower(name)]
 	if !ok {
-		return c, fmt.Errorf("unknown compare target %q (version, create, mod or value)", name)
+		return c, fmt.Errorf("unknown compare target %q (version, create, mod, value or lease)", name)
 	}
 	rest := strings.TrimLeft(line[open+1:], " \t")
 	key, rest, err := word(rest, ")")
@@ -246,6 +247,15 @@ func parseCompare(line string) (httpapi.TxnCompare, error) {
 	c.Key, c.Target, c.Result = key, target, op
 	if target == "value" {
 		c.Value = &operand
+		return c, nil
+	}
+	if target == "lease" {
+		id, err := strconv.ParseInt(operand, 10, 64)
+		if err != nil || id < 0 {
+			return c, fmt.Errorf("a compare on lease takes a lease ID (a decimal number, 0: none), not %q", operand)
+		}
+		l := httpapi.LeaseID(id)
+		c.Lease = &l
 		return c, nil
 	}
 	num, err := strconv.ParseUint(operand, 10, 64)
@@ -308,9 +318,9 @@ func splitWords(line string) ([]string, error) {
 	return words, nil
 }
 
-// parseTxnOp reads put KEY VALUE, del KEY [END], del --prefix KEY,
-// get KEY [END], get --prefix KEY (and get's --limit N); after --, words
-// are keys and values even when they look like flags.
+// parseTxnOp reads put KEY VALUE (and put's --lease ID), del KEY [END],
+// del --prefix KEY, get KEY [END], get --prefix KEY (and get's --limit N);
+// after --, words are keys and values even when they look like flags.
 func parseTxnOp(line string) (httpapi.TxnOp, error) {
 	var o httpapi.TxnOp
 	words, err := splitWords(line)
@@ -324,6 +334,7 @@ func parseTxnOp(line string) (httpapi.TxnOp, error) {
 	var args []string
 	var prefix, flagsDone bool
 	var limit uint64
+	var leaseID int64
 	for i := 1; i < len(words); i++ {
 		w := words[i]
 		switch {
@@ -345,6 +356,18 @@ func parseTxnOp(line string) (httpapi.TxnOp, error) {
 			if limit, err = strconv.ParseUint(v, 10, 32); err != nil {
 				return o, fmt.Errorf("get: --limit must be a number, not %q", v)
 			}
+		case (w == "--lease" || strings.HasPrefix(w, "--lease=")) && verb == "put":
+			v, ok := strings.CutPrefix(w, "--lease=")
+			if !ok {
+				if i+1 == len(words) {
+					return o, errors.New("put: --lease needs a lease ID")
+				}
+				i++
+				v = words[i]
+			}
+			if leaseID, err = strconv.ParseInt(v, 10, 64); err != nil || leaseID <= 0 {
+				return o, fmt.Errorf("put: --lease must be a lease ID (a positive decimal number), not %q", v)
+			}
 		case strings.HasPrefix(w, "--") && len(w) > 2:
 			return o, fmt.Errorf("%s: unknown flag %s", verb, w)
 		default:
@@ -356,7 +379,7 @@ func parseTxnOp(line string) (httpapi.TxnOp, error) {
 		if len(args) != 2 {
 			return o, fmt.Errorf("put takes KEY VALUE (%d arguments given; quote a value with spaces)", len(args))
 		}
-		o.Put = &httpapi.TxnPut{Key: args[0], Value: args[1]}
+		o.Put = &httpapi.TxnPut{Key: args[0], Value: args[1], Lease: httpapi.LeaseID(leaseID)}
 	case "del", "delete", "get":
 		switch {
 		case len(args) == 0 || len(args) > 2:
@@ -390,6 +413,8 @@ func clientCmp(c *pandopb.Compare) client.Cmp {
 		t = client.CreateRevision(key)
 	case pandopb.Compare_MOD:
 		t = client.ModRevision(key)
+	case pandopb.Compare_LEASE:
+		t = client.LeaseOf(key)
 	default:
 		v := string(c.Value)
 		switch c.Result {
@@ -419,6 +444,9 @@ func clientCmp(c *pandopb.Compare) client.Cmp {
 func clientOp(o *pandopb.TxnRequestOp) client.Op {
 	switch x := o.Op.(type) {
 	case *pandopb.TxnRequestOp_Put:
+		if x.Put.Lease != 0 {
+			return client.OpPut(string(x.Put.Key), string(x.Put.Value), client.WithLease(x.Put.Lease))
+		}
 		return client.OpPut(string(x.Put.Key), string(x.Put.Value))
 	case *pandopb.TxnRequestOp_Delete:
 		if len(x.Delete.RangeEnd) == 0 {

@@ -13,6 +13,10 @@ import (
 
 func u64(n uint64) *uint64 { return &n }
 func str(s string) *string { return &s }
+func lid(n int64) *httpapi.LeaseID {
+	l := httpapi.LeaseID(n)
+	return &l
+}
 
 func TestParseTxn(t *testing.T) {
 	for _, tc := range []struct {
@@ -47,6 +51,11 @@ func TestParseTxn(t *testing.T) {
 				},
 				Failure: []httpapi.TxnOp{{Put: &httpapi.TxnPut{Key: "k\x00", Value: "its"}}},
 			}},
+		{name: "leases: a compare and puts", in: "lease(\"k\") = \"4611686018427387904\"\nlease(k) != 0\n\nput k v --lease=7\nput --lease 4611686018427387904 j w\nput -- k --lease=7\n",
+			want: httpapi.TxnRequest{
+				Compare: []httpapi.TxnCompare{{Key: "k", Target: "lease", Result: "=", Lease: lid(1 << 62)}, {Key: "k", Target: "lease", Result: "!=", Lease: lid(0)}},
+				Success: []httpapi.TxnOp{{Put: &httpapi.TxnPut{Key: "k", Value: "v", Lease: 7}}, {Put: &httpapi.TxnPut{Key: "j", Value: "w", Lease: 1 << 62}}, {Put: &httpapi.TxnPut{Key: "k", Value: "--lease=7"}}},
+			}},
 		{name: "values that look like flags", in: "\nput -- k --prefix\nget -- --limit\n",
 			want: httpapi.TxnRequest{Success: []httpapi.TxnOp{{Put: &httpapi.TxnPut{Key: "k", Value: "--prefix"}}, {Get: &httpapi.TxnGet{Key: "--limit"}}}}},
 		{name: "trailing blank lines", in: "version(\"k\") = 0\n\nput k v\n\n\n\n",
@@ -57,7 +66,11 @@ func TestParseTxn(t *testing.T) {
 		{name: "empty", in: ""},
 
 		{name: "no parenthesis", in: "version k = 0\n", err: "line 1: malformed compare"},
-		{name: "unknown target", in: "lease(\"k\") = 0\n", err: `line 1: unknown compare target "lease"`},
+		{name: "unknown target", in: "owner(\"k\") = 0\n", err: `line 1: unknown compare target "owner"`},
+		{name: "a lease ID that is not a number", in: "lease(\"k\") = \"x\"\n", err: `a compare on lease takes a lease ID`},
+		{name: "put --lease without an ID", in: "\nput k v --lease\n", err: "put: --lease needs a lease ID"},
+		{name: "put --lease not a number", in: "\nput k v --lease=0x1f\n", err: `put: --lease must be a lease ID (a positive decimal number), not "0x1f"`},
+		{name: "--lease on a get", in: "\nget k --lease=3\n", err: "get: unknown flag --lease=3"},
 		{name: "unknown operator", in: "version(\"k\") >= 0\n", err: `line 1: unknown result ">="`},
 		{name: "no operator", in: "version(\"k\") 0\n", err: "no operator"},
 		{name: "no operand", in: "version(\"k\") =\n", err: "no operand"},

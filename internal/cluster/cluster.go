@@ -734,3 +734,47 @@ func (c *Cluster) Split(ctx context.Context, key []byte) error {
 	st, _ := n.Status(rid)
 	return n.Split(ctx, rid, key, newID, st.Desc.Generation)
 }
+
+func (l *localKV) LeaseGrant(ctx context.Context, in *pandopb.LeaseGrantRequest, _ ...grpc.CallOption) (out *pandopb.LeaseGrantResponse, err error) {
+	err = l.call(ctx, true, func(s *kvservice.Service, ctx context.Context) error { out, err = s.LeaseGrant(ctx, in); return err })
+	return out, err
+}
+
+func (l *localKV) LeaseRevoke(ctx context.Context, in *pandopb.LeaseRevokeRequest, _ ...grpc.CallOption) (out *pandopb.LeaseRevokeResponse, err error) {
+	err = l.call(ctx, true, func(s *kvservice.Service, ctx context.Context) error { out, err = s.LeaseRevoke(ctx, in); return err })
+	return out, err
+}
+
+func (l *localKV) LeaseRenew(ctx context.Context, in *pandopb.LeaseKeepAliveRequest, _ ...grpc.CallOption) (out *pandopb.LeaseKeepAliveResponse, err error) {
+	err = l.call(ctx, false, func(s *kvservice.Service, ctx context.Context) error { out, err = s.LeaseRenew(ctx, in); return err })
+	return out, err
+}
+
+// LeaseKeepAlive is not served in-process (a stream); clients of the
+// in-process cluster renew with LeaseRenew.
+func (l *localKV) LeaseKeepAlive(context.Context, ...grpc.CallOption) (grpc.BidiStreamingClient[pandopb.LeaseKeepAliveRequest, pandopb.LeaseKeepAliveResponse], error) {
+	return nil, status.Error(codes.Unimplemented, "cluster: lease keep-alive streams are not served in-process")
+}
+
+func (l *localKV) LeaseTimeToLive(ctx context.Context, in *pandopb.LeaseTimeToLiveRequest, _ ...grpc.CallOption) (out *pandopb.LeaseTimeToLiveResponse, err error) {
+	err = l.call(ctx, false, func(s *kvservice.Service, ctx context.Context) error {
+		out, err = s.LeaseTimeToLive(ctx, in)
+		return err
+	})
+	return out, err
+}
+
+func (l *localKV) LeaseLeases(ctx context.Context, in *pandopb.LeaseLeasesRequest, _ ...grpc.CallOption) (out *pandopb.LeaseLeasesResponse, err error) {
+	err = l.call(ctx, false, func(s *kvservice.Service, ctx context.Context) error { out, err = s.LeaseLeases(ctx, in); return err })
+	return out, err
+}
+
+func (l *localKV) SweepLeases(ctx context.Context, in *pandopb.SweepLeasesRequest, _ ...grpc.CallOption) (out *pandopb.SweepLeasesResponse, err error) {
+	err = l.call(ctx, true, func(s *kvservice.Service, ctx context.Context) error { out, err = s.SweepLeases(ctx, in); return err })
+	return out, err
+}
+
+func (l *localKV) LeasedKeys(ctx context.Context, in *pandopb.LeasedKeysRequest, _ ...grpc.CallOption) (out *pandopb.LeasedKeysResponse, err error) {
+	err = l.call(ctx, false, func(s *kvservice.Service, ctx context.Context) error { out, err = s.LeasedKeys(ctx, in); return err })
+	return out, err
+}

@@ -16,8 +16,10 @@ import (
 // does.
 func Status(err error) int {
 	switch {
-	case errors.Is(err, kv.ErrNotFound):
+	case errors.Is(err, kv.ErrNotFound), errors.Is(err, kv.ErrLeaseNotFound):
 		return http.StatusNotFound
+	case errors.Is(err, kv.ErrLeaseExists):
+		return http.StatusConflict
 	case errors.Is(err, kv.ErrVersionMismatch):
 		return http.StatusPreconditionFailed
 	case errors.Is(err, kv.ErrKeyTooLarge), errors.Is(err, kv.ErrValueTooLarge), errors.Is(err, kv.ErrRequestTooLarge):

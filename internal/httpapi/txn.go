@@ -26,16 +26,19 @@ type TxnRequest struct {
 	Encoding string       `json:"encoding,omitempty"`
 }
 
-// TxnCompare is one compare: Target (version, create, mod or value) of Key
-// against the field named after the target, with Result (=, !=, > or <).
+// TxnCompare is one compare: Target (version, create, mod, value or lease)
+// of Key against the field named after the target, with Result (=, !=, >
+// or <). A lease compare is on the ID of the lease the key is attached to
+// (0: none, or absent), given as a JSON number or a decimal string.
 type TxnCompare struct {
-	Key            string  `json:"key"`
-	Target         string  `json:"target"`
-	Result         string  `json:"result"`
-	Version        *uint64 `json:"version,omitempty"`
-	CreateRevision *uint64 `json:"create_revision,omitempty"`
-	ModRevision    *uint64 `json:"mod_revision,omitempty"`
-	Value          *string `json:"value,omitempty"`
+	Key            string   `json:"key"`
+	Target         string   `json:"target"`
+	Result         string   `json:"result"`
+	Version        *uint64  `json:"version,omitempty"`
+	CreateRevision *uint64  `json:"create_revision,omitempty"`
+	ModRevision    *uint64  `json:"mod_revision,omitempty"`
+	Value          *string  `json:"value,omitempty"`
+	Lease          *LeaseID `json:"lease,omitempty"`
 }
 
 // TxnOp is one operation of a branch: exactly one of its fields is set.
@@ -45,10 +48,12 @@ type TxnOp struct {
 	Get    *TxnGet    `json:"get,omitempty"`
 }
 
-// TxnPut writes Key.
+// TxnPut writes Key; Lease (a JSON number or a decimal string; absent or
+// 0: none) attaches it to a lease.
 type TxnPut struct {
-	Key   string `json:"key"`
-	Value string `json:"value"`
+	Key   string  `json:"key"`
+	Value string  `json:"value"`
+	Lease LeaseID `json:"lease,omitempty"`
 }
 
 // TxnDelete removes Key, or the span [Key, RangeEnd), or (Prefix) the keys
@@ -78,6 +83,10 @@ func ParseTxn(body []byte) (*pandopb.TxnRequest, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, BadRequest("a transaction needs a JSON body: {\"compare\": [...], \"success\": [...], \"failure\": [...]}")
 		}
+		var bad *leaseIDError
+		if errors.As(err, &bad) {
+			return nil, BadRequest("transaction: %v", err)
+		}
 		return nil, BadRequest("malformed transaction JSON: %v", err)
 	}
 	if len(bytes.TrimSpace(body[dec.InputOffset():])) > 0 {
@@ -88,6 +97,7 @@ func ParseTxn(body []byte) (*pandopb.TxnRequest, error) {
 
 var txnTargets = map[string]pandopb.Compare_Target{
 	"version": pandopb.Compare_VERSION, "create": pandopb.Compare_CREATE, "mod": pandopb.Compare_MOD, "value": pandopb.Compare_VALUE,
+	"lease": pandopb.Compare_LEASE,
 }
 
 var txnResults = map[string]pandopb.Compare_Result{
@@ -196,7 +206,7 @@ func (c TxnCompare) Proto() (*pandopb.Compare, error) {
 	}
 	target, ok := txnTargets[strings.ToLower(c.Target)]
 	if !ok {
-		return nil, fmt.Errorf("unknown target %q (version, create, mod or value)", c.Target)
+		return nil, fmt.Errorf("unknown target %q (version, create, mod, value or lease)", c.Target)
 	}
 	result, ok := txnResults[c.Result]
 	if !ok {
@@ -218,6 +228,7 @@ func (c TxnCompare) Proto() (*pandopb.Compare, error) {
 		{"create_revision", pandopb.Compare_CREATE, c.CreateRevision != nil},
 		{"mod_revision", pandopb.Compare_MOD, c.ModRevision != nil},
 		{"value", pandopb.Compare_VALUE, c.Value != nil},
+		{"lease", pandopb.Compare_LEASE, c.Lease != nil},
 	} {
 		switch {
 		case f.target == target && !f.set:
@@ -235,6 +246,8 @@ func (c TxnCompare) Proto() (*pandopb.Compare, error) {
 		out.Number = *c.ModRevision
 	case pandopb.Compare_VALUE:
 		out.Value = []byte(*c.Value)
+	case pandopb.Compare_LEASE:
+		out.Number = uint64(*c.Lease)
 	}
 	return out, nil
 }
@@ -255,7 +268,10 @@ func (o TxnOp) Proto() (*pandopb.TxnRequestOp, error) {
 		if o.Put.Key == "" {
 			return nil, errors.New("put: missing key")
 		}
-		return &pandopb.TxnRequestOp{Op: &pandopb.TxnRequestOp_Put{Put: &pandopb.TxnPut{Key: []byte(o.Put.Key), Value: []byte(o.Put.Value)}}}, nil
+		if o.Put.Lease < 0 {
+			return nil, fmt.Errorf("put: lease %d (IDs are positive)", o.Put.Lease)
+		}
+		return &pandopb.TxnRequestOp{Op: &pandopb.TxnRequestOp_Put{Put: &pandopb.TxnPut{Key: []byte(o.Put.Key), Value: []byte(o.Put.Value), Lease: int64(o.Put.Lease)}}}, nil
 	case o.Delete != nil:
 		key, end, err := txnSpan("delete", o.Delete.Key, o.Delete.RangeEnd, o.Delete.Prefix)
 		if err != nil {
