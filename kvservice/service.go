@@ -96,6 +96,7 @@ func NewService(n *node.Node, peers Peers, limits kv.Limits, timeout time.Durati
 		n.SetBeforeTransfer(func(ctx context.Context, rangeID uint64) {
 			if rangeID == storage.MetaRangeID {
 				s.oracle.Retire(ctx)
+				s.lessor.Retire(ctx)
 			}
 		})
 	}

@@ -12,6 +12,13 @@
 // never expires a lease that was being kept alive, and at worst lets an
 // abandoned lease live about two TTLs.
 //
+// A planned handover (a leadership transfer: a node that is stopped, the
+// balancer) need not cost a whole TTL: before the transfer the lessor
+// stops answering (Retire) and records the TTL each lease has left, and
+// the next term's lessor starts each lease from that instead. If the
+// transfer does not happen, the lessor voids the checkpoint before it
+// serves again, so a later leader never starts from an outdated one.
+//
 // A keep-alive is answered only after a quorum has confirmed this node's
 // leadership (a ReadIndex issued after the keep-alive arrived; concurrent
 // keep-alives share one): any later leader was elected after that, and
@@ -94,6 +101,10 @@ type Lessor struct {
 	stale bool
 	// sweeping: a background sweep is in flight.
 	sweeping bool
+	// retired: the lessor handed over in term at retiredAt (Retire) and
+	// answers nothing in it, unless it resumes.
+	retired   bool
+	retiredAt time.Time
 
 	confirm confirmer
 
@@ -136,11 +147,74 @@ func (l *Lessor) leader(ctx context.Context) (uint64, error) {
 	}
 	l.mu.Lock()
 	loaded := l.term == st.Term && !l.stale
+	retired, since := l.term == st.Term && l.retired, time.Since(l.retiredAt)
 	l.mu.Unlock()
+	switch {
+	case retired && since < resumeAfter:
+		// Handing over: the caller asks again (and finds the new leader).
+		return 0, &kv.NotLeaderError{RangeID: storage.MetaRangeID}
+	case retired:
+		if err := l.resume(ctx, st.Term); err != nil {
+			return 0, err
+		}
+	}
 	if loaded {
 		return st.Term, nil
 	}
 	return st.Term, l.load(ctx, st.Term)
+}
+
+// resumeAfter is how long a retired lessor waits for the transfer it
+// retired for before it serves again (raft gives a transfer an election
+// timeout).
+const resumeAfter = time.Second
+
+// Retire hands the leases over before this node transfers the meta
+// range's leadership: it answers nothing more in its term and records the
+// TTL each lease has left, which the next term's lessor starts from. It
+// gives up (the successor then gives every lease a whole TTL) when this
+// node does not lead or the record cannot be written.
+func (l *Lessor) Retire(ctx context.Context) {
+	st, ok := l.n.Status(storage.MetaRangeID)
+	if !ok || st.LeaderID != l.n.ID() {
+		return
+	}
+	l.mu.Lock()
+	if l.term != st.Term || l.retired {
+		l.mu.Unlock()
+		return
+	}
+	l.retired, l.retiredAt = true, time.Now()
+	now := time.Now()
+	cps := make([]*pandopb.LeaseCheckpoint, 0, len(l.leases))
+	for id, h := range l.leases {
+		if !h.revoking {
+			cps = append(cps, &pandopb.LeaseCheckpoint{Id: id, RemainingMs: max(int64(h.expiry.Sub(now)/time.Millisecond), 1)})
+		}
+	}
+	l.mu.Unlock()
+	// Every keep-alive of this term is answered (they hold l.mu), so the
+	// checkpoint holds every extension given.
+	_, _ = l.propose(ctx, &pandopb.LeaseOp{CheckpointTerm: st.Term, Checkpoints: cps})
+}
+
+// resume serves again in term after a Retire whose transfer did not
+// happen: once the checkpoint is voided in the log, no later lessor can
+// start from it.
+func (l *Lessor) resume(ctx context.Context, term uint64) error {
+	res, err := l.propose(ctx, &pandopb.LeaseOp{ResumeTerm: term})
+	if err == nil {
+		err = res.Err
+	}
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	if l.term == term {
+		l.retired = false
+	}
+	l.mu.Unlock()
+	return nil
 }
 
 // load reads the lease records in term: after a ReadIndex in the term the
@@ -155,6 +229,12 @@ func (l *Lessor) load(ctx context.Context, term uint64) error {
 	if err != nil {
 		return err
 	}
+	meta, ok, err := storage.ReadRangeState(l.n.Reader(), storage.MetaRangeID)
+	if err != nil {
+		return err
+	}
+	// The term before handed over with a checkpoint: start from it.
+	handedOver := ok && meta.LeaseCheckpointTerm != 0 && meta.LeaseCheckpointTerm+1 == term
 	st, ok := l.n.Status(storage.MetaRangeID)
 	if !ok || st.Term != term || st.LeaderID != l.n.ID() {
 		return fmt.Errorf("%w: the meta range's leadership changed", kv.ErrUnavailable)
@@ -171,11 +251,18 @@ func (l *Lessor) load(ctx context.Context, term uint64) error {
 	}
 	l.leases = make(map[int64]*held, len(recs))
 	for _, r := range recs {
-		h := &held{ttl: time.Duration(r.Ttl) * time.Second, expiry: now.Add(time.Duration(r.Ttl) * time.Second), revoking: r.Revoking}
+		ttl := time.Duration(r.Ttl) * time.Second
+		h := &held{ttl: ttl, expiry: now.Add(ttl), revoking: r.Revoking}
+		if handedOver && r.CheckpointTerm == meta.LeaseCheckpointTerm && r.RemainingMs > 0 {
+			h.expiry = now.Add(min(time.Duration(r.RemainingMs)*time.Millisecond, ttl))
+		}
 		if o, ok := old[r.Id]; ok {
 			h.expiry = o.expiry
 		}
 		l.leases[r.Id] = h
+	}
+	if term != l.term {
+		l.retired = false
 	}
 	l.term, l.stale = term, false
 	return nil
@@ -400,7 +487,7 @@ func (l *Lessor) expire() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	term, err := l.leader(ctx)
+	term, err := l.leader(ctx) // nothing while handing over (or it resumes)
 	if err != nil {
 		cancel()
 		return

@@ -300,7 +300,7 @@ func Apply(b *pebble.Batch, st *pandopb.RangeState, index uint64, cmd *pandopb.C
 			res.Err = fmt.Errorf("%w: range %d is not the meta range", kv.ErrInvalidArgument, rangeID)
 			break
 		}
-		res, err = applyLease(b, op.Lease)
+		res, err = applyLease(b, st, op.Lease)
 	default:
 		// An unknown operation from a newer version would be a broken
 		// invariant: every replica must understand every committed entry.
@@ -637,10 +637,30 @@ func applyLeaseSweep(b *pebble.Batch, desc *pandopb.RangeDescriptor, rev uint64,
 
 // applyLease applies a change to the meta range's lease records: a grant
 // (refused when the ID is taken), revokes (marks: the lessor sweeps their
-// keys, then forgets them) and forgets. Result.Version counts the records
-// a revoke marked or a forget removed.
-func applyLease(b *pebble.Batch, op *pandopb.LeaseOp) (Result, error) {
+// keys, then forgets them), forgets, and a handover's checkpoint of the
+// TTLs left (or its voiding). Result.Version counts the records a revoke
+// marked or a forget removed.
+func applyLease(b *pebble.Batch, st *pandopb.RangeState, op *pandopb.LeaseOp) (Result, error) {
 	var res Result
+	if t := op.CheckpointTerm; t != 0 {
+		for _, cp := range op.Checkpoints {
+			rec, found, err := storage.GetLeaseRecord(b, cp.Id)
+			if err != nil {
+				return Result{}, err
+			}
+			if !found {
+				continue
+			}
+			rec.RemainingMs, rec.CheckpointTerm = max(cp.RemainingMs, 1), t
+			if err := storage.PutLeaseRecord(b, rec); err != nil {
+				return Result{}, err
+			}
+		}
+		st.LeaseCheckpointTerm = max(st.LeaseCheckpointTerm, t)
+	}
+	if t := op.ResumeTerm; t != 0 && st.LeaseCheckpointTerm == t {
+		st.LeaseCheckpointTerm = 0
+	}
 	if g := op.Grant; g != nil {
 		if g.Id <= 0 || g.Ttl <= 0 {
 			return Result{Err: fmt.Errorf("%w: lease %d with TTL %d", kv.ErrInvalidArgument, g.Id, g.Ttl)}, nil

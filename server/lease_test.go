@@ -295,3 +295,63 @@ func TestLeaseOrphansAreSwept(t *testing.T) {
 	}
 	waitGone(t, cl, "orphan", 5*time.Second)
 }
+
+// A planned handover of the meta range (a leadership transfer: a node
+// being stopped, the balancer) hands each lease's remaining TTL to the new
+// lessor instead of giving every lease a whole TTL again: a lease not
+// kept alive still expires on time, a kept-alive one survives.
+func TestLeaseTTLsSurviveALeadershipTransfer(t *testing.T) {
+	c := startCluster(t, 3, 0)
+	lead := c.waitLeader()
+	cl := c.client()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	l, err := cl.Grant(ctx, 4*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Put(ctx, []byte("k"), []byte("v"), client.WithLease(l.ID)); err != nil {
+		t.Fatal(err)
+	}
+	kept, err := cl.Grant(ctx, 4*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kctx, stopKeeping := context.WithCancel(ctx)
+	defer stopKeeping()
+	renewals, err := cl.KeepAlive(kctx, kept.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for range renewals {
+		}
+	}()
+	time.Sleep(2 * time.Second)
+	to := c.follower(lead)
+	if err := c.servers[lead].Node().TransferLeader(ctx, storage.MetaRangeID, to); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if st, ok := c.servers[to].Node().Status(storage.MetaRangeID); ok && st.LeaderID == to {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the transfer did not happen")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ttl, err := cl.TimeToLive(ctx, l.ID, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// About 2s were left at the handover; a whole TTL again would be 4s.
+	if ttl.TTL > 2*time.Second || ttl.GrantedTTL != 4*time.Second {
+		t.Fatalf("after the handover the lease has %v left of %v: the new lessor did not start from the checkpoint", ttl.TTL, ttl.GrantedTTL)
+	}
+	waitGone(t, cl, "k", 5*time.Second)
+	if _, err := cl.TimeToLive(ctx, kept.ID, false); err != nil {
+		t.Fatalf("the kept-alive lease after the handover: %v", err)
+	}
+}

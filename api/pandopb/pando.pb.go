@@ -4543,12 +4543,21 @@ func (x *TxnOp) GetFailure() []*TxnRequestOp {
 // revoking (their keys are being swept; a new lessor finishes the sweep),
 // or forgets them (swept everywhere).
 type LeaseOp struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Grant         *LeaseRecord           `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
-	Revoke        []int64                `protobuf:"varint,2,rep,packed,name=revoke,proto3" json:"revoke,omitempty"`
-	Forget        []int64                `protobuf:"varint,3,rep,packed,name=forget,proto3" json:"forget,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Grant  *LeaseRecord           `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
+	Revoke []int64                `protobuf:"varint,2,rep,packed,name=revoke,proto3" json:"revoke,omitempty"`
+	Forget []int64                `protobuf:"varint,3,rep,packed,name=forget,proto3" json:"forget,omitempty"`
+	// checkpoint_term: the lessor of that term hands over (before a
+	// leadership transfer) and answers nothing more in it; checkpoints are
+	// the TTLs its leases had left, which the next term's lessor starts
+	// from instead of a whole TTL. resume_term: the transfer did not
+	// happen; the lessor of that term serves again and its checkpoint is
+	// void.
+	CheckpointTerm uint64             `protobuf:"varint,4,opt,name=checkpoint_term,json=checkpointTerm,proto3" json:"checkpoint_term,omitempty"`
+	Checkpoints    []*LeaseCheckpoint `protobuf:"bytes,5,rep,name=checkpoints,proto3" json:"checkpoints,omitempty"`
+	ResumeTerm     uint64             `protobuf:"varint,6,opt,name=resume_term,json=resumeTerm,proto3" json:"resume_term,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *LeaseOp) Reset() {
@@ -4602,21 +4611,98 @@ func (x *LeaseOp) GetForget() []int64 {
 	return nil
 }
 
-// LeaseRecord is a lease as the meta range keeps it. When it expires is
-// not replicated: the lessor keeps it in memory (keep-alives are not
-// logged), and a new lessor gives every lease a whole TTL again.
-type LeaseRecord struct {
+func (x *LeaseOp) GetCheckpointTerm() uint64 {
+	if x != nil {
+		return x.CheckpointTerm
+	}
+	return 0
+}
+
+func (x *LeaseOp) GetCheckpoints() []*LeaseCheckpoint {
+	if x != nil {
+		return x.Checkpoints
+	}
+	return nil
+}
+
+func (x *LeaseOp) GetResumeTerm() uint64 {
+	if x != nil {
+		return x.ResumeTerm
+	}
+	return 0
+}
+
+type LeaseCheckpoint struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Ttl           int64                  `protobuf:"varint,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
-	Revoking      bool                   `protobuf:"varint,3,opt,name=revoking,proto3" json:"revoking,omitempty"`
+	RemainingMs   int64                  `protobuf:"varint,2,opt,name=remaining_ms,json=remainingMs,proto3" json:"remaining_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
+func (x *LeaseCheckpoint) Reset() {
+	*x = LeaseCheckpoint{}
+	mi := &file_pando_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseCheckpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseCheckpoint) ProtoMessage() {}
+
+func (x *LeaseCheckpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_pando_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseCheckpoint.ProtoReflect.Descriptor instead.
+func (*LeaseCheckpoint) Descriptor() ([]byte, []int) {
+	return file_pando_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *LeaseCheckpoint) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LeaseCheckpoint) GetRemainingMs() int64 {
+	if x != nil {
+		return x.RemainingMs
+	}
+	return 0
+}
+
+// LeaseRecord is a lease as the meta range keeps it. When it expires is
+// not replicated: the lessor keeps it in memory (keep-alives are not
+// logged), and a new lessor gives every lease a whole TTL again.
+type LeaseRecord struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Ttl      int64                  `protobuf:"varint,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Revoking bool                   `protobuf:"varint,3,opt,name=revoking,proto3" json:"revoking,omitempty"`
+	// remaining_ms: the TTL left at the handover of checkpoint_term's
+	// lessor (see LeaseOp).
+	RemainingMs    int64  `protobuf:"varint,4,opt,name=remaining_ms,json=remainingMs,proto3" json:"remaining_ms,omitempty"`
+	CheckpointTerm uint64 `protobuf:"varint,5,opt,name=checkpoint_term,json=checkpointTerm,proto3" json:"checkpoint_term,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
 func (x *LeaseRecord) Reset() {
 	*x = LeaseRecord{}
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4628,7 +4714,7 @@ func (x *LeaseRecord) String() string {
 func (*LeaseRecord) ProtoMessage() {}
 
 func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[60]
+	mi := &file_pando_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4641,7 +4727,7 @@ func (x *LeaseRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseRecord.ProtoReflect.Descriptor instead.
 func (*LeaseRecord) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{60}
+	return file_pando_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *LeaseRecord) GetId() int64 {
@@ -4665,6 +4751,20 @@ func (x *LeaseRecord) GetRevoking() bool {
 	return false
 }
 
+func (x *LeaseRecord) GetRemainingMs() int64 {
+	if x != nil {
+		return x.RemainingMs
+	}
+	return 0
+}
+
+func (x *LeaseRecord) GetCheckpointTerm() uint64 {
+	if x != nil {
+		return x.CheckpointTerm
+	}
+	return 0
+}
+
 // LeaseSweepOp deletes, at the command's revision, every key of the range
 // attached to one of the leases.
 type LeaseSweepOp struct {
@@ -4676,7 +4776,7 @@ type LeaseSweepOp struct {
 
 func (x *LeaseSweepOp) Reset() {
 	*x = LeaseSweepOp{}
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4688,7 +4788,7 @@ func (x *LeaseSweepOp) String() string {
 func (*LeaseSweepOp) ProtoMessage() {}
 
 func (x *LeaseSweepOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[61]
+	mi := &file_pando_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4701,7 +4801,7 @@ func (x *LeaseSweepOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseSweepOp.ProtoReflect.Descriptor instead.
 func (*LeaseSweepOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{61}
+	return file_pando_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *LeaseSweepOp) GetIds() []int64 {
@@ -4728,7 +4828,7 @@ type CompactOp struct {
 
 func (x *CompactOp) Reset() {
 	*x = CompactOp{}
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4740,7 +4840,7 @@ func (x *CompactOp) String() string {
 func (*CompactOp) ProtoMessage() {}
 
 func (x *CompactOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[62]
+	mi := &file_pando_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4753,7 +4853,7 @@ func (x *CompactOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompactOp.ProtoReflect.Descriptor instead.
 func (*CompactOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{62}
+	return file_pando_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *CompactOp) GetRevision() uint64 {
@@ -4795,7 +4895,7 @@ type RevisionCeilingOp struct {
 
 func (x *RevisionCeilingOp) Reset() {
 	*x = RevisionCeilingOp{}
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4807,7 +4907,7 @@ func (x *RevisionCeilingOp) String() string {
 func (*RevisionCeilingOp) ProtoMessage() {}
 
 func (x *RevisionCeilingOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[63]
+	mi := &file_pando_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4820,7 +4920,7 @@ func (x *RevisionCeilingOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionCeilingOp.ProtoReflect.Descriptor instead.
 func (*RevisionCeilingOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{63}
+	return file_pando_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *RevisionCeilingOp) GetCeiling() uint64 {
@@ -4867,7 +4967,7 @@ type DedupRecord struct {
 
 func (x *DedupRecord) Reset() {
 	*x = DedupRecord{}
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4879,7 +4979,7 @@ func (x *DedupRecord) String() string {
 func (*DedupRecord) ProtoMessage() {}
 
 func (x *DedupRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[64]
+	mi := &file_pando_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4892,7 +4992,7 @@ func (x *DedupRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DedupRecord.ProtoReflect.Descriptor instead.
 func (*DedupRecord) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{64}
+	return file_pando_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *DedupRecord) GetSeq() uint64 {
@@ -4974,7 +5074,7 @@ type SplitOp struct {
 
 func (x *SplitOp) Reset() {
 	*x = SplitOp{}
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4986,7 +5086,7 @@ func (x *SplitOp) String() string {
 func (*SplitOp) ProtoMessage() {}
 
 func (x *SplitOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[65]
+	mi := &file_pando_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4999,7 +5099,7 @@ func (x *SplitOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitOp.ProtoReflect.Descriptor instead.
 func (*SplitOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{65}
+	return file_pando_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *SplitOp) GetSplitKey() []byte {
@@ -5038,7 +5138,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5050,7 +5150,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[66]
+	mi := &file_pando_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5063,7 +5163,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{66}
+	return file_pando_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *NodeRecord) GetId() uint64 {
@@ -5107,7 +5207,7 @@ type DirectoryOp struct {
 
 func (x *DirectoryOp) Reset() {
 	*x = DirectoryOp{}
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5119,7 +5219,7 @@ func (x *DirectoryOp) String() string {
 func (*DirectoryOp) ProtoMessage() {}
 
 func (x *DirectoryOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[67]
+	mi := &file_pando_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5132,7 +5232,7 @@ func (x *DirectoryOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectoryOp.ProtoReflect.Descriptor instead.
 func (*DirectoryOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{67}
+	return file_pando_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *DirectoryOp) GetRanges() []*RangeDescriptor {
@@ -5162,7 +5262,7 @@ type FreezeOp struct {
 
 func (x *FreezeOp) Reset() {
 	*x = FreezeOp{}
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5174,7 +5274,7 @@ func (x *FreezeOp) String() string {
 func (*FreezeOp) ProtoMessage() {}
 
 func (x *FreezeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[68]
+	mi := &file_pando_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5187,7 +5287,7 @@ func (x *FreezeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FreezeOp.ProtoReflect.Descriptor instead.
 func (*FreezeOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{68}
+	return file_pando_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *FreezeOp) GetMergeInto() uint64 {
@@ -5217,7 +5317,7 @@ type MergeOp struct {
 
 func (x *MergeOp) Reset() {
 	*x = MergeOp{}
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5229,7 +5329,7 @@ func (x *MergeOp) String() string {
 func (*MergeOp) ProtoMessage() {}
 
 func (x *MergeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[69]
+	mi := &file_pando_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5242,7 +5342,7 @@ func (x *MergeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeOp.ProtoReflect.Descriptor instead.
 func (*MergeOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{69}
+	return file_pando_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *MergeOp) GetRight() *RangeDescriptor {
@@ -5276,7 +5376,7 @@ type AllocRangeIDOp struct {
 
 func (x *AllocRangeIDOp) Reset() {
 	*x = AllocRangeIDOp{}
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5288,7 +5388,7 @@ func (x *AllocRangeIDOp) String() string {
 func (*AllocRangeIDOp) ProtoMessage() {}
 
 func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[70]
+	mi := &file_pando_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5301,7 +5401,7 @@ func (x *AllocRangeIDOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDOp.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{70}
+	return file_pando_proto_rawDescGZIP(), []int{71}
 }
 
 // ChecksumOp asks every replica to hash the range's replicated data as of
@@ -5315,7 +5415,7 @@ type ChecksumOp struct {
 
 func (x *ChecksumOp) Reset() {
 	*x = ChecksumOp{}
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5327,7 +5427,7 @@ func (x *ChecksumOp) String() string {
 func (*ChecksumOp) ProtoMessage() {}
 
 func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[71]
+	mi := &file_pando_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5340,7 +5440,7 @@ func (x *ChecksumOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumOp.ProtoReflect.Descriptor instead.
 func (*ChecksumOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{71}
+	return file_pando_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ChecksumOp) GetCheckId() uint64 {
@@ -5370,7 +5470,7 @@ type CheckVerdict struct {
 
 func (x *CheckVerdict) Reset() {
 	*x = CheckVerdict{}
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5382,7 +5482,7 @@ func (x *CheckVerdict) String() string {
 func (*CheckVerdict) ProtoMessage() {}
 
 func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[72]
+	mi := &file_pando_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5395,7 +5495,7 @@ func (x *CheckVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckVerdict.ProtoReflect.Descriptor instead.
 func (*CheckVerdict) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{72}
+	return file_pando_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *CheckVerdict) GetCheckId() uint64 {
@@ -5463,7 +5563,7 @@ type RangeDescriptor struct {
 
 func (x *RangeDescriptor) Reset() {
 	*x = RangeDescriptor{}
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5475,7 +5575,7 @@ func (x *RangeDescriptor) String() string {
 func (*RangeDescriptor) ProtoMessage() {}
 
 func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[73]
+	mi := &file_pando_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5488,7 +5588,7 @@ func (x *RangeDescriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDescriptor.ProtoReflect.Descriptor instead.
 func (*RangeDescriptor) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{73}
+	return file_pando_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *RangeDescriptor) GetId() uint64 {
@@ -5554,13 +5654,16 @@ type RangeState struct {
 	// compact_revision: reads below it are refused; the history they would
 	// need is gone (CompactOp).
 	CompactRevision uint64 `protobuf:"varint,53,opt,name=compact_revision,json=compactRevision,proto3" json:"compact_revision,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// lease_checkpoint_term: the lessor of that term handed over with a
+	// checkpoint of its leases' remaining TTLs (0: none valid).
+	LeaseCheckpointTerm uint64 `protobuf:"varint,54,opt,name=lease_checkpoint_term,json=leaseCheckpointTerm,proto3" json:"lease_checkpoint_term,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *RangeState) Reset() {
 	*x = RangeState{}
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5572,7 +5675,7 @@ func (x *RangeState) String() string {
 func (*RangeState) ProtoMessage() {}
 
 func (x *RangeState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[74]
+	mi := &file_pando_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5585,7 +5688,7 @@ func (x *RangeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeState.ProtoReflect.Descriptor instead.
 func (*RangeState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{74}
+	return file_pando_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *RangeState) GetAppliedIndex() uint64 {
@@ -5672,6 +5775,13 @@ func (x *RangeState) GetCompactRevision() uint64 {
 	return 0
 }
 
+func (x *RangeState) GetLeaseCheckpointTerm() uint64 {
+	if x != nil {
+		return x.LeaseCheckpointTerm
+	}
+	return 0
+}
+
 // TruncatedState is the last log entry removed by compaction.
 type TruncatedState struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -5683,7 +5793,7 @@ type TruncatedState struct {
 
 func (x *TruncatedState) Reset() {
 	*x = TruncatedState{}
-	mi := &file_pando_proto_msgTypes[75]
+	mi := &file_pando_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5695,7 +5805,7 @@ func (x *TruncatedState) String() string {
 func (*TruncatedState) ProtoMessage() {}
 
 func (x *TruncatedState) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[75]
+	mi := &file_pando_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5708,7 +5818,7 @@ func (x *TruncatedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TruncatedState.ProtoReflect.Descriptor instead.
 func (*TruncatedState) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{75}
+	return file_pando_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *TruncatedState) GetIndex() uint64 {
@@ -5738,7 +5848,7 @@ type CheckRequest struct {
 
 func (x *CheckRequest) Reset() {
 	*x = CheckRequest{}
-	mi := &file_pando_proto_msgTypes[76]
+	mi := &file_pando_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5750,7 +5860,7 @@ func (x *CheckRequest) String() string {
 func (*CheckRequest) ProtoMessage() {}
 
 func (x *CheckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[76]
+	mi := &file_pando_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5763,7 +5873,7 @@ func (x *CheckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRequest.ProtoReflect.Descriptor instead.
 func (*CheckRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{76}
+	return file_pando_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *CheckRequest) GetRangeId() uint64 {
@@ -5798,7 +5908,7 @@ type KeyDiff struct {
 
 func (x *KeyDiff) Reset() {
 	*x = KeyDiff{}
-	mi := &file_pando_proto_msgTypes[77]
+	mi := &file_pando_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5810,7 +5920,7 @@ func (x *KeyDiff) String() string {
 func (*KeyDiff) ProtoMessage() {}
 
 func (x *KeyDiff) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[77]
+	mi := &file_pando_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5823,7 +5933,7 @@ func (x *KeyDiff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDiff.ProtoReflect.Descriptor instead.
 func (*KeyDiff) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{77}
+	return file_pando_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *KeyDiff) GetKey() []byte {
@@ -5852,7 +5962,7 @@ type ReplicaKey struct {
 
 func (x *ReplicaKey) Reset() {
 	*x = ReplicaKey{}
-	mi := &file_pando_proto_msgTypes[78]
+	mi := &file_pando_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5864,7 +5974,7 @@ func (x *ReplicaKey) String() string {
 func (*ReplicaKey) ProtoMessage() {}
 
 func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[78]
+	mi := &file_pando_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5877,7 +5987,7 @@ func (x *ReplicaKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaKey.ProtoReflect.Descriptor instead.
 func (*ReplicaKey) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{78}
+	return file_pando_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *ReplicaKey) GetNodeId() uint64 {
@@ -5920,7 +6030,7 @@ type RangeCheck struct {
 
 func (x *RangeCheck) Reset() {
 	*x = RangeCheck{}
-	mi := &file_pando_proto_msgTypes[79]
+	mi := &file_pando_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5932,7 +6042,7 @@ func (x *RangeCheck) String() string {
 func (*RangeCheck) ProtoMessage() {}
 
 func (x *RangeCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[79]
+	mi := &file_pando_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5945,7 +6055,7 @@ func (x *RangeCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeCheck.ProtoReflect.Descriptor instead.
 func (*RangeCheck) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{79}
+	return file_pando_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *RangeCheck) GetRangeId() uint64 {
@@ -6020,7 +6130,7 @@ type CheckResponse struct {
 
 func (x *CheckResponse) Reset() {
 	*x = CheckResponse{}
-	mi := &file_pando_proto_msgTypes[80]
+	mi := &file_pando_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6032,7 +6142,7 @@ func (x *CheckResponse) String() string {
 func (*CheckResponse) ProtoMessage() {}
 
 func (x *CheckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[80]
+	mi := &file_pando_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6045,7 +6155,7 @@ func (x *CheckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckResponse.ProtoReflect.Descriptor instead.
 func (*CheckResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{80}
+	return file_pando_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *CheckResponse) GetRanges() []*RangeCheck {
@@ -6065,7 +6175,7 @@ type ChecksumRequest struct {
 
 func (x *ChecksumRequest) Reset() {
 	*x = ChecksumRequest{}
-	mi := &file_pando_proto_msgTypes[81]
+	mi := &file_pando_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6077,7 +6187,7 @@ func (x *ChecksumRequest) String() string {
 func (*ChecksumRequest) ProtoMessage() {}
 
 func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[81]
+	mi := &file_pando_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6090,7 +6200,7 @@ func (x *ChecksumRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumRequest.ProtoReflect.Descriptor instead.
 func (*ChecksumRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{81}
+	return file_pando_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *ChecksumRequest) GetRangeId() uint64 {
@@ -6120,7 +6230,7 @@ type ChecksumResponse struct {
 
 func (x *ChecksumResponse) Reset() {
 	*x = ChecksumResponse{}
-	mi := &file_pando_proto_msgTypes[82]
+	mi := &file_pando_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6132,7 +6242,7 @@ func (x *ChecksumResponse) String() string {
 func (*ChecksumResponse) ProtoMessage() {}
 
 func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[82]
+	mi := &file_pando_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6145,7 +6255,7 @@ func (x *ChecksumResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChecksumResponse.ProtoReflect.Descriptor instead.
 func (*ChecksumResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{82}
+	return file_pando_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *ChecksumResponse) GetIndex() uint64 {
@@ -6188,7 +6298,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_pando_proto_msgTypes[83]
+	mi := &file_pando_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6200,7 +6310,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[83]
+	mi := &file_pando_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6213,7 +6323,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{83}
+	return file_pando_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *ListKeysRequest) GetRangeId() uint64 {
@@ -6255,7 +6365,7 @@ type KeyDigest struct {
 
 func (x *KeyDigest) Reset() {
 	*x = KeyDigest{}
-	mi := &file_pando_proto_msgTypes[84]
+	mi := &file_pando_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6267,7 +6377,7 @@ func (x *KeyDigest) String() string {
 func (*KeyDigest) ProtoMessage() {}
 
 func (x *KeyDigest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[84]
+	mi := &file_pando_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6280,7 +6390,7 @@ func (x *KeyDigest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDigest.ProtoReflect.Descriptor instead.
 func (*KeyDigest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{84}
+	return file_pando_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *KeyDigest) GetKey() []byte {
@@ -6314,7 +6424,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_pando_proto_msgTypes[85]
+	mi := &file_pando_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6326,7 +6436,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[85]
+	mi := &file_pando_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6339,7 +6449,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{85}
+	return file_pando_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *ListKeysResponse) GetKeys() []*KeyDigest {
@@ -6367,7 +6477,7 @@ type RepairRequest struct {
 
 func (x *RepairRequest) Reset() {
 	*x = RepairRequest{}
-	mi := &file_pando_proto_msgTypes[86]
+	mi := &file_pando_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6379,7 +6489,7 @@ func (x *RepairRequest) String() string {
 func (*RepairRequest) ProtoMessage() {}
 
 func (x *RepairRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[86]
+	mi := &file_pando_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6392,7 +6502,7 @@ func (x *RepairRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
 func (*RepairRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{86}
+	return file_pando_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *RepairRequest) GetRangeId() uint64 {
@@ -6419,7 +6529,7 @@ type RepairResponse struct {
 
 func (x *RepairResponse) Reset() {
 	*x = RepairResponse{}
-	mi := &file_pando_proto_msgTypes[87]
+	mi := &file_pando_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6431,7 +6541,7 @@ func (x *RepairResponse) String() string {
 func (*RepairResponse) ProtoMessage() {}
 
 func (x *RepairResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[87]
+	mi := &file_pando_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6444,7 +6554,7 @@ func (x *RepairResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairResponse.ProtoReflect.Descriptor instead.
 func (*RepairResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{87}
+	return file_pando_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *RepairResponse) GetIndex() uint64 {
@@ -6470,7 +6580,7 @@ type RangeDataRequest struct {
 
 func (x *RangeDataRequest) Reset() {
 	*x = RangeDataRequest{}
-	mi := &file_pando_proto_msgTypes[88]
+	mi := &file_pando_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6482,7 +6592,7 @@ func (x *RangeDataRequest) String() string {
 func (*RangeDataRequest) ProtoMessage() {}
 
 func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[88]
+	mi := &file_pando_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6495,7 +6605,7 @@ func (x *RangeDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataRequest.ProtoReflect.Descriptor instead.
 func (*RangeDataRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{88}
+	return file_pando_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *RangeDataRequest) GetRangeId() uint64 {
@@ -6521,7 +6631,7 @@ type RangeDataChunk struct {
 
 func (x *RangeDataChunk) Reset() {
 	*x = RangeDataChunk{}
-	mi := &file_pando_proto_msgTypes[89]
+	mi := &file_pando_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6533,7 +6643,7 @@ func (x *RangeDataChunk) String() string {
 func (*RangeDataChunk) ProtoMessage() {}
 
 func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[89]
+	mi := &file_pando_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6546,7 +6656,7 @@ func (x *RangeDataChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RangeDataChunk.ProtoReflect.Descriptor instead.
 func (*RangeDataChunk) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{89}
+	return file_pando_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *RangeDataChunk) GetIndex() uint64 {
@@ -6587,7 +6697,7 @@ type SplitRequest struct {
 
 func (x *SplitRequest) Reset() {
 	*x = SplitRequest{}
-	mi := &file_pando_proto_msgTypes[90]
+	mi := &file_pando_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6599,7 +6709,7 @@ func (x *SplitRequest) String() string {
 func (*SplitRequest) ProtoMessage() {}
 
 func (x *SplitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[90]
+	mi := &file_pando_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6612,7 +6722,7 @@ func (x *SplitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
 func (*SplitRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{90}
+	return file_pando_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *SplitRequest) GetKey() []byte {
@@ -6632,7 +6742,7 @@ type SplitResponse struct {
 
 func (x *SplitResponse) Reset() {
 	*x = SplitResponse{}
-	mi := &file_pando_proto_msgTypes[91]
+	mi := &file_pando_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6644,7 +6754,7 @@ func (x *SplitResponse) String() string {
 func (*SplitResponse) ProtoMessage() {}
 
 func (x *SplitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[91]
+	mi := &file_pando_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6657,7 +6767,7 @@ func (x *SplitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
 func (*SplitResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{91}
+	return file_pando_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *SplitResponse) GetLeft() *RangeDescriptor {
@@ -6682,7 +6792,7 @@ type AllocRangeIDRequest struct {
 
 func (x *AllocRangeIDRequest) Reset() {
 	*x = AllocRangeIDRequest{}
-	mi := &file_pando_proto_msgTypes[92]
+	mi := &file_pando_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6694,7 +6804,7 @@ func (x *AllocRangeIDRequest) String() string {
 func (*AllocRangeIDRequest) ProtoMessage() {}
 
 func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[92]
+	mi := &file_pando_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6707,7 +6817,7 @@ func (x *AllocRangeIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDRequest.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{92}
+	return file_pando_proto_rawDescGZIP(), []int{93}
 }
 
 type AllocRangeIDResponse struct {
@@ -6719,7 +6829,7 @@ type AllocRangeIDResponse struct {
 
 func (x *AllocRangeIDResponse) Reset() {
 	*x = AllocRangeIDResponse{}
-	mi := &file_pando_proto_msgTypes[93]
+	mi := &file_pando_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6731,7 +6841,7 @@ func (x *AllocRangeIDResponse) String() string {
 func (*AllocRangeIDResponse) ProtoMessage() {}
 
 func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[93]
+	mi := &file_pando_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6744,7 +6854,7 @@ func (x *AllocRangeIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocRangeIDResponse.ProtoReflect.Descriptor instead.
 func (*AllocRangeIDResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{93}
+	return file_pando_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *AllocRangeIDResponse) GetRangeId() uint64 {
@@ -6769,7 +6879,7 @@ type MoveReplicaRequest struct {
 
 func (x *MoveReplicaRequest) Reset() {
 	*x = MoveReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[94]
+	mi := &file_pando_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6781,7 +6891,7 @@ func (x *MoveReplicaRequest) String() string {
 func (*MoveReplicaRequest) ProtoMessage() {}
 
 func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[94]
+	mi := &file_pando_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6794,7 +6904,7 @@ func (x *MoveReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaRequest.ProtoReflect.Descriptor instead.
 func (*MoveReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{94}
+	return file_pando_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *MoveReplicaRequest) GetRangeId() uint64 {
@@ -6834,7 +6944,7 @@ type MoveReplicaResponse struct {
 
 func (x *MoveReplicaResponse) Reset() {
 	*x = MoveReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[95]
+	mi := &file_pando_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6846,7 +6956,7 @@ func (x *MoveReplicaResponse) String() string {
 func (*MoveReplicaResponse) ProtoMessage() {}
 
 func (x *MoveReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[95]
+	mi := &file_pando_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6859,7 +6969,7 @@ func (x *MoveReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveReplicaResponse.ProtoReflect.Descriptor instead.
 func (*MoveReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{95}
+	return file_pando_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *MoveReplicaResponse) GetDesc() *RangeDescriptor {
@@ -6879,7 +6989,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_pando_proto_msgTypes[96]
+	mi := &file_pando_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6891,7 +7001,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[96]
+	mi := &file_pando_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6904,7 +7014,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{96}
+	return file_pando_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *TransferLeaderRequest) GetRangeId() uint64 {
@@ -6929,7 +7039,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_pando_proto_msgTypes[97]
+	mi := &file_pando_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6941,7 +7051,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[97]
+	mi := &file_pando_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6954,7 +7064,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{97}
+	return file_pando_proto_rawDescGZIP(), []int{98}
 }
 
 // CreateReplicaRequest asks a node to hold an empty replica of desc's
@@ -6973,7 +7083,7 @@ type CreateReplicaRequest struct {
 
 func (x *CreateReplicaRequest) Reset() {
 	*x = CreateReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[98]
+	mi := &file_pando_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6985,7 +7095,7 @@ func (x *CreateReplicaRequest) String() string {
 func (*CreateReplicaRequest) ProtoMessage() {}
 
 func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[98]
+	mi := &file_pando_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6998,7 +7108,7 @@ func (x *CreateReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReplicaRequest.ProtoReflect.Descriptor instead.
 func (*CreateReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{98}
+	return file_pando_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *CreateReplicaRequest) GetDesc() *RangeDescriptor {
@@ -7030,7 +7140,7 @@ type CreateReplicaResponse struct {
 
 func (x *CreateReplicaResponse) Reset() {
 	*x = CreateReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[99]
+	mi := &file_pando_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7042,7 +7152,7 @@ func (x *CreateReplicaResponse) String() string {
 func (*CreateReplicaResponse) ProtoMessage() {}
 
 func (x *CreateReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[99]
+	mi := &file_pando_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7055,7 +7165,7 @@ func (x *CreateReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReplicaResponse.ProtoReflect.Descriptor instead.
 func (*CreateReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{99}
+	return file_pando_proto_rawDescGZIP(), []int{100}
 }
 
 // DestroyReplicaRequest tells a node that desc (the range's current
@@ -7074,7 +7184,7 @@ type AdoptReplicaRequest struct {
 
 func (x *AdoptReplicaRequest) Reset() {
 	*x = AdoptReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[100]
+	mi := &file_pando_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7086,7 +7196,7 @@ func (x *AdoptReplicaRequest) String() string {
 func (*AdoptReplicaRequest) ProtoMessage() {}
 
 func (x *AdoptReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[100]
+	mi := &file_pando_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7099,7 +7209,7 @@ func (x *AdoptReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptReplicaRequest.ProtoReflect.Descriptor instead.
 func (*AdoptReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{100}
+	return file_pando_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *AdoptReplicaRequest) GetRangeId() uint64 {
@@ -7127,7 +7237,7 @@ type AdoptReplicaResponse struct {
 
 func (x *AdoptReplicaResponse) Reset() {
 	*x = AdoptReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[101]
+	mi := &file_pando_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7139,7 +7249,7 @@ func (x *AdoptReplicaResponse) String() string {
 func (*AdoptReplicaResponse) ProtoMessage() {}
 
 func (x *AdoptReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[101]
+	mi := &file_pando_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7152,7 +7262,7 @@ func (x *AdoptReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptReplicaResponse.ProtoReflect.Descriptor instead.
 func (*AdoptReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{101}
+	return file_pando_proto_rawDescGZIP(), []int{102}
 }
 
 func (x *AdoptReplicaResponse) GetDesc() *RangeDescriptor {
@@ -7185,7 +7295,7 @@ type DestroyReplicaRequest struct {
 
 func (x *DestroyReplicaRequest) Reset() {
 	*x = DestroyReplicaRequest{}
-	mi := &file_pando_proto_msgTypes[102]
+	mi := &file_pando_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7197,7 +7307,7 @@ func (x *DestroyReplicaRequest) String() string {
 func (*DestroyReplicaRequest) ProtoMessage() {}
 
 func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[102]
+	mi := &file_pando_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7210,7 +7320,7 @@ func (x *DestroyReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaRequest.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{102}
+	return file_pando_proto_rawDescGZIP(), []int{103}
 }
 
 func (x *DestroyReplicaRequest) GetDesc() *RangeDescriptor {
@@ -7228,7 +7338,7 @@ type DestroyReplicaResponse struct {
 
 func (x *DestroyReplicaResponse) Reset() {
 	*x = DestroyReplicaResponse{}
-	mi := &file_pando_proto_msgTypes[103]
+	mi := &file_pando_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7240,7 +7350,7 @@ func (x *DestroyReplicaResponse) String() string {
 func (*DestroyReplicaResponse) ProtoMessage() {}
 
 func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[103]
+	mi := &file_pando_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7253,7 +7363,7 @@ func (x *DestroyReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyReplicaResponse.ProtoReflect.Descriptor instead.
 func (*DestroyReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{103}
+	return file_pando_proto_rawDescGZIP(), []int{104}
 }
 
 type JoinRequest struct {
@@ -7266,7 +7376,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_pando_proto_msgTypes[104]
+	mi := &file_pando_proto_msgTypes[105]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7278,7 +7388,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[104]
+	mi := &file_pando_proto_msgTypes[105]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7291,7 +7401,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{104}
+	return file_pando_proto_rawDescGZIP(), []int{105}
 }
 
 func (x *JoinRequest) GetNodeId() uint64 {
@@ -7317,7 +7427,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_pando_proto_msgTypes[105]
+	mi := &file_pando_proto_msgTypes[106]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7329,7 +7439,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[105]
+	mi := &file_pando_proto_msgTypes[106]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7342,7 +7452,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{105}
+	return file_pando_proto_rawDescGZIP(), []int{106}
 }
 
 func (x *JoinResponse) GetNodes() []*NodeRecord {
@@ -7361,7 +7471,7 @@ type DecommissionRequest struct {
 
 func (x *DecommissionRequest) Reset() {
 	*x = DecommissionRequest{}
-	mi := &file_pando_proto_msgTypes[106]
+	mi := &file_pando_proto_msgTypes[107]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7373,7 +7483,7 @@ func (x *DecommissionRequest) String() string {
 func (*DecommissionRequest) ProtoMessage() {}
 
 func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[106]
+	mi := &file_pando_proto_msgTypes[107]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7386,7 +7496,7 @@ func (x *DecommissionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionRequest.ProtoReflect.Descriptor instead.
 func (*DecommissionRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{106}
+	return file_pando_proto_rawDescGZIP(), []int{107}
 }
 
 func (x *DecommissionRequest) GetNodeId() uint64 {
@@ -7405,7 +7515,7 @@ type DecommissionResponse struct {
 
 func (x *DecommissionResponse) Reset() {
 	*x = DecommissionResponse{}
-	mi := &file_pando_proto_msgTypes[107]
+	mi := &file_pando_proto_msgTypes[108]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7417,7 +7527,7 @@ func (x *DecommissionResponse) String() string {
 func (*DecommissionResponse) ProtoMessage() {}
 
 func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[107]
+	mi := &file_pando_proto_msgTypes[108]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7430,7 +7540,7 @@ func (x *DecommissionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecommissionResponse.ProtoReflect.Descriptor instead.
 func (*DecommissionResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{107}
+	return file_pando_proto_rawDescGZIP(), []int{108}
 }
 
 func (x *DecommissionResponse) GetNode() *NodeRecord {
@@ -7448,7 +7558,7 @@ type NodesRequest struct {
 
 func (x *NodesRequest) Reset() {
 	*x = NodesRequest{}
-	mi := &file_pando_proto_msgTypes[108]
+	mi := &file_pando_proto_msgTypes[109]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7460,7 +7570,7 @@ func (x *NodesRequest) String() string {
 func (*NodesRequest) ProtoMessage() {}
 
 func (x *NodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[108]
+	mi := &file_pando_proto_msgTypes[109]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7473,7 +7583,7 @@ func (x *NodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesRequest.ProtoReflect.Descriptor instead.
 func (*NodesRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{108}
+	return file_pando_proto_rawDescGZIP(), []int{109}
 }
 
 type NodeInfo struct {
@@ -7491,7 +7601,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_pando_proto_msgTypes[109]
+	mi := &file_pando_proto_msgTypes[110]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7503,7 +7613,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[109]
+	mi := &file_pando_proto_msgTypes[110]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7516,7 +7626,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{109}
+	return file_pando_proto_rawDescGZIP(), []int{110}
 }
 
 func (x *NodeInfo) GetRecord() *NodeRecord {
@@ -7571,7 +7681,7 @@ type NodesResponse struct {
 
 func (x *NodesResponse) Reset() {
 	*x = NodesResponse{}
-	mi := &file_pando_proto_msgTypes[110]
+	mi := &file_pando_proto_msgTypes[111]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7583,7 +7693,7 @@ func (x *NodesResponse) String() string {
 func (*NodesResponse) ProtoMessage() {}
 
 func (x *NodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[110]
+	mi := &file_pando_proto_msgTypes[111]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7596,7 +7706,7 @@ func (x *NodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodesResponse.ProtoReflect.Descriptor instead.
 func (*NodesResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{110}
+	return file_pando_proto_rawDescGZIP(), []int{111}
 }
 
 func (x *NodesResponse) GetNodes() []*NodeInfo {
@@ -7626,7 +7736,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_pando_proto_msgTypes[111]
+	mi := &file_pando_proto_msgTypes[112]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7638,7 +7748,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[111]
+	mi := &file_pando_proto_msgTypes[112]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7651,7 +7761,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{111}
+	return file_pando_proto_rawDescGZIP(), []int{112}
 }
 
 func (x *HeartbeatRequest) GetNodeId() uint64 {
@@ -7694,7 +7804,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_pando_proto_msgTypes[112]
+	mi := &file_pando_proto_msgTypes[113]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7706,7 +7816,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[112]
+	mi := &file_pando_proto_msgTypes[113]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7719,7 +7829,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{112}
+	return file_pando_proto_rawDescGZIP(), []int{113}
 }
 
 func (x *HeartbeatResponse) GetControllerId() uint64 {
@@ -7752,7 +7862,7 @@ type RebalanceRequest struct {
 
 func (x *RebalanceRequest) Reset() {
 	*x = RebalanceRequest{}
-	mi := &file_pando_proto_msgTypes[113]
+	mi := &file_pando_proto_msgTypes[114]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7764,7 +7874,7 @@ func (x *RebalanceRequest) String() string {
 func (*RebalanceRequest) ProtoMessage() {}
 
 func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[113]
+	mi := &file_pando_proto_msgTypes[114]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7777,7 +7887,7 @@ func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceRequest.ProtoReflect.Descriptor instead.
 func (*RebalanceRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{113}
+	return file_pando_proto_rawDescGZIP(), []int{114}
 }
 
 func (x *RebalanceRequest) GetDryRun() bool {
@@ -7801,7 +7911,7 @@ type PlannedOp struct {
 
 func (x *PlannedOp) Reset() {
 	*x = PlannedOp{}
-	mi := &file_pando_proto_msgTypes[114]
+	mi := &file_pando_proto_msgTypes[115]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7813,7 +7923,7 @@ func (x *PlannedOp) String() string {
 func (*PlannedOp) ProtoMessage() {}
 
 func (x *PlannedOp) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[114]
+	mi := &file_pando_proto_msgTypes[115]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7826,7 +7936,7 @@ func (x *PlannedOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlannedOp.ProtoReflect.Descriptor instead.
 func (*PlannedOp) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{114}
+	return file_pando_proto_rawDescGZIP(), []int{115}
 }
 
 func (x *PlannedOp) GetKind() string {
@@ -7881,7 +7991,7 @@ type RebalanceResponse struct {
 
 func (x *RebalanceResponse) Reset() {
 	*x = RebalanceResponse{}
-	mi := &file_pando_proto_msgTypes[115]
+	mi := &file_pando_proto_msgTypes[116]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7893,7 +8003,7 @@ func (x *RebalanceResponse) String() string {
 func (*RebalanceResponse) ProtoMessage() {}
 
 func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[115]
+	mi := &file_pando_proto_msgTypes[116]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7906,7 +8016,7 @@ func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceResponse.ProtoReflect.Descriptor instead.
 func (*RebalanceResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{115}
+	return file_pando_proto_rawDescGZIP(), []int{116}
 }
 
 func (x *RebalanceResponse) GetOps() []*PlannedOp {
@@ -7936,7 +8046,7 @@ type MergeRequest struct {
 
 func (x *MergeRequest) Reset() {
 	*x = MergeRequest{}
-	mi := &file_pando_proto_msgTypes[116]
+	mi := &file_pando_proto_msgTypes[117]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7948,7 +8058,7 @@ func (x *MergeRequest) String() string {
 func (*MergeRequest) ProtoMessage() {}
 
 func (x *MergeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[116]
+	mi := &file_pando_proto_msgTypes[117]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7961,7 +8071,7 @@ func (x *MergeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeRequest.ProtoReflect.Descriptor instead.
 func (*MergeRequest) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{116}
+	return file_pando_proto_rawDescGZIP(), []int{117}
 }
 
 func (x *MergeRequest) GetRangeId() uint64 {
@@ -7987,7 +8097,7 @@ type MergeResponse struct {
 
 func (x *MergeResponse) Reset() {
 	*x = MergeResponse{}
-	mi := &file_pando_proto_msgTypes[117]
+	mi := &file_pando_proto_msgTypes[118]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7999,7 +8109,7 @@ func (x *MergeResponse) String() string {
 func (*MergeResponse) ProtoMessage() {}
 
 func (x *MergeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_pando_proto_msgTypes[117]
+	mi := &file_pando_proto_msgTypes[118]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8012,7 +8122,7 @@ func (x *MergeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MergeResponse.ProtoReflect.Descriptor instead.
 func (*MergeResponse) Descriptor() ([]byte, []int) {
-	return file_pando_proto_rawDescGZIP(), []int{117}
+	return file_pando_proto_rawDescGZIP(), []int{118}
 }
 
 func (x *MergeResponse) GetDesc() *RangeDescriptor {
@@ -8340,15 +8450,24 @@ const file_pando_proto_rawDesc = "" +
 	"\x05TxnOp\x12+\n" +
 	"\acompare\x18\x01 \x03(\v2\x11.pando.v1.CompareR\acompare\x120\n" +
 	"\asuccess\x18\x02 \x03(\v2\x16.pando.v1.TxnRequestOpR\asuccess\x120\n" +
-	"\afailure\x18\x03 \x03(\v2\x16.pando.v1.TxnRequestOpR\afailure\"f\n" +
+	"\afailure\x18\x03 \x03(\v2\x16.pando.v1.TxnRequestOpR\afailure\"\xed\x01\n" +
 	"\aLeaseOp\x12+\n" +
 	"\x05grant\x18\x01 \x01(\v2\x15.pando.v1.LeaseRecordR\x05grant\x12\x16\n" +
 	"\x06revoke\x18\x02 \x03(\x03R\x06revoke\x12\x16\n" +
-	"\x06forget\x18\x03 \x03(\x03R\x06forget\"K\n" +
+	"\x06forget\x18\x03 \x03(\x03R\x06forget\x12'\n" +
+	"\x0fcheckpoint_term\x18\x04 \x01(\x04R\x0echeckpointTerm\x12;\n" +
+	"\vcheckpoints\x18\x05 \x03(\v2\x19.pando.v1.LeaseCheckpointR\vcheckpoints\x12\x1f\n" +
+	"\vresume_term\x18\x06 \x01(\x04R\n" +
+	"resumeTerm\"D\n" +
+	"\x0fLeaseCheckpoint\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12!\n" +
+	"\fremaining_ms\x18\x02 \x01(\x03R\vremainingMs\"\x97\x01\n" +
 	"\vLeaseRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x10\n" +
 	"\x03ttl\x18\x02 \x01(\x03R\x03ttl\x12\x1a\n" +
-	"\brevoking\x18\x03 \x01(\bR\brevoking\" \n" +
+	"\brevoking\x18\x03 \x01(\bR\brevoking\x12!\n" +
+	"\fremaining_ms\x18\x04 \x01(\x03R\vremainingMs\x12'\n" +
+	"\x0fcheckpoint_term\x18\x05 \x01(\x04R\x0echeckpointTerm\" \n" +
 	"\fLeaseSweepOp\x12\x10\n" +
 	"\x03ids\x18\x01 \x03(\x03R\x03ids\"U\n" +
 	"\tCompactOp\x12\x1a\n" +
@@ -8413,7 +8532,7 @@ const file_pando_proto_rawDesc = "" +
 	"\breplicas\x18\x04 \x03(\x04R\breplicas\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x05 \x01(\x04R\n" +
-	"generation\"\xe8\x03\n" +
+	"generation\"\x9c\x04\n" +
 	"\n" +
 	"RangeState\x12#\n" +
 	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\x12!\n" +
@@ -8430,7 +8549,8 @@ const file_pando_proto_rawDesc = "" +
 	"\rlast_revision\x182 \x01(\x04R\flastRevision\x12)\n" +
 	"\x10revision_ceiling\x183 \x01(\x04R\x0frevisionCeiling\x122\n" +
 	"\x15revision_handoff_term\x184 \x01(\x04R\x13revisionHandoffTerm\x12)\n" +
-	"\x10compact_revision\x185 \x01(\x04R\x0fcompactRevision\":\n" +
+	"\x10compact_revision\x185 \x01(\x04R\x0fcompactRevision\x122\n" +
+	"\x15lease_checkpoint_term\x186 \x01(\x04R\x13leaseCheckpointTerm\":\n" +
 	"\x0eTruncatedState\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\"^\n" +
@@ -8638,7 +8758,7 @@ func file_pando_proto_rawDescGZIP() []byte {
 }
 
 var file_pando_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 118)
+var file_pando_proto_msgTypes = make([]protoimpl.MessageInfo, 119)
 var file_pando_proto_goTypes = []any{
 	(Consistency)(0),                // 0: pando.v1.Consistency
 	(Compare_Result)(0),             // 1: pando.v1.Compare.Result
@@ -8704,70 +8824,71 @@ var file_pando_proto_goTypes = []any{
 	(*CloseRevisionOp)(nil),         // 61: pando.v1.CloseRevisionOp
 	(*TxnOp)(nil),                   // 62: pando.v1.TxnOp
 	(*LeaseOp)(nil),                 // 63: pando.v1.LeaseOp
-	(*LeaseRecord)(nil),             // 64: pando.v1.LeaseRecord
-	(*LeaseSweepOp)(nil),            // 65: pando.v1.LeaseSweepOp
-	(*CompactOp)(nil),               // 66: pando.v1.CompactOp
-	(*RevisionCeilingOp)(nil),       // 67: pando.v1.RevisionCeilingOp
-	(*DedupRecord)(nil),             // 68: pando.v1.DedupRecord
-	(*SplitOp)(nil),                 // 69: pando.v1.SplitOp
-	(*NodeRecord)(nil),              // 70: pando.v1.NodeRecord
-	(*DirectoryOp)(nil),             // 71: pando.v1.DirectoryOp
-	(*FreezeOp)(nil),                // 72: pando.v1.FreezeOp
-	(*MergeOp)(nil),                 // 73: pando.v1.MergeOp
-	(*AllocRangeIDOp)(nil),          // 74: pando.v1.AllocRangeIDOp
-	(*ChecksumOp)(nil),              // 75: pando.v1.ChecksumOp
-	(*CheckVerdict)(nil),            // 76: pando.v1.CheckVerdict
-	(*RangeDescriptor)(nil),         // 77: pando.v1.RangeDescriptor
-	(*RangeState)(nil),              // 78: pando.v1.RangeState
-	(*TruncatedState)(nil),          // 79: pando.v1.TruncatedState
-	(*CheckRequest)(nil),            // 80: pando.v1.CheckRequest
-	(*KeyDiff)(nil),                 // 81: pando.v1.KeyDiff
-	(*ReplicaKey)(nil),              // 82: pando.v1.ReplicaKey
-	(*RangeCheck)(nil),              // 83: pando.v1.RangeCheck
-	(*CheckResponse)(nil),           // 84: pando.v1.CheckResponse
-	(*ChecksumRequest)(nil),         // 85: pando.v1.ChecksumRequest
-	(*ChecksumResponse)(nil),        // 86: pando.v1.ChecksumResponse
-	(*ListKeysRequest)(nil),         // 87: pando.v1.ListKeysRequest
-	(*KeyDigest)(nil),               // 88: pando.v1.KeyDigest
-	(*ListKeysResponse)(nil),        // 89: pando.v1.ListKeysResponse
-	(*RepairRequest)(nil),           // 90: pando.v1.RepairRequest
-	(*RepairResponse)(nil),          // 91: pando.v1.RepairResponse
-	(*RangeDataRequest)(nil),        // 92: pando.v1.RangeDataRequest
-	(*RangeDataChunk)(nil),          // 93: pando.v1.RangeDataChunk
-	(*SplitRequest)(nil),            // 94: pando.v1.SplitRequest
-	(*SplitResponse)(nil),           // 95: pando.v1.SplitResponse
-	(*AllocRangeIDRequest)(nil),     // 96: pando.v1.AllocRangeIDRequest
-	(*AllocRangeIDResponse)(nil),    // 97: pando.v1.AllocRangeIDResponse
-	(*MoveReplicaRequest)(nil),      // 98: pando.v1.MoveReplicaRequest
-	(*MoveReplicaResponse)(nil),     // 99: pando.v1.MoveReplicaResponse
-	(*TransferLeaderRequest)(nil),   // 100: pando.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),  // 101: pando.v1.TransferLeaderResponse
-	(*CreateReplicaRequest)(nil),    // 102: pando.v1.CreateReplicaRequest
-	(*CreateReplicaResponse)(nil),   // 103: pando.v1.CreateReplicaResponse
-	(*AdoptReplicaRequest)(nil),     // 104: pando.v1.AdoptReplicaRequest
-	(*AdoptReplicaResponse)(nil),    // 105: pando.v1.AdoptReplicaResponse
-	(*DestroyReplicaRequest)(nil),   // 106: pando.v1.DestroyReplicaRequest
-	(*DestroyReplicaResponse)(nil),  // 107: pando.v1.DestroyReplicaResponse
-	(*JoinRequest)(nil),             // 108: pando.v1.JoinRequest
-	(*JoinResponse)(nil),            // 109: pando.v1.JoinResponse
-	(*DecommissionRequest)(nil),     // 110: pando.v1.DecommissionRequest
-	(*DecommissionResponse)(nil),    // 111: pando.v1.DecommissionResponse
-	(*NodesRequest)(nil),            // 112: pando.v1.NodesRequest
-	(*NodeInfo)(nil),                // 113: pando.v1.NodeInfo
-	(*NodesResponse)(nil),           // 114: pando.v1.NodesResponse
-	(*HeartbeatRequest)(nil),        // 115: pando.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),       // 116: pando.v1.HeartbeatResponse
-	(*RebalanceRequest)(nil),        // 117: pando.v1.RebalanceRequest
-	(*PlannedOp)(nil),               // 118: pando.v1.PlannedOp
-	(*RebalanceResponse)(nil),       // 119: pando.v1.RebalanceResponse
-	(*MergeRequest)(nil),            // 120: pando.v1.MergeRequest
-	(*MergeResponse)(nil),           // 121: pando.v1.MergeResponse
+	(*LeaseCheckpoint)(nil),         // 64: pando.v1.LeaseCheckpoint
+	(*LeaseRecord)(nil),             // 65: pando.v1.LeaseRecord
+	(*LeaseSweepOp)(nil),            // 66: pando.v1.LeaseSweepOp
+	(*CompactOp)(nil),               // 67: pando.v1.CompactOp
+	(*RevisionCeilingOp)(nil),       // 68: pando.v1.RevisionCeilingOp
+	(*DedupRecord)(nil),             // 69: pando.v1.DedupRecord
+	(*SplitOp)(nil),                 // 70: pando.v1.SplitOp
+	(*NodeRecord)(nil),              // 71: pando.v1.NodeRecord
+	(*DirectoryOp)(nil),             // 72: pando.v1.DirectoryOp
+	(*FreezeOp)(nil),                // 73: pando.v1.FreezeOp
+	(*MergeOp)(nil),                 // 74: pando.v1.MergeOp
+	(*AllocRangeIDOp)(nil),          // 75: pando.v1.AllocRangeIDOp
+	(*ChecksumOp)(nil),              // 76: pando.v1.ChecksumOp
+	(*CheckVerdict)(nil),            // 77: pando.v1.CheckVerdict
+	(*RangeDescriptor)(nil),         // 78: pando.v1.RangeDescriptor
+	(*RangeState)(nil),              // 79: pando.v1.RangeState
+	(*TruncatedState)(nil),          // 80: pando.v1.TruncatedState
+	(*CheckRequest)(nil),            // 81: pando.v1.CheckRequest
+	(*KeyDiff)(nil),                 // 82: pando.v1.KeyDiff
+	(*ReplicaKey)(nil),              // 83: pando.v1.ReplicaKey
+	(*RangeCheck)(nil),              // 84: pando.v1.RangeCheck
+	(*CheckResponse)(nil),           // 85: pando.v1.CheckResponse
+	(*ChecksumRequest)(nil),         // 86: pando.v1.ChecksumRequest
+	(*ChecksumResponse)(nil),        // 87: pando.v1.ChecksumResponse
+	(*ListKeysRequest)(nil),         // 88: pando.v1.ListKeysRequest
+	(*KeyDigest)(nil),               // 89: pando.v1.KeyDigest
+	(*ListKeysResponse)(nil),        // 90: pando.v1.ListKeysResponse
+	(*RepairRequest)(nil),           // 91: pando.v1.RepairRequest
+	(*RepairResponse)(nil),          // 92: pando.v1.RepairResponse
+	(*RangeDataRequest)(nil),        // 93: pando.v1.RangeDataRequest
+	(*RangeDataChunk)(nil),          // 94: pando.v1.RangeDataChunk
+	(*SplitRequest)(nil),            // 95: pando.v1.SplitRequest
+	(*SplitResponse)(nil),           // 96: pando.v1.SplitResponse
+	(*AllocRangeIDRequest)(nil),     // 97: pando.v1.AllocRangeIDRequest
+	(*AllocRangeIDResponse)(nil),    // 98: pando.v1.AllocRangeIDResponse
+	(*MoveReplicaRequest)(nil),      // 99: pando.v1.MoveReplicaRequest
+	(*MoveReplicaResponse)(nil),     // 100: pando.v1.MoveReplicaResponse
+	(*TransferLeaderRequest)(nil),   // 101: pando.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),  // 102: pando.v1.TransferLeaderResponse
+	(*CreateReplicaRequest)(nil),    // 103: pando.v1.CreateReplicaRequest
+	(*CreateReplicaResponse)(nil),   // 104: pando.v1.CreateReplicaResponse
+	(*AdoptReplicaRequest)(nil),     // 105: pando.v1.AdoptReplicaRequest
+	(*AdoptReplicaResponse)(nil),    // 106: pando.v1.AdoptReplicaResponse
+	(*DestroyReplicaRequest)(nil),   // 107: pando.v1.DestroyReplicaRequest
+	(*DestroyReplicaResponse)(nil),  // 108: pando.v1.DestroyReplicaResponse
+	(*JoinRequest)(nil),             // 109: pando.v1.JoinRequest
+	(*JoinResponse)(nil),            // 110: pando.v1.JoinResponse
+	(*DecommissionRequest)(nil),     // 111: pando.v1.DecommissionRequest
+	(*DecommissionResponse)(nil),    // 112: pando.v1.DecommissionResponse
+	(*NodesRequest)(nil),            // 113: pando.v1.NodesRequest
+	(*NodeInfo)(nil),                // 114: pando.v1.NodeInfo
+	(*NodesResponse)(nil),           // 115: pando.v1.NodesResponse
+	(*HeartbeatRequest)(nil),        // 116: pando.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),       // 117: pando.v1.HeartbeatResponse
+	(*RebalanceRequest)(nil),        // 118: pando.v1.RebalanceRequest
+	(*PlannedOp)(nil),               // 119: pando.v1.PlannedOp
+	(*RebalanceResponse)(nil),       // 120: pando.v1.RebalanceResponse
+	(*MergeRequest)(nil),            // 121: pando.v1.MergeRequest
+	(*MergeResponse)(nil),           // 122: pando.v1.MergeResponse
 }
 var file_pando_proto_depIdxs = []int32{
 	0,   // 0: pando.v1.GetRequest.consistency:type_name -> pando.v1.Consistency
 	0,   // 1: pando.v1.ScanRequest.consistency:type_name -> pando.v1.Consistency
 	11,  // 2: pando.v1.ScanResponse.items:type_name -> pando.v1.KeyValue
-	76,  // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
+	77,  // 3: pando.v1.RangeStatus.last_check:type_name -> pando.v1.CheckVerdict
 	14,  // 4: pando.v1.StatusResponse.nodes:type_name -> pando.v1.NodeStatus
 	15,  // 5: pando.v1.StatusResponse.ranges:type_name -> pando.v1.RangeStatus
 	16,  // 6: pando.v1.StatusResponse.breakers:type_name -> pando.v1.BreakerStatus
@@ -8797,127 +8918,128 @@ var file_pando_proto_depIdxs = []int32{
 	57,  // 30: pando.v1.Command.put:type_name -> pando.v1.PutOp
 	58,  // 31: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
 	59,  // 32: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
-	75,  // 33: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
-	76,  // 34: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
-	69,  // 35: pando.v1.Command.split:type_name -> pando.v1.SplitOp
-	74,  // 36: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
-	70,  // 37: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
-	71,  // 38: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
-	72,  // 39: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
-	73,  // 40: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
-	67,  // 41: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
+	76,  // 33: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
+	77,  // 34: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
+	70,  // 35: pando.v1.Command.split:type_name -> pando.v1.SplitOp
+	75,  // 36: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
+	71,  // 37: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
+	72,  // 38: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
+	73,  // 39: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
+	74,  // 40: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
+	68,  // 41: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
 	61,  // 42: pando.v1.Command.close_revision:type_name -> pando.v1.CloseRevisionOp
-	66,  // 43: pando.v1.Command.compact:type_name -> pando.v1.CompactOp
+	67,  // 43: pando.v1.Command.compact:type_name -> pando.v1.CompactOp
 	62,  // 44: pando.v1.Command.txn:type_name -> pando.v1.TxnOp
 	63,  // 45: pando.v1.Command.lease:type_name -> pando.v1.LeaseOp
-	65,  // 46: pando.v1.Command.lease_sweep:type_name -> pando.v1.LeaseSweepOp
+	66,  // 46: pando.v1.Command.lease_sweep:type_name -> pando.v1.LeaseSweepOp
 	35,  // 47: pando.v1.TxnOp.compare:type_name -> pando.v1.Compare
 	36,  // 48: pando.v1.TxnOp.success:type_name -> pando.v1.TxnRequestOp
 	36,  // 49: pando.v1.TxnOp.failure:type_name -> pando.v1.TxnRequestOp
-	64,  // 50: pando.v1.LeaseOp.grant:type_name -> pando.v1.LeaseRecord
-	77,  // 51: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
-	77,  // 52: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
-	77,  // 53: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
-	76,  // 54: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
-	82,  // 55: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
-	81,  // 56: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
-	83,  // 57: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
-	88,  // 58: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
-	11,  // 59: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
-	77,  // 60: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
-	77,  // 61: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
-	77,  // 62: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	77,  // 63: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	77,  // 64: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	77,  // 65: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	70,  // 66: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
-	70,  // 67: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
-	70,  // 68: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
-	113, // 69: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
-	15,  // 70: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
-	70,  // 71: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
-	15,  // 72: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
-	118, // 73: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
-	77,  // 74: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
-	4,   // 75: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
-	6,   // 76: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
-	8,   // 77: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
-	10,  // 78: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
-	13,  // 79: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
-	18,  // 80: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
-	50,  // 81: pando.v1.KV.Compact:input_type -> pando.v1.CompactRequest
-	40,  // 82: pando.v1.KV.Txn:input_type -> pando.v1.TxnRequest
-	20,  // 83: pando.v1.KV.LeaseGrant:input_type -> pando.v1.LeaseGrantRequest
-	22,  // 84: pando.v1.KV.LeaseRevoke:input_type -> pando.v1.LeaseRevokeRequest
-	24,  // 85: pando.v1.KV.LeaseKeepAlive:input_type -> pando.v1.LeaseKeepAliveRequest
-	24,  // 86: pando.v1.KV.LeaseRenew:input_type -> pando.v1.LeaseKeepAliveRequest
-	26,  // 87: pando.v1.KV.LeaseTimeToLive:input_type -> pando.v1.LeaseTimeToLiveRequest
-	28,  // 88: pando.v1.KV.LeaseLeases:input_type -> pando.v1.LeaseLeasesRequest
-	31,  // 89: pando.v1.KV.SweepLeases:input_type -> pando.v1.SweepLeasesRequest
-	33,  // 90: pando.v1.KV.LeasedKeys:input_type -> pando.v1.LeasedKeysRequest
-	43,  // 91: pando.v1.Watch.Watch:input_type -> pando.v1.WatchStreamRequest
-	53,  // 92: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
-	55,  // 93: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
-	80,  // 94: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
-	85,  // 95: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
-	87,  // 96: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
-	90,  // 97: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
-	92,  // 98: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
-	94,  // 99: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
-	96,  // 100: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
-	98,  // 101: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
-	100, // 102: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
-	120, // 103: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
-	102, // 104: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
-	106, // 105: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
-	104, // 106: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
-	108, // 107: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
-	110, // 108: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
-	112, // 109: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
-	115, // 110: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
-	117, // 111: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
-	5,   // 112: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
-	7,   // 113: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
-	9,   // 114: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
-	12,  // 115: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
-	17,  // 116: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
-	19,  // 117: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
-	51,  // 118: pando.v1.KV.Compact:output_type -> pando.v1.CompactResponse
-	42,  // 119: pando.v1.KV.Txn:output_type -> pando.v1.TxnResponse
-	21,  // 120: pando.v1.KV.LeaseGrant:output_type -> pando.v1.LeaseGrantResponse
-	23,  // 121: pando.v1.KV.LeaseRevoke:output_type -> pando.v1.LeaseRevokeResponse
-	25,  // 122: pando.v1.KV.LeaseKeepAlive:output_type -> pando.v1.LeaseKeepAliveResponse
-	25,  // 123: pando.v1.KV.LeaseRenew:output_type -> pando.v1.LeaseKeepAliveResponse
-	27,  // 124: pando.v1.KV.LeaseTimeToLive:output_type -> pando.v1.LeaseTimeToLiveResponse
-	30,  // 125: pando.v1.KV.LeaseLeases:output_type -> pando.v1.LeaseLeasesResponse
-	32,  // 126: pando.v1.KV.SweepLeases:output_type -> pando.v1.SweepLeasesResponse
-	34,  // 127: pando.v1.KV.LeasedKeys:output_type -> pando.v1.LeasedKeysResponse
-	49,  // 128: pando.v1.Watch.Watch:output_type -> pando.v1.WatchResponse
-	54,  // 129: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
-	56,  // 130: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
-	84,  // 131: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
-	86,  // 132: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
-	89,  // 133: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
-	91,  // 134: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
-	93,  // 135: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
-	95,  // 136: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
-	97,  // 137: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
-	99,  // 138: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
-	101, // 139: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
-	121, // 140: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
-	103, // 141: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
-	107, // 142: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
-	105, // 143: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
-	109, // 144: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
-	111, // 145: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
-	114, // 146: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
-	116, // 147: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
-	119, // 148: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
-	112, // [112:149] is the sub-list for method output_type
-	75,  // [75:112] is the sub-list for method input_type
-	75,  // [75:75] is the sub-list for extension type_name
-	75,  // [75:75] is the sub-list for extension extendee
-	0,   // [0:75] is the sub-list for field type_name
+	65,  // 50: pando.v1.LeaseOp.grant:type_name -> pando.v1.LeaseRecord
+	64,  // 51: pando.v1.LeaseOp.checkpoints:type_name -> pando.v1.LeaseCheckpoint
+	78,  // 52: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
+	78,  // 53: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
+	78,  // 54: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
+	77,  // 55: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
+	83,  // 56: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
+	82,  // 57: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
+	84,  // 58: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
+	89,  // 59: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
+	11,  // 60: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
+	78,  // 61: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
+	78,  // 62: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
+	78,  // 63: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	78,  // 64: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	78,  // 65: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	78,  // 66: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	71,  // 67: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
+	71,  // 68: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
+	71,  // 69: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
+	114, // 70: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
+	15,  // 71: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
+	71,  // 72: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
+	15,  // 73: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
+	119, // 74: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
+	78,  // 75: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
+	4,   // 76: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
+	6,   // 77: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
+	8,   // 78: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
+	10,  // 79: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
+	13,  // 80: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
+	18,  // 81: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
+	50,  // 82: pando.v1.KV.Compact:input_type -> pando.v1.CompactRequest
+	40,  // 83: pando.v1.KV.Txn:input_type -> pando.v1.TxnRequest
+	20,  // 84: pando.v1.KV.LeaseGrant:input_type -> pando.v1.LeaseGrantRequest
+	22,  // 85: pando.v1.KV.LeaseRevoke:input_type -> pando.v1.LeaseRevokeRequest
+	24,  // 86: pando.v1.KV.LeaseKeepAlive:input_type -> pando.v1.LeaseKeepAliveRequest
+	24,  // 87: pando.v1.KV.LeaseRenew:input_type -> pando.v1.LeaseKeepAliveRequest
+	26,  // 88: pando.v1.KV.LeaseTimeToLive:input_type -> pando.v1.LeaseTimeToLiveRequest
+	28,  // 89: pando.v1.KV.LeaseLeases:input_type -> pando.v1.LeaseLeasesRequest
+	31,  // 90: pando.v1.KV.SweepLeases:input_type -> pando.v1.SweepLeasesRequest
+	33,  // 91: pando.v1.KV.LeasedKeys:input_type -> pando.v1.LeasedKeysRequest
+	43,  // 92: pando.v1.Watch.Watch:input_type -> pando.v1.WatchStreamRequest
+	53,  // 93: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
+	55,  // 94: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
+	81,  // 95: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
+	86,  // 96: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
+	88,  // 97: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
+	91,  // 98: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
+	93,  // 99: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
+	95,  // 100: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
+	97,  // 101: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
+	99,  // 102: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
+	101, // 103: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
+	121, // 104: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
+	103, // 105: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
+	107, // 106: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
+	105, // 107: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
+	109, // 108: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
+	111, // 109: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
+	113, // 110: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
+	116, // 111: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
+	118, // 112: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
+	5,   // 113: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
+	7,   // 114: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
+	9,   // 115: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
+	12,  // 116: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
+	17,  // 117: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
+	19,  // 118: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
+	51,  // 119: pando.v1.KV.Compact:output_type -> pando.v1.CompactResponse
+	42,  // 120: pando.v1.KV.Txn:output_type -> pando.v1.TxnResponse
+	21,  // 121: pando.v1.KV.LeaseGrant:output_type -> pando.v1.LeaseGrantResponse
+	23,  // 122: pando.v1.KV.LeaseRevoke:output_type -> pando.v1.LeaseRevokeResponse
+	25,  // 123: pando.v1.KV.LeaseKeepAlive:output_type -> pando.v1.LeaseKeepAliveResponse
+	25,  // 124: pando.v1.KV.LeaseRenew:output_type -> pando.v1.LeaseKeepAliveResponse
+	27,  // 125: pando.v1.KV.LeaseTimeToLive:output_type -> pando.v1.LeaseTimeToLiveResponse
+	30,  // 126: pando.v1.KV.LeaseLeases:output_type -> pando.v1.LeaseLeasesResponse
+	32,  // 127: pando.v1.KV.SweepLeases:output_type -> pando.v1.SweepLeasesResponse
+	34,  // 128: pando.v1.KV.LeasedKeys:output_type -> pando.v1.LeasedKeysResponse
+	49,  // 129: pando.v1.Watch.Watch:output_type -> pando.v1.WatchResponse
+	54,  // 130: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
+	56,  // 131: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
+	85,  // 132: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
+	87,  // 133: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
+	90,  // 134: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
+	92,  // 135: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
+	94,  // 136: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
+	96,  // 137: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
+	98,  // 138: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
+	100, // 139: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
+	102, // 140: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
+	122, // 141: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
+	104, // 142: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
+	108, // 143: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
+	106, // 144: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
+	110, // 145: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
+	112, // 146: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
+	115, // 147: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
+	117, // 148: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
+	120, // 149: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
+	113, // [113:150] is the sub-list for method output_type
+	76,  // [76:113] is the sub-list for method input_type
+	76,  // [76:76] is the sub-list for extension type_name
+	76,  // [76:76] is the sub-list for extension extendee
+	0,   // [0:76] is the sub-list for field type_name
 }
 
 func init() { file_pando_proto_init() }
@@ -8966,7 +9088,7 @@ func file_pando_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pando_proto_rawDesc), len(file_pando_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   118,
+			NumMessages:   119,
 			NumExtensions: 0,
 			NumServices:   5,
 		},

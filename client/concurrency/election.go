@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/pando/pando/client"
 )
@@ -33,11 +34,30 @@ var ErrNotLeader = errors.New("concurrency: not the leader")
 // applies only while the leader key still has this candidate's create
 // revision). The guard and the guarded keys must lie in one range for now,
 // as every transaction's keys must.
+//
+// An Election is safe for concurrent use: Key, Rev and Leader may be asked
+// while a Campaign waits.
 type Election struct {
-	s       *Session
-	prefix  string
+	s      *Session
+	prefix string
+
+	mu      sync.Mutex
 	key     string
 	created uint64
+}
+
+// own is the candidate's key and its create revision ("": none).
+func (e *Election) own() (string, uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.key, e.created
+}
+
+// set records the candidate's key and create revision.
+func (e *Election) set(key string, created uint64) {
+	e.mu.Lock()
+	e.key, e.created = key, created
+	e.mu.Unlock()
 }
 
 // NewElection returns s's candidate in the election under prefix.
@@ -61,7 +81,7 @@ func (e *Election) Campaign(ctx context.Context, value string) error {
 			return err
 		}
 	}
-	e.key, e.created = key, created
+	e.set(key, created)
 	if err := waitDeletes(ctx, e.s, e.prefix, created); err != nil {
 		if ctx.Err() != nil {
 			rctx, cancel := context.WithTimeout(context.Background(), e.s.TTL())
@@ -71,7 +91,7 @@ func (e *Election) Campaign(ctx context.Context, value string) error {
 		return err
 	}
 	if err := stillHeld(ctx, e.s, key, created); err != nil {
-		e.key, e.created = "", 0
+		e.set("", 0)
 		return err
 	}
 	return nil
@@ -79,15 +99,16 @@ func (e *Election) Campaign(ctx context.Context, value string) error {
 
 // Proclaim changes the leader's value without a new election.
 func (e *Election) Proclaim(ctx context.Context, value string) error {
-	if e.key == "" {
+	key, created := e.own()
+	if key == "" {
 		return ErrNotLeader
 	}
-	resp, err := e.s.c.Txn(ctx).If(e.IsLeader()).Then(client.OpPut(e.key, value, client.WithLease(e.s.Lease()))).Commit()
+	resp, err := e.s.c.Txn(ctx).If(client.CreateRevision(key).Equal(created)).Then(client.OpPut(key, value, client.WithLease(e.s.Lease()))).Commit()
 	if err != nil {
 		return err
 	}
 	if !resp.Succeeded {
-		e.key, e.created = "", 0
+		e.set("", 0)
 		return ErrNotLeader
 	}
 	return nil
@@ -96,12 +117,13 @@ func (e *Election) Proclaim(ctx context.Context, value string) error {
 // Resign withdraws the candidate (leading or waiting): the next candidate
 // leads.
 func (e *Election) Resign(ctx context.Context) error {
-	if e.key == "" {
+	key, created := e.own()
+	if key == "" {
 		return nil
 	}
-	_, err := e.s.c.Txn(ctx).If(e.IsLeader()).Then(client.OpDelete(e.key)).Commit()
+	_, err := e.s.c.Txn(ctx).If(client.CreateRevision(key).Equal(created)).Then(client.OpDelete(key)).Commit()
 	if err == nil {
-		e.key, e.created = "", 0
+		e.set("", 0)
 	}
 	return err
 }
@@ -109,15 +131,16 @@ func (e *Election) Resign(ctx context.Context) error {
 // IsLeader is the compare that holds while this candidate's key is the
 // one it wrote: put it in a transaction to fence what a leader writes.
 func (e *Election) IsLeader() client.Cmp {
-	return client.CreateRevision(e.key).Equal(e.created)
+	key, created := e.own()
+	return client.CreateRevision(key).Equal(created)
 }
 
 // Key is the candidate's key (empty before Campaign); Rev its create
 // revision, which orders the candidates and fences the leader's writes.
-func (e *Election) Key() string { return e.key }
+func (e *Election) Key() string { k, _ := e.own(); return k }
 
 // Rev: see Key.
-func (e *Election) Rev() uint64 { return e.created }
+func (e *Election) Rev() uint64 { _, r := e.own(); return r }
 
 // Leader is the election's leader now (ErrNoLeader when none).
 func (e *Election) Leader(ctx context.Context) (*client.KeyValue, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/pando/pando/client"
 )
@@ -19,11 +20,27 @@ var ErrLocked = errors.New("concurrency: mutex is locked by another session")
 // released by Unlock, by the session's Close, or by its lease's expiry when
 // the holder died. Fence what the holder writes with IsOwner, as with
 // Election.IsLeader.
+//
+// A Mutex is safe for concurrent use (Key may be asked while Lock waits).
 type Mutex struct {
-	s       *Session
-	prefix  string
+	s      *Session
+	prefix string
+
+	mu      sync.Mutex
 	key     string
 	created uint64
+}
+
+func (m *Mutex) own() (string, uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.key, m.created
+}
+
+func (m *Mutex) set(key string, created uint64) {
+	m.mu.Lock()
+	m.key, m.created = key, created
+	m.mu.Unlock()
 }
 
 // NewMutex returns s's handle on the lock under prefix.
@@ -37,7 +54,8 @@ func (m *Mutex) Lock(ctx context.Context) error {
 	if err := m.enqueue(ctx); err != nil {
 		return err
 	}
-	if err := waitDeletes(ctx, m.s, m.prefix, m.created); err != nil {
+	key, created := m.own()
+	if err := waitDeletes(ctx, m.s, m.prefix, created); err != nil {
 		if ctx.Err() != nil {
 			rctx, cancel := context.WithTimeout(context.Background(), m.s.TTL())
 			_ = m.Unlock(rctx)
@@ -45,8 +63,8 @@ func (m *Mutex) Lock(ctx context.Context) error {
 		}
 		return err
 	}
-	if err := stillHeld(ctx, m.s, m.key, m.created); err != nil {
-		m.key, m.created = "", 0
+	if err := stillHeld(ctx, m.s, key, created); err != nil {
+		m.set("", 0)
 		return err
 	}
 	return nil
@@ -58,7 +76,8 @@ func (m *Mutex) TryLock(ctx context.Context) error {
 	if err := m.enqueue(ctx); err != nil {
 		return err
 	}
-	ahead, _, err := lowest(ctx, m.s.c, m.prefix, m.created)
+	_, created := m.own()
+	ahead, _, err := lowest(ctx, m.s.c, m.prefix, created)
 	if err != nil {
 		return err
 	}
@@ -77,25 +96,29 @@ func (m *Mutex) enqueue(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	m.key, m.created = key, created
+	m.set(key, created)
 	return nil
 }
 
 // Unlock releases the lock (or the place in line).
 func (m *Mutex) Unlock(ctx context.Context) error {
-	if m.key == "" {
+	key, created := m.own()
+	if key == "" {
 		return nil
 	}
-	_, err := m.s.c.Txn(ctx).If(m.IsOwner()).Then(client.OpDelete(m.key)).Commit()
+	_, err := m.s.c.Txn(ctx).If(client.CreateRevision(key).Equal(created)).Then(client.OpDelete(key)).Commit()
 	if err == nil {
-		m.key, m.created = "", 0
+		m.set("", 0)
 	}
 	return err
 }
 
 // IsOwner is the compare that holds while this session's key is the one it
 // wrote: put it in a transaction to fence what the holder writes.
-func (m *Mutex) IsOwner() client.Cmp { return client.CreateRevision(m.key).Equal(m.created) }
+func (m *Mutex) IsOwner() client.Cmp {
+	key, created := m.own()
+	return client.CreateRevision(key).Equal(created)
+}
 
 // Key is the session's key in the lock's line (empty when none).
-func (m *Mutex) Key() string { return m.key }
+func (m *Mutex) Key() string { k, _ := m.own(); return k }
