@@ -142,6 +142,9 @@ type Client struct {
 	down map[string]time.Time
 
 	requests, attempts, retries, redirects, hedges, budgetOut atomic.Int64
+
+	// keepAlive renews the leases kept alive (KeepAlive) over one stream.
+	keepAlive keepAlives
 }
 
 // downFor is how long a node that failed to answer is avoided.

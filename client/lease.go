@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/pando/pando/api/pandopb"
@@ -93,10 +94,12 @@ type KeepAliveResponse struct {
 }
 
 // KeepAlive keeps a lease alive until ctx ends: it renews it every third
-// of its TTL (sooner after a failed renewal), sending each renewal on the
-// channel (dropped when the reader is behind). The channel closes when
-// ctx ends or the lease is gone (expired or revoked: no renewal can bring
-// it back).
+// of its TTL (sooner after a renewal that went unanswered), sending each
+// renewal on the channel (dropped when the reader is behind). The channel
+// closes when ctx ends or the lease is gone (expired or revoked: no
+// renewal can bring it back). Every lease a client keeps alive shares one
+// keep-alive stream to the cluster (LeaseKeepAlive), reopened on another
+// node when it breaks, as etcd's clients do.
 func (c *Client) KeepAlive(ctx context.Context, id int64) (<-chan KeepAliveResponse, error) {
 	ttl, err := c.KeepAliveOnce(ctx, id)
 	if err != nil {
@@ -104,35 +107,192 @@ func (c *Client) KeepAlive(ctx context.Context, id int64) (<-chan KeepAliveRespo
 	}
 	out := make(chan KeepAliveResponse, 1)
 	out <- KeepAliveResponse{ID: id, TTL: ttl}
+	c.keepAlive.add(c, ctx, id, ttl, out)
+	return out, nil
+}
+
+// keepAlives is a client's keep-alive stream and the leases it renews.
+type keepAlives struct {
+	mu      sync.Mutex
+	leases  map[int64]*kept
+	running bool
+}
+
+// kept is one lease kept alive: its TTL, when it is renewed next, and who
+// hears of its renewals.
+type kept struct {
+	ttl  time.Duration
+	next time.Time
+	subs map[chan KeepAliveResponse]context.Context
+}
+
+func (k *keepAlives) add(c *Client, ctx context.Context, id int64, ttl time.Duration, out chan KeepAliveResponse) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.leases == nil {
+		k.leases = map[int64]*kept{}
+	}
+	l := k.leases[id]
+	if l == nil {
+		l = &kept{ttl: ttl, next: time.Now().Add(ttl / 3), subs: map[chan KeepAliveResponse]context.Context{}}
+		k.leases[id] = l
+	}
+	l.subs[out] = ctx
+	if !k.running {
+		k.running = true
+		go k.run(c)
+	}
 	go func() {
-		defer close(out)
-		next := ttl / 3
+		<-ctx.Done()
+		k.drop(id, out)
+	}()
+}
+
+// drop ends one subscription (its context ended); a lease nobody keeps
+// alive any more is no longer renewed.
+func (k *keepAlives) drop(id int64, out chan KeepAliveResponse) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	l := k.leases[id]
+	if l == nil {
+		return
+	}
+	if _, ok := l.subs[out]; ok {
+		delete(l.subs, out)
+		close(out)
+	}
+	if len(l.subs) == 0 {
+		delete(k.leases, id)
+	}
+}
+
+// gone ends every subscription of a lease that no longer exists.
+func (k *keepAlives) gone(id int64) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if l := k.leases[id]; l != nil {
+		for out := range l.subs {
+			close(out)
+		}
+		delete(k.leases, id)
+	}
+}
+
+// renewed records a lease's renewal and tells its subscribers.
+func (k *keepAlives) renewed(id int64, ttl time.Duration) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	l := k.leases[id]
+	if l == nil {
+		return
+	}
+	l.ttl, l.next = ttl, time.Now().Add(ttl/3)
+	for out := range l.subs {
+		select {
+		case out <- KeepAliveResponse{ID: id, TTL: ttl}:
+		default:
+		}
+	}
+}
+
+// due returns the leases whose renewal is due, and pushes their next
+// renewal back by a tenth of their TTL (sent again then, unless answered).
+func (k *keepAlives) due(now time.Time) (ids []int64, idle bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if len(k.leases) == 0 {
+		k.running = false
+		return nil, true
+	}
+	for id, l := range k.leases {
+		if !now.Before(l.next) {
+			ids = append(ids, id)
+			l.next = now.Add(max(l.ttl/10, 100*time.Millisecond))
+		}
+	}
+	return ids, false
+}
+
+// keepAliveTick is how often the stream looks for renewals due;
+// maxRenewBatch bounds the leases one message renews.
+const (
+	keepAliveTick = 50 * time.Millisecond
+	maxRenewBatch = 1000
+)
+
+// run keeps the stream open while leases are kept alive, sending the
+// renewals due and reading their answers; a broken stream is reopened on
+// another node after a pause.
+func (k *keepAlives) run(c *Client) {
+	avoid := ""
+	for {
+		ep, _ := c.target(place{}, false, avoid)
+		if ep == nil {
+			if _, idle := k.due(time.Now()); idle {
+				return
+			}
+			time.Sleep(time.Second)
+			continue
+		}
+		idle := k.stream(c, ep)
+		if idle {
+			return
+		}
+		avoid = ep.addr
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// stream runs one keep-alive stream to ep until it breaks (false) or no
+// lease is kept alive any more (true).
+func (k *keepAlives) stream(c *Client, ep *endpoint) (idle bool) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := ep.kv.LeaseKeepAlive(ctx)
+	if err != nil {
+		return false
+	}
+	broken := make(chan struct{})
+	go func() {
+		defer close(broken)
 		for {
-			t := time.NewTimer(next)
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			resp, err := st.Recv()
+			if err != nil {
 				return
-			case <-t.C:
 			}
-			rctx, cancel := context.WithTimeout(ctx, max(ttl/3, time.Second))
-			got, err := c.KeepAliveOnce(rctx, id)
-			cancel()
-			switch {
-			case errors.Is(err, kv.ErrLeaseNotFound):
-				return
-			case err != nil:
-				next = max(ttl/10, 100*time.Millisecond) // try again soon
-				continue
-			}
-			ttl, next = got, got/3
-			select {
-			case out <- KeepAliveResponse{ID: id, TTL: got}:
-			default:
+			for _, r := range append(resp.Renewed, resp) {
+				switch {
+				case r.Id == 0:
+				case r.Ttl <= 0:
+					k.gone(r.Id)
+				default:
+					k.renewed(r.Id, time.Duration(r.Ttl)*time.Second)
+				}
 			}
 		}
 	}()
-	return out, nil
+	t := time.NewTicker(keepAliveTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-broken:
+			return false
+		case now := <-t.C:
+			ids, idle := k.due(now)
+			if idle {
+				_ = st.CloseSend()
+				return true
+			}
+			// The renewals due, batched: one message for many leases.
+			for len(ids) > 0 {
+				n := min(len(ids), maxRenewBatch)
+				if err := st.Send(&pandopb.LeaseKeepAliveRequest{Ids: ids[:n]}); err != nil {
+					return false
+				}
+				ids = ids[n:]
+			}
+		}
+	}
 }
 
 // LeaseTTL is a lease's time to live.

@@ -88,7 +88,7 @@ func (s *Service) SweepOrphans(ctx context.Context) (uint64, error) {
 	if len(ranges) == 0 {
 		return 0, nil
 	}
-	resp, err := s.leaseLeases(ctx, &pandopb.LeaseLeasesRequest{})
+	resp, err := s.leaseLeases(route.SubRequest(ctx), &pandopb.LeaseLeasesRequest{})
 	if err != nil {
 		return 0, err
 	}
@@ -121,14 +121,14 @@ func (s *Service) SweepOrphans(ctx context.Context) (uint64, error) {
 }
 
 // toLessor runs a lease request at the lessor: here when this node leads
-// the meta range, else through the leader's KV service.
+// the meta range, else through the leader's KV service (or, for a client
+// that routes itself, answering "not leader" with the leader's address).
 func (s *Service) toLessor(ctx context.Context, local func(ctx context.Context) error, remote func(ctx context.Context, c pandopb.KVClient) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.timeout)
 		defer cancel()
 	}
-	ctx = route.SubRequest(ctx)
 	return s.router.Do(ctx, route.Request{
 		RangeID: storage.MetaRangeID, AttemptTimeout: s.forwardTimeout,
 		Local: func(node.RangeStatus) error { return local(ctx) },
@@ -207,8 +207,9 @@ func (s *Service) leaseRenew(ctx context.Context, req *pandopb.LeaseKeepAliveReq
 
 // LeaseKeepAlive implements pandopb.KVServer: each request on the stream
 // renews its lease and is answered with the lease's TTL, 0 when the lease
-// does not exist (as etcd answers). Renewals run concurrently, so one slow
-// lease holds up none of the others.
+// does not exist (as etcd answers); a request naming ids renews them all
+// and answers them in one response (renewed). Requests run concurrently,
+// so one slow renewal holds up none of the others.
 func (s *Service) LeaseKeepAlive(stream grpc.BidiStreamingServer[pandopb.LeaseKeepAliveRequest, pandopb.LeaseKeepAliveResponse]) error {
 	ctx := stream.Context()
 	out := make(chan *pandopb.LeaseKeepAliveResponse, 64)
@@ -234,12 +235,15 @@ func (s *Service) LeaseKeepAlive(stream grpc.BidiStreamingServer[pandopb.LeaseKe
 		go func() {
 			rctx, cancel := context.WithTimeout(ctx, s.timeout)
 			defer cancel()
-			resp, err := s.leaseRenew(rctx, req)
-			switch {
-			case errors.Is(err, kv.ErrLeaseNotFound):
-				resp = &pandopb.LeaseKeepAliveResponse{Id: req.Id}
-			case err != nil:
-				return // unknown: the client renews again in time
+			var resp *pandopb.LeaseKeepAliveResponse
+			if len(req.Ids) > 0 {
+				resp = s.renewBatch(rctx, req)
+			} else {
+				var err error
+				resp, err = s.renewOne(rctx, req.Id)
+				if err != nil {
+					return // unknown: the client renews again in time
+				}
 			}
 			select {
 			case out <- resp:
@@ -252,6 +256,43 @@ func (s *Service) LeaseKeepAlive(stream grpc.BidiStreamingServer[pandopb.LeaseKe
 		default:
 		}
 	}
+}
+
+// renewOne renews one lease for the stream: here when this node leads the
+// meta range (no routing), else through the lessor's node. A lease that
+// does not exist answers TTL 0.
+func (s *Service) renewOne(ctx context.Context, id int64) (*pandopb.LeaseKeepAliveResponse, error) {
+	var resp *pandopb.LeaseKeepAliveResponse
+	var err error
+	if st, ok := s.node.Status(storage.MetaRangeID); ok && st.LeaderID == s.node.ID() {
+		var ttl int64
+		ttl, err = s.lessor.KeepAlive(ctx, id)
+		resp = &pandopb.LeaseKeepAliveResponse{Id: id, Ttl: ttl}
+	} else {
+		resp, err = s.leaseRenew(route.SubRequest(ctx), &pandopb.LeaseKeepAliveRequest{Id: id})
+	}
+	if errors.Is(err, kv.ErrLeaseNotFound) {
+		return &pandopb.LeaseKeepAliveResponse{Id: id}, nil
+	}
+	return resp, err
+}
+
+// renewBatch renews a request's id (if any) and ids, answering each in
+// renewed; renewals that fail (not "not found": unknown) are left out, and
+// the client sends them again.
+func (s *Service) renewBatch(ctx context.Context, req *pandopb.LeaseKeepAliveRequest) *pandopb.LeaseKeepAliveResponse {
+	ids := req.Ids
+	if req.Id != 0 {
+		ids = append([]int64{req.Id}, ids...)
+	}
+	out := &pandopb.LeaseKeepAliveResponse{Renewed: make([]*pandopb.LeaseKeepAliveResponse, 0, len(ids))}
+	for _, id := range ids {
+		// After the first, the lessor's confirmation is fresh: no waits.
+		if r, err := s.renewOne(ctx, id); err == nil {
+			out.Renewed = append(out.Renewed, r)
+		}
+	}
+	return out
 }
 
 // LeaseTimeToLive implements pandopb.KVServer. A lease that does not exist
@@ -314,7 +355,8 @@ func (s *Service) checkLease(ctx context.Context, id int64) error {
 	case id < 0:
 		return fmt.Errorf("%w: lease %d (IDs are positive)", kv.ErrInvalidArgument, id)
 	}
-	_, err := s.leaseTimeToLive(ctx, &pandopb.LeaseTimeToLiveRequest{Id: id})
+	// The node's own question, forwarded whatever the write's caller asked.
+	_, err := s.leaseTimeToLive(route.SubRequest(ctx), &pandopb.LeaseTimeToLiveRequest{Id: id})
 	return err
 }
 

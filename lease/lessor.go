@@ -19,11 +19,13 @@
 // transfer does not happen, the lessor voids the checkpoint before it
 // serves again, so a later leader never starts from an outdated one.
 //
-// A keep-alive is answered only after a quorum has confirmed this node's
-// leadership (a ReadIndex issued after the keep-alive arrived; concurrent
-// keep-alives share one): any later leader was elected after that, and
-// starts the lease's TTL after it. So a lease the holder keeps alive in
-// time, through any leader, never expires.
+// A keep-alive is answered only once a quorum has confirmed this node's
+// leadership: by a ReadIndex issued after the keep-alive arrived
+// (concurrent keep-alives share one), or within ConfirmLease before it.
+// Any later leader was elected after that confirmation, and starts the
+// lease's TTL, plus more than ConfirmLease, from when it first serves. So
+// a lease the holder keeps alive in time, through any leader, never
+// expires.
 //
 // Revoking (asked for, or on expiry): the record is marked revoking, the
 // keys attached to the lease are deleted range by range (Config.Sweep: a
@@ -252,7 +254,7 @@ func (l *Lessor) load(ctx context.Context, term uint64) error {
 	l.leases = make(map[int64]*held, len(recs))
 	for _, r := range recs {
 		ttl := time.Duration(r.Ttl) * time.Second
-		h := &held{ttl: ttl, expiry: now.Add(ttl), revoking: r.Revoking}
+		h := &held{ttl: ttl, expiry: now.Add(ttl + successorSlack), revoking: r.Revoking}
 		if handedOver && r.CheckpointTerm == meta.LeaseCheckpointTerm && r.RemainingMs > 0 {
 			h.expiry = now.Add(min(time.Duration(r.RemainingMs)*time.Millisecond, ttl))
 		}
@@ -327,7 +329,7 @@ func (l *Lessor) KeepAlive(ctx context.Context, id int64) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := l.confirm.wait(ctx); err != nil {
+	if err := l.confirm.wait(ctx, term); err != nil {
 		return 0, err
 	}
 	now := time.Now()
@@ -351,7 +353,7 @@ func (l *Lessor) TimeToLive(ctx context.Context, id int64, keys bool) (*pandopb.
 	if err != nil {
 		return nil, err
 	}
-	if err := l.confirm.wait(ctx); err != nil {
+	if err := l.confirm.wait(ctx, term); err != nil {
 		return nil, err
 	}
 	l.mu.Lock()
@@ -542,12 +544,28 @@ func (l *Lessor) expire() {
 	}()
 }
 
-// confirmer confirms this node's leadership of the meta range with one
-// ReadIndex for every caller waiting when it is issued: a caller waits for
-// one issued after it arrived.
+// ConfirmLease is how long a confirmed ReadIndex lets the lessor answer
+// keep-alives without another: one issued at t, with this node still
+// leading in the term, covers those arriving before t + ConfirmLease. Any
+// later leader was elected after t, and gives every lease its TTL plus
+// successorSlack (more than ConfirmLease: monotonic clocks may run at
+// slightly different rates) from when it first serves, so a lease renewed
+// by this leader at a <= t + ConfirmLease lasts until a + TTL on either.
+const (
+	ConfirmLease   = 100 * time.Millisecond
+	successorSlack = ConfirmLease * 3 / 2
+)
+
+// confirmer confirms this node's leadership of the meta range: a caller
+// arriving within ConfirmLease of a confirmed ReadIndex of its term goes on
+// at once; the others share one ReadIndex, issued after they arrived.
 type confirmer struct {
 	n  Node
 	mu sync.Mutex
+	// term and until: a ReadIndex confirmed in term covers callers until
+	// until.
+	term  uint64
+	until time.Time
 	// next is the round the callers arriving now wait for; it starts when
 	// the round in flight (running) ends.
 	next    *round
@@ -559,8 +577,14 @@ type round struct {
 	err  error
 }
 
-func (c *confirmer) wait(ctx context.Context) error {
+// wait returns once this node's leadership in term is confirmed by a
+// quorum after the call (or within ConfirmLease before it).
+func (c *confirmer) wait(ctx context.Context, term uint64) error {
 	c.mu.Lock()
+	if c.term == term && time.Now().Before(c.until) {
+		c.mu.Unlock()
+		return nil
+	}
 	if c.next == nil {
 		c.next = &round{done: make(chan struct{})}
 	}
@@ -584,11 +608,21 @@ func (c *confirmer) start() {
 	c.next, c.running = nil, true
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		issued := time.Now()
 		r.err = c.n.ReadIndex(ctx, storage.MetaRangeID)
 		cancel()
+		st, ok := c.n.Status(storage.MetaRangeID)
+		if r.err == nil && (!ok || st.LeaderID != c.n.ID()) {
+			r.err = &kv.NotLeaderError{RangeID: storage.MetaRangeID, LeaderID: st.LeaderID}
+		}
 		close(r.done)
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		if r.err == nil {
+			// The term it confirmed: the one the node led in when it
+			// answered (a ReadIndex confirms the leader's current term).
+			c.term, c.until = st.Term, issued.Add(ConfirmLease)
+		}
 		c.running = false
 		if c.next != nil {
 			c.start()

@@ -213,9 +213,10 @@ func TestLeaseExpiryAndKeepAliveAcrossFailover(t *testing.T) {
 	waitGone(t, cl, "kept", 8*time.Second)
 }
 
-// The keep-alive stream renews many leases on one stream, answering a
-// lease that does not exist with TTL 0, through a node that does not lead
-// the meta range.
+// The keep-alive stream renews many leases on one stream (one message
+// each, as etcd's clients send them, or many in one), answering a lease
+// that does not exist with TTL 0, through a node that does not lead the
+// meta range.
 func TestLeaseKeepAliveStream(t *testing.T) {
 	c := startCluster(t, 3, 0)
 	lead := c.waitLeader()
@@ -260,6 +261,23 @@ func TestLeaseKeepAliveStream(t *testing.T) {
 			}
 		}
 		time.Sleep(2 * time.Second)
+	}
+	// One message renews many leases, answered in one response.
+	if err := stream.Send(&pandopb.LeaseKeepAliveRequest{Ids: append(slices.Clone(ids), 12345)}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[int64]int64{}
+	for _, r := range resp.Renewed {
+		got[r.Id] = r.Ttl
+	}
+	for id, ttl := range want {
+		if got[id] != ttl {
+			t.Fatalf("batch: lease %d renewed to %d, want %d (all: %v)", id, got[id], ttl, got)
+		}
 	}
 	// Renewed past their first TTL: still there.
 	for _, id := range ids {

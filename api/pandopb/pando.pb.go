@@ -1773,8 +1773,11 @@ func (x *LeaseRevokeResponse) GetDeleted() uint64 {
 }
 
 type LeaseKeepAliveRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// ids (pando's clients, on the stream): renew these leases too, in one
+	// message; they are answered in one response's renewed.
+	Ids           []int64 `protobuf:"varint,2,rep,packed,name=ids,proto3" json:"ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1816,12 +1819,21 @@ func (x *LeaseKeepAliveRequest) GetId() int64 {
 	return 0
 }
 
+func (x *LeaseKeepAliveRequest) GetIds() []int64 {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
 type LeaseKeepAliveResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    int64                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	// ttl: the lease's TTL from now, in seconds; 0 when it does not exist
 	// (expired or revoked), as etcd answers.
-	Ttl           int64 `protobuf:"varint,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Ttl int64 `protobuf:"varint,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// renewed answers a request's ids, each as id and ttl.
+	Renewed       []*LeaseKeepAliveResponse `protobuf:"bytes,3,rep,name=renewed,proto3" json:"renewed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1868,6 +1880,13 @@ func (x *LeaseKeepAliveResponse) GetTtl() int64 {
 		return x.Ttl
 	}
 	return 0
+}
+
+func (x *LeaseKeepAliveResponse) GetRenewed() []*LeaseKeepAliveResponse {
+	if x != nil {
+		return x.Renewed
+	}
+	return nil
 }
 
 type LeaseTimeToLiveRequest struct {
@@ -8260,12 +8279,14 @@ const file_pando_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\"K\n" +
 	"\x13LeaseRevokeResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x18\n" +
-	"\adeleted\x18\x02 \x01(\x04R\adeleted\"'\n" +
+	"\adeleted\x18\x02 \x01(\x04R\adeleted\"9\n" +
 	"\x15LeaseKeepAliveRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x03R\x02id\":\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x10\n" +
+	"\x03ids\x18\x02 \x03(\x03R\x03ids\"v\n" +
 	"\x16LeaseKeepAliveResponse\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x10\n" +
-	"\x03ttl\x18\x02 \x01(\x03R\x03ttl\"<\n" +
+	"\x03ttl\x18\x02 \x01(\x03R\x03ttl\x12:\n" +
+	"\arenewed\x18\x03 \x03(\v2 .pando.v1.LeaseKeepAliveResponseR\arenewed\"<\n" +
 	"\x16LeaseTimeToLiveRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x12\n" +
 	"\x04keys\x18\x02 \x01(\bR\x04keys\"p\n" +
@@ -8892,154 +8913,155 @@ var file_pando_proto_depIdxs = []int32{
 	14,  // 4: pando.v1.StatusResponse.nodes:type_name -> pando.v1.NodeStatus
 	15,  // 5: pando.v1.StatusResponse.ranges:type_name -> pando.v1.RangeStatus
 	16,  // 6: pando.v1.StatusResponse.breakers:type_name -> pando.v1.BreakerStatus
-	29,  // 7: pando.v1.LeaseLeasesResponse.leases:type_name -> pando.v1.LeaseStatus
-	1,   // 8: pando.v1.Compare.result:type_name -> pando.v1.Compare.Result
-	2,   // 9: pando.v1.Compare.target:type_name -> pando.v1.Compare.Target
-	37,  // 10: pando.v1.TxnRequestOp.put:type_name -> pando.v1.TxnPut
-	38,  // 11: pando.v1.TxnRequestOp.delete:type_name -> pando.v1.TxnDelete
-	39,  // 12: pando.v1.TxnRequestOp.range:type_name -> pando.v1.TxnRange
-	35,  // 13: pando.v1.TxnRequest.compare:type_name -> pando.v1.Compare
-	36,  // 14: pando.v1.TxnRequest.success:type_name -> pando.v1.TxnRequestOp
-	36,  // 15: pando.v1.TxnRequest.failure:type_name -> pando.v1.TxnRequestOp
-	7,   // 16: pando.v1.TxnResponseOp.put:type_name -> pando.v1.PutResponse
-	9,   // 17: pando.v1.TxnResponseOp.delete:type_name -> pando.v1.DeleteResponse
-	12,  // 18: pando.v1.TxnResponseOp.range:type_name -> pando.v1.ScanResponse
-	41,  // 19: pando.v1.TxnResponse.responses:type_name -> pando.v1.TxnResponseOp
-	47,  // 20: pando.v1.WatchStreamRequest.create:type_name -> pando.v1.WatchRequest
-	45,  // 21: pando.v1.WatchStreamRequest.cancel:type_name -> pando.v1.WatchCancelRequest
-	46,  // 22: pando.v1.WatchStreamRequest.progress:type_name -> pando.v1.WatchProgressRequest
-	44,  // 23: pando.v1.WatchStreamRequest.nudge:type_name -> pando.v1.WatchNudge
-	3,   // 24: pando.v1.WatchEvent.type:type_name -> pando.v1.WatchEvent.Type
-	11,  // 25: pando.v1.WatchEvent.kv:type_name -> pando.v1.KeyValue
-	11,  // 26: pando.v1.WatchEvent.prev_kv:type_name -> pando.v1.KeyValue
-	48,  // 27: pando.v1.WatchResponse.events:type_name -> pando.v1.WatchEvent
-	52,  // 28: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
-	11,  // 29: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
-	57,  // 30: pando.v1.Command.put:type_name -> pando.v1.PutOp
-	58,  // 31: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
-	59,  // 32: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
-	76,  // 33: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
-	77,  // 34: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
-	70,  // 35: pando.v1.Command.split:type_name -> pando.v1.SplitOp
-	75,  // 36: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
-	71,  // 37: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
-	72,  // 38: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
-	73,  // 39: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
-	74,  // 40: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
-	68,  // 41: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
-	61,  // 42: pando.v1.Command.close_revision:type_name -> pando.v1.CloseRevisionOp
-	67,  // 43: pando.v1.Command.compact:type_name -> pando.v1.CompactOp
-	62,  // 44: pando.v1.Command.txn:type_name -> pando.v1.TxnOp
-	63,  // 45: pando.v1.Command.lease:type_name -> pando.v1.LeaseOp
-	66,  // 46: pando.v1.Command.lease_sweep:type_name -> pando.v1.LeaseSweepOp
-	35,  // 47: pando.v1.TxnOp.compare:type_name -> pando.v1.Compare
-	36,  // 48: pando.v1.TxnOp.success:type_name -> pando.v1.TxnRequestOp
-	36,  // 49: pando.v1.TxnOp.failure:type_name -> pando.v1.TxnRequestOp
-	65,  // 50: pando.v1.LeaseOp.grant:type_name -> pando.v1.LeaseRecord
-	64,  // 51: pando.v1.LeaseOp.checkpoints:type_name -> pando.v1.LeaseCheckpoint
-	78,  // 52: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
-	78,  // 53: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
-	78,  // 54: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
-	77,  // 55: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
-	83,  // 56: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
-	82,  // 57: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
-	84,  // 58: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
-	89,  // 59: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
-	11,  // 60: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
-	78,  // 61: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
-	78,  // 62: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
-	78,  // 63: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	78,  // 64: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	78,  // 65: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
-	78,  // 66: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
-	71,  // 67: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
-	71,  // 68: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
-	71,  // 69: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
-	114, // 70: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
-	15,  // 71: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
-	71,  // 72: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
-	15,  // 73: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
-	119, // 74: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
-	78,  // 75: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
-	4,   // 76: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
-	6,   // 77: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
-	8,   // 78: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
-	10,  // 79: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
-	13,  // 80: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
-	18,  // 81: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
-	50,  // 82: pando.v1.KV.Compact:input_type -> pando.v1.CompactRequest
-	40,  // 83: pando.v1.KV.Txn:input_type -> pando.v1.TxnRequest
-	20,  // 84: pando.v1.KV.LeaseGrant:input_type -> pando.v1.LeaseGrantRequest
-	22,  // 85: pando.v1.KV.LeaseRevoke:input_type -> pando.v1.LeaseRevokeRequest
-	24,  // 86: pando.v1.KV.LeaseKeepAlive:input_type -> pando.v1.LeaseKeepAliveRequest
-	24,  // 87: pando.v1.KV.LeaseRenew:input_type -> pando.v1.LeaseKeepAliveRequest
-	26,  // 88: pando.v1.KV.LeaseTimeToLive:input_type -> pando.v1.LeaseTimeToLiveRequest
-	28,  // 89: pando.v1.KV.LeaseLeases:input_type -> pando.v1.LeaseLeasesRequest
-	31,  // 90: pando.v1.KV.SweepLeases:input_type -> pando.v1.SweepLeasesRequest
-	33,  // 91: pando.v1.KV.LeasedKeys:input_type -> pando.v1.LeasedKeysRequest
-	43,  // 92: pando.v1.Watch.Watch:input_type -> pando.v1.WatchStreamRequest
-	53,  // 93: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
-	55,  // 94: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
-	81,  // 95: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
-	86,  // 96: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
-	88,  // 97: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
-	91,  // 98: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
-	93,  // 99: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
-	95,  // 100: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
-	97,  // 101: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
-	99,  // 102: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
-	101, // 103: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
-	121, // 104: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
-	103, // 105: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
-	107, // 106: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
-	105, // 107: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
-	109, // 108: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
-	111, // 109: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
-	113, // 110: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
-	116, // 111: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
-	118, // 112: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
-	5,   // 113: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
-	7,   // 114: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
-	9,   // 115: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
-	12,  // 116: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
-	17,  // 117: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
-	19,  // 118: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
-	51,  // 119: pando.v1.KV.Compact:output_type -> pando.v1.CompactResponse
-	42,  // 120: pando.v1.KV.Txn:output_type -> pando.v1.TxnResponse
-	21,  // 121: pando.v1.KV.LeaseGrant:output_type -> pando.v1.LeaseGrantResponse
-	23,  // 122: pando.v1.KV.LeaseRevoke:output_type -> pando.v1.LeaseRevokeResponse
-	25,  // 123: pando.v1.KV.LeaseKeepAlive:output_type -> pando.v1.LeaseKeepAliveResponse
-	25,  // 124: pando.v1.KV.LeaseRenew:output_type -> pando.v1.LeaseKeepAliveResponse
-	27,  // 125: pando.v1.KV.LeaseTimeToLive:output_type -> pando.v1.LeaseTimeToLiveResponse
-	30,  // 126: pando.v1.KV.LeaseLeases:output_type -> pando.v1.LeaseLeasesResponse
-	32,  // 127: pando.v1.KV.SweepLeases:output_type -> pando.v1.SweepLeasesResponse
-	34,  // 128: pando.v1.KV.LeasedKeys:output_type -> pando.v1.LeasedKeysResponse
-	49,  // 129: pando.v1.Watch.Watch:output_type -> pando.v1.WatchResponse
-	54,  // 130: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
-	56,  // 131: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
-	85,  // 132: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
-	87,  // 133: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
-	90,  // 134: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
-	92,  // 135: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
-	94,  // 136: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
-	96,  // 137: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
-	98,  // 138: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
-	100, // 139: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
-	102, // 140: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
-	122, // 141: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
-	104, // 142: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
-	108, // 143: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
-	106, // 144: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
-	110, // 145: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
-	112, // 146: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
-	115, // 147: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
-	117, // 148: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
-	120, // 149: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
-	113, // [113:150] is the sub-list for method output_type
-	76,  // [76:113] is the sub-list for method input_type
-	76,  // [76:76] is the sub-list for extension type_name
-	76,  // [76:76] is the sub-list for extension extendee
-	0,   // [0:76] is the sub-list for field type_name
+	25,  // 7: pando.v1.LeaseKeepAliveResponse.renewed:type_name -> pando.v1.LeaseKeepAliveResponse
+	29,  // 8: pando.v1.LeaseLeasesResponse.leases:type_name -> pando.v1.LeaseStatus
+	1,   // 9: pando.v1.Compare.result:type_name -> pando.v1.Compare.Result
+	2,   // 10: pando.v1.Compare.target:type_name -> pando.v1.Compare.Target
+	37,  // 11: pando.v1.TxnRequestOp.put:type_name -> pando.v1.TxnPut
+	38,  // 12: pando.v1.TxnRequestOp.delete:type_name -> pando.v1.TxnDelete
+	39,  // 13: pando.v1.TxnRequestOp.range:type_name -> pando.v1.TxnRange
+	35,  // 14: pando.v1.TxnRequest.compare:type_name -> pando.v1.Compare
+	36,  // 15: pando.v1.TxnRequest.success:type_name -> pando.v1.TxnRequestOp
+	36,  // 16: pando.v1.TxnRequest.failure:type_name -> pando.v1.TxnRequestOp
+	7,   // 17: pando.v1.TxnResponseOp.put:type_name -> pando.v1.PutResponse
+	9,   // 18: pando.v1.TxnResponseOp.delete:type_name -> pando.v1.DeleteResponse
+	12,  // 19: pando.v1.TxnResponseOp.range:type_name -> pando.v1.ScanResponse
+	41,  // 20: pando.v1.TxnResponse.responses:type_name -> pando.v1.TxnResponseOp
+	47,  // 21: pando.v1.WatchStreamRequest.create:type_name -> pando.v1.WatchRequest
+	45,  // 22: pando.v1.WatchStreamRequest.cancel:type_name -> pando.v1.WatchCancelRequest
+	46,  // 23: pando.v1.WatchStreamRequest.progress:type_name -> pando.v1.WatchProgressRequest
+	44,  // 24: pando.v1.WatchStreamRequest.nudge:type_name -> pando.v1.WatchNudge
+	3,   // 25: pando.v1.WatchEvent.type:type_name -> pando.v1.WatchEvent.Type
+	11,  // 26: pando.v1.WatchEvent.kv:type_name -> pando.v1.KeyValue
+	11,  // 27: pando.v1.WatchEvent.prev_kv:type_name -> pando.v1.KeyValue
+	48,  // 28: pando.v1.WatchResponse.events:type_name -> pando.v1.WatchEvent
+	52,  // 29: pando.v1.RaftBatch.messages:type_name -> pando.v1.RaftEnvelope
+	11,  // 30: pando.v1.SnapshotChunk.data:type_name -> pando.v1.KeyValue
+	57,  // 31: pando.v1.Command.put:type_name -> pando.v1.PutOp
+	58,  // 32: pando.v1.Command.delete:type_name -> pando.v1.DeleteOp
+	59,  // 33: pando.v1.Command.prune_dedup:type_name -> pando.v1.PruneDedupOp
+	76,  // 34: pando.v1.Command.checksum:type_name -> pando.v1.ChecksumOp
+	77,  // 35: pando.v1.Command.verdict:type_name -> pando.v1.CheckVerdict
+	70,  // 36: pando.v1.Command.split:type_name -> pando.v1.SplitOp
+	75,  // 37: pando.v1.Command.alloc_range_id:type_name -> pando.v1.AllocRangeIDOp
+	71,  // 38: pando.v1.Command.node:type_name -> pando.v1.NodeRecord
+	72,  // 39: pando.v1.Command.directory:type_name -> pando.v1.DirectoryOp
+	73,  // 40: pando.v1.Command.freeze:type_name -> pando.v1.FreezeOp
+	74,  // 41: pando.v1.Command.merge:type_name -> pando.v1.MergeOp
+	68,  // 42: pando.v1.Command.revision_ceiling:type_name -> pando.v1.RevisionCeilingOp
+	61,  // 43: pando.v1.Command.close_revision:type_name -> pando.v1.CloseRevisionOp
+	67,  // 44: pando.v1.Command.compact:type_name -> pando.v1.CompactOp
+	62,  // 45: pando.v1.Command.txn:type_name -> pando.v1.TxnOp
+	63,  // 46: pando.v1.Command.lease:type_name -> pando.v1.LeaseOp
+	66,  // 47: pando.v1.Command.lease_sweep:type_name -> pando.v1.LeaseSweepOp
+	35,  // 48: pando.v1.TxnOp.compare:type_name -> pando.v1.Compare
+	36,  // 49: pando.v1.TxnOp.success:type_name -> pando.v1.TxnRequestOp
+	36,  // 50: pando.v1.TxnOp.failure:type_name -> pando.v1.TxnRequestOp
+	65,  // 51: pando.v1.LeaseOp.grant:type_name -> pando.v1.LeaseRecord
+	64,  // 52: pando.v1.LeaseOp.checkpoints:type_name -> pando.v1.LeaseCheckpoint
+	78,  // 53: pando.v1.DirectoryOp.ranges:type_name -> pando.v1.RangeDescriptor
+	78,  // 54: pando.v1.MergeOp.right:type_name -> pando.v1.RangeDescriptor
+	78,  // 55: pando.v1.RangeState.desc:type_name -> pando.v1.RangeDescriptor
+	77,  // 56: pando.v1.RangeState.last_check:type_name -> pando.v1.CheckVerdict
+	83,  // 57: pando.v1.KeyDiff.replicas:type_name -> pando.v1.ReplicaKey
+	82,  // 58: pando.v1.RangeCheck.keys:type_name -> pando.v1.KeyDiff
+	84,  // 59: pando.v1.CheckResponse.ranges:type_name -> pando.v1.RangeCheck
+	89,  // 60: pando.v1.ListKeysResponse.keys:type_name -> pando.v1.KeyDigest
+	11,  // 61: pando.v1.RangeDataChunk.data:type_name -> pando.v1.KeyValue
+	78,  // 62: pando.v1.SplitResponse.left:type_name -> pando.v1.RangeDescriptor
+	78,  // 63: pando.v1.SplitResponse.right:type_name -> pando.v1.RangeDescriptor
+	78,  // 64: pando.v1.MoveReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	78,  // 65: pando.v1.CreateReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	78,  // 66: pando.v1.AdoptReplicaResponse.desc:type_name -> pando.v1.RangeDescriptor
+	78,  // 67: pando.v1.DestroyReplicaRequest.desc:type_name -> pando.v1.RangeDescriptor
+	71,  // 68: pando.v1.JoinResponse.nodes:type_name -> pando.v1.NodeRecord
+	71,  // 69: pando.v1.DecommissionResponse.node:type_name -> pando.v1.NodeRecord
+	71,  // 70: pando.v1.NodeInfo.record:type_name -> pando.v1.NodeRecord
+	114, // 71: pando.v1.NodesResponse.nodes:type_name -> pando.v1.NodeInfo
+	15,  // 72: pando.v1.HeartbeatRequest.ranges:type_name -> pando.v1.RangeStatus
+	71,  // 73: pando.v1.HeartbeatResponse.nodes:type_name -> pando.v1.NodeRecord
+	15,  // 74: pando.v1.HeartbeatResponse.directory:type_name -> pando.v1.RangeStatus
+	119, // 75: pando.v1.RebalanceResponse.ops:type_name -> pando.v1.PlannedOp
+	78,  // 76: pando.v1.MergeResponse.desc:type_name -> pando.v1.RangeDescriptor
+	4,   // 77: pando.v1.KV.Get:input_type -> pando.v1.GetRequest
+	6,   // 78: pando.v1.KV.Put:input_type -> pando.v1.PutRequest
+	8,   // 79: pando.v1.KV.Delete:input_type -> pando.v1.DeleteRequest
+	10,  // 80: pando.v1.KV.Scan:input_type -> pando.v1.ScanRequest
+	13,  // 81: pando.v1.KV.Status:input_type -> pando.v1.StatusRequest
+	18,  // 82: pando.v1.KV.AllocRevisions:input_type -> pando.v1.AllocRevisionsRequest
+	50,  // 83: pando.v1.KV.Compact:input_type -> pando.v1.CompactRequest
+	40,  // 84: pando.v1.KV.Txn:input_type -> pando.v1.TxnRequest
+	20,  // 85: pando.v1.KV.LeaseGrant:input_type -> pando.v1.LeaseGrantRequest
+	22,  // 86: pando.v1.KV.LeaseRevoke:input_type -> pando.v1.LeaseRevokeRequest
+	24,  // 87: pando.v1.KV.LeaseKeepAlive:input_type -> pando.v1.LeaseKeepAliveRequest
+	24,  // 88: pando.v1.KV.LeaseRenew:input_type -> pando.v1.LeaseKeepAliveRequest
+	26,  // 89: pando.v1.KV.LeaseTimeToLive:input_type -> pando.v1.LeaseTimeToLiveRequest
+	28,  // 90: pando.v1.KV.LeaseLeases:input_type -> pando.v1.LeaseLeasesRequest
+	31,  // 91: pando.v1.KV.SweepLeases:input_type -> pando.v1.SweepLeasesRequest
+	33,  // 92: pando.v1.KV.LeasedKeys:input_type -> pando.v1.LeasedKeysRequest
+	43,  // 93: pando.v1.Watch.Watch:input_type -> pando.v1.WatchStreamRequest
+	53,  // 94: pando.v1.Raft.Send:input_type -> pando.v1.RaftBatch
+	55,  // 95: pando.v1.Raft.Snapshot:input_type -> pando.v1.SnapshotChunk
+	81,  // 96: pando.v1.Checker.Check:input_type -> pando.v1.CheckRequest
+	86,  // 97: pando.v1.Checker.Checksum:input_type -> pando.v1.ChecksumRequest
+	88,  // 98: pando.v1.Checker.ListKeys:input_type -> pando.v1.ListKeysRequest
+	91,  // 99: pando.v1.Checker.Repair:input_type -> pando.v1.RepairRequest
+	93,  // 100: pando.v1.Checker.RangeData:input_type -> pando.v1.RangeDataRequest
+	95,  // 101: pando.v1.Admin.Split:input_type -> pando.v1.SplitRequest
+	97,  // 102: pando.v1.Admin.AllocRangeID:input_type -> pando.v1.AllocRangeIDRequest
+	99,  // 103: pando.v1.Admin.MoveReplica:input_type -> pando.v1.MoveReplicaRequest
+	101, // 104: pando.v1.Admin.TransferLeader:input_type -> pando.v1.TransferLeaderRequest
+	121, // 105: pando.v1.Admin.Merge:input_type -> pando.v1.MergeRequest
+	103, // 106: pando.v1.Admin.CreateReplica:input_type -> pando.v1.CreateReplicaRequest
+	107, // 107: pando.v1.Admin.DestroyReplica:input_type -> pando.v1.DestroyReplicaRequest
+	105, // 108: pando.v1.Admin.AdoptReplica:input_type -> pando.v1.AdoptReplicaRequest
+	109, // 109: pando.v1.Admin.Join:input_type -> pando.v1.JoinRequest
+	111, // 110: pando.v1.Admin.Decommission:input_type -> pando.v1.DecommissionRequest
+	113, // 111: pando.v1.Admin.Nodes:input_type -> pando.v1.NodesRequest
+	116, // 112: pando.v1.Admin.Heartbeat:input_type -> pando.v1.HeartbeatRequest
+	118, // 113: pando.v1.Admin.Rebalance:input_type -> pando.v1.RebalanceRequest
+	5,   // 114: pando.v1.KV.Get:output_type -> pando.v1.GetResponse
+	7,   // 115: pando.v1.KV.Put:output_type -> pando.v1.PutResponse
+	9,   // 116: pando.v1.KV.Delete:output_type -> pando.v1.DeleteResponse
+	12,  // 117: pando.v1.KV.Scan:output_type -> pando.v1.ScanResponse
+	17,  // 118: pando.v1.KV.Status:output_type -> pando.v1.StatusResponse
+	19,  // 119: pando.v1.KV.AllocRevisions:output_type -> pando.v1.AllocRevisionsResponse
+	51,  // 120: pando.v1.KV.Compact:output_type -> pando.v1.CompactResponse
+	42,  // 121: pando.v1.KV.Txn:output_type -> pando.v1.TxnResponse
+	21,  // 122: pando.v1.KV.LeaseGrant:output_type -> pando.v1.LeaseGrantResponse
+	23,  // 123: pando.v1.KV.LeaseRevoke:output_type -> pando.v1.LeaseRevokeResponse
+	25,  // 124: pando.v1.KV.LeaseKeepAlive:output_type -> pando.v1.LeaseKeepAliveResponse
+	25,  // 125: pando.v1.KV.LeaseRenew:output_type -> pando.v1.LeaseKeepAliveResponse
+	27,  // 126: pando.v1.KV.LeaseTimeToLive:output_type -> pando.v1.LeaseTimeToLiveResponse
+	30,  // 127: pando.v1.KV.LeaseLeases:output_type -> pando.v1.LeaseLeasesResponse
+	32,  // 128: pando.v1.KV.SweepLeases:output_type -> pando.v1.SweepLeasesResponse
+	34,  // 129: pando.v1.KV.LeasedKeys:output_type -> pando.v1.LeasedKeysResponse
+	49,  // 130: pando.v1.Watch.Watch:output_type -> pando.v1.WatchResponse
+	54,  // 131: pando.v1.Raft.Send:output_type -> pando.v1.RaftAck
+	56,  // 132: pando.v1.Raft.Snapshot:output_type -> pando.v1.SnapshotAck
+	85,  // 133: pando.v1.Checker.Check:output_type -> pando.v1.CheckResponse
+	87,  // 134: pando.v1.Checker.Checksum:output_type -> pando.v1.ChecksumResponse
+	90,  // 135: pando.v1.Checker.ListKeys:output_type -> pando.v1.ListKeysResponse
+	92,  // 136: pando.v1.Checker.Repair:output_type -> pando.v1.RepairResponse
+	94,  // 137: pando.v1.Checker.RangeData:output_type -> pando.v1.RangeDataChunk
+	96,  // 138: pando.v1.Admin.Split:output_type -> pando.v1.SplitResponse
+	98,  // 139: pando.v1.Admin.AllocRangeID:output_type -> pando.v1.AllocRangeIDResponse
+	100, // 140: pando.v1.Admin.MoveReplica:output_type -> pando.v1.MoveReplicaResponse
+	102, // 141: pando.v1.Admin.TransferLeader:output_type -> pando.v1.TransferLeaderResponse
+	122, // 142: pando.v1.Admin.Merge:output_type -> pando.v1.MergeResponse
+	104, // 143: pando.v1.Admin.CreateReplica:output_type -> pando.v1.CreateReplicaResponse
+	108, // 144: pando.v1.Admin.DestroyReplica:output_type -> pando.v1.DestroyReplicaResponse
+	106, // 145: pando.v1.Admin.AdoptReplica:output_type -> pando.v1.AdoptReplicaResponse
+	110, // 146: pando.v1.Admin.Join:output_type -> pando.v1.JoinResponse
+	112, // 147: pando.v1.Admin.Decommission:output_type -> pando.v1.DecommissionResponse
+	115, // 148: pando.v1.Admin.Nodes:output_type -> pando.v1.NodesResponse
+	117, // 149: pando.v1.Admin.Heartbeat:output_type -> pando.v1.HeartbeatResponse
+	120, // 150: pando.v1.Admin.Rebalance:output_type -> pando.v1.RebalanceResponse
+	114, // [114:151] is the sub-list for method output_type
+	77,  // [77:114] is the sub-list for method input_type
+	77,  // [77:77] is the sub-list for extension type_name
+	77,  // [77:77] is the sub-list for extension extendee
+	0,   // [0:77] is the sub-list for field type_name
 }
 
 func init() { file_pando_proto_init() }

@@ -60,6 +60,7 @@ func benchCmd() *cobra.Command {
 		splits                       int
 		opsRate                      float64
 		wb                           watchBench
+		lb                           leaseBench
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -84,12 +85,13 @@ compression shrinks, which flatters any measure of bytes on disk).
   pando bench --workload put --clients 64 --rate 4000 --duration 20s
   pando bench --workload watch --watchers 1000 --clients 16 --rate 100 --duration 20s
   pando bench --workload txn --clients 64 --duration 20s
+  pando bench --workload leases --leases 10000 --clients 100 --conns 8 --duration 30s
   pando bench --tls-ca certs/ca.crt --auth-token "$TOKEN" --endpoints 10.0.0.1:7001 --total 100000`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
-			case workload != "put" && workload != "get" && workload != "mixed" && workload != "watch" && workload != "txn":
-				return usageError{fmt.Errorf("--workload must be put, get, mixed, watch or txn")}
+			case workload != "put" && workload != "get" && workload != "mixed" && workload != "watch" && workload != "txn" && workload != "leases":
+				return usageError{fmt.Errorf("--workload must be put, get, mixed, watch, txn or leases")}
 			case workload == "txn" && keys < 2:
 				return usageError{fmt.Errorf("the txn workload needs --keys of at least 2 (it writes pairs)")}
 			case workload == "watch" && (wb.watchers < 1 || wb.conns < 1 || valLen < 8):
@@ -127,6 +129,9 @@ compression shrinks, which flatters any measure of bytes on disk).
 			pcancel()
 			if err != nil && !errors.Is(err, client.ErrNotFound) {
 				return fmt.Errorf("pando: bench stopped before loading: a first request failed: %w", err)
+			}
+			if workload == "leases" {
+				return lb.run(cmd, &f, cs, clients, duration, asJSON)
 			}
 			if splits > 1 {
 				if err := presplit(cmd, &f, keys, splits); err != nil {
@@ -296,7 +301,10 @@ compression shrinks, which flatters any measure of bytes on disk).
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&workload, "workload", "put", "put, get, mixed, watch or txn (2 compares and 2 puts of a pair of keys, one range)")
+	fs.StringVar(&workload, "workload", "put", "put, get, mixed, watch, txn (2 compares and 2 puts of a pair of keys, one range) or leases (--leases kept alive by --clients)")
+	fs.IntVar(&lb.leases, "leases", 10000, "the leases workload's leases")
+	fs.DurationVar(&lb.ttl, "lease-ttl", 10*time.Second, "the leases workload's lease TTL (renewed every third of it)")
+	fs.BoolVar(&lb.unary, "lease-unary", false, "the leases workload renews each lease by a call of its own (with latencies) instead of over keep-alive streams")
 	fs.IntVar(&wb.watchers, "watchers", 1000, "the watch workload's watchers")
 	fs.IntVar(&wb.conns, "watch-conns", 8, "connections the watchers share")
 	fs.StringVar(&wb.endpoint, "watch-endpoint", "", "the node every watcher watches through (default: one of --endpoints that does not lead the keys' range)")

@@ -43,7 +43,10 @@ func (u usageError) Unwrap() error { return u.error }
 // (pando check).
 func exitCode(err error) int {
 	var u usageError
+	var st exitStatus
 	switch {
+	case errors.As(err, &st):
+		return st.code
 	case errors.As(err, &u):
 		return 2
 	case errors.Is(err, kv.ErrNotFound):
@@ -250,7 +253,7 @@ func parseVersion(s string) (uint64, error) {
 }
 
 func clientCmds() []*cobra.Command {
-	return []*cobra.Command{getCmd(), putCmd(), delCmd(), casCmd(), txnCmd(), leaseCmd(), scanCmd(), compactCmd(), watchCmd(), historyCmd(), statusCmd()}
+	return []*cobra.Command{getCmd(), putCmd(), delCmd(), casCmd(), txnCmd(), leaseCmd(), scanCmd(), compactCmd(), watchCmd(), historyCmd(), statusCmd(), electCmd(), lockCmd()}
 }
 
 func getCmd() *cobra.Command {
