@@ -91,7 +91,14 @@ func NewService(n *node.Node, peers Peers, limits kv.Limits, timeout time.Durati
 	if n != nil {
 		local = n
 		s.oracle = tso.New(n, tso.Config{})
-		s.lessor = lease.New(n, lease.Config{Sweep: s.sweepLeases, Keys: s.leasedKeys})
+		// The lessor's walks over the ranges are the node's own requests:
+		// forwarded to each range's leader whatever the caller asked.
+		s.lessor = lease.New(n, lease.Config{
+			Sweep: func(ctx context.Context, ids []int64) (uint64, uint64, error) {
+				return s.sweepLeases(route.SubRequest(ctx), ids)
+			},
+			Keys: func(ctx context.Context, id int64) ([][]byte, error) { return s.leasedKeys(route.SubRequest(ctx), id) },
+		})
 		n.SetRevisionSource(s.Revisions, s.oracle.TryAlloc)
 		n.SetBeforeTransfer(func(ctx context.Context, rangeID uint64) {
 			if rangeID == storage.MetaRangeID {

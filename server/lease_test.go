@@ -58,6 +58,23 @@ func TestLeaseGrantAttachRevoke(t *testing.T) {
 	cl := c.client()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// The right range led by another node than the meta range's: the
+	// lessor's walks (keys, sweeps) must reach it through its leader.
+	other := c.follower(lead)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := c.servers[other].Node().RangeFor([]byte("z"))
+		if err == nil && st.LeaderID == other {
+			break
+		}
+		if err == nil && st.LeaderID != 0 {
+			_ = c.servers[st.LeaderID].Node().TransferLeader(ctx, st.RangeID, other)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("range of z not led by node %d: %+v, %v", other, st, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 
 	l, err := cl.Grant(ctx, 60*time.Second)
 	if err != nil {
