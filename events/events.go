@@ -46,11 +46,14 @@ const (
 	// Compaction: every range dropped the history below revision Index
 	// (Keys: how many ranges compacted).
 	Compaction Type = "compaction"
+	// LeaseExpiry: leases expired (Keys: how many keys went with them;
+	// Name: the first few, e.g. an application's election candidacy).
+	LeaseExpiry Type = "lease_expiry"
 )
 
 // Types lists every type, for documentation and validation.
 var Types = []Type{Election, LeaderLost, LeaderTransfer, NodeJoin, NodeDeath, NodeDecommission, Breaker,
-	Check, Repair, Split, Merge, ReplicaMove, Fault, Compaction}
+	Check, Repair, Split, Merge, ReplicaMove, Fault, Compaction, LeaseExpiry}
 
 // Event is one thing that happened, as recorded by one node. Which fields
 // are set depends on Type (see the Type constants); Message always says it
@@ -206,6 +209,24 @@ func RepairEvent(rangeID, source, index, records uint64) Event {
 func CompactionEvent(revision uint64, ranges uint32) Event {
 	return Event{Type: Compaction, Index: revision, Keys: uint64(ranges),
 		Message: fmt.Sprintf("history compacted at revision %d (%d ranges)", revision, ranges)}
+}
+
+// LeaseExpiryEvent: leases expired on this node's lessor, and deleted
+// keys with them (sample: the first few).
+func LeaseExpiryEvent(leases int, deleted uint64, sample []string) Event {
+	what := fmt.Sprintf("%d leases expired", leases)
+	if leases == 1 {
+		what = "a lease expired"
+	}
+	msg := fmt.Sprintf("%s: %d keys deleted", what, deleted)
+	if len(sample) > 0 {
+		more := ""
+		if uint64(len(sample)) < deleted {
+			more = ", ..."
+		}
+		msg += fmt.Sprintf(" (%s%s)", strings.Join(sample, ", "), more)
+	}
+	return Event{Type: LeaseExpiry, Keys: deleted, Name: strings.Join(sample, ","), Message: msg}
 }
 
 // SplitEvent: range split at key; the right half is newRange.

@@ -365,24 +365,28 @@ func (s *Service) checkLease(ctx context.Context, id int64) error {
 // position, which answers where its span ends. Ranges that split or merge
 // meanwhile are covered all the same: each step starts where the last
 // one's range ended when it was swept.
-func (s *Service) sweepLeases(ctx context.Context, ids []int64) (deleted, revision uint64, err error) {
+func (s *Service) sweepLeases(ctx context.Context, ids []int64) (deleted, revision uint64, sample [][]byte, err error) {
 	cur := []byte{}
 	for {
 		resp, err := s.sweepStep(ctx, &pandopb.SweepLeasesRequest{Key: cur, Ids: ids})
 		if err != nil {
-			return deleted, revision, err
+			return deleted, revision, sample, err
 		}
 		deleted += resp.Deleted
 		revision = max(revision, resp.Revision)
+		sample = append(sample, resp.Keys[:min(len(resp.Keys), sweepSample-len(sample))]...)
 		if len(resp.Next) == 0 {
-			return deleted, revision, nil
+			return deleted, revision, sample, nil
 		}
 		if bytes.Compare(resp.Next, cur) <= 0 {
-			return deleted, revision, fmt.Errorf("%w: sweep went back from %q to %q", kv.ErrUnavailable, cur, resp.Next)
+			return deleted, revision, sample, fmt.Errorf("%w: sweep went back from %q to %q", kv.ErrUnavailable, cur, resp.Next)
 		}
 		cur = resp.Next
 	}
 }
+
+// sweepSample is how many of the keys a sweep deleted it names.
+const sweepSample = 4
 
 // SweepLeases implements pandopb.KVServer (node to node): one step of a
 // revoke's sweep.
@@ -405,6 +409,9 @@ func (s *Service) sweepStep(ctx context.Context, req *pandopb.SweepLeasesRequest
 			return res.Err
 		}
 		resp = &pandopb.SweepLeasesResponse{Deleted: res.Version, Revision: res.Revision}
+		for _, x := range res.RangeDeleted[:min(len(res.RangeDeleted), sweepSample)] {
+			resp.Keys = append(resp.Keys, x.Key)
+		}
 		if res.Desc != nil {
 			resp.Next = res.Desc.EndKey
 		}

@@ -94,7 +94,7 @@ func NewService(n *node.Node, peers Peers, limits kv.Limits, timeout time.Durati
 		// The lessor's walks over the ranges are the node's own requests:
 		// forwarded to each range's leader whatever the caller asked.
 		s.lessor = lease.New(n, lease.Config{
-			Sweep: func(ctx context.Context, ids []int64) (uint64, uint64, error) {
+			Sweep: func(ctx context.Context, ids []int64) (uint64, uint64, [][]byte, error) {
 				return s.sweepLeases(route.SubRequest(ctx), ids)
 			},
 			Keys: func(ctx context.Context, id int64) ([][]byte, error) { return s.leasedKeys(route.SubRequest(ctx), id) },

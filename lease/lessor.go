@@ -79,14 +79,16 @@ type Node interface {
 // Config gives the lessor what reaches beyond the meta range.
 type Config struct {
 	// Sweep deletes, in every range, the keys attached to one of ids: the
-	// number deleted and the last revision at which one was.
-	Sweep func(ctx context.Context, ids []int64) (deleted, revision uint64, err error)
+	// number deleted, the last revision at which one was, and the first
+	// few keys deleted.
+	Sweep func(ctx context.Context, ids []int64) (deleted, revision uint64, sample [][]byte, err error)
 	// Keys lists the keys attached to lease id, in every range.
 	Keys func(ctx context.Context, id int64) ([][]byte, error)
 	// Tick is how often expiry is looked for (0: 250ms).
 	Tick time.Duration
-	// OnExpire, when set, hears of each lease that expired.
-	OnExpire func(id int64, keys uint64)
+	// OnExpire, when set, hears of the leases that expired, with the
+	// number of keys deleted and the first few.
+	OnExpire func(ids []int64, deleted uint64, sample [][]byte)
 }
 
 // Lessor serves leases on the meta range's leader.
@@ -414,7 +416,13 @@ func (l *Lessor) Revoke(ctx context.Context, id int64) (deleted, revision uint64
 		return 0, 0, fmt.Errorf("%w: lease %d", kv.ErrLeaseNotFound, id)
 	}
 	l.markRevoking([]int64{id})
-	return l.finish(ctx, []int64{id})
+	deleted, revision, _, err = l.finish(ctx, []int64{id})
+	return deleted, revision, err
+}
+
+// SetOnExpire sets Config.OnExpire (before Run).
+func (l *Lessor) SetOnExpire(f func(ids []int64, deleted uint64, sample [][]byte)) {
+	l.cfg.OnExpire = f
 }
 
 func (l *Lessor) markRevoking(ids []int64) {
@@ -428,10 +436,10 @@ func (l *Lessor) markRevoking(ids []int64) {
 }
 
 // finish sweeps the keys of leases marked revoking, then forgets them.
-func (l *Lessor) finish(ctx context.Context, ids []int64) (deleted, revision uint64, err error) {
+func (l *Lessor) finish(ctx context.Context, ids []int64) (deleted, revision uint64, sample [][]byte, err error) {
 	if l.cfg.Sweep != nil {
-		if deleted, revision, err = l.cfg.Sweep(ctx, ids); err != nil {
-			return 0, 0, fmt.Errorf("lease: deleting the keys of leases %v: %w", ids, err)
+		if deleted, revision, sample, err = l.cfg.Sweep(ctx, ids); err != nil {
+			return 0, 0, nil, fmt.Errorf("lease: deleting the keys of leases %v: %w", ids, err)
 		}
 	}
 	res, err := l.propose(ctx, &pandopb.LeaseOp{Forget: ids})
@@ -439,14 +447,14 @@ func (l *Lessor) finish(ctx context.Context, ids []int64) (deleted, revision uin
 		err = res.Err
 	}
 	if err != nil {
-		return deleted, revision, err
+		return deleted, revision, sample, err
 	}
 	l.mu.Lock()
 	for _, id := range ids {
 		delete(l.leases, id)
 	}
 	l.mu.Unlock()
-	return deleted, revision, nil
+	return deleted, revision, sample, nil
 }
 
 // maxSweep bounds the leases one background sweep handles.
@@ -535,11 +543,9 @@ func (l *Lessor) expire() {
 			l.markRevoking(expired)
 		}
 		ids := append(revoking, expired...)
-		deleted, _, err := l.finish(ctx, ids)
-		if err == nil && l.cfg.OnExpire != nil {
-			for _, id := range expired {
-				l.cfg.OnExpire(id, deleted)
-			}
+		deleted, _, sample, err := l.finish(ctx, ids)
+		if err == nil && l.cfg.OnExpire != nil && len(expired) > 0 {
+			l.cfg.OnExpire(expired, deleted, sample)
 		}
 	}()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/client"
+	"github.com/pando/pando/events"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/server"
 	"github.com/pando/pando/storage"
@@ -214,6 +216,18 @@ func TestLeaseExpiryAndKeepAliveAcrossFailover(t *testing.T) {
 	if took := waitGone(t, cl, "short", 5*time.Second); took > 4*time.Second {
 		t.Errorf("a 1s lease's key went after %v", took)
 	}
+	// The expiry is on the timeline, naming the key it took.
+	found := false
+	for _, s := range c.servers {
+		for _, e := range s.Events().Backlog(0) {
+			if e.Type == events.LeaseExpiry && strings.Contains(e.Message, "short") && e.Keys == 1 {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.Error("no node recorded the expiry of the lease of \"short\"")
+	}
 	// The meta range's leader crashes; the kept-alive lease survives it.
 	time.Sleep(time.Second)
 	c.kill(lead)
@@ -388,5 +402,61 @@ func TestLeaseTTLsSurviveALeadershipTransfer(t *testing.T) {
 	waitGone(t, cl, "k", 5*time.Second)
 	if _, err := cl.TimeToLive(ctx, kept.ID, false); err != nil {
 		t.Fatalf("the kept-alive lease after the handover: %v", err)
+	}
+}
+
+// Crashes in the middle of a lease's end leave no key behind: a lease
+// marked revoking whose sweep never ran (its lessor died right after the
+// mark) is finished by the next meta leader, and a revoke or an expiry
+// whose sweep meets a range whose leader just crashed goes on once the
+// range elects another. Keys live in two ranges.
+func TestLeaseSweepsSurviveCrashes(t *testing.T) {
+	c := startCluster(t, 3, 0)
+	lead := c.waitLeader()
+	c.split(t, lead, "m")
+	cl := c.client()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	grantWithKeys := func(ttl time.Duration, keys ...string) int64 {
+		t.Helper()
+		l, err := cl.Grant(ctx, ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			if _, err := cl.Put(ctx, []byte(k), []byte("v"), client.WithLease(l.ID)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return l.ID
+	}
+	// The lessor marks a lease revoking and dies before sweeping it.
+	marked := grantWithKeys(60*time.Second, "a1", "z1")
+	if res, err := c.servers[lead].Node().Propose(ctx, storage.MetaRangeID, &pandopb.Command{Op: &pandopb.Command_Lease{Lease: &pandopb.LeaseOp{Revoke: []int64{marked}}}}); err != nil || res.Version != 1 {
+		t.Fatalf("marking the lease: %+v, %v", res, err)
+	}
+	c.kill(lead)
+	first := lead
+	lead = c.waitLeader()
+	waitGone(t, cl, "a1", 10*time.Second)
+	waitGone(t, cl, "z1", 10*time.Second)
+	if _, err := cl.TimeToLive(ctx, marked, false); !errors.Is(err, kv.ErrLeaseNotFound) {
+		t.Fatalf("the finished lease: %v", err)
+	}
+	c.start(first, nil)
+	// The leader of the right range crashes just before a revoke and an
+	// expiry: their sweeps wait for the range's next leader.
+	revoked := grantWithKeys(60*time.Second, "a2", "z2")
+	grantWithKeys(time.Second, "a3", "z3") // expires
+	rst, err := c.servers[lead].Node().RangeFor([]byte("z"))
+	if err != nil || rst.LeaderID == 0 {
+		t.Fatalf("the right range: %+v, %v", rst, err)
+	}
+	c.kill(rst.LeaderID)
+	if err := cl.Revoke(ctx, revoked); err != nil {
+		t.Fatalf("the revoke across the crash: %v", err)
+	}
+	for _, k := range []string{"a2", "z2", "a3", "z3"} {
+		waitGone(t, cl, k, 15*time.Second)
 	}
 }

@@ -432,6 +432,13 @@ func New(cfg Config) (*Server, error) {
 	s.load = load.NewTracker()
 	s.svc.SetLoad(s.load)
 	s.svc.SetOrphanScan(cfg.LeaseOrphanScan)
+	s.svc.Lessor().SetOnExpire(func(ids []int64, deleted uint64, sample [][]byte) {
+		keys := make([]string, len(sample))
+		for i, k := range sample {
+			keys[i] = string(k)
+		}
+		s.events.Publish(events.LeaseExpiryEvent(len(ids), deleted, keys))
+	})
 	s.svc.SetOnCompact(func(rev uint64, ranges uint32) { s.events.Publish(events.CompactionEvent(rev, ranges)) })
 	s.svc.SetForwardTimeout(cfg.ForwardTimeout)
 	if cfg.OverloadSchedLatency > 0 {

@@ -2192,9 +2192,11 @@ func (x *SweepLeasesRequest) GetIds() []int64 {
 type SweepLeasesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// next: the end of the range swept (empty: the end of the key space).
-	Next          []byte `protobuf:"bytes,1,opt,name=next,proto3" json:"next,omitempty"`
-	Deleted       uint64 `protobuf:"varint,2,opt,name=deleted,proto3" json:"deleted,omitempty"`
-	Revision      uint64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	Next     []byte `protobuf:"bytes,1,opt,name=next,proto3" json:"next,omitempty"`
+	Deleted  uint64 `protobuf:"varint,2,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	Revision uint64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	// keys: the first few keys deleted (for the event that tells of it).
+	Keys          [][]byte `protobuf:"bytes,4,rep,name=keys,proto3" json:"keys,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2248,6 +2250,13 @@ func (x *SweepLeasesResponse) GetRevision() uint64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *SweepLeasesResponse) GetKeys() [][]byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
 }
 
 type LeasedKeysRequest struct {
@@ -8303,11 +8312,12 @@ const file_pando_proto_rawDesc = "" +
 	"\x06leases\x18\x01 \x03(\v2\x15.pando.v1.LeaseStatusR\x06leases\"8\n" +
 	"\x12SweepLeasesRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x10\n" +
-	"\x03ids\x18\x02 \x03(\x03R\x03ids\"_\n" +
+	"\x03ids\x18\x02 \x03(\x03R\x03ids\"s\n" +
 	"\x13SweepLeasesResponse\x12\x12\n" +
 	"\x04next\x18\x01 \x01(\fR\x04next\x12\x18\n" +
 	"\adeleted\x18\x02 \x01(\x04R\adeleted\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x04R\brevision\"5\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\x12\x12\n" +
+	"\x04keys\x18\x04 \x03(\fR\x04keys\"5\n" +
 	"\x11LeasedKeysRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x03R\x02id\"<\n" +
