@@ -498,6 +498,12 @@ func applyPut(b *pebble.Batch, rev uint64, op *pandopb.PutOp) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	return applyPutOver(b, rev, op, cur, found)
+}
+
+// applyPutOver is applyPut over the key's latest record, already read
+// (cur, found: as b holds it now).
+func applyPutOver(b *pebble.Batch, rev uint64, op *pandopb.PutOp, cur storage.Record, found bool) (Result, error) {
 	if r := staleForKey(rev, cur, found); r != nil {
 		return *r, nil
 	}

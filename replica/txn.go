@@ -114,12 +114,22 @@ func spansOverlap(s1, e1, s2, e2 []byte) bool {
 	return (h2 == nil || bytes.Compare(s1, h2) < 0) && (h1 == nil || bytes.Compare(s2, h1) < 0)
 }
 
-// compareHolds evaluates c against the key's latest record.
-func compareHolds(r pebble.Reader, c *pandopb.Compare) (bool, error) {
+// record is a key's latest record as a transaction read it (found: it
+// exists).
+type record struct {
+	rec   storage.Record
+	found bool
+}
+
+// compareHolds evaluates c against the key's latest record, remembering it
+// in seen (a put of the branch on the same key reads it from there: no
+// write of the branch precedes the compares, and none writes a key twice).
+func compareHolds(r pebble.Reader, c *pandopb.Compare, seen map[string]record) (bool, error) {
 	cur, found, err := storage.Get(r, c.Key)
 	if err != nil {
 		return false, err
 	}
+	seen[string(c.Key)] = record{cur, found}
 	var cmp int
 	switch c.Target {
 	case pandopb.Compare_VALUE:
@@ -167,8 +177,9 @@ func applyTxn(b *pebble.Batch, desc *pandopb.RangeDescriptor, rev uint64, op *pa
 		return Result{Err: err}, nil
 	}
 	ok := true
+	seen := make(map[string]record, len(op.Compare))
 	for _, c := range op.Compare {
-		holds, err := compareHolds(b, c)
+		holds, err := compareHolds(b, c, seen)
 		if err != nil {
 			return Result{}, err
 		}
@@ -186,7 +197,15 @@ func applyTxn(b *pebble.Batch, desc *pandopb.RangeDescriptor, rev uint64, op *pa
 	for _, o := range branch {
 		switch x := o.Op.(type) {
 		case *pandopb.TxnRequestOp_Put:
-			r, err := applyPut(b, rev, &pandopb.PutOp{Key: x.Put.Key, Value: x.Put.Value, Lease: x.Put.Lease})
+			put := &pandopb.PutOp{Key: x.Put.Key, Value: x.Put.Value, Lease: x.Put.Lease}
+			var r Result
+			var err error
+			if read, ok := seen[string(x.Put.Key)]; ok {
+				// Read by a compare; no write of the branch came before.
+				r, err = applyPutOver(b, rev, put, read.rec, read.found)
+			} else {
+				r, err = applyPut(b, rev, put)
+			}
 			if err != nil {
 				return Result{}, err
 			}
