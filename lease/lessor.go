@@ -52,13 +52,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2"
-
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
-	"github.com/pando/pando/node"
 	"github.com/pando/pando/replica"
 	"github.com/pando/pando/storage"
+	"github.com/pando/pando/tso"
 )
 
 // TTL bounds: a lease lasts at least a second and at most MaxTTL.
@@ -67,14 +65,9 @@ const (
 	MaxTTL = 30 * 24 * time.Hour
 )
 
-// Node is what the lessor needs of the node hosting the meta range.
-type Node interface {
-	ID() uint64
-	ReadIndex(ctx context.Context, rangeID uint64) error
-	Status(rangeID uint64) (node.RangeStatus, bool)
-	Propose(ctx context.Context, rangeID uint64, cmd *pandopb.Command) (replica.Result, error)
-	Reader() pebble.Reader
-}
+// Node is what the lessor needs of the node hosting the meta range: what
+// the revision oracle needs.
+type Node = tso.Node
 
 // Config gives the lessor what reaches beyond the meta range.
 type Config struct {

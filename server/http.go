@@ -309,29 +309,18 @@ func (s *Server) handleScan(ctx context.Context, w http.ResponseWriter, q url.Va
 // its body and answer in httpapi's JSON form (httpapi.TxnRequest,
 // httpapi.TxnAnswer).
 func (s *Server) handleTxn(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel, err := requestContext(r)
-	if err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	defer cancel()
-	body, err := s.readBody(w, r)
-	if err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	req, err := httpapi.ParseTxn(body)
-	if err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	resp, err := s.svc.Direct().Txn(ctx, req)
-	if err != nil {
-		httpapi.WriteError(w, err)
-		return
-	}
-	w.Header().Set("Pando-Revision", strconv.FormatUint(resp.Revision, 10))
-	httpapi.WriteJSON(w, http.StatusOK, httpapi.TxnAnswerOf(resp))
+	s.serveJSON(w, r, true, func(ctx context.Context, body []byte) (any, error) {
+		req, err := httpapi.ParseTxn(body)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := s.svc.Direct().Txn(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		w.Header().Set("Pando-Revision", strconv.FormatUint(resp.Revision, 10))
+		return httpapi.TxnAnswerOf(resp), nil
+	})
 }
 
 // handleCompact is POST /v1/compact?revision=N: every range drops the
