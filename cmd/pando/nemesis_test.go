@@ -65,7 +65,9 @@ var netFaults = []netFault{
 // clients beside each node, each through its own node), while a nemesis
 // makes each shape of network failure in turn around the current leader
 // (and pauses it, as a stopped VM or a long GC would), for 3 s each,
-// healing 2 s between them; then every node reads every key.
+// healing 2 s between them; then every node reads every key. Beside the
+// workload a lease (TTL 5 s) is kept alive through every node in turn: it
+// must survive every fault, while one left alone expires.
 // Porcupine checks the whole history: no stale read, no acknowledged write
 // lost, no write applied twice. PANDO_NEMESIS_RUNS repeats it (make faults).
 func TestRealNetworkNemesis(t *testing.T) {
@@ -141,6 +143,25 @@ func nemesisRun(t *testing.T, seed uint64) {
 		}(c)
 	}
 
+	// Leases through the faults: one kept alive (renewed every 300 ms
+	// through each node in turn, whatever fails) must outlive every
+	// failover; one left alone must expire all the same.
+	kept, left := grantLeased(t, conns, "leased-kept", 5), grantLeased(t, conns, "leased-left", 1)
+	keeperDone := make(chan struct{})
+	go func() {
+		defer close(keeperDone)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(300 * time.Millisecond):
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_, _ = conns[i%len(conns)].LeaseRenew(ctx, &pandopb.LeaseKeepAliveRequest{Id: kept})
+			cancel()
+		}
+	}()
+
 	rng := rand.New(rand.NewPCG(seed, 99))
 	for _, f := range rng.Perm(len(netFaults)) {
 		fault := netFaults[f]
@@ -160,6 +181,8 @@ func nemesisRun(t *testing.T, seed uint64) {
 	}
 	close(stop)
 	wg.Wait()
+	<-keeperDone
+	checkLeases(t, conns, kept, left)
 
 	// Every node reads every key once the network is whole: acknowledged
 	// writes are there, on every node's path.
@@ -188,4 +211,54 @@ func nemesisRun(t *testing.T, seed uint64) {
 	if err := lincheck.Check(h.Operations(), 2*time.Minute, t.TempDir(), fmt.Sprintf("nemesis-%d", seed)); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// grantLeased grants a lease of ttl seconds through the first node that
+// answers and attaches key to it.
+func grantLeased(t *testing.T, conns []pandopb.KVClient, key string, ttl int64) int64 {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		for _, kvc := range conns {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			g, err := kvc.LeaseGrant(ctx, &pandopb.LeaseGrantRequest{Id: rand.Int64N(1<<62) + 1, Ttl: ttl})
+			if err == nil {
+				_, err = kvc.Put(ctx, &pandopb.PutRequest{Key: []byte(key), Value: []byte("v"), Lease: g.Id})
+			}
+			cancel()
+			if err == nil {
+				return g.Id
+			}
+		}
+	}
+	t.Fatalf("could not grant a lease for %q", key)
+	return 0
+}
+
+// checkLeases: the kept-alive lease and its key survived every fault, the
+// one left alone expired with its key; revoking the kept one deletes its
+// key.
+func checkLeases(t *testing.T, conns []pandopb.KVClient, kept, left int64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	kvc := conns[0]
+	if ttl, err := kvc.LeaseTimeToLive(ctx, &pandopb.LeaseTimeToLiveRequest{Id: kept}); err != nil || ttl.Ttl <= 0 {
+		t.Fatalf("the kept-alive lease after the faults: %v, %v", ttl, err)
+	}
+	if r, err := kvc.Get(ctx, &pandopb.GetRequest{Key: []byte("leased-kept")}); err != nil || !r.Found || r.Lease != kept {
+		t.Fatalf("the kept-alive lease's key after the faults: %v, %v", r, err)
+	}
+	if ttl, err := kvc.LeaseTimeToLive(ctx, &pandopb.LeaseTimeToLiveRequest{Id: left}); err != nil || ttl.Ttl >= 0 {
+		t.Fatalf("the lease left alone did not expire: %v, %v", ttl, err)
+	}
+	if r, err := kvc.Get(ctx, &pandopb.GetRequest{Key: []byte("leased-left")}); err != nil || r.Found {
+		t.Fatalf("the expired lease's key: %v, %v", r, err)
+	}
+	if _, err := kvc.LeaseRevoke(ctx, &pandopb.LeaseRevokeRequest{Id: kept}); err != nil {
+		t.Fatalf("revoking the kept lease: %v", err)
+	}
+	if r, err := kvc.Get(ctx, &pandopb.GetRequest{Key: []byte("leased-kept")}); err != nil || r.Found {
+		t.Fatalf("the revoked lease's key: %v, %v", r, err)
+	}
+	t.Logf("leases: the kept-alive one survived every fault, the one left alone expired")
 }
