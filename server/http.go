@@ -168,6 +168,9 @@ func (s *Server) handleKV(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Pando-Version", strconv.FormatUint(resp.Version, 10))
 		w.Header().Set("Pando-Create-Revision", strconv.FormatUint(resp.CreateRevision, 10))
 		w.Header().Set("Pando-Mod-Revision", strconv.FormatUint(resp.ModRevision, 10))
+		if resp.Lease != 0 {
+			w.Header().Set("Pando-Lease", strconv.FormatInt(resp.Lease, 10))
+		}
 		w.Header().Set("Pando-Revision", strconv.FormatUint(resp.Revision, 10))
 		w.Header().Set("Content-Length", strconv.Itoa(len(resp.Value)))
 		w.WriteHeader(http.StatusOK)

@@ -65,6 +65,13 @@ func TestHTTPLease(t *testing.T) {
 	if code, body = call("PUT", "/v1/kv/plain", "p"); code != 200 {
 		t.Fatalf("put plain: %d %s", code, body)
 	}
+	// A read shows the key's lease: in a header, and in a scan's items.
+	if resp, _ := doHTTP(t, "GET", base+"/v1/kv/a", nil); resp.Header.Get("Pando-Lease") != fmt.Sprint(id) {
+		t.Fatalf("GET a: Pando-Lease %q, want %d", resp.Header.Get("Pando-Lease"), id)
+	}
+	if code, body = call("GET", "/v1/kv/?prefix=", ""); code != 200 || !strings.Contains(body, fmt.Sprintf(`"lease": "%d"`, id)) || strings.Count(body, `"lease"`) != 1 {
+		t.Fatalf("scan: %d %s, want a's lease and no other", code, body)
+	}
 
 	// Its time to live, with and without its keys.
 	code, body = call("GET", fmt.Sprintf("/v1/lease/%d?keys=true", id), "")

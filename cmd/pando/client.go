@@ -284,7 +284,7 @@ func getCmd() *cobra.Command {
 			}
 			if f.json {
 				return printJSON(cmd.OutOrStdout(), getJSON{ScanItem: httpapi.ScanItem{Key: item.Key, Value: item.Value, Version: item.Version,
-					CreateRevision: item.CreateRevision, ModRevision: item.ModRevision}, Revision: item.Revision})
+					CreateRevision: item.CreateRevision, ModRevision: item.ModRevision, Lease: httpapi.LeaseID(item.Lease)}, Revision: item.Revision})
 			}
 			out := cmd.OutOrStdout()
 			out.Write(item.Value)

@@ -88,11 +88,14 @@ type ScanItem struct {
 	Version        uint64 `json:"version"`
 	CreateRevision uint64 `json:"create_revision"`
 	ModRevision    uint64 `json:"mod_revision"`
+	// Lease: the lease the key is attached to (absent: none).
+	Lease LeaseID `json:"lease,omitempty"`
 }
 
 // ScanItemOf is the JSON form of a key as the API sends it.
 func ScanItemOf(kv *pandopb.KeyValue) ScanItem {
-	return ScanItem{Key: kv.Key, Value: kv.Value, Version: kv.Version, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision}
+	return ScanItem{Key: kv.Key, Value: kv.Value, Version: kv.Version, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision,
+		Lease: LeaseID(kv.Lease)}
 }
 
 // ScanResult is the JSON answer of GET /v1/kv/?...: continue a scan by
