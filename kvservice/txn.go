@@ -105,27 +105,51 @@ func crossRange(err error, desc *pandopb.RangeDescriptor) error {
 		kv.ErrInvalidArgument, desc.GetId(), desc.GetStartKey(), desc.GetEndKey(), err)
 }
 
-// txnReadsAt fills resp's read results by reading at resp's revision.
+// txnReadsAt fills in the answers of a retried transaction's operations,
+// which the deduplication table does not keep, from the history at its
+// revision: each read at it, each put's version and creation as it wrote
+// them, each delete's count (the keys of its span just before the revision
+// and not at it).
 func (s *Service) txnReadsAt(ctx context.Context, req *pandopb.TxnRequest, resp *pandopb.TxnResponse) error {
 	branch := req.Failure
 	if resp.Succeeded {
 		branch = req.Success
 	}
 	resp.Responses = nil
+	rev := resp.Revision
+	// span is an operation's keys as a scan's [start, end).
+	span := func(key, end []byte) ([]byte, []byte) {
+		if len(end) == 0 {
+			return key, append(bytes.Clone(key), 0)
+		} else if bytes.Equal(end, []byte{0}) {
+			return key, nil
+		}
+		return key, end
+	}
 	for _, o := range branch {
 		switch x := o.Op.(type) {
 		case *pandopb.TxnRequestOp_Put:
-			resp.Responses = append(resp.Responses, &pandopb.TxnResponseOp{Op: &pandopb.TxnResponseOp_Put{Put: &pandopb.PutResponse{Revision: resp.Revision}}})
-		case *pandopb.TxnRequestOp_Delete:
-			resp.Responses = append(resp.Responses, &pandopb.TxnResponseOp{Op: &pandopb.TxnResponseOp_Delete{Delete: &pandopb.DeleteResponse{Revision: resp.Revision}}})
-		case *pandopb.TxnRequestOp_Range:
-			end := x.Range.RangeEnd
-			if len(end) == 0 {
-				end = append(bytes.Clone(x.Range.Key), 0)
-			} else if bytes.Equal(end, []byte{0}) {
-				end = nil
+			// The key at the transaction's revision is what it wrote.
+			put := &pandopb.PutResponse{Revision: rev}
+			if g, err := s.get(ctx, &pandopb.GetRequest{Key: x.Put.Key, Revision: rev}); err == nil && g.Found && g.ModRevision == rev {
+				put.Version, put.CreateRevision = g.Version, g.CreateRevision
 			}
-			sr, err := s.scan(ctx, &pandopb.ScanRequest{Start: x.Range.Key, End: end, Limit: x.Range.Limit, Revision: resp.Revision})
+			resp.Responses = append(resp.Responses, &pandopb.TxnResponseOp{Op: &pandopb.TxnResponseOp_Put{Put: put}})
+		case *pandopb.TxnRequestOp_Delete:
+			// The keys of the span just before the revision and not at it:
+			// the branch writes nothing else there (CheckTxn), so they are
+			// the ones it deleted.
+			start, end := span(x.Delete.Key, x.Delete.RangeEnd)
+			del := &pandopb.DeleteResponse{}
+			before, err1 := s.scan(ctx, &pandopb.ScanRequest{Start: start, End: end, Revision: rev - 1, CountOnly: true})
+			after, err2 := s.scan(ctx, &pandopb.ScanRequest{Start: start, End: end, Revision: rev, CountOnly: true})
+			if err1 == nil && err2 == nil && before.Count > after.Count {
+				del.Deleted, del.DeletedCount, del.Revision = true, before.Count-after.Count, rev
+			}
+			resp.Responses = append(resp.Responses, &pandopb.TxnResponseOp{Op: &pandopb.TxnResponseOp_Delete{Delete: del}})
+		case *pandopb.TxnRequestOp_Range:
+			start, end := span(x.Range.Key, x.Range.RangeEnd)
+			sr, err := s.scan(ctx, &pandopb.ScanRequest{Start: start, End: end, Limit: x.Range.Limit, Revision: rev})
 			if err != nil {
 				return err
 			}

@@ -219,3 +219,64 @@ func TestForwardingRidesThroughHungLeader(t *testing.T) {
 		t.Fatalf("k = %v, %v; the write answered version %d", got, err, resp.Version)
 	}
 }
+
+// A transaction forwarded by a follower whose answer the leader loses is
+// retried with its idempotency key and answered from the first attempt: the
+// same branch and revision, each put's version, each delete's count and
+// each read as the transaction saw them, and nothing applied twice.
+func TestForwardedTxnRetriedAfterLostAnswer(t *testing.T) {
+	c := New(t, Options{Seed: testSeed(t)})
+	lead, err := c.Leader(1, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	follower := c.Other(lead)
+	ctx := context.Background()
+	for _, k := range []string{"p", "d", "r/1", "r/2"} {
+		if _, err := c.KV(lead).Put(ctx, &pandopb.PutRequest{Key: []byte(k), Value: []byte("0")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put := func(k, v string) *pandopb.TxnRequestOp {
+		return &pandopb.TxnRequestOp{Op: &pandopb.TxnRequestOp_Put{Put: &pandopb.TxnPut{Key: []byte(k), Value: []byte(v)}}}
+	}
+	del := func(k, end string) *pandopb.TxnRequestOp {
+		return &pandopb.TxnRequestOp{Op: &pandopb.TxnRequestOp_Delete{Delete: &pandopb.TxnDelete{Key: []byte(k), RangeEnd: []byte(end)}}}
+	}
+	req := &pandopb.TxnRequest{
+		Compare: []*pandopb.Compare{{Key: []byte("p"), Target: pandopb.Compare_VERSION, Result: pandopb.Compare_EQUAL, Number: 1}},
+		Success: []*pandopb.TxnRequestOp{put("p", "1"), del("d", ""), del("r/", "r0"), put("n", "new"),
+			{Op: &pandopb.TxnRequestOp_Range{Range: &pandopb.TxnRange{Key: []byte("p")}}}},
+	}
+	c.DropResponses(lead, 1)
+	resp, err := c.KV(follower).Txn(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Member(lead).Calls(follower) < 2 {
+		t.Fatal("the transaction was not retried: the test did not test the answer from the table")
+	}
+	rs := resp.Responses
+	if !resp.Succeeded || len(rs) != 5 {
+		t.Fatalf("retried transaction: %v", resp)
+	}
+	if p := rs[0].GetPut(); p.Version != 2 || p.Revision != resp.Revision || p.CreateRevision == 0 {
+		t.Fatalf("put of p answered %v, want version 2 at %d", p, resp.Revision)
+	}
+	if d := rs[1].GetDelete(); !d.Deleted || d.DeletedCount != 1 {
+		t.Fatalf("delete of d answered %v", d)
+	}
+	if d := rs[2].GetDelete(); !d.Deleted || d.DeletedCount != 2 {
+		t.Fatalf("delete of r/ answered %v, want 2 keys", d)
+	}
+	if p := rs[3].GetPut(); p.Version != 1 || p.CreateRevision != resp.Revision {
+		t.Fatalf("put of n answered %v, want version 1 created at %d", p, resp.Revision)
+	}
+	if r := rs[4].GetRange(); len(r.Items) != 1 || string(r.Items[0].Value) != "1" {
+		t.Fatalf("read of p answered %v", r)
+	}
+	// Applied once: p is at version 2.
+	if got, err := get(t, c.KV(lead), "p", false); err != nil || got.Version != 2 {
+		t.Fatalf("p = %v, %v: applied twice?", got, err)
+	}
+}
