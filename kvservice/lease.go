@@ -13,7 +13,6 @@ import (
 	"github.com/pando/pando/api/pandopb"
 	"github.com/pando/pando/kv"
 	"github.com/pando/pando/lease"
-	"github.com/pando/pando/node"
 	"github.com/pando/pando/route"
 	"github.com/pando/pando/storage"
 )
@@ -123,23 +122,21 @@ func (s *Service) SweepOrphans(ctx context.Context) (uint64, error) {
 // toLessor runs a lease request at the lessor: here when this node leads
 // the meta range, else through the leader's KV service (or, for a client
 // that routes itself, answering "not leader" with the leader's address).
-func (s *Service) toLessor(ctx context.Context, local func(ctx context.Context) error, remote func(ctx context.Context, c pandopb.KVClient) error) error {
+func toLessor[Resp any](ctx context.Context, s *Service, local func(ctx context.Context) (Resp, error), remote func(ctx context.Context, c pandopb.KVClient) (Resp, error)) (Resp, error) {
+	var resp Resp
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, s.timeout)
 		defer cancel()
 	}
-	return s.router.Do(ctx, route.Request{
-		RangeID: storage.MetaRangeID, AttemptTimeout: s.forwardTimeout,
-		Local: func(node.RangeStatus) error { return local(ctx) },
-		Remote: func(ctx context.Context, to uint64) error {
-			c, err := s.peers.KV(to)
-			if err != nil {
-				return route.Unreachable(err)
-			}
-			return remote(ctx, c)
-		},
+	err := s.toMetaLeader(ctx, func() (err error) {
+		resp, err = local(ctx)
+		return err
+	}, func(ctx context.Context, c pandopb.KVClient) (err error) {
+		resp, err = remote(ctx, c)
+		return err
 	})
+	return resp, err
 }
 
 // LeaseGrant implements pandopb.KVServer.
@@ -152,17 +149,12 @@ func (s *Service) leaseGrant(ctx context.Context, req *pandopb.LeaseGrantRequest
 	if err := lease.CheckTTL(req.Ttl); err != nil {
 		return nil, err
 	}
-	var resp *pandopb.LeaseGrantResponse
-	err := s.toLessor(ctx, func(ctx context.Context) error {
+	return toLessor(ctx, s, func(ctx context.Context) (*pandopb.LeaseGrantResponse, error) {
 		id, err := s.lessor.Grant(ctx, req.Id, req.Ttl)
-		resp = &pandopb.LeaseGrantResponse{Id: id, Ttl: req.Ttl}
-		return err
-	}, func(ctx context.Context, c pandopb.KVClient) error {
-		var err error
-		resp, err = c.LeaseGrant(ctx, req)
-		return err
+		return &pandopb.LeaseGrantResponse{Id: id, Ttl: req.Ttl}, err
+	}, func(ctx context.Context, c pandopb.KVClient) (*pandopb.LeaseGrantResponse, error) {
+		return c.LeaseGrant(ctx, req)
 	})
-	return resp, err
 }
 
 // LeaseRevoke implements pandopb.KVServer.
@@ -172,17 +164,12 @@ func (s *Service) LeaseRevoke(ctx context.Context, req *pandopb.LeaseRevokeReque
 }
 
 func (s *Service) leaseRevoke(ctx context.Context, req *pandopb.LeaseRevokeRequest) (*pandopb.LeaseRevokeResponse, error) {
-	var resp *pandopb.LeaseRevokeResponse
-	err := s.toLessor(ctx, func(ctx context.Context) error {
+	return toLessor(ctx, s, func(ctx context.Context) (*pandopb.LeaseRevokeResponse, error) {
 		deleted, rev, err := s.lessor.Revoke(ctx, req.Id)
-		resp = &pandopb.LeaseRevokeResponse{Deleted: deleted, Revision: rev}
-		return err
-	}, func(ctx context.Context, c pandopb.KVClient) error {
-		var err error
-		resp, err = c.LeaseRevoke(ctx, req)
-		return err
+		return &pandopb.LeaseRevokeResponse{Deleted: deleted, Revision: rev}, err
+	}, func(ctx context.Context, c pandopb.KVClient) (*pandopb.LeaseRevokeResponse, error) {
+		return c.LeaseRevoke(ctx, req)
 	})
-	return resp, err
 }
 
 // LeaseRenew implements pandopb.KVServer: one keep-alive.
@@ -192,17 +179,12 @@ func (s *Service) LeaseRenew(ctx context.Context, req *pandopb.LeaseKeepAliveReq
 }
 
 func (s *Service) leaseRenew(ctx context.Context, req *pandopb.LeaseKeepAliveRequest) (*pandopb.LeaseKeepAliveResponse, error) {
-	var resp *pandopb.LeaseKeepAliveResponse
-	err := s.toLessor(ctx, func(ctx context.Context) error {
+	return toLessor(ctx, s, func(ctx context.Context) (*pandopb.LeaseKeepAliveResponse, error) {
 		ttl, err := s.lessor.KeepAlive(ctx, req.Id)
-		resp = &pandopb.LeaseKeepAliveResponse{Id: req.Id, Ttl: ttl}
-		return err
-	}, func(ctx context.Context, c pandopb.KVClient) error {
-		var err error
-		resp, err = c.LeaseRenew(ctx, req)
-		return err
+		return &pandopb.LeaseKeepAliveResponse{Id: req.Id, Ttl: ttl}, err
+	}, func(ctx context.Context, c pandopb.KVClient) (*pandopb.LeaseKeepAliveResponse, error) {
+		return c.LeaseRenew(ctx, req)
 	})
-	return resp, err
 }
 
 // LeaseKeepAlive implements pandopb.KVServer: each request on the stream
@@ -258,19 +240,11 @@ func (s *Service) LeaseKeepAlive(stream grpc.BidiStreamingServer[pandopb.LeaseKe
 	}
 }
 
-// renewOne renews one lease for the stream: here when this node leads the
-// meta range (no routing), else through the lessor's node. A lease that
-// does not exist answers TTL 0.
+// renewOne renews one lease for the stream, at the lessor (the stream's
+// node forwards what it does not lead). A lease that does not exist
+// answers TTL 0.
 func (s *Service) renewOne(ctx context.Context, id int64) (*pandopb.LeaseKeepAliveResponse, error) {
-	var resp *pandopb.LeaseKeepAliveResponse
-	var err error
-	if st, ok := s.node.Status(storage.MetaRangeID); ok && st.LeaderID == s.node.ID() {
-		var ttl int64
-		ttl, err = s.lessor.KeepAlive(ctx, id)
-		resp = &pandopb.LeaseKeepAliveResponse{Id: id, Ttl: ttl}
-	} else {
-		resp, err = s.leaseRenew(route.SubRequest(ctx), &pandopb.LeaseKeepAliveRequest{Id: id})
-	}
+	resp, err := s.leaseRenew(route.SubRequest(ctx), &pandopb.LeaseKeepAliveRequest{Id: id})
 	if errors.Is(err, kv.ErrLeaseNotFound) {
 		return &pandopb.LeaseKeepAliveResponse{Id: id}, nil
 	}
@@ -306,20 +280,15 @@ func (s *Service) LeaseTimeToLive(ctx context.Context, req *pandopb.LeaseTimeToL
 }
 
 func (s *Service) leaseTimeToLive(ctx context.Context, req *pandopb.LeaseTimeToLiveRequest) (*pandopb.LeaseTimeToLiveResponse, error) {
-	var resp *pandopb.LeaseTimeToLiveResponse
-	err := s.toLessor(ctx, func(ctx context.Context) error {
-		var err error
-		resp, err = s.lessor.TimeToLive(ctx, req.Id, req.Keys)
-		return err
-	}, func(ctx context.Context, c pandopb.KVClient) error {
-		var err error
-		resp, err = c.LeaseTimeToLive(ctx, req)
+	return toLessor(ctx, s, func(ctx context.Context) (*pandopb.LeaseTimeToLiveResponse, error) {
+		return s.lessor.TimeToLive(ctx, req.Id, req.Keys)
+	}, func(ctx context.Context, c pandopb.KVClient) (*pandopb.LeaseTimeToLiveResponse, error) {
+		resp, err := c.LeaseTimeToLive(ctx, req)
 		if err == nil && resp.Ttl < 0 {
 			err = fmt.Errorf("%w: lease %d", kv.ErrLeaseNotFound, req.Id)
 		}
-		return err
+		return resp, err
 	})
-	return resp, err
 }
 
 // LeaseLeases implements pandopb.KVServer.
@@ -329,20 +298,16 @@ func (s *Service) LeaseLeases(ctx context.Context, req *pandopb.LeaseLeasesReque
 }
 
 func (s *Service) leaseLeases(ctx context.Context, req *pandopb.LeaseLeasesRequest) (*pandopb.LeaseLeasesResponse, error) {
-	var resp *pandopb.LeaseLeasesResponse
-	err := s.toLessor(ctx, func(ctx context.Context) error {
+	return toLessor(ctx, s, func(ctx context.Context) (*pandopb.LeaseLeasesResponse, error) {
 		ids, err := s.lessor.Leases(ctx)
-		resp = &pandopb.LeaseLeasesResponse{}
+		resp := &pandopb.LeaseLeasesResponse{}
 		for _, id := range ids {
 			resp.Leases = append(resp.Leases, &pandopb.LeaseStatus{Id: id})
 		}
-		return err
-	}, func(ctx context.Context, c pandopb.KVClient) error {
-		var err error
-		resp, err = c.LeaseLeases(ctx, req)
-		return err
+		return resp, err
+	}, func(ctx context.Context, c pandopb.KVClient) (*pandopb.LeaseLeasesResponse, error) {
+		return c.LeaseLeases(ctx, req)
 	})
-	return resp, err
 }
 
 // checkLease refuses a write that attaches keys to a lease that does not
@@ -366,22 +331,33 @@ func (s *Service) checkLease(ctx context.Context, id int64) error {
 // meanwhile are covered all the same: each step starts where the last
 // one's range ended when it was swept.
 func (s *Service) sweepLeases(ctx context.Context, ids []int64) (deleted, revision uint64, sample [][]byte, err error) {
-	cur := []byte{}
-	for {
+	err = walkRanges("sweep", func(cur []byte) ([]byte, error) {
 		resp, err := s.sweepStep(ctx, &pandopb.SweepLeasesRequest{Key: cur, Ids: ids})
 		if err != nil {
-			return deleted, revision, sample, err
+			return nil, err
 		}
 		deleted += resp.Deleted
 		revision = max(revision, resp.Revision)
 		sample = append(sample, resp.Keys[:min(len(resp.Keys), sweepSample-len(sample))]...)
-		if len(resp.Next) == 0 {
-			return deleted, revision, sample, nil
+		return resp.Next, nil
+	})
+	return deleted, revision, sample, err
+}
+
+// walkRanges walks the key space range by range: step serves the range
+// holding cur and answers where that range ends (empty: the end of the key
+// space), where the next step starts.
+func walkRanges(what string, step func(cur []byte) (next []byte, err error)) error {
+	cur := []byte{}
+	for {
+		next, err := step(cur)
+		if err != nil || len(next) == 0 {
+			return err
 		}
-		if bytes.Compare(resp.Next, cur) <= 0 {
-			return deleted, revision, sample, fmt.Errorf("%w: sweep went back from %q to %q", kv.ErrUnavailable, cur, resp.Next)
+		if bytes.Compare(next, cur) <= 0 {
+			return fmt.Errorf("%w: %s went back from %q to %q", kv.ErrUnavailable, what, cur, next)
 		}
-		cur = resp.Next
+		cur = next
 	}
 }
 
@@ -427,21 +403,18 @@ func (s *Service) sweepStep(ctx context.Context, req *pandopb.SweepLeasesRequest
 // leasedKeys lists the keys attached to lease id, range by range.
 func (s *Service) leasedKeys(ctx context.Context, id int64) ([][]byte, error) {
 	var keys [][]byte
-	cur := []byte{}
-	for {
+	err := walkRanges("lease key walk", func(cur []byte) ([]byte, error) {
 		resp, err := s.leasedStep(ctx, &pandopb.LeasedKeysRequest{Key: cur, Id: id})
 		if err != nil {
 			return nil, err
 		}
 		keys = append(keys, resp.Keys...)
-		if len(resp.Next) == 0 {
-			return keys, nil
-		}
-		if bytes.Compare(resp.Next, cur) <= 0 {
-			return nil, fmt.Errorf("%w: lease key walk went back from %q to %q", kv.ErrUnavailable, cur, resp.Next)
-		}
-		cur = resp.Next
+		return resp.Next, nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	return keys, nil
 }
 
 // LeasedKeys implements pandopb.KVServer (node to node).

@@ -738,26 +738,34 @@ func (s *Service) Revisions(ctx context.Context, count int) (uint64, error) {
 	// serving a request that was itself forwarded here.
 	ctx = route.SubRequest(ctx)
 	var first uint64
-	err := s.router.Do(ctx, route.Request{
+	err := s.toMetaLeader(ctx, func() (err error) {
+		first, err = s.oracle.Alloc(ctx, count)
+		return err
+	}, func(ctx context.Context, c pandopb.KVClient) error {
+		resp, err := c.AllocRevisions(ctx, &pandopb.AllocRevisionsRequest{Count: uint32(count)})
+		if err == nil {
+			first = resp.First
+		}
+		return err
+	})
+	return first, err
+}
+
+// toMetaLeader runs a request of the meta range's leader (the revision
+// oracle, the lessor): local here when this node leads it, else remote
+// through the leader's KV service.
+func (s *Service) toMetaLeader(ctx context.Context, local func() error, remote func(ctx context.Context, c pandopb.KVClient) error) error {
+	return s.router.Do(ctx, route.Request{
 		RangeID: storage.MetaRangeID, AttemptTimeout: s.forwardTimeout,
-		Local: func(node.RangeStatus) error {
-			var err error
-			first, err = s.oracle.Alloc(ctx, count)
-			return err
-		},
+		Local: func(node.RangeStatus) error { return local() },
 		Remote: func(ctx context.Context, to uint64) error {
 			c, err := s.peers.KV(to)
 			if err != nil {
 				return route.Unreachable(err)
 			}
-			resp, err := c.AllocRevisions(ctx, &pandopb.AllocRevisionsRequest{Count: uint32(count)})
-			if err == nil {
-				first = resp.First
-			}
-			return err
+			return remote(ctx, c)
 		},
 	})
-	return first, err
 }
 
 // AllocRevisions implements pandopb.KVServer: the revision oracle, served

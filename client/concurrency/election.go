@@ -3,8 +3,6 @@ package concurrency
 import (
 	"context"
 	"errors"
-	"fmt"
-	"sync"
 
 	"github.com/pando/pando/client"
 )
@@ -38,31 +36,12 @@ var ErrNotLeader = errors.New("concurrency: not the leader")
 // An Election is safe for concurrent use: Key, Rev and Leader may be asked
 // while a Campaign waits.
 type Election struct {
-	s      *Session
-	prefix string
-
-	mu      sync.Mutex
-	key     string
-	created uint64
-}
-
-// own is the candidate's key and its create revision ("": none).
-func (e *Election) own() (string, uint64) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.key, e.created
-}
-
-// set records the candidate's key and create revision.
-func (e *Election) set(key string, created uint64) {
-	e.mu.Lock()
-	e.key, e.created = key, created
-	e.mu.Unlock()
+	line
 }
 
 // NewElection returns s's candidate in the election under prefix.
 func NewElection(s *Session, prefix string) *Election {
-	return &Election{s: s, prefix: prefix + "/"}
+	return &Election{line{s: s, prefix: prefix + "/"}}
 }
 
 // Campaign puts the candidate up with value and blocks until it leads, ctx
@@ -70,31 +49,18 @@ func NewElection(s *Session, prefix string) *Election {
 // (ErrSessionExpired). Campaigning again while a candidate changes its
 // value.
 func (e *Election) Campaign(ctx context.Context, value string) error {
-	key := fmt.Sprintf("%s%x", e.prefix, e.s.Lease())
-	created, _, existing, err := ownKey(ctx, e.s, key, value)
+	existing, err := e.join(ctx, value)
 	if err != nil {
 		return err
 	}
 	if existing != nil && string(existing.Value) != value {
+		key, created := e.own()
 		if _, err := e.s.c.Txn(ctx).If(client.CreateRevision(key).Equal(created)).
 			Then(client.OpPut(key, value, client.WithLease(e.s.Lease()))).Commit(); err != nil {
 			return err
 		}
 	}
-	e.set(key, created)
-	if err := waitDeletes(ctx, e.s, e.prefix, created); err != nil {
-		if ctx.Err() != nil {
-			rctx, cancel := context.WithTimeout(context.Background(), e.s.TTL())
-			_ = e.Resign(rctx)
-			cancel()
-		}
-		return err
-	}
-	if err := stillHeld(ctx, e.s, key, created); err != nil {
-		e.set("", 0)
-		return err
-	}
-	return nil
+	return e.wait(ctx)
 }
 
 // Proclaim changes the leader's value without a new election.
@@ -116,24 +82,11 @@ func (e *Election) Proclaim(ctx context.Context, value string) error {
 
 // Resign withdraws the candidate (leading or waiting): the next candidate
 // leads.
-func (e *Election) Resign(ctx context.Context) error {
-	key, created := e.own()
-	if key == "" {
-		return nil
-	}
-	_, err := e.s.c.Txn(ctx).If(client.CreateRevision(key).Equal(created)).Then(client.OpDelete(key)).Commit()
-	if err == nil {
-		e.set("", 0)
-	}
-	return err
-}
+func (e *Election) Resign(ctx context.Context) error { return e.leave(ctx) }
 
 // IsLeader is the compare that holds while this candidate's key is the
 // one it wrote: put it in a transaction to fence what a leader writes.
-func (e *Election) IsLeader() client.Cmp {
-	key, created := e.own()
-	return client.CreateRevision(key).Equal(created)
-}
+func (e *Election) IsLeader() client.Cmp { return e.guard() }
 
 // Key is the candidate's key (empty before Campaign); Rev its create
 // revision, which orders the candidates and fences the leader's writes.
@@ -197,30 +150,4 @@ func (e *Election) Observe(ctx context.Context) <-chan client.KeyValue {
 		}
 	}()
 	return out
-}
-
-// waitEvent waits for a change of key (or under it, prefix) after revision
-// at that match accepts, and returns its revision (0: the watch ended
-// without one; look again at the latest).
-func waitEvent(ctx context.Context, c *client.Client, key []byte, at uint64, prefix bool, match func(client.Event) bool) (uint64, error) {
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	opts := []client.WatchOption{client.WithRevision(at + 1)}
-	if prefix {
-		opts = append(opts, client.WithPrefix())
-	}
-	for resp := range c.Watch(wctx, key, opts...) {
-		if resp.Err != nil {
-			if ctx.Err() != nil {
-				return 0, ctx.Err()
-			}
-			return 0, nil
-		}
-		for _, ev := range resp.Events {
-			if match(ev) {
-				return ev.ModRevision, nil
-			}
-		}
-	}
-	return 0, ctx.Err()
 }

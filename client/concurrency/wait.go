@@ -4,33 +4,101 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/pando/pando/client"
 	"github.com/pando/pando/kv"
 )
 
-// ownKey writes key, attached to the session's lease, unless it exists
-// (a candidacy or a lock this session already holds a place for): one
-// transaction, so two writers never both find it absent. It answers the
-// key's create revision, the revision the transaction observed, and the
-// value the key held when it existed.
-func ownKey(ctx context.Context, s *Session, key, value string) (created, rev uint64, existing *client.KeyValue, err error) {
-	resp, err := s.c.Txn(ctx).
+// line is a session's place in the line of an election or a lock: its
+// key, prefix/<lease ID in hex>, attached to the session's lease, and the
+// key's create revision, which orders the line (the lowest is first) and
+// fences the first's writes. Safe for concurrent use.
+type line struct {
+	s      *Session
+	prefix string
+
+	mu      sync.Mutex
+	key     string
+	created uint64
+}
+
+// own is the place's key and create revision ("": none).
+func (l *line) own() (string, uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.key, l.created
+}
+
+func (l *line) set(key string, created uint64) {
+	l.mu.Lock()
+	l.key, l.created = key, created
+	l.mu.Unlock()
+}
+
+// join writes the session's key with value unless it exists (a place the
+// session already holds): one transaction, so two writers never both find
+// it absent. existing is the key as it was when it existed.
+func (l *line) join(ctx context.Context, value string) (existing *client.KeyValue, err error) {
+	key := fmt.Sprintf("%s%x", l.prefix, l.s.Lease())
+	resp, err := l.s.c.Txn(ctx).
 		If(client.CreateRevision(key).Equal(0)).
-		Then(client.OpPut(key, value, client.WithLease(s.id))).
+		Then(client.OpPut(key, value, client.WithLease(l.s.Lease()))).
 		Else(client.OpGet(key)).
 		Commit()
 	if err != nil {
-		return 0, 0, nil, err
+		return nil, err
 	}
 	if resp.Succeeded {
-		return resp.Revision, resp.Revision, nil, nil
+		l.set(key, resp.Revision)
+		return nil, nil
 	}
 	kvs := resp.Results[0].KVs
 	if len(kvs) != 1 {
-		return 0, 0, nil, fmt.Errorf("concurrency: %q exists but was not read", key)
+		return nil, fmt.Errorf("concurrency: %q exists but was not read", key)
 	}
-	return kvs[0].CreateRevision, resp.Revision, &kvs[0], nil
+	l.set(key, kvs[0].CreateRevision)
+	return &kvs[0], nil
+}
+
+// wait blocks until the place is first in line. When ctx ends the place is
+// given up; when the session's lease ended meanwhile (the key is gone), it
+// is ErrSessionExpired.
+func (l *line) wait(ctx context.Context) error {
+	key, created := l.own()
+	if err := waitDeletes(ctx, l.s, l.prefix, created); err != nil {
+		if ctx.Err() != nil {
+			rctx, cancel := context.WithTimeout(context.Background(), l.s.TTL())
+			_ = l.leave(rctx)
+			cancel()
+		}
+		return err
+	}
+	if err := stillHeld(ctx, l.s, key, created); err != nil {
+		l.set("", 0)
+		return err
+	}
+	return nil
+}
+
+// leave deletes the place, if it is still the one this session wrote.
+func (l *line) leave(ctx context.Context) error {
+	key, created := l.own()
+	if key == "" {
+		return nil
+	}
+	_, err := l.s.c.Txn(ctx).If(client.CreateRevision(key).Equal(created)).Then(client.OpDelete(key)).Commit()
+	if err == nil {
+		l.set("", 0)
+	}
+	return err
+}
+
+// guard is the compare that holds while the place's key is the one this
+// session wrote: in a transaction, it fences what the first in line writes.
+func (l *line) guard() client.Cmp {
+	key, created := l.own()
+	return client.CreateRevision(key).Equal(created)
 }
 
 // first returns the key of prefix with the lowest create revision (nil:
@@ -95,33 +163,10 @@ func waitDeletes(ctx context.Context, s *Session, prefix string, created uint64)
 		if ahead == nil {
 			return nil
 		}
-		if err := waitDelete(ctx, s, ahead.Key, at); err != nil {
+		if _, err := waitEvent(ctx, s.c, ahead.Key, at, false, func(ev client.Event) bool { return ev.Type == client.EventDelete }); err != nil {
 			return err
 		}
 	}
-}
-
-// waitDelete waits for key's deletion after revision at.
-func waitDelete(ctx context.Context, s *Session, key []byte, at uint64) error {
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	for resp := range s.c.Watch(wctx, key, client.WithRevision(at+1)) {
-		if resp.Err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return resp.Err
-		}
-		for _, ev := range resp.Events {
-			if ev.Type == client.EventDelete {
-				return nil
-			}
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return errors.New("concurrency: watch ended")
 }
 
 // stillHeld checks that key, which this session wrote at created, is
@@ -137,4 +182,30 @@ func stillHeld(ctx context.Context, s *Session, key string, created uint64) erro
 		return ErrSessionExpired
 	}
 	return nil
+}
+
+// waitEvent waits for a change of key (or under it, prefix) after revision
+// at that match accepts, and returns its revision (0: the watch ended
+// without one; look again at the latest).
+func waitEvent(ctx context.Context, c *client.Client, key []byte, at uint64, prefix bool, match func(client.Event) bool) (uint64, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	opts := []client.WatchOption{client.WithRevision(at + 1)}
+	if prefix {
+		opts = append(opts, client.WithPrefix())
+	}
+	for resp := range c.Watch(wctx, key, opts...) {
+		if resp.Err != nil {
+			if ctx.Err() != nil {
+				return 0, ctx.Err()
+			}
+			return 0, nil
+		}
+		for _, ev := range resp.Events {
+			if match(ev) {
+				return ev.ModRevision, nil
+			}
+		}
+	}
+	return 0, ctx.Err()
 }

@@ -86,14 +86,7 @@ func (lb leaseBench) run(cmd *cobra.Command, f *clientFlags, cs []*client.Client
 	warmup := lb.ttl / 3
 	ctx, cancel := context.WithTimeout(context.Background(), warmup+duration)
 	defer cancel()
-	var before map[string]float64
-	var start time.Time
 	var counting atomic.Bool
-	go func() {
-		time.Sleep(warmup)
-		before, start = scrapeCPU(f), time.Now()
-		counting.Store(true)
-	}()
 	var renewals, errs atomic.Int64
 	lats := make([][]time.Duration, clients)
 	period := lb.ttl / 3
@@ -155,6 +148,9 @@ func (lb leaseBench) run(cmd *cobra.Command, f *clientFlags, cs []*client.Client
 			}
 		}(w, cs[w%len(cs)])
 	}
+	time.Sleep(warmup)
+	before, start := scrapeCPU(f), time.Now()
+	counting.Store(true)
 	wg.Wait()
 	elapsed := time.Since(start)
 	after := scrapeCPU(f)

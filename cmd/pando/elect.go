@@ -185,16 +185,24 @@ expires, within --ttl. A missing NAME or VALUE, or a bad --ttl, exits with statu
 	return cmd
 }
 
-// resignAndClose withdraws the candidate and ends its session.
-func resignAndClose(cmd *cobra.Command, f *clientFlags, name string, e *concurrency.Election, s *concurrency.Session) error {
+// releaseAndClose gives up what the session holds (release: a candidacy,
+// a lock or a place in line) and ends the session; when both fail it says
+// so, naming when the lease's expiry releases it (verb: pando's verb,
+// undo: what failed, freed: what the expiry releases).
+func releaseAndClose(cmd *cobra.Command, f *clientFlags, verb, name, undo, freed string, release func(context.Context) error, s *concurrency.Session) error {
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
-	rerr := e.Resign(ctx)
+	rerr := release(ctx)
 	if cerr := s.Close(); rerr != nil && cerr != nil {
-		fmt.Fprintf(cmd.ErrOrStderr(), "pando: elect %s: could not resign (%v): the candidacy ends when lease %x expires, within %v\n", name, rerr, s.Lease(), s.TTL())
+		fmt.Fprintf(cmd.ErrOrStderr(), "pando: %s %s: could not %s (%v): %s when lease %x expires, within %v\n", verb, name, undo, rerr, freed, s.Lease(), s.TTL())
 		return reportedError{rerr}
 	}
 	return nil
+}
+
+// resignAndClose withdraws the candidate and ends its session.
+func resignAndClose(cmd *cobra.Command, f *clientFlags, name string, e *concurrency.Election, s *concurrency.Session) error {
+	return releaseAndClose(cmd, f, "elect", name, "resign", "the candidacy ends", e.Resign, s)
 }
 
 func lockCmd() *cobra.Command {
@@ -348,12 +356,5 @@ its place in line and exits 0 (with COMMAND: 1, COMMAND not run). A missing NAME
 // unlockAndClose releases the lock (or the place in line) and ends the
 // session.
 func unlockAndClose(cmd *cobra.Command, f *clientFlags, name string, m *concurrency.Mutex, s *concurrency.Session) error {
-	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
-	defer cancel()
-	uerr := m.Unlock(ctx)
-	if cerr := s.Close(); uerr != nil && cerr != nil {
-		fmt.Fprintf(cmd.ErrOrStderr(), "pando: lock %s: could not unlock (%v): the lock is released when lease %x expires, within %v\n", name, uerr, s.Lease(), s.TTL())
-		return reportedError{uerr}
-	}
-	return nil
+	return releaseAndClose(cmd, f, "lock", name, "unlock", "the lock is released", m.Unlock, s)
 }
